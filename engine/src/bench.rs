@@ -1,0 +1,67 @@
+//! Benchmark helpers: timing repeated runs, peak memory, and models with random weights so
+//! that any diffusers config can be timed without its weights.
+
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+
+use crate::models::unet::{UNet2DConditionModel, UNetConfig};
+use crate::Result;
+
+/// Minimum and median of timed runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Fastest run.
+    pub min: Duration,
+    /// Median run.
+    pub median: Duration,
+}
+
+/// Runs `f` once to warm up, then `iters` times, timing each run.
+pub fn time_runs<T>(iters: usize, mut f: impl FnMut() -> Result<T>) -> Result<Timing> {
+    f()?;
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters.max(1) {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed());
+    }
+    times.sort();
+    Ok(Timing {
+        min: times[0],
+        median: times[times.len() / 2],
+    })
+}
+
+/// Peak resident memory of this process so far (`VmHWM`), in bytes, where the OS reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// A UNet with random weights for `config` (initialised like candle's layers: Kaiming for
+/// weights, zeros and ones for biases and norms), for timing.
+pub fn random_unet(config: &UNetConfig, dtype: DType, device: &Device) -> Result<UNet2DConditionModel> {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, dtype, device);
+    Ok(UNet2DConditionModel::new(vb, config)?)
+}
+
+/// Random UNet inputs: latents [batch, in_channels, h, w] and text states [batch, 77, D].
+pub fn random_unet_inputs(
+    config: &UNetConfig,
+    batch: usize,
+    latent_hw: (usize, usize),
+    dtype: DType,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let plan = config.plan().map_err(|m| crate::Error::invalid("unet config", "", m))?;
+    let latents = Tensor::randn(0f32, 1.0, (batch, config.in_channels, latent_hw.0, latent_hw.1), device)?
+        .to_dtype(dtype)?;
+    let context = Tensor::randn(0f32, 1.0, (batch, 77, plan.cross_attention_dim[0]), device)?
+        .to_dtype(dtype)?;
+    Ok((latents, context))
+}

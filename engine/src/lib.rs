@@ -1,0 +1,22 @@
+//! beeswax: a Stable Diffusion inference engine on Candle.
+//!
+//! The crate is organised by domain: model packs and their files ([`manifest`], [`hub`],
+//! [`model_files`]), the text tokenizer ([`tokenizer`]), the networks ([`models`]), the
+//! schedulers ([`schedulers`]), seeded noise ([`noise`]) and the pipelines that tie them
+//! together ([`pipeline`]), plus image output ([`image_out`]) and benchmarks ([`bench`]).
+
+pub mod bench;
+pub mod device;
+pub mod error;
+pub mod hub;
+pub mod image_out;
+pub mod manifest;
+pub mod models;
+pub mod model_files;
+pub mod noise;
+pub mod params;
+// pub mod pipeline; (enabled once tokenizer and schedulers land)
+pub mod schedulers;
+pub mod tokenizer;
+
+pub use error::{Error, Result};

@@ -1,0 +1,14 @@
+//! The networks of a Stable Diffusion model, owned here so that parity with diffusers (and
+//! speed) is ours to decide: the CLIP text encoder, the conditional UNet and the VAE.
+//!
+//! Every architecture parameter comes from the component's `config.json` (serde structs that
+//! mirror diffusers' and transformers' configs); weights come from memory-mapped safetensors.
+
+pub mod attention;
+pub mod clip;
+pub mod config_file;
+pub mod resnet;
+pub mod sampling;
+pub mod unet;
+pub mod vae;
+pub mod weights;

@@ -1,0 +1,102 @@
+//! diffusers' `ResnetBlock2D`: two GroupNorm-SiLU-conv stages, an optional time-embedding
+//! projection between them, and a 1x1 shortcut when the channel count changes.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{conv2d, group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+
+/// The shape of one resnet block.
+#[derive(Debug, Clone, Copy)]
+pub struct ResnetSpec {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Time-embedding width, or `None` in the VAE (no time conditioning).
+    pub temb_channels: Option<usize>,
+    /// GroupNorm groups.
+    pub groups: usize,
+    /// GroupNorm epsilon.
+    pub eps: f64,
+    /// The output is divided by this (`output_scale_factor`).
+    pub output_scale_factor: f64,
+}
+
+/// `ResnetBlock2D` with diffusers' key names.
+#[derive(Debug)]
+pub struct ResnetBlock2D {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    time_emb_proj: Option<Linear>,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    conv_shortcut: Option<Conv2d>,
+    output_scale_factor: f64,
+}
+
+/// A 3x3 convolution with padding 1, the most common layer of the UNet and VAE.
+pub fn conv3x3(in_c: usize, out_c: usize, vb: VarBuilder) -> Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding: 1,
+        ..Default::default()
+    };
+    conv2d(in_c, out_c, 3, cfg, vb)
+}
+
+impl ResnetBlock2D {
+    /// Loads the block from `vb` (the block's prefix).
+    pub fn new(vb: VarBuilder, spec: ResnetSpec) -> Result<Self> {
+        let ResnetSpec {
+            in_channels,
+            out_channels,
+            groups,
+            eps,
+            ..
+        } = spec;
+        let conv_shortcut = if in_channels != out_channels {
+            Some(conv2d(
+                in_channels,
+                out_channels,
+                1,
+                Default::default(),
+                vb.pp("conv_shortcut"),
+            )?)
+        } else {
+            None
+        };
+        let time_emb_proj = match spec.temb_channels {
+            Some(t) => Some(linear(t, out_channels, vb.pp("time_emb_proj"))?),
+            None => None,
+        };
+        Ok(Self {
+            norm1: group_norm(groups, in_channels, eps, vb.pp("norm1"))?,
+            conv1: conv3x3(in_channels, out_channels, vb.pp("conv1"))?,
+            time_emb_proj,
+            norm2: group_norm(groups, out_channels, eps, vb.pp("norm2"))?,
+            conv2: conv3x3(out_channels, out_channels, vb.pp("conv2"))?,
+            conv_shortcut,
+            output_scale_factor: spec.output_scale_factor,
+        })
+    }
+
+    /// `xs` [B, C, H, W]; `temb` [B, T] (already passed through nothing: SiLU is applied here).
+    pub fn forward(&self, xs: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
+        let h = candle_nn::ops::silu(&self.norm1.forward(xs)?)?;
+        let mut h = self.conv1.forward(&h)?;
+        if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
+            let t = proj.forward(&candle_nn::ops::silu(temb)?)?;
+            h = h.broadcast_add(&t.unsqueeze(2)?.unsqueeze(3)?)?;
+        }
+        let h = candle_nn::ops::silu(&self.norm2.forward(&h)?)?;
+        let h = self.conv2.forward(&h)?;
+        let shortcut = match &self.conv_shortcut {
+            Some(conv) => conv.forward(xs)?,
+            None => xs.clone(),
+        };
+        let out = (shortcut + h)?;
+        if self.output_scale_factor == 1.0 {
+            Ok(out)
+        } else {
+            out / self.output_scale_factor
+        }
+    }
+}

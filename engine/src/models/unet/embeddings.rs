@@ -1,0 +1,55 @@
+//! Timestep embedding: diffusers' `Timesteps` (sinusoidal) and `TimestepEmbedding` (MLP).
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{linear, Linear, VarBuilder};
+
+/// Sinusoidal embedding of `timestep` for `batch` samples, width `dim`, computed in f32 in the
+/// same order as diffusers' `get_timestep_embedding` so fractional timesteps agree too.
+pub fn timestep_embedding(
+    timestep: f64,
+    batch: usize,
+    dim: usize,
+    flip_sin_to_cos: bool,
+    freq_shift: f64,
+    device: &Device,
+) -> Result<Tensor> {
+    let half = dim / 2;
+    let t = timestep as f32;
+    let denom = (half as f64 - freq_shift) as f32;
+    let log_period = (10000f64).ln() as f32;
+    let args: Vec<f32> = (0..half)
+        .map(|i| t * (-log_period * i as f32 / denom).exp())
+        .collect();
+    let (sin, cos): (Vec<f32>, Vec<f32>) = args.iter().map(|a| (a.sin(), a.cos())).unzip();
+    let row: Vec<f32> = if flip_sin_to_cos {
+        cos.into_iter().chain(sin).collect()
+    } else {
+        sin.into_iter().chain(cos).collect()
+    };
+    let mut row = row;
+    row.resize(dim, 0.0); // odd widths are zero-padded, as diffusers does
+    Tensor::from_vec(row, (1, dim), device)?.repeat((batch, 1))
+}
+
+/// `TimestepEmbedding`: linear, SiLU, linear.
+#[derive(Debug)]
+pub struct TimestepMlp {
+    linear_1: Linear,
+    linear_2: Linear,
+}
+
+impl TimestepMlp {
+    /// Loads `linear_1` and `linear_2` under `vb` (`time_embedding`).
+    pub fn new(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+        Ok(Self {
+            linear_1: linear(in_dim, out_dim, vb.pp("linear_1"))?,
+            linear_2: linear(out_dim, out_dim, vb.pp("linear_2"))?,
+        })
+    }
+
+    /// Embeds the sinusoidal features, cast to the model's dtype.
+    pub fn forward(&self, xs: &Tensor, dtype: DType) -> Result<Tensor> {
+        let h = self.linear_1.forward(&xs.to_dtype(dtype)?)?;
+        self.linear_2.forward(&candle_nn::ops::silu(&h)?)
+    }
+}

@@ -1,0 +1,161 @@
+//! diffusers' `Transformer2DModel` as used by SD 1/2: GroupNorm, projection in (1x1 conv or
+//! linear), `BasicTransformerBlock`s (self-attention, cross-attention, GEGLU feed-forward),
+//! projection out, residual.
+
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::{
+    conv2d, group_norm, layer_norm, linear, linear_no_bias, Conv2d, GroupNorm, LayerNorm, Linear,
+    VarBuilder,
+};
+
+use crate::models::attention::scaled_dot_product;
+
+/// Shape of one transformer.
+#[derive(Debug, Clone, Copy)]
+pub struct TransformerSpec {
+    /// Channels of the feature map (= heads x head width).
+    pub channels: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Transformer blocks.
+    pub layers: usize,
+    /// Width of the text-encoder states.
+    pub cross_attention_dim: usize,
+    /// GroupNorm groups of the input norm.
+    pub groups: usize,
+    /// Linear rather than 1x1 conv projections.
+    pub linear_projection: bool,
+}
+
+#[derive(Debug)]
+struct Attention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    fn new(vb: VarBuilder, dim: usize, context_dim: usize, heads: usize) -> Result<Self> {
+        Ok(Self {
+            to_q: linear_no_bias(dim, dim, vb.pp("to_q"))?,
+            to_k: linear_no_bias(context_dim, dim, vb.pp("to_k"))?,
+            to_v: linear_no_bias(context_dim, dim, vb.pp("to_v"))?,
+            to_out: linear(dim, dim, vb.pp("to_out.0"))?,
+            heads,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        let context = context.unwrap_or(xs);
+        let q = self.to_q.forward(xs)?;
+        let k = self.to_k.forward(context)?;
+        let v = self.to_v.forward(context)?;
+        self.to_out
+            .forward(&scaled_dot_product(&q, &k, &v, self.heads)?)
+    }
+}
+
+#[derive(Debug)]
+struct BasicTransformerBlock {
+    norm1: LayerNorm,
+    attn1: Attention,
+    norm2: LayerNorm,
+    attn2: Attention,
+    norm3: LayerNorm,
+    geglu: Linear,
+    ff_out: Linear,
+}
+
+impl BasicTransformerBlock {
+    fn new(vb: VarBuilder, dim: usize, heads: usize, context_dim: usize) -> Result<Self> {
+        let inner = dim * 4;
+        Ok(Self {
+            norm1: layer_norm(dim, 1e-5, vb.pp("norm1"))?,
+            attn1: Attention::new(vb.pp("attn1"), dim, dim, heads)?,
+            norm2: layer_norm(dim, 1e-5, vb.pp("norm2"))?,
+            attn2: Attention::new(vb.pp("attn2"), dim, context_dim, heads)?,
+            norm3: layer_norm(dim, 1e-5, vb.pp("norm3"))?,
+            geglu: linear(dim, inner * 2, vb.pp("ff.net.0.proj"))?,
+            ff_out: linear(inner, dim, vb.pp("ff.net.2"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let xs = (self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs)?;
+        let xs = (self.attn2.forward(&self.norm2.forward(&xs)?, Some(context))? + xs)?;
+        let h = self.geglu.forward(&self.norm3.forward(&xs)?)?;
+        let half = h.dim(D::Minus1)? / 2;
+        let gated = (h.narrow(D::Minus1, 0, half)? * h.narrow(D::Minus1, half, half)?.gelu_erf()?)?;
+        self.ff_out.forward(&gated)? + xs
+    }
+}
+
+#[derive(Debug)]
+enum Projection {
+    Conv(Conv2d),
+    Linear(Linear),
+}
+
+impl Projection {
+    fn new(vb: VarBuilder, in_c: usize, out_c: usize, linear_projection: bool) -> Result<Self> {
+        Ok(if linear_projection {
+            Projection::Linear(linear(in_c, out_c, vb)?)
+        } else {
+            Projection::Conv(conv2d(in_c, out_c, 1, Default::default(), vb)?)
+        })
+    }
+}
+
+/// `Transformer2DModel` with continuous input.
+#[derive(Debug)]
+pub struct Transformer2D {
+    norm: GroupNorm,
+    proj_in: Projection,
+    blocks: Vec<BasicTransformerBlock>,
+    proj_out: Projection,
+}
+
+impl Transformer2D {
+    /// Loads the transformer under `vb` (an `attentions.N` prefix).
+    pub fn new(vb: VarBuilder, s: TransformerSpec) -> Result<Self> {
+        let c = s.channels;
+        let blocks = (0..s.layers)
+            .map(|i| {
+                BasicTransformerBlock::new(
+                    vb.pp(format!("transformer_blocks.{i}")),
+                    c,
+                    s.heads,
+                    s.cross_attention_dim,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            norm: group_norm(s.groups, c, 1e-6, vb.pp("norm"))?,
+            proj_in: Projection::new(vb.pp("proj_in"), c, c, s.linear_projection)?,
+            blocks,
+            proj_out: Projection::new(vb.pp("proj_out"), c, c, s.linear_projection)?,
+        })
+    }
+
+    /// `xs` [B, C, H, W] attending to `context` [B, S, D].
+    pub fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = xs.dims4()?;
+        let normed = self.norm.forward(xs)?;
+        let to_tokens = |t: &Tensor| t.permute((0, 2, 3, 1))?.reshape((b, h * w, c));
+        let mut tokens = match &self.proj_in {
+            Projection::Conv(conv) => to_tokens(&conv.forward(&normed)?)?,
+            Projection::Linear(lin) => lin.forward(&to_tokens(&normed)?)?,
+        };
+        for block in &self.blocks {
+            tokens = block.forward(&tokens, context)?;
+        }
+        let to_map = |t: &Tensor| t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous();
+        let out = match &self.proj_out {
+            Projection::Conv(conv) => conv.forward(&to_map(&tokens)?)?,
+            Projection::Linear(lin) => to_map(&lin.forward(&tokens)?)?,
+        };
+        out + xs
+    }
+}

@@ -1,0 +1,74 @@
+//! Generation parameters as AUTOMATIC1111 writes them into a PNG's `parameters` text chunk, so
+//! that tools which read A1111 images (and "PNG Info") understand ours.
+
+/// What produced one image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationParams {
+    /// The prompt.
+    pub prompt: String,
+    /// The negative prompt (omitted from the text when empty).
+    pub negative_prompt: String,
+    /// Denoising steps.
+    pub steps: usize,
+    /// Sampler, by its AUTOMATIC1111 display name.
+    pub sampler: String,
+    /// Classifier-free guidance scale.
+    pub guidance: f64,
+    /// The seed of this image.
+    pub seed: u64,
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// Model or pack name.
+    pub model: String,
+    /// CLIP skip, AUTOMATIC1111 semantics (1 = none; written only when above 1).
+    pub clip_skip: usize,
+}
+
+impl GenerationParams {
+    /// The A1111 `parameters` text: prompt line, optional negative prompt line, settings line.
+    pub fn to_a1111(&self) -> String {
+        let mut text = self.prompt.clone();
+        if !self.negative_prompt.is_empty() {
+            text.push_str("\nNegative prompt: ");
+            text.push_str(&self.negative_prompt);
+        }
+        text.push_str(&format!(
+            "\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}",
+            self.steps, self.sampler, self.guidance, self.seed, self.width, self.height, self.model
+        ));
+        if self.clip_skip > 1 {
+            text.push_str(&format!(", Clip skip: {}", self.clip_skip));
+        }
+        text.push_str(&format!(", Version: beeswax {}", env!("CARGO_PKG_VERSION")));
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_like_automatic1111() {
+        let p = GenerationParams {
+            prompt: "a red fox".into(),
+            negative_prompt: "blurry".into(),
+            steps: 20,
+            sampler: "Euler".into(),
+            guidance: 7.5,
+            seed: 1,
+            width: 512,
+            height: 768,
+            model: "tiny-sd".into(),
+            clip_skip: 2,
+        };
+        let text = p.to_a1111();
+        assert!(text.starts_with(
+            "a red fox\nNegative prompt: blurry\nSteps: 20, Sampler: Euler, CFG scale: 7.5, Seed: 1, Size: 512x768, Model: tiny-sd, Clip skip: 2"
+        ), "{text}");
+        let plain = GenerationParams { negative_prompt: String::new(), clip_skip: 1, ..p };
+        assert!(!plain.to_a1111().contains("Negative prompt") && !plain.to_a1111().contains("Clip skip"));
+    }
+}

@@ -1,0 +1,1 @@
+//! beeswax plugin SDK.

@@ -1,0 +1,57 @@
+//! Shared helpers for the integration tests: fixture paths and tensor comparisons.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A path under `tests/fixtures/`.
+pub fn fixture(rel: &str) -> PathBuf {
+    root().join("tests/fixtures").join(rel)
+}
+
+/// The miniature models the fixture script made.
+pub const MODELS: [&str; 2] = ["tiny-sd", "tiny-sd2"];
+
+/// Loads every tensor of a reference safetensors file (as f32 unless integer).
+pub fn load(rel: &str) -> HashMap<String, Tensor> {
+    let path = fixture(rel);
+    candle_core::safetensors::load(&path, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Largest absolute difference and the reference's standard deviation.
+pub fn max_diff_and_std(got: &Tensor, want: &Tensor) -> (f32, f32) {
+    assert_eq!(got.dims(), want.dims(), "shapes differ");
+    let got = got.to_dtype(DType::F32).unwrap();
+    let want = want.to_dtype(DType::F32).unwrap();
+    let diff = (&got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let mean = want.mean_all().unwrap().to_scalar::<f32>().unwrap();
+    let var = want
+        .affine(1.0, -(mean as f64))
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    (diff, var.sqrt())
+}
+
+/// Asserts `got` is within `tol` x std(want) of `want` everywhere.
+pub fn assert_close_rel_std(what: &str, got: &Tensor, want: &Tensor, tol: f32) {
+    let (diff, std) = max_diff_and_std(got, want);
+    assert!(std > 0.0, "{what}: reference is constant");
+    assert!(
+        diff <= tol * std,
+        "{what}: max |diff| {diff:.3e} exceeds {tol} x std {std:.3e}"
+    );
+    eprintln!("{what}: max |diff| {diff:.3e} ({:.2e} x std)", diff / std);
+}

@@ -1,0 +1,110 @@
+//! Parity with diffusers, the reference: each network on its own (CLIP hidden states, one UNet
+//! call, VAE decode and encode) and whole text-to-image runs from the same starting latents.
+//! The references come from `tests/fixtures/make_fixtures.py`.
+
+mod common;
+
+use std::path::Path;
+
+use beeswax::models::clip::{ClipTextConfig, ClipTextModel};
+use beeswax::models::config_file::read_json;
+use beeswax::models::unet::{UNet2DConditionModel, UNetConfig};
+use beeswax::models::vae::{Decoder, Encoder, VaeConfig};
+use beeswax::models::weights::mmap;
+use beeswax::noise::TorchGenerator;
+use candle_core::{DType, Device, Tensor};
+use common::{assert_close_rel_std, fixture, load, MODELS};
+
+/// Tolerance for single network calls, relative to the reference's std.
+const COMPONENT_TOL: f32 = 1e-4;
+
+fn model_file(model: &str, rel: &str) -> std::path::PathBuf {
+    fixture(&format!("models/{model}/{rel}"))
+}
+
+fn weights(path: &Path) -> candle_nn::VarBuilder<'static> {
+    mmap(path, DType::F32, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn clip_hidden_states_match_transformers() {
+    for model in MODELS {
+        let config: ClipTextConfig = read_json(&model_file(model, "text_encoder/config.json")).unwrap();
+        let clip = ClipTextModel::new(
+            weights(&model_file(model, "text_encoder/model.safetensors")),
+            &config,
+        )
+        .unwrap();
+        let r = load(&format!("reference/{model}/clip.safetensors"));
+        let ids = r["input_ids"].to_dtype(DType::U32).unwrap();
+        let last = clip.forward(&ids, clip.num_layers()).unwrap();
+        assert_close_rel_std(&format!("{model} clip last"), &last, &r["last_hidden_state"], COMPONENT_TOL);
+        let skip = clip.forward(&ids, clip.num_layers() - 1).unwrap();
+        assert_close_rel_std(&format!("{model} clip skip"), &skip, &r["penultimate_normed"], COMPONENT_TOL);
+    }
+}
+
+#[test]
+fn one_unet_call_matches_diffusers() {
+    for model in MODELS {
+        let config: UNetConfig = read_json(&model_file(model, "unet/config.json")).unwrap();
+        let unet = UNet2DConditionModel::new(
+            weights(&model_file(model, "unet/diffusion_pytorch_model.safetensors")),
+            &config,
+        )
+        .unwrap();
+        let r = load(&format!("reference/{model}/unet.safetensors"));
+        for case in ["t1", "t2"] {
+            let t = r[&format!("{case}_timestep")]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()[0] as f64;
+            let out = unet.forward(&r["sample"], t, &r["encoder_hidden_states"]).unwrap();
+            assert_close_rel_std(
+                &format!("{model} unet t={t}"),
+                &out,
+                &r[&format!("{case}_out")],
+                COMPONENT_TOL,
+            );
+        }
+    }
+}
+
+#[test]
+fn vae_decode_and_encode_match_diffusers() {
+    for model in MODELS {
+        let config: VaeConfig = read_json(&model_file(model, "vae/config.json")).unwrap();
+        let vb = weights(&model_file(model, "vae/diffusion_pytorch_model.safetensors"));
+        let r = load(&format!("reference/{model}/vae.safetensors"));
+        let decoder = Decoder::new(vb.clone(), &config).unwrap();
+        let z = (&r["latents"] / config.scaling_factor).unwrap();
+        let image = decoder.forward(&z).unwrap();
+        assert_close_rel_std(&format!("{model} vae decode"), &image, &r["image"], COMPONENT_TOL);
+        let encoder = Encoder::new(vb, &config).unwrap();
+        let (mean, _) = encoder.forward(&r["encode_input"]).unwrap();
+        assert_close_rel_std(&format!("{model} vae encode"), &mean, &r["encode_mean"], COMPONENT_TOL);
+    }
+}
+
+#[test]
+fn seeded_noise_matches_torch_cpu_generator() {
+    let r = load("reference/torch_randn.safetensors");
+    assert!(r.len() >= 4, "expected several torch.randn references");
+    for (name, want) in &r {
+        // Names look like `seed42_1x4x8x12`.
+        let (seed, shape) = name.trim_start_matches("seed").split_once('_').unwrap();
+        let seed: u64 = seed.parse().unwrap();
+        let n: usize = shape.split('x').map(|d| d.parse::<usize>().unwrap()).product();
+        let got = Tensor::from_vec(TorchGenerator::new(seed).randn(n), want.dims(), &Device::Cpu).unwrap();
+        let diff = (&got - want.to_dtype(DType::F32).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-5, "{name}: max |diff| {diff}");
+    }
+}
