@@ -29,7 +29,8 @@ fn weights(path: &Path) -> candle_nn::VarBuilder<'static> {
 #[test]
 fn clip_hidden_states_match_transformers() {
     for model in MODELS {
-        let config: ClipTextConfig = read_json(&model_file(model, "text_encoder/config.json")).unwrap();
+        let config: ClipTextConfig =
+            read_json(&model_file(model, "text_encoder/config.json")).unwrap();
         let clip = ClipTextModel::new(
             weights(&model_file(model, "text_encoder/model.safetensors")),
             &config,
@@ -38,9 +39,19 @@ fn clip_hidden_states_match_transformers() {
         let r = load(&format!("reference/{model}/clip.safetensors"));
         let ids = r["input_ids"].to_dtype(DType::U32).unwrap();
         let last = clip.forward(&ids, clip.num_layers()).unwrap();
-        assert_close_rel_std(&format!("{model} clip last"), &last, &r["last_hidden_state"], COMPONENT_TOL);
+        assert_close_rel_std(
+            &format!("{model} clip last"),
+            &last,
+            &r["last_hidden_state"],
+            COMPONENT_TOL,
+        );
         let skip = clip.forward(&ids, clip.num_layers() - 1).unwrap();
-        assert_close_rel_std(&format!("{model} clip skip"), &skip, &r["penultimate_normed"], COMPONENT_TOL);
+        assert_close_rel_std(
+            &format!("{model} clip skip"),
+            &skip,
+            &r["penultimate_normed"],
+            COMPONENT_TOL,
+        );
     }
 }
 
@@ -49,7 +60,10 @@ fn one_unet_call_matches_diffusers() {
     for model in MODELS {
         let config: UNetConfig = read_json(&model_file(model, "unet/config.json")).unwrap();
         let unet = UNet2DConditionModel::new(
-            weights(&model_file(model, "unet/diffusion_pytorch_model.safetensors")),
+            weights(&model_file(
+                model,
+                "unet/diffusion_pytorch_model.safetensors",
+            )),
             &config,
         )
         .unwrap();
@@ -60,7 +74,9 @@ fn one_unet_call_matches_diffusers() {
                 .unwrap()
                 .to_vec1::<f32>()
                 .unwrap()[0] as f64;
-            let out = unet.forward(&r["sample"], t, &r["encoder_hidden_states"]).unwrap();
+            let out = unet
+                .forward(&r["sample"], t, &r["encoder_hidden_states"])
+                .unwrap();
             assert_close_rel_std(
                 &format!("{model} unet t={t}"),
                 &out,
@@ -75,15 +91,28 @@ fn one_unet_call_matches_diffusers() {
 fn vae_decode_and_encode_match_diffusers() {
     for model in MODELS {
         let config: VaeConfig = read_json(&model_file(model, "vae/config.json")).unwrap();
-        let vb = weights(&model_file(model, "vae/diffusion_pytorch_model.safetensors"));
+        let vb = weights(&model_file(
+            model,
+            "vae/diffusion_pytorch_model.safetensors",
+        ));
         let r = load(&format!("reference/{model}/vae.safetensors"));
         let decoder = Decoder::new(vb.clone(), &config).unwrap();
         let z = (&r["latents"] / config.scaling_factor).unwrap();
         let image = decoder.forward(&z).unwrap();
-        assert_close_rel_std(&format!("{model} vae decode"), &image, &r["image"], COMPONENT_TOL);
+        assert_close_rel_std(
+            &format!("{model} vae decode"),
+            &image,
+            &r["image"],
+            COMPONENT_TOL,
+        );
         let encoder = Encoder::new(vb, &config).unwrap();
         let (mean, _) = encoder.forward(&r["encode_input"]).unwrap();
-        assert_close_rel_std(&format!("{model} vae encode"), &mean, &r["encode_mean"], COMPONENT_TOL);
+        assert_close_rel_std(
+            &format!("{model} vae encode"),
+            &mean,
+            &r["encode_mean"],
+            COMPONENT_TOL,
+        );
     }
 }
 
@@ -95,8 +124,16 @@ fn seeded_noise_matches_torch_cpu_generator() {
         // Names look like `seed42_1x4x8x12`.
         let (seed, shape) = name.trim_start_matches("seed").split_once('_').unwrap();
         let seed: u64 = seed.parse().unwrap();
-        let n: usize = shape.split('x').map(|d| d.parse::<usize>().unwrap()).product();
-        let got = Tensor::from_vec(TorchGenerator::new(seed).randn(n), want.dims(), &Device::Cpu).unwrap();
+        let n: usize = shape
+            .split('x')
+            .map(|d| d.parse::<usize>().unwrap())
+            .product();
+        let got = Tensor::from_vec(
+            TorchGenerator::new(seed).randn(n),
+            want.dims(),
+            &Device::Cpu,
+        )
+        .unwrap();
         let diff = (&got - want.to_dtype(DType::F32).unwrap())
             .unwrap()
             .abs()
@@ -107,4 +144,94 @@ fn seeded_noise_matches_torch_cpu_generator() {
             .unwrap();
         assert!(diff < 1e-5, "{name}: max |diff| {diff}");
     }
+}
+
+/// One reference run of diffusers' `StableDiffusionPipeline` (see `cases.json`).
+#[derive(serde::Deserialize)]
+struct Case {
+    file: String,
+    scheduler: String,
+    guidance: f64,
+    width: usize,
+    height: usize,
+    steps: usize,
+    batch: usize,
+    prompt: String,
+    negative_prompt: String,
+    clip_skip_diffusers: Option<usize>,
+}
+
+#[test]
+fn text_to_image_matches_diffusers_pipeline() {
+    use beeswax::pipeline::{text_to_image, LoadOptions, StableDiffusion, TextToImage};
+
+    let mut checked = 0;
+    for model_name in MODELS {
+        let model = StableDiffusion::load(
+            &fixture(&format!("models/{model_name}")),
+            &LoadOptions {
+                device: Device::Cpu,
+                dtype: DType::F32,
+            },
+        )
+        .unwrap();
+        let cases: Vec<Case> = serde_json::from_str(
+            &std::fs::read_to_string(fixture(&format!("reference/{model_name}/cases.json")))
+                .unwrap(),
+        )
+        .unwrap();
+        for case in cases {
+            let r = load(&format!("reference/{model_name}/{}", case.file));
+            let job = TextToImage {
+                prompt: case.prompt.clone(),
+                negative_prompt: case.negative_prompt.clone(),
+                steps: case.steps,
+                guidance: case.guidance,
+                width: case.width,
+                height: case.height,
+                seed: 0,
+                batch: case.batch,
+                // diffusers' clip_skip=N is AUTOMATIC1111's N + 1.
+                clip_skip: case.clip_skip_diffusers.map_or(1, |n| n + 1),
+                scheduler: case.scheduler.clone(),
+                init_latents: Some(r["init_latents"].clone()),
+            };
+            let out =
+                text_to_image(&model, &job, &mut |_| std::ops::ControlFlow::Continue(())).unwrap();
+            let what = format!("{model_name} {}", case.file);
+            assert_close_rel_std(
+                &format!("{what} latents"),
+                &out.latents,
+                &r["latents"],
+                1e-3,
+            );
+            let want = (&r["image"] * 255.0).unwrap();
+            let (_, h, w, _) = want.dims4().unwrap();
+            for (i, image) in out.images.iter().enumerate() {
+                let got = Tensor::from_vec(
+                    image.data.iter().map(|&b| b as f32).collect::<Vec<_>>(),
+                    (h, w, 3),
+                    &Device::Cpu,
+                )
+                .unwrap();
+                let diff = (got - want.get(i).unwrap())
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(
+                    diff <= 2.0,
+                    "{what} image {i}: max difference {diff}/255 exceeds 2/255"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 18,
+        "expected every reference case, checked {checked}"
+    );
 }

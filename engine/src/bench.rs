@@ -44,7 +44,11 @@ pub fn peak_rss_bytes() -> Option<u64> {
 
 /// A UNet with random weights for `config` (initialised like candle's layers: Kaiming for
 /// weights, zeros and ones for biases and norms), for timing.
-pub fn random_unet(config: &UNetConfig, dtype: DType, device: &Device) -> Result<UNet2DConditionModel> {
+pub fn random_unet(
+    config: &UNetConfig,
+    dtype: DType,
+    device: &Device,
+) -> Result<UNet2DConditionModel> {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, dtype, device);
     Ok(UNet2DConditionModel::new(vb, config)?)
@@ -58,9 +62,16 @@ pub fn random_unet_inputs(
     dtype: DType,
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
-    let plan = config.plan().map_err(|m| crate::Error::invalid("unet config", "", m))?;
-    let latents = Tensor::randn(0f32, 1.0, (batch, config.in_channels, latent_hw.0, latent_hw.1), device)?
-        .to_dtype(dtype)?;
+    let plan = config
+        .plan()
+        .map_err(|m| crate::Error::invalid("unet config", "", m))?;
+    let latents = Tensor::randn(
+        0f32,
+        1.0,
+        (batch, config.in_channels, latent_hw.0, latent_hw.1),
+        device,
+    )?
+    .to_dtype(dtype)?;
     let context = Tensor::randn(0f32, 1.0, (batch, 77, plan.cross_attention_dim[0]), device)?
         .to_dtype(dtype)?;
     Ok((latents, context))

@@ -11,11 +11,11 @@ pub mod error;
 pub mod hub;
 pub mod image_out;
 pub mod manifest;
-pub mod models;
 pub mod model_files;
+pub mod models;
 pub mod noise;
 pub mod params;
-// pub mod pipeline; (enabled once tokenizer and schedulers land)
+pub mod pipeline;
 pub mod schedulers;
 pub mod tokenizer;
 

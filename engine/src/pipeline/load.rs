@@ -101,8 +101,11 @@ impl StableDiffusion {
         let vae_decoder = in_file(&vae_weights, Decoder::new(vae_vb.clone(), &vae_config))?;
         let vae_encoder = in_file(&vae_weights, Encoder::new(vae_vb, &vae_config))?;
 
-        let scheduler_config =
-            SchedulerConfig::from_file(&model_files::config(dir, "scheduler", "scheduler_config.json")?)?;
+        let scheduler_config = SchedulerConfig::from_file(&model_files::config(
+            dir,
+            "scheduler",
+            "scheduler_config.json",
+        )?)?;
 
         if text_config.hidden_size != unet_config_dim(&unet_config) {
             return Err(config_error(

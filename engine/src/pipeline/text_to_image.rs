@@ -87,13 +87,25 @@ fn check_inputs(model: &StableDiffusion, job: &TextToImage) -> Result<()> {
         }
     }
     if !(1..=1000).contains(&job.steps) {
-        return Err(Error::invalid("steps", job.steps, "must be between 1 and 1000"));
+        return Err(Error::invalid(
+            "steps",
+            job.steps,
+            "must be between 1 and 1000",
+        ));
     }
     if !(0.0..=100.0).contains(&job.guidance) {
-        return Err(Error::invalid("guidance", job.guidance, "must be between 0 and 100"));
+        return Err(Error::invalid(
+            "guidance",
+            job.guidance,
+            "must be between 0 and 100",
+        ));
     }
     if !(1..=64).contains(&job.batch) {
-        return Err(Error::invalid("batch", job.batch, "must be between 1 and 64"));
+        return Err(Error::invalid(
+            "batch",
+            job.batch,
+            "must be between 1 and 64",
+        ));
     }
     Ok(())
 }
@@ -154,8 +166,13 @@ pub fn text_to_image(
         } else {
             latents.clone()
         };
-        let input = scheduler.scale_model_input(&input, i)?.to_dtype(model.dtype)?;
-        let out = model.unet.forward(&input, t, &context)?.to_dtype(DType::F32)?;
+        let input = scheduler
+            .scale_model_input(&input, i)?
+            .to_dtype(model.dtype)?;
+        let out = model
+            .unet
+            .forward(&input, t, &context)?
+            .to_dtype(DType::F32)?;
         let out = if guided {
             let uncond = out.narrow(0, 0, job.batch)?;
             let cond = out.narrow(0, job.batch, job.batch)?;

@@ -1,0 +1,114 @@
+//! `beeswax bench`: UNet forward timings and whole-pipeline stage times with peak memory.
+
+use anyhow::Result;
+use beeswax::bench::{peak_rss_bytes, random_unet, random_unet_inputs, time_runs};
+use beeswax::device::{default_device, parse_device, parse_dtype};
+use beeswax::models::config_file::read_json;
+use beeswax::models::unet::UNetConfig;
+use beeswax::pipeline::{text_to_image, TextToImage};
+use candle_core::DType;
+
+use crate::args::{BenchCommand, BenchPipelineArgs, BenchUnetArgs, Global};
+use crate::source;
+
+pub fn run(global: &Global, command: BenchCommand) -> Result<()> {
+    match command {
+        BenchCommand::Unet(a) => unet(global, a),
+        BenchCommand::Pipeline(a) => pipeline(global, a),
+    }
+}
+
+fn unet(global: &Global, a: BenchUnetArgs) -> Result<()> {
+    let device = match &global.device {
+        Some(d) => parse_device(d)?,
+        None => default_device(),
+    };
+    let dtype = global
+        .dtype
+        .as_deref()
+        .map(parse_dtype)
+        .transpose()?
+        .unwrap_or(DType::F32);
+    let config: UNetConfig = read_json(&a.config)?;
+    let model = random_unet(&config, dtype, &device)?;
+    let (latents, context) = random_unet_inputs(
+        &config,
+        a.batch,
+        (a.height / 8, a.width / 8),
+        dtype,
+        &device,
+    )?;
+    let timing = time_runs(a.iters as usize, || {
+        let out = model.forward(&latents, 500.0, &context)?;
+        device.synchronize()?;
+        Ok(out)
+    })?;
+    if a.json {
+        println!(
+            "{{\"min_s\": {:.4}, \"median_s\": {:.4}}}",
+            timing.min.as_secs_f64(),
+            timing.median.as_secs_f64()
+        );
+    } else {
+        println!(
+            "unet {}x{} batch {}: min {:.3} s, median {:.3} s over {} runs",
+            a.width,
+            a.height,
+            a.batch,
+            timing.min.as_secs_f64(),
+            timing.median.as_secs_f64(),
+            a.iters
+        );
+    }
+    Ok(())
+}
+
+fn pipeline(global: &Global, a: BenchPipelineArgs) -> Result<()> {
+    let chosen = source::load(global, &a.model)?;
+    let (model, d) = (&chosen.model, &chosen.defaults);
+    let native = model.unet.config().sample_size.unwrap_or(64) * model.vae_scale_factor();
+    let job = TextToImage {
+        prompt: a.prompt.clone(),
+        negative_prompt: d.negative_prompt.clone().unwrap_or_default(),
+        steps: a.steps.or(d.steps).unwrap_or(20),
+        guidance: a.guidance.or(d.guidance).unwrap_or(7.5),
+        width: a.width.or(d.width).unwrap_or(native),
+        height: a.height.or(d.height).unwrap_or(native),
+        seed: 0,
+        batch: 1,
+        clip_skip: d.clip_skip.unwrap_or(1),
+        scheduler: a
+            .scheduler
+            .clone()
+            .or(d.scheduler.clone())
+            .unwrap_or_else(|| "euler".into()),
+        init_latents: None,
+    };
+    let start = std::time::Instant::now();
+    let out = text_to_image(model, &job, &mut |_| std::ops::ControlFlow::Continue(()))?;
+    let total = start.elapsed().as_secs_f64();
+    let t = &out.times;
+    let mean_step = t.denoising.as_secs_f64() / job.steps as f64;
+    let peak_mb = peak_rss_bytes().map(|b| b as f64 / 1048576.0);
+    if a.json {
+        println!(
+            "{{\"total_s\": {total:.4}, \"text_encoding_s\": {:.4}, \"mean_step_s\": {mean_step:.4}, \"decode_s\": {:.4}, \"peak_rss_mb\": {}}}",
+            t.text_encoding.as_secs_f64(),
+            t.decoding.as_secs_f64(),
+            peak_mb.map_or("null".into(), |m| format!("{m:.1}"))
+        );
+    } else {
+        println!(
+            "pipeline {} {}x{}, {} steps of {}:",
+            chosen.name, job.width, job.height, job.steps, job.scheduler
+        );
+        println!("  text encoding {:>9.4} s", t.text_encoding.as_secs_f64());
+        println!("  mean step     {mean_step:>9.4} s");
+        println!("  vae decode    {:>9.4} s", t.decoding.as_secs_f64());
+        println!("  total         {total:>9.4} s");
+        if let Some(mb) = peak_mb {
+            println!("  peak RSS      {mb:>9.1} MB");
+        }
+    }
+    Ok(())
+}
