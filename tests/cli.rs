@@ -1,6 +1,8 @@
 //! End-to-end tests of the `beeswax` binary: generation from packs, folders and the hub cache,
 //! reproducibility, and every user error naming what was wrong.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -11,7 +13,9 @@ use common::{fixture, root};
 /// Runs the real binary in `dir` with `args` and the extra environment `env`.
 fn beeswax_in(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_beeswax"));
-    cmd.current_dir(dir).args(args).env_remove("BEESWAX_MANIFESTS");
+    cmd.current_dir(dir)
+        .args(args)
+        .env_remove("BEESWAX_MANIFESTS");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -37,7 +41,14 @@ fn assert_fails_with(out: &Output, needles: &[&str]) {
 }
 
 fn generate_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["generate", "--prompt", "a red fox", "--steps", "3", "--quiet"];
+    let mut args = vec![
+        "generate",
+        "--prompt",
+        "a red fox",
+        "--steps",
+        "3",
+        "--quiet",
+    ];
     args.extend_from_slice(extra);
     args
 }
@@ -69,7 +80,19 @@ fn same_seed_gives_byte_identical_png_with_parameters() {
     for name in ["a.png", "b.png"] {
         let out = beeswax_in(
             tmp.path(),
-            &["--manifests", &m, "generate", "--pack", "tiny-sd", "--prompt", "a red fox", "--seed", "1", "--output", name],
+            &[
+                "--manifests",
+                &m,
+                "generate",
+                "--pack",
+                "tiny-sd",
+                "--prompt",
+                "a red fox",
+                "--seed",
+                "1",
+                "--output",
+                name,
+            ],
             &[],
         );
         assert!(out.status.success(), "{}", stderr(&out));
@@ -78,7 +101,9 @@ fn same_seed_gives_byte_identical_png_with_parameters() {
     assert_eq!(a, std::fs::read(tmp.path().join("b.png")).unwrap());
     let text = String::from_utf8_lossy(&a);
     assert!(text.contains("parameters"), "no parameters chunk");
-    assert!(text.contains("Steps: 20, Sampler: Euler, CFG scale: 7.5, Seed: 1, Size: 64x64, Model: tiny-sd"));
+    assert!(text.contains(
+        "Steps: 20, Sampler: Euler, CFG scale: 7.5, Seed: 1, Size: 64x64, Model: tiny-sd"
+    ));
 }
 
 #[test]
@@ -87,30 +112,72 @@ fn batch_writes_numbered_files_and_latents_round_trip() {
     let model = fixture("models/tiny-sd2");
     let model = model.to_str().unwrap();
     let args = generate_args(&[
-        "--model", model, "--batch", "2", "--seed", "5", "--scheduler", "DDIM", "--width", "48",
-        "--height", "32", "--output", "pic.png", "--output-latents", "lat.safetensors",
+        "--model",
+        model,
+        "--batch",
+        "2",
+        "--seed",
+        "5",
+        "--scheduler",
+        "DDIM",
+        "--width",
+        "48",
+        "--height",
+        "32",
+        "--output",
+        "pic.png",
+        "--output-latents",
+        "lat.safetensors",
     ]);
     let out = beeswax_in(tmp.path(), &args, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     for f in ["pic-1.png", "pic-2.png"] {
         assert!(tmp.path().join(f).exists(), "{f} missing");
     }
-    let lat = candle_core::safetensors::load(tmp.path().join("lat.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let lat = candle_core::safetensors::load(
+        tmp.path().join("lat.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     // tiny-sd2's VAE has 3 levels: a scale factor of 4.
     assert_eq!(lat["latents"].dims(), &[2, 4, 8, 12]);
 
     // Seeded noise written out and fed back through --init-latents gives the same image.
-    let noise = beeswax::noise::seeded_noise(5, &[1, 4, 8, 12], candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    let noise = beeswax::noise::seeded_noise(
+        5,
+        &[1, 4, 8, 12],
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     let noise_file = tmp.path().join("noise.safetensors");
-    candle_core::safetensors::save(&std::collections::HashMap::from([("latents".to_string(), noise)]), &noise_file).unwrap();
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("latents".to_string(), noise)]),
+        &noise_file,
+    )
+    .unwrap();
     let args = generate_args(&[
-        "--model", model, "--seed", "99", "--scheduler", "ddim", "--width", "48", "--height", "32",
-        "--init-latents", noise_file.to_str().unwrap(), "--output", "again.png",
+        "--model",
+        model,
+        "--seed",
+        "99",
+        "--scheduler",
+        "ddim",
+        "--width",
+        "48",
+        "--height",
+        "32",
+        "--init-latents",
+        noise_file.to_str().unwrap(),
+        "--output",
+        "again.png",
     ]);
     let out = beeswax_in(tmp.path(), &args, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let pixels = |f: &str| {
-        let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(tmp.path().join(f)).unwrap()));
+        let decoder = png::Decoder::new(std::io::BufReader::new(
+            std::fs::File::open(tmp.path().join(f)).unwrap(),
+        ));
         let mut reader = decoder.read_info().unwrap();
         let mut buf = vec![0; reader.output_buffer_size().unwrap()];
         reader.next_frame(&mut buf).unwrap();
@@ -127,7 +194,10 @@ fn hub_pack_resolves_from_a_hugging_face_cache() {
     let repo = cache.join("models--beeswax--tiny-sd");
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), commit).unwrap();
-    copy_dir(&fixture("models/tiny-sd"), &repo.join("snapshots").join(commit));
+    copy_dir(
+        &fixture("models/tiny-sd"),
+        &repo.join("snapshots").join(commit),
+    );
     let manifests = tmp.path().join("manifests");
     std::fs::create_dir_all(&manifests).unwrap();
     std::fs::write(
@@ -138,7 +208,16 @@ fn hub_pack_resolves_from_a_hugging_face_cache() {
     let m = manifests.display().to_string();
     let out = beeswax_in(
         tmp.path(),
-        &generate_args(&["--manifests", &m, "--pack", "hubby", "--seed", "1", "--output", "hub.png"]),
+        &generate_args(&[
+            "--manifests",
+            &m,
+            "--pack",
+            "hubby",
+            "--seed",
+            "1",
+            "--output",
+            "hub.png",
+        ]),
         &[("HF_HUB_CACHE", &cache)],
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -162,7 +241,11 @@ fn hub_pack_resolves_from_a_hugging_face_cache() {
 fn unknown_pack_lists_the_available_ones() {
     let tmp = tempfile::tempdir().unwrap();
     let m = manifests();
-    let out = beeswax_in(tmp.path(), &generate_args(&["--manifests", &m, "--pack", "nope"]), &[]);
+    let out = beeswax_in(
+        tmp.path(),
+        &generate_args(&["--manifests", &m, "--pack", "nope"]),
+        &[],
+    );
     assert_fails_with(&out, &["nope", "tiny-sd"]);
 }
 
@@ -177,7 +260,11 @@ fn manifest_errors_name_file_line_and_field() {
     )
     .unwrap();
     let m = dir.display().to_string();
-    let out = beeswax_in(tmp.path(), &generate_args(&["--manifests", &m, "--pack", "broken"]), &[]);
+    let out = beeswax_in(
+        tmp.path(),
+        &generate_args(&["--manifests", &m, "--pack", "broken"]),
+        &[],
+    );
     assert_fails_with(&out, &["broken.toml:7", "steps", "whole number"]);
 }
 
@@ -187,7 +274,11 @@ fn missing_model_file_is_named_with_its_path() {
     let model = model_copy(tmp.path(), "tiny-sd");
     let weights = model.join("unet/diffusion_pytorch_model.safetensors");
     std::fs::remove_file(&weights).unwrap();
-    let out = beeswax_in(tmp.path(), &generate_args(&["--model", model.to_str().unwrap()]), &[]);
+    let out = beeswax_in(
+        tmp.path(),
+        &generate_args(&["--model", model.to_str().unwrap()]),
+        &[],
+    );
     assert_fails_with(&out, &[weights.to_str().unwrap()]);
 }
 
@@ -202,7 +293,11 @@ fn fp16_variant_loads_and_pickles_are_refused() {
     )
     .unwrap();
     let m = model.to_str().unwrap();
-    let out = beeswax_in(tmp.path(), &generate_args(&["--model", m, "--output", "v.png"]), &[]);
+    let out = beeswax_in(
+        tmp.path(),
+        &generate_args(&["--model", m, "--output", "v.png"]),
+        &[],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
 
     std::fs::rename(
@@ -221,12 +316,25 @@ fn weight_of_wrong_shape_names_tensor_and_both_shapes() {
     // Claim a wider model than the weights hold.
     let config = model.join("unet/config.json");
     let text = std::fs::read_to_string(&config).unwrap();
-    let text = text.replacen("\"block_out_channels\": [\n    32,", "\"block_out_channels\": [\n    40,", 1);
+    let text = text.replacen(
+        "\"block_out_channels\": [\n    32,",
+        "\"block_out_channels\": [\n    40,",
+        1,
+    );
     std::fs::write(&config, text).unwrap();
-    let out = beeswax_in(tmp.path(), &generate_args(&["--model", model.to_str().unwrap()]), &[]);
+    let out = beeswax_in(
+        tmp.path(),
+        &generate_args(&["--model", model.to_str().unwrap()]),
+        &[],
+    );
     assert_fails_with(
         &out,
-        &["unet/diffusion_pytorch_model.safetensors", "down_blocks.0.resnets.0.time_emb_proj.weight", "[40, 160]", "[32, 128]"],
+        &[
+            "unet/diffusion_pytorch_model.safetensors",
+            "down_blocks.0.resnets.0.time_emb_proj.weight",
+            "[40, 160]",
+            "[32, 128]",
+        ],
     );
 }
 
@@ -245,7 +353,16 @@ fn out_of_range_values_state_the_allowed_range() {
         (&["--dtype", "f64"], &["--dtype", "f32, f16, bf16"]),
     ];
     for (flags, needles) in cases {
-        let mut args = vec!["--manifests", &m, "generate", "--pack", "tiny-sd", "--prompt", "x", "--quiet"];
+        let mut args = vec![
+            "--manifests",
+            &m,
+            "generate",
+            "--pack",
+            "tiny-sd",
+            "--prompt",
+            "x",
+            "--quiet",
+        ];
         args.extend_from_slice(flags);
         let out = beeswax_in(tmp.path(), &args, &[]);
         assert_fails_with(&out, needles);
@@ -259,10 +376,26 @@ fn long_prompts_warn_with_the_dropped_words() {
     let prompt = format!("{} zebra crossing", "red ".repeat(80));
     let out = beeswax_in(
         tmp.path(),
-        &["--manifests", &m, "generate", "--pack", "tiny-sd", "--steps", "2", "--quiet", "--prompt", &prompt, "--output", "long.png"],
+        &[
+            "--manifests",
+            &m,
+            "generate",
+            "--pack",
+            "tiny-sd",
+            "--steps",
+            "2",
+            "--quiet",
+            "--prompt",
+            &prompt,
+            "--output",
+            "long.png",
+        ],
         &[],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("warning") && err.contains("zebra crossing"), "{err}");
+    assert!(
+        err.contains("warning") && err.contains("zebra crossing"),
+        "{err}"
+    );
 }

@@ -2,6 +2,8 @@
 //! call, VAE decode and encode) and whole text-to-image runs from the same starting latents.
 //! The references come from `tests/fixtures/make_fixtures.py`.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::path::Path;

@@ -1,5 +1,5 @@
 //! Shared helpers for the integration tests: fixture paths and tensor comparisons.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -31,7 +31,14 @@ pub fn max_diff_and_std(got: &Tensor, want: &Tensor) -> (f32, f32) {
     assert_eq!(got.dims(), want.dims(), "shapes differ");
     let got = got.to_dtype(DType::F32).unwrap();
     let want = want.to_dtype(DType::F32).unwrap();
-    let diff = (&got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (&got - &want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     let mean = want.mean_all().unwrap().to_scalar::<f32>().unwrap();
     let var = want
         .affine(1.0, -(mean as f64))

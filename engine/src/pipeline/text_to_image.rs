@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Tensor};
 
+use super::denoise::{denoise, Conditioning, Hooks};
 use super::{encode_prompt, StableDiffusion};
 use crate::image_out::{to_rgb8, RgbImage};
 use crate::noise::{seeded_noise, BatchNoise};
@@ -154,42 +155,27 @@ pub fn text_to_image(
         Some(t) => t.to_dtype(DType::F32)?.to_device(&model.device)?,
         None => seeded_noise(job.seed, &shape, DType::F32, &model.device)?,
     };
-    let mut latents = (noise * scheduler.init_noise_sigma())?;
+    let latents = (noise * scheduler.init_noise_sigma())?;
 
     // 3. Denoise.
     let start = Instant::now();
-    let mut step_noise = BatchNoise::new(job.seed, job.batch);
-    let timesteps = scheduler.timesteps().to_vec();
-    for (i, &t) in timesteps.iter().enumerate() {
-        let input = if guided {
-            Tensor::cat(&[&latents, &latents], 0)?
-        } else {
-            latents.clone()
-        };
-        let input = scheduler
-            .scale_model_input(&input, i)?
-            .to_dtype(model.dtype)?;
-        let out = model
-            .unet
-            .forward(&input, t, &context)?
-            .to_dtype(DType::F32)?;
-        let out = if guided {
-            let uncond = out.narrow(0, 0, job.batch)?;
-            let cond = out.narrow(0, job.batch, job.batch)?;
-            (&uncond + ((cond - &uncond)? * job.guidance)?)?
-        } else {
-            out
-        };
-        latents = scheduler.step(&out, i, &latents, &mut step_noise)?;
-        let progress = StepProgress {
-            step: i + 1,
-            total: timesteps.len(),
-            elapsed: start.elapsed(),
-        };
-        if on_step(progress).is_break() {
-            return Err(Error::Cancelled);
-        }
-    }
+    let conditioning = Conditioning {
+        context: &context,
+        guidance: job.guidance,
+        extra_channels: None,
+    };
+    let latents = denoise(
+        model,
+        scheduler.as_mut(),
+        latents,
+        &conditioning,
+        0,
+        Hooks {
+            noise: &mut BatchNoise::new(job.seed, job.batch),
+            after_step: &mut |_, latents| Ok(latents),
+            on_step,
+        },
+    )?;
     times.denoising = start.elapsed();
 
     // 4. Decode, one image at a time to bound memory.

@@ -5,7 +5,7 @@ use beeswax::bench::{peak_rss_bytes, random_unet, random_unet_inputs, time_runs}
 use beeswax::device::{default_device, parse_device, parse_dtype};
 use beeswax::models::config_file::read_json;
 use beeswax::models::unet::UNetConfig;
-use beeswax::pipeline::{text_to_image, TextToImage};
+use beeswax::pipeline::{resolve, text_to_image, JobRequest};
 use candle_core::DType;
 
 use crate::args::{BenchCommand, BenchPipelineArgs, BenchUnetArgs, Global};
@@ -65,25 +65,18 @@ fn unet(global: &Global, a: BenchUnetArgs) -> Result<()> {
 
 fn pipeline(global: &Global, a: BenchPipelineArgs) -> Result<()> {
     let chosen = source::load(global, &a.model)?;
-    let (model, d) = (&chosen.model, &chosen.defaults);
-    let native = model.unet.config().sample_size.unwrap_or(64) * model.vae_scale_factor();
-    let job = TextToImage {
+    let request = JobRequest {
         prompt: a.prompt.clone(),
-        negative_prompt: d.negative_prompt.clone().unwrap_or_default(),
-        steps: a.steps.or(d.steps).unwrap_or(20),
-        guidance: a.guidance.or(d.guidance).unwrap_or(7.5),
-        width: a.width.or(d.width).unwrap_or(native),
-        height: a.height.or(d.height).unwrap_or(native),
-        seed: 0,
-        batch: 1,
-        clip_skip: d.clip_skip.unwrap_or(1),
-        scheduler: a
-            .scheduler
-            .clone()
-            .or(d.scheduler.clone())
-            .unwrap_or_else(|| "euler".into()),
-        init_latents: None,
+        steps: a.steps,
+        guidance: a.guidance,
+        width: a.width,
+        height: a.height,
+        scheduler: a.scheduler.clone(),
+        seed: Some(0),
+        ..Default::default()
     };
+    let job = resolve(&chosen.model, &chosen.defaults, request);
+    let model = &chosen.model;
     let start = std::time::Instant::now();
     let out = text_to_image(model, &job, &mut |_| std::ops::ControlFlow::Continue(()))?;
     let total = start.elapsed().as_secs_f64();

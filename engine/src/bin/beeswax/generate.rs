@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context, Result};
 use beeswax::image_out::{numbered_path, write_png};
 use beeswax::params::GenerationParams;
-use beeswax::pipeline::{text_to_image, TextToImage};
+use beeswax::pipeline::{resolve, text_to_image, JobRequest};
 use beeswax::schedulers;
 use candle_core::{Device, Tensor};
 
@@ -15,35 +15,24 @@ use crate::{progress, source};
 
 pub fn run(global: &Global, a: GenerateArgs) -> Result<()> {
     let chosen = source::load(global, &a.model)?;
-    let (model, d) = (&chosen.model, &chosen.defaults);
-    let native = model.unet.config().sample_size.unwrap_or(64) * model.vae_scale_factor();
-    let scheduler = a
-        .scheduler
-        .clone()
-        .or_else(|| d.scheduler.clone())
-        .unwrap_or_else(|| default_scheduler(model.scheduler_config.class_name.as_deref()));
-    let seed = a.seed.unwrap_or_else(random_seed);
-    let batch = a.batch as usize;
-    let job = TextToImage {
+    let request = JobRequest {
         prompt: a.prompt.clone(),
-        negative_prompt: a
-            .negative_prompt
-            .clone()
-            .or_else(|| d.negative_prompt.clone())
-            .unwrap_or_default(),
-        steps: a.steps.map(|s| s as usize).or(d.steps).unwrap_or(20),
-        guidance: a.guidance.or(d.guidance).unwrap_or(7.5),
-        width: a.width.map(|w| w as usize).or(d.width).unwrap_or(native),
-        height: a.height.map(|h| h as usize).or(d.height).unwrap_or(native),
-        seed,
-        batch,
-        clip_skip: a.clip_skip.map(|c| c as usize).or(d.clip_skip).unwrap_or(1),
-        scheduler,
+        negative_prompt: a.negative_prompt.clone(),
+        steps: a.steps.map(|v| v as usize),
+        guidance: a.guidance,
+        width: a.width.map(|v| v as usize),
+        height: a.height.map(|v| v as usize),
+        scheduler: a.scheduler.clone(),
+        seed: a.seed,
+        batch: Some(a.batch as usize),
+        clip_skip: a.clip_skip.map(|v| v as usize),
         init_latents: match &a.init_latents {
             Some(path) => Some(read_latents(path)?),
             None => None,
         },
     };
+    let job = resolve(&chosen.model, &chosen.defaults, request);
+    let (model, seed, batch) = (&chosen.model, job.seed, job.batch);
     if !a.quiet {
         eprintln!(
             "{}: {} steps of {} at {}x{}, guidance {}, seed {seed}",
@@ -88,15 +77,6 @@ pub fn run(global: &Global, a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// The scheduler the model folder names, if beeswax has it, else Euler.
-fn default_scheduler(class_name: Option<&str>) -> String {
-    match class_name {
-        Some("DDIMScheduler") => "ddim",
-        _ => "euler",
-    }
-    .to_string()
-}
-
 /// The AUTOMATIC1111 display name of a scheduler (its first alias), for PNG parameters.
 fn display_name(name: &str) -> String {
     schedulers::names()
@@ -107,18 +87,6 @@ fn display_name(name: &str) -> String {
         })
         .map(|(canonical, aliases)| aliases.first().copied().unwrap_or(canonical).to_string())
         .unwrap_or_else(|| name.to_string())
-}
-
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    h.finish() % 4_294_967_296
 }
 
 /// Reads tensor `latents` from a safetensors file.
