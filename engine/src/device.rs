@@ -13,7 +13,13 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     let lower = spec.trim().to_ascii_lowercase();
     let allowed = "one of cpu, cuda, cuda:N (N a GPU index), metal";
     let open = |r: candle_core::Result<Device>| {
-        r.map_err(|e| Error::invalid("--device", spec, format!("{e} (is beeswax built with that feature?)")))
+        r.map_err(|e| {
+            Error::invalid(
+                "--device",
+                spec,
+                format!("{e} (is beeswax built with that feature?)"),
+            )
+        })
     };
     match lower.as_str() {
         "cpu" => Ok(Device::Cpu),
@@ -68,7 +74,10 @@ mod tests {
     fn parses_devices_and_rejects_others() {
         assert!(parse_device("CPU").unwrap().is_cpu());
         let err = parse_device("tpu").unwrap_err().to_string();
-        assert!(err.contains("--device") && err.contains("tpu") && err.contains("cuda:N"), "{err}");
+        assert!(
+            err.contains("--device") && err.contains("tpu") && err.contains("cuda:N"),
+            "{err}"
+        );
         let err = parse_device("cuda:x").unwrap_err().to_string();
         assert!(err.contains("cuda:x"), "{err}");
     }

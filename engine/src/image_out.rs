@@ -83,8 +83,14 @@ pub fn numbered_path(path: &Path, index: usize, count: usize) -> PathBuf {
     if count <= 1 {
         return path.to_path_buf();
     }
-    let stem = path.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default();
-    let ext = path.extension().map(|e| e.to_string_lossy()).unwrap_or_else(|| "png".into());
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy())
+        .unwrap_or_default();
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy())
+        .unwrap_or_else(|| "png".into());
     path.with_file_name(format!("{stem}-{}.{ext}", index + 1))
 }
 
@@ -94,7 +100,12 @@ mod tests {
 
     #[test]
     fn postprocess_matches_diffusers_rounding() {
-        let t = Tensor::from_vec(vec![-1.5f32, -1.0, 0.0, 0.5, 1.0, 2.0], (3, 1, 2), &candle_core::Device::Cpu).unwrap();
+        let t = Tensor::from_vec(
+            vec![-1.5f32, -1.0, 0.0, 0.5, 1.0, 2.0],
+            (3, 1, 2),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
         let img = to_rgb8(&t).unwrap();
         // (x/2+0.5)*255: 0, 0, 127.5->128, 191.25->191, 255, 255
         assert_eq!(img.data, vec![0, 128, 255, 0, 191, 255]);
@@ -102,21 +113,37 @@ mod tests {
 
     #[test]
     fn png_carries_parameters() {
-        let img = RgbImage { width: 2, height: 1, data: vec![1, 2, 3, 4, 5, 6] };
+        let img = RgbImage {
+            width: 2,
+            height: 1,
+            data: vec![1, 2, 3, 4, 5, 6],
+        };
         for text in ["Steps: 20, Sampler: Euler", "un renard 🦊"] {
             let bytes = encode_png(&img, text).unwrap();
             let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
             let reader = decoder.read_info().unwrap();
             let info = reader.info();
-            let found = info.uncompressed_latin1_text.iter().any(|c| c.keyword == "parameters" && c.text == text)
-                || info.utf8_text.iter().any(|c| c.keyword == "parameters" && c.get_text().unwrap() == text);
+            let found = info
+                .uncompressed_latin1_text
+                .iter()
+                .any(|c| c.keyword == "parameters" && c.text == text)
+                || info
+                    .utf8_text
+                    .iter()
+                    .any(|c| c.keyword == "parameters" && c.get_text().unwrap() == text);
             assert!(found, "{text}");
         }
     }
 
     #[test]
     fn numbers_batch_files() {
-        assert_eq!(numbered_path(Path::new("out/a.png"), 0, 1), PathBuf::from("out/a.png"));
-        assert_eq!(numbered_path(Path::new("out/a.png"), 1, 3), PathBuf::from("out/a-2.png"));
+        assert_eq!(
+            numbered_path(Path::new("out/a.png"), 0, 1),
+            PathBuf::from("out/a.png")
+        );
+        assert_eq!(
+            numbered_path(Path::new("out/a.png"), 1, 3),
+            PathBuf::from("out/a-2.png")
+        );
     }
 }

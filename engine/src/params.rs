@@ -68,7 +68,14 @@ mod tests {
         assert!(text.starts_with(
             "a red fox\nNegative prompt: blurry\nSteps: 20, Sampler: Euler, CFG scale: 7.5, Seed: 1, Size: 512x768, Model: tiny-sd, Clip skip: 2"
         ), "{text}");
-        let plain = GenerationParams { negative_prompt: String::new(), clip_skip: 1, ..p };
-        assert!(!plain.to_a1111().contains("Negative prompt") && !plain.to_a1111().contains("Clip skip"));
+        let plain = GenerationParams {
+            negative_prompt: String::new(),
+            clip_skip: 1,
+            ..p
+        };
+        assert!(
+            !plain.to_a1111().contains("Negative prompt")
+                && !plain.to_a1111().contains("Clip skip")
+        );
     }
 }

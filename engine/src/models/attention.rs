@@ -19,8 +19,5 @@ pub fn scaled_dot_product(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> R
     let dtype = q.dtype();
     let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(candle_core::DType::F32)?;
     let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
-    probs
-        .matmul(&v)?
-        .transpose(1, 2)?
-        .reshape((b, sq, inner))
+    probs.matmul(&v)?.transpose(1, 2)?.reshape((b, sq, inner))
 }

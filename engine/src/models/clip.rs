@@ -7,7 +7,6 @@
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
 
-
 /// The fields of transformers' `CLIPTextConfig` that shape the network.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct ClipTextConfig {
@@ -106,10 +105,14 @@ impl EncoderLayer {
             self.k_proj.forward(&h)?,
             self.v_proj.forward(&h)?,
         );
-        let h = self.out_proj.forward(&masked_attention(&q, &k, &v, self.heads, causal_mask)?)?;
+        let h = self
+            .out_proj
+            .forward(&masked_attention(&q, &k, &v, self.heads, causal_mask)?)?;
         let xs = (xs + h)?;
         let h = self.layer_norm2.forward(&xs)?;
-        let h = self.fc2.forward(&self.activation.apply(&self.fc1.forward(&h)?)?)?;
+        let h = self
+            .fc2
+            .forward(&self.activation.apply(&self.fc1.forward(&h)?)?)?;
         xs + h
     }
 }
@@ -125,12 +128,14 @@ fn masked_attention(
     let (b, s, inner) = q.dims3()?;
     let head_dim = inner / heads;
     let split = |t: &Tensor| -> Result<Tensor> {
-        t.reshape((b, s, heads, head_dim))?.transpose(1, 2)?.contiguous()
+        t.reshape((b, s, heads, head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
     };
     let scale = (head_dim as f64).powf(-0.5);
     let scores = ((split(q)? * scale)?.matmul(&split(k)?.t()?)?).broadcast_add(mask)?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
-        .to_dtype(q.dtype())?;
+    let probs =
+        candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(q.dtype())?;
     probs
         .matmul(&split(v)?)?
         .transpose(1, 2)?
@@ -166,7 +171,11 @@ impl ClipTextModel {
                 emb.pp("position_embedding"),
             )?,
             layers,
-            final_layer_norm: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("final_layer_norm"))?,
+            final_layer_norm: layer_norm(
+                c.hidden_size,
+                c.layer_norm_eps,
+                vb.pp("final_layer_norm"),
+            )?,
         })
     }
 
@@ -196,5 +205,7 @@ fn causal_mask(s: usize, dtype: DType, device: &Device) -> Result<Tensor> {
     let mask: Vec<f32> = (0..s)
         .flat_map(|i| (0..s).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
         .collect();
-    Tensor::from_vec(mask, (s, s), device)?.to_dtype(dtype)?.unsqueeze(0)
+    Tensor::from_vec(mask, (s, s), device)?
+        .to_dtype(dtype)?
+        .unsqueeze(0)
 }

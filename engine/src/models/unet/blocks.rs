@@ -52,7 +52,13 @@ fn transformer(
     )
 }
 
-fn resnet(vb: VarBuilder, in_c: usize, out_c: usize, common: BlockCommon, scale: f64) -> Result<ResnetBlock2D> {
+fn resnet(
+    vb: VarBuilder,
+    in_c: usize,
+    out_c: usize,
+    common: BlockCommon,
+    scale: f64,
+) -> Result<ResnetBlock2D> {
     ResnetBlock2D::new(
         vb,
         ResnetSpec {
@@ -113,12 +119,26 @@ impl DownBlock {
     ) -> Result<Self> {
         let resnets = (0..shape.layers)
             .map(|j| {
-                let in_c = if j == 0 { shape.in_channels } else { shape.out_channels };
-                resnet(vb.pp(format!("resnets.{j}")), in_c, shape.out_channels, common, 1.0)
+                let in_c = if j == 0 {
+                    shape.in_channels
+                } else {
+                    shape.out_channels
+                };
+                resnet(
+                    vb.pp(format!("resnets.{j}")),
+                    in_c,
+                    shape.out_channels,
+                    common,
+                    1.0,
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         let downsampler = if shape.resample {
-            Some(Downsample2D::new(vb.pp("downsamplers.0"), shape.out_channels, downsample_padding)?)
+            Some(Downsample2D::new(
+                vb.pp("downsamplers.0"),
+                shape.out_channels,
+                downsample_padding,
+            )?)
         } else {
             None
         };
@@ -208,8 +228,18 @@ impl UpBlock {
             .iter()
             .enumerate()
             .map(|(j, &skip)| {
-                let in_c = if j == 0 { prev_channels } else { shape.out_channels };
-                resnet(vb.pp(format!("resnets.{j}")), in_c + skip, shape.out_channels, common, 1.0)
+                let in_c = if j == 0 {
+                    prev_channels
+                } else {
+                    shape.out_channels
+                };
+                resnet(
+                    vb.pp(format!("resnets.{j}")),
+                    in_c + skip,
+                    shape.out_channels,
+                    common,
+                    1.0,
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         let upsampler = if shape.resample {

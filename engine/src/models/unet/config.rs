@@ -156,8 +156,14 @@ impl UNetConfig {
             (self.addition_embed_type.is_some(), "addition_embed_type"),
             (self.dual_cross_attention, "dual_cross_attention"),
             (self.time_cond_proj_dim.is_some(), "time_cond_proj_dim"),
-            (self.resnet_time_scale_shift != "default", "resnet_time_scale_shift"),
-            (self.time_embedding_type != "positional", "time_embedding_type"),
+            (
+                self.resnet_time_scale_shift != "default",
+                "resnet_time_scale_shift",
+            ),
+            (
+                self.time_embedding_type != "positional",
+                "time_embedding_type",
+            ),
             (self.act_fn != "silu", "act_fn"),
         ];
         if let Some((_, field)) = unsupported.iter().find(|(bad, _)| *bad) {
@@ -174,13 +180,17 @@ impl UNetConfig {
         }
         if let Some(mid) = &self.mid_block_type {
             if mid != "UNetMidBlock2DCrossAttn" {
-                return Err(format!("`mid_block_type` {mid:?} is not supported (expected UNetMidBlock2DCrossAttn)"));
+                return Err(format!(
+                    "`mid_block_type` {mid:?} is not supported (expected UNetMidBlock2DCrossAttn)"
+                ));
             }
         }
         let kind = |t: &str, field: &str, attn: &str, plain: &str| match t {
             x if x == attn => Ok(true),
             x if x == plain => Ok(false),
-            other => Err(format!("`{field}` entry {other:?} is not supported (expected {attn} or {plain})")),
+            other => Err(format!(
+                "`{field}` entry {other:?} is not supported (expected {attn} or {plain})"
+            )),
         };
         let cross_attn = self
             .down_block_types
@@ -192,7 +202,11 @@ impl UNetConfig {
             .iter()
             .map(|t| kind(t, "up_block_types", "CrossAttnUpBlock2D", "UpBlock2D"))
             .collect::<Result<Vec<_>, _>>()?;
-        if self.only_cross_attention.expand(n, "only_cross_attention")?.contains(&true) {
+        if self
+            .only_cross_attention
+            .expand(n, "only_cross_attention")?
+            .contains(&true)
+        {
             return Err("`only_cross_attention` is not supported".into());
         }
         let heads = self

@@ -72,7 +72,10 @@ impl UNet2DConditionModel {
                 attention(i, plan.cross_attn[i]),
                 config.downsample_padding,
             )?);
-            skip_widths.extend(std::iter::repeat_n(ch[i], plan.layers[i] + usize::from(shape.resample)));
+            skip_widths.extend(std::iter::repeat_n(
+                ch[i],
+                plan.layers[i] + usize::from(shape.resample),
+            ));
         }
 
         let mid_attention = BlockAttention {
@@ -114,13 +117,28 @@ impl UNet2DConditionModel {
         }
 
         Ok(Self {
-            conv_in: conv_k(config.in_channels, ch[0], config.conv_in_kernel, vb.pp("conv_in"))?,
+            conv_in: conv_k(
+                config.in_channels,
+                ch[0],
+                config.conv_in_kernel,
+                vb.pp("conv_in"),
+            )?,
             time_embedding: TimestepMlp::new(vb.pp("time_embedding"), ch[0], temb_channels)?,
             down_blocks,
             mid_block,
             up_blocks,
-            conv_norm_out: group_norm(config.norm_num_groups, ch[0], config.norm_eps, vb.pp("conv_norm_out"))?,
-            conv_out: conv_k(ch[0], config.out_channels, config.conv_out_kernel, vb.pp("conv_out"))?,
+            conv_norm_out: group_norm(
+                config.norm_num_groups,
+                ch[0],
+                config.norm_eps,
+                vb.pp("conv_norm_out"),
+            )?,
+            conv_out: conv_k(
+                ch[0],
+                config.out_channels,
+                config.conv_out_kernel,
+                vb.pp("conv_out"),
+            )?,
             config: config.clone(),
         })
     }

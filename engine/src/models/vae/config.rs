@@ -73,7 +73,10 @@ impl VaeConfig {
             return Err("`block_out_channels` is empty".into());
         }
         if self.act_fn != "silu" {
-            return Err(format!("`act_fn` {:?} is not supported (expected silu)", self.act_fn));
+            return Err(format!(
+                "`act_fn` {:?} is not supported (expected silu)",
+                self.act_fn
+            ));
         }
         let check = |types: &[String], field: &str, want: &str| {
             if types.len() != n {
@@ -83,13 +86,23 @@ impl VaeConfig {
                 ));
             }
             match types.iter().find(|t| t.as_str() != want) {
-                Some(t) => Err(format!("`{field}` entry {t:?} is not supported (expected {want})")),
+                Some(t) => Err(format!(
+                    "`{field}` entry {t:?} is not supported (expected {want})"
+                )),
                 None => Ok(()),
             }
         };
-        check(&self.down_block_types, "down_block_types", "DownEncoderBlock2D")?;
+        check(
+            &self.down_block_types,
+            "down_block_types",
+            "DownEncoderBlock2D",
+        )?;
         check(&self.up_block_types, "up_block_types", "UpDecoderBlock2D")?;
-        if let Some(c) = self.block_out_channels.iter().find(|&&c| c % self.norm_num_groups != 0) {
+        if let Some(c) = self
+            .block_out_channels
+            .iter()
+            .find(|&&c| c % self.norm_num_groups != 0)
+        {
             return Err(format!(
                 "{c} channels in `block_out_channels` are not divisible by `norm_num_groups` {}",
                 self.norm_num_groups

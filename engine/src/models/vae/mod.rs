@@ -102,9 +102,22 @@ impl MidBlock {
     }
 }
 
-fn resnets(vb: &VarBuilder, count: usize, in_c: usize, out_c: usize, groups: usize) -> Result<Vec<ResnetBlock2D>> {
+fn resnets(
+    vb: &VarBuilder,
+    count: usize,
+    in_c: usize,
+    out_c: usize,
+    groups: usize,
+) -> Result<Vec<ResnetBlock2D>> {
     (0..count)
-        .map(|j| resnet(vb.pp(format!("resnets.{j}")), if j == 0 { in_c } else { out_c }, out_c, groups))
+        .map(|j| {
+            resnet(
+                vb.pp(format!("resnets.{j}")),
+                if j == 0 { in_c } else { out_c },
+                out_c,
+                groups,
+            )
+        })
         .collect()
 }
 
@@ -145,7 +158,13 @@ impl Decoder {
             prev = out;
         }
         let post_quant_conv = if c.use_post_quant_conv {
-            Some(conv2d(c.latent_channels, c.latent_channels, 1, Default::default(), vb.pp("post_quant_conv"))?)
+            Some(conv2d(
+                c.latent_channels,
+                c.latent_channels,
+                1,
+                Default::default(),
+                vb.pp("post_quant_conv"),
+            )?)
         } else {
             None
         };
@@ -213,7 +232,13 @@ impl Encoder {
         }
         let moments = 2 * c.latent_channels;
         let quant_conv = if c.use_quant_conv {
-            Some(conv2d(moments, moments, 1, Default::default(), vb.pp("quant_conv"))?)
+            Some(conv2d(
+                moments,
+                moments,
+                1,
+                Default::default(),
+                vb.pp("quant_conv"),
+            )?)
         } else {
             None
         };
