@@ -1,0 +1,333 @@
+//! [`SchedulerConfig`]: diffusers' `scheduler_config.json` as data.
+//!
+//! One struct serves every scheduler, as in diffusers, where `from_config` hands the same file
+//! to whichever class is asked for and each class reads the fields it knows. Fields missing from
+//! the file take diffusers' defaults. A few defaults differ between diffusers classes (for
+//! example `timestep_spacing` is `leading` for `DDIMScheduler` but `linspace` for
+//! `EulerDiscreteScheduler`); those fields are `Option`s here, `None` meaning "the scheduler's
+//! own diffusers default", so a Stable Diffusion 1.5 config without `timestep_spacing` gives
+//! each scheduler the spacing diffusers would give it. Unknown fields (`_diffusers_version`,
+//! `skip_prk_steps`, ...) are accepted and ignored.
+
+use std::path::Path;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// diffusers' `scheduler_config.json`: the training noise schedule and sampling options.
+///
+/// Missing fields take diffusers' defaults (see [`SchedulerConfig::default`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SchedulerConfig {
+    /// `_class_name`: the diffusers class the file was written for (informational; the
+    /// scheduler is picked by name, as diffusers' `from_config` does).
+    #[serde(rename = "_class_name", skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// Number of diffusion steps the model was trained with (default 1000).
+    pub num_train_timesteps: usize,
+    /// First beta of the training schedule (default 0.0001).
+    pub beta_start: f64,
+    /// Last beta of the training schedule (default 0.02).
+    pub beta_end: f64,
+    /// How betas go from `beta_start` to `beta_end` (default `linear`).
+    pub beta_schedule: BetaSchedule,
+    /// Explicit betas, one per training step; overrides the three fields above (default none).
+    pub trained_betas: Option<Vec<f64>>,
+    /// What the model predicts (default `epsilon`).
+    pub prediction_type: PredictionType,
+    /// How inference timesteps are spread over the training steps; `None` takes the scheduler's
+    /// diffusers default (`leading` for DDIM, `linspace` for Euler).
+    pub timestep_spacing: Option<TimestepSpacing>,
+    /// Added to `leading` timesteps (Stable Diffusion 1.x uses 1; default 0).
+    pub steps_offset: usize,
+    /// DDIM: whether the step to the end uses alpha_cumprod = 1 (`true`) or the first training
+    /// alpha_cumprod (`false`); `None` takes the scheduler's default (`true` for DDIM).
+    pub set_alpha_to_one: Option<bool>,
+    /// DDIM: whether to clip the predicted clean sample to `±clip_sample_range`; `None` takes
+    /// the scheduler's default (`true` for DDIM).
+    pub clip_sample: Option<bool>,
+    /// DDIM: the clipping bound when `clip_sample` is on (default 1.0).
+    pub clip_sample_range: f64,
+    /// DDIM: dynamic thresholding (default off). Not supported: pixel-space models only.
+    pub thresholding: bool,
+    /// Euler: how sigmas are interpolated between training steps (default `linear`).
+    pub interpolation_type: InterpolationType,
+    /// Euler: use the Karras et al. (2022) noise levels (default off).
+    #[serde(deserialize_with = "null_as_default")]
+    pub use_karras_sigmas: bool,
+    /// Euler: use exponentially spaced noise levels (default off).
+    #[serde(deserialize_with = "null_as_default")]
+    pub use_exponential_sigmas: bool,
+    /// Euler: use beta-distribution spaced noise levels (default off). Not supported yet.
+    #[serde(deserialize_with = "null_as_default")]
+    pub use_beta_sigmas: bool,
+    /// Euler: smallest sigma of the Karras/exponential schedules (default: the schedule's).
+    pub sigma_min: Option<f64>,
+    /// Euler: largest sigma of the Karras/exponential schedules (default: the schedule's).
+    pub sigma_max: Option<f64>,
+    /// Rescale betas to zero terminal SNR (Lin et al. 2023; default off).
+    pub rescale_betas_zero_snr: bool,
+    /// Euler: the noise level after the last step (default `zero`).
+    #[serde(deserialize_with = "null_as_default")]
+    pub final_sigmas_type: FinalSigmasType,
+    /// Euler: discrete training-step timesteps or continuous `0.25·ln(sigma)` ones, the latter
+    /// only with `v_prediction` (default `discrete`).
+    pub timestep_type: TimestepType,
+}
+
+impl Default for SchedulerConfig {
+    /// diffusers' defaults.
+    fn default() -> Self {
+        Self {
+            class_name: None,
+            num_train_timesteps: 1000,
+            beta_start: 0.0001,
+            beta_end: 0.02,
+            beta_schedule: BetaSchedule::Linear,
+            trained_betas: None,
+            prediction_type: PredictionType::Epsilon,
+            timestep_spacing: None,
+            steps_offset: 0,
+            set_alpha_to_one: None,
+            clip_sample: None,
+            clip_sample_range: 1.0,
+            thresholding: false,
+            interpolation_type: InterpolationType::Linear,
+            use_karras_sigmas: false,
+            use_exponential_sigmas: false,
+            use_beta_sigmas: false,
+            sigma_min: None,
+            sigma_max: None,
+            rescale_betas_zero_snr: false,
+            final_sigmas_type: FinalSigmasType::Zero,
+            timestep_type: TimestepType::Discrete,
+        }
+    }
+}
+
+impl SchedulerConfig {
+    /// Reads a diffusers `scheduler_config.json`; errors name the file and, for values that
+    /// cannot work, the field and value.
+    pub fn from_file(path: impl AsRef<Path>) -> crate::Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| crate::Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: Self = serde_json::from_str(&text).map_err(|e| crate::Error::Config {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.check().map_err(|message| crate::Error::Config {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks the values every scheduler relies on; the message names the field and value.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self.num_train_timesteps < 2 {
+            return Err(format!(
+                "num_train_timesteps {} is too small; it must be at least 2",
+                self.num_train_timesteps
+            ));
+        }
+        match &self.trained_betas {
+            Some(betas) => {
+                if betas.len() != self.num_train_timesteps {
+                    return Err(format!(
+                        "trained_betas has {} values but num_train_timesteps is {}",
+                        betas.len(),
+                        self.num_train_timesteps
+                    ));
+                }
+                if let Some((i, b)) = betas
+                    .iter()
+                    .enumerate()
+                    .find(|(_, b)| !(0.0..1.0).contains(*b))
+                {
+                    return Err(format!("trained_betas[{i}] = {b} is outside [0, 1)"));
+                }
+            }
+            None => {
+                for (name, value) in [("beta_start", self.beta_start), ("beta_end", self.beta_end)]
+                {
+                    if !(0.0..1.0).contains(&value) {
+                        return Err(format!("{name} {value} is outside [0, 1)"));
+                    }
+                }
+            }
+        }
+        if !(self.clip_sample_range.is_finite() && self.clip_sample_range > 0.0) {
+            return Err(format!(
+                "clip_sample_range {} must be a positive number",
+                self.clip_sample_range
+            ));
+        }
+        for (name, value) in [("sigma_min", self.sigma_min), ("sigma_max", self.sigma_max)] {
+            if let Some(v) = value {
+                if !(v.is_finite() && v > 0.0) {
+                    return Err(format!("{name} {v} must be a positive number"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads `null` as the type's default (diffusers writes `null` for some optional flags).
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// diffusers' `prediction_type`: what the model's output means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PredictionType {
+    /// The noise that was added (Stable Diffusion 1.x, SDXL).
+    #[default]
+    Epsilon,
+    /// The velocity `alpha·noise - sigma·sample` (Stable Diffusion 2.x 768).
+    VPrediction,
+    /// The clean sample itself (`original_sample` is accepted too, as diffusers' Euler does).
+    #[serde(alias = "original_sample")]
+    Sample,
+}
+
+/// diffusers' `beta_schedule`: how the training betas are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BetaSchedule {
+    /// Evenly spaced from `beta_start` to `beta_end`.
+    #[default]
+    Linear,
+    /// Evenly spaced square roots, squared (Stable Diffusion).
+    ScaledLinear,
+    /// The cosine schedule of Nichol & Dhariwal (2021), betas capped at 0.999.
+    #[serde(rename = "squaredcos_cap_v2")]
+    SquaredcosCapV2,
+}
+
+/// diffusers' `timestep_spacing`: how inference timesteps are picked among training steps
+/// (table 2 of "Common Diffusion Noise Schedules and Sample Steps are Flawed").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestepSpacing {
+    /// `0, r, 2r, ...` (`r = T / steps`, floored) plus `steps_offset`; never reaches `T - 1`.
+    Leading,
+    /// Counting down from `T - 1` in strides of `T / steps`.
+    Trailing,
+    /// Evenly spaced from `T - 1` to 0 (fractional for Euler, rounded for DDIM).
+    Linspace,
+}
+
+/// diffusers' `interpolation_type` (Euler): sigmas between training steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InterpolationType {
+    /// Linear in sigma between neighbouring training steps.
+    #[default]
+    Linear,
+    /// Log-linear from the largest to the smallest sigma. Not supported yet.
+    LogLinear,
+}
+
+/// diffusers' `final_sigmas_type`: the noise level the last step goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinalSigmasType {
+    /// A clean sample (sigma 0).
+    #[default]
+    Zero,
+    /// The smallest training sigma.
+    SigmaMin,
+}
+
+/// diffusers' `timestep_type`: what timestep the model is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestepType {
+    /// Training step numbers (possibly fractional).
+    #[default]
+    Discrete,
+    /// `0.25·ln(sigma)` (EDM-style), used only with `v_prediction`.
+    Continuous,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sd15_config_parses_with_unknown_fields() {
+        let json = r#"{
+            "_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0",
+            "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+            "num_train_timesteps": 1000, "set_alpha_to_one": false, "skip_prk_steps": true,
+            "steps_offset": 1, "trained_betas": null, "clip_sample": false,
+            "use_karras_sigmas": null
+        }"#;
+        let config: SchedulerConfig = serde_json::from_str(json).unwrap();
+        assert_eq!(config.class_name.as_deref(), Some("PNDMScheduler"));
+        assert_eq!(config.beta_schedule, BetaSchedule::ScaledLinear);
+        assert_eq!(config.steps_offset, 1);
+        assert_eq!(config.set_alpha_to_one, Some(false));
+        assert_eq!(config.timestep_spacing, None);
+        assert!(!config.use_karras_sigmas);
+        assert_eq!(config.check(), Ok(()));
+    }
+
+    #[test]
+    fn enums_use_diffusers_spellings() {
+        let config: SchedulerConfig = serde_json::from_str(
+            r#"{"beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction",
+                "timestep_spacing": "trailing", "final_sigmas_type": "sigma_min",
+                "timestep_type": "continuous", "interpolation_type": "log_linear"}"#,
+        )
+        .unwrap();
+        assert_eq!(config.beta_schedule, BetaSchedule::SquaredcosCapV2);
+        assert_eq!(config.prediction_type, PredictionType::VPrediction);
+        assert_eq!(config.timestep_spacing, Some(TimestepSpacing::Trailing));
+        assert_eq!(config.final_sigmas_type, FinalSigmasType::SigmaMin);
+        assert_eq!(config.timestep_type, TimestepType::Continuous);
+        assert_eq!(config.interpolation_type, InterpolationType::LogLinear);
+        let sample: PredictionType = serde_json::from_str(r#""original_sample""#).unwrap();
+        assert_eq!(sample, PredictionType::Sample);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = serde_json::from_str::<SchedulerConfig>(r#"{"beta_schedule": "cosine"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cosine"), "{err}");
+        let config = SchedulerConfig {
+            trained_betas: Some(vec![0.1; 3]),
+            ..Default::default()
+        };
+        assert!(config.check().unwrap_err().contains("trained_betas"));
+    }
+
+    #[test]
+    fn from_file_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scheduler_config.json");
+        std::fs::write(&path, r#"{"prediction_type": "noise"}"#).unwrap();
+        let err = SchedulerConfig::from_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("scheduler_config.json") && err.contains("noise"),
+            "{err}"
+        );
+        std::fs::write(&path, r#"{"num_train_timesteps": 1}"#).unwrap();
+        let err = SchedulerConfig::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("scheduler_config.json") && err.contains("num_train_timesteps"));
+        std::fs::write(&path, r#"{"timestep_spacing": "leading"}"#).unwrap();
+        let config = SchedulerConfig::from_file(&path).unwrap();
+        assert_eq!(config.timestep_spacing, Some(TimestepSpacing::Leading));
+    }
+}
