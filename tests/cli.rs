@@ -183,7 +183,14 @@ fn batch_writes_numbered_files_and_latents_round_trip() {
         reader.next_frame(&mut buf).unwrap();
         buf
     };
-    assert_eq!(pixels("pic-1.png"), pixels("again.png"));
+    // Equal up to float rounding: a batch of two may sum in another order than a batch of one.
+    let max_diff = pixels("pic-1.png")
+        .iter()
+        .zip(pixels("again.png"))
+        .map(|(a, b)| a.abs_diff(b))
+        .max()
+        .unwrap();
+    assert!(max_diff <= 1, "image 1 of the batch and its rerun differ by {max_diff}/255");
 }
 
 #[test]
