@@ -1,9 +1,16 @@
-//! Scheduler parity with diffusers, plus the registry's error messages.
+//! Scheduler parity with diffusers, plus names, errors and the CLI.
 //!
-//! `fixtures/schedulers/` holds whole denoising trajectories recorded from diffusers'
+//! `fixtures/schedulers/` holds whole denoising trajectories recorded from diffusers:
 //! `DDIMScheduler` and `EulerDiscreteScheduler` by `make_references.py` (see its docstring for
-//! the synthetic model and how the float64 reference is obtained). Each case is replayed here
-//! through the registry and the [`Scheduler`] trait, in f64 and in f32 tensors.
+//! the synthetic model and how the float64 reference is obtained), and every other built-in's
+//! class by `make_sampler_references.py` (`samplers.json`). Each case is replayed here through
+//! the registry and the [`Scheduler`] trait, in f64 and in f32 tensors. Whole text-to-image runs
+//! with several samplers are compared with `fixtures/reference/<model>/schedulers/`, made by
+//! `fixtures/make_scheduler_pipeline_fixtures.py`.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -275,6 +282,159 @@ fn add_noise_matches_diffusers() {
     }
 }
 
+/// One case of `samplers.json` (from `make_sampler_references.py`).
+#[derive(Deserialize)]
+struct SamplerCase {
+    name: String,
+    scheduler: String,
+    class: String,
+    schedule: Option<String>,
+    steps: usize,
+    config: serde_json::Value,
+    timesteps: Vec<f64>,
+    init_noise_sigma: f64,
+}
+
+#[derive(Deserialize)]
+struct SamplerReference {
+    cases: Vec<SamplerCase>,
+}
+
+fn load_samplers() -> Result<(Vec<SamplerCase>, HashMap<String, Tensor>)> {
+    let dir = fixtures();
+    let text = std::fs::read_to_string(dir.join("samplers.json"))?;
+    let reference: SamplerReference = serde_json::from_str(&text)?;
+    let tensors = candle_core::safetensors::load(dir.join("samplers.safetensors"), &Device::Cpu)?;
+    Ok((reference.cases, tensors))
+}
+
+/// Replays one sampler case in `dtype`: checks the timesteps and `init_noise_sigma` against
+/// diffusers (float64 run), then returns the worst relative error of the scaled model inputs
+/// and samples over the trajectory.
+fn replay_sampler(
+    case: &SamplerCase,
+    tensors: &HashMap<String, Tensor>,
+    dtype: DType,
+) -> Result<f64> {
+    let config = config(&case.config)?;
+    let mut sched = schedulers::build_with(
+        &case.scheduler,
+        case.schedule.as_deref(),
+        &config,
+        case.steps,
+    )?;
+    let ts = sched.timesteps().to_vec();
+    anyhow::ensure!(
+        ts.len() == case.timesteps.len(),
+        "{}: {} timesteps vs diffusers' {}",
+        case.name,
+        ts.len(),
+        case.timesteps.len()
+    );
+    for (i, (&ours, &theirs)) in ts.iter().zip(&case.timesteps).enumerate() {
+        anyhow::ensure!(
+            (ours - theirs).abs() <= 1e-9 * theirs.abs().max(1.0),
+            "{} step {i}: timestep {ours} vs diffusers {theirs}",
+            case.name
+        );
+    }
+    let sigma = sched.init_noise_sigma();
+    anyhow::ensure!(
+        (sigma - case.init_noise_sigma).abs() <= 1e-9 * case.init_noise_sigma,
+        "{}: init_noise_sigma {sigma} vs {}",
+        case.name,
+        case.init_noise_sigma
+    );
+    let get = |k: &str| {
+        tensors
+            .get(k)
+            .ok_or_else(|| anyhow!("fixture tensor {k} missing"))
+    };
+    let samples = get(&format!("{}/samples", case.name))?;
+    // Absent when diffusers' model input is the sample itself.
+    let scaled = tensors.get(&format!("{}/scaled", case.name));
+    let mut sample = (get("start")? * sigma)?.to_dtype(dtype)?;
+    let mut noise = DetNoise { draws: 0 };
+    let mut worst = 0.0f64;
+    for (i, &t) in ts.iter().enumerate() {
+        let x_in = sched.scale_model_input(&sample, i)?;
+        match scaled {
+            Some(scaled) => worst = worst.max(relative_error(&x_in, &scaled.get(i)?)?),
+            None => anyhow::ensure!(
+                relative_error(&x_in, &sample)? == 0.0,
+                "{} step {i}: the model input should be the sample",
+                case.name
+            ),
+        }
+        let model_output = x_in.affine(0.3 * (t / 300.0).cos(), 0.1 * (t / 100.0).sin())?;
+        sample = sched.step(&model_output, i, &sample, &mut noise)?;
+        anyhow::ensure!(
+            sample.dtype() == dtype,
+            "step {i} returned {:?}",
+            sample.dtype()
+        );
+        worst = worst.max(relative_error(&sample, &samples.get(i)?)?);
+    }
+    Ok(worst)
+}
+
+#[test]
+fn every_builtin_sampler_matches_its_diffusers_class() {
+    let (cases, tensors) = load_samplers().unwrap();
+    let mut covered: HashMap<&str, (bool, bool, Vec<usize>)> = HashMap::new();
+    let mut report = Vec::new();
+    for case in &cases {
+        let err = replay_sampler(case, &tensors, DType::F64)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", case.name));
+        report.push((err, case.name.as_str(), &case.class));
+        let entry = covered.entry(case.scheduler.as_str()).or_default();
+        let prediction = case.config["prediction_type"].as_str().unwrap_or_default();
+        entry.0 |= prediction == "epsilon";
+        entry.1 |= prediction == "v_prediction";
+        entry.2.push(case.steps);
+    }
+    report.sort_by(|a, b| b.0.total_cmp(&a.0));
+    eprintln!("worst f64 relative errors: {:?}", &report[..3]);
+    let failed: Vec<_> = report
+        .iter()
+        .filter(|(e, _, _)| e.is_nan() || *e > TOLERANCE)
+        .collect();
+    assert!(failed.is_empty(), "beyond {TOLERANCE}: {failed:?}");
+    // Every built-in but DDIM and Euler (covered by `cases.json`) has references for both
+    // prediction types and an odd and an even step count.
+    for (name, _) in schedulers::names() {
+        if matches!(name, "ddim" | "euler") {
+            continue;
+        }
+        let Some((eps, v, steps)) = covered.get(name) else {
+            panic!("no reference trajectory for built-in {name}");
+        };
+        assert!(*eps && *v, "{name}: epsilon and v_prediction both needed");
+        assert!(
+            steps.iter().any(|s| s % 2 == 1) && steps.iter().any(|s| s % 2 == 0),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn every_builtin_sampler_matches_in_f32_too() {
+    let (cases, tensors) = load_samplers().unwrap();
+    let mut report = Vec::new();
+    for case in &cases {
+        let err = replay_sampler(case, &tensors, DType::F32)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", case.name));
+        report.push((err, case.name.as_str()));
+    }
+    report.sort_by(|a, b| b.0.total_cmp(&a.0));
+    eprintln!("worst f32 relative errors: {:?}", &report[..3]);
+    let failed: Vec<_> = report
+        .iter()
+        .filter(|(e, _)| e.is_nan() || *e > 1e-4)
+        .collect();
+    assert!(failed.is_empty(), "beyond 1e-4: {failed:?}");
+}
+
 #[test]
 fn unknown_name_lists_the_valid_ones() {
     let err = schedulers::build("eulr", &SchedulerConfig::default(), 20)
@@ -344,5 +504,359 @@ fn step_index_out_of_range_is_an_error_not_a_panic() {
             .to_string();
         assert!(err.contains(name) && err.contains("index 3"), "{err}");
         assert!(sched.add_noise(&x, &x, 7).is_err());
+    }
+}
+
+/// One end-to-end reference run (`make_scheduler_pipeline_fixtures.py`).
+#[derive(Deserialize)]
+struct PipelineCase {
+    file: String,
+    scheduler: String,
+    guidance: f64,
+    width: usize,
+    height: usize,
+    steps: usize,
+    prompt: String,
+    negative_prompt: String,
+}
+
+/// Whole text-to-image runs on the miniature models with DPM++ 2M Karras, UniPC, Heun, LMS,
+/// PLMS and DEIS match diffusers' pipeline: final latents within 1e-3 x std, images within
+/// 2/255 (the engine core's thresholds).
+#[test]
+fn text_to_image_matches_diffusers_with_each_sampler() {
+    use beeswax::manifest::PackDefaults;
+    use beeswax::pipeline::{resolve, text_to_image, JobRequest, LoadOptions, StableDiffusion};
+
+    let mut checked = Vec::new();
+    for model_name in common::MODELS {
+        let model = StableDiffusion::load(
+            &common::fixture(&format!("models/{model_name}")),
+            &LoadOptions {
+                device: Device::Cpu,
+                dtype: DType::F32,
+            },
+        )
+        .unwrap();
+        let dir = format!("reference/{model_name}/schedulers");
+        let cases: Vec<PipelineCase> = serde_json::from_str(
+            &std::fs::read_to_string(common::fixture(&format!("{dir}/cases.json"))).unwrap(),
+        )
+        .unwrap();
+        for case in cases {
+            let r = common::load(&format!("{dir}/{}", case.file));
+            let request = JobRequest {
+                prompt: case.prompt.clone(),
+                negative_prompt: Some(case.negative_prompt.clone()),
+                steps: Some(case.steps),
+                guidance: Some(case.guidance),
+                width: Some(case.width),
+                height: Some(case.height),
+                scheduler: Some(case.scheduler.clone()),
+                seed: Some(0),
+                batch: Some(1),
+                init_latents: Some(r["init_latents"].clone()),
+                ..Default::default()
+            };
+            let job = resolve(&model, &PackDefaults::default(), request);
+            let out =
+                text_to_image(&model, &job, &mut |_| std::ops::ControlFlow::Continue(())).unwrap();
+            let what = format!("{model_name} {} ({})", case.file, case.scheduler);
+            common::assert_close_rel_std(
+                &format!("{what} latents"),
+                &out.latents,
+                &r["latents"],
+                1e-3,
+            );
+            let want = (&r["image"] * 255.0).unwrap();
+            let (_, h, w, _) = want.dims4().unwrap();
+            let got = Tensor::from_vec(
+                out.images[0]
+                    .data
+                    .iter()
+                    .map(|&b| b as f32)
+                    .collect::<Vec<_>>(),
+                (h, w, 3),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let diff = (got - want.get(0).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                diff <= 2.0,
+                "{what}: max image difference {diff}/255 exceeds 2/255"
+            );
+            checked.push(case.scheduler);
+        }
+    }
+    for name in ["DPM++ 2M Karras", "UniPC", "Heun", "LMS", "PLMS"] {
+        assert!(
+            checked.iter().filter(|c| *c == name).count() >= 2,
+            "{name}: expected references on both models"
+        );
+    }
+}
+
+/// Combinations that cannot work are refused when the scheduler is built (before any model
+/// runs), with a message naming the sampler, the value and a way out.
+#[test]
+fn impossible_combinations_are_refused_with_a_way_out() {
+    let config = SchedulerConfig::default();
+    let refuse = |name: &str, schedule: Option<&str>, steps: usize, words: &[&str]| {
+        let err = schedulers::build_with(name, schedule, &config, steps)
+            .err()
+            .unwrap_or_else(|| panic!("{name} {schedule:?} {steps} was accepted"))
+            .to_string();
+        for w in words {
+            assert!(err.contains(w), "{name} {schedule:?}: {err:?} lacks {w:?}");
+        }
+    };
+    refuse("ddim", Some("karras"), 20, &["ddim", "karras", "dpmpp_2m"]);
+    refuse("PLMS", Some("sgm_uniform"), 20, &["pndm", "sgm_uniform"]);
+    refuse(
+        "lcm",
+        None,
+        51,
+        &["original_inference_steps (50)", "fewer steps"],
+    );
+    refuse("tcd", Some("trailing"), 4, &["tcd", "trailing"]);
+    refuse(
+        "DPM++ 2S a",
+        Some("leading"),
+        10,
+        &["dpmpp_2s_a", "leading"],
+    );
+    refuse(
+        "DPM++ 2M Karras",
+        Some("exponential"),
+        10,
+        &["karras", "exponential"],
+    );
+    refuse(
+        "dpmpp_2m",
+        Some("karas"),
+        10,
+        &["karas", "did you mean \"karras\""],
+    );
+    refuse(
+        "Euler aa",
+        None,
+        10,
+        &["Euler aa", "did you mean", "euler_a"],
+    );
+    refuse("ddim", Some("zero_snr"), 10, &["v_prediction"]);
+    // What does work: every sampler with its default schedule, and every schedule with a
+    // k-diffusion sampler, at one step and at few steps.
+    for (name, _) in schedulers::names() {
+        for steps in [1, 2, 5] {
+            let s = schedulers::build(name, &config, steps).unwrap();
+            assert!(s.timesteps().len() >= steps, "{name} {steps}");
+        }
+    }
+    for info in schedulers::SCHEDULES {
+        for sampler in ["euler", "dpmpp_2m", "heun", "unipc"] {
+            let v = SchedulerConfig {
+                prediction_type: schedulers::PredictionType::VPrediction,
+                ..Default::default()
+            };
+            schedulers::build_with(sampler, Some(info.name), &v, 7)
+                .unwrap_or_else(|e| panic!("{sampler} + {}: {e}", info.name));
+        }
+    }
+}
+
+/// `"DPM++ 2M Karras"` is `dpmpp_2m` with the Karras schedule: the same schedule as the flag.
+#[test]
+fn a1111_combined_names_equal_sampler_plus_schedule() {
+    let config = SchedulerConfig::default();
+    let combined = schedulers::build("DPM++ 2M Karras", &config, 9).unwrap();
+    let split = schedulers::build_with("dpmpp_2m", Some("Karras"), &config, 9).unwrap();
+    let flag = schedulers::build(
+        "dpmpp_2m",
+        &SchedulerConfig {
+            use_karras_sigmas: true,
+            ..Default::default()
+        },
+        9,
+    )
+    .unwrap();
+    assert_eq!(combined.timesteps(), split.timesteps());
+    assert_eq!(combined.timesteps(), flag.timesteps());
+    assert_eq!(
+        schedulers::resolve("euler_ancestral simple").unwrap(),
+        ("euler_a", Some(schedulers::Schedule::Simple))
+    );
+}
+
+/// Runs the `beeswax` binary from the repository root (where `manifests/` is).
+fn beeswax_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_beeswax"))
+        .args(args)
+        .current_dir(common::root())
+        .output()
+        .unwrap()
+}
+
+/// Every name `beeswax schedulers` prints (canonical names and aliases, samplers and
+/// schedules) works with `beeswax generate --pack tiny-sd`, and A1111's combined names too.
+#[test]
+fn every_listed_name_generates_with_tiny_sd() {
+    let listing = beeswax_cli(&["schedulers"]);
+    assert!(listing.status.success());
+    let text = String::from_utf8(listing.stdout).unwrap();
+    let (mut samplers, mut schedules) = (Vec::new(), Vec::new());
+    let mut section = "";
+    for line in text.lines() {
+        if let Some(header) = line.strip_prefix("# ") {
+            section = header.split_whitespace().next().unwrap_or_default();
+            continue;
+        }
+        let mut columns = line.split('\t');
+        let names: Vec<String> = std::iter::once(columns.next().unwrap_or_default())
+            .chain(columns.next().unwrap_or_default().split(", "))
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .collect();
+        match section {
+            "samplers" => samplers.extend(names),
+            "schedules" => schedules.extend(names),
+            other => panic!("line outside a section ({other:?}): {line}"),
+        }
+    }
+    assert!(samplers.len() >= 2 * 18, "{samplers:?}");
+    assert!(schedules.len() >= 11, "{schedules:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.png");
+    let output = output.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--pack",
+            "tiny-sd",
+            "--prompt",
+            "a red fox",
+            "--steps",
+            "3",
+            "--guidance",
+            "1",
+            "--seed",
+            "3",
+            "--quiet",
+            "--output",
+            output,
+        ];
+        args.extend_from_slice(extra);
+        let out = beeswax_cli(&args);
+        assert!(
+            out.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for name in &samplers {
+        run(&["--scheduler", name]);
+    }
+    for name in &schedules {
+        run(&["--scheduler", "euler", "--schedule", name]);
+    }
+    run(&["--scheduler", "DPM++ 2M Karras"]);
+    run(&["--scheduler", "DPM++ SDE Karras"]);
+    run(&["--scheduler", "dpmpp_2m", "--schedule", "karras"]);
+    let png = std::fs::read(output).unwrap();
+    let needle = b"Sampler: DPM++ 2M Karras";
+    assert!(png.windows(needle.len()).any(|w| w == needle));
+}
+
+/// Unknown names and impossible combinations fail before any model runs, naming the valid
+/// names and the nearest one.
+#[test]
+fn generate_refuses_bad_scheduler_names_early() {
+    for (args, words) in [
+        (
+            &["--scheduler", "DPM++ 2N"][..],
+            &["DPM++ 2N", "did you mean", "DPM++ 2M"][..],
+        ),
+        (
+            &["--schedule", "karas"][..],
+            &["karas", "did you mean \"karras\""][..],
+        ),
+        (
+            &["--scheduler", "ddim", "--schedule", "karras"][..],
+            &["ddim", "karras"][..],
+        ),
+        (
+            &["--scheduler", "lcm", "--steps", "60"][..],
+            &["original_inference_steps"][..],
+        ),
+    ] {
+        let mut all = vec!["generate", "--pack", "tiny-sd", "--prompt", "x", "--quiet"];
+        all.extend_from_slice(args);
+        let out = beeswax_cli(&all);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for w in words {
+            assert!(err.contains(w), "{args:?}: {err} lacks {w:?}");
+        }
+        assert!(!err.contains("step 1/"), "{args:?}: a model ran: {err}");
+    }
+}
+
+/// A pack may set a default `schedule`; a misspelt one is refused when the manifest is read.
+#[test]
+fn pack_default_schedule_is_used_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::fixture("models/tiny-sd");
+    let manifest = |schedule: &str| {
+        format!(
+            "[pack]\nname = \"tiny\"\nfamily = \"sd1\"\npath = {:?}\n\n[pack.defaults]\n\
+             scheduler = \"dpmpp_2m\"\nschedule = \"{schedule}\"\nsteps = 3\nwidth = 64\n\
+             height = 64\n",
+            model.to_str().unwrap()
+        )
+    };
+    std::fs::write(dir.path().join("tiny.toml"), manifest("karras")).unwrap();
+    let output = dir.path().join("out.png");
+    let manifests = dir.path().to_str().unwrap();
+    let args = [
+        "generate",
+        "--manifests",
+        manifests,
+        "--pack",
+        "tiny",
+        "--prompt",
+        "a fox",
+        "--seed",
+        "1",
+        "--quiet",
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    let out = beeswax_cli(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let png = std::fs::read(&output).unwrap();
+    let needle = b"Sampler: DPM++ 2M Karras";
+    assert!(png.windows(needle.len()).any(|w| w == needle));
+
+    std::fs::write(dir.path().join("tiny.toml"), manifest("karas")).unwrap();
+    let out = beeswax_cli(&args);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for word in [
+        "tiny.toml",
+        "pack.defaults.schedule",
+        "karas",
+        "did you mean \"karras\"",
+    ] {
+        assert!(err.contains(word), "{err} lacks {word}");
     }
 }

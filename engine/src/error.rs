@@ -22,6 +22,12 @@ pub enum Error {
     /// A scheduler could not be built or stepped.
     #[error(transparent)]
     Scheduler(#[from] crate::schedulers::SchedulerError),
+    /// A LoRA could not be found, read, matched or applied.
+    #[error(transparent)]
+    Lora(Box<crate::lora::LoraError>),
+    /// A picture or mask could not be read or does not fit the job.
+    #[error(transparent)]
+    Image(#[from] crate::image_in::ImageError),
     /// A `config.json` style file could not be parsed.
     #[error("{path}: {message}")]
     Config {

@@ -199,6 +199,8 @@ pub struct PackDefaults {
     pub guidance: Option<f64>,
     /// Scheduler name, e.g. `euler`.
     pub scheduler: Option<String>,
+    /// Noise schedule name, e.g. `karras`.
+    pub schedule: Option<String>,
     /// Image width in pixels, a multiple of 8 in 8..=4096.
     pub width: Option<usize>,
     /// Image height in pixels, a multiple of 8 in 8..=4096.
@@ -231,6 +233,22 @@ pub struct PackManifest {
 #[serde(deny_unknown_fields)]
 struct RawFile {
     pack: Option<Spanned<RawPack>>,
+    /// `[[pipeline]]` tables: types are checked here, the rest by `crate::server`.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pipeline: Vec<crate::server::PipelineEntry>,
+    /// `[[lora]]` tables: types are checked here, the rest by `crate::lora::catalog`.
+    #[serde(default)]
+    #[allow(dead_code)]
+    lora: Vec<crate::lora::catalog::LoraEntryRaw>,
+    /// `[[lora_set]]` tables (named lists of LoRAs with weights), checked likewise.
+    #[serde(default)]
+    #[allow(dead_code)]
+    lora_set: Vec<crate::lora::catalog::LoraSetRaw>,
+    /// `[[plugin]]` tables: types are checked here, the rest by `crate::plugins`.
+    #[serde(default)]
+    #[allow(dead_code)]
+    plugin: Vec<crate::plugins::RawPluginEntry>,
 }
 
 #[derive(Deserialize)]
@@ -252,6 +270,7 @@ struct RawDefaults {
     steps: Option<Spanned<i64>>,
     guidance: Option<Spanned<f64>>,
     scheduler: Option<Spanned<String>>,
+    schedule: Option<Spanned<String>>,
     width: Option<Spanned<i64>>,
     height: Option<Spanned<i64>>,
     negative_prompt: Option<String>,
@@ -307,7 +326,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Option<PackManifest>, ManifestEr
 }
 
 /// The `*.toml` files directly inside `dir`, sorted.
-fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, ManifestError> {
+pub(crate) fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, ManifestError> {
     if !dir.is_dir() {
         return Err(ManifestError::DirMissing {
             dir: dir.to_path_buf(),
@@ -516,10 +535,17 @@ impl Ctx<'_> {
                 return Err(self.invalid(scheduler.span(), field, message.to_string()));
             }
         }
+        if let Some(schedule) = &raw.schedule {
+            if let Err(e) = crate::schedulers::Schedule::parse(schedule.get_ref()) {
+                let field = "pack.defaults.schedule";
+                return Err(self.invalid(schedule.span(), field, e.to_string()));
+            }
+        }
         Ok(PackDefaults {
             steps: self.whole(raw.steps, "steps", STEPS, 1)?,
             guidance: self.guidance(raw.guidance)?,
             scheduler: raw.scheduler.map(Spanned::into_inner),
+            schedule: raw.schedule.map(Spanned::into_inner),
             width: self.whole(raw.width, "width", SIZE, 8)?,
             height: self.whole(raw.height, "height", SIZE, 8)?,
             negative_prompt: raw.negative_prompt,
@@ -590,7 +616,7 @@ fn join_key(table: &str, key: &str) -> String {
 }
 
 /// The dotted path of the deepest key whose name or value covers byte `offset`.
-fn field_at(table: &DeTable<'_>, offset: usize) -> Option<String> {
+pub(crate) fn field_at(table: &DeTable<'_>, offset: usize) -> Option<String> {
     for (key, value) in table {
         let name = key.get_ref();
         if key.span().contains(&offset) {

@@ -140,26 +140,29 @@ impl BatchNoise {
                 .collect(),
         }
     }
-}
 
-impl NoiseSource for BatchNoise {
-    fn randn_like(&mut self, like: &Tensor) -> candle_core::Result<Tensor> {
-        let dims = like.dims();
-        let batch = dims.first().copied().unwrap_or(1);
+    /// Standard-normal f32 noise of `shape` (batch first) on `device`; each image's part comes
+    /// from its own generator, which then goes on to the next draw.
+    pub fn randn(&mut self, shape: &[usize], device: &Device) -> candle_core::Result<Tensor> {
+        let batch = shape.first().copied().unwrap_or(1);
         if batch != self.generators.len() {
             candle_core::bail!(
                 "noise for a batch of {batch} asked of generators for {}",
                 self.generators.len()
             );
         }
-        let per_image: usize = dims.iter().skip(1).product();
+        let per_image: usize = shape.iter().skip(1).product();
         let mut data = Vec::with_capacity(batch * per_image);
         for generator in &mut self.generators {
             data.extend(generator.randn(per_image));
         }
-        Tensor::from_vec(data, dims, &Device::Cpu)?
-            .to_dtype(like.dtype())?
-            .to_device(like.device())
+        Tensor::from_vec(data, shape, &Device::Cpu)?.to_device(device)
+    }
+}
+
+impl NoiseSource for BatchNoise {
+    fn randn_like(&mut self, like: &Tensor) -> candle_core::Result<Tensor> {
+        self.randn(like.dims(), like.device())?.to_dtype(like.dtype())
     }
 }
 
@@ -170,10 +173,9 @@ pub fn seeded_noise(
     dtype: DType,
     device: &Device,
 ) -> candle_core::Result<Tensor> {
-    let like = Tensor::zeros(shape, dtype, &Device::Cpu)?;
     BatchNoise::new(seed, shape.first().copied().unwrap_or(1))
-        .randn_like(&like)?
-        .to_device(device)
+        .randn(shape, device)?
+        .to_dtype(dtype)
 }
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
 //! diffusers' `ResnetBlock2D`: two GroupNorm-SiLU-conv stages, an optional time-embedding
 //! projection between them, and a 1x1 shortcut when the channel count changes.
 
-use candle_core::{Module, Result, Tensor};
-use candle_nn::{conv2d, group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_core::{Result, Tensor};
+use candle_nn::{conv2d, linear, Conv2d, Conv2dConfig, Linear, VarBuilder};
+
+use crate::kernels::{self, GroupNorm};
 
 /// The shape of one resnet block.
 #[derive(Debug, Clone, Copy)]
@@ -68,10 +70,10 @@ impl ResnetBlock2D {
             None => None,
         };
         Ok(Self {
-            norm1: group_norm(groups, in_channels, eps, vb.pp("norm1"))?,
+            norm1: GroupNorm::new(vb.pp("norm1"), groups, in_channels, eps)?,
             conv1: conv3x3(in_channels, out_channels, vb.pp("conv1"))?,
             time_emb_proj,
-            norm2: group_norm(groups, out_channels, eps, vb.pp("norm2"))?,
+            norm2: GroupNorm::new(vb.pp("norm2"), groups, out_channels, eps)?,
             conv2: conv3x3(out_channels, out_channels, vb.pp("conv2"))?,
             conv_shortcut,
             output_scale_factor: spec.output_scale_factor,
@@ -79,24 +81,23 @@ impl ResnetBlock2D {
     }
 
     /// `xs` [B, C, H, W]; `temb` [B, T] (already passed through nothing: SiLU is applied here).
+    ///
+    /// Fused as: norm1+SiLU in one pass; conv1 with its bias; the time projection added inside
+    /// norm2 (+SiLU); conv2 with its bias, the shortcut and the output scale in its epilogue.
     pub fn forward(&self, xs: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let h = candle_nn::ops::silu(&self.norm1.forward(xs)?)?;
-        let mut h = self.conv1.forward(&h)?;
-        if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
-            let t = proj.forward(&candle_nn::ops::silu(temb)?)?;
-            h = h.broadcast_add(&t.unsqueeze(2)?.unsqueeze(3)?)?;
-        }
-        let h = candle_nn::ops::silu(&self.norm2.forward(&h)?)?;
-        let h = self.conv2.forward(&h)?;
+        let h = self.norm1.forward(xs, None, true)?;
+        let h = kernels::conv2d(&self.conv1, &h, None, 1.0)?;
+        let shift = match (&self.time_emb_proj, temb) {
+            (Some(proj), Some(temb)) => {
+                Some(kernels::linear(proj, &candle_nn::ops::silu(temb)?, None)?)
+            }
+            _ => None,
+        };
+        let h = self.norm2.forward(&h, shift.as_ref(), true)?;
         let shortcut = match &self.conv_shortcut {
-            Some(conv) => conv.forward(xs)?,
+            Some(conv) => kernels::conv2d(conv, xs, None, 1.0)?,
             None => xs.clone(),
         };
-        let out = (shortcut + h)?;
-        if self.output_scale_factor == 1.0 {
-            Ok(out)
-        } else {
-            out / self.output_scale_factor
-        }
+        kernels::conv2d(&self.conv2, &h, Some(&shortcut), self.output_scale_factor)
     }
 }

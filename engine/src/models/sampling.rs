@@ -1,9 +1,10 @@
 //! diffusers' `Downsample2D` and `Upsample2D` (the conv variants used by SD's UNet and VAE).
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
 
 use super::resnet::conv3x3;
+use crate::kernels::conv2d as fast_conv;
 
 /// A stride-2 3x3 convolution. With `padding == 0` (the VAE encoder) the input is first padded
 /// by one on the right and bottom, as diffusers does.
@@ -31,9 +32,9 @@ impl Downsample2D {
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         if self.padding == 0 {
             let xs = xs.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?;
-            self.conv.forward(&xs)
+            fast_conv(&self.conv, &xs, None, 1.0)
         } else {
-            self.conv.forward(xs)
+            fast_conv(&self.conv, xs, None, 1.0)
         }
     }
 }
@@ -56,6 +57,6 @@ impl Upsample2D {
     pub fn forward(&self, xs: &Tensor, size: Option<(usize, usize)>) -> Result<Tensor> {
         let (_, _, h, w) = xs.dims4()?;
         let (th, tw) = size.unwrap_or((2 * h, 2 * w));
-        self.conv.forward(&xs.upsample_nearest2d(th, tw)?)
+        fast_conv(&self.conv, &xs.upsample_nearest2d(th, tw)?, None, 1.0)
     }
 }

@@ -1,10 +1,14 @@
 //! Loading a diffusers-layout model folder: configs first (architecture is data), then the
 //! memory-mapped weights of each component, once.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 
+use crate::lora::merge::BaseWeights;
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::config_file::read_json;
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
@@ -24,22 +28,25 @@ pub struct LoadOptions {
 }
 
 /// A Stable Diffusion model, loaded and ready to run jobs.
-#[derive(Debug)]
+///
+/// Cloning is cheap (the networks are shared): a job with LoRAs runs on a clone whose UNet and
+/// text encoder are rebuilt around merged weights ([`crate::lora::apply`]).
+#[derive(Debug, Clone)]
 pub struct StableDiffusion {
     /// Folder the model came from.
     pub dir: PathBuf,
     /// The prompt tokenizer.
-    pub tokenizer: ClipTokenizer,
+    pub tokenizer: Arc<ClipTokenizer>,
     /// The CLIP text encoder.
-    pub text_encoder: ClipTextModel,
+    pub text_encoder: Arc<ClipTextModel>,
     /// Its config.
     pub text_config: ClipTextConfig,
     /// The denoising UNet.
-    pub unet: UNet2DConditionModel,
+    pub unet: Arc<UNet2DConditionModel>,
     /// The VAE decoder.
-    pub vae_decoder: Decoder,
+    pub vae_decoder: Arc<Decoder>,
     /// The VAE encoder (image-to-image and inpainting).
-    pub vae_encoder: Encoder,
+    pub vae_encoder: Arc<Encoder>,
     /// The VAE config (scale factor, scaling factor).
     pub vae_config: VaeConfig,
     /// The model's own scheduler config; schedulers chosen by name start from it.
@@ -50,6 +57,9 @@ pub struct StableDiffusion {
     pub dtype: DType,
     /// dtype of the VAE: f32 when f16 would overflow (`force_upcast`).
     pub vae_dtype: DType,
+    /// The UNet and text-encoder weights the networks were built from (shared tensors), which
+    /// LoRAs are merged into per job.
+    pub base_weights: Arc<BaseWeights>,
 }
 
 fn config_error(path: &Path, message: String) -> Error {
@@ -70,9 +80,13 @@ impl StableDiffusion {
         let text_config_path = model_files::config(dir, "text_encoder", "config.json")?;
         let text_config: ClipTextConfig = read_json(&text_config_path)?;
         let text_weights = model_files::weights(dir, "text_encoder", "model")?;
+        let text_map = weights_map(&text_weights, dtype, device)?;
         let text_encoder = in_file(
             &text_weights,
-            ClipTextModel::new(mmap(&text_weights, dtype, device)?, &text_config),
+            ClipTextModel::new(
+                VarBuilder::from_tensors(text_map.clone(), dtype, device),
+                &text_config,
+            ),
         )?;
 
         let unet_config_path = model_files::config(dir, "unet", "config.json")?;
@@ -81,9 +95,13 @@ impl StableDiffusion {
             .plan()
             .map_err(|m| config_error(&unet_config_path, m))?;
         let unet_weights = model_files::weights(dir, "unet", "diffusion_pytorch_model")?;
+        let unet_map = weights_map(&unet_weights, dtype, device)?;
         let unet = in_file(
             &unet_weights,
-            UNet2DConditionModel::new(mmap(&unet_weights, dtype, device)?, &unet_config),
+            UNet2DConditionModel::new(
+                VarBuilder::from_tensors(unet_map.clone(), dtype, device),
+                &unet_config,
+            ),
         )?;
 
         let vae_config_path = model_files::config(dir, "vae", "config.json")?;
@@ -121,17 +139,23 @@ impl StableDiffusion {
 
         Ok(Self {
             dir: dir.to_path_buf(),
-            tokenizer,
-            text_encoder,
+            tokenizer: Arc::new(tokenizer),
+            text_encoder: Arc::new(text_encoder),
             text_config,
-            unet,
-            vae_decoder,
-            vae_encoder,
+            unet: Arc::new(unet),
+            vae_decoder: Arc::new(vae_decoder),
+            vae_encoder: Arc::new(vae_encoder),
             vae_config,
             scheduler_config,
             device: device.clone(),
             dtype,
             vae_dtype,
+            base_weights: Arc::new(BaseWeights::new(
+                unet_map,
+                unet_weights,
+                text_map,
+                text_weights,
+            )),
         })
     }
 
@@ -139,6 +163,49 @@ impl StableDiffusion {
     pub fn vae_scale_factor(&self) -> usize {
         self.vae_config.scale_factor()
     }
+}
+
+/// Every tensor of a safetensors file, in `dtype` on `device`, read through the same loader
+/// as every other weight ([`mmap`]): kept so that LoRAs can be merged per job (the networks
+/// are built from these tensors and share them, so this costs no extra memory).
+fn weights_map(path: &Path, dtype: DType, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let vb = mmap(path, dtype, device)?;
+    tensor_names(path)?
+        .into_iter()
+        .map(|name| {
+            let t = vb.get_unchecked_dtype(&name, dtype);
+            Ok((name, in_file(path, t)?))
+        })
+        .collect()
+}
+
+/// The tensor names in a safetensors header.
+fn tensor_names(path: &Path) -> Result<Vec<String>> {
+    use std::io::Read;
+    let error = |message: String| Error::Weights {
+        path: path.to_path_buf(),
+        source: candle_core::Error::Msg(message),
+    };
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(io)?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return Err(error(format!("header length {len} is not plausible")));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| error(format!("bad header: {e}")))?;
+    Ok(map
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k != "__metadata__")
+        .collect())
 }
 
 fn unet_config_dim(c: &UNetConfig) -> usize {

@@ -22,8 +22,11 @@ pub struct JobRequest {
     pub width: Option<usize>,
     /// Height in pixels (default: the model's native size).
     pub height: Option<usize>,
-    /// Scheduler name (default: the model's, if built in, else Euler).
+    /// Scheduler name (default: the model's, if built in, else Euler). AUTOMATIC1111's
+    /// combined names (`"DPM++ 2M Karras"`) carry a schedule.
     pub scheduler: Option<String>,
+    /// Noise schedule name, e.g. `karras` (default: the pack's, else the sampler's own).
+    pub schedule: Option<String>,
     /// Seed (default: random).
     pub seed: Option<u64>,
     /// Images (default 1).
@@ -54,21 +57,47 @@ pub fn resolve(
         seed: request.seed.unwrap_or_else(random_seed),
         batch: request.batch.unwrap_or(1),
         clip_skip: request.clip_skip.or(d.clip_skip).unwrap_or(1),
-        scheduler: request
-            .scheduler
-            .or_else(|| d.scheduler.clone())
-            .unwrap_or_else(|| {
-                model_scheduler(model.scheduler_config.class_name.as_deref()).into()
-            }),
+        scheduler: with_schedule(
+            request
+                .scheduler
+                .or_else(|| d.scheduler.clone())
+                .unwrap_or_else(|| {
+                    model_scheduler(model.scheduler_config.class_name.as_deref()).into()
+                }),
+            request.schedule.or_else(|| d.schedule.clone()),
+        ),
         init_latents: request.init_latents,
         prompt: request.prompt,
     }
 }
 
-/// The built-in scheduler a diffusers `_class_name` asks for, else Euler.
+/// `scheduler` followed by `schedule` (`"dpmpp_2m karras"`), the combined form
+/// [`crate::schedulers::build`] reads; a name that already implies another schedule is
+/// refused there.
+pub fn with_schedule(scheduler: String, schedule: Option<String>) -> String {
+    match schedule {
+        Some(s) if !s.trim().is_empty() => format!("{} {}", scheduler.trim(), s.trim()),
+        _ => scheduler,
+    }
+}
+
+/// The built-in scheduler a diffusers `_class_name` asks for, else Euler. `PNDMScheduler`
+/// (Stable Diffusion 1.x's config) maps to Euler, beeswax's long-standing default.
 fn model_scheduler(class_name: Option<&str>) -> &'static str {
     match class_name {
         Some("DDIMScheduler") => "ddim",
+        Some("DDPMScheduler") => "ddpm",
+        Some("LMSDiscreteScheduler") => "lms",
+        Some("EulerAncestralDiscreteScheduler") => "euler_a",
+        Some("HeunDiscreteScheduler") => "heun",
+        Some("KDPM2DiscreteScheduler") => "dpm2",
+        Some("KDPM2AncestralDiscreteScheduler") => "dpm2_a",
+        Some("DPMSolverMultistepScheduler") => "dpmpp_2m",
+        Some("DPMSolverSDEScheduler") => "dpmpp_sde",
+        Some("UniPCMultistepScheduler") => "unipc",
+        Some("DEISMultistepScheduler") => "deis",
+        Some("LCMScheduler") => "lcm",
+        Some("TCDScheduler") => "tcd",
         _ => "euler",
     }
 }

@@ -9,7 +9,7 @@ use candle_core::{DType, Tensor};
 use super::denoise::{denoise, Conditioning, Hooks};
 use super::{encode_prompt, StableDiffusion};
 use crate::image_out::{to_rgb8, RgbImage};
-use crate::noise::{seeded_noise, BatchNoise};
+use crate::noise::BatchNoise;
 use crate::{schedulers, Error, Result};
 
 /// One text-to-image job.
@@ -144,6 +144,8 @@ pub fn text_to_image(
         job.height / f,
         job.width / f,
     ];
+    // One generator per image: it draws the starting noise, then any noise the scheduler needs.
+    let mut rng = BatchNoise::new(job.seed, job.batch);
     let noise = match &job.init_latents {
         Some(t) if t.dims() != shape => {
             return Err(Error::invalid(
@@ -153,7 +155,7 @@ pub fn text_to_image(
             ))
         }
         Some(t) => t.to_dtype(DType::F32)?.to_device(&model.device)?,
-        None => seeded_noise(job.seed, &shape, DType::F32, &model.device)?,
+        None => rng.randn(&shape, &model.device)?,
     };
     let latents = (noise * scheduler.init_noise_sigma())?;
 
@@ -171,7 +173,7 @@ pub fn text_to_image(
         &conditioning,
         0,
         Hooks {
-            noise: &mut BatchNoise::new(job.seed, job.batch),
+            noise: &mut rng,
             after_step: &mut |_, latents| Ok(latents),
             on_step,
         },

@@ -13,6 +13,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::Schedule;
+
 /// diffusers' `scheduler_config.json`: the training noise schedule and sampling options.
 ///
 /// Missing fields take diffusers' defaults (see [`SchedulerConfig::default`]).
@@ -73,6 +75,45 @@ pub struct SchedulerConfig {
     /// Euler: discrete training-step timesteps or continuous `0.25·ln(sigma)` ones, the latter
     /// only with `v_prediction` (default `discrete`).
     pub timestep_type: TimestepType,
+    /// PNDM: skip the Runge-Kutta warm-up and run PLMS only. Only `true` is supported (Stable
+    /// Diffusion's configs say `true`); `None` means `true` here (diffusers' default is `false`).
+    pub skip_prk_steps: Option<bool>,
+    /// DDPM: the variance of the noise each step adds back; `None` is `fixed_small`.
+    pub variance_type: Option<VarianceType>,
+    /// UniPC, DEIS: the solver order; `None` takes diffusers' default (2). The DPM++ samplers
+    /// take theirs from their names (`dpmpp_2m`: 2, `dpmpp_3m_sde`: 3).
+    pub solver_order: Option<usize>,
+    /// DPM-Solver, UniPC, DEIS: the flavour of the higher-order update; `None` takes the
+    /// scheduler's default (`midpoint`, `bh2`, `logrho`).
+    pub solver_type: Option<SolverType>,
+    /// DPM-Solver, UniPC, DEIS: use lower-order steps at the end of short (< 15 steps)
+    /// schedules; `None` takes the scheduler's default (`true`).
+    pub lower_order_final: Option<bool>,
+    /// DPM-Solver multistep: use a first-order step for the last step (default off).
+    pub euler_at_final: bool,
+    /// DPM-Solver: clip the smallest log-SNR (`lambda`) reached (default: no clipping). JSON
+    /// cannot hold diffusers' `-inf` default, so leave the field out or set `null` for none.
+    #[serde(deserialize_with = "null_as_default")]
+    pub lambda_min_clipped: Option<f64>,
+    /// UniPC: predict the clean sample (`true`, default) or the noise.
+    pub predict_x0: bool,
+    /// UniPC: step indices at which the corrector is skipped (default none).
+    #[serde(deserialize_with = "null_as_default")]
+    pub disable_corrector: Vec<usize>,
+    /// LCM, TCD: the step count the model was distilled with (default 50).
+    pub original_inference_steps: usize,
+    /// LCM, TCD: scale of the timestep in the consistency boundary condition (default 10).
+    pub timestep_scaling: f64,
+    /// DPM-Solver: `lambda`-uniform steps (Lu et al.). Not supported: refused when `true`.
+    #[serde(deserialize_with = "null_as_default")]
+    pub use_lu_lambdas: bool,
+    /// Flow-matching sigmas. Not supported (Stable Diffusion 1.x/2.x are not flow models).
+    #[serde(deserialize_with = "null_as_default")]
+    pub use_flow_sigmas: bool,
+    /// beeswax's noise-schedule choice (`--schedule`), applied on top of the file by
+    /// [`Schedule::apply`]; not part of diffusers' file.
+    #[serde(skip)]
+    pub schedule: Schedule,
 }
 
 impl Default for SchedulerConfig {
@@ -101,6 +142,20 @@ impl Default for SchedulerConfig {
             rescale_betas_zero_snr: false,
             final_sigmas_type: FinalSigmasType::Zero,
             timestep_type: TimestepType::Discrete,
+            skip_prk_steps: None,
+            solver_order: None,
+            variance_type: None,
+            solver_type: None,
+            lower_order_final: None,
+            euler_at_final: false,
+            lambda_min_clipped: None,
+            predict_x0: true,
+            disable_corrector: Vec::new(),
+            original_inference_steps: 50,
+            timestep_scaling: 10.0,
+            use_lu_lambdas: false,
+            use_flow_sigmas: false,
+            schedule: Schedule::Default,
         }
     }
 }
@@ -164,6 +219,25 @@ impl SchedulerConfig {
                 "clip_sample_range {} must be a positive number",
                 self.clip_sample_range
             ));
+        }
+        if !(self.timestep_scaling.is_finite() && self.timestep_scaling > 0.0) {
+            return Err(format!(
+                "timestep_scaling {} must be a positive number",
+                self.timestep_scaling
+            ));
+        }
+        if self.original_inference_steps == 0
+            || self.original_inference_steps > self.num_train_timesteps
+        {
+            return Err(format!(
+                "original_inference_steps {} must be between 1 and num_train_timesteps ({})",
+                self.original_inference_steps, self.num_train_timesteps
+            ));
+        }
+        if let Some(l) = self.lambda_min_clipped {
+            if l.is_nan() {
+                return Err("lambda_min_clipped must be a number".to_string());
+            }
         }
         for (name, value) in [("sigma_min", self.sigma_min), ("sigma_max", self.sigma_max)] {
             if let Some(v) = value {
@@ -246,6 +320,40 @@ pub enum FinalSigmasType {
     Zero,
     /// The smallest training sigma.
     SigmaMin,
+}
+
+/// diffusers' `variance_type` (DDPM): the variance of the noise added back at each step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VarianceType {
+    /// The posterior variance (DDPM's default).
+    FixedSmall,
+    /// The posterior variance, through a log (same values; diffusers' quirk kept).
+    FixedSmallLog,
+    /// `beta_t`.
+    FixedLarge,
+    /// `log(beta_t)` (as diffusers computes it).
+    FixedLargeLog,
+    /// Learned by the model (extra output channels). Not supported.
+    Learned,
+    /// Learned interpolation (extra output channels). Not supported.
+    LearnedRange,
+}
+
+/// diffusers' `solver_type`: the flavour of a multistep solver's higher-order update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SolverType {
+    /// DPM-Solver: midpoint (default).
+    Midpoint,
+    /// DPM-Solver: Heun.
+    Heun,
+    /// UniPC: B(h) = h.
+    Bh1,
+    /// UniPC: B(h) = e^h - 1 (default).
+    Bh2,
+    /// DEIS: log-rho (default).
+    Logrho,
 }
 
 /// diffusers' `timestep_type`: what timestep the model is given.

@@ -17,7 +17,8 @@ const NAME: &str = "ddim";
 /// `timestep_spacing` (default `leading`), `steps_offset`, `set_alpha_to_one` (default `true`),
 /// `clip_sample` (default `true`) and `clip_sample_range`. `eta` (default 0, deterministic) is
 /// set with [`Ddim::with_eta`]; its noise comes from the [`NoiseSource`] given to `step`.
-/// Dynamic thresholding is not supported and is refused.
+/// Dynamic thresholding is not supported and is refused, as are the sigma schedules (Karras,
+/// ...): DDIM takes the timestep spacings only.
 ///
 /// As in diffusers, each step goes to timestep `t - num_train_timesteps / steps` (floored), also
 /// for `trailing` and `linspace` spacing where that is not the next timestep of the schedule.
@@ -36,6 +37,7 @@ impl Ddim {
     /// A DDIM schedule of `steps` steps for `config`.
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self, SchedulerError> {
         math::check_steps(NAME, config, steps)?;
+        super::schedules::require_timestep_schedule(NAME, config)?;
         if config.thresholding {
             return Err(invalid(
                 NAME,

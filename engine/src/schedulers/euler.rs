@@ -3,9 +3,10 @@
 use candle_core::Tensor;
 
 use super::math::{self, invalid};
+use super::schedules::{self, euler_init_noise_sigma, sigma_alphas_cumprod, Flavor, SigmaPlan};
 use super::{
     check_index, work_dtype, FinalSigmasType, InterpolationType, PredictionType, Scheduler,
-    SchedulerConfig, SchedulerError, TimestepSpacing, TimestepType,
+    SchedulerConfig, SchedulerError, TimestepType,
 };
 use crate::noise::NoiseSource;
 
@@ -45,8 +46,8 @@ impl Default for Churn {
 /// Reads `num_train_timesteps`, the beta fields, `rescale_betas_zero_snr`, `prediction_type`
 /// (`epsilon`, `v_prediction`, `sample`), `timestep_spacing` (default `linspace`, whose
 /// timesteps are fractional), `steps_offset`, `interpolation_type` (`linear` only),
-/// `use_karras_sigmas`, `use_exponential_sigmas`, `sigma_min`, `sigma_max`,
-/// `final_sigmas_type` and `timestep_type`. `use_beta_sigmas` is refused (not supported yet).
+/// `use_karras_sigmas`, `use_exponential_sigmas`, `use_beta_sigmas`, `sigma_min`, `sigma_max`,
+/// `final_sigmas_type` and `timestep_type`, and takes every [`super::Schedule`].
 /// Churn (default none) is set with [`Euler::with_churn`]; its noise comes from the
 /// [`NoiseSource`] given to `step`.
 #[derive(Debug, Clone)]
@@ -69,56 +70,19 @@ impl Euler {
                 "interpolation_type log_linear is not supported yet; use linear",
             ));
         }
-        if config.use_beta_sigmas {
-            return Err(invalid(
-                NAME,
-                "use_beta_sigmas true is not supported yet; use use_karras_sigmas or \
-                 use_exponential_sigmas",
-            ));
-        }
-        if config.use_karras_sigmas && config.use_exponential_sigmas {
-            return Err(invalid(
-                NAME,
-                "use_karras_sigmas and use_exponential_sigmas are both true; only one may be",
-            ));
-        }
-        let mut alphas_cumprod = math::alphas_cumprod(NAME, config)?;
-        if config.rescale_betas_zero_snr {
-            // diffusers' Euler keeps the last sigma finite this way.
-            if let Some(last) = alphas_cumprod.last_mut() {
-                *last = 2f64.powi(-24);
-            }
-        }
-        let spacing = config.timestep_spacing.unwrap_or(TimestepSpacing::Linspace);
-        let mut timesteps = math::spaced_timesteps(
+        let alphas_cumprod = sigma_alphas_cumprod(NAME, config)?;
+        let SigmaPlan {
+            mut timesteps,
+            mut sigmas,
+            train_sigmas,
             spacing,
-            config.num_train_timesteps,
+        } = schedules::plan(
+            NAME,
+            config,
             steps,
-            config.steps_offset,
-        );
-        let train_sigmas = math::sigmas_from_alphas_cumprod(&alphas_cumprod);
-        let log_sigmas: Vec<f64> = train_sigmas.iter().map(|s| s.ln()).collect();
-        let mut sigmas: Vec<f64> = timesteps
-            .iter()
-            .map(|&t| math::interp(t, &train_sigmas))
-            .collect();
-
-        if config.use_karras_sigmas || config.use_exponential_sigmas {
-            let (Some(&low), Some(&high)) = (sigmas.last(), sigmas.first()) else {
-                return Err(invalid(NAME, "no steps"));
-            };
-            let sigma_min = config.sigma_min.unwrap_or(low);
-            let sigma_max = config.sigma_max.unwrap_or(high);
-            sigmas = if config.use_karras_sigmas {
-                math::karras_sigmas(sigma_min, sigma_max, steps)
-            } else {
-                math::exponential_sigmas(sigma_min, sigma_max, steps)
-            };
-            timesteps = sigmas
-                .iter()
-                .map(|&s| math::sigma_to_t(s, &log_sigmas))
-                .collect();
-        }
+            &alphas_cumprod,
+            Flavor::euler(config, false),
+        )?;
 
         sigmas.push(match config.final_sigmas_type {
             FinalSigmasType::Zero => 0.0,
@@ -131,25 +95,7 @@ impl Euler {
             timesteps = sigmas[..steps].iter().map(|s| 0.25 * s.ln()).collect();
         }
 
-        let max_sigma = sigmas.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let init_noise_sigma = match spacing {
-            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max_sigma,
-            TimestepSpacing::Leading => (max_sigma * max_sigma + 1.0).sqrt(),
-        };
-        // Every step divides by its sigma; only the final one may be 0.
-        if let Some((i, s)) = sigmas
-            .iter()
-            .enumerate()
-            .find(|&(i, s)| !(s.is_finite() && (*s > 0.0 || (i == steps && *s == 0.0))))
-        {
-            return Err(invalid(
-                NAME,
-                format!(
-                    "sigma {s} at step {i} is not a positive number (check beta_start, \
-                     sigma_min and trained_betas)"
-                ),
-            ));
-        }
+        let init_noise_sigma = euler_init_noise_sigma(&sigmas, spacing);
         Ok(Self {
             timesteps,
             sigmas,
@@ -273,13 +219,6 @@ mod tests {
     #[test]
     fn refuses_unsupported_options() {
         for (config, word) in [
-            (
-                SchedulerConfig {
-                    use_beta_sigmas: true,
-                    ..Default::default()
-                },
-                "use_beta_sigmas",
-            ),
             (
                 SchedulerConfig {
                     interpolation_type: InterpolationType::LogLinear,

@@ -271,6 +271,286 @@ pub fn exponential_sigmas(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> 
         .collect()
 }
 
+/// The inference timesteps of the multistep solvers' `set_timesteps` (diffusers'
+/// `DPMSolverMultistepScheduler`, `UniPCMultistepScheduler`, `DEISMultistepScheduler`): `steps`
+/// whole numbers from the noisiest down. Unlike [`spaced_timesteps`], `linspace` and `leading`
+/// space `steps + 1` points and drop the last, and `last` (the training steps left after
+/// `lambda_min_clipped`; `num_train_timesteps` without clipping) bounds them.
+pub fn solver_timesteps(
+    spacing: TimestepSpacing,
+    num_train_timesteps: usize,
+    last: usize,
+    steps: usize,
+    steps_offset: usize,
+) -> Vec<f64> {
+    match spacing {
+        TimestepSpacing::Linspace => {
+            let mut v: Vec<f64> = numpy_linspace(0.0, last as f64 - 1.0, steps + 1)
+                .into_iter()
+                .map(f64::round_ties_even)
+                .collect();
+            v.reverse();
+            v.truncate(steps);
+            v
+        }
+        TimestepSpacing::Leading => {
+            let ratio = last / (steps + 1);
+            (1..=steps)
+                .rev()
+                .map(|i| (i * ratio + steps_offset) as f64)
+                .collect()
+        }
+        TimestepSpacing::Trailing => {
+            let ratio = num_train_timesteps as f64 / steps as f64;
+            numpy_arange(last as f64, 0.0, -ratio)
+                .into_iter()
+                .take(steps)
+                .map(|v| v.round_ties_even() - 1.0)
+                .collect()
+        }
+    }
+}
+
+/// How many training steps `lambda_min_clipped` removes from the low-noise end: diffusers'
+/// `searchsorted(flip(lambda_t), lambda_min_clipped)`, with `lambda_t = ln(√ᾱ) - ln(√(1-ᾱ))`.
+pub fn clipped_steps(alphas_cumprod: &[f64], lambda_min_clipped: Option<f64>) -> usize {
+    let Some(clip) = lambda_min_clipped else {
+        return 0;
+    };
+    alphas_cumprod
+        .iter()
+        .rev()
+        .map(|a| a.sqrt().ln() - (1.0 - a).sqrt().ln())
+        .filter(|&l| l < clip)
+        .count()
+}
+
+/// k-diffusion's polyexponential noise levels (`rho = 1`, log-linear): `n` sigmas from
+/// `sigma_max` down to `sigma_min`.
+pub fn polyexponential_sigmas(sigma_min: f64, sigma_max: f64, n: usize, rho: f64) -> Vec<f64> {
+    let (lo, hi) = (sigma_min.ln(), sigma_max.ln());
+    numpy_linspace(1.0, 0.0, n)
+        .into_iter()
+        .map(|r| (r.powf(rho) * (hi - lo) + lo).exp())
+        .collect()
+}
+
+/// diffusers' `_convert_to_beta` (`alpha = beta = 0.6`): `n` sigmas from `sigma_max` down to
+/// `sigma_min`, spaced by the beta distribution's quantiles ("Beta Sampling is All You Need").
+pub fn beta_sigmas(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
+    numpy_linspace(0.0, 1.0, n)
+        .into_iter()
+        .map(|x| sigma_min + beta_ppf(1.0 - x, 0.6, 0.6) * (sigma_max - sigma_min))
+        .collect()
+}
+
+/// The quantile function of the beta distribution (`scipy.stats.beta.ppf`), by bisection on
+/// [`beta_cdf`] down to the last bit.
+pub fn beta_ppf(p: f64, a: f64, b: f64) -> f64 {
+    if p <= 0.0 {
+        return 0.0;
+    }
+    if p >= 1.0 {
+        return 1.0;
+    }
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if mid <= lo || mid >= hi {
+            break;
+        }
+        if beta_cdf(mid, a, b) < p {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
+/// The regularized incomplete beta function `I_x(a, b)` (continued fraction, modified Lentz).
+pub fn beta_cdf(x: f64, a: f64, b: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    let ln_front = ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln();
+    if x < (a + 1.0) / (a + b + 2.0) {
+        ln_front.exp() * beta_continued_fraction(x, a, b) / a
+    } else {
+        1.0 - ln_front.exp() * beta_continued_fraction(1.0 - x, b, a) / b
+    }
+}
+
+fn beta_continued_fraction(x: f64, a: f64, b: f64) -> f64 {
+    const TINY: f64 = 1e-300;
+    let mut c = 1.0;
+    let mut d = 1.0 - (a + b) * x / (a + 1.0);
+    if d.abs() < TINY {
+        d = TINY;
+    }
+    d = 1.0 / d;
+    let mut h = d;
+    for m in 1..500 {
+        let m = m as f64;
+        let m2 = 2.0 * m;
+        let aa = m * (b - m) * x / ((a + m2 - 1.0) * (a + m2));
+        for coef in [aa, -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1.0))] {
+            d = 1.0 + coef * d;
+            if d.abs() < TINY {
+                d = TINY;
+            }
+            c = 1.0 + coef / c;
+            if c.abs() < TINY {
+                c = TINY;
+            }
+            d = 1.0 / d;
+            h *= d * c;
+        }
+        if (d * c - 1.0).abs() < 1e-16 {
+            break;
+        }
+    }
+    h
+}
+
+/// `ln Γ(x)` for `x > 0` (Lanczos, g = 7, n = 9; about 15 significant digits).
+pub fn ln_gamma(x: f64) -> f64 {
+    const G: f64 = 7.0;
+    const C: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        let pi = std::f64::consts::PI;
+        return (pi / (pi * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let mut a = C[0];
+    let t = x + G + 0.5;
+    for (i, c) in C.iter().enumerate().skip(1) {
+        a += c / (x + i as f64);
+    }
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
+}
+
+/// ComfyUI's `sgm_uniform`: `steps` timesteps evenly spaced from the last training step to the
+/// first over `steps + 1` points (the last dropped), and their sigmas, interpolated log-linearly
+/// between training steps as ComfyUI's `ModelSamplingDiscrete.sigma` does.
+pub fn sgm_uniform(train_sigmas: &[f64], steps: usize) -> (Vec<f64>, Vec<f64>) {
+    let top = (train_sigmas.len() - 1) as f64;
+    let log_sigmas: Vec<f64> = train_sigmas.iter().map(|s| s.ln()).collect();
+    let mut timesteps = torch_linspace(top, 0.0, steps + 1);
+    timesteps.truncate(steps);
+    let sigmas = timesteps
+        .iter()
+        .map(|&t| interp(t, &log_sigmas).exp())
+        .collect();
+    (timesteps, sigmas)
+}
+
+/// ComfyUI's `simple` scheduler: every `len / steps`-th training sigma from the top, with
+/// their (whole) training steps as timesteps.
+pub fn simple_schedule(train_sigmas: &[f64], steps: usize) -> (Vec<f64>, Vec<f64>) {
+    let n = train_sigmas.len();
+    let stride = n as f64 / steps as f64;
+    let idx: Vec<usize> = (0..steps)
+        .map(|x| n - 1 - ((x as f64 * stride) as usize).min(n - 1))
+        .collect();
+    (
+        idx.iter().map(|&i| i as f64).collect(),
+        idx.iter().map(|&i| train_sigmas[i]).collect(),
+    )
+}
+
+/// `∫ f` from `a` to `b` by 8-point Gauss-Legendre: exact for polynomials up to degree 15, so
+/// exact (to rounding) for LMS's Lagrange basis polynomials (degree ≤ 3).
+pub fn integrate_polynomial(f: impl Fn(f64) -> f64, a: f64, b: f64) -> f64 {
+    const NODES: [(f64, f64); 4] = [
+        (0.183_434_642_495_649_8, 0.362_683_783_378_362),
+        (0.525_532_409_916_329, 0.313_706_645_877_887_3),
+        (0.796_666_477_413_626_7, 0.222_381_034_453_374_5),
+        (0.960_289_856_497_536_3, 0.101_228_536_290_376_26),
+    ];
+    let (mid, half) = ((a + b) / 2.0, (b - a) / 2.0);
+    NODES
+        .iter()
+        .map(|&(x, w)| w * (f(mid + half * x) + f(mid - half * x)))
+        .sum::<f64>()
+        * half
+}
+
+/// Solves the small dense system `m · x = v` by Gaussian elimination with partial pivoting
+/// (UniPC's order conditions, at most 3×3). `None` when singular.
+pub fn solve(mut m: Vec<Vec<f64>>, mut v: Vec<f64>) -> Option<Vec<f64>> {
+    let n = v.len();
+    for col in 0..n {
+        let pivot = (col..n).max_by(|&i, &j| m[i][col].abs().total_cmp(&m[j][col].abs()))?;
+        if m[pivot][col] == 0.0 {
+            return None;
+        }
+        m.swap(col, pivot);
+        v.swap(col, pivot);
+        for row in col + 1..n {
+            let f = m[row][col] / m[col][col];
+            let pivot_row = m[col].clone();
+            for (a, b) in m[row].iter_mut().zip(&pivot_row).skip(col) {
+                *a -= f * b;
+            }
+            v[row] -= f * v[col];
+        }
+    }
+    let mut x = vec![0.0; n];
+    for row in (0..n).rev() {
+        let s: f64 = (row + 1..n).map(|k| m[row][k] * x[k]).sum();
+        x[row] = (v[row] - s) / m[row][row];
+    }
+    Some(x)
+}
+
+/// The timesteps of diffusers' `LCMScheduler` / `TCDScheduler` `set_timesteps` (strength 1):
+/// `steps` of the `original_steps` distillation timesteps `k·i - 1` (`k = T / original_steps`),
+/// evenly picked from the top. `None` when `steps` exceeds `original_steps`.
+pub fn consistency_timesteps(
+    train: usize,
+    original_steps: usize,
+    steps: usize,
+) -> Option<Vec<f64>> {
+    if steps == 0 || steps > original_steps || original_steps > train {
+        return None;
+    }
+    let k = train / original_steps;
+    let origin: Vec<usize> = (1..=original_steps).rev().map(|i| i * k - 1).collect();
+    let stride = original_steps as f64 / steps as f64;
+    Some(
+        (0..steps)
+            .map(|i| origin[(i as f64 * stride).floor() as usize] as f64)
+            .collect(),
+    )
+}
+
+/// `(alpha_t, sigma_t)` of the variance-preserving process at noise level `sigma`:
+/// `1/√(σ²+1)` and `σ/√(σ²+1)` (diffusers' `_sigma_to_alpha_sigma_t`).
+pub fn alpha_sigma(sigma: f64) -> (f64, f64) {
+    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+    (alpha, sigma * alpha)
+}
+
+/// The log-SNR `lambda = ln(alpha_t) - ln(sigma_t)` at noise level `sigma`.
+pub fn lambda(sigma: f64) -> f64 {
+    let (a, s) = alpha_sigma(sigma);
+    a.ln() - s.ln()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,6 +604,42 @@ mod tests {
         }
         assert_eq!(interp(-1.0, &sigmas), sigmas[0]);
         assert_eq!(interp(1000.0, &sigmas), sigmas[999]);
+    }
+
+    #[test]
+    fn beta_ppf_inverts_the_cdf() {
+        // scipy.stats.beta.ppf(0.3, 0.6, 0.6)
+        assert!((beta_ppf(0.3, 0.6, 0.6) - 0.234_017_003_875_235_7).abs() < 1e-13);
+        for p in [0.01, 0.3, 0.5, 0.77, 0.999] {
+            let x = beta_ppf(p, 0.6, 0.6);
+            assert!((beta_cdf(x, 0.6, 0.6) - p).abs() < 1e-13, "{p}");
+        }
+        assert!((beta_ppf(0.5, 0.6, 0.6) - 0.5).abs() < 1e-14);
+        // Beta(1, 1) is uniform.
+        assert!((beta_cdf(0.37, 1.0, 1.0) - 0.37).abs() < 1e-14);
+    }
+
+    #[test]
+    fn gauss_legendre_is_exact_on_cubics() {
+        let got = integrate_polynomial(|x| 3.0 * x * x * x - x + 2.0, -1.5, 4.0);
+        let f = |x: f64| 0.75 * x.powi(4) - 0.5 * x * x + 2.0 * x;
+        assert!((got - (f(4.0) - f(-1.5))).abs() < 1e-12);
+    }
+
+    #[test]
+    fn solve_handles_pivoting() {
+        let x = solve(vec![vec![0.0, 2.0], vec![1.0, 1.0]], vec![4.0, 3.0]).unwrap();
+        assert_eq!(x, vec![1.0, 2.0]);
+        assert!(solve(vec![vec![1.0, 2.0], vec![2.0, 4.0]], vec![1.0, 2.0]).is_none());
+    }
+
+    #[test]
+    fn solver_spacing_matches_diffusers() {
+        // DPMSolverMultistepScheduler().set_timesteps(7).timesteps for each spacing.
+        let lin = solver_timesteps(TimestepSpacing::Linspace, 1000, 1000, 7, 0);
+        assert_eq!(lin, [999.0, 856.0, 714.0, 571.0, 428.0, 285.0, 143.0]);
+        let lead = solver_timesteps(TimestepSpacing::Leading, 1000, 1000, 7, 1);
+        assert_eq!(lead, [876.0, 751.0, 626.0, 501.0, 376.0, 251.0, 126.0]);
     }
 
     #[test]

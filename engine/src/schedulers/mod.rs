@@ -14,26 +14,70 @@ use crate::noise::NoiseSource;
 
 mod config;
 mod ddim;
+mod ddpm;
+mod deis;
+mod dpm2;
+mod dpm2_ancestral;
+mod dpm_multistep;
+mod dpm_sde;
+mod dpm_singlestep;
 mod euler;
+mod euler_ancestral;
+mod heun;
+mod lcm;
+mod lms;
 pub mod math;
+mod pndm;
 mod registry;
+pub mod schedules;
+mod tcd;
+mod unipc;
 pub use config::{
-    BetaSchedule, FinalSigmasType, InterpolationType, PredictionType, SchedulerConfig,
-    TimestepSpacing, TimestepType,
+    BetaSchedule, FinalSigmasType, InterpolationType, PredictionType, SchedulerConfig, SolverType,
+    TimestepSpacing, TimestepType, VarianceType,
 };
 pub use ddim::Ddim;
+pub use ddpm::Ddpm;
+pub use deis::Deis;
+pub use dpm2::Dpm2;
+pub use dpm2_ancestral::Dpm2Ancestral;
+pub use dpm_multistep::{DpmMultistep, DpmVariant};
+pub use dpm_sde::DpmSde;
+pub use dpm_singlestep::DpmSinglestep;
 pub use euler::{Churn, Euler};
-pub use registry::{build, names, register, BuildFn, Registry, SchedulerEntry};
+pub use euler_ancestral::EulerAncestral;
+pub use heun::Heun;
+pub use lcm::Lcm;
+pub use lms::Lms;
+pub use pndm::Pndm;
+pub use registry::{
+    build, build_with, entries, names, register, resolve, BuildFn, Registry, SchedulerEntry,
+};
+pub use schedules::{Schedule, ScheduleInfo, SCHEDULES};
+pub use tcd::Tcd;
+pub use unipc::UniPc;
 
 /// Errors building or running a scheduler.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SchedulerError {
     /// No scheduler has this name.
-    #[error("unknown scheduler {name:?}; valid names: {valid}")]
+    #[error("unknown scheduler {name:?}{hint}; valid names: {valid}")]
     Unknown {
         /// The name asked for.
         name: String,
+        /// `; did you mean "..."?` for the nearest name, or empty.
+        hint: String,
+        /// The valid names, comma separated.
+        valid: String,
+    },
+    /// No noise schedule has this name.
+    #[error("unknown schedule {name:?}{hint}; valid schedules: {valid}")]
+    UnknownSchedule {
+        /// The name asked for.
+        name: String,
+        /// `; did you mean "..."?` for the nearest name, or empty.
+        hint: String,
         /// The valid names, comma separated.
         valid: String,
     },
@@ -55,6 +99,13 @@ pub enum SchedulerError {
 pub trait Scheduler: Send {
     /// The model timesteps, one per step, in the order they run (may be fractional).
     fn timesteps(&self) -> &[f64];
+
+    /// Model calls per step in diffusers' timestep lists: 2 for Heun, DPM2, DPM2 a and DPM++
+    /// SDE (whose `timesteps()` hold `2·steps - 1` entries), else 1. Image-to-image starts at
+    /// index `order · skipped_steps`, as diffusers does.
+    fn order(&self) -> usize {
+        1
+    }
 
     /// The standard deviation to scale unit starting noise by.
     fn init_noise_sigma(&self) -> f64;
@@ -89,6 +140,89 @@ pub(crate) fn work_dtype(a: &Tensor, b: &Tensor) -> candle_core::DType {
     } else {
         DType::F32
     }
+}
+
+/// `Σ cᵢ·tᵢ` for scalar coefficients; zero-coefficient terms are skipped (so a `0 · ∞` never
+/// turns into NaN). All tensors must share shape and dtype.
+pub(crate) fn lincomb(terms: &[(f64, &Tensor)]) -> candle_core::Result<Tensor> {
+    let mut acc: Option<Tensor> = None;
+    for &(c, t) in terms {
+        if c == 0.0 {
+            continue;
+        }
+        let term = if c == 1.0 {
+            t.clone()
+        } else {
+            t.affine(c, 0.0)?
+        };
+        acc = Some(match acc {
+            Some(a) => (a + term)?,
+            None => term,
+        });
+    }
+    match (acc, terms.first()) {
+        (Some(a), _) => Ok(a),
+        (None, Some((_, t))) => t.zeros_like(),
+        (None, None) => candle_core::bail!("lincomb of no terms"),
+    }
+}
+
+/// The model output and sample in the dtype a step computes in ([`work_dtype`]).
+pub(crate) fn to_work(
+    model_output: &Tensor,
+    sample: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let dtype = work_dtype(model_output, sample);
+    Ok((model_output.to_dtype(dtype)?, sample.to_dtype(dtype)?))
+}
+
+/// k-diffusion's denoised sample at noise level `sigma` (the Euler-style classes'
+/// `pred_original_sample`), for sample `x = x0 + σ·ε`.
+pub(crate) fn k_denoised(
+    prediction: PredictionType,
+    output: &Tensor,
+    x: &Tensor,
+    sigma: f64,
+) -> candle_core::Result<Tensor> {
+    match prediction {
+        PredictionType::Epsilon => lincomb(&[(1.0, x), (-sigma, output)]),
+        PredictionType::VPrediction => {
+            let s2 = sigma * sigma + 1.0;
+            lincomb(&[(-sigma / s2.sqrt(), output), (1.0 / s2, x)])
+        }
+        PredictionType::Sample => Ok(output.clone()),
+    }
+}
+
+/// The clean sample predicted in the variance-preserving space `x = α·x0 + σ·ε` (DPM-Solver,
+/// UniPC, DEIS: `convert_model_output` with a data prediction).
+pub(crate) fn vp_x0(
+    prediction: PredictionType,
+    output: &Tensor,
+    x: &Tensor,
+    alpha: f64,
+    sigma: f64,
+) -> candle_core::Result<Tensor> {
+    match prediction {
+        PredictionType::Epsilon => lincomb(&[(1.0 / alpha, x), (-sigma / alpha, output)]),
+        PredictionType::VPrediction => lincomb(&[(alpha, x), (-sigma, output)]),
+        PredictionType::Sample => Ok(output.clone()),
+    }
+}
+
+/// Refuses dynamic thresholding, which only pixel-space models use.
+pub(crate) fn refuse_thresholding(
+    scheduler: &str,
+    config: &SchedulerConfig,
+) -> Result<(), SchedulerError> {
+    if config.thresholding {
+        return Err(math::invalid(
+            scheduler,
+            "thresholding true is not supported (dynamic thresholding is for pixel-space \
+             models, not latent diffusion); set it to false",
+        ));
+    }
+    Ok(())
 }
 
 /// Fails with a message naming the scheduler and index when `index` is not a step.

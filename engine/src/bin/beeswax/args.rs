@@ -39,12 +39,21 @@ pub struct Global {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Generate images from a prompt.
-    Generate(GenerateArgs),
+    Generate(Box<GenerateArgs>),
     /// List the model packs the manifests declare.
     Packs,
+    /// List every scheduler (sampler) and noise schedule with its aliases.
+    Schedulers,
     /// Time the UNet or a whole pipeline.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Serve the pipelines over HTTP (native jobs API, OpenAI and AUTOMATIC1111 compatible).
+    Serve(crate::serve::ServeArgs),
+    /// List the plugins the manifests enable and what they provide.
+    Plugins,
+    /// Validate every manifest and plugin (syntax, paths, hashes, ABI, capabilities); exits
+    /// non-zero listing every problem.
+    Check,
 }
 
 /// Which model to use: a diffusers folder or a pack.
@@ -81,9 +90,14 @@ pub struct GenerateArgs {
     /// Height in pixels, a multiple of the VAE scale factor [default: the pack's, else the model's].
     #[arg(long, value_parser = clap::value_parser!(u32).range(8..=8192))]
     pub height: Option<u32>,
-    /// Scheduler, by name or AUTOMATIC1111 alias, case-insensitive (e.g. euler, DDIM).
+    /// Scheduler (sampler), by name or AUTOMATIC1111/ComfyUI alias, case-insensitive (e.g.
+    /// euler, "Euler a", "DPM++ 2M Karras"); `beeswax schedulers` lists them.
     #[arg(long)]
     pub scheduler: Option<String>,
+    /// Noise schedule (e.g. karras, exponential, sgm_uniform, trailing) [default: the pack's,
+    /// else the one the scheduler name implies, else the sampler's own].
+    #[arg(long)]
+    pub schedule: Option<String>,
     /// Seed of the first image (image i of a batch uses seed + i) [default: random].
     #[arg(long)]
     pub seed: Option<u64>,
@@ -97,15 +111,71 @@ pub struct GenerateArgs {
     /// standard normal, shaped [batch, latent channels, height/f, width/f].
     #[arg(long)]
     pub init_latents: Option<PathBuf>,
+    /// Image-to-image: start from this picture (PNG, JPEG or WebP) instead of noise; its size
+    /// (rounded down to the VAE scale factor) is the default --width/--height.
+    #[arg(long, conflicts_with = "init_latents")]
+    pub init_image: Option<PathBuf>,
+    /// How much of the picture to repaint, above 0 and at most 1: the first (1 - S) of the
+    /// steps are skipped and the picture is noised to where the rest begin [default: 0.75].
+    #[arg(long, requires = "init_image", value_parser = parse_strength)]
+    pub strength: Option<f64>,
+    /// How a picture of another size is fitted to --width/--height: stretch (AUTOMATIC1111's
+    /// "Just resize", the default), crop (cover and cut) or fill (fit and extend the edges).
+    #[arg(long, requires = "init_image")]
+    pub resize: Option<beeswax::image_in::ResizeMode>,
+    /// Inpainting: a mask picture, white = repaint (grayscale, or the alpha channel when it
+    /// has a transparent part: opaque = repaint). Same size as --init-image, or same shape.
+    #[arg(long, requires = "init_image")]
+    pub mask: Option<PathBuf>,
+    /// Gaussian blur of the mask's edge in pixels (its pasted-back seam) [default: 4].
+    #[arg(long, requires = "init_image", value_parser = parse_blur)]
+    pub mask_blur: Option<f32>,
+    /// What to repaint: whole (the picture fitted to --width/--height) or masked (only the
+    /// mask's region plus --inpaint-padding, at --width/--height, pasted back) [default: whole].
+    #[arg(long, requires = "init_image", value_parser = ["whole", "masked"])]
+    pub inpaint_area: Option<String>,
+    /// Pixels of context around the mask with --inpaint-area masked [default: 32].
+    #[arg(long, requires = "init_image")]
+    pub inpaint_padding: Option<usize>,
+    /// What the masked region starts from: original, fill (colours from around it) or
+    /// latent-noise [default: original; fill with --outpaint].
+    #[arg(long, requires = "init_image")]
+    pub masked_content: Option<beeswax::pipeline::MaskedContent>,
+    /// Outpainting: extend the canvas by left,right,top,bottom pixels and repaint the border.
+    #[arg(long, requires = "init_image", conflicts_with = "mask", value_name = "L,R,T,B")]
+    pub outpaint: Option<beeswax::image_in::Outpaint>,
+    /// The standard-normal noise added to the picture's latents: a safetensors file with one
+    /// tensor `noise` [batch, latent channels, height/f, width/f] (for comparing with diffusers).
+    #[arg(long, requires = "init_image")]
+    pub init_noise: Option<PathBuf>,
+    /// Encode the picture with a sample of the VAE's latent distribution (seeded) instead of
+    /// its mean.
+    #[arg(long, requires = "init_image")]
+    pub sample_posterior: bool,
+    /// A LoRA to apply: a [[lora]] or [[lora_set]] name from the manifests, or a .safetensors
+    /// file, with an optional weight (default: the manifest's, else 1; negative inverts it).
+    /// Repeatable. Prompt tags <lora:NAME:WEIGHT> work too (AUTOMATIC1111 syntax).
+    #[arg(long = "lora", value_name = "NAME_OR_FILE[:WEIGHT]", allow_hyphen_values = true)]
+    pub loras: Vec<String>,
+    /// Allowed LoRA weights, MIN:MAX.
+    #[arg(long, value_name = "MIN:MAX", default_value = "-5:5", allow_hyphen_values = true)]
+    pub lora_weight_range: beeswax::lora::WeightRange,
     /// Output PNG; with --batch above 1, NAME-1.png, NAME-2.png, ... [default: beeswax-SEED.png].
     #[arg(long)]
     pub output: Option<PathBuf>,
     /// Also write the final latents (before VAE scaling and decoding) as tensor `latents`.
     #[arg(long)]
     pub output_latents: Option<PathBuf>,
+    /// Post-process each image with this plugin before writing it (repeatable, applied in
+    /// order), e.g. `--post sharpen-wasm`; see `beeswax plugins`.
+    #[arg(long = "post", value_name = "PLUGIN")]
+    pub post: Vec<String>,
     /// No progress bar or notes; errors and warnings still go to stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Decode the image in blended tiles to bound memory (automatic above 768 pixels a side).
+    #[arg(long)]
+    pub vae_tiling: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +184,58 @@ pub enum BenchCommand {
     Unet(BenchUnetArgs),
     /// Time a whole generation with per-stage times and peak memory.
     Pipeline(BenchPipelineArgs),
+    /// Time one VAE decode at a given size (random or given weights) with peak memory.
+    Vae(BenchVaeArgs),
+    /// Time one scheduler step of every built-in sampler next to one UNet step.
+    Scheduler(BenchSchedulerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchSchedulerArgs {
+    /// A diffusers `unet/config.json` for the UNet step timed alongside [default: none, only
+    /// scheduler steps are timed].
+    #[arg(long)]
+    pub unet_config: Option<PathBuf>,
+    /// Latent width and height (64 = a 512x512 image).
+    #[arg(long, default_value_t = 64)]
+    pub latent_size: usize,
+    /// Batch size of the latents (2 = one image with classifier-free guidance for the UNet).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Steps per scheduler run.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub steps: u32,
+    /// Timed UNet iterations after one warm-up.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub iters: u32,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchVaeArgs {
+    /// A diffusers `vae/config.json` to build with random weights.
+    #[arg(long, conflicts_with = "model", required_unless_present = "model")]
+    pub config: Option<PathBuf>,
+    /// A model folder in the diffusers layout whose `vae/` (config and weights) is timed.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Image width (latents are width / 8).
+    #[arg(long, default_value_t = 512)]
+    pub width: usize,
+    /// Image height (latents are height / 8).
+    #[arg(long, default_value_t = 512)]
+    pub height: usize,
+    /// Decode in blended tiles (as `--vae-tiling`); without it, the whole image at once.
+    #[arg(long)]
+    pub tiling: bool,
+    /// Timed iterations after one warm-up.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub iters: u32,
+    /// Print one JSON line {"min_s": ..., "median_s": ..., "peak_rss_mb": ...}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -171,5 +293,23 @@ fn parse_guidance(s: &str) -> Result<f64, String> {
         Ok(v)
     } else {
         Err(format!("{v} is not in 0..=100"))
+    }
+}
+
+fn parse_strength(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not above 0 and at most 1"))
+    }
+}
+
+fn parse_blur(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if (0.0..=256.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not between 0 and 256 pixels"))
     }
 }

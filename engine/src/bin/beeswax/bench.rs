@@ -15,6 +15,8 @@ pub fn run(global: &Global, command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Unet(a) => unet(global, a),
         BenchCommand::Pipeline(a) => pipeline(global, a),
+        BenchCommand::Vae(a) => crate::bench_vae::run(global, a),
+        BenchCommand::Scheduler(a) => crate::schedulers::bench(global, a),
     }
 }
 

@@ -4,8 +4,14 @@
 
 mod args;
 mod bench;
+mod bench_vae;
+mod check;
 mod generate;
+mod image_job;
+mod plugins;
 mod progress;
+mod serve;
+mod schedulers;
 mod source;
 
 use std::process::ExitCode;
@@ -15,11 +21,19 @@ use clap::Parser;
 use args::{Cli, Command};
 
 fn main() -> ExitCode {
+    // Keep freed memory mapped so that every op's output buffer does not page-fault (see
+    // beeswax::kernels::malloc); a failure only costs speed.
+    beeswax::kernels::malloc::tune();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Generate(a) => generate::run(&cli.global, a),
+        Command::Generate(a) => generate::run(&cli.global, *a),
         Command::Packs => source::list_packs(&cli.global),
+        // Plugin schedulers are listed like built-ins.
+        Command::Schedulers => plugins::load(&cli.global).and_then(|_| schedulers::list()),
         Command::Bench(b) => bench::run(&cli.global, b),
+        Command::Serve(a) => serve::run(&cli.global, a),
+        Command::Plugins => plugins::list(&cli.global),
+        Command::Check => check::run(&cli.global),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

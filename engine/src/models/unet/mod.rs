@@ -5,8 +5,10 @@ pub mod config;
 mod embeddings;
 mod transformer;
 
-use candle_core::{Module, Result, Tensor};
-use candle_nn::{conv2d, group_norm, Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_core::{Result, Tensor};
+use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
+
+use crate::kernels::{self, GroupNorm};
 
 use blocks::{BlockAttention, BlockCommon, BlockShape, DownBlock, MidBlock, UpBlock};
 pub use config::UNetConfig;
@@ -127,11 +129,11 @@ impl UNet2DConditionModel {
             down_blocks,
             mid_block,
             up_blocks,
-            conv_norm_out: group_norm(
+            conv_norm_out: GroupNorm::new(
+                vb.pp("conv_norm_out"),
                 config.norm_num_groups,
                 ch[0],
                 config.norm_eps,
-                vb.pp("conv_norm_out"),
             )?,
             conv_out: conv_k(
                 ch[0],
@@ -167,7 +169,7 @@ impl UNet2DConditionModel {
         } else {
             sample.clone()
         };
-        let mut xs = self.conv_in.forward(&sample)?;
+        let mut xs = kernels::conv2d(&self.conv_in, &sample, None, 1.0)?;
         let mut skips = vec![xs.clone()];
         for block in &self.down_blocks {
             xs = block.forward(xs, &temb, context, &mut skips)?;
@@ -176,7 +178,7 @@ impl UNet2DConditionModel {
         for block in &self.up_blocks {
             xs = block.forward(xs, &temb, context, &mut skips)?;
         }
-        let xs = candle_nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
-        self.conv_out.forward(&xs)
+        let xs = self.conv_norm_out.forward(&xs, None, true)?;
+        kernels::conv2d(&self.conv_out, &xs, None, 1.0)
     }
 }

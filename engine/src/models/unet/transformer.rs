@@ -2,12 +2,12 @@
 //! linear), `BasicTransformerBlock`s (self-attention, cross-attention, GEGLU feed-forward),
 //! projection out, residual.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{
-    conv2d, group_norm, layer_norm, linear, linear_no_bias, Conv2d, GroupNorm, LayerNorm, Linear,
-    VarBuilder,
+    conv2d, layer_norm, linear, linear_no_bias, Conv2d, LayerNorm, Linear, VarBuilder,
 };
 
+use crate::kernels::{self, GroupNorm};
 use crate::models::attention::scaled_dot_product;
 
 /// Shape of one transformer.
@@ -47,13 +47,14 @@ impl Attention {
         })
     }
 
-    fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+    /// Attention of `xs` over `context` (itself when `None`), plus `residual`.
+    fn forward(&self, xs: &Tensor, context: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
         let context = context.unwrap_or(xs);
-        let q = self.to_q.forward(xs)?;
-        let k = self.to_k.forward(context)?;
-        let v = self.to_v.forward(context)?;
-        self.to_out
-            .forward(&scaled_dot_product(&q, &k, &v, self.heads)?)
+        let q = kernels::linear(&self.to_q, xs, None)?;
+        let k = kernels::linear(&self.to_k, context, None)?;
+        let v = kernels::linear(&self.to_v, context, None)?;
+        let attended = scaled_dot_product(&q, &k, &v, self.heads)?;
+        kernels::linear(&self.to_out, &attended, Some(residual))
     }
 }
 
@@ -83,16 +84,12 @@ impl BasicTransformerBlock {
     }
 
     fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let xs = (self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs)?;
-        let xs = (self
+        let xs = self.attn1.forward(&self.norm1.forward(xs)?, None, xs)?;
+        let xs = self
             .attn2
-            .forward(&self.norm2.forward(&xs)?, Some(context))?
-            + xs)?;
-        let h = self.geglu.forward(&self.norm3.forward(&xs)?)?;
-        let half = h.dim(D::Minus1)? / 2;
-        let gated =
-            (h.narrow(D::Minus1, 0, half)? * h.narrow(D::Minus1, half, half)?.gelu_erf()?)?;
-        self.ff_out.forward(&gated)? + xs
+            .forward(&self.norm2.forward(&xs)?, Some(context), &xs)?;
+        let gated = kernels::geglu(&self.geglu, &self.norm3.forward(&xs)?)?;
+        kernels::linear(&self.ff_out, &gated, Some(&xs))
     }
 }
 
@@ -136,7 +133,7 @@ impl Transformer2D {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            norm: group_norm(s.groups, c, 1e-6, vb.pp("norm"))?,
+            norm: GroupNorm::new(vb.pp("norm"), s.groups, c, 1e-6)?,
             proj_in: Projection::new(vb.pp("proj_in"), c, c, s.linear_projection)?,
             blocks,
             proj_out: Projection::new(vb.pp("proj_out"), c, c, s.linear_projection)?,
@@ -146,20 +143,19 @@ impl Transformer2D {
     /// `xs` [B, C, H, W] attending to `context` [B, S, D].
     pub fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = xs.dims4()?;
-        let normed = self.norm.forward(xs)?;
+        let normed = self.norm.forward(xs, None, false)?;
         let to_tokens = |t: &Tensor| t.permute((0, 2, 3, 1))?.reshape((b, h * w, c));
         let mut tokens = match &self.proj_in {
-            Projection::Conv(conv) => to_tokens(&conv.forward(&normed)?)?,
-            Projection::Linear(lin) => lin.forward(&to_tokens(&normed)?)?,
+            Projection::Conv(conv) => to_tokens(&kernels::conv2d(conv, &normed, None, 1.0)?)?,
+            Projection::Linear(lin) => kernels::linear(lin, &to_tokens(&normed)?, None)?,
         };
         for block in &self.blocks {
             tokens = block.forward(&tokens, context)?;
         }
         let to_map = |t: &Tensor| t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous();
-        let out = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(&to_map(&tokens)?)?,
-            Projection::Linear(lin) => to_map(&lin.forward(&tokens)?)?,
-        };
-        out + xs
+        match &self.proj_out {
+            Projection::Conv(conv) => kernels::conv2d(conv, &to_map(&tokens)?, Some(xs), 1.0),
+            Projection::Linear(lin) => to_map(&kernels::linear(lin, &tokens, None)?)? + xs,
+        }
     }
 }

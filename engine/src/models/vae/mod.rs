@@ -5,11 +5,15 @@
 //! `to_q/to_k/to_v/to_out.0`. Both load.
 
 pub mod config;
+mod tiling;
 
-use candle_core::{Module, Result, Tensor};
-use candle_nn::{conv2d, group_norm, linear, Conv2d, GroupNorm, Linear, VarBuilder};
+use candle_core::{Result, Tensor};
+use candle_nn::{conv2d, linear, Conv2d, Linear, VarBuilder};
+
+use crate::kernels::{self, GroupNorm};
 
 pub use config::VaeConfig;
+pub use tiling::{Tiling, AUTO_ABOVE, TILE};
 
 use super::attention::scaled_dot_product;
 use super::resnet::{conv3x3, ResnetBlock2D, ResnetSpec};
@@ -49,7 +53,7 @@ impl MidAttention {
             ["query", "key", "value", "proj_attn"]
         };
         Ok(Self {
-            group_norm: group_norm(groups, channels, EPS, vb.pp("group_norm"))?,
+            group_norm: GroupNorm::new(vb.pp("group_norm"), groups, channels, EPS)?,
             to_q: linear(channels, channels, vb.pp(names[0]))?,
             to_k: linear(channels, channels, vb.pp(names[1]))?,
             to_v: linear(channels, channels, vb.pp(names[2]))?,
@@ -61,13 +65,13 @@ impl MidAttention {
         let (b, c, h, w) = xs.dims4()?;
         let tokens = self
             .group_norm
-            .forward(xs)?
+            .forward(xs, None, false)?
             .reshape((b, c, h * w))?
             .transpose(1, 2)?;
-        let q = self.to_q.forward(&tokens)?;
-        let k = self.to_k.forward(&tokens)?;
-        let v = self.to_v.forward(&tokens)?;
-        let out = self.to_out.forward(&scaled_dot_product(&q, &k, &v, 1)?)?;
+        let q = kernels::linear(&self.to_q, &tokens, None)?;
+        let k = kernels::linear(&self.to_k, &tokens, None)?;
+        let v = kernels::linear(&self.to_v, &tokens, None)?;
+        let out = kernels::linear(&self.to_out, &scaled_dot_product(&q, &k, &v, 1)?, None)?;
         out.transpose(1, 2)?.reshape((b, c, h, w))? + xs
     }
 }
@@ -122,7 +126,7 @@ fn resnets(
 }
 
 fn norm_act_conv(norm: &GroupNorm, conv: &Conv2d, xs: &Tensor) -> Result<Tensor> {
-    conv.forward(&candle_nn::ops::silu(&norm.forward(xs)?)?)
+    kernels::conv2d(conv, &norm.forward(xs, None, true)?, None, 1.0)
 }
 
 /// The decoder: latents [B, latent_channels, h, w] to an image [B, 3, h·f, w·f] in about [-1, 1].
@@ -134,6 +138,8 @@ pub struct Decoder {
     up_blocks: Vec<(Vec<ResnetBlock2D>, Option<Upsample2D>)>,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
+    scale: usize,
+    tiling: tiling::TilingMode,
 }
 
 impl Decoder {
@@ -173,18 +179,40 @@ impl Decoder {
             conv_in: conv3x3(c.latent_channels, ch[n - 1], dec.pp("conv_in"))?,
             mid_block: MidBlock::new(dec.pp("mid_block"), ch[n - 1], g, c.mid_block_add_attention)?,
             up_blocks,
-            conv_norm_out: group_norm(g, ch[0], EPS, dec.pp("conv_norm_out"))?,
+            conv_norm_out: GroupNorm::new(dec.pp("conv_norm_out"), g, ch[0], EPS)?,
             conv_out: conv3x3(ch[0], c.out_channels, dec.pp("conv_out"))?,
+            scale: 1 << (n - 1),
+            tiling: tiling::TilingMode::new(Tiling::Auto),
         })
     }
 
-    /// Decodes latents that are already unscaled (divided by `scaling_factor`).
+    /// Chooses when [`Decoder::forward`] decodes in tiles ([`Tiling::Auto`] by default: latents
+    /// above [`AUTO_ABOVE`] on a side). Tiling bounds memory; seams are blended as diffusers'
+    /// `enable_tiling()` does, so tiled images differ slightly from untiled ones.
+    pub fn set_tiling(&self, tiling: Tiling) {
+        self.tiling.set(tiling)
+    }
+
+    /// Decodes latents that are already unscaled (divided by `scaling_factor`), in tiles when
+    /// the tiling mode says so.
     pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = z.dims4()?;
+        if self.tiling.applies(h, w) {
+            tiling::decode_tiled(z, self.scale, |t| self.forward_whole(t))
+        } else {
+            self.forward_whole(z)
+        }
+    }
+
+    /// Decodes all of `z` at once.
+    fn forward_whole(&self, z: &Tensor) -> Result<Tensor> {
         let z = match &self.post_quant_conv {
-            Some(conv) => conv.forward(z)?,
+            Some(conv) => kernels::conv2d(conv, z, None, 1.0)?,
             None => z.clone(),
         };
-        let mut xs = self.mid_block.forward(&self.conv_in.forward(&z)?)?;
+        let mut xs = self
+            .mid_block
+            .forward(&kernels::conv2d(&self.conv_in, &z, None, 1.0)?)?;
         for (resnets, up) in &self.up_blocks {
             for r in resnets {
                 xs = r.forward(&xs, None)?;
@@ -246,7 +274,7 @@ impl Encoder {
             conv_in: conv3x3(c.in_channels, ch[0], enc.pp("conv_in"))?,
             down_blocks,
             mid_block: MidBlock::new(enc.pp("mid_block"), ch[n - 1], g, c.mid_block_add_attention)?,
-            conv_norm_out: group_norm(g, ch[n - 1], EPS, enc.pp("conv_norm_out"))?,
+            conv_norm_out: GroupNorm::new(enc.pp("conv_norm_out"), g, ch[n - 1], EPS)?,
             conv_out: conv3x3(ch[n - 1], moments, enc.pp("conv_out"))?,
             quant_conv,
             latent_channels: c.latent_channels,
@@ -255,7 +283,7 @@ impl Encoder {
 
     /// Returns `(mean, logvar)` of the latent distribution.
     pub fn forward(&self, image: &Tensor) -> Result<(Tensor, Tensor)> {
-        let mut xs = self.conv_in.forward(image)?;
+        let mut xs = kernels::conv2d(&self.conv_in, image, None, 1.0)?;
         for (resnets, down) in &self.down_blocks {
             for r in resnets {
                 xs = r.forward(&xs, None)?;
@@ -267,7 +295,7 @@ impl Encoder {
         let xs = self.mid_block.forward(&xs)?;
         let mut moments = norm_act_conv(&self.conv_norm_out, &self.conv_out, &xs)?;
         if let Some(q) = &self.quant_conv {
-            moments = q.forward(&moments)?;
+            moments = kernels::conv2d(q, &moments, None, 1.0)?;
         }
         let mean = moments.narrow(1, 0, self.latent_channels)?;
         let logvar = moments

@@ -1,0 +1,85 @@
+//! `beeswax bench vae`: one VAE decode at a given size, whole or tiled, with peak memory.
+
+use anyhow::{Context, Result};
+use beeswax::bench::{peak_rss_bytes, time_runs};
+use beeswax::device::{default_device, parse_device, parse_dtype};
+use beeswax::model_files;
+use beeswax::models::config_file::read_json;
+use beeswax::models::vae::{Decoder, Tiling, VaeConfig};
+use beeswax::models::weights;
+use candle_core::{DType, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+
+use crate::args::{BenchVaeArgs, Global};
+
+pub fn run(global: &Global, a: BenchVaeArgs) -> Result<()> {
+    let device = match &global.device {
+        Some(d) => parse_device(d)?,
+        None => default_device(),
+    };
+    let dtype = global
+        .dtype
+        .as_deref()
+        .map(parse_dtype)
+        .transpose()?
+        .unwrap_or(DType::F32);
+    // Random weights live in the VarMap for as long as the decoder.
+    let varmap = VarMap::new();
+    let (config, vb) = match (&a.model, &a.config) {
+        (Some(dir), _) => {
+            let config: VaeConfig = read_json(&model_files::config(dir, "vae", "config.json")?)?;
+            let path = model_files::weights(dir, "vae", "diffusion_pytorch_model")?;
+            (config, weights::mmap(&path, dtype, &device)?)
+        }
+        (None, Some(file)) => {
+            let config: VaeConfig = read_json(file)?;
+            (config, VarBuilder::from_varmap(&varmap, dtype, &device))
+        }
+        (None, None) => anyhow::bail!("give --config FILE (random weights) or --model DIR"),
+    };
+    let decoder = Decoder::new(vb, &config).context("building the VAE decoder")?;
+    decoder.set_tiling(if a.tiling { Tiling::On } else { Tiling::Off });
+    let f = 1usize << config.block_out_channels.len().saturating_sub(1);
+    if a.width % f != 0 || a.height % f != 0 {
+        anyhow::bail!(
+            "--width and --height must be multiples of {f}, got {}x{}",
+            a.width,
+            a.height
+        );
+    }
+    let z = Tensor::randn(
+        0f32,
+        1.0,
+        (1, config.latent_channels, a.height / f, a.width / f),
+        &device,
+    )?
+    .to_dtype(dtype)?;
+    let timing = time_runs(a.iters as usize, || {
+        let image = decoder.forward(&z)?;
+        device.synchronize()?;
+        Ok(image)
+    })?;
+    let peak_mb = peak_rss_bytes().map(|b| b as f64 / 1048576.0);
+    if a.json {
+        println!(
+            "{{\"min_s\": {:.4}, \"median_s\": {:.4}, \"peak_rss_mb\": {}}}",
+            timing.min.as_secs_f64(),
+            timing.median.as_secs_f64(),
+            peak_mb.map_or("null".into(), |m| format!("{m:.1}"))
+        );
+    } else {
+        println!(
+            "vae decode {}x{}{}: min {:.3} s, median {:.3} s over {} runs",
+            a.width,
+            a.height,
+            if a.tiling { " (tiled)" } else { "" },
+            timing.min.as_secs_f64(),
+            timing.median.as_secs_f64(),
+            a.iters
+        );
+        if let Some(mb) = peak_mb {
+            println!("  peak RSS {mb:.1} MB");
+        }
+    }
+    Ok(())
+}

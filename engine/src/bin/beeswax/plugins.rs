@@ -1,0 +1,118 @@
+//! Plugins at startup (`generate`, `serve`, `check`) and `beeswax plugins`.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use beeswax::image_out::RgbImage;
+use beeswax::plugins::{capability_names, Capability, LoadedPlugin, PluginKind, Plugins};
+
+use crate::args::Global;
+
+/// Loads the manifests' plugins and registers their schedulers (so `--scheduler NAME` finds
+/// them like built-ins) and post-processors (for the service's pipelines). No manifest folder
+/// means no plugins.
+pub fn load(global: &Global) -> Result<Plugins> {
+    if !global.manifests.is_dir() {
+        return Ok(Plugins::default());
+    }
+    let plugins = Plugins::load(&global.manifests)?;
+    plugins
+        .register_schedulers()
+        .context("registering plugin schedulers")?;
+    plugins.register_postprocessors();
+    Ok(plugins)
+}
+
+/// The post-processors named by `--post`, in order; unknown names are an error.
+pub fn post_processors(plugins: &Plugins, names: &[String]) -> Result<Vec<Arc<LoadedPlugin>>> {
+    names
+        .iter()
+        .map(|n| Ok(plugins.find(n, Capability::PostProcessor)?.clone()))
+        .collect()
+}
+
+/// Runs `image` through `post`, in order.
+pub fn apply_post(post: &[Arc<LoadedPlugin>], image: &RgbImage) -> Result<RgbImage> {
+    let mut image = image.clone();
+    for p in post {
+        image = p.postprocess(&image)?;
+    }
+    Ok(image)
+}
+
+/// `beeswax plugins`: one block per plugin; problems are listed and make the command fail.
+pub fn list(global: &Global) -> Result<()> {
+    let (plugins, problems) = Plugins::load_all(&global.manifests);
+    for p in &plugins.loaded {
+        let e = &p.entry;
+        let (major, minor) = beeswax_plugin_sdk::abi::split_version(p.abi_version());
+        println!(
+            "{}\t{}\tABI {major}.{minor}\t{}",
+            e.name,
+            e.kind.as_str(),
+            e.path.display()
+        );
+        for cap in &e.provides {
+            let how = match cap {
+                Capability::Scheduler => format!(
+                    "scheduler (--scheduler {}, registered as {})",
+                    e.name,
+                    e.name.replace('-', "_")
+                ),
+                Capability::PostProcessor => format!("postprocessor (--post {})", e.name),
+                Capability::PreProcessor => "preprocessor".to_string(),
+            };
+            println!("  provides: {how}");
+        }
+        let reported = capability_names(p.capabilities());
+        if reported.len() > e.provides.len() {
+            println!("  also implements (not enabled): {}", reported.join(", "));
+        }
+        println!("  sha256: {}", p.sha256);
+        if e.kind == PluginKind::Wasm {
+            println!(
+                "  limits: {} MiB memory, {} ms per call",
+                e.limits.memory_mib, e.limits.timeout_ms
+            );
+        } else {
+            println!("  trusted native code (runs unsandboxed in the beeswax process)");
+        }
+        if !e.params.entries.is_empty() {
+            let params: Vec<String> = e
+                .params
+                .entries
+                .iter()
+                .map(|(k, v)| match v {
+                    beeswax_plugin_sdk::ParamValue::Number(x) => format!("{k} = {x}"),
+                    beeswax_plugin_sdk::ParamValue::String(s) => format!("{k} = {s:?}"),
+                })
+                .collect();
+            println!("  params: {}", params.join(", "));
+        }
+        if let Some(d) = &e.description {
+            println!("  {d}");
+        }
+    }
+    for e in &plugins.disabled {
+        println!(
+            "{}\t{}\tdisabled (enabled = false)\t{}",
+            e.name,
+            e.kind.as_str(),
+            e.path.display()
+        );
+    }
+    if plugins.loaded.is_empty() && plugins.disabled.is_empty() && problems.is_empty() {
+        println!("no [[plugin]] entries in {}", global.manifests.display());
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    for p in &problems {
+        eprintln!("problem: {p}");
+    }
+    anyhow::bail!(
+        "{} plugin problem(s) in {}; `beeswax check` validates every manifest",
+        problems.len(),
+        global.manifests.display()
+    )
+}

@@ -1,0 +1,177 @@
+//! `beeswax schedulers` (every sampler and noise schedule with its aliases), the name checks
+//! `generate` runs before loading a model, and `beeswax bench scheduler`.
+
+use anyhow::{bail, Result};
+use beeswax::bench::{random_unet, random_unet_inputs, time_runs};
+use beeswax::device::{default_device, parse_device};
+use beeswax::models::config_file::read_json;
+use beeswax::models::unet::UNetConfig;
+use beeswax::noise::BatchNoise;
+use beeswax::schedulers::{self, Schedule, SchedulerConfig, SCHEDULES};
+use candle_core::{DType, Device, Tensor};
+
+use crate::args::{BenchSchedulerArgs, Global};
+
+/// Prints two tab-separated tables, `# samplers` and `# schedules`: canonical name, aliases
+/// (comma separated) and a summary per line. Every name printed is accepted by `generate`.
+pub fn list() -> Result<()> {
+    println!("# samplers (--scheduler)");
+    for entry in schedulers::entries() {
+        println!(
+            "{}\t{}\t{}",
+            entry.name,
+            entry.aliases.join(", "),
+            entry.summary
+        );
+    }
+    println!("# schedules (--schedule, or appended to the sampler: \"DPM++ 2M Karras\")");
+    for info in SCHEDULES {
+        println!(
+            "{}\t{}\t{}",
+            info.name,
+            info.aliases.join(", "),
+            info.summary
+        );
+    }
+    Ok(())
+}
+
+/// Checks the sampler and schedule names before any model is loaded: unknown names fail here
+/// with the valid ones and the nearest.
+pub fn check_names(scheduler: Option<&str>, schedule: Option<&str>) -> Result<()> {
+    if let Some(name) = scheduler {
+        schedulers::resolve(name)?;
+    }
+    if let Some(name) = schedule {
+        Schedule::parse(name)?;
+    }
+    Ok(())
+}
+
+/// AUTOMATIC1111's display name for a scheduler name: the sampler's first alias, plus the
+/// schedule's first alias when one other than the default is chosen (`DPM++ 2M Karras`).
+pub fn display_name(name: &str) -> String {
+    let Ok((canonical, schedule)) = schedulers::resolve(name) else {
+        return name.to_string();
+    };
+    let sampler = schedulers::names()
+        .into_iter()
+        .find(|(n, _)| *n == canonical)
+        .and_then(|(_, aliases)| aliases.first().copied())
+        .unwrap_or(canonical);
+    match schedule {
+        Some(s) if s != Schedule::Default => {
+            let info = s.info();
+            format!("{sampler} {}", info.aliases.first().unwrap_or(&info.name))
+        }
+        _ => sampler.to_string(),
+    }
+}
+
+/// `beeswax bench scheduler`: the mean time of one scheduler call (`scale_model_input` plus
+/// `step`) of every built-in sampler over a whole run, next to one UNet call, on
+/// `[batch, 4, size, size]` f32 latents.
+pub fn bench(global: &Global, a: BenchSchedulerArgs) -> Result<()> {
+    let device = match &global.device {
+        Some(d) => parse_device(d)?,
+        None => default_device(),
+    };
+    if a.latent_size == 0 || a.batch == 0 {
+        bail!("--latent-size and --batch must be at least 1");
+    }
+    let shape = [a.batch, 4, a.latent_size, a.latent_size];
+    // Stable Diffusion 1.x's schedule.
+    let config: SchedulerConfig = serde_json::from_str(
+        r#"{"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+            "steps_offset": 1, "clip_sample": false, "set_alpha_to_one": false}"#,
+    )?;
+    let start = Tensor::randn(0f32, 1f32, &shape[..], &device)?;
+    let output = Tensor::randn(0f32, 1f32, &shape[..], &device)?;
+    let steps = a.steps as usize;
+
+    let unet = match &a.unet_config {
+        Some(path) => {
+            let unet_config: UNetConfig = read_json(path)?;
+            let model = random_unet(&unet_config, DType::F32, &device)?;
+            let (latents, context) = random_unet_inputs(
+                &unet_config,
+                a.batch,
+                (a.latent_size, a.latent_size),
+                DType::F32,
+                &device,
+            )?;
+            let timing = time_runs(a.iters as usize, || {
+                let out = model.forward(&latents, 500.0, &context)?;
+                device.synchronize()?;
+                Ok(out)
+            })?;
+            Some(timing.median.as_secs_f64())
+        }
+        None => None,
+    };
+
+    let mut rows = Vec::new();
+    for entry in schedulers::entries() {
+        let steps = if entry.name == "lcm" || entry.name == "tcd" {
+            steps.min(config.original_inference_steps)
+        } else {
+            steps
+        };
+        let mut best = f64::INFINITY;
+        let mut calls = 0;
+        for _ in 0..3 {
+            let mut sched = (entry.build)(&config, steps)?;
+            let mut noise = BatchNoise::new(0, a.batch);
+            let mut x = (&start * sched.init_noise_sigma())?;
+            calls = sched.timesteps().len();
+            let clock = std::time::Instant::now();
+            for i in 0..calls {
+                let _scaled = sched.scale_model_input(&x, i)?;
+                x = sched.step(&output, i, &x, &mut noise)?;
+            }
+            to_host(&x, &device)?;
+            best = best.min(clock.elapsed().as_secs_f64() / calls as f64);
+        }
+        rows.push((entry.name, calls, best));
+    }
+
+    if a.json {
+        let samplers: Vec<String> = rows
+            .iter()
+            .map(|(name, calls, s)| {
+                format!("{{\"name\": \"{name}\", \"calls\": {calls}, \"step_s\": {s:.7}}}")
+            })
+            .collect();
+        println!(
+            "{{\"latents\": {:?}, \"unet_step_s\": {}, \"samplers\": [{}]}}",
+            shape,
+            unet.map_or("null".into(), |u| format!("{u:.5}")),
+            samplers.join(", ")
+        );
+        return Ok(());
+    }
+    println!(
+        "scheduler step cost on {}x4x{}x{} f32 latents, {steps} steps, best of 3 runs:",
+        a.batch, a.latent_size, a.latent_size
+    );
+    if let Some(u) = unet {
+        println!("  unet step      {:>10.3} ms", u * 1e3);
+    }
+    for (name, calls, s) in &rows {
+        let share = unet.map_or(String::new(), |u| {
+            format!("  ({:.1e} of a UNet step)", s / u)
+        });
+        println!(
+            "  {name:<14} {:>10.3} ms per call, {calls} calls{share}",
+            s * 1e3
+        );
+    }
+    Ok(())
+}
+
+/// Waits for the device by copying a tensor to the host.
+fn to_host(x: &Tensor, device: &Device) -> Result<()> {
+    device.synchronize()?;
+    x.to_device(&Device::Cpu)?;
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! `beeswax serve`: the HTTP service (see `beeswax::server`).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use beeswax::device::{default_device, parse_device, parse_dtype};
+use beeswax::pipeline::LoadOptions;
+use beeswax::server::{serve, shutdown_signal, Catalog, Limits, ServerConfig, Service};
+use candle_core::DType;
+use clap::Args;
+
+use crate::args::Global;
+
+/// `beeswax serve` flags.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (loopback by default; anything else should set --api-key).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port to listen on (0: any free port, printed at start-up).
+    #[arg(long, default_value_t = 7860)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` on every route but /health.
+    #[arg(long, env = "BEESWAX_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Jobs that may wait; more get 429 with Retry-After.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub queue_size: u32,
+    /// Jobs that run at once (worker threads).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub concurrency: u32,
+    /// Seconds finished jobs and their images stay available.
+    #[arg(long, default_value_t = 600)]
+    pub keep_finished: u64,
+    /// Most finished jobs kept (oldest dropped first).
+    #[arg(long, default_value_t = 1000)]
+    pub max_finished: usize,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+    /// Largest width a request may ask for (pipelines may set their own).
+    #[arg(long, default_value_t = 2048)]
+    pub max_width: usize,
+    /// Largest height a request may ask for.
+    #[arg(long, default_value_t = 2048)]
+    pub max_height: usize,
+    /// Most steps a request may ask for.
+    #[arg(long, default_value_t = 150)]
+    pub max_steps: usize,
+    /// Most images one request may ask for (batch × n_iter, or `n`).
+    #[arg(long, default_value_t = 8)]
+    pub max_images: usize,
+    /// On SIGTERM/Ctrl-C, seconds running jobs may take to finish before they are cancelled.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_timeout: u64,
+    /// Logs as JSON lines instead of text (RUST_LOG filters either way; default `info`).
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
+    init_logs(a.log_json);
+    // Plugin schedulers join the registry before any job resolves a scheduler name.
+    let _plugins = crate::plugins::load(global)?;
+    let device = match &global.device {
+        Some(d) => parse_device(d)?,
+        None => default_device(),
+    };
+    let dtype = match &global.dtype {
+        Some(d) => parse_dtype(d)?,
+        None if device.is_cpu() => DType::F32,
+        None => DType::F16,
+    };
+    let limits = Limits {
+        max_width: a.max_width,
+        max_height: a.max_height,
+        max_steps: a.max_steps,
+        max_images: a.max_images,
+    };
+    let catalog = Catalog::load(
+        &global.manifests,
+        &LoadOptions { device, dtype },
+        global.allow_download,
+        limits,
+    )
+    .with_context(|| format!("loading the pipelines in {}", global.manifests.display()))?;
+    if catalog.all().is_empty() {
+        bail!(
+            "no pipeline could be loaded from {}: add a pack manifest (see `beeswax packs`)",
+            global.manifests.display()
+        );
+    }
+    if !a.host.is_loopback() && a.api_key.is_none() {
+        tracing::warn!(host = %a.host, "listening beyond loopback without --api-key: anyone who can reach this port can use it");
+    }
+    let config = ServerConfig {
+        queue_size: a.queue_size as usize,
+        concurrency: a.concurrency as usize,
+        keep_finished: Duration::from_secs(a.keep_finished),
+        max_finished: a.max_finished,
+        max_body_bytes: a.max_body_bytes,
+        limits,
+        api_key: a.api_key.filter(|k| !k.is_empty()),
+        shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((a.host, a.port))
+            .await
+            .with_context(|| format!("listening on {}:{}", a.host, a.port))?;
+        let addr = listener.local_addr()?;
+        let service = Service::start(catalog, config).context("starting the workers")?;
+        tracing::info!(%addr, pipelines = service.catalog.names(), "listening");
+        println!("beeswax listening on http://{addr}");
+        serve(listener, service, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}

@@ -1,0 +1,324 @@
+//! 2-D convolution as one GEMM on the weight's native layout.
+//!
+//! The OIHW weight `[c_out, c_in, kh, kw]` is already the row-major matrix
+//! `[c_out, c_in·kh·kw]`, so it is used as the GEMM's left operand as stored: nothing is
+//! repacked per call (candle's conv copies the whole weight on every call). The right operand
+//! is the im2col matrix `[c_in·kh·kw, pixels]`, built in parallel (one task per input channel;
+//! each row is a shifted copy of an input plane), and the product `[c_out, pixels]` is already
+//! NCHW. Each image is its own GEMM (so an image's result does not depend on the batch it is in,
+//! which keeps batch output byte-identical to single-image runs); large maps are cut into bands
+//! of output rows so that the im2col matrix stays under [`COLS_BUDGET`]. The bias, an optional residual and an output scale are applied in the pass
+//! that moves the product into place.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::Conv2d;
+use rayon::prelude::*;
+
+use super::math::simd;
+use super::slices::{fast, to_vec, with_f32};
+
+/// Largest im2col matrix, in f32 values (64 MiB).
+pub const COLS_BUDGET: usize = 16 << 20;
+
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    c: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: usize,
+    oh: usize,
+    ow: usize,
+}
+
+/// Images `b0..b0 + nb` and output rows `r0..r0 + nr` of each.
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    b0: usize,
+    nb: usize,
+    r0: usize,
+    nr: usize,
+}
+
+impl Piece {
+    fn pixels(&self, g: &Geometry) -> usize {
+        self.nb * self.nr * g.ow
+    }
+}
+
+/// `(conv(xs) + residual) / out_scale`, with `conv`'s bias. `xs` is [B, C, H, W]; `residual`
+/// has the output's shape. Non-f32 or non-CPU tensors, groups and dilation go through candle.
+pub fn conv2d(
+    conv: &Conv2d,
+    xs: &Tensor,
+    residual: Option<&Tensor>,
+    out_scale: f64,
+) -> Result<Tensor> {
+    let cfg = conv.config();
+    let weight = conv.weight();
+    if !fast(xs) || cfg.groups != 1 || cfg.dilation != 1 || xs.rank() != 4 || weight.rank() != 4 {
+        return plain(conv, xs, residual, out_scale);
+    }
+    let (b, c, h, w) = xs.dims4()?;
+    let (co, ci, kh, kw) = weight.dims4()?;
+    let (stride, pad) = (cfg.stride, cfg.padding);
+    if ci != c || h + 2 * pad < kh || w + 2 * pad < kw || stride == 0 {
+        return plain(conv, xs, residual, out_scale);
+    }
+    let g = Geometry {
+        c,
+        h,
+        w,
+        kh,
+        kw,
+        stride,
+        pad,
+        oh: (h + 2 * pad - kh) / stride + 1,
+        ow: (w + 2 * pad - kw) / stride + 1,
+    };
+    let k = c * kh * kw;
+    let pixels = g.oh * g.ow;
+    let w2 = weight.reshape((co, k))?;
+    let bias = conv.bias().map(to_vec).transpose()?;
+    let residual = match residual {
+        Some(r) => {
+            if r.dims() != [b, co, g.oh, g.ow] {
+                candle_core::bail!(
+                    "conv residual {:?} does not match output {:?}",
+                    r.dims(),
+                    [b, co, g.oh, g.ow]
+                )
+            }
+            Some(r.contiguous()?)
+        }
+        None => None,
+    };
+    let identity = kh == 1 && kw == 1 && stride == 1 && pad == 0;
+
+    let rows = if identity {
+        g.oh
+    } else {
+        (COLS_BUDGET / (k * g.ow)).clamp(1, g.oh)
+    };
+    let mut pieces = Vec::new();
+    for b0 in 0..b {
+        for r0 in (0..g.oh).step_by(rows) {
+            pieces.push(Piece {
+                b0,
+                nb: 1,
+                r0,
+                nr: rows.min(g.oh - r0),
+            });
+        }
+    }
+
+    let mut out = vec![0f32; b * co * pixels];
+    for piece in pieces {
+        let cols = if identity && piece.nb == 1 {
+            xs.get(piece.b0)?.reshape((c, pixels))?
+        } else {
+            let cols = with_f32(xs, |x| im2col(x, &g, piece))?;
+            Tensor::from_vec(cols, (k, piece.pixels(&g)), xs.device())?
+        };
+        let product = w2.matmul(&cols)?;
+        drop(cols);
+        let mut place = |res: Option<&[f32]>| {
+            with_f32(&product, |p| {
+                place_piece(p, &mut out, &g, piece, co, bias.as_deref(), res, out_scale)
+            })
+        };
+        match &residual {
+            Some(r) => with_f32(r, |r| place(Some(r)))??,
+            None => place(None)?,
+        }
+    }
+    Tensor::from_vec(out, (b, co, g.oh, g.ow), xs.device())
+}
+
+fn plain(conv: &Conv2d, xs: &Tensor, residual: Option<&Tensor>, out_scale: f64) -> Result<Tensor> {
+    let mut y = conv.forward(xs)?;
+    if let Some(r) = residual {
+        y = (y + r)?;
+    }
+    if out_scale != 1.0 {
+        y = (y / out_scale)?;
+    }
+    Ok(y)
+}
+
+/// The im2col matrix of `piece`: row `ci·kh·kw + ky·kw + kx`, column
+/// `(image, output row, output column)`; zeros where the kernel reads padding.
+fn im2col(x: &[f32], g: &Geometry, piece: Piece) -> Vec<f32> {
+    let pn = piece.pixels(g);
+    let taps = g.kh * g.kw;
+    let mut cols = vec![0f32; g.c * taps * pn];
+    cols.par_chunks_mut(taps * pn)
+        .enumerate()
+        .for_each(|(ci, block)| {
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let row = &mut block[(ky * g.kw + kx) * pn..][..pn];
+                    for bl in 0..piece.nb {
+                        let plane = &x[((piece.b0 + bl) * g.c + ci) * g.h * g.w..][..g.h * g.w];
+                        for r in 0..piece.nr {
+                            let iy = (piece.r0 + r) * g.stride + ky;
+                            if iy < g.pad || iy - g.pad >= g.h {
+                                continue;
+                            }
+                            let src = &plane[(iy - g.pad) * g.w..][..g.w];
+                            let dst = &mut row[(bl * piece.nr + r) * g.ow..][..g.ow];
+                            copy_row(src, dst, g, kx);
+                        }
+                    }
+                }
+            }
+        });
+    cols
+}
+
+/// Output column `ox` reads input column `ox·stride + kx - pad`.
+#[inline]
+fn copy_row(src: &[f32], dst: &mut [f32], g: &Geometry, kx: usize) {
+    if g.stride == 1 {
+        let ox0 = g.pad.saturating_sub(kx);
+        let ox1 = g.ow.min((g.w + g.pad).saturating_sub(kx));
+        if ox0 < ox1 {
+            let s0 = ox0 + kx - g.pad;
+            dst[ox0..ox1].copy_from_slice(&src[s0..s0 + (ox1 - ox0)]);
+        }
+    } else {
+        for (ox, d) in dst.iter_mut().enumerate() {
+            let ix = ox * g.stride + kx;
+            if ix >= g.pad && ix - g.pad < g.w {
+                *d = src[ix - g.pad];
+            }
+        }
+    }
+}
+
+/// Moves the GEMM product `[co, piece pixels]` into the NCHW output, adding the bias and the
+/// residual and dividing by `scale` on the way.
+#[allow(clippy::too_many_arguments)]
+fn place_piece(
+    product: &[f32],
+    out: &mut [f32],
+    g: &Geometry,
+    piece: Piece,
+    co: usize,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    scale: f64,
+) {
+    let pixels = g.oh * g.ow;
+    let pn = piece.pixels(g);
+    let span = piece.nr * g.ow;
+    let first = piece.r0 * g.ow;
+    let lo = piece.b0 * co;
+    let hi = (piece.b0 + piece.nb) * co;
+    out[lo * pixels..hi * pixels]
+        .par_chunks_mut(pixels)
+        .enumerate()
+        .for_each(|(i, plane)| {
+            let (bl, o) = (i / co, i % co);
+            let src = &product[o * pn + bl * span..][..span];
+            let dst = &mut plane[first..first + span];
+            let at = (lo + i) * pixels + first;
+            let res = residual.map(|r| &r[at..at + span]);
+            let b = bias.map_or(0.0, |b| b[o]);
+            simd(|| {
+                dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s + b);
+                if let Some(res) = res {
+                    dst.iter_mut().zip(res).for_each(|(d, &r)| *d += r);
+                }
+                if scale != 1.0 {
+                    let s = scale as f32;
+                    dst.iter_mut().for_each(|d| *d /= s);
+                }
+            });
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use candle_nn::Conv2dConfig;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    fn check(
+        b: usize,
+        c: usize,
+        co: usize,
+        hw: (usize, usize),
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.2, (co, c, k, k), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, co, &dev).unwrap();
+        let cfg = Conv2dConfig {
+            padding: pad,
+            stride,
+            ..Default::default()
+        };
+        let conv = Conv2d::new(w, Some(bias), cfg);
+        let xs = Tensor::randn(0f32, 1.0, (b, c, hw.0, hw.1), &dev).unwrap();
+        let want = conv.forward(&xs).unwrap();
+        let res = Tensor::randn(0f32, 1.0, want.dims(), &dev).unwrap();
+        let got = conv2d(&conv, &xs, None, 1.0).unwrap();
+        assert_eq!(got.dims(), want.dims());
+        assert!(
+            max_diff(&got, &want) < 1e-4,
+            "{b} {c} {co} {hw:?} k{k} s{stride} p{pad}"
+        );
+        let want = ((want + &res).unwrap() / 2.0).unwrap();
+        let got = conv2d(&conv, &xs, Some(&res), 2.0).unwrap();
+        assert!(max_diff(&got, &want) < 1e-4);
+    }
+
+    #[test]
+    fn matches_candle_conv() {
+        check(2, 5, 7, (6, 9), 3, 1, 1);
+        check(1, 5, 7, (6, 9), 3, 1, 1);
+        check(2, 3, 4, (40, 36), 3, 1, 1); // per image
+        check(2, 6, 8, (9, 8), 3, 2, 1); // stride 2
+        check(1, 6, 8, (9, 8), 3, 2, 0);
+        check(2, 6, 8, (9, 8), 1, 1, 0); // 1x1
+        check(2, 6, 8, (40, 33), 1, 1, 0); // 1x1 on the input as is
+    }
+
+    #[test]
+    fn images_do_not_depend_on_their_batch() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.2, (64, 320, 3, 3), &dev).unwrap();
+        let cfg = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let conv = Conv2d::new(w, None, cfg);
+        let xs = Tensor::randn(0f32, 1.0, (3, 320, 8, 8), &dev).unwrap();
+        let all = conv2d(&conv, &xs, None, 1.0).unwrap();
+        let one = conv2d(&conv, &xs.narrow(0, 1, 1).unwrap(), None, 1.0).unwrap();
+        let diff = (all.narrow(0, 1, 1).unwrap() - one).unwrap().abs().unwrap();
+        assert_eq!(diff.max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn bands_cover_large_maps() {
+        // More than COLS_BUDGET values of im2col: the map is cut into bands of rows.
+        check(1, 64, 4, (300, 100), 3, 1, 1);
+    }
+}

@@ -1,0 +1,179 @@
+//! Linear layers with their bias (and a residual) added in the pass that follows the GEMM, and
+//! diffusers' GEGLU (`a * gelu(g)` of the two halves of a projection) in one pass.
+
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::Linear;
+use rayon::prelude::*;
+
+use super::math::{gelu, simd};
+use super::slices::{fast, to_vec, with_f32};
+
+/// Rows handed to one rayon task by the row-wise kernels.
+const ROWS_PER_TASK: usize = 16;
+
+/// `x · Wᵀ` over the last dim of `x` (any leading dims), without the bias.
+fn matmul_t(lin: &Linear, x: &Tensor) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let mut dims = x.dims().to_vec();
+    let k = dims.pop().unwrap_or(1);
+    let rows = x.elem_count() / k.max(1);
+    let w = lin.weight();
+    let y = x.reshape((rows, k))?.matmul(&w.t()?)?;
+    dims.push(w.dim(0)?);
+    y.reshape(dims)
+}
+
+/// `lin(x) + residual`: the GEMM, then one pass adding the bias and the residual (candle adds
+/// each in its own pass). `residual` must have the output's shape.
+pub fn linear(lin: &Linear, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+    if !fast(x) {
+        let y = lin.forward(x)?;
+        return match residual {
+            Some(r) => y + r,
+            None => Ok(y),
+        };
+    }
+    let y = matmul_t(lin, x)?;
+    if lin.bias().is_none() && residual.is_none() {
+        return Ok(y);
+    }
+    let n = y.dim(D::Minus1)?;
+    let bias = lin.bias().map(to_vec).transpose()?;
+    let mut out = vec![0f32; y.elem_count()];
+    let add = |res: Option<&[f32]>, out: &mut [f32]| {
+        with_f32(&y, |y| {
+            out.par_chunks_mut(n * ROWS_PER_TASK)
+                .enumerate()
+                .for_each(|(t, out)| {
+                    let start = t * n * ROWS_PER_TASK;
+                    let y = &y[start..start + out.len()];
+                    let res = res.map(|r| &r[start..start + out.len()]);
+                    simd(|| add_rows(out, y, bias.as_deref(), res, n));
+                })
+        })
+    };
+    match residual {
+        Some(r) => {
+            if r.dims() != y.dims() {
+                candle_core::bail!(
+                    "linear residual {:?} does not match output {:?}",
+                    r.dims(),
+                    y.dims()
+                )
+            }
+            with_f32(r, |r| add(Some(r), &mut out))??
+        }
+        None => add(None, &mut out)?,
+    }
+    Tensor::from_vec(out, y.dims(), x.device())
+}
+
+#[inline(always)]
+fn add_rows(out: &mut [f32], y: &[f32], bias: Option<&[f32]>, res: Option<&[f32]>, n: usize) {
+    for (r, (out, y)) in out.chunks_mut(n).zip(y.chunks(n)).enumerate() {
+        match bias {
+            Some(b) => out
+                .iter_mut()
+                .zip(y)
+                .zip(b)
+                .for_each(|((o, &y), &b)| *o = y + b),
+            None => out.copy_from_slice(y),
+        }
+        if let Some(res) = res {
+            let res = &res[r * n..(r + 1) * n];
+            out.iter_mut().zip(res).for_each(|(o, &r)| *o += r);
+        }
+    }
+}
+
+/// diffusers' `GEGLU`: `proj(x)` split into halves `a, g` on the last dim, returns
+/// `a * gelu(g)` with the exact (erf) GELU. The bias add, GELU and product are one pass.
+pub fn geglu(proj: &Linear, x: &Tensor) -> Result<Tensor> {
+    if !fast(x) {
+        let h = proj.forward(x)?;
+        let half = h.dim(D::Minus1)? / 2;
+        return h.narrow(D::Minus1, 0, half)? * h.narrow(D::Minus1, half, half)?.gelu_erf()?;
+    }
+    let y = matmul_t(proj, x)?;
+    let n2 = y.dim(D::Minus1)?;
+    let n = n2 / 2;
+    let bias = match proj.bias() {
+        Some(b) => to_vec(b)?,
+        None => vec![0f32; n2],
+    };
+    let mut dims = y.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = n;
+    }
+    let mut out = vec![0f32; y.elem_count() / 2];
+    with_f32(&y, |y| {
+        out.par_chunks_mut(n * ROWS_PER_TASK)
+            .zip(y.par_chunks(n2 * ROWS_PER_TASK))
+            .for_each(|(out, y)| {
+                simd(|| {
+                    for (out, y) in out.chunks_mut(n).zip(y.chunks(n2)) {
+                        let (a, g) = y.split_at(n);
+                        let (ba, bg) = bias.split_at(n);
+                        let gates = g.iter().zip(bg);
+                        for (((o, &a), &ba), (&g, &bg)) in out.iter_mut().zip(a).zip(ba).zip(gates)
+                        {
+                            *o = (a + ba) * gelu(g + bg);
+                        }
+                    }
+                })
+            })
+    })?;
+    Tensor::from_vec(out, dims, x.device())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    fn lin(out: usize, inp: usize, bias: bool) -> Linear {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.3, (out, inp), &dev).unwrap();
+        let b = bias.then(|| Tensor::randn(0f32, 1.0, out, &dev).unwrap());
+        Linear::new(w, b)
+    }
+
+    #[test]
+    fn linear_matches_candle() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 37, 24), &dev).unwrap();
+        let res = Tensor::randn(0f32, 1.0, (2, 37, 16), &dev).unwrap();
+        for bias in [true, false] {
+            let l = lin(16, 24, bias);
+            let want = (l.forward(&x).unwrap() + &res).unwrap();
+            assert!(max_diff(&linear(&l, &x, Some(&res)).unwrap(), &want) < 1e-5);
+            let want = l.forward(&x).unwrap();
+            assert!(max_diff(&linear(&l, &x, None).unwrap(), &want) < 1e-5);
+        }
+    }
+
+    #[test]
+    fn geglu_matches_candle() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 19, 24), &dev).unwrap();
+        let l = lin(2 * 40, 24, true);
+        let h = l.forward(&x).unwrap();
+        let want = (h.narrow(D::Minus1, 0, 40).unwrap()
+            * h.narrow(D::Minus1, 40, 40).unwrap().gelu_erf().unwrap())
+        .unwrap();
+        let got = geglu(&l, &x).unwrap();
+        assert_eq!(got.dims(), &[2, 19, 40]);
+        assert!(max_diff(&got, &want) < 1e-5);
+    }
+}

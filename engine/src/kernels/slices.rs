@@ -1,0 +1,27 @@
+//! Access to the f32 data of CPU tensors, and tensors built from vectors.
+
+use candle_core::{bail, CpuStorage, DType, Result, Storage, Tensor};
+
+/// Whether the fast path applies: a CPU tensor of f32.
+pub(crate) fn fast(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+/// Runs `f` on the f32 elements of `t` in row-major order (made contiguous first if needed).
+/// Callers check [`fast`] first; other tensors are an error.
+pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+        bail!("kernels: expected a CPU f32 tensor, got {:?}", t.dtype())
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        bail!("kernels: tensor is not contiguous after contiguous()")
+    };
+    Ok(f(&data[start..end]))
+}
+
+/// Copies the f32 elements of `t` (row-major) into a vector; for small tensors like biases.
+pub(crate) fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
+    with_f32(t, |s| s.to_vec())
+}

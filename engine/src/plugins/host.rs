@@ -1,0 +1,324 @@
+//! Loading plugins from manifest entries and using them: [`LoadedPlugin`] and [`Plugins`].
+
+use std::path::Path;
+use std::sync::Arc;
+
+use beeswax_plugin_sdk::wire::{self, Image};
+use sha2::{Digest, Sha256};
+
+use super::abi::{decode_rgb, encode_rgb};
+use super::call::{Call, Instance};
+use super::manifest::{self, Capability, PluginEntry, PluginKind};
+use super::native::{NativeInstance, NativePlugin};
+use super::scheduler::PluginScheduler;
+use super::wasm::WasmPlugin;
+use super::PluginError;
+use crate::image_out::RgbImage;
+use crate::schedulers::{Registry, Scheduler, SchedulerConfig, SchedulerEntry, SchedulerError};
+
+/// Largest plugin file read, in bytes.
+const MAX_FILE_BYTES: u64 = 256 << 20;
+
+/// How a loaded plugin runs.
+#[derive(Debug)]
+enum Backend {
+    Wasm(WasmPlugin),
+    Native(Arc<NativePlugin>),
+}
+
+/// A plugin that passed every check: hash, ABI version, exports and declared capabilities.
+#[derive(Debug)]
+pub struct LoadedPlugin {
+    /// Its manifest entry.
+    pub entry: PluginEntry,
+    /// The SHA-256 of the file that was loaded.
+    pub sha256: String,
+    backend: Backend,
+}
+
+/// Lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Names of the capabilities in `bits`.
+pub fn capability_names(bits: u32) -> Vec<&'static str> {
+    Capability::ALL
+        .into_iter()
+        .filter(|c| bits & c.bit() != 0)
+        .map(Capability::as_str)
+        .collect()
+}
+
+impl LoadedPlugin {
+    /// Reads the entry's file, checks its SHA-256 (before compiling or opening it), loads it
+    /// (ABI version first) and checks it provides what the entry declares.
+    pub fn load(entry: &PluginEntry) -> Result<Self, PluginError> {
+        let plugin = entry.name.clone();
+        let path = &entry.path;
+        let io = |source: std::io::Error| PluginError::Io {
+            plugin: plugin.clone(),
+            location: format!("{}:{}", entry.manifest_path.display(), entry.path_line),
+            path: path.clone(),
+            source,
+        };
+        let size = std::fs::metadata(path).map_err(io)?.len();
+        if size > MAX_FILE_BYTES {
+            return Err(PluginError::Load {
+                plugin,
+                message: format!(
+                    "{} is {size} bytes; plugins may be at most {MAX_FILE_BYTES}",
+                    path.display()
+                ),
+            });
+        }
+        let bytes = std::fs::read(path).map_err(io)?;
+        let actual = sha256_hex(&bytes);
+        if let Some(expected) = &entry.sha256 {
+            if *expected != actual {
+                return Err(PluginError::HashMismatch {
+                    plugin,
+                    location: format!("{}:{}", entry.manifest_path.display(), entry.sha256_line),
+                    path: path.clone(),
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+        }
+        let backend = match entry.kind {
+            PluginKind::Wasm => Backend::Wasm(WasmPlugin::load(&entry.name, &bytes, entry.limits)?),
+            PluginKind::Native => Backend::Native(NativePlugin::load(&entry.name, path)?),
+        };
+        let loaded = Self {
+            entry: entry.clone(),
+            sha256: actual,
+            backend,
+        };
+        let have = loaded.capabilities();
+        let missing: Vec<&str> = entry
+            .provides
+            .iter()
+            .filter(|c| have & c.bit() == 0)
+            .map(|c| c.as_str())
+            .collect();
+        if !missing.is_empty() {
+            return Err(PluginError::Capabilities {
+                plugin: entry.name.clone(),
+                location: format!("{}:{}", entry.manifest_path.display(), entry.line),
+                missing: missing.join(", "),
+                reported: capability_names(have).join(", "),
+            });
+        }
+        Ok(loaded)
+    }
+
+    /// The capability bits the plugin reports.
+    pub fn capabilities(&self) -> u32 {
+        match &self.backend {
+            Backend::Wasm(w) => w.capabilities(),
+            Backend::Native(n) => n.capabilities(),
+        }
+    }
+
+    /// The ABI version the plugin reports (`major << 16 | minor`).
+    pub fn abi_version(&self) -> u32 {
+        match &self.backend {
+            Backend::Wasm(w) => w.abi_version(),
+            Backend::Native(n) => n.abi_version(),
+        }
+    }
+
+    /// Whether the manifest declares `cap` for this plugin.
+    pub fn provides(&self, cap: Capability) -> bool {
+        self.entry.provides.contains(&cap)
+    }
+
+    /// A fresh instance for one job (WASM: new store and memory; native: the library).
+    pub fn instance(&self) -> Result<Box<dyn Instance>, PluginError> {
+        Ok(match &self.backend {
+            Backend::Wasm(w) => Box::new(w.instantiate()?),
+            Backend::Native(n) => Box::new(NativeInstance(n.clone())),
+        })
+    }
+
+    /// A scheduler of `steps` steps of `config` from this plugin.
+    pub fn build_scheduler(
+        self: &Arc<Self>,
+        config: &SchedulerConfig,
+        steps: usize,
+    ) -> Result<Box<dyn Scheduler>, SchedulerError> {
+        Ok(Box::new(PluginScheduler::new(self.clone(), config, steps)?))
+    }
+
+    /// Runs the post-processor on an RGB image (in a fresh WASM instance).
+    pub fn postprocess(&self, image: &RgbImage) -> Result<RgbImage, PluginError> {
+        let params = self.params()?;
+        let mut buf = Vec::new();
+        encode_rgb(image, &mut buf).map_err(|m| self.malformed(m))?;
+        let out = self.instance()?.call(Call::PostProcess(&params, &buf))?;
+        decode_rgb(&out).map_err(|m| self.malformed(m))
+    }
+
+    /// Runs the pre-processor on an image and its mask (1 channel, 255 = repaint).
+    pub fn preprocess(&self, image: &Image, mask: &Image) -> Result<(Image, Image), PluginError> {
+        let params = self.params()?;
+        let mut buf = Vec::new();
+        image
+            .encode_into(&mut buf)
+            .map_err(|e| self.malformed(e.0))?;
+        mask.encode_into(&mut buf)
+            .map_err(|e| self.malformed(e.0))?;
+        let out = self.instance()?.call(Call::PreProcess(&params, &buf))?;
+        let mut r = wire::Reader::new(&out);
+        let image = Image::decode(&mut r).map_err(|e| self.malformed(e.0))?;
+        let mask = Image::decode(&mut r).map_err(|e| self.malformed(e.0))?;
+        Ok((image, mask))
+    }
+
+    fn params(&self) -> Result<Vec<u8>, PluginError> {
+        self.entry.params.encode().map_err(|e| self.malformed(e.0))
+    }
+
+    fn malformed(&self, message: String) -> PluginError {
+        PluginError::Malformed {
+            plugin: self.entry.name.clone(),
+            message,
+        }
+    }
+
+    /// The registry entry of this plugin's scheduler: canonical name = the plugin name with
+    /// `-` as `_` (the registry's snake case), the plugin name itself as an alias.
+    pub fn scheduler_entry(self: &Arc<Self>) -> SchedulerEntry {
+        let name = &self.entry.name;
+        let canonical: &'static str = Box::leak(name.replace('-', "_").into_boxed_str());
+        let aliases: &'static [&'static str] = if canonical == name {
+            &[]
+        } else {
+            Box::leak(vec![&*Box::leak(name.clone().into_boxed_str())].into_boxed_slice())
+        };
+        let summary = format!(
+            "plugin {} ({}){}",
+            name,
+            self.entry.kind.as_str(),
+            self.entry
+                .description
+                .as_ref()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default()
+        );
+        let summary: &'static str = Box::leak(summary.into_boxed_str());
+        let plugin = self.clone();
+        SchedulerEntry::new(canonical, aliases, summary, move |config, steps| {
+            plugin.build_scheduler(config, steps)
+        })
+    }
+}
+
+/// The plugins of a manifest folder, loaded.
+#[derive(Debug, Default)]
+pub struct Plugins {
+    /// Loaded plugins, in manifest order.
+    pub loaded: Vec<Arc<LoadedPlugin>>,
+    /// Entries with `enabled = false` (validated, not loaded).
+    pub disabled: Vec<PluginEntry>,
+}
+
+impl Plugins {
+    /// Loads every enabled `[[plugin]]` of the manifests in `dir`, returning what loaded and
+    /// every problem found (manifest errors, missing files, hashes, ABI, capabilities).
+    pub fn load_all(dir: &Path) -> (Self, Vec<PluginError>) {
+        let (entries, manifest_problems) = manifest::read_dir(dir);
+        let mut problems: Vec<PluginError> = manifest_problems
+            .into_iter()
+            .map(|e| PluginError::from(Box::new(e)))
+            .collect();
+        let mut plugins = Self::default();
+        for entry in entries {
+            if !entry.enabled {
+                plugins.disabled.push(entry);
+                continue;
+            }
+            match LoadedPlugin::load(&entry) {
+                Ok(p) => plugins.loaded.push(Arc::new(p)),
+                Err(e) => problems.push(e),
+            }
+        }
+        (plugins, problems)
+    }
+
+    /// Loads the plugins of `dir` as `generate` and `serve` do at startup: any problem is an
+    /// error listing them all. A folder without `[[plugin]]` entries gives no plugins.
+    pub fn load(dir: &Path) -> Result<Self, PluginError> {
+        let (plugins, problems) = Self::load_all(dir);
+        if problems.is_empty() {
+            Ok(plugins)
+        } else {
+            Err(PluginError::Startup {
+                dir: dir.to_path_buf(),
+                problems: problems.iter().map(ToString::to_string).collect(),
+            })
+        }
+    }
+
+    /// Registers every plugin scheduler in `registry`.
+    pub fn register_schedulers_in(&self, registry: &mut Registry) -> Result<(), SchedulerError> {
+        for p in self
+            .loaded
+            .iter()
+            .filter(|p| p.provides(Capability::Scheduler))
+        {
+            registry.register(p.scheduler_entry())?;
+        }
+        Ok(())
+    }
+
+    /// Registers every plugin scheduler in the process-wide registry, so that
+    /// `--scheduler NAME` finds it like a built-in.
+    pub fn register_schedulers(&self) -> Result<(), SchedulerError> {
+        for p in self
+            .loaded
+            .iter()
+            .filter(|p| p.provides(Capability::Scheduler))
+        {
+            crate::schedulers::register(p.scheduler_entry())?;
+        }
+        Ok(())
+    }
+
+    /// Registers every plugin post-processor in the service's post-processor registry
+    /// ([`crate::server::postprocess`]), under the plugin's name, for pipelines'
+    /// `post_processors` lists.
+    pub fn register_postprocessors(&self) {
+        for p in self
+            .loaded
+            .iter()
+            .filter(|p| p.provides(Capability::PostProcessor))
+        {
+            let plugin = p.clone();
+            crate::server::postprocess::register(&p.entry.name, move |image| {
+                plugin.postprocess(&image).map_err(|e| e.to_string())
+            });
+        }
+    }
+
+    /// The loaded plugin `name` that declares `cap`.
+    pub fn find(&self, name: &str, cap: Capability) -> Result<&Arc<LoadedPlugin>, PluginError> {
+        self.loaded
+            .iter()
+            .find(|p| p.entry.name == name && p.provides(cap))
+            .ok_or_else(|| PluginError::Unknown {
+                name: name.to_string(),
+                capability: cap.as_str(),
+                available: self
+                    .loaded
+                    .iter()
+                    .filter(|p| p.provides(cap))
+                    .map(|p| p.entry.name.clone())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+}

@@ -1,0 +1,399 @@
+//! AUTOMATIC1111 web UI API: `/sdapi/v1/txt2img`, `progress`, `interrupt`, `sd-models`,
+//! `samplers`, `schedulers`, `options`, `scripts`, with A1111's field names and shapes.
+//! Unknown request fields are ignored, as A1111 does (clients send `enable_hr` and friends).
+
+use std::sync::{Arc, PoisonError};
+use std::time::SystemTime;
+
+use axum::extract::{Query, State};
+use axum::Json;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::errors::{A1111Error, A1111Json, ApiError};
+use super::jobs::{Job, Origin, Status};
+use super::request::{validate, FieldNames, GenerateRequest};
+use super::samplers::{display_name, label, schedule_name};
+use super::service::{CancelOnDrop, Service};
+use crate::schedulers::{self, SCHEDULES};
+
+const NAMES: FieldNames = FieldNames {
+    pipeline: "override_settings.sd_model_checkpoint",
+    guidance: "cfg_scale",
+    width: "width",
+    height: "height",
+    batch: "batch_size",
+    scheduler: "sampler_name",
+    schedule: "scheduler",
+};
+
+/// Live previews of A1111 jobs every this many steps (A1111's `show_progress_every_n_steps`).
+pub const PREVIEW_EVERY: usize = 5;
+
+/// `override_settings`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct OverrideSettings {
+    sd_model_checkpoint: Option<String>,
+    #[serde(rename = "CLIP_stop_at_last_layers")]
+    clip_stop_at_last_layers: Option<i64>,
+}
+
+/// The txt2img request (the fields beeswax uses).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Txt2ImgBody {
+    prompt: String,
+    negative_prompt: Option<String>,
+    steps: Option<i64>,
+    cfg_scale: Option<f64>,
+    width: Option<i64>,
+    height: Option<i64>,
+    seed: Option<i64>,
+    sampler_name: Option<String>,
+    sampler_index: Option<String>,
+    scheduler: Option<String>,
+    batch_size: Option<i64>,
+    n_iter: Option<i64>,
+    clip_skip: Option<i64>,
+    override_settings: Option<OverrideSettings>,
+    send_images: Option<bool>,
+}
+
+/// The pipeline an A1111 checkpoint title names: `name`, `name.safetensors`, `name [hash]`.
+fn checkpoint<'a>(service: &Service, title: &'a str) -> &'a str {
+    let t = title.trim();
+    let t = t.rsplit_once(" [").map_or(t, |(name, _)| name);
+    let t = [".safetensors", ".ckpt"]
+        .iter()
+        .find_map(|ext| t.strip_suffix(ext))
+        .unwrap_or(t);
+    if service.catalog.get(t).is_some() {
+        t
+    } else {
+        title
+    }
+}
+
+/// `POST /sdapi/v1/txt2img`.
+pub async fn txt2img(
+    State(service): State<Arc<Service>>,
+    A1111Json(body): A1111Json<Txt2ImgBody>,
+) -> Result<Json<Value>, A1111Error> {
+    let overrides = body.override_settings.unwrap_or_default();
+    let selected = service
+        .a1111_checkpoint
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let model = overrides
+        .sd_model_checkpoint
+        .or(selected)
+        .map(|m| checkpoint(&service, &m).to_string());
+    let schedule = body
+        .scheduler
+        .filter(|s| !s.trim().is_empty() && !s.eq_ignore_ascii_case("automatic"));
+    let request = GenerateRequest {
+        pipeline: model,
+        prompt: body.prompt,
+        negative_prompt: body.negative_prompt.filter(|n| !n.is_empty()),
+        steps: body.steps,
+        guidance: body.cfg_scale,
+        width: body.width,
+        height: body.height,
+        seed: body.seed,
+        batch: body.batch_size,
+        iterations: body.n_iter,
+        scheduler: body
+            .sampler_name
+            .or(body.sampler_index)
+            .filter(|s| !s.is_empty()),
+        schedule,
+        clip_skip: body.clip_skip.or(overrides.clip_stop_at_last_layers),
+        preview_every: Some(PREVIEW_EVERY as i64),
+    };
+    let spec = validate(&service.catalog, request, &NAMES)?;
+    let job = service.submit(spec, Origin::A1111)?;
+    let guard = CancelOnDrop::new(service.clone(), job.clone());
+    let status = job.finished().await;
+    guard.disarm();
+    if status == Status::Failed {
+        let error = job.state().error.clone().unwrap_or_default();
+        return Err(ApiError::internal(error).into());
+    }
+    Ok(Json(result(&job, body.send_images.unwrap_or(true))))
+}
+
+/// The txt2img answer: images (those made before an interrupt, if any), parameters, info.
+fn result(job: &Job, send_images: bool) -> Value {
+    let s = job.state();
+    let j = &job.spec.job;
+    let sampler = display_name(&j.scheduler);
+    let seeds: Vec<u64> = job.spec.seeds().into_iter().take(s.images.len()).collect();
+    let images: Vec<String> = if send_images {
+        s.images
+            .iter()
+            .map(|png| base64::engine::general_purpose::STANDARD.encode(png))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let n = s.images.len();
+    let info = json!({
+        "prompt": j.prompt,
+        "all_prompts": vec![&j.prompt; n],
+        "negative_prompt": j.negative_prompt,
+        "all_negative_prompts": vec![&j.negative_prompt; n],
+        "seed": j.seed,
+        "all_seeds": seeds,
+        "subseed": -1,
+        "all_subseeds": vec![-1; n],
+        "subseed_strength": 0,
+        "width": j.width,
+        "height": j.height,
+        "sampler_name": sampler,
+        "scheduler": schedule_name(&j.scheduler),
+        "cfg_scale": j.guidance,
+        "steps": j.steps,
+        "batch_size": j.batch,
+        "n_iter": job.spec.iterations,
+        "clip_skip": j.clip_skip,
+        "sd_model_name": job.spec.pipeline.name,
+        "sd_model_hash": Value::Null,
+        "restore_faces": false,
+        "denoising_strength": Value::Null,
+        "extra_generation_params": {},
+        "index_of_first_image": 0,
+        "infotexts": s.infotexts,
+        "styles": [],
+        "job_timestamp": timestamp(job.created_at),
+        "interrupted": s.status == Status::Cancelled,
+        "version": format!("beeswax {}", env!("CARGO_PKG_VERSION")),
+    });
+    json!({
+        "images": images,
+        "parameters": {
+            "prompt": j.prompt,
+            "negative_prompt": j.negative_prompt,
+            "steps": j.steps,
+            "cfg_scale": j.guidance,
+            "width": j.width,
+            "height": j.height,
+            "seed": j.seed,
+            "sampler_name": sampler,
+            "scheduler": schedule_name(&j.scheduler),
+            "batch_size": j.batch,
+            "n_iter": job.spec.iterations,
+            "clip_skip": j.clip_skip,
+            "override_settings": {"sd_model_checkpoint": job.spec.pipeline.name},
+        },
+        "info": info.to_string(),
+    })
+}
+
+/// `YYYYMMDDhhmmss` in UTC, as A1111's `job_timestamp`.
+fn timestamp(t: SystemTime) -> String {
+    let secs = super::jobs::unix_secs(t) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// `GET /sdapi/v1/progress` query.
+#[derive(Debug, Deserialize)]
+pub struct ProgressQuery {
+    #[serde(default)]
+    skip_current_image: bool,
+}
+
+/// `GET /sdapi/v1/progress`: the running job (A1111 jobs first), else idle.
+pub async fn progress(
+    State(service): State<Arc<Service>>,
+    Query(q): Query<ProgressQuery>,
+) -> Json<Value> {
+    let mut running = service.queue.running();
+    running.sort_by_key(|j| j.origin != Origin::A1111);
+    let queued = service.queue.depth();
+    let Some(job) = running.first() else {
+        return Json(json!({
+            "progress": 0.0,
+            "eta_relative": 0.0,
+            "state": {
+                "skipped": false, "interrupted": false, "job": "", "job_count": 0,
+                "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0,
+            },
+            "current_image": Value::Null,
+            "textinfo": Value::Null,
+        }));
+    };
+    let s = job.state();
+    let steps = job.spec.job.steps.max(1);
+    let fraction = s.step as f64 / s.total.max(1) as f64;
+    let elapsed = s
+        .started_at
+        .and_then(|t| t.elapsed().ok())
+        .map_or(0.0, |d| d.as_secs_f64());
+    let eta = if fraction > 0.0 {
+        elapsed / fraction - elapsed
+    } else {
+        0.0
+    };
+    let image = if q.skip_current_image {
+        None
+    } else {
+        s.preview
+            .as_ref()
+            .map(|png| base64::engine::general_purpose::STANDARD.encode(png))
+    };
+    Json(json!({
+        "progress": fraction,
+        "eta_relative": eta,
+        "state": {
+            "skipped": false,
+            "interrupted": job.cancel_requested(),
+            "job": format!("job {}", job.id),
+            "job_count": job.spec.iterations + queued,
+            "job_timestamp": timestamp(job.created_at),
+            "job_no": (s.step / steps).min(job.spec.iterations.saturating_sub(1)),
+            "sampling_step": s.step % steps,
+            "sampling_steps": steps,
+        },
+        "current_image": image,
+        "textinfo": Value::Null,
+    }))
+}
+
+/// `POST /sdapi/v1/interrupt`: stops the running A1111 jobs at their next step.
+pub async fn interrupt(State(service): State<Arc<Service>>) -> Json<Value> {
+    for job in service.queue.running() {
+        if job.origin == Origin::A1111 {
+            service.cancel(&job);
+        }
+    }
+    Json(json!({}))
+}
+
+/// `GET /sdapi/v1/sd-models`: every pipeline, as a checkpoint (no file paths).
+pub async fn sd_models(State(service): State<Arc<Service>>) -> Json<Value> {
+    let models: Vec<Value> = service
+        .catalog
+        .all()
+        .iter()
+        .map(|p| {
+            json!({
+                "title": p.name,
+                "model_name": p.name,
+                "hash": Value::Null,
+                "sha256": Value::Null,
+                "filename": p.name,
+                "config": Value::Null,
+            })
+        })
+        .collect();
+    Json(Value::Array(models))
+}
+
+/// `GET /sdapi/v1/samplers`: the scheduler registry, by A1111 display name.
+pub async fn samplers() -> Json<Value> {
+    let list: Vec<Value> = schedulers::names()
+        .into_iter()
+        .map(|(name, aliases)| {
+            let display = aliases.first().copied().unwrap_or(name);
+            let others: Vec<&str> = std::iter::once(name)
+                .chain(aliases.iter().copied())
+                .filter(|a| *a != display)
+                .collect();
+            json!({"name": display, "aliases": others, "options": {}})
+        })
+        .collect();
+    Json(Value::Array(list))
+}
+
+/// `GET /sdapi/v1/schedulers`: the noise schedules.
+pub async fn schedulers_list() -> Json<Value> {
+    let list: Vec<Value> = SCHEDULES
+        .iter()
+        .map(|info| {
+            let name = if info.schedule == schedulers::Schedule::Default {
+                "automatic"
+            } else {
+                info.name
+            };
+            json!({
+                "name": name,
+                "label": label(info.schedule),
+                "aliases": info.aliases,
+                "default_rho": -1,
+                "need_inner_model": false,
+            })
+        })
+        .collect();
+    Json(Value::Array(list))
+}
+
+fn current_checkpoint(service: &Service) -> Option<String> {
+    service
+        .a1111_checkpoint
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+        .or_else(|| service.catalog.default_pipeline().map(|p| p.name.clone()))
+}
+
+/// `GET /sdapi/v1/options`.
+pub async fn options(State(service): State<Arc<Service>>) -> Json<Value> {
+    Json(json!({
+        "sd_model_checkpoint": current_checkpoint(&service),
+        "sd_checkpoint_hash": Value::Null,
+        "CLIP_stop_at_last_layers": 1,
+        "show_progress_every_n_steps": PREVIEW_EVERY,
+        "samples_format": "png",
+    }))
+}
+
+/// `POST /sdapi/v1/options`: `sd_model_checkpoint` selects the default pipeline for A1111
+/// requests; other options are accepted and ignored.
+pub async fn set_options(
+    State(service): State<Arc<Service>>,
+    A1111Json(body): A1111Json<OverrideSettings>,
+) -> Result<Json<Value>, A1111Error> {
+    if let Some(title) = body.sd_model_checkpoint {
+        let name = checkpoint(&service, &title).to_string();
+        if service.catalog.get(&name).is_none() {
+            return Err(ApiError::invalid(
+                "sd_model_checkpoint",
+                "unknown_pipeline",
+                format!(
+                    "unknown checkpoint `{title}`: available: {}",
+                    service.catalog.names()
+                ),
+            )
+            .into());
+        }
+        *service
+            .a1111_checkpoint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(name);
+    }
+    Ok(Json(Value::Null))
+}
+
+/// `GET /sdapi/v1/scripts`: beeswax runs no A1111 scripts.
+pub async fn scripts() -> Json<Value> {
+    Json(json!({"txt2img": [], "img2img": []}))
+}

@@ -1,0 +1,158 @@
+//! The pipelines the service offers: every `[[pipeline]]` of the manifests, then every pack
+//! under its own name with its own defaults. Models load once, eagerly, when the catalog is
+//! built (a pipeline answers its first request as fast as its hundredth), and are shared
+//! between the pipelines that use them.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::config::Limits;
+use super::pipeline_entry::{self, Mode};
+use crate::manifest::{self, Family, PackDefaults, PackManifest, PackSource};
+use crate::pipeline::{LoadOptions, StableDiffusion};
+use crate::{hub, Result};
+
+/// One servable pipeline, with its model loaded.
+#[derive(Debug)]
+pub struct Pipeline {
+    /// The name clients use.
+    pub name: String,
+    /// The pack it runs.
+    pub pack: String,
+    /// The pack's model family.
+    pub family: Family,
+    /// What it does.
+    pub mode: Mode,
+    /// A human description.
+    pub description: Option<String>,
+    /// Whether this is a pack served under its own name (no `[[pipeline]]`).
+    pub is_pack: bool,
+    /// Generation defaults (scheduler and schedule included).
+    pub defaults: PackDefaults,
+    /// Effective request limits.
+    pub limits: Limits,
+    /// Post-processors run on each image.
+    pub post_processors: Vec<String>,
+    /// The loaded model.
+    pub model: Arc<StableDiffusion>,
+}
+
+/// Every pipeline the service offers.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    pipelines: Vec<Arc<Pipeline>>,
+    models: usize,
+}
+
+impl Catalog {
+    /// Reads the manifests in `dir` and loads every pack's model once.
+    ///
+    /// A pack that a `[[pipeline]]` uses must load, or this fails naming it; a pack no
+    /// pipeline uses is skipped with a warning when its files cannot be found or loaded
+    /// (e.g. a hub pack not in the cache), so one missing download does not stop the service.
+    pub fn load(
+        dir: &Path,
+        options: &LoadOptions,
+        allow_download: bool,
+        limits: Limits,
+    ) -> Result<Self> {
+        let packs = manifest::load_dir(dir)?;
+        let configs = pipeline_entry::load_dir(dir, &packs)?;
+        let mut loaded: Vec<(PackManifest, Arc<StableDiffusion>)> = Vec::new();
+        for pack in packs {
+            let needed = configs.iter().any(|c| c.pack == pack.name);
+            match load_pack(&pack, options, allow_download) {
+                Ok(model) => {
+                    tracing::info!(pack = %pack.name, "model loaded");
+                    loaded.push((pack, Arc::new(model)));
+                }
+                Err(e) if needed => return Err(e),
+                Err(e) => {
+                    tracing::warn!(pack = %pack.name, error = %e, "pack skipped: its model did not load");
+                }
+            }
+        }
+        let mut pipelines = Vec::new();
+        for c in configs {
+            let Some((pack, model)) = loaded.iter().find(|(p, _)| p.name == c.pack) else {
+                continue; // unreachable: needed packs loaded or returned an error above
+            };
+            let o = c.limits;
+            pipelines.push(Arc::new(Pipeline {
+                name: c.name,
+                pack: c.pack,
+                family: pack.family,
+                mode: c.mode,
+                description: c.description,
+                is_pack: false,
+                defaults: c.defaults,
+                limits: Limits {
+                    max_width: o.max_width.unwrap_or(limits.max_width),
+                    max_height: o.max_height.unwrap_or(limits.max_height),
+                    max_steps: o.max_steps.unwrap_or(limits.max_steps),
+                    max_images: o.max_images.unwrap_or(limits.max_images),
+                },
+                post_processors: c.post_processors,
+                model: model.clone(),
+            }));
+        }
+        let models = loaded.len();
+        for (pack, model) in loaded {
+            pipelines.push(Arc::new(Pipeline {
+                name: pack.name.clone(),
+                pack: pack.name,
+                family: pack.family,
+                mode: Mode::TextToImage,
+                description: pack.description,
+                is_pack: true,
+                defaults: pack.defaults,
+                limits,
+                post_processors: Vec::new(),
+                model,
+            }));
+        }
+        Ok(Self { pipelines, models })
+    }
+
+    /// The pipeline called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<Pipeline>> {
+        self.pipelines.iter().find(|p| p.name == name)
+    }
+
+    /// Every pipeline: configured pipelines first, then packs.
+    pub fn all(&self) -> &[Arc<Pipeline>] {
+        &self.pipelines
+    }
+
+    /// The pipeline used when a request names none: the first one.
+    pub fn default_pipeline(&self) -> Option<&Arc<Pipeline>> {
+        self.pipelines.first()
+    }
+
+    /// Every pipeline name, comma separated, for error messages.
+    pub fn names(&self) -> String {
+        let names: Vec<&str> = self.pipelines.iter().map(|p| p.name.as_str()).collect();
+        if names.is_empty() {
+            "(none)".to_string()
+        } else {
+            names.join(", ")
+        }
+    }
+
+    /// How many models are loaded.
+    pub fn models_loaded(&self) -> usize {
+        self.models
+    }
+}
+
+fn load_pack(
+    pack: &PackManifest,
+    options: &LoadOptions,
+    allow_download: bool,
+) -> Result<StableDiffusion> {
+    let dir = match &pack.source {
+        PackSource::Path(p) => p.clone(),
+        PackSource::Hub { repo, revision } => hub::resolve(repo, revision, allow_download)?,
+    };
+    StableDiffusion::load(&dir, options)
+}

@@ -1,0 +1,63 @@
+//! Service settings: queue, workers, retention, limits, authentication.
+
+use std::time::Duration;
+
+/// Request limits: the largest job a request may ask for. Pipelines may set their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest width in pixels.
+    pub max_width: usize,
+    /// Largest height in pixels.
+    pub max_height: usize,
+    /// Most denoising steps.
+    pub max_steps: usize,
+    /// Most images one request may make (batch × iterations, or OpenAI's `n`).
+    pub max_images: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_width: 2048,
+            max_height: 2048,
+            max_steps: 150,
+            max_images: 8,
+        }
+    }
+}
+
+/// Everything `beeswax serve` can be told.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Jobs that may wait in the queue (running jobs do not count); beyond it, 429.
+    pub queue_size: usize,
+    /// Jobs that run at once, each on its own worker thread.
+    pub concurrency: usize,
+    /// How long finished jobs (and their images) stay available.
+    pub keep_finished: Duration,
+    /// Most finished jobs kept; the oldest go first.
+    pub max_finished: usize,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Default request limits (pipelines may override them).
+    pub limits: Limits,
+    /// Bearer token every route but `/health` requires, when set.
+    pub api_key: Option<String>,
+    /// On shutdown, how long running jobs may take to finish before they are cancelled.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            queue_size: 16,
+            concurrency: 1,
+            keep_finished: Duration::from_secs(600),
+            max_finished: 1000,
+            max_body_bytes: 4 << 20,
+            limits: Limits::default(),
+            api_key: None,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The native jobs API: `/v1/pipelines` and `/v1/jobs/...`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::errors::{ApiError, JsonBody};
+use super::jobs::{unix_secs, Job, Origin, Status};
+use super::request::{validate, GenerateRequest, NATIVE};
+use super::service::{Cancelled, Service};
+
+/// `POST /v1/jobs` body. Unknown fields are refused so typos do not pass silently.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobBody {
+    pipeline: Option<String>,
+    prompt: String,
+    negative_prompt: Option<String>,
+    steps: Option<i64>,
+    guidance: Option<f64>,
+    width: Option<i64>,
+    height: Option<i64>,
+    seed: Option<i64>,
+    batch: Option<i64>,
+    scheduler: Option<String>,
+    schedule: Option<String>,
+    clip_skip: Option<i64>,
+    preview_every: Option<i64>,
+}
+
+/// `GET /v1/pipelines`.
+pub async fn pipelines(State(service): State<Arc<Service>>) -> Json<Value> {
+    let list: Vec<Value> = service
+        .catalog
+        .all()
+        .iter()
+        .map(|p| {
+            let d = &p.defaults;
+            json!({
+                "name": p.name,
+                "kind": if p.is_pack { "pack" } else { "pipeline" },
+                "pack": p.pack,
+                "family": p.family.as_str(),
+                "mode": p.mode.as_str(),
+                "description": p.description,
+                "defaults": {
+                    "steps": d.steps, "guidance": d.guidance, "width": d.width,
+                    "height": d.height, "scheduler": d.scheduler,
+                    "schedule": d.schedule,
+                    "negative_prompt": d.negative_prompt, "clip_skip": d.clip_skip,
+                },
+                "limits": {
+                    "max_width": p.limits.max_width, "max_height": p.limits.max_height,
+                    "max_steps": p.limits.max_steps, "max_images": p.limits.max_images,
+                },
+                "post_processors": p.post_processors,
+            })
+        })
+        .collect();
+    Json(json!({ "pipelines": list }))
+}
+
+/// `POST /v1/jobs`: 202 with the job id and its URLs.
+pub async fn create(
+    State(service): State<Arc<Service>>,
+    JsonBody(body): JsonBody<JobBody>,
+) -> Result<Response, ApiError> {
+    let request = GenerateRequest {
+        pipeline: body.pipeline,
+        prompt: body.prompt,
+        negative_prompt: body.negative_prompt,
+        steps: body.steps,
+        guidance: body.guidance,
+        width: body.width,
+        height: body.height,
+        seed: body.seed,
+        batch: body.batch,
+        iterations: None,
+        scheduler: body.scheduler,
+        schedule: body.schedule,
+        clip_skip: body.clip_skip,
+        preview_every: body.preview_every,
+    };
+    let spec = validate(&service.catalog, request, &NATIVE)?;
+    let job = service.submit(spec, Origin::Native)?;
+    let location = format!("/v1/jobs/{}", job.id);
+    let body = job_json(&job);
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(body),
+    )
+        .into_response())
+}
+
+/// The job's status document.
+pub fn job_json(job: &Job) -> Value {
+    let s = job.state();
+    let base = format!("/v1/jobs/{}", job.id);
+    let images: Vec<String> = (0..s.images.len()).map(|n| job.image_path(n)).collect();
+    json!({
+        "id": job.id,
+        "pipeline": job.spec.pipeline.name,
+        "status": s.status,
+        "position": s.position,
+        "progress": { "step": s.step, "total": s.total },
+        "created_at": unix_secs(job.created_at),
+        "started_at": s.started_at.map(unix_secs),
+        "finished_at": s.finished_at.map(unix_secs),
+        "images": if s.status == Status::Completed { images } else { Vec::new() },
+        "parameters": job.spec.parameters(),
+        "warnings": s.warnings,
+        "error": s.error,
+        "urls": {
+            "self": base,
+            "events": format!("{base}/events"),
+            "images": format!("{base}/images/{{n}}"),
+            "cancel": base,
+        },
+    })
+}
+
+fn find(service: &Service, id: &str) -> Result<Arc<Job>, ApiError> {
+    service.jobs.get(id).ok_or_else(|| {
+        ApiError::not_found(
+            "unknown_job",
+            format!(
+                "no job `{id}`: it never existed or finished more than {} s ago",
+                service.config.keep_finished.as_secs()
+            ),
+        )
+    })
+}
+
+/// `GET /v1/jobs/{id}`.
+pub async fn status(
+    State(service): State<Arc<Service>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let job = find(&service, &id)?;
+    Ok(Json(job_json(&job)))
+}
+
+/// `GET /v1/jobs/{id}/images/{n}`: the PNG, with its `parameters` chunk.
+pub async fn image(
+    State(service): State<Arc<Service>>,
+    Path((id, n)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let job = find(&service, &id)?;
+    let s = job.state();
+    if s.status != Status::Completed {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "not_completed",
+            format!(
+                "job `{id}` is {}: images are available once it completes",
+                s.status.as_str()
+            ),
+        ));
+    }
+    let count = s.images.len();
+    let png = n
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| s.images.get(n))
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "unknown_image",
+                format!(
+                    "job `{id}` has images 0 to {}; `{n}` is not one of them",
+                    count.saturating_sub(1)
+                ),
+            )
+        })?
+        .clone();
+    Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
+}
+
+/// `DELETE /v1/jobs/{id}`: cancels a waiting job at once (200), a running one at its next
+/// step (202); 409 if it already finished.
+pub async fn cancel(
+    State(service): State<Arc<Service>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let job = find(&service, &id)?;
+    match service.cancel(&job) {
+        Cancelled::Dequeued => Ok((StatusCode::OK, Json(job_json(&job))).into_response()),
+        Cancelled::Stopping => Ok((StatusCode::ACCEPTED, Json(job_json(&job))).into_response()),
+        Cancelled::AlreadyFinished(status) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "already_finished",
+            format!("job `{id}` already finished ({})", status.as_str()),
+        )),
+    }
+}

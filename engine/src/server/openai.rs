@@ -1,0 +1,174 @@
+//! OpenAI Images: `POST /v1/images/generations`, answered when the images are ready.
+//! `model` is a pipeline or pack name; errors use OpenAI's error shape.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::errors::{ApiError, JsonBody};
+use super::jobs::{unix_secs, Origin, Status};
+use super::request::{validate, FieldNames, GenerateRequest};
+use super::service::{CancelOnDrop, Service};
+
+const NAMES: FieldNames = FieldNames {
+    pipeline: "model",
+    guidance: "guidance",
+    width: "size",
+    height: "size",
+    batch: "n",
+    scheduler: "scheduler",
+    schedule: "schedule",
+};
+
+/// The request body; OpenAI's other fields (`quality`, `style`, `user`, ...) are ignored.
+/// `negative_prompt`, `steps`, `guidance`, `seed`, `scheduler` and `schedule` are beeswax
+/// extras (the OpenAI client sends them with `extra_body`).
+#[derive(Debug, Deserialize)]
+pub struct GenerationsBody {
+    prompt: String,
+    model: Option<String>,
+    n: Option<i64>,
+    size: Option<String>,
+    response_format: Option<String>,
+    output_format: Option<String>,
+    negative_prompt: Option<String>,
+    steps: Option<i64>,
+    guidance: Option<f64>,
+    seed: Option<i64>,
+    scheduler: Option<String>,
+    schedule: Option<String>,
+}
+
+/// `size`: `WIDTHxHEIGHT` or `auto` (the pipeline's default).
+fn parse_size(size: Option<&str>) -> Result<(Option<i64>, Option<i64>), ApiError> {
+    let Some(size) = size
+        .map(str::trim)
+        .filter(|s| !s.eq_ignore_ascii_case("auto"))
+    else {
+        return Ok((None, None));
+    };
+    let parsed = size
+        .split_once(['x', 'X'])
+        .and_then(|(w, h)| Some((w.trim().parse().ok()?, h.trim().parse().ok()?)));
+    match parsed {
+        Some((w, h)) => Ok((Some(w), Some(h))),
+        None => Err(ApiError::invalid(
+            "size",
+            "invalid_size",
+            format!("size `{size}` is not WIDTHxHEIGHT in pixels, e.g. `512x512`, or `auto`"),
+        )),
+    }
+}
+
+/// The handler.
+pub async fn generations(
+    State(service): State<Arc<Service>>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<GenerationsBody>,
+) -> Result<Json<Value>, ApiError> {
+    if body.prompt.trim().is_empty() {
+        return Err(ApiError::invalid(
+            "prompt",
+            "invalid_prompt",
+            "prompt must not be empty",
+        ));
+    }
+    let b64 = match body.response_format.as_deref() {
+        None | Some("url") => false,
+        Some("b64_json") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "response_format",
+                "invalid_response_format",
+                format!("response_format `{other}` is not supported: use `url` or `b64_json`"),
+            ))
+        }
+    };
+    if let Some(f) = body.output_format.as_deref().filter(|f| *f != "png") {
+        return Err(ApiError::invalid(
+            "output_format",
+            "invalid_output_format",
+            format!("output_format `{f}` is not supported: this server makes `png`"),
+        ));
+    }
+    let (width, height) = parse_size(body.size.as_deref())?;
+    let request = GenerateRequest {
+        pipeline: body.model,
+        prompt: body.prompt,
+        negative_prompt: body.negative_prompt,
+        steps: body.steps,
+        guidance: body.guidance,
+        width,
+        height,
+        seed: body.seed,
+        batch: Some(body.n.unwrap_or(1)),
+        iterations: None,
+        scheduler: body.scheduler,
+        schedule: body.schedule,
+        clip_skip: None,
+        preview_every: None,
+    };
+    let spec = validate(&service.catalog, request, &NAMES).map_err(|mut e| {
+        if e.code == "unknown_pipeline" {
+            e.status = StatusCode::NOT_FOUND;
+            e.code = "model_not_found";
+        }
+        e
+    })?;
+    let job = service.submit(spec, Origin::OpenAi)?;
+    let guard = CancelOnDrop::new(service.clone(), job.clone());
+    let status = job.finished().await;
+    guard.disarm();
+    let s = job.state();
+    match status {
+        Status::Completed => {}
+        Status::Cancelled => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "cancelled",
+                "the job was cancelled before it finished",
+            ))
+        }
+        _ => {
+            return Err(ApiError::internal(
+                s.error
+                    .clone()
+                    .unwrap_or_else(|| "the job failed".to_string()),
+            ))
+        }
+    }
+    let base = base_url(&headers);
+    let data: Vec<Value> = s
+        .images
+        .iter()
+        .enumerate()
+        .map(|(n, png)| {
+            if b64 {
+                json!({"b64_json": base64::engine::general_purpose::STANDARD.encode(png)})
+            } else {
+                json!({"url": format!("{base}{}", job.image_path(n))})
+            }
+        })
+        .collect();
+    Ok(Json(json!({
+        "created": unix_secs(job.created_at),
+        "data": data,
+        "output_format": "png",
+        "size": format!("{}x{}", job.spec.job.width, job.spec.job.height),
+    })))
+}
+
+/// `http://HOST` from the request's `Host` header.
+fn base_url(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    format!("http://{host}")
+}

@@ -1,0 +1,211 @@
+//! The running service: catalog, queue, workers, jobs and metrics, shared by every handler.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+
+use super::catalog::Catalog;
+use super::config::ServerConfig;
+use super::errors::ApiError;
+use super::jobs::{Event, Job, JobStore, Origin, Status};
+use super::metrics::{Gauges, Metrics, Outcome};
+use super::queue::Queue;
+use super::request::JobSpec;
+use super::worker;
+
+/// What [`Service::cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// It was waiting and is now cancelled.
+    Dequeued,
+    /// It is running and will stop at its next step.
+    Stopping,
+    /// It had already finished with this status.
+    AlreadyFinished(Status),
+}
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub struct Service {
+    /// The pipelines.
+    pub catalog: Arc<Catalog>,
+    /// The settings.
+    pub config: ServerConfig,
+    /// Every job.
+    pub jobs: JobStore,
+    /// Waiting and running jobs.
+    pub queue: Arc<Queue>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// The checkpoint AUTOMATIC1111 clients selected with `POST /sdapi/v1/options`.
+    pub a1111_checkpoint: Mutex<Option<String>>,
+    accepting: AtomicBool,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Service {
+    /// Starts the worker threads.
+    pub fn start(catalog: Catalog, config: ServerConfig) -> std::io::Result<Arc<Self>> {
+        let queue = Arc::new(Queue::new(config.queue_size));
+        let metrics = Arc::new(Metrics::default());
+        let workers = worker::spawn(config.concurrency, queue.clone(), metrics.clone())?;
+        Ok(Arc::new(Self {
+            catalog: Arc::new(catalog),
+            jobs: JobStore::new(config.keep_finished, config.max_finished),
+            config,
+            queue,
+            metrics,
+            a1111_checkpoint: Mutex::new(None),
+            accepting: AtomicBool::new(true),
+            workers: Mutex::new(workers),
+        }))
+    }
+
+    /// Queues a job: 429 with `Retry-After` when the queue is full, 503 when shutting down.
+    pub fn submit(&self, spec: JobSpec, origin: Origin) -> Result<Arc<Job>, ApiError> {
+        if !self.accepting.load(Ordering::SeqCst) {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "shutting_down",
+                "the server is shutting down and takes no new jobs",
+            );
+            e.retry_after = Some(5);
+            return Err(e);
+        }
+        let job = Arc::new(Job::new(spec, origin));
+        match self.queue.push(job.clone()) {
+            Ok(_) => {
+                self.jobs.insert(job.clone());
+                tracing::info!(job = %job.id, pipeline = %job.spec.pipeline.name, "job queued");
+                Ok(job)
+            }
+            Err(full) => {
+                self.metrics.outcome(Outcome::Rejected);
+                let secs = self.retry_after(full.waiting + full.running);
+                let mut e = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    "queue_full",
+                    format!(
+                        "the server is busy: the queue is full ({} jobs waiting, {} running); \
+                         retry after {secs} s",
+                        full.waiting, full.running
+                    ),
+                );
+                e.retry_after = Some(secs);
+                Err(e)
+            }
+        }
+    }
+
+    /// Seconds until about `ahead` jobs have run, from the mean job time (at least 1).
+    fn retry_after(&self, ahead: usize) -> u64 {
+        let mean = self.metrics.mean_job_seconds().unwrap_or(1.0);
+        let workers = self.config.concurrency.max(1) as f64;
+        ((mean * ahead as f64 / workers).ceil() as u64).clamp(1, 3600)
+    }
+
+    /// Cancels `job`: a waiting job at once, a running one at its next step.
+    pub fn cancel(&self, job: &Job) -> Cancelled {
+        let status = job.state().status;
+        if status.is_final() {
+            return Cancelled::AlreadyFinished(status);
+        }
+        job.request_cancel();
+        if self.queue.remove(&job.id) {
+            job.finish(Status::Cancelled, Event::Cancelled);
+            self.metrics.outcome(Outcome::Cancelled);
+            Cancelled::Dequeued
+        } else {
+            Cancelled::Stopping
+        }
+    }
+
+    /// Current gauge values.
+    pub fn gauges(&self) -> Gauges {
+        Gauges {
+            queue_depth: self.queue.depth(),
+            queue_capacity: self.queue.capacity(),
+            running: self.queue.running().len(),
+            models_loaded: self.catalog.models_loaded(),
+            pipelines: self.catalog.all().len(),
+        }
+    }
+
+    /// Whether new jobs are accepted.
+    pub fn accepting(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst)
+    }
+
+    /// Graceful stop: refuse new jobs, cancel waiting ones, let running jobs finish for up
+    /// to `timeout`, then cancel them (they stop at their next step) and join the workers.
+    pub async fn shutdown(&self, timeout: Duration) {
+        self.accepting.store(false, Ordering::SeqCst);
+        for job in self.queue.close() {
+            job.finish(Status::Cancelled, Event::Cancelled);
+            self.metrics.outcome(Outcome::Cancelled);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let running = self.queue.running();
+            if running.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    jobs = running.len(),
+                    "shutdown timeout: cancelling running jobs"
+                );
+                for job in running {
+                    job.request_cancel();
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let handles: Vec<_> =
+            std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
+        let _ = tokio::task::spawn_blocking(move || {
+            for h in handles {
+                let _ = h.join();
+            }
+        })
+        .await;
+        tracing::info!("workers stopped");
+    }
+}
+
+/// Cancels a job if the request waiting for it goes away (the client hung up) first.
+#[derive(Debug)]
+pub struct CancelOnDrop {
+    service: Arc<Service>,
+    job: Option<Arc<Job>>,
+}
+
+impl CancelOnDrop {
+    /// Watches `job`.
+    pub fn new(service: Arc<Service>, job: Arc<Job>) -> Self {
+        Self {
+            service,
+            job: Some(job),
+        }
+    }
+
+    /// The job finished: nothing to cancel.
+    pub fn disarm(mut self) {
+        self.job = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(job) = self.job.take() {
+            tracing::info!(job = %job.id, "client went away: cancelling its job");
+            self.service.cancel(&job);
+        }
+    }
+}

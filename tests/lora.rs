@@ -1,0 +1,828 @@
+//! LoRAs: parity with diffusers' `load_lora_weights` + `fuse_lora` for kohya and PEFT files,
+//! LyCORIS LoCon/LoHa/LoKr merged weights per tensor, switching LoRAs on one loaded model,
+//! manifests, prompt tags, the CLI, and every bad input. The fixtures come from
+//! `tests/fixtures/make_lora_fixtures.py`.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use beeswax::lora::catalog::{self, LoraSource};
+use beeswax::lora::merge::BaseWeights;
+use beeswax::lora::{
+    apply, merged_weights, LoraError, LoraFile, LoraRequest, ShapeMismatch, WeightRange,
+    WeightedLora,
+};
+use beeswax::pipeline::{text_to_image, Generated, LoadOptions, StableDiffusion, TextToImage};
+use beeswax::Error;
+use candle_core::{DType, Device, Tensor};
+use common::{assert_close_rel_std, fixture, load, max_diff_and_std, root, MODELS};
+
+fn model(name: &str) -> StableDiffusion {
+    StableDiffusion::load(
+        &fixture(&format!("models/{name}")),
+        &LoadOptions {
+            device: Device::Cpu,
+            dtype: DType::F32,
+        },
+    )
+    .unwrap()
+}
+
+fn lora_path(model: &str, file: &str) -> PathBuf {
+    fixture(&format!("lora/{model}/{file}"))
+}
+
+fn weighted(model: &str, file: &str, weight: f64) -> WeightedLora {
+    WeightedLora {
+        name: file.trim_end_matches(".safetensors").to_string(),
+        file: Arc::new(LoraFile::read(&lora_path(model, file)).unwrap()),
+        weight,
+    }
+}
+
+/// One diffusers reference run (see `cases.json`).
+#[derive(serde::Deserialize)]
+struct Case {
+    file: String,
+    loras: Vec<(String, f64)>,
+    scheduler: String,
+    guidance: f64,
+    width: usize,
+    height: usize,
+    steps: usize,
+    prompt: String,
+    negative_prompt: String,
+}
+
+fn cases(model: &str) -> Vec<Case> {
+    let text = std::fs::read_to_string(fixture(&format!("lora/{model}/cases.json"))).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn job(case: &Case, init_latents: &Tensor) -> TextToImage {
+    TextToImage {
+        prompt: case.prompt.clone(),
+        negative_prompt: case.negative_prompt.clone(),
+        steps: case.steps,
+        guidance: case.guidance,
+        width: case.width,
+        height: case.height,
+        seed: 0,
+        batch: 1,
+        clip_skip: 1,
+        scheduler: case.scheduler.clone(),
+        init_latents: Some(init_latents.clone()),
+    }
+}
+
+fn run(model: &StableDiffusion, job: &TextToImage) -> Generated {
+    text_to_image(model, job, &mut |_| ControlFlow::Continue(())).unwrap()
+}
+
+fn run_with(model: &StableDiffusion, loras: &[WeightedLora], job: &TextToImage) -> Generated {
+    run(&apply(model, loras).unwrap().model, job)
+}
+
+fn assert_image_close(what: &str, image: &[u8], want: &Tensor) {
+    let want = (want.get(0).unwrap() * 255.0).unwrap();
+    let got = Tensor::from_vec(
+        image.iter().map(|&b| b as f32).collect::<Vec<_>>(),
+        want.dims(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let diff = (got - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff <= 2.0, "{what}: image differs by {diff}/255 (> 2/255)");
+}
+
+fn assert_identical(what: &str, a: &Generated, b: &Generated) {
+    let diff = (&a.latents - &b.latents)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(diff, 0.0, "{what}: latents differ by {diff}");
+    assert_eq!(a.images[0].data, b.images[0].data, "{what}: images differ");
+}
+
+#[test]
+fn kohya_and_peft_match_diffusers_fuse_lora() {
+    let mut checked = 0;
+    for name in MODELS {
+        let sd = model(name);
+        for case in cases(name) {
+            let r = load(&format!("lora/{name}/{}", case.file));
+            let loras: Vec<WeightedLora> = case
+                .loras
+                .iter()
+                .map(|(file, w)| weighted(name, file, *w))
+                .collect();
+            let applied = apply(&sd, &loras).unwrap();
+            for report in &applied.reports {
+                assert!(report.unmatched.is_empty(), "{report:?}");
+                assert!(
+                    report.unet_layers > 0 && report.text_encoder_layers > 0,
+                    "{report:?}"
+                );
+            }
+            let out = run(&applied.model, &job(&case, &r["init_latents"]));
+            let what = format!("{name} {}", case.file);
+            assert_close_rel_std(
+                &format!("{what} latents"),
+                &out.latents,
+                &r["latents"],
+                1e-3,
+            );
+            assert_image_close(&what, &out.images[0].data, &r["image"]);
+            // The LoRA must matter: the same run without it is far from the reference.
+            let base = run(&sd, &job(&case, &r["init_latents"]));
+            let (diff, std) = max_diff_and_std(&base.latents, &r["latents"]);
+            assert!(diff > 0.05 * std, "{what}: the LoRA changes almost nothing");
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 7,
+        "expected every reference case, checked {checked}"
+    );
+}
+
+#[test]
+fn weight_zero_gives_the_base_image_exactly() {
+    for name in MODELS {
+        let sd = model(name);
+        let case = &cases(name)[0];
+        let init = load(&format!("lora/{name}/{}", case.file))["init_latents"].clone();
+        let base = run(&sd, &job(case, &init));
+        let zero = [
+            weighted(name, "kohya.safetensors", 0.0),
+            weighted(name, "peft.safetensors", 0.0),
+        ];
+        let applied = apply(&sd, &zero).unwrap();
+        assert!(applied.reports.iter().all(|r| r.unet_layers > 0));
+        assert_identical(name, &base, &run(&applied.model, &job(case, &init)));
+    }
+}
+
+#[test]
+fn switching_loras_on_one_model_equals_fresh_runs() {
+    let name = "tiny-sd";
+    let case = &cases(name)[0];
+    let init = load(&format!("lora/{name}/{}", case.file))["init_latents"].clone();
+    let job = job(case, &init);
+    let a = [weighted(name, "kohya.safetensors", 0.8)];
+    let b = [weighted(name, "peft.safetensors", -0.6)];
+    let sets: [&[WeightedLora]; 3] = [&a, &[], &b];
+
+    let shared = model(name);
+    let switched: Vec<Generated> = sets.iter().map(|s| run_with(&shared, s, &job)).collect();
+    for (i, set) in sets.iter().enumerate() {
+        let fresh = run_with(&model(name), set, &job);
+        assert_identical(&format!("job {}", i + 1), &switched[i], &fresh);
+    }
+    // And the base model is untouched after all that.
+    assert_identical(
+        "base after switching",
+        &run(&shared, &job),
+        &run(&model(name), &job),
+    );
+}
+
+#[test]
+fn lycoris_files_change_weights_as_the_formulas_say() {
+    let name = "tiny-sd";
+    let sd = model(name);
+    let expected = load(&format!("lora/{name}/lycoris_expected.safetensors"));
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture(&format!("lora/{name}/lycoris.json"))).unwrap(),
+    )
+    .unwrap();
+    let multiplier = meta["multiplier"].as_f64().unwrap();
+    let mut checked = 0;
+    for algo in ["locon", "loha", "lokr"] {
+        let lora = weighted(name, &format!("{algo}.safetensors"), multiplier);
+        let (patches, reports) = merged_weights(&sd.base_weights, &[lora]).unwrap();
+        assert!(reports[0].unmatched.is_empty(), "{:?}", reports[0]);
+        let mut want: HashMap<String, &Tensor> = HashMap::new();
+        for (key, t) in &expected {
+            if let Some(rest) = key.strip_prefix(&format!("{algo}/")) {
+                want.insert(rest.to_string(), t);
+            }
+        }
+        let mut got: HashMap<String, &Tensor> = HashMap::new();
+        for (k, t) in &patches.unet {
+            got.insert(format!("unet/{k}"), t);
+        }
+        for (k, t) in &patches.text_encoder {
+            got.insert(format!("text_encoder/{k}"), t);
+        }
+        let mut got_keys: Vec<_> = got.keys().cloned().collect();
+        let mut want_keys: Vec<_> = want.keys().cloned().collect();
+        got_keys.sort();
+        want_keys.sort();
+        assert_eq!(got_keys, want_keys, "{algo}: patched tensors");
+        for (key, w) in want {
+            let base = if let Some(k) = key.strip_prefix("unet/") {
+                &sd.base_weights.unet[k]
+            } else {
+                &sd.base_weights.text_encoder[key.strip_prefix("text_encoder/").unwrap()]
+            };
+            // The change must be real, and match the formula to float precision.
+            let (moved, _) = max_diff_and_std(base, w);
+            assert!(
+                moved > 1e-3,
+                "{algo} {key}: the LoRA does not change the weight"
+            );
+            let (diff, std) = max_diff_and_std(got[&key], w);
+            assert!(
+                diff <= 1e-5 * std.max(1e-3),
+                "{algo} {key}: off by {diff:e} (std {std:e})"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 15, "checked {checked} tensors");
+}
+
+#[test]
+fn unmatched_keys_are_reported_with_count_and_examples() {
+    let name = "tiny-sd";
+    let sd = model(name);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut tensors =
+        candle_core::safetensors::load(lora_path(name, "kohya.safetensors"), &Device::Cpu).unwrap();
+    let down = Tensor::zeros((4, 32), DType::F32, &Device::Cpu).unwrap();
+    tensors.insert(
+        "lora_unet_input_blocks_1_1_proj_in.lora_down.weight".into(),
+        down,
+    );
+    tensors.insert(
+        "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight".into(),
+        Tensor::zeros((32, 4), DType::F32, &Device::Cpu).unwrap(),
+    );
+    tensors.insert(
+        "lora_unet_mid_block_attentions_0_proj_in.diff_b".into(),
+        Tensor::zeros(32, DType::F32, &Device::Cpu).unwrap(),
+    );
+    let path = tmp.path().join("extra.safetensors");
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let lora = WeightedLora {
+        name: "extra".into(),
+        file: Arc::new(LoraFile::read(&path).unwrap()),
+        weight: 1.0,
+    };
+    let applied = apply(&sd, &[lora]).unwrap();
+    let report = &applied.reports[0];
+    assert_eq!(report.unmatched.len(), 3, "{report:?}");
+    let warning = applied.warnings().join("\n");
+    assert!(warning.contains("3 keys match no layer"), "{warning}");
+    assert!(
+        warning.contains("lora_unet_input_blocks_1_1_proj_in"),
+        "{warning}"
+    );
+}
+
+#[test]
+fn bad_files_are_clear_errors() {
+    let sd = model("tiny-sd");
+    let tmp = tempfile::tempdir().unwrap();
+
+    // Corrupted: truncated in the middle of the tensor data; and not safetensors at all.
+    let bytes = std::fs::read(lora_path("tiny-sd", "kohya.safetensors")).unwrap();
+    let truncated = tmp.path().join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let garbage = tmp.path().join("garbage.safetensors");
+    std::fs::write(&garbage, b"PK\x03\x04 this is a zip file, not safetensors").unwrap();
+    for path in [&truncated, &garbage] {
+        let err = LoraFile::read(path).unwrap_err();
+        assert!(matches!(err, LoraError::Unreadable { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&path.display().to_string()) && text.contains("corrupted"),
+            "{text}"
+        );
+    }
+    let missing = LoraFile::read(&tmp.path().join("missing.safetensors")).unwrap_err();
+    assert!(
+        missing.to_string().contains("missing.safetensors"),
+        "{missing}"
+    );
+
+    // Another model family: tiny-sd2's LoRA (width 24) on tiny-sd (width 32).
+    let err = apply(&sd, &[weighted("tiny-sd2", "kohya.safetensors", 1.0)]).unwrap_err();
+    let text = err.to_string();
+    let Error::Lora(boxed) = err else {
+        panic!("expected a LoRA error, got {err:?}")
+    };
+    let LoraError::ShapeMismatch(m) = *boxed else {
+        panic!("expected a shape mismatch, got {boxed:?}")
+    };
+    let ShapeMismatch {
+        tensor,
+        lora_shape,
+        delta_shape,
+        target,
+        target_shape,
+        ..
+    } = *m;
+    assert_ne!(delta_shape, target_shape);
+    for needle in [
+        tensor,
+        target,
+        format!("{lora_shape:?}"),
+        format!("{target_shape:?}"),
+        "another model family".to_string(),
+    ] {
+        assert!(text.contains(&needle), "{text} lacks {needle}");
+    }
+
+    // A file that matches nothing.
+    let other = HashMap::from([(
+        "model.layers.0.q_proj.lora_A.weight".to_string(),
+        Tensor::zeros((4, 8), DType::F32, &Device::Cpu).unwrap(),
+    )]);
+    let nothing = tmp.path().join("llm.safetensors");
+    candle_core::safetensors::save(&other, &nothing).unwrap();
+    let lora = WeightedLora {
+        name: "llm".into(),
+        file: Arc::new(LoraFile::read(&nothing).unwrap()),
+        weight: 1.0,
+    };
+    let err = apply(&sd, &[lora]).unwrap_err().to_string();
+    assert!(
+        err.contains("none of its 1 keys") && err.contains("model.layers.0.q_proj"),
+        "{err}"
+    );
+
+    // An incomplete module (up without down) is named.
+    let half = HashMap::from([(
+        "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight".to_string(),
+        Tensor::zeros((32, 4, 1, 1), DType::F32, &Device::Cpu).unwrap(),
+    )]);
+    let half_path = tmp.path().join("half.safetensors");
+    candle_core::safetensors::save(&half, &half_path).unwrap();
+    let lora = WeightedLora {
+        name: "half".into(),
+        file: Arc::new(LoraFile::read(&half_path).unwrap()),
+        weight: 1.0,
+    };
+    let err = apply(&sd, &[lora]).unwrap_err().to_string();
+    assert!(
+        err.contains("lora_unet_down_blocks_0_attentions_0_proj_in") && err.contains("lora_down"),
+        "{err}"
+    );
+}
+
+/// A manifest folder with two LoRAs and a set, plus the tiny-sd pack.
+fn manifest_dir(tmp: &Path, sha_of_kohya: &str) -> PathBuf {
+    let dir = tmp.join("manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pack = std::fs::read_to_string(root().join("manifests/tiny-sd.toml")).unwrap();
+    let models = fixture("models").display().to_string();
+    std::fs::write(
+        dir.join("tiny-sd.toml"),
+        pack.replace("../tests/fixtures/models", &models),
+    )
+    .unwrap();
+    let lora = fixture("lora/tiny-sd").display().to_string();
+    std::fs::write(
+        dir.join("loras.toml"),
+        format!(
+            r#"
+[[lora]]
+name = "fox-style"
+path = "{lora}/kohya.safetensors"
+sha256 = "{sha_of_kohya}"
+weight = 0.8
+triggers = ["foxstyle"]
+
+[[lora]]
+name = "snow"
+path = "{lora}/peft.safetensors"
+
+[[lora_set]]
+name = "winter-fox"
+loras = [{{ name = "fox-style", weight = 0.5 }}, {{ name = "snow" }}]
+"#
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn manifests_declare_loras_and_sets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kohya = lora_path("tiny-sd", "kohya.safetensors");
+    let sha = catalog::sha256_hex(&std::fs::read(&kohya).unwrap());
+    let dir = manifest_dir(tmp.path(), &sha);
+    // The pack manifests still load with [[lora]] tables beside them.
+    assert_eq!(
+        beeswax::manifest::find_pack(&dir, "tiny-sd").unwrap().name,
+        "tiny-sd"
+    );
+    let mut cat = catalog::load_dir(&dir).unwrap();
+    assert_eq!(cat.entries.len(), 2);
+    assert_eq!(
+        cat.entry("fox-style").unwrap().source,
+        LoraSource::Path(kohya.clone())
+    );
+    let req = |name: &str, weight: Option<f64>| LoraRequest {
+        name: name.into(),
+        weight,
+    };
+
+    // Defaults, explicit weights, and sets (weights multiplied).
+    let r = cat.resolve(&[req("fox-style", None)], false).unwrap();
+    assert_eq!(
+        (r[0].weight, r[0].triggers.clone()),
+        (0.8, vec!["foxstyle".to_string()])
+    );
+    let r = cat
+        .resolve(&[req("winter-fox", Some(-2.0))], false)
+        .unwrap();
+    let got: Vec<(String, f64)> = r.into_iter().map(|r| (r.name, r.weight)).collect();
+    assert_eq!(got, vec![("fox-style".into(), -1.0), ("snow".into(), -2.0)]);
+    let loaded = cat.prepare(&[req("winter-fox", None)], false).unwrap();
+    assert_eq!(loaded.len(), 2);
+
+    // Unknown names list the known ones; files are refused unless allowed.
+    let path = kohya.display().to_string();
+    for name in ["nope", path.as_str()] {
+        let err = cat
+            .resolve(&[req(name, None)], false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("unknown LoRA `{name}`")), "{err}");
+        assert!(
+            err.contains("fox-style, snow") && err.contains("winter-fox"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        cat.resolve(&[req(&path, Some(0.3))], true).unwrap()[0].name,
+        "kohya"
+    );
+
+    // Weights out of the (configurable) range.
+    let err = cat
+        .resolve(&[req("snow", Some(7.0))], false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("weight 7 is outside the allowed range -5 to 5"),
+        "{err}"
+    );
+    cat.range = WeightRange {
+        min: -1.0,
+        max: 1.0,
+    };
+    let err = cat
+        .resolve(&[req("winter-fox", Some(-3.0))], false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`fox-style`: weight -1.5 is outside the allowed range -1 to 1"),
+        "{err}"
+    );
+    assert!(cat.resolve(&[req("snow", Some(-1.0))], false).is_ok());
+
+    // A wrong hash.
+    let bad = manifest_dir(&tmp.path().join("bad"), &"0".repeat(64));
+    let cat = catalog::load_dir(&bad).unwrap();
+    let err = cat
+        .prepare(&[req("fox-style", None)], false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("SHA-256 is") && err.contains(&sha), "{err}");
+}
+
+#[test]
+fn manifest_errors_name_file_line_and_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[[lora]]\nname = \"x\"\n", "lora.path", "is missing"),
+        (
+            "[[lora]]\nname = \"x\"\npath = \"x.ckpt\"\n",
+            "lora.path",
+            "not a .safetensors file",
+        ),
+        (
+            "[[lora]]\nname = \"x y\"\npath = \"x.safetensors\"\n",
+            "lora.name",
+            "not a usable name",
+        ),
+        (
+            "[[lora]]\nname = \"x\"\npath = \"x.safetensors\"\nweight = 9.0\n",
+            "lora.weight",
+            "between -5 and 5",
+        ),
+        (
+            "[[lora]]\nname = \"x\"\nrepo = \"org/x\"\n",
+            "lora.file",
+            "is required with `repo`",
+        ),
+        (
+            "[[lora]]\nname = \"x\"\npath = \"x.safetensors\"\nsha256 = \"abc\"\n",
+            "lora.sha256",
+            "64 hexadecimal",
+        ),
+        (
+            "[[lora_set]]\nname = \"s\"\nloras = [{ name = \"ghost\" }]\n",
+            "lora_set.loras.name",
+            "`ghost` is not a [[lora]]",
+        ),
+    ];
+    for (i, (text, field, message)) in cases.iter().enumerate() {
+        let dir = tmp.path().join(format!("m{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("bad.toml"), text).unwrap();
+        let err = catalog::load_dir(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("bad.toml:") && err.contains(field) && err.contains(message),
+            "{err}"
+        );
+    }
+    // Types are checked with the pack manifests.
+    let dir = tmp.path().join("types");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("bad.toml"), "[[lora]]\nname = \"x\"\npath = 3\n").unwrap();
+    let err = beeswax::manifest::load_dir(&dir).unwrap_err().to_string();
+    assert!(err.contains("bad.toml:3"), "{err}");
+}
+
+fn png_parameters(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    let start = text.find("parameters").unwrap();
+    text[start..].to_string()
+}
+
+#[test]
+fn cli_takes_lora_flags_and_prompt_tags_and_records_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kohya = lora_path("tiny-sd", "kohya.safetensors");
+    let sha = catalog::sha256_hex(&std::fs::read(&kohya).unwrap());
+    let dir = manifest_dir(tmp.path(), &sha);
+    let peft = lora_path("tiny-sd", "peft.safetensors")
+        .display()
+        .to_string();
+    let m = dir.display().to_string();
+    let beeswax = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_beeswax"))
+            .current_dir(tmp.path())
+            .env_remove("BEESWAX_MANIFESTS")
+            .args([
+                "--manifests",
+                &m,
+                "generate",
+                "--pack",
+                "tiny-sd",
+                "--steps",
+                "3",
+                "--seed",
+                "5",
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let prompt = "a red fox <lora:fox-style:0.6>, snow";
+    let peft_flag = format!("{peft}:-0.5");
+    let out = beeswax(&[
+        "--prompt", prompt, "--lora", &peft_flag, "--output", "a.png",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("LoRA fox-style at 0.6") && err.contains("LoRA peft at -0.5"),
+        "{err}"
+    );
+    assert!(err.contains("trigger words foxstyle"), "{err}");
+    let params = png_parameters(&tmp.path().join("a.png"));
+    assert!(
+        params.contains("a red fox <lora:fox-style:0.6>, snow <lora:peft:-0.5>"),
+        "{params}"
+    );
+
+    // The same LoRAs by flags only give the same pixels (the tag text is not encoded).
+    let out = beeswax(&[
+        "--prompt",
+        "a red fox , snow",
+        "--lora",
+        "fox-style:0.6",
+        "--lora",
+        &peft_flag,
+        "--output",
+        "b.png",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pixels = |name: &str| {
+        let decoder = png::Decoder::new(std::io::BufReader::new(
+            std::fs::File::open(tmp.path().join(name)).unwrap(),
+        ));
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        reader.next_frame(&mut buf).unwrap();
+        buf
+    };
+    assert_eq!(pixels("a.png"), pixels("b.png"));
+    let out = beeswax(&["--prompt", "a red fox", "--output", "c.png"]);
+    assert!(out.status.success());
+    assert_ne!(pixels("a.png"), pixels("c.png"), "the LoRAs change nothing");
+
+    // Errors: unknown name (lists the known ones), weight out of the configured range, bad tag.
+    for (args, needle) in [
+        (
+            vec!["--prompt", "x", "--lora", "ghost"],
+            "unknown LoRA `ghost`: known LoRAs: fox-style, snow",
+        ),
+        (
+            vec![
+                "--prompt",
+                "x",
+                "--lora",
+                "snow:3",
+                "--lora-weight-range",
+                "-2:2",
+            ],
+            "weight 3 is outside the allowed range -2 to 2",
+        ),
+        (
+            vec!["--prompt", "x <lora:snow:lots>"],
+            "invalid LoRA spec `<lora:snow:lots>`",
+        ),
+        (
+            vec!["--prompt", "x", "--lora", "snow:lots"],
+            "the weight `lots` is not a number",
+        ),
+    ] {
+        let out = beeswax(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(needle) && !err.contains("panicked"),
+            "{err}"
+        );
+    }
+}
+
+/// The cost of switching LoRA sets (merge + rebuild), on tiny-sd and on the SD 1.5 UNet config
+/// with random weights. Prints timings; run with
+/// `cargo test --release -p beeswax --test lora -- --ignored --nocapture switching_cost`.
+#[test]
+#[ignore = "a measurement, not a check: run explicitly"]
+fn switching_cost() {
+    use beeswax::models::config_file::read_json;
+    use beeswax::models::unet::{UNet2DConditionModel, UNetConfig};
+    use candle_nn::VarBuilder;
+
+    fn time<T>(what: &str, iters: usize, mut f: impl FnMut() -> T) {
+        let mut times = Vec::new();
+        for _ in 0..iters {
+            let start = Instant::now();
+            std::hint::black_box(f());
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        eprintln!(
+            "{what}: median {:.2} ms, min {:.2} ms",
+            times[iters / 2],
+            times[0]
+        );
+    }
+
+    let sd = model("tiny-sd");
+    let a = [weighted("tiny-sd", "kohya.safetensors", 0.8)];
+    let b = [weighted("tiny-sd", "peft.safetensors", 1.3)];
+    time(
+        "tiny-sd: switch to kohya (merge + rebuild UNet and CLIP)",
+        20,
+        || apply(&sd, &a).unwrap(),
+    );
+    time("tiny-sd: switch to peft", 20, || apply(&sd, &b).unwrap());
+    time("tiny-sd: switch to none", 20, || apply(&sd, &[]).unwrap());
+
+    // SD 1.5 UNet with random weights, and a rank-16 kohya LoRA on every attention, proj and
+    // feed-forward linear (the common `network_dim=16` LoRA, 192 layers).
+    let config_path = root().join("../shared/perf/sd15-unet/config.json");
+    let config_path = if config_path.exists() {
+        config_path
+    } else {
+        PathBuf::from("/work/shared/perf/sd15-unet/config.json")
+    };
+    let config: UNetConfig = read_json(&config_path).unwrap();
+    let varmap = candle_nn::VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    UNet2DConditionModel::new(vb, &config).unwrap();
+    let unet_map: HashMap<String, Tensor> = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
+    let params: usize = unet_map.values().map(Tensor::elem_count).sum();
+    let mut lora = HashMap::new();
+    for (key, w) in &unet_map {
+        let targets = [
+            "to_q",
+            "to_k",
+            "to_v",
+            "to_out.0",
+            "proj_in",
+            "proj_out",
+            "ff.net.0.proj",
+            "ff.net.2",
+        ];
+        let Some(module) = key.strip_suffix(".weight") else {
+            continue;
+        };
+        if !targets.iter().any(|t| module.ends_with(t)) || !module.contains("attentions") {
+            continue;
+        }
+        let (out_dim, in_dim) = (w.dim(0).unwrap(), w.dim(1).unwrap());
+        let name = format!("lora_unet_{}", module.replace('.', "_"));
+        let down = Tensor::randn(0f32, 0.01, (16, in_dim), &Device::Cpu).unwrap();
+        let down = if w.rank() == 4 {
+            down.reshape((16, in_dim, 1, 1)).unwrap()
+        } else {
+            down
+        };
+        let up = Tensor::randn(0f32, 0.01, (out_dim, 16), &Device::Cpu).unwrap();
+        let up = if w.rank() == 4 {
+            up.reshape((out_dim, 16, 1, 1)).unwrap()
+        } else {
+            up
+        };
+        lora.insert(format!("{name}.lora_down.weight"), down);
+        lora.insert(format!("{name}.lora_up.weight"), up);
+        lora.insert(
+            format!("{name}.alpha"),
+            Tensor::new(8f32, &Device::Cpu).unwrap(),
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("sd15-r16.safetensors");
+    candle_core::safetensors::save(&lora, &path).unwrap();
+    let size = std::fs::metadata(&path).unwrap().len();
+    let start = Instant::now();
+    let file = Arc::new(LoraFile::read(&path).unwrap());
+    eprintln!(
+        "SD 1.5 UNet: {:.0} M parameters; LoRA rank 16, {} modules, {:.1} MB, read in {:.0} ms",
+        params as f64 / 1e6,
+        file.modules.len(),
+        size as f64 / 1e6,
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    let base = BaseWeights::new(unet_map.clone(), path.clone(), HashMap::new(), path.clone());
+    let loras = [WeightedLora {
+        name: "r16".into(),
+        file,
+        weight: 0.8,
+    }];
+    time("SD 1.5 UNet: merge rank-16 LoRA (192 layers)", 5, || {
+        merged_weights(&base, &loras).unwrap()
+    });
+    let (patches, _) = merged_weights(&base, &loras).unwrap();
+    time(
+        "SD 1.5 UNet: rebuild UNet around merged + shared weights",
+        5,
+        || {
+            let mut map = base.unet.clone();
+            map.extend(patches.unet.iter().map(|(k, v)| (k.clone(), v.clone())));
+            UNet2DConditionModel::new(
+                VarBuilder::from_tensors(map, DType::F32, &Device::Cpu),
+                &config,
+            )
+            .unwrap()
+        },
+    );
+    let patched_mb: usize = patches.unet.values().map(|t| t.elem_count() * 4).sum();
+    eprintln!(
+        "SD 1.5 UNet: the job's patched layers hold {:.0} MB (shared: the other {:.0} MB)",
+        patched_mb as f64 / 1e6,
+        (params * 4 - patched_mb) as f64 / 1e6
+    );
+}
