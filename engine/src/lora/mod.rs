@@ -11,8 +11,9 @@
 //! * [`prompt`] parses AUTOMATIC1111's `<lora:name:weight>` tags out of prompts.
 //! * [`job`] gathers a job's LoRAs (prompt tags, then flags or request fields) for the CLI and
 //!   the HTTP service alike.
-//! * [`catalog`] holds the `[[lora]]` and `[[lora_set]]` manifest entries and resolves the
-//!   names (or file paths) a job asks for, checking weights against a configurable range.
+//! * [`catalog`] holds the `[[lora]]` and `[[lora_set]]` manifest entries (read by
+//!   [`manifest`]) and resolves the names (or file paths) a job asks for, checking weights
+//!   against a configurable range, with a cache of parsed files.
 //!
 //! Why merge per job instead of patching in place: the base weights stay in memory as a map of
 //! tensors (the networks are built from it, so it costs nothing extra), and a job with LoRAs
@@ -27,6 +28,7 @@ pub mod delta;
 pub mod file;
 pub mod job;
 pub mod keys;
+pub mod manifest;
 pub mod merge;
 pub mod prompt;
 

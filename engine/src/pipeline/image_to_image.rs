@@ -67,14 +67,8 @@ pub fn image_to_image(
     let image_latents = encode_image(model, &pixels, base.batch, job.sample_posterior, &mut rng)?;
     let noise = initial_noise(job.init_noise.as_ref(), &image_latents, &mut rng)?;
     let latents = scheduler.add_noise(&image_latents, &noise, start)?;
-    // An inpainting UNet repaints everything: mask all ones, masked picture all zeros (grey),
-    // as AUTOMATIC1111 conditions such models for image-to-image.
     let extra = if in_channels == 9 {
-        let zeros = pixels.zeros_like()?;
-        let masked = encode_image(model, &zeros, base.batch, false, &mut rng)?;
-        let (b, _, h, w) = masked.dims4()?;
-        let ones = Tensor::ones((b, 1, h, w), DType::F32, &model.device)?;
-        Some(Tensor::cat(&[&ones, &masked], 1)?)
+        Some(repaint_everything(model, base.batch, base.width, base.height)?)
     } else {
         None
     };
@@ -269,6 +263,23 @@ pub(super) fn encode_image(
         None => z,
     };
     Ok((z * c.scaling_factor)?)
+}
+
+/// The extra UNet channels that let an inpainting UNet repaint everything: mask all ones and
+/// the latents of an all-grey picture (zeros in [-1, 1]), as AUTOMATIC1111 conditions such
+/// models for text-to-image and image-to-image. [batch, 1 + C, H/f, W/f].
+pub(super) fn repaint_everything(
+    model: &StableDiffusion,
+    batch: usize,
+    width: usize,
+    height: usize,
+) -> Result<Tensor> {
+    let grey = Tensor::zeros((1, 3, height, width), DType::F32, &model.device)?;
+    // The posterior mean draws no noise.
+    let masked = encode_image(model, &grey, batch, false, &mut BatchNoise::new(0, batch))?;
+    let (b, _, h, w) = masked.dims4()?;
+    let ones = Tensor::ones((b, 1, h, w), DType::F32, &model.device)?;
+    Ok(Tensor::cat(&[&ones, &masked], 1)?)
 }
 
 /// The noise added to the picture's latents: the caller's (checked against `like`'s shape),

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Tensor};
 
 use super::denoise::{denoise, Conditioning, Hooks};
+use super::image_to_image::{repaint_everything, unet_kind};
 use super::{encode_prompt, StableDiffusion};
 use crate::image_out::{to_rgb8, RgbImage};
 use crate::noise::BatchNoise;
@@ -140,10 +141,16 @@ pub fn text_to_image(
     let f = model.vae_scale_factor();
     let shape = [
         job.batch,
-        model.unet.config().in_channels,
+        model.vae_config.latent_channels,
         job.height / f,
         job.width / f,
     ];
+    // An inpainting UNet (9 input channels) draws from scratch with an all-repaint mask.
+    let extra = if unet_kind(model)? == shape[1] {
+        None
+    } else {
+        Some(repaint_everything(model, job.batch, job.width, job.height)?)
+    };
     // One generator per image: it draws the starting noise, then any noise the scheduler needs.
     let mut rng = BatchNoise::new(job.seed, job.batch);
     let noise = match &job.init_latents {
@@ -164,7 +171,7 @@ pub fn text_to_image(
     let conditioning = Conditioning {
         context: &context,
         guidance: job.guidance,
-        extra_channels: None,
+        extra_channels: extra.as_ref(),
     };
     let latents = denoise(
         model,
