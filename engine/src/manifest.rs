@@ -409,8 +409,8 @@ impl Ctx<'_> {
             let message = format!("is required: add `{missing} = ...` to the [{table}] table");
             (join_key(&field, missing), message)
         } else if backticked(message, "unknown field `").is_some() && !field.contains('.') {
-            let message = "is not allowed at the top level: manifests may only hold a [pack] \
-                           table for now; remove it or fix its spelling"
+            let message = "is not allowed at the top level: manifests hold [pack], [[pipeline]], \
+                           [[plugin]] and [[lora]] tables; remove it or fix its spelling"
                 .to_string();
             (field, message)
         } else if let Some(unknown) = backticked(message, "unknown field `") {
