@@ -662,3 +662,57 @@ fn bench_per_step_overhead() {
         assert_eq!(diff, 0.0, "{name} differs from the built-in");
     }
 }
+
+/// Reads a PNG as 8-bit rows of `channels` bytes per pixel.
+fn png_bytes(path: &Path) -> (usize, usize, Vec<u8>) {
+    let image = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (image.width() as usize, image.height() as usize, image.to_rgb8().into_raw())
+}
+
+#[test]
+fn the_mask_grow_preprocessor_widens_what_inpainting_repaints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixtures = root().join("tests/fixtures/reference/img2img");
+    let (init, mask) = (fixtures.join("init.png"), fixtures.join("mask.png"));
+    let manifests = root().join("manifests");
+    let run = |name: &str, pre: &[&str]| {
+        let out = tmp.path().join(name);
+        let mut args = vec![
+            "--manifests", manifests.to_str().unwrap(), "generate", "--pack", "tiny-sd",
+            "--prompt", "a fox", "--steps", "3", "--strength", "1.0", "--mask-blur", "0",
+            "--seed", "3", "--quiet", "--init-image", init.to_str().unwrap(),
+            "--mask", mask.to_str().unwrap(), "--output", out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(pre);
+        let o = beeswax(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        png_bytes(&out).2
+    };
+    let plain = run("plain.png", &[]);
+    let grown = run("grown.png", &["--pre", "mask-grow-wasm"]);
+    let (w, h, picture) = png_bytes(&init);
+    let (_, _, mask) = png_bytes(&mask);
+    let masked = |x: usize, y: usize| mask[(y * w + x) * 3] > 127;
+    // The manifest grows the mask by 8 pixels: a square dilation.
+    let near = |x: usize, y: usize| {
+        (y.saturating_sub(8)..(y + 9).min(h))
+            .any(|yy| (x.saturating_sub(8)..(x + 9).min(w)).any(|xx| masked(xx, yy)))
+    };
+    let changed = |out: &[u8], x: usize, y: usize| {
+        (0..3).map(|c| out[(y * w + x) * 3 + c].abs_diff(picture[(y * w + x) * 3 + c])).max().unwrap()
+    };
+    let mut repainted_margin = 0;
+    for y in 0..h {
+        for x in 0..w {
+            if !masked(x, y) {
+                assert!(changed(&plain, x, y) <= 1, "without --pre, ({x}, {y}) outside the mask changed");
+            }
+            if !near(x, y) {
+                assert!(changed(&grown, x, y) <= 1, "({x}, {y}) beyond the grown mask changed");
+            } else if !masked(x, y) && changed(&grown, x, y) > 8 {
+                repainted_margin += 1;
+            }
+        }
+    }
+    assert!(repainted_margin > 20, "the grown margin was not repainted ({repainted_margin} pixels)");
+}

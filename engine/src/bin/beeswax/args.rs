@@ -170,6 +170,10 @@ pub struct GenerateArgs {
     /// order), e.g. `--post sharpen-wasm`; see `beeswax plugins`.
     #[arg(long = "post", value_name = "PLUGIN")]
     pub post: Vec<String>,
+    /// Pre-process the --init-image and its mask with this plugin before the job (repeatable,
+    /// applied in order); see `beeswax plugins`.
+    #[arg(long = "pre", value_name = "PLUGIN", requires = "init_image")]
+    pub pre: Vec<String>,
     /// No progress bar or notes; errors and warnings still go to stderr.
     #[arg(long)]
     pub quiet: bool,

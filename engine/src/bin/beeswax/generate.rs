@@ -17,6 +17,7 @@ use crate::{image_job, progress, source};
 pub fn run(global: &Global, a: GenerateArgs) -> Result<()> {
     let plugins = crate::plugins::load(global)?;
     let post = crate::plugins::post_processors(&plugins, &a.post)?;
+    let pre = crate::plugins::pre_processors(&plugins, &a.pre)?;
     crate::schedulers::check_names(a.scheduler.as_deref(), a.schedule.as_deref())?;
     let chosen = source::load(global, &a.model)?;
     if a.vae_tiling {
@@ -40,7 +41,10 @@ pub fn run(global: &Global, a: GenerateArgs) -> Result<()> {
             None => None,
         },
     };
-    let image_input = image_job::read(&a)?;
+    let image_input = match image_job::read(&a)? {
+        Some(input) => Some(crate::plugins::apply_pre(&pre, input)?),
+        None => None,
+    };
     if let Some(input) = &image_input {
         let (w, h) = image_job::default_size(&a, input, chosen.model.vae_scale_factor());
         request.width = request.width.or(w);
