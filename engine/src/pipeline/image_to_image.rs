@@ -115,37 +115,7 @@ pub(super) fn check_inputs(
     job: &TextToImage,
     strength: f64,
 ) -> Result<()> {
-    let f = model.vae_scale_factor();
-    for (name, v) in [("width", job.width), ("height", job.height)] {
-        if v == 0 || v % f != 0 || v > 8192 {
-            return Err(Error::invalid(
-                name,
-                v,
-                format!("must be a positive multiple of {f} (the VAE scale factor), at most 8192"),
-            ));
-        }
-    }
-    if !(1..=1000).contains(&job.steps) {
-        return Err(Error::invalid(
-            "steps",
-            job.steps,
-            "must be between 1 and 1000",
-        ));
-    }
-    if !(0.0..=100.0).contains(&job.guidance) {
-        return Err(Error::invalid(
-            "guidance",
-            job.guidance,
-            "must be between 0 and 100",
-        ));
-    }
-    if !(1..=64).contains(&job.batch) {
-        return Err(Error::invalid(
-            "batch",
-            job.batch,
-            "must be between 1 and 64",
-        ));
-    }
+    super::text_to_image::check_inputs(model, job)?;
     if !(strength > 0.0 && strength <= 1.0) {
         return Err(Error::invalid(
             "strength",

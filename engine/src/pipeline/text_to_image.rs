@@ -77,7 +77,7 @@ pub struct Generated {
 }
 
 /// Validates the job against the model before any tensor work, naming the value at fault.
-fn check_inputs(model: &StableDiffusion, job: &TextToImage) -> Result<()> {
+pub(super) fn check_inputs(model: &StableDiffusion, job: &TextToImage) -> Result<()> {
     let f = model.vae_scale_factor();
     for (name, v) in [("width", job.width), ("height", job.height)] {
         if v == 0 || v % f != 0 || v > 8192 {
