@@ -190,7 +190,10 @@ fn batch_writes_numbered_files_and_latents_round_trip() {
         .map(|(a, b)| a.abs_diff(b))
         .max()
         .unwrap();
-    assert!(max_diff <= 1, "image 1 of the batch and its rerun differ by {max_diff}/255");
+    assert!(
+        max_diff <= 1,
+        "image 1 of the batch and its rerun differ by {max_diff}/255"
+    );
 }
 
 #[test]

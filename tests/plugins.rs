@@ -666,7 +666,11 @@ fn bench_per_step_overhead() {
 /// Reads a PNG as 8-bit rows of `channels` bytes per pixel.
 fn png_bytes(path: &Path) -> (usize, usize, Vec<u8>) {
     let image = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    (image.width() as usize, image.height() as usize, image.to_rgb8().into_raw())
+    (
+        image.width() as usize,
+        image.height() as usize,
+        image.to_rgb8().into_raw(),
+    )
 }
 
 #[test]
@@ -678,10 +682,28 @@ fn the_mask_grow_preprocessor_widens_what_inpainting_repaints() {
     let run = |name: &str, pre: &[&str]| {
         let out = tmp.path().join(name);
         let mut args = vec![
-            "--manifests", manifests.to_str().unwrap(), "generate", "--pack", "tiny-sd",
-            "--prompt", "a fox", "--steps", "3", "--strength", "1.0", "--mask-blur", "0",
-            "--seed", "3", "--quiet", "--init-image", init.to_str().unwrap(),
-            "--mask", mask.to_str().unwrap(), "--output", out.to_str().unwrap(),
+            "--manifests",
+            manifests.to_str().unwrap(),
+            "generate",
+            "--pack",
+            "tiny-sd",
+            "--prompt",
+            "a fox",
+            "--steps",
+            "3",
+            "--strength",
+            "1.0",
+            "--mask-blur",
+            "0",
+            "--seed",
+            "3",
+            "--quiet",
+            "--init-image",
+            init.to_str().unwrap(),
+            "--mask",
+            mask.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
         ];
         args.extend_from_slice(pre);
         let o = beeswax(&args);
@@ -699,20 +721,32 @@ fn the_mask_grow_preprocessor_widens_what_inpainting_repaints() {
             .any(|yy| (x.saturating_sub(8)..(x + 9).min(w)).any(|xx| masked(xx, yy)))
     };
     let changed = |out: &[u8], x: usize, y: usize| {
-        (0..3).map(|c| out[(y * w + x) * 3 + c].abs_diff(picture[(y * w + x) * 3 + c])).max().unwrap()
+        (0..3)
+            .map(|c| out[(y * w + x) * 3 + c].abs_diff(picture[(y * w + x) * 3 + c]))
+            .max()
+            .unwrap()
     };
     let mut repainted_margin = 0;
     for y in 0..h {
         for x in 0..w {
             if !masked(x, y) {
-                assert!(changed(&plain, x, y) <= 1, "without --pre, ({x}, {y}) outside the mask changed");
+                assert!(
+                    changed(&plain, x, y) <= 1,
+                    "without --pre, ({x}, {y}) outside the mask changed"
+                );
             }
             if !near(x, y) {
-                assert!(changed(&grown, x, y) <= 1, "({x}, {y}) beyond the grown mask changed");
+                assert!(
+                    changed(&grown, x, y) <= 1,
+                    "({x}, {y}) beyond the grown mask changed"
+                );
             } else if !masked(x, y) && changed(&grown, x, y) > 8 {
                 repainted_margin += 1;
             }
         }
     }
-    assert!(repainted_margin > 20, "the grown margin was not repainted ({repainted_margin} pixels)");
+    assert!(
+        repainted_margin > 20,
+        "the grown margin was not repainted ({repainted_margin} pixels)"
+    );
 }

@@ -162,7 +162,8 @@ impl BatchNoise {
 
 impl NoiseSource for BatchNoise {
     fn randn_like(&mut self, like: &Tensor) -> candle_core::Result<Tensor> {
-        self.randn(like.dims(), like.device())?.to_dtype(like.dtype())
+        self.randn(like.dims(), like.device())?
+            .to_dtype(like.dtype())
     }
 }
 

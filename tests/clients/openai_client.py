@@ -61,4 +61,33 @@ try:
 except openai.BadRequestError as e:
     assert e.param == "size" and "limit" in e.message, (e.param, e.message)
 
+# Image edits (multipart): transparent mask pixels are repainted, opaque ones kept.
+picture = Image.new("RGB", (64, 64))
+picture.putdata([(x * 4, y * 4, (x + y) * 2) for y in range(64) for x in range(64)])
+mask = Image.new("RGBA", (64, 64), (0, 0, 0, 255))
+mask.paste((0, 0, 0, 0), (0, 0, 32, 64))
+
+
+def png_bytes(image):
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+r = client.images.edit(
+    model="tiny-sd", image=("image.png", png_bytes(picture), "image/png"),
+    mask=("mask.png", png_bytes(mask), "image/png"), prompt="a red fox", n=1, size="64x64",
+    response_format="b64_json", extra_body={"steps": 3, "seed": 5},
+)
+edited = Image.open(io.BytesIO(base64.b64decode(r.data[0].b64_json))).convert("RGB")
+assert edited.size == (64, 64), edited.size
+kept = [abs(a - b) for x in range(32, 64) for y in range(64)
+        for a, b in zip(edited.getpixel((x, y)), picture.getpixel((x, y)))]
+assert max(kept) <= 1, max(kept)
+try:
+    client.images.edit(model="tiny-sd", image=("x.png", b"not a picture", "image/png"), prompt="x")
+    raise AssertionError("a non-picture accepted")
+except openai.BadRequestError as e:
+    assert e.param == "image" and "not a readable" in e.message, (e.param, e.message)
+
 print("openai client ok")

@@ -46,6 +46,28 @@ assert api.util_get_current_model() == "tiny-sd"
 r = api.txt2img(prompt="x", width=64, height=64, steps=3, seed=-1, sampler_name="Euler", scheduler="karras")
 assert r.info["seed"] >= 0 and r.info["sampler_name"] == "Euler Karras", r.info
 
+# img2img from a 48x40 picture to 64x64, and inpainting the left half (white in the mask).
+picture = Image.new("RGB", (48, 40))
+picture.putdata([(x * 5, y * 6, (x + y) * 2) for y in range(40) for x in range(48)])
+r = api.img2img(images=[picture], prompt="a red fox", width=64, height=64, steps=4, seed=3,
+                denoising_strength=0.5, sampler_name="Euler")
+assert len(r.images) == 1 and r.images[0].size == (64, 64), r.images
+assert r.info["denoising_strength"] == 0.5, r.info
+square = picture.resize((64, 64))
+mask = Image.new("L", (64, 64))
+mask.paste(255, (0, 0, 32, 64))
+r = api.img2img(images=[square], mask_image=mask, prompt="a red fox", width=64, height=64,
+                steps=4, seed=3, denoising_strength=1.0, mask_blur=0, inpainting_fill=1,
+                inpaint_full_res=False, sampler_name="Euler")
+out = r.images[0].convert("RGB")
+assert out.size == (64, 64), out.size
+kept = [abs(a - b) for x in range(32, 64) for y in range(64)
+        for a, b in zip(out.getpixel((x, y)), square.getpixel((x, y)))]
+assert max(kept) <= 1, max(kept)
+r = api.img2img(images=[square], mask_image=mask, prompt="x", width=64, height=64, steps=4,
+                seed=3, sampler_name="Euler")  # webuiapi's defaults: only masked, fill
+assert r.images[0].size == (64, 64), r.images[0].size
+
 # progress while a long job runs (with live previews), then interrupt.
 result = {}
 worker = threading.Thread(

@@ -68,7 +68,12 @@ pub fn image_to_image(
     let noise = initial_noise(job.init_noise.as_ref(), &image_latents, &mut rng)?;
     let latents = scheduler.add_noise(&image_latents, &noise, start)?;
     let extra = if in_channels == 9 {
-        Some(repaint_everything(model, base.batch, base.width, base.height)?)
+        Some(repaint_everything(
+            model,
+            base.batch,
+            base.width,
+            base.height,
+        )?)
     } else {
         None
     };

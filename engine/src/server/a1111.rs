@@ -13,12 +13,12 @@ use serde_json::{json, Value};
 
 use super::errors::{A1111Error, A1111Json, ApiError};
 use super::jobs::{Job, Origin, Status};
-use super::request::{validate, FieldNames, GenerateRequest};
+use super::request::{validate, FieldNames, GenerateRequest, JobSpec};
 use super::samplers::{display_name, label, schedule_name};
 use super::service::{CancelOnDrop, Service};
 use crate::schedulers::{self, SCHEDULES};
 
-const NAMES: FieldNames = FieldNames {
+pub(super) const NAMES: FieldNames = FieldNames {
     pipeline: "override_settings.sd_model_checkpoint",
     guidance: "cfg_scale",
     width: "width",
@@ -58,7 +58,7 @@ pub struct Txt2ImgBody {
     n_iter: Option<i64>,
     clip_skip: Option<i64>,
     override_settings: Option<OverrideSettings>,
-    send_images: Option<bool>,
+    pub(super) send_images: Option<bool>,
 }
 
 /// The pipeline an A1111 checkpoint title names: `name`, `name.safetensors`, `name [hash]`.
@@ -76,11 +76,8 @@ fn checkpoint<'a>(service: &Service, title: &'a str) -> &'a str {
     }
 }
 
-/// `POST /sdapi/v1/txt2img`.
-pub async fn txt2img(
-    State(service): State<Arc<Service>>,
-    A1111Json(body): A1111Json<Txt2ImgBody>,
-) -> Result<Json<Value>, A1111Error> {
+/// A txt2img (or img2img) body in neutral terms, with the checkpoint it names or selected.
+pub(super) fn request(service: &Service, body: Txt2ImgBody) -> GenerateRequest {
     let overrides = body.override_settings.unwrap_or_default();
     let selected = service
         .a1111_checkpoint
@@ -90,11 +87,11 @@ pub async fn txt2img(
     let model = overrides
         .sd_model_checkpoint
         .or(selected)
-        .map(|m| checkpoint(&service, &m).to_string());
+        .map(|m| checkpoint(service, &m).to_string());
     let schedule = body
         .scheduler
         .filter(|s| !s.trim().is_empty() && !s.eq_ignore_ascii_case("automatic"));
-    let request = GenerateRequest {
+    GenerateRequest {
         pipeline: model,
         prompt: body.prompt,
         negative_prompt: body.negative_prompt.filter(|n| !n.is_empty()),
@@ -112,8 +109,27 @@ pub async fn txt2img(
         schedule,
         clip_skip: body.clip_skip.or(overrides.clip_stop_at_last_layers),
         preview_every: Some(PREVIEW_EVERY as i64),
-    };
-    let spec = validate(&service.catalog, request, &NAMES)?;
+        // `<lora:name:weight>` tags stay in the prompt: the worker parses them out.
+        loras: Vec::new(),
+    }
+}
+
+/// `POST /sdapi/v1/txt2img`.
+pub async fn txt2img(
+    State(service): State<Arc<Service>>,
+    A1111Json(body): A1111Json<Txt2ImgBody>,
+) -> Result<Json<Value>, A1111Error> {
+    let send_images = body.send_images.unwrap_or(true);
+    let spec = validate(&service.catalog, request(&service, body), &NAMES)?;
+    run(&service, spec, send_images).await
+}
+
+/// Queues `spec`, waits for it and answers as A1111 does.
+pub(super) async fn run(
+    service: &Arc<Service>,
+    spec: JobSpec,
+    send_images: bool,
+) -> Result<Json<Value>, A1111Error> {
     let job = service.submit(spec, Origin::A1111)?;
     let guard = CancelOnDrop::new(service.clone(), job.clone());
     let status = job.finished().await;
@@ -122,7 +138,7 @@ pub async fn txt2img(
         let error = job.state().error.clone().unwrap_or_default();
         return Err(ApiError::internal(error).into());
     }
-    Ok(Json(result(&job, body.send_images.unwrap_or(true))))
+    Ok(Json(result(&job, send_images)))
 }
 
 /// The txt2img answer: images (those made before an interrupt, if any), parameters, info.
@@ -162,7 +178,7 @@ fn result(job: &Job, send_images: bool) -> Value {
         "sd_model_name": job.spec.pipeline.name,
         "sd_model_hash": Value::Null,
         "restore_faces": false,
-        "denoising_strength": Value::Null,
+        "denoising_strength": job.spec.image.as_ref().map(|i| i.strength),
         "extra_generation_params": {},
         "index_of_first_image": 0,
         "infotexts": s.infotexts,
@@ -186,6 +202,7 @@ fn result(job: &Job, send_images: bool) -> Value {
             "batch_size": j.batch,
             "n_iter": job.spec.iterations,
             "clip_skip": j.clip_skip,
+            "denoising_strength": job.spec.image.as_ref().map(|i| i.strength),
             "override_settings": {"sd_model_checkpoint": job.spec.pipeline.name},
         },
         "info": info.to_string(),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::config::Limits;
 use super::pipeline_entry::{self, Mode};
+use crate::lora::{LoraCatalog, WeightRange};
 use crate::manifest::{self, Family, PackDefaults, PackManifest, PackSource};
 use crate::pipeline::{LoadOptions, StableDiffusion};
 use crate::{hub, Result};
@@ -33,6 +34,8 @@ pub struct Pipeline {
     pub limits: Limits,
     /// Post-processors run on each image.
     pub post_processors: Vec<String>,
+    /// A LoRA set (or LoRA) of the catalog applied to every job, before the request's LoRAs.
+    pub lora_set: Option<String>,
     /// The loaded model.
     pub model: Arc<StableDiffusion>,
 }
@@ -42,6 +45,7 @@ pub struct Pipeline {
 pub struct Catalog {
     pipelines: Vec<Arc<Pipeline>>,
     models: usize,
+    loras: Arc<LoraCatalog>,
 }
 
 impl Catalog {
@@ -58,6 +62,8 @@ impl Catalog {
     ) -> Result<Self> {
         let packs = manifest::load_dir(dir)?;
         let configs = pipeline_entry::load_dir(dir, &packs)?;
+        let mut loras = crate::lora::catalog::load_dir(dir)?;
+        loras.allow_download = allow_download;
         let mut loaded: Vec<(PackManifest, Arc<StableDiffusion>)> = Vec::new();
         for pack in packs {
             let needed = configs.iter().any(|c| c.pack == pack.name);
@@ -78,6 +84,25 @@ impl Catalog {
                 continue; // unreachable: needed packs loaded or returned an error above
             };
             let o = c.limits;
+            if let Some(set) = &c.lora_set {
+                if loras.set(set).is_none() && loras.entry(set).is_none() {
+                    let known: Vec<&str> = (loras.sets.iter().map(|s| s.name.as_str()))
+                        .chain(loras.entries.iter().map(|e| e.name.as_str()))
+                        .collect();
+                    return Err(crate::Error::invalid(
+                        &format!(
+                            "lora_set of [[pipeline]] `{}` in {}",
+                            c.name,
+                            c.manifest_path.display()
+                        ),
+                        set,
+                        format!(
+                            "a [[lora_set]] or [[lora]] name of the manifests: {}",
+                            known.join(", ")
+                        ),
+                    ));
+                }
+            }
             pipelines.push(Arc::new(Pipeline {
                 name: c.name,
                 pack: c.pack,
@@ -93,6 +118,7 @@ impl Catalog {
                     max_images: o.max_images.unwrap_or(limits.max_images),
                 },
                 post_processors: c.post_processors,
+                lora_set: c.lora_set,
                 model: model.clone(),
             }));
         }
@@ -108,10 +134,15 @@ impl Catalog {
                 defaults: pack.defaults,
                 limits,
                 post_processors: Vec::new(),
+                lora_set: None,
                 model,
             }));
         }
-        Ok(Self { pipelines, models })
+        Ok(Self {
+            pipelines,
+            models,
+            loras: Arc::new(loras),
+        })
     }
 
     /// The pipeline called `name`.
@@ -137,6 +168,20 @@ impl Catalog {
         } else {
             names.join(", ")
         }
+    }
+
+    /// The `[[lora]]` and `[[lora_set]]` entries of the manifests, shared with the workers
+    /// (its file cache is thread-safe).
+    pub fn loras(&self) -> &Arc<LoraCatalog> {
+        &self.loras
+    }
+
+    /// Sets the weights requests may give LoRAs (default -5 to 5). Call before serving.
+    pub fn set_lora_range(&mut self, range: WeightRange) {
+        let mut loras = LoraCatalog::new(self.loras.entries.clone(), self.loras.sets.clone());
+        loras.range = range;
+        loras.allow_download = self.loras.allow_download;
+        self.loras = Arc::new(loras);
     }
 
     /// How many models are loaded.

@@ -16,7 +16,7 @@ use tracing::Level;
 
 use super::errors::BodyLimit;
 use super::service::Service;
-use super::{a1111, auth, native, openai, ops, sse};
+use super::{a1111, a1111_img2img, auth, native, openai, openai_edits, ops, sse};
 
 /// After shutdown, how long open connections may take to close before the server stops anyway.
 const CONNECTION_GRACE: Duration = Duration::from_secs(10);
@@ -34,7 +34,9 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/jobs/{id}/events", get(sse::events))
         .route("/v1/jobs/{id}/images/{n}", get(native::image))
         .route("/v1/images/generations", post(openai::generations))
+        .route("/v1/images/edits", post(openai_edits::edits))
         .route("/sdapi/v1/txt2img", post(a1111::txt2img))
+        .route("/sdapi/v1/img2img", post(a1111_img2img::img2img))
         .route("/sdapi/v1/progress", get(a1111::progress))
         .route("/sdapi/v1/interrupt", post(a1111::interrupt))
         .route("/sdapi/v1/sd-models", get(a1111::sd_models))

@@ -15,16 +15,19 @@
 //! openai/a1111 (routes), auth, errors, metrics, openapi, ops, http (router and serve).
 
 mod a1111;
+mod a1111_img2img;
 mod auth;
 mod catalog;
 mod config;
 mod errors;
 mod generate;
 mod http;
+mod image_job;
 mod jobs;
 mod metrics;
 mod native;
 mod openai;
+mod openai_edits;
 mod openapi;
 mod ops;
 mod pipeline_entry;

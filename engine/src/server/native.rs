@@ -10,9 +10,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::errors::{ApiError, JsonBody};
+use super::image_job::{self, ImageJob, MaskJob};
 use super::jobs::{unix_secs, Job, Origin, Status};
 use super::request::{validate, GenerateRequest, NATIVE};
 use super::service::{Cancelled, Service};
+use crate::image_in::{mask_from_picture, AlphaMask, ResizeMode};
+use crate::pipeline::{InpaintArea, MaskedContent};
 
 /// `POST /v1/jobs` body. Unknown fields are refused so typos do not pass silently.
 #[derive(Debug, Deserialize)]
@@ -31,6 +34,102 @@ pub struct JobBody {
     schedule: Option<String>,
     clip_skip: Option<i64>,
     preview_every: Option<i64>,
+    /// LoRAs by catalog name: `[{"name": "...", "weight": 0.8}]` (weight optional).
+    #[serde(default)]
+    loras: Vec<crate::lora::LoraRequest>,
+    /// Image-to-image / inpainting: the picture, base64 (a data-URL prefix is allowed).
+    init_image: Option<String>,
+    /// Inpainting: the mask, base64 (white or opaque = repaint).
+    mask: Option<String>,
+    /// How much to repaint, in (0, 1] (default 0.75).
+    strength: Option<f64>,
+    /// `stretch` (default), `crop` or `fill`.
+    resize: Option<String>,
+    /// Mask blur in pixels (default 4).
+    mask_blur: Option<f32>,
+    /// `whole` (default) or `masked`.
+    inpaint_area: Option<String>,
+    /// Context pixels around the mask for `inpaint_area: masked` (default 32).
+    inpaint_padding: Option<usize>,
+    /// `original` (default), `fill` or `latent-noise`.
+    masked_content: Option<String>,
+}
+
+/// The picture side of a native job, if it has one.
+async fn image_job(service: &Service, body: &JobBody) -> Result<Option<ImageJob>, ApiError> {
+    let Some(init) = body.init_image.clone() else {
+        if body.mask.is_some() {
+            return Err(ApiError::invalid(
+                "mask",
+                "missing_image",
+                "mask needs an init_image to inpaint",
+            ));
+        }
+        return Ok(None);
+    };
+    let resize: ResizeMode = match &body.resize {
+        None => ResizeMode::default(),
+        Some(r) => r
+            .parse()
+            .map_err(|e: String| ApiError::invalid("resize", "invalid_value", e))?,
+    };
+    let content: MaskedContent = match &body.masked_content {
+        None => MaskedContent::default(),
+        Some(c) => c
+            .parse()
+            .map_err(|e: String| ApiError::invalid("masked_content", "invalid_value", e))?,
+    };
+    let area = match body.inpaint_area.as_deref() {
+        None | Some("whole") => InpaintArea::Whole,
+        Some("masked") => InpaintArea::Masked {
+            padding: body.inpaint_padding.unwrap_or(32),
+        },
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "inpaint_area",
+                "invalid_value",
+                format!("inpaint_area `{other}` is not `whole` or `masked`"),
+            ))
+        }
+    };
+    let blur = body.mask_blur.unwrap_or(4.0);
+    if !(0.0..=256.0).contains(&blur) {
+        return Err(ApiError::invalid(
+            "mask_blur",
+            "out_of_range",
+            format!("mask_blur must be between 0 and 256 pixels (got {blur})"),
+        ));
+    }
+    let limits = image_job::limits(&service.config);
+    let mask = body.mask.clone();
+    let (init, mask) = tokio::task::spawn_blocking(move || {
+        let init = image_job::decode_base64("init_image", &init, &limits)?;
+        let mask = mask
+            .map(|m| image_job::decode_base64("mask", &m, &limits))
+            .transpose()?;
+        Ok::<_, ApiError>((init, mask))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("decoding the pictures failed: {e}")))??;
+    let mask = match mask {
+        None => None,
+        Some(picture) => {
+            let mask = mask_from_picture(&picture, AlphaMask::OpaqueRepaints);
+            image_job::check_mask("mask", &mask, &init.rgb)?;
+            Some(MaskJob {
+                mask,
+                blur,
+                area,
+                content,
+            })
+        }
+    };
+    Ok(Some(ImageJob {
+        init_image: init.rgb,
+        strength: body.strength.unwrap_or(0.75),
+        resize,
+        mask,
+    }))
 }
 
 /// `GET /v1/pipelines`.
@@ -70,6 +169,14 @@ pub async fn create(
     State(service): State<Arc<Service>>,
     JsonBody(body): JsonBody<JobBody>,
 ) -> Result<Response, ApiError> {
+    if body.strength.is_some() && body.init_image.is_none() {
+        return Err(ApiError::invalid(
+            "strength",
+            "missing_image",
+            "strength needs an init_image to start from",
+        ));
+    }
+    let image = image_job(&service, &body).await?;
     let request = GenerateRequest {
         pipeline: body.pipeline,
         prompt: body.prompt,
@@ -85,8 +192,13 @@ pub async fn create(
         schedule: body.schedule,
         clip_skip: body.clip_skip,
         preview_every: body.preview_every,
+        loras: body.loras,
     };
-    let spec = validate(&service.catalog, request, &NATIVE)?;
+    let mut spec = validate(&service.catalog, request, &NATIVE)?;
+    if let Some(image) = &image {
+        image_job::check_strength("strength", image.strength, spec.job.steps)?;
+    }
+    spec.image = image;
     let job = service.submit(spec, Origin::Native)?;
     let location = format!("/v1/jobs/{}", job.id);
     let body = job_json(&job);

@@ -12,10 +12,10 @@ use serde_json::{json, Value};
 
 use super::errors::{ApiError, JsonBody};
 use super::jobs::{unix_secs, Origin, Status};
-use super::request::{validate, FieldNames, GenerateRequest};
+use super::request::{validate, FieldNames, GenerateRequest, JobSpec};
 use super::service::{CancelOnDrop, Service};
 
-const NAMES: FieldNames = FieldNames {
+pub(super) const NAMES: FieldNames = FieldNames {
     pipeline: "model",
     guidance: "guidance",
     width: "size",
@@ -45,7 +45,7 @@ pub struct GenerationsBody {
 }
 
 /// `size`: `WIDTHxHEIGHT` or `auto` (the pipeline's default).
-fn parse_size(size: Option<&str>) -> Result<(Option<i64>, Option<i64>), ApiError> {
+pub(super) fn parse_size(size: Option<&str>) -> Result<(Option<i64>, Option<i64>), ApiError> {
     let Some(size) = size
         .map(str::trim)
         .filter(|s| !s.eq_ignore_ascii_case("auto"))
@@ -65,6 +65,19 @@ fn parse_size(size: Option<&str>) -> Result<(Option<i64>, Option<i64>), ApiError
     }
 }
 
+/// `response_format`: whether images are sent as base64 (`b64_json`) or as URLs (`url`).
+pub(super) fn response_format(format: Option<&str>) -> Result<bool, ApiError> {
+    match format {
+        None | Some("url") => Ok(false),
+        Some("b64_json") => Ok(true),
+        Some(other) => Err(ApiError::invalid(
+            "response_format",
+            "invalid_response_format",
+            format!("response_format `{other}` is not supported: use `url` or `b64_json`"),
+        )),
+    }
+}
+
 /// The handler.
 pub async fn generations(
     State(service): State<Arc<Service>>,
@@ -78,17 +91,7 @@ pub async fn generations(
             "prompt must not be empty",
         ));
     }
-    let b64 = match body.response_format.as_deref() {
-        None | Some("url") => false,
-        Some("b64_json") => true,
-        Some(other) => {
-            return Err(ApiError::invalid(
-                "response_format",
-                "invalid_response_format",
-                format!("response_format `{other}` is not supported: use `url` or `b64_json`"),
-            ))
-        }
-    };
+    let b64 = response_format(body.response_format.as_deref())?;
     if let Some(f) = body.output_format.as_deref().filter(|f| *f != "png") {
         return Err(ApiError::invalid(
             "output_format",
@@ -112,6 +115,7 @@ pub async fn generations(
         schedule: body.schedule,
         clip_skip: None,
         preview_every: None,
+        loras: Vec::new(),
     };
     let spec = validate(&service.catalog, request, &NAMES).map_err(|mut e| {
         if e.code == "unknown_pipeline" {
@@ -120,6 +124,16 @@ pub async fn generations(
         }
         e
     })?;
+    respond(&service, spec, b64, &headers).await
+}
+
+/// Queues `spec`, waits for it and answers with OpenAI's images shape.
+pub(super) async fn respond(
+    service: &Arc<Service>,
+    spec: JobSpec,
+    b64: bool,
+    headers: &HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     let job = service.submit(spec, Origin::OpenAi)?;
     let guard = CancelOnDrop::new(service.clone(), job.clone());
     let status = job.finished().await;
@@ -143,7 +157,7 @@ pub async fn generations(
             ))
         }
     }
-    let base = base_url(&headers);
+    let base = base_url(headers);
     let data: Vec<Value> = s
         .images
         .iter()

@@ -56,7 +56,16 @@ pub fn document() -> Value {
                         "scheduler": {"type": "string", "description": "a scheduler name or alias (A1111 names work)"},
                         "schedule": {"type": "string", "description": "a noise schedule: default, karras, exponential, ..."},
                         "clip_skip": {"type": "integer", "minimum": 1},
-                        "preview_every": {"type": "integer", "minimum": 1, "description": "send a preview with every Nth progress event"}
+                        "preview_every": {"type": "integer", "minimum": 1, "description": "send a preview with every Nth progress event"},
+                        "loras": {"type": "array", "description": "LoRAs by [[lora]]/[[lora_set]] name, after any <lora:NAME:WEIGHT> tags in the prompt", "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "weight": {"type": "number"}}}},
+                        "init_image": {"type": "string", "description": "image to image: a base64 PNG, JPEG or WebP (a data-URL prefix is allowed)"},
+                        "mask": {"type": "string", "description": "inpainting: a base64 mask, white or opaque = repaint (needs init_image)"},
+                        "strength": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "description": "how much is repainted (default 0.75)"},
+                        "resize": {"enum": ["stretch", "crop", "fill"], "description": "how init_image is fitted to width x height"},
+                        "mask_blur": {"type": "number", "minimum": 0, "maximum": 256, "description": "mask blur in pixels (default 4)"},
+                        "inpaint_area": {"enum": ["whole", "masked"]},
+                        "inpaint_padding": {"type": "integer", "minimum": 0, "description": "context pixels around the mask with inpaint_area masked (default 32)"},
+                        "masked_content": {"enum": ["original", "fill", "latent-noise"]}
                     }
                 },
                 "Job": {

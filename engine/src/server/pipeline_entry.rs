@@ -58,6 +58,8 @@ pub struct PipelineEntry {
     /// Post-processors run on each image, in order.
     #[serde(default)]
     pub post_processors: Vec<Spanned<String>>,
+    /// A `[[lora_set]]` (or `[[lora]]`) applied to every job, before the request's LoRAs.
+    pub lora_set: Option<String>,
 }
 
 /// `[pipeline.defaults]` as written.
@@ -128,6 +130,8 @@ pub struct PipelineConfig {
     pub limits: LimitOverrides,
     /// Post-processor names, in order.
     pub post_processors: Vec<String>,
+    /// A LoRA set (or LoRA) applied to every job first; checked when the catalog loads.
+    pub lora_set: Option<String>,
     /// The manifest it came from.
     pub manifest_path: PathBuf,
 }
@@ -337,6 +341,7 @@ impl Ctx<'_> {
             defaults,
             limits,
             post_processors,
+            lora_set: e.lora_set,
             manifest_path: self.file.to_path_buf(),
         })
     }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use super::catalog::{Catalog, Pipeline};
 use super::errors::ApiError;
+use super::image_job::ImageJob;
 use super::samplers;
+use crate::lora::{extract_lora_tags, LoraCatalog, LoraError, LoraRequest};
 use crate::pipeline::{random_seed, resolve, JobRequest, TextToImage};
 use crate::schedulers::Schedule;
 
@@ -44,6 +46,8 @@ pub struct GenerateRequest {
     pub clip_skip: Option<i64>,
     /// Emit a preview every this many steps.
     pub preview_every: Option<i64>,
+    /// LoRAs by catalog name, applied after any `<lora:name:weight>` tags in the prompt.
+    pub loras: Vec<LoraRequest>,
 }
 
 /// How an API spells each field, for error messages.
@@ -87,6 +91,13 @@ pub struct JobSpec {
     pub iterations: usize,
     /// Preview interval in steps, if previews were asked for.
     pub preview_every: Option<usize>,
+    /// The picture (and mask) of an image-to-image or inpainting job; `None` for text to image.
+    pub image: Option<ImageJob>,
+    /// LoRAs asked for by field (the prompt's `<lora:...>` tags are still in `job.prompt`);
+    /// names and weights checked against `lora_catalog`.
+    pub loras: Vec<LoraRequest>,
+    /// The catalog the worker resolves and reads the job's LoRAs through.
+    pub lora_catalog: Arc<LoraCatalog>,
 }
 
 impl JobSpec {
@@ -125,6 +136,9 @@ impl JobSpec {
             "iterations": self.iterations,
             "scheduler": j.scheduler,
             "clip_skip": j.clip_skip,
+            "mode": self.image.as_ref().map_or("txt2img", |i| i.mode()),
+            "strength": self.image.as_ref().map(|i| i.strength),
+            "loras": self.loras,
         })
     }
 }
@@ -209,6 +223,14 @@ pub fn validate(
             )
         })?;
     }
+    let mut loras: Vec<LoraRequest> = (pipeline.lora_set.iter())
+        .map(|name| LoraRequest {
+            name: name.clone(),
+            weight: None,
+        })
+        .collect();
+    loras.extend(req.loras);
+    check_loras(catalog.loras(), &req.prompt, &loras)?;
     let asked_schedule = req.schedule.is_some() && req.scheduler.is_none();
     let steps = at_least(req.steps, "steps", 1)?;
     let width = at_least(req.width, names.width, 1)?;
@@ -295,5 +317,37 @@ pub fn validate(
         job,
         iterations,
         preview_every,
+        image: None,
+        loras,
+        lora_catalog: catalog.loras().clone(),
     })
+}
+
+/// Checks the LoRAs of a request, tags in `prompt` then `fields`, against the catalog: known
+/// names (never server file paths) and allowed weights. The files are read by the worker.
+fn check_loras(
+    catalog: &LoraCatalog,
+    prompt: &str,
+    fields: &[LoraRequest],
+) -> Result<(), ApiError> {
+    let (_, mut requests) = extract_lora_tags(prompt).map_err(|e| lora_error("prompt", &e))?;
+    let from_prompt = requests.len();
+    requests.extend(fields.iter().cloned());
+    for (i, r) in requests.iter().enumerate() {
+        let param = if i < from_prompt { "prompt" } else { "loras" };
+        catalog
+            .resolve(std::slice::from_ref(r), false)
+            .map_err(|e| lora_error(param, &e))?;
+    }
+    Ok(())
+}
+
+/// A LoRA request error as a 400 on field `param`, with the library's message.
+fn lora_error(param: &str, e: &LoraError) -> ApiError {
+    let code = match e {
+        LoraError::UnknownName { .. } => "unknown_lora",
+        LoraError::WeightOutOfRange { .. } => "out_of_range",
+        _ => "invalid_lora",
+    };
+    ApiError::invalid(param, code, e.to_string())
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::generate;
+use super::image_job;
 use super::jobs::{Event, Job, Status};
 use super::metrics::{Metrics, Outcome};
 use super::postprocess;
@@ -114,17 +114,33 @@ fn execute(job: &Job, metrics: &Metrics) -> Result<()> {
     let pipeline = &spec.pipeline;
     let total = spec.total_steps();
     let sampler = display_name(&spec.job.scheduler);
+    // LoRAs: the prompt's `<lora:...>` tags then the `loras` field, catalog names only (never
+    // files on the server); the job runs on networks patched for it, the base model untouched.
+    let job_loras =
+        crate::lora::prepare_job(&spec.lora_catalog, &spec.job.prompt, &spec.loras, false)?;
+    let applied;
+    let model = if job_loras.loras.is_empty() {
+        &*pipeline.model
+    } else {
+        applied = crate::lora::apply(&pipeline.model, &job_loras.loras)?;
+        let mut notes = applied.warnings();
+        notes.extend(job_loras.notes.iter().cloned());
+        job.update(|s| s.warnings.extend(notes));
+        &applied.model
+    };
     for iteration in 0..spec.iterations {
         let mut settings = spec.job.clone();
+        settings.prompt = job_loras.prompt.clone();
         settings.seed = spec
             .job
             .seed
             .wrapping_add((iteration * spec.job.batch) as u64);
         let done_before = iteration * spec.job.steps;
         let mut last = Duration::ZERO;
-        let out = generate::run(
-            &pipeline.model,
+        let out = image_job::run(
+            model,
             &settings,
+            spec.image.as_ref(),
             spec.preview_every,
             &mut |p, latents| {
                 metrics.step(p.elapsed.saturating_sub(last).as_secs_f64());
@@ -160,7 +176,7 @@ fn execute(job: &Job, metrics: &Metrics) -> Result<()> {
         for (i, image) in out.images.into_iter().enumerate() {
             let image = post_process(&pipeline.post_processors, image)?;
             let params = GenerationParams {
-                prompt: settings.prompt.clone(),
+                prompt: job_loras.recorded_prompt.clone(),
                 negative_prompt: settings.negative_prompt.clone(),
                 steps: settings.steps,
                 sampler: sampler.clone(),

@@ -504,7 +504,6 @@ fn clean(text: &str) -> String {
         .to_lowercase()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -142,7 +142,12 @@ pub struct GenerateArgs {
     #[arg(long, requires = "init_image")]
     pub masked_content: Option<beeswax::pipeline::MaskedContent>,
     /// Outpainting: extend the canvas by left,right,top,bottom pixels and repaint the border.
-    #[arg(long, requires = "init_image", conflicts_with = "mask", value_name = "L,R,T,B")]
+    #[arg(
+        long,
+        requires = "init_image",
+        conflicts_with = "mask",
+        value_name = "L,R,T,B"
+    )]
     pub outpaint: Option<beeswax::image_in::Outpaint>,
     /// The standard-normal noise added to the picture's latents: a safetensors file with one
     /// tensor `noise` [batch, latent channels, height/f, width/f] (for comparing with diffusers).
@@ -155,10 +160,19 @@ pub struct GenerateArgs {
     /// A LoRA to apply: a [[lora]] or [[lora_set]] name from the manifests, or a .safetensors
     /// file, with an optional weight (default: the manifest's, else 1; negative inverts it).
     /// Repeatable. Prompt tags <lora:NAME:WEIGHT> work too (AUTOMATIC1111 syntax).
-    #[arg(long = "lora", value_name = "NAME_OR_FILE[:WEIGHT]", allow_hyphen_values = true)]
+    #[arg(
+        long = "lora",
+        value_name = "NAME_OR_FILE[:WEIGHT]",
+        allow_hyphen_values = true
+    )]
     pub loras: Vec<String>,
     /// Allowed LoRA weights, MIN:MAX.
-    #[arg(long, value_name = "MIN:MAX", default_value = "-5:5", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        value_name = "MIN:MAX",
+        default_value = "-5:5",
+        allow_hyphen_values = true
+    )]
     pub lora_weight_range: beeswax::lora::WeightRange,
     /// Output PNG; with --batch above 1, NAME-1.png, NAME-2.png, ... [default: beeswax-SEED.png].
     #[arg(long)]

@@ -10,8 +10,8 @@ mod generate;
 mod image_job;
 mod plugins;
 mod progress;
-mod serve;
 mod schedulers;
+mod serve;
 mod source;
 
 use std::process::ExitCode;

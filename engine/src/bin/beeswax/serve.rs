@@ -54,6 +54,14 @@ pub struct ServeArgs {
     /// On SIGTERM/Ctrl-C, seconds running jobs may take to finish before they are cancelled.
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout: u64,
+    /// Weights requests may give LoRAs (`loras` field or `<lora:NAME:WEIGHT>` tags), MIN:MAX.
+    #[arg(
+        long,
+        value_name = "MIN:MAX",
+        default_value = "-5:5",
+        allow_hyphen_values = true
+    )]
+    pub lora_weight_range: beeswax::lora::WeightRange,
     /// Logs as JSON lines instead of text (RUST_LOG filters either way; default `info`).
     #[arg(long)]
     pub log_json: bool,
@@ -92,13 +100,14 @@ pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
         max_steps: a.max_steps,
         max_images: a.max_images,
     };
-    let catalog = Catalog::load(
+    let mut catalog = Catalog::load(
         &global.manifests,
         &LoadOptions { device, dtype },
         global.allow_download,
         limits,
     )
     .with_context(|| format!("loading the pipelines in {}", global.manifests.display()))?;
+    catalog.set_lora_range(a.lora_weight_range);
     if catalog.all().is_empty() {
         bail!(
             "no pipeline could be loaded from {}: add a pack manifest (see `beeswax packs`)",

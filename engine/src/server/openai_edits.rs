@@ -1,0 +1,180 @@
+//! OpenAI Images `POST /v1/images/edits` (multipart): `image`, `mask` (transparent = repaint,
+//! as OpenAI's), `prompt`, `n`, `size`, `response_format`, `model`; beeswax extras
+//! `negative_prompt`, `steps`, `guidance`, `seed`, `strength`. Without a mask, a picture with a
+//! transparent region is inpainted there; an opaque picture is transformed as a whole
+//! (image-to-image). Answers like `/v1/images/generations`.
+
+use std::sync::Arc;
+
+use axum::extract::{Multipart, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde_json::Value;
+
+use super::errors::ApiError;
+use super::image_job::{self, ImageJob, MaskJob};
+use super::openai::{parse_size, respond, response_format, NAMES};
+use super::request::{validate, GenerateRequest};
+use super::service::Service;
+use crate::image_in::{mask_from_picture, AlphaMask, Mask, ResizeMode};
+use crate::pipeline::{InpaintArea, MaskedContent};
+
+/// Strength of an edit with a mask (the masked region is repainted from scratch).
+const MASKED_STRENGTH: f64 = 1.0;
+/// Strength of an edit without one.
+const WHOLE_STRENGTH: f64 = 0.75;
+
+#[derive(Default)]
+struct Form {
+    image: Option<Vec<u8>>,
+    mask: Option<Vec<u8>>,
+    text: Vec<(String, String)>,
+}
+
+impl Form {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.text
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn number<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, ApiError> {
+        self.get(name)
+            .map(|v| {
+                v.trim().parse().map_err(|_| {
+                    ApiError::invalid(
+                        name,
+                        "invalid_value",
+                        format!("{name} `{v}` is not a number"),
+                    )
+                })
+            })
+            .transpose()
+    }
+}
+
+fn bad_form(e: impl std::fmt::Display) -> ApiError {
+    ApiError::invalid(
+        "body",
+        "invalid_multipart",
+        format!("the request is not a readable multipart form: {e}"),
+    )
+}
+
+async fn read_form(mut multipart: Multipart) -> Result<Form, ApiError> {
+    let mut form = Form::default();
+    while let Some(field) = multipart.next_field().await.map_err(bad_form)? {
+        let name = field.name().unwrap_or_default().to_string();
+        match name.as_str() {
+            "image" | "image[]" => {
+                let bytes = field.bytes().await.map_err(bad_form)?;
+                if form.image.is_some() {
+                    return Err(ApiError::invalid(
+                        "image",
+                        "too_many_images",
+                        "send one image: beeswax edits one picture per request",
+                    ));
+                }
+                form.image = Some(bytes.to_vec());
+            }
+            "mask" => form.mask = Some(field.bytes().await.map_err(bad_form)?.to_vec()),
+            _ => {
+                let text = field.text().await.map_err(bad_form)?;
+                form.text.push((name, text));
+            }
+        }
+    }
+    Ok(form)
+}
+
+/// `POST /v1/images/edits`.
+pub async fn edits(
+    State(service): State<Arc<Service>>,
+    headers: HeaderMap,
+    multipart: Multipart,
+) -> Result<Json<Value>, ApiError> {
+    let form = read_form(multipart).await?;
+    let prompt = form.get("prompt").unwrap_or_default().to_string();
+    if prompt.trim().is_empty() {
+        return Err(ApiError::invalid(
+            "prompt",
+            "invalid_prompt",
+            "prompt must not be empty",
+        ));
+    }
+    let b64 = response_format(form.get("response_format"))?;
+    let (width, height) = parse_size(form.get("size"))?;
+    let limits = image_job::limits(&service.config);
+    let image = form.image.clone().ok_or_else(|| {
+        ApiError::invalid(
+            "image",
+            "missing_image",
+            "image is required: the picture to edit",
+        )
+    })?;
+    let mask = form.mask.clone();
+    let (picture, mask) = tokio::task::spawn_blocking(move || {
+        let picture = image_job::decode_bytes("image", &image, &limits)?;
+        let mask = mask
+            .map(|m| image_job::decode_bytes("mask", &m, &limits))
+            .transpose()?;
+        Ok::<_, ApiError>((picture, mask))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("decoding the pictures failed: {e}")))??;
+    let mask: Option<Mask> = match &mask {
+        Some(m) => {
+            let mask = mask_from_picture(m, AlphaMask::TransparentRepaints);
+            image_job::check_mask("mask", &mask, &picture.rgb)?;
+            Some(mask)
+        }
+        None if picture.alpha.is_some() => {
+            Some(mask_from_picture(&picture, AlphaMask::TransparentRepaints))
+        }
+        None => None,
+    };
+    let default_strength = if mask.is_some() {
+        MASKED_STRENGTH
+    } else {
+        WHOLE_STRENGTH
+    };
+    let strength = form.number("strength")?.unwrap_or(default_strength);
+    let request = GenerateRequest {
+        pipeline: form.get("model").map(str::to_string),
+        prompt,
+        negative_prompt: form.get("negative_prompt").map(str::to_string),
+        steps: form.number("steps")?,
+        guidance: form.number("guidance")?,
+        width,
+        height,
+        seed: form.number("seed")?,
+        batch: Some(form.number("n")?.unwrap_or(1)),
+        iterations: None,
+        scheduler: form.get("scheduler").map(str::to_string),
+        schedule: form.get("schedule").map(str::to_string),
+        clip_skip: None,
+        preview_every: None,
+        loras: Vec::new(),
+    };
+    let mut spec = validate(&service.catalog, request, &NAMES).map_err(|mut e| {
+        if e.code == "unknown_pipeline" {
+            e.status = StatusCode::NOT_FOUND;
+            e.code = "model_not_found";
+        }
+        e
+    })?;
+    image_job::check_strength("strength", strength, spec.job.steps)?;
+    spec.image = Some(ImageJob {
+        init_image: picture.rgb,
+        strength,
+        resize: ResizeMode::Stretch,
+        mask: mask.map(|mask| MaskJob {
+            mask,
+            blur: 0.0,
+            area: InpaintArea::Whole,
+            content: MaskedContent::Original,
+        }),
+    });
+    respond(&service, spec, b64, &headers).await
+}
