@@ -71,6 +71,7 @@ pub fn denoise(
             step: i + 1 - start,
             total,
             elapsed: clock.elapsed(),
+            latents: latents.clone(),
         };
         if (hooks.on_step)(progress).is_break() {
             return Err(Error::Cancelled);

@@ -42,7 +42,7 @@ pub struct TextToImage {
 }
 
 /// Where a running job is.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StepProgress {
     /// Steps done.
     pub step: usize,
@@ -50,6 +50,8 @@ pub struct StepProgress {
     pub total: usize,
     /// Time since denoising started.
     pub elapsed: Duration,
+    /// The latents after this step (a cheap handle, not a copy), for previews.
+    pub latents: Tensor,
 }
 
 /// Wall-clock time per stage of a job.

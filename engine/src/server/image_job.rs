@@ -11,11 +11,10 @@ use candle_core::Tensor;
 
 use super::config::ServerConfig;
 use super::errors::ApiError;
-use super::generate::{self, Output};
 use crate::image_in::{decode_image, ImageError, Limits, Mask, Picture, ResizeMode, RgbImage};
 use crate::pipeline::{
-    image_to_image, inpaint, ImageToImage, Inpaint, InpaintArea, MaskedContent, StableDiffusion,
-    StepProgress, TextToImage,
+    image_to_image, inpaint, text_to_image, ImageToImage, Inpaint, InpaintArea, MaskedContent,
+    StableDiffusion, StepProgress, TextToImage,
 };
 use crate::Result;
 
@@ -142,8 +141,8 @@ pub fn check_mask(field: &str, mask: &Mask, picture: &RgbImage) -> Result<(), Ap
     Ok(())
 }
 
-/// Runs one iteration of a job by its mode: text to image (with latent previews every
-/// `preview_every` steps), image to image or inpainting (progress only).
+/// Runs one iteration of a job by its mode: text to image, image to image or inpainting, with
+/// the latents handed to `on_step` every `preview_every` steps (and at the last) for previews.
 pub fn run(
     model: &StableDiffusion,
     settings: &TextToImage,
@@ -151,8 +150,18 @@ pub fn run(
     preview_every: Option<usize>,
     on_step: &mut dyn FnMut(StepProgress, Option<&Tensor>) -> ControlFlow<()>,
 ) -> Result<Output> {
+    let progress = &mut |p: StepProgress| {
+        let preview = preview_every
+            .filter(|&every| p.step % every == 0 || p.step == p.total)
+            .map(|_| p.latents.clone());
+        on_step(p, preview.as_ref())
+    };
     let Some(image) = image else {
-        return generate::run(model, settings, preview_every, on_step);
+        let generated = text_to_image(model, settings, progress)?;
+        return Ok(Output {
+            images: generated.images,
+            warnings: generated.warnings,
+        });
     };
     let img2img = ImageToImage {
         base: settings.clone(),
@@ -162,7 +171,6 @@ pub fn run(
         sample_posterior: false,
         init_noise: None,
     };
-    let progress = &mut |p: StepProgress| on_step(p, None);
     let generated = match &image.mask {
         None => image_to_image(model, &img2img, progress)?,
         Some(m) => inpaint(
@@ -181,4 +189,13 @@ pub fn run(
         images: generated.images,
         warnings: generated.warnings,
     })
+}
+
+/// Images and warnings of one run.
+#[derive(Debug)]
+pub struct Output {
+    /// The decoded images.
+    pub images: Vec<RgbImage>,
+    /// Things the user should know (e.g. a truncated prompt).
+    pub warnings: Vec<String>,
 }

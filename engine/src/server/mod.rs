@@ -20,7 +20,6 @@ mod auth;
 mod catalog;
 mod config;
 mod errors;
-mod generate;
 mod http;
 mod image_job;
 mod jobs;
@@ -43,8 +42,8 @@ mod worker;
 pub use catalog::{Catalog, Pipeline};
 pub use config::{Limits, ServerConfig};
 pub use errors::{A1111Error, A1111Json, ApiError, JsonBody};
-pub use generate::{run as generate, Output};
 pub use http::{router, serve, shutdown_signal};
+pub use image_job::Output;
 pub use jobs::{Event, Job, Origin, Status};
 pub use pipeline_entry::{
     load_dir as load_pipelines, LimitOverrides, Mode, PipelineConfig, PipelineEntry,
