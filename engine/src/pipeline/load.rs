@@ -91,7 +91,7 @@ impl StableDiffusion {
 
         let unet_config_path = model_files::config(dir, "unet", "config.json")?;
         let unet_config: UNetConfig = read_json(&unet_config_path)?;
-        unet_config
+        let unet_plan = unet_config
             .plan()
             .map_err(|m| config_error(&unet_config_path, m))?;
         let unet_weights = model_files::weights(dir, "unet", "diffusion_pytorch_model")?;
@@ -125,12 +125,12 @@ impl StableDiffusion {
             "scheduler_config.json",
         )?)?;
 
-        if text_config.hidden_size != unet_config_dim(&unet_config) {
+        if text_config.hidden_size != unet_plan.cross_attention_dim[0] {
             return Err(config_error(
                 &unet_config_path,
                 format!(
                     "`cross_attention_dim` {} does not match the text encoder's `hidden_size` {} in {}",
-                    unet_config_dim(&unet_config),
+                    unet_plan.cross_attention_dim[0],
                     text_config.hidden_size,
                     text_config_path.display()
                 ),
@@ -206,11 +206,4 @@ fn tensor_names(path: &Path) -> Result<Vec<String>> {
         .map(|(k, _)| k)
         .filter(|k| k != "__metadata__")
         .collect())
-}
-
-fn unet_config_dim(c: &UNetConfig) -> usize {
-    match &c.cross_attention_dim {
-        crate::models::config_file::PerBlock::All(d) => *d,
-        crate::models::config_file::PerBlock::Each(v) => v.first().copied().unwrap_or(0),
-    }
 }
