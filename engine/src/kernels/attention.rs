@@ -1,16 +1,20 @@
-//! Memory-lean multi-head attention: queries are processed in chunks so that the score matrix
-//! held at any time is at most [`SCORE_BUDGET`] values (the full matrix is 1 GiB at 64x64
-//! latents with batch 2), the `1/sqrt(d)` scale is folded into the softmax, and heads are read
-//! and written in place in the `[B, S, heads·D]` layout (no head transposes copied).
+//! Fused multi-head attention for CPU f32: each task takes a block of query rows and, head by
+//! head, computes the block's scores `q·kᵀ` into a small buffer that stays in cache, turns them
+//! into probabilities in place (the `1/sqrt(d)` scale folded into the softmax) and multiplies
+//! them by `v` straight into the output rows. The score matrix is never held whole (it is
+//! 1 GiB at 64x64 latents with batch 2), no pass over it goes to main memory, and heads are read
+//! and written in the `[B, S, heads·D]` layout. Keys and values are first laid out per head
+//! (`kᵀ` as `[D, Sk]`, `v` as `[Sk, D]`), the layouts the GEMM reads without repacking.
 
 use candle_core::{DType, Result, Tensor};
 use rayon::prelude::*;
 
-use super::math::{exp, simd};
+use super::gemm::{matmul, Mat, MatMut};
+use super::math::{exp, max, simd, sum};
 use super::slices::{fast, with_f32};
 
-/// Most attention scores alive at once, in f32 values (32 MiB).
-pub const SCORE_BUDGET: usize = 8 << 20;
+/// Most scores one task holds at once, in f32 values (256 KiB, inside a core's L2 cache).
+pub const BLOCK_SCORES: usize = 64 << 10;
 
 /// Attention of `q` [B, Sq, H·D] over `k`, `v` [B, Sk, H·D] with `heads` heads; returns
 /// [B, Sq, H·D]. Softmax runs in f32 whatever the input dtype (diffusers' upcast).
@@ -20,83 +24,154 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Ten
     }
     let (b, sq, inner) = q.dims3()?;
     let sk = k.dim(1)?;
+    if heads == 0 || inner % heads != 0 || k.dims3()? != (b, sk, inner) || v.dims() != k.dims() {
+        candle_core::bail!(
+            "attention: q {:?}, k {:?}, v {:?} do not fit {heads} heads",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        )
+    }
     let d = inner / heads;
     let scale = (d as f64).powf(-0.5) as f32;
-    let chunk = (SCORE_BUDGET / (heads * sk).max(1)).clamp(1, sq);
-    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    // Enough blocks to keep every thread busy, each small enough to stay in cache.
+    let threads = rayon::current_num_threads().max(1);
+    let block = (BLOCK_SCORES / sk.max(1))
+        .min(sq.div_ceil(2 * threads))
+        .clamp(1, sq.max(1));
     let mut out = vec![0f32; b * sq * inner];
-    let split = |t: &Tensor, i: usize, s: usize| -> Result<Tensor> {
-        t.get(i)?.reshape((s, heads, d))?.transpose(0, 1)
-    };
-    for i in 0..b {
-        let qh = split(&q, i, sq)?; // [H, Sq, D], a strided view
-        let kt = split(&k, i, sk)?.t()?; // [H, D, Sk]
-        let vh = split(&v, i, sk)?; // [H, Sk, D]
-        for start in (0..sq).step_by(chunk) {
-            let len = chunk.min(sq - start);
-            let scores = qh.narrow(1, start, len)?.matmul(&kt)?;
-            let probs = softmax_rows(&scores, scale)?;
-            drop(scores);
-            let o = probs.matmul(&vh)?; // [H, len, D]
-            let rows = &mut out[(i * sq + start) * inner..(i * sq + start + len) * inner];
-            with_f32(&o, |o| {
-                rows.par_chunks_mut(inner).enumerate().for_each(|(r, row)| {
-                    for h in 0..heads {
-                        row[h * d..(h + 1) * d].copy_from_slice(&o[(h * len + r) * d..][..d]);
-                    }
-                })
-            })?;
-        }
-    }
+    with_f32(q, |q| {
+        with_f32(k, |k| {
+            with_f32(v, |v| {
+                for i in 0..b {
+                    let (kt, vh) = per_head(
+                        &k[i * sk * inner..][..sk * inner],
+                        &v[i * sk * inner..][..sk * inner],
+                        sk,
+                        heads,
+                        d,
+                    );
+                    let qi = &q[i * sq * inner..][..sq * inner];
+                    out[i * sq * inner..][..sq * inner]
+                        .par_chunks_mut(block * inner)
+                        .enumerate()
+                        .for_each_init(
+                            || vec![0f32; block * sk],
+                            |scores, (t, rows)| {
+                                let len = rows.len() / inner;
+                                let qb = &qi[t * block * inner..][..len * inner];
+                                attend_block(qb, &kt, &vh, rows, scores, len, sk, heads, d, scale);
+                            },
+                        );
+                }
+            })
+        })
+    })???;
     Tensor::from_vec(out, (b, sq, inner), q.device())
 }
 
-/// `softmax(scale · x)` over the last dim, in one pass per row.
-fn softmax_rows(x: &Tensor, scale: f32) -> Result<Tensor> {
-    let n = x.dim(candle_core::D::Minus1)?;
-    let mut out = vec![0f32; x.elem_count()];
-    with_f32(x, |x| {
-        out.par_chunks_mut(n * 8)
-            .zip(x.par_chunks(n * 8))
-            .for_each(|(out, x)| {
-                simd(|| {
-                    for (out, x) in out.chunks_mut(n).zip(x.chunks(n)) {
-                        softmax_row(x, out, scale)
-                    }
-                })
-            })
-    })?;
-    Tensor::from_vec(out, x.dims(), x.device())
+/// `kᵀ` as `[H][D][Sk]` and `v` as `[H][Sk][D]`, from `[Sk, H·D]` rows.
+fn per_head(k: &[f32], v: &[f32], sk: usize, heads: usize, d: usize) -> (Vec<f32>, Vec<f32>) {
+    let inner = heads * d;
+    let mut kt = vec![0f32; heads * d * sk];
+    let mut vh = vec![0f32; heads * sk * d];
+    kt.par_chunks_mut(d * sk)
+        .zip(vh.par_chunks_mut(sk * d))
+        .enumerate()
+        .for_each(|(h, (kt, vh))| {
+            for s in 0..sk {
+                let row = &k[s * inner + h * d..][..d];
+                for (j, &x) in row.iter().enumerate() {
+                    kt[j * sk + s] = x;
+                }
+                vh[s * d..][..d].copy_from_slice(&v[s * inner + h * d..][..d]);
+            }
+        });
+    (kt, vh)
 }
 
-/// Lane-wise reductions so that the loops vectorise.
+/// One block of `len` query rows `qb` (`[len, H·D]`), all heads, into `rows`.
+#[allow(clippy::too_many_arguments)]
+fn attend_block(
+    qb: &[f32],
+    kt: &[f32],
+    vh: &[f32],
+    rows: &mut [f32],
+    scores: &mut [f32],
+    len: usize,
+    sk: usize,
+    heads: usize,
+    d: usize,
+    scale: f32,
+) {
+    let inner = heads * d;
+    let scores = &mut scores[..len * sk];
+    for h in 0..heads {
+        matmul(
+            MatMut {
+                data: scores,
+                rows: len,
+                cols: sk,
+                stride: sk,
+            },
+            Mat {
+                data: &qb[h * d..],
+                rows: len,
+                cols: d,
+                stride: inner,
+            },
+            Mat {
+                data: &kt[h * d * sk..][..d * sk],
+                rows: d,
+                cols: sk,
+                stride: sk,
+            },
+            1,
+        );
+        simd(
+            #[inline(always)]
+            || {
+                for row in scores.chunks_exact_mut(sk) {
+                    softmax_in_place(row, scale)
+                }
+            },
+        );
+        matmul(
+            MatMut {
+                data: &mut rows[h * d..],
+                rows: len,
+                cols: d,
+                stride: inner,
+            },
+            Mat {
+                data: scores,
+                rows: len,
+                cols: sk,
+                stride: sk,
+            },
+            Mat {
+                data: &vh[h * sk * d..][..sk * d],
+                rows: sk,
+                cols: d,
+                stride: d,
+            },
+            1,
+        );
+    }
+}
+
+/// `softmax(scale · row)` in place: the max, the exponentials, their sum and the product
+/// with the sum's reciprocal, each a pass that vectorises (the row is in L1).
 #[inline(always)]
-fn softmax_row(x: &[f32], out: &mut [f32], scale: f32) {
-    let mut lanes = [f32::NEG_INFINITY; 16];
-    let chunks = x.chunks_exact(16);
-    let mut max = chunks
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    for ch in chunks {
-        for i in 0..16 {
-            lanes[i] = if ch[i] > lanes[i] { ch[i] } else { lanes[i] };
-        }
+fn softmax_in_place(row: &mut [f32], scale: f32) {
+    let max = max(row);
+    for v in row.iter_mut() {
+        *v = exp((*v - max) * scale);
     }
-    max = lanes.iter().fold(max, |m, &v| m.max(v));
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = exp((v - max) * scale);
+    let inv = 1.0 / sum(row);
+    for v in row.iter_mut() {
+        *v *= inv;
     }
-    let mut acc = [0f32; 16];
-    let chunks = out.chunks_exact(16);
-    let mut sum: f32 = chunks.remainder().iter().sum();
-    for ch in chunks {
-        for i in 0..16 {
-            acc[i] += ch[i];
-        }
-    }
-    sum += acc.iter().sum::<f32>();
-    out.iter_mut().for_each(|o| *o /= sum);
 }
 
 /// candle's plain ops: full score matrix, for GPUs and half precision.
@@ -136,7 +211,12 @@ mod tests {
     #[test]
     fn matches_plain_attention() {
         let dev = Device::Cpu;
-        for (b, sq, sk, heads, d) in [(2, 33, 33, 3, 8), (1, 50, 7, 2, 5), (2, 9, 77, 1, 16)] {
+        for (b, sq, sk, heads, d) in [
+            (2, 33, 33, 3, 8),
+            (1, 50, 7, 2, 5),
+            (2, 9, 77, 1, 16),
+            (1, 1, 1, 1, 3),
+        ] {
             let q = Tensor::randn(0f32, 1.0, (b, sq, heads * d), &dev).unwrap();
             let k = Tensor::randn(0f32, 1.0, (b, sk, heads * d), &dev).unwrap();
             let v = Tensor::randn(0f32, 1.0, (b, sk, heads * d), &dev).unwrap();
@@ -148,14 +228,14 @@ mod tests {
     }
 
     #[test]
-    fn long_sequences_are_chunked() {
-        // 4 heads x 2100 keys: several query chunks of SCORE_BUDGET / 8400 rows.
+    fn long_sequences_are_cut_into_blocks() {
+        // 2100 keys: blocks of BLOCK_SCORES / 2100 = 31 query rows, the last one shorter.
         let dev = Device::Cpu;
         let (sq, heads, d) = (2100, 4, 8);
-        let q = Tensor::randn(0f32, 1.0, (1, sq, heads * d), &dev).unwrap();
-        let k = Tensor::randn(0f32, 1.0, (1, sq, heads * d), &dev).unwrap();
-        let v = Tensor::randn(0f32, 1.0, (1, sq, heads * d), &dev).unwrap();
-        assert!(SCORE_BUDGET / (heads * sq) < sq);
+        let q = Tensor::randn(0f32, 1.0, (2, sq, heads * d), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (2, sq, heads * d), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (2, sq, heads * d), &dev).unwrap();
+        assert!(BLOCK_SCORES / sq < sq && sq % (BLOCK_SCORES / sq) != 0);
         let want = plain(&q, &k, &v, heads).unwrap();
         assert!(max_diff(&attention(&q, &k, &v, heads).unwrap(), &want) < 1e-5);
     }

@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use super::math::simd;
 use super::slices::{fast, to_vec, with_f32};
+use super::winograd;
 
 /// Largest im2col matrix, in f32 values (64 MiB).
 pub const COLS_BUDGET: usize = 16 << 20;
@@ -95,6 +96,17 @@ pub fn conv2d(
         }
         None => None,
     };
+    let wshape = winograd::Shape { c, h, w, co };
+    if kh == 3 && kw == 3 && stride == 1 && pad == 1 && winograd::pays_off(&wshape) {
+        return by_winograd(
+            xs,
+            weight,
+            &wshape,
+            bias.as_deref(),
+            residual.as_ref(),
+            out_scale,
+        );
+    }
     let identity = kh == 1 && kw == 1 && stride == 1 && pad == 0;
 
     let rows = if identity {
@@ -135,6 +147,34 @@ pub fn conv2d(
         }
     }
     Tensor::from_vec(out, (b, co, g.oh, g.ow), xs.device())
+}
+
+/// The 3x3 convolution by [`winograd`], image by image; filters transformed once per call.
+fn by_winograd(
+    xs: &Tensor,
+    weight: &Tensor,
+    s: &winograd::Shape,
+    bias: Option<&[f32]>,
+    residual: Option<&Tensor>,
+    out_scale: f64,
+) -> Result<Tensor> {
+    let b = xs.dim(0)?;
+    let (image, plane_out) = (s.c * s.h * s.w, s.co * s.h * s.w);
+    let u = with_f32(weight, |w| winograd::transform_filters(w, s))??;
+    let mut out = vec![0f32; b * plane_out];
+    let run = |x: &[f32], res: Option<&[f32]>, out: &mut [f32]| -> Result<()> {
+        for (i, dst) in out.chunks_exact_mut(plane_out).enumerate() {
+            let r = res.map(|r| &r[i * plane_out..][..plane_out]);
+            let x = &x[i * image..][..image];
+            winograd::conv_image(x, &u, s, bias, r, out_scale as f32, dst)?;
+        }
+        Ok(())
+    };
+    with_f32(xs, |x| match residual {
+        Some(r) => with_f32(r, |r| run(x, Some(r), &mut out))?,
+        None => run(x, None, &mut out),
+    })??;
+    Tensor::from_vec(out, (b, s.co, s.h, s.w), xs.device())
 }
 
 fn plain(conv: &Conv2d, xs: &Tensor, residual: Option<&Tensor>, out_scale: f64) -> Result<Tensor> {
@@ -227,16 +267,25 @@ fn place_piece(
             let at = (lo + i) * pixels + first;
             let res = residual.map(|r| &r[at..at + span]);
             let b = bias.map_or(0.0, |b| b[o]);
-            simd(|| {
-                dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s + b);
-                if let Some(res) = res {
-                    dst.iter_mut().zip(res).for_each(|(d, &r)| *d += r);
-                }
-                if scale != 1.0 {
-                    let s = scale as f32;
-                    dst.iter_mut().for_each(|d| *d /= s);
-                }
-            });
+            simd(
+                #[inline(always)]
+                || {
+                    for (d, &s) in dst.iter_mut().zip(src) {
+                        *d = s + b;
+                    }
+                    if let Some(res) = res {
+                        for (d, &r) in dst.iter_mut().zip(res) {
+                            *d += r;
+                        }
+                    }
+                    if scale != 1.0 {
+                        let s = scale as f32;
+                        for d in dst.iter_mut() {
+                            *d /= s;
+                        }
+                    }
+                },
+            );
         });
 }
 

@@ -48,7 +48,10 @@ pub fn linear(lin: &Linear, x: &Tensor, residual: Option<&Tensor>) -> Result<Ten
                     let start = t * n * ROWS_PER_TASK;
                     let y = &y[start..start + out.len()];
                     let res = res.map(|r| &r[start..start + out.len()]);
-                    simd(|| add_rows(out, y, bias.as_deref(), res, n));
+                    simd(
+                        #[inline(always)]
+                        || add_rows(out, y, bias.as_deref(), res, n),
+                    );
                 })
         })
     };
@@ -72,16 +75,18 @@ pub fn linear(lin: &Linear, x: &Tensor, residual: Option<&Tensor>) -> Result<Ten
 fn add_rows(out: &mut [f32], y: &[f32], bias: Option<&[f32]>, res: Option<&[f32]>, n: usize) {
     for (r, (out, y)) in out.chunks_mut(n).zip(y.chunks(n)).enumerate() {
         match bias {
-            Some(b) => out
-                .iter_mut()
-                .zip(y)
-                .zip(b)
-                .for_each(|((o, &y), &b)| *o = y + b),
+            Some(b) => {
+                for ((o, &y), &b) in out.iter_mut().zip(y).zip(b) {
+                    *o = y + b;
+                }
+            }
             None => out.copy_from_slice(y),
         }
         if let Some(res) = res {
             let res = &res[r * n..(r + 1) * n];
-            out.iter_mut().zip(res).for_each(|(o, &r)| *o += r);
+            for (o, &r) in out.iter_mut().zip(res) {
+                *o += r;
+            }
         }
     }
 }
@@ -110,17 +115,21 @@ pub fn geglu(proj: &Linear, x: &Tensor) -> Result<Tensor> {
         out.par_chunks_mut(n * ROWS_PER_TASK)
             .zip(y.par_chunks(n2 * ROWS_PER_TASK))
             .for_each(|(out, y)| {
-                simd(|| {
-                    for (out, y) in out.chunks_mut(n).zip(y.chunks(n2)) {
-                        let (a, g) = y.split_at(n);
-                        let (ba, bg) = bias.split_at(n);
-                        let gates = g.iter().zip(bg);
-                        for (((o, &a), &ba), (&g, &bg)) in out.iter_mut().zip(a).zip(ba).zip(gates)
-                        {
-                            *o = (a + ba) * gelu(g + bg);
+                simd(
+                    #[inline(always)]
+                    || {
+                        for (out, y) in out.chunks_mut(n).zip(y.chunks(n2)) {
+                            let (a, g) = y.split_at(n);
+                            let (ba, bg) = bias.split_at(n);
+                            let gates = g.iter().zip(bg);
+                            for (((o, &a), &ba), (&g, &bg)) in
+                                out.iter_mut().zip(a).zip(ba).zip(gates)
+                            {
+                                *o = (a + ba) * gelu(g + bg);
+                            }
                         }
-                    }
-                })
+                    },
+                )
             })
     })?;
     Tensor::from_vec(out, dims, x.device())

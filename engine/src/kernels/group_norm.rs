@@ -72,7 +72,10 @@ impl GroupNorm {
                     let first = (bg / self.groups) * c + c0;
                     let shift = shift.as_ref().map(|s| &s[first..first + cpg]);
                     let affine = (&gamma[c0..c0 + cpg], &beta[c0..c0 + cpg]);
-                    simd(|| norm_group(x, out, hw, shift, affine, eps, then_silu));
+                    simd(
+                        #[inline(always)]
+                        || norm_group(x, out, hw, shift, affine, eps, then_silu),
+                    );
                 });
         })?;
         Tensor::from_vec(out, dims, xs.device())

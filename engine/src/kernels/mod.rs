@@ -15,10 +15,12 @@
 pub mod attention;
 pub mod conv;
 pub mod elementwise;
+mod gemm;
 pub mod group_norm;
 pub mod malloc;
 mod math;
 mod slices;
+mod winograd;
 
 pub use attention::attention;
 pub use conv::conv2d;

@@ -1,0 +1,189 @@
+//! A bounds-checked, safe entry to the `gemm` crate for row-major f32 matrices given as slices
+//! with a row stride, for kernels that multiply blocks inside their own parallel loops (where
+//! building candle tensors per block would cost more than the block's arithmetic).
+
+/// A row-major matrix view: `rows x cols` values of `data`, row `r` starting at `r * stride`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub stride: usize,
+}
+
+/// The mutable counterpart of [`Mat`].
+#[derive(Debug)]
+pub(crate) struct MatMut<'a> {
+    pub data: &'a mut [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub stride: usize,
+}
+
+/// Elements a view spans: up to the last element of its last row.
+fn span(rows: usize, cols: usize, stride: usize) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * stride + cols
+    }
+}
+
+/// `dst = lhs · rhs`, on the calling thread (`threads == 1`) or on up to `threads` rayon
+/// threads. Panics if the shapes do not chain or a view reaches past its slice.
+pub(crate) fn matmul(dst: MatMut, lhs: Mat, rhs: Mat, threads: usize) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert!(
+        rhs.rows == k && dst.rows == m && dst.cols == n,
+        "gemm: [{m}, {k}] x [{}, {n}] into [{}, {}]",
+        rhs.rows,
+        dst.rows,
+        dst.cols
+    );
+    assert!(lhs.data.len() >= span(m, k, lhs.stride));
+    assert!(rhs.data.len() >= span(k, n, rhs.stride));
+    assert!(dst.data.len() >= span(m, n, dst.stride));
+    // Rows of dst must not overlap (rows of the inputs may, they are only read).
+    assert!(m <= 1 || dst.stride >= n, "gemm: dst rows overlap");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for r in 0..m {
+            dst.data[r * dst.stride..][..n].fill(0.0);
+        }
+        return;
+    }
+    let parallelism = if threads <= 1 {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(threads)
+    };
+    // SAFETY: every element gemm reads is `lhs.data[r·lhs.stride + c]` (r < m, c < k) or
+    // `rhs.data[r·rhs.stride + c]` (r < k, c < n), and every element it writes is
+    // `dst.data[r·dst.stride + c]` (r < m, c < n); the asserts above put the largest such
+    // index inside each slice, and dst's rows are disjoint. `dst` is borrowed mutably, so
+    // nothing else aliases it; `read_dst` is false, so dst's old values are never read.
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.data.as_mut_ptr(),
+            1,
+            dst.stride as isize,
+            false,
+            lhs.data.as_ptr(),
+            1,
+            lhs.stride as isize,
+            rhs.data.as_ptr(),
+            1,
+            rhs.stride as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strided_blocks_match_a_naive_product() {
+        let (m, k, n) = (5, 7, 3);
+        let lhs: Vec<f32> = (0..m * 9).map(|i| (i as f32 * 0.37).sin()).collect();
+        let rhs: Vec<f32> = (0..k * 4).map(|i| (i as f32 * 0.11).cos()).collect();
+        let mut dst = vec![f32::NAN; m * 6];
+        for threads in [1, 2] {
+            matmul(
+                MatMut {
+                    data: &mut dst,
+                    rows: m,
+                    cols: n,
+                    stride: 6,
+                },
+                Mat {
+                    data: &lhs,
+                    rows: m,
+                    cols: k,
+                    stride: 9,
+                },
+                Mat {
+                    data: &rhs,
+                    rows: k,
+                    cols: n,
+                    stride: 4,
+                },
+                threads,
+            );
+            for r in 0..m {
+                for c in 0..n {
+                    let want: f32 = (0..k).map(|i| lhs[r * 9 + i] * rhs[i * 4 + c]).sum();
+                    assert!((dst[r * 6 + c] - want).abs() < 1e-5);
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "gemm")]
+    fn mismatched_shapes_panic() {
+        let a = vec![0f32; 12];
+        let mut d = vec![0f32; 12];
+        matmul(
+            MatMut {
+                data: &mut d,
+                rows: 3,
+                cols: 4,
+                stride: 4,
+            },
+            Mat {
+                data: &a,
+                rows: 3,
+                cols: 4,
+                stride: 4,
+            },
+            Mat {
+                data: &a,
+                rows: 3,
+                cols: 4,
+                stride: 4,
+            },
+            1,
+        );
+    }
+
+    #[test]
+    #[should_panic]
+    fn views_past_their_slice_panic() {
+        let a = vec![0f32; 11];
+        let mut d = vec![0f32; 9];
+        matmul(
+            MatMut {
+                data: &mut d,
+                rows: 3,
+                cols: 3,
+                stride: 3,
+            },
+            Mat {
+                data: &a,
+                rows: 3,
+                cols: 4,
+                stride: 4,
+            },
+            Mat {
+                data: &a,
+                rows: 4,
+                cols: 3,
+                stride: 3,
+            },
+            1,
+        );
+    }
+}

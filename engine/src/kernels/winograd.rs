@@ -1,0 +1,384 @@
+//! 3x3, stride-1, padding-1 convolutions by Winograd's minimal filtering F(2x2, 3x3)
+//! (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2015).
+//!
+//! Each 2x2 block of output pixels is computed from the 4x4 input patch around it with 16
+//! multiplications per (input, output) channel pair instead of 36: the patch is transformed
+//! (`Bᵀ d B`), the 3x3 filter is transformed (`G g Gᵀ`), the 16 transformed positions are
+//! multiplied channel-by-channel as 16 independent GEMMs `[c_out, c_in] × [c_in, tiles]`, and
+//! the 4x4 products are transformed back (`Aᵀ m A`). The GEMMs do 2.25x fewer FLOPs than the
+//! im2col GEMM; the transforms are cheap passes over memory.
+//!
+//! Numerics: the math is f32 throughout. F(2x2, 3x3)'s transform matrices hold only 0, ±1 and
+//! ±½ (exact in binary), so the result differs from a direct convolution only by the rounding
+//! of a few extra additions; `tests::error_is_that_of_a_direct_convolution` checks against an
+//! f64 reference that its error stays within a small factor of im2col's own. (The larger tiles
+//! F(4x4, 3x3) would save more but lose about a decimal digit, so they are not used.)
+//!
+//! Each image is its own set of GEMMs (an image's result does not depend on its batch), and
+//! large maps are cut into bands of tile rows so that the transformed input and product stay
+//! under [`BUDGET`] values.
+
+use candle_core::{Device, Result, Tensor};
+use rayon::prelude::*;
+
+use super::math::simd;
+use super::slices::with_f32;
+
+/// Largest transformed input plus product of one band, in f32 values (64 MiB).
+const BUDGET: usize = 16 << 20;
+
+/// Fewest 2x2 tiles per image for which the transforms pay off (an 8x8 map has 16): below
+/// this the per-call filter transform and the small GEMMs lose to im2col.
+pub(super) const MIN_TILES: usize = 64;
+
+/// The convolution's shape: `c` input channels of `h` x `w`, `co` output channels (same size).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Shape {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub co: usize,
+}
+
+impl Shape {
+    fn tiles(&self) -> (usize, usize) {
+        (self.h.div_ceil(2), self.w.div_ceil(2))
+    }
+}
+
+/// Whether the Winograd path is worth taking for one image of this shape.
+pub(super) fn pays_off(s: &Shape) -> bool {
+    let (th, tw) = s.tiles();
+    th * tw >= MIN_TILES
+}
+
+/// The filters `weight` (`[co, c, 3, 3]`) transformed: position `ξ = 4i + j` of `G g Gᵀ` for
+/// every (output, input) channel pair, as a `[16, co, c]` view of `[co][16][c]` storage.
+pub(super) fn transform_filters(weight: &[f32], s: &Shape) -> Result<Tensor> {
+    let mut u = vec![0f32; s.co * 16 * s.c];
+    u.par_chunks_mut(16 * s.c).enumerate().for_each(|(o, dst)| {
+        for ci in 0..s.c {
+            let g = &weight[(o * s.c + ci) * 9..][..9];
+            // G g: rows g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2 (each a 3-vector).
+            let mut gg = [[0f32; 3]; 4];
+            for k in 0..3 {
+                let (a, b, c) = (g[k], g[3 + k], g[6 + k]);
+                gg[0][k] = a;
+                gg[1][k] = 0.5 * (a + b + c);
+                gg[2][k] = 0.5 * (a - b + c);
+                gg[3][k] = c;
+            }
+            for (i, row) in gg.iter().enumerate() {
+                let [a, b, c] = *row;
+                let t = [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
+                for (j, v) in t.into_iter().enumerate() {
+                    dst[(4 * i + j) * s.c + ci] = v;
+                }
+            }
+        }
+    });
+    Tensor::from_vec(u, (s.co, 16, s.c), &Device::Cpu)?.transpose(0, 1)
+}
+
+/// `(conv(x) + bias + residual) / scale` for one image `x` (`[c, h, w]`), written to `out`
+/// (`[co, h, w]`); `u` from [`transform_filters`], `residual` laid out like `out`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conv_image(
+    x: &[f32],
+    u: &Tensor,
+    s: &Shape,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    scale: f32,
+    out: &mut [f32],
+) -> Result<()> {
+    let (th, tw) = s.tiles();
+    let band_rows = (BUDGET / (16 * (s.c + s.co) * tw)).clamp(1, th);
+    for ty0 in (0..th).step_by(band_rows) {
+        let rows = band_rows.min(th - ty0);
+        let nt = rows * tw;
+        let v = transform_input(x, s, ty0, rows);
+        // Position ξ's GEMM: [co, c] (row stride 16·c in u) × [c, nt] (row stride 16·nt in v),
+        // all 16 as one batched matmul over strided views, giving [16, co, nt].
+        let v = Tensor::from_vec(v, (s.c, 16, nt), &Device::Cpu)?.transpose(0, 1)?;
+        let m = u.matmul(&v)?;
+        drop(v);
+        with_f32(&m, |m| {
+            transform_output(m, s, ty0, rows, bias, residual, scale, out)
+        })?;
+    }
+    Ok(())
+}
+
+/// `Bᵀ d B` for the 4x4 input patch of every tile in tile rows `ty0..ty0 + rows`, as
+/// `[c][16][rows·tw]`; the patch of tile (ty, tx) starts at input (2ty − 1, 2tx − 1), with
+/// zeros outside the image.
+fn transform_input(x: &[f32], s: &Shape, ty0: usize, rows: usize) -> Vec<f32> {
+    let (_, tw) = s.tiles();
+    let nt = rows * tw;
+    let pw = 2 * tw + 2;
+    let mut v = vec![0f32; s.c * 16 * nt];
+    v.par_chunks_mut(16 * nt).enumerate().for_each(|(ci, dst)| {
+        let plane = &x[ci * s.h * s.w..][..s.h * s.w];
+        let mut p = vec![0f32; 4 * pw];
+        let mut t = vec![0f32; 4 * pw];
+        simd(
+            #[inline(always)]
+            || {
+                for r in 0..rows {
+                    let ty = ty0 + r;
+                    // The four padded input rows 2ty-1 .. 2ty+2.
+                    for (k, prow) in p.chunks_exact_mut(pw).enumerate() {
+                        prow.fill(0.0);
+                        let iy = 2 * ty + k;
+                        if iy >= 1 && iy - 1 < s.h {
+                            prow[1..=s.w].copy_from_slice(&plane[(iy - 1) * s.w..][..s.w]);
+                        }
+                    }
+                    // Bᵀ on the row index.
+                    let (p0, rest) = p.split_at(pw);
+                    let (p1, rest) = rest.split_at(pw);
+                    let (p2, p3) = rest.split_at(pw);
+                    let (t0, rest) = t.split_at_mut(pw);
+                    let (t1, rest) = rest.split_at_mut(pw);
+                    let (t2, t3) = rest.split_at_mut(pw);
+                    for j in 0..pw {
+                        t0[j] = p0[j] - p2[j];
+                        t1[j] = p1[j] + p2[j];
+                        t2[j] = p2[j] - p1[j];
+                        t3[j] = p1[j] - p3[j];
+                    }
+                    // B on the column index.
+                    for (i, trow) in t.chunks_exact(pw).enumerate() {
+                        let base = r * tw;
+                        let (d0, rest) = dst[(4 * i) * nt..(4 * i + 4) * nt].split_at_mut(nt);
+                        let (d1, rest) = rest.split_at_mut(nt);
+                        let (d2, d3) = rest.split_at_mut(nt);
+                        for tx in 0..tw {
+                            let (a, b, c, d) = (
+                                trow[2 * tx],
+                                trow[2 * tx + 1],
+                                trow[2 * tx + 2],
+                                trow[2 * tx + 3],
+                            );
+                            d0[base + tx] = a - c;
+                            d1[base + tx] = b + c;
+                            d2[base + tx] = c - b;
+                            d3[base + tx] = b - d;
+                        }
+                    }
+                }
+            },
+        );
+    });
+    v
+}
+
+/// `Aᵀ m A` for every tile of the band (`m` is `[16][co][nt]`), plus bias and residual, divided by `scale`, into the
+/// output rows `2·ty0 ..` (cropped to the image).
+#[allow(clippy::too_many_arguments)]
+fn transform_output(
+    m: &[f32],
+    s: &Shape,
+    ty0: usize,
+    rows: usize,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let (_, tw) = s.tiles();
+    let nt = rows * tw;
+    let plane = s.h * s.w;
+    out.par_chunks_mut(plane).enumerate().for_each(|(o, dst)| {
+        let b = bias.map_or(0.0, |b| b[o]);
+        let res = residual.map(|r| &r[o * plane..][..plane]);
+        let mut srow = vec![0f32; 2 * 4 * tw];
+        simd(
+            #[inline(always)]
+            || {
+                for r in 0..rows {
+                    let base = r * tw;
+                    let at = |xi: usize| &m[(xi * s.co + o) * nt + base..][..tw];
+                    // Aᵀ on the row index: s0 = m0 + m1 + m2, s1 = m1 − m2 − m3 (rows of 4).
+                    let (s0, s1) = srow.split_at_mut(4 * tw);
+                    for j in 0..4 {
+                        let (m0, m1, m2, m3) = (at(j), at(4 + j), at(8 + j), at(12 + j));
+                        let (a, b) = (&mut s0[j * tw..][..tw], &mut s1[j * tw..][..tw]);
+                        for tx in 0..tw {
+                            a[tx] = m0[tx] + m1[tx] + m2[tx];
+                            b[tx] = m1[tx] - m2[tx] - m3[tx];
+                        }
+                    }
+                    // A on the column index, into output rows 2ty and 2ty + 1.
+                    for (i, sr) in [&*s0, &*s1].into_iter().enumerate() {
+                        let oy = 2 * (ty0 + r) + i;
+                        if oy >= s.h {
+                            continue;
+                        }
+                        let (c0, c1, c2, c3) = (
+                            &sr[..tw],
+                            &sr[tw..2 * tw],
+                            &sr[2 * tw..3 * tw],
+                            &sr[3 * tw..],
+                        );
+                        let row = &mut dst[oy * s.w..][..s.w];
+                        for tx in 0..tw {
+                            let y0 = c0[tx] + c1[tx] + c2[tx];
+                            let y1 = c1[tx] - c2[tx] - c3[tx];
+                            row[2 * tx] = y0 + b;
+                            if 2 * tx + 1 < s.w {
+                                row[2 * tx + 1] = y1 + b;
+                            }
+                        }
+                        if let Some(res) = res {
+                            let rr = &res[oy * s.w..][..s.w];
+                            for (d, &v) in row.iter_mut().zip(rr) {
+                                *d += v;
+                            }
+                        }
+                        if scale != 1.0 {
+                            for d in row.iter_mut() {
+                                *d /= scale;
+                            }
+                        }
+                    }
+                }
+            },
+        );
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct 3x3 correlation with padding 1, summing the products (in im2col's order) with
+    /// `add` from `zero`.
+    fn direct<T: Copy>(
+        x: &[f32],
+        w: &[f32],
+        s: &Shape,
+        zero: T,
+        add: impl Fn(T, f32, f32) -> T,
+    ) -> Vec<T> {
+        let mut out = vec![zero; s.co * s.h * s.w];
+        for o in 0..s.co {
+            for y in 0..s.h {
+                for xx in 0..s.w {
+                    let mut acc = zero;
+                    for ci in 0..s.c {
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let (iy, ix) = (y + ky, xx + kx);
+                                if iy < 1 || ix < 1 || iy > s.h || ix > s.w {
+                                    continue;
+                                }
+                                let v = x[(ci * s.h + iy - 1) * s.w + ix - 1];
+                                acc = add(acc, v, w[((o * s.c + ci) * 3 + ky) * 3 + kx]);
+                            }
+                        }
+                    }
+                    out[(o * s.h + y) * s.w + xx] = acc;
+                }
+            }
+        }
+        out
+    }
+
+    fn exact(x: &[f32], w: &[f32], s: &Shape) -> Vec<f64> {
+        direct(x, w, s, 0f64, |acc, a, b| acc + a as f64 * b as f64)
+    }
+
+    fn noise(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed;
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn run(s: &Shape, x: &[f32], w: &[f32], bias: Option<&[f32]>, res: Option<&[f32]>) -> Vec<f32> {
+        let u = transform_filters(w, s).unwrap();
+        let mut out = vec![f32::NAN; s.co * s.h * s.w];
+        conv_image(x, &u, s, bias, res, 2.0, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn matches_a_direct_convolution_on_odd_and_even_sizes() {
+        for (c, co, h, w) in [(3, 5, 6, 8), (4, 3, 7, 5), (2, 2, 1, 1), (5, 4, 9, 2)] {
+            let s = Shape { c, h, w, co };
+            let x = noise(c * h * w, 1);
+            let wt = noise(co * c * 9, 2);
+            let bias = noise(co, 3);
+            let res = noise(co * h * w, 4);
+            let got = run(&s, &x, &wt, Some(&bias), Some(&res));
+            let want = exact(&x, &wt, &s);
+            for (i, (g, d)) in got.iter().zip(&want).enumerate() {
+                let o = i / (h * w);
+                let d = (d + bias[o] as f64 + res[i] as f64) / 2.0;
+                assert!(
+                    (*g as f64 - d).abs() < 1e-5,
+                    "{c} {co} {h}x{w} at {i}: {g} vs {d}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bands_cover_large_maps() {
+        // 16·(c + co)·tw·th > BUDGET: several bands of tile rows.
+        let s = Shape {
+            c: 64,
+            h: 130,
+            w: 514,
+            co: 64,
+        };
+        assert!(16 * (s.c + s.co) * 257 * 65 > BUDGET);
+        let x = noise(s.c * s.h * s.w, 5);
+        let wt = noise(s.co * s.c * 9, 6);
+        let got = run(&s, &x, &wt, None, None);
+        let want = exact(&x, &wt, &s);
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(g, d)| (*g as f64 - d / 2.0).abs())
+            .fold(0f64, f64::max);
+        assert!(worst < 1e-4, "worst {worst}");
+    }
+
+    #[test]
+    fn error_is_that_of_a_direct_convolution() {
+        // Against f64, Winograd's f32 error should be within a small factor of the error of
+        // an f32 direct convolution (summed in the same order as an im2col GEMM would).
+        let s = Shape {
+            c: 320,
+            h: 16,
+            w: 16,
+            co: 8,
+        };
+        let x = noise(s.c * s.h * s.w, 7);
+        let wt: Vec<f32> = noise(s.co * s.c * 9, 8).iter().map(|v| v * 0.05).collect();
+        let exact = exact(&x, &wt, &s);
+        let wino = run(&s, &x, &wt, None, None);
+        let f32_direct = direct(&x, &wt, &s, 0f32, |acc, a, b| acc + a * b);
+        let rms = |v: &[f32], scale: f64| {
+            let sum: f64 = v
+                .iter()
+                .zip(&exact)
+                .map(|(a, e)| (*a as f64 * scale - e).powi(2))
+                .sum();
+            (sum / v.len() as f64).sqrt()
+        };
+        let (e_wino, e_direct) = (rms(&wino, 2.0), rms(&f32_direct, 1.0));
+        assert!(
+            e_wino < 3.0 * e_direct,
+            "winograd rms error {e_wino:e} vs direct f32 {e_direct:e}"
+        );
+    }
+}
