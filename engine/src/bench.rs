@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarBuilder;
+
+use crate::models::weights::gemm_layout;
 
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::Result;
@@ -49,9 +51,35 @@ pub fn random_unet(
     dtype: DType,
     device: &Device,
 ) -> Result<UNet2DConditionModel> {
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, dtype, device);
+    let vb = VarBuilder::from_backend(Box::new(RandomWeights), dtype, device.clone());
     Ok(UNet2DConditionModel::new(vb, config)?)
+}
+
+/// Weights drawn from each layer's initialiser, in the layout the file loader gives them
+/// ([`gemm_layout`]), so that timings match a loaded model's.
+struct RandomWeights;
+
+impl candle_nn::var_builder::SimpleBackend for RandomWeights {
+    fn get(
+        &self,
+        shape: candle_core::Shape,
+        name: &str,
+        init: candle_nn::Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let tensor = init.var(shape, dtype, device)?.as_tensor().clone();
+        gemm_layout(name, tensor)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("random weights: {name} has no shape to draw from")
+    }
+
+    /// Like an empty `VarMap`: nothing exists until a layer asks for it.
+    fn contains_tensor(&self, _: &str) -> bool {
+        false
+    }
 }
 
 /// Random UNet inputs: latents [batch, in_channels, h, w] and text states [batch, 77, D].

@@ -12,6 +12,7 @@ use super::file::LoraFile;
 use super::keys::{Component, TargetIndex};
 use super::LoraError;
 use crate::models::clip::ClipTextModel;
+use crate::models::weights::gemm_layout;
 use crate::models::unet::UNet2DConditionModel;
 use crate::pipeline::StableDiffusion;
 use crate::Result;
@@ -179,6 +180,7 @@ pub fn merged_weights(
         } else {
             (w.to_dtype(DType::F32)? + sum.to_device(w.device())?)?.to_dtype(w.dtype())?
         };
+        let merged = gemm_layout(&key, merged)?;
         match component {
             Component::Unet => patches.unet.insert(key, merged),
             Component::TextEncoder => patches.text_encoder.insert(key, merged),

@@ -28,6 +28,20 @@ pub fn mmap(path: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'st
     ))
 }
 
+/// `tensor` (the weight called `name`) in the memory layout the CPU kernels multiply fastest:
+/// a linear layer's matrix `[out, in]` is kept as the transposed view of contiguous
+/// `[in, out]` storage, which the GEMM streams without repacking it on every call (up to 2x
+/// faster for the UNet's feed-forward layers). The tensor's shape and values are unchanged;
+/// only its strides differ. Embedding tables (`*embedding.weight`, read by row) and every
+/// other rank stay as stored; so do tensors on other devices.
+pub fn gemm_layout(name: &str, tensor: Tensor) -> candle_core::Result<Tensor> {
+    if tensor.rank() == 2 && tensor.device().is_cpu() && !name.ends_with("embedding.weight") {
+        tensor.t()?.contiguous()?.t()
+    } else {
+        Ok(tensor)
+    }
+}
+
 /// One tensor's entry in a safetensors header.
 #[derive(Debug, Clone, serde::Deserialize)]
 struct Entry {
@@ -126,7 +140,8 @@ impl SafetensorsFile {
                 entry.shape
             )));
         }
-        Tensor::from_raw_buffer(&bytes, stored, &entry.shape, dev)?.to_dtype(dtype)
+        let tensor = Tensor::from_raw_buffer(&bytes, stored, &entry.shape, dev)?.to_dtype(dtype)?;
+        gemm_layout(name, tensor)
     }
 }
 
