@@ -79,12 +79,16 @@ fn per_head(k: &[f32], v: &[f32], sk: usize, heads: usize, d: usize) -> (Vec<f32
         .zip(vh.par_chunks_mut(sk * d))
         .enumerate()
         .for_each(|(h, (kt, vh))| {
-            for s in 0..sk {
-                let row = &k[s * inner + h * d..][..d];
-                for (j, &x) in row.iter().enumerate() {
-                    kt[j * sk + s] = x;
+            // Row by row of kᵀ, so that the writes are contiguous: writing column by column
+            // steps through memory sk·4 bytes at a time, a power of two at the usual sizes,
+            // where every write lands in the same cache set.
+            for (j, row) in kt.chunks_exact_mut(sk).enumerate() {
+                for (s, x) in row.iter_mut().enumerate() {
+                    *x = k[s * inner + h * d + j];
                 }
-                vh[s * d..][..d].copy_from_slice(&v[s * inner + h * d..][..d]);
+            }
+            for (s, row) in vh.chunks_exact_mut(d).enumerate() {
+                row.copy_from_slice(&v[s * inner + h * d..][..d]);
             }
         });
     (kt, vh)
@@ -106,6 +110,7 @@ fn attend_block(
 ) {
     let inner = heads * d;
     let scores = &mut scores[..len * sk];
+    let mut inv_sums = vec![0f32; len];
     for h in 0..heads {
         matmul(
             MatMut {
@@ -131,8 +136,8 @@ fn attend_block(
         simd(
             #[inline(always)]
             || {
-                for row in scores.chunks_exact_mut(sk) {
-                    softmax_in_place(row, scale)
+                for (row, inv) in scores.chunks_exact_mut(sk).zip(inv_sums.iter_mut()) {
+                    *inv = unnormalised_softmax(row, scale);
                 }
             },
         );
@@ -157,21 +162,25 @@ fn attend_block(
             },
             1,
         );
+        // The softmax's division, on the d outputs of each row rather than its sk inputs.
+        for (row, &inv) in rows.chunks_exact_mut(inner).zip(&inv_sums) {
+            for o in &mut row[h * d..(h + 1) * d] {
+                *o *= inv;
+            }
+        }
     }
 }
 
-/// `softmax(scale · row)` in place: the max, the exponentials, their sum and the product
-/// with the sum's reciprocal, each a pass that vectorises (the row is in L1).
+/// `exp(scale · (row − max))` in place, returning the reciprocal of its sum (the caller
+/// scales the product with `v` by it, which finishes the softmax); each a vectorised pass
+/// over the row while it is in L1.
 #[inline(always)]
-fn softmax_in_place(row: &mut [f32], scale: f32) {
+fn unnormalised_softmax(row: &mut [f32], scale: f32) -> f32 {
     let max = max(row);
     for v in row.iter_mut() {
         *v = exp((*v - max) * scale);
     }
-    let inv = 1.0 / sum(row);
-    for v in row.iter_mut() {
-        *v *= inv;
-    }
+    1.0 / sum(row)
 }
 
 /// candle's plain ops: full score matrix, for GPUs and half precision.

@@ -57,17 +57,19 @@ pub(super) fn pays_off(s: &Shape, batch: usize) -> bool {
 /// The filters `weight` (`[n, c, 3, 3]`, `n` output channels) transformed into `u` as
 /// `[n][16][c]`: position `ξ = 4i + j` of `G g Gᵀ` for every (output, input) channel pair.
 /// Pair by pair: 9 contiguous reads and 16 writes that walk the 16 rows in step (vectorising
-/// across input channels instead needs a stride-9 gather, which is slower).
+/// across input channels instead needs stride-9 gathers, which are slower on these CPUs).
 fn transform_filters(weight: &[f32], c: usize, u: &mut [f32]) {
     for (dst, w) in u.chunks_exact_mut(16 * c).zip(weight.chunks_exact(9 * c)) {
-        let mut rows: Vec<_> = dst.chunks_exact_mut(c).map(|r| r.iter_mut()).collect();
-        for g in w.chunks_exact(9) {
-            for (row, v) in rows.iter_mut().zip(filter_tile(g)) {
-                if let Some(d) = row.next() {
-                    *d = v;
+        simd(
+            #[inline(always)]
+            || {
+                for (ci, g) in w.chunks_exact(9).enumerate() {
+                    for (k, v) in filter_tile(g).into_iter().enumerate() {
+                        dst[k * c + ci] = v;
+                    }
                 }
-            }
-        }
+            },
+        );
     }
 }
 
