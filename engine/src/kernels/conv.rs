@@ -97,7 +97,7 @@ pub fn conv2d(
         None => None,
     };
     let wshape = winograd::Shape { c, h, w, co };
-    if kh == 3 && kw == 3 && stride == 1 && pad == 1 && winograd::pays_off(&wshape, b) {
+    if kh == 3 && kw == 3 && stride == 1 && pad == 1 && winograd::pays_off(&wshape) {
         return by_winograd(
             xs,
             weight,
@@ -149,7 +149,7 @@ pub fn conv2d(
     Tensor::from_vec(out, (b, co, g.oh, g.ow), xs.device())
 }
 
-/// The 3x3 convolution by [`winograd`], image by image.
+/// The 3x3 convolution by [`winograd`], all images at once.
 fn by_winograd(
     xs: &Tensor,
     weight: &Tensor,
@@ -159,20 +159,15 @@ fn by_winograd(
     out_scale: f64,
 ) -> Result<Tensor> {
     let b = xs.dim(0)?;
-    let (image, plane_out) = (s.c * s.h * s.w, s.co * s.h * s.w);
-    let mut out = vec![0f32; b * plane_out];
-    let run = |x: &[f32], w: &[f32], res: Option<&[f32]>, out: &mut [f32]| {
-        for (i, dst) in out.chunks_exact_mut(plane_out).enumerate() {
-            let r = res.map(|r| &r[i * plane_out..][..plane_out]);
-            let x = &x[i * image..][..image];
-            winograd::conv_image(x, w, s, bias, r, out_scale as f32, dst);
-        }
-    };
+    let mut out = vec![0f32; b * s.co * s.h * s.w];
+    let scale = out_scale as f32;
     with_f32(xs, |x| {
         with_f32(weight, |w| match residual {
-            Some(r) => with_f32(r, |r| run(x, w, Some(r), &mut out)),
+            Some(r) => with_f32(r, |r| {
+                winograd::conv(x, b, w, s, bias, Some(r), scale, &mut out)
+            }),
             None => {
-                run(x, w, None, &mut out);
+                winograd::conv(x, b, w, s, bias, None, scale, &mut out);
                 Ok(())
             }
         })

@@ -26,11 +26,11 @@ use super::math::simd;
 /// Largest transformed input plus product of one band, in f32 values (64 MiB).
 const BUDGET: usize = 16 << 20;
 
-/// Fewest 2x2 tiles in the whole batch for which Winograd pays off (an 8x8 map has 16). It
-/// saves about 5·c·co multiply-adds per output pixel, but transforms the filters once per
-/// call, whatever the batch: writing and re-reading 16·c·co values. Measured on the SD 1.5
-/// UNet's layers, a 1280-channel layer at 16x16 is already faster by Winograd for one image
-/// (34 ms against 43 ms by im2col), at 8x8 slower even for two.
+/// Fewest 2x2 tiles per image for which Winograd pays off (an 8x8 map has 16). It saves
+/// about 5·c·co multiply-adds per output pixel, but transforms the filters once per call:
+/// writing and re-reading 16·c·co values. Measured on the SD 1.5 UNet's layers, a
+/// 1280-channel layer at 16x16 is already faster by Winograd for one image (34 ms against
+/// 43 ms by im2col), at 8x8 slower even for two.
 pub(super) const MIN_TILES: usize = 64;
 
 /// The convolution's shape: `c` input channels of `h` x `w`, `co` output channels (same size).
@@ -48,10 +48,15 @@ impl Shape {
     }
 }
 
-/// Whether the Winograd path is worth taking for `batch` images of this shape.
-pub(super) fn pays_off(s: &Shape, batch: usize) -> bool {
+/// Whether the Winograd path is taken for images of this shape. The choice depends on one
+/// image only, never on the batch, so that an image's result does not depend on its batch;
+/// for the same reason the GEMM must not take its small-matrix path (at most 64 rows and 64
+/// columns, which blocks the reduction differently) for one image when it would not for
+/// several: layers of at most 64 output channels need more than 64 tiles.
+pub(super) fn pays_off(s: &Shape) -> bool {
     let (th, tw) = s.tiles();
-    batch * th * tw >= MIN_TILES
+    let tiles = th * tw;
+    tiles >= MIN_TILES && (s.co > 64 || tiles > 64)
 }
 
 /// The filters `weight` (`[n, c, 3, 3]`, `n` output channels) transformed into `u` as
@@ -92,13 +97,19 @@ fn filter_tile(g: &[f32]) -> [f32; 16] {
     u
 }
 
-/// `(conv(x) + bias + residual) / scale` for one image `x` (`[c, h, w]`) with the filters
-/// `weight` (`[co, c, 3, 3]`), written to `out` (`[co, h, w]`); `residual` laid out like `out`.
-/// The filters are transformed once per call, the input once per band of tile rows; each
-/// position is then one GEMM on all threads.
+/// `(conv(x) + bias + residual) / scale` for the `images` images of `x` (`[images, c, h, w]`)
+/// with the filters `weight` (`[co, c, 3, 3]`), written to `out` (`[images, co, h, w]`);
+/// `residual` laid out like `out`. The filters are transformed once per call, the input once
+/// per band of tile rows; each position is then one GEMM over the tiles of every image.
+///
+/// An image's result does not depend on the batch it is in: the GEMM's blocking along the
+/// reduction depends only on `c` outside its small-matrix path, which [`pays_off`] keeps
+/// out of reach, so every output is summed in the same order whatever the number of columns
+/// (`tests::images_do_not_depend_on_their_batch`).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn conv_image(
+pub(super) fn conv(
     x: &[f32],
+    images: usize,
     weight: &[f32],
     s: &Shape,
     bias: Option<&[f32]>,
@@ -109,7 +120,7 @@ pub(super) fn conv_image(
     let (th, tw) = s.tiles();
     let plane = s.h * s.w;
     let threads = rayon::current_num_threads().max(1);
-    let band_rows = (BUDGET / (16 * (s.c + s.co) * tw)).clamp(1, th);
+    let band_rows = (BUDGET / (16 * (s.c + s.co) * tw * images)).clamp(1, th);
     let mut u = vec![0f32; s.co * 16 * s.c];
     u.par_chunks_mut(16 * s.c)
         .zip(weight.par_chunks(9 * s.c))
@@ -117,24 +128,28 @@ pub(super) fn conv_image(
     for ty0 in (0..th).step_by(band_rows) {
         let rows = band_rows.min(th - ty0);
         let nt = rows * tw;
-        let band = Band { ty0, rows, nt };
-        let v = transform_input(x, s, ty0, rows);
-        let mut m = vec![0f32; s.co * 16 * nt];
-        products(&mut m, &u, &v, s.co, s.c, nt, threads);
+        let band = Band {
+            ty0,
+            rows,
+            nt,
+            stride: images * nt,
+        };
+        let v = transform_input(x, s, &band);
+        let mut m = vec![0f32; s.co * 16 * band.stride];
+        products(&mut m, &u, &v, s.co, s.c, band.stride, threads);
         drop(v);
-        out.par_chunks_mut(plane)
-            .zip(m.par_chunks(16 * nt))
-            .enumerate()
-            .for_each(|(o, (dst, m))| {
-                let residual = residual.map(|r| &r[o * plane..][..plane]);
-                let bias = bias.map(|b| &b[o..o + 1]);
-                transform_output(m, s, &band, bias, residual, scale, dst);
-            });
+        out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
+            let (image, o) = (i / s.co, i % s.co);
+            let residual = residual.map(|r| &r[i * plane..][..plane]);
+            let bias = bias.map_or(0.0, |b| b[o]);
+            let m = &m[o * 16 * band.stride..][..16 * band.stride];
+            transform_output(m, s, &band, image, bias, residual, scale, dst);
+        });
     }
 }
 
 /// The 16 position-wise GEMMs `m[o][ξ] = u[o][ξ] · v[ξ]` for `n` output channels: `u` is
-/// `[n][16][c]`, `v` is `[c][16][nt]`, `m` is `[n][16][nt]`.
+/// `[n][16][c]`, `v` is `[c][16][nt]`, `m` is `[n][16][nt]` (`nt` columns: tiles).
 fn products(m: &mut [f32], u: &[f32], v: &[f32], n: usize, c: usize, nt: usize, threads: usize) {
     for xi in 0..16 {
         matmul(
@@ -161,103 +176,117 @@ fn products(m: &mut [f32], u: &[f32], v: &[f32], n: usize, c: usize, nt: usize, 
     }
 }
 
-/// Tile rows `ty0..ty0 + rows` (`nt` tiles).
+/// Tile rows `ty0..ty0 + rows` (`nt` tiles per image) of every image; the transformed
+/// input and the products hold `stride` = images·nt columns per row, image after image.
 struct Band {
     ty0: usize,
     rows: usize,
     nt: usize,
+    stride: usize,
 }
 
-/// `Bᵀ d B` for the 4x4 input patch of every tile in tile rows `ty0..ty0 + rows`, as
-/// `[c][16][rows·tw]`; the patch of tile (ty, tx) starts at input (2ty − 1, 2tx − 1), with
+/// `Bᵀ d B` for the 4x4 input patch of every tile of the band, every image, as
+/// `[c][16][images·nt]`; the patch of tile (ty, tx) starts at input (2ty − 1, 2tx − 1), with
 /// zeros outside the image.
-fn transform_input(x: &[f32], s: &Shape, ty0: usize, rows: usize) -> Vec<f32> {
+fn transform_input(x: &[f32], s: &Shape, band: &Band) -> Vec<f32> {
     let (_, tw) = s.tiles();
-    let nt = rows * tw;
+    let Band {
+        ty0,
+        rows,
+        nt,
+        stride,
+    } = *band;
     let pw = 2 * tw + 2;
-    let mut v = vec![0f32; s.c * 16 * nt];
-    v.par_chunks_mut(16 * nt).enumerate().for_each(|(ci, dst)| {
-        let plane = &x[ci * s.h * s.w..][..s.h * s.w];
-        let mut p = vec![0f32; 4 * pw];
-        let mut t = vec![0f32; 4 * pw];
-        simd(
-            #[inline(always)]
-            || {
-                for r in 0..rows {
-                    let ty = ty0 + r;
-                    // The four padded input rows 2ty-1 .. 2ty+2.
-                    for (k, prow) in p.chunks_exact_mut(pw).enumerate() {
-                        prow.fill(0.0);
-                        let iy = 2 * ty + k;
-                        if iy >= 1 && iy - 1 < s.h {
-                            prow[1..=s.w].copy_from_slice(&plane[(iy - 1) * s.w..][..s.w]);
+    let mut v = vec![0f32; s.c * 16 * stride];
+    v.par_chunks_mut(16 * stride)
+        .enumerate()
+        .for_each(|(ci, dst)| {
+            let mut p = vec![0f32; 4 * pw];
+            let mut t = vec![0f32; 4 * pw];
+            simd(
+                #[inline(always)]
+                || {
+                    for (image, r) in (0..stride / nt).flat_map(|i| (0..rows).map(move |r| (i, r)))
+                    {
+                        let plane = &x[(image * s.c + ci) * s.h * s.w..][..s.h * s.w];
+                        let ty = ty0 + r;
+                        // The four padded input rows 2ty-1 .. 2ty+2.
+                        for (k, prow) in p.chunks_exact_mut(pw).enumerate() {
+                            prow.fill(0.0);
+                            let iy = 2 * ty + k;
+                            if iy >= 1 && iy - 1 < s.h {
+                                prow[1..=s.w].copy_from_slice(&plane[(iy - 1) * s.w..][..s.w]);
+                            }
+                        }
+                        // Bᵀ on the row index.
+                        let (p0, rest) = p.split_at(pw);
+                        let (p1, rest) = rest.split_at(pw);
+                        let (p2, p3) = rest.split_at(pw);
+                        let (t0, rest) = t.split_at_mut(pw);
+                        let (t1, rest) = rest.split_at_mut(pw);
+                        let (t2, t3) = rest.split_at_mut(pw);
+                        for j in 0..pw {
+                            t0[j] = p0[j] - p2[j];
+                            t1[j] = p1[j] + p2[j];
+                            t2[j] = p2[j] - p1[j];
+                            t3[j] = p1[j] - p3[j];
+                        }
+                        // B on the column index.
+                        for (i, trow) in t.chunks_exact(pw).enumerate() {
+                            let base = image * nt + r * tw;
+                            let rows4 = &mut dst[(4 * i) * stride..(4 * i + 4) * stride];
+                            let (d0, rest) = rows4.split_at_mut(stride);
+                            let (d1, rest) = rest.split_at_mut(stride);
+                            let (d2, d3) = rest.split_at_mut(stride);
+                            for tx in 0..tw {
+                                let (a, b, c, d) = (
+                                    trow[2 * tx],
+                                    trow[2 * tx + 1],
+                                    trow[2 * tx + 2],
+                                    trow[2 * tx + 3],
+                                );
+                                d0[base + tx] = a - c;
+                                d1[base + tx] = b + c;
+                                d2[base + tx] = c - b;
+                                d3[base + tx] = b - d;
+                            }
                         }
                     }
-                    // Bᵀ on the row index.
-                    let (p0, rest) = p.split_at(pw);
-                    let (p1, rest) = rest.split_at(pw);
-                    let (p2, p3) = rest.split_at(pw);
-                    let (t0, rest) = t.split_at_mut(pw);
-                    let (t1, rest) = rest.split_at_mut(pw);
-                    let (t2, t3) = rest.split_at_mut(pw);
-                    for j in 0..pw {
-                        t0[j] = p0[j] - p2[j];
-                        t1[j] = p1[j] + p2[j];
-                        t2[j] = p2[j] - p1[j];
-                        t3[j] = p1[j] - p3[j];
-                    }
-                    // B on the column index.
-                    for (i, trow) in t.chunks_exact(pw).enumerate() {
-                        let base = r * tw;
-                        let (d0, rest) = dst[(4 * i) * nt..(4 * i + 4) * nt].split_at_mut(nt);
-                        let (d1, rest) = rest.split_at_mut(nt);
-                        let (d2, d3) = rest.split_at_mut(nt);
-                        for tx in 0..tw {
-                            let (a, b, c, d) = (
-                                trow[2 * tx],
-                                trow[2 * tx + 1],
-                                trow[2 * tx + 2],
-                                trow[2 * tx + 3],
-                            );
-                            d0[base + tx] = a - c;
-                            d1[base + tx] = b + c;
-                            d2[base + tx] = c - b;
-                            d3[base + tx] = b - d;
-                        }
-                    }
-                }
-            },
-        );
-    });
+                },
+            );
+        });
     v
 }
 
-/// `Aᵀ m A` for every tile of the band (`m` is `[channel][16][nt]` for the channels of
-/// `out`), plus bias and residual, divided by `scale`, into the
-/// output rows `2·ty0 ..` (cropped to the image).
+/// `Aᵀ m A` for every tile of the band in `image` (`m` is `[16][images·nt]` for one output
+/// channel), plus `bias` and the `residual` plane, divided by `scale`, into that channel's
+/// output plane `out` (rows `2·ty0 ..`, cropped to the image).
 #[allow(clippy::too_many_arguments)]
 fn transform_output(
     m: &[f32],
     s: &Shape,
     band: &Band,
-    bias: Option<&[f32]>,
-    residual: Option<&[f32]>,
+    image: usize,
+    b: f32,
+    res: Option<&[f32]>,
     scale: f32,
-    out: &mut [f32],
+    dst: &mut [f32],
 ) {
     let (_, tw) = s.tiles();
-    let Band { ty0, rows, nt } = *band;
-    let plane = s.h * s.w;
+    let Band {
+        ty0,
+        rows,
+        nt,
+        stride,
+    } = *band;
     let mut srow = vec![0f32; 2 * 4 * tw];
-    for (o, dst) in out.chunks_exact_mut(plane).enumerate() {
-        let b = bias.map_or(0.0, |b| b[o]);
-        let res = residual.map(|r| &r[o * plane..][..plane]);
+    {
         simd(
             #[inline(always)]
             || {
                 for r in 0..rows {
-                    let base = r * tw;
-                    let at = |xi: usize| &m[(o * 16 + xi) * nt + base..][..tw];
+                    let base = image * nt + r * tw;
+                    let at = |xi: usize| &m[xi * stride + base..][..tw];
                     // Aᵀ on the row index: s0 = m0 + m1 + m2, s1 = m1 − m2 − m3 (rows of 4).
                     let (s0, s1) = srow.split_at_mut(4 * tw);
                     for j in 0..4 {
@@ -362,7 +391,7 @@ mod tests {
 
     fn run(s: &Shape, x: &[f32], w: &[f32], bias: Option<&[f32]>, res: Option<&[f32]>) -> Vec<f32> {
         let mut out = vec![f32::NAN; s.co * s.h * s.w];
-        conv_image(x, w, s, bias, res, 2.0, &mut out);
+        conv(x, 1, w, s, bias, res, 2.0, &mut out);
         out
     }
 
@@ -382,6 +411,31 @@ mod tests {
                 assert!(
                     (*g as f64 - d).abs() < 1e-5,
                     "{c} {co} {h}x{w} at {i}: {g} vs {d}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn images_do_not_depend_on_their_batch() {
+        // Every image's output equals the one it gets alone, bit for bit, also over bands.
+        for (c, co, h, w) in [(320, 320, 16, 16), (96, 80, 130, 300), (8, 16, 18, 17)] {
+            assert!(pays_off(&Shape { c, h, w, co }));
+            let s = Shape { c, h, w, co };
+            let x = noise(3 * c * h * w, 9);
+            let wt: Vec<f32> = noise(co * c * 9, 10).iter().map(|v| v * 0.05).collect();
+            let bias = noise(co, 11);
+            let res = noise(3 * co * h * w, 12);
+            let mut all = vec![0f32; 3 * co * h * w];
+            conv(&x, 3, &wt, &s, Some(&bias), Some(&res), 1.0, &mut all);
+            let (image, plane) = (c * h * w, co * h * w);
+            for i in 0..3 {
+                let mut one = vec![0f32; plane];
+                let (xi, ri) = (&x[i * image..][..image], &res[i * plane..][..plane]);
+                conv(xi, 1, &wt, &s, Some(&bias), Some(ri), 1.0, &mut one);
+                assert!(
+                    one == all[i * plane..][..plane],
+                    "image {i} of {c}->{co} {h}x{w}"
                 );
             }
         }

@@ -12,8 +12,8 @@ use super::file::LoraFile;
 use super::keys::{Component, TargetIndex};
 use super::LoraError;
 use crate::models::clip::ClipTextModel;
-use crate::models::weights::gemm_layout;
 use crate::models::unet::UNet2DConditionModel;
+use crate::models::weights::gemm_layout;
 use crate::pipeline::StableDiffusion;
 use crate::Result;
 
