@@ -57,6 +57,27 @@ max_images = 4
     dir.to_path_buf()
 }
 
+/// The tests of this file run concurrently in one process; a test that measures the process
+/// (the load test's RSS) takes this lock alone, every other server shares it.
+static ALONE: std::sync::OnceLock<tokio::sync::RwLock<()>> = std::sync::OnceLock::new();
+
+/// A test's hold on [`ALONE`].
+#[allow(dead_code)] // held for its drop
+enum Turn {
+    Shared(tokio::sync::RwLockReadGuard<'static, ()>),
+    Alone(tokio::sync::RwLockWriteGuard<'static, ()>),
+}
+
+impl Turn {
+    async fn shared() -> Self {
+        Turn::Shared(ALONE.get_or_init(Default::default).read().await)
+    }
+
+    async fn alone() -> Self {
+        Turn::Alone(ALONE.get_or_init(Default::default).write().await)
+    }
+}
+
 /// A server running in this process on 127.0.0.1:0.
 struct TestServer {
     url: String,
@@ -64,10 +85,20 @@ struct TestServer {
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     _dir: tempfile::TempDir,
+    _turn: Turn,
 }
 
 impl TestServer {
     async fn start(config: ServerConfig) -> Self {
+        Self::start_in_turn(config, Turn::shared().await).await
+    }
+
+    /// A server while no other test's server runs in this process.
+    async fn start_alone(config: ServerConfig) -> Self {
+        Self::start_in_turn(config, Turn::alone().await).await
+    }
+
+    async fn start_in_turn(config: ServerConfig, turn: Turn) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let m = manifests(dir.path());
         let options = LoadOptions {
@@ -88,6 +119,7 @@ impl TestServer {
             stop: Some(stop),
             task,
             _dir: dir,
+            _turn: turn,
         }
     }
 

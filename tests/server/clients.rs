@@ -86,7 +86,8 @@ fn rss_mib() -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_test_fifty_clients_against_a_queue_of_eight() {
-    let server = TestServer::start(ServerConfig {
+    // Alone: its RSS figures are the whole process's, other tests' models included.
+    let server = TestServer::start_alone(ServerConfig {
         queue_size: 8,
         ..config()
     })

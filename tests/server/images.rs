@@ -5,6 +5,7 @@ use super::*;
 /// A server on the test manifests plus a `[[lora]]` entry `fox-style` (the kohya fixture), a
 /// `[[lora_set]]` `foxy` of it at 0.8, and a `[[pipeline]]` `tiny-foxy` that applies `foxy`.
 async fn start_with_loras() -> TestServer {
+    let turn = Turn::shared().await;
     let dir = tempfile::tempdir().unwrap();
     let m = manifests(dir.path());
     let lora = fixture("lora/tiny-sd/kohya.safetensors");
@@ -36,6 +37,7 @@ async fn start_with_loras() -> TestServer {
         stop: Some(stop),
         task,
         _dir: dir,
+        _turn: turn,
     }
 }
 
