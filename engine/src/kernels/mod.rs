@@ -1,16 +1,19 @@
 //! Hand-written CPU kernels for the places where plain candle loses time or memory on Stable
-//! Diffusion (see `../shared/notes/performance-profile.md`): convolutions as one GEMM on the
-//! native weight layout, single-pass group norm (+ SiLU), fused GEGLU, bias and residual adds
-//! folded into one pass, and a memory-lean attention that never holds the full score matrix.
+//! Diffusion (see `../shared/notes/performance-profile.md`): 3x3 convolutions by Winograd's
+//! F(2x2, 3x3) on larger maps and as one GEMM on the native weight layout otherwise,
+//! single-pass group norm (+ SiLU), fused GEGLU, bias and residual adds folded into one pass,
+//! and a fused block attention that never holds the full score matrix.
 //!
 //! Every kernel takes and returns candle [`Tensor`](candle_core::Tensor)s. The fast paths run
 //! on CPU f32 tensors; any other device or dtype falls back to candle's plain ops, so results
 //! on GPUs and in f16/bf16 are unchanged. The fast paths compute the same f32 math as
 //! diffusers (no reduced precision); each is unit-tested against candle's plain ops.
 //!
-//! GEMMs go through candle's `matmul` (the `gemm` crate, with its AVX-512 kernels enabled by
-//! the workspace's `x86-v4` feature); elementwise loops are compiled for the best SIMD level
-//! at run time through `pulp`'s dispatch, with a scalar fallback.
+//! GEMMs go through candle's `matmul`, or, where a kernel multiplies strided blocks inside its
+//! own loops (attention, Winograd), through the bounds-checked `gemm` module; both reach the
+//! `gemm` crate with its AVX-512 kernels enabled by the workspace's `x86-v4` feature.
+//! Elementwise loops are compiled for the best SIMD level at run time through `pulp`'s
+//! dispatch (see `math::simd` for what that requires of them), with a scalar fallback.
 
 pub mod attention;
 pub mod conv;

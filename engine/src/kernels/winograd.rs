@@ -280,60 +280,58 @@ fn transform_output(
         stride,
     } = *band;
     let mut srow = vec![0f32; 2 * 4 * tw];
-    {
-        simd(
-            #[inline(always)]
-            || {
-                for r in 0..rows {
-                    let base = image * nt + r * tw;
-                    let at = |xi: usize| &m[xi * stride + base..][..tw];
-                    // Aᵀ on the row index: s0 = m0 + m1 + m2, s1 = m1 − m2 − m3 (rows of 4).
-                    let (s0, s1) = srow.split_at_mut(4 * tw);
-                    for j in 0..4 {
-                        let (m0, m1, m2, m3) = (at(j), at(4 + j), at(8 + j), at(12 + j));
-                        let (a, b) = (&mut s0[j * tw..][..tw], &mut s1[j * tw..][..tw]);
-                        for tx in 0..tw {
-                            a[tx] = m0[tx] + m1[tx] + m2[tx];
-                            b[tx] = m1[tx] - m2[tx] - m3[tx];
+    simd(
+        #[inline(always)]
+        || {
+            for r in 0..rows {
+                let base = image * nt + r * tw;
+                let at = |xi: usize| &m[xi * stride + base..][..tw];
+                // Aᵀ on the row index: s0 = m0 + m1 + m2, s1 = m1 − m2 − m3 (rows of 4).
+                let (s0, s1) = srow.split_at_mut(4 * tw);
+                for j in 0..4 {
+                    let (m0, m1, m2, m3) = (at(j), at(4 + j), at(8 + j), at(12 + j));
+                    let (a, b) = (&mut s0[j * tw..][..tw], &mut s1[j * tw..][..tw]);
+                    for tx in 0..tw {
+                        a[tx] = m0[tx] + m1[tx] + m2[tx];
+                        b[tx] = m1[tx] - m2[tx] - m3[tx];
+                    }
+                }
+                // A on the column index, into output rows 2ty and 2ty + 1.
+                for (i, sr) in [&*s0, &*s1].into_iter().enumerate() {
+                    let oy = 2 * (ty0 + r) + i;
+                    if oy >= s.h {
+                        continue;
+                    }
+                    let (c0, c1, c2, c3) = (
+                        &sr[..tw],
+                        &sr[tw..2 * tw],
+                        &sr[2 * tw..3 * tw],
+                        &sr[3 * tw..],
+                    );
+                    let row = &mut dst[oy * s.w..][..s.w];
+                    for tx in 0..tw {
+                        let y0 = c0[tx] + c1[tx] + c2[tx];
+                        let y1 = c1[tx] - c2[tx] - c3[tx];
+                        row[2 * tx] = y0 + b;
+                        if 2 * tx + 1 < s.w {
+                            row[2 * tx + 1] = y1 + b;
                         }
                     }
-                    // A on the column index, into output rows 2ty and 2ty + 1.
-                    for (i, sr) in [&*s0, &*s1].into_iter().enumerate() {
-                        let oy = 2 * (ty0 + r) + i;
-                        if oy >= s.h {
-                            continue;
+                    if let Some(res) = res {
+                        let rr = &res[oy * s.w..][..s.w];
+                        for (d, &v) in row.iter_mut().zip(rr) {
+                            *d += v;
                         }
-                        let (c0, c1, c2, c3) = (
-                            &sr[..tw],
-                            &sr[tw..2 * tw],
-                            &sr[2 * tw..3 * tw],
-                            &sr[3 * tw..],
-                        );
-                        let row = &mut dst[oy * s.w..][..s.w];
-                        for tx in 0..tw {
-                            let y0 = c0[tx] + c1[tx] + c2[tx];
-                            let y1 = c1[tx] - c2[tx] - c3[tx];
-                            row[2 * tx] = y0 + b;
-                            if 2 * tx + 1 < s.w {
-                                row[2 * tx + 1] = y1 + b;
-                            }
-                        }
-                        if let Some(res) = res {
-                            let rr = &res[oy * s.w..][..s.w];
-                            for (d, &v) in row.iter_mut().zip(rr) {
-                                *d += v;
-                            }
-                        }
-                        if scale != 1.0 {
-                            for d in row.iter_mut() {
-                                *d /= scale;
-                            }
+                    }
+                    if scale != 1.0 {
+                        for d in row.iter_mut() {
+                            *d /= scale;
                         }
                     }
                 }
-            },
-        );
-    }
+            }
+        },
+    );
 }
 
 #[cfg(test)]
