@@ -4,7 +4,8 @@
 //! them by `v` straight into the output rows. The score matrix is never held whole (it is
 //! 1 GiB at 64x64 latents with batch 2), no pass over it goes to main memory, and heads are read
 //! and written in the `[B, S, heads·D]` layout. Keys and values are first laid out per head
-//! (`kᵀ` as `[D, Sk]`, `v` as `[Sk, D]`), the layouts the GEMM reads without repacking.
+//! (`kᵀ` as `[D, Sk]`, `v` as `[Sk, D]`, both padded: see [`Layout`]), the layouts the GEMM
+//! reads without repacking.
 
 use candle_core::{DType, Result, Tensor};
 use rayon::prelude::*;
@@ -34,9 +35,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Ten
     }
     let d = inner / heads;
     let scale = (d as f64).powf(-0.5) as f32;
+    let l = Layout::new(sk, d);
     // Enough blocks to keep every thread busy, each small enough to stay in cache.
     let threads = rayon::current_num_threads().max(1);
-    let block = (BLOCK_SCORES / sk.max(1))
+    let block = (BLOCK_SCORES / l.stride)
         .min(sq.div_ceil(2 * threads))
         .clamp(1, sq.max(1));
     let mut out = vec![0f32; b * sq * inner];
@@ -47,20 +49,23 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Ten
                     let (kt, vh) = per_head(
                         &k[i * sk * inner..][..sk * inner],
                         &v[i * sk * inner..][..sk * inner],
-                        sk,
+                        &l,
                         heads,
-                        d,
                     );
                     let qi = &q[i * sq * inner..][..sq * inner];
                     out[i * sq * inner..][..sq * inner]
                         .par_chunks_mut(block * inner)
                         .enumerate()
                         .for_each_init(
-                            || vec![0f32; block * sk],
-                            |scores, (t, rows)| {
+                            || Scratch {
+                                scores: vec![0f32; block * l.stride],
+                                outs: vec![0f32; block * l.dp],
+                                inv_sums: vec![0f32; block],
+                            },
+                            |scratch, (t, rows)| {
                                 let len = rows.len() / inner;
                                 let qb = &qi[t * block * inner..][..len * inner];
-                                attend_block(qb, &kt, &vh, rows, scores, len, sk, heads, d, scale);
+                                attend_block(qb, &kt, &vh, rows, scratch, len, &l, heads, scale);
                             },
                         );
                 }
@@ -70,25 +75,57 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Ten
     Tensor::from_vec(out, (b, sq, inner), q.device())
 }
 
-/// `kᵀ` as `[H][D][Sk]` and `v` as `[H][Sk][D]`, from `[Sk, H·D]` rows.
-fn per_head(k: &[f32], v: &[f32], sk: usize, heads: usize, d: usize) -> (Vec<f32>, Vec<f32>) {
+/// How keys, values and scores are laid out for the GEMM. Rows of `kᵀ` and of the scores
+/// hold `sk` values at a `stride` padded past a multiple of 4 KiB (at 4096 keys an unpadded
+/// row is 16 KiB, and the GEMM's reads down a column would all land in one cache set); rows
+/// of `v` are padded from `d` to `dp`, a multiple of the 16-lane vector, which the GEMM reads
+/// in place where it would otherwise repack all of `v` for every block of queries.
+struct Layout {
+    sk: usize,
+    stride: usize,
+    d: usize,
+    dp: usize,
+}
+
+impl Layout {
+    fn new(sk: usize, d: usize) -> Self {
+        Layout {
+            sk,
+            stride: sk.next_multiple_of(16) + 16,
+            d,
+            dp: d.next_multiple_of(16),
+        }
+    }
+}
+
+/// A task's buffers: the scores of its block for one head, the head's unscaled outputs
+/// (`dp` wide) and the reciprocals of the softmax sums.
+struct Scratch {
+    scores: Vec<f32>,
+    outs: Vec<f32>,
+    inv_sums: Vec<f32>,
+}
+
+/// `kᵀ` as `[H][D][stride]` and `v` as `[H][Sk][dp]` (zero padded), from `[Sk, H·D]` rows.
+fn per_head(k: &[f32], v: &[f32], l: &Layout, heads: usize) -> (Vec<f32>, Vec<f32>) {
+    let Layout {
+        sk, stride, d, dp, ..
+    } = *l;
     let inner = heads * d;
-    let mut kt = vec![0f32; heads * d * sk];
-    let mut vh = vec![0f32; heads * sk * d];
-    kt.par_chunks_mut(d * sk)
-        .zip(vh.par_chunks_mut(sk * d))
+    let mut kt = vec![0f32; heads * d * stride];
+    let mut vh = vec![0f32; heads * sk * dp];
+    kt.par_chunks_mut(d * stride)
+        .zip(vh.par_chunks_mut(sk * dp))
         .enumerate()
         .for_each(|(h, (kt, vh))| {
-            // Row by row of kᵀ, so that the writes are contiguous: writing column by column
-            // steps through memory sk·4 bytes at a time, a power of two at the usual sizes,
-            // where every write lands in the same cache set.
-            for (j, row) in kt.chunks_exact_mut(sk).enumerate() {
-                for (s, x) in row.iter_mut().enumerate() {
+            // Row by row of kᵀ, so that the writes are contiguous.
+            for (j, row) in kt.chunks_exact_mut(stride).enumerate() {
+                for (s, x) in row[..sk].iter_mut().enumerate() {
                     *x = k[s * inner + h * d + j];
                 }
             }
-            for (s, row) in vh.chunks_exact_mut(d).enumerate() {
-                row.copy_from_slice(&v[s * inner + h * d..][..d]);
+            for (s, row) in vh.chunks_exact_mut(dp).enumerate() {
+                row[..d].copy_from_slice(&v[s * inner + h * d..][..d]);
             }
         });
     (kt, vh)
@@ -101,23 +138,24 @@ fn attend_block(
     kt: &[f32],
     vh: &[f32],
     rows: &mut [f32],
-    scores: &mut [f32],
+    scratch: &mut Scratch,
     len: usize,
-    sk: usize,
+    l: &Layout,
     heads: usize,
-    d: usize,
     scale: f32,
 ) {
+    let Layout { sk, stride, d, dp } = *l;
     let inner = heads * d;
-    let scores = &mut scores[..len * sk];
-    let mut inv_sums = vec![0f32; len];
+    let scores = &mut scratch.scores[..len * stride];
+    let outs = &mut scratch.outs[..len * dp];
+    let inv_sums = &mut scratch.inv_sums[..len];
     for h in 0..heads {
         matmul(
             MatMut {
                 data: scores,
                 rows: len,
                 cols: sk,
-                stride: sk,
+                stride,
             },
             Mat {
                 data: &qb[h * d..],
@@ -126,46 +164,50 @@ fn attend_block(
                 stride: inner,
             },
             Mat {
-                data: &kt[h * d * sk..][..d * sk],
+                data: &kt[h * d * stride..][..d * stride],
                 rows: d,
                 cols: sk,
-                stride: sk,
+                stride,
             },
             1,
         );
         simd(
             #[inline(always)]
             || {
-                for (row, inv) in scores.chunks_exact_mut(sk).zip(inv_sums.iter_mut()) {
-                    *inv = unnormalised_softmax(row, scale);
+                for (row, inv) in scores.chunks_exact_mut(stride).zip(inv_sums.iter_mut()) {
+                    *inv = unnormalised_softmax(&mut row[..sk], scale);
                 }
             },
         );
         matmul(
             MatMut {
-                data: &mut rows[h * d..],
+                data: outs,
                 rows: len,
-                cols: d,
-                stride: inner,
+                cols: dp,
+                stride: dp,
             },
             Mat {
                 data: scores,
                 rows: len,
                 cols: sk,
-                stride: sk,
+                stride,
             },
             Mat {
-                data: &vh[h * sk * d..][..sk * d],
+                data: &vh[h * sk * dp..][..sk * dp],
                 rows: sk,
-                cols: d,
-                stride: d,
+                cols: dp,
+                stride: dp,
             },
             1,
         );
         // The softmax's division, on the d outputs of each row rather than its sk inputs.
-        for (row, &inv) in rows.chunks_exact_mut(inner).zip(&inv_sums) {
-            for o in &mut row[h * d..(h + 1) * d] {
-                *o *= inv;
+        for ((row, o), &inv) in rows
+            .chunks_exact_mut(inner)
+            .zip(outs.chunks_exact(dp))
+            .zip(&*inv_sums)
+        {
+            for (dst, &o) in row[h * d..(h + 1) * d].iter_mut().zip(o) {
+                *dst = o * inv;
             }
         }
     }
