@@ -26,6 +26,12 @@ use super::math::simd;
 /// Largest transformed input plus product of one band, in f32 values (64 MiB).
 const BUDGET: usize = 16 << 20;
 
+/// Extra f32 values after each channel's block of the filters, transformed input and product
+/// (one cache line). The blocks are otherwise a multiple of 4 KiB long whenever the channels
+/// or tiles are a multiple of 64, so the rows each GEMM reads would all fall in the same L1
+/// sets and evict one another while it packs them.
+const PAD: usize = 16;
+
 /// Fewest 2x2 tiles per image for which Winograd pays off (an 8x8 map has 16). It saves
 /// about 5·c·co multiply-adds per output pixel, but transforms the filters once per call:
 /// writing and re-reading 16·c·co values. Measured on the SD 1.5 UNet's layers, a
@@ -121,10 +127,11 @@ pub(super) fn conv(
     let plane = s.h * s.w;
     let threads = rayon::current_num_threads().max(1);
     let band_rows = (BUDGET / (16 * (s.c + s.co) * tw * images)).clamp(1, th);
-    let mut u = vec![0f32; s.co * 16 * s.c];
-    u.par_chunks_mut(16 * s.c)
+    let us = 16 * s.c + PAD;
+    let mut u = vec![0f32; s.co * us];
+    u.par_chunks_mut(us)
         .zip(weight.par_chunks(9 * s.c))
-        .for_each(|(u, w)| transform_filters(w, s.c, u));
+        .for_each(|(u, w)| transform_filters(w, s.c, &mut u[..16 * s.c]));
     for ty0 in (0..th).step_by(band_rows) {
         let rows = band_rows.min(th - ty0);
         let nt = rows * tw;
@@ -135,41 +142,52 @@ pub(super) fn conv(
             stride: images * nt,
         };
         let v = transform_input(x, s, &band);
-        let mut m = vec![0f32; s.co * 16 * band.stride];
-        products(&mut m, &u, &v, s.co, s.c, band.stride, threads);
+        let ms = 16 * band.stride + PAD;
+        let mut m = vec![0f32; s.co * ms];
+        let (n, c, nt) = (s.co, s.c, band.stride);
+        products(&mut m, &u, &v, (n, c, nt), threads);
         drop(v);
         out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
             let (image, o) = (i / s.co, i % s.co);
             let residual = residual.map(|r| &r[i * plane..][..plane]);
             let bias = bias.map_or(0.0, |b| b[o]);
-            let m = &m[o * 16 * band.stride..][..16 * band.stride];
+            let m = &m[o * ms..][..16 * band.stride];
             transform_output(m, s, &band, image, bias, residual, scale, dst);
         });
     }
 }
 
 /// The 16 position-wise GEMMs `m[o][ξ] = u[o][ξ] · v[ξ]` for `n` output channels: `u` is
-/// `[n][16][c]`, `v` is `[c][16][nt]`, `m` is `[n][16][nt]` (`nt` columns: tiles).
-fn products(m: &mut [f32], u: &[f32], v: &[f32], n: usize, c: usize, nt: usize, threads: usize) {
+/// `[n][16][c]`, `v` is `[c][16][nt]`, `m` is `[n][16][nt]` (`nt` columns: tiles), each with
+/// [`PAD`] values after every channel's block.
+fn products(
+    m: &mut [f32],
+    u: &[f32],
+    v: &[f32],
+    (n, c, nt): (usize, usize, usize),
+    threads: usize,
+) {
+    // Row strides: `u`'s; `v`'s and `m`'s (both 16·nt values and the pad per channel).
+    let (us, vs) = (16 * c + PAD, 16 * nt + PAD);
     for xi in 0..16 {
         matmul(
             MatMut {
                 data: &mut m[xi * nt..],
                 rows: n,
                 cols: nt,
-                stride: 16 * nt,
+                stride: vs,
             },
             Mat {
                 data: &u[xi * c..],
                 rows: n,
                 cols: c,
-                stride: 16 * c,
+                stride: us,
             },
             Mat {
                 data: &v[xi * nt..],
                 rows: c,
                 cols: nt,
-                stride: 16 * nt,
+                stride: vs,
             },
             threads,
         );
@@ -186,8 +204,8 @@ struct Band {
 }
 
 /// `Bᵀ d B` for the 4x4 input patch of every tile of the band, every image, as
-/// `[c][16][images·nt]`; the patch of tile (ty, tx) starts at input (2ty − 1, 2tx − 1), with
-/// zeros outside the image.
+/// `[c][16][images·nt]` with [`PAD`] values after each channel; the patch of tile (ty, tx)
+/// starts at input (2ty − 1, 2tx − 1), with zeros outside the image.
 fn transform_input(x: &[f32], s: &Shape, band: &Band) -> Vec<f32> {
     let (_, tw) = s.tiles();
     let Band {
@@ -197,8 +215,8 @@ fn transform_input(x: &[f32], s: &Shape, band: &Band) -> Vec<f32> {
         stride,
     } = *band;
     let pw = 2 * tw + 2;
-    let mut v = vec![0f32; s.c * 16 * stride];
-    v.par_chunks_mut(16 * stride)
+    let mut v = vec![0f32; s.c * (16 * stride + PAD)];
+    v.par_chunks_mut(16 * stride + PAD)
         .enumerate()
         .for_each(|(ci, dst)| {
             let mut p = vec![0f32; 4 * pw];
