@@ -32,6 +32,11 @@ const BUDGET: usize = 16 << 20;
 /// sets and evict one another while it packs them.
 const PAD: usize = 16;
 
+/// Length of one channel's block: the 16 positions of `len` values each, then [`PAD`].
+fn block(len: usize) -> usize {
+    16 * len + PAD
+}
+
 /// Fewest 2x2 tiles per image for which Winograd pays off (an 8x8 map has 16). It saves
 /// about 5·c·co multiply-adds per output pixel, but transforms the filters once per call:
 /// writing and re-reading 16·c·co values. Measured on the SD 1.5 UNet's layers, a
@@ -127,9 +132,8 @@ pub(super) fn conv(
     let plane = s.h * s.w;
     let threads = rayon::current_num_threads().max(1);
     let band_rows = (BUDGET / (16 * (s.c + s.co) * tw * images)).clamp(1, th);
-    let us = 16 * s.c + PAD;
-    let mut u = vec![0f32; s.co * us];
-    u.par_chunks_mut(us)
+    let mut u = vec![0f32; s.co * block(s.c)];
+    u.par_chunks_mut(block(s.c))
         .zip(weight.par_chunks(9 * s.c))
         .for_each(|(u, w)| transform_filters(w, s.c, &mut u[..16 * s.c]));
     for ty0 in (0..th).step_by(band_rows) {
@@ -142,16 +146,14 @@ pub(super) fn conv(
             stride: images * nt,
         };
         let v = transform_input(x, s, &band);
-        let ms = 16 * band.stride + PAD;
-        let mut m = vec![0f32; s.co * ms];
-        let (n, c, nt) = (s.co, s.c, band.stride);
-        products(&mut m, &u, &v, (n, c, nt), threads);
+        let mut m = vec![0f32; s.co * block(band.stride)];
+        products(&mut m, &u, &v, s.co, s.c, band.stride, threads);
         drop(v);
         out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
             let (image, o) = (i / s.co, i % s.co);
             let residual = residual.map(|r| &r[i * plane..][..plane]);
             let bias = bias.map_or(0.0, |b| b[o]);
-            let m = &m[o * ms..][..16 * band.stride];
+            let m = &m[o * block(band.stride)..][..16 * band.stride];
             transform_output(m, s, &band, image, bias, residual, scale, dst);
         });
     }
@@ -160,34 +162,26 @@ pub(super) fn conv(
 /// The 16 position-wise GEMMs `m[o][ξ] = u[o][ξ] · v[ξ]` for `n` output channels: `u` is
 /// `[n][16][c]`, `v` is `[c][16][nt]`, `m` is `[n][16][nt]` (`nt` columns: tiles), each with
 /// [`PAD`] values after every channel's block.
-fn products(
-    m: &mut [f32],
-    u: &[f32],
-    v: &[f32],
-    (n, c, nt): (usize, usize, usize),
-    threads: usize,
-) {
-    // Row strides: `u`'s; `v`'s and `m`'s (both 16·nt values and the pad per channel).
-    let (us, vs) = (16 * c + PAD, 16 * nt + PAD);
+fn products(m: &mut [f32], u: &[f32], v: &[f32], n: usize, c: usize, nt: usize, threads: usize) {
     for xi in 0..16 {
         matmul(
             MatMut {
                 data: &mut m[xi * nt..],
                 rows: n,
                 cols: nt,
-                stride: vs,
+                stride: block(nt),
             },
             Mat {
                 data: &u[xi * c..],
                 rows: n,
                 cols: c,
-                stride: us,
+                stride: block(c),
             },
             Mat {
                 data: &v[xi * nt..],
                 rows: c,
                 cols: nt,
-                stride: vs,
+                stride: block(nt),
             },
             threads,
         );
@@ -215,8 +209,8 @@ fn transform_input(x: &[f32], s: &Shape, band: &Band) -> Vec<f32> {
         stride,
     } = *band;
     let pw = 2 * tw + 2;
-    let mut v = vec![0f32; s.c * (16 * stride + PAD)];
-    v.par_chunks_mut(16 * stride + PAD)
+    let mut v = vec![0f32; s.c * block(stride)];
+    v.par_chunks_mut(block(stride))
         .enumerate()
         .for_each(|(ci, dst)| {
             let mut p = vec![0f32; 4 * pw];
