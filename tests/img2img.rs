@@ -12,11 +12,11 @@ use beeswax::image_in::{
     mask_from_picture, read_image, AlphaMask, Limits, Mask, ResizeMode, RgbImage,
 };
 use beeswax::pipeline::{
-    image_to_image, inpaint, ImageToImage, Inpaint, InpaintArea, LoadOptions, MaskedContent,
-    StableDiffusion, TextToImage,
+    image_to_image, inpaint, ImageToImage, Inpaint, InpaintArea, MaskedContent, StableDiffusion,
+    TextToImage,
 };
 use candle_core::{DType, Device, Tensor};
-use common::{assert_close_rel_std, fixture, load};
+use common::{assert_close_rel_std, fixture, load, model};
 
 #[derive(serde::Deserialize)]
 struct Case {
@@ -33,17 +33,6 @@ struct Case {
     prompt: String,
     negative_prompt: String,
     unet_in_channels: usize,
-}
-
-fn model(name: &str) -> StableDiffusion {
-    StableDiffusion::load(
-        &fixture(&format!("models/{name}")),
-        &LoadOptions {
-            device: Device::Cpu,
-            dtype: DType::F32,
-        },
-    )
-    .unwrap()
 }
 
 fn inputs() -> (RgbImage, Mask) {

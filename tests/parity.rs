@@ -165,18 +165,11 @@ struct Case {
 
 #[test]
 fn text_to_image_matches_diffusers_pipeline() {
-    use beeswax::pipeline::{text_to_image, LoadOptions, StableDiffusion, TextToImage};
+    use beeswax::pipeline::{text_to_image, TextToImage};
 
     let mut checked = 0;
     for model_name in MODELS {
-        let model = StableDiffusion::load(
-            &fixture(&format!("models/{model_name}")),
-            &LoadOptions {
-                device: Device::Cpu,
-                dtype: DType::F32,
-            },
-        )
-        .unwrap();
+        let model = common::model(model_name);
         let cases: Vec<Case> = serde_json::from_str(
             &std::fs::read_to_string(fixture(&format!("reference/{model_name}/cases.json")))
                 .unwrap(),

@@ -469,18 +469,11 @@ struct PipelineCase {
 #[test]
 fn text_to_image_matches_diffusers_with_each_sampler() {
     use beeswax::manifest::PackDefaults;
-    use beeswax::pipeline::{resolve, text_to_image, JobRequest, LoadOptions, StableDiffusion};
+    use beeswax::pipeline::{resolve, text_to_image, JobRequest};
 
     let mut checked = Vec::new();
     for model_name in common::MODELS {
-        let model = StableDiffusion::load(
-            &common::fixture(&format!("models/{model_name}")),
-            &LoadOptions {
-                device: Device::Cpu,
-                dtype: DType::F32,
-            },
-        )
-        .unwrap();
+        let model = common::model(model_name);
         let dir = format!("reference/{model_name}/schedulers");
         let cases: Vec<PipelineCase> = serde_json::from_str(
             &std::fs::read_to_string(common::fixture(&format!("{dir}/cases.json"))).unwrap(),

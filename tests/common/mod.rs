@@ -4,7 +4,10 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use beeswax::pipeline::{LoadOptions, StableDiffusion};
 use candle_core::{DType, Device, Tensor};
+
+pub mod lora;
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -18,6 +21,18 @@ pub fn fixture(rel: &str) -> PathBuf {
 
 /// The miniature models the fixture script made.
 pub const MODELS: [&str; 2] = ["tiny-sd", "tiny-sd2"];
+
+/// The miniature model `name` (under `tests/fixtures/models/`), in f32 on the CPU.
+pub fn model(name: &str) -> StableDiffusion {
+    StableDiffusion::load(
+        &fixture(&format!("models/{name}")),
+        &LoadOptions {
+            device: Device::Cpu,
+            dtype: DType::F32,
+        },
+    )
+    .unwrap()
+}
 
 /// Loads every tensor of a reference safetensors file (as f32 unless integer).
 pub fn load(rel: &str) -> HashMap<String, Tensor> {
