@@ -174,15 +174,7 @@ fn batch_writes_numbered_files_and_latents_round_trip() {
     ]);
     let out = beeswax_in(tmp.path(), &args, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let pixels = |f: &str| {
-        let decoder = png::Decoder::new(std::io::BufReader::new(
-            std::fs::File::open(tmp.path().join(f)).unwrap(),
-        ));
-        let mut reader = decoder.read_info().unwrap();
-        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-        reader.next_frame(&mut buf).unwrap();
-        buf
-    };
+    let pixels = |f: &str| common::png_pixels(&tmp.path().join(f));
     // Equal up to float rounding: a batch of two may sum in another order than a batch of one.
     let max_diff = pixels("pic-1.png")
         .iter()

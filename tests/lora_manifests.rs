@@ -261,15 +261,7 @@ fn cli_takes_lora_flags_and_prompt_tags_and_records_them() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let pixels = |name: &str| {
-        let decoder = png::Decoder::new(std::io::BufReader::new(
-            std::fs::File::open(tmp.path().join(name)).unwrap(),
-        ));
-        let mut reader = decoder.read_info().unwrap();
-        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-        reader.next_frame(&mut buf).unwrap();
-        buf
-    };
+    let pixels = |name: &str| common::png_pixels(&tmp.path().join(name));
     assert_eq!(pixels("a.png"), pixels("b.png"));
     let out = beeswax(&["--prompt", "a red fox", "--output", "c.png"]);
     assert!(out.status.success());

@@ -2,7 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use beeswax::pipeline::{LoadOptions, StableDiffusion};
 use candle_core::{DType, Device, Tensor};
@@ -21,6 +21,15 @@ pub fn fixture(rel: &str) -> PathBuf {
 
 /// The miniature models the fixture script made.
 pub const MODELS: [&str; 2] = ["tiny-sd", "tiny-sd2"];
+
+/// The decoded pixels of the PNG at `path`.
+pub fn png_pixels(path: &Path) -> Vec<u8> {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    reader.next_frame(&mut buf).unwrap();
+    buf
+}
 
 /// The miniature model `name` (under `tests/fixtures/models/`), in f32 on the CPU.
 pub fn model(name: &str) -> StableDiffusion {
