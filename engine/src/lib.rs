@@ -6,12 +6,14 @@
 //! together ([`pipeline`]), plus image output ([`image_out`]) and benchmarks ([`bench`]).
 
 pub mod bench;
+pub mod defaults;
 pub mod device;
 pub mod error;
 pub mod hub;
 pub mod image_in;
 pub mod image_out;
 pub mod kernels;
+pub mod limits;
 pub mod lora;
 pub mod manifest;
 pub mod model_files;

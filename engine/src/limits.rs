@@ -1,0 +1,48 @@
+//! The one place that says which job values are allowed. The command line (clap's value
+//! parsers), the manifests (`[pack.defaults]`, `[[pipeline]]`) and the HTTP service all check
+//! against these ranges, so that a value one of them accepts is never refused by another.
+//!
+//! A leaf module: it imports nothing from the crate. Model-dependent checks (a width that must
+//! be a multiple of the VAE's scale factor, a CLIP skip within the text encoder's layers) are
+//! made where the model is known, on top of these.
+
+use std::ops::RangeInclusive;
+
+/// Denoising steps.
+pub const STEPS: RangeInclusive<usize> = 1..=1000;
+/// Classifier-free guidance scale.
+pub const GUIDANCE: RangeInclusive<f64> = 0.0..=100.0;
+/// Width and height in pixels (also a multiple of [`SIZE_MULTIPLE`], and of the model's
+/// VAE scale factor).
+pub const SIZE: RangeInclusive<usize> = 8..=8192;
+/// Widths and heights are multiples of this (the smallest VAE scale factor of any family).
+pub const SIZE_MULTIPLE: usize = 8;
+/// Images made in one batch.
+pub const BATCH: RangeInclusive<usize> = 1..=64;
+/// CLIP skip (1 = the last layer); also at most the text encoder's layer count.
+pub const CLIP_SKIP: RangeInclusive<usize> = 1..=48;
+/// Mask blur, in pixels (the Gaussian's standard deviation).
+pub const MASK_BLUR: RangeInclusive<f64> = 0.0..=256.0;
+/// Context pixels around the mask when only the masked region is repainted.
+pub const INPAINT_PADDING: RangeInclusive<usize> = 0..=4096;
+/// Iterations of one request (AUTOMATIC1111's `n_iter`).
+pub const ITERATIONS: RangeInclusive<usize> = 1..=1000;
+/// Preview interval in steps.
+pub const PREVIEW_EVERY: RangeInclusive<usize> = 1..=1000;
+/// Longest prompt in characters (bounds memory; CLIP reads 75-token chunks).
+pub const PROMPT_CHARS: usize = 20_000;
+
+/// Whether `strength` is a valid image-to-image strength: above 0 and at most 1.
+pub fn strength_ok(strength: f64) -> bool {
+    strength > 0.0 && strength <= 1.0
+}
+
+/// Whether `value` is an allowed width or height (before the model's own scale factor).
+pub fn size_ok(value: usize) -> bool {
+    SIZE.contains(&value) && value % SIZE_MULTIPLE == 0
+}
+
+/// "between A and B" for messages.
+pub fn describe<T: std::fmt::Display>(range: &RangeInclusive<T>) -> String {
+    format!("between {} and {}", range.start(), range.end())
+}
