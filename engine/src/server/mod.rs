@@ -6,20 +6,24 @@
 //! to worker threads that do all tensor work off the async runtime; handlers only validate,
 //! queue and wait.
 //!
-//! Routes: the native jobs API (`/v1/pipelines`, `/v1/jobs/...` with server-sent events),
-//! OpenAI Images (`/v1/images/generations`), AUTOMATIC1111 (`/sdapi/v1/...`) and operations
-//! (`/health`, `/metrics`, `/openapi.json`).
+//! Routes: the native jobs API (`/v1/pipelines`, `/v1/jobs/...` with server-sent events,
+//! `/v1/gallery`, `/v1/samplers`, `/v1/loras`), OpenAI Images (`/v1/images/generations`),
+//! AUTOMATIC1111 (`/sdapi/v1/...`), operations (`/health`, `/metrics`, `/openapi.json`) and the
+//! web UI (`/`, `/ui/...`).
 //!
 //! Layout: [`config`](ServerConfig), catalog (pipelines and models), request (validation),
 //! jobs/queue/worker/generate/preview (running jobs), service (shared state), native/sse/
-//! openai/a1111 (routes), auth, errors, metrics, openapi, ops, http (router and serve).
+//! gallery/choices/openai/a1111 (routes), webui (the page), auth, errors, metrics, openapi, ops,
+//! http (router and serve).
 
 mod a1111;
 mod a1111_img2img;
 mod auth;
 mod catalog;
+mod choices;
 mod config;
 mod errors;
+mod gallery;
 mod http;
 mod image_job;
 mod jobs;
@@ -37,6 +41,7 @@ mod request;
 mod samplers;
 mod service;
 mod sse;
+pub mod webui;
 mod worker;
 
 pub use catalog::{Catalog, Pipeline};

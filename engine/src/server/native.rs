@@ -158,6 +158,7 @@ pub async fn pipelines(State(service): State<Arc<Service>>) -> Json<Value> {
                     "max_steps": p.limits.max_steps, "max_images": p.limits.max_images,
                 },
                 "post_processors": p.post_processors,
+                "form": super::choices::form(p),
             })
         })
         .collect();

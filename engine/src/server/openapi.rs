@@ -90,11 +90,26 @@ pub fn document() -> Value {
         },
         "security": [{"bearer": []}],
         "paths": {
+            "/": {"get": {"summary": "the web UI (unless `serve --no-ui`); the page and its /ui/ assets need no key, the page asks for it", "security": [],
+                "responses": {"200": {"description": "text/html"}}}},
             "/health": {"get": {"summary": "liveness; 503 while shutting down", "security": [],
                 "responses": {"200": {"description": "serving"}, "503": {"description": "shutting down"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text format 0.0.4"}}}},
-            "/v1/pipelines": {"get": {"summary": "the pipelines and packs served, with defaults and limits",
+            "/v1/pipelines": {"get": {"summary": "the pipelines and packs served, with defaults and limits; `form` holds what a request that sets nothing gets (steps, guidance, width, height, scheduler, schedule, negative_prompt, clip_skip) and the bounds of a form (native_width, native_height, size_multiple, max_clip_skip)",
                 "responses": {"200": {"description": "{\"pipelines\": [...]}"}}}},
+            "/v1/samplers": {"get": {"summary": "every sampler (name for `scheduler`, label, aliases, summary) and noise schedule (name for `schedule`, label, aliases, summary), plugins included",
+                "responses": {"200": {"description": "{\"samplers\": [...], \"schedules\": [...]}"}}}},
+            "/v1/loras": {"get": {"summary": "the LoRAs (`kind` lora: default weight, triggers) and LoRA sets (`kind` set: members) a request's `loras` may name, and the allowed weights",
+                "responses": {"200": {"description": "{\"loras\": [...], \"weight_range\": {\"min\", \"max\"}}"}}}},
+            "/v1/gallery": {"get": {
+                "summary": "the finished images this server holds (completed jobs of every API, kept --keep-finished seconds), newest first: url, width, height, pipeline, finished_at, infotext (the PNG's AUTOMATIC1111 `parameters` text) and parameters (a /v1/jobs body giving this image: its own seed, scheduler and schedule apart)",
+                "parameters": [
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 24}},
+                    {"name": "before", "in": "query", "schema": {"type": "string"}, "description": "the `next` cursor of the previous page"}
+                ],
+                "responses": {"200": {"description": "{\"images\": [...], \"next\": cursor or null, \"total\": images held}"},
+                    "400": error_response("bad limit or cursor")}
+            }},
             "/v1/jobs": {"post": {
                 "summary": "queue a job",
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}}}},

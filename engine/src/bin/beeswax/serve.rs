@@ -65,6 +65,9 @@ pub struct ServeArgs {
     /// Logs as JSON lines instead of text (RUST_LOG filters either way; default `info`).
     #[arg(long)]
     pub log_json: bool,
+    /// Do not serve the web UI at `/` (the APIs only).
+    #[arg(long)]
+    pub no_ui: bool,
 }
 
 fn init_logs(json: bool) {
@@ -126,6 +129,7 @@ pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
         limits,
         api_key: a.api_key.filter(|k| !k.is_empty()),
         shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
+        web_ui: !a.no_ui,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -139,6 +143,9 @@ pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
         let service = Service::start(catalog, config).context("starting the workers")?;
         tracing::info!(%addr, pipelines = service.catalog.names(), "listening");
         println!("beeswax listening on http://{addr}");
+        if !a.no_ui {
+            println!("web UI: http://{addr}/");
+        }
         serve(listener, service, shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(())
