@@ -16,7 +16,6 @@
 
 #[path = "common/browser.rs"]
 mod browser;
-#[allow(dead_code)]
 mod common;
 
 use std::io::{BufRead, BufReader, Read};
@@ -658,6 +657,22 @@ async fn three_queued_jobs_complete_in_order() {
     let server = Server::start(&[]);
     let browser = Browser::start(1280, 900).await;
     open(&browser, &server).await;
+    // An API error shows next to the field it names.
+    set_prompt(&browser, "a bad size", 80).await;
+    browser.fill("#width", "65").await;
+    browser.click("#generate").await;
+    let error = browser
+        .wait_for(
+            "the width error",
+            "const e = document.getElementById('err-width'); return !e.hidden && document.getElementById('width').getAttribute('aria-invalid') === 'true' && e.textContent",
+            LONG,
+        )
+        .await;
+    assert!(
+        error.as_str().unwrap().contains("not a multiple of 8"),
+        "{error}"
+    );
+    browser.fill("#width", "64").await;
     browser.eval(RECORDER, json!([])).await;
     for (n, name) in ["first", "second", "third"].iter().enumerate() {
         set_prompt(&browser, name, 80).await;
@@ -691,7 +706,19 @@ async fn three_queued_jobs_complete_in_order() {
         statuses.iter().any(|s| s.starts_with("Queued: #")),
         "the third job showed its place in the queue: {statuses:?}"
     );
-    browser.assert_clean_console(&[]).await;
+    let error_shown = browser
+        .eval(
+            "return document.getElementById('err-width').hidden",
+            json!([]),
+        )
+        .await;
+    assert_eq!(error_shown, true, "the error went with the next submit");
+    // Chromium logs the refused request (400) itself; nothing else may appear.
+    browser
+        .assert_clean_console(&[
+            "/v1/jobs - Failed to load resource: the server responded with a status of 400",
+        ])
+        .await;
 }
 
 /// A `width`×`height` RGB PNG: a horizontal gradient.

@@ -131,6 +131,11 @@ async function more() {
   updateEmpty();
 }
 
+/** The newest image shown, if any. */
+export function newest() {
+  return items[0];
+}
+
 /** Opens image `index` of job `job` (loading the gallery again if it is not shown yet). */
 export async function openImage(job, index) {
   let i = items.findIndex((x) => x.job === job && x.index === index);

@@ -77,7 +77,10 @@ function wire() {
     $('seed').value = '-1';
   });
   $('seed-reuse').addEventListener('click', () => {
-    if (lastSeed !== null) $('seed').value = String(lastSeed);
+    // The last image this tab made, else the newest of the gallery.
+    const newest = gallery.newest();
+    const seed = lastSeed ?? (newest ? newest.parameters.seed : null);
+    if (seed !== null && seed !== undefined) $('seed').value = String(seed);
   });
   $('key-button').hidden = !hasKey();
   $('key-button').addEventListener('click', () => askKey(''));
