@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use beeswax::pipeline::{resolve, text_to_image, JobRequest, LoadOptions, StableDiffusion};
+use beeswax::extensions::Extensions;
+use beeswax::family::LoadOptions;
+use beeswax::pipeline::{resolve, JobRequest};
 use beeswax::server::{serve, Catalog, Limits, ServerConfig, Service};
 use candle_core::{DType, Device};
 use common::{fixture, root};
@@ -105,8 +107,9 @@ impl TestServer {
             device: Device::Cpu,
             dtype: DType::F32,
         };
-        let catalog = Catalog::load(&m, &options, false, config.limits).unwrap();
-        let service = Service::start(catalog, config).unwrap();
+        let extensions = Extensions::builtin();
+        let catalog = Catalog::load(&m, &options, false, config.limits, &extensions).unwrap();
+        let service = Service::start(catalog, extensions, config).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, rx) = oneshot::channel::<()>();

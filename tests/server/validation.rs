@@ -464,9 +464,15 @@ fn pipeline_manifest_errors_name_file_line_and_field() {
     ] {
         assert!(original.contains(from), "{from}");
         std::fs::write(m.join("tiny.toml"), original.replace(from, to)).unwrap();
-        let err = Catalog::load(&m, &options, false, Limits::default())
-            .unwrap_err()
-            .to_string();
+        let err = Catalog::load(
+            &m,
+            &options,
+            false,
+            Limits::default(),
+            &Extensions::builtin(),
+        )
+        .unwrap_err()
+        .to_string();
         for n in needles {
             assert!(err.contains(n), "{to}: {err:?} lacks {n:?}");
         }

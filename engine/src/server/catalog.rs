@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use super::config::Limits;
 use super::pipeline_entry::{self, Mode};
+use crate::extensions::Extensions;
+use crate::family::{self, LoadOptions, Model};
 use crate::lora::{LoraCatalog, WeightRange};
 use crate::manifest::{self, Family, PackDefaults, PackManifest, PackSource};
-use crate::pipeline::{LoadOptions, StableDiffusion};
 use crate::{hub, Result};
 
 /// One servable pipeline, with its model loaded.
@@ -32,12 +33,14 @@ pub struct Pipeline {
     pub defaults: PackDefaults,
     /// Effective request limits.
     pub limits: Limits,
+    /// Pre-processors run on an image job's picture and mask, before the request's.
+    pub pre_processors: Vec<String>,
     /// Post-processors run on each image.
     pub post_processors: Vec<String>,
     /// A LoRA set (or LoRA) of the catalog applied to every job, before the request's LoRAs.
     pub lora_set: Option<String>,
     /// The loaded model.
-    pub model: Arc<StableDiffusion>,
+    pub model: Arc<Model>,
 }
 
 /// Every pipeline the service offers.
@@ -59,12 +62,13 @@ impl Catalog {
         options: &LoadOptions,
         allow_download: bool,
         limits: Limits,
+        extensions: &Extensions,
     ) -> Result<Self> {
         let packs = manifest::load_dir(dir)?;
-        let configs = pipeline_entry::load_dir(dir, &packs)?;
+        let configs = pipeline_entry::load_dir(dir, &packs, extensions)?;
         let mut loras = crate::lora::catalog::load_dir(dir)?;
         loras.allow_download = allow_download;
-        let mut loaded: Vec<(PackManifest, Arc<StableDiffusion>)> = Vec::new();
+        let mut loaded: Vec<(PackManifest, Arc<Model>)> = Vec::new();
         for pack in packs {
             let needed = configs.iter().any(|c| c.pack == pack.name);
             match load_pack(&pack, options, allow_download) {
@@ -117,6 +121,7 @@ impl Catalog {
                     max_steps: o.max_steps.unwrap_or(limits.max_steps),
                     max_images: o.max_images.unwrap_or(limits.max_images),
                 },
+                pre_processors: Vec::new(),
                 post_processors: c.post_processors,
                 lora_set: c.lora_set,
                 model: model.clone(),
@@ -133,6 +138,7 @@ impl Catalog {
                 is_pack: true,
                 defaults: pack.defaults,
                 limits,
+                pre_processors: Vec::new(),
                 post_processors: Vec::new(),
                 lora_set: None,
                 model,
@@ -190,14 +196,15 @@ impl Catalog {
     }
 }
 
-fn load_pack(
+/// Loads `pack`'s model as the family the pack declares.
+pub fn load_pack(
     pack: &PackManifest,
     options: &LoadOptions,
     allow_download: bool,
-) -> Result<StableDiffusion> {
+) -> Result<Model> {
     let dir = match &pack.source {
         PackSource::Path(p) => p.clone(),
         PackSource::Hub { repo, revision } => hub::resolve(repo, revision, allow_download)?,
     };
-    StableDiffusion::load(&dir, options)
+    family::load(&dir, Some(pack.family.as_str()), options)
 }

@@ -8,7 +8,7 @@
 //! description = "Few steps, Karras sigmas"
 //! scheduler = "euler"           # any name or alias of the scheduler registry
 //! schedule = "karras"           # a noise schedule of crate::schedulers::SCHEDULES
-//! post_processors = []          # names registered with server::postprocess
+//! post_processors = []          # names of plugin post-processors
 //!
 //! [pipeline.defaults]           # like [pack.defaults]; unset values come from the pack
 //! steps = 8
@@ -29,9 +29,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::postprocess;
+use crate::extensions::Extensions;
 use crate::manifest::{ManifestError, PackDefaults, PackManifest};
-use crate::schedulers::{self, Schedule};
+use crate::schedulers::Schedule;
 
 /// One `[[pipeline]]` table as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -144,8 +144,13 @@ struct PipelineFile {
 }
 
 /// Reads every `[[pipeline]]` in `dir` (files sorted by name) and validates it against
-/// `packs` (from [`crate::manifest::load_dir`], which has already checked the types).
-pub fn load_dir(dir: &Path, packs: &[PackManifest]) -> Result<Vec<PipelineConfig>, ManifestError> {
+/// `packs` (from [`crate::manifest::load_dir`], which has already checked the types) and the
+/// samplers and post-processors of `extensions`.
+pub fn load_dir(
+    dir: &Path,
+    packs: &[PackManifest],
+    extensions: &Extensions,
+) -> Result<Vec<PipelineConfig>, ManifestError> {
     let mut out: Vec<(PipelineConfig, usize)> = Vec::new();
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|source| ManifestError::Io {
@@ -172,7 +177,7 @@ pub fn load_dir(dir: &Path, packs: &[PackManifest]) -> Result<Vec<PipelineConfig
         };
         for entry in parsed.pipeline {
             let line = line_of(&text, entry.name.span().start);
-            let config = ctx.validate(entry, packs)?;
+            let config = ctx.validate(entry, packs, extensions)?;
             if let Some((first, first_line)) = out.iter().find(|(p, _)| p.name == config.name) {
                 let message = format!(
                     "`{}` is defined twice, also in {}:{first_line}: rename one of the pipelines",
@@ -219,6 +224,7 @@ impl Ctx<'_> {
         &self,
         e: PipelineEntry,
         packs: &[PackManifest],
+        extensions: &Extensions,
     ) -> Result<PipelineConfig, ManifestError> {
         let name = e.name.get_ref().trim().to_string();
         let valid_name = !name.is_empty()
@@ -263,7 +269,7 @@ impl Ctx<'_> {
             }
         };
         if let Some(s) = &e.scheduler {
-            if let Err(err) = schedulers::resolve(s.get_ref()) {
+            if let Err(err) = extensions.schedulers.resolve(s.get_ref()) {
                 return Err(self.invalid(s, "pipeline.scheduler", err.to_string()));
             }
         }
@@ -273,8 +279,8 @@ impl Ctx<'_> {
         }
         let mut post_processors = Vec::new();
         for p in &e.post_processors {
-            if postprocess::find(p.get_ref()).is_none() {
-                let known = postprocess::names();
+            let known = extensions.post_names();
+            if !known.contains(p.get_ref()) {
                 let message = format!(
                     "names no registered post-processor `{}`: registered: {}",
                     p.get_ref(),

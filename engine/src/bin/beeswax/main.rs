@@ -7,7 +7,7 @@ mod bench;
 mod bench_vae;
 mod check;
 mod generate;
-mod image_job;
+mod image_input;
 mod plugins;
 mod progress;
 mod schedulers;
@@ -29,7 +29,9 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate::run(&cli.global, *a),
         Command::Packs => source::list_packs(&cli.global),
         // Plugin schedulers are listed like built-ins.
-        Command::Schedulers => plugins::load(&cli.global).and_then(|_| schedulers::list()),
+        Command::Schedulers => {
+            plugins::load(&cli.global).and_then(|(_plugins, ext)| schedulers::list(&ext))
+        }
         Command::Bench(b) => bench::run(&cli.global, b),
         Command::Serve(a) => serve::run(&cli.global, a),
         Command::Plugins => plugins::list(&cli.global),
