@@ -21,7 +21,7 @@ use super::stages::{
 };
 use super::{ImageInput, MaskInput, MaskedContent, Settings};
 use crate::family::Model;
-use crate::image_in::{composite, fill_masked, resize_image, ResizeMode};
+use crate::image_in::{composite, fill_masked, resize_image, ResizeMode, RgbImage};
 use crate::noise::{BatchNoise, NoiseSource};
 use crate::schedulers::Scheduler;
 use crate::Result;
@@ -107,14 +107,7 @@ pub fn inpaint(
 
     // 4. Decode each image and paste it back over the original outside the mask.
     let clock = Instant::now();
-    let (x, y, pw, ph) = p.region.paste;
-    let images = decode_all(model, &latents)?
-        .into_iter()
-        .map(|generated| {
-            let generated = resize_image(&generated, pw, ph, ResizeMode::Crop);
-            composite(&p.region.canvas, &generated, &p.region.overlay, (x, y))
-        })
-        .collect();
+    let images = paste_back(&p.region, decode_all(model, &latents)?);
     times.decoding += clock.elapsed();
     Ok(Generated {
         latents,
@@ -122,6 +115,18 @@ pub fn inpaint(
         warnings,
         times,
     })
+}
+
+/// The decoded images fitted to where they go and pasted over the canvas with the mask.
+fn paste_back(region: &Region, decoded: Vec<RgbImage>) -> Vec<RgbImage> {
+    let (x, y, pw, ph) = region.paste;
+    decoded
+        .into_iter()
+        .map(|generated| {
+            let generated = resize_image(&generated, pw, ph, ResizeMode::Crop);
+            composite(&region.canvas, &generated, &region.overlay, (x, y))
+        })
+        .collect()
 }
 
 /// Fits the picture and mask, fills the masked region if asked, and encodes and noises.

@@ -32,6 +32,7 @@ mod pndm;
 mod registry;
 mod sampler;
 pub mod schedules;
+pub mod special;
 mod tcd;
 mod unipc;
 pub use config::{

@@ -69,46 +69,55 @@ pub async fn img2img(
     A1111Json(body): A1111Json<Img2ImgBody>,
 ) -> Result<Json<Value>, A1111Error> {
     let send_images = body.base.send_images.unwrap_or(true);
-    let picture_limits = pictures::limits(&service.config);
-    let first = match body.init_images.as_slice() {
-        [first, ..] => first,
-        [] => {
-            return Err(ApiError::invalid(
-                "init_images",
-                "missing_image",
-                "init_images must hold one base64-encoded picture",
-            )
-            .into())
-        }
+    let image = image_request(&service, &body).await?;
+    let mut request = request(&service, body.base);
+    request.image = Some(image);
+    let spec = validate(&service, request, &NAMES)?;
+    run(&service, spec, send_images).await
+}
+
+/// `resize_mode`: 0 just resize, 1 crop and resize, 2 resize and fill.
+fn resize_mode(value: Option<i64>) -> Result<ResizeMode, ApiError> {
+    match whole("resize_mode", value, 0, 3)? {
+        0 => Ok(ResizeMode::Stretch),
+        1 => Ok(ResizeMode::Crop),
+        2 => Ok(ResizeMode::Fill),
+        _ => Err(ApiError::invalid(
+            "resize_mode",
+            "unsupported",
+            "resize_mode 3 (just resize, latent upscale) is not supported: use 0 (just \
+             resize), 1 (crop and resize) or 2 (resize and fill)",
+        )),
+    }
+}
+
+/// `inpainting_fill`: 0 fill, 1 original, 2 latent noise.
+fn masked_content(value: Option<i64>) -> Result<MaskedContent, ApiError> {
+    match whole("inpainting_fill", value, 0, 3)? {
+        0 => Ok(MaskedContent::Fill),
+        1 => Ok(MaskedContent::Original),
+        2 => Ok(MaskedContent::LatentNoise),
+        _ => Err(ApiError::invalid(
+            "inpainting_fill",
+            "unsupported",
+            "inpainting_fill 3 (latent nothing) is not supported: use 0 (fill), 1 (original) \
+             or 2 (latent noise)",
+        )),
+    }
+}
+
+/// The picture and mask of an img2img body, decoded off the async runtime (pictures can be
+/// large), with A1111's mask options.
+async fn image_request(service: &Service, body: &Img2ImgBody) -> Result<ImageRequest, ApiError> {
+    let Some(first) = body.init_images.first().cloned() else {
+        return Err(ApiError::invalid(
+            "init_images",
+            "missing_image",
+            "init_images must hold one base64-encoded picture",
+        ));
     };
-    let resize = match whole("resize_mode", body.resize_mode, 0, 3)? {
-        0 => ResizeMode::Stretch,
-        1 => ResizeMode::Crop,
-        2 => ResizeMode::Fill,
-        _ => {
-            return Err(ApiError::invalid(
-                "resize_mode",
-                "unsupported",
-                "resize_mode 3 (just resize, latent upscale) is not supported: use 0 (just \
-                 resize), 1 (crop and resize) or 2 (resize and fill)",
-            )
-            .into())
-        }
-    };
-    let strength = body.denoising_strength;
-    let content =
-        match whole("inpainting_fill", body.inpainting_fill, 0, 3)? {
-            0 => MaskedContent::Fill,
-            1 => MaskedContent::Original,
-            2 => MaskedContent::LatentNoise,
-            _ => return Err(ApiError::invalid(
-                "inpainting_fill",
-                "unsupported",
-                "inpainting_fill 3 (latent nothing) is not supported: use 0 (fill), 1 (original) \
-                 or 2 (latent noise)",
-            )
-            .into()),
-        };
+    let resize = resize_mode(body.resize_mode)?;
+    let content = masked_content(body.inpainting_fill)?;
     let blur = whole(
         "mask_blur",
         body.mask_blur,
@@ -126,21 +135,17 @@ pub async fn img2img(
         "inpainting_mask_invert",
         body.inpainting_mask_invert.as_ref(),
     )?;
-
-    // Decode off the async runtime: pictures can be large.
-    let (init, mask) = {
-        let first = first.clone();
-        let mask = body.mask.clone().filter(|m| !m.trim().is_empty());
-        tokio::task::spawn_blocking(move || {
-            let init = pictures::decode_base64("init_images[0]", &first, &picture_limits)?;
-            let mask = mask
-                .map(|m| pictures::decode_base64("mask", &m, &picture_limits))
-                .transpose()?;
-            Ok::<_, ApiError>((init, mask))
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("decoding the pictures failed: {e}")))??
-    };
+    let picture_limits = pictures::limits(&service.config);
+    let mask = body.mask.clone().filter(|m| !m.trim().is_empty());
+    let (init, mask) = tokio::task::spawn_blocking(move || {
+        let init = pictures::decode_base64("init_images[0]", &first, &picture_limits)?;
+        let mask = mask
+            .map(|m| pictures::decode_base64("mask", &m, &picture_limits))
+            .transpose()?;
+        Ok::<_, ApiError>((init, mask))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("decoding the pictures failed: {e}")))??;
     let mask = match mask {
         None => None,
         Some(picture) => {
@@ -157,16 +162,12 @@ pub async fn img2img(
             })
         }
     };
-
-    let mut request = request(&service, body.base);
-    request.image = Some(ImageRequest {
+    Ok(ImageRequest {
         picture: init.rgb,
-        strength,
+        strength: body.denoising_strength,
         resize: Some(resize),
         sample_posterior: false,
         init_noise: None,
         mask,
-    });
-    let spec = validate(&service, request, &NAMES)?;
-    run(&service, spec, send_images).await
+    })
 }

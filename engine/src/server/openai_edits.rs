@@ -16,7 +16,7 @@ use super::openai::{parse_size, respond, response_format, NAMES};
 use super::pictures;
 use super::request::{validate, GenerateRequest};
 use super::service::Service;
-use crate::image_in::{mask_from_picture, AlphaMask, Mask, ResizeMode};
+use crate::image_in::{mask_from_picture, AlphaMask, Mask, Picture, ResizeMode};
 use crate::pipeline::{ImageRequest, MaskRequest, MaskedContent};
 
 /// Strength of an edit with a mask (the masked region is repainted from scratch).
@@ -88,23 +88,9 @@ async fn read_form(mut multipart: Multipart) -> Result<Form, ApiError> {
     Ok(form)
 }
 
-/// `POST /v1/images/edits`.
-pub async fn edits(
-    State(service): State<Arc<Service>>,
-    headers: HeaderMap,
-    multipart: Multipart,
-) -> Result<Json<Value>, ApiError> {
-    let form = read_form(multipart).await?;
-    let prompt = form.get("prompt").unwrap_or_default().to_string();
-    if prompt.trim().is_empty() {
-        return Err(ApiError::invalid(
-            "prompt",
-            "invalid_prompt",
-            "prompt must not be empty",
-        ));
-    }
-    let b64 = response_format(form.get("response_format"))?;
-    let (width, height) = parse_size(form.get("size"))?;
+/// The form's picture and mask (transparent = repaint; without a mask, the picture's own
+/// transparency when it has any), decoded off the async runtime.
+async fn pictures_of(service: &Service, form: &Form) -> Result<(Picture, Option<Mask>), ApiError> {
     let limits = pictures::limits(&service.config);
     let image = form.image.clone().ok_or_else(|| {
         ApiError::invalid(
@@ -123,7 +109,7 @@ pub async fn edits(
     })
     .await
     .map_err(|e| ApiError::internal(format!("decoding the pictures failed: {e}")))??;
-    let mask: Option<Mask> = match &mask {
+    let mask = match &mask {
         Some(m) => {
             let mask = mask_from_picture(m, AlphaMask::TransparentRepaints);
             pictures::check_mask("mask", &mask, &picture.rgb)?;
@@ -134,6 +120,27 @@ pub async fn edits(
         }
         None => None,
     };
+    Ok((picture, mask))
+}
+
+/// `POST /v1/images/edits`.
+pub async fn edits(
+    State(service): State<Arc<Service>>,
+    headers: HeaderMap,
+    multipart: Multipart,
+) -> Result<Json<Value>, ApiError> {
+    let form = read_form(multipart).await?;
+    let prompt = form.get("prompt").unwrap_or_default().to_string();
+    if prompt.trim().is_empty() {
+        return Err(ApiError::invalid(
+            "prompt",
+            "invalid_prompt",
+            "prompt must not be empty",
+        ));
+    }
+    let b64 = response_format(form.get("response_format"))?;
+    let (width, height) = parse_size(form.get("size"))?;
+    let (picture, mask) = pictures_of(&service, &form).await?;
     let default_strength = if mask.is_some() {
         MASKED_STRENGTH
     } else {

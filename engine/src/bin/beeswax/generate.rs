@@ -77,13 +77,34 @@ pub fn run(global: &Global, a: GenerateArgs) -> Result<()> {
         eprintln!("warning: {w}");
     }
 
+    write_outputs(
+        &a,
+        &job,
+        &out,
+        &sampler,
+        &chosen.name,
+        &job_loras.recorded_prompt,
+    )
+}
+
+/// Writes each image as a PNG with its A1111 parameters (the prompt as recorded, LoRA tags
+/// included), and the latents when `--output-latents` asks.
+fn write_outputs(
+    a: &GenerateArgs,
+    job: &beeswax::pipeline::Job,
+    out: &beeswax::pipeline::Generated,
+    sampler: &str,
+    model: &str,
+    recorded_prompt: &str,
+) -> Result<()> {
+    let s = &job.settings;
     let output = a
         .output
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("beeswax-{}.png", s.seed)));
     for (i, image) in out.images.iter().enumerate() {
-        let mut params = GenerationParams::for_image(&job, i, &sampler, &chosen.name);
-        params.prompt = job_loras.recorded_prompt.clone();
+        let mut params = GenerationParams::for_image(job, i, sampler, model);
+        params.prompt = recorded_prompt.to_string();
         let path = numbered_path(&output, i, s.batch);
         write_png(&path, image, &params.to_a1111())?;
         if !a.quiet {
