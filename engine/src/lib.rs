@@ -9,6 +9,7 @@ pub mod bench;
 pub mod defaults;
 pub mod device;
 pub mod error;
+pub mod gguf;
 pub mod hub;
 pub mod image_in;
 pub mod image_out;
