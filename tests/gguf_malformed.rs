@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use beeswax::gguf::{Architecture, GgufError, GgufFile};
+use beeswax::gguf::{Architecture, ArchitectureSource, GgufError, GgufFile};
 
 fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -119,6 +119,32 @@ fn well_formed_hand_made_file_opens() {
         .unwrap()
         .version(),
         2
+    );
+    // No usable general.architecture: told from the tensor names, as ComfyUI-GGUF does.
+    let mut pig = Vec::new();
+    put_str(&mut pig, b"pig");
+    let named = Raw::new()
+        .kv("general.architecture", 8, &pig)
+        .tensor(
+            "model.diffusion_model.double_blocks.0.img_attn.qkv.weight",
+            &[4],
+            0,
+            0,
+        )
+        .data(&[0u8; 16]);
+    let file = named.open().unwrap();
+    let (arch, source) = file.architecture().unwrap().unwrap();
+    assert_eq!(
+        (arch, source),
+        (Architecture::Flux, ArchitectureSource::TensorNames)
+    );
+    let msg = file
+        .expect_architecture(&[Architecture::Sdxl])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("\"flux\"") && msg.contains("told from its tensor names"),
+        "{msg}"
     );
 }
 

@@ -387,13 +387,17 @@ impl GgufFile {
     }
 
     /// The architecture: `general.architecture` if present (files made by ComfyUI-GGUF and
-    /// beeswax), else told from the tensor names (files made by stable-diffusion.cpp).
+    /// beeswax), else told from the tensor names (files made by stable-diffusion.cpp, and
+    /// those marked `pig`, which ComfyUI-GGUF also reads by their names).
     pub fn architecture(&self) -> Result<Option<(Architecture, ArchitectureSource)>, GgufError> {
-        if let Some(name) = self.get_str("general.architecture")? {
-            return Ok(Some((
-                Architecture::from_name(name),
-                ArchitectureSource::Metadata,
-            )));
+        match self.get_str("general.architecture")? {
+            Some(name) if name != "pig" => {
+                return Ok(Some((
+                    Architecture::from_name(name),
+                    ArchitectureSource::Metadata,
+                )))
+            }
+            _ => {}
         }
         let names = self.tensors.iter().map(|t| t.name.as_str());
         Ok(naming::detect_architecture(names).map(|a| (a, ArchitectureSource::TensorNames)))
