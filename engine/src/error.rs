@@ -25,6 +25,9 @@ pub enum Error {
     /// A LoRA could not be found, read, matched or applied.
     #[error(transparent)]
     Lora(Box<crate::lora::LoraError>),
+    /// A GGUF file could not be read, is of another model, or could not be written.
+    #[error(transparent)]
+    Gguf(Box<crate::gguf::GgufError>),
     /// A picture or mask could not be read or does not fit the job.
     #[error(transparent)]
     Image(#[from] crate::image_in::ImageError),

@@ -2,7 +2,7 @@
 //!
 //! The crate is organised by domain, lower layers first:
 //! - values and files: [`limits`] and [`defaults`] (the one place for allowed values and
-//!   defaults), [`weights`] (the one safetensors reader), [`manifest`] (packs, pipelines and
+//!   defaults), [`weights`] (the one safetensors reader), [`gguf`] (GGUF files and quantization), [`manifest`] (packs, pipelines and
 //!   other sections of the manifest folder), [`hub`], [`model_files`], [`image_in`],
 //!   [`image_out`], [`params`] (A1111's PNG parameters);
 //! - maths and networks: [`kernels`], [`models`] (CLIP, UNet, VAE), [`tokenizer`],
@@ -18,6 +18,7 @@ pub mod device;
 pub mod error;
 pub mod extensions;
 pub mod family;
+pub mod gguf;
 pub mod hub;
 pub mod image_in;
 pub mod image_out;

@@ -7,6 +7,7 @@
 pub mod attention;
 pub mod clip;
 pub mod config_file;
+pub mod linear;
 pub mod resnet;
 pub mod sampling;
 pub mod unet;

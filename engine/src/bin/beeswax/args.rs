@@ -55,6 +55,8 @@ pub enum Command {
     /// Validate every manifest and plugin (syntax, paths, hashes, ABI, capabilities); exits
     /// non-zero listing every problem.
     Check,
+    /// Write a safetensors model as a GGUF file with quantized linear layers.
+    Quantize(crate::quantize::QuantizeArgs),
 }
 
 /// Which model to use: a diffusers folder or a pack.

@@ -1,4 +1,4 @@
-//! The `beeswax` command: generate images, list packs, run benchmarks.
+//! The `beeswax` command: generate images, list packs, run benchmarks, quantize models.
 //!
 //! Run with `cargo run --release -- generate --pack tiny-sd --prompt "a red fox" --output fox.png`.
 
@@ -10,6 +10,7 @@ mod generate;
 mod image_input;
 mod plugins;
 mod progress;
+mod quantize;
 mod schedulers;
 mod serve;
 mod source;
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => serve::run(&cli.global, a),
         Command::Plugins => plugins::list(&cli.global),
         Command::Check => check::run(&cli.global),
+        Command::Quantize(a) => quantize::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
