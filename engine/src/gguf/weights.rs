@@ -14,7 +14,7 @@ use candle_nn::VarBuilder;
 use super::error::GgufError;
 use super::naming::{denoiser_prefix, Architecture};
 use super::reader::{GgufFile, TensorInfo};
-use crate::models::weights::gemm_layout;
+use crate::weights::gemm_layout;
 
 /// Maps the name a model asks for to the name in the file (after the denoiser prefix).
 type Rename = Arc<dyn Fn(&str) -> String + Send + Sync>;
