@@ -56,7 +56,7 @@ pub fn denoise(
         }
         let out = model
             .unet
-            .forward(&input.to_dtype(model.dtype)?, t, cond.context)?
+            .forward(&input.to_dtype(model.dtype)?, t, cond.context, None)?
             .to_dtype(DType::F32)?;
         let out = if guided {
             let uncond = out.narrow(0, 0, batch)?;

@@ -101,7 +101,7 @@ pub fn bench(global: &Global, a: BenchSchedulerArgs) -> Result<()> {
                 &device,
             )?;
             let timing = time_runs(a.iters as usize, || {
-                let out = model.forward(&latents, 500.0, &context)?;
+                let out = model.forward(&latents, 500.0, &context, None)?;
                 device.synchronize()?;
                 Ok(out)
             })?;
