@@ -79,7 +79,7 @@ fn one_unet_call_matches_diffusers() {
                 .to_vec1::<f32>()
                 .unwrap()[0] as f64;
             let out = unet
-                .forward(&r["sample"], t, &r["encoder_hidden_states"])
+                .forward(&r["sample"], t, &r["encoder_hidden_states"], None)
                 .unwrap();
             assert_close_rel_std(
                 &format!("{model} unet t={t}"),

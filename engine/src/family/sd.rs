@@ -201,7 +201,7 @@ impl Networks for SdNetworks {
     ) -> Result<Tensor> {
         let out = self
             .unet
-            .forward(&latents.to_dtype(self.dtype)?, timestep, &cond.context)?;
+            .forward(&latents.to_dtype(self.dtype)?, timestep, &cond.context, None)?;
         Ok(out.to_dtype(DType::F32)?)
     }
 

@@ -31,7 +31,7 @@ fn unet(global: &Global, a: BenchUnetArgs) -> Result<()> {
         &device,
     )?;
     let timing = time_runs(a.iters as usize, || {
-        let out = model.forward(&latents, 500.0, &context)?;
+        let out = model.forward(&latents, 500.0, &context, None)?;
         device.synchronize()?;
         Ok(out)
     })?;

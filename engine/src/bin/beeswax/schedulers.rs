@@ -104,7 +104,7 @@ fn unet_step(path: &std::path::Path, a: &BenchSchedulerArgs, device: &Device) ->
         device,
     )?;
     let timing = time_runs(a.iters as usize, || {
-        let out = model.forward(&latents, 500.0, &context)?;
+        let out = model.forward(&latents, 500.0, &context, None)?;
         device.synchronize()?;
         Ok(out)
     })?;
