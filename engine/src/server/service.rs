@@ -117,8 +117,9 @@ impl Service {
         }
         job.request_cancel();
         if self.queue.remove(&job.id) {
-            job.finish(Status::Cancelled, Event::Cancelled);
+            // Counted before the final state is published (see `worker::spawn`).
             self.metrics.outcome(Outcome::Cancelled);
+            job.finish(Status::Cancelled, Event::Cancelled);
             Cancelled::Dequeued
         } else {
             Cancelled::Stopping
@@ -146,8 +147,8 @@ impl Service {
     pub async fn shutdown(&self, timeout: Duration) {
         self.accepting.store(false, Ordering::SeqCst);
         for job in self.queue.close() {
-            job.finish(Status::Cancelled, Event::Cancelled);
             self.metrics.outcome(Outcome::Cancelled);
+            job.finish(Status::Cancelled, Event::Cancelled);
         }
         let deadline = Instant::now() + timeout;
         loop {
