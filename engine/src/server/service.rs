@@ -126,6 +126,17 @@ impl Service {
         }
     }
 
+    /// Holds the workers: new jobs queue (up to `queue_size`, then 429) but none starts until
+    /// [`Service::resume_workers`]; running jobs carry on.
+    pub fn pause_workers(&self) {
+        self.queue.pause();
+    }
+
+    /// Lets the workers take jobs again after [`Service::pause_workers`].
+    pub fn resume_workers(&self) {
+        self.queue.resume();
+    }
+
     /// Current gauge values.
     pub fn gauges(&self) -> Gauges {
         Gauges {
