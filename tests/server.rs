@@ -40,6 +40,8 @@ mod images;
 mod jobs;
 #[path = "server/loras.rs"]
 mod loras;
+#[path = "server/ordering.rs"]
+mod ordering;
 #[path = "server/queue.rs"]
 mod queue;
 #[path = "server/validation.rs"]

@@ -1,6 +1,5 @@
 //! The queue: a full queue refuses exactly the requests beyond its capacity (the workers are
-//! held, so nothing runs meanwhile), fifty clients against a queue of eight, and a job's
-//! counters and state changing before a blocking route answers.
+//! held, so nothing runs meanwhile), and fifty clients against a queue of eight.
 
 use super::*;
 
@@ -117,45 +116,6 @@ async fn fifty_clients_against_a_queue_of_eight_get_eight_images_and_42_refusals
         ("beeswax_jobs_running", 0),
     ] {
         assert_eq!(metric(&text, line), Some(value as f64), "{line}:\n{text}");
-    }
-    server.stop().await;
-}
-
-/// When a blocking route (OpenAI, A1111) or a job's event stream says the job is done, its
-/// counters have already changed and it no longer counts as running.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn counters_and_progress_are_up_to_date_when_a_generation_returns() {
-    let server = TestServer::start(config()).await;
-    let completed = "beeswax_jobs_total{outcome=\"completed\"}";
-    let mut done = 0.0;
-    for round in 0..3 {
-        let body = json!({"prompt": format!("round {round}"), "steps": 2, "size": "64x64",
-                          "response_format": "b64_json"});
-        expect_json(post(&server.at("/v1/images/generations"), body).await, 200).await;
-        done += 1.0;
-        let text = metrics(&server.url).await;
-        assert_eq!(metric(&text, completed), Some(done), "OpenAI:\n{text}");
-        assert_eq!(metric(&text, "beeswax_jobs_running"), Some(0.0), "{text}");
-
-        let body = json!({"prompt": format!("round {round}"), "steps": 2});
-        expect_json(post(&server.at("/sdapi/v1/txt2img"), body).await, 200).await;
-        done += 1.0;
-        let progress = get_json(&server.at("/sdapi/v1/progress")).await;
-        assert_eq!(
-            progress["state"]["job"], "",
-            "A1111 progress is idle: {progress}"
-        );
-        assert_eq!(progress["progress"], 0.0, "{progress}");
-        let text = metrics(&server.url).await;
-        assert_eq!(metric(&text, completed), Some(done), "A1111:\n{text}");
-
-        let id = submit(&server.url, json!({"prompt": "native", "steps": 2})).await;
-        let events = get(&server.at(&format!("/v1/jobs/{id}/events"))).await;
-        let events = read_events(events, |_, _| {}).await;
-        assert_eq!(events.last().unwrap().0, "completed");
-        done += 1.0;
-        let text = metrics(&server.url).await;
-        assert_eq!(metric(&text, completed), Some(done), "events:\n{text}");
     }
     server.stop().await;
 }
