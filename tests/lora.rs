@@ -15,13 +15,13 @@ use beeswax::lora::merge::BaseWeights;
 use beeswax::lora::{apply, merged_weights, LoraError, LoraFile, ShapeMismatch, WeightedLora};
 use beeswax::models::config_file::read_json;
 use beeswax::models::unet::{UNet2DConditionModel, UNetConfig};
-use beeswax::pipeline::{Generated, StableDiffusion, TextToImage};
+use beeswax::pipeline::{Generated, StableDiffusion};
 use beeswax::Error;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use common::command::Dir;
 use common::images::assert_run_matches;
-use common::jobs::generate;
+use common::jobs::{generate, TextJob};
 use common::lora::{lora_path, weighted};
 use common::reference::{self, Case};
 use common::{fixture, load, max_diff_and_std, model, MODELS};
@@ -31,11 +31,11 @@ fn cases(model: &str) -> Vec<Case> {
 }
 
 /// The case's job from its recorded starting latents.
-fn job(case: &Case) -> TextToImage {
+fn job(case: &Case) -> TextJob {
     case.text_job(Some(&case.tensors()["init_latents"]))
 }
 
-fn run_with(model: &StableDiffusion, loras: &[WeightedLora], job: &TextToImage) -> Generated {
+fn run_with(model: &StableDiffusion, loras: &[WeightedLora], job: &TextJob) -> Generated {
     generate(&apply(model, loras).unwrap().model, job)
 }
 

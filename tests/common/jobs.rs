@@ -15,6 +15,9 @@ use candle_core::Tensor;
 
 use super::reference::Case;
 
+/// The library's text-to-image job type: the one name the tests use for it.
+pub type TextJob = TextToImage;
+
 /// Image-to-image and inpainting settings beyond a case's; the defaults are the references'
 /// (stretched to the job size, the posterior mean, no mask blur, the whole picture, the
 /// original content under the mask).
