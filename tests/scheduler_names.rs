@@ -7,6 +7,9 @@
 mod common;
 
 use beeswax::schedulers::{self, SchedulerConfig, SchedulerError};
+use common::command::{pack_toml, Dir, TestCommand};
+use common::images::Png;
+
 #[test]
 fn unknown_name_lists_the_valid_ones() {
     let err = common::registry()
@@ -188,22 +191,27 @@ fn a1111_combined_names_equal_sampler_plus_schedule() {
     );
 }
 
-/// Runs the `beeswax` binary from the repository root (where `manifests/` is).
-fn beeswax_cli(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_beeswax"))
-        .args(args)
-        .current_dir(common::root())
-        .output()
-        .unwrap()
+/// `beeswax generate --pack tiny-sd --prompt "a red fox" --steps 3 --guidance 1 --seed 3
+/// --quiet --output <out>`, from the repository root (where `manifests/` is).
+fn generate_tiny(out: &std::path::Path) -> TestCommand {
+    let mut cmd = TestCommand::in_repo();
+    cmd.args([
+        "generate",
+        "--pack",
+        "tiny-sd",
+        "--prompt",
+        "a red fox",
+        "--steps",
+        "3",
+    ])
+    .args(["--guidance", "1", "--seed", "3", "--quiet", "--output"])
+    .arg(out);
+    cmd
 }
 
-/// Every name `beeswax schedulers` prints (canonical names and aliases, samplers and
-/// schedules) works with `beeswax generate --pack tiny-sd`, and A1111's combined names too.
-#[test]
-fn every_listed_name_generates_with_tiny_sd() {
-    let listing = beeswax_cli(&["schedulers"]);
-    assert!(listing.status.success());
-    let text = String::from_utf8(listing.stdout).unwrap();
+/// The names `beeswax schedulers` lists: (samplers with their aliases, schedules).
+fn listed_names() -> (Vec<String>, Vec<String>) {
+    let text = TestCommand::in_repo().arg("schedulers").stdout();
     let (mut samplers, mut schedules) = (Vec::new(), Vec::new());
     let mut section = "";
     for line in text.lines() {
@@ -223,48 +231,40 @@ fn every_listed_name_generates_with_tiny_sd() {
             other => panic!("line outside a section ({other:?}): {line}"),
         }
     }
+    (samplers, schedules)
+}
+
+/// Every name `beeswax schedulers` prints (canonical names and aliases, samplers and
+/// schedules) works with `beeswax generate --pack tiny-sd`, and A1111's combined names too.
+#[test]
+fn every_listed_name_generates_with_tiny_sd() {
+    let (samplers, schedules) = listed_names();
     assert!(samplers.len() >= 2 * 18, "{samplers:?}");
     assert!(schedules.len() >= 11, "{schedules:?}");
-    let dir = tempfile::tempdir().unwrap();
-    let output = dir.path().join("out.png");
-    let output = output.to_str().unwrap();
-    let run = |extra: &[&str]| {
-        let mut args = vec![
-            "generate",
-            "--pack",
-            "tiny-sd",
-            "--prompt",
-            "a red fox",
-            "--steps",
-            "3",
-            "--guidance",
-            "1",
-            "--seed",
-            "3",
-            "--quiet",
-            "--output",
-            output,
-        ];
-        args.extend_from_slice(extra);
-        let out = beeswax_cli(&args);
-        assert!(
-            out.status.success(),
-            "{extra:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let dir = Dir::new("every-sampler");
+    let output = dir.join("out.png");
     for name in &samplers {
-        run(&["--scheduler", name]);
+        generate_tiny(&output).args(["--scheduler", name]).run();
     }
     for name in &schedules {
-        run(&["--scheduler", "euler", "--schedule", name]);
+        generate_tiny(&output)
+            .args(["--scheduler", "euler", "--schedule", name])
+            .run();
     }
-    run(&["--scheduler", "DPM++ 2M Karras"]);
-    run(&["--scheduler", "DPM++ SDE Karras"]);
-    run(&["--scheduler", "dpmpp_2m", "--schedule", "karras"]);
-    let png = std::fs::read(output).unwrap();
-    let needle = b"Sampler: DPM++ 2M Karras";
-    assert!(png.windows(needle.len()).any(|w| w == needle));
+    generate_tiny(&output)
+        .args(["--scheduler", "DPM++ 2M Karras"])
+        .run();
+    generate_tiny(&output)
+        .args(["--scheduler", "DPM++ SDE Karras"])
+        .run();
+    generate_tiny(&output)
+        .args(["--scheduler", "dpmpp_2m", "--schedule", "karras"])
+        .run();
+    let parameters = Png::read(&output).parameters;
+    assert!(
+        parameters.contains("Sampler: DPM++ 2M Karras"),
+        "{parameters}"
+    );
 }
 
 /// Unknown names and impossible combinations fail before any model runs, naming the valid
@@ -289,14 +289,10 @@ fn generate_refuses_bad_scheduler_names_early() {
             &["original_inference_steps"][..],
         ),
     ] {
-        let mut all = vec!["generate", "--pack", "tiny-sd", "--prompt", "x", "--quiet"];
-        all.extend_from_slice(args);
-        let out = beeswax_cli(&all);
-        assert!(!out.status.success(), "{args:?} succeeded");
-        let err = String::from_utf8_lossy(&out.stderr);
-        for w in words {
-            assert!(err.contains(w), "{args:?}: {err} lacks {w:?}");
-        }
+        let err = TestCommand::in_repo()
+            .args(["generate", "--pack", "tiny-sd", "--prompt", "x", "--quiet"])
+            .args(args)
+            .assert_fails_with(words);
         assert!(!err.contains("step 1/"), "{args:?}: a model ran: {err}");
     }
 }
@@ -304,53 +300,39 @@ fn generate_refuses_bad_scheduler_names_early() {
 /// A pack may set a default `schedule`; a misspelt one is refused when the manifest is read.
 #[test]
 fn pack_default_schedule_is_used_and_checked() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = common::fixture("models/tiny-sd");
+    let dir = Dir::new("pack-schedule");
     let manifest = |schedule: &str| {
-        format!(
-            "[pack]\nname = \"tiny\"\nfamily = \"sd1\"\npath = {:?}\n\n[pack.defaults]\n\
-             scheduler = \"dpmpp_2m\"\nschedule = \"{schedule}\"\nsteps = 3\nwidth = 64\n\
-             height = 64\n",
-            model.to_str().unwrap()
-        )
+        let defaults = format!(
+            "scheduler = \"dpmpp_2m\"\nschedule = \"{schedule}\"\nsteps = 3\nwidth = 64\nheight = 64\n"
+        );
+        pack_toml("tiny", "tiny-sd", &defaults)
     };
-    std::fs::write(dir.path().join("tiny.toml"), manifest("karras")).unwrap();
-    let output = dir.path().join("out.png");
-    let manifests = dir.path().to_str().unwrap();
-    let args = [
-        "generate",
-        "--manifests",
-        manifests,
-        "--pack",
-        "tiny",
-        "--prompt",
-        "a fox",
-        "--seed",
-        "1",
-        "--quiet",
-        "--output",
-        output.to_str().unwrap(),
-    ];
-    let out = beeswax_cli(&args);
+    let output = dir.join("out.png");
+    let generate = || {
+        let mut cmd = dir.command();
+        cmd.arg("generate")
+            .arg("--manifests")
+            .arg(dir.path())
+            .args([
+                "--pack", "tiny", "--prompt", "a fox", "--seed", "1", "--quiet",
+            ])
+            .arg("--output")
+            .arg(&output);
+        cmd
+    };
+    dir.create("tiny.toml", manifest("karras"));
+    generate().run();
+    let parameters = Png::read(&output).parameters;
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        parameters.contains("Sampler: DPM++ 2M Karras"),
+        "{parameters}"
     );
-    let png = std::fs::read(&output).unwrap();
-    let needle = b"Sampler: DPM++ 2M Karras";
-    assert!(png.windows(needle.len()).any(|w| w == needle));
 
-    std::fs::write(dir.path().join("tiny.toml"), manifest("karas")).unwrap();
-    let out = beeswax_cli(&args);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    for word in [
+    dir.create("tiny.toml", manifest("karas"));
+    generate().assert_fails_with(&[
         "tiny.toml",
         "pack.defaults.schedule",
         "karas",
         "did you mean \"karras\"",
-    ] {
-        assert!(err.contains(word), "{err} lacks {word}");
-    }
+    ]);
 }

@@ -23,6 +23,8 @@ pub mod group_norm;
 pub mod malloc;
 mod math;
 mod slices;
+#[cfg(test)]
+mod test_util;
 mod winograd;
 
 pub use attention::attention;

@@ -131,12 +131,24 @@ impl Service {
         }
         job.request_cancel();
         if self.queue.remove(&job.id) {
-            job.finish(Status::Cancelled, Event::Cancelled);
+            // Counted before the final state is published (see `worker::spawn`).
             self.metrics.outcome(Outcome::Cancelled);
+            job.finish(Status::Cancelled, Event::Cancelled);
             Cancelled::Dequeued
         } else {
             Cancelled::Stopping
         }
+    }
+
+    /// Holds the workers: new jobs queue (up to `queue_size`, then 429) but none starts until
+    /// [`Service::resume_workers`]; running jobs carry on.
+    pub fn pause_workers(&self) {
+        self.queue.pause();
+    }
+
+    /// Lets the workers take jobs again after [`Service::pause_workers`].
+    pub fn resume_workers(&self) {
+        self.queue.resume();
     }
 
     /// Current gauge values.
@@ -160,8 +172,8 @@ impl Service {
     pub async fn shutdown(&self, timeout: Duration) {
         self.accepting.store(false, Ordering::SeqCst);
         for job in self.queue.close() {
-            job.finish(Status::Cancelled, Event::Cancelled);
             self.metrics.outcome(Outcome::Cancelled);
+            job.finish(Status::Cancelled, Event::Cancelled);
         }
         let deadline = Instant::now() + timeout;
         loop {

@@ -36,20 +36,24 @@ pub fn spawn(
                 .name(format!("beeswax-worker-{i}"))
                 .spawn(move || {
                     while let Some(job) = queue.pop() {
-                        run(&job, &metrics, &extensions);
+                        let (status, event) = run(&job, &metrics, &extensions);
+                        // The counters (in `run`) and the running list change before the final
+                        // state is published: whoever the last state wakes (a blocking route
+                        // answering its client, an event stream) already reads them up to date.
                         queue.done(&job.id);
+                        job.finish(status, event);
                     }
                 })
         })
         .collect()
 }
 
-/// Runs one job and records how it ended.
-pub fn run(job: &Job, metrics: &Metrics, extensions: &Extensions) {
+/// Runs one job, counts how it ended, and returns its final status and closing event for the
+/// caller to publish.
+pub fn run(job: &Job, metrics: &Metrics, extensions: &Extensions) -> (Status, Event) {
     if job.cancel_requested() {
-        job.finish(Status::Cancelled, Event::Cancelled);
         metrics.outcome(Outcome::Cancelled);
-        return;
+        return (Status::Cancelled, Event::Cancelled);
     }
     job.update(|s| {
         s.status = Status::Running;
@@ -78,36 +82,26 @@ pub fn run(job: &Job, metrics: &Metrics, extensions: &Extensions) {
     let seconds = start.elapsed().as_secs_f64();
     match result {
         Ok(()) => {
-            let images = (0..job.state().images.len())
-                .map(|n| job.image_path(n))
-                .collect();
-            job.finish(
-                Status::Completed,
-                Event::Completed {
-                    images,
-                    parameters: job.spec.parameters(),
-                },
-            );
             metrics.outcome(Outcome::Completed);
             metrics.job_time(seconds);
             tracing::info!(seconds, "job completed");
+            let images = (0..job.state().images.len())
+                .map(|n| job.image_path(n))
+                .collect();
+            let parameters = job.spec.parameters();
+            (Status::Completed, Event::Completed { images, parameters })
         }
         Err(Error::Cancelled) => {
-            job.finish(Status::Cancelled, Event::Cancelled);
             metrics.outcome(Outcome::Cancelled);
             tracing::info!(seconds, "job cancelled");
+            (Status::Cancelled, Event::Cancelled)
         }
         Err(e) => {
             let error = e.to_string();
             job.update(|s| s.error = Some(error.clone()));
-            job.finish(
-                Status::Failed,
-                Event::Failed {
-                    error: error.clone(),
-                },
-            );
             metrics.outcome(Outcome::Failed);
             tracing::warn!(seconds, %error, "job failed");
+            (Status::Failed, Event::Failed { error })
         }
     }
 }
