@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use beeswax::lora::catalog::{self, LoraSource};
-use beeswax::lora::{LoraRequest, WeightRange};
+use beeswax::lora::{LoraCatalog, LoraRequest, WeightRange};
+use beeswax::manifest::{self, ManifestFiles};
 use common::lora::lora_path;
 use common::{fixture, root};
 
@@ -50,6 +51,12 @@ loras = [{{ name = "fox-style", weight = 0.5 }}, {{ name = "snow" }}]
     dir
 }
 
+/// The LoRA catalog of manifest folder `dir`, read and parsed once.
+fn load_catalog(dir: &Path) -> beeswax::Result<LoraCatalog> {
+    let files = ManifestFiles::read(dir)?;
+    Ok(LoraCatalog::from_manifests(&files.parse()?)?)
+}
+
 #[test]
 fn manifests_declare_loras_and_sets() {
     let tmp = tempfile::tempdir().unwrap();
@@ -57,11 +64,13 @@ fn manifests_declare_loras_and_sets() {
     let sha = catalog::sha256_hex(&std::fs::read(&kohya).unwrap());
     let dir = manifest_dir(tmp.path(), &sha);
     // The pack manifests still load with [[lora]] tables beside them.
+    let files = ManifestFiles::read(&dir).unwrap();
+    let folder = files.parse().unwrap();
     assert_eq!(
-        beeswax::manifest::find_pack(&dir, "tiny-sd").unwrap().name,
+        manifest::find_pack(&folder, "tiny-sd").unwrap().name,
         "tiny-sd"
     );
-    let mut cat = catalog::load_dir(&dir).unwrap();
+    let mut cat = LoraCatalog::from_manifests(&folder).unwrap();
     assert_eq!(cat.entries.len(), 2);
     assert_eq!(
         cat.entry("fox-style").unwrap().source,
@@ -129,7 +138,7 @@ fn manifests_declare_loras_and_sets() {
 
     // A wrong hash.
     let bad = manifest_dir(&tmp.path().join("bad"), &"0".repeat(64));
-    let cat = catalog::load_dir(&bad).unwrap();
+    let cat = load_catalog(&bad).unwrap();
     let err = cat
         .prepare(&[req("fox-style", None)], false)
         .unwrap_err()
@@ -177,18 +186,28 @@ fn manifest_errors_name_file_line_and_field() {
         let dir = tmp.path().join(format!("m{i}"));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("bad.toml"), text).unwrap();
-        let err = catalog::load_dir(&dir).unwrap_err().to_string();
+        let err = load_catalog(&dir).unwrap_err().to_string();
         assert!(
             err.contains("bad.toml:") && err.contains(field) && err.contains(message),
             "{err}"
         );
     }
-    // Types are checked with the pack manifests.
+    // Types are checked by the catalog, which reads its own tables, naming the field.
     let dir = tmp.path().join("types");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("bad.toml"), "[[lora]]\nname = \"x\"\npath = 3\n").unwrap();
-    let err = beeswax::manifest::load_dir(&dir).unwrap_err().to_string();
-    assert!(err.contains("bad.toml:3"), "{err}");
+    let err = load_catalog(&dir).unwrap_err().to_string();
+    assert!(
+        err.contains("bad.toml:3: `lora.path` has the wrong type"),
+        "{err}"
+    );
+    // A misspelt table is refused with every table a manifest may hold.
+    std::fs::write(dir.join("bad.toml"), "[[loras]]\nname = \"x\"\n").unwrap();
+    let err = load_catalog(&dir).unwrap_err().to_string();
+    assert!(
+        err.contains("bad.toml:1: `loras`") && err.contains("[[lora]], [[lora_set]]"),
+        "{err}"
+    );
 }
 
 fn png_parameters(path: &Path) -> String {

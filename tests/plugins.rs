@@ -12,8 +12,9 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use beeswax::manifest::{ManifestError, ManifestFiles};
 use beeswax::noise::BatchNoise;
-use beeswax::plugins::{self, LoadedPlugin, PluginError};
+use beeswax::plugins::{self, LoadedPlugin, PluginEntry, PluginError};
 use beeswax::schedulers::{self, Scheduler, SchedulerConfig};
 use candle_core::{DType, Device, Tensor};
 
@@ -107,6 +108,12 @@ fn load_one(dir: &Path, text: &str) -> Result<LoadedPlugin, PluginError> {
     let (entries, problems) = plugins::manifest::parse(&file, text);
     assert!(problems.is_empty(), "{problems:?}");
     LoadedPlugin::load(&entries[0])
+}
+
+/// The `[[plugin]]` entries of the committed manifests, and their problems.
+fn committed_entries() -> (Vec<PluginEntry>, Vec<ManifestError>) {
+    let files = ManifestFiles::read(&root().join("manifests")).unwrap();
+    plugins::manifest::entries(&files.parse().unwrap())
 }
 
 fn tiny_config() -> SchedulerConfig {
@@ -463,7 +470,7 @@ fn a_trap_fails_only_its_job() {
 
 #[test]
 fn sharpen_postprocessor_sharpens_and_keeps_flat_images() {
-    let (found, problems) = plugins::manifest::read_dir(&root().join("manifests"));
+    let (found, problems) = committed_entries();
     assert!(problems.is_empty(), "{problems:?}");
     let sharpen = found.iter().find(|e| e.name == "sharpen-wasm").unwrap();
     let plugin = LoadedPlugin::load(sharpen).unwrap();
@@ -583,7 +590,7 @@ fn check_lists_wrong_hashes_and_missing_files() {
 fn bench_per_step_overhead() {
     let config = tiny_config();
     let steps = 20;
-    let (found, _) = plugins::manifest::read_dir(&root().join("manifests"));
+    let (found, _) = committed_entries();
     let wasm = Arc::new(
         LoadedPlugin::load(found.iter().find(|e| e.name == "euler-wasm").unwrap()).unwrap(),
     );

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use beeswax::manifest::ManifestFiles;
 use beeswax::pipeline::{resolve, text_to_image, JobRequest, LoadOptions, StableDiffusion};
 use beeswax::server::{serve, Catalog, Limits, ServerConfig, Service};
 use candle_core::{DType, Device};
@@ -55,6 +56,16 @@ max_images = 4
     );
     std::fs::write(dir.join("tiny.toml"), text).unwrap();
     dir.to_path_buf()
+}
+
+/// The service's catalog of manifest folder `dir` on the CPU, the folder read and parsed once.
+fn load_catalog(dir: &Path, limits: Limits) -> beeswax::Result<Catalog> {
+    let options = LoadOptions {
+        device: Device::Cpu,
+        dtype: DType::F32,
+    };
+    let files = ManifestFiles::read(dir)?;
+    Catalog::load(&files.parse()?, &options, false, limits)
 }
 
 /// The tests of this file run concurrently in one process; a test that measures the process
@@ -101,11 +112,7 @@ impl TestServer {
     async fn start_in_turn(config: ServerConfig, turn: Turn) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let m = manifests(dir.path());
-        let options = LoadOptions {
-            device: Device::Cpu,
-            dtype: DType::F32,
-        };
-        let catalog = Catalog::load(&m, &options, false, config.limits).unwrap();
+        let catalog = load_catalog(&m, config.limits).unwrap();
         let service = Service::start(catalog, config).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

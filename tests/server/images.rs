@@ -19,11 +19,7 @@ async fn start_with_loras() -> TestServer {
         ),
     )
     .unwrap();
-    let options = LoadOptions {
-        device: Device::Cpu,
-        dtype: DType::F32,
-    };
-    let catalog = Catalog::load(&m, &options, false, config().limits).unwrap();
+    let catalog = load_catalog(&m, config().limits).unwrap();
     let service = Service::start(catalog, config()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -210,7 +206,8 @@ async fn loras_by_field_and_a1111_prompt_tag_match_the_library() {
     );
     server.stop().await;
 
-    // A pipeline naming a LoRA set the manifests lack does not load, naming it and the known ones.
+    // A pipeline naming a LoRA set the manifests lack does not load, naming the file, line and
+    // field, the set and the known ones.
     let dir = tempfile::tempdir().unwrap();
     let m = manifests(dir.path());
     std::fs::write(
@@ -218,15 +215,11 @@ async fn loras_by_field_and_a1111_prompt_tag_match_the_library() {
         "[[pipeline]]\nname = \"bad\"\npack = \"tiny-sd\"\nlora_set = \"nope\"\n",
     )
     .unwrap();
-    let options = LoadOptions {
-        device: Device::Cpu,
-        dtype: DType::F32,
-    };
-    let err = Catalog::load(&m, &options, false, Limits::default())
-        .unwrap_err()
-        .to_string();
+    let err = load_catalog(&m, Limits::default()).unwrap_err().to_string();
     assert!(
-        err.contains("lora_set of [[pipeline]] `bad`") && err.contains("nope"),
+        err.contains("zz-bad.toml:4: `pipeline.lora_set` of [[pipeline]] `bad`")
+            && err.contains("`nope`")
+            && err.contains("known: (none)"),
         "{err}"
     );
 }

@@ -416,10 +416,6 @@ async fn operations_routes_health_metrics_openapi_and_request_ids() {
 fn pipeline_manifest_errors_name_file_line_and_field() {
     let dir = tempfile::tempdir().unwrap();
     let m = manifests(dir.path());
-    let options = LoadOptions {
-        device: Device::Cpu,
-        dtype: DType::F32,
-    };
     let original = std::fs::read_to_string(m.join("tiny.toml")).unwrap();
     for (from, to, needles) in [
         (
@@ -464,9 +460,7 @@ fn pipeline_manifest_errors_name_file_line_and_field() {
     ] {
         assert!(original.contains(from), "{from}");
         std::fs::write(m.join("tiny.toml"), original.replace(from, to)).unwrap();
-        let err = Catalog::load(&m, &options, false, Limits::default())
-            .unwrap_err()
-            .to_string();
+        let err = load_catalog(&m, Limits::default()).unwrap_err().to_string();
         for n in needles {
             assert!(err.contains(n), "{to}: {err:?} lacks {n:?}");
         }

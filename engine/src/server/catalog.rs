@@ -3,15 +3,16 @@
 //! built (a pipeline answers its first request as fast as its hundredth), and are shared
 //! between the pipelines that use them.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use super::config::Limits;
-use super::pipeline_entry::{self, Mode};
+use super::postprocess;
 use crate::lora::{LoraCatalog, WeightRange};
-use crate::manifest::{self, Family, PackDefaults, PackManifest, PackSource};
+use crate::manifest::{
+    self, Family, ManifestFolder, Mode, PackDefaults, PackManifest, PackSource, PipelineConfig,
+};
 use crate::pipeline::{LoadOptions, StableDiffusion};
-use crate::{hub, Result};
+use crate::{hub, schedulers, Result};
 
 /// One servable pipeline, with its model loaded.
 #[derive(Debug)]
@@ -49,21 +50,23 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Reads the manifests in `dir` and loads every pack's model once.
+    /// Reads the packs, pipelines and LoRAs of the parsed manifest folder and loads every
+    /// pack's model once.
     ///
     /// A pack that a `[[pipeline]]` uses must load, or this fails naming it; a pack no
     /// pipeline uses is skipped with a warning when its files cannot be found or loaded
     /// (e.g. a hub pack not in the cache), so one missing download does not stop the service.
     pub fn load(
-        dir: &Path,
+        folder: &ManifestFolder<'_>,
         options: &LoadOptions,
         allow_download: bool,
         limits: Limits,
     ) -> Result<Self> {
-        let packs = manifest::load_dir(dir)?;
-        let configs = pipeline_entry::load_dir(dir, &packs)?;
-        let mut loras = crate::lora::catalog::load_dir(dir)?;
+        let packs = manifest::packs(folder)?;
+        let configs = manifest::pipelines(folder, &packs)?;
+        let mut loras = LoraCatalog::from_manifests(folder)?;
         loras.allow_download = allow_download;
+        check_names(&configs, &loras)?;
         let mut loaded: Vec<(PackManifest, Arc<StableDiffusion>)> = Vec::new();
         for pack in packs {
             let needed = configs.iter().any(|c| c.pack == pack.name);
@@ -84,25 +87,6 @@ impl Catalog {
                 continue; // unreachable: needed packs loaded or returned an error above
             };
             let o = c.limits;
-            if let Some(set) = &c.lora_set {
-                if loras.set(set).is_none() && loras.entry(set).is_none() {
-                    let known: Vec<&str> = (loras.sets.iter().map(|s| s.name.as_str()))
-                        .chain(loras.entries.iter().map(|e| e.name.as_str()))
-                        .collect();
-                    return Err(crate::Error::invalid(
-                        &format!(
-                            "lora_set of [[pipeline]] `{}` in {}",
-                            c.name,
-                            c.manifest_path.display()
-                        ),
-                        set,
-                        format!(
-                            "a [[lora_set]] or [[lora]] name of the manifests: {}",
-                            known.join(", ")
-                        ),
-                    ));
-                }
-            }
             pipelines.push(Arc::new(Pipeline {
                 name: c.name,
                 pack: c.pack,
@@ -188,6 +172,24 @@ impl Catalog {
     pub fn models_loaded(&self) -> usize {
         self.models
     }
+}
+
+/// Checks the names each pipeline gives against what this process has: the scheduler registry
+/// (plugin schedulers included), the registered post-processors, and the LoRA catalog. The
+/// service runs no pre-processors yet, so a pipeline naming one is refused.
+fn check_names(configs: &[PipelineConfig], loras: &LoraCatalog) -> Result<()> {
+    let scheduler = |name: &str| {
+        schedulers::resolve(name)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    let post_processors = postprocess::names();
+    let lora_names = loras.names();
+    for config in configs {
+        config.check_names(&scheduler, &post_processors, &[])?;
+        config.check_lora_set(&lora_names)?;
+    }
+    Ok(())
 }
 
 fn load_pack(

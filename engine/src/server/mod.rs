@@ -1,6 +1,6 @@
 //! The HTTP service behind `beeswax serve` (axum on tokio).
 //!
-//! Operators declare pipelines in the manifests (`[[pipeline]]`, see [`PipelineEntry`]); every
+//! Operators declare pipelines in the manifests (`[[pipeline]]`, see [`crate::manifest::pipeline`]); every
 //! pack is served under its own name too. Models load once, eagerly, when the [`Catalog`] is
 //! built. Jobs go through a bounded [`queue`](Service::submit) (full: 429 with `Retry-After`)
 //! to worker threads that do all tensor work off the async runtime; handlers only validate,
@@ -29,7 +29,6 @@ mod openai;
 mod openai_edits;
 mod openapi;
 mod ops;
-mod pipeline_entry;
 pub mod postprocess;
 mod preview;
 mod queue;
@@ -45,9 +44,6 @@ pub use errors::{A1111Error, A1111Json, ApiError, JsonBody};
 pub use http::{router, serve, shutdown_signal};
 pub use image_job::Output;
 pub use jobs::{Event, Job, Origin, Status};
-pub use pipeline_entry::{
-    load_dir as load_pipelines, LimitOverrides, Mode, PipelineConfig, PipelineEntry,
-};
 pub use preview::{latents_to_rgb, SD_LATENT_BIAS, SD_LATENT_RGB};
 pub use request::{validate, GenerateRequest, JobSpec};
 pub use service::Service;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context, Result};
 use beeswax::image_out::{numbered_path, write_png};
 use beeswax::lora;
+use beeswax::manifest::ManifestFolder;
 use beeswax::params::GenerationParams;
 use beeswax::pipeline::{resolve, text_to_image, JobRequest};
 use beeswax::schedulers;
@@ -15,15 +16,17 @@ use crate::args::{GenerateArgs, Global};
 use crate::{image_job, progress, source};
 
 pub fn run(global: &Global, a: GenerateArgs) -> Result<()> {
-    let plugins = crate::plugins::load(global)?;
+    let files = source::read_manifests(global)?;
+    let folder = files.as_ref().map(|f| f.parse()).transpose()?;
+    let plugins = crate::plugins::load(folder.as_ref())?;
     let post = crate::plugins::post_processors(&plugins, &a.post)?;
     let pre = crate::plugins::pre_processors(&plugins, &a.pre)?;
     crate::schedulers::check_names(a.scheduler.as_deref(), a.schedule.as_deref())?;
-    let chosen = source::load(global, &a.model)?;
+    let chosen = source::load(global, folder.as_ref(), &a.model)?;
     if a.vae_tiling {
         (chosen.model.vae_decoder).set_tiling(beeswax::models::vae::Tiling::On);
     }
-    let job_loras = job_loras(global, &a)?;
+    let job_loras = job_loras(global, folder.as_ref(), &a)?;
     let mut request = JobRequest {
         prompt: job_loras.prompt.clone(),
         negative_prompt: a.negative_prompt.clone(),
@@ -136,11 +139,14 @@ pub fn run(global: &Global, a: GenerateArgs) -> Result<()> {
 
 /// The job's LoRAs: `<lora:...>` tags in the prompt, then `--lora` flags, resolved through the
 /// manifests' `[[lora]]`/`[[lora_set]]` entries (or as files).
-fn job_loras(global: &Global, a: &GenerateArgs) -> Result<lora::JobLoras> {
-    let mut catalog = if global.manifests.is_dir() {
-        lora::catalog::load_dir(&global.manifests)?
-    } else {
-        lora::LoraCatalog::default()
+fn job_loras(
+    global: &Global,
+    folder: Option<&ManifestFolder<'_>>,
+    a: &GenerateArgs,
+) -> Result<lora::JobLoras> {
+    let mut catalog = match folder {
+        Some(folder) => lora::LoraCatalog::from_manifests(folder)?,
+        None => lora::LoraCatalog::default(),
     };
     catalog.range = a.lora_weight_range;
     catalog.allow_download = global.allow_download;

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate::run(&cli.global, *a),
         Command::Packs => source::list_packs(&cli.global),
         // Plugin schedulers are listed like built-ins.
-        Command::Schedulers => plugins::load(&cli.global).and_then(|_| schedulers::list()),
+        Command::Schedulers => list_schedulers(&cli.global),
         Command::Bench(b) => bench::run(&cli.global, b),
         Command::Serve(a) => serve::run(&cli.global, a),
         Command::Plugins => plugins::list(&cli.global),
@@ -42,4 +42,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `beeswax schedulers`: built-ins and the manifests' plugin schedulers alike.
+fn list_schedulers(global: &args::Global) -> anyhow::Result<()> {
+    let files = source::read_manifests(global)?;
+    let folder = files.as_ref().map(|f| f.parse()).transpose()?;
+    plugins::load(folder.as_ref())?;
+    schedulers::list()
 }

@@ -5,20 +5,21 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use beeswax::image_in::Mask;
 use beeswax::image_out::RgbImage;
+use beeswax::manifest::{ManifestFiles, ManifestFolder};
 use beeswax::plugins::{capability_names, Capability, LoadedPlugin, PluginKind, Plugins};
 use beeswax_plugin_sdk::wire::Image;
 
 use crate::args::Global;
 use crate::image_job::ImageInput;
 
-/// Loads the manifests' plugins and registers their schedulers (so `--scheduler NAME` finds
-/// them like built-ins) and post-processors (for the service's pipelines). No manifest folder
-/// means no plugins.
-pub fn load(global: &Global) -> Result<Plugins> {
-    if !global.manifests.is_dir() {
+/// Loads the plugins of the parsed manifests and registers their schedulers (so `--scheduler
+/// NAME` finds them like built-ins) and post-processors (for the service's pipelines). No
+/// manifest folder means no plugins.
+pub fn load(folder: Option<&ManifestFolder<'_>>) -> Result<Plugins> {
+    let Some(folder) = folder else {
         return Ok(Plugins::default());
-    }
-    let plugins = Plugins::load(&global.manifests)?;
+    };
+    let plugins = Plugins::load(folder)?;
     plugins
         .register_schedulers()
         .context("registering plugin schedulers")?;
@@ -106,7 +107,12 @@ pub fn apply_post(post: &[Arc<LoadedPlugin>], image: &RgbImage) -> Result<RgbIma
 
 /// `beeswax plugins`: one block per plugin; problems are listed and make the command fail.
 pub fn list(global: &Global) -> Result<()> {
-    let (plugins, problems) = Plugins::load_all(&global.manifests);
+    let files = ManifestFiles::read(&global.manifests)?;
+    let (folder, parse_problems) = files.parse_all();
+    let (plugins, plugin_problems) = Plugins::load_all(&folder);
+    let problems: Vec<String> = (parse_problems.iter().map(ToString::to_string))
+        .chain(plugin_problems.iter().map(ToString::to_string))
+        .collect();
     for p in &plugins.loaded {
         let e = &p.entry;
         let (major, minor) = beeswax_plugin_sdk::abi::split_version(p.abi_version());

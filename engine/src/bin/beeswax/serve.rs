@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use beeswax::device::{default_device, parse_device, parse_dtype};
+use beeswax::manifest::ManifestFiles;
 use beeswax::pipeline::LoadOptions;
 use beeswax::server::{serve, shutdown_signal, Catalog, Limits, ServerConfig, Service};
 use candle_core::DType;
@@ -83,8 +84,10 @@ fn init_logs(json: bool) {
 
 pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
     init_logs(a.log_json);
+    let files = ManifestFiles::read(&global.manifests)?;
+    let folder = files.parse()?;
     // Plugin schedulers join the registry before any job resolves a scheduler name.
-    let _plugins = crate::plugins::load(global)?;
+    let _plugins = crate::plugins::load(Some(&folder))?;
     let device = match &global.device {
         Some(d) => parse_device(d)?,
         None => default_device(),
@@ -101,7 +104,7 @@ pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
         max_images: a.max_images,
     };
     let mut catalog = Catalog::load(
-        &global.manifests,
+        &folder,
         &LoadOptions { device, dtype },
         global.allow_download,
         limits,

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use beeswax::device::{default_device, parse_device, parse_dtype};
-use beeswax::manifest::{self, PackDefaults, PackManifest, PackSource};
+use beeswax::manifest::{
+    self, ManifestError, ManifestFiles, ManifestFolder, PackDefaults, PackManifest, PackSource,
+};
 use beeswax::pipeline::{LoadOptions, StableDiffusion};
 use beeswax::{hub, model_files};
 use candle_core::DType;
@@ -22,8 +24,23 @@ pub struct Chosen {
     pub defaults: PackDefaults,
 }
 
-/// The model folder for a choice, resolving packs through the manifests and the hub cache.
-pub fn model_dir(global: &Global, choice: &ModelChoice) -> Result<(PathBuf, String, PackDefaults)> {
+/// The `*.toml` files of `--manifests`, read once for the whole command, or `None` when the
+/// folder does not exist (`generate --model` and `schedulers` run without manifests).
+pub fn read_manifests(global: &Global) -> Result<Option<ManifestFiles>, ManifestError> {
+    if global.manifests.is_dir() {
+        ManifestFiles::read(&global.manifests).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// The model folder for a choice, resolving packs through the parsed manifests (`None`: the
+/// folder does not exist) and the hub cache.
+pub fn model_dir(
+    global: &Global,
+    folder: Option<&ManifestFolder<'_>>,
+    choice: &ModelChoice,
+) -> Result<(PathBuf, String, PackDefaults)> {
     if let Some(dir) = &choice.model {
         model_files::model_index(dir)?;
         let name = dir
@@ -33,7 +50,10 @@ pub fn model_dir(global: &Global, choice: &ModelChoice) -> Result<(PathBuf, Stri
         return Ok((dir.clone(), name, PackDefaults::default()));
     }
     let name = choice.pack.as_deref().unwrap_or_default();
-    let pack: PackManifest = manifest::find_pack(&global.manifests, name)?;
+    let folder = folder.ok_or_else(|| ManifestError::DirMissing {
+        dir: global.manifests.clone(),
+    })?;
+    let pack: PackManifest = manifest::find_pack(folder, name)?;
     let dir = match &pack.source {
         PackSource::Path(p) => p.clone(),
         PackSource::Hub { repo, revision } => hub::resolve(repo, revision, global.allow_download)?,
@@ -42,8 +62,12 @@ pub fn model_dir(global: &Global, choice: &ModelChoice) -> Result<(PathBuf, Stri
 }
 
 /// Loads the chosen model on the chosen device.
-pub fn load(global: &Global, choice: &ModelChoice) -> Result<Chosen> {
-    let (dir, name, defaults) = model_dir(global, choice)?;
+pub fn load(
+    global: &Global,
+    folder: Option<&ManifestFolder<'_>>,
+    choice: &ModelChoice,
+) -> Result<Chosen> {
+    let (dir, name, defaults) = model_dir(global, folder, choice)?;
     let device = match &global.device {
         Some(d) => parse_device(d)?,
         None => default_device(),
@@ -64,7 +88,8 @@ pub fn load(global: &Global, choice: &ModelChoice) -> Result<Chosen> {
 
 /// `beeswax packs`: one line per pack.
 pub fn list_packs(global: &Global) -> Result<()> {
-    for pack in manifest::load_dir(&global.manifests)? {
+    let files = ManifestFiles::read(&global.manifests)?;
+    for pack in manifest::packs(&files.parse()?)? {
         let source = match &pack.source {
             PackSource::Path(p) => p.display().to_string(),
             PackSource::Hub { repo, revision } => format!("{repo}@{revision}"),
