@@ -6,15 +6,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::ops::ControlFlow;
 
+use beeswax::family::Model;
 use beeswax::image_in::{
     mask_from_picture, read_image, AlphaMask, Limits, Mask, ResizeMode, RgbImage,
 };
-use beeswax::pipeline::{
-    image_to_image, inpaint, ImageToImage, Inpaint, InpaintArea, MaskedContent, StableDiffusion,
-    TextToImage,
-};
+use beeswax::pipeline::{ImageInput, InpaintArea, Input, Job, MaskInput, MaskedContent, Settings};
 use candle_core::{DType, Device, Tensor};
 use common::{assert_close_rel_std, fixture, load, model};
 
@@ -45,8 +42,8 @@ fn inputs() -> (RgbImage, Mask) {
     )
 }
 
-fn base(case: &Case) -> TextToImage {
-    TextToImage {
+fn base(case: &Case) -> Settings {
+    Settings {
         prompt: case.prompt.clone(),
         negative_prompt: case.negative_prompt.clone(),
         steps: case.steps,
@@ -56,13 +53,38 @@ fn base(case: &Case) -> TextToImage {
         seed: 0,
         batch: case.batch,
         clip_skip: 1,
-        scheduler: case.scheduler.clone(),
-        init_latents: None,
     }
 }
 
-fn continue_(_: beeswax::pipeline::StepProgress) -> ControlFlow<()> {
-    ControlFlow::Continue(())
+/// Settings for the hand-made jobs of these tests.
+fn settings(
+    prompt: &str,
+    steps: usize,
+    guidance: f64,
+    (width, height): (usize, usize),
+    seed: u64,
+) -> Settings {
+    Settings {
+        prompt: prompt.into(),
+        negative_prompt: String::new(),
+        steps,
+        guidance,
+        width,
+        height,
+        seed,
+        batch: 1,
+        clip_skip: 1,
+    }
+}
+
+/// A mask input with no blur, the whole picture, the original content.
+fn plain_mask(mask: Mask) -> MaskInput {
+    MaskInput {
+        mask,
+        blur: 0.0,
+        area: InpaintArea::Whole,
+        content: MaskedContent::Original,
+    }
 }
 
 /// Largest |difference| between an 8-bit image and row `i` of a reference [B, H, W, 3] u8.
@@ -93,40 +115,28 @@ fn image_to_image_and_inpainting_match_diffusers() {
     )
     .unwrap();
     let (init, mask) = inputs();
-    let mut models: HashMap<String, StableDiffusion> = HashMap::new();
+    let mut models: HashMap<String, Model> = HashMap::new();
     let mut checked = HashMap::<&str, usize>::new();
     for case in &cases {
         let m = models
             .entry(case.model.clone())
             .or_insert_with(|| model(&case.model));
-        assert_eq!(m.unet.config().in_channels, case.unet_in_channels);
+        assert_eq!(m.networks.in_channels(), case.unet_in_channels);
         let r = load(&format!("reference/img2img/{}", case.file));
-        let job = ImageToImage {
-            base: base(case),
-            init_image: init.clone(),
+        let image = ImageInput {
+            picture: init.clone(),
             strength: case.strength,
             resize: ResizeMode::Stretch,
             sample_posterior: false,
             init_noise: Some(r["noise"].clone()),
         };
-        let (out, want_image) = if case.kind == "img2img" {
-            (
-                image_to_image(m, &job, &mut continue_).unwrap(),
-                &r["image"],
-            )
+        let (input, want_image) = if case.kind == "img2img" {
+            (Input::Image(image), &r["image"])
         } else {
-            let job = Inpaint {
-                image: job,
-                mask: mask.clone(),
-                mask_blur: 0.0,
-                area: InpaintArea::Whole,
-                masked_content: MaskedContent::Original,
-            };
-            (
-                inpaint(m, &job, &mut continue_).unwrap(),
-                &r["image_overlay"],
-            )
+            let mask = plain_mask(mask.clone());
+            (Input::Inpaint { image, mask }, &r["image_overlay"])
         };
+        let out = common::run(m, &common::job(base(case), &case.scheduler, input));
         let what = format!("{} ({})", case.file, case.kind);
         assert_close_rel_std(
             &format!("{what} latents"),
@@ -200,33 +210,23 @@ fn ordinary_model_inpainting_keeps_pixels_outside_the_mask() {
         ),
         (2.0, MaskedContent::Original, InpaintArea::Whole),
     ] {
-        let job = Inpaint {
-            image: ImageToImage {
-                base: TextToImage {
-                    prompt: "a red fox".into(),
-                    negative_prompt: String::new(),
-                    steps: 4,
-                    guidance: 7.5,
-                    width: w,
-                    height: h,
-                    seed: 7,
-                    batch: 1,
-                    clip_skip: 1,
-                    scheduler: "euler".into(),
-                    init_latents: None,
-                },
-                init_image: init.clone(),
+        let input = Input::Inpaint {
+            image: ImageInput {
+                picture: init.clone(),
                 strength: 0.75,
                 resize: ResizeMode::Stretch,
                 sample_posterior: true,
                 init_noise: None,
             },
-            mask: mask.clone(),
-            mask_blur: blur,
-            area,
-            masked_content: content,
+            mask: MaskInput {
+                mask: mask.clone(),
+                blur,
+                area,
+                content,
+            },
         };
-        let out = inpaint(&m, &job, &mut continue_).unwrap();
+        let job = common::job(settings("a red fox", 4, 7.5, (w, h), 7), "euler", input);
+        let out = common::run(&m, &job);
         let image = &out.images[0];
         assert_eq!((image.width, image.height), (w, h));
         // The blur reaches floor(2.5 · blur + 0.5) pixels beyond the mask.
@@ -256,33 +256,23 @@ fn ordinary_model_inpainting_keeps_pixels_outside_the_mask() {
 fn same_seed_same_picture_and_posterior_sampling_differs_from_the_mean() {
     let m = model("tiny-sd");
     let (init, _) = inputs();
-    let job = |sample_posterior| ImageToImage {
-        base: TextToImage {
-            prompt: "a red fox".into(),
-            negative_prompt: String::new(),
-            steps: 4,
-            guidance: 1.0,
-            width: 64,
-            height: 64,
-            seed: 3,
-            batch: 1,
-            clip_skip: 1,
-            scheduler: "ddim".into(),
-            init_latents: None,
-        },
-        init_image: init.clone(),
-        strength: 0.5,
-        resize: ResizeMode::Crop,
-        sample_posterior,
-        init_noise: None,
+    let job = |sample_posterior| -> Job {
+        let input = Input::Image(ImageInput {
+            picture: init.clone(),
+            strength: 0.5,
+            resize: ResizeMode::Crop,
+            sample_posterior,
+            init_noise: None,
+        });
+        common::job(settings("a red fox", 4, 1.0, (64, 64), 3), "ddim", input)
     };
-    let a = image_to_image(&m, &job(false), &mut continue_).unwrap();
-    let b = image_to_image(&m, &job(false), &mut continue_).unwrap();
-    let c = image_to_image(&m, &job(true), &mut continue_).unwrap();
+    let a = common::run(&m, &job(false));
+    let b = common::run(&m, &job(false));
+    let c = common::run(&m, &job(true));
     assert_eq!(a.images[0], b.images[0]);
     // An inpainting UNet does image-to-image too (mask all ones, masked picture grey).
     let inpaint_model = model("tiny-sd-inpaint");
-    let d = image_to_image(&inpaint_model, &job(false), &mut continue_).unwrap();
+    let d = common::run(&inpaint_model, &job(false));
     assert_eq!((d.images[0].width, d.images[0].height), (64, 64));
     assert_ne!(d.images[0], a.images[0]);
     assert_eq!((a.images[0].width, a.images[0].height), (64, 64));
@@ -293,64 +283,54 @@ fn same_seed_same_picture_and_posterior_sampling_differs_from_the_mean() {
 fn bad_inputs_are_refused_with_clear_messages() {
     let m = model("tiny-sd");
     let (init, mask) = inputs();
-    let job = |strength: f64, steps: usize| ImageToImage {
-        base: TextToImage {
-            prompt: "x".into(),
-            negative_prompt: String::new(),
-            steps,
-            guidance: 1.0,
-            width: 64,
-            height: 64,
-            seed: 0,
-            batch: 1,
-            clip_skip: 1,
-            scheduler: "ddim".into(),
-            init_latents: None,
-        },
-        init_image: init.clone(),
+    let image = |strength: f64| ImageInput {
+        picture: init.clone(),
         strength,
         resize: ResizeMode::Stretch,
         sample_posterior: false,
         init_noise: None,
+    };
+    let job = |input: Input, steps: usize| {
+        common::job(settings("x", steps, 1.0, (64, 64), 0), "ddim", input)
     };
     for (strength, steps, word) in [
         (0.0, 10, "above 0"),
         (1.5, 10, "at most 1"),
         (0.05, 10, "no step"),
     ] {
-        let err = image_to_image(&m, &job(strength, steps), &mut continue_)
+        let err = common::try_run(&m, &job(Input::Image(image(strength)), steps))
             .unwrap_err()
             .to_string();
         assert!(err.contains("strength") && err.contains(word), "{err}");
     }
-    let mut bad_noise = job(0.5, 4);
+    let mut bad_noise = image(0.5);
     bad_noise.init_noise = Some(Tensor::zeros((1, 4, 3, 3), DType::F32, &Device::Cpu).unwrap());
-    let err = image_to_image(&m, &bad_noise, &mut continue_)
+    let err = common::try_run(&m, &job(Input::Image(bad_noise), 4))
         .unwrap_err()
         .to_string();
     assert!(err.contains("init noise shape"), "{err}");
 
     // A mask of another aspect ratio is refused; one of the same ratio is resized with a warning.
-    let inpaint_job = |mask: Mask| Inpaint {
-        image: job(0.5, 2),
-        mask,
-        mask_blur: 0.0,
-        area: InpaintArea::Whole,
-        masked_content: MaskedContent::Original,
+    let inpaint_job = |mask: Mask| {
+        let input = Input::Inpaint {
+            image: image(0.5),
+            mask: plain_mask(mask),
+        };
+        job(input, 2)
     };
     let square = Mask::filled(32, 32, 1.0);
-    let err = inpaint(&m, &inpaint_job(square), &mut continue_)
+    let err = common::try_run(&m, &inpaint_job(square))
         .unwrap_err()
         .to_string();
     assert!(err.contains("aspect ratios differ"), "{err}");
     let half = beeswax::image_in::resize_mask(&mask, 48, 32, ResizeMode::Stretch);
-    let out = inpaint(&m, &inpaint_job(half), &mut continue_).unwrap();
+    let out = common::run(&m, &inpaint_job(half));
     assert!(
         out.warnings.iter().any(|w| w.contains("resized")),
         "{:?}",
         out.warnings
     );
-    let err = inpaint(&m, &inpaint_job(Mask::filled(96, 64, 0.0)), &mut continue_)
+    let err = common::try_run(&m, &inpaint_job(Mask::filled(96, 64, 0.0)))
         .unwrap_err()
         .to_string();
     assert!(err.contains("nothing to repaint"), "{err}");

@@ -8,14 +8,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use beeswax::lora::merge::BaseWeights;
+use beeswax::family::{ComponentWeights, LoraNames, Model, Role, Weights};
 use beeswax::lora::{apply, merged_weights, LoraError, LoraFile, ShapeMismatch, WeightedLora};
-use beeswax::pipeline::{text_to_image, Generated, StableDiffusion, TextToImage};
+use beeswax::pipeline::{Generated, Input, Job, Settings};
 use beeswax::Error;
 use candle_core::{DType, Device, Tensor};
 use common::lora::{lora_path, weighted};
@@ -40,8 +39,8 @@ fn cases(model: &str) -> Vec<Case> {
     serde_json::from_str(&text).unwrap()
 }
 
-fn job(case: &Case, init_latents: &Tensor) -> TextToImage {
-    TextToImage {
+fn job(case: &Case, init_latents: &Tensor) -> Job {
+    let settings = Settings {
         prompt: case.prompt.clone(),
         negative_prompt: case.negative_prompt.clone(),
         steps: case.steps,
@@ -51,16 +50,18 @@ fn job(case: &Case, init_latents: &Tensor) -> TextToImage {
         seed: 0,
         batch: 1,
         clip_skip: 1,
-        scheduler: case.scheduler.clone(),
+    };
+    let input = Input::Text {
         init_latents: Some(init_latents.clone()),
-    }
+    };
+    common::job(settings, &case.scheduler, input)
 }
 
-fn run(model: &StableDiffusion, job: &TextToImage) -> Generated {
-    text_to_image(model, job, &mut |_| ControlFlow::Continue(())).unwrap()
+fn run(model: &Model, job: &Job) -> Generated {
+    common::run(model, job)
 }
 
-fn run_with(model: &StableDiffusion, loras: &[WeightedLora], job: &TextToImage) -> Generated {
+fn run_with(model: &Model, loras: &[WeightedLora], job: &Job) -> Generated {
     run(&apply(model, loras).unwrap().model, job)
 }
 
@@ -192,7 +193,7 @@ fn lycoris_files_change_weights_as_the_formulas_say() {
     let mut checked = 0;
     for algo in ["locon", "loha", "lokr"] {
         let lora = weighted(name, &format!("{algo}.safetensors"), multiplier);
-        let (patches, reports) = merged_weights(&sd.base_weights, &[lora]).unwrap();
+        let (patches, reports) = merged_weights(&sd.weights, &[lora]).unwrap();
         assert!(reports[0].unmatched.is_empty(), "{:?}", reports[0]);
         let mut want: HashMap<String, &Tensor> = HashMap::new();
         for (key, t) in &expected {
@@ -201,11 +202,10 @@ fn lycoris_files_change_weights_as_the_formulas_say() {
             }
         }
         let mut got: HashMap<String, &Tensor> = HashMap::new();
-        for (k, t) in &patches.unet {
-            got.insert(format!("unet/{k}"), t);
-        }
-        for (k, t) in &patches.text_encoder {
-            got.insert(format!("text_encoder/{k}"), t);
+        for (component, tensors) in &patches {
+            for (k, t) in tensors {
+                got.insert(format!("{component}/{k}"), t);
+            }
         }
         let mut got_keys: Vec<_> = got.keys().cloned().collect();
         let mut want_keys: Vec<_> = want.keys().cloned().collect();
@@ -213,11 +213,8 @@ fn lycoris_files_change_weights_as_the_formulas_say() {
         want_keys.sort();
         assert_eq!(got_keys, want_keys, "{algo}: patched tensors");
         for (key, w) in want {
-            let base = if let Some(k) = key.strip_prefix("unet/") {
-                &sd.base_weights.unet[k]
-            } else {
-                &sd.base_weights.text_encoder[key.strip_prefix("text_encoder/").unwrap()]
-            };
+            let (component, k) = key.split_once('/').unwrap();
+            let base = &sd.weights.get(component).unwrap().tensors[k];
             // The change must be real, and match the formula to float precision.
             let (moved, _) = max_diff_and_std(base, w);
             assert!(
@@ -472,7 +469,19 @@ fn switching_cost() {
         size as f64 / 1e6,
         start.elapsed().as_secs_f64() * 1e3
     );
-    let base = BaseWeights::new(unet_map.clone(), path.clone(), HashMap::new(), path.clone());
+    let base = Weights {
+        components: vec![ComponentWeights {
+            name: "unet".into(),
+            role: Role::Denoiser,
+            file: path.clone(),
+            tensors: unet_map.clone(),
+            lora: LoraNames {
+                kohya: "lora_unet".into(),
+                peft: "unet".into(),
+                bare: true,
+            },
+        }],
+    };
     let loras = [WeightedLora {
         name: "r16".into(),
         file,
@@ -486,8 +495,8 @@ fn switching_cost() {
         "SD 1.5 UNet: rebuild UNet around merged + shared weights",
         5,
         || {
-            let mut map = base.unet.clone();
-            map.extend(patches.unet.iter().map(|(k, v)| (k.clone(), v.clone())));
+            let mut map = unet_map.clone();
+            map.extend(patches["unet"].iter().map(|(k, v)| (k.clone(), v.clone())));
             UNet2DConditionModel::new(
                 VarBuilder::from_tensors(map, DType::F32, &Device::Cpu),
                 &config,
@@ -495,7 +504,7 @@ fn switching_cost() {
             .unwrap()
         },
     );
-    let patched_mb: usize = patches.unet.values().map(|t| t.elem_count() * 4).sum();
+    let patched_mb: usize = patches["unet"].values().map(|t| t.elem_count() * 4).sum();
     eprintln!(
         "SD 1.5 UNet: the job's patched layers hold {:.0} MB (shared: the other {:.0} MB)",
         patched_mb as f64 / 1e6,

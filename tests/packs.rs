@@ -1,6 +1,8 @@
 //! Model packs: manifest parsing and validation, the Hugging Face cache lookup, and locating
 //! files in diffusers model folders.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -543,4 +545,40 @@ fn single_checkpoint_file_needs_a_folder() {
         "{message}"
     );
     assert!(message.contains("does not exist"), "{message}");
+}
+
+/// The manifest's `family` selects the code that runs a pack, so a pack whose files are of
+/// another family is refused, naming both (an `sd2` pack over an SD 1.x folder used to load).
+#[test]
+fn a_pack_whose_files_disagree_with_its_family_is_refused() {
+    use beeswax::family::{self, LoadOptions};
+    use common::fixture;
+    let options = LoadOptions {
+        device: candle_core::Device::Cpu,
+        dtype: candle_core::DType::F32,
+    };
+    let err = family::load(&fixture("models/tiny-sd"), Some("sd2"), &options)
+        .unwrap_err()
+        .to_string();
+    for needle in [
+        "declared family `sd2`",
+        "hidden_act",
+        "quick_gelu",
+        "family `sd1`",
+    ] {
+        assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+    }
+    let err = family::load(&fixture("models/tiny-sd"), Some("sdx"), &options)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sdx") && err.contains("sd1, sd2"), "{err}");
+    // Without a declared family, the files decide.
+    for (model, family) in [
+        ("tiny-sd", "sd1"),
+        ("tiny-sd2", "sd2"),
+        ("tiny-sd-inpaint", "sd1"),
+    ] {
+        let m = family::load(&fixture(&format!("models/{model}")), None, &options).unwrap();
+        assert_eq!(m.family.name, family, "{model}");
+    }
 }

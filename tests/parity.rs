@@ -12,8 +12,8 @@ use beeswax::models::clip::{ClipTextConfig, ClipTextModel};
 use beeswax::models::config_file::read_json;
 use beeswax::models::unet::{UNet2DConditionModel, UNetConfig};
 use beeswax::models::vae::{Decoder, Encoder, VaeConfig};
-use beeswax::models::weights::mmap;
 use beeswax::noise::TorchGenerator;
+use beeswax::weights::WeightSource;
 use candle_core::{DType, Device, Tensor};
 use common::{assert_close_rel_std, fixture, load, MODELS};
 
@@ -25,7 +25,9 @@ fn model_file(model: &str, rel: &str) -> std::path::PathBuf {
 }
 
 fn weights(path: &Path) -> candle_nn::VarBuilder<'static> {
-    mmap(path, DType::F32, &Device::Cpu).unwrap()
+    WeightSource::open(path)
+        .unwrap()
+        .var_builder(DType::F32, &Device::Cpu)
 }
 
 #[test]
@@ -165,7 +167,7 @@ struct Case {
 
 #[test]
 fn text_to_image_matches_diffusers_pipeline() {
-    use beeswax::pipeline::{text_to_image, TextToImage};
+    use beeswax::pipeline::{Input, Settings};
 
     let mut checked = 0;
     for model_name in MODELS {
@@ -177,7 +179,7 @@ fn text_to_image_matches_diffusers_pipeline() {
         .unwrap();
         for case in cases {
             let r = load(&format!("reference/{model_name}/{}", case.file));
-            let job = TextToImage {
+            let settings = Settings {
                 prompt: case.prompt.clone(),
                 negative_prompt: case.negative_prompt.clone(),
                 steps: case.steps,
@@ -188,11 +190,11 @@ fn text_to_image_matches_diffusers_pipeline() {
                 batch: case.batch,
                 // diffusers' clip_skip=N is AUTOMATIC1111's N + 1.
                 clip_skip: case.clip_skip_diffusers.map_or(1, |n| n + 1),
-                scheduler: case.scheduler.clone(),
+            };
+            let input = Input::Text {
                 init_latents: Some(r["init_latents"].clone()),
             };
-            let out =
-                text_to_image(&model, &job, &mut |_| std::ops::ControlFlow::Continue(())).unwrap();
+            let out = common::run(&model, &common::job(settings, &case.scheduler, input));
             let what = format!("{model_name} {}", case.file);
             assert_close_rel_std(
                 &format!("{what} latents"),

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use beeswax::manifest::{ManifestError, ManifestFiles};
 use beeswax::noise::BatchNoise;
 use beeswax::plugins::{self, LoadedPlugin, PluginEntry, PluginError};
-use beeswax::schedulers::{self, Scheduler, SchedulerConfig};
+use beeswax::schedulers::{Scheduler, SchedulerConfig};
 use candle_core::{DType, Device, Tensor};
 
 fn root() -> PathBuf {
@@ -527,7 +527,8 @@ fn sharpen_postprocessor_sharpens_and_keeps_flat_images() {
     ]);
     assert!(!o.status.success());
     assert!(
-        stderr(&o).contains("no postprocessor plugin named `nope`"),
+        stderr(&o).contains("post-processor nope: is not registered")
+            && stderr(&o).contains("registered: sharpen-wasm"),
         "{}",
         stderr(&o)
     );
@@ -643,7 +644,11 @@ fn bench_per_step_overhead() {
         }
         (best / steps as u32, last)
     };
-    let (builtin, want) = run(&|| schedulers::build("euler", &config, steps).unwrap());
+    let (builtin, want) = run(&|| {
+        common::registry()
+            .build_named("euler", None, &config, steps)
+            .unwrap()
+    });
     eprintln!(
         "per-step time, 64x64 latents, batch 2 ([2, 4, 64, 64] f32), best of 5 x {steps} steps:"
     );

@@ -9,7 +9,8 @@ mod common;
 use beeswax::schedulers::{self, SchedulerConfig, SchedulerError};
 #[test]
 fn unknown_name_lists_the_valid_ones() {
-    let err = schedulers::build("eulr", &SchedulerConfig::default(), 20)
+    let err = common::registry()
+        .build_named("eulr", None, &SchedulerConfig::default(), 20)
         .err()
         .unwrap();
     assert!(matches!(err, SchedulerError::Unknown { .. }), "{err:?}");
@@ -24,7 +25,10 @@ fn step_counts_outside_the_training_range_are_refused() {
     let config = SchedulerConfig::default();
     for name in ["ddim", "euler"] {
         for steps in [0, 1001] {
-            let err = schedulers::build(name, &config, steps).err().unwrap();
+            let err = common::registry()
+                .build_named(name, None, &config, steps)
+                .err()
+                .unwrap();
             assert!(matches!(err, SchedulerError::Invalid { .. }), "{err:?}");
             let message = err.to_string();
             assert!(
@@ -33,7 +37,8 @@ fn step_counts_outside_the_training_range_are_refused() {
             );
         }
         assert_eq!(
-            schedulers::build(name, &config, 1000)
+            common::registry()
+                .build_named(name, None, &config, 1000)
                 .unwrap()
                 .timesteps()
                 .len(),
@@ -44,13 +49,24 @@ fn step_counts_outside_the_training_range_are_refused() {
 
 #[test]
 fn names_and_aliases_resolve_in_any_case() {
-    let names = schedulers::names();
-    assert!(names.contains(&("ddim", &["DDIM"][..])));
-    assert!(names.contains(&("euler", &["Euler"][..])));
+    let registry = common::registry();
+    let names: Vec<(&str, Vec<&str>)> = registry
+        .entries()
+        .iter()
+        .map(|e| {
+            (
+                e.name.as_str(),
+                e.aliases.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    assert!(names.contains(&("ddim", vec!["DDIM"])));
+    assert!(names.contains(&("euler", vec!["Euler"])));
     let config = SchedulerConfig::default();
     for name in ["ddim", "DDIM", "ddIM", "euler", "Euler", "EULER"] {
         assert_eq!(
-            schedulers::build(name, &config, 4)
+            common::registry()
+                .build_named(name, None, &config, 4)
                 .unwrap()
                 .timesteps()
                 .len(),
@@ -58,8 +74,12 @@ fn names_and_aliases_resolve_in_any_case() {
         );
     }
     // Same config, different default spacing: DDIM leading, Euler linspace (as in diffusers).
-    let ddim = schedulers::build("DDIM", &config, 4).unwrap();
-    let euler = schedulers::build("Euler", &config, 4).unwrap();
+    let ddim = common::registry()
+        .build_named("DDIM", None, &config, 4)
+        .unwrap();
+    let euler = common::registry()
+        .build_named("Euler", None, &config, 4)
+        .unwrap();
     assert_eq!(ddim.timesteps(), &[750.0, 500.0, 250.0, 0.0]);
     assert_eq!(euler.timesteps(), &[999.0, 666.0, 333.0, 0.0]);
 }
@@ -70,7 +90,8 @@ fn names_and_aliases_resolve_in_any_case() {
 fn impossible_combinations_are_refused_with_a_way_out() {
     let config = SchedulerConfig::default();
     let refuse = |name: &str, schedule: Option<&str>, steps: usize, words: &[&str]| {
-        let err = schedulers::build_with(name, schedule, &config, steps)
+        let err = common::registry()
+            .build_named(name, schedule, &config, steps)
             .err()
             .unwrap_or_else(|| panic!("{name} {schedule:?} {steps} was accepted"))
             .to_string();
@@ -114,9 +135,12 @@ fn impossible_combinations_are_refused_with_a_way_out() {
     refuse("ddim", Some("zero_snr"), 10, &["v_prediction"]);
     // What does work: every sampler with its default schedule, and every schedule with a
     // k-diffusion sampler, at one step and at few steps.
-    for (name, _) in schedulers::names() {
+    for entry in common::registry().entries() {
+        let name = entry.name.as_str();
         for steps in [1, 2, 5] {
-            let s = schedulers::build(name, &config, steps).unwrap();
+            let s = common::registry()
+                .build_named(name, None, &config, steps)
+                .unwrap();
             assert!(s.timesteps().len() >= steps, "{name} {steps}");
         }
     }
@@ -126,7 +150,8 @@ fn impossible_combinations_are_refused_with_a_way_out() {
                 prediction_type: schedulers::PredictionType::VPrediction,
                 ..Default::default()
             };
-            schedulers::build_with(sampler, Some(info.name), &v, 7)
+            common::registry()
+                .build_named(sampler, Some(info.name), &v, 7)
                 .unwrap_or_else(|e| panic!("{sampler} + {}: {e}", info.name));
         }
     }
@@ -136,21 +161,29 @@ fn impossible_combinations_are_refused_with_a_way_out() {
 #[test]
 fn a1111_combined_names_equal_sampler_plus_schedule() {
     let config = SchedulerConfig::default();
-    let combined = schedulers::build("DPM++ 2M Karras", &config, 9).unwrap();
-    let split = schedulers::build_with("dpmpp_2m", Some("Karras"), &config, 9).unwrap();
-    let flag = schedulers::build(
-        "dpmpp_2m",
-        &SchedulerConfig {
-            use_karras_sigmas: true,
-            ..Default::default()
-        },
-        9,
-    )
-    .unwrap();
+    let combined = common::registry()
+        .build_named("DPM++ 2M Karras", None, &config, 9)
+        .unwrap();
+    let split = common::registry()
+        .build_named("dpmpp_2m", Some("Karras"), &config, 9)
+        .unwrap();
+    let flag = common::registry()
+        .build_named(
+            "dpmpp_2m",
+            None,
+            &SchedulerConfig {
+                use_karras_sigmas: true,
+                ..Default::default()
+            },
+            9,
+        )
+        .unwrap();
     assert_eq!(combined.timesteps(), split.timesteps());
     assert_eq!(combined.timesteps(), flag.timesteps());
+    let registry = common::registry();
+    let (entry, schedule) = registry.resolve("euler_ancestral simple").unwrap();
     assert_eq!(
-        schedulers::resolve("euler_ancestral simple").unwrap(),
+        (entry.name.as_str(), schedule),
         ("euler_a", Some(schedulers::Schedule::Simple))
     );
 }

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Result};
 use beeswax::noise::NoiseSource;
-use beeswax::schedulers::{self, Churn, Ddim, Euler, Scheduler, SchedulerConfig};
+use beeswax::schedulers::{Churn, Ddim, Euler, Scheduler, SchedulerConfig};
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
@@ -122,7 +122,7 @@ fn scheduler(case: &Case) -> Result<Box<dyn Scheduler>> {
             };
             Box::new(Euler::new(&config, case.steps)?.with_churn(churn)?)
         }
-        (name, _, _) => schedulers::build(name, &config, case.steps)?,
+        (name, _, _) => common::registry().build_named(name, None, &config, case.steps)?,
     })
 }
 
@@ -263,8 +263,14 @@ fn add_noise_matches_diffusers() {
     let noise = fx.tensor("add_noise/noise").unwrap();
     assert_eq!(fx.reference.add_noise.len(), 2);
     for case in &fx.reference.add_noise {
-        let sched =
-            schedulers::build(&case.scheduler, &config(&case.config).unwrap(), case.steps).unwrap();
+        let sched = common::registry()
+            .build_named(
+                &case.scheduler,
+                None,
+                &config(&case.config).unwrap(),
+                case.steps,
+            )
+            .unwrap();
         assert!((sched.timesteps()[case.index] - case.timestep).abs() < 1e-9);
         let noisy = sched.add_noise(original, noise, case.index).unwrap();
         let expected = fx.tensor(&case.name).unwrap();
@@ -317,7 +323,7 @@ fn replay_sampler(
     dtype: DType,
 ) -> Result<f64> {
     let config = config(&case.config)?;
-    let mut sched = schedulers::build_with(
+    let mut sched = common::registry().build_named(
         &case.scheduler,
         case.schedule.as_deref(),
         &config,
@@ -402,7 +408,8 @@ fn every_builtin_sampler_matches_its_diffusers_class() {
     assert!(failed.is_empty(), "beyond {TOLERANCE}: {failed:?}");
     // Every built-in but DDIM and Euler (covered by `cases.json`) has references for both
     // prediction types and an odd and an even step count.
-    for (name, _) in schedulers::names() {
+    for entry in common::registry().entries() {
+        let name = entry.name.as_str();
         if matches!(name, "ddim" | "euler") {
             continue;
         }
@@ -440,7 +447,9 @@ fn step_index_out_of_range_is_an_error_not_a_panic() {
     let config = SchedulerConfig::default();
     let x = Tensor::zeros((1, 4, 2, 2), DType::F32, &Device::Cpu).unwrap();
     for name in ["ddim", "euler"] {
-        let mut sched = schedulers::build(name, &config, 3).unwrap();
+        let mut sched = common::registry()
+            .build_named(name, None, &config, 3)
+            .unwrap();
         let err = sched
             .step(&x, 3, &x, &mut DetNoise { draws: 0 })
             .unwrap_err()
@@ -469,7 +478,7 @@ struct PipelineCase {
 #[test]
 fn text_to_image_matches_diffusers_with_each_sampler() {
     use beeswax::manifest::PackDefaults;
-    use beeswax::pipeline::{resolve, text_to_image, JobRequest};
+    use beeswax::pipeline::{resolve, InputRequest, JobRequest};
 
     let mut checked = Vec::new();
     for model_name in common::MODELS {
@@ -488,15 +497,20 @@ fn text_to_image_matches_diffusers_with_each_sampler() {
                 guidance: Some(case.guidance),
                 width: Some(case.width),
                 height: Some(case.height),
-                scheduler: Some(case.scheduler.clone()),
+                sampler: Some(case.scheduler.clone()),
                 seed: Some(0),
                 batch: Some(1),
-                init_latents: Some(r["init_latents"].clone()),
+                input: InputRequest::Latents(r["init_latents"].clone()),
                 ..Default::default()
             };
-            let job = resolve(&model, &PackDefaults::default(), request);
-            let out =
-                text_to_image(&model, &job, &mut |_| std::ops::ControlFlow::Continue(())).unwrap();
+            let job = resolve(
+                &model,
+                &PackDefaults::default(),
+                &common::registry(),
+                request,
+            )
+            .unwrap();
+            let out = common::run(&model, &job);
             let what = format!("{model_name} {} ({})", case.file, case.scheduler);
             common::assert_close_rel_std(
                 &format!("{what} latents"),

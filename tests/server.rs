@@ -13,8 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use beeswax::extensions::Extensions;
+use beeswax::family::LoadOptions;
 use beeswax::manifest::ManifestFiles;
-use beeswax::pipeline::{resolve, text_to_image, JobRequest, LoadOptions, StableDiffusion};
+use beeswax::pipeline::{resolve, JobRequest};
 use beeswax::server::{serve, Catalog, Limits, ServerConfig, Service};
 use candle_core::{DType, Device};
 use common::{fixture, root};
@@ -59,13 +61,13 @@ max_images = 4
 }
 
 /// The service's catalog of manifest folder `dir` on the CPU, the folder read and parsed once.
-fn load_catalog(dir: &Path, limits: Limits) -> beeswax::Result<Catalog> {
+fn load_catalog(dir: &Path, limits: Limits, extensions: &Extensions) -> beeswax::Result<Catalog> {
     let options = LoadOptions {
         device: Device::Cpu,
         dtype: DType::F32,
     };
     let files = ManifestFiles::read(dir)?;
-    Catalog::load(&files.parse()?, &options, false, limits)
+    Catalog::load(&files.parse()?, &options, false, limits, extensions)
 }
 
 /// The tests of this file run concurrently in one process; a test that measures the process
@@ -112,8 +114,9 @@ impl TestServer {
     async fn start_in_turn(config: ServerConfig, turn: Turn) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let m = manifests(dir.path());
-        let catalog = load_catalog(&m, config.limits).unwrap();
-        let service = Service::start(catalog, config).unwrap();
+        let extensions = Extensions::builtin();
+        let catalog = load_catalog(&m, config.limits, &extensions).unwrap();
+        let service = Service::start(catalog, extensions, config).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, rx) = oneshot::channel::<()>();

@@ -62,6 +62,19 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A weights file could not be opened or read.
+    #[error(transparent)]
+    WeightsFile(#[from] crate::weights::WeightsError),
+    /// An extension (a plugin's processor) failed on a job's data.
+    #[error("{kind} {name} failed: {message}")]
+    Extension {
+        /// `pre-processor` or `post-processor`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// What it reported.
+        message: String,
+    },
     /// The job was cancelled while running.
     #[error("the job was cancelled")]
     Cancelled,

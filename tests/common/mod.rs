@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use beeswax::pipeline::{LoadOptions, StableDiffusion};
+use beeswax::family::{self, LoadOptions, Model};
+use beeswax::schedulers::Registry;
 use candle_core::{DType, Device, Tensor};
 
 pub mod lora;
@@ -31,16 +32,23 @@ pub fn png_pixels(path: &Path) -> Vec<u8> {
     buf
 }
 
-/// The miniature model `name` (under `tests/fixtures/models/`), in f32 on the CPU.
-pub fn model(name: &str) -> StableDiffusion {
-    StableDiffusion::load(
+/// The miniature model `name` (under `tests/fixtures/models/`), in f32 on the CPU, its
+/// family detected from its files.
+pub fn model(name: &str) -> Model {
+    family::load(
         &fixture(&format!("models/{name}")),
+        None,
         &LoadOptions {
             device: Device::Cpu,
             dtype: DType::F32,
         },
     )
     .unwrap()
+}
+
+/// The built-in samplers.
+pub fn registry() -> Registry {
+    Registry::with_builtins()
 }
 
 /// Loads every tensor of a reference safetensors file (as f32 unless integer).
@@ -85,4 +93,38 @@ pub fn assert_close_rel_std(what: &str, got: &Tensor, want: &Tensor, tol: f32) {
         "{what}: max |diff| {diff:.3e} exceeds {tol} x std {std:.3e}"
     );
     eprintln!("{what}: max |diff| {diff:.3e} ({:.2e} x std)", diff / std);
+}
+
+/// A job of `settings` with sampler `sampler` (any name or alias, optionally with a schedule
+/// appended: `"DPM++ 2M Karras"`) from `input`, with no processors.
+pub fn job(
+    settings: beeswax::pipeline::Settings,
+    sampler: &str,
+    input: beeswax::pipeline::Input,
+) -> beeswax::pipeline::Job {
+    beeswax::pipeline::Job {
+        settings,
+        sampler: registry().sampler(sampler, None).unwrap(),
+        input,
+        pre_processors: Vec::new(),
+        post_processors: Vec::new(),
+    }
+}
+
+/// Runs `job` on `model` with the built-in extensions.
+pub fn try_run(
+    model: &Model,
+    job: &beeswax::pipeline::Job,
+) -> beeswax::Result<beeswax::pipeline::Generated> {
+    beeswax::pipeline::run(
+        model,
+        job,
+        &beeswax::extensions::Extensions::builtin(),
+        &mut |_| std::ops::ControlFlow::Continue(()),
+    )
+}
+
+/// Runs `job` on `model` with the built-in extensions; it must succeed.
+pub fn run(model: &Model, job: &beeswax::pipeline::Job) -> beeswax::pipeline::Generated {
+    try_run(model, job).unwrap()
 }

@@ -19,8 +19,9 @@ async fn start_with_loras() -> TestServer {
         ),
     )
     .unwrap();
-    let catalog = load_catalog(&m, config().limits).unwrap();
-    let service = Service::start(catalog, config()).unwrap();
+    let extensions = Extensions::builtin();
+    let catalog = load_catalog(&m, config().limits, &extensions).unwrap();
+    let service = Service::start(catalog, extensions, config()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, rx) = oneshot::channel::<()>();
@@ -73,14 +74,7 @@ async fn loras_by_field_and_a1111_prompt_tag_match_the_library() {
     );
 
     // The library's result: the same LoRA applied to a freshly loaded model.
-    let model = StableDiffusion::load(
-        &fixture("models/tiny-sd"),
-        &LoadOptions {
-            device: Device::Cpu,
-            dtype: DType::F32,
-        },
-    )
-    .unwrap();
+    let model = common::model("tiny-sd");
     let jl = beeswax::lora::prepare_job(
         server.service.catalog.loras(),
         "a red fox",
@@ -96,17 +90,16 @@ async fn loras_by_field_and_a1111_prompt_tag_match_the_library() {
     let job = resolve(
         &applied.model,
         &pack.defaults,
+        &common::registry(),
         JobRequest {
             prompt: jl.prompt.clone(),
             steps: Some(4),
             seed: Some(3),
             ..Default::default()
         },
-    );
-    let reference = text_to_image(&applied.model, &job, &mut |_| {
-        std::ops::ControlFlow::Continue(())
-    })
+    )
     .unwrap();
+    let reference = common::run(&applied.model, &job);
     assert_eq!(
         with_lora, reference.images[0].data,
         "same pixels as the library"
@@ -191,15 +184,16 @@ async fn loras_by_field_and_a1111_prompt_tag_match_the_library() {
     let job = resolve(
         &model,
         &pack.defaults,
+        &common::registry(),
         JobRequest {
             prompt: "a red fox".into(),
             steps: Some(4),
             seed: Some(3),
             ..Default::default()
         },
-    );
-    let reference =
-        text_to_image(&model, &job, &mut |_| std::ops::ControlFlow::Continue(())).unwrap();
+    )
+    .unwrap();
+    let reference = common::run(&model, &job);
     assert_eq!(
         base, reference.images[0].data,
         "the base model is untouched"
@@ -215,7 +209,9 @@ async fn loras_by_field_and_a1111_prompt_tag_match_the_library() {
         "[[pipeline]]\nname = \"bad\"\npack = \"tiny-sd\"\nlora_set = \"nope\"\n",
     )
     .unwrap();
-    let err = load_catalog(&m, Limits::default()).unwrap_err().to_string();
+    let err = load_catalog(&m, Limits::default(), &Extensions::builtin())
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("zz-bad.toml:4: `pipeline.lora_set` of [[pipeline]] `bad`")
             && err.contains("`nope`")

@@ -70,27 +70,21 @@ async fn native_job_streams_events_to_completion_with_previews() {
     );
 
     // The service's run makes exactly the image `text_to_image` (the CLI's path) makes.
-    let model = StableDiffusion::load(
-        &fixture("models/tiny-sd"),
-        &LoadOptions {
-            device: Device::Cpu,
-            dtype: DType::F32,
-        },
-    )
-    .unwrap();
+    let model = common::model("tiny-sd");
     let pack = server.service.catalog.get("tiny-sd").unwrap();
     let job = resolve(
         &model,
         &pack.defaults,
+        &common::registry(),
         JobRequest {
             prompt: "a red fox".into(),
             steps: Some(6),
             seed: Some(1),
             ..Default::default()
         },
-    );
-    let reference =
-        text_to_image(&model, &job, &mut |_| std::ops::ControlFlow::Continue(())).unwrap();
+    )
+    .unwrap();
+    let reference = common::run(&model, &job);
     assert_eq!(
         pixels, reference.images[0].data,
         "same pixels as text_to_image"

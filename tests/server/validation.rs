@@ -460,7 +460,9 @@ fn pipeline_manifest_errors_name_file_line_and_field() {
     ] {
         assert!(original.contains(from), "{from}");
         std::fs::write(m.join("tiny.toml"), original.replace(from, to)).unwrap();
-        let err = load_catalog(&m, Limits::default()).unwrap_err().to_string();
+        let err = load_catalog(&m, Limits::default(), &Extensions::builtin())
+            .unwrap_err()
+            .to_string();
         for n in needles {
             assert!(err.contains(n), "{to}: {err:?} lacks {n:?}");
         }

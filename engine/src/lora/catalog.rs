@@ -366,7 +366,7 @@ impl LoraCatalog {
                 .into());
             }
         }
-        let file = Arc::new(LoraFile::from_bytes(path, &bytes)?);
+        let file = Arc::new(LoraFile::read(path)?);
         cache.insert(
             path.to_path_buf(),
             Cached {

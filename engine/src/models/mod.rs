@@ -2,7 +2,7 @@
 //! speed) is ours to decide: the CLIP text encoder, the conditional UNet and the VAE.
 //!
 //! Every architecture parameter comes from the component's `config.json` (serde structs that
-//! mirror diffusers' and transformers' configs); weights come from memory-mapped safetensors.
+//! mirror diffusers' and transformers' configs); weights come from safetensors files through [`crate::weights`].
 
 pub mod attention;
 pub mod clip;
@@ -11,4 +11,3 @@ pub mod resnet;
 pub mod sampling;
 pub mod unet;
 pub mod vae;
-pub mod weights;

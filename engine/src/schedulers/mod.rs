@@ -4,8 +4,9 @@
 //! hands the output to [`Scheduler::step`]. Configs are data: [`SchedulerConfig`] mirrors
 //! diffusers' `scheduler/scheduler_config.json`, and each scheduler reads the fields it uses.
 //!
-//! Schedulers are built by name through the registry ([`build`], [`names`], [`register`]);
-//! each follows one diffusers class ([`Ddim`]: `DDIMScheduler`, [`Euler`]:
+//! Schedulers are built by name through a [`Registry`] value (the built-ins plus any plugin's;
+//! see [`crate::extensions`]) from a [`Sampler`] (scheduler name and noise schedule); each
+//! follows one diffusers class ([`Ddim`]: `DDIMScheduler`, [`Euler`]:
 //! `EulerDiscreteScheduler`), and the schedule math they share lives in [`math`].
 
 use candle_core::Tensor;
@@ -29,6 +30,7 @@ mod lms;
 pub mod math;
 mod pndm;
 mod registry;
+mod sampler;
 pub mod schedules;
 mod tcd;
 mod unipc;
@@ -50,9 +52,8 @@ pub use heun::Heun;
 pub use lcm::Lcm;
 pub use lms::Lms;
 pub use pndm::Pndm;
-pub use registry::{
-    build, build_with, entries, names, register, resolve, BuildFn, Registry, SchedulerEntry,
-};
+pub use registry::{BuildFn, Registry, SchedulerEntry};
+pub use sampler::{Sampler, SchedulerKind};
 pub use schedules::{Schedule, ScheduleInfo, SCHEDULES};
 pub use tcd::Tcd;
 pub use unipc::UniPc;

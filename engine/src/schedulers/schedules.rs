@@ -142,6 +142,12 @@ impl Schedule {
         self.info().name
     }
 
+    /// The display label: AUTOMATIC1111's name (the first alias), else the canonical name.
+    pub fn label(self) -> &'static str {
+        let info = self.info();
+        info.aliases.first().copied().unwrap_or(info.name)
+    }
+
     /// The schedule a name (canonical or alias, any case, `-`/space/`_` alike) stands for, if any.
     pub fn find(name: &str) -> Option<Self> {
         let key = normalize(name);

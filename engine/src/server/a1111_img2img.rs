@@ -12,15 +12,12 @@ use serde_json::Value;
 
 use super::a1111::{request, run, Txt2ImgBody, NAMES};
 use super::errors::{A1111Error, A1111Json, ApiError};
-use super::image_job::{self, ImageJob, MaskJob};
+use super::pictures;
 use super::request::validate;
 use super::service::Service;
 use crate::image_in::{mask_from_picture, AlphaMask, ResizeMode};
-use crate::pipeline::{InpaintArea, MaskedContent};
-
-/// A1111's defaults for the fields it leaves out.
-const DEFAULT_STRENGTH: f64 = 0.75;
-const DEFAULT_MASK_BLUR: i64 = 4;
+use crate::pipeline::{ImageRequest, MaskRequest, MaskedContent};
+use crate::{defaults, limits};
 
 /// The img2img request (the fields beeswax uses).
 #[derive(Debug, Default, Deserialize)]
@@ -72,7 +69,7 @@ pub async fn img2img(
     A1111Json(body): A1111Json<Img2ImgBody>,
 ) -> Result<Json<Value>, A1111Error> {
     let send_images = body.base.send_images.unwrap_or(true);
-    let limits = image_job::limits(&service.config);
+    let picture_limits = pictures::limits(&service.config);
     let first = match body.init_images.as_slice() {
         [first, ..] => first,
         [] => {
@@ -98,7 +95,7 @@ pub async fn img2img(
             .into())
         }
     };
-    let strength = body.denoising_strength.unwrap_or(DEFAULT_STRENGTH);
+    let strength = body.denoising_strength;
     let content =
         match whole("inpainting_fill", body.inpainting_fill, 0, 3)? {
             0 => MaskedContent::Fill,
@@ -112,12 +109,17 @@ pub async fn img2img(
             )
             .into()),
         };
-    let blur = whole("mask_blur", body.mask_blur, DEFAULT_MASK_BLUR, 256)?;
+    let blur = whole(
+        "mask_blur",
+        body.mask_blur,
+        defaults::MASK_BLUR as i64,
+        *limits::MASK_BLUR.end() as i64,
+    )?;
     let padding = whole(
         "inpaint_full_res_padding",
         body.inpaint_full_res_padding,
-        0,
-        4096,
+        defaults::INPAINT_PADDING as i64,
+        *limits::INPAINT_PADDING.end() as i64,
     )?;
     let full_res = flag("inpaint_full_res", body.inpaint_full_res.as_ref())?;
     let invert = flag(
@@ -130,9 +132,9 @@ pub async fn img2img(
         let first = first.clone();
         let mask = body.mask.clone().filter(|m| !m.trim().is_empty());
         tokio::task::spawn_blocking(move || {
-            let init = image_job::decode_base64("init_images[0]", &first, &limits)?;
+            let init = pictures::decode_base64("init_images[0]", &first, &picture_limits)?;
             let mask = mask
-                .map(|m| image_job::decode_base64("mask", &m, &limits))
+                .map(|m| pictures::decode_base64("mask", &m, &picture_limits))
                 .transpose()?;
             Ok::<_, ApiError>((init, mask))
         })
@@ -146,29 +148,25 @@ pub async fn img2img(
             if invert {
                 mask.data.iter_mut().for_each(|v| *v = 1.0 - *v);
             }
-            image_job::check_mask("mask", &mask, &init.rgb)?;
-            Some(MaskJob {
+            pictures::check_mask("mask", &mask, &init.rgb)?;
+            Some(MaskRequest {
                 mask,
-                blur: blur as f32,
-                area: if full_res {
-                    InpaintArea::Masked {
-                        padding: padding as usize,
-                    }
-                } else {
-                    InpaintArea::Whole
-                },
-                content,
+                blur: Some(blur as f32),
+                only_masked: full_res.then_some(Some(padding as usize)),
+                content: Some(content),
             })
         }
     };
 
-    let mut spec = validate(&service.catalog, request(&service, body.base), &NAMES)?;
-    image_job::check_strength("denoising_strength", strength, spec.job.steps)?;
-    spec.image = Some(ImageJob {
-        init_image: init.rgb,
+    let mut request = request(&service, body.base);
+    request.image = Some(ImageRequest {
+        picture: init.rgb,
         strength,
-        resize,
+        resize: Some(resize),
+        sample_posterior: false,
+        init_noise: None,
         mask,
     });
+    let spec = validate(&service, request, &NAMES)?;
     run(&service, spec, send_images).await
 }

@@ -6,13 +6,13 @@
 use std::sync::Arc;
 
 use super::config::Limits;
-use super::postprocess;
+use crate::extensions::Extensions;
+use crate::family::{self, LoadOptions, Model};
 use crate::lora::{LoraCatalog, WeightRange};
 use crate::manifest::{
     self, Family, ManifestFolder, Mode, PackDefaults, PackManifest, PackSource, PipelineConfig,
 };
-use crate::pipeline::{LoadOptions, StableDiffusion};
-use crate::{hub, schedulers, Result};
+use crate::{hub, Result};
 
 /// One servable pipeline, with its model loaded.
 #[derive(Debug)]
@@ -33,12 +33,14 @@ pub struct Pipeline {
     pub defaults: PackDefaults,
     /// Effective request limits.
     pub limits: Limits,
+    /// Pre-processors run on an image job's picture and mask, before the request's.
+    pub pre_processors: Vec<String>,
     /// Post-processors run on each image.
     pub post_processors: Vec<String>,
     /// A LoRA set (or LoRA) of the catalog applied to every job, before the request's LoRAs.
     pub lora_set: Option<String>,
     /// The loaded model.
-    pub model: Arc<StableDiffusion>,
+    pub model: Arc<Model>,
 }
 
 /// Every pipeline the service offers.
@@ -61,13 +63,14 @@ impl Catalog {
         options: &LoadOptions,
         allow_download: bool,
         limits: Limits,
+        extensions: &Extensions,
     ) -> Result<Self> {
         let packs = manifest::packs(folder)?;
         let configs = manifest::pipelines(folder, &packs)?;
         let mut loras = LoraCatalog::from_manifests(folder)?;
         loras.allow_download = allow_download;
-        check_names(&configs, &loras)?;
-        let mut loaded: Vec<(PackManifest, Arc<StableDiffusion>)> = Vec::new();
+        check_names(&configs, extensions, &loras)?;
+        let mut loaded: Vec<(PackManifest, Arc<Model>)> = Vec::new();
         for pack in packs {
             let needed = configs.iter().any(|c| c.pack == pack.name);
             match load_pack(&pack, options, allow_download) {
@@ -101,6 +104,7 @@ impl Catalog {
                     max_steps: o.max_steps.unwrap_or(limits.max_steps),
                     max_images: o.max_images.unwrap_or(limits.max_images),
                 },
+                pre_processors: c.pre_processors,
                 post_processors: c.post_processors,
                 lora_set: c.lora_set,
                 model: model.clone(),
@@ -117,6 +121,7 @@ impl Catalog {
                 is_pack: true,
                 defaults: pack.defaults,
                 limits,
+                pre_processors: Vec::new(),
                 post_processors: Vec::new(),
                 lora_set: None,
                 model,
@@ -174,32 +179,36 @@ impl Catalog {
     }
 }
 
-/// Checks the names each pipeline gives against what this process has: the scheduler registry
-/// (plugin schedulers included), the registered post-processors, and the LoRA catalog. The
-/// service runs no pre-processors yet, so a pipeline naming one is refused.
-fn check_names(configs: &[PipelineConfig], loras: &LoraCatalog) -> Result<()> {
+/// Checks the names each pipeline gives against what this process has: the samplers and
+/// processors of `extensions` (plugins' included) and the LoRA catalog.
+fn check_names(
+    configs: &[PipelineConfig],
+    extensions: &Extensions,
+    loras: &LoraCatalog,
+) -> Result<()> {
     let scheduler = |name: &str| {
-        schedulers::resolve(name)
+        (extensions.schedulers.resolve(name))
             .map(drop)
             .map_err(|e| e.to_string())
     };
-    let post_processors = postprocess::names();
+    let (pre, post) = (extensions.pre_names(), extensions.post_names());
     let lora_names = loras.names();
     for config in configs {
-        config.check_names(&scheduler, &post_processors, &[])?;
+        config.check_names(&scheduler, &post, &pre)?;
         config.check_lora_set(&lora_names)?;
     }
     Ok(())
 }
 
-fn load_pack(
+/// Loads `pack`'s model as the family the pack declares.
+pub fn load_pack(
     pack: &PackManifest,
     options: &LoadOptions,
     allow_download: bool,
-) -> Result<StableDiffusion> {
+) -> Result<Model> {
     let dir = match &pack.source {
         PackSource::Path(p) => p.clone(),
         PackSource::Hub { repo, revision } => hub::resolve(repo, revision, allow_download)?,
     };
-    StableDiffusion::load(&dir, options)
+    family::load(&dir, Some(pack.family.as_str()), options)
 }

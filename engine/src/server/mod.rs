@@ -11,8 +11,10 @@
 //! (`/health`, `/metrics`, `/openapi.json`).
 //!
 //! Layout: [`config`](ServerConfig), catalog (pipelines and models), request (validation),
-//! jobs/queue/worker/generate/preview (running jobs), service (shared state), native/sse/
-//! openai/a1111 (routes), auth, errors, metrics, openapi, ops, http (router and serve).
+//! pictures (decoding what clients send), jobs/queue/worker (running jobs through
+//! [`crate::pipeline::run`]), service (shared state: catalog, extensions, queue, jobs),
+//! native/sse/openai/a1111 (routes), auth, errors, metrics, openapi, ops, http (router and
+//! serve).
 
 mod a1111;
 mod a1111_img2img;
@@ -21,7 +23,6 @@ mod catalog;
 mod config;
 mod errors;
 mod http;
-mod image_job;
 mod jobs;
 mod metrics;
 mod native;
@@ -29,11 +30,9 @@ mod openai;
 mod openai_edits;
 mod openapi;
 mod ops;
-pub mod postprocess;
-mod preview;
+mod pictures;
 mod queue;
 mod request;
-mod samplers;
 mod service;
 mod sse;
 mod worker;
@@ -42,8 +41,6 @@ pub use catalog::{Catalog, Pipeline};
 pub use config::{Limits, ServerConfig};
 pub use errors::{A1111Error, A1111Json, ApiError, JsonBody};
 pub use http::{router, serve, shutdown_signal};
-pub use image_job::Output;
 pub use jobs::{Event, Job, Origin, Status};
-pub use preview::{latents_to_rgb, SD_LATENT_BIAS, SD_LATENT_RGB};
 pub use request::{validate, GenerateRequest, JobSpec};
 pub use service::Service;

@@ -15,6 +15,7 @@ use super::metrics::{Gauges, Metrics, Outcome};
 use super::queue::Queue;
 use super::request::JobSpec;
 use super::worker;
+use crate::extensions::Extensions;
 
 /// What [`Service::cancel`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +33,8 @@ pub enum Cancelled {
 pub struct Service {
     /// The pipelines.
     pub catalog: Arc<Catalog>,
+    /// Samplers and processors (built-ins and plugins'), passed to every job.
+    pub extensions: Arc<Extensions>,
     /// The settings.
     pub config: ServerConfig,
     /// Every job.
@@ -48,12 +51,23 @@ pub struct Service {
 
 impl Service {
     /// Starts the worker threads.
-    pub fn start(catalog: Catalog, config: ServerConfig) -> std::io::Result<Arc<Self>> {
+    pub fn start(
+        catalog: Catalog,
+        extensions: Extensions,
+        config: ServerConfig,
+    ) -> std::io::Result<Arc<Self>> {
         let queue = Arc::new(Queue::new(config.queue_size));
         let metrics = Arc::new(Metrics::default());
-        let workers = worker::spawn(config.concurrency, queue.clone(), metrics.clone())?;
+        let extensions = Arc::new(extensions);
+        let workers = worker::spawn(
+            config.concurrency,
+            queue.clone(),
+            metrics.clone(),
+            extensions.clone(),
+        )?;
         Ok(Arc::new(Self {
             catalog: Arc::new(catalog),
+            extensions,
             jobs: JobStore::new(config.keep_finished, config.max_finished),
             config,
             queue,

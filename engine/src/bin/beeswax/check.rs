@@ -8,10 +8,11 @@
 //! loaded the way `generate` loads it; disabled ones are only validated).
 
 use anyhow::{bail, Result};
+use beeswax::extensions::Extensions;
 use beeswax::lora::LoraCatalog;
 use beeswax::manifest::{self, ManifestFiles, ManifestFolder, PackManifest, PackSource};
 use beeswax::model_files;
-use beeswax::plugins::{Capability, Plugins};
+use beeswax::plugins::Plugins;
 
 use crate::args::Global;
 
@@ -35,15 +36,16 @@ pub fn run(global: &Global) -> Result<()> {
     }
     let (plugins, plugin_problems) = Plugins::load_all(&folder);
     problems.extend(plugin_problems.iter().map(ToString::to_string));
-    // Plugin schedulers join the registry so that pipelines may name them.
-    if let Err(e) = plugins.register_schedulers() {
-        problems.push(format!("registering plugin schedulers: {e}"));
+    // The plugins' samplers and processors join the extensions the pipelines may name.
+    let mut extensions = Extensions::builtin();
+    if let Err(e) = plugins.extend(&mut extensions) {
+        problems.push(format!("registering the plugins: {e}"));
     }
     let loras = LoraCatalog::from_manifests(&folder);
     if let Err(e) = &loras {
         problems.push(e.to_string());
     }
-    if let Err(e) = check_pipelines(&folder, &packs, &plugins, loras.ok().as_ref()) {
+    if let Err(e) = check_pipelines(&folder, &packs, &extensions, loras.ok().as_ref()) {
         problems.push(e);
     }
     if problems.is_empty() {
@@ -68,22 +70,13 @@ pub fn run(global: &Global) -> Result<()> {
 fn check_pipelines(
     folder: &ManifestFolder<'_>,
     packs: &[PackManifest],
-    plugins: &Plugins,
+    extensions: &Extensions,
     loras: Option<&LoraCatalog>,
 ) -> Result<(), String> {
     let pipelines = manifest::pipelines(folder, packs).map_err(|e| e.to_string())?;
-    let names = |cap: Capability| -> Vec<String> {
-        (plugins.loaded.iter())
-            .filter(|p| p.provides(cap))
-            .map(|p| p.entry.name.clone())
-            .collect()
-    };
-    let (post, pre) = (
-        names(Capability::PostProcessor),
-        names(Capability::PreProcessor),
-    );
+    let (pre, post) = (extensions.pre_names(), extensions.post_names());
     let scheduler = |name: &str| {
-        beeswax::schedulers::resolve(name)
+        (extensions.schedulers.resolve(name))
             .map(drop)
             .map_err(|e| e.to_string())
     };

@@ -7,7 +7,7 @@ mod bench;
 mod bench_vae;
 mod check;
 mod generate;
-mod image_job;
+mod image_input;
 mod plugins;
 mod progress;
 mod schedulers;
@@ -48,6 +48,6 @@ fn main() -> ExitCode {
 fn list_schedulers(global: &args::Global) -> anyhow::Result<()> {
     let files = source::read_manifests(global)?;
     let folder = files.as_ref().map(|f| f.parse()).transpose()?;
-    plugins::load(folder.as_ref())?;
-    schedulers::list()
+    let (_plugins, extensions) = plugins::load(folder.as_ref())?;
+    schedulers::list(&extensions)
 }

@@ -1,22 +1,22 @@
-//! `beeswax schedulers` (every sampler and noise schedule with its aliases), the name checks
-//! `generate` runs before loading a model, and `beeswax bench scheduler`.
+//! `beeswax schedulers` (every sampler and noise schedule with its aliases) and
+//! `beeswax bench scheduler`.
 
 use anyhow::{bail, Result};
 use beeswax::bench::{random_unet, random_unet_inputs, time_runs};
-use beeswax::device::{default_device, parse_device};
+use beeswax::extensions::Extensions;
 use beeswax::models::config_file::read_json;
 use beeswax::models::unet::UNetConfig;
 use beeswax::noise::BatchNoise;
-use beeswax::schedulers::{self, Schedule, SchedulerConfig, SCHEDULES};
+use beeswax::schedulers::{Registry, SchedulerConfig, SCHEDULES};
 use candle_core::{DType, Device, Tensor};
 
 use crate::args::{BenchSchedulerArgs, Global};
 
 /// Prints two tab-separated tables, `# samplers` and `# schedules`: canonical name, aliases
 /// (comma separated) and a summary per line. Every name printed is accepted by `generate`.
-pub fn list() -> Result<()> {
+pub fn list(extensions: &Extensions) -> Result<()> {
     println!("# samplers (--scheduler)");
-    for entry in schedulers::entries() {
+    for entry in extensions.schedulers.entries() {
         println!(
             "{}\t{}\t{}",
             entry.name,
@@ -36,46 +36,11 @@ pub fn list() -> Result<()> {
     Ok(())
 }
 
-/// Checks the sampler and schedule names before any model is loaded: unknown names fail here
-/// with the valid ones and the nearest.
-pub fn check_names(scheduler: Option<&str>, schedule: Option<&str>) -> Result<()> {
-    if let Some(name) = scheduler {
-        schedulers::resolve(name)?;
-    }
-    if let Some(name) = schedule {
-        Schedule::parse(name)?;
-    }
-    Ok(())
-}
-
-/// AUTOMATIC1111's display name for a scheduler name: the sampler's first alias, plus the
-/// schedule's first alias when one other than the default is chosen (`DPM++ 2M Karras`).
-pub fn display_name(name: &str) -> String {
-    let Ok((canonical, schedule)) = schedulers::resolve(name) else {
-        return name.to_string();
-    };
-    let sampler = schedulers::names()
-        .into_iter()
-        .find(|(n, _)| *n == canonical)
-        .and_then(|(_, aliases)| aliases.first().copied())
-        .unwrap_or(canonical);
-    match schedule {
-        Some(s) if s != Schedule::Default => {
-            let info = s.info();
-            format!("{sampler} {}", info.aliases.first().unwrap_or(&info.name))
-        }
-        _ => sampler.to_string(),
-    }
-}
-
 /// `beeswax bench scheduler`: the mean time of one scheduler call (`scale_model_input` plus
 /// `step`) of every built-in sampler over a whole run, next to one UNet call, on
 /// `[batch, 4, size, size]` f32 latents.
 pub fn bench(global: &Global, a: BenchSchedulerArgs) -> Result<()> {
-    let device = match &global.device {
-        Some(d) => parse_device(d)?,
-        None => default_device(),
-    };
+    let (device, _) = crate::source::device_and_dtype(global)?;
     if a.latent_size == 0 || a.batch == 0 {
         bail!("--latent-size and --batch must be at least 1");
     }
@@ -111,7 +76,7 @@ pub fn bench(global: &Global, a: BenchSchedulerArgs) -> Result<()> {
     };
 
     let mut rows = Vec::new();
-    for entry in schedulers::entries() {
+    for entry in Registry::with_builtins().entries() {
         let steps = if entry.name == "lcm" || entry.name == "tcd" {
             steps.min(config.original_inference_steps)
         } else {
@@ -132,7 +97,7 @@ pub fn bench(global: &Global, a: BenchSchedulerArgs) -> Result<()> {
             to_host(&x, &device)?;
             best = best.min(clock.elapsed().as_secs_f64() / calls as f64);
         }
-        rows.push((entry.name, calls, best));
+        rows.push((entry.name.clone(), calls, best));
     }
 
     if a.json {
