@@ -449,7 +449,8 @@ mod tests {
             err.contains(":13: `pipeline.limits.max_images` must be between 1 and 64"),
             "{err}"
         );
-        let text = text.replace("max_images = 65", "max_width = 8192");
-        assert_eq!(read(&text).unwrap()[0].limits.max_width, Some(8192));
+        let largest = *limits::SIZE.end();
+        let text = text.replace("max_images = 65", &format!("max_width = {largest}"));
+        assert_eq!(read(&text).unwrap()[0].limits.max_width, Some(largest));
     }
 }
