@@ -190,7 +190,7 @@ impl<'a> Document<'a> {
         };
         T::deserialize(ValueDeserializer::from(value.clone()))
             .map(Some)
-            .map_err(|err| self.located().serde_error(&err))
+            .map_err(|err| self.located().serde_error(key, &err))
     }
 
     /// Deserializes each `[[key]]` table into `T`, in file order; each fails on its own, so
@@ -205,7 +205,7 @@ impl<'a> Document<'a> {
                 .iter()
                 .map(|item| {
                     T::deserialize(ValueDeserializer::from(item.clone()))
-                        .map_err(|err| located.serde_error(&err))
+                        .map_err(|err| located.serde_error(key, &err))
                 })
                 .collect(),
             other => {
@@ -298,6 +298,22 @@ mod tests {
         assert!(err.contains("expected a whole number"), "{err}");
         assert_eq!(entries[2].as_ref().unwrap().name.get_ref(), "c");
         assert!(d.entries::<Thing>("plugin").is_empty());
+    }
+
+    #[test]
+    fn a_field_missing_from_a_later_entry_names_its_section() {
+        let d = doc("[[lora]]\nname = \"a\"\n\n[[lora]]\nsize = 3\n").unwrap();
+        let err = d.entries::<Thing>("lora")[1]
+            .as_ref()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "/m/a.toml:4: `lora.name` is required: add `name = ...` to the \
+                             [[lora]] table"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -70,19 +70,22 @@ impl<'a> Located<'a> {
         self.invalid(value.span(), field, message)
     }
 
-    /// Turns a serde error of this file into [`ManifestError::Invalid`], naming the field
-    /// found at its span (`pipeline.defaults.steps`) and saying how to fix it.
-    pub fn serde_error(&self, err: &toml::de::Error) -> ManifestError {
+    /// Turns a serde error in the top-level table `section` of this file into
+    /// [`ManifestError::Invalid`], naming the field found at its span
+    /// (`pipeline.defaults.steps`; the section itself when no key covers the span, as for a
+    /// field missing from the second `[[pipeline]]`) and saying how to fix it.
+    pub fn serde_error(&self, section: &str, err: &toml::de::Error) -> ManifestError {
         let span = err.span().unwrap_or(0..0);
-        let field = field_at(self.table, span.start).unwrap_or_default();
+        let within = |field: &String| field == section || field.starts_with(&format!("{section}."));
+        let field = field_at(self.table, span.start)
+            .filter(within)
+            .unwrap_or_else(|| section.to_string());
         let message = err.message().trim();
         let (field, message) = if let Some(missing) = backticked(message, "missing field `") {
-            let table = if field.is_empty() {
-                "top-level".to_string()
-            } else {
+            let message = format!(
+                "is required: add `{missing} = ...` to the {} table",
                 header(&field)
-            };
-            let message = format!("is required: add `{missing} = ...` to the {table} table");
+            );
             (join_key(&field, missing), message)
         } else if let Some(unknown) = backticked(message, "unknown field `") {
             let expected = message
