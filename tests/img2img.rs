@@ -58,7 +58,7 @@ fn image_to_image_and_inpainting_match_diffusers() {
     for case in &cases {
         let name = case.model.clone().unwrap();
         let m = models.entry(name.clone()).or_insert_with(|| model(&name));
-        assert_eq!(Some(m.unet.config().in_channels), case.unet_in_channels);
+        assert_eq!(Some(m.networks.in_channels()), case.unet_in_channels);
         let r = case.tensors();
         let (out, image_key) = run_case(m, case, &r);
         let kind = case.kind.as_deref().unwrap();

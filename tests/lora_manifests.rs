@@ -60,10 +60,10 @@ fn manifests_declare_loras_and_sets() {
     let dir = manifest_dir(&tmp, "manifests", &sha);
     // The pack manifests still load with [[lora]] tables beside them.
     assert_eq!(
-        beeswax::manifest::find_pack(&dir, "tiny-sd").unwrap().name,
+        common::manifests::find_pack(&dir, "tiny-sd").unwrap().name,
         "tiny-sd"
     );
-    let cat = catalog::load_dir(&dir).unwrap();
+    let cat = common::manifests::lora_catalog(&dir).unwrap();
     assert_eq!(cat.entries.len(), 2);
     assert_eq!(
         cat.entry("fox-style").unwrap().source,
@@ -107,7 +107,7 @@ fn manifests_declare_loras_and_sets() {
 fn weights_out_of_range_and_wrong_hashes_are_refused() {
     let tmp = Dir::new("lora-refusals");
     let sha = kohya_sha();
-    let mut cat = catalog::load_dir(&manifest_dir(&tmp, "manifests", &sha)).unwrap();
+    let mut cat = common::manifests::lora_catalog(&manifest_dir(&tmp, "manifests", &sha)).unwrap();
     // Weights out of the (configurable) range.
     let err = cat
         .resolve(&[req("snow", Some(7.0))], false)
@@ -133,7 +133,7 @@ fn weights_out_of_range_and_wrong_hashes_are_refused() {
 
     // A wrong hash.
     let bad = manifest_dir(&tmp, "bad", &"0".repeat(64));
-    let cat = catalog::load_dir(&bad).unwrap();
+    let cat = common::manifests::lora_catalog(&bad).unwrap();
     let err = cat
         .prepare(&[req("fox-style", None)], false)
         .unwrap_err()
@@ -179,19 +179,29 @@ fn manifest_errors_name_file_line_and_field() {
     ];
     for (i, (text, field, message)) in cases.iter().enumerate() {
         let dir = tmp.manifests(format!("m{i}"), &[("bad.toml", text)]);
-        let err = catalog::load_dir(&dir).unwrap_err().to_string();
+        let err = common::manifests::lora_catalog(&dir).unwrap_err().to_string();
         assert!(
             err.contains("bad.toml:") && err.contains(field) && err.contains(message),
             "{err}"
         );
     }
-    // Types are checked with the pack manifests.
+    // Types are checked by the catalog, which reads its own tables, naming the field.
     let dir = tmp.manifests(
         "types",
         &[("bad.toml", "[[lora]]\nname = \"x\"\npath = 3\n")],
     );
-    let err = beeswax::manifest::load_dir(&dir).unwrap_err().to_string();
-    assert!(err.contains("bad.toml:3"), "{err}");
+    let err = common::manifests::lora_catalog(&dir).unwrap_err().to_string();
+    assert!(
+        err.contains("bad.toml:3: `lora.path` has the wrong type"),
+        "{err}"
+    );
+    // A misspelt table is refused with every table a manifest may hold.
+    let dir = tmp.manifests("typo", &[("bad.toml", "[[loras]]\nname = \"x\"\n")]);
+    let err = common::manifests::lora_catalog(&dir).unwrap_err().to_string();
+    assert!(
+        err.contains("bad.toml:1: `loras`") && err.contains("[[lora]], [[lora_set]]"),
+        "{err}"
+    );
 }
 
 #[test]

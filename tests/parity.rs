@@ -12,7 +12,7 @@ use beeswax::models::clip::{ClipTextConfig, ClipTextModel};
 use beeswax::models::config_file::read_json;
 use beeswax::models::unet::{UNet2DConditionModel, UNetConfig};
 use beeswax::models::vae::{Decoder, Encoder, VaeConfig};
-use beeswax::models::weights::mmap;
+use beeswax::weights::WeightSource;
 use beeswax::noise::TorchGenerator;
 use candle_core::{DType, Device, Tensor};
 use common::images::assert_run_matches;
@@ -28,7 +28,9 @@ fn model_file(model: &str, rel: &str) -> std::path::PathBuf {
 }
 
 fn weights(path: &Path) -> candle_nn::VarBuilder<'static> {
-    mmap(path, DType::F32, &Device::Cpu).unwrap()
+    WeightSource::open(path)
+        .unwrap()
+        .var_builder(DType::F32, &Device::Cpu)
 }
 
 #[test]
@@ -80,7 +82,7 @@ fn one_unet_call_matches_diffusers() {
                 .to_vec1::<f32>()
                 .unwrap()[0] as f64;
             let out = unet
-                .forward(&r["sample"], t, &r["encoder_hidden_states"])
+                .forward(&r["sample"], t, &r["encoder_hidden_states"], None)
                 .unwrap();
             assert_close_rel_std(
                 &format!("{model} unet t={t}"),

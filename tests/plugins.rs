@@ -96,7 +96,7 @@ fn load_one(dir: &Path, text: &str) -> Result<LoadedPlugin, PluginError> {
 
 /// The committed example plugin `name` (from `manifests/plugins.toml`), loaded.
 fn committed(name: &str) -> LoadedPlugin {
-    let (found, problems) = plugins::manifest::read_dir(&root().join("manifests"));
+    let (found, problems) = common::manifests::plugin_entries(&root().join("manifests"));
     assert!(problems.is_empty(), "{problems:?}");
     LoadedPlugin::load(found.iter().find(|e| e.name == name).unwrap()).unwrap()
 }

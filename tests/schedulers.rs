@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use anyhow::{anyhow, Result};
 use beeswax::noise::NoiseSource;
-use beeswax::schedulers::{self, Churn, Ddim, Euler, Scheduler, SchedulerConfig};
+use beeswax::schedulers::{Churn, Ddim, Euler, Scheduler, SchedulerConfig};
 use candle_core::{DType, Device, Tensor};
 use common::images::assert_run_matches;
 use common::jobs::generate;
@@ -111,7 +111,7 @@ fn scheduler(case: &Case) -> Result<Box<dyn Scheduler>> {
             };
             Box::new(Euler::new(&config, case.steps)?.with_churn(churn)?)
         }
-        (name, _, _) => schedulers::build(name, &config, case.steps)?,
+        (name, _, _) => common::registry().build_named(name, None, &config, case.steps)?,
     })
 }
 
@@ -270,7 +270,7 @@ fn add_noise_matches_diffusers() {
     assert_eq!(fx.reference.add_noise.len(), 2);
     for case in &fx.reference.add_noise {
         let sched =
-            schedulers::build(&case.scheduler, &config(&case.config).unwrap(), case.steps).unwrap();
+            common::registry().build_named(&case.scheduler, None, &config(&case.config).unwrap(), case.steps).unwrap();
         assert!((sched.timesteps()[case.index] - case.timestep).abs() < 1e-9);
         let noisy = sched.add_noise(original, noise, case.index).unwrap();
         let expected = &fx.tensors[&case.name];
@@ -322,7 +322,7 @@ fn replay_sampler(
     dtype: DType,
 ) -> Result<f64> {
     let config = config(&case.config)?;
-    let mut sched = schedulers::build_with(
+    let mut sched = common::registry().build_named(
         &case.scheduler,
         case.schedule.as_deref(),
         &config,
@@ -371,7 +371,8 @@ fn every_builtin_sampler_matches_its_diffusers_class() {
     assert_worst_within("f64", report, TOLERANCE);
     // Every built-in but DDIM and Euler (covered by `cases.json`) has references for both
     // prediction types and an odd and an even step count.
-    for (name, _) in schedulers::names() {
+    for entry in common::registry().entries() {
+        let name = entry.name.as_str();
         if matches!(name, "ddim" | "euler") {
             continue;
         }
@@ -403,7 +404,7 @@ fn step_index_out_of_range_is_an_error_not_a_panic() {
     let config = SchedulerConfig::default();
     let x = Tensor::zeros((1, 4, 2, 2), DType::F32, &Device::Cpu).unwrap();
     for name in ["ddim", "euler"] {
-        let mut sched = schedulers::build(name, &config, 3).unwrap();
+        let mut sched = common::registry().build_named(name, None, &config, 3).unwrap();
         let err = sched
             .step(&x, 3, &x, &mut DetNoise { draws: 0 })
             .unwrap_err()

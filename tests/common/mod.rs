@@ -24,6 +24,7 @@ pub mod compare;
 pub mod images;
 pub mod jobs;
 pub mod lora;
+pub mod manifests;
 pub mod reference;
 pub mod server;
 

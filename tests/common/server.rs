@@ -74,8 +74,7 @@ impl TestServer {
             std::fs::write(manifests.join(name), text).unwrap();
         }
         let extensions = beeswax::extensions::Extensions::builtin();
-        let catalog =
-            Catalog::load(&manifests, &cpu_f32(), false, config.limits, &extensions).unwrap();
+        let catalog = super::manifests::catalog(&manifests, config.limits, &extensions).unwrap();
         let service = Service::start(catalog, extensions, config).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use beeswax::image_out::RgbImage;
 use beeswax::noise::BatchNoise;
-use beeswax::schedulers::{self, Scheduler};
+use beeswax::schedulers::Scheduler;
 use common::images::{changed_pixels, Png};
 
 use super::*;
@@ -204,7 +204,7 @@ fn bench_per_step_overhead() {
         .unwrap(),
     );
     let (builtin, want) = time_steps(
-        &|| schedulers::build("euler", &config, steps).unwrap(),
+        &|| common::registry().build_named("euler", None, &config, steps).unwrap(),
         steps,
     );
     eprintln!(

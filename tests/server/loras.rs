@@ -2,7 +2,8 @@
 //! equal to the library's result; unknown names and weights refused.
 
 use beeswax::lora::{apply, prepare_job, LoraRequest};
-use beeswax::server::{Catalog, Limits};
+use beeswax::extensions::Extensions;
+use beeswax::server::Limits;
 use common::command::{toml_path, Dir};
 use common::jobs::pack_image;
 use common::lora::lora_path;
@@ -159,11 +160,13 @@ fn a_pipeline_naming_a_missing_lora_set_does_not_load() {
         "zz-bad.toml",
         "[[pipeline]]\nname = \"bad\"\npack = \"tiny-sd\"\nlora_set = \"nope\"\n",
     );
-    let err = Catalog::load(&manifests, &common::cpu_f32(), false, Limits::default())
+    let err = common::manifests::catalog(&manifests, Limits::default(), &Extensions::builtin())
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("lora_set of [[pipeline]] `bad`") && err.contains("nope"),
+        err.contains("zz-bad.toml:4: `pipeline.lora_set` of [[pipeline]] `bad`")
+            && err.contains("`nope`")
+            && err.contains("known: (none)"),
         "{err}"
     );
 }

@@ -1,7 +1,8 @@
 //! Bad input and guarded routes: the 4xx table, the API key, operations routes, pipeline
 //! manifest errors, and pictures that are not images or are decompression bombs.
 
-use beeswax::server::{Catalog, Limits};
+use beeswax::extensions::Extensions;
+use beeswax::server::Limits;
 use common::server::tiny_manifests;
 
 use super::*;
@@ -252,7 +253,6 @@ async fn operations_routes_health_metrics_openapi_and_request_ids() {
 fn pipeline_manifest_errors_name_file_line_and_field() {
     let dir = common::command::Dir::new("pipeline-errors");
     let m = tiny_manifests(dir.path());
-    let options = common::cpu_f32();
     let original = std::fs::read_to_string(m.join("tiny.toml")).unwrap();
     for (from, to, needles) in [
         (
@@ -297,15 +297,9 @@ fn pipeline_manifest_errors_name_file_line_and_field() {
     ] {
         assert!(original.contains(from), "{from}");
         std::fs::write(m.join("tiny.toml"), original.replace(from, to)).unwrap();
-        let err = Catalog::load(
-            &m,
-            &options,
-            false,
-            Limits::default(),
-            &Extensions::builtin(),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = common::manifests::catalog(&m, Limits::default(), &Extensions::builtin())
+            .unwrap_err()
+            .to_string();
         for n in needles {
             assert!(err.contains(n), "{to}: {err:?} lacks {n:?}");
         }

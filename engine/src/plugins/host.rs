@@ -1,6 +1,5 @@
 //! Loading plugins from manifest entries and using them: [`LoadedPlugin`] and [`Plugins`].
 
-use std::path::Path;
 use std::sync::Arc;
 
 use beeswax_plugin_sdk::wire::{self, Image};
@@ -16,6 +15,7 @@ use super::PluginError;
 use crate::extensions::{Extensions, PostProcessFn, PreInput, PreProcessFn, Processor};
 use crate::image_in::Mask;
 use crate::image_out::RgbImage;
+use crate::manifest::ManifestFolder;
 use crate::schedulers::{Scheduler, SchedulerConfig, SchedulerEntry, SchedulerError};
 
 /// Largest plugin file read, in bytes.
@@ -305,10 +305,10 @@ pub struct Plugins {
 }
 
 impl Plugins {
-    /// Loads every enabled `[[plugin]]` of the manifests in `dir`, returning what loaded and
-    /// every problem found (manifest errors, missing files, hashes, ABI, capabilities).
-    pub fn load_all(dir: &Path) -> (Self, Vec<PluginError>) {
-        let (entries, manifest_problems) = manifest::read_dir(dir);
+    /// Loads every enabled `[[plugin]]` of the parsed manifest folder, returning what loaded
+    /// and every problem found (manifest errors, missing files, hashes, ABI, capabilities).
+    pub fn load_all(folder: &ManifestFolder<'_>) -> (Self, Vec<PluginError>) {
+        let (entries, manifest_problems) = manifest::entries(folder);
         let mut problems: Vec<PluginError> = manifest_problems
             .into_iter()
             .map(|e| PluginError::from(Box::new(e)))
@@ -327,15 +327,15 @@ impl Plugins {
         (plugins, problems)
     }
 
-    /// Loads the plugins of `dir` as `generate` and `serve` do at startup: any problem is an
-    /// error listing them all. A folder without `[[plugin]]` entries gives no plugins.
-    pub fn load(dir: &Path) -> Result<Self, PluginError> {
-        let (plugins, problems) = Self::load_all(dir);
+    /// Loads the plugins of the folder as `generate` and `serve` do at startup: any problem is
+    /// an error listing them all. A folder without `[[plugin]]` entries gives no plugins.
+    pub fn load(folder: &ManifestFolder<'_>) -> Result<Self, PluginError> {
+        let (plugins, problems) = Self::load_all(folder);
         if problems.is_empty() {
             Ok(plugins)
         } else {
             Err(PluginError::Startup {
-                dir: dir.to_path_buf(),
+                dir: folder.dir().to_path_buf(),
                 problems: problems.iter().map(ToString::to_string).collect(),
             })
         }

@@ -1,6 +1,6 @@
 //! The HTTP service behind `beeswax serve` (axum on tokio).
 //!
-//! Operators declare pipelines in the manifests (`[[pipeline]]`, see [`PipelineEntry`]); every
+//! Operators declare pipelines in the manifests (`[[pipeline]]`, see [`crate::manifest::pipeline`]); every
 //! pack is served under its own name too. Models load once, eagerly, when the [`Catalog`] is
 //! built. Jobs go through a bounded [`queue`](Service::submit) (full: 429 with `Retry-After`)
 //! to worker threads that do all tensor work off the async runtime; handlers only validate,
@@ -31,7 +31,6 @@ mod openai_edits;
 mod openapi;
 mod ops;
 mod pictures;
-mod pipeline_entry;
 mod queue;
 mod request;
 mod service;
@@ -43,8 +42,5 @@ pub use config::{Limits, ServerConfig};
 pub use errors::{A1111Error, A1111Json, ApiError, JsonBody};
 pub use http::{router, serve, shutdown_signal};
 pub use jobs::{Event, Job, Origin, Status};
-pub use pipeline_entry::{
-    load_dir as load_pipelines, LimitOverrides, Mode, PipelineConfig, PipelineEntry,
-};
 pub use request::{validate, GenerateRequest, JobSpec};
 pub use service::Service;

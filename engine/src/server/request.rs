@@ -384,7 +384,7 @@ fn check_limits(
     if s.steps > limits.max_steps {
         return Err(over_limit("steps", s.steps, limits.max_steps, "steps"));
     }
-    let images = s.batch.checked_mul(iterations).unwrap_or(usize::MAX);
+    let images = s.batch.saturating_mul(iterations);
     if images > limits.max_images {
         return Err(over_limit(
             names.batch,

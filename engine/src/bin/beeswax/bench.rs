@@ -56,7 +56,9 @@ fn unet(global: &Global, a: BenchUnetArgs) -> Result<()> {
 }
 
 fn pipeline(global: &Global, a: BenchPipelineArgs) -> Result<()> {
-    let chosen = source::load(global, &a.model)?;
+    let files = source::read_manifests(global)?;
+    let folder = files.as_ref().map(|f| f.parse()).transpose()?;
+    let chosen = source::load(global, folder.as_ref(), &a.model)?;
     let request = JobRequest {
         prompt: a.prompt.clone(),
         steps: a.steps,

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use beeswax::image_out::{numbered_path, write_png};
 use beeswax::lora;
+use beeswax::manifest::ManifestFolder;
 use beeswax::params::GenerationParams;
 use beeswax::pipeline::{resolve, run as run_job, JobRequest};
 use candle_core::Device;
@@ -16,18 +17,20 @@ use crate::args::{GenerateArgs, Global};
 use crate::{image_input, progress, source};
 
 pub fn run(global: &Global, a: GenerateArgs) -> Result<()> {
-    let (_plugins, extensions) = crate::plugins::load(global)?;
+    let files = source::read_manifests(global)?;
+    let folder = files.as_ref().map(|f| f.parse()).transpose()?;
+    let (_plugins, extensions) = crate::plugins::load(folder.as_ref())?;
     // Names are checked before any model loads: unknown ones fail at once.
     if let Some(name) = &a.scheduler {
         extensions.schedulers.sampler(name, a.schedule.as_deref())?;
     }
     extensions.check_processors(beeswax::extensions::ProcessorKind::Pre, &a.pre)?;
     extensions.check_processors(beeswax::extensions::ProcessorKind::Post, &a.post)?;
-    let chosen = source::load(global, &a.model)?;
+    let chosen = source::load(global, folder.as_ref(), &a.model)?;
     if a.vae_tiling {
         (chosen.model.vae.decoder).set_tiling(beeswax::models::vae::Tiling::On);
     }
-    let job_loras = job_loras(global, &a)?;
+    let job_loras = job_loras(global, folder.as_ref(), &a)?;
     let request = JobRequest {
         prompt: job_loras.prompt.clone(),
         negative_prompt: a.negative_prompt.clone(),
@@ -141,11 +144,14 @@ fn report_loras(applied: &lora::Applied, job_loras: &lora::JobLoras) {
 
 /// The job's LoRAs: `<lora:...>` tags in the prompt, then `--lora` flags, resolved through the
 /// manifests' `[[lora]]`/`[[lora_set]]` entries (or as files).
-fn job_loras(global: &Global, a: &GenerateArgs) -> Result<lora::JobLoras> {
-    let mut catalog = if global.manifests.is_dir() {
-        lora::catalog::load_dir(&global.manifests)?
-    } else {
-        lora::LoraCatalog::default()
+fn job_loras(
+    global: &Global,
+    folder: Option<&ManifestFolder<'_>>,
+    a: &GenerateArgs,
+) -> Result<lora::JobLoras> {
+    let mut catalog = match folder {
+        Some(folder) => lora::LoraCatalog::from_manifests(folder)?,
+        None => lora::LoraCatalog::default(),
     };
     catalog.range = a.lora_weight_range;
     catalog.allow_download = global.allow_download;

@@ -30,9 +30,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate::run(&cli.global, *a),
         Command::Packs => source::list_packs(&cli.global),
         // Plugin schedulers are listed like built-ins.
-        Command::Schedulers => {
-            plugins::load(&cli.global).and_then(|(_plugins, ext)| schedulers::list(&ext))
-        }
+        Command::Schedulers => list_schedulers(&cli.global),
         Command::Bench(b) => bench::run(&cli.global, b),
         Command::Serve(a) => serve::run(&cli.global, a),
         Command::Plugins => plugins::list(&cli.global),
@@ -46,4 +44,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `beeswax schedulers`: built-ins and the manifests' plugin schedulers alike.
+fn list_schedulers(global: &args::Global) -> anyhow::Result<()> {
+    let files = source::read_manifests(global)?;
+    let folder = files.as_ref().map(|f| f.parse()).transpose()?;
+    let (_plugins, extensions) = plugins::load(folder.as_ref())?;
+    schedulers::list(&extensions)
 }

@@ -2,20 +2,21 @@
 
 use anyhow::{Context, Result};
 use beeswax::extensions::Extensions;
+use beeswax::manifest::{ManifestFiles, ManifestFolder};
 use beeswax::plugins::{capability_names, Capability, PluginKind, Plugins};
 
 use crate::args::Global;
 
-/// The extensions a command runs with: the built-in samplers plus every plugin the manifests
-/// enable (their schedulers, pre- and post-processors, under the plugins' names). No manifest
-/// folder means no plugins. The plugins are returned too: they must outlive the extensions'
-/// use (native libraries stay loaded).
-pub fn load(global: &Global) -> Result<(Plugins, Extensions)> {
+/// The extensions a command runs with: the built-in samplers plus every plugin of the parsed
+/// manifests (their schedulers, pre- and post-processors, under the plugins' names). No
+/// manifest folder means no plugins. The plugins are returned too: they must outlive the
+/// extensions' use (native libraries stay loaded).
+pub fn load(folder: Option<&ManifestFolder<'_>>) -> Result<(Plugins, Extensions)> {
     let mut extensions = Extensions::builtin();
-    if !global.manifests.is_dir() {
+    let Some(folder) = folder else {
         return Ok((Plugins::default(), extensions));
-    }
-    let plugins = Plugins::load(&global.manifests)?;
+    };
+    let plugins = Plugins::load(folder)?;
     plugins
         .extend(&mut extensions)
         .context("registering the plugins")?;
@@ -24,7 +25,12 @@ pub fn load(global: &Global) -> Result<(Plugins, Extensions)> {
 
 /// `beeswax plugins`: one block per plugin; problems are listed and make the command fail.
 pub fn list(global: &Global) -> Result<()> {
-    let (plugins, problems) = Plugins::load_all(&global.manifests);
+    let files = ManifestFiles::read(&global.manifests)?;
+    let (folder, parse_problems) = files.parse_all();
+    let (plugins, plugin_problems) = Plugins::load_all(&folder);
+    let problems: Vec<String> = (parse_problems.iter().map(ToString::to_string))
+        .chain(plugin_problems.iter().map(ToString::to_string))
+        .collect();
     for p in &plugins.loaded {
         let e = &p.entry;
         let (major, minor) = beeswax_plugin_sdk::abi::split_version(p.abi_version());

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use beeswax::family::LoadOptions;
+use beeswax::manifest::ManifestFiles;
 use beeswax::server::{serve, shutdown_signal, Catalog, Limits, ServerConfig, Service};
 use clap::Args;
 
@@ -81,8 +82,10 @@ fn init_logs(json: bool) {
 
 pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
     init_logs(a.log_json);
+    let files = ManifestFiles::read(&global.manifests)?;
+    let folder = files.parse()?;
     // The plugins' samplers and processors join the extensions every job runs with.
-    let (_plugins, extensions) = crate::plugins::load(global)?;
+    let (_plugins, extensions) = crate::plugins::load(Some(&folder))?;
     let (device, dtype) = crate::source::device_and_dtype(global)?;
     let limits = Limits {
         max_width: a.max_width,
@@ -91,7 +94,7 @@ pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
         max_images: a.max_images,
     };
     let mut catalog = Catalog::load(
-        &global.manifests,
+        &folder,
         &LoadOptions { device, dtype },
         global.allow_download,
         limits,

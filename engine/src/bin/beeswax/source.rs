@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use beeswax::device::{default_device, parse_device, parse_dtype};
 use beeswax::family::{self, LoadOptions, Model};
-use beeswax::manifest::{self, PackDefaults, PackSource};
+use beeswax::manifest::{
+    self, ManifestError, ManifestFiles, ManifestFolder, PackDefaults, PackSource,
+};
 use beeswax::{hub, model_files};
 use candle_core::{DType, Device};
 
@@ -37,10 +39,22 @@ pub fn device_and_dtype(global: &Global) -> Result<(Device, DType)> {
     Ok((device, dtype))
 }
 
-/// The model folder for a choice, resolving packs through the manifests and the hub cache,
-/// with the pack's name, defaults and declared family.
+/// The `*.toml` files of `--manifests`, read once for the whole command, or `None` when the
+/// folder does not exist (`generate --model` and `schedulers` run without manifests).
+pub fn read_manifests(global: &Global) -> Result<Option<ManifestFiles>, ManifestError> {
+    if global.manifests.is_dir() {
+        ManifestFiles::read(&global.manifests).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// The model folder for a choice, resolving packs through the parsed manifests (`None`: the
+/// folder does not exist) and the hub cache, with the pack's name, defaults and declared
+/// family.
 pub fn model_dir(
     global: &Global,
+    folder: Option<&ManifestFolder<'_>>,
     choice: &ModelChoice,
 ) -> Result<(PathBuf, String, PackDefaults, Option<String>)> {
     if let Some(dir) = &choice.model {
@@ -52,7 +66,10 @@ pub fn model_dir(
         return Ok((dir.clone(), name, PackDefaults::default(), None));
     }
     let name = choice.pack.as_deref().unwrap_or_default();
-    let pack = manifest::find_pack(&global.manifests, name)?;
+    let folder = folder.ok_or_else(|| ManifestError::DirMissing {
+        dir: global.manifests.clone(),
+    })?;
+    let pack = manifest::find_pack(folder, name)?;
     let dir = match &pack.source {
         PackSource::Path(p) => p.clone(),
         PackSource::Hub { repo, revision } => hub::resolve(repo, revision, global.allow_download)?,
@@ -62,8 +79,12 @@ pub fn model_dir(
 }
 
 /// Loads the chosen model on the chosen device.
-pub fn load(global: &Global, choice: &ModelChoice) -> Result<Chosen> {
-    let (dir, name, defaults, family) = model_dir(global, choice)?;
+pub fn load(
+    global: &Global,
+    folder: Option<&ManifestFolder<'_>>,
+    choice: &ModelChoice,
+) -> Result<Chosen> {
+    let (dir, name, defaults, family) = model_dir(global, folder, choice)?;
     let (device, dtype) = device_and_dtype(global)?;
     let model = family::load(&dir, family.as_deref(), &LoadOptions { device, dtype })
         .with_context(|| format!("loading model {name} from {}", dir.display()))?;
@@ -76,7 +97,8 @@ pub fn load(global: &Global, choice: &ModelChoice) -> Result<Chosen> {
 
 /// `beeswax packs`: one line per pack.
 pub fn list_packs(global: &Global) -> Result<()> {
-    for pack in manifest::load_dir(&global.manifests)? {
+    let files = ManifestFiles::read(&global.manifests)?;
+    for pack in manifest::packs(&files.parse()?)? {
         let source = match &pack.source {
             PackSource::Path(p) => p.display().to_string(),
             PackSource::Hub { repo, revision } => format!("{repo}@{revision}"),
