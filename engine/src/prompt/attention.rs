@@ -62,7 +62,7 @@ fn tokens(text: &str) -> Vec<Token<'_>> {
             },
             _ => {
                 let end = rest
-                    .find(|ch| matches!(ch, '\\' | '(' | ')' | '[' | ']' | ':'))
+                    .find(['\\', '(', ')', '[', ']', ':'])
                     .unwrap_or(rest.len());
                 (Token::Text(&rest[..end]), end)
             }

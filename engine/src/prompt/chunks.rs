@@ -60,8 +60,9 @@ impl Chunk {
 pub struct Chunks {
     /// The chunks, in order (at least one).
     pub chunks: Vec<Chunk>,
-    /// A1111's token count (shown as `75/150`): prompt positions including chunk padding
-    /// before the last chunk.
+    /// The token count a UI shows: A1111's (prompt positions including the padding of every
+    /// chunk but the last, as in its `75/150` counter), ComfyUI's prompt tokens, or the tokens
+    /// [`plain_chunks`] kept.
     pub token_count: usize,
     /// For [`plain_chunks`]: the words dropped by truncation.
     pub truncated: Option<String>,
@@ -107,9 +108,16 @@ impl<'a> EmbeddingMatcher<'a> {
         Ok(None)
     }
 
-    /// The embedding called `name` (ComfyUI's `embedding:NAME`).
+    /// The embedding called `name` (ComfyUI's `embedding:NAME`, where NAME may carry the
+    /// file's extension).
     fn by_name(&self, name: &str) -> Result<Arc<Embedding>, PromptError> {
-        self.catalog.load(name)
+        let stem = [".safetensors", ".pt", ".bin"]
+            .iter()
+            .find_map(|ext| name.strip_suffix(ext))
+            .filter(|stem| {
+                self.catalog.entry(name).is_none() && self.catalog.entry(stem).is_some()
+            });
+        self.catalog.load(stem.unwrap_or(name))
     }
 }
 
@@ -337,6 +345,55 @@ pub fn comfy_chunks(
     matcher: Option<&EmbeddingMatcher>,
 ) -> Result<Chunks, PromptError> {
     const MAX_WORD_LENGTH: usize = 8;
+    let groups = comfy_groups(text, tokenizer, matcher)?;
+    let token_count = groups.iter().map(|g| g.tokens.len()).sum();
+    let room = tokenizer.max_length() - 1;
+    let mut batches: Vec<Building> = vec![Building::default()];
+    for group in groups {
+        let is_large = group.tokens.len() >= MAX_WORD_LENGTH;
+        let mut offset = 0;
+        while offset < group.tokens.len() {
+            let batch = batches.last_mut().map_or(0, |b| b.tokens.len()) + 1;
+            let left = group.tokens.len() - offset;
+            if left + batch > room {
+                let remaining = room - batch;
+                if is_large {
+                    push_group(&mut batches, &group, offset, remaining);
+                    offset += remaining;
+                }
+                batches.push(Building::default());
+            } else {
+                push_group(&mut batches, &group, offset, left);
+                offset += left;
+            }
+        }
+    }
+    let chunks = batches
+        .into_iter()
+        .map(|b| {
+            finish(
+                tokenizer,
+                b.tokens,
+                b.weights,
+                b.embeddings,
+                Fill::EndThenPad,
+            )
+        })
+        .collect();
+    Ok(Chunks {
+        chunks,
+        token_count,
+        truncated: None,
+    })
+}
+
+/// ComfyUI's token groups: each weighted segment's words (split at `embedding:NAME`) and
+/// embeddings, in order.
+fn comfy_groups(
+    text: &str,
+    tokenizer: &ClipTokenizer,
+    matcher: Option<&EmbeddingMatcher>,
+) -> Result<Vec<Group>, PromptError> {
     let mut groups = Vec::new();
     for (segment, weight) in comfy_token_weights(text) {
         for word in split_embedding_words(&segment) {
@@ -377,50 +434,12 @@ pub fn comfy_chunks(
             });
         }
     }
-    let total = tokenizer.max_length();
-    let room = total - 1;
-    let mut batches: Vec<Building> = vec![Building::default()];
-    for group in groups {
-        let is_large = group.tokens.len() >= MAX_WORD_LENGTH;
-        let mut offset = 0;
-        while offset < group.tokens.len() {
-            let batch = batches.last_mut().map_or(0, |b| b.tokens.len()) + 1;
-            let left = group.tokens.len() - offset;
-            if left + batch > room {
-                let remaining = room - batch;
-                if is_large {
-                    push_group(&mut batches, &group, offset, remaining);
-                    offset += remaining;
-                }
-                batches.push(Building::default());
-            } else {
-                push_group(&mut batches, &group, offset, left);
-                offset += left;
-            }
-        }
-    }
-    let chunks = batches
-        .into_iter()
-        .map(|b| {
-            finish(
-                tokenizer,
-                b.tokens,
-                b.weights,
-                b.embeddings,
-                Fill::EndThenPad,
-            )
-        })
-        .collect();
-    Ok(Chunks {
-        chunks,
-        token_count: 0,
-        truncated: None,
-    })
+    Ok(groups)
 }
 
 /// Appends `len` tokens of `group` from `offset` to the last batch.
 fn push_group(batches: &mut [Building], group: &Group, offset: usize, len: usize) {
-    let Some(batch) = batches.last_mut() else {
+    let Some(batch) = batches.last_mut().filter(|_| len > 0) else {
         return;
     };
     if let Some(embedding) = &group.embedding {

@@ -52,11 +52,7 @@ fn comma_backtrack_moves_the_tail_to_the_next_chunk() {
     let tok = tokenizer("tiny-sd");
     // 70 words, a comma (token 71), then 10 words: the chunk fills at 75 with the comma 5 tokens
     // back, so the 4 words after it move on.
-    let prompt = format!(
-        "{}, {}",
-        vec!["fox"; 70].join(" "),
-        vec!["owl"; 10].join(" ")
-    );
+    let prompt = format!("{}, {}", ["fox"; 70].join(" "), ["owl"; 10].join(" "));
     let chunks = a1111_chunks(&prompt, &tok, None, A1111Chunking::default()).unwrap();
     assert_eq!(chunks.chunks.len(), 2);
     assert_eq!(body(&chunks.chunks[0], &tok).len(), 71);
@@ -65,11 +61,7 @@ fn comma_backtrack_moves_the_tail_to_the_next_chunk() {
     let chunks = a1111_chunks(&prompt, &tok, None, none).unwrap();
     assert_eq!(body(&chunks.chunks[0], &tok).len(), 75);
     // A comma further back than 20 tokens does not move anything.
-    let prompt = format!(
-        "{}, {}",
-        vec!["fox"; 50].join(" "),
-        vec!["owl"; 40].join(" ")
-    );
+    let prompt = format!("{}, {}", ["fox"; 50].join(" "), ["owl"; 40].join(" "));
     let chunks = a1111_chunks(&prompt, &tok, None, A1111Chunking::default()).unwrap();
     assert_eq!(body(&chunks.chunks[0], &tok).len(), 75);
 }
@@ -88,14 +80,14 @@ fn sd2_pads_after_the_end_token() {
 fn comfy_moves_short_segments_whole_and_splits_long_ones() {
     let tok = tokenizer("tiny-sd");
     // 72 tokens, then a weighted 5-token segment: it does not fit in 75 and moves whole.
-    let prompt = format!("{} (a b c d e:1.2)", vec!["fox"; 72].join(" "));
+    let prompt = format!("{} (a b c d e:1.2)", ["fox"; 72].join(" "));
     let chunks = comfy_chunks(&prompt, &tok, None).unwrap();
     assert_eq!(chunks.chunks.len(), 2);
     assert_eq!(body(&chunks.chunks[0], &tok).len(), 72);
     assert_eq!(body(&chunks.chunks[1], &tok).len(), 5);
     assert_eq!(chunks.chunks[1].weights[1], 1.2);
     // A long unweighted segment is split at 75.
-    let prompt = vec!["fox"; 80].join(" ");
+    let prompt = ["fox"; 80].join(" ");
     let chunks = comfy_chunks(&prompt, &tok, None).unwrap();
     assert_eq!(body(&chunks.chunks[0], &tok).len(), 75);
     assert_eq!(body(&chunks.chunks[1], &tok).len(), 5);
@@ -141,7 +133,7 @@ fn embeddings_expand_to_their_vectors() {
     assert_eq!((c.embeddings.len(), c.embeddings[0].position), (1, 2));
     let plain = plain_chunks("a owlstyle fox", &tok, Some(&matcher)).unwrap();
     assert_eq!(&plain.chunks[0].ids[..7], &c.ids[..7]);
-    let comfy = comfy_chunks("a embedding:owlstyle fox", &tok, Some(&matcher)).unwrap();
+    let comfy = comfy_chunks("a embedding:owlstyle.safetensors fox", &tok, Some(&matcher)).unwrap();
     assert_eq!(&comfy.chunks[0].ids[..7], &c.ids[..7]);
     assert!(comfy_chunks("embedding:nosuch", &tok, Some(&matcher)).is_err());
     // Without the catalog the name is ordinary words.

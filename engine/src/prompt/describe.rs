@@ -126,3 +126,28 @@ fn chunk_line(chunk: &super::Chunk, tokenizer: &ClipTokenizer) -> String {
         words.join(" ")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prompt::PlanOptions;
+
+    #[test]
+    fn describes_schedule_chunks_and_weights() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/models/tiny-sd/tokenizer");
+        let tok = ClipTokenizer::from_dir(&dir).unwrap();
+        let options = PlanOptions::new(PromptSyntax::A1111, 4);
+        let plan = PromptPlan::new("a [dog:cat:2] (fox:1.5)", &options, &tok, None).unwrap();
+        let text = describe(&plan, &tok, 4);
+        assert!(text.contains("steps 0..=2: text 1"), "{text}");
+        assert!(text.contains("steps 3..=3: text 2"), "{text}");
+        assert!(text.contains("text 1: \"a dog (fox:1.5)\""), "{text}");
+        assert!(text.contains("a_ dog_ fox_*1.5000"), "{text}");
+        assert!(warnings("a (fox:1.5)", PromptSyntax::A1111).is_empty());
+        let w = warnings("a (fox | [b", PromptSyntax::A1111);
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(w[0].contains("does not parse"));
+        assert_eq!(warnings("a (b", PromptSyntax::Comfy).len(), 1);
+    }
+}

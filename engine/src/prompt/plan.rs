@@ -6,8 +6,9 @@
 //! [`super::encode::clip_chunk`]) and applies the syntax's weighting, giving one context tensor
 //! per distinct text. A model with two text encoders (SDXL) calls `encode` once per encoder on
 //! the same plan (A1111 and ComfyUI use the same tokens for both and weight each encoder's
-//! output separately) and concatenates the results on the last axis; the pooled output comes
-//! from the first chunk of the first distinct text. The denoise loop then asks
+//! output separately) and concatenates the results on the last axis; each distinct text's
+//! pooled output comes from its first chunk (A1111's `zs[0].pooled`, ComfyUI's
+//! `first_pooled`), which the closure can keep aside. The denoise loop then asks
 //! [`EncodedPrompt::at_step`] which conditioning applies at each step.
 
 use std::sync::Arc;
@@ -18,10 +19,13 @@ use super::chunks::{
     a1111_chunks, comfy_chunks, plain_chunks, A1111Chunking, Chunk, Chunks, EmbeddingMatcher,
 };
 use super::embeddings::{Embedding, EmbeddingCatalog};
-use super::schedule::{entry_at_step, schedules, split_and};
+use super::schedule::{entry_index, schedules, split_and};
 use super::weighting::{a1111_original, comfy_weighting, Variant};
 use super::{PromptError, PromptSyntax};
 use crate::tokenizer::ClipTokenizer;
+
+/// What makes two chunks encode alike: their ids and embedding placements.
+type ChunkKey = (Vec<u32>, Vec<(usize, String)>);
 
 /// How to read a prompt.
 #[derive(Debug, Clone, Copy)]
@@ -66,12 +70,7 @@ pub struct PlanPart {
 impl PlanPart {
     /// The index of the text sampling step `step` (0-based) uses.
     pub fn text_at_step(&self, step: usize) -> usize {
-        let entries: Vec<(usize, String)> = self
-            .schedule
-            .iter()
-            .map(|&(end, _)| (end, String::new()))
-            .collect();
-        self.schedule[entry_at_step(&entries, step)].1
+        self.schedule[entry_index(self.schedule.iter().map(|&(end, _)| end), step)].1
     }
 
     /// How many schedule entries use each distinct text.
@@ -184,21 +183,21 @@ impl PromptPlan {
     where
         F: FnMut(&Chunk) -> crate::Result<Tensor>,
     {
-        let mut cache: Vec<(Vec<u32>, Vec<(usize, String)>, Tensor)> = Vec::new();
+        let mut cache: Vec<(ChunkKey, Tensor)> = Vec::new();
         let mut encode = |chunk: &Chunk| -> crate::Result<Tensor> {
-            let key: Vec<(usize, String)> = chunk
-                .embeddings
-                .iter()
-                .map(|p| (p.position, p.embedding.name.clone()))
-                .collect();
-            if let Some((_, _, z)) = cache
-                .iter()
-                .find(|(ids, k, _)| *ids == chunk.ids && *k == key)
-            {
+            let key: ChunkKey = (
+                chunk.ids.clone(),
+                chunk
+                    .embeddings
+                    .iter()
+                    .map(|p| (p.position, p.embedding.name.clone()))
+                    .collect(),
+            );
+            if let Some((_, z)) = cache.iter().find(|(k, _)| *k == key) {
                 return Ok(z.clone());
             }
             let z = encode_chunk(chunk)?;
-            cache.push((chunk.ids.clone(), key, z.clone()));
+            cache.push((key, z.clone()));
             Ok(z)
         };
         let z_empty = match self.syntax {
@@ -287,13 +286,8 @@ impl EncodedPrompt {
         self.parts
             .iter()
             .map(|part| {
-                let entries: Vec<(usize, String)> = part
-                    .schedule
-                    .iter()
-                    .map(|&(end, _)| (end, String::new()))
-                    .collect();
-                let index = part.schedule[entry_at_step(&entries, step)].1;
-                (&part.conds[index], part.weight)
+                let entry = entry_index(part.schedule.iter().map(|&(end, _)| end), step);
+                (&part.conds[part.schedule[entry].1], part.weight)
             })
             .collect()
     }

@@ -73,10 +73,12 @@ pub fn parses(prompt: &str) -> bool {
 /// The index of the schedule entry sampling step `step` (0-based) uses: the first whose end is
 /// `>= step` (A1111's `reconstruct_cond_batch`), or the first entry when none is.
 pub fn entry_at_step(schedule: &[(usize, String)], step: usize) -> usize {
-    schedule
-        .iter()
-        .position(|(end, _)| step <= *end)
-        .unwrap_or(0)
+    entry_index(schedule.iter().map(|(end, _)| *end), step)
+}
+
+/// [`entry_at_step`] over the entries' end steps alone.
+pub fn entry_index(ends: impl IntoIterator<Item = usize>, step: usize) -> usize {
+    ends.into_iter().position(|end| step <= end).unwrap_or(0)
 }
 
 /// Splits an A1111 prompt into its `AND` sub-prompts with their weights (A1111's

@@ -10,7 +10,8 @@ fn s(list: &[(usize, &str)]) -> Schedule {
 
 #[test]
 fn schedules_match_a1111() {
-    let cases: &[(&str, usize, &[(usize, &str)])] = &[
+    type Case<'a> = (&'a str, usize, &'a [(usize, &'a str)]);
+    let cases: &[Case] = &[
         ("test", 10, &[(10, "test")]),
         ("test", 3, &[(3, "test")]),
         ("test", 1, &[(1, "test")]),
