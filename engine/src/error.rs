@@ -19,6 +19,9 @@ pub enum Error {
     /// The tokenizer could not be loaded or failed on a prompt.
     #[error(transparent)]
     Tokenizer(#[from] crate::tokenizer::TokenizerError),
+    /// A prompt or textual-inversion embedding could not be read.
+    #[error(transparent)]
+    Prompt(#[from] crate::prompt::PromptError),
     /// A scheduler could not be built or stepped.
     #[error(transparent)]
     Scheduler(#[from] crate::schedulers::SchedulerError),

@@ -32,6 +32,7 @@ pub mod noise;
 pub mod params;
 pub mod pipeline;
 pub mod plugins;
+pub mod prompt;
 pub mod schedulers;
 pub mod server;
 pub mod tokenizer;

@@ -257,7 +257,29 @@ impl ClipTextModel {
     /// Hidden states for `ids` [B, S] after `layers` transformer layers (all of them for the
     /// usual output; one fewer for AUTOMATIC1111's "CLIP skip 2"), then the final LayerNorm.
     pub fn forward(&self, ids: &Tensor, layers: usize) -> Result<Tensor> {
-        let (mut xs, mask) = self.embed(ids)?;
+        self.forward_embeddings(&self.embed_tokens(ids)?, layers)
+    }
+
+    /// The token embeddings of `ids` [B, S] -> [B, S, D], before position embeddings: where
+    /// textual-inversion vectors replace the rows of their placeholder tokens.
+    pub fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
+        self.token_embedding.forward(ids)
+    }
+
+    /// Width of the token embeddings (the hidden size).
+    pub fn hidden_size(&self) -> usize {
+        self.token_embedding.embeddings().dim(1).unwrap_or(0)
+    }
+
+    /// [`forward`](Self::forward) from token embeddings [B, S, D] (see
+    /// [`embed_tokens`](Self::embed_tokens)) instead of ids.
+    pub fn forward_embeddings(&self, token_embeddings: &Tensor, layers: usize) -> Result<Tensor> {
+        let (_, s, _) = token_embeddings.dims3()?;
+        let device = token_embeddings.device();
+        let positions = Tensor::arange(0u32, s as u32, device)?;
+        let mut xs =
+            token_embeddings.broadcast_add(&self.position_embedding.forward(&positions)?)?;
+        let mask = causal_mask(s, xs.dtype(), device)?;
         for layer in self.layers.iter().take(layers) {
             xs = layer.forward(&xs, &mask)?;
         }

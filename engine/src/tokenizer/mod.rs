@@ -231,6 +231,33 @@ impl ClipTokenizer {
         self.pad_id
     }
 
+    /// The id of the start token (`<|startoftext|>`).
+    pub fn bos_id(&self) -> u32 {
+        self.bos_id
+    }
+
+    /// The id of the end token (`<|endoftext|>`).
+    pub fn eos_id(&self) -> u32 {
+        self.eos_id
+    }
+
+    /// The id of a vocabulary entry written as in `vocab.json` (e.g. `",</w>"`), if present.
+    pub fn vocab_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// The vocabulary entry of `id` (e.g. `"fox</w>"`), for showing tokens.
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// The text's token ids without bos/eos, padding or truncation, as
+    /// `tokenizer(text, add_special_tokens=False, truncation=False)` gives them (what
+    /// AUTOMATIC1111 and ComfyUI tokenize each prompt piece with).
+    pub fn token_ids(&self, text: &str) -> Result<Vec<u32>> {
+        self.tokens(text)
+    }
+
     /// The prompt's token ids, without bos/eos, untruncated.
     fn tokens(&self, prompt: &str) -> Result<Vec<u32>> {
         let mut ids = Vec::new();
