@@ -22,6 +22,7 @@ mod gemm;
 pub mod group_norm;
 pub mod malloc;
 mod math;
+pub mod rope;
 mod slices;
 mod winograd;
 
@@ -29,3 +30,4 @@ pub use attention::attention;
 pub use conv::conv2d;
 pub use elementwise::{geglu, linear};
 pub use group_norm::GroupNorm;
+pub use rope::rms_norm_rope;

@@ -1,0 +1,225 @@
+//! FLUX.1 components against diffusers and transformers: the transformer in the diffusers and
+//! the original (Black Forest Labs) layouts, the T5 encoder and its tokenizer from both file
+//! kinds, the 16-channel VAE with its shift, and the flow-matching schedulers' trajectories.
+//!
+//! References come from `tests/fixtures/make_flux_fixtures.py` (see tests/fixtures/README.md,
+//! section "FLUX"): miniature FLUX.1-dev and -schnell models in `fixtures/models/tiny-flux-*`,
+//! reference tensors in `fixtures/reference/flux/`.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use beeswax::models::flux::{self, bfl, FluxConfig, FluxTransformer2DModel};
+use beeswax::models::t5::{relative_position_bucket, T5Config, T5EncoderModel};
+use beeswax::models::vae::{Decoder, Encoder, VaeConfig};
+use beeswax::models::{config_file::read_json, weights};
+use candle_core::{DType, Device, Tensor};
+use common::{assert_close_rel_std, fixture, load};
+
+/// Component outputs must agree with the reference within this fraction of its std (the
+/// arithmetic is the same f32 math in a different order).
+const TOLERANCE: f32 = 1e-4;
+
+fn model_dir(name: &str) -> std::path::PathBuf {
+    fixture(&format!("models/tiny-flux-{name}"))
+}
+
+fn transformer(name: &str) -> FluxTransformer2DModel {
+    let dir = model_dir(name).join("transformer");
+    let config = FluxConfig::from_file(&dir.join("config.json")).unwrap();
+    let path = dir.join("diffusion_pytorch_model.safetensors");
+    let vb = weights::mmap(&path, DType::F32, &Device::Cpu).unwrap();
+    FluxTransformer2DModel::new(vb, &config).unwrap()
+}
+
+fn run_transformer(model: &FluxTransformer2DModel, name: &str) -> Tensor {
+    let r = load(&format!("reference/flux/transformer_{name}.safetensors"));
+    model
+        .forward(
+            &r["img"],
+            &r["img_ids"],
+            &r["txt"],
+            &r["txt_ids"],
+            &r["timestep"],
+            r.get("guidance"),
+            &r["pooled"],
+        )
+        .unwrap()
+}
+
+#[test]
+fn transformer_matches_diffusers() {
+    for name in ["dev", "schnell"] {
+        let model = transformer(name);
+        let r = load(&format!("reference/flux/transformer_{name}.safetensors"));
+        let out = run_transformer(&model, name);
+        assert_close_rel_std(&format!("{name} transformer"), &out, &r["out"], TOLERANCE);
+    }
+}
+
+#[test]
+fn transformer_inputs_follow_the_pipeline_helpers() {
+    let r = load("reference/flux/transformer_dev.safetensors");
+    let packed = flux::pack_latents(&r["latents"]).unwrap();
+    assert_close_rel_std("pack_latents", &packed, &r["img"], 0.0);
+    let unpacked = flux::unpack_latents(&packed, 8, 12).unwrap();
+    assert_close_rel_std("unpack_latents", &unpacked, &r["latents"], 0.0);
+    let ids = flux::image_ids(4, 6, &Device::Cpu).unwrap();
+    assert_close_rel_std("image_ids", &ids, &r["img_ids"], 0.0);
+    let txt = flux::text_ids(7, &Device::Cpu).unwrap();
+    assert_eq!(txt.dims(), r["txt_ids"].dims());
+}
+
+#[test]
+fn guidance_is_required_by_dev_and_refused_by_schnell() {
+    let r = load("reference/flux/transformer_dev.safetensors");
+    let dev = transformer("dev");
+    let err = dev
+        .forward(
+            &r["img"],
+            &r["img_ids"],
+            &r["txt"],
+            &r["txt_ids"],
+            &r["timestep"],
+            None,
+            &r["pooled"],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("guidance"), "{err}");
+    let s = load("reference/flux/transformer_schnell.safetensors");
+    let schnell = transformer("schnell");
+    let g = Tensor::new(&[3.5f32, 3.5], &Device::Cpu).unwrap();
+    let err = schnell
+        .forward(
+            &s["img"],
+            &s["img_ids"],
+            &s["txt"],
+            &s["txt_ids"],
+            &s["timestep"],
+            Some(&g),
+            &s["pooled"],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no guidance"), "{err}");
+}
+
+/// The dev transformer saved in the Black Forest Labs layout in bfloat16, as single files
+/// are; the reference is diffusers' own converter's model of that file, run in f32.
+#[test]
+fn bfl_single_file_matches_diffusers_conversion() {
+    let path = fixture("models/tiny-flux-dev-bfl.safetensors");
+    let diffusers_config =
+        FluxConfig::from_file(&model_dir("dev").join("transformer/config.json")).unwrap();
+    let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    assert!(tensors.values().all(|t| t.dtype() == DType::BF16));
+    let config = FluxConfig::from_bfl_shapes(
+        |name| tensors.get(name).map(|t| t.dims().to_vec()),
+        Some(&diffusers_config.axes_dims_rope),
+    )
+    .unwrap();
+    assert_eq!(
+        FluxConfig {
+            out_channels: None,
+            ..config.clone()
+        },
+        diffusers_config
+    );
+    assert_eq!(config.out_dim(), diffusers_config.out_dim());
+
+    let file = weights::mmap(&path, DType::F32, &Device::Cpu).unwrap();
+    let model = FluxTransformer2DModel::new(bfl::var_builder(file, &config), &config).unwrap();
+    let out = run_transformer(&model, "dev");
+    let r = load("reference/flux/transformer_dev_bfl.safetensors");
+    assert_close_rel_std("BFL-layout dev transformer", &out, &r["out"], TOLERANCE);
+    // Every tensor of the file is used exactly by the map.
+    let mapped: std::collections::HashSet<String> = bfl::tensor_map(&config)
+        .into_iter()
+        .map(|(_, b)| b.name)
+        .collect();
+    let stored: std::collections::HashSet<String> = tensors.keys().cloned().collect();
+    assert_eq!(mapped, stored);
+}
+
+#[test]
+fn t5_encoder_matches_transformers() {
+    for name in ["dev", "schnell"] {
+        let dir = model_dir(name).join("text_encoder_2");
+        let config = T5Config::from_file(&dir.join("config.json")).unwrap();
+        let vb = weights::mmap(&dir.join("model.safetensors"), DType::F32, &Device::Cpu).unwrap();
+        let model = T5EncoderModel::new(vb, &config).unwrap();
+        let r = load(&format!("reference/flux/t5_{name}.safetensors"));
+        let out = model.forward(&r["input_ids"]).unwrap();
+        assert_close_rel_std(
+            &format!("{name} T5 ({:?})", r["input_ids"].dims()),
+            &out,
+            &r["last_hidden_state"],
+            TOLERANCE,
+        );
+    }
+}
+
+#[test]
+fn t5_position_buckets_match_transformers() {
+    #[derive(serde::Deserialize)]
+    struct Table {
+        num_buckets: usize,
+        max_distance: usize,
+        buckets: Vec<usize>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Buckets {
+        relative: [i64; 2],
+        tables: Vec<Table>,
+    }
+    let text = std::fs::read_to_string(fixture("reference/flux/t5_buckets.json")).unwrap();
+    let reference: Buckets = serde_json::from_str(&text).unwrap();
+    for table in &reference.tables {
+        for (rel, &want) in (reference.relative[0]..=reference.relative[1]).zip(&table.buckets) {
+            let got = relative_position_bucket(rel, table.num_buckets, table.max_distance);
+            assert_eq!(
+                got, want,
+                "relative position {rel}, {} buckets, max distance {}",
+                table.num_buckets, table.max_distance
+            );
+        }
+    }
+}
+
+/// The 16-channel VAE needs nothing new: `latent_channels`, no (post-)quant convs and the
+/// shift come from its config; the pipeline unscales `latents / scaling_factor + shift_factor`.
+#[test]
+fn vae_decodes_and_encodes_16_channel_latents() {
+    for name in ["dev", "schnell"] {
+        let dir = model_dir(name).join("vae");
+        let config: VaeConfig = read_json(&dir.join("config.json")).unwrap();
+        assert_eq!(config.latent_channels, 16);
+        assert!(!config.use_post_quant_conv && !config.use_quant_conv);
+        let shift = config.shift_factor.unwrap();
+        assert_eq!((config.scaling_factor, shift), (0.3611, 0.1159));
+        let path = dir.join("diffusion_pytorch_model.safetensors");
+        let vb = weights::mmap(&path, DType::F32, &Device::Cpu).unwrap();
+        let decoder = Decoder::new(vb.clone(), &config).unwrap();
+        let encoder = Encoder::new(vb, &config).unwrap();
+        let r = load(&format!("reference/flux/vae_{name}.safetensors"));
+        let z = r["latents"]
+            .affine(1.0 / config.scaling_factor, shift)
+            .unwrap();
+        let image = decoder.forward(&z).unwrap();
+        assert_close_rel_std(
+            &format!("{name} VAE decode"),
+            &image,
+            &r["image"],
+            TOLERANCE,
+        );
+        let (mean, _) = encoder.forward(&r["encode_input"]).unwrap();
+        assert_close_rel_std(
+            &format!("{name} VAE encode"),
+            &mean,
+            &r["encode_mean"],
+            TOLERANCE,
+        );
+    }
+}
