@@ -223,3 +223,71 @@ fn vae_decodes_and_encodes_16_channel_latents() {
         );
     }
 }
+
+#[derive(serde::Deserialize)]
+struct TokenizerCase {
+    tokenizer: String,
+    prompt: String,
+    json_ids: Vec<u32>,
+    json_untruncated: Vec<u32>,
+    json_dropped: Option<String>,
+    spiece_ids: Vec<u32>,
+    spiece_untruncated: Vec<u32>,
+    spiece_dropped: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct TokenizerReference {
+    max_length: usize,
+    cases: Vec<TokenizerCase>,
+}
+
+/// transformers' T5TokenizerFast ids for hard prompts, from `tokenizer.json` and from a folder
+/// holding only `spiece.model` (dev's SentencePiece model has a normalization table, schnell's
+/// has none).
+#[test]
+fn t5_tokenizer_matches_transformers_from_both_files() {
+    use beeswax::tokenizer::t5::T5Tokenizer;
+    let text = std::fs::read_to_string(fixture("reference/flux/t5_tokenizer_ids.json")).unwrap();
+    let reference: TokenizerReference = serde_json::from_str(&text).unwrap();
+    let mut checked = 0;
+    for name in ["dev", "schnell"] {
+        let dir = model_dir(name).join("tokenizer_2");
+        let from_json = T5Tokenizer::from_tokenizer_json(&dir.join("tokenizer.json")).unwrap();
+        let from_spiece = T5Tokenizer::from_spiece(&dir.join("spiece.model")).unwrap();
+        let from_dir = T5Tokenizer::from_dir(&dir).unwrap();
+        assert_eq!(from_json.vocab_size(), from_spiece.vocab_size());
+        assert_eq!((from_json.pad_id(), from_json.eos_id()), (0, 1));
+        for case in reference.cases.iter().filter(|c| c.tokenizer == name) {
+            let kinds = [
+                (
+                    "tokenizer.json",
+                    &from_json,
+                    &case.json_ids,
+                    &case.json_untruncated,
+                    &case.json_dropped,
+                ),
+                (
+                    "spiece.model",
+                    &from_spiece,
+                    &case.spiece_ids,
+                    &case.spiece_untruncated,
+                    &case.spiece_dropped,
+                ),
+            ];
+            for (kind, tok, ids, untruncated, dropped) in kinds {
+                let what = format!("{name} {kind} {:?}", case.prompt);
+                let got = tok.encode(&case.prompt, reference.max_length).unwrap();
+                assert_eq!(&got.ids, ids, "{what}");
+                let mut all = tok.tokens(&case.prompt).unwrap();
+                all.push(tok.eos_id());
+                assert_eq!(&all, untruncated, "{what}: untruncated");
+                assert_eq!(&got.truncated, dropped, "{what}: dropped text");
+                checked += 1;
+            }
+            let got = from_dir.encode(&case.prompt, reference.max_length).unwrap();
+            assert_eq!(got.ids, case.json_ids);
+        }
+    }
+    assert!(checked >= 4 * 10, "only {checked} tokenizer cases");
+}
