@@ -291,3 +291,187 @@ fn t5_tokenizer_matches_transformers_from_both_files() {
     }
     assert!(checked >= 4 * 10, "only {checked} tokenizer cases");
 }
+
+#[derive(serde::Deserialize)]
+struct Img2Img {
+    strength: f64,
+    begin_index: usize,
+}
+
+#[derive(serde::Deserialize)]
+struct SchedulerCase {
+    name: String,
+    scheduler: String,
+    config: serde_json::Value,
+    steps: usize,
+    image_seq_len: Option<usize>,
+    mu: Option<f64>,
+    timesteps: Vec<f64>,
+    sigmas: Vec<f64>,
+    noise_draws: usize,
+    img2img: Option<Img2Img>,
+}
+
+#[derive(serde::Deserialize)]
+struct SchedulerReference {
+    cases: Vec<SchedulerCase>,
+}
+
+/// Hands out the noise the reference recorded, in order.
+struct Recorded {
+    draws: Vec<Tensor>,
+    next: usize,
+}
+
+impl beeswax::noise::NoiseSource for Recorded {
+    fn randn_like(&mut self, like: &Tensor) -> candle_core::Result<Tensor> {
+        let draw = self.draws.get(self.next).cloned();
+        self.next += 1;
+        match draw {
+            Some(t) => t.to_dtype(like.dtype()),
+            None => candle_core::bail!("the reference drew only {} noises", self.draws.len()),
+        }
+    }
+}
+
+/// The case's scheduler and its sigmas (one per step plus the final one).
+fn flow_scheduler(
+    case: &SchedulerCase,
+    mu: Option<f64>,
+) -> (Box<dyn beeswax::schedulers::Scheduler>, Vec<f64>) {
+    use beeswax::schedulers::{DpmMultistep, DpmVariant, FlowEuler, FlowHeun, SchedulerConfig};
+    let config: SchedulerConfig = serde_json::from_value(case.config.clone()).unwrap();
+    let dpm = |variant| DpmMultistep::flow(&config, case.steps, variant, mu).unwrap();
+    match case.scheduler.as_str() {
+        "flow_euler" => {
+            let s = FlowEuler::new(&config, case.steps, mu).unwrap();
+            (
+                s.sigmas().to_vec(),
+                Box::new(s) as Box<dyn beeswax::schedulers::Scheduler>,
+            )
+        }
+        "flow_heun" => {
+            let s = FlowHeun::new(&config, case.steps, mu).unwrap();
+            (s.sigmas().to_vec(), Box::new(s) as _)
+        }
+        "flow_dpmpp_2m" => {
+            let s = dpm(DpmVariant::TwoM);
+            (s.sigmas().to_vec(), Box::new(s) as _)
+        }
+        "flow_dpmpp_2m_sde" => {
+            let s = dpm(DpmVariant::TwoMSde);
+            (s.sigmas().to_vec(), Box::new(s) as _)
+        }
+        other => panic!("unknown scheduler {other}"),
+    }
+    .swap()
+}
+
+trait Swap<A, B> {
+    fn swap(self) -> (B, A);
+}
+
+impl<A, B> Swap<A, B> for (A, B) {
+    fn swap(self) -> (B, A) {
+        (self.1, self.0)
+    }
+}
+
+/// Whole trajectories of diffusers' flow schedulers for given model outputs (FlowMatchEuler as
+/// FluxPipeline sets it, in several configurations; FlowMatchHeun's step on that schedule;
+/// DPM-Solver++ 2M and 2M SDE with flow sigmas), replayed in f32 and f64: the mu, timesteps,
+/// sigmas, every step's sample and the image-to-image starting point.
+#[test]
+fn flow_schedulers_replay_diffusers_trajectories() {
+    use beeswax::schedulers::{calculate_shift, SchedulerConfig};
+    let text = std::fs::read_to_string(fixture("reference/flux/schedulers.json")).unwrap();
+    let reference: SchedulerReference = serde_json::from_str(&text).unwrap();
+    let t = load("reference/flux/schedulers.safetensors");
+    assert!(reference.cases.len() >= 12);
+    for case in &reference.cases {
+        let config: SchedulerConfig = serde_json::from_value(case.config.clone()).unwrap();
+        let mu = case.image_seq_len.map(|n| calculate_shift(n, &config));
+        if let (Some(got), Some(want)) = (mu, case.mu) {
+            assert!(
+                (got - want).abs() < 1e-12,
+                "{}: mu {got} vs {want}",
+                case.name
+            );
+        }
+        let (sched, sigmas) = flow_scheduler(case, mu);
+        // Bit-equal values (f32 computed as diffusers does); JSON parsing may move the last bit.
+        let same = |a: &[f64], b: &[f64]| {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|(x, y)| (x - y).abs() <= 1e-12 * y.abs().max(1.0))
+        };
+        assert!(
+            same(sched.timesteps(), &case.timesteps),
+            "{}: timesteps {:?} vs {:?}",
+            case.name,
+            sched.timesteps(),
+            case.timesteps
+        );
+        // diffusers' Heun keeps its sigmas interleaved like its timesteps: s0, s1, s1, s2, ...
+        let want_sigmas: Vec<f64> = if case.scheduler == "flow_heun" {
+            (0..=case.steps)
+                .map(|k| case.sigmas[(2 * k).max(1) - 1])
+                .collect()
+        } else {
+            case.sigmas.clone()
+        };
+        assert!(
+            same(&sigmas, &want_sigmas),
+            "{}: sigmas {sigmas:?} vs {want_sigmas:?}",
+            case.name
+        );
+        for dtype in [DType::F32, DType::F64] {
+            let (mut sched, _) = flow_scheduler(case, mu);
+            let draws = (0..case.noise_draws)
+                .map(|i| t[&format!("{}/noise_{i}", case.name)].clone())
+                .collect();
+            let mut noise = Recorded { draws, next: 0 };
+            let mut sample = t[&format!("{}/start", case.name)].to_dtype(dtype).unwrap();
+            for i in 0..case.timesteps.len() {
+                let out = t[&format!("{}/output_{i}", case.name)]
+                    .to_dtype(dtype)
+                    .unwrap();
+                sample = sched.step(&out, i, &sample, &mut noise).unwrap();
+                let want = &t[&format!("{}/sample_{i}", case.name)];
+                let (diff, _) = common::max_diff_and_std(&sample, want);
+                let scale = want
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(
+                    diff <= 2e-5 * scale.max(1.0),
+                    "{} {dtype:?} step {i}: |diff| {diff} (max |x| {scale})",
+                    case.name
+                );
+            }
+            assert_eq!(noise.next, case.noise_draws, "{}: noise draws", case.name);
+        }
+        if let Some(i2i) = &case.img2img {
+            let init = (case.steps as f64 * i2i.strength).min(case.steps as f64);
+            let t_start = (case.steps as f64 - init).max(0.0) as usize;
+            assert_eq!(t_start * sched.order(), i2i.begin_index, "{}", case.name);
+            let got = sched
+                .add_noise(
+                    &t[&format!("{}/img2img_original", case.name)],
+                    &t[&format!("{}/img2img_noise", case.name)],
+                    i2i.begin_index,
+                )
+                .unwrap();
+            assert_close_rel_std(
+                &format!("{} img2img start", case.name),
+                &got,
+                &t[&format!("{}/img2img_noised", case.name)],
+                1e-5,
+            );
+        }
+    }
+}

@@ -7,6 +7,11 @@
 //! Schedulers are built by name through the registry ([`build`], [`names`], [`register`]);
 //! each follows one diffusers class ([`Ddim`]: `DDIMScheduler`, [`Euler`]:
 //! `EulerDiscreteScheduler`), and the schedule math they share lives in [`math`].
+//!
+//! Flow-matching models (FLUX) have their own forms, built with the image's `mu`
+//! ([`calculate_shift`]): [`FlowEuler`] (`FlowMatchEulerDiscreteScheduler`), [`FlowHeun`]
+//! (`FlowMatchHeunDiscreteScheduler`) and [`DpmMultistep::flow`] (`DPMSolverMultistepScheduler`
+//! with `use_flow_sigmas`); their schedule is in [`flow`].
 
 use candle_core::Tensor;
 
@@ -23,6 +28,9 @@ mod dpm_sde;
 mod dpm_singlestep;
 mod euler;
 mod euler_ancestral;
+pub mod flow;
+mod flow_euler;
+mod flow_heun;
 mod heun;
 mod lcm;
 mod lms;
@@ -34,7 +42,7 @@ mod tcd;
 mod unipc;
 pub use config::{
     BetaSchedule, FinalSigmasType, InterpolationType, PredictionType, SchedulerConfig, SolverType,
-    TimestepSpacing, TimestepType, VarianceType,
+    TimeShiftType, TimestepSpacing, TimestepType, VarianceType,
 };
 pub use ddim::Ddim;
 pub use ddpm::Ddpm;
@@ -46,6 +54,9 @@ pub use dpm_sde::DpmSde;
 pub use dpm_singlestep::DpmSinglestep;
 pub use euler::{Churn, Euler};
 pub use euler_ancestral::EulerAncestral;
+pub use flow::calculate_shift;
+pub use flow_euler::FlowEuler;
+pub use flow_heun::FlowHeun;
 pub use heun::Heun;
 pub use lcm::Lcm;
 pub use lms::Lms;
