@@ -7,10 +7,10 @@ mod common;
 
 use std::collections::HashMap;
 
+use beeswax::family::Model;
 use beeswax::image_in::{
     mask_from_picture, read_image, AlphaMask, Limits, Mask, ResizeMode, RgbImage,
 };
-use beeswax::family::Model;
 use beeswax::pipeline::{Generated, InpaintArea, MaskedContent};
 use candle_core::{DType, Device, Tensor};
 use common::images::{assert_run_matches, changed_pixels};
@@ -34,11 +34,7 @@ fn inputs() -> (RgbImage, Mask) {
 
 /// Runs a reference case (image to image, or inpainting with the references' mask) on `m`:
 /// the result and the name of the reference picture to compare it with.
-fn run_case(
-    m: &Model,
-    case: &Case,
-    r: &HashMap<String, Tensor>,
-) -> (Generated, &'static str) {
+fn run_case(m: &Model, case: &Case, r: &HashMap<String, Tensor>) -> (Generated, &'static str) {
     let (init, mask) = inputs();
     let noise = Some(&r["noise"]);
     if case.kind.as_deref() == Some("img2img") {

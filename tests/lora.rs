@@ -11,11 +11,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use beeswax::family::Model;
 use beeswax::family::{ComponentWeights, LoraNames, Role, Weights};
 use beeswax::lora::{apply, merged_weights, LoraError, LoraFile, ShapeMismatch, WeightedLora};
 use beeswax::models::config_file::read_json;
 use beeswax::models::unet::{UNet2DConditionModel, UNetConfig};
-use beeswax::family::Model;
 use beeswax::pipeline::Generated;
 use beeswax::Error;
 use candle_core::{DType, Device, Tensor};

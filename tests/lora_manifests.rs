@@ -179,7 +179,9 @@ fn manifest_errors_name_file_line_and_field() {
     ];
     for (i, (text, field, message)) in cases.iter().enumerate() {
         let dir = tmp.manifests(format!("m{i}"), &[("bad.toml", text)]);
-        let err = common::manifests::lora_catalog(&dir).unwrap_err().to_string();
+        let err = common::manifests::lora_catalog(&dir)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("bad.toml:") && err.contains(field) && err.contains(message),
             "{err}"
@@ -190,14 +192,18 @@ fn manifest_errors_name_file_line_and_field() {
         "types",
         &[("bad.toml", "[[lora]]\nname = \"x\"\npath = 3\n")],
     );
-    let err = common::manifests::lora_catalog(&dir).unwrap_err().to_string();
+    let err = common::manifests::lora_catalog(&dir)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("bad.toml:3: `lora.path` has the wrong type"),
         "{err}"
     );
     // A misspelt table is refused with every table a manifest may hold.
     let dir = tmp.manifests("typo", &[("bad.toml", "[[loras]]\nname = \"x\"\n")]);
-    let err = common::manifests::lora_catalog(&dir).unwrap_err().to_string();
+    let err = common::manifests::lora_catalog(&dir)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("bad.toml:1: `loras`") && err.contains("[[lora]], [[lora_set]]"),
         "{err}"

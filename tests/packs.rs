@@ -254,7 +254,9 @@ fn load_dir_reports_the_bad_file() {
     let dir = Dir::new("packs");
     dir.create("a.toml", pack_text("alpha"));
     let bad = dir.create("b.toml", "[pack]\nname = \"beta\"\n");
-    let message = common::manifests::packs(dir.path()).unwrap_err().to_string();
+    let message = common::manifests::packs(dir.path())
+        .unwrap_err()
+        .to_string();
     assert!(
         message.contains(&format!("{}:1:", bad.display())),
         "{message}"
@@ -267,7 +269,9 @@ fn duplicate_names_name_both_files() {
     let dir = Dir::new("packs");
     let first = dir.create("a.toml", pack_text("same"));
     let second = dir.create("b.toml", format!("\n{}", pack_text("same")));
-    let message = common::manifests::packs(dir.path()).unwrap_err().to_string();
+    let message = common::manifests::packs(dir.path())
+        .unwrap_err()
+        .to_string();
     assert!(message.contains("`same`"), "{message}");
     assert!(
         message.contains(&format!("{}:2", first.display())),
@@ -297,7 +301,9 @@ fn find_pack_lists_available_packs() {
     dir.create("a.toml", pack_text("alpha"));
     dir.create("b.toml", pack_text("beta"));
     assert_eq!(
-        common::manifests::find_pack(dir.path(), "beta").unwrap().name,
+        common::manifests::find_pack(dir.path(), "beta")
+            .unwrap()
+            .name,
         "beta"
     );
     let message = common::manifests::find_pack(dir.path(), "gamma")
@@ -533,7 +539,12 @@ fn a_pack_whose_files_disagree_with_its_family_is_refused() {
     let err = family::load(&common::model_dir("tiny-sd"), Some("sd2"), &options)
         .unwrap_err()
         .to_string();
-    for needle in ["declared family `sd2`", "hidden_act", "quick_gelu", "family `sd1`"] {
+    for needle in [
+        "declared family `sd2`",
+        "hidden_act",
+        "quick_gelu",
+        "family `sd1`",
+    ] {
         assert!(err.contains(needle), "{err:?} lacks {needle:?}");
     }
     let err = family::load(&common::model_dir("tiny-sd"), Some("sdx"), &options)
@@ -541,7 +552,11 @@ fn a_pack_whose_files_disagree_with_its_family_is_refused() {
         .to_string();
     assert!(err.contains("sdx") && err.contains("sd1, sd2"), "{err}");
     // Without a declared family, the files decide.
-    for (model, family) in [("tiny-sd", "sd1"), ("tiny-sd2", "sd2"), ("tiny-sd-inpaint", "sd1")] {
+    for (model, family) in [
+        ("tiny-sd", "sd1"),
+        ("tiny-sd2", "sd2"),
+        ("tiny-sd-inpaint", "sd1"),
+    ] {
         let m = family::load(&common::model_dir(model), None, &options).unwrap();
         assert_eq!(m.family.name, family, "{model}");
     }

@@ -10,13 +10,20 @@ mod common;
 
 use std::sync::OnceLock;
 
-use beeswax::pipeline::StableDiffusion;
+use beeswax::family::Vae;
+use beeswax::models::clip::{ClipTextConfig, ClipTextModel};
+use beeswax::models::config_file::read_json;
+use beeswax::models::unet::{UNet2DConditionModel, UNetConfig};
 use beeswax::prompt::encode::clip_chunk;
 use beeswax::prompt::schedule::{entry_at_step, schedules};
 use beeswax::prompt::{
     EmbeddingCatalog, EncodedPrompt, EncoderSlot, PlanOptions, PromptPlan, PromptSyntax,
 };
+use beeswax::schedulers::SchedulerConfig;
+use beeswax::tokenizer::ClipTokenizer;
+use beeswax::weights::{self, WeightSource};
 use candle_core::Tensor;
+use candle_core::{DType, Device};
 use common::{assert_close_rel_std, fixture, load};
 use serde_json::Value;
 
@@ -35,17 +42,62 @@ fn case(name: &str) -> &'static Value {
     cases().iter().find(|c| c["name"] == name).unwrap()
 }
 
-fn models() -> &'static [(String, StableDiffusion)] {
-    static MODELS: OnceLock<Vec<(String, StableDiffusion)>> = OnceLock::new();
+/// The parts of a miniature SD model the prompt cases run on, loaded from its diffusers
+/// folder: the prompt library works on the tokenizer and text encoder directly.
+struct Parts {
+    tokenizer: ClipTokenizer,
+    text_encoder: ClipTextModel,
+    unet: UNet2DConditionModel,
+    vae: Vae,
+    scheduler_config: SchedulerConfig,
+    device: Device,
+}
+
+impl Parts {
+    fn load(name: &str) -> Self {
+        let dir = common::model_dir(name);
+        let device = Device::Cpu;
+        let vb = |rel: &str| weights::var_builder(&dir.join(rel), DType::F32, &device).unwrap();
+        let text_config: ClipTextConfig = read_json(&dir.join("text_encoder/config.json")).unwrap();
+        let unet_config: UNetConfig = read_json(&dir.join("unet/config.json")).unwrap();
+        let vae_weights =
+            WeightSource::open(&dir.join("vae/diffusion_pytorch_model.safetensors")).unwrap();
+        Self {
+            tokenizer: ClipTokenizer::from_dir(&dir.join("tokenizer")).unwrap(),
+            text_encoder: ClipTextModel::new(vb("text_encoder/model.safetensors"), &text_config)
+                .unwrap(),
+            unet: UNet2DConditionModel::new(
+                vb("unet/diffusion_pytorch_model.safetensors"),
+                &unet_config,
+            )
+            .unwrap(),
+            vae: Vae::load(
+                &dir.join("vae/config.json"),
+                &vae_weights,
+                DType::F32,
+                &device,
+            )
+            .unwrap(),
+            scheduler_config: SchedulerConfig::from_file(
+                &dir.join("scheduler/scheduler_config.json"),
+            )
+            .unwrap(),
+            device,
+        }
+    }
+}
+
+fn models() -> &'static [(String, Parts)] {
+    static MODELS: OnceLock<Vec<(String, Parts)>> = OnceLock::new();
     MODELS.get_or_init(|| {
         ["tiny-sd", "tiny-sd2"]
             .iter()
-            .map(|m| (m.to_string(), common::model(m)))
+            .map(|m| (m.to_string(), Parts::load(m)))
             .collect()
     })
 }
 
-fn model(name: &str) -> &'static StableDiffusion {
+fn model(name: &str) -> &'static Parts {
     &models().iter().find(|(n, _)| n == name).unwrap().1
 }
 
@@ -54,7 +106,7 @@ fn syntax(case: &Value) -> PromptSyntax {
 }
 
 fn plan(
-    model: &StableDiffusion,
+    model: &Parts,
     text: &str,
     syntax: PromptSyntax,
     steps: usize,
@@ -68,7 +120,7 @@ fn plan(
     PromptPlan::new(text, &options, &model.tokenizer, catalog).unwrap()
 }
 
-fn encode(model: &StableDiffusion, plan: &PromptPlan, slot: EncoderSlot) -> EncodedPrompt {
+fn encode(model: &Parts, plan: &PromptPlan, slot: EncoderSlot) -> EncodedPrompt {
     let layers = model.text_encoder.num_layers();
     plan.encode(|chunk| clip_chunk(&model.text_encoder, chunk, slot, layers, &model.device))
         .unwrap()
@@ -383,7 +435,7 @@ fn embeddings_of_another_width_are_refused() {
     );
 }
 
-fn model_sd1() -> &'static StableDiffusion {
+fn model_sd1() -> &'static Parts {
     model("tiny-sd")
 }
 
@@ -422,7 +474,7 @@ fn conditioning_switches_at_the_reference_steps() {
 /// and VAE: the conditioning of each step from [`EncodedPrompt::at_step`], [uncond, cond]
 /// batched when both have the same length, else two passes; `pad_prompts` pads first.
 fn denoise(
-    model: &StableDiffusion,
+    model: &Parts,
     case: &Value,
     init: &Tensor,
     cond: &EncodedPrompt,
@@ -432,12 +484,14 @@ fn denoise(
     let steps = case["steps"].as_u64().unwrap() as usize;
     let guidance = case["guidance"].as_f64().unwrap();
     let pad = case["pad_prompts"].as_bool().unwrap_or(false);
-    let mut scheduler = beeswax::schedulers::build(
-        case["scheduler"].as_str().unwrap(),
-        &model.scheduler_config,
-        steps,
-    )
-    .unwrap();
+    let mut scheduler = common::registry()
+        .build_named(
+            case["scheduler"].as_str().unwrap(),
+            None,
+            &model.scheduler_config,
+            steps,
+        )
+        .unwrap();
     let mut noise = beeswax::noise::BatchNoise::new(0, 1);
     let mut latents = (init * scheduler.init_noise_sigma()).unwrap();
     let timesteps = scheduler.timesteps().to_vec();
@@ -450,19 +504,18 @@ fn denoise(
         let (out_u, out_c) = if c.dims() == u.dims() {
             let both = Tensor::cat(&[&x, &x], 0).unwrap();
             let context = Tensor::cat(&[&u, &c], 0).unwrap();
-            let out = model.unet.forward(&both, t, &context).unwrap();
+            let out = model.unet.forward(&both, t, &context, None).unwrap();
             (out.narrow(0, 0, 1).unwrap(), out.narrow(0, 1, 1).unwrap())
         } else {
             (
-                model.unet.forward(&x, t, &u).unwrap(),
-                model.unet.forward(&x, t, &c).unwrap(),
+                model.unet.forward(&x, t, &u, None).unwrap(),
+                model.unet.forward(&x, t, &c, None).unwrap(),
             )
         };
         let guided = (&out_u + ((out_c - &out_u).unwrap() * guidance).unwrap()).unwrap();
         latents = scheduler.step(&guided, i, &latents, &mut noise).unwrap();
     }
-    let z = (&latents / model.vae_config.scaling_factor).unwrap();
-    let image = model.vae_decoder.forward(&z).unwrap();
+    let image = model.vae.decode(&latents).unwrap();
     let rgb = beeswax::image_out::to_rgb8(&image.squeeze(0).unwrap()).unwrap();
     (latents, rgb.data)
 }
@@ -470,7 +523,7 @@ fn denoise(
 /// Images within 2/255 and latents within 2e-3 of their std, as the other parity tests.
 fn check_run(
     name: &str,
-    model: &StableDiffusion,
+    model: &Parts,
     case: &Value,
     cond: &EncodedPrompt,
     uncond: &EncodedPrompt,

@@ -269,8 +269,14 @@ fn add_noise_matches_diffusers() {
     let noise = &fx.tensors["add_noise/noise"];
     assert_eq!(fx.reference.add_noise.len(), 2);
     for case in &fx.reference.add_noise {
-        let sched =
-            common::registry().build_named(&case.scheduler, None, &config(&case.config).unwrap(), case.steps).unwrap();
+        let sched = common::registry()
+            .build_named(
+                &case.scheduler,
+                None,
+                &config(&case.config).unwrap(),
+                case.steps,
+            )
+            .unwrap();
         assert!((sched.timesteps()[case.index] - case.timestep).abs() < 1e-9);
         let noisy = sched.add_noise(original, noise, case.index).unwrap();
         let expected = &fx.tensors[&case.name];
@@ -404,7 +410,9 @@ fn step_index_out_of_range_is_an_error_not_a_panic() {
     let config = SchedulerConfig::default();
     let x = Tensor::zeros((1, 4, 2, 2), DType::F32, &Device::Cpu).unwrap();
     for name in ["ddim", "euler"] {
-        let mut sched = common::registry().build_named(name, None, &config, 3).unwrap();
+        let mut sched = common::registry()
+            .build_named(name, None, &config, 3)
+            .unwrap();
         let err = sched
             .step(&x, 3, &x, &mut DetNoise { draws: 0 })
             .unwrap_err()

@@ -13,8 +13,8 @@ use beeswax::models::clip::{ClipOutput, ClipTextConfig, ClipTextModel};
 use beeswax::models::config_file::read_json;
 use beeswax::models::unet::{AddedCond, UNet2DConditionModel, UNetConfig};
 use beeswax::models::vae::{Decoder, Encoder, VaeConfig};
-use beeswax::weights::WeightSource;
 use beeswax::tokenizer::ClipTokenizer;
+use beeswax::weights::WeightSource;
 use candle_core::{DType, Device, Tensor};
 use common::{assert_close_rel_std, fixture, load};
 

@@ -36,5 +36,11 @@ pub fn plugin_entries(dir: &Path) -> (Vec<PluginEntry>, Vec<ManifestError>) {
 /// The service's catalog of folder `dir`, on the CPU in f32.
 pub fn catalog(dir: &Path, limits: Limits, extensions: &Extensions) -> beeswax::Result<Catalog> {
     let files = ManifestFiles::read(dir)?;
-    Catalog::load(&files.parse()?, &super::cpu_f32(), false, limits, extensions)
+    Catalog::load(
+        &files.parse()?,
+        &super::cpu_f32(),
+        false,
+        limits,
+        extensions,
+    )
 }

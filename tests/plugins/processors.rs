@@ -53,7 +53,10 @@ fn sharpen_postprocessor_sharpens_and_keeps_flat_images() {
         .args([
             "generate", "--pack", "tiny-sd", "--prompt", "x", "--post", "nope",
         ])
-        .assert_fails_with(&["post-processor nope: is not registered", "registered: sharpen-wasm"]);
+        .assert_fails_with(&[
+            "post-processor nope: is not registered",
+            "registered: sharpen-wasm",
+        ]);
 }
 
 #[test]
@@ -204,7 +207,11 @@ fn bench_per_step_overhead() {
         .unwrap(),
     );
     let (builtin, want) = time_steps(
-        &|| common::registry().build_named("euler", None, &config, steps).unwrap(),
+        &|| {
+            common::registry()
+                .build_named("euler", None, &config, steps)
+                .unwrap()
+        },
         steps,
     );
     eprintln!(

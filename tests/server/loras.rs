@@ -1,8 +1,8 @@
 //! LoRAs over HTTP: by the `loras` field, by A1111's prompt tag and by a pipeline's set, all
 //! equal to the library's result; unknown names and weights refused.
 
-use beeswax::lora::{apply, prepare_job, LoraRequest};
 use beeswax::extensions::Extensions;
+use beeswax::lora::{apply, prepare_job, LoraRequest};
 use beeswax::server::Limits;
 use common::command::{toml_path, Dir};
 use common::jobs::pack_image;

@@ -199,9 +199,12 @@ impl Networks for SdNetworks {
         cond: &Conditioning,
         _guidance: f64,
     ) -> Result<Tensor> {
-        let out = self
-            .unet
-            .forward(&latents.to_dtype(self.dtype)?, timestep, &cond.context, None)?;
+        let out = self.unet.forward(
+            &latents.to_dtype(self.dtype)?,
+            timestep,
+            &cond.context,
+            None,
+        )?;
         Ok(out.to_dtype(DType::F32)?)
     }
 

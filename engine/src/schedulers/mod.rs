@@ -8,6 +8,11 @@
 //! see [`crate::extensions`]) from a [`Sampler`] (scheduler name and noise schedule); each
 //! follows one diffusers class ([`Ddim`]: `DDIMScheduler`, [`Euler`]:
 //! `EulerDiscreteScheduler`), and the schedule math they share lives in [`math`].
+//!
+//! Flow-matching models (FLUX) have their own forms, built with the image's `mu`
+//! ([`calculate_shift`]): [`FlowEuler`] (`FlowMatchEulerDiscreteScheduler`), [`FlowHeun`]
+//! (`FlowMatchHeunDiscreteScheduler`) and [`DpmMultistep::flow`] (`DPMSolverMultistepScheduler`
+//! with `use_flow_sigmas`); their schedule is in [`flow`].
 
 use candle_core::Tensor;
 
@@ -24,6 +29,9 @@ mod dpm_sde;
 mod dpm_singlestep;
 mod euler;
 mod euler_ancestral;
+pub mod flow;
+mod flow_euler;
+mod flow_heun;
 mod heun;
 mod lcm;
 mod lms;
@@ -37,7 +45,7 @@ mod tcd;
 mod unipc;
 pub use config::{
     BetaSchedule, FinalSigmasType, InterpolationType, PredictionType, SchedulerConfig, SolverType,
-    TimestepSpacing, TimestepType, VarianceType,
+    TimeShiftType, TimestepSpacing, TimestepType, VarianceType,
 };
 pub use ddim::Ddim;
 pub use ddpm::Ddpm;
@@ -49,6 +57,9 @@ pub use dpm_sde::DpmSde;
 pub use dpm_singlestep::DpmSinglestep;
 pub use euler::{Churn, Euler};
 pub use euler_ancestral::EulerAncestral;
+pub use flow::calculate_shift;
+pub use flow_euler::FlowEuler;
+pub use flow_heun::FlowHeun;
 pub use heun::Heun;
 pub use lcm::Lcm;
 pub use lms::Lms;

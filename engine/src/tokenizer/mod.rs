@@ -1,4 +1,5 @@
-//! CLIP's byte-level BPE tokenizer, as Stable Diffusion's text encoders expect it.
+//! CLIP's byte-level BPE tokenizer, as Stable Diffusion's text encoders expect it, and in
+//! [`t5`] T5's SentencePiece tokenizer (FLUX's second text encoder).
 //!
 //! [`ClipTokenizer::from_dir`] reads a diffusers `tokenizer/` folder. A `tokenizer.json` there is
 //! loaded as is; otherwise the tokenizer is built from `vocab.json` and `merges.txt` the way
@@ -41,6 +42,8 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{Decoder, SplitDelimiterBehavior, Tokenizer};
 
 mod ftfy;
+mod spiece;
+pub mod t5;
 
 const BOS: &str = "<|startoftext|>";
 const EOS: &str = "<|endoftext|>";
@@ -128,10 +131,11 @@ pub enum TokenizerError {
 
 type Result<T> = std::result::Result<T, TokenizerError>;
 
-/// A prompt tokenized for CLIP's text encoder.
+/// A prompt tokenized for a text encoder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoding {
-    /// bos, the prompt's tokens, eos, then pad ids: exactly `max_length` ids.
+    /// Exactly `max_length` ids: for CLIP bos, the prompt's tokens, eos, then pad ids; for T5
+    /// ([`t5::T5Tokenizer`]) the tokens, eos, then pad ids.
     pub ids: Vec<u32>,
     /// The text that did not fit, reconstructed from the dropped tokens (e.g. "with a tail"), for
     /// the truncation warning; `None` when the whole prompt fits.

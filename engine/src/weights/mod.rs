@@ -19,3 +19,12 @@ pub fn in_file<T>(path: &Path, result: candle_core::Result<T>) -> crate::Result<
         source,
     })
 }
+
+/// The safetensors file at `path` as a VarBuilder over all its tensors (keys as written).
+pub fn var_builder(
+    path: &Path,
+    dtype: candle_core::DType,
+    device: &candle_core::Device,
+) -> Result<candle_nn::VarBuilder<'static>, WeightsError> {
+    WeightSource::open(path).map(|s| s.var_builder(dtype, device))
+}

@@ -7,7 +7,7 @@
 
 mod blocks;
 pub mod config;
-mod embeddings;
+pub(crate) mod embeddings;
 mod transformer;
 
 use candle_core::{Result, Tensor};
