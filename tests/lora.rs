@@ -8,90 +8,40 @@
 mod common;
 
 use std::collections::HashMap;
-use std::ops::ControlFlow;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use beeswax::lora::merge::BaseWeights;
+use beeswax::family::Model;
+use beeswax::family::{ComponentWeights, LoraNames, Role, Weights};
 use beeswax::lora::{apply, merged_weights, LoraError, LoraFile, ShapeMismatch, WeightedLora};
-use beeswax::pipeline::{text_to_image, Generated, StableDiffusion, TextToImage};
+use beeswax::models::config_file::read_json;
+use beeswax::models::unet::{UNet2DConditionModel, UNetConfig};
+use beeswax::pipeline::Generated;
 use beeswax::Error;
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use common::command::Dir;
+use common::images::assert_run_matches;
+use common::jobs::{generate, TextJob};
 use common::lora::{lora_path, weighted};
-use common::{assert_close_rel_std, fixture, load, max_diff_and_std, model, root, MODELS};
-
-/// One diffusers reference run (see `cases.json`).
-#[derive(serde::Deserialize)]
-struct Case {
-    file: String,
-    loras: Vec<(String, f64)>,
-    scheduler: String,
-    guidance: f64,
-    width: usize,
-    height: usize,
-    steps: usize,
-    prompt: String,
-    negative_prompt: String,
-}
+use common::reference::{self, Case};
+use common::{fixture, load, max_diff_and_std, model, MODELS};
 
 fn cases(model: &str) -> Vec<Case> {
-    let text = std::fs::read_to_string(fixture(&format!("lora/{model}/cases.json"))).unwrap();
-    serde_json::from_str(&text).unwrap()
+    reference::cases(&format!("lora/{model}"))
 }
 
-fn job(case: &Case, init_latents: &Tensor) -> TextToImage {
-    TextToImage {
-        prompt: case.prompt.clone(),
-        negative_prompt: case.negative_prompt.clone(),
-        steps: case.steps,
-        guidance: case.guidance,
-        width: case.width,
-        height: case.height,
-        seed: 0,
-        batch: 1,
-        clip_skip: 1,
-        scheduler: case.scheduler.clone(),
-        init_latents: Some(init_latents.clone()),
-    }
+/// The case's job from its recorded starting latents.
+fn job(case: &Case) -> TextJob {
+    case.text_job(Some(&case.tensors()["init_latents"]))
 }
 
-fn run(model: &StableDiffusion, job: &TextToImage) -> Generated {
-    text_to_image(model, job, &mut |_| ControlFlow::Continue(())).unwrap()
-}
-
-fn run_with(model: &StableDiffusion, loras: &[WeightedLora], job: &TextToImage) -> Generated {
-    run(&apply(model, loras).unwrap().model, job)
-}
-
-fn assert_image_close(what: &str, image: &[u8], want: &Tensor) {
-    let want = (want.get(0).unwrap() * 255.0).unwrap();
-    let got = Tensor::from_vec(
-        image.iter().map(|&b| b as f32).collect::<Vec<_>>(),
-        want.dims(),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let diff = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert!(diff <= 2.0, "{what}: image differs by {diff}/255 (> 2/255)");
+fn run_with(model: &Model, loras: &[WeightedLora], job: &TextJob) -> Generated {
+    generate(&apply(model, loras).unwrap().model, job)
 }
 
 fn assert_identical(what: &str, a: &Generated, b: &Generated) {
-    let diff = (&a.latents - &b.latents)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = common::compare::max_abs_diff(&a.latents, &b.latents);
     assert_eq!(diff, 0.0, "{what}: latents differ by {diff}");
     assert_eq!(a.images[0].data, b.images[0].data, "{what}: images differ");
 }
@@ -102,7 +52,7 @@ fn kohya_and_peft_match_diffusers_fuse_lora() {
     for name in MODELS {
         let sd = model(name);
         for case in cases(name) {
-            let r = load(&format!("lora/{name}/{}", case.file));
+            let r = case.tensors();
             let loras: Vec<WeightedLora> = case
                 .loras
                 .iter()
@@ -116,17 +66,12 @@ fn kohya_and_peft_match_diffusers_fuse_lora() {
                     "{report:?}"
                 );
             }
-            let out = run(&applied.model, &job(&case, &r["init_latents"]));
+            let job = case.text_job(Some(&r["init_latents"]));
+            let out = generate(&applied.model, &job);
             let what = format!("{name} {}", case.file);
-            assert_close_rel_std(
-                &format!("{what} latents"),
-                &out.latents,
-                &r["latents"],
-                1e-3,
-            );
-            assert_image_close(&what, &out.images[0].data, &r["image"]);
+            assert_run_matches(&what, &out.latents, &out.images, &r, "image");
             // The LoRA must matter: the same run without it is far from the reference.
-            let base = run(&sd, &job(&case, &r["init_latents"]));
+            let base = generate(&sd, &job);
             let (diff, std) = max_diff_and_std(&base.latents, &r["latents"]);
             assert!(diff > 0.05 * std, "{what}: the LoRA changes almost nothing");
             checked += 1;
@@ -142,25 +87,22 @@ fn kohya_and_peft_match_diffusers_fuse_lora() {
 fn weight_zero_gives_the_base_image_exactly() {
     for name in MODELS {
         let sd = model(name);
-        let case = &cases(name)[0];
-        let init = load(&format!("lora/{name}/{}", case.file))["init_latents"].clone();
-        let base = run(&sd, &job(case, &init));
+        let job = job(&cases(name)[0]);
+        let base = generate(&sd, &job);
         let zero = [
             weighted(name, "kohya.safetensors", 0.0),
             weighted(name, "peft.safetensors", 0.0),
         ];
         let applied = apply(&sd, &zero).unwrap();
         assert!(applied.reports.iter().all(|r| r.unet_layers > 0));
-        assert_identical(name, &base, &run(&applied.model, &job(case, &init)));
+        assert_identical(name, &base, &generate(&applied.model, &job));
     }
 }
 
 #[test]
 fn switching_loras_on_one_model_equals_fresh_runs() {
     let name = "tiny-sd";
-    let case = &cases(name)[0];
-    let init = load(&format!("lora/{name}/{}", case.file))["init_latents"].clone();
-    let job = job(case, &init);
+    let job = job(&cases(name)[0]);
     let a = [weighted(name, "kohya.safetensors", 0.8)];
     let b = [weighted(name, "peft.safetensors", -0.6)];
     let sets: [&[WeightedLora]; 3] = [&a, &[], &b];
@@ -174,8 +116,8 @@ fn switching_loras_on_one_model_equals_fresh_runs() {
     // And the base model is untouched after all that.
     assert_identical(
         "base after switching",
-        &run(&shared, &job),
-        &run(&model(name), &job),
+        &generate(&shared, &job),
+        &generate(&model(name), &job),
     );
 }
 
@@ -184,15 +126,12 @@ fn lycoris_files_change_weights_as_the_formulas_say() {
     let name = "tiny-sd";
     let sd = model(name);
     let expected = load(&format!("lora/{name}/lycoris_expected.safetensors"));
-    let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture(&format!("lora/{name}/lycoris.json"))).unwrap(),
-    )
-    .unwrap();
+    let meta: serde_json::Value = common::json(&format!("lora/{name}/lycoris.json"));
     let multiplier = meta["multiplier"].as_f64().unwrap();
     let mut checked = 0;
     for algo in ["locon", "loha", "lokr"] {
         let lora = weighted(name, &format!("{algo}.safetensors"), multiplier);
-        let (patches, reports) = merged_weights(&sd.base_weights, &[lora]).unwrap();
+        let (patches, reports) = merged_weights(&sd.weights, &[lora]).unwrap();
         assert!(reports[0].unmatched.is_empty(), "{:?}", reports[0]);
         let mut want: HashMap<String, &Tensor> = HashMap::new();
         for (key, t) in &expected {
@@ -201,11 +140,10 @@ fn lycoris_files_change_weights_as_the_formulas_say() {
             }
         }
         let mut got: HashMap<String, &Tensor> = HashMap::new();
-        for (k, t) in &patches.unet {
-            got.insert(format!("unet/{k}"), t);
-        }
-        for (k, t) in &patches.text_encoder {
-            got.insert(format!("text_encoder/{k}"), t);
+        for (component, tensors) in &patches {
+            for (k, t) in tensors {
+                got.insert(format!("{component}/{k}"), t);
+            }
         }
         let mut got_keys: Vec<_> = got.keys().cloned().collect();
         let mut want_keys: Vec<_> = want.keys().cloned().collect();
@@ -213,11 +151,8 @@ fn lycoris_files_change_weights_as_the_formulas_say() {
         want_keys.sort();
         assert_eq!(got_keys, want_keys, "{algo}: patched tensors");
         for (key, w) in want {
-            let base = if let Some(k) = key.strip_prefix("unet/") {
-                &sd.base_weights.unet[k]
-            } else {
-                &sd.base_weights.text_encoder[key.strip_prefix("text_encoder/").unwrap()]
-            };
+            let (component, k) = key.split_once('/').unwrap();
+            let base = &sd.weights.get(component).unwrap().tensors[k];
             // The change must be real, and match the formula to float precision.
             let (moved, _) = max_diff_and_std(base, w);
             assert!(
@@ -235,34 +170,42 @@ fn lycoris_files_change_weights_as_the_formulas_say() {
     assert!(checked >= 15, "checked {checked} tensors");
 }
 
+/// `tensors` saved as `name.safetensors` in `dir` and read as a LoRA at weight 1.
+fn saved_lora(dir: &Dir, name: &str, tensors: &HashMap<String, Tensor>) -> WeightedLora {
+    let path = dir.join(format!("{name}.safetensors"));
+    candle_core::safetensors::save(tensors, &path).unwrap();
+    WeightedLora {
+        name: name.into(),
+        file: Arc::new(LoraFile::read(&path).unwrap()),
+        weight: 1.0,
+    }
+}
+
+fn zeros(shape: &[usize]) -> Tensor {
+    Tensor::zeros(shape, DType::F32, &Device::Cpu).unwrap()
+}
+
 #[test]
 fn unmatched_keys_are_reported_with_count_and_examples() {
     let name = "tiny-sd";
     let sd = model(name);
-    let tmp = tempfile::tempdir().unwrap();
+    let dir = Dir::new("unmatched");
     let mut tensors =
         candle_core::safetensors::load(lora_path(name, "kohya.safetensors"), &Device::Cpu).unwrap();
-    let down = Tensor::zeros((4, 32), DType::F32, &Device::Cpu).unwrap();
-    tensors.insert(
-        "lora_unet_input_blocks_1_1_proj_in.lora_down.weight".into(),
-        down,
-    );
-    tensors.insert(
-        "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight".into(),
-        Tensor::zeros((32, 4), DType::F32, &Device::Cpu).unwrap(),
-    );
-    tensors.insert(
-        "lora_unet_mid_block_attentions_0_proj_in.diff_b".into(),
-        Tensor::zeros(32, DType::F32, &Device::Cpu).unwrap(),
-    );
-    let path = tmp.path().join("extra.safetensors");
-    candle_core::safetensors::save(&tensors, &path).unwrap();
-    let lora = WeightedLora {
-        name: "extra".into(),
-        file: Arc::new(LoraFile::read(&path).unwrap()),
-        weight: 1.0,
-    };
-    let applied = apply(&sd, &[lora]).unwrap();
+    for (key, shape) in [
+        (
+            "lora_unet_input_blocks_1_1_proj_in.lora_down.weight",
+            &[4, 32][..],
+        ),
+        (
+            "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight",
+            &[32, 4],
+        ),
+        ("lora_unet_mid_block_attentions_0_proj_in.diff_b", &[32]),
+    ] {
+        tensors.insert(key.into(), zeros(shape));
+    }
+    let applied = apply(&sd, &[saved_lora(&dir, "extra", &tensors)]).unwrap();
     let report = &applied.reports[0];
     assert_eq!(report.unmatched.len(), 3, "{report:?}");
     let warning = applied.warnings().join("\n");
@@ -274,16 +217,15 @@ fn unmatched_keys_are_reported_with_count_and_examples() {
 }
 
 #[test]
-fn bad_files_are_clear_errors() {
-    let sd = model("tiny-sd");
-    let tmp = tempfile::tempdir().unwrap();
-
-    // Corrupted: truncated in the middle of the tensor data; and not safetensors at all.
+fn corrupted_and_missing_files_are_named() {
+    let dir = Dir::new("corrupted");
+    // Truncated in the middle of the tensor data; and not safetensors at all.
     let bytes = std::fs::read(lora_path("tiny-sd", "kohya.safetensors")).unwrap();
-    let truncated = tmp.path().join("truncated.safetensors");
-    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    let garbage = tmp.path().join("garbage.safetensors");
-    std::fs::write(&garbage, b"PK\x03\x04 this is a zip file, not safetensors").unwrap();
+    let truncated = dir.create("truncated.safetensors", &bytes[..bytes.len() / 2]);
+    let garbage = dir.create(
+        "garbage.safetensors",
+        b"PK\x03\x04 this is a zip file, not safetensors",
+    );
     for path in [&truncated, &garbage] {
         let err = LoraFile::read(path).unwrap_err();
         assert!(matches!(err, LoraError::Unreadable { .. }), "{err:?}");
@@ -293,14 +235,21 @@ fn bad_files_are_clear_errors() {
             "{text}"
         );
     }
-    let missing = LoraFile::read(&tmp.path().join("missing.safetensors")).unwrap_err();
+    let missing = LoraFile::read(&dir.join("missing.safetensors")).unwrap_err();
     assert!(
         missing.to_string().contains("missing.safetensors"),
         "{missing}"
     );
+}
 
-    // Another model family: tiny-sd2's LoRA (width 24) on tiny-sd (width 32).
-    let err = apply(&sd, &[weighted("tiny-sd2", "kohya.safetensors", 1.0)]).unwrap_err();
+#[test]
+fn a_lora_of_another_model_family_is_a_shape_mismatch_naming_both_shapes() {
+    // tiny-sd2's LoRA (width 24) on tiny-sd (width 32).
+    let err = apply(
+        &model("tiny-sd"),
+        &[weighted("tiny-sd2", "kohya.safetensors", 1.0)],
+    )
+    .unwrap_err();
     let text = err.to_string();
     let Error::Lora(boxed) = err else {
         panic!("expected a LoRA error, got {err:?}")
@@ -326,20 +275,20 @@ fn bad_files_are_clear_errors() {
     ] {
         assert!(text.contains(&needle), "{text} lacks {needle}");
     }
+}
 
+#[test]
+fn files_that_match_nothing_or_half_a_module_are_refused() {
+    let sd = model("tiny-sd");
+    let dir = Dir::new("unusable");
     // A file that matches nothing.
     let other = HashMap::from([(
         "model.layers.0.q_proj.lora_A.weight".to_string(),
-        Tensor::zeros((4, 8), DType::F32, &Device::Cpu).unwrap(),
+        zeros(&[4, 8]),
     )]);
-    let nothing = tmp.path().join("llm.safetensors");
-    candle_core::safetensors::save(&other, &nothing).unwrap();
-    let lora = WeightedLora {
-        name: "llm".into(),
-        file: Arc::new(LoraFile::read(&nothing).unwrap()),
-        weight: 1.0,
-    };
-    let err = apply(&sd, &[lora]).unwrap_err().to_string();
+    let err = apply(&sd, &[saved_lora(&dir, "llm", &other)])
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("none of its 1 keys") && err.contains("model.layers.0.q_proj"),
         "{err}"
@@ -348,47 +297,93 @@ fn bad_files_are_clear_errors() {
     // An incomplete module (up without down) is named.
     let half = HashMap::from([(
         "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight".to_string(),
-        Tensor::zeros((32, 4, 1, 1), DType::F32, &Device::Cpu).unwrap(),
+        zeros(&[32, 4, 1, 1]),
     )]);
-    let half_path = tmp.path().join("half.safetensors");
-    candle_core::safetensors::save(&half, &half_path).unwrap();
-    let lora = WeightedLora {
-        name: "half".into(),
-        file: Arc::new(LoraFile::read(&half_path).unwrap()),
-        weight: 1.0,
-    };
-    let err = apply(&sd, &[lora]).unwrap_err().to_string();
+    let err = apply(&sd, &[saved_lora(&dir, "half", &half)])
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("lora_unet_down_blocks_0_attentions_0_proj_in") && err.contains("lora_down"),
         "{err}"
     );
 }
 
-/// The cost of switching LoRA sets (merge + rebuild), on tiny-sd and on the SD 1.5 UNet config
-/// with random weights. Prints timings; run with
-/// `cargo test --release -p beeswax --test lora -- --ignored --nocapture switching_cost`.
-#[test]
-#[ignore = "a measurement, not a check: run explicitly"]
-fn switching_cost() {
-    use beeswax::models::config_file::read_json;
-    use beeswax::models::unet::{UNet2DConditionModel, UNetConfig};
-    use candle_nn::VarBuilder;
+/// Times `iters` runs of `f`; prints the median and the fastest.
+fn time<T>(what: &str, iters: usize, mut f: impl FnMut() -> T) {
+    let mut times = Vec::new();
+    for _ in 0..iters {
+        let start = Instant::now();
+        std::hint::black_box(f());
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    eprintln!(
+        "{what}: median {:.2} ms, min {:.2} ms",
+        times[iters / 2],
+        times[0]
+    );
+}
 
-    fn time<T>(what: &str, iters: usize, mut f: impl FnMut() -> T) {
-        let mut times = Vec::new();
-        for _ in 0..iters {
-            let start = Instant::now();
-            std::hint::black_box(f());
-            times.push(start.elapsed().as_secs_f64() * 1e3);
+/// The weights of a UNet of `config` with random values.
+fn random_unet(config: &UNetConfig) -> HashMap<String, Tensor> {
+    let varmap = candle_nn::VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    UNet2DConditionModel::new(vb, config).unwrap();
+    let data = varmap.data().lock().unwrap();
+    let weights = data
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
+    weights
+}
+
+/// A rank-16 kohya LoRA (alpha 8) on every attention, proj and feed-forward linear of the UNet
+/// weights `unet` (the common `network_dim=16` LoRA).
+fn rank16_lora(unet: &HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    let targets = [
+        "to_q",
+        "to_k",
+        "to_v",
+        "to_out.0",
+        "proj_in",
+        "proj_out",
+        "ff.net.0.proj",
+        "ff.net.2",
+    ];
+    let mut lora = HashMap::new();
+    for (key, w) in unet {
+        let Some(module) = key.strip_suffix(".weight") else {
+            continue;
+        };
+        if !targets.iter().any(|t| module.ends_with(t)) || !module.contains("attentions") {
+            continue;
         }
-        times.sort_by(f64::total_cmp);
-        eprintln!(
-            "{what}: median {:.2} ms, min {:.2} ms",
-            times[iters / 2],
-            times[0]
+        let (out_dim, in_dim) = (w.dim(0).unwrap(), w.dim(1).unwrap());
+        let name = format!("lora_unet_{}", module.replace('.', "_"));
+        let random = |rows: usize, cols: usize| {
+            let t = Tensor::randn(0f32, 0.01, (rows, cols), &Device::Cpu).unwrap();
+            if w.rank() == 4 {
+                t.reshape((rows, cols, 1, 1)).unwrap()
+            } else {
+                t
+            }
+        };
+        lora.insert(format!("{name}.lora_down.weight"), random(16, in_dim));
+        lora.insert(format!("{name}.lora_up.weight"), random(out_dim, 16));
+        lora.insert(
+            format!("{name}.alpha"),
+            Tensor::new(8f32, &Device::Cpu).unwrap(),
         );
     }
+    lora
+}
 
+/// The cost of switching LoRA sets (merge + rebuild), on tiny-sd and on the SD 1.5 UNet config
+/// (`fixtures/perf/sd15-unet/config.json`) with random weights. Prints timings; run with
+/// `cargo test --release -p beeswax --test lora -- --ignored --nocapture switching_cost`.
+#[test]
+#[ignore = "benchmark: the cost of switching LoRA sets; scripts/test runs it"]
+fn switching_cost() {
     let sd = model("tiny-sd");
     let a = [weighted("tiny-sd", "kohya.safetensors", 0.8)];
     let b = [weighted("tiny-sd", "peft.safetensors", 1.3)];
@@ -400,68 +395,12 @@ fn switching_cost() {
     time("tiny-sd: switch to peft", 20, || apply(&sd, &b).unwrap());
     time("tiny-sd: switch to none", 20, || apply(&sd, &[]).unwrap());
 
-    // SD 1.5 UNet with random weights, and a rank-16 kohya LoRA on every attention, proj and
-    // feed-forward linear (the common `network_dim=16` LoRA, 192 layers).
-    let config_path = root().join("../shared/perf/sd15-unet/config.json");
-    let config_path = if config_path.exists() {
-        config_path
-    } else {
-        PathBuf::from("/work/shared/perf/sd15-unet/config.json")
-    };
-    let config: UNetConfig = read_json(&config_path).unwrap();
-    let varmap = candle_nn::VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    UNet2DConditionModel::new(vb, &config).unwrap();
-    let unet_map: HashMap<String, Tensor> = varmap
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect();
+    let config: UNetConfig = read_json(&fixture("perf/sd15-unet/config.json")).unwrap();
+    let unet_map = random_unet(&config);
     let params: usize = unet_map.values().map(Tensor::elem_count).sum();
-    let mut lora = HashMap::new();
-    for (key, w) in &unet_map {
-        let targets = [
-            "to_q",
-            "to_k",
-            "to_v",
-            "to_out.0",
-            "proj_in",
-            "proj_out",
-            "ff.net.0.proj",
-            "ff.net.2",
-        ];
-        let Some(module) = key.strip_suffix(".weight") else {
-            continue;
-        };
-        if !targets.iter().any(|t| module.ends_with(t)) || !module.contains("attentions") {
-            continue;
-        }
-        let (out_dim, in_dim) = (w.dim(0).unwrap(), w.dim(1).unwrap());
-        let name = format!("lora_unet_{}", module.replace('.', "_"));
-        let down = Tensor::randn(0f32, 0.01, (16, in_dim), &Device::Cpu).unwrap();
-        let down = if w.rank() == 4 {
-            down.reshape((16, in_dim, 1, 1)).unwrap()
-        } else {
-            down
-        };
-        let up = Tensor::randn(0f32, 0.01, (out_dim, 16), &Device::Cpu).unwrap();
-        let up = if w.rank() == 4 {
-            up.reshape((out_dim, 16, 1, 1)).unwrap()
-        } else {
-            up
-        };
-        lora.insert(format!("{name}.lora_down.weight"), down);
-        lora.insert(format!("{name}.lora_up.weight"), up);
-        lora.insert(
-            format!("{name}.alpha"),
-            Tensor::new(8f32, &Device::Cpu).unwrap(),
-        );
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("sd15-r16.safetensors");
-    candle_core::safetensors::save(&lora, &path).unwrap();
+    let dir = Dir::new("switching-cost");
+    let path = dir.join("sd15-r16.safetensors");
+    candle_core::safetensors::save(&rank16_lora(&unet_map), &path).unwrap();
     let size = std::fs::metadata(&path).unwrap().len();
     let start = Instant::now();
     let file = Arc::new(LoraFile::read(&path).unwrap());
@@ -472,7 +411,19 @@ fn switching_cost() {
         size as f64 / 1e6,
         start.elapsed().as_secs_f64() * 1e3
     );
-    let base = BaseWeights::new(unet_map.clone(), path.clone(), HashMap::new(), path.clone());
+    let base = Weights {
+        components: vec![ComponentWeights {
+            name: "unet".into(),
+            role: Role::Denoiser,
+            file: path.clone(),
+            tensors: unet_map.clone(),
+            lora: LoraNames {
+                kohya: "lora_unet".into(),
+                peft: "unet".into(),
+                bare: true,
+            },
+        }],
+    };
     let loras = [WeightedLora {
         name: "r16".into(),
         file,
@@ -486,16 +437,13 @@ fn switching_cost() {
         "SD 1.5 UNet: rebuild UNet around merged + shared weights",
         5,
         || {
-            let mut map = base.unet.clone();
-            map.extend(patches.unet.iter().map(|(k, v)| (k.clone(), v.clone())));
-            UNet2DConditionModel::new(
-                VarBuilder::from_tensors(map, DType::F32, &Device::Cpu),
-                &config,
-            )
-            .unwrap()
+            let mut map = unet_map.clone();
+            map.extend(patches["unet"].iter().map(|(k, v)| (k.clone(), v.clone())));
+            let vb = VarBuilder::from_tensors(map, DType::F32, &Device::Cpu);
+            UNet2DConditionModel::new(vb, &config).unwrap()
         },
     );
-    let patched_mb: usize = patches.unet.values().map(|t| t.elem_count() * 4).sum();
+    let patched_mb: usize = patches["unet"].values().map(|t| t.elem_count() * 4).sum();
     eprintln!(
         "SD 1.5 UNet: the job's patched layers hold {:.0} MB (shared: the other {:.0} MB)",
         patched_mb as f64 / 1e6,

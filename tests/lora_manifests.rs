@@ -5,72 +5,70 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use beeswax::lora::catalog::{self, LoraSource};
 use beeswax::lora::{LoraRequest, WeightRange};
+use common::command::{pack_toml, toml_path, Dir, TINY_SD_DEFAULTS};
+use common::images::Png;
 use common::lora::lora_path;
-use common::{fixture, root};
 
-/// A manifest folder with two LoRAs and a set, plus the tiny-sd pack.
-fn manifest_dir(tmp: &Path, sha_of_kohya: &str) -> PathBuf {
-    let dir = tmp.join("manifests");
-    std::fs::create_dir_all(&dir).unwrap();
-    let pack = std::fs::read_to_string(root().join("manifests/tiny-sd.toml")).unwrap();
-    let models = fixture("models").display().to_string();
-    std::fs::write(
-        dir.join("tiny-sd.toml"),
-        pack.replace("../tests/fixtures/models", &models),
-    )
-    .unwrap();
-    let lora = fixture("lora/tiny-sd").display().to_string();
-    std::fs::write(
-        dir.join("loras.toml"),
-        format!(
-            r#"
+/// A manifest folder `rel` with two LoRAs and a set, plus the tiny-sd pack.
+fn manifest_dir(dir: &Dir, rel: &str, sha_of_kohya: &str) -> PathBuf {
+    let kohya = toml_path(&lora_path("tiny-sd", "kohya.safetensors"));
+    let peft = toml_path(&lora_path("tiny-sd", "peft.safetensors"));
+    let loras = format!(
+        r#"
 [[lora]]
 name = "fox-style"
-path = "{lora}/kohya.safetensors"
+path = {kohya}
 sha256 = "{sha_of_kohya}"
 weight = 0.8
 triggers = ["foxstyle"]
 
 [[lora]]
 name = "snow"
-path = "{lora}/peft.safetensors"
+path = {peft}
 
 [[lora_set]]
 name = "winter-fox"
 loras = [{{ name = "fox-style", weight = 0.5 }}, {{ name = "snow" }}]
 "#
-        ),
-    )
-    .unwrap();
-    dir
+    );
+    let pack = pack_toml("tiny-sd", "tiny-sd", TINY_SD_DEFAULTS);
+    dir.manifests(rel, &[("tiny-sd.toml", &pack), ("loras.toml", &loras)])
+}
+
+/// A request for the LoRA (or set) `name` at `weight` (its default when `None`).
+fn req(name: &str, weight: Option<f64>) -> LoraRequest {
+    LoraRequest {
+        name: name.into(),
+        weight,
+    }
+}
+
+/// The SHA-256 of the kohya LoRA fixture.
+fn kohya_sha() -> String {
+    catalog::sha256_hex(&std::fs::read(lora_path("tiny-sd", "kohya.safetensors")).unwrap())
 }
 
 #[test]
 fn manifests_declare_loras_and_sets() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = Dir::new("lora-manifests");
     let kohya = lora_path("tiny-sd", "kohya.safetensors");
-    let sha = catalog::sha256_hex(&std::fs::read(&kohya).unwrap());
-    let dir = manifest_dir(tmp.path(), &sha);
+    let sha = kohya_sha();
+    let dir = manifest_dir(&tmp, "manifests", &sha);
     // The pack manifests still load with [[lora]] tables beside them.
     assert_eq!(
-        beeswax::manifest::find_pack(&dir, "tiny-sd").unwrap().name,
+        common::manifests::find_pack(&dir, "tiny-sd").unwrap().name,
         "tiny-sd"
     );
-    let mut cat = catalog::load_dir(&dir).unwrap();
+    let cat = common::manifests::lora_catalog(&dir).unwrap();
     assert_eq!(cat.entries.len(), 2);
     assert_eq!(
         cat.entry("fox-style").unwrap().source,
         LoraSource::Path(kohya.clone())
     );
-    let req = |name: &str, weight: Option<f64>| LoraRequest {
-        name: name.into(),
-        weight,
-    };
 
     // Defaults, explicit weights, and sets (weights multiplied).
     let r = cat.resolve(&[req("fox-style", None)], false).unwrap();
@@ -103,7 +101,13 @@ fn manifests_declare_loras_and_sets() {
         cat.resolve(&[req(&path, Some(0.3))], true).unwrap()[0].name,
         "kohya"
     );
+}
 
+#[test]
+fn weights_out_of_range_and_wrong_hashes_are_refused() {
+    let tmp = Dir::new("lora-refusals");
+    let sha = kohya_sha();
+    let mut cat = common::manifests::lora_catalog(&manifest_dir(&tmp, "manifests", &sha)).unwrap();
     // Weights out of the (configurable) range.
     let err = cat
         .resolve(&[req("snow", Some(7.0))], false)
@@ -128,8 +132,8 @@ fn manifests_declare_loras_and_sets() {
     assert!(cat.resolve(&[req("snow", Some(-1.0))], false).is_ok());
 
     // A wrong hash.
-    let bad = manifest_dir(&tmp.path().join("bad"), &"0".repeat(64));
-    let cat = catalog::load_dir(&bad).unwrap();
+    let bad = manifest_dir(&tmp, "bad", &"0".repeat(64));
+    let cat = common::manifests::lora_catalog(&bad).unwrap();
     let err = cat
         .prepare(&[req("fox-style", None)], false)
         .unwrap_err()
@@ -139,7 +143,7 @@ fn manifests_declare_loras_and_sets() {
 
 #[test]
 fn manifest_errors_name_file_line_and_field() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = Dir::new("lora-manifest-errors");
     let cases = [
         ("[[lora]]\nname = \"x\"\n", "lora.path", "is missing"),
         (
@@ -174,97 +178,78 @@ fn manifest_errors_name_file_line_and_field() {
         ),
     ];
     for (i, (text, field, message)) in cases.iter().enumerate() {
-        let dir = tmp.path().join(format!("m{i}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("bad.toml"), text).unwrap();
-        let err = catalog::load_dir(&dir).unwrap_err().to_string();
+        let dir = tmp.manifests(format!("m{i}"), &[("bad.toml", text)]);
+        let err = common::manifests::lora_catalog(&dir)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("bad.toml:") && err.contains(field) && err.contains(message),
             "{err}"
         );
     }
-    // Types are checked with the pack manifests.
-    let dir = tmp.path().join("types");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("bad.toml"), "[[lora]]\nname = \"x\"\npath = 3\n").unwrap();
-    let err = beeswax::manifest::load_dir(&dir).unwrap_err().to_string();
-    assert!(err.contains("bad.toml:3"), "{err}");
-}
-
-fn png_parameters(path: &Path) -> String {
-    let bytes = std::fs::read(path).unwrap();
-    let text = String::from_utf8_lossy(&bytes);
-    let start = text.find("parameters").unwrap();
-    text[start..].to_string()
+    // Types are checked by the catalog, which reads its own tables, naming the field.
+    let dir = tmp.manifests(
+        "types",
+        &[("bad.toml", "[[lora]]\nname = \"x\"\npath = 3\n")],
+    );
+    let err = common::manifests::lora_catalog(&dir)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bad.toml:3: `lora.path` has the wrong type"),
+        "{err}"
+    );
+    // A misspelt table is refused with every table a manifest may hold.
+    let dir = tmp.manifests("typo", &[("bad.toml", "[[loras]]\nname = \"x\"\n")]);
+    let err = common::manifests::lora_catalog(&dir)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bad.toml:1: `loras`") && err.contains("[[lora]], [[lora_set]]"),
+        "{err}"
+    );
 }
 
 #[test]
 fn cli_takes_lora_flags_and_prompt_tags_and_records_them() {
-    let tmp = tempfile::tempdir().unwrap();
-    let kohya = lora_path("tiny-sd", "kohya.safetensors");
-    let sha = catalog::sha256_hex(&std::fs::read(&kohya).unwrap());
-    let dir = manifest_dir(tmp.path(), &sha);
-    let peft = lora_path("tiny-sd", "peft.safetensors")
-        .display()
-        .to_string();
-    let m = dir.display().to_string();
-    let beeswax = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_beeswax"))
-            .current_dir(tmp.path())
-            .env_remove("BEESWAX_MANIFESTS")
-            .args([
-                "--manifests",
-                &m,
-                "generate",
-                "--pack",
-                "tiny-sd",
-                "--steps",
-                "3",
-                "--seed",
-                "5",
-            ])
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let tmp = Dir::new("lora-cli");
+    let dir = manifest_dir(&tmp, "manifests", &kohya_sha());
+    let peft = lora_path("tiny-sd", "peft.safetensors");
+    let peft_flag = format!("{}:-0.5", peft.display());
     let prompt = "a red fox <lora:fox-style:0.6>, snow";
-    let peft_flag = format!("{peft}:-0.5");
-    let out = beeswax(&[
+    let run = |args: &[&str]| {
+        let mut cmd = tmp.command();
+        cmd.arg("--manifests")
+            .arg(&dir)
+            .args([
+                "generate", "--pack", "tiny-sd", "--steps", "3", "--seed", "5",
+            ])
+            .args(args);
+        cmd
+    };
+    let err = run(&[
         "--prompt", prompt, "--lora", &peft_flag, "--output", "a.png",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    ])
+    .stderr();
     assert!(
         err.contains("LoRA fox-style at 0.6") && err.contains("LoRA peft at -0.5"),
         "{err}"
     );
     assert!(err.contains("trigger words foxstyle"), "{err}");
-    let params = png_parameters(&tmp.path().join("a.png"));
+    let params = Png::read(&tmp.join("a.png")).parameters;
     assert!(
         params.contains("a red fox <lora:fox-style:0.6>, snow <lora:peft:-0.5>"),
         "{params}"
     );
 
     // The same LoRAs by flags only give the same pixels (the tag text is not encoded).
-    let out = beeswax(&[
-        "--prompt",
-        "a red fox , snow",
-        "--lora",
-        "fox-style:0.6",
-        "--lora",
-        &peft_flag,
-        "--output",
-        "b.png",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pixels = |name: &str| common::png_pixels(&tmp.path().join(name));
+    let flags = ["--lora", "fox-style:0.6", "--lora", &peft_flag];
+    run(&["--prompt", "a red fox , snow", "--output", "b.png"])
+        .args(flags)
+        .run();
+    let pixels = |name: &str| Png::read(&tmp.join(name)).image;
     assert_eq!(pixels("a.png"), pixels("b.png"));
-    let out = beeswax(&["--prompt", "a red fox", "--output", "c.png"]);
-    assert!(out.status.success());
+    run(&["--prompt", "a red fox", "--output", "c.png"]).run();
     assert_ne!(pixels("a.png"), pixels("c.png"), "the LoRAs change nothing");
 
     // Errors: unknown name (lists the known ones), weight out of the configured range, bad tag.
@@ -293,11 +278,6 @@ fn cli_takes_lora_flags_and_prompt_tags_and_records_them() {
             "the weight `lots` is not a number",
         ),
     ] {
-        let out = beeswax(&args);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && err.contains(needle) && !err.contains("panicked"),
-            "{err}"
-        );
+        run(&args).assert_fails_with(&[needle]);
     }
 }

@@ -1,12 +1,16 @@
 //! Model packs: manifest parsing and validation, the Hugging Face cache lookup, and locating
 //! files in diffusers model folders.
 
-use std::fs;
-use std::path::{Path, PathBuf};
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::path::Path;
 
 use beeswax::hub;
 use beeswax::manifest::{self, Family, PackSource};
 use beeswax::model_files;
+use common::command::Dir;
 
 // ---------------------------------------------------------------- manifests
 
@@ -129,7 +133,12 @@ fn unknown_default_is_named_with_its_table() {
 fn unknown_top_level_table_is_refused() {
     // `[[plugin]]` is a known table since issue 5; an unknown one is still refused.
     let message = manifest_error(&format!("{GOOD}\n[[widget]]\nname = \"x\"\n"));
-    assert_names(&message, 6, "widget", &["[pack]"]);
+    assert_names(
+        &message,
+        6,
+        "widget",
+        &["[pack], [[pipeline]], [[lora]], [[lora_set]] and [[plugin]]"],
+    );
 }
 
 #[test]
@@ -205,11 +214,11 @@ fn out_of_range_defaults_state_the_range() {
             "between 0 and 100",
         ),
         ("width = 100", "pack.defaults.width", "multiple of 8"),
-        ("height = 0", "pack.defaults.height", "between 8 and 4096"),
+        ("height = 0", "pack.defaults.height", "between 8 and 8192"),
         (
             "clip_skip = 0",
             "pack.defaults.clip_skip",
-            "between 1 and 12",
+            "between 1 and 48",
         ),
         ("scheduler = \"\"", "pack.defaults.scheduler", "empty"),
     ];
@@ -219,27 +228,18 @@ fn out_of_range_defaults_state_the_range() {
     }
 }
 
-/// Writes `text` to `dir/name`, creating folders.
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    let folder = path.parent().expect("a file path has a parent");
-    fs::create_dir_all(folder).expect("create test folder");
-    fs::write(&path, text).expect("write test file");
-    path
-}
-
 fn pack_text(name: &str) -> String {
     format!("[pack]\nname = \"{name}\"\nfamily = \"sd1\"\npath = \"models/{name}\"\n")
 }
 
 #[test]
 fn load_dir_reads_sorted_toml_files() {
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "b.toml", &pack_text("beta"));
-    write(dir.path(), "a.toml", &pack_text("alpha"));
-    write(dir.path(), "notes.txt", "not a manifest");
-    write(dir.path(), "later.toml", "# no [pack] table\n");
-    let packs = manifest::load_dir(dir.path()).unwrap();
+    let dir = Dir::new("packs");
+    dir.create("b.toml", pack_text("beta"));
+    dir.create("a.toml", pack_text("alpha"));
+    dir.create("notes.txt", "not a manifest");
+    dir.create("later.toml", "# no [pack] table\n");
+    let packs = common::manifests::packs(dir.path()).unwrap();
     let names: Vec<&str> = packs.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["alpha", "beta"]);
     assert_eq!(packs[0].manifest_path, dir.path().join("a.toml"));
@@ -251,10 +251,12 @@ fn load_dir_reads_sorted_toml_files() {
 
 #[test]
 fn load_dir_reports_the_bad_file() {
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "a.toml", &pack_text("alpha"));
-    let bad = write(dir.path(), "b.toml", "[pack]\nname = \"beta\"\n");
-    let message = manifest::load_dir(dir.path()).unwrap_err().to_string();
+    let dir = Dir::new("packs");
+    dir.create("a.toml", pack_text("alpha"));
+    let bad = dir.create("b.toml", "[pack]\nname = \"beta\"\n");
+    let message = common::manifests::packs(dir.path())
+        .unwrap_err()
+        .to_string();
     assert!(
         message.contains(&format!("{}:1:", bad.display())),
         "{message}"
@@ -264,10 +266,12 @@ fn load_dir_reports_the_bad_file() {
 
 #[test]
 fn duplicate_names_name_both_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let first = write(dir.path(), "a.toml", &pack_text("same"));
-    let second = write(dir.path(), "b.toml", &format!("\n{}", pack_text("same")));
-    let message = manifest::load_dir(dir.path()).unwrap_err().to_string();
+    let dir = Dir::new("packs");
+    let first = dir.create("a.toml", pack_text("same"));
+    let second = dir.create("b.toml", format!("\n{}", pack_text("same")));
+    let message = common::manifests::packs(dir.path())
+        .unwrap_err()
+        .to_string();
     assert!(message.contains("`same`"), "{message}");
     assert!(
         message.contains(&format!("{}:2", first.display())),
@@ -281,9 +285,9 @@ fn duplicate_names_name_both_files() {
 
 #[test]
 fn missing_dir_is_named() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Dir::new("packs");
     let missing = dir.path().join("nope");
-    let message = manifest::load_dir(&missing).unwrap_err().to_string();
+    let message = common::manifests::packs(&missing).unwrap_err().to_string();
     assert!(
         message.contains(&missing.display().to_string()),
         "{message}"
@@ -293,14 +297,16 @@ fn missing_dir_is_named() {
 
 #[test]
 fn find_pack_lists_available_packs() {
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "a.toml", &pack_text("alpha"));
-    write(dir.path(), "b.toml", &pack_text("beta"));
+    let dir = Dir::new("packs");
+    dir.create("a.toml", pack_text("alpha"));
+    dir.create("b.toml", pack_text("beta"));
     assert_eq!(
-        manifest::find_pack(dir.path(), "beta").unwrap().name,
+        common::manifests::find_pack(dir.path(), "beta")
+            .unwrap()
+            .name,
         "beta"
     );
-    let message = manifest::find_pack(dir.path(), "gamma")
+    let message = common::manifests::find_pack(dir.path(), "gamma")
         .unwrap_err()
         .to_string();
     assert!(message.contains("`gamma`"), "{message}");
@@ -313,8 +319,8 @@ fn find_pack_lists_available_packs() {
 
 #[test]
 fn committed_manifests_parse() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
-    let packs = manifest::load_dir(&dir).unwrap();
+    let dir = common::root().join("manifests");
+    let packs = common::manifests::packs(&dir).unwrap();
     let tiny = packs.iter().find(|p| p.name == "tiny-sd").unwrap();
     assert_eq!(tiny.family, Family::Sd1);
     assert_eq!(tiny.defaults.steps, Some(20));
@@ -332,8 +338,8 @@ fn committed_manifests_parse() {
 
 #[test]
 fn tiny_sd_pack_points_at_a_diffusers_folder() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
-    let pack = manifest::find_pack(&dir, "tiny-sd").unwrap();
+    let dir = common::root().join("manifests");
+    let pack = common::manifests::find_pack(&dir, "tiny-sd").unwrap();
     let PackSource::Path(model) = pack.source else {
         panic!("tiny-sd should be a local pack");
     };
@@ -352,17 +358,15 @@ fn tiny_sd_pack_points_at_a_diffusers_folder() {
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
 /// A fake Hugging Face cache holding `org/name` at `main`.
-fn fake_cache(ref_text: &str) -> tempfile::TempDir {
-    let cache = tempfile::tempdir().expect("create temp dir");
-    let repo = cache.path().join("models--org--name");
-    write(&repo, "refs/main", ref_text);
-    let snapshot = repo.join("snapshots").join(COMMIT);
-    write(
-        &snapshot,
-        "model_index.json",
+fn fake_cache(ref_text: &str) -> Dir {
+    let cache = Dir::new("hub-cache");
+    cache.create("models--org--name/refs/main", ref_text);
+    let snapshot = format!("models--org--name/snapshots/{COMMIT}");
+    cache.create(
+        format!("{snapshot}/model_index.json"),
         r#"{"_class_name": "StableDiffusionPipeline"}"#,
     );
-    write(&snapshot, "unet/config.json", "{}");
+    cache.create(format!("{snapshot}/unet/config.json"), "{}");
     cache
 }
 
@@ -418,23 +422,19 @@ fn hub_refuses_malformed_ids() {
 
 #[test]
 fn weights_prefer_full_precision_then_fp16() {
-    let dir = tempfile::tempdir().unwrap();
-    let fp16 = write(
-        dir.path(),
-        "unet/diffusion_pytorch_model.fp16.safetensors",
-        "",
-    );
+    let dir = Dir::new("packs");
+    let fp16 = dir.create("unet/diffusion_pytorch_model.fp16.safetensors", "");
     let found = model_files::weights(dir.path(), "unet", "diffusion_pytorch_model").unwrap();
     assert_eq!(found, fp16);
-    let full = write(dir.path(), "unet/diffusion_pytorch_model.safetensors", "");
+    let full = dir.create("unet/diffusion_pytorch_model.safetensors", "");
     let found = model_files::weights(dir.path(), "unet", "diffusion_pytorch_model").unwrap();
     assert_eq!(found, full);
 }
 
 #[test]
 fn pickle_weights_are_refused_with_advice() {
-    let dir = tempfile::tempdir().unwrap();
-    let pickle = write(dir.path(), "text_encoder/pytorch_model.bin", "");
+    let dir = Dir::new("packs");
+    let pickle = dir.create("text_encoder/pytorch_model.bin", "");
     let message = model_files::weights(dir.path(), "text_encoder", "model")
         .unwrap_err()
         .to_string();
@@ -451,7 +451,7 @@ fn pickle_weights_are_refused_with_advice() {
 
 #[test]
 fn missing_files_are_named() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Dir::new("packs");
     let message = model_files::weights(dir.path(), "vae", "diffusion_pytorch_model")
         .unwrap_err()
         .to_string();
@@ -482,15 +482,15 @@ fn missing_files_are_named() {
 
 #[test]
 fn config_found() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "scheduler/scheduler_config.json", "{}");
+    let dir = Dir::new("packs");
+    let path = dir.create("scheduler/scheduler_config.json", "{}");
     let found = model_files::config(dir.path(), "scheduler", "scheduler_config.json").unwrap();
     assert_eq!(found, path);
 }
 
 #[test]
 fn model_index_lists_present_components() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Dir::new("packs");
     let index = r#"{
         "_class_name": "StableDiffusionPipeline",
         "_diffusers_version": "0.30.0",
@@ -500,13 +500,13 @@ fn model_index_lists_present_components() {
         "vae": ["diffusers", "AutoencoderKL"],
         "tokenizer": ["transformers", "CLIPTokenizer"]
     }"#;
-    write(dir.path(), "model_index.json", index);
+    dir.create("model_index.json", index);
     let index = model_files::model_index(dir.path()).unwrap();
     assert_eq!(index.class_name, "StableDiffusionPipeline");
     assert_eq!(index.components, ["tokenizer", "unet", "vae"]);
     assert!(index.has("unet") && !index.has("safety_checker"));
 
-    write(dir.path(), "model_index.json", "{\"unet\": 3}");
+    dir.create("model_index.json", "{\"unet\": 3}");
     let message = model_files::model_index(dir.path())
         .unwrap_err()
         .to_string();
@@ -515,8 +515,8 @@ fn model_index_lists_present_components() {
 
 #[test]
 fn single_checkpoint_file_needs_a_folder() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = write(dir.path(), "v1-5-pruned.safetensors", "");
+    let dir = Dir::new("packs");
+    let file = dir.create("v1-5-pruned.safetensors", "");
     let message = model_files::model_index(&file).unwrap_err().to_string();
     assert!(message.contains(&file.display().to_string()), "{message}");
     assert!(message.contains("diffusers model folder"), "{message}");
@@ -528,4 +528,36 @@ fn single_checkpoint_file_needs_a_folder() {
         "{message}"
     );
     assert!(message.contains("does not exist"), "{message}");
+}
+
+/// The manifest's `family` selects the code that runs a pack, so a pack whose files are of
+/// another family is refused, naming both (an `sd2` pack over an SD 1.x folder used to load).
+#[test]
+fn a_pack_whose_files_disagree_with_its_family_is_refused() {
+    use beeswax::family;
+    let options = common::cpu_f32();
+    let err = family::load(&common::model_dir("tiny-sd"), Some("sd2"), &options)
+        .unwrap_err()
+        .to_string();
+    for needle in [
+        "declared family `sd2`",
+        "hidden_act",
+        "quick_gelu",
+        "family `sd1`",
+    ] {
+        assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+    }
+    let err = family::load(&common::model_dir("tiny-sd"), Some("sdx"), &options)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sdx") && err.contains("sd1, sd2"), "{err}");
+    // Without a declared family, the files decide.
+    for (model, family) in [
+        ("tiny-sd", "sd1"),
+        ("tiny-sd2", "sd2"),
+        ("tiny-sd-inpaint", "sd1"),
+    ] {
+        let m = family::load(&common::model_dir(model), None, &options).unwrap();
+        assert_eq!(m.family.name, family, "{model}");
+    }
 }

@@ -12,9 +12,12 @@ use beeswax::models::clip::{ClipTextConfig, ClipTextModel};
 use beeswax::models::config_file::read_json;
 use beeswax::models::unet::{UNet2DConditionModel, UNetConfig};
 use beeswax::models::vae::{Decoder, Encoder, VaeConfig};
-use beeswax::models::weights::mmap;
 use beeswax::noise::TorchGenerator;
+use beeswax::weights::WeightSource;
 use candle_core::{DType, Device, Tensor};
+use common::images::assert_run_matches;
+use common::jobs::generate;
+use common::reference::cases;
 use common::{assert_close_rel_std, fixture, load, MODELS};
 
 /// Tolerance for single network calls, relative to the reference's std.
@@ -25,7 +28,9 @@ fn model_file(model: &str, rel: &str) -> std::path::PathBuf {
 }
 
 fn weights(path: &Path) -> candle_nn::VarBuilder<'static> {
-    mmap(path, DType::F32, &Device::Cpu).unwrap()
+    WeightSource::open(path)
+        .unwrap()
+        .var_builder(DType::F32, &Device::Cpu)
 }
 
 #[test]
@@ -77,7 +82,7 @@ fn one_unet_call_matches_diffusers() {
                 .to_vec1::<f32>()
                 .unwrap()[0] as f64;
             let out = unet
-                .forward(&r["sample"], t, &r["encoder_hidden_states"])
+                .forward(&r["sample"], t, &r["encoder_hidden_states"], None)
                 .unwrap();
             assert_close_rel_std(
                 &format!("{model} unet t={t}"),
@@ -136,92 +141,21 @@ fn seeded_noise_matches_torch_cpu_generator() {
             &Device::Cpu,
         )
         .unwrap();
-        let diff = (&got - want.to_dtype(DType::F32).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = common::compare::max_abs_diff(&got, want);
         assert!(diff < 1e-5, "{name}: max |diff| {diff}");
     }
 }
 
-/// One reference run of diffusers' `StableDiffusionPipeline` (see `cases.json`).
-#[derive(serde::Deserialize)]
-struct Case {
-    file: String,
-    scheduler: String,
-    guidance: f64,
-    width: usize,
-    height: usize,
-    steps: usize,
-    batch: usize,
-    prompt: String,
-    negative_prompt: String,
-    clip_skip_diffusers: Option<usize>,
-}
-
 #[test]
 fn text_to_image_matches_diffusers_pipeline() {
-    use beeswax::pipeline::{text_to_image, TextToImage};
-
     let mut checked = 0;
     for model_name in MODELS {
         let model = common::model(model_name);
-        let cases: Vec<Case> = serde_json::from_str(
-            &std::fs::read_to_string(fixture(&format!("reference/{model_name}/cases.json")))
-                .unwrap(),
-        )
-        .unwrap();
-        for case in cases {
-            let r = load(&format!("reference/{model_name}/{}", case.file));
-            let job = TextToImage {
-                prompt: case.prompt.clone(),
-                negative_prompt: case.negative_prompt.clone(),
-                steps: case.steps,
-                guidance: case.guidance,
-                width: case.width,
-                height: case.height,
-                seed: 0,
-                batch: case.batch,
-                // diffusers' clip_skip=N is AUTOMATIC1111's N + 1.
-                clip_skip: case.clip_skip_diffusers.map_or(1, |n| n + 1),
-                scheduler: case.scheduler.clone(),
-                init_latents: Some(r["init_latents"].clone()),
-            };
-            let out =
-                text_to_image(&model, &job, &mut |_| std::ops::ControlFlow::Continue(())).unwrap();
+        for case in cases(&format!("reference/{model_name}")) {
+            let r = case.tensors();
+            let out = generate(&model, &case.text_job(Some(&r["init_latents"])));
             let what = format!("{model_name} {}", case.file);
-            assert_close_rel_std(
-                &format!("{what} latents"),
-                &out.latents,
-                &r["latents"],
-                1e-3,
-            );
-            let want = (&r["image"] * 255.0).unwrap();
-            let (_, h, w, _) = want.dims4().unwrap();
-            for (i, image) in out.images.iter().enumerate() {
-                let got = Tensor::from_vec(
-                    image.data.iter().map(|&b| b as f32).collect::<Vec<_>>(),
-                    (h, w, 3),
-                    &Device::Cpu,
-                )
-                .unwrap();
-                let diff = (got - want.get(i).unwrap())
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                assert!(
-                    diff <= 2.0,
-                    "{what} image {i}: max difference {diff}/255 exceeds 2/255"
-                );
-            }
+            assert_run_matches(&what, &out.latents, &out.images, &r, "image");
             checked += 1;
         }
     }

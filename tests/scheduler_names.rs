@@ -7,9 +7,13 @@
 mod common;
 
 use beeswax::schedulers::{self, SchedulerConfig, SchedulerError};
+use common::command::{pack_toml, Dir, TestCommand};
+use common::images::Png;
+
 #[test]
 fn unknown_name_lists_the_valid_ones() {
-    let err = schedulers::build("eulr", &SchedulerConfig::default(), 20)
+    let err = common::registry()
+        .build_named("eulr", None, &SchedulerConfig::default(), 20)
         .err()
         .unwrap();
     assert!(matches!(err, SchedulerError::Unknown { .. }), "{err:?}");
@@ -24,7 +28,10 @@ fn step_counts_outside_the_training_range_are_refused() {
     let config = SchedulerConfig::default();
     for name in ["ddim", "euler"] {
         for steps in [0, 1001] {
-            let err = schedulers::build(name, &config, steps).err().unwrap();
+            let err = common::registry()
+                .build_named(name, None, &config, steps)
+                .err()
+                .unwrap();
             assert!(matches!(err, SchedulerError::Invalid { .. }), "{err:?}");
             let message = err.to_string();
             assert!(
@@ -33,7 +40,8 @@ fn step_counts_outside_the_training_range_are_refused() {
             );
         }
         assert_eq!(
-            schedulers::build(name, &config, 1000)
+            common::registry()
+                .build_named(name, None, &config, 1000)
                 .unwrap()
                 .timesteps()
                 .len(),
@@ -44,13 +52,24 @@ fn step_counts_outside_the_training_range_are_refused() {
 
 #[test]
 fn names_and_aliases_resolve_in_any_case() {
-    let names = schedulers::names();
-    assert!(names.contains(&("ddim", &["DDIM"][..])));
-    assert!(names.contains(&("euler", &["Euler"][..])));
+    let registry = common::registry();
+    let names: Vec<(&str, Vec<&str>)> = registry
+        .entries()
+        .iter()
+        .map(|e| {
+            (
+                e.name.as_str(),
+                e.aliases.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    assert!(names.contains(&("ddim", vec!["DDIM"])));
+    assert!(names.contains(&("euler", vec!["Euler"])));
     let config = SchedulerConfig::default();
     for name in ["ddim", "DDIM", "ddIM", "euler", "Euler", "EULER"] {
         assert_eq!(
-            schedulers::build(name, &config, 4)
+            common::registry()
+                .build_named(name, None, &config, 4)
                 .unwrap()
                 .timesteps()
                 .len(),
@@ -58,8 +77,12 @@ fn names_and_aliases_resolve_in_any_case() {
         );
     }
     // Same config, different default spacing: DDIM leading, Euler linspace (as in diffusers).
-    let ddim = schedulers::build("DDIM", &config, 4).unwrap();
-    let euler = schedulers::build("Euler", &config, 4).unwrap();
+    let ddim = common::registry()
+        .build_named("DDIM", None, &config, 4)
+        .unwrap();
+    let euler = common::registry()
+        .build_named("Euler", None, &config, 4)
+        .unwrap();
     assert_eq!(ddim.timesteps(), &[750.0, 500.0, 250.0, 0.0]);
     assert_eq!(euler.timesteps(), &[999.0, 666.0, 333.0, 0.0]);
 }
@@ -70,7 +93,8 @@ fn names_and_aliases_resolve_in_any_case() {
 fn impossible_combinations_are_refused_with_a_way_out() {
     let config = SchedulerConfig::default();
     let refuse = |name: &str, schedule: Option<&str>, steps: usize, words: &[&str]| {
-        let err = schedulers::build_with(name, schedule, &config, steps)
+        let err = common::registry()
+            .build_named(name, schedule, &config, steps)
             .err()
             .unwrap_or_else(|| panic!("{name} {schedule:?} {steps} was accepted"))
             .to_string();
@@ -114,9 +138,12 @@ fn impossible_combinations_are_refused_with_a_way_out() {
     refuse("ddim", Some("zero_snr"), 10, &["v_prediction"]);
     // What does work: every sampler with its default schedule, and every schedule with a
     // k-diffusion sampler, at one step and at few steps.
-    for (name, _) in schedulers::names() {
+    for entry in common::registry().entries() {
+        let name = entry.name.as_str();
         for steps in [1, 2, 5] {
-            let s = schedulers::build(name, &config, steps).unwrap();
+            let s = common::registry()
+                .build_named(name, None, &config, steps)
+                .unwrap();
             assert!(s.timesteps().len() >= steps, "{name} {steps}");
         }
     }
@@ -126,7 +153,8 @@ fn impossible_combinations_are_refused_with_a_way_out() {
                 prediction_type: schedulers::PredictionType::VPrediction,
                 ..Default::default()
             };
-            schedulers::build_with(sampler, Some(info.name), &v, 7)
+            common::registry()
+                .build_named(sampler, Some(info.name), &v, 7)
                 .unwrap_or_else(|e| panic!("{sampler} + {}: {e}", info.name));
         }
     }
@@ -136,41 +164,54 @@ fn impossible_combinations_are_refused_with_a_way_out() {
 #[test]
 fn a1111_combined_names_equal_sampler_plus_schedule() {
     let config = SchedulerConfig::default();
-    let combined = schedulers::build("DPM++ 2M Karras", &config, 9).unwrap();
-    let split = schedulers::build_with("dpmpp_2m", Some("Karras"), &config, 9).unwrap();
-    let flag = schedulers::build(
-        "dpmpp_2m",
-        &SchedulerConfig {
-            use_karras_sigmas: true,
-            ..Default::default()
-        },
-        9,
-    )
-    .unwrap();
+    let combined = common::registry()
+        .build_named("DPM++ 2M Karras", None, &config, 9)
+        .unwrap();
+    let split = common::registry()
+        .build_named("dpmpp_2m", Some("Karras"), &config, 9)
+        .unwrap();
+    let flag = common::registry()
+        .build_named(
+            "dpmpp_2m",
+            None,
+            &SchedulerConfig {
+                use_karras_sigmas: true,
+                ..Default::default()
+            },
+            9,
+        )
+        .unwrap();
     assert_eq!(combined.timesteps(), split.timesteps());
     assert_eq!(combined.timesteps(), flag.timesteps());
+    let registry = common::registry();
+    let (entry, schedule) = registry.resolve("euler_ancestral simple").unwrap();
     assert_eq!(
-        schedulers::resolve("euler_ancestral simple").unwrap(),
+        (entry.name.as_str(), schedule),
         ("euler_a", Some(schedulers::Schedule::Simple))
     );
 }
 
-/// Runs the `beeswax` binary from the repository root (where `manifests/` is).
-fn beeswax_cli(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_beeswax"))
-        .args(args)
-        .current_dir(common::root())
-        .output()
-        .unwrap()
+/// `beeswax generate --pack tiny-sd --prompt "a red fox" --steps 3 --guidance 1 --seed 3
+/// --quiet --output <out>`, from the repository root (where `manifests/` is).
+fn generate_tiny(out: &std::path::Path) -> TestCommand {
+    let mut cmd = TestCommand::in_repo();
+    cmd.args([
+        "generate",
+        "--pack",
+        "tiny-sd",
+        "--prompt",
+        "a red fox",
+        "--steps",
+        "3",
+    ])
+    .args(["--guidance", "1", "--seed", "3", "--quiet", "--output"])
+    .arg(out);
+    cmd
 }
 
-/// Every name `beeswax schedulers` prints (canonical names and aliases, samplers and
-/// schedules) works with `beeswax generate --pack tiny-sd`, and A1111's combined names too.
-#[test]
-fn every_listed_name_generates_with_tiny_sd() {
-    let listing = beeswax_cli(&["schedulers"]);
-    assert!(listing.status.success());
-    let text = String::from_utf8(listing.stdout).unwrap();
+/// The names `beeswax schedulers` lists: (samplers with their aliases, schedules).
+fn listed_names() -> (Vec<String>, Vec<String>) {
+    let text = TestCommand::in_repo().arg("schedulers").stdout();
     let (mut samplers, mut schedules) = (Vec::new(), Vec::new());
     let mut section = "";
     for line in text.lines() {
@@ -190,48 +231,40 @@ fn every_listed_name_generates_with_tiny_sd() {
             other => panic!("line outside a section ({other:?}): {line}"),
         }
     }
+    (samplers, schedules)
+}
+
+/// Every name `beeswax schedulers` prints (canonical names and aliases, samplers and
+/// schedules) works with `beeswax generate --pack tiny-sd`, and A1111's combined names too.
+#[test]
+fn every_listed_name_generates_with_tiny_sd() {
+    let (samplers, schedules) = listed_names();
     assert!(samplers.len() >= 2 * 18, "{samplers:?}");
     assert!(schedules.len() >= 11, "{schedules:?}");
-    let dir = tempfile::tempdir().unwrap();
-    let output = dir.path().join("out.png");
-    let output = output.to_str().unwrap();
-    let run = |extra: &[&str]| {
-        let mut args = vec![
-            "generate",
-            "--pack",
-            "tiny-sd",
-            "--prompt",
-            "a red fox",
-            "--steps",
-            "3",
-            "--guidance",
-            "1",
-            "--seed",
-            "3",
-            "--quiet",
-            "--output",
-            output,
-        ];
-        args.extend_from_slice(extra);
-        let out = beeswax_cli(&args);
-        assert!(
-            out.status.success(),
-            "{extra:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let dir = Dir::new("every-sampler");
+    let output = dir.join("out.png");
     for name in &samplers {
-        run(&["--scheduler", name]);
+        generate_tiny(&output).args(["--scheduler", name]).run();
     }
     for name in &schedules {
-        run(&["--scheduler", "euler", "--schedule", name]);
+        generate_tiny(&output)
+            .args(["--scheduler", "euler", "--schedule", name])
+            .run();
     }
-    run(&["--scheduler", "DPM++ 2M Karras"]);
-    run(&["--scheduler", "DPM++ SDE Karras"]);
-    run(&["--scheduler", "dpmpp_2m", "--schedule", "karras"]);
-    let png = std::fs::read(output).unwrap();
-    let needle = b"Sampler: DPM++ 2M Karras";
-    assert!(png.windows(needle.len()).any(|w| w == needle));
+    generate_tiny(&output)
+        .args(["--scheduler", "DPM++ 2M Karras"])
+        .run();
+    generate_tiny(&output)
+        .args(["--scheduler", "DPM++ SDE Karras"])
+        .run();
+    generate_tiny(&output)
+        .args(["--scheduler", "dpmpp_2m", "--schedule", "karras"])
+        .run();
+    let parameters = Png::read(&output).parameters;
+    assert!(
+        parameters.contains("Sampler: DPM++ 2M Karras"),
+        "{parameters}"
+    );
 }
 
 /// Unknown names and impossible combinations fail before any model runs, naming the valid
@@ -256,14 +289,10 @@ fn generate_refuses_bad_scheduler_names_early() {
             &["original_inference_steps"][..],
         ),
     ] {
-        let mut all = vec!["generate", "--pack", "tiny-sd", "--prompt", "x", "--quiet"];
-        all.extend_from_slice(args);
-        let out = beeswax_cli(&all);
-        assert!(!out.status.success(), "{args:?} succeeded");
-        let err = String::from_utf8_lossy(&out.stderr);
-        for w in words {
-            assert!(err.contains(w), "{args:?}: {err} lacks {w:?}");
-        }
+        let err = TestCommand::in_repo()
+            .args(["generate", "--pack", "tiny-sd", "--prompt", "x", "--quiet"])
+            .args(args)
+            .assert_fails_with(words);
         assert!(!err.contains("step 1/"), "{args:?}: a model ran: {err}");
     }
 }
@@ -271,53 +300,39 @@ fn generate_refuses_bad_scheduler_names_early() {
 /// A pack may set a default `schedule`; a misspelt one is refused when the manifest is read.
 #[test]
 fn pack_default_schedule_is_used_and_checked() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = common::fixture("models/tiny-sd");
+    let dir = Dir::new("pack-schedule");
     let manifest = |schedule: &str| {
-        format!(
-            "[pack]\nname = \"tiny\"\nfamily = \"sd1\"\npath = {:?}\n\n[pack.defaults]\n\
-             scheduler = \"dpmpp_2m\"\nschedule = \"{schedule}\"\nsteps = 3\nwidth = 64\n\
-             height = 64\n",
-            model.to_str().unwrap()
-        )
+        let defaults = format!(
+            "scheduler = \"dpmpp_2m\"\nschedule = \"{schedule}\"\nsteps = 3\nwidth = 64\nheight = 64\n"
+        );
+        pack_toml("tiny", "tiny-sd", &defaults)
     };
-    std::fs::write(dir.path().join("tiny.toml"), manifest("karras")).unwrap();
-    let output = dir.path().join("out.png");
-    let manifests = dir.path().to_str().unwrap();
-    let args = [
-        "generate",
-        "--manifests",
-        manifests,
-        "--pack",
-        "tiny",
-        "--prompt",
-        "a fox",
-        "--seed",
-        "1",
-        "--quiet",
-        "--output",
-        output.to_str().unwrap(),
-    ];
-    let out = beeswax_cli(&args);
+    let output = dir.join("out.png");
+    let generate = || {
+        let mut cmd = dir.command();
+        cmd.arg("generate")
+            .arg("--manifests")
+            .arg(dir.path())
+            .args([
+                "--pack", "tiny", "--prompt", "a fox", "--seed", "1", "--quiet",
+            ])
+            .arg("--output")
+            .arg(&output);
+        cmd
+    };
+    dir.create("tiny.toml", manifest("karras"));
+    generate().run();
+    let parameters = Png::read(&output).parameters;
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        parameters.contains("Sampler: DPM++ 2M Karras"),
+        "{parameters}"
     );
-    let png = std::fs::read(&output).unwrap();
-    let needle = b"Sampler: DPM++ 2M Karras";
-    assert!(png.windows(needle.len()).any(|w| w == needle));
 
-    std::fs::write(dir.path().join("tiny.toml"), manifest("karas")).unwrap();
-    let out = beeswax_cli(&args);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    for word in [
+    dir.create("tiny.toml", manifest("karas"));
+    generate().assert_fails_with(&[
         "tiny.toml",
         "pack.defaults.schedule",
         "karas",
         "did you mean \"karras\"",
-    ] {
-        assert!(err.contains(word), "{err} lacks {word}");
-    }
+    ]);
 }

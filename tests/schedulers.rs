@@ -13,20 +13,18 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use anyhow::{anyhow, Result};
 use beeswax::noise::NoiseSource;
-use beeswax::schedulers::{self, Churn, Ddim, Euler, Scheduler, SchedulerConfig};
+use beeswax::schedulers::{Churn, Ddim, Euler, Scheduler, SchedulerConfig};
 use candle_core::{DType, Device, Tensor};
+use common::images::assert_run_matches;
+use common::jobs::generate;
+use common::reference::cases;
 use serde::Deserialize;
 
 /// Allowed difference, relative to the reference tensor's largest absolute value.
 const TOLERANCE: f64 = 1e-5;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/schedulers")
-}
 
 #[derive(Deserialize)]
 struct Reference {
@@ -70,20 +68,11 @@ struct Fixtures {
     tensors: HashMap<String, Tensor>,
 }
 
-fn load() -> Result<Fixtures> {
-    let dir = fixtures();
-    let text = std::fs::read_to_string(dir.join("cases.json"))?;
-    let reference: Reference = serde_json::from_str(&text)?;
-    let tensors =
-        candle_core::safetensors::load(dir.join("trajectories.safetensors"), &Device::Cpu)?;
-    Ok(Fixtures { reference, tensors })
-}
-
-impl Fixtures {
-    fn tensor(&self, name: &str) -> Result<&Tensor> {
-        self.tensors
-            .get(name)
-            .ok_or_else(|| anyhow!("fixture tensor {name} missing"))
+/// `fixtures/schedulers/cases.json` and its trajectories.
+fn load() -> Fixtures {
+    Fixtures {
+        reference: common::json("schedulers/cases.json"),
+        tensors: common::load("schedulers/trajectories.safetensors"),
     }
 }
 
@@ -122,7 +111,7 @@ fn scheduler(case: &Case) -> Result<Box<dyn Scheduler>> {
             };
             Box::new(Euler::new(&config, case.steps)?.with_churn(churn)?)
         }
-        (name, _, _) => schedulers::build(name, &config, case.steps)?,
+        (name, _, _) => common::registry().build_named(name, None, &config, case.steps)?,
     })
 }
 
@@ -144,21 +133,38 @@ fn relative_error(actual: &Tensor, expected: &Tensor) -> Result<f64> {
 
 /// Replays a case's trajectory in `dtype`; returns the worst relative error over the steps.
 fn replay(fx: &Fixtures, case: &Case, dtype: DType) -> Result<f64> {
-    let mut sched = scheduler(case)?;
-    let start = fx.tensor("start")?;
-    let samples = fx.tensor(&format!("{}/samples", case.name))?;
-    let scaled = fx.tensors.get(&format!("{}/scaled", case.name));
-    let mut noise = DetNoise { draws: 0 };
+    replay_trajectory(&mut *scheduler(case)?, &case.name, &fx.tensors, dtype)
+}
 
-    let mut sample = (start * sched.init_noise_sigma())?.to_dtype(dtype)?;
+/// Replays the recorded trajectory `name` with `sched` in `dtype`: from the fixtures' `start`
+/// times the initial sigma, the synthetic model output of each step; returns the worst
+/// relative error of the scaled model inputs and the samples over the steps.
+fn replay_trajectory(
+    sched: &mut dyn Scheduler,
+    name: &str,
+    tensors: &HashMap<String, Tensor>,
+    dtype: DType,
+) -> Result<f64> {
+    let get = |k: &str| {
+        tensors
+            .get(k)
+            .ok_or_else(|| anyhow!("fixture tensor {k} missing"))
+    };
+    let samples = get(&format!("{name}/samples"))?;
+    // Absent when diffusers' model input is the sample itself (DDIM's is).
+    let scaled = tensors.get(&format!("{name}/scaled"));
+    let mut sample = (get("start")? * sched.init_noise_sigma())?.to_dtype(dtype)?;
+    let mut noise = DetNoise { draws: 0 };
     let mut worst = 0.0f64;
-    for i in 0..sched.timesteps().len() {
-        let t = sched.timesteps()[i];
+    let timesteps = sched.timesteps().to_vec();
+    for (i, &t) in timesteps.iter().enumerate() {
         let x_in = sched.scale_model_input(&sample, i)?;
         match scaled {
             Some(scaled) => worst = worst.max(relative_error(&x_in, &scaled.get(i)?)?),
-            // DDIM's model input is the sample itself.
-            None => anyhow::ensure!(relative_error(&x_in, &sample)? == 0.0, "step {i}: scaled"),
+            None => anyhow::ensure!(
+                relative_error(&x_in, &sample)? == 0.0,
+                "{name} step {i}: the model input should be the sample"
+            ),
         }
         let model_output = x_in.affine(0.3 * (t / 300.0).cos(), 0.1 * (t / 100.0).sin())?;
         sample = sched.step(&model_output, i, &sample, &mut noise)?;
@@ -170,6 +176,18 @@ fn replay(fx: &Fixtures, case: &Case, dtype: DType) -> Result<f64> {
         worst = worst.max(relative_error(&sample, &samples.get(i)?)?);
     }
     Ok(worst)
+}
+
+/// Prints the three worst relative errors of a `dtype` replay and asserts that none is NaN or
+/// beyond `tolerance`.
+fn assert_worst_within(dtype: &str, mut report: Vec<(f64, String)>, tolerance: f64) {
+    report.sort_by(|a, b| b.0.total_cmp(&a.0));
+    eprintln!("worst {dtype} relative errors: {:?}", &report[..3]);
+    let failed: Vec<_> = report
+        .iter()
+        .filter(|(e, _)| e.is_nan() || *e > tolerance)
+        .collect();
+    assert!(failed.is_empty(), "beyond {tolerance}: {failed:?}");
 }
 
 /// Cases whose timesteps come from sigmas (Karras, exponential, continuous): diffusers' own
@@ -184,7 +202,7 @@ fn sigma_derived(case: &Case) -> bool {
 
 #[test]
 fn timesteps_and_init_noise_sigma_match_diffusers() {
-    let fx = load().unwrap();
+    let fx = load();
     assert!(fx.reference.cases.len() > 70);
     for case in &fx.reference.cases {
         let sched = scheduler(case).unwrap();
@@ -225,49 +243,43 @@ fn timesteps_and_init_noise_sigma_match_diffusers() {
 
 #[test]
 fn trajectories_match_diffusers_in_f64() {
-    let fx = load().unwrap();
+    let fx = load();
     let mut report = Vec::new();
     for case in &fx.reference.cases {
         let err = replay(&fx, case, DType::F64).unwrap();
-        report.push((err, case.name.as_str()));
+        report.push((err, case.name.clone()));
     }
-    report.sort_by(|a, b| b.0.total_cmp(&a.0));
-    eprintln!("worst f64 relative errors: {:?}", &report[..3]);
-    let failed: Vec<_> = report
-        .iter()
-        .filter(|(e, _)| e.is_nan() || *e > TOLERANCE)
-        .collect();
-    assert!(failed.is_empty(), "beyond {TOLERANCE}: {failed:?}");
+    assert_worst_within("f64", report, TOLERANCE);
 }
 
 #[test]
 fn trajectories_match_diffusers_in_f32() {
-    let fx = load().unwrap();
+    let fx = load();
     let mut report = Vec::new();
     for case in &fx.reference.cases {
-        report.push((replay(&fx, case, DType::F32).unwrap(), case.name.as_str()));
+        report.push((replay(&fx, case, DType::F32).unwrap(), case.name.clone()));
     }
-    report.sort_by(|a, b| b.0.total_cmp(&a.0));
-    eprintln!("worst f32 relative errors: {:?}", &report[..3]);
-    let failed: Vec<_> = report
-        .iter()
-        .filter(|(e, _)| e.is_nan() || *e > 1e-4)
-        .collect();
-    assert!(failed.is_empty(), "beyond 1e-4: {failed:?}");
+    assert_worst_within("f32", report, 1e-4);
 }
 
 #[test]
 fn add_noise_matches_diffusers() {
-    let fx = load().unwrap();
-    let original = fx.tensor("add_noise/original").unwrap();
-    let noise = fx.tensor("add_noise/noise").unwrap();
+    let fx = load();
+    let original = &fx.tensors["add_noise/original"];
+    let noise = &fx.tensors["add_noise/noise"];
     assert_eq!(fx.reference.add_noise.len(), 2);
     for case in &fx.reference.add_noise {
-        let sched =
-            schedulers::build(&case.scheduler, &config(&case.config).unwrap(), case.steps).unwrap();
+        let sched = common::registry()
+            .build_named(
+                &case.scheduler,
+                None,
+                &config(&case.config).unwrap(),
+                case.steps,
+            )
+            .unwrap();
         assert!((sched.timesteps()[case.index] - case.timestep).abs() < 1e-9);
         let noisy = sched.add_noise(original, noise, case.index).unwrap();
-        let expected = fx.tensor(&case.name).unwrap();
+        let expected = &fx.tensors[&case.name];
         let err = relative_error(&noisy, expected).unwrap();
         assert!(err <= TOLERANCE, "{}: relative error {err}", case.name);
         let noisy32 = sched
@@ -300,12 +312,11 @@ struct SamplerReference {
     cases: Vec<SamplerCase>,
 }
 
-fn load_samplers() -> Result<(Vec<SamplerCase>, HashMap<String, Tensor>)> {
-    let dir = fixtures();
-    let text = std::fs::read_to_string(dir.join("samplers.json"))?;
-    let reference: SamplerReference = serde_json::from_str(&text)?;
-    let tensors = candle_core::safetensors::load(dir.join("samplers.safetensors"), &Device::Cpu)?;
-    Ok((reference.cases, tensors))
+/// `fixtures/schedulers/samplers.json` and its trajectories.
+fn load_samplers() -> (Vec<SamplerCase>, HashMap<String, Tensor>) {
+    let reference: SamplerReference = common::json("schedulers/samplers.json");
+    let tensors = common::load("schedulers/samplers.safetensors");
+    (reference.cases, tensors)
 }
 
 /// Replays one sampler case in `dtype`: checks the timesteps and `init_noise_sigma` against
@@ -317,7 +328,7 @@ fn replay_sampler(
     dtype: DType,
 ) -> Result<f64> {
     let config = config(&case.config)?;
-    let mut sched = schedulers::build_with(
+    let mut sched = common::registry().build_named(
         &case.scheduler,
         case.schedule.as_deref(),
         &config,
@@ -345,64 +356,29 @@ fn replay_sampler(
         case.name,
         case.init_noise_sigma
     );
-    let get = |k: &str| {
-        tensors
-            .get(k)
-            .ok_or_else(|| anyhow!("fixture tensor {k} missing"))
-    };
-    let samples = get(&format!("{}/samples", case.name))?;
-    // Absent when diffusers' model input is the sample itself.
-    let scaled = tensors.get(&format!("{}/scaled", case.name));
-    let mut sample = (get("start")? * sigma)?.to_dtype(dtype)?;
-    let mut noise = DetNoise { draws: 0 };
-    let mut worst = 0.0f64;
-    for (i, &t) in ts.iter().enumerate() {
-        let x_in = sched.scale_model_input(&sample, i)?;
-        match scaled {
-            Some(scaled) => worst = worst.max(relative_error(&x_in, &scaled.get(i)?)?),
-            None => anyhow::ensure!(
-                relative_error(&x_in, &sample)? == 0.0,
-                "{} step {i}: the model input should be the sample",
-                case.name
-            ),
-        }
-        let model_output = x_in.affine(0.3 * (t / 300.0).cos(), 0.1 * (t / 100.0).sin())?;
-        sample = sched.step(&model_output, i, &sample, &mut noise)?;
-        anyhow::ensure!(
-            sample.dtype() == dtype,
-            "step {i} returned {:?}",
-            sample.dtype()
-        );
-        worst = worst.max(relative_error(&sample, &samples.get(i)?)?);
-    }
-    Ok(worst)
+    replay_trajectory(&mut *sched, &case.name, tensors, dtype)
 }
 
 #[test]
 fn every_builtin_sampler_matches_its_diffusers_class() {
-    let (cases, tensors) = load_samplers().unwrap();
+    let (cases, tensors) = load_samplers();
     let mut covered: HashMap<&str, (bool, bool, Vec<usize>)> = HashMap::new();
     let mut report = Vec::new();
     for case in &cases {
         let err = replay_sampler(case, &tensors, DType::F64)
             .unwrap_or_else(|e| panic!("{}: {e:#}", case.name));
-        report.push((err, case.name.as_str(), &case.class));
+        report.push((err, format!("{} ({})", case.name, case.class)));
         let entry = covered.entry(case.scheduler.as_str()).or_default();
         let prediction = case.config["prediction_type"].as_str().unwrap_or_default();
         entry.0 |= prediction == "epsilon";
         entry.1 |= prediction == "v_prediction";
         entry.2.push(case.steps);
     }
-    report.sort_by(|a, b| b.0.total_cmp(&a.0));
-    eprintln!("worst f64 relative errors: {:?}", &report[..3]);
-    let failed: Vec<_> = report
-        .iter()
-        .filter(|(e, _, _)| e.is_nan() || *e > TOLERANCE)
-        .collect();
-    assert!(failed.is_empty(), "beyond {TOLERANCE}: {failed:?}");
+    assert_worst_within("f64", report, TOLERANCE);
     // Every built-in but DDIM and Euler (covered by `cases.json`) has references for both
     // prediction types and an odd and an even step count.
-    for (name, _) in schedulers::names() {
+    for entry in common::registry().entries() {
+        let name = entry.name.as_str();
         if matches!(name, "ddim" | "euler") {
             continue;
         }
@@ -419,20 +395,14 @@ fn every_builtin_sampler_matches_its_diffusers_class() {
 
 #[test]
 fn every_builtin_sampler_matches_in_f32_too() {
-    let (cases, tensors) = load_samplers().unwrap();
+    let (cases, tensors) = load_samplers();
     let mut report = Vec::new();
     for case in &cases {
         let err = replay_sampler(case, &tensors, DType::F32)
             .unwrap_or_else(|e| panic!("{}: {e:#}", case.name));
-        report.push((err, case.name.as_str()));
+        report.push((err, case.name.clone()));
     }
-    report.sort_by(|a, b| b.0.total_cmp(&a.0));
-    eprintln!("worst f32 relative errors: {:?}", &report[..3]);
-    let failed: Vec<_> = report
-        .iter()
-        .filter(|(e, _)| e.is_nan() || *e > 1e-4)
-        .collect();
-    assert!(failed.is_empty(), "beyond 1e-4: {failed:?}");
+    assert_worst_within("f32", report, 1e-4);
 }
 
 #[test]
@@ -440,7 +410,9 @@ fn step_index_out_of_range_is_an_error_not_a_panic() {
     let config = SchedulerConfig::default();
     let x = Tensor::zeros((1, 4, 2, 2), DType::F32, &Device::Cpu).unwrap();
     for name in ["ddim", "euler"] {
-        let mut sched = schedulers::build(name, &config, 3).unwrap();
+        let mut sched = common::registry()
+            .build_named(name, None, &config, 3)
+            .unwrap();
         let err = sched
             .step(&x, 3, &x, &mut DetNoise { draws: 0 })
             .unwrap_err()
@@ -450,84 +422,19 @@ fn step_index_out_of_range_is_an_error_not_a_panic() {
     }
 }
 
-/// One end-to-end reference run (`make_scheduler_pipeline_fixtures.py`).
-#[derive(Deserialize)]
-struct PipelineCase {
-    file: String,
-    scheduler: String,
-    guidance: f64,
-    width: usize,
-    height: usize,
-    steps: usize,
-    prompt: String,
-    negative_prompt: String,
-}
-
 /// Whole text-to-image runs on the miniature models with DPM++ 2M Karras, UniPC, Heun, LMS,
 /// PLMS and DEIS match diffusers' pipeline: final latents within 1e-3 x std, images within
 /// 2/255 (the engine core's thresholds).
 #[test]
 fn text_to_image_matches_diffusers_with_each_sampler() {
-    use beeswax::manifest::PackDefaults;
-    use beeswax::pipeline::{resolve, text_to_image, JobRequest};
-
     let mut checked = Vec::new();
     for model_name in common::MODELS {
         let model = common::model(model_name);
-        let dir = format!("reference/{model_name}/schedulers");
-        let cases: Vec<PipelineCase> = serde_json::from_str(
-            &std::fs::read_to_string(common::fixture(&format!("{dir}/cases.json"))).unwrap(),
-        )
-        .unwrap();
-        for case in cases {
-            let r = common::load(&format!("{dir}/{}", case.file));
-            let request = JobRequest {
-                prompt: case.prompt.clone(),
-                negative_prompt: Some(case.negative_prompt.clone()),
-                steps: Some(case.steps),
-                guidance: Some(case.guidance),
-                width: Some(case.width),
-                height: Some(case.height),
-                scheduler: Some(case.scheduler.clone()),
-                seed: Some(0),
-                batch: Some(1),
-                init_latents: Some(r["init_latents"].clone()),
-                ..Default::default()
-            };
-            let job = resolve(&model, &PackDefaults::default(), request);
-            let out =
-                text_to_image(&model, &job, &mut |_| std::ops::ControlFlow::Continue(())).unwrap();
+        for case in cases(&format!("reference/{model_name}/schedulers")) {
+            let r = case.tensors();
+            let out = generate(&model, &case.text_job(Some(&r["init_latents"])));
             let what = format!("{model_name} {} ({})", case.file, case.scheduler);
-            common::assert_close_rel_std(
-                &format!("{what} latents"),
-                &out.latents,
-                &r["latents"],
-                1e-3,
-            );
-            let want = (&r["image"] * 255.0).unwrap();
-            let (_, h, w, _) = want.dims4().unwrap();
-            let got = Tensor::from_vec(
-                out.images[0]
-                    .data
-                    .iter()
-                    .map(|&b| b as f32)
-                    .collect::<Vec<_>>(),
-                (h, w, 3),
-                &Device::Cpu,
-            )
-            .unwrap();
-            let diff = (got - want.get(0).unwrap())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(
-                diff <= 2.0,
-                "{what}: max image difference {diff}/255 exceeds 2/255"
-            );
+            assert_run_matches(&what, &out.latents, &out.images, &r, "image");
             checked.push(case.scheduler);
         }
     }

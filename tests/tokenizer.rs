@@ -5,7 +5,9 @@
 //! model (pad `<|endoftext|>`) and the SD2-like one (pad `!`), plus the SD1 ids untruncated.
 //! They come from `tests/fixtures/make_fixtures.py` (`SlowCLIPTokenizer`).
 
-use std::path::PathBuf;
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
 
 use beeswax::tokenizer::ClipTokenizer;
 use serde::Deserialize;
@@ -18,19 +20,13 @@ struct Reference {
     untruncated: Vec<u32>,
 }
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
-
 fn tokenizer(model: &str) -> ClipTokenizer {
-    let dir = fixtures().join("models").join(model).join("tokenizer");
+    let dir = common::model_dir(model).join("tokenizer");
     ClipTokenizer::from_dir(&dir).unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))
 }
 
 fn references() -> Vec<Reference> {
-    let path = fixtures().join("reference/tokenizer_ids.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    common::json("reference/tokenizer_ids.json")
 }
 
 /// Lowercase without whitespace: decoding puts a space after every word and punctuation run.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::models::weights::gemm_layout;
+use crate::weights::gemm_layout;
 
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::Result;

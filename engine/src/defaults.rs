@@ -19,3 +19,12 @@ pub const INPAINT_PADDING: usize = 32;
 /// The sampler used when neither the job, the pack nor the model's scheduler config names one
 /// beeswax has.
 pub const SAMPLER: &str = "euler";
+/// The Hugging Face revision (branch, tag or commit) a pack or LoRA reads when its manifest
+/// names none.
+pub const HUB_REVISION: &str = "main";
+/// The weight of a `[[lora]]` whose manifest gives none.
+pub const LORA_WEIGHT: f64 = 1.0;
+/// Memory cap of a WASM plugin whose manifest sets none, in MiB.
+pub const PLUGIN_MEMORY_MIB: u64 = 256;
+/// Deadline of one WASM plugin call whose manifest sets none, in milliseconds.
+pub const PLUGIN_TIMEOUT_MS: u64 = 10_000;

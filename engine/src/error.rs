@@ -19,12 +19,18 @@ pub enum Error {
     /// The tokenizer could not be loaded or failed on a prompt.
     #[error(transparent)]
     Tokenizer(#[from] crate::tokenizer::TokenizerError),
+    /// A prompt or textual-inversion embedding could not be read.
+    #[error(transparent)]
+    Prompt(#[from] crate::prompt::PromptError),
     /// A scheduler could not be built or stepped.
     #[error(transparent)]
     Scheduler(#[from] crate::schedulers::SchedulerError),
     /// A LoRA could not be found, read, matched or applied.
     #[error(transparent)]
     Lora(Box<crate::lora::LoraError>),
+    /// A GGUF file could not be read, is of another model, or could not be written.
+    #[error(transparent)]
+    Gguf(Box<crate::gguf::GgufError>),
     /// A picture or mask could not be read or does not fit the job.
     #[error(transparent)]
     Image(#[from] crate::image_in::ImageError),
@@ -61,6 +67,19 @@ pub enum Error {
         path: PathBuf,
         /// The underlying error.
         source: std::io::Error,
+    },
+    /// A weights file could not be opened or read.
+    #[error(transparent)]
+    WeightsFile(#[from] crate::weights::WeightsError),
+    /// An extension (a plugin's processor) failed on a job's data.
+    #[error("{kind} {name} failed: {message}")]
+    Extension {
+        /// `pre-processor` or `post-processor`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// What it reported.
+        message: String,
     },
     /// The job was cancelled while running.
     #[error("the job was cancelled")]

@@ -1,14 +1,24 @@
 //! beeswax: a Stable Diffusion inference engine on Candle.
 //!
-//! The crate is organised by domain: model packs and their files ([`manifest`], [`hub`],
-//! [`model_files`]), the text tokenizer ([`tokenizer`]), the networks ([`models`]), the
-//! schedulers ([`schedulers`]), seeded noise ([`noise`]) and the pipelines that tie them
-//! together ([`pipeline`]), plus image output ([`image_out`]) and benchmarks ([`bench`]).
+//! The crate is organised by domain, lower layers first:
+//! - values and files: [`limits`] and [`defaults`] (the one place for allowed values and
+//!   defaults), [`weights`] (the one safetensors reader), [`gguf`] (GGUF files and quantization), [`manifest`] (packs, pipelines and
+//!   other sections of the manifest folder), [`hub`], [`model_files`], [`image_in`],
+//!   [`image_out`], [`params`] (A1111's PNG parameters);
+//! - maths and networks: [`kernels`], [`models`] (CLIP, UNet, VAE), [`tokenizer`],
+//!   [`schedulers`], [`noise`];
+//! - [`family`]: what a model is made of and the seam every pipeline drives ([`family::Model`]);
+//! - [`pipeline`]: one [`pipeline::Job`] type and [`pipeline::run`];
+//! - [`extensions`] (samplers and processors as one value), [`lora`], [`plugins`];
+//! - [`server`]: the HTTP service; the `beeswax` binary sits on top of all of them.
 
 pub mod bench;
 pub mod defaults;
 pub mod device;
 pub mod error;
+pub mod extensions;
+pub mod family;
+pub mod gguf;
 pub mod hub;
 pub mod image_in;
 pub mod image_out;
@@ -22,8 +32,10 @@ pub mod noise;
 pub mod params;
 pub mod pipeline;
 pub mod plugins;
+pub mod prompt;
 pub mod schedulers;
 pub mod server;
 pub mod tokenizer;
+pub mod weights;
 
 pub use error::{Error, Result};

@@ -29,6 +29,13 @@ pub const INPAINT_PADDING: RangeInclusive<usize> = 0..=4096;
 pub const ITERATIONS: RangeInclusive<usize> = 1..=1000;
 /// Preview interval in steps.
 pub const PREVIEW_EVERY: RangeInclusive<usize> = 1..=1000;
+/// Images one request may make in all (batch x iterations, OpenAI's `n`): the range of a
+/// pipeline's `max_images`.
+pub const IMAGES: RangeInclusive<usize> = 1..=64;
+/// Memory cap a WASM plugin's manifest may set, in MiB (wasm32 addresses at most 4 GiB).
+pub const PLUGIN_MEMORY_MIB: RangeInclusive<u64> = 1..=4096;
+/// Deadline of one WASM plugin call a manifest may set, in milliseconds.
+pub const PLUGIN_TIMEOUT_MS: RangeInclusive<u64> = 1..=600_000;
 /// Longest prompt in characters (bounds memory; CLIP reads 75-token chunks).
 pub const PROMPT_CHARS: usize = 20_000;
 

@@ -1,6 +1,8 @@
 //! Generation parameters as AUTOMATIC1111 writes them into a PNG's `parameters` text chunk, so
 //! that tools which read A1111 images (and "PNG Info") understand ours.
 
+use crate::pipeline::{Input, Job};
+
 /// What produced one image.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationParams {
@@ -24,9 +26,36 @@ pub struct GenerationParams {
     pub model: String,
     /// CLIP skip, AUTOMATIC1111 semantics (1 = none; written only when above 1).
     pub clip_skip: usize,
+    /// Image-to-image strength (image jobs only).
+    pub denoising_strength: Option<f64>,
+    /// Mask blur (inpainting jobs only).
+    pub mask_blur: Option<f32>,
 }
 
 impl GenerationParams {
+    /// The parameters of image `index` of `job` (seed `seed + index`), made with the sampler
+    /// called `sampler` (its A1111 display name) by model `model`.
+    pub fn for_image(job: &Job, index: usize, sampler: &str, model: &str) -> Self {
+        let s = &job.settings;
+        Self {
+            prompt: s.prompt.clone(),
+            negative_prompt: s.negative_prompt.clone(),
+            steps: s.steps,
+            sampler: sampler.to_string(),
+            guidance: s.guidance,
+            seed: s.seed.wrapping_add(index as u64),
+            width: s.width,
+            height: s.height,
+            model: model.to_string(),
+            clip_skip: s.clip_skip,
+            denoising_strength: job.input.image().map(|i| i.strength),
+            mask_blur: match &job.input {
+                Input::Inpaint { mask, .. } => Some(mask.blur),
+                _ => None,
+            },
+        }
+    }
+
     /// The A1111 `parameters` text: prompt line, optional negative prompt line, settings line.
     pub fn to_a1111(&self) -> String {
         let mut text = self.prompt.clone();
@@ -40,6 +69,12 @@ impl GenerationParams {
         ));
         if self.clip_skip > 1 {
             text.push_str(&format!(", Clip skip: {}", self.clip_skip));
+        }
+        if let Some(strength) = self.denoising_strength {
+            text.push_str(&format!(", Denoising strength: {strength}"));
+        }
+        if let Some(blur) = self.mask_blur {
+            text.push_str(&format!(", Mask blur: {blur}"));
         }
         text.push_str(&format!(", Version: beeswax {}", env!("CARGO_PKG_VERSION")));
         text
@@ -63,6 +98,8 @@ mod tests {
             height: 768,
             model: "tiny-sd".into(),
             clip_skip: 2,
+            denoising_strength: None,
+            mask_blur: None,
         };
         let text = p.to_a1111();
         assert!(text.starts_with(

@@ -1,13 +1,35 @@
-//! Shared helpers for the integration tests: fixture paths and tensor comparisons.
-#![allow(dead_code, clippy::unwrap_used)]
+//! The shared test harness of the integration tests (each `tests/*.rs` file includes it with
+//! `mod common;`):
+//!
+//! - [`command`]: a fresh temp folder per test ([`command::Dir`]) and [`command::TestCommand`],
+//!   which runs the real `beeswax` binary and reports its output readably when it fails; helpers
+//!   that write manifests for the fixture models;
+//! - [`server`]: the HTTP service on a loopback port (in this process, or the real binary), HTTP
+//!   helpers, waits with generous timeouts;
+//! - [`reference`]: the one loader of the fixture scripts' reference cases (`cases.json` + their
+//!   tensors); [`jobs`]: the one place that builds library job values (from a case) and runs them;
+//! - [`compare`]: tensor comparisons (latents within a multiple of the reference's std);
+//!   [`images`]: the one image comparison (2/255) and PNG helpers;
+//! - [`lora`]: the LoRA fixtures.
+#![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use beeswax::pipeline::{LoadOptions, StableDiffusion};
-use candle_core::{DType, Device, Tensor};
+use beeswax::family::{self, LoadOptions, Model};
+use beeswax::schedulers::Registry;
+use candle_core::{DType, Device};
 
+pub mod command;
+pub mod compare;
+pub mod images;
+pub mod jobs;
 pub mod lora;
+pub mod manifests;
+pub mod reference;
+pub mod server;
+
+pub use compare::{assert_close_rel_std, max_diff_and_std};
+pub use reference::{json, load};
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -19,70 +41,29 @@ pub fn fixture(rel: &str) -> PathBuf {
     root().join("tests/fixtures").join(rel)
 }
 
+/// The folder of the miniature model `name` (under `tests/fixtures/models/`).
+pub fn model_dir(name: &str) -> PathBuf {
+    fixture(&format!("models/{name}"))
+}
+
 /// The miniature models the fixture script made.
 pub const MODELS: [&str; 2] = ["tiny-sd", "tiny-sd2"];
 
-/// The decoded pixels of the PNG at `path`.
-pub fn png_pixels(path: &Path) -> Vec<u8> {
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    reader.next_frame(&mut buf).unwrap();
-    buf
+/// The miniature model `name` (under `tests/fixtures/models/`), in f32 on the CPU, its family
+/// detected from its files.
+pub fn model(name: &str) -> Model {
+    family::load(&model_dir(name), None, &cpu_f32()).unwrap()
 }
 
-/// The miniature model `name` (under `tests/fixtures/models/`), in f32 on the CPU.
-pub fn model(name: &str) -> StableDiffusion {
-    StableDiffusion::load(
-        &fixture(&format!("models/{name}")),
-        &LoadOptions {
-            device: Device::Cpu,
-            dtype: DType::F32,
-        },
-    )
-    .unwrap()
+/// The built-in samplers.
+pub fn registry() -> Registry {
+    Registry::with_builtins()
 }
 
-/// Loads every tensor of a reference safetensors file (as f32 unless integer).
-pub fn load(rel: &str) -> HashMap<String, Tensor> {
-    let path = fixture(rel);
-    candle_core::safetensors::load(&path, &Device::Cpu)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// Largest absolute difference and the reference's standard deviation.
-pub fn max_diff_and_std(got: &Tensor, want: &Tensor) -> (f32, f32) {
-    assert_eq!(got.dims(), want.dims(), "shapes differ");
-    let got = got.to_dtype(DType::F32).unwrap();
-    let want = want.to_dtype(DType::F32).unwrap();
-    let diff = (&got - &want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let mean = want.mean_all().unwrap().to_scalar::<f32>().unwrap();
-    let var = want
-        .affine(1.0, -(mean as f64))
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .mean_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    (diff, var.sqrt())
-}
-
-/// Asserts `got` is within `tol` x std(want) of `want` everywhere.
-pub fn assert_close_rel_std(what: &str, got: &Tensor, want: &Tensor, tol: f32) {
-    let (diff, std) = max_diff_and_std(got, want);
-    assert!(std > 0.0, "{what}: reference is constant");
-    assert!(
-        diff <= tol * std,
-        "{what}: max |diff| {diff:.3e} exceeds {tol} x std {std:.3e}"
-    );
-    eprintln!("{what}: max |diff| {diff:.3e} ({:.2e} x std)", diff / std);
+/// Load options for the tests: f32 on the CPU.
+pub fn cpu_f32() -> LoadOptions {
+    LoadOptions {
+        device: Device::Cpu,
+        dtype: DType::F32,
+    }
 }

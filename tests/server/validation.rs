@@ -1,31 +1,103 @@
 //! Bad input and guarded routes: the 4xx table, the API key, operations routes, pipeline
 //! manifest errors, and pictures that are not images or are decompression bombs.
 
+use beeswax::extensions::Extensions;
+use beeswax::server::Limits;
+use common::server::tiny_manifests;
+
 use super::*;
 
-/// One row of the bad-input table.
-struct Row {
-    what: &'static str,
-    path: &'static str,
-    body: Vec<u8>,
-    status: u16,
-    needle: &'static str,
-}
+/// The bad-input table: (what, route, JSON body, status, what the message must contain).
+#[rustfmt::skip]
+const BAD_INPUT: &[(&str, &str, &str, u16, &str)] = &[
+    ("malformed JSON", "/v1/jobs", r#"{"prompt": "#, 400, "not valid JSON"),
+    ("wrong type (steps)", "/v1/jobs", r#"{"prompt": "x", "steps": "many"}"#, 400,
+     "field `steps`: invalid type: string \"many\", expected a whole number"),
+    ("wrong type (prompt)", "/v1/jobs", r#"{"prompt": 5}"#, 400, "field `prompt`"),
+    ("missing prompt", "/v1/jobs", r#"{"steps": 5}"#, 400, "missing field `prompt`"),
+    ("unknown field", "/v1/jobs", r#"{"prompt": "x", "stepz": 5}"#, 400, "unknown field `stepz`"),
+    ("unknown pipeline", "/v1/jobs", r#"{"prompt": "x", "pipeline": "nope"}"#, 400,
+     "unknown pipeline `nope`: available: tiny-fast, tiny-sd"),
+    ("unknown sampler", "/v1/jobs", r#"{"prompt": "x", "scheduler": "warp_drive"}"#, 400,
+     "warp_drive"),
+    ("unknown schedule", "/v1/jobs", r#"{"prompt": "x", "schedule": "wobbly"}"#, 400, "wobbly"),
+    ("width not a multiple of 8", "/v1/jobs", r#"{"prompt": "x", "width": 65}"#, 400,
+     "width 65 is not a multiple of 8"),
+    ("width over the limit", "/v1/jobs", r#"{"prompt": "x", "pipeline": "tiny-sd", "width": 4096}"#,
+     400, "width 4096 is over this server's limit of 2048"),
+    ("height over the pipeline's limit", "/v1/jobs",
+     r#"{"prompt": "x", "pipeline": "tiny-fast", "height": 256}"#, 400,
+     "height 256 is over this server's limit of 128"),
+    ("steps over the limit", "/v1/jobs", r#"{"prompt": "x", "pipeline": "tiny-sd", "steps": 151}"#,
+     400, "steps 151 is over this server's limit of 150"),
+    ("zero steps", "/v1/jobs", r#"{"prompt": "x", "steps": 0}"#, 400,
+     "steps must be at least 1 (got 0)"),
+    ("batch over the limit", "/v1/jobs", r#"{"prompt": "x", "pipeline": "tiny-sd", "batch": 9}"#,
+     400, "batch 9 is over this server's limit of 8"),
+    ("guidance out of range", "/v1/jobs", r#"{"prompt": "x", "guidance": 1000.0}"#, 400,
+     "guidance must be between 0 and 100"),
+    ("negative n", "/v1/images/generations", r#"{"prompt": "x", "n": -1}"#, 400,
+     "n must be at least 1 (got -1)"),
+    ("n over the limit", "/v1/images/generations", r#"{"prompt": "x", "model": "tiny-sd", "n": 100}"#,
+     400, "n 100 is over this server's limit of 8"),
+    ("bad size", "/v1/images/generations", r#"{"prompt": "x", "size": "huge"}"#, 400,
+     "size `huge` is not WIDTHxHEIGHT"),
+    ("size over the limit", "/v1/images/generations",
+     r#"{"prompt": "x", "model": "tiny-sd", "size": "4096x64"}"#, 400,
+     "size 4096 is over this server's limit of 2048"),
+    ("unknown model", "/v1/images/generations", r#"{"prompt": "x", "model": "dall-e-9"}"#, 404,
+     "unknown model `dall-e-9`"),
+    ("bad response_format", "/v1/images/generations",
+     r#"{"prompt": "x", "response_format": "gif"}"#, 400, "response_format `gif`"),
+    ("A1111 wrong type", "/sdapi/v1/txt2img", r#"{"prompt": "x", "cfg_scale": "high"}"#, 400,
+     "field `cfg_scale`"),
+    ("A1111 unknown sampler", "/sdapi/v1/txt2img", r#"{"prompt": "x", "sampler_name": "Warp Drive"}"#,
+     400, "Warp Drive"),
+    ("A1111 unknown checkpoint", "/sdapi/v1/txt2img",
+     r#"{"prompt": "x", "override_settings": {"sd_model_checkpoint": "sd-99"}}"#, 400,
+     "unknown override_settings.sd_model_checkpoint `sd-99`"),
+    ("A1111 width not a multiple of 8", "/sdapi/v1/txt2img", r#"{"prompt": "x", "width": 100}"#,
+     400, "width 100 is not a multiple of 8"),
+];
 
-fn row(
-    what: &'static str,
-    path: &'static str,
-    body: Value,
+/// POSTs `body` as JSON to `path`; asserts the answer's status and that its message (A1111's
+/// `detail`, else `error.message`) contains `needle`; then that the server still serves.
+async fn refuses(
+    server: &TestServer,
+    what: &str,
+    path: &str,
+    body: String,
     status: u16,
-    needle: &'static str,
-) -> Row {
-    Row {
-        what,
-        path,
-        body: body.to_string().into_bytes(),
-        status,
-        needle,
-    }
+    needle: &str,
+) {
+    let c = client();
+    let response = c
+        .post(server.at(path))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let got = response.status().as_u16();
+    let body: Value = response
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: not JSON: {e}"));
+    let message = if path.starts_with("/sdapi") {
+        body["detail"].as_str()
+    } else {
+        body["error"]["message"].as_str()
+    };
+    let message = message.unwrap_or_default();
+    assert_eq!(got, status, "{what}: {body}");
+    assert!(
+        message.contains(needle),
+        "{what}: {message:?} lacks {needle:?}"
+    );
+    eprintln!("{what:<36} {status} {message}");
+    // ...and the server serves the next request normally.
+    let next = c.get(server.at("/v1/pipelines")).send().await.unwrap();
+    assert_eq!(next.status(), 200, "after {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,253 +107,34 @@ async fn bad_input_table_each_gets_a_4xx_naming_the_problem() {
         ..config()
     })
     .await;
-    let rows = vec![
-        Row {
-            what: "malformed JSON",
-            path: "/v1/jobs",
-            body: b"{\"prompt\": ".to_vec(),
-            status: 400,
-            needle: "not valid JSON",
-        },
-        row(
-            "wrong type (steps)",
-            "/v1/jobs",
-            json!({"prompt": "x", "steps": "many"}),
-            400,
-            "field `steps`: invalid type: string \"many\", expected a whole number",
-        ),
-        row(
-            "wrong type (prompt)",
-            "/v1/jobs",
-            json!({"prompt": 5}),
-            400,
-            "field `prompt`",
-        ),
-        row(
-            "missing prompt",
-            "/v1/jobs",
-            json!({"steps": 5}),
-            400,
-            "missing field `prompt`",
-        ),
-        row(
-            "unknown field",
-            "/v1/jobs",
-            json!({"prompt": "x", "stepz": 5}),
-            400,
-            "unknown field `stepz`",
-        ),
-        row(
-            "unknown pipeline",
-            "/v1/jobs",
-            json!({"prompt": "x", "pipeline": "nope"}),
-            400,
-            "unknown pipeline `nope`: available: tiny-fast, tiny-sd",
-        ),
-        row(
-            "unknown sampler",
-            "/v1/jobs",
-            json!({"prompt": "x", "scheduler": "warp_drive"}),
-            400,
-            "warp_drive",
-        ),
-        row(
-            "unknown schedule",
-            "/v1/jobs",
-            json!({"prompt": "x", "schedule": "wobbly"}),
-            400,
-            "wobbly",
-        ),
-        row(
-            "width not a multiple of 8",
-            "/v1/jobs",
-            json!({"prompt": "x", "width": 65}),
-            400,
-            "width 65 is not a multiple of 8",
-        ),
-        row(
-            "width over the limit",
-            "/v1/jobs",
-            json!({"prompt": "x", "pipeline": "tiny-sd", "width": 4096}),
-            400,
-            "width 4096 is over this server's limit of 2048",
-        ),
-        row(
-            "height over the pipeline's limit",
-            "/v1/jobs",
-            json!({"prompt": "x", "pipeline": "tiny-fast", "height": 256}),
-            400,
-            "height 256 is over this server's limit of 128",
-        ),
-        row(
-            "steps over the limit",
-            "/v1/jobs",
-            json!({"prompt": "x", "pipeline": "tiny-sd", "steps": 151}),
-            400,
-            "steps 151 is over this server's limit of 150",
-        ),
-        row(
-            "zero steps",
-            "/v1/jobs",
-            json!({"prompt": "x", "steps": 0}),
-            400,
-            "steps must be at least 1 (got 0)",
-        ),
-        row(
-            "batch over the limit",
-            "/v1/jobs",
-            json!({"prompt": "x", "pipeline": "tiny-sd", "batch": 9}),
-            400,
-            "batch 9 is over this server's limit of 8",
-        ),
-        row(
-            "guidance out of range",
-            "/v1/jobs",
-            json!({"prompt": "x", "guidance": 1000.0}),
-            400,
-            "guidance must be between 0 and 100",
-        ),
-        row(
-            "negative n",
-            "/v1/images/generations",
-            json!({"prompt": "x", "n": -1}),
-            400,
-            "n must be at least 1 (got -1)",
-        ),
-        row(
-            "n over the limit",
-            "/v1/images/generations",
-            json!({"prompt": "x", "model": "tiny-sd", "n": 100}),
-            400,
-            "n 100 is over this server's limit of 8",
-        ),
-        row(
-            "bad size",
-            "/v1/images/generations",
-            json!({"prompt": "x", "size": "huge"}),
-            400,
-            "size `huge` is not WIDTHxHEIGHT",
-        ),
-        row(
-            "size over the limit",
-            "/v1/images/generations",
-            json!({"prompt": "x", "model": "tiny-sd", "size": "4096x64"}),
-            400,
-            "size 4096 is over this server's limit of 2048",
-        ),
-        row(
-            "unknown model",
-            "/v1/images/generations",
-            json!({"prompt": "x", "model": "dall-e-9"}),
-            404,
-            "unknown model `dall-e-9`",
-        ),
-        row(
-            "bad response_format",
-            "/v1/images/generations",
-            json!({"prompt": "x", "response_format": "gif"}),
-            400,
-            "response_format `gif`",
-        ),
-        row(
-            "A1111 wrong type",
-            "/sdapi/v1/txt2img",
-            json!({"prompt": "x", "cfg_scale": "high"}),
-            400,
-            "field `cfg_scale`",
-        ),
-        row(
-            "A1111 unknown sampler",
-            "/sdapi/v1/txt2img",
-            json!({"prompt": "x", "sampler_name": "Warp Drive"}),
-            400,
-            "Warp Drive",
-        ),
-        row(
-            "A1111 unknown checkpoint",
-            "/sdapi/v1/txt2img",
-            json!({"prompt": "x", "override_settings": {"sd_model_checkpoint": "sd-99"}}),
-            400,
-            "unknown override_settings.sd_model_checkpoint `sd-99`",
-        ),
-        row(
-            "A1111 width not a multiple of 8",
-            "/sdapi/v1/txt2img",
-            json!({"prompt": "x", "width": 100}),
-            400,
-            "width 100 is not a multiple of 8",
-        ),
-        Row {
-            what: "huge body",
-            path: "/v1/jobs",
-            body: format!("{{\"prompt\": \"{}\"}}", "x".repeat(1 << 20)).into_bytes(),
-            status: 413,
-            needle: "larger than the limit of 65536 bytes",
-        },
-    ];
-    let c = client();
-    for r in rows {
-        let response = c
-            .post(server.at(r.path))
-            .header("content-type", "application/json")
-            .body(r.body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        let body: Value = response
-            .json()
-            .await
-            .unwrap_or_else(|e| panic!("{}: not JSON: {e}", r.what));
-        let message = if r.path.starts_with("/sdapi") {
-            body["detail"].as_str().unwrap_or_default().to_string()
-        } else {
-            body["error"]["message"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        };
-        assert_eq!(status, r.status, "{}: {body}", r.what);
-        assert!(
-            message.contains(r.needle),
-            "{}: {message:?} lacks {:?}",
-            r.what,
-            r.needle
-        );
-        eprintln!("{:<36} {status} {message}", r.what);
-        // ...and the server serves the next request normally.
-        let next = c.get(server.at("/v1/pipelines")).send().await.unwrap();
-        assert_eq!(next.status(), 200, "after {}", r.what);
+    for &(what, path, body, status, needle) in BAD_INPUT {
+        refuses(&server, what, path, body.to_string(), status, needle).await;
     }
+    let huge = format!("{{\"prompt\": \"{}\"}}", "x".repeat(1 << 20));
+    let needle = "larger than the limit of 65536 bytes";
+    refuses(&server, "huge body", "/v1/jobs", huge, 413, needle).await;
     for (what, method, path, status) in [
         ("unknown route", "GET", "/v1/nothing", 404),
         ("unknown job", "GET", "/v1/jobs/not-a-job", 404),
         ("wrong method", "PUT", "/v1/jobs", 405),
     ] {
-        let response = c
+        let response = client()
             .request(method.parse().unwrap(), server.at(path))
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), status, "{what}");
-        let body: Value = response.json().await.unwrap();
-        assert!(
-            body["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains(path.rsplit('/').next().unwrap()),
-            "{what}: {body}"
-        );
+        let body = expect_json(response, status).await;
+        let message = body["error"]["message"].as_str().unwrap();
+        let name = path.rsplit('/').next().unwrap();
+        assert!(message.contains(name), "{what}: {body}");
     }
     // After all that, a generation still works.
-    let r: Value = post(
+    let r = post(
         &server.at("/v1/images/generations"),
         json!({"prompt": "fine", "size": "64x64", "response_format": "b64_json", "steps": 2}),
     )
-    .await
-    .json()
-    .await
-    .unwrap();
+    .await;
+    let r = expect_json(r, 200).await;
     assert!(
         r["data"][0]["b64_json"].as_str().unwrap().len() > 100,
         "{r}"
@@ -337,25 +190,16 @@ async fn api_key_guards_everything_but_health() {
 async fn operations_routes_health_metrics_openapi_and_request_ids() {
     let server = TestServer::start(config()).await;
     let c = client();
-    let health: Value = c
-        .get(server.at("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = get_json(&server.at("/health")).await;
     assert_eq!(health["status"], "ok");
     assert_eq!(health["models_loaded"], 1);
 
-    let r: Value = post(
+    let r = post(
         &server.at("/v1/images/generations"),
         json!({"prompt": "m", "steps": 3}),
     )
-    .await
-    .json()
-    .await
-    .unwrap();
+    .await;
+    let r = expect_json(r, 200).await;
     assert!(
         r["data"][0]["url"]
             .as_str()
@@ -381,14 +225,7 @@ async fn operations_routes_health_metrics_openapi_and_request_ids() {
         assert!(metrics.contains(needle), "{needle} missing:\n{metrics}");
     }
 
-    let api: Value = c
-        .get(server.at("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let api = get_json(&server.at("/openapi.json")).await;
     assert_eq!(api["openapi"], "3.1.0");
     for path in [
         "/v1/pipelines",
@@ -414,12 +251,8 @@ async fn operations_routes_health_metrics_openapi_and_request_ids() {
 
 #[test]
 fn pipeline_manifest_errors_name_file_line_and_field() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = manifests(dir.path());
-    let options = LoadOptions {
-        device: Device::Cpu,
-        dtype: DType::F32,
-    };
+    let dir = common::command::Dir::new("pipeline-errors");
+    let m = tiny_manifests(dir.path());
     let original = std::fs::read_to_string(m.join("tiny.toml")).unwrap();
     for (from, to, needles) in [
         (
@@ -464,7 +297,7 @@ fn pipeline_manifest_errors_name_file_line_and_field() {
     ] {
         assert!(original.contains(from), "{from}");
         std::fs::write(m.join("tiny.toml"), original.replace(from, to)).unwrap();
-        let err = Catalog::load(&m, &options, false, Limits::default())
+        let err = common::manifests::catalog(&m, Limits::default(), &Extensions::builtin())
             .unwrap_err()
             .to_string();
         for n in needles {

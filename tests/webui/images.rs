@@ -27,7 +27,7 @@ img.src = window.__posts[window.__posts.length - 1].mask;
 "#;
 
 #[tokio::test]
-#[ignore] // needs: chromium + chromedriver
+#[ignore = "needs: browser (chromium + chromedriver)"]
 async fn a_painted_mask_is_sent_with_the_inpainting_job() {
     let _one = ONE_BROWSER.lock().await;
     let server = Server::start(&[]);
@@ -126,7 +126,7 @@ async fn a_painted_mask_is_sent_with_the_inpainting_job() {
 }
 
 #[tokio::test]
-#[ignore] // needs: chromium + chromedriver
+#[ignore = "needs: browser (chromium + chromedriver)"]
 async fn gallery_images_open_large_and_their_parameters_fill_the_form() {
     let _one = ONE_BROWSER.lock().await;
     let server = Server::start(&[]);

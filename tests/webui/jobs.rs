@@ -4,7 +4,7 @@
 use super::*;
 
 #[tokio::test]
-#[ignore] // needs: chromium + chromedriver
+#[ignore = "needs: browser (chromium + chromedriver)"]
 async fn generate_shows_progress_and_previews_then_the_image_in_the_gallery() {
     let _one = ONE_BROWSER.lock().await;
     let server = Server::start(&[]);
@@ -59,7 +59,7 @@ async fn generate_shows_progress_and_previews_then_the_image_in_the_gallery() {
 }
 
 #[tokio::test]
-#[ignore] // needs: chromium + chromedriver
+#[ignore = "needs: browser (chromium + chromedriver)"]
 async fn cancel_stops_a_running_job() {
     let _one = ONE_BROWSER.lock().await;
     let server = Server::start(&[]);
@@ -93,7 +93,7 @@ async fn cancel_stops_a_running_job() {
 }
 
 #[tokio::test]
-#[ignore] // needs: chromium + chromedriver
+#[ignore = "needs: browser (chromium + chromedriver)"]
 async fn three_queued_jobs_complete_in_order() {
     let _one = ONE_BROWSER.lock().await;
     let server = Server::start(&[]);
@@ -210,7 +210,7 @@ impl Proxy {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore] // needs: chromium + chromedriver
+#[ignore = "needs: browser (chromium + chromedriver)"]
 async fn a_dropped_event_stream_reconnects_and_resumes() {
     let _one = ONE_BROWSER.lock().await;
     let server = Server::start(&[]);

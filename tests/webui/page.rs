@@ -3,7 +3,7 @@
 use super::*;
 
 #[tokio::test]
-#[ignore] // needs: chromium + chromedriver
+#[ignore = "needs: browser (chromium + chromedriver)"]
 async fn the_page_asks_for_the_api_key_once_and_keeps_it_for_the_tab() {
     let _one = ONE_BROWSER.lock().await;
     let server = Server::start(&["--api-key", "s3cret"]);
@@ -62,7 +62,7 @@ async fn the_page_asks_for_the_api_key_once_and_keeps_it_for_the_tab() {
 }
 
 #[tokio::test]
-#[ignore] // needs: chromium + chromedriver
+#[ignore = "needs: browser (chromium + chromedriver)"]
 async fn phone_width_fits_without_horizontal_scrolling_and_every_input_has_a_label() {
     let _one = ONE_BROWSER.lock().await;
     let server = Server::start(&[]);

@@ -83,19 +83,7 @@ pub fn conv2d(
     let pixels = g.oh * g.ow;
     let w2 = weight.reshape((co, k))?;
     let bias = conv.bias().map(to_vec).transpose()?;
-    let residual = match residual {
-        Some(r) => {
-            if r.dims() != [b, co, g.oh, g.ow] {
-                candle_core::bail!(
-                    "conv residual {:?} does not match output {:?}",
-                    r.dims(),
-                    [b, co, g.oh, g.ow]
-                )
-            }
-            Some(r.contiguous()?)
-        }
-        None => None,
-    };
+    let residual = checked_residual(residual, [b, co, g.oh, g.ow])?;
     let wshape = winograd::Shape { c, h, w, co };
     if kh == 3 && kw == 3 && stride == 1 && pad == 1 && winograd::pays_off(&wshape) {
         return by_winograd(
@@ -109,22 +97,7 @@ pub fn conv2d(
     }
     let identity = kh == 1 && kw == 1 && stride == 1 && pad == 0;
 
-    let rows = if identity {
-        g.oh
-    } else {
-        (COLS_BUDGET / (k * g.ow)).clamp(1, g.oh)
-    };
-    let mut pieces = Vec::new();
-    for b0 in 0..b {
-        for r0 in (0..g.oh).step_by(rows) {
-            pieces.push(Piece {
-                b0,
-                nb: 1,
-                r0,
-                nr: rows.min(g.oh - r0),
-            });
-        }
-    }
+    let pieces = pieces(&g, b, k, identity);
 
     let mut out = vec![0f32; b * co * pixels];
     for piece in pieces {
@@ -147,6 +120,45 @@ pub fn conv2d(
         }
     }
     Tensor::from_vec(out, (b, co, g.oh, g.ow), xs.device())
+}
+
+/// The residual, contiguous, after checking it has the output's shape `want`.
+fn checked_residual(residual: Option<&Tensor>, want: [usize; 4]) -> Result<Option<Tensor>> {
+    match residual {
+        Some(r) => {
+            if r.dims() != want {
+                candle_core::bail!(
+                    "conv residual {:?} does not match output {:?}",
+                    r.dims(),
+                    want
+                )
+            }
+            Ok(Some(r.contiguous()?))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The pieces the output is computed in: per image, bands of output rows whose im2col columns
+/// fit [`COLS_BUDGET`] (the whole image for a 1x1 identity convolution, which needs none).
+fn pieces(g: &Geometry, batch: usize, k: usize, identity: bool) -> Vec<Piece> {
+    let rows = if identity {
+        g.oh
+    } else {
+        (COLS_BUDGET / (k * g.ow)).clamp(1, g.oh)
+    };
+    let mut pieces = Vec::new();
+    for b0 in 0..batch {
+        for r0 in (0..g.oh).step_by(rows) {
+            pieces.push(Piece {
+                b0,
+                nb: 1,
+                r0,
+                nr: rows.min(g.oh - r0),
+            });
+        }
+    }
+    pieces
 }
 
 /// The 3x3 convolution by [`winograd`], all images at once.
@@ -290,19 +302,9 @@ fn place_piece(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::test_util::max_diff;
     use candle_core::Device;
     use candle_nn::Conv2dConfig;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     fn check(
         b: usize,

@@ -20,12 +20,17 @@ pub(crate) struct MatMut<'a> {
     pub stride: usize,
 }
 
-/// Elements a view spans: up to the last element of its last row.
+/// Elements a view spans: up to the last element of its last row; `usize::MAX` when that
+/// does not fit a `usize` (so that the bounds asserts fail instead of wrapping in release
+/// builds).
 fn span(rows: usize, cols: usize, stride: usize) -> usize {
     if rows == 0 || cols == 0 {
         0
     } else {
-        (rows - 1) * stride + cols
+        (rows - 1)
+            .checked_mul(stride)
+            .and_then(|s| s.checked_add(cols))
+            .unwrap_or(usize::MAX)
     }
 }
 

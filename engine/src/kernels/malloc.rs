@@ -10,8 +10,8 @@
 //! The cost is that memory freed after the peak is kept by the process (up to the trim
 //! threshold) rather than returned to the OS; peak RSS itself does not grow.
 //!
-//! This module holds the crate's only `unsafe` besides memory-mapping weights: the `mallopt`
-//! calls themselves. `mallopt` only changes allocator parameters and is safe to call at any time
+//! The `mallopt` calls are one of the crate's three `unsafe` places (with the GEMM wrapper in
+//! [`super::gemm`] and the native plugin loader in [`crate::plugins::native`]). `mallopt` only changes allocator parameters and is safe to call at any time
 //! (glibc serialises it with the allocator's own lock); we call it once, at the start of `main`.
 
 /// Freed heap memory above this much at the top of the heap is returned to the OS.

@@ -2,7 +2,8 @@
 //! Diffusion (see `../shared/notes/performance-profile.md`): 3x3 convolutions by Winograd's
 //! F(2x2, 3x3) on larger maps and as one GEMM on the native weight layout otherwise,
 //! single-pass group norm (+ SiLU), fused GEGLU, bias and residual adds folded into one pass,
-//! and a fused block attention that never holds the full score matrix.
+//! a fused block attention that never holds the full score matrix, and FLUX's per-head RMS
+//! norm + rotary embedding in one pass.
 //!
 //! Every kernel takes and returns candle [`Tensor`](candle_core::Tensor)s. The fast paths run
 //! on CPU f32 tensors; any other device or dtype falls back to candle's plain ops, so results
@@ -22,10 +23,14 @@ mod gemm;
 pub mod group_norm;
 pub mod malloc;
 mod math;
+pub mod rope;
 mod slices;
+#[cfg(test)]
+mod test_util;
 mod winograd;
 
 pub use attention::attention;
 pub use conv::conv2d;
 pub use elementwise::{geglu, linear};
 pub use group_norm::GroupNorm;
+pub use rope::rms_norm_rope;

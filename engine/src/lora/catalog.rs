@@ -30,10 +30,10 @@ use std::time::SystemTime;
 use serde::Deserialize;
 
 use super::file::LoraFile;
-pub use super::manifest::{load_dir, LoraEntryRaw, LoraSetMemberRaw, LoraSetRaw};
 use super::merge::WeightedLora;
 use super::LoraError;
 use crate::hub::{self, HubError};
+use crate::manifest::{ManifestError, ManifestFolder};
 use crate::Result;
 
 /// Where a LoRA file lives.
@@ -207,6 +207,19 @@ impl LoraCatalog {
         }
     }
 
+    /// The `[[lora]]` and `[[lora_set]]` entries of the parsed manifest folder (see
+    /// [`super::manifest`]), with the default weight range.
+    pub fn from_manifests(folder: &ManifestFolder<'_>) -> std::result::Result<Self, ManifestError> {
+        super::manifest::catalog(folder)
+    }
+
+    /// Every name a job may give: the `[[lora_set]]` names, then the `[[lora]]` names.
+    pub fn names(&self) -> Vec<String> {
+        (self.sets.iter().map(|s| s.name.clone()))
+            .chain(self.entries.iter().map(|e| e.name.clone()))
+            .collect()
+    }
+
     /// The entry called `name`.
     pub fn entry(&self, name: &str) -> Option<&LoraEntry> {
         self.entries.iter().find(|e| e.name == name)
@@ -353,7 +366,7 @@ impl LoraCatalog {
                 .into());
             }
         }
-        let file = Arc::new(LoraFile::from_bytes(path, &bytes)?);
+        let file = Arc::new(LoraFile::read(path)?);
         cache.insert(
             path.to_path_buf(),
             Cached {

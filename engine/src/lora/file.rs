@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 use super::LoraError;
+use crate::weights::SafetensorsFile;
 
 /// A parameter of one LoRA module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -205,31 +206,25 @@ fn unreadable(path: &Path, message: impl ToString) -> LoraError {
 }
 
 impl LoraFile {
-    /// Reads and parses `path` (tensors as f32 on the CPU; LoRA files are small).
+    /// Reads and parses `path` (tensors as f32 on the CPU; LoRA files are small), through the
+    /// one safetensors reader ([`crate::weights::SafetensorsFile`]).
     pub fn read(path: &Path) -> Result<Self, LoraError> {
-        let bytes = std::fs::read(path).map_err(|e| unreadable(path, e))?;
-        Self::from_bytes(path, &bytes)
-    }
-
-    /// Parses the bytes of a safetensors LoRA file read from `path`.
-    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self, LoraError> {
-        let peft = match header_metadata(path, bytes)?.get("lora_adapter_metadata") {
+        let file = SafetensorsFile::open(path).map_err(|e| unreadable(path, e))?;
+        let peft = match file.metadata().get("lora_adapter_metadata") {
             Some(json) => peft_scaling(path, json)?,
             None => HashMap::new(),
         };
-        let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
-            .map_err(|e| unreadable(path, e))?;
         let mut modules: BTreeMap<String, LoraModule> = BTreeMap::new();
         let mut ignored_keys = Vec::new();
-        let key_count = tensors.len();
-        for (key, tensor) in tensors {
-            let Some((module, param)) = split_key(&key) else {
-                ignored_keys.push(key);
+        let key_count = file.len();
+        for key in file.names() {
+            let Some((module, param)) = split_key(key) else {
+                ignored_keys.push(key.to_string());
                 continue;
             };
-            let tensor = tensor
-                .to_dtype(DType::F32)
-                .map_err(|e| unreadable(path, format!("tensor `{key}`: {e}")))?;
+            let tensor = file
+                .read(key, DType::F32, &Device::Cpu)
+                .map_err(|e| unreadable(path, e))?;
             modules
                 .entry(module.clone())
                 .or_insert_with(|| LoraModule {
@@ -237,7 +232,7 @@ impl LoraFile {
                     tensors: BTreeMap::new(),
                 })
                 .tensors
-                .insert(param, (key, tensor));
+                .insert(param, (key.to_string(), tensor));
         }
         if key_count == 0 {
             return Err(unreadable(path, "it holds no tensors"));
@@ -265,30 +260,6 @@ impl LoraFile {
             .map(|(_, a)| *a);
         Some((pattern.or(scaling.lora_alpha)?, scaling.use_rslora))
     }
-}
-
-/// The `__metadata__` strings of a safetensors header (8-byte little-endian length, JSON).
-fn header_metadata(path: &Path, bytes: &[u8]) -> Result<HashMap<String, String>, LoraError> {
-    let len = bytes
-        .get(..8)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map(u64::from_le_bytes)
-        .ok_or_else(|| unreadable(path, "shorter than a safetensors header"))?;
-    let header = usize::try_from(len)
-        .ok()
-        .and_then(|len| bytes.get(8..8usize.checked_add(len)?))
-        .ok_or_else(|| unreadable(path, format!("header length {len} exceeds the file size")))?;
-    let value: serde_json::Value = serde_json::from_slice(header)
-        .map_err(|e| unreadable(path, format!("header is not JSON: {e}")))?;
-    Ok(value
-        .get("__metadata__")
-        .and_then(|m| m.as_object())
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default())
 }
 
 /// Reads `{component}.lora_alpha`, `.alpha_pattern` and `.use_rslora` from diffusers'

@@ -12,22 +12,29 @@
 
 use std::collections::HashMap;
 
-/// The network a weight belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Component {
-    /// The denoising UNet.
-    Unet,
-    /// The CLIP text encoder.
-    TextEncoder,
-}
+use crate::family::{LoraNames, Role};
 
 /// A model weight a LoRA module changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    /// The network.
-    pub component: Component,
-    /// The weight's key in that network's weights file (e.g. `...attn1.to_q.weight`).
+    /// The network's component name (`unet`, `text_encoder`, `text_encoder_2`, ...).
+    pub component: String,
+    /// What the network does.
+    pub role: Role,
+    /// The weight's key in that network's weights (e.g. `...attn1.to_q.weight`).
     pub key: String,
+}
+
+/// One component to index: its name, role, LoRA spellings and weights (keys and ranks).
+pub struct IndexedComponent<'a, I: IntoIterator<Item = (&'a str, usize)>> {
+    /// The component's name.
+    pub name: &'a str,
+    /// What it does.
+    pub role: Role,
+    /// How LoRA files name its modules.
+    pub lora: &'a LoraNames,
+    /// Its weights.
+    pub weights: I,
 }
 
 /// Every spelling of every LoRA-able model weight (linear and convolution weights).
@@ -37,47 +44,36 @@ pub struct TargetIndex {
 }
 
 impl TargetIndex {
-    /// Indexes the weights named `unet` (keys and ranks) and `text_encoder`.
-    pub fn new<'a>(
-        unet: impl IntoIterator<Item = (&'a str, usize)>,
-        text_encoder: impl IntoIterator<Item = (&'a str, usize)>,
-    ) -> Self {
-        let mut names = HashMap::new();
-        let layers = |keys: &mut dyn Iterator<Item = (&'a str, usize)>| -> Vec<(&'a str, &'a str)> {
-            keys.filter(|(_, rank)| *rank == 2 || *rank == 4)
-                .filter_map(|(key, _)| Some((key, key.strip_suffix(".weight")?)))
-                .collect()
-        };
-        for (key, module) in layers(&mut unet.into_iter()) {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the weights of one component, in every layout's spelling: kohya
+    /// (`{kohya}_{module with _}`), diffusers/PEFT (`{peft}.{module}`) and, when the
+    /// component claims them, bare module names. Text encoders are spelt with and without
+    /// transformers-4's `text_model.`.
+    pub fn add<'a, I: IntoIterator<Item = (&'a str, usize)>>(
+        &mut self,
+        component: IndexedComponent<'a, I>,
+    ) {
+        let names = component.lora;
+        for (key, rank) in component.weights {
+            let Some(module) = key.strip_suffix(".weight") else {
+                continue;
+            };
+            if rank != 2 && rank != 4 {
+                continue;
+            }
             let target = Target {
-                component: Component::Unet,
+                component: component.name.to_string(),
+                role: component.role,
                 key: key.to_string(),
             };
-            for name in [
-                format!("lora_unet_{}", module.replace('.', "_")),
-                format!("unet.{module}"),
-                module.to_string(),
-            ] {
-                names.insert(name, target.clone());
+            for name in spellings(names, component.role, module) {
+                self.names.insert(name, target.clone());
             }
         }
-        for (key, module) in layers(&mut text_encoder.into_iter()) {
-            let target = Target {
-                component: Component::TextEncoder,
-                key: key.to_string(),
-            };
-            let bare = module.strip_prefix("text_model.").unwrap_or(module);
-            for name in [
-                format!("lora_te_text_model_{}", bare.replace('.', "_")),
-                format!("text_encoder.text_model.{bare}"),
-                format!("text_encoder.{bare}"),
-                format!("text_model.{bare}"),
-                bare.to_string(),
-            ] {
-                names.insert(name, target.clone());
-            }
-        }
-        Self { names }
     }
 
     /// The weight LoRA module `name` (as normalised by [`super::file::split_key`]) changes.
@@ -86,9 +82,46 @@ impl TargetIndex {
     }
 }
 
+fn spellings(names: &LoraNames, role: Role, module: &str) -> Vec<String> {
+    let (kohya, peft) = (&names.kohya, &names.peft);
+    match role {
+        Role::Denoiser => {
+            let mut v = vec![
+                format!("{kohya}_{}", module.replace('.', "_")),
+                format!("{peft}.{module}"),
+            ];
+            if names.bare {
+                v.push(module.to_string());
+            }
+            v
+        }
+        Role::TextEncoder => {
+            let bare = module.strip_prefix("text_model.").unwrap_or(module);
+            let mut v = vec![
+                format!("{kohya}_text_model_{}", bare.replace('.', "_")),
+                format!("{peft}.text_model.{bare}"),
+                format!("{peft}.{bare}"),
+            ];
+            if names.bare {
+                v.push(format!("text_model.{bare}"));
+                v.push(bare.to_string());
+            }
+            v
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn names(kohya: &str, peft: &str) -> LoraNames {
+        LoraNames {
+            kohya: kohya.into(),
+            peft: peft.into(),
+            bare: true,
+        }
+    }
 
     #[test]
     fn every_spelling_finds_the_weight() {
@@ -101,7 +134,20 @@ mod tests {
             ("down_blocks.0.attentions.0.proj_in.bias", 1),
         ];
         let te = [("text_model.encoder.layers.0.self_attn.q_proj.weight", 2)];
-        let index = TargetIndex::new(unet, te);
+        let mut index = TargetIndex::new();
+        let (unet_names, te_names) = (names("lora_unet", "unet"), names("lora_te", "text_encoder"));
+        index.add(IndexedComponent {
+            name: "unet",
+            role: Role::Denoiser,
+            lora: &unet_names,
+            weights: unet,
+        });
+        index.add(IndexedComponent {
+            name: "text_encoder",
+            role: Role::TextEncoder,
+            lora: &te_names,
+            weights: te,
+        });
         let to_q = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight";
         for name in [
             "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
@@ -110,8 +156,8 @@ mod tests {
         ] {
             let t = index.resolve(name).unwrap();
             assert_eq!(
-                (t.component, t.key.as_str()),
-                (Component::Unet, to_q),
+                (t.component.as_str(), t.key.as_str()),
+                ("unet", to_q),
                 "{name}"
             );
         }
@@ -123,8 +169,8 @@ mod tests {
         ] {
             let t = index.resolve(name).unwrap();
             assert_eq!(
-                (t.component, t.key.as_str()),
-                (Component::TextEncoder, q_proj)
+                (t.component.as_str(), t.key.as_str()),
+                ("text_encoder", q_proj)
             );
         }
         assert!(index

@@ -1,20 +1,18 @@
-//! Reading `[[lora]]` and `[[lora_set]]` manifest tables (the syntax is in [`super::catalog`]):
-//! types are checked with the pack manifests ([`crate::manifest`]); names, sources, weights,
-//! hashes and set members here, with errors naming the file, line and field.
-
-use std::path::Path;
+//! Reading the `[[lora]]` and `[[lora_set]]` tables (the syntax is in [`super::catalog`]) of the
+//! parsed manifest folder: names, sources, weights, hashes and set members, with errors naming
+//! the file, line and field (through [`crate::manifest::Located`]).
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::catalog::{LoraCatalog, LoraEntry, LoraSet, LoraSource, WeightRange};
-use crate::hub;
-use crate::manifest::ManifestError;
+use crate::manifest::{list_or_none, Located, ManifestError, ManifestFolder, UniqueNames};
+use crate::{defaults, hub};
 
-/// One `[[lora]]` table as written (types are checked by [`crate::manifest`]).
-#[derive(Debug, Clone, Deserialize)]
+/// One `[[lora]]` table as written.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LoraEntryRaw {
+struct RawLora {
     name: Spanned<String>,
     path: Option<Spanned<String>>,
     repo: Option<Spanned<String>>,
@@ -28,308 +26,235 @@ pub struct LoraEntryRaw {
 }
 
 /// One `[[lora_set]]` table as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LoraSetRaw {
+struct RawLoraSet {
     name: Spanned<String>,
-    loras: Spanned<Vec<LoraSetMemberRaw>>,
+    loras: Spanned<Vec<RawMember>>,
     description: Option<String>,
 }
 
 /// A member of a `[[lora_set]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LoraSetMemberRaw {
+struct RawMember {
     name: Spanned<String>,
     weight: Option<Spanned<f64>>,
-}
-
-/// The `[[lora]]` and `[[lora_set]]` tables of a manifest file; the rest is read elsewhere.
-#[derive(Deserialize)]
-struct LoraTables {
-    #[serde(default)]
-    lora: Vec<LoraEntryRaw>,
-    #[serde(default)]
-    lora_set: Vec<LoraSetRaw>,
 }
 
 /// A set with the line of its name and the names and lines of its members.
 type SetAt = (LoraSet, usize, Vec<(String, usize)>);
 
-/// Reads every `[[lora]]` and `[[lora_set]]` in the `*.toml` files of `dir` (sorted by name;
-/// types were checked by [`crate::manifest::load_dir`]) and validates names, sources, weights
-/// and set members, naming the file, line and field at fault.
-pub fn load_dir(dir: &Path) -> std::result::Result<LoraCatalog, ManifestError> {
+/// Every `[[lora]]` and `[[lora_set]]` of the folder (files in name order), validated: names
+/// unique across files, weights within the default [`WeightRange`], set members declared.
+pub fn catalog(folder: &ManifestFolder<'_>) -> Result<LoraCatalog, ManifestError> {
+    let range = WeightRange::default();
     let mut entries: Vec<(LoraEntry, usize)> = Vec::new();
     let mut sets: Vec<SetAt> = Vec::new();
-    let range = WeightRange::default();
-    for file in crate::manifest::toml_files(dir)? {
-        let text = std::fs::read_to_string(&file).map_err(|source| ManifestError::Io {
-            path: file.clone(),
-            source,
-        })?;
-        let ctx = Ctx {
-            file: &file,
-            text: &text,
-        };
-        let tables: LoraTables = toml::from_str(&text).map_err(|e| ManifestError::Syntax {
-            file: file.clone(),
-            line: ctx.line(e.span().map_or(0, |s| s.start)),
-            message: e.message().trim().to_string(),
-        })?;
-        for raw in tables.lora {
-            let line = ctx.line(raw.name.span().start);
-            let entry = ctx.entry(raw, range)?;
-            if let Some((first, first_line)) = entries.iter().find(|(e, _)| e.name == entry.name) {
-                let message = format!(
-                    "`{}` is defined twice, also in {}:{first_line}: rename one of the LoRAs",
-                    entry.name,
-                    first.manifest_path.display()
-                );
-                return Err(ctx.invalid(line, "lora.name", message));
-            }
+    let mut entry_names = UniqueNames::new("lora.name", "LoRAs");
+    let mut set_names = UniqueNames::new("lora_set.name", "sets");
+    for document in folder.documents() {
+        let located = document.located();
+        for raw in document.entries::<RawLora>("lora") {
+            let raw = raw?;
+            let line = located.line_of(&raw.name);
+            let entry = entry(&located, raw, range)?;
+            entry_names.insert(&entry.name, document.path(), line)?;
             entries.push((entry, line));
         }
-        for raw in tables.lora_set {
-            let line = ctx.line(raw.name.span().start);
-            let (set, member_lines) = ctx.set(raw, range)?;
-            if let Some((first, first_line, _)) = sets.iter().find(|(s, ..)| s.name == set.name) {
-                let message = format!(
-                    "`{}` is defined twice, also in {}:{first_line}: rename one of the sets",
-                    set.name,
-                    first.manifest_path.display()
-                );
-                return Err(ctx.invalid(line, "lora_set.name", message));
-            }
+        for raw in document.entries::<RawLoraSet>("lora_set") {
+            let raw = raw?;
+            let line = located.line_of(&raw.name);
+            let (set, member_lines) = set(&located, raw, range)?;
+            set_names.insert(&set.name, document.path(), line)?;
             sets.push((set, line, member_lines));
         }
     }
-    let names: Vec<String> = entries.iter().map(|(e, _)| e.name.clone()).collect();
-    for (set, _, member_lines) in &sets {
-        if let Some(e) = entries.iter().find(|(e, _)| e.name == set.name) {
-            return Err(ManifestError::Invalid {
-                file: set.manifest_path.clone(),
-                line: member_lines.first().map_or(1, |(_, l)| *l),
-                field: "lora_set.name".into(),
-                message: format!(
-                    "`{}` is also a [[lora]] in {}: give the set another name",
-                    set.name,
-                    e.0.manifest_path.display()
-                ),
-            });
-        }
-        for (member, line) in member_lines {
-            if !names.contains(member) {
-                return Err(ManifestError::Invalid {
-                    file: set.manifest_path.clone(),
-                    line: *line,
-                    field: "lora_set.loras.name".into(),
-                    message: format!(
-                        "`{member}` is not a [[lora]] in any manifest (known: {}): fix the name \
-                         or add the LoRA",
-                        if names.is_empty() {
-                            "(none)".to_string()
-                        } else {
-                            names.join(", ")
-                        }
-                    ),
-                });
-            }
-        }
-    }
+    check_sets(&entries, &sets)?;
     Ok(LoraCatalog::new(
         entries.into_iter().map(|(e, _)| e).collect(),
         sets.into_iter().map(|(s, ..)| s).collect(),
     ))
 }
 
-struct Ctx<'a> {
-    file: &'a Path,
-    text: &'a str,
+/// Set names must not be LoRA names, and set members must be LoRAs.
+fn check_sets(entries: &[(LoraEntry, usize)], sets: &[SetAt]) -> Result<(), ManifestError> {
+    let names: Vec<&str> = entries.iter().map(|(e, _)| e.name.as_str()).collect();
+    for (set, line, member_lines) in sets {
+        if let Some((e, _)) = entries.iter().find(|(e, _)| e.name == set.name) {
+            let message = format!(
+                "`{}` is also a [[lora]] in {}: give the set another name",
+                set.name,
+                e.manifest_path.display()
+            );
+            return Err(ManifestError::invalid(
+                &set.manifest_path,
+                *line,
+                "lora_set.name",
+                message,
+            ));
+        }
+        if let Some((member, line)) = member_lines
+            .iter()
+            .find(|(m, _)| !names.contains(&m.as_str()))
+        {
+            let message = format!(
+                "`{member}` is not a [[lora]] in any manifest (known: {}): fix the name or add \
+                 the LoRA",
+                list_or_none(&names)
+            );
+            return Err(ManifestError::invalid(
+                &set.manifest_path,
+                *line,
+                "lora_set.loras.name",
+                message,
+            ));
+        }
+    }
+    Ok(())
 }
 
-impl Ctx<'_> {
-    fn line(&self, offset: usize) -> usize {
-        let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1
+/// A LoRA or set name: written in prompts as `<lora:NAME:WEIGHT>`.
+fn name(located: &Located<'_>, v: &Spanned<String>, field: &str) -> Result<String, ManifestError> {
+    let name = v.get_ref().trim();
+    let usable = !name.is_empty()
+        && !name.contains([':', '<', '>', ','])
+        && !name.chars().any(char::is_whitespace);
+    if usable {
+        return Ok(name.to_string());
     }
+    let message = format!(
+        "`{}` is not a usable name: use letters, digits, `-`, `_` or `.`, without spaces, `:`, \
+         `<`, `>` or `,` (it is written in prompts as <lora:NAME:WEIGHT>)",
+        v.get_ref()
+    );
+    Err(located.at(v, field, message))
+}
 
-    fn invalid(&self, line: usize, field: &str, message: String) -> ManifestError {
-        ManifestError::Invalid {
-            file: self.file.to_path_buf(),
-            line,
-            field: field.to_string(),
-            message,
-        }
-    }
+fn weight(
+    located: &Located<'_>,
+    v: &Option<Spanned<f64>>,
+    field: &str,
+    range: WeightRange,
+) -> Result<Option<f64>, ManifestError> {
+    located.number(v, field, &(range.min..=range.max), None)
+}
 
-    fn at<T>(&self, v: &Spanned<T>, field: &str, message: String) -> ManifestError {
-        self.invalid(self.line(v.span().start), field, message)
-    }
-
-    fn name(&self, v: &Spanned<String>, field: &str) -> std::result::Result<String, ManifestError> {
-        let name = v.get_ref().trim();
-        let ok = !name.is_empty()
-            && !name.contains([':', '<', '>', ','])
-            && !name.chars().any(char::is_whitespace);
-        if ok {
-            Ok(name.to_string())
-        } else {
+fn entry(
+    located: &Located<'_>,
+    raw: RawLora,
+    range: WeightRange,
+) -> Result<LoraEntry, ManifestError> {
+    let name = name(located, &raw.name, "lora.name")?;
+    let source = source(located, &raw)?;
+    if let LoraSource::Path(p) = &source {
+        let safetensors = p.extension().is_some_and(|e| e == "safetensors");
+        if !safetensors {
             let message = format!(
-                "`{}` is not a usable name: use letters, digits, `-`, `_` or `.`, without spaces, \
-                 `:`, `<`, `>` or `,` (it is written in prompts as <lora:NAME:WEIGHT>)",
-                v.get_ref()
+                "`{}` is not a .safetensors file: beeswax reads LoRAs only as safetensors \
+                 (pickle files can run code); convert it first",
+                p.display()
             );
-            Err(self.at(v, field, message))
+            return Err(located.at(raw.path.as_ref().unwrap_or(&raw.name), "lora.path", message));
         }
     }
-
-    fn weight(
-        &self,
-        v: &Option<Spanned<f64>>,
-        field: &str,
-        range: WeightRange,
-    ) -> std::result::Result<Option<f64>, ManifestError> {
-        let Some(v) = v else { return Ok(None) };
-        let w = *v.get_ref();
-        if w.is_finite() && (range.min..=range.max).contains(&w) {
-            Ok(Some(w))
-        } else {
-            let message = format!(
-                "must be between {} and {} (got {w}): change the value",
-                range.min, range.max
-            );
-            Err(self.at(v, field, message))
+    let sha256 = match &raw.sha256 {
+        Some(h) => {
+            let file = raw
+                .path
+                .as_ref()
+                .or(raw.file.as_ref())
+                .map_or("FILE", |f| f.get_ref());
+            Some(located.sha256(h, "lora.sha256", file)?)
         }
-    }
+        None => None,
+    };
+    Ok(LoraEntry {
+        name,
+        source,
+        sha256,
+        weight: weight(located, &raw.weight, "lora.weight", range)?
+            .unwrap_or(defaults::LORA_WEIGHT),
+        triggers: raw.triggers,
+        description: raw.description,
+        manifest_path: located.file().to_path_buf(),
+    })
+}
 
-    fn entry(
-        &self,
-        raw: LoraEntryRaw,
-        range: WeightRange,
-    ) -> std::result::Result<LoraEntry, ManifestError> {
-        let name = self.name(&raw.name, "lora.name")?;
-        let source = match (&raw.path, &raw.repo) {
-            (Some(path), None) => {
-                for (other, field) in [(&raw.file, "lora.file"), (&raw.revision, "lora.revision")] {
-                    if let Some(o) = other {
-                        let message =
-                            "only applies to `repo` LoRAs: remove it, or use `repo` instead of `path`";
-                        return Err(self.at(o, field, message.into()));
-                    }
-                }
-                if path.get_ref().trim().is_empty() {
-                    let message = "must not be empty: set it to a .safetensors file".to_string();
-                    return Err(self.at(path, "lora.path", message));
-                }
-                let joined = self
-                    .file
-                    .parent()
-                    .unwrap_or(Path::new(""))
-                    .join(path.get_ref());
-                LoraSource::Path(std::path::absolute(&joined).unwrap_or(joined))
-            }
-            (None, Some(repo)) => {
-                if !hub::is_repo_id(repo.get_ref()) {
-                    let message = format!(
-                        "must be a Hugging Face repo id like `org/name` (got `{}`)",
-                        repo.get_ref()
-                    );
-                    return Err(self.at(repo, "lora.repo", message));
-                }
-                let Some(file) = raw.file.as_ref().filter(|f| !f.get_ref().trim().is_empty())
-                else {
-                    let message = "is required with `repo`: name the .safetensors file in the \
-                                   repo, e.g. `file = \"lora.safetensors\"`";
-                    return Err(self.at(repo, "lora.file", message.into()));
-                };
-                LoraSource::Hub {
-                    repo: repo.get_ref().clone(),
-                    file: file.get_ref().clone(),
-                    revision: raw
-                        .revision
-                        .as_ref()
-                        .map_or_else(|| "main".to_string(), |r| r.get_ref().clone()),
+/// A local `path`, or a `repo` with a `file` (and optionally a `revision`).
+fn source(located: &Located<'_>, raw: &RawLora) -> Result<LoraSource, ManifestError> {
+    match (&raw.path, &raw.repo) {
+        (Some(path), None) => {
+            for (other, field) in [(&raw.file, "lora.file"), (&raw.revision, "lora.revision")] {
+                if let Some(o) = other {
+                    let message =
+                        "only applies to `repo` LoRAs: remove it, or use `repo` instead of `path`";
+                    return Err(located.at(o, field, message));
                 }
             }
-            (Some(_), Some(repo)) => {
-                let message =
-                    "conflicts with `path`: set either `path` (a local file) or `repo` + `file`";
-                return Err(self.at(repo, "lora.repo", message.into()));
-            }
-            (None, None) => {
-                let message = "is missing: set `path = \"...\"` to a .safetensors file (relative \
-                               to this manifest) or `repo = \"org/name\"` and `file = \"...\"`";
-                return Err(self.at(&raw.name, "lora.path", message.into()));
-            }
-        };
-        if let LoraSource::Path(p) = &source {
-            let ext_ok = p.extension().is_some_and(|e| e == "safetensors");
-            if !ext_ok {
+            located.non_empty(path, "lora.path", "set it to a .safetensors file")?;
+            Ok(LoraSource::Path(located.relative_path(path.get_ref())))
+        }
+        (None, Some(repo)) => {
+            if !hub::is_repo_id(repo.get_ref()) {
                 let message = format!(
-                    "`{}` is not a .safetensors file: beeswax reads LoRAs only as safetensors \
-                     (pickle files can run code); convert it first",
-                    p.display()
+                    "must be a Hugging Face repo id like `org/name` (got `{}`)",
+                    repo.get_ref()
                 );
-                return Err(self.at(raw.path.as_ref().unwrap_or(&raw.name), "lora.path", message));
+                return Err(located.at(repo, "lora.repo", message));
             }
+            let Some(file) = raw.file.as_ref().filter(|f| !f.get_ref().trim().is_empty()) else {
+                let message = "is required with `repo`: name the .safetensors file in the repo, \
+                               e.g. `file = \"lora.safetensors\"`";
+                return Err(located.at(repo, "lora.file", message));
+            };
+            Ok(LoraSource::Hub {
+                repo: repo.get_ref().clone(),
+                file: file.get_ref().clone(),
+                revision: raw.revision.as_ref().map_or_else(
+                    || defaults::HUB_REVISION.to_string(),
+                    |r| r.get_ref().clone(),
+                ),
+            })
         }
-        let sha256 = match &raw.sha256 {
-            Some(h) => {
-                let hex = h.get_ref().trim().to_ascii_lowercase();
-                if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-                    let message = "must be 64 hexadecimal digits (the file's SHA-256, as \
-                                   `sha256sum` prints it)";
-                    return Err(self.at(h, "lora.sha256", message.into()));
-                }
-                Some(hex)
-            }
-            None => None,
-        };
-        Ok(LoraEntry {
-            name,
-            source,
-            sha256,
-            weight: self
-                .weight(&raw.weight, "lora.weight", range)?
-                .unwrap_or(1.0),
-            triggers: raw.triggers,
-            description: raw.description,
-            manifest_path: self.file.to_path_buf(),
-        })
-    }
-
-    fn set(
-        &self,
-        raw: LoraSetRaw,
-        range: WeightRange,
-    ) -> std::result::Result<(LoraSet, Vec<(String, usize)>), ManifestError> {
-        let name = self.name(&raw.name, "lora_set.name")?;
-        if raw.loras.get_ref().is_empty() {
+        (Some(_), Some(repo)) => {
             let message =
-                "must list at least one LoRA, e.g. `loras = [{ name = \"x\", weight = 0.8 }]`";
-            return Err(self.at(&raw.loras, "lora_set.loras", message.into()));
+                "conflicts with `path`: set either `path` (a local file) or `repo` + `file`";
+            Err(located.at(repo, "lora.repo", message))
         }
-        let mut loras = Vec::new();
-        let mut lines = Vec::new();
-        for member in raw.loras.into_inner() {
-            let member_name = self.name(&member.name, "lora_set.loras.name")?;
-            let weight = self.weight(&member.weight, "lora_set.loras.weight", range)?;
-            lines.push((member_name.clone(), self.line(member.name.span().start)));
-            loras.push((member_name, weight));
+        (None, None) => {
+            let message = "is missing: set `path = \"...\"` to a .safetensors file (relative to \
+                           this manifest) or `repo = \"org/name\"` and `file = \"...\"`";
+            Err(located.at(&raw.name, "lora.path", message))
         }
-        Ok((
-            LoraSet {
-                name,
-                loras,
-                description: raw.description,
-                manifest_path: self.file.to_path_buf(),
-            },
-            lines,
-        ))
     }
+}
+
+/// A validated set with the names and lines of its members.
+fn set(
+    located: &Located<'_>,
+    raw: RawLoraSet,
+    range: WeightRange,
+) -> Result<(LoraSet, Vec<(String, usize)>), ManifestError> {
+    let name = name(located, &raw.name, "lora_set.name")?;
+    if raw.loras.get_ref().is_empty() {
+        let message =
+            "must list at least one LoRA, e.g. `loras = [{ name = \"x\", weight = 0.8 }]`";
+        return Err(located.at(&raw.loras, "lora_set.loras", message));
+    }
+    let mut loras = Vec::new();
+    let mut lines = Vec::new();
+    for member in raw.loras.into_inner() {
+        let member_name = self::name(located, &member.name, "lora_set.loras.name")?;
+        let weight = weight(located, &member.weight, "lora_set.loras.weight", range)?;
+        lines.push((member_name.clone(), located.line_of(&member.name)));
+        loras.push((member_name, weight));
+    }
+    let set = LoraSet {
+        name,
+        loras,
+        description: raw.description,
+        manifest_path: located.file().to_path_buf(),
+    };
+    Ok((set, lines))
 }

@@ -1,11 +1,20 @@
-//! The CLIP text encoder (transformers' `CLIPTextModel`), configured by
-//! `text_encoder/config.json`.
+//! The CLIP text encoder (transformers' `CLIPTextModel` and `CLIPTextModelWithProjection`),
+//! configured by `text_encoder/config.json` (or `text_encoder_2/`).
 //!
 //! Weights saved by transformers 4 (most hub models) are named `text_model.*`; transformers 5
-//! drops that prefix. Both are accepted: the prefix is detected from the file.
+//! drops that prefix for `CLIPTextModel`. Both are accepted: the prefix is detected from the
+//! file. `CLIPTextModelWithProjection` (SDXL's second encoder) is saved as `text_model.*` plus a
+//! top-level `text_projection.weight` by both versions.
+//!
+//! [`ClipTextModel::forward`] gives SD 1/2's conditioning (hidden states after some layers,
+//! then the final LayerNorm); [`ClipTextModel::encode`] gives everything else: hidden states
+//! with or without the final LayerNorm (SDXL uses diffusers' `hidden_states[-2]`, the states
+//! after all layers but one, un-normed), the pooled output and the projected `text_embeds`.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{
+    embedding, layer_norm, linear, linear_no_bias, Embedding, LayerNorm, Linear, VarBuilder,
+};
 
 /// The fields of transformers' `CLIPTextConfig` that shape the network.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -30,6 +39,18 @@ pub struct ClipTextConfig {
     /// LayerNorm epsilon.
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
+    /// The end-of-text id the pooled output is read at. Configs written before transformers'
+    /// PR #24773 say 2 (SD 1.x, SDXL); transformers then pools at `argmax(input_ids)` (the eos
+    /// token has the largest id of the vocabulary) instead.
+    #[serde(default = "default_eos")]
+    pub eos_token_id: u32,
+    /// Output width of `text_projection` (`CLIPTextModelWithProjection`).
+    #[serde(default = "default_projection")]
+    pub projection_dim: usize,
+    /// The transformers classes the weights were saved from (`CLIPTextModelWithProjection`
+    /// requires `text_projection.weight`).
+    #[serde(default)]
+    pub architectures: Vec<String>,
 }
 
 fn default_vocab() -> usize {
@@ -41,6 +62,15 @@ fn default_positions() -> usize {
 fn default_eps() -> f64 {
     1e-5
 }
+fn default_eos() -> u32 {
+    49407
+}
+fn default_projection() -> usize {
+    512
+}
+
+/// The `eos_token_id` of configs written before transformers fixed it: pool at the largest id.
+const LEGACY_EOS: u32 = 2;
 
 /// CLIP's MLP activations.
 #[derive(Debug, Clone, Copy, Default, serde::Deserialize, PartialEq)]
@@ -142,18 +172,51 @@ fn masked_attention(
         .reshape((b, s, inner))
 }
 
-/// `CLIPTextModel`: token and position embeddings, transformer layers, final LayerNorm.
+/// What [`ClipTextModel::encode`] returns.
+#[derive(Debug, Clone)]
+pub struct ClipOutput {
+    /// Hidden states [B, S, D] after the requested number of layers, with the final LayerNorm
+    /// if it was asked for.
+    pub states: Tensor,
+    /// transformers' `pooler_output` [B, D]: the output of all layers and the final LayerNorm
+    /// at each sequence's end-of-text token, whatever `layers` was (FLUX uses CLIP-L's).
+    pub pooled: Tensor,
+    /// `pooled` through `text_projection` [B, projection_dim]: transformers'
+    /// `CLIPTextModelWithProjection.text_embeds` (SDXL's pooled conditioning); `None` for a
+    /// model without a projection.
+    pub text_embeds: Option<Tensor>,
+}
+
+/// `CLIPTextModel`: token and position embeddings, transformer layers, final LayerNorm; with
+/// `text_projection` when the weights have one (`CLIPTextModelWithProjection`).
 #[derive(Debug)]
 pub struct ClipTextModel {
     token_embedding: Embedding,
     position_embedding: Embedding,
     layers: Vec<EncoderLayer>,
     final_layer_norm: LayerNorm,
+    text_projection: Option<Linear>,
+    eos_token_id: u32,
 }
 
 impl ClipTextModel {
-    /// Loads the model; `vb` is the root of `text_encoder/model.safetensors`.
+    /// Loads the model; `vb` is the root of `text_encoder/model.safetensors`. The projection is
+    /// loaded when the file has `text_projection.weight` or the config's `architectures` names
+    /// `CLIPTextModelWithProjection` (then a missing tensor is an error that names it).
     pub fn new(vb: VarBuilder, c: &ClipTextConfig) -> Result<Self> {
+        let with_projection = vb.contains_tensor("text_projection.weight")
+            || c.architectures
+                .iter()
+                .any(|a| a == "CLIPTextModelWithProjection");
+        let text_projection = if with_projection {
+            Some(linear_no_bias(
+                c.hidden_size,
+                c.projection_dim,
+                vb.pp("text_projection"),
+            )?)
+        } else {
+            None
+        };
         let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
             vb.pp("text_model")
         } else {
@@ -176,6 +239,8 @@ impl ClipTextModel {
                 c.layer_norm_eps,
                 vb.pp("final_layer_norm"),
             )?,
+            text_projection,
+            eos_token_id: c.eos_token_id,
         })
     }
 
@@ -184,20 +249,119 @@ impl ClipTextModel {
         self.layers.len()
     }
 
+    /// Whether the model has `text_projection` (so [`ClipOutput::text_embeds`] is set).
+    pub fn has_projection(&self) -> bool {
+        self.text_projection.is_some()
+    }
+
     /// Hidden states for `ids` [B, S] after `layers` transformer layers (all of them for the
     /// usual output; one fewer for AUTOMATIC1111's "CLIP skip 2"), then the final LayerNorm.
     pub fn forward(&self, ids: &Tensor, layers: usize) -> Result<Tensor> {
-        let (_, s) = ids.dims2()?;
-        let positions = Tensor::arange(0u32, s as u32, ids.device())?;
-        let mut xs = self
-            .token_embedding
-            .forward(ids)?
-            .broadcast_add(&self.position_embedding.forward(&positions)?)?;
-        let mask = causal_mask(s, xs.dtype(), ids.device())?;
+        self.forward_embeddings(&self.embed_tokens(ids)?, layers)
+    }
+
+    /// The token embeddings of `ids` [B, S] -> [B, S, D], before position embeddings: where
+    /// textual-inversion vectors replace the rows of their placeholder tokens.
+    pub fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
+        self.token_embedding.forward(ids)
+    }
+
+    /// Width of the token embeddings (the hidden size).
+    pub fn hidden_size(&self) -> usize {
+        self.token_embedding.embeddings().dim(1).unwrap_or(0)
+    }
+
+    /// [`forward`](Self::forward) from token embeddings [B, S, D] (see
+    /// [`embed_tokens`](Self::embed_tokens)) instead of ids.
+    pub fn forward_embeddings(&self, token_embeddings: &Tensor, layers: usize) -> Result<Tensor> {
+        let (_, s, _) = token_embeddings.dims3()?;
+        let device = token_embeddings.device();
+        let positions = Tensor::arange(0u32, s as u32, device)?;
+        let mut xs =
+            token_embeddings.broadcast_add(&self.position_embedding.forward(&positions)?)?;
+        let mask = causal_mask(s, xs.dtype(), device)?;
         for layer in self.layers.iter().take(layers) {
             xs = layer.forward(&xs, &mask)?;
         }
         self.final_layer_norm.forward(&xs)
+    }
+
+    /// Encodes `ids` [B, S]: the hidden states after `layers` transformer layers (transformers'
+    /// `hidden_states[layers]`; 0 is the embeddings), passed through the final LayerNorm when
+    /// `final_layer_norm`; and the pooled output and `text_embeds`, which always use every
+    /// layer. diffusers' SDXL takes `layers = num_layers() - 1 - clip_skip` without the
+    /// LayerNorm (`hidden_states[-(clip_skip + 2)]`); SD 1/2's [`forward`](Self::forward) is
+    /// `layers = num_layers() - clip_skip` with it.
+    pub fn encode(
+        &self,
+        ids: &Tensor,
+        layers: usize,
+        final_layer_norm: bool,
+    ) -> Result<ClipOutput> {
+        let n = self.layers.len();
+        if layers > n {
+            return Err(candle_core::Error::Msg(format!(
+                "hidden states after {layers} layers were asked of a CLIP text encoder with {n} layers (`num_hidden_layers`); use at most {n} (lower the CLIP skip)"
+            )));
+        }
+        let (mut xs, mask) = self.embed(ids)?;
+        let mut states = (layers == 0).then(|| xs.clone());
+        for (i, layer) in self.layers.iter().enumerate() {
+            xs = layer.forward(&xs, &mask)?;
+            if i + 1 == layers {
+                states = Some(xs.clone());
+            }
+        }
+        let last = self.final_layer_norm.forward(&xs)?;
+        let states = match (states, final_layer_norm) {
+            (_, true) if layers == n => last.clone(),
+            (Some(s), true) => self.final_layer_norm.forward(&s)?,
+            (Some(s), false) => s,
+            (None, _) => xs,
+        };
+        let pooled = self.pool(&last, ids)?;
+        let text_embeds = match &self.text_projection {
+            Some(projection) => Some(projection.forward(&pooled)?),
+            None => None,
+        };
+        Ok(ClipOutput {
+            states,
+            pooled,
+            text_embeds,
+        })
+    }
+
+    /// Token plus position embeddings of `ids`, and the causal mask.
+    fn embed(&self, ids: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (_, s) = ids.dims2()?;
+        let positions = Tensor::arange(0u32, s as u32, ids.device())?;
+        let xs = self
+            .token_embedding
+            .forward(ids)?
+            .broadcast_add(&self.position_embedding.forward(&positions)?)?;
+        let mask = causal_mask(s, xs.dtype(), ids.device())?;
+        Ok((xs, mask))
+    }
+
+    /// `last` [B, S, D] at each row's end-of-text position [B, D], as transformers picks it:
+    /// the first position of `eos_token_id`, or of the largest id for legacy configs
+    /// (`eos_token_id` 2); position 0 when a row has no end-of-text token.
+    fn pool(&self, last: &Tensor, ids: &Tensor) -> Result<Tensor> {
+        let rows = ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        let pooled = rows
+            .iter()
+            .enumerate()
+            .map(|(b, row)| {
+                let target = if self.eos_token_id == LEGACY_EOS {
+                    row.iter().copied().max().unwrap_or(0)
+                } else {
+                    self.eos_token_id
+                };
+                let position = row.iter().position(|&id| id == target).unwrap_or(0);
+                last.get(b)?.get(position)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::stack(&pooled, 0)
     }
 }
 

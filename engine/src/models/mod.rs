@@ -1,14 +1,17 @@
 //! The networks of a Stable Diffusion model, owned here so that parity with diffusers (and
-//! speed) is ours to decide: the CLIP text encoder, the conditional UNet and the VAE.
+//! speed) is ours to decide: the CLIP text encoder, the conditional UNet and the VAE, and for
+//! FLUX.1 the T5 encoder and the FLUX transformer.
 //!
 //! Every architecture parameter comes from the component's `config.json` (serde structs that
-//! mirror diffusers' and transformers' configs); weights come from memory-mapped safetensors.
+//! mirror diffusers' and transformers' configs); weights come from safetensors files through [`crate::weights`].
 
 pub mod attention;
 pub mod clip;
 pub mod config_file;
+pub mod flux;
+pub mod linear;
 pub mod resnet;
 pub mod sampling;
+pub mod t5;
 pub mod unet;
 pub mod vae;
-pub mod weights;

@@ -1,24 +1,26 @@
-//! The denoising loop shared by every pipeline: classifier-free guidance around the UNet,
-//! one scheduler step per timestep, progress and cancellation after each step.
+//! The denoising loop shared by every pipeline: classifier-free guidance around the
+//! family's denoiser, one scheduler step per timestep, progress and cancellation after each
+//! step.
 
 use std::ops::ControlFlow;
 use std::time::Instant;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
-use super::{StableDiffusion, StepProgress};
+use super::stages::{StepProgress, TextConditioning};
+use crate::family::{Conditioning, Model};
 use crate::noise::NoiseSource;
 use crate::schedulers::Scheduler;
 use crate::{Error, Result};
 
 /// What conditions the denoising.
-pub struct Conditioning<'a> {
-    /// Text states: [batch, S, D], or [uncond; cond] = [2·batch, S, D] when guided.
-    pub context: &'a Tensor,
-    /// Guidance scale; guided (two UNet halves) when above 1.
-    pub guidance: f64,
-    /// Extra channels concatenated to the scaled latents before the UNet (9-channel inpaint
-    /// models: mask and masked-image latents), [batch, C', h, w].
+pub struct Guidance<'a> {
+    /// The encoded prompts (the negative one only when guiding).
+    pub text: &'a TextConditioning,
+    /// Guidance scale.
+    pub scale: f64,
+    /// Extra channels concatenated to the scaled latents before the denoiser (inpainting
+    /// models: mask and masked-image latents), `[batch, C', h, w]`.
     pub extra_channels: Option<&'a Tensor>,
 }
 
@@ -32,39 +34,31 @@ pub struct Hooks<'a> {
     pub on_step: &'a mut dyn FnMut(StepProgress) -> ControlFlow<()>,
 }
 
-/// Runs `scheduler` from step `start` to the end on `latents` [batch, C, h, w] (f32).
+/// Runs `scheduler` from step `start` to the end on `latents` `[batch, C, h, w]` (f32).
 pub fn denoise(
-    model: &StableDiffusion,
+    model: &Model,
     scheduler: &mut dyn Scheduler,
     mut latents: Tensor,
-    cond: &Conditioning,
+    guidance: &Guidance,
     start: usize,
     hooks: Hooks,
 ) -> Result<Tensor> {
-    let guided = cond.guidance > 1.0;
-    let batch = latents.dim(0)?;
     let timesteps = scheduler.timesteps().to_vec();
     let total = timesteps.len() - start.min(timesteps.len());
     let clock = Instant::now();
+    // With prompts of the same length, one denoiser call sees both halves.
+    let batched = match &guidance.text.uncond {
+        Some(u) if u.tokens()? == guidance.text.cond.tokens()? => {
+            Some(Conditioning::cat(&[u, &guidance.text.cond])?)
+        }
+        _ => None,
+    };
     for (i, &t) in timesteps.iter().enumerate().skip(start) {
         let mut input = scheduler.scale_model_input(&latents, i)?;
-        if let Some(extra) = cond.extra_channels {
+        if let Some(extra) = guidance.extra_channels {
             input = Tensor::cat(&[&input, extra], 1)?;
         }
-        if guided {
-            input = Tensor::cat(&[&input, &input], 0)?;
-        }
-        let out = model
-            .unet
-            .forward(&input.to_dtype(model.dtype)?, t, cond.context)?
-            .to_dtype(DType::F32)?;
-        let out = if guided {
-            let uncond = out.narrow(0, 0, batch)?;
-            let text = out.narrow(0, batch, batch)?;
-            (&uncond + ((text - &uncond)? * cond.guidance)?)?
-        } else {
-            out
-        };
+        let out = predict(model, &input, t, guidance, batched.as_ref())?;
         latents = scheduler.step(&out, i, &latents, hooks.noise)?;
         latents = (hooks.after_step)(i, latents)?;
         let progress = StepProgress {
@@ -78,4 +72,33 @@ pub fn denoise(
         }
     }
     Ok(latents)
+}
+
+/// The guided model output: `uncond + scale · (cond − uncond)`, from one call on the stacked
+/// halves when they batch, else from two calls (prompts of different lengths).
+fn predict(
+    model: &Model,
+    input: &Tensor,
+    t: f64,
+    guidance: &Guidance,
+    batched: Option<&Conditioning>,
+) -> Result<Tensor> {
+    let net = &model.networks;
+    let text = guidance.text;
+    let Some(uncond_text) = &text.uncond else {
+        return net.predict(input, t, &text.cond, guidance.scale);
+    };
+    let (uncond, cond) = match batched {
+        Some(both) => {
+            let batch = input.dim(0)?;
+            let doubled = Tensor::cat(&[input, input], 0)?;
+            let out = net.predict(&doubled, t, both, guidance.scale)?;
+            (out.narrow(0, 0, batch)?, out.narrow(0, batch, batch)?)
+        }
+        None => (
+            net.predict(input, t, uncond_text, guidance.scale)?,
+            net.predict(input, t, &text.cond, guidance.scale)?,
+        ),
+    };
+    Ok((&uncond + ((cond - &uncond)? * guidance.scale)?)?)
 }

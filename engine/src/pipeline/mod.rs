@@ -1,18 +1,25 @@
-//! Pipelines: a loaded model ([`StableDiffusion`]) and the jobs run on it, each one readable
-//! top to bottom as a single function (encode prompt, prepare latents, denoise, decode).
+//! Pipelines: a [`Job`] (settings, a sampler, an input) run on a [`crate::family::Model`] by
+//! [`run`], which picks the mode's pipeline. Each pipeline reads top to bottom as one function
+//! (encode prompt, prepare latents, denoise, decode) over the shared [`stages`]; [`resolve`]
+//! fills a [`JobRequest`] in from defaults, the same way for the CLI and the HTTP service.
 
 mod denoise;
 mod image_to_image;
 mod inpaint;
-mod load;
-mod prompt;
-mod settings;
+mod inpaint_region;
+mod job;
+mod request;
+mod run;
+pub mod stages;
 mod text_to_image;
 
-pub use denoise::{denoise, Conditioning, Hooks};
-pub use image_to_image::{image_to_image, ImageToImage};
-pub use inpaint::{inpaint, Inpaint, InpaintArea, MaskedContent};
-pub use load::{LoadOptions, StableDiffusion};
-pub use prompt::encode_prompt;
-pub use settings::{random_seed, resolve, JobRequest};
-pub use text_to_image::{text_to_image, Generated, StageTimes, StepProgress, TextToImage};
+pub use denoise::{denoise, Guidance, Hooks};
+pub use image_to_image::image_to_image;
+pub use inpaint::inpaint;
+pub use job::{ImageInput, InpaintArea, Input, Job, MaskInput, MaskedContent, Settings};
+pub use request::{
+    random_seed, resolve, resolve_sampler, ImageRequest, InputRequest, JobRequest, MaskRequest,
+};
+pub use run::run;
+pub use stages::{Generated, StageTimes, StepProgress, TextConditioning};
+pub use text_to_image::text_to_image;

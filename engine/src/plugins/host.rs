@@ -1,6 +1,5 @@
 //! Loading plugins from manifest entries and using them: [`LoadedPlugin`] and [`Plugins`].
 
-use std::path::Path;
 use std::sync::Arc;
 
 use beeswax_plugin_sdk::wire::{self, Image};
@@ -13,8 +12,11 @@ use super::native::{NativeInstance, NativePlugin};
 use super::scheduler::PluginScheduler;
 use super::wasm::WasmPlugin;
 use super::PluginError;
+use crate::extensions::{Extensions, PostProcessFn, PreInput, PreProcessFn, Processor};
+use crate::image_in::Mask;
 use crate::image_out::RgbImage;
-use crate::schedulers::{Registry, Scheduler, SchedulerConfig, SchedulerEntry, SchedulerError};
+use crate::manifest::ManifestFolder;
+use crate::schedulers::{Scheduler, SchedulerConfig, SchedulerEntry, SchedulerError};
 
 /// Largest plugin file read, in bytes.
 const MAX_FILE_BYTES: u64 = 256 << 20;
@@ -193,11 +195,11 @@ impl LoadedPlugin {
     /// `-` as `_` (the registry's snake case), the plugin name itself as an alias.
     pub fn scheduler_entry(self: &Arc<Self>) -> SchedulerEntry {
         let name = &self.entry.name;
-        let canonical: &'static str = Box::leak(name.replace('-', "_").into_boxed_str());
-        let aliases: &'static [&'static str] = if canonical == name {
-            &[]
+        let canonical = name.replace('-', "_");
+        let aliases = if canonical == *name {
+            Vec::new()
         } else {
-            Box::leak(vec![&*Box::leak(name.clone().into_boxed_str())].into_boxed_slice())
+            vec![name.clone()]
         };
         let summary = format!(
             "plugin {} ({}){}",
@@ -209,11 +211,87 @@ impl LoadedPlugin {
                 .map(|d| format!(": {d}"))
                 .unwrap_or_default()
         );
-        let summary: &'static str = Box::leak(summary.into_boxed_str());
         let plugin = self.clone();
         SchedulerEntry::new(canonical, aliases, summary, move |config, steps| {
             plugin.build_scheduler(config, steps)
         })
+    }
+
+    /// This plugin's pre-processor as an [`Extensions`] processor: the picture as RGB and the
+    /// mask as one channel (255 = repaint; all black when the job has none, and the returned
+    /// mask is then ignored). A result whose image and mask differ in size, or whose channels
+    /// are not RGB and one, is refused.
+    fn pre_processor(self: &Arc<Self>) -> Processor<PreProcessFn> {
+        let plugin = self.clone();
+        Processor {
+            name: self.entry.name.clone(),
+            summary: self.summary(),
+            run: Arc::new(move |input: PreInput| plugin.run_pre(input)),
+        }
+    }
+
+    fn run_pre(&self, input: PreInput) -> Result<PreInput, String> {
+        let (w, h) = (input.picture.width, input.picture.height);
+        let image = Image {
+            width: w as u32,
+            height: h as u32,
+            channels: 3,
+            data: input.picture.data,
+        };
+        let mask_bytes = match &input.mask {
+            Some(m) => m
+                .data
+                .iter()
+                .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+                .collect(),
+            None => vec![0; w * h],
+        };
+        let mask = Image {
+            width: w as u32,
+            height: h as u32,
+            channels: 1,
+            data: mask_bytes,
+        };
+        let (image, mask) = self.preprocess(&image, &mask).map_err(|e| e.to_string())?;
+        if image.channels != 3
+            || mask.channels != 1
+            || (image.width, image.height) != (mask.width, mask.height)
+        {
+            return Err(format!(
+                "returned a {}x{}x{} image and a {}x{}x{} mask; expected RGB and a 1-channel \
+                 mask of one size",
+                image.width, image.height, image.channels, mask.width, mask.height, mask.channels
+            ));
+        }
+        let (w, h) = (image.width as usize, image.height as usize);
+        Ok(PreInput {
+            picture: RgbImage {
+                width: w,
+                height: h,
+                data: image.data,
+            },
+            mask: input.mask.map(|_| Mask {
+                width: w,
+                height: h,
+                data: mask.data.iter().map(|&b| b as f32 / 255.0).collect(),
+            }),
+        })
+    }
+
+    /// This plugin's post-processor as an [`Extensions`] processor.
+    fn post_processor(self: &Arc<Self>) -> Processor<PostProcessFn> {
+        let plugin = self.clone();
+        Processor {
+            name: self.entry.name.clone(),
+            summary: self.summary(),
+            run: Arc::new(move |image: RgbImage| {
+                plugin.postprocess(&image).map_err(|e| e.to_string())
+            }),
+        }
+    }
+
+    fn summary(&self) -> String {
+        format!("plugin {} ({})", self.entry.name, self.entry.kind.as_str())
     }
 }
 
@@ -227,10 +305,10 @@ pub struct Plugins {
 }
 
 impl Plugins {
-    /// Loads every enabled `[[plugin]]` of the manifests in `dir`, returning what loaded and
-    /// every problem found (manifest errors, missing files, hashes, ABI, capabilities).
-    pub fn load_all(dir: &Path) -> (Self, Vec<PluginError>) {
-        let (entries, manifest_problems) = manifest::read_dir(dir);
+    /// Loads every enabled `[[plugin]]` of the parsed manifest folder, returning what loaded
+    /// and every problem found (manifest errors, missing files, hashes, ABI, capabilities).
+    pub fn load_all(folder: &ManifestFolder<'_>) -> (Self, Vec<PluginError>) {
+        let (entries, manifest_problems) = manifest::entries(folder);
         let mut problems: Vec<PluginError> = manifest_problems
             .into_iter()
             .map(|e| PluginError::from(Box::new(e)))
@@ -249,59 +327,36 @@ impl Plugins {
         (plugins, problems)
     }
 
-    /// Loads the plugins of `dir` as `generate` and `serve` do at startup: any problem is an
-    /// error listing them all. A folder without `[[plugin]]` entries gives no plugins.
-    pub fn load(dir: &Path) -> Result<Self, PluginError> {
-        let (plugins, problems) = Self::load_all(dir);
+    /// Loads the plugins of the folder as `generate` and `serve` do at startup: any problem is
+    /// an error listing them all. A folder without `[[plugin]]` entries gives no plugins.
+    pub fn load(folder: &ManifestFolder<'_>) -> Result<Self, PluginError> {
+        let (plugins, problems) = Self::load_all(folder);
         if problems.is_empty() {
             Ok(plugins)
         } else {
             Err(PluginError::Startup {
-                dir: dir.to_path_buf(),
+                dir: folder.dir().to_path_buf(),
                 problems: problems.iter().map(ToString::to_string).collect(),
             })
         }
     }
 
-    /// Registers every plugin scheduler in `registry`.
-    pub fn register_schedulers_in(&self, registry: &mut Registry) -> Result<(), SchedulerError> {
-        for p in self
-            .loaded
-            .iter()
-            .filter(|p| p.provides(Capability::Scheduler))
-        {
-            registry.register(p.scheduler_entry())?;
+    /// Adds every plugin's schedulers, pre-processors and post-processors to `extensions`,
+    /// under the plugins' names (so that `--scheduler NAME`, `--pre NAME`, `--post NAME` and
+    /// the pipelines' lists find them like built-ins). A name clash is an error.
+    pub fn extend(&self, extensions: &mut Extensions) -> crate::Result<()> {
+        for p in &self.loaded {
+            if p.provides(Capability::Scheduler) {
+                extensions.schedulers.register(p.scheduler_entry())?;
+            }
+            if p.provides(Capability::PreProcessor) {
+                extensions.add_pre(p.pre_processor())?;
+            }
+            if p.provides(Capability::PostProcessor) {
+                extensions.add_post(p.post_processor())?;
+            }
         }
         Ok(())
-    }
-
-    /// Registers every plugin scheduler in the process-wide registry, so that
-    /// `--scheduler NAME` finds it like a built-in.
-    pub fn register_schedulers(&self) -> Result<(), SchedulerError> {
-        for p in self
-            .loaded
-            .iter()
-            .filter(|p| p.provides(Capability::Scheduler))
-        {
-            crate::schedulers::register(p.scheduler_entry())?;
-        }
-        Ok(())
-    }
-
-    /// Registers every plugin post-processor in the service's post-processor registry
-    /// ([`crate::server::postprocess`]), under the plugin's name, for pipelines'
-    /// `post_processors` lists.
-    pub fn register_postprocessors(&self) {
-        for p in self
-            .loaded
-            .iter()
-            .filter(|p| p.provides(Capability::PostProcessor))
-        {
-            let plugin = p.clone();
-            crate::server::postprocess::register(&p.entry.name, move |image| {
-                plugin.postprocess(&image).map_err(|e| e.to_string())
-            });
-        }
     }
 
     /// The loaded plugin `name` that declares `cap`.

@@ -23,7 +23,7 @@ mod scheduler;
 pub mod wasm;
 
 pub use host::{capability_names, sha256_hex, LoadedPlugin, Plugins};
-pub use manifest::{Capability, Limits, PluginEntry, PluginKind, RawPluginEntry};
+pub use manifest::{Capability, Limits, PluginEntry, PluginKind};
 pub use scheduler::PluginScheduler;
 
 use crate::manifest::ManifestError;

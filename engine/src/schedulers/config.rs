@@ -107,9 +107,38 @@ pub struct SchedulerConfig {
     /// DPM-Solver: `lambda`-uniform steps (Lu et al.). Not supported: refused when `true`.
     #[serde(deserialize_with = "null_as_default")]
     pub use_lu_lambdas: bool,
-    /// Flow-matching sigmas. Not supported (Stable Diffusion 1.x/2.x are not flow models).
+    /// DPM-Solver: flow-matching sigmas. The plain constructors refuse it; the flow forms
+    /// (e.g. [`super::DpmMultistep::flow`]) use them whatever this says.
     #[serde(deserialize_with = "null_as_default")]
     pub use_flow_sigmas: bool,
+    /// Flow matching: the static shift `shift·σ / (1 + (shift − 1)·σ)` of the sigmas
+    /// (default 1: none).
+    pub shift: f64,
+    /// Flow matching: shift by `mu`, from the image size, instead of `shift` (default off).
+    #[serde(deserialize_with = "null_as_default")]
+    pub use_dynamic_shifting: bool,
+    /// Flow matching: `mu` at `base_image_seq_len` tokens (default 0.5).
+    pub base_shift: Option<f64>,
+    /// Flow matching: `mu` at `max_image_seq_len` tokens (default 1.15).
+    pub max_shift: Option<f64>,
+    /// Flow matching: the token count of `base_shift` (default 256).
+    pub base_image_seq_len: usize,
+    /// Flow matching: the token count of `max_shift` (default 4096).
+    pub max_image_seq_len: usize,
+    /// Flow matching: how `mu` shifts the sigmas (default `exponential`).
+    #[serde(deserialize_with = "null_as_default")]
+    pub time_shift_type: TimeShiftType,
+    /// Flow matching: stretch the shifted sigmas to end at this value (default none).
+    pub shift_terminal: Option<f64>,
+    /// Flow matching: use `1 − σ` as the sigmas (default off).
+    #[serde(deserialize_with = "null_as_default")]
+    pub invert_sigmas: bool,
+    /// Flow Euler: re-noise each step with fresh noise instead of the ODE step (default off).
+    #[serde(deserialize_with = "null_as_default")]
+    pub stochastic_sampling: bool,
+    /// DPM-Solver with flow sigmas: the static shift; `None` (diffusers' default is 1.0)
+    /// takes `shift`, so a flow model's own shift applies to every flow sampler.
+    pub flow_shift: Option<f64>,
     /// beeswax's noise-schedule choice (`--schedule`), applied on top of the file by
     /// [`Schedule::apply`]; not part of diffusers' file.
     #[serde(skip)]
@@ -155,6 +184,17 @@ impl Default for SchedulerConfig {
             timestep_scaling: 10.0,
             use_lu_lambdas: false,
             use_flow_sigmas: false,
+            shift: 1.0,
+            use_dynamic_shifting: false,
+            base_shift: Some(0.5),
+            max_shift: Some(1.15),
+            base_image_seq_len: 256,
+            max_image_seq_len: 4096,
+            time_shift_type: TimeShiftType::Exponential,
+            shift_terminal: None,
+            invert_sigmas: false,
+            stochastic_sampling: false,
+            flow_shift: None,
             schedule: Schedule::Default,
         }
     }
@@ -246,7 +286,48 @@ impl SchedulerConfig {
                 }
             }
         }
+        self.check_flow()
+    }
+
+    /// Checks the flow-matching fields.
+    fn check_flow(&self) -> Result<(), String> {
+        for (name, value) in [("shift", Some(self.shift)), ("flow_shift", self.flow_shift)] {
+            if let Some(v) = value {
+                if !(v.is_finite() && v > 0.0) {
+                    return Err(format!("{name} {v} must be a positive number"));
+                }
+            }
+        }
+        for (name, value) in [
+            ("base_shift", self.base_shift),
+            ("max_shift", self.max_shift),
+        ] {
+            if value.is_some_and(|v| !v.is_finite()) {
+                return Err(format!("{name} must be a number"));
+            }
+        }
+        if self.base_image_seq_len >= self.max_image_seq_len {
+            return Err(format!(
+                "base_image_seq_len {} must be below max_image_seq_len {}",
+                self.base_image_seq_len, self.max_image_seq_len
+            ));
+        }
+        if let Some(t) = self.shift_terminal {
+            if !(0.0..1.0).contains(&t) {
+                return Err(format!("shift_terminal {t} must be in [0, 1)"));
+            }
+        }
         Ok(())
+    }
+
+    /// `base_shift`, diffusers' 0.5 when unset.
+    pub fn base_shift(&self) -> f64 {
+        self.base_shift.unwrap_or(0.5)
+    }
+
+    /// `max_shift`, diffusers' 1.15 when unset.
+    pub fn max_shift(&self) -> f64 {
+        self.max_shift.unwrap_or(1.15)
     }
 }
 
@@ -356,6 +437,17 @@ pub enum SolverType {
     Logrho,
 }
 
+/// diffusers' `time_shift_type`: how flow matching's `mu` shifts the sigmas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeShiftType {
+    /// `e^mu / (e^mu + 1/σ − 1)`: the static shift by `e^mu` (FLUX).
+    #[default]
+    Exponential,
+    /// `mu / (mu + 1/σ − 1)`: the static shift by `mu`.
+    Linear,
+}
+
 /// diffusers' `timestep_type`: what timestep the model is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -419,6 +511,32 @@ mod tests {
             ..Default::default()
         };
         assert!(config.check().unwrap_err().contains("trained_betas"));
+    }
+
+    #[test]
+    fn flux_configs_parse() {
+        let dev: SchedulerConfig = serde_json::from_str(
+            r#"{"_class_name": "FlowMatchEulerDiscreteScheduler", "base_image_seq_len": 256,
+                "base_shift": 0.5, "max_image_seq_len": 4096, "max_shift": 1.15,
+                "num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": true,
+                "shift_terminal": null, "time_shift_type": "exponential",
+                "invert_sigmas": false, "stochastic_sampling": false}"#,
+        )
+        .unwrap();
+        assert_eq!(dev.shift, 3.0);
+        assert!(dev.use_dynamic_shifting);
+        assert_eq!(dev.time_shift_type, TimeShiftType::Exponential);
+        assert_eq!(dev.check(), Ok(()));
+        let bad = SchedulerConfig {
+            shift: 0.0,
+            ..Default::default()
+        };
+        assert!(bad.check().unwrap_err().contains("shift"));
+        let bad = SchedulerConfig {
+            shift_terminal: Some(1.0),
+            ..Default::default()
+        };
+        assert!(bad.check().unwrap_err().contains("shift_terminal"));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 
 use candle_core::Tensor;
 
-use super::math::{self, alpha_sigma, invalid, lambda};
+use super::flow;
+use super::math::{self, invalid};
 use super::schedules::{self, sigma_alphas_cumprod, Flavor};
 use super::{
     check_index, lincomb, refuse_thresholding, to_work, vp_x0, FinalSigmasType, PredictionType,
@@ -53,10 +54,14 @@ impl DpmVariant {
 /// `lambda_min_clipped`, `use_karras_sigmas`, `use_exponential_sigmas`, `use_beta_sigmas`,
 /// `sigma_min` and `sigma_max`, and takes every [`super::Schedule`]. `solver_order` and
 /// `algorithm_type` in the file are ignored: the name says which solver runs. `thresholding`,
-/// `use_lu_lambdas` and `use_flow_sigmas` are refused.
+/// `use_lu_lambdas` and `use_flow_sigmas` are refused; flow-matching models use
+/// [`DpmMultistep::flow`].
 #[derive(Debug, Clone)]
 pub struct DpmMultistep {
     variant: DpmVariant,
+    /// Flow-matching sigmas (`x = (1 − σ)·x0 + σ·noise`, velocity output) rather than the
+    /// variance-preserving ones.
+    flow: bool,
     timesteps: Vec<f64>,
     /// One sigma per step plus the final one.
     sigmas: Vec<f64>,
@@ -106,6 +111,7 @@ impl DpmMultistep {
         });
         Ok(Self {
             variant,
+            flow: false,
             timesteps: plan.timesteps,
             sigmas,
             prediction_type: config.prediction_type,
@@ -118,9 +124,90 @@ impl DpmMultistep {
         })
     }
 
+    /// The flow-matching form (diffusers' `DPMSolverMultistepScheduler` with
+    /// `use_flow_sigmas` and `prediction_type = "flow_prediction"`), for `steps` steps: sigmas
+    /// `1 − linspace(1, 1/T, steps + 1)` shifted by `flow_shift` (`shift` when unset) or, with
+    /// `use_dynamic_shifting`, by `exp(mu)`, the last dropped and 0 appended; timesteps
+    /// `⌊σ·T⌋`. The model output is the velocity whatever `prediction_type` says (FLUX's
+    /// configs name none). Reads `num_train_timesteps`, the shift fields, `solver_type`,
+    /// `lower_order_final` and `euler_at_final`; `final_sigmas_type` must be `zero` and the
+    /// schedule the default.
+    pub fn flow(
+        config: &SchedulerConfig,
+        steps: usize,
+        variant: DpmVariant,
+        mu: Option<f64>,
+    ) -> Result<Self, SchedulerError> {
+        let name = variant.name();
+        math::check_steps(name, config, steps)?;
+        refuse_thresholding(name, config)?;
+        flow::require_default_schedule(name, config)?;
+        if config.final_sigmas_type != FinalSigmasType::Zero {
+            return Err(invalid(
+                name,
+                "final_sigmas_type sigma_min is not supported with flow sigmas; use zero",
+            ));
+        }
+        let static_shift = config.flow_shift.unwrap_or(config.shift);
+        let shift = flow::shift_value(name, config, static_shift, mu)?;
+        let train = config.num_train_timesteps;
+        let alphas = math::numpy_linspace(1.0, 1.0 / train as f64, steps + 1);
+        let mut shifted: Vec<f64> = alphas
+            .iter()
+            .map(|a| {
+                let s = 1.0 - a;
+                shift * s / (1.0 + (shift - 1.0) * s)
+            })
+            .rev()
+            .collect();
+        shifted.pop();
+        // diffusers keeps the timesteps as int64 (truncated) and the sigmas as float32.
+        let timesteps = shifted.iter().map(|s| (s * train as f64).trunc()).collect();
+        let mut sigmas: Vec<f64> = shifted.iter().map(|&s| s as f32 as f64).collect();
+        sigmas.push(0.0);
+        Ok(Self {
+            variant,
+            flow: true,
+            timesteps,
+            sigmas,
+            prediction_type: config.prediction_type,
+            heun: config.solver_type == Some(SolverType::Heun),
+            lower_order_final: config.lower_order_final.unwrap_or(true),
+            euler_at_final: config.euler_at_final,
+            final_zero: true,
+            outputs: Vec::new(),
+            lower_order_nums: 0,
+        })
+    }
+
     /// The noise levels, one per step plus the final one.
     pub fn sigmas(&self) -> &[f64] {
         &self.sigmas
+    }
+
+    /// `(alpha_t, sigma_t)` at noise level `sigma`: variance-preserving, or flow matching's
+    /// `(1 − σ, σ)`.
+    fn alpha_sigma(&self, sigma: f64) -> (f64, f64) {
+        if self.flow {
+            (1.0 - sigma, sigma)
+        } else {
+            math::alpha_sigma(sigma)
+        }
+    }
+
+    /// The log-SNR `ln(alpha_t) − ln(sigma_t)`.
+    fn lambda(&self, sigma: f64) -> f64 {
+        let (a, s) = self.alpha_sigma(sigma);
+        a.ln() - s.ln()
+    }
+
+    /// The predicted clean sample.
+    fn data_prediction(&self, out: &Tensor, x: &Tensor, sigma: f64) -> candle_core::Result<Tensor> {
+        if self.flow {
+            return lincomb(&[(1.0, x), (-sigma, out)]);
+        }
+        let (a, s) = self.alpha_sigma(sigma);
+        vp_x0(self.prediction_type, out, x, a, s)
     }
 }
 
@@ -159,8 +246,8 @@ impl Scheduler for DpmMultistep {
         let lower_second = index + 2 == n && short;
 
         let s0 = self.sigmas[index];
-        let (a_s0, sg_s0) = alpha_sigma(s0);
-        let x0 = vp_x0(self.prediction_type, &out, &x, a_s0, sg_s0)?;
+        let (_, sg_s0) = self.alpha_sigma(s0);
+        let x0 = self.data_prediction(&out, &x, s0)?;
         self.outputs.push((index, x0));
         if self.outputs.len() > order {
             self.outputs.remove(0);
@@ -172,8 +259,8 @@ impl Scheduler for DpmMultistep {
         };
 
         let st = self.sigmas[index + 1];
-        let (a_t, sg_t) = alpha_sigma(st);
-        let h = lambda(st) - lambda(s0);
+        let (a_t, sg_t) = self.alpha_sigma(st);
+        let h = self.lambda(st) - self.lambda(s0);
         let m = |back: usize| &self.outputs[self.outputs.len() - 1 - back].1;
         let sde = self.variant.sde();
         // The noise term of the SDE variants: σ_t·√(1 - e^{-2h})·z.
@@ -205,7 +292,7 @@ impl Scheduler for DpmMultistep {
             }
             2 => {
                 let s1 = self.sigmas[index - 1];
-                let h0 = lambda(s0) - lambda(s1);
+                let h0 = self.lambda(s0) - self.lambda(s1);
                 let r0 = h0 / h;
                 let d1 = lincomb(&[(1.0 / r0, m(0)), (-1.0 / r0, m(1))])?;
                 let (c0, c1) = match (sde, self.heun) {
@@ -219,7 +306,10 @@ impl Scheduler for DpmMultistep {
             }
             _ => {
                 let (s1, s2) = (self.sigmas[index - 1], self.sigmas[index - 2]);
-                let (h0, h1) = (lambda(s0) - lambda(s1), lambda(s1) - lambda(s2));
+                let (h0, h1) = (
+                    self.lambda(s0) - self.lambda(s1),
+                    self.lambda(s1) - self.lambda(s2),
+                );
                 let (r0, r1) = (h0 / h, h1 / h);
                 let d1_0 = lincomb(&[(1.0 / r0, m(0)), (-1.0 / r0, m(1))])?;
                 let d1_1 = lincomb(&[(1.0 / r1, m(1)), (-1.0 / r1, m(2))])?;
@@ -260,7 +350,7 @@ impl Scheduler for DpmMultistep {
         index: usize,
     ) -> candle_core::Result<Tensor> {
         check_index(self.variant.name(), index, self.timesteps.len())?;
-        let (a, s) = alpha_sigma(self.sigmas[index]);
+        let (a, s) = self.alpha_sigma(self.sigmas[index]);
         lincomb(&[(a, original), (s, noise)])
     }
 }

@@ -4,9 +4,15 @@
 //! hands the output to [`Scheduler::step`]. Configs are data: [`SchedulerConfig`] mirrors
 //! diffusers' `scheduler/scheduler_config.json`, and each scheduler reads the fields it uses.
 //!
-//! Schedulers are built by name through the registry ([`build`], [`names`], [`register`]);
-//! each follows one diffusers class ([`Ddim`]: `DDIMScheduler`, [`Euler`]:
+//! Schedulers are built by name through a [`Registry`] value (the built-ins plus any plugin's;
+//! see [`crate::extensions`]) from a [`Sampler`] (scheduler name and noise schedule); each
+//! follows one diffusers class ([`Ddim`]: `DDIMScheduler`, [`Euler`]:
 //! `EulerDiscreteScheduler`), and the schedule math they share lives in [`math`].
+//!
+//! Flow-matching models (FLUX) have their own forms, built with the image's `mu`
+//! ([`calculate_shift`]): [`FlowEuler`] (`FlowMatchEulerDiscreteScheduler`), [`FlowHeun`]
+//! (`FlowMatchHeunDiscreteScheduler`) and [`DpmMultistep::flow`] (`DPMSolverMultistepScheduler`
+//! with `use_flow_sigmas`); their schedule is in [`flow`].
 
 use candle_core::Tensor;
 
@@ -23,18 +29,23 @@ mod dpm_sde;
 mod dpm_singlestep;
 mod euler;
 mod euler_ancestral;
+pub mod flow;
+mod flow_euler;
+mod flow_heun;
 mod heun;
 mod lcm;
 mod lms;
 pub mod math;
 mod pndm;
 mod registry;
+mod sampler;
 pub mod schedules;
+pub mod special;
 mod tcd;
 mod unipc;
 pub use config::{
     BetaSchedule, FinalSigmasType, InterpolationType, PredictionType, SchedulerConfig, SolverType,
-    TimestepSpacing, TimestepType, VarianceType,
+    TimeShiftType, TimestepSpacing, TimestepType, VarianceType,
 };
 pub use ddim::Ddim;
 pub use ddpm::Ddpm;
@@ -46,13 +57,15 @@ pub use dpm_sde::DpmSde;
 pub use dpm_singlestep::DpmSinglestep;
 pub use euler::{Churn, Euler};
 pub use euler_ancestral::EulerAncestral;
+pub use flow::calculate_shift;
+pub use flow_euler::FlowEuler;
+pub use flow_heun::FlowHeun;
 pub use heun::Heun;
 pub use lcm::Lcm;
 pub use lms::Lms;
 pub use pndm::Pndm;
-pub use registry::{
-    build, build_with, entries, names, register, resolve, BuildFn, Registry, SchedulerEntry,
-};
+pub use registry::{BuildFn, Registry, SchedulerEntry};
+pub use sampler::{Sampler, SchedulerKind};
 pub use schedules::{Schedule, ScheduleInfo, SCHEDULES};
 pub use tcd::Tcd;
 pub use unipc::UniPc;

@@ -1,12 +1,15 @@
 //! The scheduler registry: names to constructors.
 //!
 //! Built-in schedulers are rows of [`BUILTINS`]; adding a sampler means adding a row. Plugins
-//! add entries at run time with [`register`]. Names are looked up case-insensitively among each
-//! entry's canonical snake-case name and its aliases (AUTOMATIC1111's display names).
+//! add entries to a registry value with [`Registry::register`] (the service and the CLI hold
+//! one in their [`crate::extensions::Extensions`]; there is no process-wide registry). Names
+//! are looked up case-insensitively among each entry's canonical snake-case name and its
+//! aliases (AUTOMATIC1111's display names).
 
-use std::sync::{Arc, LazyLock, PoisonError, RwLock};
+use std::sync::Arc;
 
 use super::math::{check_steps, invalid};
+use super::sampler::Sampler;
 use super::schedules::{did_you_mean, normalize, Schedule, SCHEDULES};
 use super::{
     Ddim, Ddpm, Deis, Dpm2, Dpm2Ancestral, DpmMultistep, DpmSde, DpmSinglestep, DpmVariant, Euler,
@@ -19,17 +22,17 @@ pub type BuildFn =
     dyn Fn(&SchedulerConfig, usize) -> Result<Box<dyn Scheduler>, SchedulerError> + Send + Sync;
 
 /// One named scheduler.
-///
-/// Names are `&'static str` so that listing them is cheap; a plugin host that learns names at
-/// run time leaks them once when the plugin loads (`Box::leak`).
 #[derive(Clone)]
 pub struct SchedulerEntry {
     /// Canonical name: lowercase snake case (`ddim`, `dpmpp_2m`).
-    pub name: &'static str,
-    /// Other accepted names, typically AUTOMATIC1111's (`"DPM++ 2M"`).
-    pub aliases: &'static [&'static str],
+    pub name: String,
+    /// Other accepted names, typically AUTOMATIC1111's display name first (`"DPM++ 2M"`).
+    pub aliases: Vec<String>,
     /// One line for listings: what the scheduler is and which diffusers class it follows.
-    pub summary: &'static str,
+    pub summary: String,
+    /// The diffusers scheduler class it follows, if any: a model whose
+    /// `scheduler_config.json` names this class gets this sampler by default.
+    pub diffusers_class: Option<String>,
     /// The constructor.
     pub build: Arc<BuildFn>,
 }
@@ -37,20 +40,26 @@ pub struct SchedulerEntry {
 impl SchedulerEntry {
     /// An entry from its names, summary and constructor.
     pub fn new(
-        name: &'static str,
-        aliases: &'static [&'static str],
-        summary: &'static str,
+        name: impl Into<String>,
+        aliases: Vec<String>,
+        summary: impl Into<String>,
         build: impl Fn(&SchedulerConfig, usize) -> Result<Box<dyn Scheduler>, SchedulerError>
             + Send
             + Sync
             + 'static,
     ) -> Self {
         Self {
-            name,
+            name: name.into(),
             aliases,
-            summary,
+            summary: summary.into(),
+            diffusers_class: None,
             build: Arc::new(build),
         }
+    }
+
+    /// AUTOMATIC1111's display name: the first alias, else the name.
+    pub fn display_name(&self) -> &str {
+        self.aliases.first().unwrap_or(&self.name)
     }
 
     /// Whether `name` is this entry's name or one of its aliases, in any case and with `_`,
@@ -58,7 +67,7 @@ impl SchedulerEntry {
     pub fn answers_to(&self, name: &str) -> bool {
         let name = normalize(name);
         std::iter::once(&self.name)
-            .chain(self.aliases)
+            .chain(&self.aliases)
             .any(|n| normalize(n) == name)
     }
 }
@@ -76,11 +85,12 @@ impl std::fmt::Debug for SchedulerEntry {
 /// A built-in scheduler's constructor.
 type BuiltinFn = fn(&SchedulerConfig, usize) -> Result<Box<dyn Scheduler>, SchedulerError>;
 
-/// A built-in row: names, summary, constructor.
+/// A built-in row: names, summary, the diffusers class it follows, constructor.
 struct Builtin {
     name: &'static str,
     aliases: &'static [&'static str],
     summary: &'static str,
+    class: Option<&'static str>,
     build: BuiltinFn,
 }
 
@@ -91,114 +101,131 @@ const BUILTINS: &[Builtin] = &[
         name: "ddim",
         aliases: &["DDIM"],
         summary: "DDIM, deterministic (diffusers DDIMScheduler)",
+        class: Some("DDIMScheduler"),
         build: |config, steps| Ok(Box::new(Ddim::new(config, steps)?)),
     },
     Builtin {
         name: "ddpm",
         aliases: &["DDPM"],
         summary: "DDPM, ancestral (diffusers DDPMScheduler)",
+        class: Some("DDPMScheduler"),
         build: |config, steps| Ok(Box::new(Ddpm::new(config, steps)?)),
     },
     Builtin {
         name: "pndm",
         aliases: &["PLMS", "PNDM"],
         summary: "PLMS: PNDM without the Runge-Kutta warm-up, steps + 1 calls (diffusers PNDMScheduler, skip_prk_steps)",
+        class: None,
         build: |config, steps| Ok(Box::new(Pndm::new(config, steps)?)),
     },
     Builtin {
         name: "lms",
         aliases: &["LMS"],
         summary: "linear multistep, order 4 (diffusers LMSDiscreteScheduler)",
+        class: Some("LMSDiscreteScheduler"),
         build: |config, steps| Ok(Box::new(Lms::new(config, steps)?)),
     },
     Builtin {
         name: "euler",
         aliases: &["Euler"],
         summary: "Euler (diffusers EulerDiscreteScheduler)",
+        class: Some("EulerDiscreteScheduler"),
         build: |config, steps| Ok(Box::new(Euler::new(config, steps)?)),
     },
     Builtin {
         name: "euler_a",
         aliases: &["Euler a", "euler_ancestral"],
         summary: "Euler ancestral (diffusers EulerAncestralDiscreteScheduler)",
+        class: Some("EulerAncestralDiscreteScheduler"),
         build: |config, steps| Ok(Box::new(EulerAncestral::new(config, steps)?)),
     },
     Builtin {
         name: "heun",
         aliases: &["Heun"],
         summary: "Heun, 2·steps - 1 calls (diffusers HeunDiscreteScheduler)",
+        class: Some("HeunDiscreteScheduler"),
         build: |config, steps| Ok(Box::new(Heun::new(config, steps)?)),
     },
     Builtin {
         name: "dpm2",
         aliases: &["DPM2", "dpm_2"],
         summary: "DPM2, 2·steps - 1 calls (diffusers KDPM2DiscreteScheduler)",
+        class: Some("KDPM2DiscreteScheduler"),
         build: |config, steps| Ok(Box::new(Dpm2::new(config, steps)?)),
     },
     Builtin {
         name: "dpm2_a",
         aliases: &["DPM2 a", "dpm_2_ancestral"],
         summary: "DPM2 ancestral, 2·steps - 1 calls (diffusers KDPM2AncestralDiscreteScheduler)",
+        class: Some("KDPM2AncestralDiscreteScheduler"),
         build: |config, steps| Ok(Box::new(Dpm2Ancestral::new(config, steps)?)),
     },
     Builtin {
         name: "dpmpp_2m",
         aliases: &["DPM++ 2M"],
         summary: "DPM-Solver++ 2M (diffusers DPMSolverMultistepScheduler, dpmsolver++, order 2)",
+        class: Some("DPMSolverMultistepScheduler"),
         build: |config, steps| Ok(Box::new(DpmMultistep::new(config, steps, DpmVariant::TwoM)?)),
     },
     Builtin {
         name: "dpmpp_2m_sde",
         aliases: &["DPM++ 2M SDE"],
         summary: "DPM-Solver++ 2M SDE (diffusers DPMSolverMultistepScheduler, sde-dpmsolver++, order 2)",
+        class: None,
         build: |config, steps| Ok(Box::new(DpmMultistep::new(config, steps, DpmVariant::TwoMSde)?)),
     },
     Builtin {
         name: "dpmpp_sde",
         aliases: &["DPM++ SDE"],
         summary: "DPM-Solver++ SDE, 2·steps - 1 calls (diffusers DPMSolverSDEScheduler)",
+        class: Some("DPMSolverSDEScheduler"),
         build: |config, steps| Ok(Box::new(DpmSde::new(config, steps)?)),
     },
     Builtin {
         name: "dpmpp_2s_a",
         aliases: &["DPM++ 2S a", "dpmpp_2s_ancestral"],
         summary: "DPM-Solver++ 2S with noise (diffusers DPMSolverSinglestepScheduler, sde-dpmsolver++, order 2)",
+        class: None,
         build: |config, steps| Ok(Box::new(DpmSinglestep::new(config, steps)?)),
     },
     Builtin {
         name: "dpmpp_3m_sde",
         aliases: &["DPM++ 3M SDE"],
         summary: "DPM-Solver++ 3M SDE (diffusers DPMSolverMultistepScheduler, sde-dpmsolver++, order 3)",
+        class: None,
         build: |config, steps| Ok(Box::new(DpmMultistep::new(config, steps, DpmVariant::ThreeMSde)?)),
     },
     Builtin {
         name: "unipc",
         aliases: &["UniPC", "uni_pc"],
         summary: "UniPC predictor-corrector (diffusers UniPCMultistepScheduler)",
+        class: Some("UniPCMultistepScheduler"),
         build: |config, steps| Ok(Box::new(UniPc::new(config, steps)?)),
     },
     Builtin {
         name: "deis",
         aliases: &["DEIS"],
         summary: "DEIS log-rho multistep (diffusers DEISMultistepScheduler)",
+        class: Some("DEISMultistepScheduler"),
         build: |config, steps| Ok(Box::new(Deis::new(config, steps)?)),
     },
     Builtin {
         name: "lcm",
         aliases: &["LCM"],
         summary: "latent consistency, for LCM models (diffusers LCMScheduler)",
+        class: Some("LCMScheduler"),
         build: |config, steps| Ok(Box::new(Lcm::new(config, steps)?)),
     },
     Builtin {
         name: "tcd",
         aliases: &["TCD"],
         summary: "trajectory consistency, gamma 0.3, for TCD models (diffusers TCDScheduler)",
+        class: Some("TCDScheduler"),
         build: |config, steps| Ok(Box::new(Tcd::new(config, steps)?)),
     },
 ];
 
-/// A set of named schedulers. The process-wide one behind [`build`], [`names`] and
-/// [`register`] starts with the built-ins.
+/// A set of named schedulers, starting with the built-ins; plugins add theirs.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     entries: Vec<SchedulerEntry>,
@@ -215,7 +242,12 @@ impl Registry {
         Self {
             entries: BUILTINS
                 .iter()
-                .map(|b| SchedulerEntry::new(b.name, b.aliases, b.summary, b.build))
+                .map(|b| {
+                    let aliases = b.aliases.iter().map(|a| a.to_string()).collect();
+                    let mut entry = SchedulerEntry::new(b.name, aliases, b.summary, b.build);
+                    entry.diffusers_class = b.class.map(str::to_string);
+                    entry
+                })
                 .collect(),
         }
     }
@@ -230,17 +262,17 @@ impl Registry {
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if !snake {
             return Err(invalid(
-                entry.name,
+                &entry.name,
                 format!(
                     "name {:?} is not lowercase snake case (a-z, 0-9, _)",
                     entry.name
                 ),
             ));
         }
-        for name in std::iter::once(&entry.name).chain(entry.aliases) {
+        for name in std::iter::once(&entry.name).chain(&entry.aliases) {
             if let Some(taken) = self.find(name) {
                 return Err(invalid(
-                    entry.name,
+                    &entry.name,
                     format!("name {name:?} is already taken by scheduler {}", taken.name),
                 ));
             }
@@ -254,33 +286,25 @@ impl Registry {
         self.entries.iter().find(|e| e.answers_to(name))
     }
 
-    /// Builds scheduler `name` (any case, or an alias, optionally followed by a schedule as in
-    /// `"DPM++ 2M Karras"`) for `steps` steps of `config`.
-    pub fn build(
-        &self,
-        name: &str,
-        config: &SchedulerConfig,
-        steps: usize,
-    ) -> Result<Box<dyn Scheduler>, SchedulerError> {
-        self.build_with(name, None, config, steps)
+    /// The entry following diffusers class `class_name` (a model's `scheduler_config.json`).
+    pub fn for_class(&self, class_name: &str) -> Option<&SchedulerEntry> {
+        self.entries
+            .iter()
+            .find(|e| e.diffusers_class.as_deref() == Some(class_name))
     }
 
-    /// Builds scheduler `name` with noise schedule `schedule` (`--schedule`; `None` keeps the
-    /// one the name implies, else the default). A name that implies another schedule than
-    /// `schedule` is an error.
-    pub fn build_with(
-        &self,
-        name: &str,
-        schedule: Option<&str>,
-        config: &SchedulerConfig,
-        steps: usize,
-    ) -> Result<Box<dyn Scheduler>, SchedulerError> {
+    /// The sampler `name` stands for, with noise schedule `schedule` (`--schedule`; `None`
+    /// keeps the one the name implies, else the sampler's own). `name` is a canonical name or
+    /// an alias in any case, optionally followed by a schedule (`"DPM++ 2M Karras"`); a name
+    /// that implies another schedule than `schedule` is an error. Unknown names list the valid
+    /// ones and suggest the nearest.
+    pub fn sampler(&self, name: &str, schedule: Option<&str>) -> Result<Sampler, SchedulerError> {
         let (entry, implied) = self.resolve(name)?;
         let chosen = schedule.map(Schedule::parse).transpose()?;
         let schedule = match (implied, chosen) {
             (Some(a), Some(b)) if a != b => {
                 return Err(invalid(
-                    entry.name,
+                    &entry.name,
                     format!(
                         "{name:?} already implies schedule {} but schedule {} was asked for; \
                          give one of them",
@@ -291,17 +315,58 @@ impl Registry {
             }
             (a, b) => a.or(b),
         };
-        let config = match schedule {
+        Ok(Sampler {
+            name: entry.name.clone(),
+            schedule,
+        })
+    }
+
+    /// Builds `sampler` for `steps` steps of `config`: a step count outside
+    /// `1..=num_train_timesteps` gives [`SchedulerError::Invalid`].
+    pub fn build(
+        &self,
+        sampler: &Sampler,
+        config: &SchedulerConfig,
+        steps: usize,
+    ) -> Result<Box<dyn Scheduler>, SchedulerError> {
+        let entry = self
+            .find(&sampler.name)
+            .ok_or_else(|| self.unknown(&sampler.name))?;
+        let config = match sampler.schedule {
             Some(s) => s.apply(config),
             None => config.clone(),
         };
-        check_steps(entry.name, &config, steps)?;
+        check_steps(&entry.name, &config, steps)?;
         (entry.build)(&config, steps)
+    }
+
+    /// Builds sampler `name` (any name or alias, optionally with a schedule appended) with
+    /// noise schedule `schedule`: [`Registry::sampler`] then [`Registry::build`].
+    pub fn build_named(
+        &self,
+        name: &str,
+        schedule: Option<&str>,
+        config: &SchedulerConfig,
+        steps: usize,
+    ) -> Result<Box<dyn Scheduler>, SchedulerError> {
+        self.build(&self.sampler(name, schedule)?, config, steps)
+    }
+
+    /// AUTOMATIC1111's display name of `sampler`: the sampler's, plus the schedule's label
+    /// when one other than the default is chosen (`DPM++ 2M Karras`).
+    pub fn display_name(&self, sampler: &Sampler) -> String {
+        let name = self
+            .find(&sampler.name)
+            .map_or(sampler.name.as_str(), SchedulerEntry::display_name);
+        match sampler.schedule {
+            Some(s) if s != Schedule::Default => format!("{name} {}", s.label()),
+            _ => name.to_string(),
+        }
     }
 
     /// The entry `name` stands for and the schedule it implies: a scheduler name or alias,
     /// optionally followed by a schedule name (`"DPM++ 2M Karras"` is `dpmpp_2m` with
-    /// `karras`). Unknown names list the valid ones and suggest the nearest.
+    /// `karras`).
     pub fn resolve(
         &self,
         name: &str,
@@ -323,7 +388,7 @@ impl Registry {
                     }
                     Ok((entry, Some(other))) => {
                         return Err(invalid(
-                            entry.name,
+                            &entry.name,
                             format!(
                                 "{name:?} names two schedules, {} and {}; give one",
                                 other.name(),
@@ -335,21 +400,22 @@ impl Registry {
                 }
             }
         }
+        Err(self.unknown(name))
+    }
+
+    fn unknown(&self, name: &str) -> SchedulerError {
         let candidates: Vec<&str> = self
             .entries
             .iter()
-            .flat_map(|e| std::iter::once(e.name).chain(e.aliases.iter().copied()))
+            .flat_map(|e| {
+                std::iter::once(e.name.as_str()).chain(e.aliases.iter().map(String::as_str))
+            })
             .collect();
-        Err(SchedulerError::Unknown {
+        SchedulerError::Unknown {
             name: name.to_string(),
             hint: did_you_mean(name, &candidates),
             valid: self.valid_names(),
-        })
-    }
-
-    /// Every entry's canonical name and aliases, in registration order.
-    pub fn names(&self) -> Vec<(&'static str, &'static [&'static str])> {
-        self.entries.iter().map(|e| (e.name, e.aliases)).collect()
+        }
     }
 
     /// The entries, in registration order.
@@ -363,7 +429,7 @@ impl Registry {
             .iter()
             .map(|e| {
                 if e.aliases.is_empty() {
-                    e.name.to_string()
+                    e.name.clone()
                 } else {
                     format!("{} ({})", e.name, e.aliases.join(", "))
                 }
@@ -371,70 +437,6 @@ impl Registry {
             .collect::<Vec<_>>()
             .join(", ")
     }
-}
-
-static GLOBAL: LazyLock<RwLock<Registry>> =
-    LazyLock::new(|| RwLock::new(Registry::with_builtins()));
-
-/// Builds scheduler `name` for `steps` steps of `config` from the process-wide registry.
-///
-/// `name` is a canonical name (`ddim`, `euler`) or an alias (`DDIM`, `Euler`), in any case.
-/// Unknown names give [`SchedulerError::Unknown`] listing the valid ones; a step count outside
-/// `1..=num_train_timesteps` gives [`SchedulerError::Invalid`].
-pub fn build(
-    name: &str,
-    config: &SchedulerConfig,
-    steps: usize,
-) -> Result<Box<dyn Scheduler>, SchedulerError> {
-    GLOBAL
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .build(name, config, steps)
-}
-
-/// Like [`build`] with a noise schedule (`--schedule`); see [`Registry::build_with`].
-pub fn build_with(
-    name: &str,
-    schedule: Option<&str>,
-    config: &SchedulerConfig,
-    steps: usize,
-) -> Result<Box<dyn Scheduler>, SchedulerError> {
-    GLOBAL
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .build_with(name, schedule, config, steps)
-}
-
-/// The canonical scheduler name `name` stands for and the schedule it implies (see
-/// [`Registry::resolve`]).
-pub fn resolve(name: &str) -> Result<(&'static str, Option<Schedule>), SchedulerError> {
-    let registry = GLOBAL.read().unwrap_or_else(PoisonError::into_inner);
-    registry.resolve(name).map(|(e, s)| (e.name, s))
-}
-
-/// The process-wide registry's entries, in registration order.
-pub fn entries() -> Vec<SchedulerEntry> {
-    GLOBAL
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .entries()
-        .to_vec()
-}
-
-/// The process-wide registry's schedulers: (canonical name, aliases), in registration order.
-pub fn names() -> Vec<(&'static str, &'static [&'static str])> {
-    GLOBAL
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .names()
-}
-
-/// Adds a scheduler to the process-wide registry (plugins); see [`Registry::register`].
-pub fn register(entry: SchedulerEntry) -> Result<(), SchedulerError> {
-    GLOBAL
-        .write()
-        .unwrap_or_else(PoisonError::into_inner)
-        .register(entry)
 }
 
 #[cfg(test)]
@@ -449,10 +451,13 @@ mod tests {
         }
         assert!(registry.find("euler_b").is_none());
         let (entry, schedule) = registry.resolve("DPM++ 2M Karras").unwrap();
-        assert_eq!((entry.name, schedule), ("dpmpp_2m", Some(Schedule::Karras)));
+        assert_eq!(
+            (entry.name.as_str(), schedule),
+            ("dpmpp_2m", Some(Schedule::Karras))
+        );
         let (entry, schedule) = registry.resolve("euler_ancestral sgm_uniform").unwrap();
         assert_eq!(
-            (entry.name, schedule),
+            (entry.name.as_str(), schedule),
             ("euler_a", Some(Schedule::SgmUniform))
         );
         let err = registry
@@ -471,21 +476,32 @@ mod tests {
             Ok(Box::new(Euler::new(c, s)?))
         };
         let err = registry
-            .register(SchedulerEntry::new("my_euler", &["euler"], "", build))
+            .register(SchedulerEntry::new(
+                "my_euler",
+                vec!["euler".into()],
+                "",
+                build,
+            ))
             .unwrap_err()
             .to_string();
         assert!(err.contains("already taken"), "{err}");
         let err = registry
-            .register(SchedulerEntry::new("My Euler", &[], "", build))
+            .register(SchedulerEntry::new("My Euler", vec![], "", build))
             .unwrap_err()
             .to_string();
         assert!(err.contains("snake case"), "{err}");
         registry
-            .register(SchedulerEntry::new("my_euler", &["Mine"], "", build))
+            .register(SchedulerEntry::new(
+                "my_euler",
+                vec!["Mine".into()],
+                "",
+                build,
+            ))
             .unwrap();
-        assert_eq!(registry.names().last().unwrap().0, "my_euler");
+        assert_eq!(registry.entries().last().unwrap().name, "my_euler");
+        let sampler = registry.sampler("MINE", None).unwrap();
         let built = registry
-            .build("MINE", &SchedulerConfig::default(), 5)
+            .build(&sampler, &SchedulerConfig::default(), 5)
             .unwrap();
         assert_eq!(built.timesteps().len(), 5);
     }

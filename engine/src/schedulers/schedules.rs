@@ -142,6 +142,12 @@ impl Schedule {
         self.info().name
     }
 
+    /// The display label: AUTOMATIC1111's name (the first alias), else the canonical name.
+    pub fn label(self) -> &'static str {
+        let info = self.info();
+        info.aliases.first().copied().unwrap_or(info.name)
+    }
+
     /// The schedule a name (canonical or alias, any case, `-`/space/`_` alike) stands for, if any.
     pub fn find(name: &str) -> Option<Self> {
         let key = normalize(name);
@@ -440,47 +446,19 @@ pub(crate) fn plan(
     } else {
         (sigmas[steps - 1], sigmas[0])
     };
-    let sigma_min = config.sigma_min.unwrap_or(low);
-    let sigma_max = config.sigma_max.unwrap_or(high);
-    let from_sigmas = |s: Vec<f64>, round: bool| {
-        let t = s
-            .iter()
-            .map(|&x| {
-                let t = math::sigma_to_t(x, &log_sigmas);
-                if round {
-                    t.round_ties_even()
-                } else {
-                    t
-                }
-            })
-            .collect::<Vec<f64>>();
-        (t, s)
-    };
-    match schedule {
-        Schedule::Karras => {
-            let round = flavor.round_karras
-                && !(flavor.cosine_karras_unrounded
-                    && config.beta_schedule == super::BetaSchedule::SquaredcosCapV2);
-            (timesteps, sigmas) =
-                from_sigmas(math::karras_sigmas(sigma_min, sigma_max, steps), round);
-        }
-        Schedule::Exponential => {
-            (timesteps, sigmas) =
-                from_sigmas(math::exponential_sigmas(sigma_min, sigma_max, steps), false);
-        }
-        Schedule::Beta => {
-            (timesteps, sigmas) =
-                from_sigmas(math::beta_sigmas(sigma_min, sigma_max, steps), false);
-        }
-        Schedule::Polyexponential => {
-            (timesteps, sigmas) = from_sigmas(
-                math::polyexponential_sigmas(sigma_min, sigma_max, steps, 1.0),
-                false,
-            );
-        }
-        Schedule::SgmUniform => (timesteps, sigmas) = math::sgm_uniform(&train_sigmas, steps),
-        Schedule::Simple => (timesteps, sigmas) = math::simple_schedule(&train_sigmas, steps),
-        _ => {}
+    let range = (
+        config.sigma_min.unwrap_or(low),
+        config.sigma_max.unwrap_or(high),
+    );
+    if let Some(planned) = schedule_sigmas(
+        schedule,
+        config,
+        flavor,
+        range,
+        steps,
+        (&train_sigmas, &log_sigmas),
+    ) {
+        (timesteps, sigmas) = planned;
     }
     if flavor.solver_spacing {
         // The solvers hold their timesteps as int64: fractional ones are truncated.
@@ -504,6 +482,51 @@ pub(crate) fn plan(
         sigmas,
         train_sigmas,
         spacing,
+    })
+}
+
+/// The timesteps and sigmas a noise schedule other than the sampler's own lays out over
+/// `(sigma_min, sigma_max)`, or `None` to keep the spaced training sigmas.
+fn schedule_sigmas(
+    schedule: Schedule,
+    config: &SchedulerConfig,
+    flavor: Flavor,
+    (sigma_min, sigma_max): (f64, f64),
+    steps: usize,
+    (train_sigmas, log_sigmas): (&[f64], &[f64]),
+) -> Option<(Vec<f64>, Vec<f64>)> {
+    let from_sigmas = |s: Vec<f64>, round: bool| {
+        let t = s
+            .iter()
+            .map(|&x| {
+                let t = math::sigma_to_t(x, log_sigmas);
+                if round {
+                    t.round_ties_even()
+                } else {
+                    t
+                }
+            })
+            .collect::<Vec<f64>>();
+        (t, s)
+    };
+    Some(match schedule {
+        Schedule::Karras => {
+            let round = flavor.round_karras
+                && !(flavor.cosine_karras_unrounded
+                    && config.beta_schedule == super::BetaSchedule::SquaredcosCapV2);
+            from_sigmas(math::karras_sigmas(sigma_min, sigma_max, steps), round)
+        }
+        Schedule::Exponential => {
+            from_sigmas(math::exponential_sigmas(sigma_min, sigma_max, steps), false)
+        }
+        Schedule::Beta => from_sigmas(math::beta_sigmas(sigma_min, sigma_max, steps), false),
+        Schedule::Polyexponential => from_sigmas(
+            math::polyexponential_sigmas(sigma_min, sigma_max, steps, 1.0),
+            false,
+        ),
+        Schedule::SgmUniform => math::sgm_uniform(train_sigmas, steps),
+        Schedule::Simple => math::simple_schedule(train_sigmas, steps),
+        _ => return None,
     })
 }
 

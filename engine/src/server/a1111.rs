@@ -14,7 +14,6 @@ use serde_json::{json, Value};
 use super::errors::{A1111Error, A1111Json, ApiError};
 use super::jobs::{Job, Origin, Status};
 use super::request::{validate, FieldNames, GenerateRequest, JobSpec};
-use super::samplers::{display_name, label, schedule_name};
 use super::service::{CancelOnDrop, Service};
 use crate::schedulers::{self, SCHEDULES};
 
@@ -26,6 +25,7 @@ pub(super) const NAMES: FieldNames = FieldNames {
     batch: "batch_size",
     scheduler: "sampler_name",
     schedule: "scheduler",
+    strength: "denoising_strength",
 };
 
 /// Live previews of A1111 jobs every this many steps (A1111's `show_progress_every_n_steps`).
@@ -111,6 +111,8 @@ pub(super) fn request(service: &Service, body: Txt2ImgBody) -> GenerateRequest {
         preview_every: Some(PREVIEW_EVERY as i64),
         // `<lora:name:weight>` tags stay in the prompt: the worker parses them out.
         loras: Vec::new(),
+        image: None,
+        pre_processors: Vec::new(),
     }
 }
 
@@ -120,7 +122,7 @@ pub async fn txt2img(
     A1111Json(body): A1111Json<Txt2ImgBody>,
 ) -> Result<Json<Value>, A1111Error> {
     let send_images = body.send_images.unwrap_or(true);
-    let spec = validate(&service.catalog, request(&service, body), &NAMES)?;
+    let spec = validate(&service, request(&service, body), &NAMES)?;
     run(&service, spec, send_images).await
 }
 
@@ -144,8 +146,10 @@ pub(super) async fn run(
 /// The txt2img answer: images (those made before an interrupt, if any), parameters, info.
 fn result(job: &Job, send_images: bool) -> Value {
     let s = job.state();
-    let j = &job.spec.job;
-    let sampler = display_name(&j.scheduler);
+    let j = &job.spec.job.settings;
+    let sampler = &job.spec.sampler_name;
+    let schedule = job.spec.job.sampler.schedule_name();
+    let strength = job.spec.job.input.image().map(|i| i.strength);
     let seeds: Vec<u64> = job.spec.seeds().into_iter().take(s.images.len()).collect();
     let images: Vec<String> = if send_images {
         s.images
@@ -169,7 +173,7 @@ fn result(job: &Job, send_images: bool) -> Value {
         "width": j.width,
         "height": j.height,
         "sampler_name": sampler,
-        "scheduler": schedule_name(&j.scheduler),
+        "scheduler": schedule,
         "cfg_scale": j.guidance,
         "steps": j.steps,
         "batch_size": j.batch,
@@ -178,7 +182,7 @@ fn result(job: &Job, send_images: bool) -> Value {
         "sd_model_name": job.spec.pipeline.name,
         "sd_model_hash": Value::Null,
         "restore_faces": false,
-        "denoising_strength": job.spec.image.as_ref().map(|i| i.strength),
+        "denoising_strength": strength,
         "extra_generation_params": {},
         "index_of_first_image": 0,
         "infotexts": s.infotexts,
@@ -198,11 +202,11 @@ fn result(job: &Job, send_images: bool) -> Value {
             "height": j.height,
             "seed": j.seed,
             "sampler_name": sampler,
-            "scheduler": schedule_name(&j.scheduler),
+            "scheduler": schedule,
             "batch_size": j.batch,
             "n_iter": job.spec.iterations,
             "clip_skip": j.clip_skip,
-            "denoising_strength": job.spec.image.as_ref().map(|i| i.strength),
+            "denoising_strength": strength,
             "override_settings": {"sd_model_checkpoint": job.spec.pipeline.name},
         },
         "info": info.to_string(),
@@ -259,7 +263,7 @@ pub async fn progress(
         }));
     };
     let s = job.state();
-    let steps = job.spec.job.steps.max(1);
+    let steps = job.spec.job.settings.steps.max(1);
     let fraction = s.step as f64 / s.total.max(1) as f64;
     let elapsed = s
         .started_at
@@ -325,14 +329,17 @@ pub async fn sd_models(State(service): State<Arc<Service>>) -> Json<Value> {
     Json(Value::Array(models))
 }
 
-/// `GET /sdapi/v1/samplers`: the scheduler registry, by A1111 display name.
-pub async fn samplers() -> Json<Value> {
-    let list: Vec<Value> = schedulers::names()
-        .into_iter()
-        .map(|(name, aliases)| {
-            let display = aliases.first().copied().unwrap_or(name);
-            let others: Vec<&str> = std::iter::once(name)
-                .chain(aliases.iter().copied())
+/// `GET /sdapi/v1/samplers`: the service's samplers, by A1111 display name.
+pub async fn samplers(State(service): State<Arc<Service>>) -> Json<Value> {
+    let list: Vec<Value> = service
+        .extensions
+        .schedulers
+        .entries()
+        .iter()
+        .map(|e| {
+            let display = e.display_name();
+            let others: Vec<&str> = std::iter::once(e.name.as_str())
+                .chain(e.aliases.iter().map(String::as_str))
                 .filter(|a| *a != display)
                 .collect();
             json!({"name": display, "aliases": others, "options": {}})
@@ -353,7 +360,7 @@ pub async fn schedulers_list() -> Json<Value> {
             };
             json!({
                 "name": name,
-                "label": label(info.schedule),
+                "label": info.schedule.label(),
                 "aliases": info.aliases,
                 "default_rho": -1,
                 "need_inner_model": false,

@@ -12,15 +12,12 @@ use serde_json::Value;
 
 use super::a1111::{request, run, Txt2ImgBody, NAMES};
 use super::errors::{A1111Error, A1111Json, ApiError};
-use super::image_job::{self, ImageJob, MaskJob};
+use super::pictures;
 use super::request::validate;
 use super::service::Service;
 use crate::image_in::{mask_from_picture, AlphaMask, ResizeMode};
-use crate::pipeline::{InpaintArea, MaskedContent};
-
-/// A1111's defaults for the fields it leaves out.
-const DEFAULT_STRENGTH: f64 = 0.75;
-const DEFAULT_MASK_BLUR: i64 = 4;
+use crate::pipeline::{ImageRequest, MaskRequest, MaskedContent};
+use crate::{defaults, limits};
 
 /// The img2img request (the fields beeswax uses).
 #[derive(Debug, Default, Deserialize)]
@@ -72,73 +69,83 @@ pub async fn img2img(
     A1111Json(body): A1111Json<Img2ImgBody>,
 ) -> Result<Json<Value>, A1111Error> {
     let send_images = body.base.send_images.unwrap_or(true);
-    let limits = image_job::limits(&service.config);
-    let first = match body.init_images.as_slice() {
-        [first, ..] => first,
-        [] => {
-            return Err(ApiError::invalid(
-                "init_images",
-                "missing_image",
-                "init_images must hold one base64-encoded picture",
-            )
-            .into())
-        }
+    let image = image_request(&service, &body).await?;
+    let mut request = request(&service, body.base);
+    request.image = Some(image);
+    let spec = validate(&service, request, &NAMES)?;
+    run(&service, spec, send_images).await
+}
+
+/// `resize_mode`: 0 just resize, 1 crop and resize, 2 resize and fill.
+fn resize_mode(value: Option<i64>) -> Result<ResizeMode, ApiError> {
+    match whole("resize_mode", value, 0, 3)? {
+        0 => Ok(ResizeMode::Stretch),
+        1 => Ok(ResizeMode::Crop),
+        2 => Ok(ResizeMode::Fill),
+        _ => Err(ApiError::invalid(
+            "resize_mode",
+            "unsupported",
+            "resize_mode 3 (just resize, latent upscale) is not supported: use 0 (just \
+             resize), 1 (crop and resize) or 2 (resize and fill)",
+        )),
+    }
+}
+
+/// `inpainting_fill`: 0 fill, 1 original, 2 latent noise.
+fn masked_content(value: Option<i64>) -> Result<MaskedContent, ApiError> {
+    match whole("inpainting_fill", value, 0, 3)? {
+        0 => Ok(MaskedContent::Fill),
+        1 => Ok(MaskedContent::Original),
+        2 => Ok(MaskedContent::LatentNoise),
+        _ => Err(ApiError::invalid(
+            "inpainting_fill",
+            "unsupported",
+            "inpainting_fill 3 (latent nothing) is not supported: use 0 (fill), 1 (original) \
+             or 2 (latent noise)",
+        )),
+    }
+}
+
+/// The picture and mask of an img2img body, decoded off the async runtime (pictures can be
+/// large), with A1111's mask options.
+async fn image_request(service: &Service, body: &Img2ImgBody) -> Result<ImageRequest, ApiError> {
+    let Some(first) = body.init_images.first().cloned() else {
+        return Err(ApiError::invalid(
+            "init_images",
+            "missing_image",
+            "init_images must hold one base64-encoded picture",
+        ));
     };
-    let resize = match whole("resize_mode", body.resize_mode, 0, 3)? {
-        0 => ResizeMode::Stretch,
-        1 => ResizeMode::Crop,
-        2 => ResizeMode::Fill,
-        _ => {
-            return Err(ApiError::invalid(
-                "resize_mode",
-                "unsupported",
-                "resize_mode 3 (just resize, latent upscale) is not supported: use 0 (just \
-                 resize), 1 (crop and resize) or 2 (resize and fill)",
-            )
-            .into())
-        }
-    };
-    let strength = body.denoising_strength.unwrap_or(DEFAULT_STRENGTH);
-    let content =
-        match whole("inpainting_fill", body.inpainting_fill, 0, 3)? {
-            0 => MaskedContent::Fill,
-            1 => MaskedContent::Original,
-            2 => MaskedContent::LatentNoise,
-            _ => return Err(ApiError::invalid(
-                "inpainting_fill",
-                "unsupported",
-                "inpainting_fill 3 (latent nothing) is not supported: use 0 (fill), 1 (original) \
-                 or 2 (latent noise)",
-            )
-            .into()),
-        };
-    let blur = whole("mask_blur", body.mask_blur, DEFAULT_MASK_BLUR, 256)?;
+    let resize = resize_mode(body.resize_mode)?;
+    let content = masked_content(body.inpainting_fill)?;
+    let blur = whole(
+        "mask_blur",
+        body.mask_blur,
+        defaults::MASK_BLUR as i64,
+        *limits::MASK_BLUR.end() as i64,
+    )?;
     let padding = whole(
         "inpaint_full_res_padding",
         body.inpaint_full_res_padding,
-        0,
-        4096,
+        defaults::INPAINT_PADDING as i64,
+        *limits::INPAINT_PADDING.end() as i64,
     )?;
     let full_res = flag("inpaint_full_res", body.inpaint_full_res.as_ref())?;
     let invert = flag(
         "inpainting_mask_invert",
         body.inpainting_mask_invert.as_ref(),
     )?;
-
-    // Decode off the async runtime: pictures can be large.
-    let (init, mask) = {
-        let first = first.clone();
-        let mask = body.mask.clone().filter(|m| !m.trim().is_empty());
-        tokio::task::spawn_blocking(move || {
-            let init = image_job::decode_base64("init_images[0]", &first, &limits)?;
-            let mask = mask
-                .map(|m| image_job::decode_base64("mask", &m, &limits))
-                .transpose()?;
-            Ok::<_, ApiError>((init, mask))
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("decoding the pictures failed: {e}")))??
-    };
+    let picture_limits = pictures::limits(&service.config);
+    let mask = body.mask.clone().filter(|m| !m.trim().is_empty());
+    let (init, mask) = tokio::task::spawn_blocking(move || {
+        let init = pictures::decode_base64("init_images[0]", &first, &picture_limits)?;
+        let mask = mask
+            .map(|m| pictures::decode_base64("mask", &m, &picture_limits))
+            .transpose()?;
+        Ok::<_, ApiError>((init, mask))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("decoding the pictures failed: {e}")))??;
     let mask = match mask {
         None => None,
         Some(picture) => {
@@ -146,29 +153,21 @@ pub async fn img2img(
             if invert {
                 mask.data.iter_mut().for_each(|v| *v = 1.0 - *v);
             }
-            image_job::check_mask("mask", &mask, &init.rgb)?;
-            Some(MaskJob {
+            pictures::check_mask("mask", &mask, &init.rgb)?;
+            Some(MaskRequest {
                 mask,
-                blur: blur as f32,
-                area: if full_res {
-                    InpaintArea::Masked {
-                        padding: padding as usize,
-                    }
-                } else {
-                    InpaintArea::Whole
-                },
-                content,
+                blur: Some(blur as f32),
+                only_masked: full_res.then_some(Some(padding as usize)),
+                content: Some(content),
             })
         }
     };
-
-    let mut spec = validate(&service.catalog, request(&service, body.base), &NAMES)?;
-    image_job::check_strength("denoising_strength", strength, spec.job.steps)?;
-    spec.image = Some(ImageJob {
-        init_image: init.rgb,
-        strength,
-        resize,
+    Ok(ImageRequest {
+        picture: init.rgb,
+        strength: body.denoising_strength,
+        resize: Some(resize),
+        sample_posterior: false,
+        init_noise: None,
         mask,
-    });
-    run(&service, spec, send_images).await
+    })
 }

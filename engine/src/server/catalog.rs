@@ -3,14 +3,15 @@
 //! built (a pipeline answers its first request as fast as its hundredth), and are shared
 //! between the pipelines that use them.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use super::config::Limits;
-use super::pipeline_entry::{self, Mode};
+use crate::extensions::Extensions;
+use crate::family::{self, LoadOptions, Model};
 use crate::lora::{LoraCatalog, WeightRange};
-use crate::manifest::{self, Family, PackDefaults, PackManifest, PackSource};
-use crate::pipeline::{LoadOptions, StableDiffusion};
+use crate::manifest::{
+    self, Family, ManifestFolder, Mode, PackDefaults, PackManifest, PackSource, PipelineConfig,
+};
 use crate::{hub, Result};
 
 /// One servable pipeline, with its model loaded.
@@ -32,12 +33,14 @@ pub struct Pipeline {
     pub defaults: PackDefaults,
     /// Effective request limits.
     pub limits: Limits,
+    /// Pre-processors run on an image job's picture and mask, before the request's.
+    pub pre_processors: Vec<String>,
     /// Post-processors run on each image.
     pub post_processors: Vec<String>,
     /// A LoRA set (or LoRA) of the catalog applied to every job, before the request's LoRAs.
     pub lora_set: Option<String>,
     /// The loaded model.
-    pub model: Arc<StableDiffusion>,
+    pub model: Arc<Model>,
 }
 
 /// Every pipeline the service offers.
@@ -49,22 +52,25 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Reads the manifests in `dir` and loads every pack's model once.
+    /// Reads the packs, pipelines and LoRAs of the parsed manifest folder and loads every
+    /// pack's model once.
     ///
     /// A pack that a `[[pipeline]]` uses must load, or this fails naming it; a pack no
     /// pipeline uses is skipped with a warning when its files cannot be found or loaded
     /// (e.g. a hub pack not in the cache), so one missing download does not stop the service.
     pub fn load(
-        dir: &Path,
+        folder: &ManifestFolder<'_>,
         options: &LoadOptions,
         allow_download: bool,
         limits: Limits,
+        extensions: &Extensions,
     ) -> Result<Self> {
-        let packs = manifest::load_dir(dir)?;
-        let configs = pipeline_entry::load_dir(dir, &packs)?;
-        let mut loras = crate::lora::catalog::load_dir(dir)?;
+        let packs = manifest::packs(folder)?;
+        let configs = manifest::pipelines(folder, &packs)?;
+        let mut loras = LoraCatalog::from_manifests(folder)?;
         loras.allow_download = allow_download;
-        let mut loaded: Vec<(PackManifest, Arc<StableDiffusion>)> = Vec::new();
+        check_names(&configs, extensions, &loras)?;
+        let mut loaded: Vec<(PackManifest, Arc<Model>)> = Vec::new();
         for pack in packs {
             let needed = configs.iter().any(|c| c.pack == pack.name);
             match load_pack(&pack, options, allow_download) {
@@ -84,25 +90,6 @@ impl Catalog {
                 continue; // unreachable: needed packs loaded or returned an error above
             };
             let o = c.limits;
-            if let Some(set) = &c.lora_set {
-                if loras.set(set).is_none() && loras.entry(set).is_none() {
-                    let known: Vec<&str> = (loras.sets.iter().map(|s| s.name.as_str()))
-                        .chain(loras.entries.iter().map(|e| e.name.as_str()))
-                        .collect();
-                    return Err(crate::Error::invalid(
-                        &format!(
-                            "lora_set of [[pipeline]] `{}` in {}",
-                            c.name,
-                            c.manifest_path.display()
-                        ),
-                        set,
-                        format!(
-                            "a [[lora_set]] or [[lora]] name of the manifests: {}",
-                            known.join(", ")
-                        ),
-                    ));
-                }
-            }
             pipelines.push(Arc::new(Pipeline {
                 name: c.name,
                 pack: c.pack,
@@ -117,6 +104,7 @@ impl Catalog {
                     max_steps: o.max_steps.unwrap_or(limits.max_steps),
                     max_images: o.max_images.unwrap_or(limits.max_images),
                 },
+                pre_processors: c.pre_processors,
                 post_processors: c.post_processors,
                 lora_set: c.lora_set,
                 model: model.clone(),
@@ -133,6 +121,7 @@ impl Catalog {
                 is_pack: true,
                 defaults: pack.defaults,
                 limits,
+                pre_processors: Vec::new(),
                 post_processors: Vec::new(),
                 lora_set: None,
                 model,
@@ -190,14 +179,36 @@ impl Catalog {
     }
 }
 
-fn load_pack(
+/// Checks the names each pipeline gives against what this process has: the samplers and
+/// processors of `extensions` (plugins' included) and the LoRA catalog.
+fn check_names(
+    configs: &[PipelineConfig],
+    extensions: &Extensions,
+    loras: &LoraCatalog,
+) -> Result<()> {
+    let scheduler = |name: &str| {
+        (extensions.schedulers.resolve(name))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    let (pre, post) = (extensions.pre_names(), extensions.post_names());
+    let lora_names = loras.names();
+    for config in configs {
+        config.check_names(&scheduler, &post, &pre)?;
+        config.check_lora_set(&lora_names)?;
+    }
+    Ok(())
+}
+
+/// Loads `pack`'s model as the family the pack declares.
+pub fn load_pack(
     pack: &PackManifest,
     options: &LoadOptions,
     allow_download: bool,
-) -> Result<StableDiffusion> {
+) -> Result<Model> {
     let dir = match &pack.source {
         PackSource::Path(p) => p.clone(),
         PackSource::Hub { repo, revision } => hub::resolve(repo, revision, allow_download)?,
     };
-    StableDiffusion::load(&dir, options)
+    family::load(&dir, Some(pack.family.as_str()), options)
 }

@@ -10,21 +10,19 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::catalog::Pipeline;
-use super::samplers::label;
 use super::service::Service;
 use crate::manifest::PackDefaults;
 use crate::pipeline::{resolve, JobRequest};
-use crate::schedulers::{self, Schedule, SCHEDULES};
+use crate::schedulers::{Registry, Schedule, SCHEDULES};
 
 /// `GET /v1/samplers`: every sampler (canonical name, display label, aliases, summary) and
 /// every noise schedule, in listing order.
-pub async fn samplers() -> Json<Value> {
-    let samplers: Vec<Value> = schedulers::entries()
-        .iter()
+pub async fn samplers(State(service): State<Arc<Service>>) -> Json<Value> {
+    let samplers: Vec<Value> = (service.extensions.schedulers.entries().iter())
         .map(|e| {
             json!({
                 "name": e.name,
-                "label": e.aliases.first().copied().unwrap_or(e.name),
+                "label": e.display_name(),
                 "aliases": e.aliases,
                 "summary": e.summary,
             })
@@ -35,7 +33,7 @@ pub async fn samplers() -> Json<Value> {
         .map(|s| {
             json!({
                 "name": s.name,
-                "label": label(s.schedule),
+                "label": s.schedule.label(),
                 "aliases": s.aliases,
                 "summary": s.summary,
             })
@@ -78,30 +76,28 @@ pub async fn loras(State(service): State<Arc<Service>>) -> Json<Value> {
 /// What a form for `pipeline` needs: the settings a request that sets nothing gets (sampler
 /// and schedule apart), the model's native size, the multiple sizes must be, and the most CLIP
 /// layers `clip_skip` may skip.
-pub fn form(pipeline: &Pipeline) -> Value {
+/// `None` when the pipeline's defaults do not make a valid job (a sampler a plugin took away).
+pub fn form(pipeline: &Pipeline, registry: &Registry) -> Option<Value> {
     let model = &pipeline.model;
     let request = || JobRequest {
         seed: Some(0),
         ..JobRequest::default()
     };
-    let job = resolve(model, &pipeline.defaults, request());
-    let native = resolve(model, &PackDefaults::default(), request());
-    let (scheduler, schedule) = match schedulers::resolve(&job.scheduler) {
-        Ok((name, s)) => (name.to_string(), s.unwrap_or(Schedule::Default)),
-        Err(_) => (job.scheduler.clone(), Schedule::Default),
-    };
-    json!({
-        "steps": job.steps,
-        "guidance": job.guidance,
-        "width": job.width,
-        "height": job.height,
-        "scheduler": scheduler,
-        "schedule": schedule.name(),
-        "negative_prompt": job.negative_prompt,
-        "clip_skip": job.clip_skip,
-        "native_width": native.width,
-        "native_height": native.height,
+    let job = resolve(model, &pipeline.defaults, registry, request()).ok()?;
+    let native = resolve(model, &PackDefaults::default(), registry, request()).ok()?;
+    let settings = &job.settings;
+    Some(json!({
+        "steps": settings.steps,
+        "guidance": settings.guidance,
+        "width": settings.width,
+        "height": settings.height,
+        "scheduler": job.sampler.name,
+        "schedule": job.sampler.schedule.unwrap_or(Schedule::Default).name(),
+        "negative_prompt": settings.negative_prompt,
+        "clip_skip": settings.clip_skip,
+        "native_width": native.settings.width,
+        "native_height": native.settings.height,
         "size_multiple": model.vae_scale_factor(),
-        "max_clip_skip": model.text_encoder.num_layers(),
-    })
+        "max_clip_skip": model.networks.text_layers(),
+    }))
 }

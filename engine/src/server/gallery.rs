@@ -19,7 +19,6 @@ use serde_json::{json, Value};
 use super::errors::ApiError;
 use super::jobs::{unix_secs, Job, Status};
 use super::service::Service;
-use crate::schedulers;
 
 /// Images per page when `limit` is not given.
 pub const DEFAULT_LIMIT: usize = 24;
@@ -99,13 +98,9 @@ pub fn image_parameters(job: &Job, index: usize) -> Value {
     if let Some(map) = p.as_object_mut() {
         map.remove("seeds");
         map.insert("seed".into(), json!(seed));
-        let combined = job.spec.job.scheduler.clone();
-        let (scheduler, schedule) = match schedulers::resolve(&combined) {
-            Ok((name, schedule)) => (name.to_string(), schedule.map(|s| s.name())),
-            Err(_) => (combined, None),
-        };
-        map.insert("scheduler".into(), json!(scheduler));
-        map.insert("schedule".into(), json!(schedule));
+        let sampler = &job.spec.job.sampler;
+        map.insert("scheduler".into(), json!(sampler.name));
+        map.insert("schedule".into(), json!(sampler.schedule.map(|s| s.name())));
         let mut loras = job.spec.loras.clone();
         if let (Some(set), Some(first)) = (&job.spec.pipeline.lora_set, loras.first()) {
             if &first.name == set && first.weight.is_none() {

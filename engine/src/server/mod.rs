@@ -1,6 +1,6 @@
 //! The HTTP service behind `beeswax serve` (axum on tokio).
 //!
-//! Operators declare pipelines in the manifests (`[[pipeline]]`, see [`PipelineEntry`]); every
+//! Operators declare pipelines in the manifests (`[[pipeline]]`, see [`crate::manifest::pipeline`]); every
 //! pack is served under its own name too. Models load once, eagerly, when the [`Catalog`] is
 //! built. Jobs go through a bounded [`queue`](Service::submit) (full: 429 with `Retry-After`)
 //! to worker threads that do all tensor work off the async runtime; handlers only validate,
@@ -12,9 +12,10 @@
 //! web UI (`/`, `/ui/...`).
 //!
 //! Layout: [`config`](ServerConfig), catalog (pipelines and models), request (validation),
-//! jobs/queue/worker/generate/preview (running jobs), service (shared state), native/sse/
-//! gallery/choices/openai/a1111 (routes), webui (the page), auth, errors, metrics, openapi, ops,
-//! http (router and serve).
+//! pictures (decoding what clients send), jobs/queue/worker (running jobs through
+//! [`crate::pipeline::run`]), service (shared state: catalog, extensions, queue, jobs),
+//! native/sse/gallery/choices/openai/a1111 (routes), webui (the page), auth, errors, metrics,
+//! openapi, ops, http (router and serve).
 
 mod a1111;
 mod a1111_img2img;
@@ -25,7 +26,6 @@ mod config;
 mod errors;
 mod gallery;
 mod http;
-mod image_job;
 mod jobs;
 mod metrics;
 mod native;
@@ -33,12 +33,9 @@ mod openai;
 mod openai_edits;
 mod openapi;
 mod ops;
-mod pipeline_entry;
-pub mod postprocess;
-mod preview;
+mod pictures;
 mod queue;
 mod request;
-mod samplers;
 mod service;
 mod sse;
 pub mod webui;
@@ -48,11 +45,6 @@ pub use catalog::{Catalog, Pipeline};
 pub use config::{Limits, ServerConfig};
 pub use errors::{A1111Error, A1111Json, ApiError, JsonBody};
 pub use http::{router, serve, shutdown_signal};
-pub use image_job::Output;
 pub use jobs::{Event, Job, Origin, Status};
-pub use pipeline_entry::{
-    load_dir as load_pipelines, LimitOverrides, Mode, PipelineConfig, PipelineEntry,
-};
-pub use preview::{latents_to_rgb, SD_LATENT_BIAS, SD_LATENT_RGB};
 pub use request::{validate, GenerateRequest, JobSpec};
 pub use service::Service;

@@ -10,12 +10,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::errors::{ApiError, JsonBody};
-use super::image_job::{self, ImageJob, MaskJob};
 use super::jobs::{unix_secs, Job, Origin, Status};
+use super::pictures;
 use super::request::{validate, GenerateRequest, NATIVE};
 use super::service::{Cancelled, Service};
 use crate::image_in::{mask_from_picture, AlphaMask, ResizeMode};
-use crate::pipeline::{InpaintArea, MaskedContent};
+use crate::pipeline::{ImageRequest, MaskRequest, MaskedContent};
 
 /// `POST /v1/jobs` body. Unknown fields are refused so typos do not pass silently.
 #[derive(Debug, Deserialize)]
@@ -53,10 +53,16 @@ pub struct JobBody {
     inpaint_padding: Option<usize>,
     /// `original` (default), `fill` or `latent-noise`.
     masked_content: Option<String>,
+    /// Pre-processors (plugin names) run on `init_image` and `mask`, after the pipeline's.
+    #[serde(default)]
+    pre_processors: Vec<String>,
 }
 
 /// The picture side of a native job, if it has one.
-async fn image_job(service: &Service, body: &JobBody) -> Result<Option<ImageJob>, ApiError> {
+async fn image_request(
+    service: &Service,
+    body: &JobBody,
+) -> Result<Option<ImageRequest>, ApiError> {
     let Some(init) = body.init_image.clone() else {
         if body.mask.is_some() {
             return Err(ApiError::invalid(
@@ -73,17 +79,16 @@ async fn image_job(service: &Service, body: &JobBody) -> Result<Option<ImageJob>
             .parse()
             .map_err(|e: String| ApiError::invalid("resize", "invalid_value", e))?,
     };
-    let content: MaskedContent = match &body.masked_content {
-        None => MaskedContent::default(),
-        Some(c) => c
-            .parse()
-            .map_err(|e: String| ApiError::invalid("masked_content", "invalid_value", e))?,
+    let content: Option<MaskedContent> = match &body.masked_content {
+        None => None,
+        Some(c) => Some(
+            c.parse()
+                .map_err(|e: String| ApiError::invalid("masked_content", "invalid_value", e))?,
+        ),
     };
-    let area = match body.inpaint_area.as_deref() {
-        None | Some("whole") => InpaintArea::Whole,
-        Some("masked") => InpaintArea::Masked {
-            padding: body.inpaint_padding.unwrap_or(32),
-        },
+    let only_masked = match body.inpaint_area.as_deref() {
+        None | Some("whole") => None,
+        Some("masked") => Some(body.inpaint_padding),
         Some(other) => {
             return Err(ApiError::invalid(
                 "inpaint_area",
@@ -92,20 +97,12 @@ async fn image_job(service: &Service, body: &JobBody) -> Result<Option<ImageJob>
             ))
         }
     };
-    let blur = body.mask_blur.unwrap_or(4.0);
-    if !(0.0..=256.0).contains(&blur) {
-        return Err(ApiError::invalid(
-            "mask_blur",
-            "out_of_range",
-            format!("mask_blur must be between 0 and 256 pixels (got {blur})"),
-        ));
-    }
-    let limits = image_job::limits(&service.config);
+    let limits = pictures::limits(&service.config);
     let mask = body.mask.clone();
     let (init, mask) = tokio::task::spawn_blocking(move || {
-        let init = image_job::decode_base64("init_image", &init, &limits)?;
+        let init = pictures::decode_base64("init_image", &init, &limits)?;
         let mask = mask
-            .map(|m| image_job::decode_base64("mask", &m, &limits))
+            .map(|m| pictures::decode_base64("mask", &m, &limits))
             .transpose()?;
         Ok::<_, ApiError>((init, mask))
     })
@@ -115,19 +112,21 @@ async fn image_job(service: &Service, body: &JobBody) -> Result<Option<ImageJob>
         None => None,
         Some(picture) => {
             let mask = mask_from_picture(&picture, AlphaMask::OpaqueRepaints);
-            image_job::check_mask("mask", &mask, &init.rgb)?;
-            Some(MaskJob {
+            pictures::check_mask("mask", &mask, &init.rgb)?;
+            Some(MaskRequest {
                 mask,
-                blur,
-                area,
+                blur: body.mask_blur,
+                only_masked,
                 content,
             })
         }
     };
-    Ok(Some(ImageJob {
-        init_image: init.rgb,
-        strength: body.strength.unwrap_or(0.75),
-        resize,
+    Ok(Some(ImageRequest {
+        picture: init.rgb,
+        strength: body.strength,
+        resize: Some(resize),
+        sample_posterior: false,
+        init_noise: None,
         mask,
     }))
 }
@@ -158,7 +157,8 @@ pub async fn pipelines(State(service): State<Arc<Service>>) -> Json<Value> {
                     "max_steps": p.limits.max_steps, "max_images": p.limits.max_images,
                 },
                 "post_processors": p.post_processors,
-                "form": super::choices::form(p),
+                "form": super::choices::form(p, &service.extensions.schedulers),
+                "pre_processors": p.pre_processors,
             })
         })
         .collect();
@@ -177,7 +177,7 @@ pub async fn create(
             "strength needs an init_image to start from",
         ));
     }
-    let image = image_job(&service, &body).await?;
+    let image = image_request(&service, &body).await?;
     let request = GenerateRequest {
         pipeline: body.pipeline,
         prompt: body.prompt,
@@ -194,12 +194,10 @@ pub async fn create(
         clip_skip: body.clip_skip,
         preview_every: body.preview_every,
         loras: body.loras,
+        image,
+        pre_processors: body.pre_processors,
     };
-    let mut spec = validate(&service.catalog, request, &NATIVE)?;
-    if let Some(image) = &image {
-        image_job::check_strength("strength", image.strength, spec.job.steps)?;
-    }
-    spec.image = image;
+    let spec = validate(&service, request, &NATIVE)?;
     let job = service.submit(spec, Origin::Native)?;
     let location = format!("/v1/jobs/{}", job.id);
     let body = job_json(&job);

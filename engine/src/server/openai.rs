@@ -23,6 +23,7 @@ pub(super) const NAMES: FieldNames = FieldNames {
     batch: "n",
     scheduler: "scheduler",
     schedule: "schedule",
+    strength: "strength",
 };
 
 /// The request body; OpenAI's other fields (`quality`, `style`, `user`, ...) are ignored.
@@ -116,8 +117,10 @@ pub async fn generations(
         clip_skip: None,
         preview_every: None,
         loras: Vec::new(),
+        image: None,
+        pre_processors: Vec::new(),
     };
-    let spec = validate(&service.catalog, request, &NAMES).map_err(|mut e| {
+    let spec = validate(&service, request, &NAMES).map_err(|mut e| {
         if e.code == "unknown_pipeline" {
             e.status = StatusCode::NOT_FOUND;
             e.code = "model_not_found";
@@ -174,7 +177,10 @@ pub(super) async fn respond(
         "created": unix_secs(job.created_at),
         "data": data,
         "output_format": "png",
-        "size": format!("{}x{}", job.spec.job.width, job.spec.job.height),
+        "size": format!(
+            "{}x{}",
+            job.spec.job.settings.width, job.spec.job.settings.height
+        ),
     })))
 }
 

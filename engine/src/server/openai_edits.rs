@@ -12,17 +12,17 @@ use axum::Json;
 use serde_json::Value;
 
 use super::errors::ApiError;
-use super::image_job::{self, ImageJob, MaskJob};
 use super::openai::{parse_size, respond, response_format, NAMES};
+use super::pictures;
 use super::request::{validate, GenerateRequest};
 use super::service::Service;
-use crate::image_in::{mask_from_picture, AlphaMask, Mask, ResizeMode};
-use crate::pipeline::{InpaintArea, MaskedContent};
+use crate::image_in::{mask_from_picture, AlphaMask, Mask, Picture, ResizeMode};
+use crate::pipeline::{ImageRequest, MaskRequest, MaskedContent};
 
 /// Strength of an edit with a mask (the masked region is repainted from scratch).
 const MASKED_STRENGTH: f64 = 1.0;
 /// Strength of an edit without one.
-const WHOLE_STRENGTH: f64 = 0.75;
+const WHOLE_STRENGTH: f64 = crate::defaults::STRENGTH;
 
 #[derive(Default)]
 struct Form {
@@ -88,6 +88,41 @@ async fn read_form(mut multipart: Multipart) -> Result<Form, ApiError> {
     Ok(form)
 }
 
+/// The form's picture and mask (transparent = repaint; without a mask, the picture's own
+/// transparency when it has any), decoded off the async runtime.
+async fn pictures_of(service: &Service, form: &Form) -> Result<(Picture, Option<Mask>), ApiError> {
+    let limits = pictures::limits(&service.config);
+    let image = form.image.clone().ok_or_else(|| {
+        ApiError::invalid(
+            "image",
+            "missing_image",
+            "image is required: the picture to edit",
+        )
+    })?;
+    let mask = form.mask.clone();
+    let (picture, mask) = tokio::task::spawn_blocking(move || {
+        let picture = pictures::decode_bytes("image", &image, &limits)?;
+        let mask = mask
+            .map(|m| pictures::decode_bytes("mask", &m, &limits))
+            .transpose()?;
+        Ok::<_, ApiError>((picture, mask))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("decoding the pictures failed: {e}")))??;
+    let mask = match &mask {
+        Some(m) => {
+            let mask = mask_from_picture(m, AlphaMask::TransparentRepaints);
+            pictures::check_mask("mask", &mask, &picture.rgb)?;
+            Some(mask)
+        }
+        None if picture.alpha.is_some() => {
+            Some(mask_from_picture(&picture, AlphaMask::TransparentRepaints))
+        }
+        None => None,
+    };
+    Ok((picture, mask))
+}
+
 /// `POST /v1/images/edits`.
 pub async fn edits(
     State(service): State<Arc<Service>>,
@@ -105,35 +140,7 @@ pub async fn edits(
     }
     let b64 = response_format(form.get("response_format"))?;
     let (width, height) = parse_size(form.get("size"))?;
-    let limits = image_job::limits(&service.config);
-    let image = form.image.clone().ok_or_else(|| {
-        ApiError::invalid(
-            "image",
-            "missing_image",
-            "image is required: the picture to edit",
-        )
-    })?;
-    let mask = form.mask.clone();
-    let (picture, mask) = tokio::task::spawn_blocking(move || {
-        let picture = image_job::decode_bytes("image", &image, &limits)?;
-        let mask = mask
-            .map(|m| image_job::decode_bytes("mask", &m, &limits))
-            .transpose()?;
-        Ok::<_, ApiError>((picture, mask))
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("decoding the pictures failed: {e}")))??;
-    let mask: Option<Mask> = match &mask {
-        Some(m) => {
-            let mask = mask_from_picture(m, AlphaMask::TransparentRepaints);
-            image_job::check_mask("mask", &mask, &picture.rgb)?;
-            Some(mask)
-        }
-        None if picture.alpha.is_some() => {
-            Some(mask_from_picture(&picture, AlphaMask::TransparentRepaints))
-        }
-        None => None,
-    };
+    let (picture, mask) = pictures_of(&service, &form).await?;
     let default_strength = if mask.is_some() {
         MASKED_STRENGTH
     } else {
@@ -156,25 +163,27 @@ pub async fn edits(
         clip_skip: None,
         preview_every: None,
         loras: Vec::new(),
+        image: Some(ImageRequest {
+            picture: picture.rgb,
+            strength: Some(strength),
+            resize: Some(ResizeMode::Stretch),
+            sample_posterior: false,
+            init_noise: None,
+            mask: mask.map(|mask| MaskRequest {
+                mask,
+                blur: Some(0.0),
+                only_masked: None,
+                content: Some(MaskedContent::Original),
+            }),
+        }),
+        pre_processors: Vec::new(),
     };
-    let mut spec = validate(&service.catalog, request, &NAMES).map_err(|mut e| {
+    let spec = validate(&service, request, &NAMES).map_err(|mut e| {
         if e.code == "unknown_pipeline" {
             e.status = StatusCode::NOT_FOUND;
             e.code = "model_not_found";
         }
         e
     })?;
-    image_job::check_strength("strength", strength, spec.job.steps)?;
-    spec.image = Some(ImageJob {
-        init_image: picture.rgb,
-        strength,
-        resize: ResizeMode::Stretch,
-        mask: mask.map(|mask| MaskJob {
-            mask,
-            blur: 0.0,
-            area: InpaintArea::Whole,
-            content: MaskedContent::Original,
-        }),
-    });
     respond(&service, spec, b64, &headers).await
 }

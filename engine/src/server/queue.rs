@@ -1,5 +1,6 @@
 //! The bounded job queue: jobs wait in order, worker threads take them one at a time, and a
-//! full queue refuses new jobs instead of growing.
+//! full queue refuses new jobs instead of growing. The workers can be held ([`Queue::pause`]):
+//! jobs then wait without starting until [`Queue::resume`].
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -20,6 +21,7 @@ struct Inner {
     waiting: VecDeque<Arc<Job>>,
     running: Vec<Arc<Job>>,
     closed: bool,
+    paused: bool,
 }
 
 /// A bounded FIFO of jobs shared by the handlers (push) and the workers (pop).
@@ -61,15 +63,15 @@ impl Queue {
         Ok(position)
     }
 
-    /// Blocks until a job is waiting and takes it (it counts as running until
-    /// [`Queue::done`]); `None` once the queue is closed.
+    /// Blocks until a job is waiting (and the queue is not paused) and takes it (it counts as
+    /// running until [`Queue::done`]); `None` once the queue is closed.
     pub fn pop(&self) -> Option<Arc<Job>> {
         let mut inner = self.lock();
         loop {
             if inner.closed {
                 return None;
             }
-            if let Some(job) = inner.waiting.pop_front() {
+            if let Some(job) = (!inner.paused).then(|| inner.waiting.pop_front()).flatten() {
                 inner.running.push(job.clone());
                 renumber(&inner.waiting);
                 return Some(job);
@@ -79,6 +81,19 @@ impl Queue {
                 .wait(inner)
                 .unwrap_or_else(PoisonError::into_inner);
         }
+    }
+
+    /// Holds the workers: jobs keep queueing (up to the capacity) but none starts until
+    /// [`Queue::resume`]; running jobs carry on. For maintenance, and for tests that need a
+    /// queue that fills up at a known point.
+    pub fn pause(&self) {
+        self.lock().paused = true;
+    }
+
+    /// Lets the workers take jobs again after [`Queue::pause`].
+    pub fn resume(&self) {
+        self.lock().paused = false;
+        self.ready.notify_all();
     }
 
     /// Marks a running job as done.

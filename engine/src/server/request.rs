@@ -1,19 +1,17 @@
 //! Turning a request from any of the three APIs into a validated job: the pipeline's
 //! defaults filled in ([`crate::pipeline::resolve`], as the CLI does), then every value
-//! checked against the pipeline's limits with an error naming the field as that API spells it.
+//! checked against the pipeline's limits and [`crate::pipeline::Job::check`], with an error
+//! naming the field as that API spells it.
 
 use std::sync::Arc;
 
-use super::catalog::{Catalog, Pipeline};
+use super::catalog::Pipeline;
 use super::errors::ApiError;
-use super::image_job::ImageJob;
-use super::samplers;
+use super::service::Service;
 use crate::lora::{extract_lora_tags, LoraCatalog, LoraError, LoraRequest};
-use crate::pipeline::{random_seed, resolve, JobRequest, TextToImage};
+use crate::pipeline::{random_seed, resolve, ImageRequest, InputRequest, Job, JobRequest};
 use crate::schedulers::Schedule;
-
-/// Longest prompt accepted, in characters (CLIP reads 77 tokens; this only bounds memory).
-pub const MAX_PROMPT_CHARS: usize = 20_000;
+use crate::{limits, Error};
 
 /// A generation request in neutral terms, before validation.
 #[derive(Debug, Clone, Default)]
@@ -48,6 +46,10 @@ pub struct GenerateRequest {
     pub preview_every: Option<i64>,
     /// LoRAs by catalog name, applied after any `<lora:name:weight>` tags in the prompt.
     pub loras: Vec<LoraRequest>,
+    /// The picture (and mask) of an image-to-image or inpainting job.
+    pub image: Option<ImageRequest>,
+    /// Pre-processors to run on the picture, after the pipeline's own.
+    pub pre_processors: Vec<String>,
 }
 
 /// How an API spells each field, for error messages.
@@ -67,6 +69,8 @@ pub struct FieldNames {
     pub scheduler: &'static str,
     /// The schedule field.
     pub schedule: &'static str,
+    /// The strength field.
+    pub strength: &'static str,
 }
 
 /// The native API's names.
@@ -78,49 +82,71 @@ pub const NATIVE: FieldNames = FieldNames {
     batch: "batch",
     scheduler: "scheduler",
     schedule: "schedule",
+    strength: "strength",
 };
 
-/// A validated job: the pipeline, the resolved text-to-image settings and how to run them.
+impl FieldNames {
+    /// The field an engine error about `name` (see [`crate::pipeline::Job::check`]) is about.
+    fn field(&self, name: &str) -> &'static str {
+        match name {
+            "guidance" => self.guidance,
+            "width" => self.width,
+            "height" => self.height,
+            "batch" => self.batch,
+            "strength" => self.strength,
+            "steps" => "steps",
+            "prompt" => "prompt",
+            "clip skip" => "clip_skip",
+            "mask blur" => "mask_blur",
+            "inpaint padding" => "inpaint_padding",
+            "pre-processor" => "pre_processors",
+            "post-processor" => "post_processors",
+            _ => "request",
+        }
+    }
+}
+
+/// A validated job: the pipeline, the resolved job and how to run it.
 #[derive(Debug, Clone)]
 pub struct JobSpec {
     /// The pipeline.
     pub pipeline: Arc<Pipeline>,
-    /// One iteration's settings (its `batch` images, seeds from `seed`).
-    pub job: TextToImage,
+    /// One iteration's job (its `batch` images, seeds from `seed`).
+    pub job: Job,
     /// Iterations; iteration `k` starts at seed `seed + k × batch`.
     pub iterations: usize,
     /// Preview interval in steps, if previews were asked for.
     pub preview_every: Option<usize>,
-    /// The picture (and mask) of an image-to-image or inpainting job; `None` for text to image.
-    pub image: Option<ImageJob>,
-    /// LoRAs asked for by field (the prompt's `<lora:...>` tags are still in `job.prompt`);
+    /// LoRAs asked for by field (the prompt's `<lora:...>` tags are still in the prompt);
     /// names and weights checked against `lora_catalog`.
     pub loras: Vec<LoraRequest>,
     /// The catalog the worker resolves and reads the job's LoRAs through.
     pub lora_catalog: Arc<LoraCatalog>,
+    /// The sampler's AUTOMATIC1111 display name (`DPM++ 2M Karras`).
+    pub sampler_name: String,
 }
 
 impl JobSpec {
     /// Images the job makes.
     pub fn images(&self) -> usize {
-        self.job.batch * self.iterations
+        self.job.settings.batch * self.iterations
     }
 
     /// The seed of every image, in order.
     pub fn seeds(&self) -> Vec<u64> {
         (0..self.images() as u64)
-            .map(|i| self.job.seed.wrapping_add(i))
+            .map(|i| self.job.settings.seed.wrapping_add(i))
             .collect()
     }
 
     /// Steps over all iterations.
     pub fn total_steps(&self) -> usize {
-        self.job.steps * self.iterations
+        self.job.settings.steps * self.iterations
     }
 
     /// The settings used, as JSON (the native API's `parameters`).
     pub fn parameters(&self) -> serde_json::Value {
-        let j = &self.job;
+        let j = &self.job.settings;
         serde_json::json!({
             "pipeline": self.pipeline.name,
             "pack": self.pipeline.pack,
@@ -134,11 +160,15 @@ impl JobSpec {
             "seeds": self.seeds(),
             "batch": j.batch,
             "iterations": self.iterations,
-            "scheduler": j.scheduler,
+            "scheduler": self.job.sampler.name,
+            "schedule": self.job.sampler.schedule_name(),
+            "sampler": self.sampler_name,
             "clip_skip": j.clip_skip,
-            "mode": self.image.as_ref().map_or("txt2img", |i| i.mode()),
-            "strength": self.image.as_ref().map(|i| i.strength),
+            "mode": self.job.input.mode(),
+            "strength": self.job.input.image().map(|i| i.strength),
             "loras": self.loras,
+            "pre_processors": self.job.pre_processors,
+            "post_processors": self.job.post_processors,
         })
     }
 }
@@ -168,14 +198,15 @@ fn over_limit(name: &str, value: usize, limit: usize, what: &str) -> ApiError {
     )
 }
 
-/// Validates `req` against the catalog and the pipeline's limits.
-pub fn validate(
-    catalog: &Catalog,
-    req: GenerateRequest,
+/// The pipeline `req` names, else the catalog's first.
+fn pipeline(
+    service: &Service,
+    req: &GenerateRequest,
     names: &FieldNames,
-) -> Result<JobSpec, ApiError> {
-    let pipeline = match &req.pipeline {
-        Some(name) => catalog.get(name).ok_or_else(|| {
+) -> Result<Arc<Pipeline>, ApiError> {
+    let catalog = &service.catalog;
+    match &req.pipeline {
+        Some(name) => catalog.get(name).cloned().ok_or_else(|| {
             ApiError::invalid(
                 names.pipeline,
                 "unknown_pipeline",
@@ -185,32 +216,96 @@ pub fn validate(
                     catalog.names()
                 ),
             )
-        })?,
-        None => catalog.default_pipeline().ok_or_else(|| {
+        }),
+        None => catalog.default_pipeline().cloned().ok_or_else(|| {
             ApiError::invalid(
                 names.pipeline,
                 "unknown_pipeline",
                 "no pipelines are configured",
             )
-        })?,
+        }),
     }
-    .clone();
-    let limits = pipeline.limits;
-    let model = &pipeline.model;
+}
 
-    if req.prompt.chars().count() > MAX_PROMPT_CHARS {
+/// Validates `req` against the service's catalog, extensions and the pipeline's limits.
+pub fn validate(
+    service: &Service,
+    req: GenerateRequest,
+    names: &FieldNames,
+) -> Result<JobSpec, ApiError> {
+    let pipeline = pipeline(service, &req, names)?;
+    let extensions = &service.extensions;
+    check_values(&req, names)?;
+    let mut loras: Vec<LoraRequest> = (pipeline.lora_set.iter())
+        .map(|name| LoraRequest {
+            name: name.clone(),
+            weight: None,
+        })
+        .collect();
+    loras.extend(req.loras.iter().cloned());
+    check_loras(service.catalog.loras(), &req.prompt, &loras)?;
+    let asked_schedule = req.schedule.is_some() && req.scheduler.is_none();
+    let iterations = at_least(req.iterations, "n_iter", 1)?.unwrap_or(1);
+    let preview_every = at_least(req.preview_every, "preview_every", 1)?;
+    let request = job_request(&pipeline, req, names)?;
+    let job = resolve(
+        &pipeline.model,
+        &pipeline.defaults,
+        &extensions.schedulers,
+        request,
+    )
+    .map_err(|e| {
+        let (param, code) = if asked_schedule {
+            (names.schedule, "unknown_schedule")
+        } else {
+            (names.scheduler, "unknown_scheduler")
+        };
+        ApiError::invalid(param, code, format!("{param}: {e}"))
+    })?;
+    check_limits(&pipeline, &job, iterations, names)?;
+    job.check(&pipeline.model)
+        .and_then(|()| {
+            extensions
+                .schedulers
+                .build(
+                    &job.sampler,
+                    &pipeline.model.scheduler_config,
+                    job.settings.steps,
+                )
+                .map(drop)
+                .map_err(Error::from)
+        })
+        .map_err(|e| engine_error(e, names, asked_schedule))?;
+    Ok(JobSpec {
+        sampler_name: extensions.schedulers.display_name(&job.sampler),
+        pipeline,
+        job,
+        iterations,
+        preview_every,
+        loras,
+        lora_catalog: service.catalog.loras().clone(),
+    })
+}
+
+/// The request's values that need no model: the prompt's length, guidance, schedule name.
+fn check_values(req: &GenerateRequest, names: &FieldNames) -> Result<(), ApiError> {
+    if req.prompt.chars().count() > limits::PROMPT_CHARS {
         return Err(ApiError::invalid(
             "prompt",
             "over_limit",
-            format!("prompt is longer than {MAX_PROMPT_CHARS} characters"),
+            format!("prompt is longer than {} characters", limits::PROMPT_CHARS),
         ));
     }
     if let Some(g) = req.guidance {
-        if !(0.0..=100.0).contains(&g) {
+        if !limits::GUIDANCE.contains(&g) {
             return Err(ApiError::invalid(
                 names.guidance,
                 "out_of_range",
-                format!("{} must be between 0 and 100 (got {g})", names.guidance),
+                format!(
+                    "{} must be {} (got {g})",
+                    names.guidance,
+                    limits::describe(&limits::GUIDANCE)
+                ),
             ));
         }
     }
@@ -223,50 +318,54 @@ pub fn validate(
             )
         })?;
     }
-    let mut loras: Vec<LoraRequest> = (pipeline.lora_set.iter())
-        .map(|name| LoraRequest {
-            name: name.clone(),
-            weight: None,
-        })
-        .collect();
-    loras.extend(req.loras);
-    check_loras(catalog.loras(), &req.prompt, &loras)?;
-    let asked_schedule = req.schedule.is_some() && req.scheduler.is_none();
-    let steps = at_least(req.steps, "steps", 1)?;
-    let width = at_least(req.width, names.width, 1)?;
-    let height = at_least(req.height, names.height, 1)?;
-    let batch = at_least(req.batch, names.batch, 1)?;
-    let iterations = at_least(req.iterations, "n_iter", 1)?.unwrap_or(1);
-    let clip_skip = at_least(req.clip_skip, "clip_skip", 1)?;
-    let preview_every = at_least(req.preview_every, "preview_every", 1)?;
+    Ok(())
+}
+
+/// The request in the engine's terms, the pipeline's processors first.
+fn job_request(
+    pipeline: &Pipeline,
+    req: GenerateRequest,
+    names: &FieldNames,
+) -> Result<JobRequest, ApiError> {
     let seed = match req.seed {
         Some(s) if s >= 0 => s as u64,
         _ => random_seed(),
     };
-
-    let job = resolve(
-        model,
-        &pipeline.defaults,
-        JobRequest {
-            prompt: req.prompt,
-            negative_prompt: req.negative_prompt,
-            steps,
-            guidance: req.guidance,
-            width,
-            height,
-            scheduler: req.scheduler,
-            schedule: req.schedule,
-            seed: Some(seed),
-            batch,
-            clip_skip,
-            init_latents: None,
+    let mut pre_processors = pipeline.pre_processors.clone();
+    pre_processors.extend(req.pre_processors);
+    Ok(JobRequest {
+        steps: at_least(req.steps, "steps", 1)?,
+        width: at_least(req.width, names.width, 1)?,
+        height: at_least(req.height, names.height, 1)?,
+        batch: at_least(req.batch, names.batch, 1)?,
+        clip_skip: at_least(req.clip_skip, "clip_skip", 1)?,
+        prompt: req.prompt,
+        negative_prompt: req.negative_prompt,
+        guidance: req.guidance,
+        sampler: req.scheduler,
+        schedule: req.schedule,
+        seed: Some(seed),
+        input: match req.image {
+            Some(image) => InputRequest::Image(image),
+            None => InputRequest::Text,
         },
-    );
+        pre_processors,
+        post_processors: pipeline.post_processors.clone(),
+    })
+}
 
-    let f = model.vae_scale_factor();
+/// The pipeline's limits: size, steps, images.
+fn check_limits(
+    pipeline: &Pipeline,
+    job: &Job,
+    iterations: usize,
+    names: &FieldNames,
+) -> Result<(), ApiError> {
+    let (limits, s) = (pipeline.limits, &job.settings);
+    let f = pipeline.model.vae_scale_factor();
     for (name, value, limit) in [
-        (names.width, job.width, limits.max_width),
-        (names.height, job.height, limits.max_height),
+        (names.width, s.width, limits.max_width),
+        (names.height, s.height, limits.max_height),
     ] {
         if value % f != 0 {
             return Err(ApiError::invalid(
@@ -282,45 +381,38 @@ pub fn validate(
             return Err(over_limit(name, value, limit, "pixels"));
         }
     }
-    if job.steps > limits.max_steps {
-        return Err(over_limit("steps", job.steps, limits.max_steps, "steps"));
+    if s.steps > limits.max_steps {
+        return Err(over_limit("steps", s.steps, limits.max_steps, "steps"));
     }
-    if job.batch * iterations > limits.max_images {
+    let images = s.batch.saturating_mul(iterations);
+    if images > limits.max_images {
         return Err(over_limit(
             names.batch,
-            job.batch * iterations,
+            images,
             limits.max_images,
             "images per request",
         ));
     }
-    if let Err(e) = samplers::check(&job.scheduler, &model.scheduler_config, job.steps) {
-        let (param, code) = if asked_schedule {
-            (names.schedule, "unknown_schedule")
-        } else {
-            (names.scheduler, "unknown_scheduler")
-        };
-        return Err(ApiError::invalid(param, code, format!("{param}: {e}")));
+    Ok(())
+}
+
+/// An engine validation error as a 400 on the field the API calls it.
+fn engine_error(e: Error, names: &FieldNames, asked_schedule: bool) -> ApiError {
+    match e {
+        Error::InvalidArgument { ref name, .. } => {
+            let field = names.field(name);
+            ApiError::invalid(field, "out_of_range", format!("{field}: {e}"))
+        }
+        Error::Scheduler(_) => {
+            let (param, code) = if asked_schedule {
+                (names.schedule, "unknown_schedule")
+            } else {
+                (names.scheduler, "unknown_scheduler")
+            };
+            ApiError::invalid(param, code, format!("{param}: {e}"))
+        }
+        other => ApiError::invalid("request", "invalid_request", other.to_string()),
     }
-    let layers = model.text_encoder.num_layers();
-    if job.clip_skip > layers {
-        return Err(ApiError::invalid(
-            "clip_skip",
-            "out_of_range",
-            format!(
-                "clip_skip {} is more than the text encoder's {layers} layers",
-                job.clip_skip
-            ),
-        ));
-    }
-    Ok(JobSpec {
-        pipeline,
-        job,
-        iterations,
-        preview_every,
-        image: None,
-        loras,
-        lora_catalog: catalog.loras().clone(),
-    })
 }
 
 /// Checks the LoRAs of a request, tags in `prompt` then `fields`, against the catalog: known

@@ -15,6 +15,7 @@ use super::metrics::{Gauges, Metrics, Outcome};
 use super::queue::Queue;
 use super::request::JobSpec;
 use super::worker;
+use crate::extensions::Extensions;
 
 /// What [`Service::cancel`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +33,8 @@ pub enum Cancelled {
 pub struct Service {
     /// The pipelines.
     pub catalog: Arc<Catalog>,
+    /// Samplers and processors (built-ins and plugins'), passed to every job.
+    pub extensions: Arc<Extensions>,
     /// The settings.
     pub config: ServerConfig,
     /// Every job.
@@ -48,12 +51,23 @@ pub struct Service {
 
 impl Service {
     /// Starts the worker threads.
-    pub fn start(catalog: Catalog, config: ServerConfig) -> std::io::Result<Arc<Self>> {
+    pub fn start(
+        catalog: Catalog,
+        extensions: Extensions,
+        config: ServerConfig,
+    ) -> std::io::Result<Arc<Self>> {
         let queue = Arc::new(Queue::new(config.queue_size));
         let metrics = Arc::new(Metrics::default());
-        let workers = worker::spawn(config.concurrency, queue.clone(), metrics.clone())?;
+        let extensions = Arc::new(extensions);
+        let workers = worker::spawn(
+            config.concurrency,
+            queue.clone(),
+            metrics.clone(),
+            extensions.clone(),
+        )?;
         Ok(Arc::new(Self {
             catalog: Arc::new(catalog),
+            extensions,
             jobs: JobStore::new(config.keep_finished, config.max_finished),
             config,
             queue,
@@ -117,12 +131,24 @@ impl Service {
         }
         job.request_cancel();
         if self.queue.remove(&job.id) {
-            job.finish(Status::Cancelled, Event::Cancelled);
+            // Counted before the final state is published (see `worker::spawn`).
             self.metrics.outcome(Outcome::Cancelled);
+            job.finish(Status::Cancelled, Event::Cancelled);
             Cancelled::Dequeued
         } else {
             Cancelled::Stopping
         }
+    }
+
+    /// Holds the workers: new jobs queue (up to `queue_size`, then 429) but none starts until
+    /// [`Service::resume_workers`]; running jobs carry on.
+    pub fn pause_workers(&self) {
+        self.queue.pause();
+    }
+
+    /// Lets the workers take jobs again after [`Service::pause_workers`].
+    pub fn resume_workers(&self) {
+        self.queue.resume();
     }
 
     /// Current gauge values.
@@ -146,8 +172,8 @@ impl Service {
     pub async fn shutdown(&self, timeout: Duration) {
         self.accepting.store(false, Ordering::SeqCst);
         for job in self.queue.close() {
-            job.finish(Status::Cancelled, Event::Cancelled);
             self.metrics.outcome(Outcome::Cancelled);
+            job.finish(Status::Cancelled, Event::Cancelled);
         }
         let deadline = Instant::now() + timeout;
         loop {

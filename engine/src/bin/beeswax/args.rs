@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use beeswax::limits;
 use clap::{Args, Parser, Subcommand};
 
 /// beeswax: Stable Diffusion inference on Candle.
@@ -54,6 +55,8 @@ pub enum Command {
     /// Validate every manifest and plugin (syntax, paths, hashes, ABI, capabilities); exits
     /// non-zero listing every problem.
     Check,
+    /// Write a safetensors model as a GGUF file with quantized linear layers.
+    Quantize(crate::quantize::QuantizeArgs),
 }
 
 /// Which model to use: a diffusers folder or a pack.
@@ -78,21 +81,24 @@ pub struct GenerateArgs {
     /// What to steer away from [default: the pack's, else empty].
     #[arg(long)]
     pub negative_prompt: Option<String>,
-    /// Denoising steps [default: the pack's, else 20].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    /// Denoising steps, 1 to 1000 [default: the pack's, else 20].
+    #[arg(long, value_parser = |s: &str| whole(s, &limits::STEPS))]
     pub steps: Option<u32>,
-    /// Classifier-free guidance scale, 0 to 100 [default: the pack's, else 7.5].
-    #[arg(long, value_parser = parse_guidance)]
+    /// Classifier-free guidance scale (AUTOMATIC1111's CFG scale), 0 to 100 [default: the
+    /// pack's, else 7.5].
+    #[arg(long, visible_alias = "cfg-scale", value_parser = parse_guidance)]
     pub guidance: Option<f64>,
-    /// Width in pixels, a multiple of the VAE scale factor [default: the pack's, else the model's].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(8..=8192))]
+    /// Width in pixels, a multiple of the VAE scale factor [default: an --init-image's,
+    /// else the pack's, else the model's].
+    #[arg(long, value_parser = |s: &str| whole(s, &limits::SIZE))]
     pub width: Option<u32>,
-    /// Height in pixels, a multiple of the VAE scale factor [default: the pack's, else the model's].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(8..=8192))]
+    /// Height in pixels, a multiple of the VAE scale factor [default: an --init-image's,
+    /// else the pack's, else the model's].
+    #[arg(long, value_parser = |s: &str| whole(s, &limits::SIZE))]
     pub height: Option<u32>,
     /// Scheduler (sampler), by name or AUTOMATIC1111/ComfyUI alias, case-insensitive (e.g.
     /// euler, "Euler a", "DPM++ 2M Karras"); `beeswax schedulers` lists them.
-    #[arg(long)]
+    #[arg(long, visible_alias = "sampler")]
     pub scheduler: Option<String>,
     /// Noise schedule (e.g. karras, exponential, sgm_uniform, trailing) [default: the pack's,
     /// else the one the scheduler name implies, else the sampler's own].
@@ -102,10 +108,10 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Number of images.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, default_value_t = 1, value_parser = |s: &str| whole(s, &limits::BATCH))]
     pub batch: u32,
     /// CLIP skip as in AUTOMATIC1111: 1 uses the last text-encoder layer, 2 the one before.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=48))]
+    #[arg(long, value_parser = |s: &str| whole(s, &limits::CLIP_SKIP))]
     pub clip_skip: Option<u32>,
     /// Starting noise instead of the seed: a safetensors file with one tensor `latents`,
     /// standard normal, shaped [batch, latent channels, height/f, width/f].
@@ -117,7 +123,12 @@ pub struct GenerateArgs {
     pub init_image: Option<PathBuf>,
     /// How much of the picture to repaint, above 0 and at most 1: the first (1 - S) of the
     /// steps are skipped and the picture is noised to where the rest begin [default: 0.75].
-    #[arg(long, requires = "init_image", value_parser = parse_strength)]
+    #[arg(
+        long,
+        visible_alias = "denoising-strength",
+        requires = "init_image",
+        value_parser = parse_strength
+    )]
     pub strength: Option<f64>,
     /// How a picture of another size is fitted to --width/--height: stretch (AUTOMATIC1111's
     /// "Just resize", the default), crop (cover and cut) or fill (fit and extend the edges).
@@ -135,7 +146,7 @@ pub struct GenerateArgs {
     #[arg(long, requires = "init_image", value_parser = ["whole", "masked"])]
     pub inpaint_area: Option<String>,
     /// Pixels of context around the mask with --inpaint-area masked [default: 32].
-    #[arg(long, requires = "init_image")]
+    #[arg(long, requires = "init_image", value_parser = |s: &str| whole(s, &limits::INPAINT_PADDING).map(|v| v as usize))]
     pub inpaint_padding: Option<usize>,
     /// What the masked region starts from: original, fill (colours from around it) or
     /// latent-noise [default: original; fill with --outpaint].
@@ -305,18 +316,33 @@ pub struct BenchPipelineArgs {
     pub json: bool,
 }
 
+/// A whole number in `range` (from [`beeswax::limits`]).
+fn whole(s: &str, range: &std::ops::RangeInclusive<usize>) -> Result<u32, String> {
+    let v: usize = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number"))?;
+    if range.contains(&v) {
+        u32::try_from(v).map_err(|_| format!("{v} is too large"))
+    } else {
+        Err(format!("{v} is not {}", limits::describe(range)))
+    }
+}
+
 fn parse_guidance(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
-    if (0.0..=100.0).contains(&v) {
+    if limits::GUIDANCE.contains(&v) {
         Ok(v)
     } else {
-        Err(format!("{v} is not in 0..=100"))
+        Err(format!(
+            "{v} is not {}",
+            limits::describe(&limits::GUIDANCE)
+        ))
     }
 }
 
 fn parse_strength(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
-    if v > 0.0 && v <= 1.0 {
+    if limits::strength_ok(v) {
         Ok(v)
     } else {
         Err(format!("{v} is not above 0 and at most 1"))
@@ -325,9 +351,12 @@ fn parse_strength(s: &str) -> Result<f64, String> {
 
 fn parse_blur(s: &str) -> Result<f32, String> {
     let v: f32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
-    if (0.0..=256.0).contains(&v) {
+    if limits::MASK_BLUR.contains(&(v as f64)) {
         Ok(v)
     } else {
-        Err(format!("{v} is not between 0 and 256 pixels"))
+        Err(format!(
+            "{v} is not {} pixels",
+            limits::describe(&limits::MASK_BLUR)
+        ))
     }
 }

@@ -2,11 +2,10 @@
 
 use anyhow::Result;
 use beeswax::bench::{peak_rss_bytes, random_unet, random_unet_inputs, time_runs};
-use beeswax::device::{default_device, parse_device, parse_dtype};
+use beeswax::extensions::Extensions;
 use beeswax::models::config_file::read_json;
 use beeswax::models::unet::UNetConfig;
-use beeswax::pipeline::{resolve, text_to_image, JobRequest};
-use candle_core::DType;
+use beeswax::pipeline::{resolve, run as run_job, JobRequest};
 
 use crate::args::{BenchCommand, BenchPipelineArgs, BenchUnetArgs, Global};
 use crate::source;
@@ -21,16 +20,7 @@ pub fn run(global: &Global, command: BenchCommand) -> Result<()> {
 }
 
 fn unet(global: &Global, a: BenchUnetArgs) -> Result<()> {
-    let device = match &global.device {
-        Some(d) => parse_device(d)?,
-        None => default_device(),
-    };
-    let dtype = global
-        .dtype
-        .as_deref()
-        .map(parse_dtype)
-        .transpose()?
-        .unwrap_or(DType::F32);
+    let (device, dtype) = source::device_and_dtype(global)?;
     let config: UNetConfig = read_json(&a.config)?;
     let model = random_unet(&config, dtype, &device)?;
     let (latents, context) = random_unet_inputs(
@@ -41,7 +31,7 @@ fn unet(global: &Global, a: BenchUnetArgs) -> Result<()> {
         &device,
     )?;
     let timing = time_runs(a.iters as usize, || {
-        let out = model.forward(&latents, 500.0, &context)?;
+        let out = model.forward(&latents, 500.0, &context, None)?;
         device.synchronize()?;
         Ok(out)
     })?;
@@ -66,24 +56,35 @@ fn unet(global: &Global, a: BenchUnetArgs) -> Result<()> {
 }
 
 fn pipeline(global: &Global, a: BenchPipelineArgs) -> Result<()> {
-    let chosen = source::load(global, &a.model)?;
+    let files = source::read_manifests(global)?;
+    let folder = files.as_ref().map(|f| f.parse()).transpose()?;
+    let chosen = source::load(global, folder.as_ref(), &a.model)?;
     let request = JobRequest {
         prompt: a.prompt.clone(),
         steps: a.steps,
         guidance: a.guidance,
         width: a.width,
         height: a.height,
-        scheduler: a.scheduler.clone(),
+        sampler: a.scheduler.clone(),
         seed: Some(0),
         ..Default::default()
     };
-    let job = resolve(&chosen.model, &chosen.defaults, request);
+    let extensions = Extensions::builtin();
+    let job = resolve(
+        &chosen.model,
+        &chosen.defaults,
+        &extensions.schedulers,
+        request,
+    )?;
     let model = &chosen.model;
     let start = std::time::Instant::now();
-    let out = text_to_image(model, &job, &mut |_| std::ops::ControlFlow::Continue(()))?;
+    let out = run_job(model, &job, &extensions, &mut |_| {
+        std::ops::ControlFlow::Continue(())
+    })?;
     let total = start.elapsed().as_secs_f64();
     let t = &out.times;
-    let mean_step = t.denoising.as_secs_f64() / job.steps as f64;
+    let s = &job.settings;
+    let mean_step = t.denoising.as_secs_f64() / s.steps as f64;
     let peak_mb = peak_rss_bytes().map(|b| b as f64 / 1048576.0);
     if a.json {
         println!(
@@ -95,7 +96,7 @@ fn pipeline(global: &Global, a: BenchPipelineArgs) -> Result<()> {
     } else {
         println!(
             "pipeline {} {}x{}, {} steps of {}:",
-            chosen.name, job.width, job.height, job.steps, job.scheduler
+            chosen.name, s.width, s.height, s.steps, job.sampler
         );
         println!("  text encoding {:>9.4} s", t.text_encoding.as_secs_f64());
         println!("  mean step     {mean_step:>9.4} s");

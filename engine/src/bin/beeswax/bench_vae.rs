@@ -2,34 +2,27 @@
 
 use anyhow::{Context, Result};
 use beeswax::bench::{peak_rss_bytes, time_runs};
-use beeswax::device::{default_device, parse_device, parse_dtype};
 use beeswax::model_files;
 use beeswax::models::config_file::read_json;
 use beeswax::models::vae::{Decoder, Tiling, VaeConfig};
-use beeswax::models::weights;
-use candle_core::{DType, Tensor};
+use beeswax::weights::WeightSource;
+use candle_core::Tensor;
 use candle_nn::{VarBuilder, VarMap};
 
 use crate::args::{BenchVaeArgs, Global};
 
 pub fn run(global: &Global, a: BenchVaeArgs) -> Result<()> {
-    let device = match &global.device {
-        Some(d) => parse_device(d)?,
-        None => default_device(),
-    };
-    let dtype = global
-        .dtype
-        .as_deref()
-        .map(parse_dtype)
-        .transpose()?
-        .unwrap_or(DType::F32);
+    let (device, dtype) = crate::source::device_and_dtype(global)?;
     // Random weights live in the VarMap for as long as the decoder.
     let varmap = VarMap::new();
     let (config, vb) = match (&a.model, &a.config) {
         (Some(dir), _) => {
             let config: VaeConfig = read_json(&model_files::config(dir, "vae", "config.json")?)?;
             let path = model_files::weights(dir, "vae", "diffusion_pytorch_model")?;
-            (config, weights::mmap(&path, dtype, &device)?)
+            (
+                config,
+                WeightSource::open(&path)?.var_builder(dtype, &device),
+            )
         }
         (None, Some(file)) => {
             let config: VaeConfig = read_json(file)?;

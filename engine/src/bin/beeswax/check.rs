@@ -1,15 +1,16 @@
 //! `beeswax check`: validates every manifest and plugin of the manifest folder and lists all
 //! the problems found (exit status 1 if any, 0 otherwise).
 //!
-//! Checked: TOML syntax and fields of every `*.toml` (packs and `[[plugin]]` entries, with
-//! file, line and field), duplicate names, pack model folders, plugin files, their SHA-256,
-//! ABI versions, exports and declared capabilities (each enabled plugin is loaded the way
-//! `generate` loads it; disabled ones are only validated).
-
-use std::path::PathBuf;
+//! Checked: TOML syntax and the top-level tables of every `*.toml`; every section with file,
+//! line and field (`[pack]`, `[[pipeline]]` with its scheduler, processor and LoRA names,
+//! `[[lora]]`, `[[lora_set]]`, `[[plugin]]`); duplicate names; pack model folders; plugin
+//! files, their SHA-256, ABI versions, exports and declared capabilities (each enabled plugin is
+//! loaded the way `generate` loads it; disabled ones are only validated).
 
 use anyhow::{bail, Result};
-use beeswax::manifest::{self, PackSource};
+use beeswax::extensions::Extensions;
+use beeswax::lora::LoraCatalog;
+use beeswax::manifest::{self, ManifestFiles, ManifestFolder, PackManifest, PackSource};
 use beeswax::model_files;
 use beeswax::plugins::Plugins;
 
@@ -17,54 +18,36 @@ use crate::args::Global;
 
 pub fn run(global: &Global) -> Result<()> {
     let dir = &global.manifests;
-    let mut problems: Vec<String> = Vec::new();
-    let mut packs: Vec<(String, PathBuf)> = Vec::new();
-    if !dir.is_dir() {
-        bail!(
-            "manifest directory {} does not exist or is not a directory: pass `--manifests DIR`",
-            dir.display()
-        );
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
-        .collect();
-    files.sort();
-    for file in &files {
-        let text = match std::fs::read_to_string(file) {
-            Ok(text) => text,
-            Err(e) => {
-                problems.push(format!("{}: cannot read: {e}", file.display()));
-                continue;
-            }
-        };
-        match manifest::parse(file, &text) {
-            Err(e) => problems.push(e.to_string()),
-            Ok(None) => {}
-            Ok(Some(pack)) => {
-                if let Some((_, first)) = packs.iter().find(|(n, _)| *n == pack.name) {
-                    problems.push(format!(
-                        "{}: pack name `{}` is already defined in {}: rename one",
-                        file.display(),
-                        pack.name,
-                        first.display()
-                    ));
-                }
-                if let PackSource::Path(folder) = &pack.source {
-                    if let Err(e) = model_files::model_index(folder) {
-                        problems.push(format!(
-                            "{}: `pack.path` of pack {}: {e}",
-                            file.display(),
-                            pack.name
-                        ));
-                    }
-                }
-                packs.push((pack.name, file.clone()));
+    let files = ManifestFiles::read(dir)?;
+    let (folder, parse_problems) = files.parse_all();
+    let mut problems: Vec<String> = parse_problems.iter().map(ToString::to_string).collect();
+    let (packs, pack_problems) = manifest::packs_and_problems(&folder);
+    problems.extend(pack_problems.iter().map(ToString::to_string));
+    for pack in &packs {
+        if let PackSource::Path(folder) = &pack.source {
+            if let Err(e) = model_files::model_index(folder) {
+                problems.push(format!(
+                    "{}: `pack.path` of pack {}: {e}",
+                    pack.manifest_path.display(),
+                    pack.name
+                ));
             }
         }
     }
-    let (plugins, plugin_problems) = Plugins::load_all(dir);
+    let (plugins, plugin_problems) = Plugins::load_all(&folder);
     problems.extend(plugin_problems.iter().map(ToString::to_string));
+    // The plugins' samplers and processors join the extensions the pipelines may name.
+    let mut extensions = Extensions::builtin();
+    if let Err(e) = plugins.extend(&mut extensions) {
+        problems.push(format!("registering the plugins: {e}"));
+    }
+    let loras = LoraCatalog::from_manifests(&folder);
+    if let Err(e) = &loras {
+        problems.push(e.to_string());
+    }
+    if let Err(e) = check_pipelines(&folder, &packs, &extensions, loras.ok().as_ref()) {
+        problems.push(e);
+    }
     if problems.is_empty() {
         println!(
             "ok: {} manifest file(s) in {}: {} pack(s), {} plugin(s) loaded, {} disabled",
@@ -80,4 +63,31 @@ pub fn run(global: &Global) -> Result<()> {
         eprintln!("problem: {p}");
     }
     bail!("{} problem(s) found in {}", problems.len(), dir.display())
+}
+
+/// The first problem of the `[[pipeline]]` tables: their fields, then the scheduler,
+/// processor and LoRA set names they give (the set is checked when the LoRAs are valid).
+fn check_pipelines(
+    folder: &ManifestFolder<'_>,
+    packs: &[PackManifest],
+    extensions: &Extensions,
+    loras: Option<&LoraCatalog>,
+) -> Result<(), String> {
+    let pipelines = manifest::pipelines(folder, packs).map_err(|e| e.to_string())?;
+    let (pre, post) = (extensions.pre_names(), extensions.post_names());
+    let scheduler = |name: &str| {
+        (extensions.schedulers.resolve(name))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    let lora_names = loras.map(LoraCatalog::names);
+    for pipeline in &pipelines {
+        pipeline
+            .check_names(&scheduler, &post, &pre)
+            .map_err(|e| e.to_string())?;
+        if let Some(known) = &lora_names {
+            pipeline.check_lora_set(known).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
 }

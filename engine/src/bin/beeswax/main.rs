@@ -1,4 +1,4 @@
-//! The `beeswax` command: generate images, list packs, run benchmarks.
+//! The `beeswax` command: generate images, list packs, run benchmarks, quantize models.
 //!
 //! Run with `cargo run --release -- generate --pack tiny-sd --prompt "a red fox" --output fox.png`.
 
@@ -7,9 +7,10 @@ mod bench;
 mod bench_vae;
 mod check;
 mod generate;
-mod image_job;
+mod image_input;
 mod plugins;
 mod progress;
+mod quantize;
 mod schedulers;
 mod serve;
 mod source;
@@ -29,11 +30,12 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate::run(&cli.global, *a),
         Command::Packs => source::list_packs(&cli.global),
         // Plugin schedulers are listed like built-ins.
-        Command::Schedulers => plugins::load(&cli.global).and_then(|_| schedulers::list()),
+        Command::Schedulers => list_schedulers(&cli.global),
         Command::Bench(b) => bench::run(&cli.global, b),
         Command::Serve(a) => serve::run(&cli.global, a),
         Command::Plugins => plugins::list(&cli.global),
         Command::Check => check::run(&cli.global),
+        Command::Quantize(a) => quantize::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -42,4 +44,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `beeswax schedulers`: built-ins and the manifests' plugin schedulers alike.
+fn list_schedulers(global: &args::Global) -> anyhow::Result<()> {
+    let files = source::read_manifests(global)?;
+    let folder = files.as_ref().map(|f| f.parse()).transpose()?;
+    let (_plugins, extensions) = plugins::load(folder.as_ref())?;
+    schedulers::list(&extensions)
 }

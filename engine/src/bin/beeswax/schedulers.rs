@@ -1,22 +1,22 @@
-//! `beeswax schedulers` (every sampler and noise schedule with its aliases), the name checks
-//! `generate` runs before loading a model, and `beeswax bench scheduler`.
+//! `beeswax schedulers` (every sampler and noise schedule with its aliases) and
+//! `beeswax bench scheduler`.
 
 use anyhow::{bail, Result};
 use beeswax::bench::{random_unet, random_unet_inputs, time_runs};
-use beeswax::device::{default_device, parse_device};
+use beeswax::extensions::Extensions;
 use beeswax::models::config_file::read_json;
 use beeswax::models::unet::UNetConfig;
 use beeswax::noise::BatchNoise;
-use beeswax::schedulers::{self, Schedule, SchedulerConfig, SCHEDULES};
+use beeswax::schedulers::{Registry, SchedulerConfig, SCHEDULES};
 use candle_core::{DType, Device, Tensor};
 
 use crate::args::{BenchSchedulerArgs, Global};
 
 /// Prints two tab-separated tables, `# samplers` and `# schedules`: canonical name, aliases
 /// (comma separated) and a summary per line. Every name printed is accepted by `generate`.
-pub fn list() -> Result<()> {
+pub fn list(extensions: &Extensions) -> Result<()> {
     println!("# samplers (--scheduler)");
-    for entry in schedulers::entries() {
+    for entry in extensions.schedulers.entries() {
         println!(
             "{}\t{}\t{}",
             entry.name,
@@ -36,46 +36,11 @@ pub fn list() -> Result<()> {
     Ok(())
 }
 
-/// Checks the sampler and schedule names before any model is loaded: unknown names fail here
-/// with the valid ones and the nearest.
-pub fn check_names(scheduler: Option<&str>, schedule: Option<&str>) -> Result<()> {
-    if let Some(name) = scheduler {
-        schedulers::resolve(name)?;
-    }
-    if let Some(name) = schedule {
-        Schedule::parse(name)?;
-    }
-    Ok(())
-}
-
-/// AUTOMATIC1111's display name for a scheduler name: the sampler's first alias, plus the
-/// schedule's first alias when one other than the default is chosen (`DPM++ 2M Karras`).
-pub fn display_name(name: &str) -> String {
-    let Ok((canonical, schedule)) = schedulers::resolve(name) else {
-        return name.to_string();
-    };
-    let sampler = schedulers::names()
-        .into_iter()
-        .find(|(n, _)| *n == canonical)
-        .and_then(|(_, aliases)| aliases.first().copied())
-        .unwrap_or(canonical);
-    match schedule {
-        Some(s) if s != Schedule::Default => {
-            let info = s.info();
-            format!("{sampler} {}", info.aliases.first().unwrap_or(&info.name))
-        }
-        _ => sampler.to_string(),
-    }
-}
-
 /// `beeswax bench scheduler`: the mean time of one scheduler call (`scale_model_input` plus
 /// `step`) of every built-in sampler over a whole run, next to one UNet call, on
 /// `[batch, 4, size, size]` f32 latents.
 pub fn bench(global: &Global, a: BenchSchedulerArgs) -> Result<()> {
-    let device = match &global.device {
-        Some(d) => parse_device(d)?,
-        None => default_device(),
-    };
+    let (device, _) = crate::source::device_and_dtype(global)?;
     if a.latent_size == 0 || a.batch == 0 {
         bail!("--latent-size and --batch must be at least 1");
     }
@@ -85,55 +50,13 @@ pub fn bench(global: &Global, a: BenchSchedulerArgs) -> Result<()> {
         r#"{"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
             "steps_offset": 1, "clip_sample": false, "set_alpha_to_one": false}"#,
     )?;
-    let start = Tensor::randn(0f32, 1f32, &shape[..], &device)?;
-    let output = Tensor::randn(0f32, 1f32, &shape[..], &device)?;
     let steps = a.steps as usize;
 
     let unet = match &a.unet_config {
-        Some(path) => {
-            let unet_config: UNetConfig = read_json(path)?;
-            let model = random_unet(&unet_config, DType::F32, &device)?;
-            let (latents, context) = random_unet_inputs(
-                &unet_config,
-                a.batch,
-                (a.latent_size, a.latent_size),
-                DType::F32,
-                &device,
-            )?;
-            let timing = time_runs(a.iters as usize, || {
-                let out = model.forward(&latents, 500.0, &context)?;
-                device.synchronize()?;
-                Ok(out)
-            })?;
-            Some(timing.median.as_secs_f64())
-        }
+        Some(path) => Some(unet_step(path, &a, &device)?),
         None => None,
     };
-
-    let mut rows = Vec::new();
-    for entry in schedulers::entries() {
-        let steps = if entry.name == "lcm" || entry.name == "tcd" {
-            steps.min(config.original_inference_steps)
-        } else {
-            steps
-        };
-        let mut best = f64::INFINITY;
-        let mut calls = 0;
-        for _ in 0..3 {
-            let mut sched = (entry.build)(&config, steps)?;
-            let mut noise = BatchNoise::new(0, a.batch);
-            let mut x = (&start * sched.init_noise_sigma())?;
-            calls = sched.timesteps().len();
-            let clock = std::time::Instant::now();
-            for i in 0..calls {
-                let _scaled = sched.scale_model_input(&x, i)?;
-                x = sched.step(&output, i, &x, &mut noise)?;
-            }
-            to_host(&x, &device)?;
-            best = best.min(clock.elapsed().as_secs_f64() / calls as f64);
-        }
-        rows.push((entry.name, calls, best));
-    }
+    let rows = sampler_steps(&config, &shape, steps, &device)?;
 
     if a.json {
         let samplers: Vec<String> = rows
@@ -167,6 +90,62 @@ pub fn bench(global: &Global, a: BenchSchedulerArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The median time of one UNet call with random weights for the config at `path`.
+fn unet_step(path: &std::path::Path, a: &BenchSchedulerArgs, device: &Device) -> Result<f64> {
+    let unet_config: UNetConfig = read_json(path)?;
+    let model = random_unet(&unet_config, DType::F32, device)?;
+    let (latents, context) = random_unet_inputs(
+        &unet_config,
+        a.batch,
+        (a.latent_size, a.latent_size),
+        DType::F32,
+        device,
+    )?;
+    let timing = time_runs(a.iters as usize, || {
+        let out = model.forward(&latents, 500.0, &context, None)?;
+        device.synchronize()?;
+        Ok(out)
+    })?;
+    Ok(timing.median.as_secs_f64())
+}
+
+/// Per built-in sampler: its name, calls per run and the best mean time of one call
+/// (`scale_model_input` plus `step`) over three whole runs on latents of `shape`.
+fn sampler_steps(
+    config: &SchedulerConfig,
+    shape: &[usize; 4],
+    steps: usize,
+    device: &Device,
+) -> Result<Vec<(String, usize, f64)>> {
+    let start = Tensor::randn(0f32, 1f32, &shape[..], device)?;
+    let output = Tensor::randn(0f32, 1f32, &shape[..], device)?;
+    let mut rows = Vec::new();
+    for entry in Registry::with_builtins().entries() {
+        let steps = if entry.name == "lcm" || entry.name == "tcd" {
+            steps.min(config.original_inference_steps)
+        } else {
+            steps
+        };
+        let mut best = f64::INFINITY;
+        let mut calls = 0;
+        for _ in 0..3 {
+            let mut sched = (entry.build)(config, steps)?;
+            let mut noise = BatchNoise::new(0, shape[0]);
+            let mut x = (&start * sched.init_noise_sigma())?;
+            calls = sched.timesteps().len();
+            let clock = std::time::Instant::now();
+            for i in 0..calls {
+                let _scaled = sched.scale_model_input(&x, i)?;
+                x = sched.step(&output, i, &x, &mut noise)?;
+            }
+            to_host(&x, device)?;
+            best = best.min(clock.elapsed().as_secs_f64() / calls as f64);
+        }
+        rows.push((entry.name.clone(), calls, best));
+    }
+    Ok(rows)
 }
 
 /// Waits for the device by copying a tensor to the host.

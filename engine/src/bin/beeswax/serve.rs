@@ -4,10 +4,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use beeswax::device::{default_device, parse_device, parse_dtype};
-use beeswax::pipeline::LoadOptions;
+use beeswax::family::LoadOptions;
+use beeswax::manifest::ManifestFiles;
 use beeswax::server::{serve, shutdown_signal, Catalog, Limits, ServerConfig, Service};
-use candle_core::DType;
 use clap::Args;
 
 use crate::args::Global;
@@ -86,17 +85,11 @@ fn init_logs(json: bool) {
 
 pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
     init_logs(a.log_json);
-    // Plugin schedulers join the registry before any job resolves a scheduler name.
-    let _plugins = crate::plugins::load(global)?;
-    let device = match &global.device {
-        Some(d) => parse_device(d)?,
-        None => default_device(),
-    };
-    let dtype = match &global.dtype {
-        Some(d) => parse_dtype(d)?,
-        None if device.is_cpu() => DType::F32,
-        None => DType::F16,
-    };
+    let files = ManifestFiles::read(&global.manifests)?;
+    let folder = files.parse()?;
+    // The plugins' samplers and processors join the extensions every job runs with.
+    let (_plugins, extensions) = crate::plugins::load(Some(&folder))?;
+    let (device, dtype) = crate::source::device_and_dtype(global)?;
     let limits = Limits {
         max_width: a.max_width,
         max_height: a.max_height,
@@ -104,10 +97,11 @@ pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
         max_images: a.max_images,
     };
     let mut catalog = Catalog::load(
-        &global.manifests,
+        &folder,
         &LoadOptions { device, dtype },
         global.allow_download,
         limits,
+        &extensions,
     )
     .with_context(|| format!("loading the pipelines in {}", global.manifests.display()))?;
     catalog.set_lora_range(a.lora_weight_range);
@@ -140,7 +134,8 @@ pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("listening on {}:{}", a.host, a.port))?;
         let addr = listener.local_addr()?;
-        let service = Service::start(catalog, config).context("starting the workers")?;
+        let service =
+            Service::start(catalog, extensions, config).context("starting the workers")?;
         tracing::info!(%addr, pipelines = service.catalog.names(), "listening");
         println!("beeswax listening on http://{addr}");
         if !a.no_ui {

@@ -5,45 +5,28 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use beeswax::device::{default_device, parse_device, parse_dtype};
-use beeswax::manifest::{self, PackDefaults, PackManifest, PackSource};
-use beeswax::pipeline::{LoadOptions, StableDiffusion};
+use beeswax::family::{self, LoadOptions, Model};
+use beeswax::manifest::{
+    self, ManifestError, ManifestFiles, ManifestFolder, PackDefaults, PackSource,
+};
 use beeswax::{hub, model_files};
-use candle_core::DType;
+use candle_core::{DType, Device};
 
 use crate::args::{Global, ModelChoice};
 
 /// A model ready to use, with the pack it came from (if any).
 pub struct Chosen {
     /// The loaded model.
-    pub model: StableDiffusion,
+    pub model: Model,
     /// The name written into PNG parameters: the pack name or the folder name.
     pub name: String,
     /// The pack's defaults (empty for `--model`).
     pub defaults: PackDefaults,
 }
 
-/// The model folder for a choice, resolving packs through the manifests and the hub cache.
-pub fn model_dir(global: &Global, choice: &ModelChoice) -> Result<(PathBuf, String, PackDefaults)> {
-    if let Some(dir) = &choice.model {
-        model_files::model_index(dir)?;
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| dir.display().to_string());
-        return Ok((dir.clone(), name, PackDefaults::default()));
-    }
-    let name = choice.pack.as_deref().unwrap_or_default();
-    let pack: PackManifest = manifest::find_pack(&global.manifests, name)?;
-    let dir = match &pack.source {
-        PackSource::Path(p) => p.clone(),
-        PackSource::Hub { repo, revision } => hub::resolve(repo, revision, global.allow_download)?,
-    };
-    Ok((dir, pack.name.clone(), pack.defaults.clone()))
-}
-
-/// Loads the chosen model on the chosen device.
-pub fn load(global: &Global, choice: &ModelChoice) -> Result<Chosen> {
-    let (dir, name, defaults) = model_dir(global, choice)?;
+/// The device `--device` names (else the best compiled in) and the dtype `--dtype` names
+/// (else f32 on the CPU, f16 on GPUs).
+pub fn device_and_dtype(global: &Global) -> Result<(Device, DType)> {
     let device = match &global.device {
         Some(d) => parse_device(d)?,
         None => default_device(),
@@ -53,7 +36,57 @@ pub fn load(global: &Global, choice: &ModelChoice) -> Result<Chosen> {
         None if device.is_cpu() => DType::F32,
         None => DType::F16,
     };
-    let model = StableDiffusion::load(&dir, &LoadOptions { device, dtype })
+    Ok((device, dtype))
+}
+
+/// The `*.toml` files of `--manifests`, read once for the whole command, or `None` when the
+/// folder does not exist (`generate --model` and `schedulers` run without manifests).
+pub fn read_manifests(global: &Global) -> Result<Option<ManifestFiles>, ManifestError> {
+    if global.manifests.is_dir() {
+        ManifestFiles::read(&global.manifests).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// The model folder for a choice, resolving packs through the parsed manifests (`None`: the
+/// folder does not exist) and the hub cache, with the pack's name, defaults and declared
+/// family.
+pub fn model_dir(
+    global: &Global,
+    folder: Option<&ManifestFolder<'_>>,
+    choice: &ModelChoice,
+) -> Result<(PathBuf, String, PackDefaults, Option<String>)> {
+    if let Some(dir) = &choice.model {
+        model_files::model_index(dir)?;
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| dir.display().to_string());
+        return Ok((dir.clone(), name, PackDefaults::default(), None));
+    }
+    let name = choice.pack.as_deref().unwrap_or_default();
+    let folder = folder.ok_or_else(|| ManifestError::DirMissing {
+        dir: global.manifests.clone(),
+    })?;
+    let pack = manifest::find_pack(folder, name)?;
+    let dir = match &pack.source {
+        PackSource::Path(p) => p.clone(),
+        PackSource::Hub { repo, revision } => hub::resolve(repo, revision, global.allow_download)?,
+    };
+    let family = Some(pack.family.as_str().to_string());
+    Ok((dir, pack.name, pack.defaults, family))
+}
+
+/// Loads the chosen model on the chosen device.
+pub fn load(
+    global: &Global,
+    folder: Option<&ManifestFolder<'_>>,
+    choice: &ModelChoice,
+) -> Result<Chosen> {
+    let (dir, name, defaults, family) = model_dir(global, folder, choice)?;
+    let (device, dtype) = device_and_dtype(global)?;
+    let model = family::load(&dir, family.as_deref(), &LoadOptions { device, dtype })
         .with_context(|| format!("loading model {name} from {}", dir.display()))?;
     Ok(Chosen {
         model,
@@ -64,7 +97,8 @@ pub fn load(global: &Global, choice: &ModelChoice) -> Result<Chosen> {
 
 /// `beeswax packs`: one line per pack.
 pub fn list_packs(global: &Global) -> Result<()> {
-    for pack in manifest::load_dir(&global.manifests)? {
+    let files = ManifestFiles::read(&global.manifests)?;
+    for pack in manifest::packs(&files.parse()?)? {
         let source = match &pack.source {
             PackSource::Path(p) => p.display().to_string(),
             PackSource::Hub { repo, revision } => format!("{repo}@{revision}"),

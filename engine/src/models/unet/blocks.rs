@@ -24,11 +24,11 @@ pub struct BlockCommon {
 
 /// Attention settings of one block, `None` for blocks without attention.
 #[derive(Debug, Clone, Copy)]
-pub struct BlockAttention {
+pub struct BlockAttention<'a> {
     /// Heads.
     pub heads: usize,
-    /// Transformer blocks per attention layer.
-    pub layers: usize,
+    /// Transformer blocks in each attention layer (one entry per layer of the block).
+    pub depths: &'a [usize],
     /// Text-state width.
     pub cross_attention_dim: usize,
 }
@@ -38,13 +38,20 @@ fn transformer(
     channels: usize,
     common: BlockCommon,
     attn: BlockAttention,
+    layer: usize,
 ) -> Result<Transformer2D> {
+    let layers = attn.depths.get(layer).copied().ok_or_else(|| {
+        candle_core::Error::Msg(format!(
+            "no transformer depth for attention layer {layer} (the block lists {})",
+            attn.depths.len()
+        ))
+    })?;
     Transformer2D::new(
         vb,
         TransformerSpec {
             channels,
             heads: attn.heads,
-            layers: attn.layers,
+            layers,
             cross_attention_dim: attn.cross_attention_dim,
             groups: common.groups,
             linear_projection: common.linear_projection,
@@ -81,7 +88,7 @@ fn load_attentions(
 ) -> Result<Vec<Transformer2D>> {
     match attn {
         Some(a) => (0..count)
-            .map(|j| transformer(vb.pp(format!("attentions.{j}")), channels, common, a))
+            .map(|j| transformer(vb.pp(format!("attentions.{j}")), channels, common, a, j))
             .collect(),
         None => Ok(Vec::new()),
     }
@@ -191,7 +198,7 @@ impl MidBlock {
     ) -> Result<Self> {
         Ok(Self {
             first: resnet(vb.pp("resnets.0"), channels, channels, common, scale)?,
-            attention: transformer(vb.pp("attentions.0"), channels, common, attn)?,
+            attention: transformer(vb.pp("attentions.0"), channels, common, attn, 0)?,
             second: resnet(vb.pp("resnets.1"), channels, channels, common, scale)?,
         })
     }

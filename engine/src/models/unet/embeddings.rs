@@ -13,22 +13,44 @@ pub fn timestep_embedding(
     freq_shift: f64,
     device: &Device,
 ) -> Result<Tensor> {
+    sinusoidal_embedding(&[timestep as f32], dim, flip_sin_to_cos, freq_shift, device)?
+        .repeat((batch, 1))
+}
+
+/// diffusers' `get_timestep_embedding` of each of `values`: [values.len(), dim] in f32, one
+/// row per value (SDXL embeds every time id this way, `add_time_proj`).
+pub fn sinusoidal_embedding(
+    values: &[f32],
+    dim: usize,
+    flip_sin_to_cos: bool,
+    freq_shift: f64,
+    device: &Device,
+) -> Result<Tensor> {
     let half = dim / 2;
-    let t = timestep as f32;
     let denom = (half as f64 - freq_shift) as f32;
     let log_period = (10000f64).ln() as f32;
-    let args: Vec<f32> = (0..half)
-        .map(|i| t * (-log_period * i as f32 / denom).exp())
+    let freqs: Vec<f32> = (0..half)
+        .map(|i| (-log_period * i as f32 / denom).exp())
         .collect();
-    let (sin, cos): (Vec<f32>, Vec<f32>) = args.iter().map(|a| (a.sin(), a.cos())).unzip();
-    let row: Vec<f32> = if flip_sin_to_cos {
-        cos.into_iter().chain(sin).collect()
-    } else {
-        sin.into_iter().chain(cos).collect()
-    };
-    let mut row = row;
-    row.resize(dim, 0.0); // odd widths are zero-padded, as diffusers does
-    Tensor::from_vec(row, (1, dim), device)?.repeat((batch, 1))
+    let mut rows = Vec::with_capacity(values.len() * dim);
+    for &t in values {
+        let (sin, cos): (Vec<f32>, Vec<f32>) = freqs
+            .iter()
+            .map(|f| {
+                let a = t * f;
+                (a.sin(), a.cos())
+            })
+            .unzip();
+        let (first, second) = if flip_sin_to_cos {
+            (cos, sin)
+        } else {
+            (sin, cos)
+        };
+        rows.extend(first);
+        rows.extend(second);
+        rows.resize(rows.len() + dim - 2 * half, 0.0); // odd widths are zero-padded, as diffusers does
+    }
+    Tensor::from_vec(rows, (values.len(), dim), device)
 }
 
 /// `TimestepEmbedding`: linear, SiLU, linear.

@@ -1,8 +1,13 @@
-//! diffusers' `UNet2DConditionModel` for SD 1.x and 2.x, built from `unet/config.json`.
+//! diffusers' `UNet2DConditionModel` for SD 1.x, 2.x and SDXL, built from `unet/config.json`.
+//!
+//! SDXL adds `text_time` conditioning: every time id (original size, crop top-left, target size,
+//! or the refiner's aesthetic score) is embedded sinusoidally like the timestep
+//! (`add_time_proj`), concatenated after the pooled text embedding and passed through
+//! `add_embedding` (linear, SiLU, linear); the result is added to the time embedding.
 
 mod blocks;
 pub mod config;
-mod embeddings;
+pub(crate) mod embeddings;
 mod transformer;
 
 use candle_core::{Result, Tensor};
@@ -11,8 +16,20 @@ use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
 use crate::kernels::{self, GroupNorm};
 
 use blocks::{BlockAttention, BlockCommon, BlockShape, DownBlock, MidBlock, UpBlock};
-pub use config::UNetConfig;
-use embeddings::{timestep_embedding, TimestepMlp};
+pub use config::{BlockPlan, LayerDepth, TextTime, TransformerDepth, UNetConfig};
+use embeddings::{sinusoidal_embedding, timestep_embedding, TimestepMlp};
+
+/// SDXL's added conditioning for a UNet with `addition_embed_type: "text_time"` (diffusers'
+/// `added_cond_kwargs`), one row per sample of the batch.
+#[derive(Debug, Clone)]
+pub struct AddedCond {
+    /// Pooled text embedding [B, P] (the second text encoder's projected `text_embeds`).
+    pub text_embeds: Tensor,
+    /// Time ids [B, N]: `original_size + crop_top_left + target_size` (N = 6, as (h, w) and
+    /// (top, left) pairs) or, for the refiner, `original_size + crop_top_left +
+    /// (aesthetic_score,)` (N = 5).
+    pub time_ids: Tensor,
+}
 
 /// The conditional UNet: predicts noise (or v, or the sample) from noisy latents, a timestep
 /// and text-encoder states.
@@ -20,6 +37,7 @@ use embeddings::{timestep_embedding, TimestepMlp};
 pub struct UNet2DConditionModel {
     conv_in: Conv2d,
     time_embedding: TimestepMlp,
+    add_embedding: Option<(TextTime, TimestepMlp)>,
     down_blocks: Vec<DownBlock>,
     mid_block: MidBlock,
     up_blocks: Vec<UpBlock>,
@@ -36,6 +54,20 @@ fn conv_k(in_c: usize, out_c: usize, k: usize, vb: VarBuilder) -> Result<Conv2d>
     conv2d(in_c, out_c, k, cfg, vb)
 }
 
+/// The attention settings of level `i` with the given transformer `depths`, if `has` attention.
+fn attention<'a>(
+    plan: &BlockPlan,
+    i: usize,
+    depths: &'a [usize],
+    has: bool,
+) -> Option<BlockAttention<'a>> {
+    has.then_some(BlockAttention {
+        heads: plan.heads[i],
+        depths,
+        cross_attention_dim: plan.cross_attention_dim[i],
+    })
+}
+
 impl UNet2DConditionModel {
     /// Builds the model described by `config` from the weights in `vb`.
     pub fn new(vb: VarBuilder, config: &UNetConfig) -> Result<Self> {
@@ -48,13 +80,6 @@ impl UNet2DConditionModel {
             groups: config.norm_num_groups,
             eps: config.norm_eps,
             linear_projection: config.use_linear_projection,
-        };
-        let attention = |i: usize, has: bool| {
-            has.then_some(BlockAttention {
-                heads: plan.heads[i],
-                layers: plan.transformer_layers[i],
-                cross_attention_dim: plan.cross_attention_dim[i],
-            })
         };
 
         let mut down_blocks = Vec::with_capacity(n);
@@ -71,7 +96,7 @@ impl UNet2DConditionModel {
                 vb.pp(format!("down_blocks.{i}")),
                 shape,
                 common,
-                attention(i, plan.cross_attn[i]),
+                attention(&plan, i, &plan.down_depths[i], plan.cross_attn[i]),
                 config.downsample_padding,
             )?);
             skip_widths.extend(std::iter::repeat_n(
@@ -82,7 +107,7 @@ impl UNet2DConditionModel {
 
         let mid_attention = BlockAttention {
             heads: plan.heads[n - 1],
-            layers: plan.transformer_layers[n - 1],
+            depths: &[plan.mid_depth],
             cross_attention_dim: plan.cross_attention_dim[n - 1],
         };
         let mid_block = MidBlock::new(
@@ -113,7 +138,7 @@ impl UNet2DConditionModel {
                 prev,
                 &skips,
                 common,
-                attention(level, plan.up_cross_attn[i]),
+                attention(&plan, level, &plan.up_depths[i], plan.up_cross_attn[i]),
             )?);
             prev = ch[level];
         }
@@ -126,6 +151,13 @@ impl UNet2DConditionModel {
                 vb.pp("conv_in"),
             )?,
             time_embedding: TimestepMlp::new(vb.pp("time_embedding"), ch[0], temb_channels)?,
+            add_embedding: match plan.text_time {
+                Some(tt) => Some((
+                    tt,
+                    TimestepMlp::new(vb.pp("add_embedding"), tt.input_dim, temb_channels)?,
+                )),
+                None => None,
+            },
             down_blocks,
             mid_block,
             up_blocks,
@@ -151,8 +183,14 @@ impl UNet2DConditionModel {
     }
 
     /// Predicts the model output for `sample` [B, C, H, W] at `timestep` conditioned on
-    /// `context` [B, S, D].
-    pub fn forward(&self, sample: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor> {
+    /// `context` [B, S, D] and, for SDXL UNets (`text_time`), on `added`.
+    pub fn forward(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        added: Option<&AddedCond>,
+    ) -> Result<Tensor> {
         let (batch, _, _, _) = sample.dims4()?;
         let c = &self.config;
         let t = timestep_embedding(
@@ -163,7 +201,10 @@ impl UNet2DConditionModel {
             c.freq_shift,
             sample.device(),
         )?;
-        let temb = self.time_embedding.forward(&t, sample.dtype())?;
+        let mut temb = self.time_embedding.forward(&t, sample.dtype())?;
+        if let Some(aug) = self.added_embedding(batch, added, sample.dtype())? {
+            temb = (temb + aug)?;
+        }
         let sample = if c.center_input_sample {
             ((sample * 2.0)? - 1.0)?
         } else {
@@ -180,5 +221,61 @@ impl UNet2DConditionModel {
         }
         let xs = self.conv_norm_out.forward(&xs, None, true)?;
         kernels::conv2d(&self.conv_out, &xs, None, 1.0)
+    }
+
+    /// `add_embedding(concat(text_embeds, add_time_proj(time_ids)))` [B, T], or `None` for a
+    /// UNet without added conditioning. Errors name what is missing or mis-shaped.
+    fn added_embedding(
+        &self,
+        batch: usize,
+        added: Option<&AddedCond>,
+        dtype: candle_core::DType,
+    ) -> Result<Option<Tensor>> {
+        let msg = |m: String| Err(candle_core::Error::Msg(m));
+        let ((tt, mlp), added) = match (&self.add_embedding, added) {
+            (None, None) => return Ok(None),
+            (None, Some(_)) => return msg(
+                "added conditioning (pooled text embeddings and time ids) was given to a UNet without it: its config has no `addition_embed_type` \"text_time\"".into(),
+            ),
+            (Some(_), None) => return msg(
+                "this UNet's config has `addition_embed_type` \"text_time\" (SDXL), so it needs the added conditioning: the pooled text embeddings (`text_embeds`) and the time ids (original size, crop top-left, target size or aesthetic score)".into(),
+            ),
+            (Some(e), Some(a)) => (e, a),
+        };
+        let (tb, pooled) = added.text_embeds.dims2()?;
+        let (ib, ids) = added.time_ids.dims2()?;
+        if tb != batch || ib != batch {
+            return msg(format!(
+                "added conditioning has {tb} rows of text_embeds and {ib} rows of time_ids for a batch of {batch} latents; give one row of each per sample"
+            ));
+        }
+        if pooled + ids * tt.time_embed_dim != tt.input_dim {
+            return msg(format!(
+                "added conditioning of width {pooled} (text_embeds) + {ids} time ids x {} (`addition_time_embed_dim`) does not match the UNet's `projection_class_embeddings_input_dim` {}",
+                tt.time_embed_dim, tt.input_dim
+            ));
+        }
+        let values = added
+            .time_ids
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let c = &self.config;
+        let time_embeds = sinusoidal_embedding(
+            &values,
+            tt.time_embed_dim,
+            c.flip_sin_to_cos,
+            c.freq_shift,
+            added.time_ids.device(),
+        )?
+        .reshape((batch, ids * tt.time_embed_dim))?;
+        let input = Tensor::cat(
+            &[
+                added.text_embeds.to_dtype(dtype)?,
+                time_embeds.to_dtype(dtype)?,
+            ],
+            1,
+        )?;
+        mlp.forward(&input, dtype).map(Some)
     }
 }

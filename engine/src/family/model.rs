@@ -1,0 +1,195 @@
+//! A loaded model of any family: its networks behind the [`Networks`] seam, its VAE, its
+//! scheduler config and the weights its networks were built from.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::{Conditioning, Family, Vae};
+use crate::schedulers::SchedulerConfig;
+use crate::{Error, Result};
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Where tensors live.
+    pub device: Device,
+    /// Compute dtype of the text encoders and the denoiser.
+    pub dtype: DType,
+}
+
+/// What a prompt is encoded with, besides its text.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EncodeOptions {
+    /// CLIP skip, AUTOMATIC1111 semantics (1 = the last layer).
+    pub clip_skip: usize,
+    /// Image width and height in pixels (SDXL's size conditioning).
+    pub size: (usize, usize),
+    /// Whether this is the negative prompt (SDXL's refiner conditions it differently).
+    pub negative: bool,
+}
+
+/// The networks of one family: the seam every pipeline drives. A family's module implements
+/// it (see [`super::sd`]); pipelines never see a UNet, a transformer or a text encoder.
+pub trait Networks: Send + Sync + std::fmt::Debug {
+    /// Encodes one prompt to conditioning for one image. Warnings (e.g. a truncated prompt)
+    /// are added to `warnings`.
+    fn encode(
+        &self,
+        prompt: &str,
+        options: &EncodeOptions,
+        warnings: &mut Vec<String>,
+    ) -> Result<Conditioning>;
+
+    /// The denoiser's output for `latents` `[batch, C, h, w]` (f32) at `timestep`, as f32.
+    /// `guidance` is the job's guidance scale, which families with an embedded guidance use.
+    fn predict(
+        &self,
+        latents: &Tensor,
+        timestep: f64,
+        cond: &Conditioning,
+        guidance: f64,
+    ) -> Result<Tensor>;
+
+    /// The denoiser's input channels (the latent channels, or more for inpainting models).
+    fn in_channels(&self) -> usize;
+
+    /// The largest CLIP skip the text encoders allow (their layer count).
+    fn text_layers(&self) -> usize;
+
+    /// The denoiser's native sample size in latent pixels, if its config says.
+    fn sample_size(&self) -> Option<usize>;
+
+    /// The networks rebuilt with `patches` replacing some of `weights` (LoRAs), sharing every
+    /// other tensor; the receiver is not modified.
+    fn with_weights(&self, weights: &Weights, patches: &Patches) -> Result<Arc<dyn Networks>>;
+}
+
+/// What a component does, for LoRA reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// The UNet or transformer.
+    Denoiser,
+    /// A text encoder.
+    TextEncoder,
+}
+
+/// How LoRA files name a component's modules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoraNames {
+    /// kohya's prefix, e.g. `lora_unet`, `lora_te`, `lora_te1`.
+    pub kohya: String,
+    /// diffusers/PEFT's prefix, e.g. `unet`, `text_encoder`, `text_encoder_2`.
+    pub peft: String,
+    /// Whether module names without any prefix may name this component (only one component
+    /// per role may claim them).
+    pub bare: bool,
+}
+
+/// The tensors one network was built from, by key: the network shares them, so keeping them
+/// costs nothing, and a job's LoRAs are merged into copies of the few they change.
+#[derive(Debug)]
+pub struct ComponentWeights {
+    /// The component's name (its diffusers folder: `unet`, `text_encoder`, ...).
+    pub name: String,
+    /// What it does.
+    pub role: Role,
+    /// The file the tensors came from (for messages).
+    pub file: PathBuf,
+    /// The tensors.
+    pub tensors: HashMap<String, Tensor>,
+    /// How LoRA files name its modules.
+    pub lora: LoraNames,
+}
+
+/// Every LoRA-able component's weights.
+#[derive(Debug, Default)]
+pub struct Weights {
+    /// In the family's order.
+    pub components: Vec<ComponentWeights>,
+}
+
+impl Weights {
+    /// The component called `name`.
+    pub fn get(&self, name: &str) -> Option<&ComponentWeights> {
+        self.components.iter().find(|c| c.name == name)
+    }
+}
+
+/// Replacement tensors per component name.
+pub type Patches = HashMap<String, HashMap<String, Tensor>>;
+
+/// A model of any family, loaded and ready to run jobs. Cloning is cheap (everything is
+/// shared): a job with LoRAs runs on a clone whose networks were rebuilt around merged weights.
+#[derive(Debug, Clone)]
+pub struct Model {
+    /// The family it belongs to.
+    pub family: Arc<Family>,
+    /// The folder or file it came from.
+    pub source: PathBuf,
+    /// Text encoders and denoiser.
+    pub networks: Arc<dyn Networks>,
+    /// The autoencoder.
+    pub vae: Vae,
+    /// The model's own scheduler config; samplers chosen by name start from it.
+    pub scheduler_config: SchedulerConfig,
+    /// Device of every tensor.
+    pub device: Device,
+    /// dtype of the text encoders and the denoiser.
+    pub dtype: DType,
+    /// What the networks were built from, for LoRAs.
+    pub weights: Arc<Weights>,
+}
+
+impl Model {
+    /// Pixels per latent pixel along a side.
+    pub fn vae_scale_factor(&self) -> usize {
+        self.vae.scale_factor()
+    }
+
+    /// The side the model was trained at, in pixels: the denoiser's sample size, else the
+    /// family's default.
+    pub fn native_size(&self) -> usize {
+        match self.networks.sample_size() {
+            Some(s) => s * self.vae_scale_factor(),
+            None => self.family.default_size,
+        }
+    }
+
+    /// The latents' shape for `batch` images of `width × height` pixels.
+    pub fn latent_shape(&self, batch: usize, width: usize, height: usize) -> [usize; 4] {
+        let f = self.vae_scale_factor();
+        [batch, self.vae.latent_channels(), height / f, width / f]
+    }
+
+    /// Whether the denoiser is an inpainting one: it takes the mask and the masked picture's
+    /// latents beside the latents (`2 · C + 1` input channels). Any other count than `C` or
+    /// `2 · C + 1` is an error naming the model.
+    pub fn is_inpainting(&self) -> Result<bool> {
+        let latent = self.vae.latent_channels();
+        match self.networks.in_channels() {
+            c if c == latent => Ok(false),
+            c if c == 2 * latent + 1 => Ok(true),
+            c => Err(Error::Config {
+                path: self.source.clone(),
+                message: format!(
+                    "the denoiser takes {c} input channels, neither {latent} (the VAE's latent \
+                     channels) nor {} (an inpainting model: latents, mask and masked-picture \
+                     latents)",
+                    2 * latent + 1
+                ),
+            }),
+        }
+    }
+
+    /// This model with its networks rebuilt around `patches` (LoRAs).
+    pub fn with_weights(&self, patches: &Patches) -> Result<Self> {
+        let mut out = self.clone();
+        if !patches.is_empty() {
+            out.networks = self.networks.with_weights(&self.weights, patches)?;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,246 @@
+//! Stable Diffusion 1.x and 2.x: one CLIP text encoder (its last layer, or an earlier one for
+//! CLIP skip, always through the final LayerNorm), a conditional UNet attending to the
+//! `[1, 77, D]` text states, and an `AutoencoderKL`, loaded from a diffusers folder.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType, Tensor};
+use candle_nn::VarBuilder;
+
+use super::model::{ComponentWeights, LoraNames, Role};
+use super::{
+    Conditioning, EncodeOptions, Family, LoadOptions, Model, Networks, Patches, Vae, Weights,
+};
+use crate::models::clip::{ClipTextConfig, ClipTextModel};
+use crate::models::config_file::read_json;
+use crate::models::unet::{UNet2DConditionModel, UNetConfig};
+use crate::schedulers::SchedulerConfig;
+use crate::tokenizer::ClipTokenizer;
+use crate::weights::{in_file, WeightSource};
+use crate::{model_files, Error, Result};
+
+/// The UNet's component name (its folder).
+const UNET: &str = "unet";
+/// The text encoder's component name (its folder).
+const TEXT_ENCODER: &str = "text_encoder";
+
+/// SD 1.x/2.x networks.
+#[derive(Debug, Clone)]
+pub struct SdNetworks {
+    tokenizer: Arc<ClipTokenizer>,
+    text_encoder: Arc<ClipTextModel>,
+    text_config: ClipTextConfig,
+    unet: Arc<UNet2DConditionModel>,
+    device: candle_core::Device,
+    dtype: DType,
+}
+
+impl SdNetworks {
+    /// The UNet.
+    pub fn unet(&self) -> &UNet2DConditionModel {
+        &self.unet
+    }
+
+    /// The text encoder.
+    pub fn text_encoder(&self) -> &ClipTextModel {
+        &self.text_encoder
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &ClipTokenizer {
+        &self.tokenizer
+    }
+}
+
+/// Loads the SD 1.x/2.x diffusers folder `dir` as a model of `family`.
+pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Model> {
+    let (device, dtype) = (&options.device, options.dtype);
+    let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
+
+    let text_config_path = model_files::config(dir, TEXT_ENCODER, "config.json")?;
+    let text_config: ClipTextConfig = read_json(&text_config_path)?;
+    let text_file = model_files::weights(dir, TEXT_ENCODER, "model")?;
+    let text_map = WeightSource::open(&text_file)?.read_all(dtype, device)?;
+    let text_encoder = in_file(
+        &text_file,
+        ClipTextModel::new(
+            VarBuilder::from_tensors(text_map.clone(), dtype, device),
+            &text_config,
+        ),
+    )?;
+
+    let unet_config_path = model_files::config(dir, UNET, "config.json")?;
+    let unet_config: UNetConfig = read_json(&unet_config_path)?;
+    let plan = unet_config.plan().map_err(|message| Error::Config {
+        path: unet_config_path.clone(),
+        message,
+    })?;
+    if text_config.hidden_size != plan.cross_attention_dim[0] {
+        return Err(Error::Config {
+            path: unet_config_path,
+            message: format!(
+                "`cross_attention_dim` {} does not match the text encoder's `hidden_size` {} in {}",
+                plan.cross_attention_dim[0],
+                text_config.hidden_size,
+                text_config_path.display()
+            ),
+        });
+    }
+    let unet_file = model_files::weights(dir, UNET, "diffusion_pytorch_model")?;
+    let unet_map = WeightSource::open(&unet_file)?.read_all(dtype, device)?;
+    let unet = in_file(
+        &unet_file,
+        UNet2DConditionModel::new(
+            VarBuilder::from_tensors(unet_map.clone(), dtype, device),
+            &unet_config,
+        ),
+    )?;
+
+    let vae_file = model_files::weights(dir, "vae", "diffusion_pytorch_model")?;
+    let vae = Vae::load(
+        &model_files::config(dir, "vae", "config.json")?,
+        &WeightSource::open(&vae_file)?,
+        dtype,
+        device,
+    )?;
+    let scheduler_config = SchedulerConfig::from_file(&model_files::config(
+        dir,
+        "scheduler",
+        "scheduler_config.json",
+    )?)?;
+
+    let weights = Weights {
+        components: vec![
+            component(UNET, Role::Denoiser, unet_file, unet_map, "lora_unet"),
+            component(
+                TEXT_ENCODER,
+                Role::TextEncoder,
+                text_file,
+                text_map,
+                "lora_te",
+            ),
+        ],
+    };
+    Ok(Model {
+        family,
+        source: dir.to_path_buf(),
+        networks: Arc::new(SdNetworks {
+            tokenizer: Arc::new(tokenizer),
+            text_encoder: Arc::new(text_encoder),
+            text_config,
+            unet: Arc::new(unet),
+            device: device.clone(),
+            dtype,
+        }),
+        vae,
+        scheduler_config,
+        device: device.clone(),
+        dtype,
+        weights: Arc::new(weights),
+    })
+}
+
+fn component(
+    name: &str,
+    role: Role,
+    file: std::path::PathBuf,
+    tensors: std::collections::HashMap<String, Tensor>,
+    kohya: &str,
+) -> ComponentWeights {
+    ComponentWeights {
+        name: name.to_string(),
+        role,
+        file,
+        tensors,
+        lora: LoraNames {
+            kohya: kohya.to_string(),
+            peft: name.to_string(),
+            bare: true,
+        },
+    }
+}
+
+impl Networks for SdNetworks {
+    /// Tokenizes (77 tokens; a longer prompt is cut with a warning naming the dropped words)
+    /// and encodes with CLIP: `clip_skip` 1 uses the last layer, 2 the one before (diffusers'
+    /// `clip_skip=1`), and so on; the final LayerNorm is applied either way.
+    fn encode(
+        &self,
+        prompt: &str,
+        options: &EncodeOptions,
+        warnings: &mut Vec<String>,
+    ) -> Result<Conditioning> {
+        let layers = self.text_encoder.num_layers();
+        let clip_skip = options.clip_skip;
+        if clip_skip == 0 || clip_skip > layers {
+            return Err(Error::invalid(
+                "clip skip",
+                clip_skip,
+                format!("must be between 1 and {layers} (the text encoder's layer count)"),
+            ));
+        }
+        let encoding = self.tokenizer.encode(prompt)?;
+        if let Some(dropped) = &encoding.truncated {
+            warnings.push(format!(
+                "the prompt is longer than {} tokens; this part was dropped: \"{dropped}\"",
+                self.tokenizer.max_length()
+            ));
+        }
+        let ids = Tensor::new(encoding.ids.as_slice(), &self.device)?.unsqueeze(0)?;
+        let states = self.text_encoder.forward(&ids, layers + 1 - clip_skip)?;
+        Ok(Conditioning::from_context(states))
+    }
+
+    fn predict(
+        &self,
+        latents: &Tensor,
+        timestep: f64,
+        cond: &Conditioning,
+        _guidance: f64,
+    ) -> Result<Tensor> {
+        let out = self.unet.forward(
+            &latents.to_dtype(self.dtype)?,
+            timestep,
+            &cond.context,
+            None,
+        )?;
+        Ok(out.to_dtype(DType::F32)?)
+    }
+
+    fn in_channels(&self) -> usize {
+        self.unet.config().in_channels
+    }
+
+    fn text_layers(&self) -> usize {
+        self.text_encoder.num_layers()
+    }
+
+    fn sample_size(&self) -> Option<usize> {
+        self.unet.config().sample_size
+    }
+
+    fn with_weights(&self, weights: &Weights, patches: &Patches) -> Result<Arc<dyn Networks>> {
+        let mut out = self.clone();
+        let device = self.device.clone();
+        let rebuilt = |name: &str| -> Option<(VarBuilder<'static>, &std::path::Path)> {
+            let patched = patches.get(name).filter(|p| !p.is_empty())?;
+            let base = weights.get(name)?;
+            let mut map = base.tensors.clone();
+            map.extend(patched.iter().map(|(k, t)| (k.clone(), t.clone())));
+            Some((
+                VarBuilder::from_tensors(map, self.dtype, &device),
+                base.file.as_path(),
+            ))
+        };
+        if let Some((vb, file)) = rebuilt(UNET) {
+            let unet = UNet2DConditionModel::new(vb, self.unet.config());
+            out.unet = Arc::new(in_file(file, unet)?);
+        }
+        if let Some((vb, file)) = rebuilt(TEXT_ENCODER) {
+            let te = ClipTextModel::new(vb, &self.text_config);
+            out.text_encoder = Arc::new(in_file(file, te)?);
+        }
+        Ok(Arc::new(out))
+    }
+}

@@ -1,0 +1,366 @@
+//! `[pack]`: a model, the family it belongs to, where its diffusers folder lives (a local
+//! `path`, or a Hugging Face `repo`) and optional generation defaults:
+//!
+//! ```toml
+//! [pack]
+//! name = "tiny-sd"
+//! family = "sd1"
+//! description = "A tiny test model"
+//! path = "../tests/fixtures/models/tiny-sd"   # relative to this file's folder; or:
+//! # repo = "org/name"
+//! # revision = "main"
+//!
+//! [pack.defaults]                             # ranges: crate::limits
+//! steps = 20
+//! guidance = 7.5
+//! scheduler = "euler"
+//! schedule = "karras"
+//! width = 64
+//! height = 64
+//! negative_prompt = "blurry"
+//! clip_skip = 1
+//! ```
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::folder::{Document, ManifestFolder};
+use super::located::Located;
+use super::ManifestError;
+use crate::{defaults, limits};
+
+/// The model family a pack belongs to, which selects the network architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// Stable Diffusion 1.x (CLIP ViT-L/14 text encoder).
+    Sd1,
+    /// Stable Diffusion 2.x (OpenCLIP ViT-H/14 text encoder).
+    Sd2,
+}
+
+impl Family {
+    /// Every supported family.
+    pub const ALL: [Family; 2] = [Family::Sd1, Family::Sd2];
+
+    /// The name used in manifests and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Sd1 => "sd1",
+            Family::Sd2 => "sd2",
+        }
+    }
+
+    fn names() -> String {
+        Self::ALL.map(Family::as_str).join(", ")
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Family {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|family| family.as_str() == s)
+            .ok_or_else(|| format!("unknown model family `{s}`: use one of {}", Self::names()))
+    }
+}
+
+/// Where a pack's diffusers model folder comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PackSource {
+    /// A local folder, already joined to the manifest file's folder.
+    Path(PathBuf),
+    /// A Hugging Face hub repository, resolved through the local cache (see [`crate::hub`]).
+    Hub {
+        /// The repo id, e.g. `org/name`.
+        repo: String,
+        /// A branch, tag or commit hash (default `main`).
+        revision: String,
+    },
+}
+
+/// Generation defaults a pack (or pipeline) suggests; each overrides the engine's own default
+/// when set. The allowed values are those of [`crate::limits`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PackDefaults {
+    /// Denoising steps ([`limits::STEPS`]).
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale ([`limits::GUIDANCE`]).
+    pub guidance: Option<f64>,
+    /// Scheduler name, e.g. `euler`.
+    pub scheduler: Option<String>,
+    /// Noise schedule name, e.g. `karras`.
+    pub schedule: Option<String>,
+    /// Image width in pixels ([`limits::SIZE`], a multiple of [`limits::SIZE_MULTIPLE`]).
+    pub width: Option<usize>,
+    /// Image height in pixels ([`limits::SIZE`], a multiple of [`limits::SIZE_MULTIPLE`]).
+    pub height: Option<usize>,
+    /// Negative prompt.
+    pub negative_prompt: Option<String>,
+    /// CLIP layers to skip ([`limits::CLIP_SKIP`]; 1 uses the last layer).
+    pub clip_skip: Option<usize>,
+}
+
+impl PackDefaults {
+    /// These defaults over `base`: each value set here wins, the others come from `base`.
+    pub fn over(self, base: &PackDefaults) -> PackDefaults {
+        PackDefaults {
+            steps: self.steps.or(base.steps),
+            guidance: self.guidance.or(base.guidance),
+            scheduler: self.scheduler.or_else(|| base.scheduler.clone()),
+            schedule: self.schedule.or_else(|| base.schedule.clone()),
+            width: self.width.or(base.width),
+            height: self.height.or(base.height),
+            negative_prompt: self
+                .negative_prompt
+                .or_else(|| base.negative_prompt.clone()),
+            clip_skip: self.clip_skip.or(base.clip_skip),
+        }
+    }
+}
+
+/// A validated `[pack]` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackManifest {
+    /// The pack's unique name.
+    pub name: String,
+    /// The model family.
+    pub family: Family,
+    /// A human description.
+    pub description: Option<String>,
+    /// Where the model folder comes from.
+    pub source: PackSource,
+    /// Generation defaults.
+    pub defaults: PackDefaults,
+    /// The manifest file this pack was read from.
+    pub manifest_path: PathBuf,
+}
+
+/// `[pack]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPack {
+    name: Spanned<String>,
+    family: Spanned<String>,
+    description: Option<String>,
+    path: Option<Spanned<String>>,
+    repo: Option<Spanned<String>>,
+    revision: Option<Spanned<String>>,
+    #[serde(default)]
+    defaults: RawDefaults,
+}
+
+/// `[pack.defaults]` as written; `[pipeline.defaults]` is checked as one without a scheduler.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDefaults {
+    pub(super) steps: Option<Spanned<i64>>,
+    pub(super) guidance: Option<Spanned<f64>>,
+    pub(super) scheduler: Option<Spanned<String>>,
+    pub(super) schedule: Option<Spanned<String>>,
+    pub(super) width: Option<Spanned<i64>>,
+    pub(super) height: Option<Spanned<i64>>,
+    pub(super) negative_prompt: Option<String>,
+    pub(super) clip_skip: Option<Spanned<i64>>,
+}
+
+/// The packs of every document (files without a `[pack]` are skipped); the first problem,
+/// in file order, is an error. Pack names must be unique across files.
+pub fn packs(folder: &ManifestFolder<'_>) -> Result<Vec<PackManifest>, ManifestError> {
+    let (packs, problems) = packs_and_problems(folder);
+    match problems.into_iter().next() {
+        Some(problem) => Err(problem),
+        None => Ok(packs),
+    }
+}
+
+/// Like [`packs`], returning the valid packs and every problem (for `beeswax check`).
+pub fn packs_and_problems(folder: &ManifestFolder<'_>) -> (Vec<PackManifest>, Vec<ManifestError>) {
+    let mut packs: Vec<(PackManifest, usize)> = Vec::new();
+    let mut problems = Vec::new();
+    for document in folder.documents() {
+        let (pack, line) = match read(document) {
+            Ok(Some(found)) => found,
+            Ok(None) => continue,
+            Err(problem) => {
+                problems.push(problem);
+                continue;
+            }
+        };
+        if let Some((first, first_line)) = packs.iter().find(|(p, _)| p.name == pack.name) {
+            problems.push(ManifestError::DuplicateName {
+                name: pack.name,
+                first: first.manifest_path.clone(),
+                first_line: *first_line,
+                second: document.path().to_path_buf(),
+                second_line: line,
+            });
+            continue;
+        }
+        packs.push((pack, line));
+    }
+    (packs.into_iter().map(|(pack, _)| pack).collect(), problems)
+}
+
+/// The pack called `name` (all packs must be valid, see [`packs`]).
+pub fn find_pack(folder: &ManifestFolder<'_>, name: &str) -> Result<PackManifest, ManifestError> {
+    let packs = packs(folder)?;
+    let available = packs.iter().map(|p| p.name.clone()).collect();
+    packs
+        .into_iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| ManifestError::UnknownPack {
+            name: name.to_string(),
+            dir: folder.dir().to_path_buf(),
+            available,
+        })
+}
+
+/// Parses and validates the manifest text read from `path`; `Ok(None)` if it has no `[pack]`.
+///
+/// A relative `path` source is joined to `path`'s folder.
+pub fn parse(path: &Path, text: &str) -> Result<Option<PackManifest>, ManifestError> {
+    let document = Document::parse(path, text)?;
+    Ok(read(&document)?.map(|(pack, _)| pack))
+}
+
+/// The document's validated `[pack]`, with the line of its `name`.
+fn read(document: &Document<'_>) -> Result<Option<(PackManifest, usize)>, ManifestError> {
+    let Some(raw) = document.table::<Spanned<RawPack>>("pack")? else {
+        return Ok(None);
+    };
+    let located = document.located();
+    let header = raw.span();
+    let raw = raw.into_inner();
+    let name = located.non_empty(
+        &raw.name,
+        "pack.name",
+        "give the pack a name, e.g. `name = \"tiny-sd\"`",
+    )?;
+    let family = raw.family.get_ref().parse().map_err(|_| {
+        let message = format!(
+            "must be one of {} (got `{}`): fix the family name",
+            Family::names(),
+            raw.family.get_ref()
+        );
+        located.at(&raw.family, "pack.family", message)
+    })?;
+    let pack = PackManifest {
+        name: name.to_string(),
+        family,
+        source: source(&located, &raw, header)?,
+        defaults: checked_defaults(&located, "pack.defaults", &raw.defaults)?,
+        description: raw.description,
+        manifest_path: document.path().to_path_buf(),
+    };
+    Ok(Some((pack, located.line_of(&raw.name))))
+}
+
+/// The pack's `path` or `repo` (+ `revision`); `header` is the span of the `[pack]` table.
+fn source(
+    located: &Located<'_>,
+    raw: &RawPack,
+    header: Range<usize>,
+) -> Result<PackSource, ManifestError> {
+    match (&raw.path, &raw.repo) {
+        (Some(path), Some(repo)) => {
+            let message = format!(
+                "conflicts with `pack.path` on line {}: set either `path` (a local diffusers \
+                 folder) or `repo` (a Hugging Face repo id), not both",
+                located.line_of(path)
+            );
+            Err(located.at(repo, "pack.repo", message))
+        }
+        (None, None) => {
+            let message = "is missing: set `path = \"...\"` to a diffusers model folder \
+                           (relative to this file) or `repo = \"org/name\"` for a Hugging Face \
+                           repo";
+            Err(located.invalid(header, "pack.path", message))
+        }
+        (Some(path), None) => {
+            if let Some(revision) = &raw.revision {
+                let message = "only applies to `repo` packs: remove it, or replace `path` with \
+                               `repo`";
+                return Err(located.at(revision, "pack.revision", message));
+            }
+            located.non_empty(path, "pack.path", "set it to a diffusers model folder")?;
+            Ok(PackSource::Path(located.relative_path(path.get_ref())))
+        }
+        (None, Some(repo)) => {
+            if !crate::hub::is_repo_id(repo.get_ref()) {
+                let message = format!(
+                    "must be a Hugging Face repo id like `org/name` (got `{}`)",
+                    repo.get_ref()
+                );
+                return Err(located.at(repo, "pack.repo", message));
+            }
+            let revision = match &raw.revision {
+                None => defaults::HUB_REVISION.to_string(),
+                Some(revision) => {
+                    let how = "use a branch, tag or commit hash, or remove it to use `main`";
+                    located
+                        .non_empty(revision, "pack.revision", how)?
+                        .to_string()
+                }
+            };
+            Ok(PackSource::Hub {
+                repo: repo.get_ref().clone(),
+                revision,
+            })
+        }
+    }
+}
+
+/// Checks the defaults of table `table` (`pack.defaults` or `pipeline.defaults`) against
+/// [`crate::limits`].
+pub(super) fn checked_defaults(
+    located: &Located<'_>,
+    table: &str,
+    raw: &RawDefaults,
+) -> Result<PackDefaults, ManifestError> {
+    let field = |key: &str| format!("{table}.{key}");
+    let scheduler = match &raw.scheduler {
+        Some(s) => {
+            let how = "name a scheduler, e.g. `scheduler = \"euler\"`, or remove the line";
+            Some(located.non_empty(s, &field("scheduler"), how)?.to_string())
+        }
+        None => None,
+    };
+    if let Some(schedule) = &raw.schedule {
+        if let Err(e) = crate::schedulers::Schedule::parse(schedule.get_ref()) {
+            return Err(located.at(schedule, &field("schedule"), e.to_string()));
+        }
+    }
+    Ok(PackDefaults {
+        steps: located.whole(&raw.steps, &field("steps"), &limits::STEPS, None)?,
+        guidance: located.number(
+            &raw.guidance,
+            &field("guidance"),
+            &limits::GUIDANCE,
+            Some(defaults::GUIDANCE),
+        )?,
+        scheduler,
+        schedule: raw.schedule.as_ref().map(|s| s.get_ref().clone()),
+        width: located.size(&raw.width, &field("width"))?,
+        height: located.size(&raw.height, &field("height"))?,
+        negative_prompt: raw.negative_prompt.clone(),
+        clip_skip: located.whole(
+            &raw.clip_skip,
+            &field("clip_skip"),
+            &limits::CLIP_SKIP,
+            None,
+        )?,
+    })
+}

@@ -1,0 +1,77 @@
+//! The one way to run a job, for the CLI and the HTTP service alike: check it, pre-process an
+//! image job's picture and mask, build its sampler, run its mode's pipeline, post-process the
+//! images.
+
+use std::borrow::Cow;
+use std::ops::ControlFlow;
+
+use super::stages::{Generated, StepProgress};
+use super::{image_to_image, inpaint, text_to_image, Input, Job};
+use crate::extensions::{Extensions, PreInput, ProcessorKind};
+use crate::family::Model;
+use crate::Result;
+
+/// Runs `job` on `model` with the samplers and processors of `extensions`. `on_step` is
+/// called after every denoising step; returning `Break` cancels the job
+/// ([`crate::Error::Cancelled`]).
+pub fn run(
+    model: &Model,
+    job: &Job,
+    extensions: &Extensions,
+    on_step: &mut dyn FnMut(StepProgress) -> ControlFlow<()>,
+) -> Result<Generated> {
+    job.check(model)?;
+    extensions.check_processors(ProcessorKind::Pre, &job.pre_processors)?;
+    extensions.check_processors(ProcessorKind::Post, &job.post_processors)?;
+    let build = || {
+        extensions
+            .schedulers
+            .build(&job.sampler, &model.scheduler_config, job.settings.steps)
+    };
+    let settings = &job.settings;
+    let input = pre_process(extensions, job)?;
+    let mut out = match input.as_ref() {
+        Input::Text { init_latents } => {
+            text_to_image(model, settings, build()?, init_latents.as_ref(), on_step)?
+        }
+        Input::Image(image) => image_to_image(model, settings, image, build()?, on_step)?,
+        Input::Inpaint { image, mask } => inpaint(
+            model,
+            settings,
+            (image, mask),
+            (build()?, build()?),
+            on_step,
+        )?,
+    };
+    out.images = out
+        .images
+        .into_iter()
+        .map(|image| extensions.post_process(&job.post_processors, image))
+        .collect::<Result<_>>()?;
+    Ok(out)
+}
+
+/// The job's input after its pre-processors (unchanged without any).
+fn pre_process<'a>(extensions: &Extensions, job: &'a Job) -> Result<Cow<'a, Input>> {
+    if job.pre_processors.is_empty() {
+        return Ok(Cow::Borrowed(&job.input));
+    }
+    let mut input = job.input.clone();
+    let (image, mask) = match &mut input {
+        Input::Text { .. } => return Ok(Cow::Borrowed(&job.input)),
+        Input::Image(image) => (image, None),
+        Input::Inpaint { image, mask } => (image, Some(mask)),
+    };
+    let processed = extensions.pre_process(
+        &job.pre_processors,
+        PreInput {
+            picture: image.picture.clone(),
+            mask: mask.as_ref().map(|m| m.mask.clone()),
+        },
+    )?;
+    image.picture = processed.picture;
+    if let (Some(mask), Some(new)) = (mask, processed.mask) {
+        mask.mask = new;
+    }
+    Ok(Cow::Owned(input))
+}

@@ -1,0 +1,181 @@
+//! The steps every pipeline shares: encoding the prompts, turning a picture into a tensor and
+//! latents, where image-to-image starts, the starting noise, and decoding. Each pipeline
+//! ([`super::text_to_image`], [`super::image_to_image`], [`super::inpaint`]) reads top to
+//! bottom as calls to these.
+
+use std::time::Duration;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::job::Settings;
+use crate::family::{Conditioning, EncodeOptions, GuidanceMode, Model};
+use crate::image_out::{to_rgb8, RgbImage};
+use crate::noise::BatchNoise;
+use crate::schedulers::Scheduler;
+use crate::{Error, Result};
+
+/// A job's encoded prompts, one row per image: the prompt's, and the negative prompt's when
+/// classifier-free guidance runs.
+#[derive(Debug, Clone)]
+pub struct TextConditioning {
+    /// The prompt.
+    pub cond: Conditioning,
+    /// The negative prompt, when guiding.
+    pub uncond: Option<Conditioning>,
+}
+
+/// Where a running job is.
+#[derive(Debug, Clone)]
+pub struct StepProgress {
+    /// Steps done.
+    pub step: usize,
+    /// Steps in all.
+    pub total: usize,
+    /// Time since denoising started.
+    pub elapsed: Duration,
+    /// The latents after this step (a cheap handle, not a copy), for previews.
+    pub latents: Tensor,
+}
+
+/// Wall-clock time per stage of a job.
+#[derive(Debug, Clone, Default)]
+pub struct StageTimes {
+    /// Tokenizing and running the text encoders.
+    pub text_encoding: Duration,
+    /// The denoising loop.
+    pub denoising: Duration,
+    /// VAE encoding and decoding, and conversion to 8-bit.
+    pub decoding: Duration,
+}
+
+/// What a job produced.
+#[derive(Debug)]
+pub struct Generated {
+    /// Final denoised latents `[batch, C, h, w]`, before VAE scaling and decoding (f32).
+    pub latents: Tensor,
+    /// The images, post-processed.
+    pub images: Vec<RgbImage>,
+    /// Things the user should know (e.g. a truncated prompt).
+    pub warnings: Vec<String>,
+    /// Time per stage.
+    pub times: StageTimes,
+}
+
+/// Whether the job runs classifier-free guidance.
+pub fn guided(model: &Model, settings: &Settings) -> bool {
+    model.family.guidance == GuidanceMode::ClassifierFree && settings.guidance > 1.0
+}
+
+/// Encodes the prompt (and the negative prompt when guiding) for `settings.batch` images.
+pub fn encode_prompts(
+    model: &Model,
+    settings: &Settings,
+    warnings: &mut Vec<String>,
+) -> Result<TextConditioning> {
+    let options = |negative| EncodeOptions {
+        clip_skip: settings.clip_skip,
+        size: (settings.width, settings.height),
+        negative,
+    };
+    let cond = model
+        .networks
+        .encode(&settings.prompt, &options(false), warnings)?
+        .repeat(settings.batch)?;
+    let uncond = if guided(model, settings) {
+        let negative = &settings.negative_prompt;
+        Some(
+            model
+                .networks
+                .encode(negative, &options(true), warnings)?
+                .repeat(settings.batch)?,
+        )
+    } else {
+        None
+    };
+    Ok(TextConditioning { cond, uncond })
+}
+
+/// An 8-bit picture as a `[1, 3, H, W]` f32 tensor in [-1, 1], as diffusers' image processor.
+pub fn image_tensor(image: &RgbImage, device: &Device) -> Result<Tensor> {
+    let data: Vec<f32> = image.data.iter().map(|&v| v as f32 / 255.0).collect();
+    let t = Tensor::from_vec(data, (image.height, image.width, 3), &Device::Cpu)?
+        .permute((2, 0, 1))?
+        .unsqueeze(0)?;
+    Ok(((t * 2.0)? - 1.0)?.contiguous()?.to_device(device)?)
+}
+
+/// The index of the first step to run for `strength`, as diffusers' `get_timesteps`:
+/// `order · (steps - min(floor(steps · strength), steps))`.
+pub fn start_index(scheduler: &dyn Scheduler, steps: usize, strength: f64) -> Result<usize> {
+    let run = ((steps as f64 * strength) as usize).min(steps);
+    if run == 0 {
+        return Err(Error::invalid(
+            "strength",
+            strength,
+            format!(
+                "with {steps} steps leaves no step to run (steps × strength < 1); raise the \
+                 strength or the steps"
+            ),
+        ));
+    }
+    let start = (steps - run) * scheduler.order();
+    if start >= scheduler.timesteps().len() {
+        return Err(Error::invalid(
+            "strength",
+            strength,
+            format!("starts past the end of the {steps}-step schedule"),
+        ));
+    }
+    Ok(start)
+}
+
+/// Noise of `shape`: the caller's (checked against the shape; `what` names it in errors),
+/// else drawn from `rng`.
+pub fn noise_or(
+    given: Option<&Tensor>,
+    what: &str,
+    shape: &[usize],
+    device: &Device,
+    rng: &mut BatchNoise,
+) -> Result<Tensor> {
+    match given {
+        Some(t) if t.dims() != shape => Err(Error::invalid(
+            what,
+            format!("{:?}", t.dims()),
+            format!("expected {shape:?} (batch, latent channels, height/f, width/f)"),
+        )),
+        Some(t) => Ok(t.to_dtype(DType::F32)?.to_device(device)?),
+        None => Ok(rng.randn(shape, device)?),
+    }
+}
+
+/// The extra denoiser channels that let an inpainting model repaint everything: mask all ones
+/// and the latents of an all-grey picture (zeros in [-1, 1]), as AUTOMATIC1111 conditions such
+/// models for text-to-image and image-to-image. `[batch, 1 + C, h, w]`.
+pub fn repaint_everything(model: &Model, settings: &Settings) -> Result<Tensor> {
+    let grey = Tensor::zeros(
+        (1, 3, settings.height, settings.width),
+        DType::F32,
+        &model.device,
+    )?;
+    // The posterior mean draws no noise.
+    let masked = model.vae.encode(
+        &grey,
+        settings.batch,
+        false,
+        &mut BatchNoise::new(0, settings.batch),
+    )?;
+    let (b, _, h, w) = masked.dims4()?;
+    let ones = Tensor::ones((b, 1, h, w), DType::F32, &model.device)?;
+    Ok(Tensor::cat(&[&ones, &masked], 1)?)
+}
+
+/// Decodes each image of `latents` `[batch, C, h, w]`, one at a time to bound memory.
+pub fn decode_all(model: &Model, latents: &Tensor) -> Result<Vec<RgbImage>> {
+    (0..latents.dim(0)?)
+        .map(|i| {
+            let image = model.vae.decode(&latents.narrow(0, i, 1)?)?;
+            to_rgb8(&image.squeeze(0)?)
+        })
+        .collect()
+}

@@ -1,0 +1,46 @@
+//! Reading a manifest folder the way the commands do (read and parse once), for the tests that
+//! look at one section: packs, LoRAs, plugins, or the service's catalog.
+
+use std::path::Path;
+
+use beeswax::extensions::Extensions;
+use beeswax::lora::LoraCatalog;
+use beeswax::manifest::{self, ManifestError, ManifestFiles, PackManifest};
+use beeswax::plugins::PluginEntry;
+use beeswax::server::{Catalog, Limits};
+
+/// The packs of folder `dir`.
+pub fn packs(dir: &Path) -> Result<Vec<PackManifest>, ManifestError> {
+    let files = ManifestFiles::read(dir)?;
+    manifest::packs(&files.parse()?)
+}
+
+/// The pack `name` of folder `dir`.
+pub fn find_pack(dir: &Path, name: &str) -> Result<PackManifest, ManifestError> {
+    let files = ManifestFiles::read(dir)?;
+    manifest::find_pack(&files.parse()?, name)
+}
+
+/// The LoRA catalog of folder `dir`.
+pub fn lora_catalog(dir: &Path) -> beeswax::Result<LoraCatalog> {
+    let files = ManifestFiles::read(dir)?;
+    Ok(LoraCatalog::from_manifests(&files.parse()?)?)
+}
+
+/// The `[[plugin]]` entries of folder `dir`, and their problems.
+pub fn plugin_entries(dir: &Path) -> (Vec<PluginEntry>, Vec<ManifestError>) {
+    let files = ManifestFiles::read(dir).unwrap();
+    beeswax::plugins::manifest::entries(&files.parse().unwrap())
+}
+
+/// The service's catalog of folder `dir`, on the CPU in f32.
+pub fn catalog(dir: &Path, limits: Limits, extensions: &Extensions) -> beeswax::Result<Catalog> {
+    let files = ManifestFiles::read(dir)?;
+    Catalog::load(
+        &files.parse()?,
+        &super::cpu_f32(),
+        false,
+        limits,
+        extensions,
+    )
+}

@@ -1,0 +1,135 @@
+//! The reference cases the fixture scripts recorded from diffusers, and the fixture files they
+//! point at. Every `cases.json` of a whole-pipeline reference (text to image, the sampler runs,
+//! image to image and inpainting, LoRAs) is a list of [`Case`]; [`cases`] reads one and
+//! [`Case::tensors`] the tensors of one run. Turning a case into a library job is
+//! `jobs.rs`'s business.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::fixture;
+
+/// One reference run of a fixture script (`make_fixtures.py`, `make_img2img_fixtures.py`,
+/// `make_lora_fixtures.py`, `make_scheduler_pipeline_fixtures.py`), or, built in a test, the
+/// settings of a run of its own. Fields a script does not write take their defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    /// The safetensors file of the run's tensors, beside `cases.json`.
+    #[serde(default)]
+    pub file: String,
+    /// Sampler name as diffusers' class was set up (beeswax name or A1111 alias).
+    pub scheduler: String,
+    /// Classifier-free guidance scale.
+    pub guidance: f64,
+    /// Image width in pixels.
+    pub width: usize,
+    /// Image height in pixels.
+    pub height: usize,
+    /// Denoising steps.
+    pub steps: usize,
+    /// Images per run.
+    #[serde(default = "one")]
+    pub batch: usize,
+    /// The prompt.
+    pub prompt: String,
+    /// The negative prompt.
+    #[serde(default)]
+    pub negative_prompt: String,
+    /// diffusers' `clip_skip` (A1111's minus one), if set.
+    #[serde(default)]
+    pub clip_skip_diffusers: Option<usize>,
+    /// Seed of seeded noise (the references pass their noise instead: 0).
+    #[serde(default)]
+    pub seed: u64,
+    /// Image to image: `img2img` or `inpaint`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Image to image: the miniature model.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Image to image: how much is repainted.
+    #[serde(default)]
+    pub strength: Option<f64>,
+    /// Image to image: the UNet's input channels (9 for an inpainting UNet).
+    #[serde(default)]
+    pub unet_in_channels: Option<usize>,
+    /// LoRAs: (file beside `cases.json`, weight).
+    #[serde(default)]
+    pub loras: Vec<(String, f64)>,
+    /// The fixture folder the case was read from (set by [`cases`]).
+    #[serde(skip)]
+    pub dir: String,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl Case {
+    /// A run of the test's own: `steps` of `scheduler` at `width × height`, guidance 7.5,
+    /// seed 0, one image, no negative prompt.
+    pub fn new(prompt: &str, scheduler: &str, steps: usize, width: usize, height: usize) -> Self {
+        Self {
+            file: String::new(),
+            scheduler: scheduler.into(),
+            guidance: 7.5,
+            width,
+            height,
+            steps,
+            batch: 1,
+            prompt: prompt.into(),
+            negative_prompt: String::new(),
+            clip_skip_diffusers: None,
+            seed: 0,
+            kind: None,
+            model: None,
+            strength: None,
+            unet_in_channels: None,
+            loras: Vec::new(),
+            dir: String::new(),
+        }
+    }
+
+    /// Every tensor the reference saved for this run.
+    pub fn tensors(&self) -> HashMap<String, Tensor> {
+        load(&format!("{}/{}", self.dir, self.file))
+    }
+
+    /// `dir/file`, to name the case in messages.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.dir, self.file)
+    }
+}
+
+/// The cases of `tests/fixtures/<dir>/cases.json`.
+pub fn cases(dir: &str) -> Vec<Case> {
+    let mut cases: Vec<Case> = json(&format!("{dir}/cases.json"));
+    assert!(!cases.is_empty(), "{dir}/cases.json lists no case");
+    for case in &mut cases {
+        case.dir = dir.to_string();
+    }
+    cases
+}
+
+/// A JSON fixture under `tests/fixtures/`, parsed.
+pub fn json<T: DeserializeOwned>(rel: &str) -> T {
+    let path = fixture(rel);
+    let text = read(&path);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every tensor of a safetensors fixture under `tests/fixtures/` (as stored).
+pub fn load(rel: &str) -> HashMap<String, Tensor> {
+    let path = fixture(rel);
+    candle_core::safetensors::load(&path, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
