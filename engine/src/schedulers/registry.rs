@@ -12,8 +12,8 @@ use super::math::{check_steps, invalid};
 use super::sampler::Sampler;
 use super::schedules::{did_you_mean, normalize, Schedule, SCHEDULES};
 use super::{
-    Ddim, Ddpm, Deis, Dpm2, Dpm2Ancestral, DpmMultistep, DpmSde, DpmSinglestep, DpmVariant, Euler,
-    EulerAncestral, Heun, Lcm, Lms, Pndm, Scheduler, SchedulerConfig, SchedulerError, Tcd, UniPc,
+    Ddim, Ddpm, Deis, Dpm2, DpmMultistep, DpmSde, DpmSinglestep, DpmVariant, Euler, EulerAncestral,
+    Heun, Lcm, Lms, Pndm, Scheduler, SchedulerConfig, SchedulerError, Tcd, UniPc,
 };
 
 /// Builds a scheduler for a config and a step count (already checked to be within
@@ -158,7 +158,7 @@ const BUILTINS: &[Builtin] = &[
         aliases: &["DPM2 a", "dpm_2_ancestral"],
         summary: "DPM2 ancestral, 2·steps - 1 calls (diffusers KDPM2AncestralDiscreteScheduler)",
         class: Some("KDPM2AncestralDiscreteScheduler"),
-        build: |config, steps| Ok(Box::new(Dpm2Ancestral::new(config, steps)?)),
+        build: |config, steps| Ok(Box::new(Dpm2::ancestral(config, steps)?)),
     },
     Builtin {
         name: "dpmpp_2m",

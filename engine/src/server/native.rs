@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::errors::{ApiError, JsonBody};
 use super::jobs::{unix_secs, Job, Origin, Status};
-use super::pictures;
+use super::pictures::{self, Sent};
 use super::request::{validate, GenerateRequest, NATIVE};
 use super::service::{Cancelled, Service};
 use crate::image_in::{mask_from_picture, AlphaMask, ResizeMode};
@@ -99,15 +99,12 @@ async fn image_request(
     };
     let limits = pictures::limits(&service.config);
     let mask = body.mask.clone();
-    let (init, mask) = tokio::task::spawn_blocking(move || {
-        let init = pictures::decode_base64("init_image", &init, &limits)?;
-        let mask = mask
-            .map(|m| pictures::decode_base64("mask", &m, &limits))
-            .transpose()?;
-        Ok::<_, ApiError>((init, mask))
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("decoding the pictures failed: {e}")))??;
+    let (init, mask) = pictures::decode_with_mask(
+        limits,
+        ("init_image", Sent::Base64(init)),
+        mask.map(|m| ("mask", Sent::Base64(m))),
+    )
+    .await?;
     let mask = match mask {
         None => None,
         Some(picture) => {

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::errors::ApiError;
 use super::openai::{parse_size, respond, response_format, NAMES};
-use super::pictures;
+use super::pictures::{self, Sent};
 use super::request::{validate, GenerateRequest};
 use super::service::Service;
 use crate::image_in::{mask_from_picture, AlphaMask, Mask, Picture, ResizeMode};
@@ -100,15 +100,12 @@ async fn pictures_of(service: &Service, form: &Form) -> Result<(Picture, Option<
         )
     })?;
     let mask = form.mask.clone();
-    let (picture, mask) = tokio::task::spawn_blocking(move || {
-        let picture = pictures::decode_bytes("image", &image, &limits)?;
-        let mask = mask
-            .map(|m| pictures::decode_bytes("mask", &m, &limits))
-            .transpose()?;
-        Ok::<_, ApiError>((picture, mask))
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("decoding the pictures failed: {e}")))??;
+    let (picture, mask) = pictures::decode_with_mask(
+        limits,
+        ("image", Sent::Bytes(image)),
+        mask.map(|m| ("mask", Sent::Bytes(m))),
+    )
+    .await?;
     let mask = match &mask {
         Some(m) => {
             let mask = mask_from_picture(m, AlphaMask::TransparentRepaints);
