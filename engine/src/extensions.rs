@@ -2,13 +2,14 @@
 //! samplers, the image pre-processors (run on a job's picture and mask before it starts) and
 //! post-processors (run on every image it makes). One value holds them: built from the
 //! built-ins, extended by the loaded plugins (see [`crate::plugins::Plugins::extend`]), held by
-//! the service or the command and passed down to [`crate::pipeline::run`]. Nothing here is
-//! process-wide.
+//! the service or the command and passed down to [`crate::pipeline::run`]; the textual-inversion
+//! embeddings prompts may name are registered here too. Nothing here is process-wide.
 
 use std::sync::Arc;
 
 use crate::image_in::Mask;
 use crate::image_out::RgbImage;
+use crate::prompt::EmbeddingCatalog;
 use crate::schedulers::Registry;
 use crate::{Error, Result};
 
@@ -61,6 +62,9 @@ impl<F: ?Sized> std::fmt::Debug for Processor<F> {
 pub struct Extensions {
     /// Samplers: the built-ins, then plugins'.
     pub schedulers: Registry,
+    /// Textual-inversion embeddings prompts may name (`[[embedding]]` entries and the
+    /// `--embeddings` folder).
+    pub embeddings: Arc<EmbeddingCatalog>,
     pre: Vec<Processor<PreProcessFn>>,
     post: Vec<Processor<PostProcessFn>>,
 }
@@ -95,6 +99,7 @@ impl Extensions {
     pub fn builtin() -> Self {
         Self {
             schedulers: Registry::with_builtins(),
+            embeddings: Arc::default(),
             pre: Vec::new(),
             post: Vec::new(),
         }

@@ -14,6 +14,8 @@
 mod conditioning;
 mod model;
 mod preview;
+pub mod prompting;
+mod scheduled;
 pub mod sd;
 mod vae;
 
@@ -26,6 +28,7 @@ pub use model::{
     Weights,
 };
 pub use preview::LatentPreview;
+pub use scheduled::{ScheduledConditioning, ScheduledPart};
 pub use vae::Vae;
 
 use crate::schedulers::SchedulerKind;

@@ -43,6 +43,8 @@ pub fn run(global: &Global, a: GenerateArgs) -> Result<()> {
         seed: a.seed,
         batch: Some(a.batch as usize),
         clip_skip: a.clip_skip.map(|v| v as usize),
+        prompt_syntax: a.prompt_syntax,
+        pad_prompts: a.pad_prompts.then_some(true),
         input: image_input::read(&a)?,
         pre_processors: a.pre.clone(),
         post_processors: a.post.clone(),
@@ -108,6 +110,7 @@ fn write_outputs(
     for (i, image) in out.images.iter().enumerate() {
         let mut params = GenerationParams::for_image(job, i, sampler, model);
         params.prompt = recorded_prompt.to_string();
+        params.set_embeddings(&out.embeddings);
         let path = numbered_path(&output, i, s.batch);
         write_png(&path, image, &params.to_a1111())?;
         if !a.quiet {
