@@ -5,10 +5,12 @@
 //! the service or the command and passed down to [`crate::pipeline::run`]; the textual-inversion
 //! embeddings prompts may name are registered here too. Nothing here is process-wide.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::image_in::Mask;
 use crate::image_out::RgbImage;
+use crate::manifest::EmbeddingManifest;
 use crate::prompt::EmbeddingCatalog;
 use crate::schedulers::Registry;
 use crate::{Error, Result};
@@ -103,6 +105,27 @@ impl Extensions {
             pre: Vec::new(),
             post: Vec::new(),
         }
+    }
+
+    /// Registers the textual-inversion embeddings of `manifests` (the `[[embedding]]`
+    /// entries; hub files must be cached unless `allow_download`) and of the folder `dir`
+    /// (`--embeddings`; a manifest entry wins over a file of the same name).
+    pub fn set_embeddings(
+        &mut self,
+        manifests: &[EmbeddingManifest],
+        dir: Option<&Path>,
+        allow_download: bool,
+    ) -> Result<()> {
+        let entries = manifests
+            .iter()
+            .map(|m| m.resolve(allow_download))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut catalog = EmbeddingCatalog::from_entries(entries)?;
+        if let Some(dir) = dir {
+            catalog = catalog.merged(EmbeddingCatalog::from_dir(dir)?);
+        }
+        self.embeddings = Arc::new(catalog);
+        Ok(())
     }
 
     /// Adds a pre-processor; a name already taken is an error.

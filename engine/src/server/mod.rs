@@ -21,6 +21,7 @@ mod a1111_img2img;
 mod auth;
 mod catalog;
 mod config;
+mod embeddings;
 mod errors;
 mod http;
 mod jobs;

@@ -56,6 +56,8 @@ pub fn document() -> Value {
                         "scheduler": {"type": "string", "description": "a scheduler name or alias (A1111 names work)"},
                         "schedule": {"type": "string", "description": "a noise schedule: default, karras, exponential, ..."},
                         "clip_skip": {"type": "integer", "minimum": 1},
+                        "prompt_syntax": {"enum": ["a1111", "comfy", "plain"], "description": "how prompts are read (default: the pipeline's, else a1111)"},
+                        "pad_prompts": {"type": "boolean", "description": "pad prompt and negative prompt to the same chunk count"},
                         "preview_every": {"type": "integer", "minimum": 1, "description": "send a preview with every Nth progress event"},
                         "loras": {"type": "array", "description": "LoRAs by [[lora]]/[[lora_set]] name, after any <lora:NAME:WEIGHT> tags in the prompt", "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "weight": {"type": "number"}}}},
                         "init_image": {"type": "string", "description": "image to image: a base64 PNG, JPEG or WebP (a data-URL prefix is allowed)"},

@@ -57,6 +57,9 @@ pub enum Command {
     Check,
     /// Write a safetensors model as a GGUF file with quantized linear layers.
     Quantize(crate::quantize::QuantizeArgs),
+    /// Show how a prompt is read: sub-prompts, the text of each step, chunks, tokens,
+    /// weights, embeddings, and warnings.
+    Prompt(crate::prompt::PromptArgs),
 }
 
 /// Which model to use: a diffusers folder or a pack.

@@ -19,7 +19,12 @@ use crate::{image_input, progress, source};
 pub fn run(global: &Global, a: GenerateArgs) -> Result<()> {
     let files = source::read_manifests(global)?;
     let folder = files.as_ref().map(|f| f.parse()).transpose()?;
-    let (_plugins, extensions) = crate::plugins::load(folder.as_ref())?;
+    let (_plugins, mut extensions) = crate::plugins::load(folder.as_ref())?;
+    let embeddings = match &folder {
+        Some(folder) => beeswax::manifest::embeddings(folder)?,
+        None => Vec::new(),
+    };
+    extensions.set_embeddings(&embeddings, a.embeddings.as_deref(), global.allow_download)?;
     // Names are checked before any model loads: unknown ones fail at once.
     if let Some(name) = &a.scheduler {
         extensions.schedulers.sampler(name, a.schedule.as_deref())?;
