@@ -256,7 +256,14 @@ fn long_prompts_warn_with_the_dropped_words() {
     let prompt = format!("{} zebra crossing", "red ".repeat(80));
     let plain = dir.path().join("plain.png");
     let err = tiny_sd(&dir)
-        .args(["--steps", "2", "--prompt", &prompt, "--prompt-syntax", "plain"])
+        .args([
+            "--steps",
+            "2",
+            "--prompt",
+            &prompt,
+            "--prompt-syntax",
+            "plain",
+        ])
         .args(["--output", plain.to_str().unwrap()])
         .stderr();
     assert!(
@@ -272,7 +279,10 @@ fn long_prompts_warn_with_the_dropped_words() {
         .stderr();
     assert!(!err.contains("zebra crossing"), "{err}");
     let text = common::images::Png::read(&chunked).parameters;
-    assert!(text.starts_with(&prompt) && !text.contains("Prompt syntax"), "{text}");
+    assert!(
+        text.starts_with(&prompt) && !text.contains("Prompt syntax"),
+        "{text}"
+    );
     tiny_sd(&dir)
         .args(["--prompt", "x", "--prompt-syntax", "nope"])
         .assert_fails_with(&["nope", "a1111, comfy or plain"]);
@@ -312,5 +322,8 @@ fn prompt_command_prints_the_parse_and_warns() {
     assert!(stderr.contains("warning"), "{stderr}");
     let out = run(&["a (fox:1.5)", "--prompt-syntax", "plain"]);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(stdout.contains("syntax: plain") && !stdout.contains("*1.5"), "{stdout}");
+    assert!(
+        stdout.contains("syntax: plain") && !stdout.contains("*1.5"),
+        "{stdout}"
+    );
 }

@@ -510,7 +510,12 @@ fn pipeline_images_and_latents_equal_the_references() {
         );
         let job = job_case(case, syntax).text_job(Some(&r["init_latents"]));
         let out = try_generate_with(model, &job, &extensions).unwrap();
-        assert_close_rel_std(&format!("{name} latents"), &out.latents, &r["latents"], 2e-3);
+        assert_close_rel_std(
+            &format!("{name} latents"),
+            &out.latents,
+            &r["latents"],
+            2e-3,
+        );
         let image = &r["image"];
         let image = if image.rank() == 3 {
             image.unsqueeze(0).unwrap()
@@ -551,8 +556,8 @@ fn and_combines_sub_prompts_as_a1111() {
     let out = run(&format!("a red fox AND {long} :0.7"));
     assert_eq!(out.latents.dims(), single.latents.dims());
     // Without guidance there is no negative pass to combine sub-prompts against.
-    let mut job = Case::new("a fox AND snow", "euler", 2, 64, 64)
-        .with_syntax(PromptSyntax::A1111, false);
+    let mut job =
+        Case::new("a fox AND snow", "euler", 2, 64, 64).with_syntax(PromptSyntax::A1111, false);
     job.guidance = 1.0;
     let err = try_generate(model, &job.text_job(None))
         .unwrap_err()

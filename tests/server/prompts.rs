@@ -59,7 +59,10 @@ async fn prompt_syntax_by_field_by_pipeline_and_by_route() {
     );
     let plain = native_image(&server, job("tiny-sd", Some("plain"))).await;
     assert!(plain.parameters.contains("Prompt syntax: plain"));
-    assert_ne!(plain.image.data, a1111.image.data, "weights changed nothing");
+    assert_ne!(
+        plain.image.data, a1111.image.data,
+        "weights changed nothing"
+    );
     // A pipeline's default applies, the field overrides it.
     let by_pipeline = native_image(&server, job("tiny-plain", None)).await;
     assert!(by_pipeline.parameters.contains("Prompt syntax: plain"));
@@ -89,11 +92,18 @@ async fn prompt_syntax_by_field_by_pipeline_and_by_route() {
     )
     .await;
     let png = Png::decode(&unb64(body["data"][0]["b64_json"].as_str().unwrap()));
-    assert!(png.parameters.contains("Prompt syntax: plain"), "{}", png.parameters);
+    assert!(
+        png.parameters.contains("Prompt syntax: plain"),
+        "{}",
+        png.parameters
+    );
     // An unknown syntax is refused naming the field.
     let response = post(&server.at("/v1/jobs"), job("tiny-sd", Some("nope"))).await;
     let body = expect_json(response, 400).await.to_string();
-    assert!(body.contains("prompt_syntax") && body.contains("a1111, comfy or plain"), "{body}");
+    assert!(
+        body.contains("prompt_syntax") && body.contains("a1111, comfy or plain"),
+        "{body}"
+    );
     server.stop().await;
 }
 
@@ -102,7 +112,10 @@ async fn embeddings_are_listed_and_hashed_in_the_parameters() {
     let server = start().await;
     let a1111 = get_json(&server.at("/sdapi/v1/embeddings")).await;
     let owl = &a1111["loaded"]["owlstyle"];
-    assert_eq!((owl["vectors"].as_u64(), owl["shape"].as_u64()), (Some(1), Some(32)));
+    assert_eq!(
+        (owl["vectors"].as_u64(), owl["shape"].as_u64()),
+        (Some(1), Some(32))
+    );
     assert_eq!(a1111["loaded"]["foxart"]["vectors"], 3);
     assert!(owl["step"].is_null() && owl.get("sd_checkpoint").is_some());
     assert!(a1111["skipped"].get("broken").is_some(), "{a1111}");
@@ -113,7 +126,10 @@ async fn embeddings_are_listed_and_hashed_in_the_parameters() {
     let hash = owl["short_hash"].as_str().unwrap().to_string();
     assert_eq!(hash.len(), 12);
     let broken = list.iter().find(|e| e["name"] == "broken").unwrap();
-    assert!(broken["error"].as_str().unwrap().contains("broken.safetensors"));
+    assert!(broken["error"]
+        .as_str()
+        .unwrap()
+        .contains("broken.safetensors"));
     // A prompt naming an embedding records its hash as A1111 does.
     let png = native_image(
         &server,

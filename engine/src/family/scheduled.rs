@@ -10,7 +10,7 @@ use candle_core::Tensor;
 
 use super::Conditioning;
 use crate::prompt::schedule::entry_index;
-use crate::prompt::{EncodedPrompt, Embedding};
+use crate::prompt::{Embedding, EncodedPrompt};
 use crate::Result;
 
 /// One `AND` sub-prompt (the whole prompt without `AND`).

@@ -145,9 +145,7 @@ fn source(located: &Located<'_>, raw: &RawEmbedding) -> Result<EmbeddingSource, 
             }
             let how = "set it to a .safetensors file";
             located.non_empty(path, "embedding.path", how)?;
-            Ok(EmbeddingSource::Path(
-                located.relative_path(path.get_ref()),
-            ))
+            Ok(EmbeddingSource::Path(located.relative_path(path.get_ref())))
         }
         (None, Some(repo)) => {
             if !hub::is_repo_id(repo.get_ref()) {
@@ -228,7 +226,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.len(), 2);
-        assert!(matches!(&ok[0].source, EmbeddingSource::Path(p) if p.ends_with("owl.safetensors")));
+        assert!(
+            matches!(&ok[0].source, EmbeddingSource::Path(p) if p.ends_with("owl.safetensors"))
+        );
         assert_eq!(ok[1].line, 6);
         let cases = [
             (
@@ -265,7 +265,10 @@ mod tests {
         ];
         for (text, place, message) in cases {
             let err = read(text).unwrap_err().to_string();
-            assert!(err.contains(place) && err.contains(message), "{text:?}: {err}");
+            assert!(
+                err.contains(place) && err.contains(message),
+                "{text:?}: {err}"
+            );
         }
     }
 }

@@ -34,11 +34,11 @@ impl Section {
 /// Every known top-level table, in the order error messages list them. A new owner (model
 /// families, embeddings) adds its line here.
 pub const SECTIONS: &[Section] = &[
-    Section::table("pack"),     // read by manifest/pack.rs
-    Section::array("pipeline"), // read by manifest/pipeline.rs
-    Section::array("lora"),     // read by lora/manifest.rs
-    Section::array("lora_set"), // read by lora/manifest.rs
-    Section::array("plugin"),   // read by plugins/manifest.rs
+    Section::table("pack"),      // read by manifest/pack.rs
+    Section::array("pipeline"),  // read by manifest/pipeline.rs
+    Section::array("lora"),      // read by lora/manifest.rs
+    Section::array("lora_set"),  // read by lora/manifest.rs
+    Section::array("plugin"),    // read by plugins/manifest.rs
     Section::array("embedding"), // read by manifest/embedding.rs
 ];
 

@@ -32,11 +32,7 @@ pub struct StepConditioning {
 impl StepConditioning {
     /// The conditioning of step `step` (counted from the first step run, as A1111 counts),
     /// reusing `previous` when the step uses the same texts.
-    pub fn at_step(
-        text: &TextConditioning,
-        step: usize,
-        previous: Option<Self>,
-    ) -> Result<Self> {
+    pub fn at_step(text: &TextConditioning, step: usize, previous: Option<Self>) -> Result<Self> {
         let key = (
             text.cond.key_at_step(step),
             text.uncond
@@ -49,10 +45,7 @@ impl StepConditioning {
         let parts = text.cond.at_step(step);
         let weights = parts.iter().map(|(_, w)| *w).collect();
         let mut conds = stack(&parts.iter().map(|(c, _)| *c).collect::<Vec<_>>())?;
-        let mut uncond = match &text.uncond {
-            Some(u) => Some(u.at_step(step)[0].0.clone()),
-            None => None,
-        };
+        let mut uncond = text.uncond.as_ref().map(|u| u.at_step(step)[0].0.clone());
         if let (Some(u), Some(empty)) = (&mut uncond, &text.cond.empty) {
             pad_chunks(&mut conds, u, empty)?;
         }
@@ -134,7 +127,11 @@ fn stack(parts: &[&Conditioning]) -> Result<Conditioning> {
 
 /// A1111's `pad_cond_uncond`: the shorter of `conds` and `uncond` gets copies of `empty`'s
 /// context (one chunk) appended until both have as many whole chunks.
-fn pad_chunks(conds: &mut Conditioning, uncond: &mut Conditioning, empty: &Conditioning) -> Result<()> {
+fn pad_chunks(
+    conds: &mut Conditioning,
+    uncond: &mut Conditioning,
+    empty: &Conditioning,
+) -> Result<()> {
     let chunk = empty.tokens()?;
     let (c, u) = (conds.tokens()?, uncond.tokens()?);
     let (short, missing) = match c.cmp(&u) {

@@ -18,8 +18,8 @@ use super::{ImageInput, Settings};
 use crate::family::Model;
 use crate::image_in::resize_image;
 use crate::noise::BatchNoise;
-use crate::schedulers::Scheduler;
 use crate::prompt::EmbeddingCatalog;
+use crate::schedulers::Scheduler;
 use crate::Result;
 
 /// Runs an image-to-image job with `scheduler` (built for its steps). `on_step` is called

@@ -23,8 +23,8 @@ use super::{ImageInput, MaskInput, MaskedContent, Settings};
 use crate::family::Model;
 use crate::image_in::{composite, fill_masked, resize_image, ResizeMode, RgbImage};
 use crate::noise::{BatchNoise, NoiseSource};
-use crate::schedulers::Scheduler;
 use crate::prompt::EmbeddingCatalog;
+use crate::schedulers::Scheduler;
 use crate::Result;
 
 /// The latents an inpainting job starts from and keeps.

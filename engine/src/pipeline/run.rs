@@ -32,9 +32,14 @@ pub fn run(
     let embeddings = &extensions.embeddings;
     let input = pre_process(extensions, job)?;
     let mut out = match input.as_ref() {
-        Input::Text { init_latents } => {
-            text_to_image(model, settings, embeddings, build()?, init_latents.as_ref(), on_step)?
-        }
+        Input::Text { init_latents } => text_to_image(
+            model,
+            settings,
+            embeddings,
+            build()?,
+            init_latents.as_ref(),
+            on_step,
+        )?,
         Input::Image(image) => {
             image_to_image(model, settings, embeddings, image, build()?, on_step)?
         }

@@ -13,8 +13,8 @@ use super::stages::{
 use super::Settings;
 use crate::family::Model;
 use crate::noise::BatchNoise;
-use crate::schedulers::Scheduler;
 use crate::prompt::EmbeddingCatalog;
+use crate::schedulers::Scheduler;
 use crate::Result;
 
 /// Runs a text-to-image job with `scheduler` (built for its steps) from `init_latents` (unit

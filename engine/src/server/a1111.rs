@@ -15,8 +15,8 @@ use super::errors::{A1111Error, A1111Json, ApiError};
 use super::jobs::{Job, Origin, Status};
 use super::request::{validate, FieldNames, GenerateRequest, JobSpec};
 use super::service::{CancelOnDrop, Service};
-use crate::schedulers::{self, SCHEDULES};
 use crate::prompt::PromptSyntax;
+use crate::schedulers::{self, SCHEDULES};
 
 pub(super) const NAMES: FieldNames = FieldNames {
     pipeline: "override_settings.sd_model_checkpoint",

@@ -188,8 +188,9 @@ pub async fn create(
         .prompt_syntax
         .as_deref()
         .map(|s| {
-            s.parse::<PromptSyntax>()
-                .map_err(|e| ApiError::invalid("prompt_syntax", "unknown_prompt_syntax", e.to_string()))
+            s.parse::<PromptSyntax>().map_err(|e| {
+                ApiError::invalid("prompt_syntax", "unknown_prompt_syntax", e.to_string())
+            })
         })
         .transpose()?;
     let request = GenerateRequest {
