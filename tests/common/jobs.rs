@@ -51,6 +51,8 @@ impl Case {
             batch: self.batch,
             // diffusers' clip_skip=N is AUTOMATIC1111's N + 1.
             clip_skip: self.clip_skip_diffusers.map_or(1, |n| n + 1),
+            prompt_syntax: self.prompt_syntax,
+            pad_prompts: self.pad_prompts,
         }
     }
 
@@ -140,7 +142,23 @@ fn go_on(_: StepProgress) -> ControlFlow<()> {
 
 /// Runs `job` with the built-in extensions to the end (or its error).
 pub fn try_generate(model: &Model, job: &Job) -> beeswax::Result<Generated> {
-    run(model, job, &Extensions::builtin(), &mut go_on)
+    try_generate_with(model, job, &Extensions::builtin())
+}
+
+/// Runs `job` with `extensions` (e.g. textual-inversion embeddings) to the end (or its error).
+pub fn try_generate_with(
+    model: &Model,
+    job: &Job,
+    extensions: &Extensions,
+) -> beeswax::Result<Generated> {
+    run(model, job, extensions, &mut go_on)
+}
+
+/// The built-in extensions with the embeddings of `catalog`.
+pub fn with_embeddings(catalog: beeswax::prompt::EmbeddingCatalog) -> Extensions {
+    let mut extensions = Extensions::builtin();
+    extensions.embeddings = std::sync::Arc::new(catalog);
+    extensions
 }
 
 /// Runs a job to the end; it must succeed.

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use beeswax::prompt::PromptSyntax;
 use candle_core::{Device, Tensor};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -61,6 +62,12 @@ pub struct Case {
     /// LoRAs: (file beside `cases.json`, weight).
     #[serde(default)]
     pub loras: Vec<(String, f64)>,
+    /// How the prompts are read: diffusers' references are literal (`plain`).
+    #[serde(default = "plain")]
+    pub prompt_syntax: PromptSyntax,
+    /// Pad prompt and negative prompt to the same chunk count.
+    #[serde(default)]
+    pub pad_prompts: bool,
     /// The fixture folder the case was read from (set by [`cases`]).
     #[serde(skip)]
     pub dir: String,
@@ -68,6 +75,10 @@ pub struct Case {
 
 fn one() -> usize {
     1
+}
+
+fn plain() -> PromptSyntax {
+    PromptSyntax::Plain
 }
 
 impl Case {
@@ -91,8 +102,17 @@ impl Case {
             strength: None,
             unet_in_channels: None,
             loras: Vec::new(),
+            prompt_syntax: PromptSyntax::Plain,
+            pad_prompts: false,
             dir: String::new(),
         }
+    }
+
+    /// This case with its prompts read in `syntax`, padded to the same length when `pad`.
+    pub fn with_syntax(mut self, syntax: PromptSyntax, pad: bool) -> Self {
+        self.prompt_syntax = syntax;
+        self.pad_prompts = pad;
+        self
     }
 
     /// Every tensor the reference saved for this run.

@@ -3,8 +3,10 @@
 //! A [`Family`] is data: its name, the architecture that implements it, its scheduler kind
 //! (diffusion or flow matching), how it uses guidance, its latent preview and the rules that
 //! recognise its files. The architecture is code, one module per architecture (today [`sd`]:
-//! Stable Diffusion 1.x/2.x), implementing the [`Networks`] seam: encode a prompt to
-//! [`Conditioning`], predict with the denoiser, rebuild around LoRA-merged weights. A loaded
+//! Stable Diffusion 1.x/2.x), implementing the [`Networks`] seam: encode a prompt, read in the
+//! job's prompt syntax, to [`ScheduledConditioning`] (a [`Conditioning`] per step: prompt
+//! editing, alternation, `AND`; see [`prompting`] for the CLIP recipe), predict with the
+//! denoiser, rebuild around LoRA-merged weights. A loaded
 //! [`Model`] holds the networks beside the family-independent parts (VAE, scheduler config,
 //! the weights for LoRAs), and every pipeline works through it.
 //!
@@ -14,6 +16,8 @@
 mod conditioning;
 mod model;
 mod preview;
+pub mod prompting;
+mod scheduled;
 pub mod sd;
 mod vae;
 
@@ -26,6 +30,7 @@ pub use model::{
     Weights,
 };
 pub use preview::LatentPreview;
+pub use scheduled::{ScheduledConditioning, ScheduledPart};
 pub use vae::Vae;
 
 use crate::schedulers::SchedulerKind;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::{Conditioning, Family, Vae};
+use super::{Conditioning, Family, ScheduledConditioning, Vae};
+use crate::prompt::{EmbeddingCatalog, PromptSyntax};
 use crate::schedulers::SchedulerConfig;
 use crate::{Error, Result};
 
@@ -21,27 +22,38 @@ pub struct LoadOptions {
 }
 
 /// What a prompt is encoded with, besides its text.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct EncodeOptions {
+#[derive(Debug, Clone, Copy)]
+pub struct EncodeOptions<'a> {
     /// CLIP skip, AUTOMATIC1111 semantics (1 = the last layer).
     pub clip_skip: usize,
     /// Image width and height in pixels (SDXL's size conditioning).
     pub size: (usize, usize),
-    /// Whether this is the negative prompt (SDXL's refiner conditions it differently).
+    /// Whether this is the negative prompt (SDXL's refiner conditions it differently; A1111
+    /// reads `AND` and `:weight` only in the positive prompt).
     pub negative: bool,
+    /// How the prompt text is read.
+    pub syntax: PromptSyntax,
+    /// Sampling steps (prompt editing and alternation are scheduled over them).
+    pub steps: usize,
+    /// Whether to encode the empty prompt too ([`ScheduledConditioning::empty`]), which the
+    /// denoise loop appends to the shorter of prompt and negative prompt (`pad_prompts`).
+    pub pad_prompts: bool,
+    /// The textual-inversion embeddings prompts may name.
+    pub embeddings: Option<&'a EmbeddingCatalog>,
 }
 
 /// The networks of one family: the seam every pipeline drives. A family's module implements
 /// it (see [`super::sd`]); pipelines never see a UNet, a transformer or a text encoder.
 pub trait Networks: Send + Sync + std::fmt::Debug {
-    /// Encodes one prompt to conditioning for one image. Warnings (e.g. a truncated prompt)
-    /// are added to `warnings`.
+    /// Encodes one prompt, read in `options.syntax`, to its conditioning for one image over
+    /// `options.steps` steps (static unless the prompt edits or alternates). `plain` is
+    /// diffusers' literal encoding. Warnings (e.g. a truncated prompt) are added to `warnings`.
     fn encode(
         &self,
         prompt: &str,
         options: &EncodeOptions,
         warnings: &mut Vec<String>,
-    ) -> Result<Conditioning>;
+    ) -> Result<ScheduledConditioning>;
 
     /// The denoiser's output for `latents` `[batch, C, h, w]` (f32) at `timestep`, as f32.
     /// `guidance` is the job's guidance scale, which families with an embedded guidance use.

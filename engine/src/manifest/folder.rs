@@ -276,7 +276,9 @@ mod tests {
             "{err}"
         );
         assert!(
-            err.contains("[pack], [[pipeline]], [[lora]], [[lora_set]] and [[plugin]]"),
+            err.contains(
+                "[pack], [[pipeline]], [[lora]], [[lora_set]], [[plugin]] and [[embedding]]"
+            ),
             "{err}"
         );
     }

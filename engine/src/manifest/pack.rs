@@ -19,6 +19,8 @@
 //! height = 64
 //! negative_prompt = "blurry"
 //! clip_skip = 1
+//! prompt_syntax = "a1111"                    # a1111 | comfy | plain
+//! pad_prompts = false
 //! ```
 
 use std::fmt;
@@ -32,6 +34,7 @@ use toml::Spanned;
 use super::folder::{Document, ManifestFolder};
 use super::located::Located;
 use super::ManifestError;
+use crate::prompt::PromptSyntax;
 use crate::{defaults, limits};
 
 /// The model family a pack belongs to, which selects the network architecture.
@@ -111,6 +114,10 @@ pub struct PackDefaults {
     pub negative_prompt: Option<String>,
     /// CLIP layers to skip ([`limits::CLIP_SKIP`]; 1 uses the last layer).
     pub clip_skip: Option<usize>,
+    /// How prompts are read (`a1111`, `comfy`, `plain`).
+    pub prompt_syntax: Option<PromptSyntax>,
+    /// Pad prompt and negative prompt to the same chunk count.
+    pub pad_prompts: Option<bool>,
 }
 
 impl PackDefaults {
@@ -127,6 +134,8 @@ impl PackDefaults {
                 .negative_prompt
                 .or_else(|| base.negative_prompt.clone()),
             clip_skip: self.clip_skip.or(base.clip_skip),
+            prompt_syntax: self.prompt_syntax.or(base.prompt_syntax),
+            pad_prompts: self.pad_prompts.or(base.pad_prompts),
         }
     }
 }
@@ -174,6 +183,8 @@ pub(super) struct RawDefaults {
     pub(super) height: Option<Spanned<i64>>,
     pub(super) negative_prompt: Option<String>,
     pub(super) clip_skip: Option<Spanned<i64>>,
+    pub(super) prompt_syntax: Option<Spanned<String>>,
+    pub(super) pad_prompts: Option<bool>,
 }
 
 /// The packs of every document (files without a `[pack]` are skipped); the first problem,
@@ -362,5 +373,15 @@ pub(super) fn checked_defaults(
             &limits::CLIP_SKIP,
             None,
         )?,
+        prompt_syntax: raw
+            .prompt_syntax
+            .as_ref()
+            .map(|s| {
+                s.get_ref()
+                    .parse::<PromptSyntax>()
+                    .map_err(|e| located.at(s, &field("prompt_syntax"), e.to_string()))
+            })
+            .transpose()?,
+        pad_prompts: raw.pad_prompts,
     })
 }

@@ -7,6 +7,7 @@ use candle_core::Tensor;
 
 use crate::family::Model;
 use crate::image_in::{Mask, ResizeMode, RgbImage};
+use crate::prompt::PromptSyntax;
 use crate::schedulers::Sampler;
 use crate::{limits, Error, Result};
 
@@ -31,6 +32,12 @@ pub struct Settings {
     pub batch: usize,
     /// CLIP skip, AUTOMATIC1111 semantics (1 = last layer).
     pub clip_skip: usize,
+    /// How the prompts are read (weights, long prompts, editing, embeddings).
+    pub prompt_syntax: PromptSyntax,
+    /// Pad the prompt and the negative prompt with empty chunks to the same length (A1111's
+    /// "pad prompt/negative prompt" option, ComfyUI's behaviour) so that both batch in one
+    /// denoiser call; else prompts of different lengths run as two calls (A1111's default).
+    pub pad_prompts: bool,
 }
 
 /// The picture an image-to-image or inpainting job starts from.

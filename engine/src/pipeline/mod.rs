@@ -4,6 +4,7 @@
 //! fills a [`JobRequest`] in from defaults, the same way for the CLI and the HTTP service.
 
 mod denoise;
+mod guidance;
 mod image_to_image;
 mod inpaint;
 mod inpaint_region;

@@ -9,6 +9,7 @@ use super::job::{ImageInput, InpaintArea, Input, Job, MaskInput, MaskedContent, 
 use crate::family::Model;
 use crate::image_in::{Mask, ResizeMode, RgbImage};
 use crate::manifest::PackDefaults;
+use crate::prompt::PromptSyntax;
 use crate::schedulers::{Registry, Sampler};
 use crate::{defaults, Result};
 
@@ -38,6 +39,11 @@ pub struct JobRequest {
     pub batch: Option<usize>,
     /// CLIP skip, AUTOMATIC1111 semantics.
     pub clip_skip: Option<usize>,
+    /// How the prompts are read (default: the defaults', else a1111).
+    pub prompt_syntax: Option<PromptSyntax>,
+    /// Pad prompt and negative prompt to the same chunk count (default: the defaults', else
+    /// no).
+    pub pad_prompts: Option<bool>,
     /// Where the job starts from.
     pub input: InputRequest,
     /// Pre-processors, in order (after the pipeline's own).
@@ -125,6 +131,11 @@ pub fn resolve(
             .clip_skip
             .or(d.clip_skip)
             .unwrap_or(defaults::CLIP_SKIP),
+        prompt_syntax: request
+            .prompt_syntax
+            .or(d.prompt_syntax)
+            .unwrap_or_default(),
+        pad_prompts: request.pad_prompts.or(d.pad_prompts).unwrap_or(false),
         prompt: request.prompt,
     };
     let input = match request.input {

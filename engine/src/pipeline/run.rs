@@ -29,15 +29,24 @@ pub fn run(
             .build(&job.sampler, &model.scheduler_config, job.settings.steps)
     };
     let settings = &job.settings;
+    let embeddings = &extensions.embeddings;
     let input = pre_process(extensions, job)?;
     let mut out = match input.as_ref() {
-        Input::Text { init_latents } => {
-            text_to_image(model, settings, build()?, init_latents.as_ref(), on_step)?
+        Input::Text { init_latents } => text_to_image(
+            model,
+            settings,
+            embeddings,
+            build()?,
+            init_latents.as_ref(),
+            on_step,
+        )?,
+        Input::Image(image) => {
+            image_to_image(model, settings, embeddings, image, build()?, on_step)?
         }
-        Input::Image(image) => image_to_image(model, settings, image, build()?, on_step)?,
         Input::Inpaint { image, mask } => inpaint(
             model,
             settings,
+            embeddings,
             (image, mask),
             (build()?, build()?),
             on_step,

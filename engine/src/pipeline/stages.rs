@@ -3,25 +3,41 @@
 //! ([`super::text_to_image`], [`super::image_to_image`], [`super::inpaint`]) reads top to
 //! bottom as calls to these.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 
 use super::job::Settings;
-use crate::family::{Conditioning, EncodeOptions, GuidanceMode, Model};
+use crate::family::{EncodeOptions, GuidanceMode, Model, ScheduledConditioning};
 use crate::image_out::{to_rgb8, RgbImage};
 use crate::noise::BatchNoise;
+use crate::prompt::{Embedding, EmbeddingCatalog};
 use crate::schedulers::Scheduler;
 use crate::{Error, Result};
 
-/// A job's encoded prompts, one row per image: the prompt's, and the negative prompt's when
-/// classifier-free guidance runs.
+/// A job's encoded prompts over the steps, one row per image: the prompt's, and the negative
+/// prompt's when classifier-free guidance runs.
 #[derive(Debug, Clone)]
 pub struct TextConditioning {
-    /// The prompt.
-    pub cond: Conditioning,
+    /// The prompt (its `empty` is set when the job pads prompts).
+    pub cond: ScheduledConditioning,
     /// The negative prompt, when guiding.
-    pub uncond: Option<Conditioning>,
+    pub uncond: Option<ScheduledConditioning>,
+}
+
+impl TextConditioning {
+    /// The textual-inversion embeddings either prompt uses, each once.
+    pub fn embeddings(&self) -> Vec<Arc<Embedding>> {
+        let mut out: Vec<Arc<Embedding>> = Vec::new();
+        let all = self.cond.embeddings.iter();
+        for e in all.chain(self.uncond.iter().flat_map(|u| &u.embeddings)) {
+            if !out.iter().any(|o| o.name == e.name) {
+                out.push(e.clone());
+            }
+        }
+        out
+    }
 }
 
 /// Where a running job is.
@@ -57,6 +73,8 @@ pub struct Generated {
     pub images: Vec<RgbImage>,
     /// Things the user should know (e.g. a truncated prompt).
     pub warnings: Vec<String>,
+    /// The textual-inversion embeddings the prompts used (the PNG's `TI hashes`).
+    pub embeddings: Vec<Arc<Embedding>>,
     /// Time per stage.
     pub times: StageTimes,
 }
@@ -66,16 +84,24 @@ pub fn guided(model: &Model, settings: &Settings) -> bool {
     model.family.guidance == GuidanceMode::ClassifierFree && settings.guidance > 1.0
 }
 
-/// Encodes the prompt (and the negative prompt when guiding) for `settings.batch` images.
+/// Encodes the prompt (and the negative prompt when guiding) for `settings.batch` images in
+/// the job's prompt syntax; `embeddings` are the textual-inversion embeddings prompts may name.
+/// A prompt whose guidance combines sub-prompts (`AND`, `:weight`) needs the negative pass: it
+/// is an error without classifier-free guidance.
 pub fn encode_prompts(
     model: &Model,
     settings: &Settings,
+    embeddings: &EmbeddingCatalog,
     warnings: &mut Vec<String>,
 ) -> Result<TextConditioning> {
     let options = |negative| EncodeOptions {
         clip_skip: settings.clip_skip,
         size: (settings.width, settings.height),
         negative,
+        syntax: settings.prompt_syntax,
+        steps: settings.steps,
+        pad_prompts: settings.pad_prompts && !negative,
+        embeddings: Some(embeddings),
     };
     let cond = model
         .networks
@@ -90,6 +116,15 @@ pub fn encode_prompts(
                 .repeat(settings.batch)?,
         )
     } else {
+        if cond.is_composite() {
+            return Err(Error::invalid(
+                "prompt",
+                &settings.prompt,
+                "combines sub-prompts with AND or weights them with a trailing `:weight`, which \
+                 needs classifier-free guidance: raise the guidance above 1 (on a model that \
+                 uses it), or remove the AND and the trailing weight",
+            ));
+        }
         None
     };
     Ok(TextConditioning { cond, uncond })

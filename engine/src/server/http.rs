@@ -17,7 +17,8 @@ use tracing::Level;
 use super::errors::BodyLimit;
 use super::service::Service;
 use super::{
-    a1111, a1111_img2img, auth, choices, gallery, native, openai, openai_edits, ops, sse, webui,
+    a1111, a1111_img2img, auth, choices, embeddings, gallery, native, openai, openai_edits, ops,
+    sse, webui,
 };
 
 /// After shutdown, how long open connections may take to close before the server stops anyway.
@@ -37,6 +38,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
         .route("/v1/pipelines", get(native::pipelines))
+        .route("/v1/embeddings", get(embeddings::list))
         .route("/v1/jobs", post(native::create))
         .route("/v1/jobs/{id}", get(native::status).delete(native::cancel))
         .route("/v1/jobs/{id}/events", get(sse::events))
@@ -55,6 +57,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/sdapi/v1/schedulers", get(a1111::schedulers_list))
         .route("/sdapi/v1/options", get(a1111::options).post(a1111::set_options))
         .route("/sdapi/v1/scripts", get(a1111::scripts))
+        .route("/sdapi/v1/embeddings", get(embeddings::a1111))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(from_fn_with_state(service.clone(), auth::require_key))

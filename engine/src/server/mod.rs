@@ -23,6 +23,7 @@ mod auth;
 mod catalog;
 mod choices;
 mod config;
+mod embeddings;
 mod errors;
 mod gallery;
 mod http;

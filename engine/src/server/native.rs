@@ -16,6 +16,7 @@ use super::request::{validate, GenerateRequest, NATIVE};
 use super::service::{Cancelled, Service};
 use crate::image_in::{mask_from_picture, AlphaMask, ResizeMode};
 use crate::pipeline::{ImageRequest, MaskRequest, MaskedContent};
+use crate::prompt::PromptSyntax;
 
 /// `POST /v1/jobs` body. Unknown fields are refused so typos do not pass silently.
 #[derive(Debug, Deserialize)]
@@ -33,6 +34,10 @@ pub struct JobBody {
     scheduler: Option<String>,
     schedule: Option<String>,
     clip_skip: Option<i64>,
+    /// `a1111` (default), `comfy` or `plain`.
+    prompt_syntax: Option<String>,
+    /// Pad prompt and negative prompt to the same chunk count (default false).
+    pad_prompts: Option<bool>,
     preview_every: Option<i64>,
     /// LoRAs by catalog name: `[{"name": "...", "weight": 0.8}]` (weight optional).
     #[serde(default)]
@@ -148,6 +153,8 @@ pub async fn pipelines(State(service): State<Arc<Service>>) -> Json<Value> {
                     "height": d.height, "scheduler": d.scheduler,
                     "schedule": d.schedule,
                     "negative_prompt": d.negative_prompt, "clip_skip": d.clip_skip,
+                    "prompt_syntax": d.prompt_syntax.unwrap_or_default(),
+                    "pad_prompts": d.pad_prompts.unwrap_or(false),
                 },
                 "limits": {
                     "max_width": p.limits.max_width, "max_height": p.limits.max_height,
@@ -175,6 +182,15 @@ pub async fn create(
         ));
     }
     let image = image_request(&service, &body).await?;
+    let prompt_syntax = body
+        .prompt_syntax
+        .as_deref()
+        .map(|s| {
+            s.parse::<PromptSyntax>().map_err(|e| {
+                ApiError::invalid("prompt_syntax", "unknown_prompt_syntax", e.to_string())
+            })
+        })
+        .transpose()?;
     let request = GenerateRequest {
         pipeline: body.pipeline,
         prompt: body.prompt,
@@ -189,6 +205,8 @@ pub async fn create(
         scheduler: body.scheduler,
         schedule: body.schedule,
         clip_skip: body.clip_skip,
+        prompt_syntax,
+        pad_prompts: body.pad_prompts,
         preview_every: body.preview_every,
         loras: body.loras,
         image,

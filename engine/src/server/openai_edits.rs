@@ -18,6 +18,7 @@ use super::request::{validate, GenerateRequest};
 use super::service::Service;
 use crate::image_in::{mask_from_picture, AlphaMask, Mask, Picture, ResizeMode};
 use crate::pipeline::{ImageRequest, MaskRequest, MaskedContent};
+use crate::prompt::PromptSyntax;
 
 /// Strength of an edit with a mask (the masked region is repainted from scratch).
 const MASKED_STRENGTH: f64 = 1.0;
@@ -158,6 +159,9 @@ pub async fn edits(
         scheduler: form.get("scheduler").map(str::to_string),
         schedule: form.get("schedule").map(str::to_string),
         clip_skip: None,
+        // OpenAI clients send natural language: read it literally, as diffusers does.
+        prompt_syntax: Some(PromptSyntax::Plain),
+        pad_prompts: None,
         preview_every: None,
         loras: Vec::new(),
         image: Some(ImageRequest {

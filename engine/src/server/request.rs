@@ -10,6 +10,7 @@ use super::errors::ApiError;
 use super::service::Service;
 use crate::lora::{extract_lora_tags, LoraCatalog, LoraError, LoraRequest};
 use crate::pipeline::{random_seed, resolve, ImageRequest, InputRequest, Job, JobRequest};
+use crate::prompt::PromptSyntax;
 use crate::schedulers::Schedule;
 use crate::{limits, Error};
 
@@ -42,6 +43,10 @@ pub struct GenerateRequest {
     pub schedule: Option<String>,
     /// CLIP skip (1 = last layer).
     pub clip_skip: Option<i64>,
+    /// How the prompts are read (default: the pipeline's, else a1111).
+    pub prompt_syntax: Option<PromptSyntax>,
+    /// Pad prompt and negative prompt to the same chunk count.
+    pub pad_prompts: Option<bool>,
     /// Emit a preview every this many steps.
     pub preview_every: Option<i64>,
     /// LoRAs by catalog name, applied after any `<lora:name:weight>` tags in the prompt.
@@ -339,6 +344,8 @@ fn job_request(
         height: at_least(req.height, names.height, 1)?,
         batch: at_least(req.batch, names.batch, 1)?,
         clip_skip: at_least(req.clip_skip, "clip_skip", 1)?,
+        prompt_syntax: req.prompt_syntax,
+        pad_prompts: req.pad_prompts,
         prompt: req.prompt,
         negative_prompt: req.negative_prompt,
         guidance: req.guidance,

@@ -57,6 +57,9 @@ pub enum Command {
     Check,
     /// Write a safetensors model as a GGUF file with quantized linear layers.
     Quantize(crate::quantize::QuantizeArgs),
+    /// Show how a prompt is read: sub-prompts, the text of each step, chunks, tokens,
+    /// weights, embeddings, and warnings.
+    Prompt(crate::prompt::PromptArgs),
 }
 
 /// Which model to use: a diffusers folder or a pack.
@@ -113,6 +116,19 @@ pub struct GenerateArgs {
     /// CLIP skip as in AUTOMATIC1111: 1 uses the last text-encoder layer, 2 the one before.
     #[arg(long, value_parser = |s: &str| whole(s, &limits::CLIP_SKIP))]
     pub clip_skip: Option<u32>,
+    /// How prompts are read: a1111 (AUTOMATIC1111's weights `(x:1.2)`, long prompts, BREAK,
+    /// `[a:b:when]` editing, `[a|b]`, AND), comfy (ComfyUI's weights) or plain (diffusers'
+    /// literal 77 tokens) [default: the pack's, else a1111].
+    #[arg(long)]
+    pub prompt_syntax: Option<beeswax::prompt::PromptSyntax>,
+    /// Pad the prompt and the negative prompt with empty chunks to the same length (one
+    /// denoiser call per step; A1111's "pad prompt/negative prompt", ComfyUI's behaviour).
+    #[arg(long)]
+    pub pad_prompts: bool,
+    /// A folder of textual-inversion embeddings (.safetensors; the file name is the name used
+    /// in prompts), besides the manifests' [[embedding]] entries.
+    #[arg(long, value_name = "DIR")]
+    pub embeddings: Option<PathBuf>,
     /// Starting noise instead of the seed: a safetensors file with one tensor `latents`,
     /// standard normal, shaped [batch, latent channels, height/f, width/f].
     #[arg(long)]

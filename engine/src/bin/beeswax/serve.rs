@@ -1,6 +1,7 @@
 //! `beeswax serve`: the HTTP service (see `beeswax::server`).
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -61,6 +62,10 @@ pub struct ServeArgs {
         allow_hyphen_values = true
     )]
     pub lora_weight_range: beeswax::lora::WeightRange,
+    /// A folder of textual-inversion embeddings (.safetensors; the file name is the name used
+    /// in prompts), besides the manifests' [[embedding]] entries.
+    #[arg(long, value_name = "DIR")]
+    pub embeddings: Option<PathBuf>,
     /// Logs as JSON lines instead of text (RUST_LOG filters either way; default `info`).
     #[arg(long)]
     pub log_json: bool,
@@ -88,7 +93,12 @@ pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
     let files = ManifestFiles::read(&global.manifests)?;
     let folder = files.parse()?;
     // The plugins' samplers and processors join the extensions every job runs with.
-    let (_plugins, extensions) = crate::plugins::load(Some(&folder))?;
+    let (_plugins, mut extensions) = crate::plugins::load(Some(&folder))?;
+    extensions.set_embeddings(
+        &beeswax::manifest::embeddings(&folder)?,
+        a.embeddings.as_deref(),
+        global.allow_download,
+    )?;
     let (device, dtype) = crate::source::device_and_dtype(global)?;
     let limits = Limits {
         max_width: a.max_width,
