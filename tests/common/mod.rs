@@ -62,8 +62,5 @@ pub fn registry() -> Registry {
 
 /// Load options for the tests: f32 on the CPU.
 pub fn cpu_f32() -> LoadOptions {
-    LoadOptions {
-        device: Device::Cpu,
-        dtype: DType::F32,
-    }
+    LoadOptions::new(Device::Cpu, DType::F32)
 }

@@ -74,7 +74,7 @@ pub fn denoise(
     Ok(latents)
 }
 
-/// The guided model output: `uncond + scale · (cond − uncond)`, from one call on the stacked
+/// The guided model output: `uncond + cfg_scale · (cond − uncond)`, from one call on the stacked
 /// halves when they batch, else from two calls (prompts of different lengths).
 fn predict(
     model: &Model,
@@ -100,5 +100,5 @@ fn predict(
             net.predict(input, t, &text.cond, guidance.scale)?,
         ),
     };
-    Ok((&uncond + ((cond - &uncond)? * guidance.scale)?)?)
+    Ok((&uncond + ((cond - &uncond)? * text.cfg_scale)?)?)
 }

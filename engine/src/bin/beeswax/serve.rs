@@ -95,7 +95,7 @@ pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
     };
     let mut catalog = Catalog::load(
         &folder,
-        &LoadOptions { device, dtype },
+        &LoadOptions::new(device, dtype),
         global.allow_download,
         limits,
         &extensions,

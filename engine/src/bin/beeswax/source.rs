@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use beeswax::device::{default_device, parse_device, parse_dtype};
 use beeswax::family::{self, LoadOptions, Model};
 use beeswax::manifest::{
@@ -57,12 +57,28 @@ pub fn model_dir(
     folder: Option<&ManifestFolder<'_>>,
     choice: &ModelChoice,
 ) -> Result<(PathBuf, String, PackDefaults, Option<String>)> {
-    if let Some(dir) = &choice.model {
+    if let Some(model) = &choice.model {
+        let dir = match (&global.model_config, model.is_file()) {
+            (Some(config), true) => config,
+            (None, true) => bail!(
+                "--model {} is a file: give the diffusers folder the other components (text \
+                 encoders, VAE, configs) come from with --model-config DIR",
+                model.display()
+            ),
+            (_, false) => model,
+        };
         model_files::model_index(dir)?;
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| dir.display().to_string());
+        let name = if model.is_file() {
+            model
+                .file_stem()
+                .map_or(name, |n| n.to_string_lossy().into_owned())
+        } else {
+            name
+        };
         return Ok((dir.clone(), name, PackDefaults::default(), None));
     }
     let name = choice.pack.as_deref().unwrap_or_default();
@@ -86,7 +102,10 @@ pub fn load(
 ) -> Result<Chosen> {
     let (dir, name, defaults, family) = model_dir(global, folder, choice)?;
     let (device, dtype) = device_and_dtype(global)?;
-    let model = family::load(&dir, family.as_deref(), &LoadOptions { device, dtype })
+    let mut options = LoadOptions::new(device, dtype);
+    options.denoiser = choice.model.clone().filter(|m| m.is_file());
+    options.max_sequence_length = global.max_sequence_length.map(|n| n as usize);
+    let model = family::load(&dir, family.as_deref(), &options)
         .with_context(|| format!("loading model {name} from {}", dir.display()))?;
     Ok(Chosen {
         model,
