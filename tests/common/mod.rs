@@ -29,7 +29,7 @@ pub mod reference;
 pub mod server;
 
 pub use compare::{assert_close_rel_std, max_diff_and_std};
-pub use reference::{json, load};
+pub use reference::{flux_cases, json, load, FluxCase};
 
 /// The repository root.
 pub fn root() -> PathBuf {
