@@ -215,3 +215,95 @@ fn a_gguf_of_another_architecture_is_an_error() {
         .to_string();
     assert!(err.contains("sd1") && err.contains("flux"), "{err}");
 }
+
+/// The three HTTP APIs on a FLUX-dev pack (with the miniature model's 32-token T5 limit left
+/// at the family's 512: longer sequences work, they cost time only).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_http_apis_serve_flux() {
+    use common::images::Png;
+    use common::server::{expect_json, get, post, submit, unb64, wait_status, TestServer};
+    use serde_json::json;
+
+    let pack = format!(
+        "[pack]\nname = \"tiny-flux\"\nfamily = \"flux-dev\"\npath = {}\n\n\
+         [pack.defaults]\nsteps = 2\nwidth = 64\nheight = 32\n",
+        common::command::toml_path(&model_dir("tiny-flux-dev"))
+    );
+    let server = TestServer::start_with(Default::default(), &[("flux.toml", &pack)]).await;
+
+    let id = submit(
+        &server.url,
+        json!({"pipeline": "tiny-flux", "prompt": "a fox", "seed": 1, "guidance": 3.5,
+               "negative_prompt": "blurry", "true_cfg": 2.0, "preview_every": 1}),
+    )
+    .await;
+    let job = wait_status(&server.url, &id, "completed").await;
+    assert_eq!(job["parameters"]["steps"], 2, "{job}");
+    let png = get(&server.at(&format!("/v1/jobs/{id}/images/0"))).await;
+    assert_eq!(Png::decode(&png.bytes().await.unwrap()).size(), (64, 32));
+
+    let body = json!({"model": "tiny-flux", "prompt": "a fox", "size": "64x64",
+                      "response_format": "b64_json"});
+    let body = expect_json(post(&server.at("/v1/images/generations"), body).await, 200).await;
+    let png = unb64(body["data"][0]["b64_json"].as_str().unwrap());
+    assert_eq!(Png::decode(&png).size(), (64, 64));
+
+    let body = json!({"prompt": "a fox", "steps": 2, "width": 32, "height": 48,
+                      "sampler_name": "DPM++ 2M",
+                      "override_settings": {"sd_model_checkpoint": "tiny-flux"}});
+    let body = expect_json(post(&server.at("/sdapi/v1/txt2img"), body).await, 200).await;
+    let png = unb64(body["images"][0].as_str().unwrap());
+    assert_eq!(Png::decode(&png).size(), (32, 48));
+
+    // A size FLUX cannot pack is refused by name.
+    let body = json!({"prompt": "a fox", "steps": 2, "width": 40, "height": 48,
+                      "override_settings": {"sd_model_checkpoint": "tiny-flux"}});
+    let response = post(&server.at("/sdapi/v1/txt2img"), body).await;
+    assert_eq!(response.status(), 400);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("multiple of 16"), "{text}");
+    server.stop().await;
+}
+
+/// `beeswax generate` on a FLUX folder, and on a GGUF transformer with `--model-config`.
+#[test]
+fn the_cli_generates_with_flux_folders_and_gguf_files() {
+    let dir = Dir::new("flux-cli");
+    let out = dir.join("fox.png");
+    let stderr = dir
+        .command()
+        .args(["--max-sequence-length", "32", "generate", "--model"])
+        .arg(model_dir("tiny-flux-dev"))
+        .args(["--prompt", "a red fox", "--negative-prompt", "blurry"])
+        .args(["--steps", "2", "--width", "64", "--height", "32", "--seed", "3"])
+        .arg("--output")
+        .arg(&out)
+        .stderr();
+    assert!(stderr.contains("negative prompt is ignored"), "{stderr}");
+    assert_eq!(common::images::Png::read(&out).size(), (64, 32));
+
+    let gguf = dir.join("transformer-q8_0.gguf");
+    quantize(
+        &fixture("models/tiny-flux-dev-bfl.safetensors"),
+        &gguf,
+        "q8_0",
+        None,
+    );
+    dir.command()
+        .args(["generate", "--model"])
+        .arg(&gguf)
+        .arg("--model-config")
+        .arg(model_dir("tiny-flux-dev"))
+        .args(["--prompt", "a red fox", "--steps", "2", "--width", "32"])
+        .args(["--height", "32", "--scheduler", "dpmpp_2m", "--output"])
+        .arg(dir.join("q8.png"))
+        .run();
+    let err = dir
+        .command()
+        .args(["generate", "--model"])
+        .arg(&gguf)
+        .args(["--prompt", "x", "--output"])
+        .arg(dir.join("no.png"))
+        .assert_err();
+    assert!(err.contains("--model-config"), "{err}");
+}

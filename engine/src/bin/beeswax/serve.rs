@@ -93,9 +93,11 @@ pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
         max_steps: a.max_steps,
         max_images: a.max_images,
     };
+    let mut options = LoadOptions::new(device, dtype);
+    options.max_sequence_length = global.max_sequence_length.map(|n| n as usize);
     let mut catalog = Catalog::load(
         &folder,
-        &LoadOptions::new(device, dtype),
+        &options,
         global.allow_download,
         limits,
         &extensions,

@@ -49,14 +49,28 @@ pub fn read_manifests(global: &Global) -> Result<Option<ManifestFiles>, Manifest
     }
 }
 
+/// Where a chosen model comes from.
+pub struct ModelSource {
+    /// The diffusers folder.
+    pub dir: PathBuf,
+    /// The name written into PNG parameters.
+    pub name: String,
+    /// The pack's defaults.
+    pub defaults: PackDefaults,
+    /// The family the pack declares.
+    pub family: Option<String>,
+    /// The denoiser's weights from this file (`--model FILE`, a pack's `gguf`).
+    pub denoiser: Option<PathBuf>,
+}
+
 /// The model folder for a choice, resolving packs through the parsed manifests (`None`: the
-/// folder does not exist) and the hub cache, with the pack's name, defaults and declared
-/// family.
+/// folder does not exist) and the hub cache, with the pack's name, defaults, declared family
+/// and denoiser file.
 pub fn model_dir(
     global: &Global,
     folder: Option<&ManifestFolder<'_>>,
     choice: &ModelChoice,
-) -> Result<(PathBuf, String, PackDefaults, Option<String>)> {
+) -> Result<ModelSource> {
     if let Some(model) = &choice.model {
         let dir = match (&global.model_config, model.is_file()) {
             (Some(config), true) => config,
@@ -79,7 +93,13 @@ pub fn model_dir(
         } else {
             name
         };
-        return Ok((dir.clone(), name, PackDefaults::default(), None));
+        return Ok(ModelSource {
+            dir: dir.clone(),
+            name,
+            defaults: PackDefaults::default(),
+            family: None,
+            denoiser: Some(model.clone()).filter(|m| m.is_file()),
+        });
     }
     let name = choice.pack.as_deref().unwrap_or_default();
     let folder = folder.ok_or_else(|| ManifestError::DirMissing {
@@ -90,8 +110,13 @@ pub fn model_dir(
         PackSource::Path(p) => p.clone(),
         PackSource::Hub { repo, revision } => hub::resolve(repo, revision, global.allow_download)?,
     };
-    let family = Some(pack.family.as_str().to_string());
-    Ok((dir, pack.name, pack.defaults, family))
+    Ok(ModelSource {
+        dir,
+        name: pack.name,
+        defaults: pack.defaults,
+        family: Some(pack.family.as_str().to_string()),
+        denoiser: pack.gguf,
+    })
 }
 
 /// Loads the chosen model on the chosen device.
@@ -100,10 +125,16 @@ pub fn load(
     folder: Option<&ManifestFolder<'_>>,
     choice: &ModelChoice,
 ) -> Result<Chosen> {
-    let (dir, name, defaults, family) = model_dir(global, folder, choice)?;
+    let ModelSource {
+        dir,
+        name,
+        defaults,
+        family,
+        denoiser,
+    } = model_dir(global, folder, choice)?;
     let (device, dtype) = device_and_dtype(global)?;
     let mut options = LoadOptions::new(device, dtype);
-    options.denoiser = choice.model.clone().filter(|m| m.is_file());
+    options.denoiser = denoiser;
     options.max_sequence_length = global.max_sequence_length.map(|n| n as usize);
     let model = family::load(&dir, family.as_deref(), &options)
         .with_context(|| format!("loading model {name} from {}", dir.display()))?;
