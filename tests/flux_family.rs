@@ -88,7 +88,10 @@ fn flow_heun_runs_and_diffusion_samplers_are_refused() {
     let heun = generate(&model, &job);
     let euler = generate(&model, &case.job(&r));
     let (diff, std) = max_diff_and_std(&heun.latents, &euler.latents);
-    assert!(diff.is_finite() && diff < 2.0 * std, "heun {diff} vs std {std}");
+    assert!(
+        diff.is_finite() && diff < 2.0 * std,
+        "heun {diff} vs std {std}"
+    );
 
     job.sampler = common::registry().sampler("DDIM", None).unwrap();
     let err = try_generate(&model, &job).unwrap_err().to_string();
@@ -179,6 +182,15 @@ fn q8_0_gguf_transformer_is_close_to_f32() {
         options.max_sequence_length = Some(case.max_sequence_length);
         options.denoiser = Some(denoiser.to_path_buf());
         let model = family::load(&model_dir("tiny-flux-dev"), None, &options).unwrap();
+        // Quantized linear weights are multiplied as blocks, never kept dense.
+        let dense = &model.weights.get("transformer").unwrap().tensors;
+        let quantized = !dense.contains_key("transformer_blocks.0.attn.to_q.weight");
+        assert_eq!(
+            quantized,
+            denoiser == gguf.as_path(),
+            "{}",
+            denoiser.display()
+        );
         generate(&model, &job)
     };
     let dense = run(&bfl);
@@ -275,7 +287,9 @@ fn the_cli_generates_with_flux_folders_and_gguf_files() {
         .args(["--max-sequence-length", "32", "generate", "--model"])
         .arg(model_dir("tiny-flux-dev"))
         .args(["--prompt", "a red fox", "--negative-prompt", "blurry"])
-        .args(["--steps", "2", "--width", "64", "--height", "32", "--seed", "3"])
+        .args([
+            "--steps", "2", "--width", "64", "--height", "32", "--seed", "3",
+        ])
         .arg("--output")
         .arg(&out)
         .stderr();

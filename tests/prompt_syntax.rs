@@ -79,7 +79,7 @@ impl Parts {
             )
             .unwrap(),
             scheduler_config: SchedulerConfig::from_file(
-                &dir.join("scheduler/scheduler_config.json"),
+                dir.join("scheduler/scheduler_config.json"),
             )
             .unwrap(),
             device,

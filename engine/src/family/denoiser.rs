@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::gguf::{Architecture, GgufWeights};
+use crate::gguf::{Architecture, GgufWeights, Slice};
 use crate::models::flux::{bfl, FluxConfig};
 use crate::weights::{
     gemm_layout, KeyMap, SafetensorsFile, TensorOp, TensorRef, WeightSource, WeightsError,
@@ -21,8 +21,10 @@ use crate::{Error, Result};
 pub struct Denoiser {
     /// The file (for messages and LoRA reports).
     pub file: PathBuf,
-    /// The tensors by diffusers name.
+    /// The dense tensors by diffusers name (without the linear weights `quantized` serves).
     pub tensors: HashMap<String, Tensor>,
+    /// A GGUF file's quantized linear weights, served in diffusers names.
+    pub quantized: Option<GgufWeights>,
 }
 
 /// Whether `path` names a GGUF file (by extension).
@@ -35,9 +37,12 @@ pub fn is_gguf(path: &Path) -> bool {
 /// or a safetensors file in the BFL layout (optionally under ComfyUI's
 /// `model.diffusion_model.`) or in diffusers' names.
 pub fn flux(path: &Path, config: &FluxConfig, dtype: DType, device: &Device) -> Result<Denoiser> {
+    let mut quantized = None;
     let tensors = if is_gguf(path) {
-        let gguf = GgufWeights::open(path, &[Architecture::Flux])?;
-        flux_from_gguf(&gguf, config, dtype, device)?
+        let gguf = flux_gguf(path, config)?;
+        let tensors = flux_from_gguf(&gguf, config, dtype, device)?;
+        quantized = Some(gguf);
+        tensors
     } else {
         let file = Arc::new(SafetensorsFile::open(path)?);
         let prefix = [bfl::COMFY_PREFIX, ""]
@@ -76,11 +81,27 @@ pub fn flux(path: &Path, config: &FluxConfig, dtype: DType, device: &Device) -> 
     Ok(Denoiser {
         file: path.to_path_buf(),
         tensors,
+        quantized,
     })
 }
 
-/// Every diffusers tensor of the transformer, dequantized from the BFL-named GGUF tensors
-/// (each fused tensor read once and split).
+/// A FLUX GGUF file served in diffusers names: each weight renamed to its BFL tensor, fused
+/// `qkv`/`linear1` parts as row slices, the swapped final modulation dense.
+fn flux_gguf(path: &Path, config: &FluxConfig) -> Result<GgufWeights> {
+    let map: HashMap<String, bfl::BflTensor> = bfl::tensor_map(config).into_iter().collect();
+    let map = Arc::new(map);
+    let names = map.clone();
+    Ok(GgufWeights::open(path, &[Architecture::Flux])?
+        .with_rename(move |name| names.get(name).map_or(name.to_string(), |b| b.name.clone()))
+        .with_slices(move |name| match map.get(name).map(|b| b.part) {
+            None | Some(bfl::Part::Whole) => Slice::Whole,
+            Some(bfl::Part::Rows { start, len }) => Slice::Rows { start, len },
+            Some(bfl::Part::SwappedHalves) => Slice::Dense,
+        }))
+}
+
+/// Every diffusers tensor of the transformer that is not multiplied quantized, dequantized from
+/// the BFL-named GGUF tensors (each fused tensor read once and split).
 fn flux_from_gguf(
     gguf: &GgufWeights,
     config: &FluxConfig,
@@ -90,12 +111,15 @@ fn flux_from_gguf(
     let mut read: HashMap<String, Tensor> = HashMap::new();
     let mut out = HashMap::new();
     for (name, source) in bfl::tensor_map(config) {
+        if gguf.multiplies_quantized(&name) {
+            continue;
+        }
         let whole = match read.get(&source.name) {
             Some(t) => t.clone(),
             None => {
-                let t = gguf
-                    .dequantize(&source.name, dtype, device)
-                    ?;
+                // The BFL name as stored (the rename maps diffusers names only).
+                let stored = format!("{}{}", gguf.prefix().unwrap_or(""), source.name);
+                let t = gguf.file().dequantize_as(&stored, dtype, device)?;
                 read.insert(source.name.clone(), t.clone());
                 t
             }

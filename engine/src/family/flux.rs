@@ -20,6 +20,7 @@ use super::model::{ComponentWeights, FusedPart, FusedTarget, LoraAlias, LoraName
 use super::{
     Conditioning, EncodeOptions, Family, LoadOptions, Model, Networks, Patches, Vae, Weights,
 };
+use crate::gguf::GgufWeights;
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::config_file::read_json;
 use crate::models::flux::{self, bfl, FluxConfig, FluxTransformer2DModel};
@@ -46,6 +47,8 @@ pub struct FluxNetworks {
     t5_tokenizer: Arc<T5Tokenizer>,
     t5: Arc<T5EncoderModel>,
     transformer: Arc<FluxTransformer2DModel>,
+    /// A GGUF transformer's quantized linear weights (multiplied quantized).
+    quantized: Option<GgufWeights>,
     /// T5 tokens per prompt (FluxPipeline's `max_sequence_length`).
     max_sequence_length: usize,
     device: Device,
@@ -83,11 +86,7 @@ pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Mo
     )?;
 
     let t5_tokenizer = T5Tokenizer::from_dir(&dir.join("tokenizer_2"))?;
-    let t5_config = T5Config::from_file(&model_files::config(
-        dir,
-        TEXT_ENCODER_2,
-        "config.json",
-    )?)?;
+    let t5_config = T5Config::from_file(&model_files::config(dir, TEXT_ENCODER_2, "config.json")?)?;
     let t5_file = model_files::weights(dir, TEXT_ENCODER_2, "model")?;
     let t5_vb = WeightSource::open(&t5_file)?.var_builder(dtype, device);
     let t5 = in_file(&t5_file, T5EncoderModel::new(t5_vb, &t5_config))?;
@@ -95,21 +94,24 @@ pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Mo
     let config_path = model_files::config(dir, TRANSFORMER, "config.json")?;
     let config = FluxConfig::from_file(&config_path)?;
     check_family(&family, &config, &config_path)?;
-    let Denoiser { file, tensors } = match &options.denoiser {
+    let Denoiser {
+        file,
+        tensors,
+        quantized,
+    } = match &options.denoiser {
         Some(path) => denoiser::flux(path, &config, dtype, device)?,
         None => {
             let file = model_files::weights(dir, TRANSFORMER, "diffusion_pytorch_model")?;
             let tensors = WeightSource::open(&file)?.read_all(dtype, device)?;
-            Denoiser { file, tensors }
+            Denoiser {
+                file,
+                tensors,
+                quantized: None,
+            }
         }
     };
-    let transformer = in_file(
-        &file,
-        FluxTransformer2DModel::new(
-            VarBuilder::from_tensors(tensors.clone(), dtype, device),
-            &config,
-        ),
-    )?;
+    let vb = VarBuilder::from_tensors(tensors.clone(), dtype, device);
+    let transformer = in_file(&file, build_transformer(vb, &config, quantized.as_ref()))?;
 
     let vae_file = model_files::weights(dir, "vae", "diffusion_pytorch_model")?;
     let vae = Vae::load(
@@ -129,8 +131,20 @@ pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Mo
         .unwrap_or(512);
     let weights = Weights {
         components: vec![
-            component(TRANSFORMER, Role::Denoiser, file, tensors, "lora_transformer"),
-            component(TEXT_ENCODER, Role::TextEncoder, clip_file, clip_map, "lora_te1"),
+            component(
+                TRANSFORMER,
+                Role::Denoiser,
+                file,
+                tensors,
+                "lora_transformer",
+            ),
+            component(
+                TEXT_ENCODER,
+                Role::TextEncoder,
+                clip_file,
+                clip_map,
+                "lora_te1",
+            ),
         ],
     };
     Ok(Model {
@@ -143,6 +157,7 @@ pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Mo
             t5_tokenizer: Arc::new(t5_tokenizer),
             t5: Arc::new(t5),
             transformer: Arc::new(transformer),
+            quantized,
             max_sequence_length,
             device: device.clone(),
             dtype,
@@ -153,6 +168,18 @@ pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Mo
         dtype,
         weights: Arc::new(weights),
     })
+}
+
+/// The transformer from `vb`, its linear layers from `quantized` where that holds them.
+fn build_transformer(
+    vb: VarBuilder<'static>,
+    config: &FluxConfig,
+    quantized: Option<&GgufWeights>,
+) -> candle_core::Result<FluxTransformer2DModel> {
+    match quantized {
+        Some(q) => FluxTransformer2DModel::new_quantized(vb, config, q),
+        None => FluxTransformer2DModel::new(vb, config),
+    }
 }
 
 /// A dev transformer (guidance embedding) declared as schnell, or the reverse, is an error.
@@ -292,7 +319,8 @@ impl Networks for FluxNetworks {
         };
         if let Some((vb, file)) = rebuilt(TRANSFORMER) {
             let config = self.transformer.config();
-            out.transformer = Arc::new(in_file(file, FluxTransformer2DModel::new(vb, config))?);
+            let transformer = build_transformer(vb, config, self.quantized.as_ref());
+            out.transformer = Arc::new(in_file(file, transformer)?);
         }
         if let Some((vb, file)) = rebuilt(TEXT_ENCODER) {
             out.clip = Arc::new(in_file(file, ClipTextModel::new(vb, &self.clip_config))?);

@@ -269,7 +269,10 @@ pub fn load(dir: &Path, declared: Option<&str>, options: &LoadOptions) -> Result
     match family.architecture {
         Architecture::Sd if options.denoiser.is_some() => Err(Error::invalid(
             "denoiser file",
-            options.denoiser.as_deref().map_or(String::new(), |p| p.display().to_string()),
+            options
+                .denoiser
+                .as_deref()
+                .map_or(String::new(), |p| p.display().to_string()),
             format!(
                 "family `{}` loads its UNet from its folder only (GGUF and single-file \
                  UNets are not supported yet); give the folder",

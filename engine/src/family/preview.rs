@@ -104,4 +104,21 @@ mod tests {
         assert_eq!((img.width, img.height), (1, 1));
         assert_eq!(img.data, want);
     }
+
+    #[test]
+    fn flux_previews_use_all_16_channels() {
+        // Channel 15 alone: RGB row 15 plus the bias, at latent resolution.
+        let mut v = vec![0f32; 16 * 2 * 3];
+        for p in 0..6 {
+            v[15 * 6 + p] = 1.0;
+        }
+        let t = Tensor::from_vec(v, (1, 16, 2, 3), &candle_core::Device::Cpu).unwrap();
+        let preview = LatentPreview::flux();
+        let img = preview.to_rgb(&t).unwrap();
+        assert_eq!((img.width, img.height), (3, 2));
+        let want: Vec<u8> = (0..3)
+            .map(|c| ((preview.rgb[15][c] + preview.bias[c] + 1.0) * 127.5).round() as u8)
+            .collect();
+        assert_eq!(&img.data[..3], &want[..]);
+    }
 }

@@ -176,7 +176,10 @@ impl Job {
         let s = &self.settings;
         let (f, why) = match model.family.size_multiple {
             Some(m) => (m, format!("{} packs 2x2 latent patches", model.family.name)),
-            None => (model.vae_scale_factor(), "the model's VAE scale factor".into()),
+            None => (
+                model.vae_scale_factor(),
+                "the model's VAE scale factor".into(),
+            ),
         };
         let f = f.max(limits::SIZE_MULTIPLE);
         for (name, v) in [("width", s.width), ("height", s.height)] {

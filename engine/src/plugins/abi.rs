@@ -9,8 +9,8 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::image_out::RgbImage;
 use crate::schedulers::{
-    math, BuildContext, FinalSigmasType, InterpolationType, PredictionType, SchedulerConfig, SchedulerError, SchedulerKind,
-    TimestepSpacing, TimestepType,
+    math, BuildContext, FinalSigmasType, InterpolationType, PredictionType, SchedulerConfig,
+    SchedulerError, SchedulerKind, TimestepSpacing, TimestepType,
 };
 
 /// The scheduler config a plugin receives for `context.steps` steps of `config`: the fields as

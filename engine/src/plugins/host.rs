@@ -163,7 +163,11 @@ impl LoadedPlugin {
         config: &SchedulerConfig,
         context: &BuildContext,
     ) -> Result<Box<dyn Scheduler>, SchedulerError> {
-        Ok(Box::new(PluginScheduler::new(self.clone(), config, context)?))
+        Ok(Box::new(PluginScheduler::new(
+            self.clone(),
+            config,
+            context,
+        )?))
     }
 
     /// Runs the post-processor on an RGB image (in a fresh WASM instance).
@@ -225,9 +229,13 @@ impl LoadedPlugin {
         let plugin = self.clone();
         // The plugin learns the model's kind (FLAG_FLOW_MODEL) and may refuse it.
         let kinds = vec![SchedulerKind::Diffusion, SchedulerKind::Flow];
-        SchedulerEntry::for_kinds(canonical, aliases, summary, kinds, move |config, context| {
-            plugin.build_scheduler_for(config, context)
-        })
+        SchedulerEntry::for_kinds(
+            canonical,
+            aliases,
+            summary,
+            kinds,
+            move |config, context| plugin.build_scheduler_for(config, context),
+        )
     }
 
     /// This plugin's pre-processor as an [`Extensions`] processor: the picture as RGB and the

@@ -10,7 +10,9 @@ use super::abi::{decode_tensor, encode_tensor, scheduler_init, wire_dtype};
 use super::call::{Call, Instance};
 use super::host::LoadedPlugin;
 use crate::noise::NoiseSource;
-use crate::schedulers::{check_index, BuildContext, work_dtype, Scheduler, SchedulerConfig, SchedulerError};
+use crate::schedulers::{
+    check_index, work_dtype, BuildContext, Scheduler, SchedulerConfig, SchedulerError,
+};
 
 /// One job's schedule from a plugin: the plugin keeps its state behind a handle in its own
 /// instance (for WASM, a fresh instance per job).

@@ -352,13 +352,14 @@ impl Registry {
                     let (diffusion, flow) = (b.build, b.flow);
                     let mut kinds = vec![SchedulerKind::Diffusion];
                     kinds.extend(flow.map(|_| SchedulerKind::Flow));
-                    let build = move |config: &SchedulerConfig, context: &BuildContext| {
-                        match (context.kind, flow) {
-                            (SchedulerKind::Flow, Some(flow)) => {
-                                flow(config, context.steps, context.mu(config))
-                            }
-                            _ => diffusion(config, context.steps),
+                    let build = move |config: &SchedulerConfig, context: &BuildContext| match (
+                        context.kind,
+                        flow,
+                    ) {
+                        (SchedulerKind::Flow, Some(flow)) => {
+                            flow(config, context.steps, context.mu(config))
                         }
+                        _ => diffusion(config, context.steps),
                     };
                     let mut entry =
                         SchedulerEntry::for_kinds(b.name, aliases, b.summary, kinds, build);
@@ -653,5 +654,46 @@ mod tests {
             .build(&sampler, &SchedulerConfig::default(), 5)
             .unwrap();
         assert_eq!(built.timesteps().len(), 5);
+    }
+
+    #[test]
+    fn flow_models_get_flow_forms_or_a_clear_error() {
+        let registry = Registry::with_builtins();
+        let config: SchedulerConfig = serde_json::from_str(
+            r#"{"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0,
+                "use_dynamic_shifting": true, "base_shift": 0.5, "max_shift": 1.15}"#,
+        )
+        .unwrap();
+        let context = BuildContext::for_image(4, SchedulerKind::Flow, (64, 128), 8);
+        assert_eq!(context.image_seq_len, Some(4 * 8));
+        let mu = context.mu(&config);
+        for (name, calls) in [("Euler", 4), ("heun", 7), ("DPM++ 2M", 4)] {
+            let sampler = registry.sampler(name, None).unwrap();
+            let built = registry.build_for(&sampler, &config, &context).unwrap();
+            assert_eq!(built.timesteps().len(), calls, "{name}");
+            assert_eq!(built.init_noise_sigma(), 1.0, "{name}");
+        }
+        let want = FlowEuler::new(&config, 4, mu).unwrap();
+        let sampler = registry.sampler("euler", None).unwrap();
+        let got = registry.build_for(&sampler, &config, &context).unwrap();
+        assert_eq!(got.timesteps(), want.timesteps());
+        let sampler = registry.sampler("DPM++ 2M SDE", None).unwrap();
+        let err = registry
+            .build_for(&sampler, &config, &context)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("no form for flow models"), "{err}");
+        assert!(
+            err.contains("euler (Euler), heun (Heun), dpmpp_2m (DPM++ 2M)"),
+            "{err}"
+        );
+        // Diffusion entries keep building as before.
+        let euler = registry.find("euler").unwrap();
+        assert_eq!(euler.kinds, [SchedulerKind::Diffusion, SchedulerKind::Flow]);
+        assert_eq!(
+            registry.find("ddim").unwrap().kinds,
+            [SchedulerKind::Diffusion]
+        );
     }
 }
