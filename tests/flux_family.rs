@@ -284,7 +284,13 @@ fn the_cli_generates_with_flux_folders_and_gguf_files() {
     let out = dir.join("fox.png");
     let stderr = dir
         .command()
-        .args(["--max-sequence-length", "32", "generate", "--model"])
+        .args([
+            "--max-sequence-length",
+            "32",
+            "--low-memory",
+            "generate",
+            "--model",
+        ])
         .arg(model_dir("tiny-flux-dev"))
         .args(["--prompt", "a red fox", "--negative-prompt", "blurry"])
         .args([
@@ -320,4 +326,16 @@ fn the_cli_generates_with_flux_folders_and_gguf_files() {
         .arg(dir.join("no.png"))
         .assert_err();
     assert!(err.contains("--model-config"), "{err}");
+}
+
+/// `low_memory` (T5 read for each encoding) gives the same run.
+#[test]
+fn low_memory_gives_the_same_images() {
+    let (case, r) = euler_case();
+    let mut options = common::cpu_f32();
+    options.max_sequence_length = Some(case.max_sequence_length);
+    options.low_memory = true;
+    let model = family::load(&model_dir("tiny-flux-dev"), None, &options).unwrap();
+    let out = generate(&model, &case.job(&r));
+    assert_close_rel_std("low memory latents", &out.latents, &r["latents"], 2e-3);
 }

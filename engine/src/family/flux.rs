@@ -45,7 +45,7 @@ pub struct FluxNetworks {
     clip: Arc<ClipTextModel>,
     clip_config: ClipTextConfig,
     t5_tokenizer: Arc<T5Tokenizer>,
-    t5: Arc<T5EncoderModel>,
+    t5: T5,
     transformer: Arc<FluxTransformer2DModel>,
     /// A GGUF transformer's quantized linear weights (multiplied quantized).
     quantized: Option<GgufWeights>,
@@ -88,8 +88,16 @@ pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Mo
     let t5_tokenizer = T5Tokenizer::from_dir(&dir.join("tokenizer_2"))?;
     let t5_config = T5Config::from_file(&model_files::config(dir, TEXT_ENCODER_2, "config.json")?)?;
     let t5_file = model_files::weights(dir, TEXT_ENCODER_2, "model")?;
-    let t5_vb = WeightSource::open(&t5_file)?.var_builder(dtype, device);
-    let t5 = in_file(&t5_file, T5EncoderModel::new(t5_vb, &t5_config))?;
+    let t5 = T5::Files {
+        file: t5_file,
+        config: t5_config,
+    };
+    // With low memory, T5 (the largest network) is read for each encoding and freed after.
+    let t5 = if options.low_memory {
+        t5
+    } else {
+        T5::Loaded(t5.load(dtype, device)?)
+    };
 
     let config_path = model_files::config(dir, TRANSFORMER, "config.json")?;
     let config = FluxConfig::from_file(&config_path)?;
@@ -155,7 +163,7 @@ pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Mo
             clip: Arc::new(clip),
             clip_config,
             t5_tokenizer: Arc::new(t5_tokenizer),
-            t5: Arc::new(t5),
+            t5,
             transformer: Arc::new(transformer),
             quantized,
             max_sequence_length,
@@ -168,6 +176,26 @@ pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Mo
         dtype,
         weights: Arc::new(weights),
     })
+}
+
+/// The T5 encoder, loaded, or its files (`--low-memory`: loaded for each encoding).
+#[derive(Debug, Clone)]
+enum T5 {
+    Loaded(Arc<T5EncoderModel>),
+    Files { file: PathBuf, config: T5Config },
+}
+
+impl T5 {
+    /// The encoder (read from its file unless loaded).
+    fn load(&self, dtype: DType, device: &Device) -> Result<Arc<T5EncoderModel>> {
+        match self {
+            T5::Loaded(t5) => Ok(t5.clone()),
+            T5::Files { file, config } => {
+                let vb = WeightSource::open(file)?.var_builder(dtype, device);
+                Ok(Arc::new(in_file(file, T5EncoderModel::new(vb, config))?))
+            }
+        }
+    }
 }
 
 /// The transformer from `vb`, its linear layers from `quantized` where that holds them.
@@ -243,7 +271,11 @@ impl Networks for FluxNetworks {
             ));
         }
         let ids = Tensor::new(t5.ids.as_slice(), &self.device)?.unsqueeze(0)?;
-        let context = self.t5.forward(&ids)?.to_dtype(self.dtype)?;
+        let context = match &self.t5 {
+            T5::Loaded(t5) => t5.forward(&ids)?,
+            files => files.load(self.dtype, &self.device)?.forward(&ids)?,
+        };
+        let context = context.to_dtype(self.dtype)?;
         // CLIP's own truncation is silent in FluxPipeline too; T5 carries the long prompt.
         let clip = self.clip_tokenizer.encode(prompt)?;
         let ids = Tensor::new(clip.ids.as_slice(), &self.device)?.unsqueeze(0)?;

@@ -23,6 +23,9 @@ pub struct LoadOptions {
     pub denoiser: Option<PathBuf>,
     /// T5 tokens per prompt for families with a T5 encoder, instead of the family's.
     pub max_sequence_length: Option<usize>,
+    /// Keep only what runs all the time in memory: FLUX reads its T5 encoder for each
+    /// encoding and frees it after.
+    pub low_memory: bool,
 }
 
 impl LoadOptions {
@@ -33,6 +36,7 @@ impl LoadOptions {
             dtype,
             denoiser: None,
             max_sequence_length: None,
+            low_memory: false,
         }
     }
 }

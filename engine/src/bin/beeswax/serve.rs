@@ -95,6 +95,7 @@ pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
     };
     let mut options = LoadOptions::new(device, dtype);
     options.max_sequence_length = global.max_sequence_length.map(|n| n as usize);
+    options.low_memory = global.low_memory;
     let mut catalog = Catalog::load(
         &folder,
         &options,

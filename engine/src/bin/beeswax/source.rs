@@ -136,6 +136,7 @@ pub fn load(
     let mut options = LoadOptions::new(device, dtype);
     options.denoiser = denoiser;
     options.max_sequence_length = global.max_sequence_length.map(|n| n as usize);
+    options.low_memory = global.low_memory;
     let model = family::load(&dir, family.as_deref(), &options)
         .with_context(|| format!("loading model {name} from {}", dir.display()))?;
     Ok(Chosen {
