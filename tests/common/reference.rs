@@ -153,3 +153,64 @@ pub fn load(rel: &str) -> HashMap<String, Tensor> {
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
+
+/// One whole FLUX run of `make_flux_fixtures.py` (`reference/flux/pipelines.json`): diffusers'
+/// FluxPipeline or FluxImg2ImgPipeline on a miniature model.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FluxCase {
+    /// The run's name: its tensors are `reference/flux/pipe_{name}.safetensors`.
+    pub name: String,
+    /// `dev` or `schnell` (the model `models/tiny-flux-{model}`).
+    pub model: String,
+    /// `txt2img` or `img2img`.
+    pub mode: String,
+    /// `flow_euler` or `flow_dpmpp_2m`.
+    pub sampler: String,
+    /// Image width in pixels.
+    pub width: usize,
+    /// Image height in pixels.
+    pub height: usize,
+    /// Denoising steps.
+    pub steps: usize,
+    /// Guidance scale (dev's embedding).
+    pub guidance: f64,
+    /// Seed of the generator (image-to-image draws from it).
+    pub seed: u64,
+    /// The prompt.
+    pub prompt: String,
+    /// T5 tokens per prompt.
+    pub max_sequence_length: usize,
+    /// Image to image: how much is repainted.
+    #[serde(default)]
+    pub strength: Option<f64>,
+    /// A LoRA file under `tests/fixtures/`.
+    #[serde(default)]
+    pub lora: Option<String>,
+    /// The LoRA's weight.
+    #[serde(default)]
+    pub lora_scale: Option<f64>,
+    /// The dynamic shift diffusers used.
+    #[serde(default)]
+    pub mu: Option<f64>,
+}
+
+impl FluxCase {
+    /// The miniature model's folder name.
+    pub fn model_name(&self) -> String {
+        format!("tiny-flux-{}", self.model)
+    }
+
+    /// The run's tensors.
+    pub fn tensors(&self) -> HashMap<String, Tensor> {
+        load(&format!("reference/flux/pipe_{}.safetensors", self.name))
+    }
+}
+
+/// The FLUX pipeline runs.
+pub fn flux_cases() -> Vec<FluxCase> {
+    #[derive(Deserialize)]
+    struct Cases {
+        cases: Vec<FluxCase>,
+    }
+    json::<Cases>("reference/flux/pipelines.json").cases
+}

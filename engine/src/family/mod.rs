@@ -14,6 +14,8 @@
 //! module implementing [`Networks`] plus one arm in [`load`].
 
 mod conditioning;
+pub mod denoiser;
+pub mod flux;
 mod model;
 mod preview;
 pub mod prompting;
@@ -26,8 +28,8 @@ use std::sync::Arc;
 
 pub use conditioning::Conditioning;
 pub use model::{
-    ComponentWeights, EncodeOptions, LoadOptions, LoraNames, Model, Networks, Patches, Role,
-    Weights,
+    ComponentWeights, EncodeOptions, FusedPart, FusedTarget, LoadOptions, LoraAlias, LoraNames,
+    Model, Networks, Patches, Role, Weights,
 };
 pub use preview::LatentPreview;
 pub use scheduled::{ScheduledConditioning, ScheduledPart};
@@ -41,6 +43,8 @@ use crate::{model_files, Error, Result};
 pub enum Architecture {
     /// Stable Diffusion 1.x/2.x ([`sd`]).
     Sd,
+    /// FLUX.1 ([`flux`]).
+    Flux,
 }
 
 /// How a family uses the guidance scale.
@@ -48,6 +52,12 @@ pub enum Architecture {
 pub enum GuidanceMode {
     /// Classifier-free guidance: a negative pass beside the positive one when guidance > 1.
     ClassifierFree,
+    /// Guidance distilled into an embedding (FLUX.1-dev): the scale feeds the denoiser, no
+    /// negative pass runs unless true CFG is asked for (`true_cfg`, diffusers'
+    /// `true_cfg_scale`).
+    Distilled,
+    /// No guidance at all (FLUX.1-schnell): the scale is ignored; true CFG still works.
+    None,
 }
 
 /// A value a diffusers folder's config must hold for a family to claim it.
@@ -80,6 +90,15 @@ pub struct Family {
     pub preview: LatentPreview,
     /// What a diffusers folder of this family holds (all must hold).
     pub folder_rules: Vec<ConfigRule>,
+    /// T5 tokens per prompt (FluxPipeline's `max_sequence_length`), for families with T5.
+    pub max_sequence_length: Option<usize>,
+    /// Steps when neither the request nor the pack says (FLUX.1-schnell: 4).
+    pub default_steps: Option<usize>,
+    /// Guidance scale when neither the request nor the pack says (FLUX.1-dev: 3.5).
+    pub default_guidance: Option<f64>,
+    /// Width and height must be multiples of this many pixels (FLUX: 16, the VAE's factor
+    /// times the 2x2 packing); `None`: the VAE's scale factor.
+    pub size_multiple: Option<usize>,
 }
 
 impl Family {
@@ -93,11 +112,52 @@ impl Family {
             guidance: GuidanceMode::ClassifierFree,
             default_size: size,
             preview: LatentPreview::sd(),
-            folder_rules: vec![ConfigRule {
-                file: "text_encoder/config.json".into(),
-                field: "hidden_act".into(),
-                equals: activation.into(),
-            }],
+            folder_rules: vec![
+                ConfigRule {
+                    file: "text_encoder/config.json".into(),
+                    field: "hidden_act".into(),
+                    equals: activation.into(),
+                },
+                ConfigRule {
+                    file: "unet/config.json".into(),
+                    field: "_class_name".into(),
+                    equals: "UNet2DConditionModel".into(),
+                },
+            ],
+            max_sequence_length: None,
+            default_steps: None,
+            default_guidance: None,
+            size_multiple: None,
+        };
+        let flux = |name: &str, description: &str, dev: bool, max_sequence_length| Family {
+            name: name.into(),
+            description: description.into(),
+            architecture: Architecture::Flux,
+            scheduler_kind: SchedulerKind::Flow,
+            guidance: if dev {
+                GuidanceMode::Distilled
+            } else {
+                GuidanceMode::None
+            },
+            default_size: 1024,
+            preview: LatentPreview::flux(),
+            folder_rules: vec![
+                ConfigRule {
+                    file: "transformer/config.json".into(),
+                    field: "_class_name".into(),
+                    equals: "FluxTransformer2DModel".into(),
+                },
+                ConfigRule {
+                    file: "transformer/config.json".into(),
+                    field: "guidance_embeds".into(),
+                    equals: dev.into(),
+                },
+            ],
+            max_sequence_length: Some(max_sequence_length),
+            // FluxPipeline's defaults: 28 steps at guidance 3.5; schnell is made for 4 steps.
+            default_steps: Some(if dev { 28 } else { 4 }),
+            default_guidance: Some(if dev { 3.5 } else { 0.0 }),
+            size_multiple: Some(16),
         };
         vec![
             sd(
@@ -111,6 +171,18 @@ impl Family {
                 "Stable Diffusion 2.x (OpenCLIP ViT-H/14 text encoder)",
                 "gelu",
                 768,
+            ),
+            flux(
+                "flux-dev",
+                "FLUX.1-dev (CLIP-L + T5-XXL, guidance distilled into an embedding)",
+                true,
+                512,
+            ),
+            flux(
+                "flux-schnell",
+                "FLUX.1-schnell (CLIP-L + T5-XXL, timestep-distilled, no guidance)",
+                false,
+                256,
             ),
         ]
     }
@@ -134,8 +206,10 @@ impl Family {
                 .and_then(|v| v.get(&rule.field).cloned());
             let found = value.unwrap_or(serde_json::Value::Null);
             // `hidden_act` defaults to quick_gelu in transformers' CLIPTextConfig.
+            // ... and `guidance_embeds` to false in diffusers' FluxTransformer2DModel.
             let found = match (&found, rule.field.as_str()) {
                 (serde_json::Value::Null, "hidden_act") => "quick_gelu".into(),
+                (serde_json::Value::Null, "guidance_embeds") => false.into(),
                 _ => found,
             };
             if found != rule.equals {
@@ -198,7 +272,20 @@ pub fn load(dir: &Path, declared: Option<&str>, options: &LoadOptions) -> Result
     };
     let family = Arc::new(family);
     match family.architecture {
+        Architecture::Sd if options.denoiser.is_some() => Err(Error::invalid(
+            "denoiser file",
+            options
+                .denoiser
+                .as_deref()
+                .map_or(String::new(), |p| p.display().to_string()),
+            format!(
+                "family `{}` loads its UNet from its folder only (GGUF and single-file \
+                 UNets are not supported yet); give the folder",
+                family.name
+            ),
+        )),
         Architecture::Sd => sd::load(family, dir, options),
+        Architecture::Flux => flux::load(family, dir, options),
     }
 }
 

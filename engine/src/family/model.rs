@@ -19,6 +19,27 @@ pub struct LoadOptions {
     pub device: Device,
     /// Compute dtype of the text encoders and the denoiser.
     pub dtype: DType,
+    /// The denoiser's weights from this file instead of the folder's own: a GGUF file, or a
+    /// single-file transformer (FLUX in the BFL/ComfyUI layout).
+    pub denoiser: Option<PathBuf>,
+    /// T5 tokens per prompt for families with a T5 encoder, instead of the family's.
+    pub max_sequence_length: Option<usize>,
+    /// Keep only what runs all the time in memory: FLUX reads its T5 encoder for each
+    /// encoding and frees it after.
+    pub low_memory: bool,
+}
+
+impl LoadOptions {
+    /// `dtype` on `device`, with the model's own files and the family's settings.
+    pub fn new(device: Device, dtype: DType) -> Self {
+        Self {
+            device,
+            dtype,
+            denoiser: None,
+            max_sequence_length: None,
+            low_memory: false,
+        }
+    }
 }
 
 /// What a prompt is encoded with, besides its text.
@@ -77,6 +98,50 @@ pub trait Networks: Send + Sync + std::fmt::Debug {
     /// The networks rebuilt with `patches` replacing some of `weights` (LoRAs), sharing every
     /// other tensor; the receiver is not modified.
     fn with_weights(&self, weights: &Weights, patches: &Patches) -> Result<Arc<dyn Networks>>;
+
+    /// LoRA module names that the component weights do not spell, with the weights (or parts
+    /// of them) they change: modules of a checkpoint layout whose layers the model splits or
+    /// renames (FLUX's BFL `qkv`). None by default.
+    fn lora_aliases(&self) -> Vec<LoraAlias> {
+        Vec::new()
+    }
+}
+
+/// Which part of a weight a fused LoRA module changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FusedPart {
+    /// All of it.
+    Whole,
+    /// Rows `start..start + len` of the fused module's change.
+    Rows {
+        /// First row.
+        start: usize,
+        /// Row count.
+        len: usize,
+    },
+    /// All of it with the two halves of its first dimension swapped.
+    SwappedHalves,
+}
+
+/// A weight a [`LoraAlias`] changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FusedTarget {
+    /// The component (`transformer`).
+    pub component: String,
+    /// The weight's key in the component's weights.
+    pub key: String,
+    /// The part of the module's change it takes.
+    pub part: FusedPart,
+}
+
+/// A LoRA module name (as [`crate::lora::file::split_key`] normalises it) and the weights it
+/// changes; the module's change has as many rows as its targets' parts together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoraAlias {
+    /// The module name (`lora_unet_double_blocks_0_img_attn_qkv`).
+    pub module: String,
+    /// What it changes.
+    pub targets: Vec<FusedTarget>,
 }
 
 /// What a component does, for LoRA reports.

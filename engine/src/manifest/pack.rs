@@ -9,6 +9,7 @@
 //! path = "../tests/fixtures/models/tiny-sd"   # relative to this file's folder; or:
 //! # repo = "org/name"
 //! # revision = "main"
+//! # gguf = "flux1-dev-Q4_K.gguf"             # optional: the denoiser from this file
 //!
 //! [pack.defaults]                             # ranges: crate::limits
 //! steps = 20
@@ -44,17 +45,28 @@ pub enum Family {
     Sd1,
     /// Stable Diffusion 2.x (OpenCLIP ViT-H/14 text encoder).
     Sd2,
+    /// FLUX.1-dev.
+    FluxDev,
+    /// FLUX.1-schnell.
+    FluxSchnell,
 }
 
 impl Family {
     /// Every supported family.
-    pub const ALL: [Family; 2] = [Family::Sd1, Family::Sd2];
+    pub const ALL: [Family; 4] = [
+        Family::Sd1,
+        Family::Sd2,
+        Family::FluxDev,
+        Family::FluxSchnell,
+    ];
 
     /// The name used in manifests and on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
             Family::Sd1 => "sd1",
             Family::Sd2 => "sd2",
+            Family::FluxDev => "flux-dev",
+            Family::FluxSchnell => "flux-schnell",
         }
     }
 
@@ -151,6 +163,9 @@ pub struct PackManifest {
     pub description: Option<String>,
     /// Where the model folder comes from.
     pub source: PackSource,
+    /// The denoiser's weights from this file instead of the folder's (a GGUF file, or a FLUX
+    /// transformer as one safetensors file), joined to the manifest file's folder.
+    pub gguf: Option<PathBuf>,
     /// Generation defaults.
     pub defaults: PackDefaults,
     /// The manifest file this pack was read from.
@@ -167,6 +182,7 @@ struct RawPack {
     path: Option<Spanned<String>>,
     repo: Option<Spanned<String>>,
     revision: Option<Spanned<String>>,
+    gguf: Option<Spanned<String>>,
     #[serde(default)]
     defaults: RawDefaults,
 }
@@ -272,6 +288,13 @@ fn read(document: &Document<'_>) -> Result<Option<(PackManifest, usize)>, Manife
         name: name.to_string(),
         family,
         source: source(&located, &raw, header)?,
+        gguf: match &raw.gguf {
+            Some(file) => {
+                located.non_empty(file, "pack.gguf", "set it to the denoiser's GGUF file")?;
+                Some(located.relative_path(file.get_ref()))
+            }
+            None => None,
+        },
         defaults: checked_defaults(&located, "pack.defaults", &raw.defaults)?,
         description: raw.description,
         manifest_path: document.path().to_path_buf(),

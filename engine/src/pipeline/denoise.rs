@@ -55,7 +55,7 @@ pub fn denoise(
         if let Some(extra) = guidance.extra_channels {
             input = Tensor::cat(&[&input, extra], 1)?;
         }
-        let out = cond.predict(model, &input, t, guidance.scale)?;
+        let out = cond.predict(model, &input, t, guidance.scale, guidance.text.cfg_scale)?;
         step_cond = Some(cond);
         latents = scheduler.step(&out, i, &latents, hooks.noise)?;
         latents = (hooks.after_step)(i, latents)?;

@@ -62,8 +62,17 @@ impl StepConditioning {
         })
     }
 
-    /// The guided denoiser output for `input` `[batch, C, h, w]` at timestep `t`.
-    pub fn predict(&self, model: &Model, input: &Tensor, t: f64, scale: f64) -> Result<Tensor> {
+    /// The guided denoiser output for `input` `[batch, C, h, w]` at timestep `t`: the
+    /// denoiser gets the guidance `scale` (families with distilled guidance embed it), the
+    /// negative and positive passes combine at `cfg_scale`.
+    pub fn predict(
+        &self,
+        model: &Model,
+        input: &Tensor,
+        t: f64,
+        scale: f64,
+        cfg_scale: f64,
+    ) -> Result<Tensor> {
         let net = &model.networks;
         let parts = self.weights.len();
         let batch = input.dim(0)?;
@@ -92,12 +101,12 @@ impl StepConditioning {
             return Ok(conds);
         };
         if parts == 1 && self.weights[0] == 1.0 {
-            return Ok((&uncond + ((conds - &uncond)? * scale)?)?);
+            return Ok((&uncond + ((conds - &uncond)? * cfg_scale)?)?);
         }
         let each = (0..parts)
             .map(|k| Ok((conds.narrow(0, k * batch, batch)?, self.weights[k])))
             .collect::<Result<Vec<_>>>()?;
-        Ok(combine_composable(&uncond, &each, scale)?)
+        Ok(combine_composable(&uncond, &each, cfg_scale)?)
     }
 }
 

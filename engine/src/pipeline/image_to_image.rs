@@ -32,7 +32,12 @@ pub fn image_to_image(
     mut scheduler: Box<dyn Scheduler>,
     on_step: &mut dyn FnMut(StepProgress) -> ControlFlow<()>,
 ) -> Result<Generated> {
-    let start = start_index(scheduler.as_ref(), settings.steps, image.strength)?;
+    let start = start_index(
+        scheduler.as_ref(),
+        model.family.scheduler_kind,
+        settings.steps,
+        image.strength,
+    )?;
     let mut warnings = Vec::new();
     let mut times = StageTimes::default();
 

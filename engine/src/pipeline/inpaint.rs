@@ -51,7 +51,12 @@ pub fn inpaint(
     (mut scheduler, noiser): (Box<dyn Scheduler>, Box<dyn Scheduler>),
     on_step: &mut dyn FnMut(StepProgress) -> ControlFlow<()>,
 ) -> Result<Generated> {
-    let start = start_index(scheduler.as_ref(), settings.steps, image.strength)?;
+    let start = start_index(
+        scheduler.as_ref(),
+        model.family.scheduler_kind,
+        settings.steps,
+        image.strength,
+    )?;
     let inpaint_model = model.is_inpainting()?;
     let mut warnings = Vec::new();
     let mut times = StageTimes::default();

@@ -38,6 +38,10 @@ pub struct Settings {
     /// "pad prompt/negative prompt" option, ComfyUI's behaviour) so that both batch in one
     /// denoiser call; else prompts of different lengths run as two calls (A1111's default).
     pub pad_prompts: bool,
+    /// True classifier-free guidance on families whose guidance is distilled (FLUX): with a
+    /// negative prompt and a scale above 1, a negative pass runs and the two are combined at
+    /// this scale (diffusers' `true_cfg_scale`). Ignored by classifier-free families.
+    pub true_cfg: Option<f64>,
 }
 
 /// The picture an image-to-image or inpainting job starts from.
@@ -177,16 +181,32 @@ impl Job {
     /// a request arrives.
     pub fn check(&self, model: &Model) -> Result<()> {
         let s = &self.settings;
-        let f = model.vae_scale_factor().max(limits::SIZE_MULTIPLE);
+        let (f, why) = match model.family.size_multiple {
+            Some(m) => (m, format!("{} packs 2x2 latent patches", model.family.name)),
+            None => (
+                model.vae_scale_factor(),
+                "the model's VAE scale factor".into(),
+            ),
+        };
+        let f = f.max(limits::SIZE_MULTIPLE);
         for (name, v) in [("width", s.width), ("height", s.height)] {
             if !limits::SIZE.contains(&v) || v % f != 0 {
                 return Err(Error::invalid(
                     name,
                     v,
                     format!(
-                        "must be a multiple of {f} (the model's VAE scale factor), {}",
+                        "must be a multiple of {f} ({why}), {}",
                         limits::describe(&limits::SIZE)
                     ),
+                ));
+            }
+        }
+        if let Some(scale) = s.true_cfg {
+            if !limits::GUIDANCE.contains(&scale) {
+                return Err(Error::invalid(
+                    "true CFG scale",
+                    scale,
+                    format!("must be {}", limits::describe(&limits::GUIDANCE)),
                 ));
             }
         }

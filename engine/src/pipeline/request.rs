@@ -24,6 +24,8 @@ pub struct JobRequest {
     pub steps: Option<usize>,
     /// Guidance scale.
     pub guidance: Option<f64>,
+    /// True CFG scale on families with distilled guidance (FLUX; diffusers' `true_cfg_scale`).
+    pub true_cfg: Option<f64>,
     /// Width in pixels (default: an image job's picture, else the pack's, else the model's).
     pub width: Option<usize>,
     /// Height in pixels.
@@ -118,11 +120,17 @@ pub fn resolve(
             .negative_prompt
             .or_else(|| d.negative_prompt.clone())
             .unwrap_or_default(),
-        steps: request.steps.or(d.steps).unwrap_or(defaults::STEPS),
+        steps: request
+            .steps
+            .or(d.steps)
+            .or(model.family.default_steps)
+            .unwrap_or(defaults::STEPS),
         guidance: request
             .guidance
             .or(d.guidance)
+            .or(model.family.default_guidance)
             .unwrap_or(defaults::GUIDANCE),
+        true_cfg: request.true_cfg,
         width,
         height,
         seed: request.seed.unwrap_or_else(random_seed),

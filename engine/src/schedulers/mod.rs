@@ -62,7 +62,7 @@ pub use heun::Heun;
 pub use lcm::Lcm;
 pub use lms::Lms;
 pub use pndm::Pndm;
-pub use registry::{BuildFn, Registry, SchedulerEntry};
+pub use registry::{BuildContext, BuildFn, Registry, SchedulerEntry};
 pub use sampler::{Sampler, SchedulerKind};
 pub use schedules::{Schedule, ScheduleInfo, SCHEDULES};
 pub use tcd::Tcd;

@@ -98,6 +98,7 @@ pub(super) fn request(service: &Service, body: Txt2ImgBody) -> GenerateRequest {
         negative_prompt: body.negative_prompt.filter(|n| !n.is_empty()),
         steps: body.steps,
         guidance: body.cfg_scale,
+        true_cfg: None,
         width: body.width,
         height: body.height,
         seed: body.seed,

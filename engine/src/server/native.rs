@@ -27,6 +27,8 @@ pub struct JobBody {
     negative_prompt: Option<String>,
     steps: Option<i64>,
     guidance: Option<f64>,
+    /// True CFG scale on FLUX (a negative pass with the negative prompt).
+    true_cfg: Option<f64>,
     width: Option<i64>,
     height: Option<i64>,
     seed: Option<i64>,
@@ -197,6 +199,7 @@ pub async fn create(
         negative_prompt: body.negative_prompt,
         steps: body.steps,
         guidance: body.guidance,
+        true_cfg: body.true_cfg,
         width: body.width,
         height: body.height,
         seed: body.seed,

@@ -108,6 +108,7 @@ pub async fn generations(
         negative_prompt: body.negative_prompt,
         steps: body.steps,
         guidance: body.guidance,
+        true_cfg: None,
         width,
         height,
         seed: body.seed,

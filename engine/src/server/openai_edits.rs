@@ -151,6 +151,7 @@ pub async fn edits(
         negative_prompt: form.get("negative_prompt").map(str::to_string),
         steps: form.number("steps")?,
         guidance: form.number("guidance")?,
+        true_cfg: None,
         width,
         height,
         seed: form.number("seed")?,

@@ -27,6 +27,8 @@ pub struct GenerateRequest {
     pub steps: Option<i64>,
     /// Guidance scale.
     pub guidance: Option<f64>,
+    /// True CFG scale on families with distilled guidance (FLUX-dev's negative pass).
+    pub true_cfg: Option<f64>,
     /// Width in pixels.
     pub width: Option<i64>,
     /// Height in pixels.
@@ -270,15 +272,8 @@ pub fn validate(
     check_limits(&pipeline, &job, iterations, names)?;
     job.check(&pipeline.model)
         .and_then(|()| {
-            extensions
-                .schedulers
-                .build(
-                    &job.sampler,
-                    &pipeline.model.scheduler_config,
-                    job.settings.steps,
-                )
+            crate::pipeline::build_scheduler(&pipeline.model, &job, &extensions.schedulers)
                 .map(drop)
-                .map_err(Error::from)
         })
         .map_err(|e| engine_error(e, names, asked_schedule))?;
     Ok(JobSpec {
@@ -349,6 +344,7 @@ fn job_request(
         prompt: req.prompt,
         negative_prompt: req.negative_prompt,
         guidance: req.guidance,
+        true_cfg: req.true_cfg,
         sampler: req.scheduler,
         schedule: req.schedule,
         seed: Some(seed),

@@ -35,6 +35,19 @@ pub struct Global {
     /// Compute dtype: f32, f16 or bf16 [default: f32 on CPU, f16 on GPUs].
     #[arg(long, global = true)]
     pub dtype: Option<String>,
+    /// With `--model FILE` (a GGUF file, or a FLUX transformer as one safetensors file in
+    /// the BFL/ComfyUI layout): the diffusers folder the other components (text encoders,
+    /// VAE, configs) come from.
+    #[arg(long, global = true)]
+    pub model_config: Option<PathBuf>,
+    /// T5 tokens per prompt on FLUX [default: the family's: 512 dev, 256 schnell]; longer
+    /// prompts are cut with a warning.
+    #[arg(long, global = true, value_parser = |s: &str| whole(s, &(1..=4096)))]
+    pub max_sequence_length: Option<u32>,
+    /// Hold less in memory: FLUX's T5 encoder is read for each prompt encoding and freed
+    /// after (slower per job, about 9.5 GB less for T5-XXL in bf16).
+    #[arg(long, global = true)]
+    pub low_memory: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,7 +79,8 @@ pub enum Command {
 #[derive(Debug, Args, Clone)]
 #[group(required = true, multiple = false)]
 pub struct ModelChoice {
-    /// A model folder in the diffusers layout (model_index.json, unet/, vae/, ...).
+    /// A model folder in the diffusers layout (model_index.json, unet/, vae/, ...), or a
+    /// denoiser file (FILE.gguf, or a FLUX transformer .safetensors) with --model-config.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// A model pack declared in the manifests folder.
@@ -91,6 +105,11 @@ pub struct GenerateArgs {
     /// pack's, else 7.5].
     #[arg(long, visible_alias = "cfg-scale", value_parser = parse_guidance)]
     pub guidance: Option<f64>,
+    /// True classifier-free guidance on FLUX (diffusers' true_cfg_scale): above 1 and with a
+    /// --negative-prompt, a negative pass runs beside the positive one (twice the time);
+    /// --guidance still feeds FLUX-dev's guidance embedding.
+    #[arg(long, value_parser = parse_guidance)]
+    pub true_cfg: Option<f64>,
     /// Width in pixels, a multiple of the VAE scale factor [default: an --init-image's,
     /// else the pack's, else the model's].
     #[arg(long, value_parser = |s: &str| whole(s, &limits::SIZE))]

@@ -41,6 +41,7 @@ pub fn run(global: &Global, a: GenerateArgs) -> Result<()> {
         negative_prompt: a.negative_prompt.clone(),
         steps: a.steps.map(|v| v as usize),
         guidance: a.guidance,
+        true_cfg: a.true_cfg,
         width: a.width.map(|v| v as usize),
         height: a.height.map(|v| v as usize),
         sampler: a.scheduler.clone(),

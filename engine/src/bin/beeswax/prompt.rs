@@ -37,7 +37,12 @@ pub struct PromptArgs {
 pub fn run(global: &Global, a: PromptArgs) -> Result<()> {
     let files = source::read_manifests(global)?;
     let folder = files.as_ref().map(|f| f.parse()).transpose()?;
-    let (dir, name, defaults, _) = source::model_dir(global, folder.as_ref(), &a.model)?;
+    let source::ModelSource {
+        dir,
+        name,
+        defaults,
+        ..
+    } = source::model_dir(global, folder.as_ref(), &a.model)?;
     let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))
         .with_context(|| format!("reading the tokenizer of {name}"))?;
     let mut extensions = Extensions::builtin();

@@ -106,9 +106,12 @@ pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
         max_steps: a.max_steps,
         max_images: a.max_images,
     };
+    let mut options = LoadOptions::new(device, dtype);
+    options.max_sequence_length = global.max_sequence_length.map(|n| n as usize);
+    options.low_memory = global.low_memory;
     let mut catalog = Catalog::load(
         &folder,
-        &LoadOptions { device, dtype },
+        &options,
         global.allow_download,
         limits,
         &extensions,
