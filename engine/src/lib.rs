@@ -2,11 +2,12 @@
 //!
 //! The crate is organised by domain, lower layers first:
 //! - values and files: [`limits`] and [`defaults`] (the one place for allowed values and
-//!   defaults), [`weights`] (the one safetensors reader), [`gguf`] (GGUF files and quantization), [`manifest`] (packs, pipelines and
-//!   other sections of the manifest folder), [`hub`], [`model_files`], [`image_in`],
-//!   [`image_out`], [`params`] (A1111's PNG parameters);
-//! - maths and networks: [`kernels`], [`models`] (CLIP, UNet, VAE), [`tokenizer`],
-//!   [`schedulers`], [`noise`];
+//!   defaults), [`weights`] (the one safetensors reader), [`gguf`] (GGUF files and
+//!   quantization), [`manifest`] (packs, pipelines and other sections of the manifest folder),
+//!   [`hub`], [`digest`], [`model_files`], [`image_in`], [`image_out`], [`params`] (A1111's
+//!   PNG parameters);
+//! - maths and networks: [`kernels`], [`models`] (CLIP, UNet, VAE, FLUX, T5), [`tokenizer`],
+//!   [`schedulers`], [`noise`], [`prompt`] (A1111/ComfyUI prompt syntax);
 //! - [`family`]: what a model is made of and the seam every pipeline drives ([`family::Model`]);
 //! - [`pipeline`]: one [`pipeline::Job`] type and [`pipeline::run`];
 //! - [`extensions`] (samplers and processors as one value), [`lora`], [`plugins`];
@@ -15,6 +16,7 @@
 pub mod bench;
 pub mod defaults;
 pub mod device;
+pub mod digest;
 pub mod error;
 pub mod extensions;
 pub mod family;

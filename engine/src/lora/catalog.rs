@@ -32,6 +32,7 @@ use serde::Deserialize;
 use super::file::LoraFile;
 use super::merge::WeightedLora;
 use super::LoraError;
+pub use crate::digest::sha256_hex;
 use crate::hub;
 use crate::manifest::{ManifestError, ManifestFolder};
 use crate::Result;
@@ -377,15 +378,6 @@ impl LoraCatalog {
         );
         Ok(file)
     }
-}
-
-/// Lowercase hex SHA-256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 #[cfg(test)]

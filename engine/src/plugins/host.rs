@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use beeswax_plugin_sdk::wire::{self, Image};
-use sha2::{Digest, Sha256};
 
 use super::abi::{decode_rgb, encode_rgb};
 use super::call::{Call, Instance};
@@ -12,6 +11,7 @@ use super::native::{NativeInstance, NativePlugin};
 use super::scheduler::PluginScheduler;
 use super::wasm::WasmPlugin;
 use super::PluginError;
+pub use crate::digest::sha256_hex;
 use crate::extensions::{Extensions, PostProcessFn, PreInput, PreProcessFn, Processor};
 use crate::image_in::Mask;
 use crate::image_out::RgbImage;
@@ -38,14 +38,6 @@ pub struct LoadedPlugin {
     /// The SHA-256 of the file that was loaded.
     pub sha256: String,
     backend: Backend,
-}
-
-/// Lowercase hex SHA-256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Names of the capabilities in `bits`.

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Tensor};
 
 use super::PromptError;
+use crate::digest::sha256_hex;
 
 /// The vectors of one embedding.
 #[derive(Debug, Clone)]
@@ -188,15 +189,6 @@ impl Embedding {
             width,
         }
     }
-}
-
-/// Lowercase hex SHA-256 of `bytes`.
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn refuse_pickle(path: &Path) -> Result<(), PromptError> {
