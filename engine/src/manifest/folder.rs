@@ -276,7 +276,7 @@ mod tests {
             "{err}"
         );
         assert!(
-            err.contains("[pack], [[pipeline]], [[lora]], [[lora_set]] and [[plugin]]"),
+            err.contains("[pack], [[pipeline]], [[lora]], [[lora_set]], [[plugin]] and [family]"),
             "{err}"
         );
     }

@@ -39,6 +39,7 @@ pub const SECTIONS: &[Section] = &[
     Section::array("lora"),     // read by lora/manifest.rs
     Section::array("lora_set"), // read by lora/manifest.rs
     Section::array("plugin"),   // read by plugins/manifest.rs
+    Section::table("family"),   // read by family/manifest.rs
 ];
 
 /// The section called `key`, if it is known.
@@ -63,7 +64,7 @@ mod tests {
     fn headers_name_every_section() {
         assert_eq!(
             headers(),
-            "[pack], [[pipeline]], [[lora]], [[lora_set]] and [[plugin]]"
+            "[pack], [[pipeline]], [[lora]], [[lora_set]], [[plugin]] and [family]"
         );
         assert_eq!(
             find("lora_set").map(Section::header),

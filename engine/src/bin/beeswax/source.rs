@@ -4,11 +4,13 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use beeswax::checkpoint::{self, CheckpointOptions};
 use beeswax::device::{default_device, parse_device, parse_dtype};
-use beeswax::family::{self, LoadOptions, Model};
+use beeswax::family::{Families, LoadOptions, Model};
 use beeswax::manifest::{
     self, ManifestError, ManifestFiles, ManifestFolder, PackDefaults, PackSource,
 };
+use beeswax::schedulers::PredictionType;
 use beeswax::{hub, model_files};
 use candle_core::{DType, Device};
 
@@ -58,7 +60,9 @@ pub fn model_dir(
     choice: &ModelChoice,
 ) -> Result<(PathBuf, String, PackDefaults, Option<String>)> {
     if let Some(dir) = &choice.model {
-        model_files::model_index(dir)?;
+        if !checkpoint::is_single_file(dir) {
+            model_files::model_index(dir)?;
+        }
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -86,8 +90,16 @@ pub fn load(
 ) -> Result<Chosen> {
     let (dir, name, defaults, family) = model_dir(global, folder, choice)?;
     let (device, dtype) = device_and_dtype(global)?;
-    let model = family::load(&dir, family.as_deref(), &LoadOptions { device, dtype })
-        .with_context(|| format!("loading model {name} from {}", dir.display()))?;
+    let families = families(folder)?;
+    let options = LoadOptions { device, dtype };
+    let model = if checkpoint::is_single_file(&dir) {
+        let mut single = checkpoint_options(global)?;
+        single.family = single.family.or(family);
+        checkpoint::load::load(&dir, &families, &single, &options)
+    } else {
+        families.load(&dir, family.as_deref(), &options)
+    };
+    let model = model.with_context(|| format!("loading model {name} from {}", dir.display()))?;
     Ok(Chosen {
         model,
         name,
@@ -103,7 +115,80 @@ pub fn list_packs(global: &Global) -> Result<()> {
             PackSource::Path(p) => p.display().to_string(),
             PackSource::Hub { repo, revision } => format!("{repo}@{revision}"),
         };
-        println!("{}\t{:?}\t{source}", pack.name, pack.family);
+        println!("{}\t{}\t{source}", pack.name, pack.family);
+    }
+    Ok(())
+}
+
+/// The shipped families plus the manifests'.
+fn families(folder: Option<&ManifestFolder<'_>>) -> Result<Families> {
+    Ok(match folder {
+        Some(folder) => Families::from_manifests(folder)?,
+        None => Families::builtin(),
+    })
+}
+
+/// The single-file options of the command line.
+fn checkpoint_options(global: &Global) -> Result<CheckpointOptions> {
+    let prediction = match global.prediction.as_deref() {
+        None => None,
+        Some("v") => Some(PredictionType::VPrediction),
+        Some(_) => Some(PredictionType::Epsilon),
+    };
+    Ok(CheckpointOptions {
+        family: global.family.clone(),
+        config_dir: global.model_config.clone(),
+        prediction,
+        vae: global.vae.clone(),
+    })
+}
+
+/// `beeswax inspect FILE`.
+pub fn inspect(global: &Global, file: &std::path::Path) -> Result<()> {
+    let files = read_manifests(global)?;
+    let folder = files.as_ref().map(|f| f.parse()).transpose()?;
+    let families = families(folder.as_ref())?;
+    let report = checkpoint::inspect(file, &families, &checkpoint_options(global)?)?;
+    println!("file: {}", file.display());
+    println!("family: {}", report.detection.family.name);
+    println!("rule: {}", report.detection.rule);
+    let dtypes: Vec<String> = report
+        .dtypes
+        .iter()
+        .map(|(d, n)| format!("{d} ×{n}"))
+        .collect();
+    println!("dtypes: {}", dtypes.join(", "));
+    match &report.config_dir {
+        Some(dir) => println!("configs: {}", dir.display()),
+        None => println!("configs: none (pass --model-config DIR to map the components)"),
+    }
+    for (component, n) in &report.components {
+        println!("component {component}: {n} tensors");
+    }
+    println!("unused keys: {}", report.unused.len());
+    for key in report.unused.iter().take(20) {
+        println!("  {key}");
+    }
+    Ok(())
+}
+
+/// `beeswax families`: one line per model family (the shipped ones and the manifests'), in
+/// detection order.
+pub fn list_families(global: &Global) -> Result<()> {
+    let files = read_manifests(global)?;
+    let folder = files.as_ref().map(|f| f.parse()).transpose()?;
+    let families = families(folder.as_ref())?;
+    for f in families.iter() {
+        let origin = f
+            .manifest
+            .as_ref()
+            .map_or("built in".to_string(), |p| p.display().to_string());
+        println!(
+            "{}\t{}\t{}\t{origin}",
+            f.name,
+            f.architecture.as_str(),
+            f.description
+        );
     }
     Ok(())
 }
