@@ -10,12 +10,12 @@ mod common;
 use std::collections::HashMap;
 
 use beeswax::family::Model;
-use beeswax::image_in::{composite, mask_from_picture, read_image, AlphaMask, Limits, RgbImage};
+use beeswax::image_in::{mask_from_picture, read_image, AlphaMask, Limits, RgbImage};
 use beeswax::lora::merge::apply;
 use beeswax::pipeline::Generated;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use common::compare::assert_close_rel_std;
-use common::images::{assert_images_close, max_pixel_diff};
+use common::images::assert_images_close;
 use common::jobs::{generate, try_generate};
 use common::reference::{load, Case};
 use common::{fixture, model};
@@ -71,7 +71,9 @@ impl SdxlCase {
 
 fn cases() -> Vec<SdxlCase> {
     let text = std::fs::read_to_string(fixture("reference/sdxl/pipelines/cases.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
+    // Python's json writes DPM++'s `lambda_min_clipped` as -Infinity, which JSON has not;
+    // these tests do not read the scheduler configs.
+    serde_json::from_str(&text.replace("-Infinity", "null")).unwrap()
 }
 
 fn check(what: &str, out: &Generated, r: &HashMap<String, Tensor>) {
@@ -89,23 +91,23 @@ fn picture(name: &str) -> RgbImage {
     read_image(&path, name, &Limits::default()).unwrap().rgb
 }
 
-/// The reference picture [1, H, W, 3] in [0, 1] as an 8-bit image.
+/// The reference picture [1, H, W, 3] (8-bit, or floats in [0, 1]) as an 8-bit image.
 fn to_image(t: &Tensor) -> RgbImage {
     let (_, h, w, _) = t.dims4().unwrap();
-    let data = (t.to_dtype(DType::F32).unwrap() * 255.0)
-        .unwrap()
-        .round()
-        .unwrap()
-        .clamp(0f32, 255f32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let t = t.to_dtype(DType::F32).unwrap();
+    let t = if t.max_all().unwrap().to_scalar::<f32>().unwrap() > 1.0 {
+        t
+    } else {
+        (t * 255.0).unwrap().round().unwrap()
+    };
+    let data = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     RgbImage {
         width: w,
         height: h,
-        data: data.into_iter().map(|v| v as u8).collect(),
+        data: data
+            .into_iter()
+            .map(|v| v.clamp(0.0, 255.0) as u8)
+            .collect(),
     }
 }
 
@@ -146,18 +148,37 @@ fn run(models: &mut HashMap<String, Model>, c: &SdxlCase) -> Option<Generated> {
             let mask = mask_from_picture(&mask, AlphaMask::OpaqueRepaints);
             let init = picture("init.png");
             let out = try_generate(&m, &case.inpaint_job(&init, &mask, Some(&r["noise"]))).unwrap();
-            // The engine pastes the result over the picture outside the mask (AUTOMATIC1111);
-            // diffusers does not: compare with the reference pasted the same way.
-            let want = composite(&init, &to_image(&r["image"]), &mask, (0, 0));
-            let want = Tensor::from_vec(
-                want.data.clone(),
-                (want.height, want.width, 3),
-                &Device::Cpu,
-            )
-            .unwrap();
+            // The engine pastes the result over the picture outside the (dilated) mask, as
+            // AUTOMATIC1111 does, and diffusers does not: the latents are compared whole, the
+            // image well inside the mask.
             assert_close_rel_std(&c.name, &out.latents, &r["latents"], LATENTS_TOL);
-            let diff = max_pixel_diff(&out.images[0], &want);
-            assert!(diff <= 2.0, "{}: image differs by {diff}/255", c.name);
+            let want = to_image(&r["image"]);
+            let got = &out.images[0];
+            let (w, h) = (want.width, want.height);
+            let inside = |x: usize, y: usize| {
+                (y.saturating_sub(4)..(y + 5).min(h)).all(|yy| {
+                    (x.saturating_sub(4)..(x + 5).min(w)).all(|xx| mask.data[yy * w + xx] >= 1.0)
+                })
+            };
+            let mut compared = 0;
+            for y in 0..h {
+                for x in 0..w {
+                    if !inside(x, y) {
+                        continue;
+                    }
+                    compared += 1;
+                    for ch in 0..3 {
+                        let i = (y * w + x) * 3 + ch;
+                        let d = (got.data[i] as i32 - want.data[i] as i32).abs();
+                        assert!(d <= 2, "{}: pixel ({x}, {y}) differs by {d}/255", c.name);
+                    }
+                }
+            }
+            assert!(
+                compared > 100,
+                "{}: only {compared} pixels inside the mask",
+                c.name
+            );
             return None;
         }
         _ => return None,

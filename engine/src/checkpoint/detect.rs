@@ -22,12 +22,12 @@ pub struct Detection {
 pub fn check_rule(rule: &KeyRule, file: &SafetensorsFile) -> std::result::Result<(), String> {
     let info = file.info(&rule.key);
     match (info, rule.present) {
-        (None, true) => Err(format!("no tensor `{}`", rule.key)),
-        (Some(_), false) => Err(format!("has tensor `{}`, which it must not", rule.key)),
+        (None, true) => Err(format!("has no tensor `{}`", rule.key)),
+        (Some(_), false) => Err(format!("has tensor `{}`, which it must not have", rule.key)),
         (None, false) => Ok(()),
         (Some(info), true) => match &rule.shape {
             Some(shape) if !shape_matches(shape, &info.shape) => Err(format!(
-                "`{}` has shape {:?}, not {}",
+                "has `{}` of shape {:?}, not {}",
                 rule.key,
                 info.shape,
                 describe(shape)
