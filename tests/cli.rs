@@ -247,15 +247,83 @@ fn out_of_range_values_state_the_allowed_range() {
     }
 }
 
+/// `plain` cuts a long prompt with a warning naming the dropped words; the default syntax
+/// (a1111) encodes it in chunks, without a warning, and says so in no PNG parameter (it is
+/// the default), while `plain` is recorded.
 #[test]
 fn long_prompts_warn_with_the_dropped_words() {
     let dir = Dir::new("long-prompt");
     let prompt = format!("{} zebra crossing", "red ".repeat(80));
+    let plain = dir.path().join("plain.png");
     let err = tiny_sd(&dir)
-        .args(["--steps", "2", "--prompt", &prompt, "--output", "long.png"])
+        .args([
+            "--steps",
+            "2",
+            "--prompt",
+            &prompt,
+            "--prompt-syntax",
+            "plain",
+        ])
+        .args(["--output", plain.to_str().unwrap()])
         .stderr();
     assert!(
         err.contains("warning") && err.contains("zebra crossing"),
         "{err}"
+    );
+    let text = common::images::Png::read(&plain).parameters;
+    assert!(text.contains("Prompt syntax: plain"), "{text}");
+    let chunked = dir.path().join("a1111.png");
+    let err = tiny_sd(&dir)
+        .args(["--steps", "2", "--prompt", &prompt, "--pad-prompts"])
+        .args(["--output", chunked.to_str().unwrap()])
+        .stderr();
+    assert!(!err.contains("zebra crossing"), "{err}");
+    let text = common::images::Png::read(&chunked).parameters;
+    assert!(
+        text.starts_with(&prompt) && !text.contains("Prompt syntax"),
+        "{text}"
+    );
+    tiny_sd(&dir)
+        .args(["--prompt", "x", "--prompt-syntax", "nope"])
+        .assert_fails_with(&["nope", "a1111, comfy or plain"]);
+}
+
+/// `beeswax prompt` prints the schedule of edits, the chunks with their weights and the
+/// embeddings a prompt uses, and warns (on stderr) about a prompt that does not parse; an
+/// embedding folder is read with `--embeddings`.
+#[test]
+fn prompt_command_prints_the_parse_and_warns() {
+    let dir = Dir::new("prompt-command");
+    let run = |args: &[&str]| {
+        let mut cmd = dir.command();
+        cmd.arg("--manifests")
+            .arg(root().join("manifests"))
+            .args(["prompt", "--pack", "tiny-sd"])
+            .args(args);
+        cmd.run()
+    };
+    let embeddings = common::fixture("prompt/embeddings");
+    let out = run(&[
+        "a [dog:cat:0.5] (fox:1.5) owlstyle [unclosed",
+        "--steps",
+        "8",
+        "--embeddings",
+        embeddings.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    assert!(stdout.contains("syntax: a1111"), "{stdout}");
+    assert!(stdout.contains("steps 0..=4: text 1"), "{stdout}");
+    assert!(stdout.contains("steps 5..=7: text 2"), "{stdout}");
+    assert!(stdout.contains("fox_*1.5000"), "{stdout}");
+    assert!(stdout.contains("<owlstyle:1v>") && stdout.contains("embedding owlstyle: 1 vector"));
+    assert!(stderr.contains("warning"), "{stderr}");
+    let out = run(&["a (fox:1.5)", "--prompt-syntax", "plain"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        stdout.contains("syntax: plain") && !stdout.contains("*1.5"),
+        "{stdout}"
     );
 }

@@ -465,9 +465,8 @@ fn cli_quantize() {
 }
 
 /// The `gguf` Python package reads files written by `beeswax quantize`, with the same tensors.
-// needs: python3 + pip (network)
 #[test]
-#[ignore]
+#[ignore = "needs: network (pip installs the gguf package); scripts/test runs it"]
 fn gguf_py_reads_quantized_files() {
     let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/gguf-venv");
     let python = target.join("bin/python");

@@ -137,7 +137,7 @@ fn unknown_top_level_table_is_refused() {
         &message,
         6,
         "widget",
-        &["[pack], [[pipeline]], [[lora]], [[lora_set]], [[plugin]] and [family]"],
+        &["[pack], [[pipeline]], [[lora]], [[lora_set]], [[plugin]], [[embedding]] and [family]"],
     );
 }
 

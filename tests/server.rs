@@ -42,6 +42,8 @@ mod jobs;
 mod loras;
 #[path = "server/ordering.rs"]
 mod ordering;
+#[path = "server/prompts.rs"]
+mod prompts;
 #[path = "server/queue.rs"]
 mod queue;
 #[path = "server/validation.rs"]

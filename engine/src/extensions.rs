@@ -2,13 +2,16 @@
 //! samplers, the image pre-processors (run on a job's picture and mask before it starts) and
 //! post-processors (run on every image it makes). One value holds them: built from the
 //! built-ins, extended by the loaded plugins (see [`crate::plugins::Plugins::extend`]), held by
-//! the service or the command and passed down to [`crate::pipeline::run`]. Nothing here is
-//! process-wide.
+//! the service or the command and passed down to [`crate::pipeline::run`]; the textual-inversion
+//! embeddings prompts may name are registered here too. Nothing here is process-wide.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::image_in::Mask;
 use crate::image_out::RgbImage;
+use crate::manifest::EmbeddingManifest;
+use crate::prompt::EmbeddingCatalog;
 use crate::schedulers::Registry;
 use crate::{Error, Result};
 
@@ -61,6 +64,9 @@ impl<F: ?Sized> std::fmt::Debug for Processor<F> {
 pub struct Extensions {
     /// Samplers: the built-ins, then plugins'.
     pub schedulers: Registry,
+    /// Textual-inversion embeddings prompts may name (`[[embedding]]` entries and the
+    /// `--embeddings` folder).
+    pub embeddings: Arc<EmbeddingCatalog>,
     pre: Vec<Processor<PreProcessFn>>,
     post: Vec<Processor<PostProcessFn>>,
 }
@@ -95,9 +101,31 @@ impl Extensions {
     pub fn builtin() -> Self {
         Self {
             schedulers: Registry::with_builtins(),
+            embeddings: Arc::default(),
             pre: Vec::new(),
             post: Vec::new(),
         }
+    }
+
+    /// Registers the textual-inversion embeddings of `manifests` (the `[[embedding]]`
+    /// entries; hub files must be cached unless `allow_download`) and of the folder `dir`
+    /// (`--embeddings`; a manifest entry wins over a file of the same name).
+    pub fn set_embeddings(
+        &mut self,
+        manifests: &[EmbeddingManifest],
+        dir: Option<&Path>,
+        allow_download: bool,
+    ) -> Result<()> {
+        let entries = manifests
+            .iter()
+            .map(|m| m.resolve(allow_download))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut catalog = EmbeddingCatalog::from_entries(entries)?;
+        if let Some(dir) = dir {
+            catalog = catalog.merged(EmbeddingCatalog::from_dir(dir)?);
+        }
+        self.embeddings = Arc::new(catalog);
+        Ok(())
     }
 
     /// Adds a pre-processor; a name already taken is an error.

@@ -155,6 +155,42 @@ pub fn resolve_in(
     }
 }
 
+/// A file of a hub repo from the local cache, downloaded if allowed (LoRAs, embeddings).
+pub fn repo_file(
+    repo: &str,
+    file: &str,
+    revision: &str,
+    allow_download: bool,
+) -> std::result::Result<PathBuf, HubError> {
+    let cache = Cache::new(cache_dir());
+    let r = Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string());
+    if let Some(path) = cache.repo(r.clone()).get(file) {
+        return Ok(path);
+    }
+    if !allow_download {
+        return Err(HubError::NotCached {
+            repo: repo.to_string(),
+            revision: revision.to_string(),
+            cache: cache.path().clone(),
+        });
+    }
+    let mut builder = ApiBuilder::from_cache(cache);
+    if let Some(token) = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()) {
+        builder = builder.with_token(Some(token));
+    }
+    let download = |source| HubError::Download {
+        repo: repo.to_string(),
+        file: file.to_string(),
+        source: Box::new(source),
+    };
+    builder
+        .build()
+        .map_err(download)?
+        .repo(r)
+        .get(file)
+        .map_err(download)
+}
+
 /// Whether `repo` is a well-formed Hugging Face repo id: `name` or `org/name`.
 pub fn is_repo_id(repo: &str) -> bool {
     let parts: Vec<&str> = repo.split('/').collect();

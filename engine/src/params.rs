@@ -1,7 +1,11 @@
 //! Generation parameters as AUTOMATIC1111 writes them into a PNG's `parameters` text chunk, so
 //! that tools which read A1111 images (and "PNG Info") understand ours.
 
+use std::sync::Arc;
+
 use crate::pipeline::{Input, Job};
+use crate::prompt::infotext::{format_params, prompt_params, ti_hashes};
+use crate::prompt::{Embedding, PromptSyntax};
 
 /// What produced one image.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +34,10 @@ pub struct GenerationParams {
     pub denoising_strength: Option<f64>,
     /// Mask blur (inpainting jobs only).
     pub mask_blur: Option<f32>,
+    /// How the prompt was read (written when not a1111, A1111's own).
+    pub prompt_syntax: PromptSyntax,
+    /// A1111's `TI hashes` of the textual-inversion embeddings the prompts used.
+    pub ti_hashes: Option<String>,
 }
 
 impl GenerationParams {
@@ -53,7 +61,16 @@ impl GenerationParams {
                 Input::Inpaint { mask, .. } => Some(mask.blur),
                 _ => None,
             },
+            prompt_syntax: s.prompt_syntax,
+            ti_hashes: None,
         }
+    }
+
+    /// Records the textual-inversion embeddings the prompts used
+    /// ([`crate::pipeline::Generated::embeddings`]).
+    pub fn set_embeddings(&mut self, embeddings: &[Arc<Embedding>]) {
+        let embeddings: Vec<&Embedding> = embeddings.iter().map(|e| &**e).collect();
+        self.ti_hashes = ti_hashes(&embeddings);
     }
 
     /// The A1111 `parameters` text: prompt line, optional negative prompt line, settings line.
@@ -76,6 +93,11 @@ impl GenerationParams {
         if let Some(blur) = self.mask_blur {
             text.push_str(&format!(", Mask blur: {blur}"));
         }
+        let mut prompt = prompt_params(self.prompt_syntax, PromptSyntax::default(), &[]);
+        if let Some(hashes) = &self.ti_hashes {
+            prompt.push(("TI hashes".to_string(), hashes.clone()));
+        }
+        text.push_str(&format_params(&prompt));
         text.push_str(&format!(", Version: beeswax {}", env!("CARGO_PKG_VERSION")));
         text
     }
@@ -100,19 +122,33 @@ mod tests {
             clip_skip: 2,
             denoising_strength: None,
             mask_blur: None,
+            prompt_syntax: PromptSyntax::A1111,
+            ti_hashes: None,
         };
         let text = p.to_a1111();
         assert!(text.starts_with(
             "a red fox\nNegative prompt: blurry\nSteps: 20, Sampler: Euler, CFG scale: 7.5, Seed: 1, Size: 512x768, Model: tiny-sd, Clip skip: 2"
         ), "{text}");
+        assert!(!text.contains("Prompt syntax"), "{text}");
         let plain = GenerationParams {
             negative_prompt: String::new(),
             clip_skip: 1,
+            prompt_syntax: PromptSyntax::Plain,
             ..p
         };
+        let text = plain.to_a1111();
+        assert!(!text.contains("Negative prompt") && !text.contains("Clip skip"));
+        assert!(text.contains(", Prompt syntax: plain, Version"), "{text}");
+        let ti = GenerationParams {
+            ti_hashes: Some("owl: 0123456789ab, fox: ba9876543210".into()),
+            ..plain
+        };
+        let text = ti.to_a1111();
         assert!(
-            !plain.to_a1111().contains("Negative prompt")
-                && !plain.to_a1111().contains("Clip skip")
+            text.contains(
+                ", Prompt syntax: plain, TI hashes: \"owl: 0123456789ab, fox: ba9876543210\", Version"
+            ),
+            "{text}"
         );
     }
 }

@@ -62,6 +62,8 @@ extern "C" {
 #define BEESWAX_FLAG_LOG_LINEAR (1u << 6)
 #define BEESWAX_FLAG_HAS_SIGMA_MIN (1u << 7)
 #define BEESWAX_FLAG_HAS_SIGMA_MAX (1u << 8)
+/* The model is a flow-matching one (FLUX); see FLAG_FLOW_MODEL in the Rust SDK. */
+#define BEESWAX_FLAG_FLOW_MODEL (1u << 9)
 #define BEESWAX_SCHEDULE_WANTS_NOISE 1u
 #define BEESWAX_PARAM_NUMBER 0u
 #define BEESWAX_PARAM_STRING 1u

@@ -74,6 +74,11 @@ pub const FLAG_LOG_LINEAR: u32 = 1 << 6;
 pub const FLAG_HAS_SIGMA_MIN: u32 = 1 << 7;
 /// `sigma_max` is set.
 pub const FLAG_HAS_SIGMA_MAX: u32 = 1 << 8;
+/// The model is a flow-matching one (FLUX): sigmas run from 1 to 0, a sample is
+/// `σ·noise + (1 − σ)·x0`, the model predicts the velocity `noise − x0`, and the flow fields
+/// (`shift`, `use_dynamic_shifting`, ...) are in the config JSON. Hosts before this flag
+/// never set it; a scheduler that only knows diffusion models may refuse such a config.
+pub const FLAG_FLOW_MODEL: u32 = 1 << 9;
 
 /// Schedule flag: `step` wants a standard-normal noise tensor as its third input.
 pub const SCHEDULE_WANTS_NOISE: u32 = 1;

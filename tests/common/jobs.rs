@@ -3,6 +3,7 @@
 //! server-style request becomes the job a pack's defaults make of it. When the library's job
 //! types change, this file is the one to adapt.
 
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 
 use beeswax::extensions::Extensions;
@@ -15,7 +16,7 @@ use beeswax::pipeline::{
 };
 use candle_core::Tensor;
 
-use super::reference::Case;
+use super::reference::{Case, FluxCase};
 
 /// The library's job type: the one name the tests use for it.
 pub type TextJob = Job;
@@ -51,6 +52,9 @@ impl Case {
             batch: self.batch,
             // diffusers' clip_skip=N is AUTOMATIC1111's N + 1.
             clip_skip: self.clip_skip_diffusers.map_or(1, |n| n + 1),
+            prompt_syntax: self.prompt_syntax,
+            pad_prompts: self.pad_prompts,
+            true_cfg: None,
         }
     }
 
@@ -140,7 +144,23 @@ fn go_on(_: StepProgress) -> ControlFlow<()> {
 
 /// Runs `job` with the built-in extensions to the end (or its error).
 pub fn try_generate(model: &Model, job: &Job) -> beeswax::Result<Generated> {
-    run(model, job, &Extensions::builtin(), &mut go_on)
+    try_generate_with(model, job, &Extensions::builtin())
+}
+
+/// Runs `job` with `extensions` (e.g. textual-inversion embeddings) to the end (or its error).
+pub fn try_generate_with(
+    model: &Model,
+    job: &Job,
+    extensions: &Extensions,
+) -> beeswax::Result<Generated> {
+    run(model, job, extensions, &mut go_on)
+}
+
+/// The built-in extensions with the embeddings of `catalog`.
+pub fn with_embeddings(catalog: beeswax::prompt::EmbeddingCatalog) -> Extensions {
+    let mut extensions = Extensions::builtin();
+    extensions.embeddings = std::sync::Arc::new(catalog);
+    extensions
 }
 
 /// Runs a job to the end; it must succeed.
@@ -175,4 +195,59 @@ pub fn pack_image(
     };
     let job = resolve(model, defaults, &super::registry(), request).unwrap();
     generate(model, &job).images.remove(0).data
+}
+
+impl FluxCase {
+    /// The settings of this FLUX run (no negative prompt, one image).
+    pub fn settings(&self) -> Settings {
+        Settings {
+            prompt: self.prompt.clone(),
+            negative_prompt: String::new(),
+            steps: self.steps,
+            guidance: self.guidance,
+            width: self.width,
+            height: self.height,
+            seed: self.seed,
+            batch: 1,
+            clip_skip: 1,
+            prompt_syntax: beeswax::prompt::PromptSyntax::Plain,
+            pad_prompts: false,
+            true_cfg: None,
+        }
+    }
+
+    /// The job of this run: its sampler's beeswax name (`flow_euler` is `euler` on a flow
+    /// model, `flow_dpmpp_2m` is `dpmpp_2m`), text to image from the reference's unpacked
+    /// starting noise `r["init_latents"]`, or image to image from `r["init_image"]` with the
+    /// posterior sampled from the seed (as FluxImg2ImgPipeline does).
+    pub fn job(&self, r: &HashMap<String, Tensor>) -> Job {
+        let name = self.sampler.strip_prefix("flow_").unwrap_or(&self.sampler);
+        let input = match self.mode.as_str() {
+            "img2img" => {
+                let picture = &r["init_image"];
+                let (height, width, _) = picture.dims3().unwrap();
+                Input::Image(ImageInput {
+                    picture: RgbImage {
+                        width,
+                        height,
+                        data: picture.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
+                    },
+                    strength: self.strength.unwrap(),
+                    resize: ResizeMode::default(),
+                    sample_posterior: true,
+                    init_noise: None,
+                })
+            }
+            _ => Input::Text {
+                init_latents: Some(r["init_latents"].clone()),
+            },
+        };
+        Job {
+            settings: self.settings(),
+            sampler: super::registry().sampler(name, None).unwrap(),
+            input,
+            pre_processors: Vec::new(),
+            post_processors: Vec::new(),
+        }
+    }
 }

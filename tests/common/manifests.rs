@@ -44,3 +44,12 @@ pub fn catalog(dir: &Path, limits: Limits, extensions: &Extensions) -> beeswax::
         extensions,
     )
 }
+
+/// The built-in extensions with the `[[embedding]]` entries of folder `dir` (as `beeswax
+/// serve` registers them).
+pub fn extensions(dir: &Path) -> beeswax::Result<Extensions> {
+    let files = ManifestFiles::read(dir)?;
+    let mut extensions = Extensions::builtin();
+    extensions.set_embeddings(&manifest::embeddings(&files.parse()?)?, None, false)?;
+    Ok(extensions)
+}

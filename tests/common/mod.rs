@@ -29,7 +29,7 @@ pub mod reference;
 pub mod server;
 
 pub use compare::{assert_close_rel_std, max_diff_and_std};
-pub use reference::{json, load};
+pub use reference::{flux_cases, json, load, FluxCase};
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -62,8 +62,5 @@ pub fn registry() -> Registry {
 
 /// Load options for the tests: f32 on the CPU.
 pub fn cpu_f32() -> LoadOptions {
-    LoadOptions {
-        device: Device::Cpu,
-        dtype: DType::F32,
-    }
+    LoadOptions::new(Device::Cpu, DType::F32)
 }

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use beeswax::prompt::PromptSyntax;
 use candle_core::{Device, Tensor};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -61,6 +62,12 @@ pub struct Case {
     /// LoRAs: (file beside `cases.json`, weight).
     #[serde(default)]
     pub loras: Vec<(String, f64)>,
+    /// How the prompts are read: diffusers' references are literal (`plain`).
+    #[serde(default = "plain")]
+    pub prompt_syntax: PromptSyntax,
+    /// Pad prompt and negative prompt to the same chunk count.
+    #[serde(default)]
+    pub pad_prompts: bool,
     /// The fixture folder the case was read from (set by [`cases`]).
     #[serde(skip)]
     pub dir: String,
@@ -68,6 +75,10 @@ pub struct Case {
 
 fn one() -> usize {
     1
+}
+
+fn plain() -> PromptSyntax {
+    PromptSyntax::Plain
 }
 
 impl Case {
@@ -91,8 +102,17 @@ impl Case {
             strength: None,
             unet_in_channels: None,
             loras: Vec::new(),
+            prompt_syntax: PromptSyntax::Plain,
+            pad_prompts: false,
             dir: String::new(),
         }
+    }
+
+    /// This case with its prompts read in `syntax`, padded to the same length when `pad`.
+    pub fn with_syntax(mut self, syntax: PromptSyntax, pad: bool) -> Self {
+        self.prompt_syntax = syntax;
+        self.pad_prompts = pad;
+        self
     }
 
     /// Every tensor the reference saved for this run.
@@ -132,4 +152,65 @@ pub fn load(rel: &str) -> HashMap<String, Tensor> {
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// One whole FLUX run of `make_flux_fixtures.py` (`reference/flux/pipelines.json`): diffusers'
+/// FluxPipeline or FluxImg2ImgPipeline on a miniature model.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FluxCase {
+    /// The run's name: its tensors are `reference/flux/pipe_{name}.safetensors`.
+    pub name: String,
+    /// `dev` or `schnell` (the model `models/tiny-flux-{model}`).
+    pub model: String,
+    /// `txt2img` or `img2img`.
+    pub mode: String,
+    /// `flow_euler` or `flow_dpmpp_2m`.
+    pub sampler: String,
+    /// Image width in pixels.
+    pub width: usize,
+    /// Image height in pixels.
+    pub height: usize,
+    /// Denoising steps.
+    pub steps: usize,
+    /// Guidance scale (dev's embedding).
+    pub guidance: f64,
+    /// Seed of the generator (image-to-image draws from it).
+    pub seed: u64,
+    /// The prompt.
+    pub prompt: String,
+    /// T5 tokens per prompt.
+    pub max_sequence_length: usize,
+    /// Image to image: how much is repainted.
+    #[serde(default)]
+    pub strength: Option<f64>,
+    /// A LoRA file under `tests/fixtures/`.
+    #[serde(default)]
+    pub lora: Option<String>,
+    /// The LoRA's weight.
+    #[serde(default)]
+    pub lora_scale: Option<f64>,
+    /// The dynamic shift diffusers used.
+    #[serde(default)]
+    pub mu: Option<f64>,
+}
+
+impl FluxCase {
+    /// The miniature model's folder name.
+    pub fn model_name(&self) -> String {
+        format!("tiny-flux-{}", self.model)
+    }
+
+    /// The run's tensors.
+    pub fn tensors(&self) -> HashMap<String, Tensor> {
+        load(&format!("reference/flux/pipe_{}.safetensors", self.name))
+    }
+}
+
+/// The FLUX pipeline runs.
+pub fn flux_cases() -> Vec<FluxCase> {
+    #[derive(Deserialize)]
+    struct Cases {
+        cases: Vec<FluxCase>,
+    }
+    json::<Cases>("reference/flux/pipelines.json").cases
 }

@@ -73,7 +73,7 @@ impl TestServer {
         for (name, text) in extra {
             std::fs::write(manifests.join(name), text).unwrap();
         }
-        let extensions = beeswax::extensions::Extensions::builtin();
+        let extensions = super::manifests::extensions(&manifests).unwrap();
         let catalog = super::manifests::catalog(&manifests, config.limits, &extensions).unwrap();
         let service = Service::start(catalog, extensions, config).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

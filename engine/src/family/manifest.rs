@@ -5,13 +5,17 @@
 //! [family]
 //! name = "sdxl"
 //! description = "Stable Diffusion XL base"
-//! architecture = "sdxl"            # sd | sdxl
+//! architecture = "sdxl"            # sd | sdxl | flux
 //! prediction = "epsilon"           # epsilon | v (optional: else the scheduler config says)
 //! scheduler = "diffusion"          # diffusion | flow
-//! guidance = "classifier-free"
+//! guidance = "classifier-free"     # classifier-free | distilled | none
 //! default_size = 1024
 //! config = "sdxl"                  # diffusers-layout configs + tokenizers beside this file
 //! priority = 10                    # detection order, highest first (default 0)
+//! # max_sequence_length = 512      # T5 tokens per prompt (families with T5)
+//! # default_steps = 28             # when neither request nor pack says
+//! # default_guidance = 3.5
+//! # size_multiple = 16             # width/height multiple (default: the VAE's factor)
 //!
 //! [family.latent]
 //! channels = 4
@@ -21,7 +25,7 @@
 //! [[family.text_encoder]]          # in concatenation order
 //! component = "text_encoder"
 //! tokenizer = "tokenizer"
-//! kind = "clip"                    # clip | clip-projection
+//! kind = "clip"                    # clip | clip-projection | t5
 //! hidden_states = "penultimate"    # last-normed | penultimate
 //! pooled = false
 //! lora = { kohya = "lora_te1", peft = "text_encoder" }
@@ -82,6 +86,10 @@ struct RawFamily {
     config: Option<String>,
     #[serde(default)]
     priority: i64,
+    max_sequence_length: Option<Spanned<i64>>,
+    default_steps: Option<Spanned<i64>>,
+    default_guidance: Option<f64>,
+    size_multiple: Option<Spanned<i64>>,
     latent: RawLatent,
     #[serde(default)]
     text_encoder: Vec<RawTextEncoder>,
@@ -255,12 +263,7 @@ pub fn read(document: &Document<'_>) -> Result<Option<Family>, ManifestError> {
                 ("flow", SchedulerKind::Flow),
             ],
         )?,
-        guidance: choice(
-            l,
-            &raw.guidance,
-            "family.guidance",
-            &[("classifier-free", GuidanceMode::ClassifierFree)],
-        )?,
+        guidance: choice(l, &raw.guidance, "family.guidance", &GuidanceMode::NAMED)?,
         default_size: required(l, &raw.default_size, "family.default_size", 8..=8192, 8)?,
         latent_channels,
         preview: LatentPreview {
@@ -290,6 +293,25 @@ pub fn read(document: &Document<'_>) -> Result<Option<Family>, ManifestError> {
             .iter()
             .map(|r| config_rule(l, r))
             .collect::<Result<_, _>>()?,
+        max_sequence_length: l.whole(
+            &raw.max_sequence_length,
+            "family.max_sequence_length",
+            &(1..=4096),
+            None,
+        )?,
+        default_steps: l.whole(
+            &raw.default_steps,
+            "family.default_steps",
+            &(1..=1000),
+            None,
+        )?,
+        default_guidance: raw.default_guidance,
+        size_multiple: l.whole(
+            &raw.size_multiple,
+            "family.size_multiple",
+            &(8..=256),
+            Some(8),
+        )?,
         manifest: Some(document.path().to_path_buf()),
     }))
 }
@@ -372,6 +394,7 @@ fn text_encoder(l: &Located<'_>, raw: &RawTextEncoder) -> Result<TextEncoderSpec
             &[
                 ("clip", TextEncoderKind::Clip),
                 ("clip-projection", TextEncoderKind::ClipProjection),
+                ("t5", TextEncoderKind::T5),
             ],
         )?,
         hidden_states: choice(
@@ -492,6 +515,37 @@ mod tests {
             families.get("sd2-v").unwrap().prediction,
             Some(PredictionType::VPrediction)
         );
+    }
+
+    #[test]
+    fn flux_families_carry_their_settings() {
+        let families = Families::builtin();
+        let dev = families.get("flux-dev").unwrap();
+        let schnell = families.get("flux-schnell").unwrap();
+        for (f, guidance, tokens, steps) in [
+            (&dev, GuidanceMode::Distilled, 512, 28),
+            (&schnell, GuidanceMode::None, 256, 4),
+        ] {
+            assert_eq!(f.architecture, Architecture::Flux);
+            assert_eq!(f.scheduler_kind, SchedulerKind::Flow);
+            assert_eq!(f.guidance, guidance);
+            assert_eq!(f.max_sequence_length, Some(tokens));
+            assert_eq!(f.default_steps, Some(steps));
+            assert_eq!(f.size_multiple, Some(16));
+            assert_eq!(f.preview, LatentPreview::flux());
+            assert_eq!(f.latent_channels, 16);
+            let kinds: Vec<_> = f.text_encoders.iter().map(|t| (t.kind, t.pooled)).collect();
+            assert_eq!(
+                kinds,
+                [(TextEncoderKind::Clip, true), (TextEncoderKind::T5, false)]
+            );
+            assert_eq!(f.denoiser.component, "transformer");
+        }
+        assert_eq!(dev.default_guidance, Some(3.5));
+        // FLUX folders also meet sd1's folder rules (CLIP-L, no unet/): FLUX is tried first.
+        let order: Vec<&str> = families.iter().map(|f| f.name.as_str()).collect();
+        let at = |n: &str| order.iter().position(|o| *o == n).unwrap();
+        assert!(at("flux-dev") < at("sd1") && at("flux-schnell") < at("sd1"));
     }
 
     #[test]

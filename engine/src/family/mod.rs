@@ -5,8 +5,10 @@
 //! and VAE, its conditioning recipe, latent preview, scheduler kind, and the rules that
 //! recognise its files. [`Families`] holds the shipped ones plus the operator's. The
 //! architecture is code, one module per architecture ([`sd`]: Stable Diffusion 1.x/2.x,
-//! [`sdxl`]: SDXL), implementing the [`Networks`] seam: encode a prompt to [`Conditioning`],
-//! predict with the denoiser, rebuild around LoRA-merged weights. A loaded [`Model`] holds the
+//! [`sdxl`]: SDXL, [`flux`]: FLUX.1), implementing the [`Networks`] seam: encode a prompt,
+//! read in the job's prompt syntax, to [`ScheduledConditioning`] (a [`Conditioning`] per step:
+//! prompt editing, alternation, `AND`; see [`prompting`] for the CLIP recipe), predict with the
+//! denoiser, rebuild around LoRA-merged weights. A loaded [`Model`] holds the
 //! networks beside the family-independent parts (VAE, scheduler config, the weights for
 //! LoRAs), and every pipeline works through it.
 //!
@@ -14,10 +16,14 @@
 //! implementing [`Networks`], an [`Architecture`] variant and one arm in [`Families::load`].
 
 mod conditioning;
+pub mod denoiser;
+pub mod flux;
 pub mod manifest;
 mod model;
 mod preview;
+pub mod prompting;
 mod registry;
+mod scheduled;
 pub mod sd;
 pub mod sdxl;
 mod source;
@@ -28,11 +34,12 @@ use std::path::Path;
 
 pub use conditioning::Conditioning;
 pub use model::{
-    ComponentWeights, EncodeOptions, LoadOptions, LoraNames, Model, Networks, Patches, Role,
-    Weights,
+    ComponentWeights, EncodeOptions, FusedPart, FusedTarget, LoadOptions, LoraAlias, LoraNames,
+    Model, Networks, Patches, Role, Weights,
 };
 pub use preview::LatentPreview;
 pub use registry::{load_source, Families, FAMILIES_DIR};
+pub use scheduled::{ScheduledConditioning, ScheduledPart};
 pub use source::ModelSource;
 pub use spec::{
     Architecture, ConditioningSpec, ConfigRule, DenoiserSpec, Dim, Family, GuidanceMode,

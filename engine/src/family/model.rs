@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::{Conditioning, Family, Vae};
+use super::{Conditioning, Family, ScheduledConditioning, Vae};
+use crate::prompt::{EmbeddingCatalog, PromptSyntax};
 use crate::schedulers::SchedulerConfig;
 use crate::{Error, Result};
 
@@ -18,30 +19,62 @@ pub struct LoadOptions {
     pub device: Device,
     /// Compute dtype of the text encoders and the denoiser.
     pub dtype: DType,
+    /// The denoiser's weights from this file instead of the folder's own: a GGUF file, or a
+    /// single-file transformer (FLUX in the BFL/ComfyUI layout).
+    pub denoiser: Option<PathBuf>,
+    /// T5 tokens per prompt for families with a T5 encoder, instead of the family's.
+    pub max_sequence_length: Option<usize>,
+    /// Keep only what runs all the time in memory: FLUX reads its T5 encoder for each
+    /// encoding and frees it after.
+    pub low_memory: bool,
+}
+
+impl LoadOptions {
+    /// `dtype` on `device`, with the model's own files and the family's settings.
+    pub fn new(device: Device, dtype: DType) -> Self {
+        Self {
+            device,
+            dtype,
+            denoiser: None,
+            max_sequence_length: None,
+            low_memory: false,
+        }
+    }
 }
 
 /// What a prompt is encoded with, besides its text.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct EncodeOptions {
+#[derive(Debug, Clone, Copy)]
+pub struct EncodeOptions<'a> {
     /// CLIP skip, AUTOMATIC1111 semantics (1 = the last layer).
     pub clip_skip: usize,
     /// Image width and height in pixels (SDXL's size conditioning).
     pub size: (usize, usize),
-    /// Whether this is the negative prompt (SDXL's refiner conditions it differently).
+    /// Whether this is the negative prompt (SDXL's refiner conditions it differently; A1111
+    /// reads `AND` and `:weight` only in the positive prompt).
     pub negative: bool,
+    /// How the prompt text is read.
+    pub syntax: PromptSyntax,
+    /// Sampling steps (prompt editing and alternation are scheduled over them).
+    pub steps: usize,
+    /// Whether to encode the empty prompt too ([`ScheduledConditioning::empty`]), which the
+    /// denoise loop appends to the shorter of prompt and negative prompt (`pad_prompts`).
+    pub pad_prompts: bool,
+    /// The textual-inversion embeddings prompts may name.
+    pub embeddings: Option<&'a EmbeddingCatalog>,
 }
 
 /// The networks of one family: the seam every pipeline drives. A family's module implements
 /// it (see [`super::sd`]); pipelines never see a UNet, a transformer or a text encoder.
 pub trait Networks: Send + Sync + std::fmt::Debug {
-    /// Encodes one prompt to conditioning for one image. Warnings (e.g. a truncated prompt)
-    /// are added to `warnings`.
+    /// Encodes one prompt, read in `options.syntax`, to its conditioning for one image over
+    /// `options.steps` steps (static unless the prompt edits or alternates). `plain` is
+    /// diffusers' literal encoding. Warnings (e.g. a truncated prompt) are added to `warnings`.
     fn encode(
         &self,
         prompt: &str,
         options: &EncodeOptions,
         warnings: &mut Vec<String>,
-    ) -> Result<Conditioning>;
+    ) -> Result<ScheduledConditioning>;
 
     /// The denoiser's output for `latents` `[batch, C, h, w]` (f32) at `timestep`, as f32.
     /// `guidance` is the job's guidance scale, which families with an embedded guidance use.
@@ -65,6 +98,50 @@ pub trait Networks: Send + Sync + std::fmt::Debug {
     /// The networks rebuilt with `patches` replacing some of `weights` (LoRAs), sharing every
     /// other tensor; the receiver is not modified.
     fn with_weights(&self, weights: &Weights, patches: &Patches) -> Result<Arc<dyn Networks>>;
+
+    /// LoRA module names that the component weights do not spell, with the weights (or parts
+    /// of them) they change: modules of a checkpoint layout whose layers the model splits or
+    /// renames (FLUX's BFL `qkv`). None by default.
+    fn lora_aliases(&self) -> Vec<LoraAlias> {
+        Vec::new()
+    }
+}
+
+/// Which part of a weight a fused LoRA module changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FusedPart {
+    /// All of it.
+    Whole,
+    /// Rows `start..start + len` of the fused module's change.
+    Rows {
+        /// First row.
+        start: usize,
+        /// Row count.
+        len: usize,
+    },
+    /// All of it with the two halves of its first dimension swapped.
+    SwappedHalves,
+}
+
+/// A weight a [`LoraAlias`] changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FusedTarget {
+    /// The component (`transformer`).
+    pub component: String,
+    /// The weight's key in the component's weights.
+    pub key: String,
+    /// The part of the module's change it takes.
+    pub part: FusedPart,
+}
+
+/// A LoRA module name (as [`crate::lora::file::split_key`] normalises it) and the weights it
+/// changes; the module's change has as many rows as its targets' parts together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoraAlias {
+    /// The module name (`lora_unet_double_blocks_0_img_attn_qkv`).
+    pub module: String,
+    /// What it changes.
+    pub targets: Vec<FusedTarget>,
 }
 
 /// What a component does, for LoRA reports.

@@ -30,6 +30,31 @@ impl LatentPreview {
         }
     }
 
+    /// ComfyUI's factors for the FLUX.1 latent space (16 channels, denoiser space).
+    pub fn flux() -> Self {
+        Self {
+            rgb: vec![
+                [-0.0346, 0.0244, 0.0681],
+                [0.0034, 0.0210, 0.0687],
+                [0.0275, -0.0668, -0.0433],
+                [-0.0174, 0.0160, 0.0617],
+                [0.0859, 0.0721, 0.0329],
+                [0.0004, 0.0383, 0.0115],
+                [0.0405, 0.0861, 0.0915],
+                [-0.0236, -0.0185, -0.0259],
+                [-0.0245, 0.0250, 0.1180],
+                [0.1008, 0.0755, -0.0421],
+                [-0.0515, 0.0201, 0.0011],
+                [0.0428, -0.0012, -0.0036],
+                [0.0817, 0.0765, 0.0749],
+                [-0.1264, -0.0522, -0.1103],
+                [-0.0280, -0.0881, -0.0499],
+                [-0.1262, -0.0982, -0.0778],
+            ],
+            bias: [-0.0329, -0.0718, -0.0851],
+        }
+    }
+
     /// The first image of `latents` `[batch, C, h, w]` as an RGB image of `w × h` pixels.
     pub fn to_rgb(&self, latents: &Tensor) -> Result<RgbImage> {
         let first = latents.get(0)?.to_dtype(DType::F32)?;
@@ -78,5 +103,22 @@ mod tests {
             .collect();
         assert_eq!((img.width, img.height), (1, 1));
         assert_eq!(img.data, want);
+    }
+
+    #[test]
+    fn flux_previews_use_all_16_channels() {
+        // Channel 15 alone: RGB row 15 plus the bias, at latent resolution.
+        let mut v = vec![0f32; 16 * 2 * 3];
+        for p in 0..6 {
+            v[15 * 6 + p] = 1.0;
+        }
+        let t = Tensor::from_vec(v, (1, 16, 2, 3), &candle_core::Device::Cpu).unwrap();
+        let preview = LatentPreview::flux();
+        let img = preview.to_rgb(&t).unwrap();
+        assert_eq!((img.width, img.height), (3, 2));
+        let want: Vec<u8> = (0..3)
+            .map(|c| ((preview.rgb[15][c] + preview.bias[c] + 1.0) * 127.5).round() as u8)
+            .collect();
+        assert_eq!(&img.data[..3], &want[..]);
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{
-    manifest, sd, sdxl, Architecture, ConfigRule, Family, LoadOptions, Model, ModelSource,
+    flux, manifest, sd, sdxl, Architecture, ConfigRule, Family, LoadOptions, Model, ModelSource,
 };
 use crate::manifest::{Document, ManifestError, ManifestFiles, ManifestFolder, UniqueNames};
 use crate::{model_files, Error, Result};
@@ -45,6 +45,14 @@ const SHIPPED: &[(&str, &str)] = &[
     (
         "sdxl-inpaint.toml",
         include_str!("../../../manifests/families/sdxl-inpaint.toml"),
+    ),
+    (
+        "flux-dev.toml",
+        include_str!("../../../manifests/families/flux-dev.toml"),
+    ),
+    (
+        "flux-schnell.toml",
+        include_str!("../../../manifests/families/flux-schnell.toml"),
     ),
 ];
 
@@ -222,9 +230,50 @@ pub fn load_source(
     source: &ModelSource,
     options: &LoadOptions,
 ) -> Result<Model> {
+    if let (Some(file), Architecture::Sd | Architecture::Sdxl) =
+        (&options.denoiser, family.architecture)
+    {
+        return Err(Error::invalid(
+            "denoiser file",
+            file.display().to_string(),
+            format!(
+                "family `{}` loads its UNet from the model only (GGUF UNets are not supported \
+                 yet); drop the denoiser file",
+                family.name
+            ),
+        ));
+    }
     match family.architecture {
         Architecture::Sd => sd::load(family, source, options),
         Architecture::Sdxl => sdxl::load(family, source, options),
+        Architecture::Flux => load_flux(family, source, options),
+    }
+}
+
+/// FLUX from a diffusers folder, or from a single file holding the transformer (BFL/ComfyUI
+/// layout) with the rest from the config folder (`--model-config DIR`, a FLUX folder).
+fn load_flux(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) -> Result<Model> {
+    if source.vae.is_some() || source.prediction.is_some() {
+        return Err(Error::invalid(
+            "model",
+            source.origin.display().to_string(),
+            format!(
+                "family `{}` takes neither --vae nor --prediction; drop them",
+                family.name
+            ),
+        ));
+    }
+    match &source.components {
+        None => flux::load(family, &source.config_dir, options),
+        Some(_) => {
+            let mut options = options.clone();
+            if options.denoiser.is_none() {
+                options.denoiser = Some(source.origin.clone());
+            }
+            let mut model = flux::load(family, &source.config_dir, &options)?;
+            model.source = source.origin.clone();
+            Ok(model)
+        }
     }
 }
 

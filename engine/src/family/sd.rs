@@ -8,13 +8,15 @@ use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
 use super::model::{ComponentWeights, LoraNames, Role};
+use super::prompting::{self, ClipEncoder};
 use super::{
-    Conditioning, EncodeOptions, Family, LoadOptions, Model, ModelSource, Networks, Patches, Vae,
-    Weights,
+    Conditioning, EncodeOptions, Family, LoadOptions, Model, ModelSource, Networks, Patches,
+    ScheduledConditioning, Vae, Weights,
 };
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::config_file::read_json;
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
+use crate::prompt::EncoderSlot;
 use crate::tokenizer::ClipTokenizer;
 use crate::weights::in_file;
 use crate::{Error, Result};
@@ -157,34 +159,33 @@ fn component(
 }
 
 impl Networks for SdNetworks {
-    /// Tokenizes (77 tokens; a longer prompt is cut with a warning naming the dropped words)
-    /// and encodes with CLIP: `clip_skip` 1 uses the last layer, 2 the one before (diffusers'
-    /// `clip_skip=1`), and so on; the final LayerNorm is applied either way.
+    /// Plans the prompt in the job's syntax (see [`super::prompting`]) and encodes every
+    /// distinct text with CLIP: `clip_skip` 1 uses the last layer, 2 the one before (diffusers'
+    /// `clip_skip=1`), and so on; the final LayerNorm is applied either way. `plain` is
+    /// diffusers' encoding: 77 tokens, a longer prompt cut with a warning naming the dropped
+    /// words.
     fn encode(
         &self,
         prompt: &str,
         options: &EncodeOptions,
         warnings: &mut Vec<String>,
-    ) -> Result<Conditioning> {
-        let layers = self.text_encoder.num_layers();
-        let clip_skip = options.clip_skip;
-        if clip_skip == 0 || clip_skip > layers {
-            return Err(Error::invalid(
-                "clip skip",
-                clip_skip,
-                format!("must be between 1 and {layers} (the text encoder's layer count)"),
-            ));
-        }
-        let encoding = self.tokenizer.encode(prompt)?;
-        if let Some(dropped) = &encoding.truncated {
-            warnings.push(format!(
-                "the prompt is longer than {} tokens; this part was dropped: \"{dropped}\"",
-                self.tokenizer.max_length()
-            ));
-        }
-        let ids = Tensor::new(encoding.ids.as_slice(), &self.device)?.unsqueeze(0)?;
-        let states = self.text_encoder.forward(&ids, layers + 1 - clip_skip)?;
-        Ok(Conditioning::from_context(states))
+    ) -> Result<ScheduledConditioning> {
+        let encoder = ClipEncoder {
+            model: &self.text_encoder,
+            slot: EncoderSlot::Only,
+            device: &self.device,
+        };
+        let layers = encoder.layers(options.clip_skip)?;
+        let plan = prompting::plan(prompt, options, &self.tokenizer, warnings)?;
+        let (encoded, empty) = encoder.encode(&plan, layers, options.pad_prompts)?;
+        let scheduled = ScheduledConditioning::from_prompt(encoded, |_, _, context| {
+            Ok(Conditioning::from_context(context))
+        })?;
+        Ok(prompting::finish(
+            scheduled,
+            &plan,
+            empty.map(Conditioning::from_context),
+        ))
     }
 
     fn predict(

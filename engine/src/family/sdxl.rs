@@ -13,11 +13,12 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+use super::flux::literal_text;
 use super::model::{ComponentWeights, LoraNames, Role};
 use super::spec::{HiddenStates, TextEncoderSpec, TimeIds};
 use super::{
-    Conditioning, EncodeOptions, Family, LoadOptions, Model, ModelSource, Networks, Patches, Vae,
-    Weights,
+    Conditioning, EncodeOptions, Family, LoadOptions, Model, ModelSource, Networks, Patches,
+    ScheduledConditioning, Vae, Weights,
 };
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::config_file::read_json;
@@ -251,14 +252,9 @@ impl SdxlNetworks {
         let pooled = out.text_embeds.unwrap_or(out.pooled);
         Ok((out.states, pooled))
     }
-}
 
-impl Networks for SdxlNetworks {
-    /// Encodes with every text encoder (77 tokens each; a longer prompt is cut with a
-    /// warning) and concatenates their states; `clip_skip` 1 is diffusers' default (the
-    /// penultimate layer), 2 one earlier (diffusers' `clip_skip=1`), on every encoder. An empty
-    /// negative prompt is all zeros when the family says `force_zeros_for_empty_prompt`.
-    fn encode(
+    /// The literal text `prompt` encoded with every text encoder, states concatenated.
+    fn encode_text(
         &self,
         prompt: &str,
         options: &EncodeOptions,
@@ -296,6 +292,33 @@ impl Networks for SdxlNetworks {
             pooled,
             added: self.time_ids(options.size, options.negative)?,
         })
+    }
+}
+
+impl Networks for SdxlNetworks {
+    /// Encodes with every text encoder (77 tokens each; a longer prompt is cut with a
+    /// warning) and concatenates their states; `clip_skip` 1 is diffusers' default (the
+    /// penultimate layer), 2 one earlier (diffusers' `clip_skip=1`), on every encoder. An empty
+    /// negative prompt is all zeros when the family says `force_zeros_for_empty_prompt`.
+    /// The a1111 and comfy syntaxes are not read yet: their emphasis markup is removed (with
+    /// a warning when a weight is dropped) and the literal text encoded for every step.
+    fn encode(
+        &self,
+        prompt: &str,
+        options: &EncodeOptions,
+        warnings: &mut Vec<String>,
+    ) -> Result<ScheduledConditioning> {
+        let text = literal_text(prompt, options.syntax, "SDXL (for now)", warnings);
+        let mut scheduled =
+            ScheduledConditioning::fixed(self.encode_text(&text, options, warnings)?);
+        if options.pad_prompts {
+            let positive = EncodeOptions {
+                negative: false,
+                ..*options
+            };
+            scheduled.empty = Some(self.encode_text("", &positive, &mut Vec::new())?);
+        }
+        Ok(scheduled)
     }
 
     fn predict(

@@ -14,17 +14,20 @@ pub enum Architecture {
     Sd,
     /// Stable Diffusion XL ([`super::sdxl`]).
     Sdxl,
+    /// FLUX.1 ([`super::flux`]).
+    Flux,
 }
 
 impl Architecture {
     /// Every architecture, in listing order.
-    pub const ALL: [Architecture; 2] = [Architecture::Sd, Architecture::Sdxl];
+    pub const ALL: [Architecture; 3] = [Architecture::Sd, Architecture::Sdxl, Architecture::Flux];
 
     /// The name manifests use.
     pub fn as_str(self) -> &'static str {
         match self {
             Architecture::Sd => "sd",
             Architecture::Sdxl => "sdxl",
+            Architecture::Flux => "flux",
         }
     }
 }
@@ -34,6 +37,21 @@ impl Architecture {
 pub enum GuidanceMode {
     /// Classifier-free guidance: a negative pass beside the positive one when guidance > 1.
     ClassifierFree,
+    /// Guidance distilled into an embedding (FLUX.1-dev): the scale feeds the denoiser, no
+    /// negative pass runs unless true CFG is asked for (`true_cfg`, diffusers'
+    /// `true_cfg_scale`).
+    Distilled,
+    /// No guidance at all (FLUX.1-schnell): the scale is ignored; true CFG still works.
+    None,
+}
+
+impl GuidanceMode {
+    /// Every mode with the name manifests use.
+    pub const NAMED: [(&'static str, GuidanceMode); 3] = [
+        ("classifier-free", GuidanceMode::ClassifierFree),
+        ("distilled", GuidanceMode::Distilled),
+        ("none", GuidanceMode::None),
+    ];
 }
 
 /// A value a diffusers folder's config must hold for a family to claim it.
@@ -141,6 +159,8 @@ pub enum TextEncoderKind {
     Clip,
     /// transformers' `CLIPTextModelWithProjection` (a pooled, projected output).
     ClipProjection,
+    /// transformers' `T5EncoderModel` (FLUX's `text_encoder_2`).
+    T5,
 }
 
 /// One text encoder of a family, in the order their states are concatenated.
@@ -252,6 +272,15 @@ pub struct Family {
     pub detect: Vec<KeyRule>,
     /// What a diffusers folder of this family holds (all must hold).
     pub folder_rules: Vec<ConfigRule>,
+    /// T5 tokens per prompt (FluxPipeline's `max_sequence_length`), for families with T5.
+    pub max_sequence_length: Option<usize>,
+    /// Steps when neither the request nor the pack says (FLUX.1-schnell: 4).
+    pub default_steps: Option<usize>,
+    /// Guidance scale when neither the request nor the pack says (FLUX.1-dev: 3.5).
+    pub default_guidance: Option<f64>,
+    /// Width and height must be multiples of this many pixels (FLUX: 16, the VAE's factor
+    /// times the 2x2 packing); `None`: the VAE's scale factor.
+    pub size_multiple: Option<usize>,
     /// The manifest it was read from (`None`: built in).
     pub manifest: Option<PathBuf>,
 }

@@ -38,5 +38,5 @@ pub use naming::{detect_architecture, strip_known_prefix, Architecture};
 pub use quantize::quantize;
 pub use reader::{ArchitectureSource, GgufFile, TensorInfo, DEFAULT_ALIGNMENT, ORIG_SHAPE_KEY};
 pub use types::{GgmlType, UnknownTypeName, DEQUANTIZABLE, QUANTIZE_TARGETS};
-pub use weights::GgufWeights;
+pub use weights::{GgufWeights, Slice};
 pub use writer::{GgufWriter, PlannedTensor, WriteError, ALIGNMENT};

@@ -19,6 +19,25 @@ use crate::weights::gemm_layout;
 /// Maps the name a model asks for to the name in the file (after the denoiser prefix).
 type Rename = Arc<dyn Fn(&str) -> String + Send + Sync>;
 
+/// Which part of its file tensor a model's weight is, for [`GgufWeights::qmatmul`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slice {
+    /// All of it.
+    Whole,
+    /// Rows `start..start + len` (a part of a fused matrix, e.g. FLUX's `qkv`).
+    Rows {
+        /// First row.
+        start: usize,
+        /// Row count.
+        len: usize,
+    },
+    /// A rearranged copy: always used dense.
+    Dense,
+}
+
+/// Maps a model's weight name to its [`Slice`].
+type Slices = Arc<dyn Fn(&str) -> Slice + Send + Sync>;
+
 /// The denoiser weights of a GGUF file.
 ///
 /// Names given to its methods are the model's names: each is passed through the rename
@@ -30,6 +49,7 @@ pub struct GgufWeights {
     architecture: Architecture,
     prefix: Option<&'static str>,
     rename: Option<Rename>,
+    slices: Option<Slices>,
 }
 
 impl std::fmt::Debug for GgufWeights {
@@ -65,6 +85,7 @@ impl GgufWeights {
             architecture,
             prefix,
             rename: None,
+            slices: None,
         })
     }
 
@@ -73,6 +94,26 @@ impl GgufWeights {
     pub fn with_rename(mut self, rename: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
         self.rename = Some(Arc::new(rename));
         self
+    }
+
+    /// These weights where the model's linear weights may be row slices of the file's tensors
+    /// (after the rename): `slices` says which part each weight is; quantized matmuls are then
+    /// built from those rows' blocks alone.
+    pub fn with_slices(mut self, slices: impl Fn(&str) -> Slice + Send + Sync + 'static) -> Self {
+        self.slices = Some(Arc::new(slices));
+        self
+    }
+
+    /// Whether [`qmatmul`](Self::qmatmul) multiplies the model's weight `name` quantized
+    /// (else the model reads it dense, dequantized).
+    pub fn multiplies_quantized(&self, name: &str) -> bool {
+        let slice = self.slices.as_ref().map_or(Slice::Whole, |f| f(name));
+        self.tensor(name).is_some_and(|info| {
+            let in_dim = without_trailing_ones(&info.shape).get(1).copied();
+            slice != Slice::Dense
+                && info.ty.candle_matmul_dtype().is_some()
+                && in_dim.is_some_and(|d| d % info.ty.block_size() == 0)
+        })
     }
 
     /// The file.
@@ -155,7 +196,16 @@ impl GgufWeights {
         device: &Device,
     ) -> Result<Option<QMatMul>, GgufError> {
         let info = self.require(name)?;
-        if without_trailing_ones(&info.shape) != [out_dim, in_dim] {
+        let slice = self.slices.as_ref().map_or(Slice::Whole, |f| f(name));
+        let (start, rows) = match slice {
+            Slice::Dense => return Ok(None),
+            Slice::Whole => (0, out_dim),
+            Slice::Rows { start, len } if len == out_dim => {
+                (start, info.shape.first().copied().unwrap_or(0))
+            }
+            Slice::Rows { len, .. } => (0, len),
+        };
+        if without_trailing_ones(&info.shape) != [rows, in_dim] || start + out_dim > rows {
             return Err(GgufError::Tensor {
                 path: self.file.path().to_path_buf(),
                 tensor: info.name.clone(),
@@ -178,6 +228,11 @@ impl GgufWeights {
         let at = (16 - buf.as_ptr() as usize % 16) % 16;
         self.file
             .read_raw_into(&info.name, &mut buf[at..at + size])?;
+        // Rows are whole blocks (in_dim is a multiple of the block size): a row range is a
+        // byte range. Moving it to the front keeps the buffer aligned.
+        let row_bytes = size / rows;
+        let size = out_dim * row_bytes;
+        buf.copy_within(at + start * row_bytes..at + start * row_bytes + size, at);
         let candle = |source: candle_core::Error| GgufError::Candle {
             path: self.file.path().to_path_buf(),
             tensor: info.name.clone(),

@@ -32,7 +32,7 @@ use serde::Deserialize;
 use super::file::LoraFile;
 use super::merge::WeightedLora;
 use super::LoraError;
-use crate::hub::{self, HubError};
+use crate::hub;
 use crate::manifest::{ManifestError, ManifestFolder};
 use crate::Result;
 
@@ -317,7 +317,7 @@ impl LoraCatalog {
                         repo,
                         file,
                         revision,
-                    } => hub_file(repo, file, revision, self.allow_download)?,
+                    } => hub::repo_file(repo, file, revision, self.allow_download)?,
                 };
                 Ok(WeightedLora {
                     name: r.name.clone(),
@@ -386,45 +386,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// A file of a hub repo from the local cache, downloaded if allowed.
-fn hub_file(
-    repo: &str,
-    file: &str,
-    revision: &str,
-    allow_download: bool,
-) -> std::result::Result<PathBuf, HubError> {
-    use hf_hub::api::sync::ApiBuilder;
-    use hf_hub::{Cache, Repo, RepoType};
-
-    let cache = Cache::new(hub::cache_dir());
-    let r = Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string());
-    if let Some(path) = cache.repo(r.clone()).get(file) {
-        return Ok(path);
-    }
-    if !allow_download {
-        return Err(HubError::NotCached {
-            repo: repo.to_string(),
-            revision: revision.to_string(),
-            cache: cache.path().clone(),
-        });
-    }
-    let mut builder = ApiBuilder::from_cache(cache);
-    if let Some(token) = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()) {
-        builder = builder.with_token(Some(token));
-    }
-    let download = |source| HubError::Download {
-        repo: repo.to_string(),
-        file: file.to_string(),
-        source: Box::new(source),
-    };
-    builder
-        .build()
-        .map_err(download)?
-        .repo(r)
-        .get(file)
-        .map_err(download)
 }
 
 #[cfg(test)]

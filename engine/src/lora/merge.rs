@@ -7,11 +7,11 @@ use std::sync::Arc;
 use candle_core::{DType, Tensor};
 
 use super::delta::module_delta;
-use super::file::LoraFile;
+use super::file::{LoraFile, LoraModule};
 use super::keys::{IndexedComponent, TargetIndex};
 use super::LoraError;
-use crate::family::{Model, Patches, Role, Weights};
-use crate::weights::gemm_layout;
+use crate::family::{FusedPart, FusedTarget, LoraAlias, Model, Patches, Role, Weights};
+use crate::weights::{gemm_layout, swap_halves};
 use crate::Result;
 
 /// Every LoRA spelling of every LoRA-able weight of `weights`.
@@ -81,7 +81,20 @@ pub fn merged_weights(
     base: &Weights,
     loras: &[WeightedLora],
 ) -> Result<(Patches, Vec<MatchReport>), LoraError> {
+    merged_weights_with(base, &[], loras)
+}
+
+/// [`merged_weights`] where module names of `aliases` (a checkpoint layout the networks split
+/// or rename, see [`crate::family::Networks::lora_aliases`]) change the parts of the weights
+/// they list.
+pub fn merged_weights_with(
+    base: &Weights,
+    aliases: &[LoraAlias],
+    loras: &[WeightedLora],
+) -> Result<(Patches, Vec<MatchReport>), LoraError> {
     let index = index(base);
+    let aliases: HashMap<&str, &LoraAlias> =
+        aliases.iter().map(|a| (a.module.as_str(), a)).collect();
     let mut sums: HashMap<(String, String), Tensor> = HashMap::new();
     let mut reports = Vec::with_capacity(loras.len());
     for lora in loras {
@@ -95,7 +108,15 @@ pub fn merged_weights(
         };
         for module in &file.modules {
             let Some(target) = index.resolve(&module.name) else {
-                report.unmatched.extend(module.keys().map(str::to_string));
+                match aliases.get(module.name.as_str()) {
+                    Some(alias) => {
+                        for (slot, delta) in fused_deltas(base, file, module, alias, lora.weight)? {
+                            report.unet_layers += 1;
+                            add_delta(&mut sums, slot, delta)?;
+                        }
+                    }
+                    None => report.unmatched.extend(module.keys().map(str::to_string)),
+                }
                 continue;
             };
             let Some(weight) = base
@@ -117,11 +138,7 @@ pub fn merged_weights(
                 Role::TextEncoder => report.text_encoder_layers += 1,
             }
             let slot = (target.component.clone(), target.key.clone());
-            let sum = match sums.remove(&slot) {
-                Some(previous) => (previous + delta)?,
-                None => delta,
-            };
-            sums.insert(slot, sum);
+            add_delta(&mut sums, slot, delta)?;
         }
         if report.unet_layers + report.text_encoder_layers == 0 {
             let mut examples = report.unmatched.clone();
@@ -149,6 +166,62 @@ pub fn merged_weights(
         patches.entry(component).or_default().insert(key, merged);
     }
     Ok((patches, reports))
+}
+
+type Slot = (String, String);
+
+fn add_delta(sums: &mut HashMap<Slot, Tensor>, slot: Slot, delta: Tensor) -> Result<(), LoraError> {
+    let sum = match sums.remove(&slot) {
+        Some(previous) => (previous + delta)?,
+        None => delta,
+    };
+    sums.insert(slot, sum);
+    Ok(())
+}
+
+/// The change of a fused module (e.g. FLUX's BFL `qkv`) cut into the parts its targets take:
+/// the module's change has the rows of every `Rows` part together (or the target's own shape).
+fn fused_deltas(
+    base: &Weights,
+    file: &LoraFile,
+    module: &LoraModule,
+    alias: &LoraAlias,
+    multiplier: f64,
+) -> Result<Vec<(Slot, Tensor)>, LoraError> {
+    let weight = |t: &FusedTarget| base.get(&t.component).and_then(|c| c.tensors.get(&t.key));
+    let Some(first) = alias.targets.first().and_then(weight) else {
+        return Ok(Vec::new());
+    };
+    let mut shape = first.dims().to_vec();
+    let rows = alias.targets.iter().map(|t| match t.part {
+        FusedPart::Rows { start, len } => start + len,
+        _ => 0,
+    });
+    if let (Some(rows), Some(first_dim)) = (rows.max().filter(|&r| r > 0), shape.first_mut()) {
+        *first_dim = rows;
+    }
+    let device = first.device();
+    let on_device;
+    let module = if device.is_cpu() {
+        module
+    } else {
+        on_device = module.to_device(device)?;
+        &on_device
+    };
+    let delta = module_delta(file, module, &alias.module, &shape, multiplier)?;
+    let mut out = Vec::with_capacity(alias.targets.len());
+    for target in &alias.targets {
+        if weight(target).is_none() {
+            continue;
+        }
+        let part = match target.part {
+            FusedPart::Whole => delta.clone(),
+            FusedPart::Rows { start, len } => delta.narrow(0, start, len)?,
+            FusedPart::SwappedHalves => swap_halves(&delta)?,
+        };
+        out.push(((target.component.clone(), target.key.clone()), part));
+    }
+    Ok(out)
 }
 
 /// A job's model with LoRAs merged in, and how each LoRA matched.
@@ -183,7 +256,8 @@ pub fn apply(model: &Model, loras: &[WeightedLora]) -> Result<Applied> {
             reports: Vec::new(),
         });
     }
-    let (patches, reports) = merged_weights(&model.weights, loras)?;
+    let aliases = model.networks.lora_aliases();
+    let (patches, reports) = merged_weights_with(&model.weights, &aliases, loras)?;
     Ok(Applied {
         model: model.with_weights(&patches)?,
         reports,

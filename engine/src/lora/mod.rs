@@ -37,7 +37,7 @@ use std::path::PathBuf;
 pub use catalog::{LoraCatalog, LoraRequest, ResolvedLora, WeightRange};
 pub use file::LoraFile;
 pub use job::{prepare_job, JobLoras};
-pub use merge::{apply, merged_weights, Applied, MatchReport, WeightedLora};
+pub use merge::{apply, merged_weights, merged_weights_with, Applied, MatchReport, WeightedLora};
 pub use prompt::{extract_lora_tags, lora_tag};
 
 /// Errors reading, matching or applying LoRAs.

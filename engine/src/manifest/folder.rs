@@ -276,7 +276,10 @@ mod tests {
             "{err}"
         );
         assert!(
-            err.contains("[pack], [[pipeline]], [[lora]], [[lora_set]], [[plugin]] and [family]"),
+            err.contains(
+                "[pack], [[pipeline]], [[lora]], [[lora_set]], [[plugin]], [[embedding]] and \
+                 [family]"
+            ),
             "{err}"
         );
     }

@@ -8,6 +8,7 @@
 //! | `[[pipeline]]`             | [`pipeline`]             | a named way to run a pack (`serve`)   |
 //! | `[[lora]]`, `[[lora_set]]` | `lora/manifest.rs`       | LoRAs and named lists of them         |
 //! | `[[plugin]]`               | `plugins/manifest.rs`    | plugin files and what they may do     |
+//! | `[[embedding]]`            | [`embedding`]            | textual-inversion embeddings          |
 //! | `[family]`                 | `family/manifest.rs`     | a model family (also in `families/`)  |
 //!
 //! The layer is low: it imports no module that uses it (the server, LoRAs, plugins and
@@ -24,6 +25,7 @@
 //!
 //! Every error names the file, the 1-based line and the field at fault, and says how to fix it.
 
+pub mod embedding;
 pub mod folder;
 pub mod located;
 pub mod pack;
@@ -32,6 +34,7 @@ pub mod sections;
 
 use std::path::{Path, PathBuf};
 
+pub use embedding::{embeddings, EmbeddingManifest, EmbeddingSource};
 pub use folder::{Document, ManifestFiles, ManifestFolder};
 pub use located::{Located, UniqueNames};
 pub use pack::{

@@ -9,6 +9,7 @@
 //! path = "../tests/fixtures/models/tiny-sd"   # relative to this file's folder; or:
 //! # repo = "org/name"
 //! # revision = "main"
+//! # gguf = "flux1-dev-Q4_K.gguf"             # optional: the denoiser from this file
 //!
 //! [pack.defaults]                             # ranges: crate::limits
 //! steps = 20
@@ -19,6 +20,8 @@
 //! height = 64
 //! negative_prompt = "blurry"
 //! clip_skip = 1
+//! prompt_syntax = "a1111"                    # a1111 | comfy | plain
+//! pad_prompts = false
 //! ```
 
 use std::fmt;
@@ -32,6 +35,7 @@ use toml::Spanned;
 use super::folder::{Document, ManifestFolder};
 use super::located::Located;
 use super::ManifestError;
+use crate::prompt::PromptSyntax;
 use crate::{defaults, limits};
 
 /// The name of the model family a pack belongs to (`sd1`, `sdxl`, ...): a shipped family or
@@ -105,6 +109,10 @@ pub struct PackDefaults {
     pub negative_prompt: Option<String>,
     /// CLIP layers to skip ([`limits::CLIP_SKIP`]; 1 uses the last layer).
     pub clip_skip: Option<usize>,
+    /// How prompts are read (`a1111`, `comfy`, `plain`).
+    pub prompt_syntax: Option<PromptSyntax>,
+    /// Pad prompt and negative prompt to the same chunk count.
+    pub pad_prompts: Option<bool>,
 }
 
 impl PackDefaults {
@@ -121,6 +129,8 @@ impl PackDefaults {
                 .negative_prompt
                 .or_else(|| base.negative_prompt.clone()),
             clip_skip: self.clip_skip.or(base.clip_skip),
+            prompt_syntax: self.prompt_syntax.or(base.prompt_syntax),
+            pad_prompts: self.pad_prompts.or(base.pad_prompts),
         }
     }
 }
@@ -136,6 +146,9 @@ pub struct PackManifest {
     pub description: Option<String>,
     /// Where the model folder comes from.
     pub source: PackSource,
+    /// The denoiser's weights from this file instead of the folder's (a GGUF file, or a FLUX
+    /// transformer as one safetensors file), joined to the manifest file's folder.
+    pub gguf: Option<PathBuf>,
     /// Generation defaults.
     pub defaults: PackDefaults,
     /// The manifest file this pack was read from.
@@ -152,6 +165,7 @@ struct RawPack {
     path: Option<Spanned<String>>,
     repo: Option<Spanned<String>>,
     revision: Option<Spanned<String>>,
+    gguf: Option<Spanned<String>>,
     #[serde(default)]
     defaults: RawDefaults,
 }
@@ -168,6 +182,8 @@ pub(super) struct RawDefaults {
     pub(super) height: Option<Spanned<i64>>,
     pub(super) negative_prompt: Option<String>,
     pub(super) clip_skip: Option<Spanned<i64>>,
+    pub(super) prompt_syntax: Option<Spanned<String>>,
+    pub(super) pad_prompts: Option<bool>,
 }
 
 /// The packs of every document (files without a `[pack]` are skipped); the first problem,
@@ -249,6 +265,13 @@ fn read(document: &Document<'_>) -> Result<Option<(PackManifest, usize)>, Manife
         name: name.to_string(),
         family,
         source: source(&located, &raw, header)?,
+        gguf: match &raw.gguf {
+            Some(file) => {
+                located.non_empty(file, "pack.gguf", "set it to the denoiser's GGUF file")?;
+                Some(located.relative_path(file.get_ref()))
+            }
+            None => None,
+        },
         defaults: checked_defaults(&located, "pack.defaults", &raw.defaults)?,
         description: raw.description,
         manifest_path: document.path().to_path_buf(),
@@ -350,5 +373,15 @@ pub(super) fn checked_defaults(
             &limits::CLIP_SKIP,
             None,
         )?,
+        prompt_syntax: raw
+            .prompt_syntax
+            .as_ref()
+            .map(|s| {
+                s.get_ref()
+                    .parse::<PromptSyntax>()
+                    .map_err(|e| located.at(s, &field("prompt_syntax"), e.to_string()))
+            })
+            .transpose()?,
+        pad_prompts: raw.pad_prompts,
     })
 }

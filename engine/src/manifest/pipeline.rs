@@ -139,6 +139,8 @@ struct RawPipelineDefaults {
     height: Option<Spanned<i64>>,
     negative_prompt: Option<String>,
     clip_skip: Option<Spanned<i64>>,
+    prompt_syntax: Option<Spanned<String>>,
+    pad_prompts: Option<bool>,
 }
 
 impl From<RawPipelineDefaults> for RawDefaults {
@@ -152,6 +154,8 @@ impl From<RawPipelineDefaults> for RawDefaults {
             height: d.height,
             negative_prompt: d.negative_prompt,
             clip_skip: d.clip_skip,
+            prompt_syntax: d.prompt_syntax,
+            pad_prompts: d.pad_prompts,
         }
     }
 }

@@ -34,12 +34,13 @@ impl Section {
 /// Every known top-level table, in the order error messages list them. A new owner (model
 /// families, embeddings) adds its line here.
 pub const SECTIONS: &[Section] = &[
-    Section::table("pack"),     // read by manifest/pack.rs
-    Section::array("pipeline"), // read by manifest/pipeline.rs
-    Section::array("lora"),     // read by lora/manifest.rs
-    Section::array("lora_set"), // read by lora/manifest.rs
-    Section::array("plugin"),   // read by plugins/manifest.rs
-    Section::table("family"),   // read by family/manifest.rs
+    Section::table("pack"),      // read by manifest/pack.rs
+    Section::array("pipeline"),  // read by manifest/pipeline.rs
+    Section::array("lora"),      // read by lora/manifest.rs
+    Section::array("lora_set"),  // read by lora/manifest.rs
+    Section::array("plugin"),    // read by plugins/manifest.rs
+    Section::array("embedding"), // read by manifest/embedding.rs
+    Section::table("family"),    // read by family/manifest.rs
 ];
 
 /// The section called `key`, if it is known.
@@ -64,7 +65,7 @@ mod tests {
     fn headers_name_every_section() {
         assert_eq!(
             headers(),
-            "[pack], [[pipeline]], [[lora]], [[lora_set]], [[plugin]] and [family]"
+            "[pack], [[pipeline]], [[lora]], [[lora_set]], [[plugin]], [[embedding]] and [family]"
         );
         assert_eq!(
             find("lora_set").map(Section::header),

@@ -1,21 +1,22 @@
 //! The denoising loop shared by every pipeline: classifier-free guidance around the
-//! family's denoiser, one scheduler step per timestep, progress and cancellation after each
-//! step.
+//! family's denoiser with each step's conditioning ([`super::guidance`]), one scheduler step
+//! per timestep, progress and cancellation after each step.
 
 use std::ops::ControlFlow;
 use std::time::Instant;
 
 use candle_core::Tensor;
 
+use super::guidance::StepConditioning;
 use super::stages::{StepProgress, TextConditioning};
-use crate::family::{Conditioning, Model};
+use crate::family::Model;
 use crate::noise::NoiseSource;
 use crate::schedulers::Scheduler;
 use crate::{Error, Result};
 
 /// What conditions the denoising.
 pub struct Guidance<'a> {
-    /// The encoded prompts (the negative one only when guiding).
+    /// The encoded prompts over the steps (the negative one only when guiding).
     pub text: &'a TextConditioning,
     /// Guidance scale.
     pub scale: f64,
@@ -46,19 +47,16 @@ pub fn denoise(
     let timesteps = scheduler.timesteps().to_vec();
     let total = timesteps.len() - start.min(timesteps.len());
     let clock = Instant::now();
-    // With prompts of the same length, one denoiser call sees both halves.
-    let batched = match &guidance.text.uncond {
-        Some(u) if u.tokens()? == guidance.text.cond.tokens()? => {
-            Some(Conditioning::cat(&[u, &guidance.text.cond])?)
-        }
-        _ => None,
-    };
+    let mut step_cond: Option<StepConditioning> = None;
     for (i, &t) in timesteps.iter().enumerate().skip(start) {
+        // A1111 counts prompt-editing steps from the first step it runs.
+        let cond = StepConditioning::at_step(guidance.text, i - start, step_cond.take())?;
         let mut input = scheduler.scale_model_input(&latents, i)?;
         if let Some(extra) = guidance.extra_channels {
             input = Tensor::cat(&[&input, extra], 1)?;
         }
-        let out = predict(model, &input, t, guidance, batched.as_ref())?;
+        let out = cond.predict(model, &input, t, guidance.scale, guidance.text.cfg_scale)?;
+        step_cond = Some(cond);
         latents = scheduler.step(&out, i, &latents, hooks.noise)?;
         latents = (hooks.after_step)(i, latents)?;
         let progress = StepProgress {
@@ -72,33 +70,4 @@ pub fn denoise(
         }
     }
     Ok(latents)
-}
-
-/// The guided model output: `uncond + scale · (cond − uncond)`, from one call on the stacked
-/// halves when they batch, else from two calls (prompts of different lengths).
-fn predict(
-    model: &Model,
-    input: &Tensor,
-    t: f64,
-    guidance: &Guidance,
-    batched: Option<&Conditioning>,
-) -> Result<Tensor> {
-    let net = &model.networks;
-    let text = guidance.text;
-    let Some(uncond_text) = &text.uncond else {
-        return net.predict(input, t, &text.cond, guidance.scale);
-    };
-    let (uncond, cond) = match batched {
-        Some(both) => {
-            let batch = input.dim(0)?;
-            let doubled = Tensor::cat(&[input, input], 0)?;
-            let out = net.predict(&doubled, t, both, guidance.scale)?;
-            (out.narrow(0, 0, batch)?, out.narrow(0, batch, batch)?)
-        }
-        None => (
-            net.predict(input, t, uncond_text, guidance.scale)?,
-            net.predict(input, t, &text.cond, guidance.scale)?,
-        ),
-    };
-    Ok((&uncond + ((cond - &uncond)? * guidance.scale)?)?)
 }

@@ -18,6 +18,7 @@ use super::{ImageInput, Settings};
 use crate::family::Model;
 use crate::image_in::resize_image;
 use crate::noise::BatchNoise;
+use crate::prompt::EmbeddingCatalog;
 use crate::schedulers::Scheduler;
 use crate::Result;
 
@@ -26,17 +27,23 @@ use crate::Result;
 pub fn image_to_image(
     model: &Model,
     settings: &Settings,
+    embeddings: &EmbeddingCatalog,
     image: &ImageInput,
     mut scheduler: Box<dyn Scheduler>,
     on_step: &mut dyn FnMut(StepProgress) -> ControlFlow<()>,
 ) -> Result<Generated> {
-    let start = start_index(scheduler.as_ref(), settings.steps, image.strength)?;
+    let start = start_index(
+        scheduler.as_ref(),
+        model.family.scheduler_kind,
+        settings.steps,
+        image.strength,
+    )?;
     let mut warnings = Vec::new();
     let mut times = StageTimes::default();
 
     // 1. Encode the prompt.
     let clock = Instant::now();
-    let text = encode_prompts(model, settings, &mut warnings)?;
+    let text = encode_prompts(model, settings, embeddings, &mut warnings)?;
     times.text_encoding = clock.elapsed();
 
     // 2. Fit and encode the picture (VAE time counts as decoding time), then noise it to the
@@ -98,6 +105,7 @@ pub fn image_to_image(
         latents,
         images,
         warnings,
+        embeddings: text.embeddings(),
         times,
     })
 }

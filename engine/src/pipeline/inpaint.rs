@@ -23,6 +23,7 @@ use super::{ImageInput, MaskInput, MaskedContent, Settings};
 use crate::family::Model;
 use crate::image_in::{composite, fill_masked, resize_image, ResizeMode, RgbImage};
 use crate::noise::{BatchNoise, NoiseSource};
+use crate::prompt::EmbeddingCatalog;
 use crate::schedulers::Scheduler;
 use crate::Result;
 
@@ -45,18 +46,24 @@ struct Prepared {
 pub fn inpaint(
     model: &Model,
     settings: &Settings,
+    embeddings: &EmbeddingCatalog,
     (image, mask): (&ImageInput, &MaskInput),
     (mut scheduler, noiser): (Box<dyn Scheduler>, Box<dyn Scheduler>),
     on_step: &mut dyn FnMut(StepProgress) -> ControlFlow<()>,
 ) -> Result<Generated> {
-    let start = start_index(scheduler.as_ref(), settings.steps, image.strength)?;
+    let start = start_index(
+        scheduler.as_ref(),
+        model.family.scheduler_kind,
+        settings.steps,
+        image.strength,
+    )?;
     let inpaint_model = model.is_inpainting()?;
     let mut warnings = Vec::new();
     let mut times = StageTimes::default();
 
     // 1. Encode the prompt.
     let clock = Instant::now();
-    let text = encode_prompts(model, settings, &mut warnings)?;
+    let text = encode_prompts(model, settings, embeddings, &mut warnings)?;
     times.text_encoding = clock.elapsed();
 
     // 2. Cut out, fit, encode and noise the picture; one generator per image draws, in
@@ -113,6 +120,7 @@ pub fn inpaint(
         latents,
         images,
         warnings,
+        embeddings: text.embeddings(),
         times,
     })
 }

@@ -7,6 +7,7 @@ use candle_core::Tensor;
 
 use crate::family::Model;
 use crate::image_in::{Mask, ResizeMode, RgbImage};
+use crate::prompt::PromptSyntax;
 use crate::schedulers::Sampler;
 use crate::{limits, Error, Result};
 
@@ -31,6 +32,16 @@ pub struct Settings {
     pub batch: usize,
     /// CLIP skip, AUTOMATIC1111 semantics (1 = last layer).
     pub clip_skip: usize,
+    /// How the prompts are read (weights, long prompts, editing, embeddings).
+    pub prompt_syntax: PromptSyntax,
+    /// Pad the prompt and the negative prompt with empty chunks to the same length (A1111's
+    /// "pad prompt/negative prompt" option, ComfyUI's behaviour) so that both batch in one
+    /// denoiser call; else prompts of different lengths run as two calls (A1111's default).
+    pub pad_prompts: bool,
+    /// True classifier-free guidance on families whose guidance is distilled (FLUX): with a
+    /// negative prompt and a scale above 1, a negative pass runs and the two are combined at
+    /// this scale (diffusers' `true_cfg_scale`). Ignored by classifier-free families.
+    pub true_cfg: Option<f64>,
 }
 
 /// The picture an image-to-image or inpainting job starts from.
@@ -170,16 +181,32 @@ impl Job {
     /// a request arrives.
     pub fn check(&self, model: &Model) -> Result<()> {
         let s = &self.settings;
-        let f = model.vae_scale_factor().max(limits::SIZE_MULTIPLE);
+        let (f, why) = match model.family.size_multiple {
+            Some(m) => (m, format!("{} packs 2x2 latent patches", model.family.name)),
+            None => (
+                model.vae_scale_factor(),
+                "the model's VAE scale factor".into(),
+            ),
+        };
+        let f = f.max(limits::SIZE_MULTIPLE);
         for (name, v) in [("width", s.width), ("height", s.height)] {
             if !limits::SIZE.contains(&v) || v % f != 0 {
                 return Err(Error::invalid(
                     name,
                     v,
                     format!(
-                        "must be a multiple of {f} (the model's VAE scale factor), {}",
+                        "must be a multiple of {f} ({why}), {}",
                         limits::describe(&limits::SIZE)
                     ),
+                ));
+            }
+        }
+        if let Some(scale) = s.true_cfg {
+            if !limits::GUIDANCE.contains(&scale) {
+                return Err(Error::invalid(
+                    "true CFG scale",
+                    scale,
+                    format!("must be {}", limits::describe(&limits::GUIDANCE)),
                 ));
             }
         }

@@ -4,6 +4,7 @@
 //! fills a [`JobRequest`] in from defaults, the same way for the CLI and the HTTP service.
 
 mod denoise;
+mod guidance;
 mod image_to_image;
 mod inpaint;
 mod inpaint_region;
@@ -20,6 +21,6 @@ pub use job::{ImageInput, InpaintArea, Input, Job, MaskInput, MaskedContent, Set
 pub use request::{
     random_seed, resolve, resolve_sampler, ImageRequest, InputRequest, JobRequest, MaskRequest,
 };
-pub use run::run;
+pub use run::{build_scheduler, run};
 pub use stages::{Generated, StageTimes, StepProgress, TextConditioning};
 pub use text_to_image::text_to_image;

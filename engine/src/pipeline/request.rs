@@ -9,6 +9,7 @@ use super::job::{ImageInput, InpaintArea, Input, Job, MaskInput, MaskedContent, 
 use crate::family::Model;
 use crate::image_in::{Mask, ResizeMode, RgbImage};
 use crate::manifest::PackDefaults;
+use crate::prompt::PromptSyntax;
 use crate::schedulers::{Registry, Sampler};
 use crate::{defaults, Result};
 
@@ -23,6 +24,8 @@ pub struct JobRequest {
     pub steps: Option<usize>,
     /// Guidance scale.
     pub guidance: Option<f64>,
+    /// True CFG scale on families with distilled guidance (FLUX; diffusers' `true_cfg_scale`).
+    pub true_cfg: Option<f64>,
     /// Width in pixels (default: an image job's picture, else the pack's, else the model's).
     pub width: Option<usize>,
     /// Height in pixels.
@@ -38,6 +41,11 @@ pub struct JobRequest {
     pub batch: Option<usize>,
     /// CLIP skip, AUTOMATIC1111 semantics.
     pub clip_skip: Option<usize>,
+    /// How the prompts are read (default: the defaults', else a1111).
+    pub prompt_syntax: Option<PromptSyntax>,
+    /// Pad prompt and negative prompt to the same chunk count (default: the defaults', else
+    /// no).
+    pub pad_prompts: Option<bool>,
     /// Where the job starts from.
     pub input: InputRequest,
     /// Pre-processors, in order (after the pipeline's own).
@@ -112,11 +120,17 @@ pub fn resolve(
             .negative_prompt
             .or_else(|| d.negative_prompt.clone())
             .unwrap_or_default(),
-        steps: request.steps.or(d.steps).unwrap_or(defaults::STEPS),
+        steps: request
+            .steps
+            .or(d.steps)
+            .or(model.family.default_steps)
+            .unwrap_or(defaults::STEPS),
         guidance: request
             .guidance
             .or(d.guidance)
+            .or(model.family.default_guidance)
             .unwrap_or(defaults::GUIDANCE),
+        true_cfg: request.true_cfg,
         width,
         height,
         seed: request.seed.unwrap_or_else(random_seed),
@@ -125,6 +139,11 @@ pub fn resolve(
             .clip_skip
             .or(d.clip_skip)
             .unwrap_or(defaults::CLIP_SKIP),
+        prompt_syntax: request
+            .prompt_syntax
+            .or(d.prompt_syntax)
+            .unwrap_or_default(),
+        pad_prompts: request.pad_prompts.or(d.pad_prompts).unwrap_or(false),
         prompt: request.prompt,
     };
     let input = match request.input {

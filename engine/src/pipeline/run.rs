@@ -9,6 +9,7 @@ use super::stages::{Generated, StepProgress};
 use super::{image_to_image, inpaint, text_to_image, Input, Job};
 use crate::extensions::{Extensions, PreInput, ProcessorKind};
 use crate::family::Model;
+use crate::schedulers::{BuildContext, Registry, Scheduler};
 use crate::Result;
 
 /// Runs `job` on `model` with the samplers and processors of `extensions`. `on_step` is
@@ -23,21 +24,26 @@ pub fn run(
     job.check(model)?;
     extensions.check_processors(ProcessorKind::Pre, &job.pre_processors)?;
     extensions.check_processors(ProcessorKind::Post, &job.post_processors)?;
-    let build = || {
-        extensions
-            .schedulers
-            .build(&job.sampler, &model.scheduler_config, job.settings.steps)
-    };
+    let build = || build_scheduler(model, job, &extensions.schedulers);
     let settings = &job.settings;
+    let embeddings = &extensions.embeddings;
     let input = pre_process(extensions, job)?;
     let mut out = match input.as_ref() {
-        Input::Text { init_latents } => {
-            text_to_image(model, settings, build()?, init_latents.as_ref(), on_step)?
+        Input::Text { init_latents } => text_to_image(
+            model,
+            settings,
+            embeddings,
+            build()?,
+            init_latents.as_ref(),
+            on_step,
+        )?,
+        Input::Image(image) => {
+            image_to_image(model, settings, embeddings, image, build()?, on_step)?
         }
-        Input::Image(image) => image_to_image(model, settings, image, build()?, on_step)?,
         Input::Inpaint { image, mask } => inpaint(
             model,
             settings,
+            embeddings,
             (image, mask),
             (build()?, build()?),
             on_step,
@@ -49,6 +55,23 @@ pub fn run(
         .map(|image| extensions.post_process(&job.post_processors, image))
         .collect::<Result<_>>()?;
     Ok(out)
+}
+
+/// The scheduler of `job` on `model`: the sampler's form for the family's kind (flow samplers
+/// shifted for the job's image size), from the model's scheduler config.
+pub fn build_scheduler(
+    model: &Model,
+    job: &Job,
+    schedulers: &Registry,
+) -> Result<Box<dyn Scheduler>> {
+    let s = &job.settings;
+    let context = BuildContext::for_image(
+        s.steps,
+        model.family.scheduler_kind,
+        (s.width, s.height),
+        model.vae_scale_factor(),
+    );
+    Ok(schedulers.build_for(&job.sampler, &model.scheduler_config, &context)?)
 }
 
 /// The job's input after its pre-processors (unchanged without any).

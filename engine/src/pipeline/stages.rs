@@ -3,25 +3,44 @@
 //! ([`super::text_to_image`], [`super::image_to_image`], [`super::inpaint`]) reads top to
 //! bottom as calls to these.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 
 use super::job::Settings;
-use crate::family::{Conditioning, EncodeOptions, GuidanceMode, Model};
+use crate::family::{EncodeOptions, GuidanceMode, Model, ScheduledConditioning};
 use crate::image_out::{to_rgb8, RgbImage};
 use crate::noise::BatchNoise;
-use crate::schedulers::Scheduler;
+use crate::prompt::{Embedding, EmbeddingCatalog};
+use crate::schedulers::{Scheduler, SchedulerKind};
 use crate::{Error, Result};
 
-/// A job's encoded prompts, one row per image: the prompt's, and the negative prompt's when
-/// classifier-free guidance runs.
+/// A job's encoded prompts over the steps, one row per image: the prompt's, and the negative
+/// prompt's when classifier-free guidance runs.
 #[derive(Debug, Clone)]
 pub struct TextConditioning {
-    /// The prompt.
-    pub cond: Conditioning,
+    /// The prompt (its `empty` is set when the job pads prompts).
+    pub cond: ScheduledConditioning,
     /// The negative prompt, when guiding.
-    pub uncond: Option<Conditioning>,
+    pub uncond: Option<ScheduledConditioning>,
+    /// The classifier-free guidance scale combining the two: the guidance scale, or true CFG's
+    /// scale on a family with distilled guidance.
+    pub cfg_scale: f64,
+}
+
+impl TextConditioning {
+    /// The textual-inversion embeddings either prompt uses, each once.
+    pub fn embeddings(&self) -> Vec<Arc<Embedding>> {
+        let mut out: Vec<Arc<Embedding>> = Vec::new();
+        let all = self.cond.embeddings.iter();
+        for e in all.chain(self.uncond.iter().flat_map(|u| &u.embeddings)) {
+            if !out.iter().any(|o| o.name == e.name) {
+                out.push(e.clone());
+            }
+        }
+        out
+    }
 }
 
 /// Where a running job is.
@@ -57,31 +76,75 @@ pub struct Generated {
     pub images: Vec<RgbImage>,
     /// Things the user should know (e.g. a truncated prompt).
     pub warnings: Vec<String>,
+    /// The textual-inversion embeddings the prompts used (the PNG's `TI hashes`).
+    pub embeddings: Vec<Arc<Embedding>>,
     /// Time per stage.
     pub times: StageTimes,
 }
 
-/// Whether the job runs classifier-free guidance.
+/// Whether the job runs classifier-free guidance: above guidance 1 on a family that uses it,
+/// else true CFG (above 1, with a negative prompt) on one whose guidance is distilled or absent.
 pub fn guided(model: &Model, settings: &Settings) -> bool {
-    model.family.guidance == GuidanceMode::ClassifierFree && settings.guidance > 1.0
+    cfg_scale(model, settings).is_some()
 }
 
-/// Encodes the prompt (and the negative prompt when guiding) for `settings.batch` images.
+/// The scale combining the negative and positive passes, when the job runs both.
+fn cfg_scale(model: &Model, settings: &Settings) -> Option<f64> {
+    match model.family.guidance {
+        GuidanceMode::ClassifierFree => (settings.guidance > 1.0).then_some(settings.guidance),
+        GuidanceMode::Distilled | GuidanceMode::None => settings
+            .true_cfg
+            .filter(|&s| s > 1.0 && !settings.negative_prompt.trim().is_empty()),
+    }
+}
+
+/// Warns that a negative prompt is ignored by a family without classifier-free guidance.
+fn warn_unused_negative(model: &Model, settings: &Settings, warnings: &mut Vec<String>) {
+    let family = &model.family;
+    if family.guidance == GuidanceMode::ClassifierFree || settings.negative_prompt.trim().is_empty()
+    {
+        return;
+    }
+    warnings.push(format!(
+        "the negative prompt is ignored: {} runs no negative pass (its guidance is {}); \
+         give a true CFG scale above 1 (--true-cfg, diffusers' true_cfg_scale) to use it",
+        family.name,
+        if family.guidance == GuidanceMode::Distilled {
+            "distilled into an embedding"
+        } else {
+            "distilled away"
+        }
+    ));
+}
+
+/// Encodes the prompt (and the negative prompt when guiding) for `settings.batch` images in
+/// the job's prompt syntax; `embeddings` are the textual-inversion embeddings prompts may name.
+/// A prompt whose guidance combines sub-prompts (`AND`, `:weight`) needs the negative pass: it
+/// is an error without classifier-free guidance.
 pub fn encode_prompts(
     model: &Model,
     settings: &Settings,
+    embeddings: &EmbeddingCatalog,
     warnings: &mut Vec<String>,
 ) -> Result<TextConditioning> {
     let options = |negative| EncodeOptions {
         clip_skip: settings.clip_skip,
         size: (settings.width, settings.height),
         negative,
+        syntax: settings.prompt_syntax,
+        steps: settings.steps,
+        pad_prompts: settings.pad_prompts && !negative,
+        embeddings: Some(embeddings),
     };
     let cond = model
         .networks
         .encode(&settings.prompt, &options(false), warnings)?
         .repeat(settings.batch)?;
-    let uncond = if guided(model, settings) {
+    let cfg_scale = cfg_scale(model, settings);
+    if cfg_scale.is_none() {
+        warn_unused_negative(model, settings, warnings);
+    }
+    let uncond = if cfg_scale.is_some() {
         let negative = &settings.negative_prompt;
         Some(
             model
@@ -90,9 +153,22 @@ pub fn encode_prompts(
                 .repeat(settings.batch)?,
         )
     } else {
+        if cond.is_composite() {
+            return Err(Error::invalid(
+                "prompt",
+                &settings.prompt,
+                "combines sub-prompts with AND or weights them with a trailing `:weight`, which \
+                 needs classifier-free guidance: raise the guidance above 1 (on a model that \
+                 uses it), or remove the AND and the trailing weight",
+            ));
+        }
         None
     };
-    Ok(TextConditioning { cond, uncond })
+    Ok(TextConditioning {
+        cond,
+        uncond,
+        cfg_scale: cfg_scale.unwrap_or(1.0),
+    })
 }
 
 /// An 8-bit picture as a `[1, 3, H, W]` f32 tensor in [-1, 1], as diffusers' image processor.
@@ -105,9 +181,20 @@ pub fn image_tensor(image: &RgbImage, device: &Device) -> Result<Tensor> {
 }
 
 /// The index of the first step to run for `strength`, as diffusers' `get_timesteps`:
-/// `order · (steps - min(floor(steps · strength), steps))`.
-pub fn start_index(scheduler: &dyn Scheduler, steps: usize, strength: f64) -> Result<usize> {
-    let run = ((steps as f64 * strength) as usize).min(steps);
+/// `order · (steps - min(floor(steps · strength), steps))`; for flow models as FLUX's
+/// pipelines, `order · floor(steps - steps · strength)` (the share of steps rounded up).
+pub fn start_index(
+    scheduler: &dyn Scheduler,
+    kind: SchedulerKind,
+    steps: usize,
+    strength: f64,
+) -> Result<usize> {
+    let share = steps as f64 * strength;
+    let run = match kind {
+        SchedulerKind::Diffusion => share as usize,
+        SchedulerKind::Flow => steps - (steps as f64 - share).max(0.0) as usize,
+    }
+    .min(steps);
     if run == 0 {
         return Err(Error::invalid(
             "strength",

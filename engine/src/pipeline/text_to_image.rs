@@ -13,6 +13,7 @@ use super::stages::{
 use super::Settings;
 use crate::family::Model;
 use crate::noise::BatchNoise;
+use crate::prompt::EmbeddingCatalog;
 use crate::schedulers::Scheduler;
 use crate::Result;
 
@@ -22,6 +23,7 @@ use crate::Result;
 pub fn text_to_image(
     model: &Model,
     settings: &Settings,
+    embeddings: &EmbeddingCatalog,
     mut scheduler: Box<dyn Scheduler>,
     init_latents: Option<&Tensor>,
     on_step: &mut dyn FnMut(StepProgress) -> ControlFlow<()>,
@@ -31,7 +33,7 @@ pub fn text_to_image(
 
     // 1. Encode the prompt (and the negative prompt when guiding).
     let clock = Instant::now();
-    let text = encode_prompts(model, settings, &mut warnings)?;
+    let text = encode_prompts(model, settings, embeddings, &mut warnings)?;
     times.text_encoding = clock.elapsed();
 
     // 2. Starting latents: unit noise scaled by the scheduler's initial sigma. One generator
@@ -82,6 +84,7 @@ pub fn text_to_image(
         latents,
         images,
         warnings,
+        embeddings: text.embeddings(),
         times,
     })
 }

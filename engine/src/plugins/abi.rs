@@ -9,19 +9,21 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::image_out::RgbImage;
 use crate::schedulers::{
-    math, FinalSigmasType, InterpolationType, PredictionType, SchedulerConfig, SchedulerError,
-    TimestepSpacing, TimestepType,
+    math, BuildContext, FinalSigmasType, InterpolationType, PredictionType, SchedulerConfig,
+    SchedulerError, SchedulerKind, TimestepSpacing, TimestepType,
 };
 
-/// The scheduler config a plugin receives for `steps` steps of `config`: the fields as codes,
-/// `alphas_cumprod` computed by the host (betas, schedule, zero-SNR rescaling) and the config
-/// as JSON. Errors name the config field at fault.
+/// The scheduler config a plugin receives for `context.steps` steps of `config`: the fields as
+/// codes, `alphas_cumprod` computed by the host (betas, schedule, zero-SNR rescaling), the
+/// model kind as [`abi::FLAG_FLOW_MODEL`] and the config as JSON. Errors name the config field
+/// at fault.
 pub fn scheduler_init(
     plugin: &str,
     config: &SchedulerConfig,
-    steps: usize,
+    context: &BuildContext,
     params: &Params,
 ) -> Result<SchedulerInit, SchedulerError> {
+    let steps = context.steps;
     let alphas_cumprod = math::alphas_cumprod(plugin, config)?;
     let code = |ok: bool, bit: u32| if ok { bit } else { 0 };
     let flags = code(config.use_karras_sigmas, abi::FLAG_KARRAS_SIGMAS)
@@ -41,7 +43,8 @@ pub fn scheduler_init(
             abi::FLAG_LOG_LINEAR,
         )
         | code(config.sigma_min.is_some(), abi::FLAG_HAS_SIGMA_MIN)
-        | code(config.sigma_max.is_some(), abi::FLAG_HAS_SIGMA_MAX);
+        | code(config.sigma_max.is_some(), abi::FLAG_HAS_SIGMA_MAX)
+        | code(context.kind == SchedulerKind::Flow, abi::FLAG_FLOW_MODEL);
     let prediction_type = if config.prediction_type == PredictionType::VPrediction {
         abi::PREDICTION_V
     } else if config.prediction_type == PredictionType::Sample {

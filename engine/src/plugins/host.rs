@@ -16,7 +16,9 @@ use crate::extensions::{Extensions, PostProcessFn, PreInput, PreProcessFn, Proce
 use crate::image_in::Mask;
 use crate::image_out::RgbImage;
 use crate::manifest::ManifestFolder;
-use crate::schedulers::{Scheduler, SchedulerConfig, SchedulerEntry, SchedulerError};
+use crate::schedulers::{
+    BuildContext, Scheduler, SchedulerConfig, SchedulerEntry, SchedulerError, SchedulerKind,
+};
 
 /// Largest plugin file read, in bytes.
 const MAX_FILE_BYTES: u64 = 256 << 20;
@@ -146,13 +148,26 @@ impl LoadedPlugin {
         })
     }
 
-    /// A scheduler of `steps` steps of `config` from this plugin.
+    /// A scheduler of `steps` steps of `config` (a diffusion model) from this plugin.
     pub fn build_scheduler(
         self: &Arc<Self>,
         config: &SchedulerConfig,
         steps: usize,
     ) -> Result<Box<dyn Scheduler>, SchedulerError> {
-        Ok(Box::new(PluginScheduler::new(self.clone(), config, steps)?))
+        self.build_scheduler_for(config, &BuildContext::diffusion(steps))
+    }
+
+    /// A scheduler for `context` (steps, model kind) of `config` from this plugin.
+    pub fn build_scheduler_for(
+        self: &Arc<Self>,
+        config: &SchedulerConfig,
+        context: &BuildContext,
+    ) -> Result<Box<dyn Scheduler>, SchedulerError> {
+        Ok(Box::new(PluginScheduler::new(
+            self.clone(),
+            config,
+            context,
+        )?))
     }
 
     /// Runs the post-processor on an RGB image (in a fresh WASM instance).
@@ -212,9 +227,15 @@ impl LoadedPlugin {
                 .unwrap_or_default()
         );
         let plugin = self.clone();
-        SchedulerEntry::new(canonical, aliases, summary, move |config, steps| {
-            plugin.build_scheduler(config, steps)
-        })
+        // The plugin learns the model's kind (FLAG_FLOW_MODEL) and may refuse it.
+        let kinds = vec![SchedulerKind::Diffusion, SchedulerKind::Flow];
+        SchedulerEntry::for_kinds(
+            canonical,
+            aliases,
+            summary,
+            kinds,
+            move |config, context| plugin.build_scheduler_for(config, context),
+        )
     }
 
     /// This plugin's pre-processor as an [`Extensions`] processor: the picture as RGB and the

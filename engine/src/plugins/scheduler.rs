@@ -10,7 +10,9 @@ use super::abi::{decode_tensor, encode_tensor, scheduler_init, wire_dtype};
 use super::call::{Call, Instance};
 use super::host::LoadedPlugin;
 use crate::noise::NoiseSource;
-use crate::schedulers::{check_index, work_dtype, Scheduler, SchedulerConfig, SchedulerError};
+use crate::schedulers::{
+    check_index, work_dtype, BuildContext, Scheduler, SchedulerConfig, SchedulerError,
+};
 
 /// One job's schedule from a plugin: the plugin keeps its state behind a handle in its own
 /// instance (for WASM, a fresh instance per job).
@@ -26,18 +28,20 @@ pub struct PluginScheduler {
 }
 
 impl PluginScheduler {
-    /// Asks `plugin` for a schedule of `steps` steps of `config`.
+    /// Asks `plugin` for a schedule of `context.steps` steps of `config` for a model of
+    /// `context.kind`.
     pub fn new(
         plugin: Arc<LoadedPlugin>,
         config: &SchedulerConfig,
-        steps: usize,
+        context: &BuildContext,
     ) -> Result<Self, SchedulerError> {
+        let steps = context.steps;
         let name = plugin.entry.name.clone();
         let invalid = |message: String| SchedulerError::Invalid {
             scheduler: name.clone(),
             message,
         };
-        let init = scheduler_init(&name, config, steps, &plugin.entry.params)?;
+        let init = scheduler_init(&name, config, context, &plugin.entry.params)?;
         let bytes = init.encode().map_err(|e| invalid(e.0))?;
         let mut instance = plugin.instance().map_err(|e| invalid(e.to_string()))?;
         let out = instance

@@ -1,4 +1,5 @@
-//! DPM2 (k-diffusion's `sample_dpm_2`), following diffusers' `KDPM2DiscreteScheduler`.
+//! DPM2 and DPM2 ancestral (k-diffusion's `sample_dpm_2` and `sample_dpm_2_ancestral`),
+//! following diffusers' `KDPM2DiscreteScheduler` and `KDPM2AncestralDiscreteScheduler`.
 
 use candle_core::Tensor;
 
@@ -11,11 +12,14 @@ use super::{
 };
 use crate::noise::NoiseSource;
 
-const NAME: &str = "dpm2";
-
-/// The second-order DPM-Solver step of k-diffusion (a midpoint method in log sigma), following
-/// diffusers' `KDPM2DiscreteScheduler`: `steps` steps make `2·steps - 1` model calls, the
-/// second of each pair at the geometric mean of two sigmas ([`Scheduler::order`] is 2).
+/// The second-order DPM-Solver step of k-diffusion (a midpoint method in log sigma): `steps`
+/// steps make `2·steps - 1` model calls, the second of each pair at the geometric mean of the
+/// step's sigma and its target ([`Scheduler::order`] is 2).
+///
+/// The plain form ([`Dpm2::new`], diffusers' `KDPM2DiscreteScheduler`) steps to the next
+/// sigma. The ancestral form ([`Dpm2::ancestral`], "DPM2 a", diffusers'
+/// `KDPM2AncestralDiscreteScheduler`) steps below it (`σ_down`) and adds fresh noise (`σ_up`)
+/// back: one noise draw from the [`NoiseSource`] per completed two-stage step.
 ///
 /// Reads the beta fields, `prediction_type` (`epsilon`, `v_prediction`), `timestep_spacing`
 /// (default `linspace`), `steps_offset`, `use_karras_sigmas` (whole timesteps, as diffusers),
@@ -23,12 +27,18 @@ const NAME: &str = "dpm2";
 /// [`super::Schedule`].
 #[derive(Debug, Clone)]
 pub struct Dpm2 {
+    name: &'static str,
     timesteps: Vec<f64>,
     calls: Vec<Stage>,
     /// One sigma per step plus the final 0.
     sigmas: Vec<f64>,
-    /// `mid[k]`: the midpoint of step `k`, `√(σ_k·σ_{k+1})` (0 for the last step).
+    /// The noise added back after step `k` (all 0 in the plain form).
+    up: Vec<f64>,
+    /// The sigma step `k` goes to before the noise is added back (`σ_{k+1}` in the plain form).
+    down: Vec<f64>,
+    /// `mid[k] = √(σ_k·σ_down,k)`, the second stage's sigma (0 for the last step).
     mid: Vec<f64>,
+    ancestral: bool,
     init_noise_sigma: f64,
     prediction_type: PredictionType,
     pending: Option<(usize, Tensor)>,
@@ -37,22 +47,50 @@ pub struct Dpm2 {
 impl Dpm2 {
     /// A DPM2 schedule of `steps` steps (`2·steps - 1` model calls) for `config`.
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self, SchedulerError> {
-        math::check_steps(NAME, config, steps)?;
+        Self::build("dpm2", false, config, steps)
+    }
+
+    /// A DPM2 ancestral schedule of `steps` steps (`2·steps - 1` model calls) for `config`.
+    pub fn ancestral(config: &SchedulerConfig, steps: usize) -> Result<Self, SchedulerError> {
+        Self::build("dpm2_a", true, config, steps)
+    }
+
+    fn build(
+        name: &'static str,
+        ancestral: bool,
+        config: &SchedulerConfig,
+        steps: usize,
+    ) -> Result<Self, SchedulerError> {
+        math::check_steps(name, config, steps)?;
         if config.prediction_type == PredictionType::Sample {
             return Err(invalid(
-                NAME,
+                name,
                 "prediction_type sample is not supported (diffusers neither); use epsilon or \
                  v_prediction",
             ));
         }
-        let ac = sigma_alphas_cumprod(NAME, config)?;
-        let plan = schedules::plan(NAME, config, steps, &ac, Flavor::euler(config, true))?;
+        let ac = sigma_alphas_cumprod(name, config)?;
+        let plan = schedules::plan(name, config, steps, &ac, Flavor::euler(config, true))?;
         let log_sigmas: Vec<f64> = plan.train_sigmas.iter().map(|s| s.ln()).collect();
         let mut sigmas = plan.sigmas;
         sigmas.push(0.0);
-        let mid: Vec<f64> = (0..steps)
-            .map(|k| (0.5 * (sigmas[k].ln() + sigmas[k + 1].ln())).exp())
-            .collect();
+        let (mut up, mut down, mut mid) = (Vec::new(), Vec::new(), Vec::new());
+        for k in 0..steps {
+            let (s, next) = (sigmas[k], sigmas[k + 1]);
+            let (u, d) = if ancestral {
+                let u = (next * next * (s * s - next * next) / (s * s)).sqrt();
+                (u, (next * next - u * u).sqrt())
+            } else {
+                (0.0, next)
+            };
+            up.push(u);
+            down.push(d);
+            mid.push(if k + 1 == steps {
+                0.0
+            } else {
+                (0.5 * (s.ln() + d.ln())).exp()
+            });
+        }
         let calls = two_stage_calls(steps);
         let timesteps = calls
             .iter()
@@ -62,11 +100,15 @@ impl Dpm2 {
             })
             .collect();
         Ok(Self {
+            name,
             timesteps,
             calls,
             init_noise_sigma: euler_init_noise_sigma(&sigmas, plan.spacing),
             sigmas,
+            up,
+            down,
             mid,
+            ancestral,
             prediction_type: config.prediction_type,
             pending: None,
         })
@@ -87,7 +129,7 @@ impl Scheduler for Dpm2 {
     }
 
     fn scale_model_input(&self, sample: &Tensor, index: usize) -> candle_core::Result<Tensor> {
-        check_index(NAME, index, self.timesteps.len())?;
+        check_index(self.name, index, self.timesteps.len())?;
         let sigma = match self.calls[index] {
             Stage::First(k) => self.sigmas[k],
             Stage::Second(k) => self.mid[k],
@@ -100,9 +142,9 @@ impl Scheduler for Dpm2 {
         model_output: &Tensor,
         index: usize,
         sample: &Tensor,
-        _noise: &mut dyn NoiseSource,
+        noise: &mut dyn NoiseSource,
     ) -> candle_core::Result<Tensor> {
-        check_index(NAME, index, self.timesteps.len())?;
+        check_index(self.name, index, self.timesteps.len())?;
         let (out, x) = to_work(model_output, sample)?;
         let prev = match self.calls[index] {
             Stage::First(k) => {
@@ -117,14 +159,21 @@ impl Scheduler for Dpm2 {
             Stage::Second(k) => {
                 let Some((_, x_start)) = self.pending.take().filter(|(s, _)| *s == k) else {
                     candle_core::bail!(
-                        "{NAME}: call {index} is the second stage of step {k}; run its first \
-                         stage before it"
+                        "{}: call {index} is the second stage of step {k}; run its first \
+                         stage before it",
+                        self.name
                     );
                 };
                 let mid = self.mid[k];
                 let x0 = k_denoised(self.prediction_type, &out, &x, mid)?;
-                let dt = self.sigmas[k + 1] - self.sigmas[k];
-                lincomb(&[(1.0, &x_start), (dt / mid, &x), (-dt / mid, &x0)])?
+                let dt = self.down[k] - self.sigmas[k];
+                let mut terms = vec![(1.0, &x_start), (dt / mid, &x), (-dt / mid, &x0)];
+                let z;
+                if self.ancestral {
+                    z = noise.randn_like(&out)?.to_dtype(out.dtype())?;
+                    terms.push((self.up[k], &z));
+                }
+                lincomb(&terms)?
             }
         };
         prev.to_dtype(sample.dtype())
@@ -136,7 +185,7 @@ impl Scheduler for Dpm2 {
         noise: &Tensor,
         index: usize,
     ) -> candle_core::Result<Tensor> {
-        check_index(NAME, index, self.timesteps.len())?;
+        check_index(self.name, index, self.timesteps.len())?;
         let sigma = match self.calls[index] {
             Stage::First(k) => self.sigmas[k],
             Stage::Second(k) => self.sigmas[k + 1],

@@ -209,78 +209,21 @@ impl DpmMultistep {
         let (a, s) = self.alpha_sigma(sigma);
         vp_x0(self.prediction_type, out, x, a, s)
     }
-}
 
-impl Scheduler for DpmMultistep {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, index: usize) -> candle_core::Result<Tensor> {
-        check_index(self.variant.name(), index, self.timesteps.len())?;
-        Ok(sample.clone())
-    }
-
-    fn step(
-        &mut self,
-        model_output: &Tensor,
+    /// The model-output terms of the DPM-Solver(++) update of order `use_order` from step
+    /// `index` (log-SNR step `h`, target α `a_t`), as (coefficient, tensor) pairs.
+    fn solver_terms(
+        &self,
+        use_order: usize,
         index: usize,
-        sample: &Tensor,
-        noise: &mut dyn NoiseSource,
-    ) -> candle_core::Result<Tensor> {
-        let n = self.timesteps.len();
-        check_index(self.variant.name(), index, n)?;
-        let (out, x) = to_work(model_output, sample)?;
-        let order = self.variant.order();
-        // History from earlier, non-consecutive runs does not count.
-        if self.outputs.last().is_some_and(|(i, _)| *i + 1 != index) {
-            self.outputs.clear();
-            self.lower_order_nums = 0;
-        }
-        let short = self.lower_order_final && n < 15;
-        let lower_final = index == n - 1 && (self.euler_at_final || short || self.final_zero);
-        let lower_second = index + 2 == n && short;
-
-        let s0 = self.sigmas[index];
-        let (_, sg_s0) = self.alpha_sigma(s0);
-        let x0 = self.data_prediction(&out, &x, s0)?;
-        self.outputs.push((index, x0));
-        if self.outputs.len() > order {
-            self.outputs.remove(0);
-        }
-        let z = if self.variant.sde() {
-            Some(noise.randn_like(&out)?.to_dtype(out.dtype())?)
-        } else {
-            None
-        };
-
-        let st = self.sigmas[index + 1];
-        let (a_t, sg_t) = self.alpha_sigma(st);
-        let h = self.lambda(st) - self.lambda(s0);
-        let m = |back: usize| &self.outputs[self.outputs.len() - 1 - back].1;
+        h: f64,
+        a_t: f64,
+    ) -> candle_core::Result<Vec<(f64, Tensor)>> {
         let sde = self.variant.sde();
-        // The noise term of the SDE variants: σ_t·√(1 - e^{-2h})·z.
-        let noise_coef = sg_t * (1.0 - (-2.0 * h).exp()).max(0.0).sqrt();
-        let mut terms: Vec<(f64, Tensor)> = Vec::new();
-        let use_order = if self.lower_order_nums < 1 || lower_final {
-            1
-        } else if order == 2 || self.lower_order_nums < 2 || lower_second {
-            2
-        } else {
-            3
-        };
-        let e_h = (-h).exp();
-        let e_2h = (-2.0 * h).exp();
-        let x_coef = if sde {
-            sg_t / sg_s0 * e_h
-        } else {
-            sg_t / sg_s0
-        };
-        terms.push((x_coef, x.clone()));
+        let (e_h, e_2h) = ((-h).exp(), (-2.0 * h).exp());
+        let s0 = self.sigmas[index];
+        let m = |back: usize| &self.outputs[self.outputs.len() - 1 - back].1;
+        let mut terms = Vec::with_capacity(3);
         match use_order {
             1 => {
                 let c = if sde {
@@ -334,6 +277,79 @@ impl Scheduler for DpmMultistep {
                 terms.push((c2, d2));
             }
         }
+        Ok(terms)
+    }
+}
+
+impl Scheduler for DpmMultistep {
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+
+    fn scale_model_input(&self, sample: &Tensor, index: usize) -> candle_core::Result<Tensor> {
+        check_index(self.variant.name(), index, self.timesteps.len())?;
+        Ok(sample.clone())
+    }
+
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        index: usize,
+        sample: &Tensor,
+        noise: &mut dyn NoiseSource,
+    ) -> candle_core::Result<Tensor> {
+        let n = self.timesteps.len();
+        check_index(self.variant.name(), index, n)?;
+        let (out, x) = to_work(model_output, sample)?;
+        let order = self.variant.order();
+        // History from earlier, non-consecutive runs does not count.
+        if self.outputs.last().is_some_and(|(i, _)| *i + 1 != index) {
+            self.outputs.clear();
+            self.lower_order_nums = 0;
+        }
+        let short = self.lower_order_final && n < 15;
+        let lower_final = index == n - 1 && (self.euler_at_final || short || self.final_zero);
+        let lower_second = index + 2 == n && short;
+
+        let s0 = self.sigmas[index];
+        let (_, sg_s0) = self.alpha_sigma(s0);
+        let x0 = self.data_prediction(&out, &x, s0)?;
+        self.outputs.push((index, x0));
+        if self.outputs.len() > order {
+            self.outputs.remove(0);
+        }
+        let z = if self.variant.sde() {
+            Some(noise.randn_like(&out)?.to_dtype(out.dtype())?)
+        } else {
+            None
+        };
+
+        let st = self.sigmas[index + 1];
+        let (a_t, sg_t) = self.alpha_sigma(st);
+        let h = self.lambda(st) - self.lambda(s0);
+        let sde = self.variant.sde();
+        // The noise term of the SDE variants: σ_t·√(1 - e^{-2h})·z.
+        let noise_coef = sg_t * (1.0 - (-2.0 * h).exp()).max(0.0).sqrt();
+        let mut terms: Vec<(f64, Tensor)> = Vec::new();
+        let use_order = if self.lower_order_nums < 1 || lower_final {
+            1
+        } else if order == 2 || self.lower_order_nums < 2 || lower_second {
+            2
+        } else {
+            3
+        };
+        let e_h = (-h).exp();
+        let x_coef = if sde {
+            sg_t / sg_s0 * e_h
+        } else {
+            sg_t / sg_s0
+        };
+        terms.push((x_coef, x.clone()));
+        terms.extend(self.solver_terms(use_order, index, h, a_t)?);
         if let Some(z) = &z {
             terms.push((noise_coef, z.clone()));
         }

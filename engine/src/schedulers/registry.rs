@@ -12,14 +12,63 @@ use super::math::{check_steps, invalid};
 use super::sampler::Sampler;
 use super::schedules::{did_you_mean, normalize, Schedule, SCHEDULES};
 use super::{
-    Ddim, Ddpm, Deis, Dpm2, Dpm2Ancestral, DpmMultistep, DpmSde, DpmSinglestep, DpmVariant, Euler,
-    EulerAncestral, Heun, Lcm, Lms, Pndm, Scheduler, SchedulerConfig, SchedulerError, Tcd, UniPc,
+    calculate_shift, Ddim, Ddpm, Deis, Dpm2, DpmMultistep, DpmSde, DpmSinglestep, DpmVariant,
+    Euler, EulerAncestral, FlowEuler, FlowHeun, Heun, Lcm, Lms, Pndm, Scheduler, SchedulerConfig,
+    SchedulerError, SchedulerKind, Tcd, UniPc,
 };
 
-/// Builds a scheduler for a config and a step count (already checked to be within
-/// `1..=num_train_timesteps` when called through a [`Registry`]).
-pub type BuildFn =
-    dyn Fn(&SchedulerConfig, usize) -> Result<Box<dyn Scheduler>, SchedulerError> + Send + Sync;
+/// What a scheduler is built for: the step count, the kind of model it drives and the
+/// image's size in packed latent tokens (flow models shift their schedule by it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildContext {
+    /// Inference steps.
+    pub steps: usize,
+    /// The model's kind: a flow-matching model gets the flow form of a sampler.
+    pub kind: SchedulerKind,
+    /// `(latent height / 2) · (latent width / 2)`, for the dynamic shift `mu` of flow
+    /// schedules ([`super::calculate_shift`]); `None` when unknown.
+    pub image_seq_len: Option<usize>,
+}
+
+impl BuildContext {
+    /// `steps` steps of a diffusion model.
+    pub fn diffusion(steps: usize) -> Self {
+        Self {
+            steps,
+            kind: SchedulerKind::Diffusion,
+            image_seq_len: None,
+        }
+    }
+
+    /// `steps` steps of a model of `kind` for an image of `width × height` pixels whose
+    /// latents are `vae_scale_factor` times smaller (packed 2×2 for flow models).
+    pub fn for_image(
+        steps: usize,
+        kind: SchedulerKind,
+        (width, height): (usize, usize),
+        vae_scale_factor: usize,
+    ) -> Self {
+        let f = vae_scale_factor.max(1) * 2;
+        Self {
+            steps,
+            kind,
+            image_seq_len: Some((height / f) * (width / f)),
+        }
+    }
+
+    /// The shift `mu` of a flow schedule for this image under `config`, when the image size
+    /// is known.
+    pub fn mu(&self, config: &SchedulerConfig) -> Option<f64> {
+        self.image_seq_len.map(|n| calculate_shift(n, config))
+    }
+}
+
+/// Builds a scheduler for a config and a [`BuildContext`] (steps already checked to be
+/// within `1..=num_train_timesteps`, kind one the entry accepts, when called through a
+/// [`Registry`]).
+pub type BuildFn = dyn Fn(&SchedulerConfig, &BuildContext) -> Result<Box<dyn Scheduler>, SchedulerError>
+    + Send
+    + Sync;
 
 /// One named scheduler.
 #[derive(Clone)]
@@ -33,12 +82,14 @@ pub struct SchedulerEntry {
     /// The diffusers scheduler class it follows, if any: a model whose
     /// `scheduler_config.json` names this class gets this sampler by default.
     pub diffusers_class: Option<String>,
+    /// The kinds of model it drives.
+    pub kinds: Vec<SchedulerKind>,
     /// The constructor.
     pub build: Arc<BuildFn>,
 }
 
 impl SchedulerEntry {
-    /// An entry from its names, summary and constructor.
+    /// A diffusion-only entry from its names, summary and constructor (config and steps).
     pub fn new(
         name: impl Into<String>,
         aliases: Vec<String>,
@@ -48,13 +99,39 @@ impl SchedulerEntry {
             + Sync
             + 'static,
     ) -> Self {
+        Self::for_kinds(
+            name,
+            aliases,
+            summary,
+            vec![SchedulerKind::Diffusion],
+            move |config, context| build(config, context.steps),
+        )
+    }
+
+    /// An entry for models of `kinds`, whose constructor sees the whole [`BuildContext`].
+    pub fn for_kinds(
+        name: impl Into<String>,
+        aliases: Vec<String>,
+        summary: impl Into<String>,
+        kinds: Vec<SchedulerKind>,
+        build: impl Fn(&SchedulerConfig, &BuildContext) -> Result<Box<dyn Scheduler>, SchedulerError>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self {
         Self {
             name: name.into(),
             aliases,
             summary: summary.into(),
             diffusers_class: None,
+            kinds,
             build: Arc::new(build),
         }
+    }
+
+    /// Whether it drives models of `kind`.
+    pub fn accepts(&self, kind: SchedulerKind) -> bool {
+        self.kinds.contains(&kind)
     }
 
     /// AUTOMATIC1111's display name: the first alias, else the name.
@@ -78,20 +155,28 @@ impl std::fmt::Debug for SchedulerEntry {
             .field("name", &self.name)
             .field("aliases", &self.aliases)
             .field("summary", &self.summary)
+            .field("kinds", &self.kinds)
             .finish_non_exhaustive()
     }
 }
 
-/// A built-in scheduler's constructor.
+/// A built-in scheduler's constructor for diffusion models.
 type BuiltinFn = fn(&SchedulerConfig, usize) -> Result<Box<dyn Scheduler>, SchedulerError>;
 
-/// A built-in row: names, summary, the diffusers class it follows, constructor.
+/// A built-in scheduler's flow-matching form: config, steps and the image's shift `mu`
+/// ([`super::calculate_shift`]).
+type FlowFn =
+    fn(&SchedulerConfig, usize, Option<f64>) -> Result<Box<dyn Scheduler>, SchedulerError>;
+
+/// A built-in row: names, summary, the diffusers class it follows, constructor, and the
+/// flow-matching form if the sampler has one.
 struct Builtin {
     name: &'static str,
     aliases: &'static [&'static str],
     summary: &'static str,
     class: Option<&'static str>,
     build: BuiltinFn,
+    flow: Option<FlowFn>,
 }
 
 /// The built-in schedulers, in listing order. Aliases: AUTOMATIC1111's display name first (it
@@ -103,6 +188,7 @@ const BUILTINS: &[Builtin] = &[
         summary: "DDIM, deterministic (diffusers DDIMScheduler)",
         class: Some("DDIMScheduler"),
         build: |config, steps| Ok(Box::new(Ddim::new(config, steps)?)),
+        flow: None,
     },
     Builtin {
         name: "ddpm",
@@ -110,6 +196,7 @@ const BUILTINS: &[Builtin] = &[
         summary: "DDPM, ancestral (diffusers DDPMScheduler)",
         class: Some("DDPMScheduler"),
         build: |config, steps| Ok(Box::new(Ddpm::new(config, steps)?)),
+        flow: None,
     },
     Builtin {
         name: "pndm",
@@ -117,6 +204,7 @@ const BUILTINS: &[Builtin] = &[
         summary: "PLMS: PNDM without the Runge-Kutta warm-up, steps + 1 calls (diffusers PNDMScheduler, skip_prk_steps)",
         class: None,
         build: |config, steps| Ok(Box::new(Pndm::new(config, steps)?)),
+        flow: None,
     },
     Builtin {
         name: "lms",
@@ -124,13 +212,15 @@ const BUILTINS: &[Builtin] = &[
         summary: "linear multistep, order 4 (diffusers LMSDiscreteScheduler)",
         class: Some("LMSDiscreteScheduler"),
         build: |config, steps| Ok(Box::new(Lms::new(config, steps)?)),
+        flow: None,
     },
     Builtin {
         name: "euler",
         aliases: &["Euler"],
-        summary: "Euler (diffusers EulerDiscreteScheduler)",
+        summary: "Euler (diffusers EulerDiscreteScheduler; on flow models FlowMatchEulerDiscreteScheduler)",
         class: Some("EulerDiscreteScheduler"),
         build: |config, steps| Ok(Box::new(Euler::new(config, steps)?)),
+        flow: Some(|config, steps, mu| Ok(Box::new(FlowEuler::new(config, steps, mu)?))),
     },
     Builtin {
         name: "euler_a",
@@ -138,13 +228,15 @@ const BUILTINS: &[Builtin] = &[
         summary: "Euler ancestral (diffusers EulerAncestralDiscreteScheduler)",
         class: Some("EulerAncestralDiscreteScheduler"),
         build: |config, steps| Ok(Box::new(EulerAncestral::new(config, steps)?)),
+        flow: None,
     },
     Builtin {
         name: "heun",
         aliases: &["Heun"],
-        summary: "Heun, 2·steps - 1 calls (diffusers HeunDiscreteScheduler)",
+        summary: "Heun, 2·steps - 1 calls (diffusers HeunDiscreteScheduler; on flow models FlowMatchHeunDiscreteScheduler)",
         class: Some("HeunDiscreteScheduler"),
         build: |config, steps| Ok(Box::new(Heun::new(config, steps)?)),
+        flow: Some(|config, steps, mu| Ok(Box::new(FlowHeun::new(config, steps, mu)?))),
     },
     Builtin {
         name: "dpm2",
@@ -152,20 +244,25 @@ const BUILTINS: &[Builtin] = &[
         summary: "DPM2, 2·steps - 1 calls (diffusers KDPM2DiscreteScheduler)",
         class: Some("KDPM2DiscreteScheduler"),
         build: |config, steps| Ok(Box::new(Dpm2::new(config, steps)?)),
+        flow: None,
     },
     Builtin {
         name: "dpm2_a",
         aliases: &["DPM2 a", "dpm_2_ancestral"],
         summary: "DPM2 ancestral, 2·steps - 1 calls (diffusers KDPM2AncestralDiscreteScheduler)",
         class: Some("KDPM2AncestralDiscreteScheduler"),
-        build: |config, steps| Ok(Box::new(Dpm2Ancestral::new(config, steps)?)),
+        build: |config, steps| Ok(Box::new(Dpm2::ancestral(config, steps)?)),
+        flow: None,
     },
     Builtin {
         name: "dpmpp_2m",
         aliases: &["DPM++ 2M"],
-        summary: "DPM-Solver++ 2M (diffusers DPMSolverMultistepScheduler, dpmsolver++, order 2)",
+        summary: "DPM-Solver++ 2M (diffusers DPMSolverMultistepScheduler, dpmsolver++, order 2; flow sigmas on flow models)",
         class: Some("DPMSolverMultistepScheduler"),
         build: |config, steps| Ok(Box::new(DpmMultistep::new(config, steps, DpmVariant::TwoM)?)),
+        flow: Some(|config, steps, mu| {
+            Ok(Box::new(DpmMultistep::flow(config, steps, DpmVariant::TwoM, mu)?))
+        }),
     },
     Builtin {
         name: "dpmpp_2m_sde",
@@ -173,6 +270,7 @@ const BUILTINS: &[Builtin] = &[
         summary: "DPM-Solver++ 2M SDE (diffusers DPMSolverMultistepScheduler, sde-dpmsolver++, order 2)",
         class: None,
         build: |config, steps| Ok(Box::new(DpmMultistep::new(config, steps, DpmVariant::TwoMSde)?)),
+        flow: None,
     },
     Builtin {
         name: "dpmpp_sde",
@@ -180,6 +278,7 @@ const BUILTINS: &[Builtin] = &[
         summary: "DPM-Solver++ SDE, 2·steps - 1 calls (diffusers DPMSolverSDEScheduler)",
         class: Some("DPMSolverSDEScheduler"),
         build: |config, steps| Ok(Box::new(DpmSde::new(config, steps)?)),
+        flow: None,
     },
     Builtin {
         name: "dpmpp_2s_a",
@@ -187,6 +286,7 @@ const BUILTINS: &[Builtin] = &[
         summary: "DPM-Solver++ 2S with noise (diffusers DPMSolverSinglestepScheduler, sde-dpmsolver++, order 2)",
         class: None,
         build: |config, steps| Ok(Box::new(DpmSinglestep::new(config, steps)?)),
+        flow: None,
     },
     Builtin {
         name: "dpmpp_3m_sde",
@@ -194,6 +294,7 @@ const BUILTINS: &[Builtin] = &[
         summary: "DPM-Solver++ 3M SDE (diffusers DPMSolverMultistepScheduler, sde-dpmsolver++, order 3)",
         class: None,
         build: |config, steps| Ok(Box::new(DpmMultistep::new(config, steps, DpmVariant::ThreeMSde)?)),
+        flow: None,
     },
     Builtin {
         name: "unipc",
@@ -201,6 +302,7 @@ const BUILTINS: &[Builtin] = &[
         summary: "UniPC predictor-corrector (diffusers UniPCMultistepScheduler)",
         class: Some("UniPCMultistepScheduler"),
         build: |config, steps| Ok(Box::new(UniPc::new(config, steps)?)),
+        flow: None,
     },
     Builtin {
         name: "deis",
@@ -208,6 +310,7 @@ const BUILTINS: &[Builtin] = &[
         summary: "DEIS log-rho multistep (diffusers DEISMultistepScheduler)",
         class: Some("DEISMultistepScheduler"),
         build: |config, steps| Ok(Box::new(Deis::new(config, steps)?)),
+        flow: None,
     },
     Builtin {
         name: "lcm",
@@ -215,6 +318,7 @@ const BUILTINS: &[Builtin] = &[
         summary: "latent consistency, for LCM models (diffusers LCMScheduler)",
         class: Some("LCMScheduler"),
         build: |config, steps| Ok(Box::new(Lcm::new(config, steps)?)),
+        flow: None,
     },
     Builtin {
         name: "tcd",
@@ -222,6 +326,7 @@ const BUILTINS: &[Builtin] = &[
         summary: "trajectory consistency, gamma 0.3, for TCD models (diffusers TCDScheduler)",
         class: Some("TCDScheduler"),
         build: |config, steps| Ok(Box::new(Tcd::new(config, steps)?)),
+        flow: None,
     },
 ];
 
@@ -244,7 +349,20 @@ impl Registry {
                 .iter()
                 .map(|b| {
                     let aliases = b.aliases.iter().map(|a| a.to_string()).collect();
-                    let mut entry = SchedulerEntry::new(b.name, aliases, b.summary, b.build);
+                    let (diffusion, flow) = (b.build, b.flow);
+                    let mut kinds = vec![SchedulerKind::Diffusion];
+                    kinds.extend(flow.map(|_| SchedulerKind::Flow));
+                    let build = move |config: &SchedulerConfig, context: &BuildContext| match (
+                        context.kind,
+                        flow,
+                    ) {
+                        (SchedulerKind::Flow, Some(flow)) => {
+                            flow(config, context.steps, context.mu(config))
+                        }
+                        _ => diffusion(config, context.steps),
+                    };
+                    let mut entry =
+                        SchedulerEntry::for_kinds(b.name, aliases, b.summary, kinds, build);
                     entry.diffusers_class = b.class.map(str::to_string);
                     entry
                 })
@@ -321,23 +439,55 @@ impl Registry {
         })
     }
 
-    /// Builds `sampler` for `steps` steps of `config`: a step count outside
-    /// `1..=num_train_timesteps` gives [`SchedulerError::Invalid`].
+    /// Builds `sampler` for `steps` steps of `config` on a diffusion model: a step count
+    /// outside `1..=num_train_timesteps` gives [`SchedulerError::Invalid`].
     pub fn build(
         &self,
         sampler: &Sampler,
         config: &SchedulerConfig,
         steps: usize,
     ) -> Result<Box<dyn Scheduler>, SchedulerError> {
+        self.build_for(sampler, config, &BuildContext::diffusion(steps))
+    }
+
+    /// Builds `sampler` for `context` (steps, model kind, image size) from `config`: the flow
+    /// form of the sampler on a flow model; a sampler without a form for the model's kind is
+    /// an error naming the samplers that have one.
+    pub fn build_for(
+        &self,
+        sampler: &Sampler,
+        config: &SchedulerConfig,
+        context: &BuildContext,
+    ) -> Result<Box<dyn Scheduler>, SchedulerError> {
         let entry = self
             .find(&sampler.name)
             .ok_or_else(|| self.unknown(&sampler.name))?;
+        if !entry.accepts(context.kind) {
+            return Err(invalid(
+                &entry.name,
+                format!(
+                    "has no form for {} models; samplers for them: {}",
+                    context.kind.as_str(),
+                    self.names_for(context.kind)
+                ),
+            ));
+        }
         let config = match sampler.schedule {
             Some(s) => s.apply(config),
             None => config.clone(),
         };
-        check_steps(&entry.name, &config, steps)?;
-        (entry.build)(&config, steps)
+        check_steps(&entry.name, &config, context.steps)?;
+        (entry.build)(&config, context)
+    }
+
+    /// "euler (Euler), heun (Heun), ...": the samplers that drive models of `kind`.
+    pub fn names_for(&self, kind: SchedulerKind) -> String {
+        self.entries
+            .iter()
+            .filter(|e| e.accepts(kind))
+            .map(|e| format!("{} ({})", e.name, e.display_name()))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Builds sampler `name` (any name or alias, optionally with a schedule appended) with
@@ -504,5 +654,46 @@ mod tests {
             .build(&sampler, &SchedulerConfig::default(), 5)
             .unwrap();
         assert_eq!(built.timesteps().len(), 5);
+    }
+
+    #[test]
+    fn flow_models_get_flow_forms_or_a_clear_error() {
+        let registry = Registry::with_builtins();
+        let config: SchedulerConfig = serde_json::from_str(
+            r#"{"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0,
+                "use_dynamic_shifting": true, "base_shift": 0.5, "max_shift": 1.15}"#,
+        )
+        .unwrap();
+        let context = BuildContext::for_image(4, SchedulerKind::Flow, (64, 128), 8);
+        assert_eq!(context.image_seq_len, Some(4 * 8));
+        let mu = context.mu(&config);
+        for (name, calls) in [("Euler", 4), ("heun", 7), ("DPM++ 2M", 4)] {
+            let sampler = registry.sampler(name, None).unwrap();
+            let built = registry.build_for(&sampler, &config, &context).unwrap();
+            assert_eq!(built.timesteps().len(), calls, "{name}");
+            assert_eq!(built.init_noise_sigma(), 1.0, "{name}");
+        }
+        let want = FlowEuler::new(&config, 4, mu).unwrap();
+        let sampler = registry.sampler("euler", None).unwrap();
+        let got = registry.build_for(&sampler, &config, &context).unwrap();
+        assert_eq!(got.timesteps(), want.timesteps());
+        let sampler = registry.sampler("DPM++ 2M SDE", None).unwrap();
+        let err = registry
+            .build_for(&sampler, &config, &context)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("no form for flow models"), "{err}");
+        assert!(
+            err.contains("euler (Euler), heun (Heun), dpmpp_2m (DPM++ 2M)"),
+            "{err}"
+        );
+        // Diffusion entries keep building as before.
+        let euler = registry.find("euler").unwrap();
+        assert_eq!(euler.kinds, [SchedulerKind::Diffusion, SchedulerKind::Flow]);
+        assert_eq!(
+            registry.find("ddim").unwrap().kinds,
+            [SchedulerKind::Diffusion]
+        );
     }
 }

@@ -15,6 +15,7 @@ use super::errors::{A1111Error, A1111Json, ApiError};
 use super::jobs::{Job, Origin, Status};
 use super::request::{validate, FieldNames, GenerateRequest, JobSpec};
 use super::service::{CancelOnDrop, Service};
+use crate::prompt::PromptSyntax;
 use crate::schedulers::{self, SCHEDULES};
 
 pub(super) const NAMES: FieldNames = FieldNames {
@@ -97,6 +98,7 @@ pub(super) fn request(service: &Service, body: Txt2ImgBody) -> GenerateRequest {
         negative_prompt: body.negative_prompt.filter(|n| !n.is_empty()),
         steps: body.steps,
         guidance: body.cfg_scale,
+        true_cfg: None,
         width: body.width,
         height: body.height,
         seed: body.seed,
@@ -108,6 +110,9 @@ pub(super) fn request(service: &Service, body: Txt2ImgBody) -> GenerateRequest {
             .filter(|s| !s.is_empty()),
         schedule,
         clip_skip: body.clip_skip.or(overrides.clip_stop_at_last_layers),
+        // A1111 reads every prompt in its own syntax, whatever the pipeline's default.
+        prompt_syntax: Some(PromptSyntax::A1111),
+        pad_prompts: None,
         preview_every: Some(PREVIEW_EVERY as i64),
         // `<lora:name:weight>` tags stay in the prompt: the worker parses them out.
         loras: Vec::new(),

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::a1111::{request, run, Txt2ImgBody, NAMES};
 use super::errors::{A1111Error, A1111Json, ApiError};
-use super::pictures;
+use super::pictures::{self, Sent};
 use super::request::validate;
 use super::service::Service;
 use crate::image_in::{mask_from_picture, AlphaMask, ResizeMode};
@@ -137,15 +137,12 @@ async fn image_request(service: &Service, body: &Img2ImgBody) -> Result<ImageReq
     )?;
     let picture_limits = pictures::limits(&service.config);
     let mask = body.mask.clone().filter(|m| !m.trim().is_empty());
-    let (init, mask) = tokio::task::spawn_blocking(move || {
-        let init = pictures::decode_base64("init_images[0]", &first, &picture_limits)?;
-        let mask = mask
-            .map(|m| pictures::decode_base64("mask", &m, &picture_limits))
-            .transpose()?;
-        Ok::<_, ApiError>((init, mask))
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("decoding the pictures failed: {e}")))??;
+    let (init, mask) = pictures::decode_with_mask(
+        picture_limits,
+        ("init_images[0]", Sent::Base64(first)),
+        mask.map(|m| ("mask", Sent::Base64(m))),
+    )
+    .await?;
     let mask = match mask {
         None => None,
         Some(picture) => {

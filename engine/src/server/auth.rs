@@ -1,4 +1,5 @@
-//! Bearer authentication: with an API key set, every route but `/health` needs
+//! Bearer authentication: with an API key set, every route but `/health` and the web UI's
+//! page and assets (which hold no secrets; the page asks for the key) needs
 //! `Authorization: Bearer KEY` (or HTTP Basic with the key as password, for AUTOMATIC1111
 //! clients that only speak `--api-auth`).
 
@@ -68,7 +69,7 @@ pub async fn require_key(
         return next.run(req).await;
     };
     let path = req.uri().path();
-    if path == "/health" {
+    if path == "/health" || (service.config.web_ui && super::webui::is_public(path)) {
         return next.run(req).await;
     }
     match check(req.headers(), key) {

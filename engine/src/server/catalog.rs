@@ -212,5 +212,7 @@ pub fn load_pack(
         PackSource::Path(p) => p.clone(),
         PackSource::Hub { repo, revision } => hub::resolve(repo, revision, allow_download)?,
     };
-    families.load(&dir, Some(pack.family.as_str()), options)
+    let mut options = options.clone();
+    options.denoiser = pack.gguf.clone().or(options.denoiser);
+    families.load(&dir, Some(pack.family.as_str()), &options)
 }

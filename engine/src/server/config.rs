@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// On shutdown, how long running jobs may take to finish before they are cancelled.
     pub shutdown_timeout: Duration,
+    /// Serve the web UI at `/` (`beeswax serve --no-ui` turns it off).
+    pub web_ui: bool,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +60,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             api_key: None,
             shutdown_timeout: Duration::from_secs(30),
+            web_ui: true,
         }
     }
 }

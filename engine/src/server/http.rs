@@ -16,7 +16,10 @@ use tracing::Level;
 
 use super::errors::BodyLimit;
 use super::service::Service;
-use super::{a1111, a1111_img2img, auth, native, openai, openai_edits, ops, sse};
+use super::{
+    a1111, a1111_img2img, auth, choices, embeddings, gallery, native, openai, openai_edits, ops,
+    sse, webui,
+};
 
 /// After shutdown, how long open connections may take to close before the server stops anyway.
 const CONNECTION_GRACE: Duration = Duration::from_secs(10);
@@ -24,15 +27,25 @@ const CONNECTION_GRACE: Duration = Duration::from_secs(10);
 /// Every route of the service.
 pub fn router(service: Arc<Service>) -> Router {
     let limit = service.config.max_body_bytes;
-    Router::new()
+    let mut routes = Router::new();
+    if service.config.web_ui {
+        routes = routes
+            .route("/", get(webui::index))
+            .route("/ui/{version}/{file}", get(webui::asset));
+    }
+    routes
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
         .route("/v1/pipelines", get(native::pipelines))
+        .route("/v1/embeddings", get(embeddings::list))
         .route("/v1/jobs", post(native::create))
         .route("/v1/jobs/{id}", get(native::status).delete(native::cancel))
         .route("/v1/jobs/{id}/events", get(sse::events))
         .route("/v1/jobs/{id}/images/{n}", get(native::image))
+        .route("/v1/gallery", get(gallery::list))
+        .route("/v1/samplers", get(choices::samplers))
+        .route("/v1/loras", get(choices::loras))
         .route("/v1/images/generations", post(openai::generations))
         .route("/v1/images/edits", post(openai_edits::edits))
         .route("/sdapi/v1/txt2img", post(a1111::txt2img))
@@ -44,6 +57,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/sdapi/v1/schedulers", get(a1111::schedulers_list))
         .route("/sdapi/v1/options", get(a1111::options).post(a1111::set_options))
         .route("/sdapi/v1/scripts", get(a1111::scripts))
+        .route("/sdapi/v1/embeddings", get(embeddings::a1111))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(from_fn_with_state(service.clone(), auth::require_key))

@@ -319,6 +319,22 @@ impl JobStore {
         (!expired).then_some(job)
     }
 
+    /// Every job held and not expired, in submission order.
+    pub fn all(&self) -> Vec<Arc<Job>> {
+        let jobs: Vec<Arc<Job>> = {
+            let guard = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+            let (map, order) = &*guard;
+            order.iter().filter_map(|id| map.get(id).cloned()).collect()
+        };
+        jobs.into_iter()
+            .filter(|j| {
+                j.state()
+                    .finished
+                    .is_none_or(|at| at.elapsed() <= self.keep)
+            })
+            .collect()
+    }
+
     /// How many jobs are held.
     pub fn len(&self) -> usize {
         self.jobs

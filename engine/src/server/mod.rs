@@ -6,22 +6,26 @@
 //! to worker threads that do all tensor work off the async runtime; handlers only validate,
 //! queue and wait.
 //!
-//! Routes: the native jobs API (`/v1/pipelines`, `/v1/jobs/...` with server-sent events),
-//! OpenAI Images (`/v1/images/generations`), AUTOMATIC1111 (`/sdapi/v1/...`) and operations
-//! (`/health`, `/metrics`, `/openapi.json`).
+//! Routes: the native jobs API (`/v1/pipelines`, `/v1/jobs/...` with server-sent events,
+//! `/v1/gallery`, `/v1/samplers`, `/v1/loras`), OpenAI Images (`/v1/images/generations`),
+//! AUTOMATIC1111 (`/sdapi/v1/...`), operations (`/health`, `/metrics`, `/openapi.json`) and the
+//! web UI (`/`, `/ui/...`).
 //!
 //! Layout: [`config`](ServerConfig), catalog (pipelines and models), request (validation),
 //! pictures (decoding what clients send), jobs/queue/worker (running jobs through
 //! [`crate::pipeline::run`]), service (shared state: catalog, extensions, queue, jobs),
-//! native/sse/openai/a1111 (routes), auth, errors, metrics, openapi, ops, http (router and
-//! serve).
+//! native/sse/gallery/choices/openai/a1111 (routes), webui (the page), auth, errors, metrics,
+//! openapi, ops, http (router and serve).
 
 mod a1111;
 mod a1111_img2img;
 mod auth;
 mod catalog;
+mod choices;
 mod config;
+mod embeddings;
 mod errors;
+mod gallery;
 mod http;
 mod jobs;
 mod metrics;
@@ -35,6 +39,7 @@ mod queue;
 mod request;
 mod service;
 mod sse;
+pub mod webui;
 mod worker;
 
 pub use catalog::{Catalog, Pipeline};

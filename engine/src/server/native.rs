@@ -11,11 +11,12 @@ use serde_json::{json, Value};
 
 use super::errors::{ApiError, JsonBody};
 use super::jobs::{unix_secs, Job, Origin, Status};
-use super::pictures;
+use super::pictures::{self, Sent};
 use super::request::{validate, GenerateRequest, NATIVE};
 use super::service::{Cancelled, Service};
 use crate::image_in::{mask_from_picture, AlphaMask, ResizeMode};
 use crate::pipeline::{ImageRequest, MaskRequest, MaskedContent};
+use crate::prompt::PromptSyntax;
 
 /// `POST /v1/jobs` body. Unknown fields are refused so typos do not pass silently.
 #[derive(Debug, Deserialize)]
@@ -26,6 +27,8 @@ pub struct JobBody {
     negative_prompt: Option<String>,
     steps: Option<i64>,
     guidance: Option<f64>,
+    /// True CFG scale on FLUX (a negative pass with the negative prompt).
+    true_cfg: Option<f64>,
     width: Option<i64>,
     height: Option<i64>,
     seed: Option<i64>,
@@ -33,6 +36,10 @@ pub struct JobBody {
     scheduler: Option<String>,
     schedule: Option<String>,
     clip_skip: Option<i64>,
+    /// `a1111` (default), `comfy` or `plain`.
+    prompt_syntax: Option<String>,
+    /// Pad prompt and negative prompt to the same chunk count (default false).
+    pad_prompts: Option<bool>,
     preview_every: Option<i64>,
     /// LoRAs by catalog name: `[{"name": "...", "weight": 0.8}]` (weight optional).
     #[serde(default)]
@@ -99,15 +106,12 @@ async fn image_request(
     };
     let limits = pictures::limits(&service.config);
     let mask = body.mask.clone();
-    let (init, mask) = tokio::task::spawn_blocking(move || {
-        let init = pictures::decode_base64("init_image", &init, &limits)?;
-        let mask = mask
-            .map(|m| pictures::decode_base64("mask", &m, &limits))
-            .transpose()?;
-        Ok::<_, ApiError>((init, mask))
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("decoding the pictures failed: {e}")))??;
+    let (init, mask) = pictures::decode_with_mask(
+        limits,
+        ("init_image", Sent::Base64(init)),
+        mask.map(|m| ("mask", Sent::Base64(m))),
+    )
+    .await?;
     let mask = match mask {
         None => None,
         Some(picture) => {
@@ -151,12 +155,15 @@ pub async fn pipelines(State(service): State<Arc<Service>>) -> Json<Value> {
                     "height": d.height, "scheduler": d.scheduler,
                     "schedule": d.schedule,
                     "negative_prompt": d.negative_prompt, "clip_skip": d.clip_skip,
+                    "prompt_syntax": d.prompt_syntax.unwrap_or_default(),
+                    "pad_prompts": d.pad_prompts.unwrap_or(false),
                 },
                 "limits": {
                     "max_width": p.limits.max_width, "max_height": p.limits.max_height,
                     "max_steps": p.limits.max_steps, "max_images": p.limits.max_images,
                 },
                 "post_processors": p.post_processors,
+                "form": super::choices::form(p, &service.extensions.schedulers),
                 "pre_processors": p.pre_processors,
             })
         })
@@ -177,12 +184,22 @@ pub async fn create(
         ));
     }
     let image = image_request(&service, &body).await?;
+    let prompt_syntax = body
+        .prompt_syntax
+        .as_deref()
+        .map(|s| {
+            s.parse::<PromptSyntax>().map_err(|e| {
+                ApiError::invalid("prompt_syntax", "unknown_prompt_syntax", e.to_string())
+            })
+        })
+        .transpose()?;
     let request = GenerateRequest {
         pipeline: body.pipeline,
         prompt: body.prompt,
         negative_prompt: body.negative_prompt,
         steps: body.steps,
         guidance: body.guidance,
+        true_cfg: body.true_cfg,
         width: body.width,
         height: body.height,
         seed: body.seed,
@@ -191,6 +208,8 @@ pub async fn create(
         scheduler: body.scheduler,
         schedule: body.schedule,
         clip_skip: body.clip_skip,
+        prompt_syntax,
+        pad_prompts: body.pad_prompts,
         preview_every: body.preview_every,
         loras: body.loras,
         image,

@@ -14,6 +14,7 @@ use super::errors::{ApiError, JsonBody};
 use super::jobs::{unix_secs, Origin, Status};
 use super::request::{validate, FieldNames, GenerateRequest, JobSpec};
 use super::service::{CancelOnDrop, Service};
+use crate::prompt::PromptSyntax;
 
 pub(super) const NAMES: FieldNames = FieldNames {
     pipeline: "model",
@@ -107,6 +108,7 @@ pub async fn generations(
         negative_prompt: body.negative_prompt,
         steps: body.steps,
         guidance: body.guidance,
+        true_cfg: None,
         width,
         height,
         seed: body.seed,
@@ -115,6 +117,9 @@ pub async fn generations(
         scheduler: body.scheduler,
         schedule: body.schedule,
         clip_skip: None,
+        // OpenAI clients send natural language: read it literally, as diffusers does.
+        prompt_syntax: Some(PromptSyntax::Plain),
+        pad_prompts: None,
         preview_every: None,
         loras: Vec::new(),
         image: None,

@@ -13,11 +13,12 @@ use serde_json::Value;
 
 use super::errors::ApiError;
 use super::openai::{parse_size, respond, response_format, NAMES};
-use super::pictures;
+use super::pictures::{self, Sent};
 use super::request::{validate, GenerateRequest};
 use super::service::Service;
 use crate::image_in::{mask_from_picture, AlphaMask, Mask, Picture, ResizeMode};
 use crate::pipeline::{ImageRequest, MaskRequest, MaskedContent};
+use crate::prompt::PromptSyntax;
 
 /// Strength of an edit with a mask (the masked region is repainted from scratch).
 const MASKED_STRENGTH: f64 = 1.0;
@@ -100,15 +101,12 @@ async fn pictures_of(service: &Service, form: &Form) -> Result<(Picture, Option<
         )
     })?;
     let mask = form.mask.clone();
-    let (picture, mask) = tokio::task::spawn_blocking(move || {
-        let picture = pictures::decode_bytes("image", &image, &limits)?;
-        let mask = mask
-            .map(|m| pictures::decode_bytes("mask", &m, &limits))
-            .transpose()?;
-        Ok::<_, ApiError>((picture, mask))
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("decoding the pictures failed: {e}")))??;
+    let (picture, mask) = pictures::decode_with_mask(
+        limits,
+        ("image", Sent::Bytes(image)),
+        mask.map(|m| ("mask", Sent::Bytes(m))),
+    )
+    .await?;
     let mask = match &mask {
         Some(m) => {
             let mask = mask_from_picture(m, AlphaMask::TransparentRepaints);
@@ -153,6 +151,7 @@ pub async fn edits(
         negative_prompt: form.get("negative_prompt").map(str::to_string),
         steps: form.number("steps")?,
         guidance: form.number("guidance")?,
+        true_cfg: None,
         width,
         height,
         seed: form.number("seed")?,
@@ -161,6 +160,9 @@ pub async fn edits(
         scheduler: form.get("scheduler").map(str::to_string),
         schedule: form.get("schedule").map(str::to_string),
         clip_skip: None,
+        // OpenAI clients send natural language: read it literally, as diffusers does.
+        prompt_syntax: Some(PromptSyntax::Plain),
+        pad_prompts: None,
         preview_every: None,
         loras: Vec::new(),
         image: Some(ImageRequest {

@@ -40,6 +40,42 @@ pub fn decode_base64(field: &str, text: &str, limits: &Limits) -> Result<Picture
     decode_bytes(field, &bytes, limits)
 }
 
+/// A picture as a client sent it: base64 text (the JSON APIs) or bytes (multipart forms).
+#[derive(Debug, Clone)]
+pub enum Sent {
+    /// Base64, optionally behind a `data:` URL prefix.
+    Base64(String),
+    /// The file's bytes.
+    Bytes(Vec<u8>),
+}
+
+impl Sent {
+    fn decode(&self, field: &str, limits: &Limits) -> Result<Picture, ApiError> {
+        match self {
+            Sent::Base64(text) => decode_base64(field, text, limits),
+            Sent::Bytes(bytes) => decode_bytes(field, bytes, limits),
+        }
+    }
+}
+
+/// Decodes a job's picture and optional mask off the async runtime (decoding is CPU work);
+/// each error names its field.
+pub async fn decode_with_mask(
+    limits: Limits,
+    picture: (&'static str, Sent),
+    mask: Option<(&'static str, Sent)>,
+) -> Result<(Picture, Option<Picture>), ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let decoded = picture.1.decode(picture.0, &limits)?;
+        let mask = mask
+            .map(|(field, sent)| sent.decode(field, &limits))
+            .transpose()?;
+        Ok::<_, ApiError>((decoded, mask))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("decoding the pictures failed: {e}")))?
+}
+
 /// Decodes picture bytes of `field`: 413 when over the limits, 400 when not a picture.
 pub fn decode_bytes(field: &str, bytes: &[u8], limits: &Limits) -> Result<Picture, ApiError> {
     decode_image(bytes, field, limits).map_err(|e| match e {

@@ -10,6 +10,7 @@ use super::errors::ApiError;
 use super::service::Service;
 use crate::lora::{extract_lora_tags, LoraCatalog, LoraError, LoraRequest};
 use crate::pipeline::{random_seed, resolve, ImageRequest, InputRequest, Job, JobRequest};
+use crate::prompt::PromptSyntax;
 use crate::schedulers::Schedule;
 use crate::{limits, Error};
 
@@ -26,6 +27,8 @@ pub struct GenerateRequest {
     pub steps: Option<i64>,
     /// Guidance scale.
     pub guidance: Option<f64>,
+    /// True CFG scale on families with distilled guidance (FLUX-dev's negative pass).
+    pub true_cfg: Option<f64>,
     /// Width in pixels.
     pub width: Option<i64>,
     /// Height in pixels.
@@ -42,6 +45,10 @@ pub struct GenerateRequest {
     pub schedule: Option<String>,
     /// CLIP skip (1 = last layer).
     pub clip_skip: Option<i64>,
+    /// How the prompts are read (default: the pipeline's, else a1111).
+    pub prompt_syntax: Option<PromptSyntax>,
+    /// Pad prompt and negative prompt to the same chunk count.
+    pub pad_prompts: Option<bool>,
     /// Emit a preview every this many steps.
     pub preview_every: Option<i64>,
     /// LoRAs by catalog name, applied after any `<lora:name:weight>` tags in the prompt.
@@ -265,15 +272,8 @@ pub fn validate(
     check_limits(&pipeline, &job, iterations, names)?;
     job.check(&pipeline.model)
         .and_then(|()| {
-            extensions
-                .schedulers
-                .build(
-                    &job.sampler,
-                    &pipeline.model.scheduler_config,
-                    job.settings.steps,
-                )
+            crate::pipeline::build_scheduler(&pipeline.model, &job, &extensions.schedulers)
                 .map(drop)
-                .map_err(Error::from)
         })
         .map_err(|e| engine_error(e, names, asked_schedule))?;
     Ok(JobSpec {
@@ -339,9 +339,12 @@ fn job_request(
         height: at_least(req.height, names.height, 1)?,
         batch: at_least(req.batch, names.batch, 1)?,
         clip_skip: at_least(req.clip_skip, "clip_skip", 1)?,
+        prompt_syntax: req.prompt_syntax,
+        pad_prompts: req.pad_prompts,
         prompt: req.prompt,
         negative_prompt: req.negative_prompt,
         guidance: req.guidance,
+        true_cfg: req.true_cfg,
         sampler: req.scheduler,
         schedule: req.schedule,
         seed: Some(seed),

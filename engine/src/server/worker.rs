@@ -165,6 +165,7 @@ fn execute(job: &Job, metrics: &Metrics, extensions: &Extensions) -> Result<()> 
             let mut params =
                 GenerationParams::for_image(&one, i, &spec.sampler_name, &pipeline.pack);
             params.prompt = job_loras.recorded_prompt.clone();
+            params.set_embeddings(&out.embeddings);
             let text = params.to_a1111();
             pngs.push(encode_png(&image, &text)?);
             texts.push(text);

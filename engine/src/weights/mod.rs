@@ -9,7 +9,7 @@ mod source;
 use std::path::Path;
 
 pub use file::{candle_dtype, SafetensorsFile, TensorInfo, WeightsError};
-pub use source::{gemm_layout, KeyMap, TensorOp, TensorRef, WeightSource};
+pub use source::{gemm_layout, swap_halves, KeyMap, TensorOp, TensorRef, WeightSource};
 
 /// Attaches the weights file to an error raised while building a model from it (missing
 /// tensor, wrong shape: candle's message names the tensor and both shapes).

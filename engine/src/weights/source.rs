@@ -30,6 +30,9 @@ pub enum TensorOp {
     /// Trailing 1-sized dimensions dropped (a 1x1 convolution's `[out, in, 1, 1]` used as a
     /// linear layer's `[out, in]`).
     Squeeze,
+    /// The two halves of the first dimension swapped (FLUX's final modulation: BFL stores
+    /// `(shift, scale)`, diffusers `(scale, shift)`).
+    SwappedHalves,
 }
 
 /// Where one component tensor comes from.
@@ -119,6 +122,7 @@ impl WeightSource {
             }
             TensorOp::Transpose => stored.into_iter().rev().collect(),
             TensorOp::Squeeze => squeezed(&stored),
+            TensorOp::SwappedHalves => stored,
         })
     }
 
@@ -154,6 +158,7 @@ impl WeightSource {
                 let dims = squeezed(t.dims());
                 t.reshape(dims).map_err(op_error)?
             }
+            TensorOp::SwappedHalves => swap_halves(&t).map_err(op_error)?,
         };
         gemm_layout(key, t).map_err(|e| WeightsError::Tensor {
             path: self.file.path().to_path_buf(),
@@ -183,6 +188,12 @@ impl WeightSource {
     pub fn var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
         VarBuilder::from_backend(Box::new(self.clone()), dtype, device.clone())
     }
+}
+
+/// `t` with the two halves of its first dimension swapped.
+pub fn swap_halves(t: &Tensor) -> candle_core::Result<Tensor> {
+    let half = t.dim(0)? / 2;
+    Tensor::cat(&[t.narrow(0, half, half)?, t.narrow(0, 0, half)?], 0)
 }
 
 fn squeezed(dims: &[usize]) -> Vec<usize> {

@@ -36,7 +36,9 @@ pub struct Global {
     #[arg(long, global = true)]
     pub dtype: Option<String>,
     /// Single files: configs and tokenizers from this diffusers folder instead of the
-    /// family's bundled ones (diffusers' `from_single_file(config=...)`).
+    /// family's bundled ones (diffusers' `from_single_file(config=...)`); with a GGUF file
+    /// or a FLUX transformer file (BFL/ComfyUI layout): the diffusers folder the other
+    /// components (text encoders, VAE, configs) come from.
     #[arg(long, global = true)]
     pub model_config: Option<PathBuf>,
     /// Single files: the model family instead of the detected one (`beeswax families`).
@@ -49,6 +51,14 @@ pub struct Global {
     /// A VAE file (safetensors, diffusers or original names) replacing the model's.
     #[arg(long, global = true)]
     pub vae: Option<PathBuf>,
+    /// T5 tokens per prompt on FLUX [default: the family's: 512 dev, 256 schnell]; longer
+    /// prompts are cut with a warning.
+    #[arg(long, global = true, value_parser = |s: &str| whole(s, &(1..=4096)))]
+    pub max_sequence_length: Option<u32>,
+    /// Hold less in memory: FLUX's T5 encoder is read for each prompt encoding and freed
+    /// after (slower per job, about 9.5 GB less for T5-XXL in bf16).
+    #[arg(long, global = true)]
+    pub low_memory: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,6 +89,9 @@ pub enum Command {
     Check,
     /// Write a safetensors model as a GGUF file with quantized linear layers.
     Quantize(crate::quantize::QuantizeArgs),
+    /// Show how a prompt is read: sub-prompts, the text of each step, chunks, tokens,
+    /// weights, embeddings, and warnings.
+    Prompt(crate::prompt::PromptArgs),
 }
 
 /// Which model to use: a diffusers folder or a pack.
@@ -86,7 +99,8 @@ pub enum Command {
 #[group(required = true, multiple = false)]
 pub struct ModelChoice {
     /// A model folder in the diffusers layout (model_index.json, unet/, vae/, ...), or a
-    /// single-file checkpoint (.safetensors, original layout; family detected from its keys).
+    /// single-file checkpoint (.safetensors, original layout; family detected from its keys;
+    /// a FLUX transformer file takes --model-config), or a GGUF denoiser with --model-config.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// A model pack declared in the manifests folder.
@@ -111,6 +125,11 @@ pub struct GenerateArgs {
     /// pack's, else 7.5].
     #[arg(long, visible_alias = "cfg-scale", value_parser = parse_guidance)]
     pub guidance: Option<f64>,
+    /// True classifier-free guidance on FLUX (diffusers' true_cfg_scale): above 1 and with a
+    /// --negative-prompt, a negative pass runs beside the positive one (twice the time);
+    /// --guidance still feeds FLUX-dev's guidance embedding.
+    #[arg(long, value_parser = parse_guidance)]
+    pub true_cfg: Option<f64>,
     /// Width in pixels, a multiple of the VAE scale factor [default: an --init-image's,
     /// else the pack's, else the model's].
     #[arg(long, value_parser = |s: &str| whole(s, &limits::SIZE))]
@@ -136,6 +155,19 @@ pub struct GenerateArgs {
     /// CLIP skip as in AUTOMATIC1111: 1 uses the last text-encoder layer, 2 the one before.
     #[arg(long, value_parser = |s: &str| whole(s, &limits::CLIP_SKIP))]
     pub clip_skip: Option<u32>,
+    /// How prompts are read: a1111 (AUTOMATIC1111's weights `(x:1.2)`, long prompts, BREAK,
+    /// `[a:b:when]` editing, `[a|b]`, AND), comfy (ComfyUI's weights) or plain (diffusers'
+    /// literal 77 tokens) [default: the pack's, else a1111].
+    #[arg(long)]
+    pub prompt_syntax: Option<beeswax::prompt::PromptSyntax>,
+    /// Pad the prompt and the negative prompt with empty chunks to the same length (one
+    /// denoiser call per step; A1111's "pad prompt/negative prompt", ComfyUI's behaviour).
+    #[arg(long)]
+    pub pad_prompts: bool,
+    /// A folder of textual-inversion embeddings (.safetensors; the file name is the name used
+    /// in prompts), besides the manifests' [[embedding]] entries.
+    #[arg(long, value_name = "DIR")]
+    pub embeddings: Option<PathBuf>,
     /// Starting noise instead of the seed: a safetensors file with one tensor `latents`,
     /// standard normal, shaped [batch, latent channels, height/f, width/f].
     #[arg(long)]

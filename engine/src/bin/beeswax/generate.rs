@@ -19,7 +19,12 @@ use crate::{image_input, progress, source};
 pub fn run(global: &Global, a: GenerateArgs) -> Result<()> {
     let files = source::read_manifests(global)?;
     let folder = files.as_ref().map(|f| f.parse()).transpose()?;
-    let (_plugins, extensions) = crate::plugins::load(folder.as_ref())?;
+    let (_plugins, mut extensions) = crate::plugins::load(folder.as_ref())?;
+    let embeddings = match &folder {
+        Some(folder) => beeswax::manifest::embeddings(folder)?,
+        None => Vec::new(),
+    };
+    extensions.set_embeddings(&embeddings, a.embeddings.as_deref(), global.allow_download)?;
     // Names are checked before any model loads: unknown ones fail at once.
     if let Some(name) = &a.scheduler {
         extensions.schedulers.sampler(name, a.schedule.as_deref())?;
@@ -36,6 +41,7 @@ pub fn run(global: &Global, a: GenerateArgs) -> Result<()> {
         negative_prompt: a.negative_prompt.clone(),
         steps: a.steps.map(|v| v as usize),
         guidance: a.guidance,
+        true_cfg: a.true_cfg,
         width: a.width.map(|v| v as usize),
         height: a.height.map(|v| v as usize),
         sampler: a.scheduler.clone(),
@@ -43,6 +49,8 @@ pub fn run(global: &Global, a: GenerateArgs) -> Result<()> {
         seed: a.seed,
         batch: Some(a.batch as usize),
         clip_skip: a.clip_skip.map(|v| v as usize),
+        prompt_syntax: a.prompt_syntax,
+        pad_prompts: a.pad_prompts.then_some(true),
         input: image_input::read(&a)?,
         pre_processors: a.pre.clone(),
         post_processors: a.post.clone(),
@@ -108,6 +116,7 @@ fn write_outputs(
     for (i, image) in out.images.iter().enumerate() {
         let mut params = GenerationParams::for_image(job, i, sampler, model);
         params.prompt = recorded_prompt.to_string();
+        params.set_embeddings(&out.embeddings);
         let path = numbered_path(&output, i, s.batch);
         write_png(&path, image, &params.to_a1111())?;
         if !a.quiet {

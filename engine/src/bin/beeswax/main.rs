@@ -10,6 +10,7 @@ mod generate;
 mod image_input;
 mod plugins;
 mod progress;
+mod prompt;
 mod quantize;
 mod schedulers;
 mod serve;
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         Command::Plugins => plugins::list(&cli.global),
         Command::Check => check::run(&cli.global),
         Command::Quantize(a) => quantize::run(a),
+        Command::Prompt(a) => prompt::run(&cli.global, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

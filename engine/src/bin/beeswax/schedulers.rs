@@ -7,20 +7,24 @@ use beeswax::extensions::Extensions;
 use beeswax::models::config_file::read_json;
 use beeswax::models::unet::UNetConfig;
 use beeswax::noise::BatchNoise;
-use beeswax::schedulers::{Registry, SchedulerConfig, SCHEDULES};
+use beeswax::schedulers::{BuildContext, Registry, SchedulerConfig, SCHEDULES};
 use candle_core::{DType, Device, Tensor};
 
 use crate::args::{BenchSchedulerArgs, Global};
 
 /// Prints two tab-separated tables, `# samplers` and `# schedules`: canonical name, aliases
-/// (comma separated) and a summary per line. Every name printed is accepted by `generate`.
+/// (comma separated), for samplers the family kinds they drive (`diffusion`, `flow`), and a
+/// summary per line. Every name printed is accepted by `generate` (on a family of a kind it
+/// lists).
 pub fn list(extensions: &Extensions) -> Result<()> {
-    println!("# samplers (--scheduler)");
+    println!("# samplers (--scheduler; name, aliases, family kinds, summary)");
     for entry in extensions.schedulers.entries() {
+        let kinds: Vec<&str> = entry.kinds.iter().map(|k| k.as_str()).collect();
         println!(
-            "{}\t{}\t{}",
+            "{}\t{}\t{}\t{}",
             entry.name,
             entry.aliases.join(", "),
+            kinds.join(","),
             entry.summary
         );
     }
@@ -131,7 +135,7 @@ fn sampler_steps(
         let mut best = f64::INFINITY;
         let mut calls = 0;
         for _ in 0..3 {
-            let mut sched = (entry.build)(config, steps)?;
+            let mut sched = (entry.build)(config, &BuildContext::diffusion(steps))?;
             let mut noise = BatchNoise::new(0, shape[0]);
             let mut x = (&start * sched.init_noise_sigma())?;
             calls = sched.timesteps().len();

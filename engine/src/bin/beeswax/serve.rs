@@ -1,6 +1,7 @@
 //! `beeswax serve`: the HTTP service (see `beeswax::server`).
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -61,9 +62,16 @@ pub struct ServeArgs {
         allow_hyphen_values = true
     )]
     pub lora_weight_range: beeswax::lora::WeightRange,
+    /// A folder of textual-inversion embeddings (.safetensors; the file name is the name used
+    /// in prompts), besides the manifests' [[embedding]] entries.
+    #[arg(long, value_name = "DIR")]
+    pub embeddings: Option<PathBuf>,
     /// Logs as JSON lines instead of text (RUST_LOG filters either way; default `info`).
     #[arg(long)]
     pub log_json: bool,
+    /// Do not serve the web UI at `/` (the APIs only).
+    #[arg(long)]
+    pub no_ui: bool,
 }
 
 fn init_logs(json: bool) {
@@ -85,7 +93,12 @@ pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
     let files = ManifestFiles::read(&global.manifests)?;
     let folder = files.parse()?;
     // The plugins' samplers and processors join the extensions every job runs with.
-    let (_plugins, extensions) = crate::plugins::load(Some(&folder))?;
+    let (_plugins, mut extensions) = crate::plugins::load(Some(&folder))?;
+    extensions.set_embeddings(
+        &beeswax::manifest::embeddings(&folder)?,
+        a.embeddings.as_deref(),
+        global.allow_download,
+    )?;
     let (device, dtype) = crate::source::device_and_dtype(global)?;
     let limits = Limits {
         max_width: a.max_width,
@@ -93,9 +106,12 @@ pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
         max_steps: a.max_steps,
         max_images: a.max_images,
     };
+    let mut options = LoadOptions::new(device, dtype);
+    options.max_sequence_length = global.max_sequence_length.map(|n| n as usize);
+    options.low_memory = global.low_memory;
     let mut catalog = Catalog::load(
         &folder,
-        &LoadOptions { device, dtype },
+        &options,
         global.allow_download,
         limits,
         &extensions,
@@ -120,6 +136,7 @@ pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
         limits,
         api_key: a.api_key.filter(|k| !k.is_empty()),
         shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
+        web_ui: !a.no_ui,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -134,6 +151,9 @@ pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
             Service::start(catalog, extensions, config).context("starting the workers")?;
         tracing::info!(%addr, pipelines = service.catalog.names(), "listening");
         println!("beeswax listening on http://{addr}");
+        if !a.no_ui {
+            println!("web UI: http://{addr}/");
+        }
         serve(listener, service, shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(())

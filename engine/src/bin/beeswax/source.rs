@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use beeswax::checkpoint::{self, CheckpointOptions};
 use beeswax::device::{default_device, parse_device, parse_dtype};
 use beeswax::family::{Families, LoadOptions, Model};
@@ -51,15 +51,47 @@ pub fn read_manifests(global: &Global) -> Result<Option<ManifestFiles>, Manifest
     }
 }
 
+/// Where a chosen model comes from.
+pub struct ModelSource {
+    /// The diffusers folder.
+    pub dir: PathBuf,
+    /// The name written into PNG parameters.
+    pub name: String,
+    /// The pack's defaults.
+    pub defaults: PackDefaults,
+    /// The family the pack declares.
+    pub family: Option<String>,
+    /// The denoiser's weights from this file (`--model FILE`, a pack's `gguf`).
+    pub denoiser: Option<PathBuf>,
+}
+
 /// The model folder for a choice, resolving packs through the parsed manifests (`None`: the
-/// folder does not exist) and the hub cache, with the pack's name, defaults and declared
-/// family.
+/// folder does not exist) and the hub cache, with the pack's name, defaults, declared family
+/// and denoiser file.
 pub fn model_dir(
     global: &Global,
     folder: Option<&ManifestFolder<'_>>,
     choice: &ModelChoice,
-) -> Result<(PathBuf, String, PackDefaults, Option<String>)> {
-    if let Some(dir) = &choice.model {
+) -> Result<ModelSource> {
+    if let Some(model) = &choice.model {
+        // A GGUF file is a denoiser alone, and so is a file beside a --model-config folder
+        // with a transformer (FLUX, BFL/ComfyUI layout); another safetensors file is a
+        // single-file checkpoint (its family detected from its keys).
+        let transformer_folder = global
+            .model_config
+            .as_ref()
+            .is_some_and(|c| c.join("transformer").is_dir());
+        let denoiser_only = model.is_file()
+            && (model.extension().is_some_and(|e| e == "gguf") || transformer_folder);
+        let dir = match (&global.model_config, denoiser_only) {
+            (Some(config), true) => config,
+            (None, true) => bail!(
+                "--model {} is a GGUF file: give the diffusers folder the other components \
+                 (text encoders, VAE, configs) come from with --model-config DIR",
+                model.display()
+            ),
+            (_, false) => model,
+        };
         if !checkpoint::is_single_file(dir) {
             model_files::model_index(dir)?;
         }
@@ -67,7 +99,20 @@ pub fn model_dir(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| dir.display().to_string());
-        return Ok((dir.clone(), name, PackDefaults::default(), None));
+        let name = if model.is_file() {
+            model
+                .file_stem()
+                .map_or(name, |n| n.to_string_lossy().into_owned())
+        } else {
+            name
+        };
+        return Ok(ModelSource {
+            dir: dir.clone(),
+            name,
+            defaults: PackDefaults::default(),
+            family: None,
+            denoiser: Some(model.clone()).filter(|_| denoiser_only),
+        });
     }
     let name = choice.pack.as_deref().unwrap_or_default();
     let folder = folder.ok_or_else(|| ManifestError::DirMissing {
@@ -78,8 +123,13 @@ pub fn model_dir(
         PackSource::Path(p) => p.clone(),
         PackSource::Hub { repo, revision } => hub::resolve(repo, revision, global.allow_download)?,
     };
-    let family = Some(pack.family.as_str().to_string());
-    Ok((dir, pack.name, pack.defaults, family))
+    Ok(ModelSource {
+        dir,
+        name: pack.name,
+        defaults: pack.defaults,
+        family: Some(pack.family.as_str().to_string()),
+        denoiser: pack.gguf,
+    })
 }
 
 /// Loads the chosen model on the chosen device.
@@ -88,10 +138,19 @@ pub fn load(
     folder: Option<&ManifestFolder<'_>>,
     choice: &ModelChoice,
 ) -> Result<Chosen> {
-    let (dir, name, defaults, family) = model_dir(global, folder, choice)?;
+    let ModelSource {
+        dir,
+        name,
+        defaults,
+        family,
+        denoiser,
+    } = model_dir(global, folder, choice)?;
     let (device, dtype) = device_and_dtype(global)?;
     let families = families(folder)?;
-    let options = LoadOptions { device, dtype };
+    let mut options = LoadOptions::new(device, dtype);
+    options.denoiser = denoiser;
+    options.max_sequence_length = global.max_sequence_length.map(|n| n as usize);
+    options.low_memory = global.low_memory;
     let model = if checkpoint::is_single_file(&dir) {
         let mut single = checkpoint_options(global)?;
         single.family = single.family.or(family);

@@ -7,7 +7,7 @@ use candle_core::{Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::embeddings::RopeTable;
-use super::layers::{gated_add, norm_weight, FeedForward, Modulation, PlainNorm, Proj};
+use super::layers::{gated_add, norm_weight, FeedForward, Modulation, PlainNorm, Proj, Quant};
 use crate::kernels;
 
 /// diffusers' norm epsilon inside the blocks (LayerNorms and the query/key RMSNorms).
@@ -36,11 +36,11 @@ struct Qkv {
 
 impl Qkv {
     /// `names`: the q, k, v projections and the q, k norms under `vb`.
-    fn new(vb: &VarBuilder, s: BlockShape, names: [&str; 5]) -> Result<Self> {
+    fn new(vb: &VarBuilder, s: BlockShape, names: [&str; 5], q: Quant) -> Result<Self> {
         Ok(Self {
-            q: Proj::new(vb.pp(names[0]), s.dim, s.dim)?,
-            k: Proj::new(vb.pp(names[1]), s.dim, s.dim)?,
-            v: Proj::new(vb.pp(names[2]), s.dim, s.dim)?,
+            q: Proj::new(vb.pp(names[0]), s.dim, s.dim, q)?,
+            k: Proj::new(vb.pp(names[1]), s.dim, s.dim, q)?,
+            v: Proj::new(vb.pp(names[2]), s.dim, s.dim, q)?,
             norm_q: norm_weight(vb.pp(names[3]), s.head_dim)?,
             norm_k: norm_weight(vb.pp(names[4]), s.head_dim)?,
         })
@@ -73,13 +73,18 @@ pub struct DoubleBlock {
 
 impl DoubleBlock {
     /// Loads `transformer_blocks.N` from `vb`.
-    pub fn new(vb: VarBuilder, shape: BlockShape) -> Result<Self> {
+    pub fn new(vb: VarBuilder, shape: BlockShape, q: Quant) -> Result<Self> {
         let attn = vb.pp("attn");
         let d = shape.dim;
         Ok(Self {
-            norm1: Modulation::new(vb.pp("norm1"), d, 6)?,
-            norm1_context: Modulation::new(vb.pp("norm1_context"), d, 6)?,
-            img: Qkv::new(&attn, shape, ["to_q", "to_k", "to_v", "norm_q", "norm_k"])?,
+            norm1: Modulation::new(vb.pp("norm1"), d, 6, q)?,
+            norm1_context: Modulation::new(vb.pp("norm1_context"), d, 6, q)?,
+            img: Qkv::new(
+                &attn,
+                shape,
+                ["to_q", "to_k", "to_v", "norm_q", "norm_k"],
+                q,
+            )?,
             txt: Qkv::new(
                 &attn,
                 shape,
@@ -90,11 +95,12 @@ impl DoubleBlock {
                     "norm_added_q",
                     "norm_added_k",
                 ],
+                q,
             )?,
-            to_out: Proj::new(attn.pp("to_out.0"), d, d)?,
-            to_add_out: Proj::new(attn.pp("to_add_out"), d, d)?,
-            ff: FeedForward::new(vb.pp("ff"), d)?,
-            ff_context: FeedForward::new(vb.pp("ff_context"), d)?,
+            to_out: Proj::new(attn.pp("to_out.0"), d, d, q)?,
+            to_add_out: Proj::new(attn.pp("to_add_out"), d, d, q)?,
+            ff: FeedForward::new(vb.pp("ff"), d, q)?,
+            ff_context: FeedForward::new(vb.pp("ff_context"), d, q)?,
             norm: PlainNorm::new(&vb, d, EPS)?,
             shape,
         })
@@ -154,18 +160,19 @@ pub struct SingleBlock {
 
 impl SingleBlock {
     /// Loads `single_transformer_blocks.N` from `vb`.
-    pub fn new(vb: VarBuilder, shape: BlockShape) -> Result<Self> {
+    pub fn new(vb: VarBuilder, shape: BlockShape, q: Quant) -> Result<Self> {
         let d = shape.dim;
         let mlp = 4 * d;
         Ok(Self {
-            norm: Modulation::new(vb.pp("norm"), d, 3)?,
+            norm: Modulation::new(vb.pp("norm"), d, 3, q)?,
             qkv: Qkv::new(
                 &vb.pp("attn"),
                 shape,
                 ["to_q", "to_k", "to_v", "norm_q", "norm_k"],
+                q,
             )?,
-            proj_mlp: Proj::new(vb.pp("proj_mlp"), d, mlp)?,
-            proj_out: Proj::new(vb.pp("proj_out"), d + mlp, d)?,
+            proj_mlp: Proj::new(vb.pp("proj_mlp"), d, mlp, q)?,
+            proj_out: Proj::new(vb.pp("proj_out"), d + mlp, d, q)?,
             layer_norm: PlainNorm::new(&vb, d, EPS)?,
             shape,
         })

@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::ROPE_THETA;
-use super::layers::Mlp;
+use super::layers::{Mlp, Quant};
 use crate::models::unet::embeddings::timestep_embedding;
 
 /// Width of the sinusoidal timestep features (diffusers' `Timesteps(num_channels=256)`).
@@ -23,15 +23,21 @@ pub struct TimeTextEmbed {
 
 impl TimeTextEmbed {
     /// Loads the embedders under `vb` (`time_text_embed`), the guidance one when `guidance`.
-    pub fn new(vb: VarBuilder, dim: usize, pooled_dim: usize, guidance: bool) -> Result<Self> {
+    pub fn new(
+        vb: VarBuilder,
+        dim: usize,
+        pooled_dim: usize,
+        guidance: bool,
+        q: Quant,
+    ) -> Result<Self> {
         Ok(Self {
-            timestep_embedder: Mlp::new(vb.pp("timestep_embedder"), TIME_FEATURES, dim)?,
+            timestep_embedder: Mlp::new(vb.pp("timestep_embedder"), TIME_FEATURES, dim, q)?,
             guidance_embedder: if guidance {
-                Some(Mlp::new(vb.pp("guidance_embedder"), TIME_FEATURES, dim)?)
+                Some(Mlp::new(vb.pp("guidance_embedder"), TIME_FEATURES, dim, q)?)
             } else {
                 None
             },
-            text_embedder: Mlp::new(vb.pp("text_embedder"), pooled_dim, dim)?,
+            text_embedder: Mlp::new(vb.pp("text_embedder"), pooled_dim, dim, q)?,
         })
     }
 

@@ -3,29 +3,32 @@
 //! ("modulated") norms that condition every block on the timestep embedding.
 
 use candle_core::{DType, Result, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
-use crate::kernels;
+use crate::gguf::GgufWeights;
 
 /// Every linear layer of the transformer. Building them all here keeps one place where a
 /// quantized matrix (GGUF) can later take the dense one's place.
 #[derive(Debug, Clone)]
 pub struct Proj {
-    inner: Linear,
+    inner: crate::models::linear::Linear,
 }
+
+/// Where linear layers may take quantized blocks from (a GGUF transformer), by diffusers name.
+pub type Quant<'a> = Option<&'a GgufWeights>;
 
 impl Proj {
     /// Loads `weight` `[out, in]` and `bias` `[out]` under `vb` (every FLUX projection has a
-    /// bias).
-    pub fn new(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+    /// bias); the weight's quantized blocks from `q` when it holds them.
+    pub fn new(vb: VarBuilder, in_dim: usize, out_dim: usize, q: Quant) -> Result<Self> {
         Ok(Self {
-            inner: candle_nn::linear(in_dim, out_dim, vb)?,
+            inner: crate::models::linear::Linear::load(vb, in_dim, out_dim, true, q)?,
         })
     }
 
     /// `x · Wᵀ + b` over the last dim of `x`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        kernels::linear(&self.inner, x, None)
+        self.inner.forward(x)
     }
 }
 
@@ -39,10 +42,10 @@ pub struct Mlp {
 
 impl Mlp {
     /// Loads `linear_1` (`in_dim` to `out_dim`) and `linear_2` (`out_dim` to `out_dim`).
-    pub fn new(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+    pub fn new(vb: VarBuilder, in_dim: usize, out_dim: usize, q: Quant) -> Result<Self> {
         Ok(Self {
-            linear_1: Proj::new(vb.pp("linear_1"), in_dim, out_dim)?,
-            linear_2: Proj::new(vb.pp("linear_2"), out_dim, out_dim)?,
+            linear_1: Proj::new(vb.pp("linear_1"), in_dim, out_dim, q)?,
+            linear_2: Proj::new(vb.pp("linear_2"), out_dim, out_dim, q)?,
         })
     }
 
@@ -101,9 +104,9 @@ pub struct Modulation {
 
 impl Modulation {
     /// Loads `linear` (`dim` to `chunks · dim`) under `vb`.
-    pub fn new(vb: VarBuilder, dim: usize, chunks: usize) -> Result<Self> {
+    pub fn new(vb: VarBuilder, dim: usize, chunks: usize, q: Quant) -> Result<Self> {
         Ok(Self {
-            linear: Proj::new(vb.pp("linear"), dim, chunks * dim)?,
+            linear: Proj::new(vb.pp("linear"), dim, chunks * dim, q)?,
             chunks,
         })
     }
@@ -128,10 +131,10 @@ pub struct FeedForward {
 
 impl FeedForward {
     /// Loads `net.0.proj` and `net.2` under `vb` for a block of width `dim`.
-    pub fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
+    pub fn new(vb: VarBuilder, dim: usize, q: Quant) -> Result<Self> {
         Ok(Self {
-            proj: Proj::new(vb.pp("net.0.proj"), dim, 4 * dim)?,
-            out: Proj::new(vb.pp("net.2"), 4 * dim, dim)?,
+            proj: Proj::new(vb.pp("net.0.proj"), dim, 4 * dim, q)?,
+            out: Proj::new(vb.pp("net.2"), 4 * dim, dim, q)?,
         })
     }
 

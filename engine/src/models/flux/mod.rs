@@ -25,7 +25,9 @@ use candle_nn::VarBuilder;
 use blocks::{BlockShape, DoubleBlock, SingleBlock};
 pub use config::FluxConfig;
 use embeddings::{RopeTable, TimeTextEmbed};
-use layers::{Modulation, PlainNorm, Proj};
+use layers::{Modulation, PlainNorm, Proj, Quant};
+
+use crate::gguf::GgufWeights;
 
 /// The FLUX.1 transformer: predicts the flow (velocity) of packed latents.
 #[derive(Debug, Clone)]
@@ -45,6 +47,17 @@ impl FluxTransformer2DModel {
     /// Builds the model described by `config` from the weights in `vb` (diffusers names; wrap
     /// a BFL-layout file with [`bfl::var_builder`]).
     pub fn new(vb: VarBuilder, config: &FluxConfig) -> Result<Self> {
+        Self::load(vb, config, None)
+    }
+
+    /// [`new`](Self::new) with the linear layers multiplying the quantized blocks `q` holds
+    /// (a GGUF transformer served in diffusers names, see [`crate::gguf::Slice`]); layers it
+    /// keeps as floats, and everything else, come from `vb`.
+    pub fn new_quantized(vb: VarBuilder, config: &FluxConfig, q: &GgufWeights) -> Result<Self> {
+        Self::load(vb, config, Some(q))
+    }
+
+    fn load(vb: VarBuilder, config: &FluxConfig, q: Quant) -> Result<Self> {
         config.validate().map_err(candle_core::Error::Msg)?;
         let dim = config.inner_dim();
         let shape = BlockShape {
@@ -53,29 +66,31 @@ impl FluxTransformer2DModel {
             head_dim: config.attention_head_dim,
         };
         let transformer_blocks = (0..config.num_layers)
-            .map(|i| DoubleBlock::new(vb.pp(format!("transformer_blocks.{i}")), shape))
+            .map(|i| DoubleBlock::new(vb.pp(format!("transformer_blocks.{i}")), shape, q))
             .collect::<Result<Vec<_>>>()?;
         let single_transformer_blocks = (0..config.num_single_layers)
-            .map(|i| SingleBlock::new(vb.pp(format!("single_transformer_blocks.{i}")), shape))
+            .map(|i| SingleBlock::new(vb.pp(format!("single_transformer_blocks.{i}")), shape, q))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            x_embedder: Proj::new(vb.pp("x_embedder"), config.in_channels, dim)?,
+            x_embedder: Proj::new(vb.pp("x_embedder"), config.in_channels, dim, q)?,
             context_embedder: Proj::new(
                 vb.pp("context_embedder"),
                 config.joint_attention_dim,
                 dim,
+                q,
             )?,
             time_text_embed: TimeTextEmbed::new(
                 vb.pp("time_text_embed"),
                 dim,
                 config.pooled_projection_dim,
                 config.guidance_embeds,
+                q,
             )?,
             transformer_blocks,
             single_transformer_blocks,
-            norm_out: Modulation::new(vb.pp("norm_out"), dim, 2)?,
+            norm_out: Modulation::new(vb.pp("norm_out"), dim, 2, q)?,
             norm_out_ln: PlainNorm::new(&vb, dim, 1e-6)?,
-            proj_out: Proj::new(vb.pp("proj_out"), dim, config.out_dim())?,
+            proj_out: Proj::new(vb.pp("proj_out"), dim, config.out_dim(), q)?,
             config: config.clone(),
         })
     }

@@ -228,6 +228,27 @@ impl UNetConfig {
         if n == 0 {
             return Err("`block_out_channels` is empty".into());
         }
+        self.check_supported()?;
+        let text_time = self.text_time()?;
+        let (cross_attn, up_cross_attn) = self.block_kinds()?;
+        let heads = self.heads()?;
+        let layers = self.layers_per_block.expand(n, "layers_per_block")?;
+        let depths = self.depths(&layers, &cross_attn, &up_cross_attn)?;
+        Ok(BlockPlan {
+            cross_attn,
+            layers,
+            heads,
+            down_depths: depths.down,
+            mid_depth: depths.mid,
+            up_depths: depths.up,
+            cross_attention_dim: self.cross_attention_dim.expand(n, "cross_attention_dim")?,
+            up_cross_attn,
+            text_time,
+        })
+    }
+
+    /// Refuses the config options beeswax does not implement, naming the field.
+    fn check_supported(&self) -> Result<(), String> {
         let unsupported = [
             (self.class_embed_type.is_some(), "class_embed_type"),
             (self.dual_cross_attention, "dual_cross_attention"),
@@ -247,7 +268,12 @@ impl UNetConfig {
                 "`{field}` is set to a value beeswax does not support yet (SD 1.x/2.x and SDXL UNets are supported)"
             ));
         }
-        let text_time = self.text_time()?;
+        Ok(())
+    }
+
+    /// Whether each down block and each up block (in up order) has attention.
+    fn block_kinds(&self) -> Result<(Vec<bool>, Vec<bool>), String> {
+        let n = self.block_out_channels.len();
         if self.down_block_types.len() != n || self.up_block_types.len() != n {
             return Err(format!(
                 "`down_block_types` ({}) and `up_block_types` ({}) must each list one block per `block_out_channels` entry ({n})",
@@ -286,6 +312,12 @@ impl UNetConfig {
         {
             return Err("`only_cross_attention` is not supported".into());
         }
+        Ok((cross_attn, up_cross_attn))
+    }
+
+    /// Attention heads per block, checked against the block widths and group count.
+    fn heads(&self) -> Result<Vec<usize>, String> {
+        let n = self.block_out_channels.len();
         let heads = self
             .num_attention_heads
             .as_ref()
@@ -304,19 +336,7 @@ impl UNetConfig {
                 ));
             }
         }
-        let layers = self.layers_per_block.expand(n, "layers_per_block")?;
-        let depths = self.depths(&layers, &cross_attn, &up_cross_attn)?;
-        Ok(BlockPlan {
-            cross_attn,
-            layers,
-            heads,
-            down_depths: depths.down,
-            mid_depth: depths.mid,
-            up_depths: depths.up,
-            cross_attention_dim: self.cross_attention_dim.expand(n, "cross_attention_dim")?,
-            up_cross_attn,
-            text_time,
-        })
+        Ok(heads)
     }
 
     /// The `text_time` settings, `None` without added conditioning.

@@ -82,28 +82,7 @@ impl UNet2DConditionModel {
             linear_projection: config.use_linear_projection,
         };
 
-        let mut down_blocks = Vec::with_capacity(n);
-        // Widths of the skip states the down path pushes, in push order.
-        let mut skip_widths = vec![ch[0]];
-        for i in 0..n {
-            let shape = BlockShape {
-                in_channels: if i == 0 { ch[0] } else { ch[i - 1] },
-                out_channels: ch[i],
-                layers: plan.layers[i],
-                resample: i + 1 < n,
-            };
-            down_blocks.push(DownBlock::new(
-                vb.pp(format!("down_blocks.{i}")),
-                shape,
-                common,
-                attention(&plan, i, &plan.down_depths[i], plan.cross_attn[i]),
-                config.downsample_padding,
-            )?);
-            skip_widths.extend(std::iter::repeat_n(
-                ch[i],
-                plan.layers[i] + usize::from(shape.resample),
-            ));
-        }
+        let (down_blocks, skip_widths) = down_blocks(&vb, config, &plan, common)?;
 
         let mid_attention = BlockAttention {
             heads: plan.heads[n - 1],
@@ -118,30 +97,7 @@ impl UNet2DConditionModel {
             config.mid_block_scale_factor,
         )?;
 
-        let mut up_blocks = Vec::with_capacity(n);
-        let mut prev = ch[n - 1];
-        for i in 0..n {
-            let level = n - 1 - i; // the down level this up block mirrors
-            let layers = plan.layers[level] + 1;
-            let skips: Vec<usize> = (0..layers)
-                .map(|_| skip_widths.pop().unwrap_or(0))
-                .collect();
-            let shape = BlockShape {
-                in_channels: ch[level.saturating_sub(1)],
-                out_channels: ch[level],
-                layers,
-                resample: i + 1 < n,
-            };
-            up_blocks.push(UpBlock::new(
-                vb.pp(format!("up_blocks.{i}")),
-                shape,
-                prev,
-                &skips,
-                common,
-                attention(&plan, level, &plan.up_depths[i], plan.up_cross_attn[i]),
-            )?);
-            prev = ch[level];
-        }
+        let up_blocks = up_blocks(&vb, config, &plan, common, skip_widths)?;
 
         Ok(Self {
             conv_in: conv_k(
@@ -278,4 +234,75 @@ impl UNet2DConditionModel {
         )?;
         mlp.forward(&input, dtype).map(Some)
     }
+}
+
+/// The down path's blocks, and the widths of the skip states they push, in push order.
+fn down_blocks(
+    vb: &VarBuilder,
+    config: &UNetConfig,
+    plan: &BlockPlan,
+    common: BlockCommon,
+) -> Result<(Vec<DownBlock>, Vec<usize>)> {
+    let ch = &config.block_out_channels;
+    let n = ch.len();
+    let mut down_blocks = Vec::with_capacity(n);
+    // Widths of the skip states the down path pushes, in push order.
+    let mut skip_widths = vec![ch[0]];
+    for i in 0..n {
+        let shape = BlockShape {
+            in_channels: if i == 0 { ch[0] } else { ch[i - 1] },
+            out_channels: ch[i],
+            layers: plan.layers[i],
+            resample: i + 1 < n,
+        };
+        down_blocks.push(DownBlock::new(
+            vb.pp(format!("down_blocks.{i}")),
+            shape,
+            common,
+            attention(plan, i, &plan.down_depths[i], plan.cross_attn[i]),
+            config.downsample_padding,
+        )?);
+        skip_widths.extend(std::iter::repeat_n(
+            ch[i],
+            plan.layers[i] + usize::from(shape.resample),
+        ));
+    }
+    Ok((down_blocks, skip_widths))
+}
+
+/// The up path's blocks, each taking the skip states of the down level it mirrors.
+fn up_blocks(
+    vb: &VarBuilder,
+    config: &UNetConfig,
+    plan: &BlockPlan,
+    common: BlockCommon,
+    mut skip_widths: Vec<usize>,
+) -> Result<Vec<UpBlock>> {
+    let ch = &config.block_out_channels;
+    let n = ch.len();
+    let mut up_blocks = Vec::with_capacity(n);
+    let mut prev = ch[n - 1];
+    for i in 0..n {
+        let level = n - 1 - i; // the down level this up block mirrors
+        let layers = plan.layers[level] + 1;
+        let skips: Vec<usize> = (0..layers)
+            .map(|_| skip_widths.pop().unwrap_or(0))
+            .collect();
+        let shape = BlockShape {
+            in_channels: ch[level.saturating_sub(1)],
+            out_channels: ch[level],
+            layers,
+            resample: i + 1 < n,
+        };
+        up_blocks.push(UpBlock::new(
+            vb.pp(format!("up_blocks.{i}")),
+            shape,
+            prev,
+            &skips,
+            common,
+            attention(plan, level, &plan.up_depths[i], plan.up_cross_attn[i]),
+        )?);
+        prev = ch[level];
+    }
+    Ok(up_blocks)
 }

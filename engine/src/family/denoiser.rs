@@ -1,0 +1,140 @@
+//! A denoiser's weights from a file other than its diffusers folder's own: a BFL/ComfyUI
+//! single-file FLUX transformer (safetensors) or a GGUF file (ComfyUI-GGUF /
+//! stable-diffusion.cpp naming, or `beeswax quantize`'s), read as the diffusers-named tensors
+//! the model code loads. GGUF tensors are dequantized once, here, to the compute dtype.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::gguf::{Architecture, GgufWeights, Slice};
+use crate::models::flux::{bfl, FluxConfig};
+use crate::weights::{
+    gemm_layout, KeyMap, SafetensorsFile, TensorOp, TensorRef, WeightSource, WeightsError,
+};
+use crate::{Error, Result};
+
+/// A denoiser's tensors, named as the diffusers model loads them, and the file they came from.
+#[derive(Debug)]
+pub struct Denoiser {
+    /// The file (for messages and LoRA reports).
+    pub file: PathBuf,
+    /// The dense tensors by diffusers name (without the linear weights `quantized` serves).
+    pub tensors: HashMap<String, Tensor>,
+    /// A GGUF file's quantized linear weights, served in diffusers names.
+    pub quantized: Option<GgufWeights>,
+}
+
+/// Whether `path` names a GGUF file (by extension).
+pub fn is_gguf(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// The FLUX transformer of `config` from `path`: a GGUF file (which must hold a FLUX model),
+/// or a safetensors file in the BFL layout (optionally under ComfyUI's
+/// `model.diffusion_model.`) or in diffusers' names.
+pub fn flux(path: &Path, config: &FluxConfig, dtype: DType, device: &Device) -> Result<Denoiser> {
+    let mut quantized = None;
+    let tensors = if is_gguf(path) {
+        let gguf = flux_gguf(path, config)?;
+        let tensors = flux_from_gguf(&gguf, config, dtype, device)?;
+        quantized = Some(gguf);
+        tensors
+    } else {
+        let file = Arc::new(SafetensorsFile::open(path)?);
+        let prefix = [bfl::COMFY_PREFIX, ""]
+            .into_iter()
+            .find(|p| file.info(&format!("{p}img_in.weight")).is_some());
+        match prefix {
+            Some(prefix) => {
+                let map: KeyMap = bfl::tensor_map(config)
+                    .into_iter()
+                    .map(|(name, source)| {
+                        let op = match source.part {
+                            bfl::Part::Whole => TensorOp::Whole,
+                            bfl::Part::Rows { start, len } => TensorOp::Rows { start, len },
+                            bfl::Part::SwappedHalves => TensorOp::SwappedHalves,
+                        };
+                        let key = format!("{prefix}{}", source.name);
+                        (name, TensorRef { key, op })
+                    })
+                    .collect();
+                WeightSource::mapped(file, map).read_all(dtype, device)?
+            }
+            None if file.info("x_embedder.weight").is_some() => {
+                WeightSource::new(file, "").read_all(dtype, device)?
+            }
+            None => {
+                return Err(Error::Config {
+                    path: path.to_path_buf(),
+                    message: "not a FLUX transformer: neither `img_in.weight` (BFL layout, \
+                              optionally under `model.diffusion_model.`) nor \
+                              `x_embedder.weight` (diffusers) is in the file"
+                        .into(),
+                })
+            }
+        }
+    };
+    Ok(Denoiser {
+        file: path.to_path_buf(),
+        tensors,
+        quantized,
+    })
+}
+
+/// A FLUX GGUF file served in diffusers names: each weight renamed to its BFL tensor, fused
+/// `qkv`/`linear1` parts as row slices, the swapped final modulation dense.
+fn flux_gguf(path: &Path, config: &FluxConfig) -> Result<GgufWeights> {
+    let map: HashMap<String, bfl::BflTensor> = bfl::tensor_map(config).into_iter().collect();
+    let map = Arc::new(map);
+    let names = map.clone();
+    Ok(GgufWeights::open(path, &[Architecture::Flux])?
+        .with_rename(move |name| names.get(name).map_or(name.to_string(), |b| b.name.clone()))
+        .with_slices(move |name| match map.get(name).map(|b| b.part) {
+            None | Some(bfl::Part::Whole) => Slice::Whole,
+            Some(bfl::Part::Rows { start, len }) => Slice::Rows { start, len },
+            Some(bfl::Part::SwappedHalves) => Slice::Dense,
+        }))
+}
+
+/// Every diffusers tensor of the transformer that is not multiplied quantized, dequantized from
+/// the BFL-named GGUF tensors (each fused tensor read once and split).
+fn flux_from_gguf(
+    gguf: &GgufWeights,
+    config: &FluxConfig,
+    dtype: DType,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
+    let mut read: HashMap<String, Tensor> = HashMap::new();
+    let mut out = HashMap::new();
+    for (name, source) in bfl::tensor_map(config) {
+        if gguf.multiplies_quantized(&name) {
+            continue;
+        }
+        let whole = match read.get(&source.name) {
+            Some(t) => t.clone(),
+            None => {
+                // The BFL name as stored (the rename maps diffusers names only).
+                let stored = format!("{}{}", gguf.prefix().unwrap_or(""), source.name);
+                let t = gguf.file().dequantize_as(&stored, dtype, device)?;
+                read.insert(source.name.clone(), t.clone());
+                t
+            }
+        };
+        let tensor = match source.part {
+            bfl::Part::Whole => whole,
+            bfl::Part::Rows { start, len } => whole.narrow(0, start, len)?,
+            bfl::Part::SwappedHalves => crate::weights::swap_halves(&whole)?,
+        };
+        let tensor = gemm_layout(&name, tensor).map_err(|e| WeightsError::Tensor {
+            path: gguf.file().path().to_path_buf(),
+            tensor: source.name.clone(),
+            message: e.to_string(),
+        })?;
+        out.insert(name, tensor);
+    }
+    Ok(out)
+}

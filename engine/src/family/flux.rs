@@ -1,0 +1,446 @@
+//! FLUX.1 (dev and schnell): CLIP-L's pooled output and T5's token states condition a
+//! flow-matching transformer over 2x2-packed 16-channel latents; an `AutoencoderKL` with a
+//! latent shift. Loaded from a diffusers folder, with the transformer optionally from another
+//! file (a BFL/ComfyUI single file, or a GGUF file; see [`super::denoiser`]).
+//!
+//! The pipeline stays family-generic: [`FluxNetworks::predict`] takes unpacked latents
+//! `[B, 16, h, w]`, packs them, builds the image and text positions, passes the timestep as a
+//! sigma (`t / 1000`) and, for dev, the guidance scale to its embedding, and unpacks the
+//! predicted flow.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use super::denoiser::{self, Denoiser};
+use super::model::{ComponentWeights, FusedPart, FusedTarget, LoraAlias, LoraNames, Role};
+use super::{
+    Conditioning, EncodeOptions, Family, LoadOptions, Model, Networks, Patches,
+    ScheduledConditioning, Vae, Weights,
+};
+use crate::gguf::GgufWeights;
+use crate::models::clip::{ClipTextConfig, ClipTextModel};
+use crate::models::config_file::read_json;
+use crate::models::flux::{self, bfl, FluxConfig, FluxTransformer2DModel};
+use crate::models::t5::{T5Config, T5EncoderModel};
+use crate::prompt::attention::{parse_prompt_attention, BREAK_WEIGHT};
+use crate::prompt::PromptSyntax;
+use crate::schedulers::SchedulerConfig;
+use crate::tokenizer::t5::T5Tokenizer;
+use crate::tokenizer::ClipTokenizer;
+use crate::weights::{in_file, WeightSource};
+use crate::{model_files, Error, Result};
+
+/// The transformer's component name (its folder).
+const TRANSFORMER: &str = "transformer";
+/// CLIP-L's component name.
+const TEXT_ENCODER: &str = "text_encoder";
+/// T5's component name.
+const TEXT_ENCODER_2: &str = "text_encoder_2";
+
+/// FLUX networks.
+#[derive(Debug, Clone)]
+pub struct FluxNetworks {
+    clip_tokenizer: Arc<ClipTokenizer>,
+    clip: Arc<ClipTextModel>,
+    clip_config: ClipTextConfig,
+    t5_tokenizer: Arc<T5Tokenizer>,
+    t5: T5,
+    transformer: Arc<FluxTransformer2DModel>,
+    /// A GGUF transformer's quantized linear weights (multiplied quantized).
+    quantized: Option<GgufWeights>,
+    /// T5 tokens per prompt (FluxPipeline's `max_sequence_length`).
+    max_sequence_length: usize,
+    device: Device,
+    dtype: DType,
+}
+
+impl FluxNetworks {
+    /// The transformer.
+    pub fn transformer(&self) -> &FluxTransformer2DModel {
+        &self.transformer
+    }
+
+    /// T5 tokens per prompt.
+    pub fn max_sequence_length(&self) -> usize {
+        self.max_sequence_length
+    }
+}
+
+/// Loads the FLUX diffusers folder `dir` as a model of `family`; the transformer comes from
+/// `options.denoiser` when given (a BFL/ComfyUI safetensors file or a GGUF file), else from
+/// `dir/transformer`.
+pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Model> {
+    let (device, dtype) = (&options.device, options.dtype);
+    let clip_tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
+    let clip_config: ClipTextConfig =
+        read_json(&model_files::config(dir, TEXT_ENCODER, "config.json")?)?;
+    let clip_file = model_files::weights(dir, TEXT_ENCODER, "model")?;
+    let clip_map = WeightSource::open(&clip_file)?.read_all(dtype, device)?;
+    let clip = in_file(
+        &clip_file,
+        ClipTextModel::new(
+            VarBuilder::from_tensors(clip_map.clone(), dtype, device),
+            &clip_config,
+        ),
+    )?;
+
+    let t5_tokenizer = T5Tokenizer::from_dir(&dir.join("tokenizer_2"))?;
+    let t5_config = T5Config::from_file(&model_files::config(dir, TEXT_ENCODER_2, "config.json")?)?;
+    let t5_file = model_files::weights(dir, TEXT_ENCODER_2, "model")?;
+    let t5 = T5::Files {
+        file: t5_file,
+        config: t5_config,
+    };
+    // With low memory, T5 (the largest network) is read for each encoding and freed after.
+    let t5 = if options.low_memory {
+        t5
+    } else {
+        T5::Loaded(t5.load(dtype, device)?)
+    };
+
+    let config_path = model_files::config(dir, TRANSFORMER, "config.json")?;
+    let config = FluxConfig::from_file(&config_path)?;
+    check_family(&family, &config, &config_path)?;
+    let Denoiser {
+        file,
+        tensors,
+        quantized,
+    } = match &options.denoiser {
+        Some(path) => denoiser::flux(path, &config, dtype, device)?,
+        None => {
+            let file = model_files::weights(dir, TRANSFORMER, "diffusion_pytorch_model")?;
+            let tensors = WeightSource::open(&file)?.read_all(dtype, device)?;
+            Denoiser {
+                file,
+                tensors,
+                quantized: None,
+            }
+        }
+    };
+    let vb = VarBuilder::from_tensors(tensors.clone(), dtype, device);
+    let transformer = in_file(&file, build_transformer(vb, &config, quantized.as_ref()))?;
+
+    let vae_file = model_files::weights(dir, "vae", "diffusion_pytorch_model")?;
+    let vae = Vae::load(
+        &model_files::config(dir, "vae", "config.json")?,
+        &WeightSource::open(&vae_file)?,
+        dtype,
+        device,
+    )?;
+    let scheduler_config = SchedulerConfig::from_file(&model_files::config(
+        dir,
+        "scheduler",
+        "scheduler_config.json",
+    )?)?;
+    let max_sequence_length = options
+        .max_sequence_length
+        .or(family.max_sequence_length)
+        .unwrap_or(512);
+    let weights = Weights {
+        components: vec![
+            component(
+                TRANSFORMER,
+                Role::Denoiser,
+                file,
+                tensors,
+                "lora_transformer",
+            ),
+            component(
+                TEXT_ENCODER,
+                Role::TextEncoder,
+                clip_file,
+                clip_map,
+                "lora_te1",
+            ),
+        ],
+    };
+    Ok(Model {
+        family,
+        source: dir.to_path_buf(),
+        networks: Arc::new(FluxNetworks {
+            clip_tokenizer: Arc::new(clip_tokenizer),
+            clip: Arc::new(clip),
+            clip_config,
+            t5_tokenizer: Arc::new(t5_tokenizer),
+            t5,
+            transformer: Arc::new(transformer),
+            quantized,
+            max_sequence_length,
+            device: device.clone(),
+            dtype,
+        }),
+        vae,
+        scheduler_config,
+        device: device.clone(),
+        dtype,
+        weights: Arc::new(weights),
+    })
+}
+
+/// The T5 encoder, loaded, or its files (`--low-memory`: loaded for each encoding).
+#[derive(Debug, Clone)]
+enum T5 {
+    Loaded(Arc<T5EncoderModel>),
+    Files { file: PathBuf, config: T5Config },
+}
+
+impl T5 {
+    /// The encoder (read from its file unless loaded).
+    fn load(&self, dtype: DType, device: &Device) -> Result<Arc<T5EncoderModel>> {
+        match self {
+            T5::Loaded(t5) => Ok(t5.clone()),
+            T5::Files { file, config } => {
+                let vb = WeightSource::open(file)?.var_builder(dtype, device);
+                Ok(Arc::new(in_file(file, T5EncoderModel::new(vb, config))?))
+            }
+        }
+    }
+}
+
+/// The transformer from `vb`, its linear layers from `quantized` where that holds them.
+fn build_transformer(
+    vb: VarBuilder<'static>,
+    config: &FluxConfig,
+    quantized: Option<&GgufWeights>,
+) -> candle_core::Result<FluxTransformer2DModel> {
+    match quantized {
+        Some(q) => FluxTransformer2DModel::new_quantized(vb, config, q),
+        None => FluxTransformer2DModel::new(vb, config),
+    }
+}
+
+/// A dev transformer (guidance embedding) declared as schnell, or the reverse, is an error.
+fn check_family(family: &Family, config: &FluxConfig, path: &Path) -> Result<()> {
+    let embeds = family.guidance == super::GuidanceMode::Distilled;
+    if config.guidance_embeds == embeds {
+        return Ok(());
+    }
+    Err(Error::Config {
+        path: path.to_path_buf(),
+        message: format!(
+            "`guidance_embeds` is {}, but family `{}` {} a guidance embedding; declare {}",
+            config.guidance_embeds,
+            family.name,
+            if embeds { "has" } else { "has no" },
+            if config.guidance_embeds {
+                "flux-dev"
+            } else {
+                "flux-schnell"
+            }
+        ),
+    })
+}
+
+fn component(
+    name: &str,
+    role: Role,
+    file: PathBuf,
+    tensors: HashMap<String, Tensor>,
+    kohya: &str,
+) -> ComponentWeights {
+    ComponentWeights {
+        name: name.to_string(),
+        role,
+        file,
+        tensors,
+        lora: LoraNames {
+            kohya: kohya.to_string(),
+            peft: name.to_string(),
+            bare: role == Role::Denoiser,
+        },
+    }
+}
+
+impl FluxNetworks {
+    /// T5 states and CLIP's pooled output of `prompt`, taken literally.
+    fn encode_text(&self, prompt: &str, warnings: &mut Vec<String>) -> Result<Conditioning> {
+        let t5 = self.t5_tokenizer.encode(prompt, self.max_sequence_length)?;
+        if let Some(dropped) = &t5.truncated {
+            warnings.push(format!(
+                "the prompt is longer than {} T5 tokens (max sequence length); this part was \
+                 dropped: \"{dropped}\"",
+                self.max_sequence_length
+            ));
+        }
+        let ids = Tensor::new(t5.ids.as_slice(), &self.device)?.unsqueeze(0)?;
+        let context = match &self.t5 {
+            T5::Loaded(t5) => t5.forward(&ids)?,
+            files => files.load(self.dtype, &self.device)?.forward(&ids)?,
+        };
+        let context = context.to_dtype(self.dtype)?;
+        // CLIP's own truncation is silent in FluxPipeline too; T5 carries the long prompt.
+        let clip = self.clip_tokenizer.encode(prompt)?;
+        let ids = Tensor::new(clip.ids.as_slice(), &self.device)?.unsqueeze(0)?;
+        let out = self.clip.encode(&ids, self.clip.num_layers(), true)?;
+        Ok(Conditioning {
+            context,
+            pooled: Some(out.pooled),
+            added: None,
+        })
+    }
+}
+
+/// The prompt's text without the a1111/comfy emphasis markup (FLUX weights nothing), warning
+/// (naming `family`) when a weight other than 1 is dropped; `plain` prompts are kept as
+/// written.
+pub(super) fn literal_text(
+    prompt: &str,
+    syntax: PromptSyntax,
+    family: &str,
+    warnings: &mut Vec<String>,
+) -> String {
+    if syntax == PromptSyntax::Plain {
+        return prompt.to_string();
+    }
+    let segments = parse_prompt_attention(prompt);
+    if segments
+        .iter()
+        .any(|(_, w)| *w != 1.0 && *w != BREAK_WEIGHT)
+    {
+        warnings.push(format!(
+            "{family} does not weight prompts: the emphasis weights of this prompt were ignored"
+        ));
+    }
+    segments
+        .into_iter()
+        .filter(|(_, w)| *w != BREAK_WEIGHT)
+        .map(|(text, _)| text)
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+impl Networks for FluxNetworks {
+    /// FluxPipeline's `encode_prompt`: T5's states over `max_sequence_length` tokens (a longer
+    /// prompt is cut with a warning) as the context, CLIP-L's pooled output (77 tokens) as
+    /// `pooled`. CLIP skip does not apply (the pooled output uses every layer). In the a1111 and
+    /// comfy syntaxes the emphasis markup is removed and its weights are not applied (FLUX's
+    /// T5 context is not weighted, as in Forge), with a warning when a weight is not 1.
+    fn encode(
+        &self,
+        prompt: &str,
+        options: &EncodeOptions,
+        warnings: &mut Vec<String>,
+    ) -> Result<ScheduledConditioning> {
+        let text = literal_text(prompt, options.syntax, "FLUX", warnings);
+        Ok(ScheduledConditioning::fixed(
+            self.encode_text(&text, warnings)?,
+        ))
+    }
+
+    fn predict(
+        &self,
+        latents: &Tensor,
+        timestep: f64,
+        cond: &Conditioning,
+        guidance: f64,
+    ) -> Result<Tensor> {
+        let (b, _, h, w) = latents.dims4()?;
+        let pooled = cond.pooled.as_ref().ok_or_else(|| {
+            Error::invalid(
+                "conditioning",
+                "without a pooled embedding",
+                "FLUX needs CLIP's pooled output; encode the prompt with the FLUX networks",
+            )
+        })?;
+        let img = flux::pack_latents(&latents.to_dtype(self.dtype)?)?;
+        let img_ids = flux::image_ids(h / 2, w / 2, &self.device)?;
+        let txt_ids = flux::text_ids(cond.context.dim(1)?, &self.device)?;
+        // FluxPipeline passes the f32 timestep divided by 1000.
+        let sigma = Tensor::full(timestep as f32 / 1000.0, b, &self.device)?;
+        let guidance = self
+            .transformer
+            .config()
+            .guidance_embeds
+            .then(|| Tensor::full(guidance as f32, b, &self.device))
+            .transpose()?;
+        let out = self.transformer.forward(
+            &img,
+            &img_ids,
+            &cond.context,
+            &txt_ids,
+            &sigma,
+            guidance.as_ref(),
+            pooled,
+        )?;
+        Ok(flux::unpack_latents(&out, h, w)?.to_dtype(DType::F32)?)
+    }
+
+    fn in_channels(&self) -> usize {
+        self.transformer.config().in_channels / 4
+    }
+
+    fn text_layers(&self) -> usize {
+        self.clip.num_layers()
+    }
+
+    fn sample_size(&self) -> Option<usize> {
+        None
+    }
+
+    fn with_weights(&self, weights: &Weights, patches: &Patches) -> Result<Arc<dyn Networks>> {
+        let mut out = self.clone();
+        let rebuilt = |name: &str| -> Option<(VarBuilder<'static>, &Path)> {
+            let patched = patches.get(name).filter(|p| !p.is_empty())?;
+            let base = weights.get(name)?;
+            let mut map = base.tensors.clone();
+            map.extend(patched.iter().map(|(k, t)| (k.clone(), t.clone())));
+            Some((
+                VarBuilder::from_tensors(map, self.dtype, &self.device),
+                base.file.as_path(),
+            ))
+        };
+        if let Some((vb, file)) = rebuilt(TRANSFORMER) {
+            let config = self.transformer.config();
+            let transformer = build_transformer(vb, config, self.quantized.as_ref());
+            out.transformer = Arc::new(in_file(file, transformer)?);
+        }
+        if let Some((vb, file)) = rebuilt(TEXT_ENCODER) {
+            out.clip = Arc::new(in_file(file, ClipTextModel::new(vb, &self.clip_config))?);
+        }
+        Ok(Arc::new(out))
+    }
+
+    /// kohya/ComfyUI LoRAs name the original (BFL) modules: `lora_unet_double_blocks_0_img_attn_qkv`
+    /// changes rows of three diffusers weights (q, k, v), `final_layer.adaLN_modulation.1`
+    /// the swapped halves of `norm_out.linear`.
+    fn lora_aliases(&self) -> Vec<LoraAlias> {
+        let mut by_bfl: Vec<(String, Vec<FusedTarget>)> = Vec::new();
+        for (name, source) in bfl::tensor_map(self.transformer.config()) {
+            let Some(module) = source.name.strip_suffix(".weight") else {
+                continue;
+            };
+            let part = match source.part {
+                bfl::Part::Whole => FusedPart::Whole,
+                bfl::Part::Rows { start, len } => FusedPart::Rows { start, len },
+                bfl::Part::SwappedHalves => FusedPart::SwappedHalves,
+            };
+            let target = FusedTarget {
+                component: TRANSFORMER.to_string(),
+                key: name,
+                part,
+            };
+            match by_bfl.iter_mut().find(|(m, _)| m == module) {
+                Some((_, targets)) => targets.push(target),
+                None => by_bfl.push((module.to_string(), vec![target])),
+            }
+        }
+        by_bfl
+            .into_iter()
+            .flat_map(|(module, targets)| {
+                [
+                    format!("lora_unet_{}", module.replace('.', "_")),
+                    format!("diffusion_model.{module}"),
+                    module,
+                ]
+                .map(|name| LoraAlias {
+                    module: name,
+                    targets: targets.clone(),
+                })
+            })
+            .collect()
+    }
+}
