@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use beeswax::hub;
-use beeswax::manifest::{self, Family, PackSource};
+use beeswax::manifest::{self, PackSource};
 use beeswax::model_files;
 use common::command::Dir;
 
@@ -63,7 +63,7 @@ clip_skip = 2
         .unwrap()
         .unwrap();
     assert_eq!(pack.name, "tiny");
-    assert_eq!(pack.family, Family::Sd2);
+    assert_eq!(pack.family.as_str(), "sd2");
     assert_eq!(pack.description.as_deref(), Some("a test pack"));
     assert_eq!(pack.manifest_path, Path::new("packs/tiny.toml"));
     let PackSource::Path(path) = &pack.source else {
@@ -137,7 +137,7 @@ fn unknown_top_level_table_is_refused() {
         &message,
         6,
         "widget",
-        &["[pack], [[pipeline]], [[lora]], [[lora_set]], [[plugin]] and [[embedding]]"],
+        &["[pack], [[pipeline]], [[lora]], [[lora_set]], [[plugin]], [[embedding]] and [family]"],
     );
 }
 
@@ -165,9 +165,14 @@ fn missing_field_is_named() {
 }
 
 #[test]
-fn unknown_family_lists_supported_ones() {
-    let message = manifest_error("[pack]\nname = \"x\"\nfamily = \"sdxl\"\npath = \"p\"\n");
-    assert_names(&message, 3, "pack.family", &["`sdxl`", "sd1, sd2"]);
+fn misspelt_family_is_named() {
+    let message = manifest_error("[pack]\nname = \"x\"\nfamily = \"SD XL\"\npath = \"p\"\n");
+    assert_names(
+        &message,
+        3,
+        "pack.family",
+        &["`SD XL`", "not a family name"],
+    );
 }
 
 #[test]
@@ -322,7 +327,7 @@ fn committed_manifests_parse() {
     let dir = common::root().join("manifests");
     let packs = common::manifests::packs(&dir).unwrap();
     let tiny = packs.iter().find(|p| p.name == "tiny-sd").unwrap();
-    assert_eq!(tiny.family, Family::Sd1);
+    assert_eq!(tiny.family.as_str(), "sd1");
     assert_eq!(tiny.defaults.steps, Some(20));
     assert_eq!(tiny.defaults.guidance, Some(7.5));
     assert_eq!(tiny.defaults.scheduler.as_deref(), Some("euler"));
@@ -550,14 +555,24 @@ fn a_pack_whose_files_disagree_with_its_family_is_refused() {
     let err = family::load(&common::model_dir("tiny-sd"), Some("sdx"), &options)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("sdx") && err.contains("sd1, sd2"), "{err}");
-    // Without a declared family, the files decide.
+    assert!(
+        err.contains("sdx") && err.contains("sd1, sd1-inpaint, sd2") && err.contains("sdxl"),
+        "{err}"
+    );
+    // Without a declared family, the files decide (the most specific family first); a
+    // declared general family still loads a specific folder.
     for (model, family) in [
         ("tiny-sd", "sd1"),
-        ("tiny-sd2", "sd2"),
-        ("tiny-sd-inpaint", "sd1"),
+        ("tiny-sd2", "sd2-v"),
+        ("tiny-sd-inpaint", "sd1-inpaint"),
+        ("tiny-sdxl", "sdxl"),
+        ("tiny-sdxl-refiner", "sdxl-refiner"),
+        ("tiny-sdxl-inpaint", "sdxl-inpaint"),
+        ("tiny-sdxl-turbo", "sdxl"),
     ] {
         let m = family::load(&common::model_dir(model), None, &options).unwrap();
         assert_eq!(m.family.name, family, "{model}");
     }
+    let m = family::load(&common::model_dir("tiny-sd2"), Some("sd2"), &options).unwrap();
+    assert_eq!(m.family.name, "sd2");
 }

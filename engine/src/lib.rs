@@ -14,6 +14,7 @@
 //! - [`server`]: the HTTP service; the `beeswax` binary sits on top of all of them.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod defaults;
 pub mod device;
 pub mod digest;

@@ -285,8 +285,14 @@ impl FluxNetworks {
 }
 
 /// The prompt's text without the a1111/comfy emphasis markup (FLUX weights nothing), warning
-/// when a weight other than 1 is dropped; `plain` prompts are kept as written.
-fn literal_text(prompt: &str, syntax: PromptSyntax, warnings: &mut Vec<String>) -> String {
+/// (naming `family`) when a weight other than 1 is dropped; `plain` prompts are kept as
+/// written.
+pub(super) fn literal_text(
+    prompt: &str,
+    syntax: PromptSyntax,
+    family: &str,
+    warnings: &mut Vec<String>,
+) -> String {
     if syntax == PromptSyntax::Plain {
         return prompt.to_string();
     }
@@ -295,10 +301,9 @@ fn literal_text(prompt: &str, syntax: PromptSyntax, warnings: &mut Vec<String>) 
         .iter()
         .any(|(_, w)| *w != 1.0 && *w != BREAK_WEIGHT)
     {
-        warnings.push(
-            "FLUX does not weight prompts: the emphasis weights of this prompt were ignored"
-                .to_string(),
-        );
+        warnings.push(format!(
+            "{family} does not weight prompts: the emphasis weights of this prompt were ignored"
+        ));
     }
     segments
         .into_iter()
@@ -320,7 +325,7 @@ impl Networks for FluxNetworks {
         options: &EncodeOptions,
         warnings: &mut Vec<String>,
     ) -> Result<ScheduledConditioning> {
-        let text = literal_text(prompt, options.syntax, warnings);
+        let text = literal_text(prompt, options.syntax, "FLUX", warnings);
         Ok(ScheduledConditioning::fixed(
             self.encode_text(&text, warnings)?,
         ))

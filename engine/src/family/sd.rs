@@ -2,7 +2,6 @@
 //! CLIP skip, always through the final LayerNorm), a conditional UNet attending to the
 //! `[1, 77, D]` text states, and an `AutoencoderKL`, loaded from a diffusers folder.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
@@ -11,17 +10,16 @@ use candle_nn::VarBuilder;
 use super::model::{ComponentWeights, LoraNames, Role};
 use super::prompting::{self, ClipEncoder};
 use super::{
-    Conditioning, EncodeOptions, Family, LoadOptions, Model, Networks, Patches,
+    Conditioning, EncodeOptions, Family, LoadOptions, Model, ModelSource, Networks, Patches,
     ScheduledConditioning, Vae, Weights,
 };
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::config_file::read_json;
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::prompt::EncoderSlot;
-use crate::schedulers::SchedulerConfig;
 use crate::tokenizer::ClipTokenizer;
-use crate::weights::{in_file, WeightSource};
-use crate::{model_files, Error, Result};
+use crate::weights::in_file;
+use crate::{Error, Result};
 
 /// The UNet's component name (its folder).
 const UNET: &str = "unet";
@@ -56,15 +54,16 @@ impl SdNetworks {
     }
 }
 
-/// Loads the SD 1.x/2.x diffusers folder `dir` as a model of `family`.
-pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Model> {
+/// Loads an SD 1.x/2.x model of `family` from `source` (a diffusers folder, or a single file
+/// with its configs).
+pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) -> Result<Model> {
     let (device, dtype) = (&options.device, options.dtype);
-    let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
+    let tokenizer = ClipTokenizer::from_dir(&source.tokenizer_dir("tokenizer"))?;
 
-    let text_config_path = model_files::config(dir, TEXT_ENCODER, "config.json")?;
+    let text_config_path = source.config(TEXT_ENCODER, "config.json")?;
     let text_config: ClipTextConfig = read_json(&text_config_path)?;
-    let text_file = model_files::weights(dir, TEXT_ENCODER, "model")?;
-    let text_map = WeightSource::open(&text_file)?.read_all(dtype, device)?;
+    let (text_file, text_source) = source.weights(TEXT_ENCODER, "model")?;
+    let text_map = text_source.read_all(dtype, device)?;
     let text_encoder = in_file(
         &text_file,
         ClipTextModel::new(
@@ -73,7 +72,7 @@ pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Mo
         ),
     )?;
 
-    let unet_config_path = model_files::config(dir, UNET, "config.json")?;
+    let unet_config_path = source.config(UNET, "config.json")?;
     let unet_config: UNetConfig = read_json(&unet_config_path)?;
     let plan = unet_config.plan().map_err(|message| Error::Config {
         path: unet_config_path.clone(),
@@ -90,8 +89,8 @@ pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Mo
             ),
         });
     }
-    let unet_file = model_files::weights(dir, UNET, "diffusion_pytorch_model")?;
-    let unet_map = WeightSource::open(&unet_file)?.read_all(dtype, device)?;
+    let (unet_file, unet_source) = source.weights(UNET, "diffusion_pytorch_model")?;
+    let unet_map = unet_source.read_all(dtype, device)?;
     let unet = in_file(
         &unet_file,
         UNet2DConditionModel::new(
@@ -100,18 +99,13 @@ pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Mo
         ),
     )?;
 
-    let vae_file = model_files::weights(dir, "vae", "diffusion_pytorch_model")?;
     let vae = Vae::load(
-        &model_files::config(dir, "vae", "config.json")?,
-        &WeightSource::open(&vae_file)?,
+        &source.config("vae", "config.json")?,
+        &source.weights("vae", "diffusion_pytorch_model")?.1,
         dtype,
         device,
     )?;
-    let scheduler_config = SchedulerConfig::from_file(&model_files::config(
-        dir,
-        "scheduler",
-        "scheduler_config.json",
-    )?)?;
+    let scheduler_config = source.scheduler_config()?;
 
     let weights = Weights {
         components: vec![
@@ -127,7 +121,7 @@ pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Mo
     };
     Ok(Model {
         family,
-        source: dir.to_path_buf(),
+        source: source.origin.clone(),
         networks: Arc::new(SdNetworks {
             tokenizer: Arc::new(tokenizer),
             text_encoder: Arc::new(text_encoder),

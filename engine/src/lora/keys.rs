@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 
+use crate::checkpoint::keymap::unet_ldm_names;
 use crate::family::{LoraNames, Role};
 
 /// A model weight a LoRA module changes.
@@ -58,7 +59,15 @@ impl TargetIndex {
         component: IndexedComponent<'a, I>,
     ) {
         let names = component.lora;
-        for (key, rank) in component.weights {
+        let weights: Vec<(&str, usize)> = component.weights.into_iter().collect();
+        // kohya's SDXL files name the UNet's original (LDM/SGM) modules.
+        let ldm: HashMap<&str, String> = match component.role {
+            Role::Denoiser => unet_ldm_names(weights.iter().map(|(k, _)| *k))
+                .into_iter()
+                .collect(),
+            Role::TextEncoder => HashMap::new(),
+        };
+        for &(key, rank) in &weights {
             let Some(module) = key.strip_suffix(".weight") else {
                 continue;
             };
@@ -72,6 +81,10 @@ impl TargetIndex {
             };
             for name in spellings(names, component.role, module) {
                 self.names.insert(name, target.clone());
+            }
+            if let Some(l) = ldm.get(key).and_then(|l| l.strip_suffix(".weight")) {
+                let name = format!("{}_{}", names.kohya, l.replace('.', "_"));
+                self.names.entry(name).or_insert(target);
             }
         }
     }

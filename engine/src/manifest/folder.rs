@@ -277,7 +277,8 @@ mod tests {
         );
         assert!(
             err.contains(
-                "[pack], [[pipeline]], [[lora]], [[lora_set]], [[plugin]] and [[embedding]]"
+                "[pack], [[pipeline]], [[lora]], [[lora_set]], [[plugin]], [[embedding]] and \
+                 [family]"
             ),
             "{err}"
         );

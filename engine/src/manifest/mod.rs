@@ -9,6 +9,7 @@
 //! | `[[lora]]`, `[[lora_set]]` | `lora/manifest.rs`       | LoRAs and named lists of them         |
 //! | `[[plugin]]`               | `plugins/manifest.rs`    | plugin files and what they may do     |
 //! | `[[embedding]]`            | [`embedding`]            | textual-inversion embeddings          |
+//! | `[family]`                 | `family/manifest.rs`     | a model family (also in `families/`)  |
 //!
 //! The layer is low: it imports no module that uses it (the server, LoRAs, plugins and
 //! pipelines read their sections from a [`ManifestFolder`] they are given).

@@ -38,46 +38,22 @@ use super::ManifestError;
 use crate::prompt::PromptSyntax;
 use crate::{defaults, limits};
 
-/// The model family a pack belongs to, which selects the network architecture.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Family {
-    /// Stable Diffusion 1.x (CLIP ViT-L/14 text encoder).
-    Sd1,
-    /// Stable Diffusion 2.x (OpenCLIP ViT-H/14 text encoder).
-    Sd2,
-    /// FLUX.1-dev.
-    FluxDev,
-    /// FLUX.1-schnell.
-    FluxSchnell,
-}
+/// The name of the model family a pack belongs to (`sd1`, `sdxl`, ...): a shipped family or
+/// one declared by a `[family]` manifest. The manifest layer checks its spelling; whether such
+/// a family exists is checked where families are known (loading, `beeswax check`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Family(String);
 
 impl Family {
-    /// Every supported family.
-    pub const ALL: [Family; 4] = [
-        Family::Sd1,
-        Family::Sd2,
-        Family::FluxDev,
-        Family::FluxSchnell,
-    ];
-
     /// The name used in manifests and on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Family::Sd1 => "sd1",
-            Family::Sd2 => "sd2",
-            Family::FluxDev => "flux-dev",
-            Family::FluxSchnell => "flux-schnell",
-        }
-    }
-
-    fn names() -> String {
-        Self::ALL.map(Family::as_str).join(", ")
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
 impl fmt::Display for Family {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(&self.0)
     }
 }
 
@@ -85,10 +61,17 @@ impl FromStr for Family {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|family| family.as_str() == s)
-            .ok_or_else(|| format!("unknown model family `{s}`: use one of {}", Self::names()))
+        let ok = !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(format!(
+                "`{s}` is not a family name: use lowercase letters, digits, `-`, `_` or `.` \
+                 (e.g. `sd1`, `sdxl`; `beeswax families` lists them)"
+            ))
+        }
     }
 }
 
@@ -276,14 +259,8 @@ fn read(document: &Document<'_>) -> Result<Option<(PackManifest, usize)>, Manife
         "pack.name",
         "give the pack a name, e.g. `name = \"tiny-sd\"`",
     )?;
-    let family = raw.family.get_ref().parse().map_err(|_| {
-        let message = format!(
-            "must be one of {} (got `{}`): fix the family name",
-            Family::names(),
-            raw.family.get_ref()
-        );
-        located.at(&raw.family, "pack.family", message)
-    })?;
+    let family = (raw.family.get_ref().parse())
+        .map_err(|message: String| located.at(&raw.family, "pack.family", message))?;
     let pack = PackManifest {
         name: name.to_string(),
         family,

@@ -40,6 +40,7 @@ pub const SECTIONS: &[Section] = &[
     Section::array("lora_set"),  // read by lora/manifest.rs
     Section::array("plugin"),    // read by plugins/manifest.rs
     Section::array("embedding"), // read by manifest/embedding.rs
+    Section::table("family"),    // read by family/manifest.rs
 ];
 
 /// The section called `key`, if it is known.
@@ -64,7 +65,7 @@ mod tests {
     fn headers_name_every_section() {
         assert_eq!(
             headers(),
-            "[pack], [[pipeline]], [[lora]], [[lora_set]], [[plugin]] and [[embedding]]"
+            "[pack], [[pipeline]], [[lora]], [[lora_set]], [[plugin]], [[embedding]] and [family]"
         );
         assert_eq!(
             find("lora_set").map(Section::header),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::config::Limits;
 use crate::extensions::Extensions;
-use crate::family::{self, LoadOptions, Model};
+use crate::family::{Families, LoadOptions, Model};
 use crate::lora::{LoraCatalog, WeightRange};
 use crate::manifest::{
     self, Family, ManifestFolder, Mode, PackDefaults, PackManifest, PackSource, PipelineConfig,
@@ -66,6 +66,7 @@ impl Catalog {
         extensions: &Extensions,
     ) -> Result<Self> {
         let packs = manifest::packs(folder)?;
+        let families = Families::from_manifests(folder)?;
         let configs = manifest::pipelines(folder, &packs)?;
         let mut loras = LoraCatalog::from_manifests(folder)?;
         loras.allow_download = allow_download;
@@ -73,7 +74,7 @@ impl Catalog {
         let mut loaded: Vec<(PackManifest, Arc<Model>)> = Vec::new();
         for pack in packs {
             let needed = configs.iter().any(|c| c.pack == pack.name);
-            match load_pack(&pack, options, allow_download) {
+            match load_pack(&pack, &families, options, allow_download) {
                 Ok(model) => {
                     tracing::info!(pack = %pack.name, "model loaded");
                     loaded.push((pack, Arc::new(model)));
@@ -93,7 +94,7 @@ impl Catalog {
             pipelines.push(Arc::new(Pipeline {
                 name: c.name,
                 pack: c.pack,
-                family: pack.family,
+                family: pack.family.clone(),
                 mode: c.mode,
                 description: c.description,
                 is_pack: false,
@@ -203,6 +204,7 @@ fn check_names(
 /// Loads `pack`'s model as the family the pack declares.
 pub fn load_pack(
     pack: &PackManifest,
+    families: &Families,
     options: &LoadOptions,
     allow_download: bool,
 ) -> Result<Model> {
@@ -212,5 +214,5 @@ pub fn load_pack(
     };
     let mut options = options.clone();
     options.denoiser = pack.gguf.clone().or(options.denoiser);
-    family::load(&dir, Some(pack.family.as_str()), &options)
+    families.load(&dir, Some(pack.family.as_str()), &options)
 }

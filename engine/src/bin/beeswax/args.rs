@@ -35,11 +35,22 @@ pub struct Global {
     /// Compute dtype: f32, f16 or bf16 [default: f32 on CPU, f16 on GPUs].
     #[arg(long, global = true)]
     pub dtype: Option<String>,
-    /// With `--model FILE` (a GGUF file, or a FLUX transformer as one safetensors file in
-    /// the BFL/ComfyUI layout): the diffusers folder the other components (text encoders,
-    /// VAE, configs) come from.
+    /// Single files: configs and tokenizers from this diffusers folder instead of the
+    /// family's bundled ones (diffusers' `from_single_file(config=...)`); with a GGUF file
+    /// or a FLUX transformer file (BFL/ComfyUI layout): the diffusers folder the other
+    /// components (text encoders, VAE, configs) come from.
     #[arg(long, global = true)]
     pub model_config: Option<PathBuf>,
+    /// Single files: the model family instead of the detected one (`beeswax families`).
+    #[arg(long, global = true)]
+    pub family: Option<String>,
+    /// Single files: what the denoiser predicts, `epsilon` or `v` (SD 2.x files cannot tell)
+    /// [default: the family's, else guessed from the weights and logged].
+    #[arg(long, global = true, value_parser = ["epsilon", "v"])]
+    pub prediction: Option<String>,
+    /// A VAE file (safetensors, diffusers or original names) replacing the model's.
+    #[arg(long, global = true)]
+    pub vae: Option<PathBuf>,
     /// T5 tokens per prompt on FLUX [default: the family's: 512 dev, 256 schnell]; longer
     /// prompts are cut with a warning.
     #[arg(long, global = true, value_parser = |s: &str| whole(s, &(1..=4096)))]
@@ -56,6 +67,14 @@ pub enum Command {
     Generate(Box<GenerateArgs>),
     /// List the model packs the manifests declare.
     Packs,
+    /// List the model families (shipped, and those the manifests declare), in detection order.
+    Families,
+    /// Describe a single-file checkpoint: detected family and rule, dtypes, components found,
+    /// keys left unused.
+    Inspect {
+        /// The checkpoint.
+        file: PathBuf,
+    },
     /// List every scheduler (sampler) and noise schedule with its aliases.
     Schedulers,
     /// Time the UNet or a whole pipeline.
@@ -80,7 +99,8 @@ pub enum Command {
 #[group(required = true, multiple = false)]
 pub struct ModelChoice {
     /// A model folder in the diffusers layout (model_index.json, unet/, vae/, ...), or a
-    /// denoiser file (FILE.gguf, or a FLUX transformer .safetensors) with --model-config.
+    /// single-file checkpoint (.safetensors, original layout; family detected from its keys;
+    /// a FLUX transformer file takes --model-config), or a GGUF denoiser with --model-config.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// A model pack declared in the manifests folder.

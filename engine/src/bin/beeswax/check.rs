@@ -9,6 +9,7 @@
 
 use anyhow::{bail, Result};
 use beeswax::extensions::Extensions;
+use beeswax::family::Families;
 use beeswax::lora::LoraCatalog;
 use beeswax::manifest::{self, ManifestFiles, ManifestFolder, PackManifest, PackSource};
 use beeswax::model_files;
@@ -23,7 +24,20 @@ pub fn run(global: &Global) -> Result<()> {
     let mut problems: Vec<String> = parse_problems.iter().map(ToString::to_string).collect();
     let (packs, pack_problems) = manifest::packs_and_problems(&folder);
     problems.extend(pack_problems.iter().map(ToString::to_string));
+    let (families, family_problems) = Families::from_manifests_and_problems(&folder);
+    problems.extend(family_problems.iter().map(ToString::to_string));
     for pack in &packs {
+        if families.get(pack.family.as_str()).is_none() {
+            problems.push(format!(
+                "{}: `pack.family` of pack {}: `{}` is not a known family ({}); add \
+                 families/{}.toml to the manifest folder to declare it",
+                pack.manifest_path.display(),
+                pack.name,
+                pack.family,
+                families.names(),
+                pack.family
+            ));
+        }
         if let PackSource::Path(folder) = &pack.source {
             if let Err(e) = model_files::model_index(folder) {
                 problems.push(format!(
@@ -50,10 +64,12 @@ pub fn run(global: &Global) -> Result<()> {
     }
     if problems.is_empty() {
         println!(
-            "ok: {} manifest file(s) in {}: {} pack(s), {} plugin(s) loaded, {} disabled",
+            "ok: {} manifest file(s) in {}: {} pack(s), {} families, {} plugin(s) loaded, {} \
+             disabled",
             files.len(),
             dir.display(),
             packs.len(),
+            families.iter().count(),
             plugins.loaded.len(),
             plugins.disabled.len()
         );

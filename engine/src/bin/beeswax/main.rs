@@ -30,6 +30,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(a) => generate::run(&cli.global, *a),
         Command::Packs => source::list_packs(&cli.global),
+        Command::Families => source::list_families(&cli.global),
+        Command::Inspect { file } => source::inspect(&cli.global, &file),
         // Plugin schedulers are listed like built-ins.
         Command::Schedulers => list_schedulers(&cli.global),
         Command::Bench(b) => bench::run(&cli.global, b),

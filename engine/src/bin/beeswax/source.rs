@@ -4,11 +4,13 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use beeswax::checkpoint::{self, CheckpointOptions};
 use beeswax::device::{default_device, parse_device, parse_dtype};
-use beeswax::family::{self, LoadOptions, Model};
+use beeswax::family::{Families, LoadOptions, Model};
 use beeswax::manifest::{
     self, ManifestError, ManifestFiles, ManifestFolder, PackDefaults, PackSource,
 };
+use beeswax::schedulers::PredictionType;
 use beeswax::{hub, model_files};
 use candle_core::{DType, Device};
 
@@ -72,16 +74,27 @@ pub fn model_dir(
     choice: &ModelChoice,
 ) -> Result<ModelSource> {
     if let Some(model) = &choice.model {
-        let dir = match (&global.model_config, model.is_file()) {
+        // A GGUF file is a denoiser alone, and so is a file beside a --model-config folder
+        // with a transformer (FLUX, BFL/ComfyUI layout); another safetensors file is a
+        // single-file checkpoint (its family detected from its keys).
+        let transformer_folder = global
+            .model_config
+            .as_ref()
+            .is_some_and(|c| c.join("transformer").is_dir());
+        let denoiser_only = model.is_file()
+            && (model.extension().is_some_and(|e| e == "gguf") || transformer_folder);
+        let dir = match (&global.model_config, denoiser_only) {
             (Some(config), true) => config,
             (None, true) => bail!(
-                "--model {} is a file: give the diffusers folder the other components (text \
-                 encoders, VAE, configs) come from with --model-config DIR",
+                "--model {} is a GGUF file: give the diffusers folder the other components \
+                 (text encoders, VAE, configs) come from with --model-config DIR",
                 model.display()
             ),
             (_, false) => model,
         };
-        model_files::model_index(dir)?;
+        if !checkpoint::is_single_file(dir) {
+            model_files::model_index(dir)?;
+        }
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -98,7 +111,7 @@ pub fn model_dir(
             name,
             defaults: PackDefaults::default(),
             family: None,
-            denoiser: Some(model.clone()).filter(|m| m.is_file()),
+            denoiser: Some(model.clone()).filter(|_| denoiser_only),
         });
     }
     let name = choice.pack.as_deref().unwrap_or_default();
@@ -133,12 +146,19 @@ pub fn load(
         denoiser,
     } = model_dir(global, folder, choice)?;
     let (device, dtype) = device_and_dtype(global)?;
+    let families = families(folder)?;
     let mut options = LoadOptions::new(device, dtype);
     options.denoiser = denoiser;
     options.max_sequence_length = global.max_sequence_length.map(|n| n as usize);
     options.low_memory = global.low_memory;
-    let model = family::load(&dir, family.as_deref(), &options)
-        .with_context(|| format!("loading model {name} from {}", dir.display()))?;
+    let model = if checkpoint::is_single_file(&dir) {
+        let mut single = checkpoint_options(global)?;
+        single.family = single.family.or(family);
+        checkpoint::load::load(&dir, &families, &single, &options)
+    } else {
+        families.load(&dir, family.as_deref(), &options)
+    };
+    let model = model.with_context(|| format!("loading model {name} from {}", dir.display()))?;
     Ok(Chosen {
         model,
         name,
@@ -154,7 +174,80 @@ pub fn list_packs(global: &Global) -> Result<()> {
             PackSource::Path(p) => p.display().to_string(),
             PackSource::Hub { repo, revision } => format!("{repo}@{revision}"),
         };
-        println!("{}\t{:?}\t{source}", pack.name, pack.family);
+        println!("{}\t{}\t{source}", pack.name, pack.family);
+    }
+    Ok(())
+}
+
+/// The shipped families plus the manifests'.
+fn families(folder: Option<&ManifestFolder<'_>>) -> Result<Families> {
+    Ok(match folder {
+        Some(folder) => Families::from_manifests(folder)?,
+        None => Families::builtin(),
+    })
+}
+
+/// The single-file options of the command line.
+fn checkpoint_options(global: &Global) -> Result<CheckpointOptions> {
+    let prediction = match global.prediction.as_deref() {
+        None => None,
+        Some("v") => Some(PredictionType::VPrediction),
+        Some(_) => Some(PredictionType::Epsilon),
+    };
+    Ok(CheckpointOptions {
+        family: global.family.clone(),
+        config_dir: global.model_config.clone(),
+        prediction,
+        vae: global.vae.clone(),
+    })
+}
+
+/// `beeswax inspect FILE`.
+pub fn inspect(global: &Global, file: &std::path::Path) -> Result<()> {
+    let files = read_manifests(global)?;
+    let folder = files.as_ref().map(|f| f.parse()).transpose()?;
+    let families = families(folder.as_ref())?;
+    let report = checkpoint::inspect(file, &families, &checkpoint_options(global)?)?;
+    println!("file: {}", file.display());
+    println!("family: {}", report.detection.family.name);
+    println!("rule: {}", report.detection.rule);
+    let dtypes: Vec<String> = report
+        .dtypes
+        .iter()
+        .map(|(d, n)| format!("{d} ×{n}"))
+        .collect();
+    println!("dtypes: {}", dtypes.join(", "));
+    match &report.config_dir {
+        Some(dir) => println!("configs: {}", dir.display()),
+        None => println!("configs: none (pass --model-config DIR to map the components)"),
+    }
+    for (component, n) in &report.components {
+        println!("component {component}: {n} tensors");
+    }
+    println!("unused keys: {}", report.unused.len());
+    for key in report.unused.iter().take(20) {
+        println!("  {key}");
+    }
+    Ok(())
+}
+
+/// `beeswax families`: one line per model family (the shipped ones and the manifests'), in
+/// detection order.
+pub fn list_families(global: &Global) -> Result<()> {
+    let files = read_manifests(global)?;
+    let folder = files.as_ref().map(|f| f.parse()).transpose()?;
+    let families = families(folder.as_ref())?;
+    for f in families.iter() {
+        let origin = f
+            .manifest
+            .as_ref()
+            .map_or("built in".to_string(), |p| p.display().to_string());
+        println!(
+            "{}\t{}\t{}\t{origin}",
+            f.name,
+            f.architecture.as_str(),
+            f.description
+        );
     }
     Ok(())
 }

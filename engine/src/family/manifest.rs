@@ -1,0 +1,569 @@
+//! `[family]`: a model family as a manifest (`manifests/families/<name>.toml`). The format is
+//! written down in the repository README ("Model families"); in short:
+//!
+//! ```toml
+//! [family]
+//! name = "sdxl"
+//! description = "Stable Diffusion XL base"
+//! architecture = "sdxl"            # sd | sdxl | flux
+//! prediction = "epsilon"           # epsilon | v (optional: else the scheduler config says)
+//! scheduler = "diffusion"          # diffusion | flow
+//! guidance = "classifier-free"     # classifier-free | distilled | none
+//! default_size = 1024
+//! config = "sdxl"                  # diffusers-layout configs + tokenizers beside this file
+//! priority = 10                    # detection order, highest first (default 0)
+//! # max_sequence_length = 512      # T5 tokens per prompt (families with T5)
+//! # default_steps = 28             # when neither request nor pack says
+//! # default_guidance = 3.5
+//! # size_multiple = 16             # width/height multiple (default: the VAE's factor)
+//!
+//! [family.latent]
+//! channels = 4
+//! preview = [[0.3, 0.2, 0.2], ...] # one RGB row per latent channel
+//! preview_bias = [0.0, 0.0, 0.0]
+//!
+//! [[family.text_encoder]]          # in concatenation order
+//! component = "text_encoder"
+//! tokenizer = "tokenizer"
+//! kind = "clip"                    # clip | clip-projection | t5
+//! hidden_states = "penultimate"    # last-normed | penultimate
+//! pooled = false
+//! lora = { kohya = "lora_te1", peft = "text_encoder" }
+//! single_file = { prefix = "conditioner.embedders.0.transformer.", layout = "clip" }
+//!
+//! [family.denoiser]
+//! component = "unet"
+//! lora = { kohya = "lora_unet", peft = "unet" }
+//! single_file = { prefix = "model.diffusion_model.", layout = "ldm-unet" }
+//!
+//! [family.vae]
+//! component = "vae"
+//! single_file = { prefix = "first_stage_model.", layout = "ldm-vae" }
+//!
+//! [family.conditioning]            # optional
+//! time_ids = "size"                # size | aesthetic
+//! force_zeros_for_empty_prompt = true
+//!
+//! [[family.detect]]                # single files: every rule must hold
+//! key = "model.diffusion_model.input_blocks.0.0.weight"
+//! shape = ["*", 4, 3, 3]
+//! [[family.detect]]
+//! key = "cond_stage_model.model.ln_final.weight"
+//! present = false
+//!
+//! [[family.folder]]                # diffusers folders: every rule must hold
+//! file = "unet/config.json"
+//! field = "addition_embed_type"
+//! equals = "text_time"             # or `missing = true` (absent or null)
+//! # default = false                # the value assumed when the field is absent
+//! ```
+
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::preview::LatentPreview;
+use super::spec::*;
+use crate::manifest::{Document, Located, ManifestError};
+use crate::schedulers::{PredictionType, SchedulerKind};
+
+/// The section key.
+pub const SECTION: &str = "family";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFamily {
+    name: Spanned<String>,
+    description: String,
+    architecture: Spanned<String>,
+    prediction: Option<Spanned<String>>,
+    #[serde(default = "diffusion")]
+    scheduler: Spanned<String>,
+    #[serde(default = "classifier_free")]
+    guidance: Spanned<String>,
+    default_size: Spanned<i64>,
+    config: Option<String>,
+    #[serde(default)]
+    priority: i64,
+    max_sequence_length: Option<Spanned<i64>>,
+    default_steps: Option<Spanned<i64>>,
+    default_guidance: Option<f64>,
+    size_multiple: Option<Spanned<i64>>,
+    latent: RawLatent,
+    #[serde(default)]
+    text_encoder: Vec<RawTextEncoder>,
+    denoiser: RawDenoiser,
+    vae: RawVae,
+    #[serde(default)]
+    conditioning: RawConditioning,
+    #[serde(default)]
+    detect: Vec<RawKeyRule>,
+    #[serde(default)]
+    folder: Vec<RawConfigRule>,
+}
+
+fn diffusion() -> Spanned<String> {
+    Spanned::new(0..0, "diffusion".into())
+}
+
+fn classifier_free() -> Spanned<String> {
+    Spanned::new(0..0, "classifier-free".into())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLatent {
+    channels: Spanned<i64>,
+    preview: Spanned<Vec<[f32; 3]>>,
+    #[serde(default)]
+    preview_bias: [f32; 3],
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLora {
+    kohya: String,
+    peft: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSingleFile {
+    prefix: String,
+    layout: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTextEncoder {
+    component: String,
+    tokenizer: String,
+    kind: Spanned<String>,
+    hidden_states: Spanned<String>,
+    #[serde(default)]
+    pooled: bool,
+    lora: RawLora,
+    single_file: Option<RawSingleFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDenoiser {
+    component: String,
+    lora: RawLora,
+    single_file: Option<RawSingleFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVae {
+    component: String,
+    single_file: Option<RawSingleFile>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConditioning {
+    time_ids: Option<Spanned<String>>,
+    #[serde(default)]
+    force_zeros_for_empty_prompt: bool,
+    aesthetic_score: Option<f64>,
+    negative_aesthetic_score: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawDim {
+    Size(i64),
+    Any(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeyRule {
+    key: Spanned<String>,
+    #[serde(default = "yes")]
+    present: bool,
+    shape: Option<Vec<RawDim>>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfigRule {
+    file: String,
+    field: Spanned<String>,
+    equals: Option<serde_json::Value>,
+    default: Option<serde_json::Value>,
+    #[serde(default)]
+    missing: bool,
+}
+
+/// Parses the `[family]` table of `document`; `Ok(None)` if it has none. Errors name the
+/// file, line and field.
+pub fn read(document: &Document<'_>) -> Result<Option<Family>, ManifestError> {
+    let Some(raw) = document.table::<RawFamily>(SECTION)? else {
+        return Ok(None);
+    };
+    let located = document.located();
+    let l = &located;
+    let name = l.non_empty(&raw.name, "family.name", "e.g. `name = \"sdxl\"`")?;
+    let latent_channels = required(l, &raw.latent.channels, "family.latent.channels", 1..=64, 1)?;
+    let preview = raw.latent.preview.get_ref();
+    if preview.len() != latent_channels {
+        return Err(l.at(
+            &raw.latent.preview,
+            "family.latent.preview",
+            format!(
+                "has {} rows but the latents have {latent_channels} channels: give one RGB row \
+                 per channel",
+                preview.len()
+            ),
+        ));
+    }
+    let text_encoders = raw
+        .text_encoder
+        .iter()
+        .map(|t| text_encoder(l, t))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(Family {
+        name: name.to_string(),
+        description: raw.description.clone(),
+        architecture: choice(
+            l,
+            &raw.architecture,
+            "family.architecture",
+            &Architecture::ALL.map(|a| (a.as_str(), a)),
+        )?,
+        prediction: raw
+            .prediction
+            .as_ref()
+            .map(|p| {
+                choice(
+                    l,
+                    p,
+                    "family.prediction",
+                    &[
+                        ("epsilon", PredictionType::Epsilon),
+                        ("v", PredictionType::VPrediction),
+                    ],
+                )
+            })
+            .transpose()?,
+        scheduler_kind: choice(
+            l,
+            &raw.scheduler,
+            "family.scheduler",
+            &[
+                ("diffusion", SchedulerKind::Diffusion),
+                ("flow", SchedulerKind::Flow),
+            ],
+        )?,
+        guidance: choice(l, &raw.guidance, "family.guidance", &GuidanceMode::NAMED)?,
+        default_size: required(l, &raw.default_size, "family.default_size", 8..=8192, 8)?,
+        latent_channels,
+        preview: LatentPreview {
+            rgb: preview.clone(),
+            bias: raw.latent.preview_bias,
+        },
+        text_encoders,
+        denoiser: DenoiserSpec {
+            component: raw.denoiser.component.clone(),
+            lora: lora(&raw.denoiser.lora),
+            single_file: single_file(l, &raw.denoiser.single_file, "family.denoiser")?,
+        },
+        vae: VaeSpec {
+            component: raw.vae.component.clone(),
+            single_file: single_file(l, &raw.vae.single_file, "family.vae")?,
+        },
+        conditioning: conditioning(l, &raw.conditioning)?,
+        config_dir: raw.config.as_deref().map(|c| l.relative_path(c)),
+        priority: raw.priority,
+        detect: raw
+            .detect
+            .iter()
+            .map(|r| key_rule(l, r))
+            .collect::<Result<_, _>>()?,
+        folder_rules: raw
+            .folder
+            .iter()
+            .map(|r| config_rule(l, r))
+            .collect::<Result<_, _>>()?,
+        max_sequence_length: l.whole(
+            &raw.max_sequence_length,
+            "family.max_sequence_length",
+            &(1..=4096),
+            None,
+        )?,
+        default_steps: l.whole(
+            &raw.default_steps,
+            "family.default_steps",
+            &(1..=1000),
+            None,
+        )?,
+        default_guidance: raw.default_guidance,
+        size_multiple: l.whole(
+            &raw.size_multiple,
+            "family.size_multiple",
+            &(8..=256),
+            Some(8),
+        )?,
+        manifest: Some(document.path().to_path_buf()),
+    }))
+}
+
+/// Parses one family manifest's text (`path` names it in errors).
+pub fn parse(path: &Path, text: &str) -> Result<Option<Family>, ManifestError> {
+    read(&Document::parse(path, text)?)
+}
+
+fn required(
+    l: &Located<'_>,
+    value: &Spanned<i64>,
+    field: &str,
+    range: std::ops::RangeInclusive<usize>,
+    multiple_of: usize,
+) -> Result<usize, ManifestError> {
+    Ok(
+        l.whole(&Some(value.clone()), field, &range, Some(multiple_of))?
+            .unwrap_or_default(),
+    )
+}
+
+fn choice<T: Copy>(
+    l: &Located<'_>,
+    value: &Spanned<String>,
+    field: &str,
+    options: &[(&str, T)],
+) -> Result<T, ManifestError> {
+    options
+        .iter()
+        .find(|(name, _)| *name == value.get_ref())
+        .map(|(_, v)| *v)
+        .ok_or_else(|| {
+            let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+            l.at(
+                value,
+                field,
+                format!(
+                    "must be one of {} (got `{}`): fix the value",
+                    names.join(", "),
+                    value.get_ref()
+                ),
+            )
+        })
+}
+
+fn lora(raw: &RawLora) -> LoraPrefixes {
+    LoraPrefixes {
+        kohya: raw.kohya.clone(),
+        peft: raw.peft.clone(),
+    }
+}
+
+fn single_file(
+    l: &Located<'_>,
+    raw: &Option<RawSingleFile>,
+    section: &str,
+) -> Result<Option<SingleFile>, ManifestError> {
+    let Some(raw) = raw else { return Ok(None) };
+    Ok(Some(SingleFile {
+        prefix: raw.prefix.clone(),
+        layout: choice(
+            l,
+            &raw.layout,
+            &format!("{section}.single_file.layout"),
+            &KeyLayout::ALL.map(|k| (k.as_str(), k)),
+        )?,
+    }))
+}
+
+fn text_encoder(l: &Located<'_>, raw: &RawTextEncoder) -> Result<TextEncoderSpec, ManifestError> {
+    let section = "family.text_encoder";
+    Ok(TextEncoderSpec {
+        component: raw.component.clone(),
+        tokenizer: raw.tokenizer.clone(),
+        kind: choice(
+            l,
+            &raw.kind,
+            &format!("{section}.kind"),
+            &[
+                ("clip", TextEncoderKind::Clip),
+                ("clip-projection", TextEncoderKind::ClipProjection),
+                ("t5", TextEncoderKind::T5),
+            ],
+        )?,
+        hidden_states: choice(
+            l,
+            &raw.hidden_states,
+            &format!("{section}.hidden_states"),
+            &[
+                ("last-normed", HiddenStates::LastNormed),
+                ("penultimate", HiddenStates::Penultimate),
+            ],
+        )?,
+        pooled: raw.pooled,
+        lora: lora(&raw.lora),
+        single_file: single_file(l, &raw.single_file, section)?,
+    })
+}
+
+fn conditioning(l: &Located<'_>, raw: &RawConditioning) -> Result<ConditioningSpec, ManifestError> {
+    let default = ConditioningSpec::default();
+    Ok(ConditioningSpec {
+        time_ids: raw
+            .time_ids
+            .as_ref()
+            .map(|t| {
+                choice(
+                    l,
+                    t,
+                    "family.conditioning.time_ids",
+                    &[("size", TimeIds::Size), ("aesthetic", TimeIds::Aesthetic)],
+                )
+            })
+            .transpose()?,
+        force_zeros_for_empty_prompt: raw.force_zeros_for_empty_prompt,
+        aesthetic_score: raw.aesthetic_score.unwrap_or(default.aesthetic_score),
+        negative_aesthetic_score: raw
+            .negative_aesthetic_score
+            .unwrap_or(default.negative_aesthetic_score),
+    })
+}
+
+fn config_rule(l: &Located<'_>, raw: &RawConfigRule) -> Result<ConfigRule, ManifestError> {
+    let equals = match (&raw.equals, raw.missing) {
+        (Some(v), false) => v.clone(),
+        (None, true) => serde_json::Value::Null,
+        _ => {
+            return Err(l.at(
+                &raw.field,
+                "family.folder.equals",
+                "give exactly one of `equals = VALUE` or `missing = true`",
+            ))
+        }
+    };
+    Ok(ConfigRule {
+        file: raw.file.clone(),
+        field: raw.field.get_ref().clone(),
+        equals,
+        default: raw.default.clone().unwrap_or(serde_json::Value::Null),
+    })
+}
+
+fn key_rule(l: &Located<'_>, raw: &RawKeyRule) -> Result<KeyRule, ManifestError> {
+    let shape = match &raw.shape {
+        None => None,
+        Some(dims) => Some(
+            dims.iter()
+                .map(|d| match d {
+                    RawDim::Size(n) if *n >= 0 => Ok(Dim::Is(*n as usize)),
+                    RawDim::Any(s) if s == "*" => Ok(Dim::Any),
+                    _ => Err(l.at(
+                        &raw.key,
+                        "family.detect.shape",
+                        "dimensions must be sizes (whole numbers) or \"*\" for any size",
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    if !raw.present && shape.is_some() {
+        return Err(l.at(
+            &raw.key,
+            "family.detect.shape",
+            "a key that must be absent has no shape: remove `shape` or `present = false`",
+        ));
+    }
+    Ok(KeyRule {
+        key: raw.key.get_ref().clone(),
+        present: raw.present,
+        shape,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::family::Families;
+
+    #[test]
+    fn shipped_families_parse() {
+        let families = Families::builtin();
+        let names: Vec<&str> = families.iter().map(|f| f.name.as_str()).collect();
+        for name in [
+            "sd1",
+            "sd2",
+            "sd2-v",
+            "sdxl",
+            "sdxl-refiner",
+            "sd1-inpaint",
+            "sd2-inpaint",
+            "sdxl-inpaint",
+        ] {
+            assert!(names.contains(&name), "{name} missing from {names:?}");
+        }
+        let sdxl = families.get("sdxl").unwrap();
+        assert_eq!(sdxl.architecture, Architecture::Sdxl);
+        assert_eq!(sdxl.text_encoders.len(), 2);
+        assert_eq!(sdxl.conditioning.time_ids, Some(TimeIds::Size));
+        assert_eq!(
+            families.get("sd2-v").unwrap().prediction,
+            Some(PredictionType::VPrediction)
+        );
+    }
+
+    #[test]
+    fn flux_families_carry_their_settings() {
+        let families = Families::builtin();
+        let dev = families.get("flux-dev").unwrap();
+        let schnell = families.get("flux-schnell").unwrap();
+        for (f, guidance, tokens, steps) in [
+            (&dev, GuidanceMode::Distilled, 512, 28),
+            (&schnell, GuidanceMode::None, 256, 4),
+        ] {
+            assert_eq!(f.architecture, Architecture::Flux);
+            assert_eq!(f.scheduler_kind, SchedulerKind::Flow);
+            assert_eq!(f.guidance, guidance);
+            assert_eq!(f.max_sequence_length, Some(tokens));
+            assert_eq!(f.default_steps, Some(steps));
+            assert_eq!(f.size_multiple, Some(16));
+            assert_eq!(f.preview, LatentPreview::flux());
+            assert_eq!(f.latent_channels, 16);
+            let kinds: Vec<_> = f.text_encoders.iter().map(|t| (t.kind, t.pooled)).collect();
+            assert_eq!(
+                kinds,
+                [(TextEncoderKind::Clip, true), (TextEncoderKind::T5, false)]
+            );
+            assert_eq!(f.denoiser.component, "transformer");
+        }
+        assert_eq!(dev.default_guidance, Some(3.5));
+        // FLUX folders also meet sd1's folder rules (CLIP-L, no unet/): FLUX is tried first.
+        let order: Vec<&str> = families.iter().map(|f| f.name.as_str()).collect();
+        let at = |n: &str| order.iter().position(|o| *o == n).unwrap();
+        assert!(at("flux-dev") < at("sd1") && at("flux-schnell") < at("sd1"));
+    }
+
+    #[test]
+    fn errors_name_line_and_field() {
+        let text = include_str!("../../../manifests/families/sd1.toml")
+            .replace("architecture = \"sd\"", "architecture = \"sd9\"");
+        let err = parse(Path::new("x.toml"), &text).unwrap_err().to_string();
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("architecture"))
+            .unwrap()
+            + 1;
+        assert!(err.contains(&format!("x.toml:{line}:")), "{err}");
+        assert!(err.contains("family.architecture") && err.contains("sd, sdxl"));
+
+        let text = include_str!("../../../manifests/families/sd1.toml")
+            .replace("channels = 4", "channels = 3");
+        let err = parse(Path::new("x.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("family.latent.preview") && err.contains("3 channels"));
+    }
+}
