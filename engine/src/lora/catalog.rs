@@ -38,20 +38,7 @@ use crate::manifest::{ManifestError, ManifestFolder};
 use crate::Result;
 
 /// Where a LoRA file lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LoraSource {
-    /// A local file (relative manifest paths already joined to the manifest's folder).
-    Path(PathBuf),
-    /// A file in a Hugging Face repo, read through the local cache.
-    Hub {
-        /// Repo id.
-        repo: String,
-        /// File within the repo.
-        file: String,
-        /// Branch, tag or commit.
-        revision: String,
-    },
-}
+pub type LoraSource = crate::manifest::FileSource;
 
 /// A validated `[[lora]]`.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,8 +6,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::catalog::{LoraCatalog, LoraEntry, LoraSet, LoraSource, WeightRange};
+use crate::defaults;
+use crate::manifest::file_source::{file_source, SourceFields};
 use crate::manifest::{list_or_none, Located, ManifestError, ManifestFolder, UniqueNames};
-use crate::{defaults, hub};
 
 /// One `[[lora]]` table as written.
 #[derive(Debug, Deserialize)]
@@ -181,53 +182,16 @@ fn entry(
     })
 }
 
-/// A local `path`, or a `repo` with a `file` (and optionally a `revision`).
+/// The `path` or `repo` + `file` of a `[[lora]]`.
 fn source(located: &Located<'_>, raw: &RawLora) -> Result<LoraSource, ManifestError> {
-    match (&raw.path, &raw.repo) {
-        (Some(path), None) => {
-            for (other, field) in [(&raw.file, "lora.file"), (&raw.revision, "lora.revision")] {
-                if let Some(o) = other {
-                    let message =
-                        "only applies to `repo` LoRAs: remove it, or use `repo` instead of `path`";
-                    return Err(located.at(o, field, message));
-                }
-            }
-            located.non_empty(path, "lora.path", "set it to a .safetensors file")?;
-            Ok(LoraSource::Path(located.relative_path(path.get_ref())))
-        }
-        (None, Some(repo)) => {
-            if !hub::is_repo_id(repo.get_ref()) {
-                let message = format!(
-                    "must be a Hugging Face repo id like `org/name` (got `{}`)",
-                    repo.get_ref()
-                );
-                return Err(located.at(repo, "lora.repo", message));
-            }
-            let Some(file) = raw.file.as_ref().filter(|f| !f.get_ref().trim().is_empty()) else {
-                let message = "is required with `repo`: name the .safetensors file in the repo, \
-                               e.g. `file = \"lora.safetensors\"`";
-                return Err(located.at(repo, "lora.file", message));
-            };
-            Ok(LoraSource::Hub {
-                repo: repo.get_ref().clone(),
-                file: file.get_ref().clone(),
-                revision: raw.revision.as_ref().map_or_else(
-                    || defaults::HUB_REVISION.to_string(),
-                    |r| r.get_ref().clone(),
-                ),
-            })
-        }
-        (Some(_), Some(repo)) => {
-            let message =
-                "conflicts with `path`: set either `path` (a local file) or `repo` + `file`";
-            Err(located.at(repo, "lora.repo", message))
-        }
-        (None, None) => {
-            let message = "is missing: set `path = \"...\"` to a .safetensors file (relative to \
-                           this manifest) or `repo = \"org/name\"` and `file = \"...\"`";
-            Err(located.at(&raw.name, "lora.path", message))
-        }
-    }
+    let fields = SourceFields {
+        name: &raw.name,
+        path: &raw.path,
+        repo: &raw.repo,
+        file: &raw.file,
+        revision: &raw.revision,
+    };
+    file_source(located, "lora", "LoRAs", fields)
 }
 
 /// A validated set with the names and lines of its members.

@@ -18,26 +18,14 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::file_source::{file_source, FileSource, SourceFields};
 use super::folder::ManifestFolder;
 use super::located::{Located, UniqueNames};
 use super::ManifestError;
-use crate::{defaults, hub};
+use crate::hub;
 
 /// Where an embedding file lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EmbeddingSource {
-    /// A local file (relative manifest paths joined to the manifest's folder).
-    Path(PathBuf),
-    /// A file of a Hugging Face repo, read through the local cache.
-    Hub {
-        /// Repo id.
-        repo: String,
-        /// File within the repo.
-        file: String,
-        /// Branch, tag or commit.
-        revision: String,
-    },
-}
+pub type EmbeddingSource = FileSource;
 
 /// A validated `[[embedding]]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,57 +117,16 @@ fn entry(located: &Located<'_>, raw: RawEmbedding) -> Result<EmbeddingManifest, 
     })
 }
 
-/// A local `path`, or a `repo` with a `file` (and optionally a `revision`).
+/// The `path` or `repo` + `file` of an `[[embedding]]`.
 fn source(located: &Located<'_>, raw: &RawEmbedding) -> Result<EmbeddingSource, ManifestError> {
-    match (&raw.path, &raw.repo) {
-        (Some(path), None) => {
-            for (other, field) in [
-                (&raw.file, "embedding.file"),
-                (&raw.revision, "embedding.revision"),
-            ] {
-                if let Some(o) = other {
-                    let message = "only applies to `repo` embeddings: remove it, or use `repo` \
-                                   instead of `path`";
-                    return Err(located.at(o, field, message));
-                }
-            }
-            let how = "set it to a .safetensors file";
-            located.non_empty(path, "embedding.path", how)?;
-            Ok(EmbeddingSource::Path(located.relative_path(path.get_ref())))
-        }
-        (None, Some(repo)) => {
-            if !hub::is_repo_id(repo.get_ref()) {
-                let message = format!(
-                    "must be a Hugging Face repo id like `org/name` (got `{}`)",
-                    repo.get_ref()
-                );
-                return Err(located.at(repo, "embedding.repo", message));
-            }
-            let Some(file) = raw.file.as_ref().filter(|f| !f.get_ref().trim().is_empty()) else {
-                let message = "is required with `repo`: name the .safetensors file in the repo, \
-                               e.g. `file = \"embedding.safetensors\"`";
-                return Err(located.at(repo, "embedding.file", message));
-            };
-            Ok(EmbeddingSource::Hub {
-                repo: repo.get_ref().clone(),
-                file: file.get_ref().clone(),
-                revision: raw.revision.as_ref().map_or_else(
-                    || defaults::HUB_REVISION.to_string(),
-                    |r| r.get_ref().clone(),
-                ),
-            })
-        }
-        (Some(_), Some(repo)) => {
-            let message =
-                "conflicts with `path`: set either `path` (a local file) or `repo` + `file`";
-            Err(located.at(repo, "embedding.repo", message))
-        }
-        (None, None) => {
-            let message = "is missing: set `path = \"...\"` to a .safetensors file (relative to \
-                           this manifest) or `repo = \"org/name\"` and `file = \"...\"`";
-            Err(located.at(&raw.name, "embedding.path", message))
-        }
-    }
+    let fields = SourceFields {
+        name: &raw.name,
+        path: &raw.path,
+        repo: &raw.repo,
+        file: &raw.file,
+        revision: &raw.revision,
+    };
+    file_source(located, "embedding", "embeddings", fields)
 }
 
 impl EmbeddingManifest {

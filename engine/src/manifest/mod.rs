@@ -26,6 +26,7 @@
 //! Every error names the file, the 1-based line and the field at fault, and says how to fix it.
 
 pub mod embedding;
+pub mod file_source;
 pub mod folder;
 pub mod located;
 pub mod pack;
@@ -35,6 +36,7 @@ pub mod sections;
 use std::path::{Path, PathBuf};
 
 pub use embedding::{embeddings, EmbeddingManifest, EmbeddingSource};
+pub use file_source::FileSource;
 pub use folder::{Document, ManifestFiles, ManifestFolder};
 pub use located::{Located, UniqueNames};
 pub use pack::{
