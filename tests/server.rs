@@ -34,6 +34,8 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 
 #[path = "server/clients.rs"]
 mod clients;
+#[path = "server/cross_site.rs"]
+mod cross_site;
 #[path = "server/images.rs"]
 mod images;
 #[path = "server/jobs.rs"]

@@ -47,6 +47,11 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Serve the web UI at `/` (`beeswax serve --no-ui` turns it off).
     pub web_ui: bool,
+    /// The base URL clients reach the service at (`--public-url`), for links in responses;
+    /// `None`: the bound address.
+    pub public_url: Option<String>,
+    /// Other sites' origins whose web pages may use the service (`--cors-origin`; `*`: any).
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +66,8 @@ impl Default for ServerConfig {
             api_key: None,
             shutdown_timeout: Duration::from_secs(30),
             web_ui: true,
+            public_url: None,
+            cors_origins: Vec::new(),
         }
     }
 }

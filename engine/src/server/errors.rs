@@ -181,6 +181,7 @@ async fn read_json<T: DeserializeOwned, S: Send + Sync>(
     req: Request,
     state: &S,
 ) -> Result<T, ApiError> {
+    require_json(req.headers())?;
     let limit = req.extensions().get::<BodyLimit>().map(|l| l.0);
     let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -201,6 +202,35 @@ async fn read_json<T: DeserializeOwned, S: Send + Sync>(
         }
     })?;
     parse_json(&bytes)
+}
+
+/// Refuses a body that is not declared JSON: a web page on another site can send a form
+/// or `text/plain` body without asking, but not an `application/json` one.
+fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let given = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = given.split(';').next().unwrap_or("").trim().to_lowercase();
+    if essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    {
+        return Ok(());
+    }
+    let given = if given.is_empty() {
+        "no Content-Type".to_string()
+    } else {
+        format!("Content-Type `{given}`")
+    };
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "invalid_request_error",
+        "unsupported_media_type",
+        format!(
+            "the request body must be JSON sent with `Content-Type: application/json` (got \
+             {given}); with curl use --json or -H 'Content-Type: application/json'"
+        ),
+    ))
 }
 
 /// Parses `bytes` as `T`, naming the field of a type error (`steps: invalid type: ...`).

@@ -16,6 +16,7 @@ use tracing::Level;
 
 use super::errors::BodyLimit;
 use super::service::Service;
+use super::site::{self, Site};
 use super::{
     a1111, a1111_img2img, auth, choices, embeddings, gallery, native, openai, openai_edits, ops,
     sse, webui,
@@ -24,8 +25,8 @@ use super::{
 /// After shutdown, how long open connections may take to close before the server stops anyway.
 const CONNECTION_GRACE: Duration = Duration::from_secs(10);
 
-/// Every route of the service.
-pub fn router(service: Arc<Service>) -> Router {
+/// Every route of the service, answering as `site`.
+pub fn router(service: Arc<Service>, site: Arc<Site>) -> Router {
     let limit = service.config.max_body_bytes;
     let mut routes = Router::new();
     if service.config.web_ui {
@@ -61,6 +62,8 @@ pub fn router(service: Arc<Service>) -> Router {
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(from_fn_with_state(service.clone(), auth::require_key))
+        .layer(from_fn_with_state(site.clone(), site::guard))
+        .layer(Extension(site))
         .layer(DefaultBodyLimit::max(limit))
         .layer(Extension(BodyLimit(limit)))
         .layer(from_fn_with_state(service.clone(), ops::count_status))
@@ -89,8 +92,13 @@ pub async fn serve(
     service: Arc<Service>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let site = Site::new(
+        listener.local_addr()?,
+        service.config.public_url.as_deref(),
+        &service.config.cors_origins,
+    );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router(service.clone()))
+    let server = axum::serve(listener, router(service.clone(), Arc::new(site)))
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutdown requested: no new connections or jobs");

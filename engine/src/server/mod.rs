@@ -15,7 +15,7 @@
 //! pictures (decoding what clients send), jobs/queue/worker (running jobs through
 //! [`crate::pipeline::run`]), service (shared state: catalog, extensions, queue, jobs),
 //! native/sse/gallery/choices/openai/a1111 (routes), webui (the page), auth, errors, metrics,
-//! openapi, ops, http (router and serve).
+//! openapi, ops, site (base URL, Host and Origin checks), http (router and serve).
 
 mod a1111;
 mod a1111_img2img;
@@ -38,6 +38,7 @@ mod pictures;
 mod queue;
 mod request;
 mod service;
+mod site;
 mod sse;
 pub mod webui;
 mod worker;
@@ -49,3 +50,4 @@ pub use http::{router, serve, shutdown_signal};
 pub use jobs::{Event, Job, Origin, Status};
 pub use request::{validate, GenerateRequest, JobSpec};
 pub use service::Service;
+pub use site::{parse_origin, parse_public_url, Site};

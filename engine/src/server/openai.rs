@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::Json;
+use axum::http::StatusCode;
+use axum::{Extension, Json};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -14,6 +14,7 @@ use super::errors::{ApiError, JsonBody};
 use super::jobs::{unix_secs, Origin, Status};
 use super::request::{validate, FieldNames, GenerateRequest, JobSpec};
 use super::service::{CancelOnDrop, Service};
+use super::site::Site;
 use crate::prompt::PromptSyntax;
 
 pub(super) const NAMES: FieldNames = FieldNames {
@@ -83,7 +84,7 @@ pub(super) fn response_format(format: Option<&str>) -> Result<bool, ApiError> {
 /// The handler.
 pub async fn generations(
     State(service): State<Arc<Service>>,
-    headers: HeaderMap,
+    Extension(site): Extension<Arc<Site>>,
     JsonBody(body): JsonBody<GenerationsBody>,
 ) -> Result<Json<Value>, ApiError> {
     if body.prompt.trim().is_empty() {
@@ -132,7 +133,7 @@ pub async fn generations(
         }
         e
     })?;
-    respond(&service, spec, b64, &headers).await
+    respond(&service, spec, b64, &site).await
 }
 
 /// Queues `spec`, waits for it and answers with OpenAI's images shape.
@@ -140,7 +141,7 @@ pub(super) async fn respond(
     service: &Arc<Service>,
     spec: JobSpec,
     b64: bool,
-    headers: &HeaderMap,
+    site: &Site,
 ) -> Result<Json<Value>, ApiError> {
     let job = service.submit(spec, Origin::OpenAi)?;
     let guard = CancelOnDrop::new(service.clone(), job.clone());
@@ -165,7 +166,7 @@ pub(super) async fn respond(
             ))
         }
     }
-    let base = base_url(headers);
+    let base = site.base_url();
     let data: Vec<Value> = s
         .images
         .iter()
@@ -187,13 +188,4 @@ pub(super) async fn respond(
             job.spec.job.settings.width, job.spec.job.settings.height
         ),
     })))
-}
-
-/// `http://HOST` from the request's `Host` header.
-fn base_url(headers: &HeaderMap) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("127.0.0.1");
-    format!("http://{host}")
 }

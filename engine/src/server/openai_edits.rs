@@ -6,9 +6,10 @@
 
 use std::sync::Arc;
 
+use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::Json;
+use axum::http::StatusCode;
+use axum::{Extension, Json};
 use serde_json::Value;
 
 use super::errors::ApiError;
@@ -16,6 +17,7 @@ use super::openai::{parse_size, respond, response_format, NAMES};
 use super::pictures::{self, Sent};
 use super::request::{validate, GenerateRequest};
 use super::service::Service;
+use super::site::Site;
 use crate::image_in::{mask_from_picture, AlphaMask, Mask, Picture, ResizeMode};
 use crate::pipeline::{ImageRequest, MaskRequest, MaskedContent};
 use crate::prompt::PromptSyntax;
@@ -124,9 +126,21 @@ async fn pictures_of(service: &Service, form: &Form) -> Result<(Picture, Option<
 /// `POST /v1/images/edits`.
 pub async fn edits(
     State(service): State<Arc<Service>>,
-    headers: HeaderMap,
-    multipart: Multipart,
+    Extension(site): Extension<Arc<Site>>,
+    multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let multipart = multipart.map_err(|e| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            "unsupported_media_type",
+            format!(
+                "/v1/images/edits takes a multipart form (Content-Type: multipart/form-data with \
+                 a boundary), as OpenAI's clients send it: {}",
+                e.body_text()
+            ),
+        )
+    })?;
     let form = read_form(multipart).await?;
     let prompt = form.get("prompt").unwrap_or_default().to_string();
     if prompt.trim().is_empty() {
@@ -187,5 +201,5 @@ pub async fn edits(
         }
         e
     })?;
-    respond(&service, spec, b64, &headers).await
+    respond(&service, spec, b64, &site).await
 }

@@ -72,6 +72,16 @@ pub struct ServeArgs {
     /// Do not serve the web UI at `/` (the APIs only).
     #[arg(long)]
     pub no_ui: bool,
+    /// The address clients reach this server at (behind a proxy, or on another name), e.g.
+    /// https://sd.example.com: links in responses start with it, and a loopback server also
+    /// answers to its host name. Default: the address listened on.
+    #[arg(long, value_name = "URL", value_parser = beeswax::server::parse_public_url)]
+    pub public_url: Option<String>,
+    /// A web site whose pages may use this API from the browser (scheme://host[:port], as the
+    /// browser sends `Origin`; `*` for any). Repeat for several. Pages of other sites are
+    /// refused (403), so a site you visit cannot queue jobs on your server.
+    #[arg(long, value_name = "ORIGIN", value_parser = beeswax::server::parse_origin)]
+    pub cors_origin: Vec<String>,
 }
 
 fn init_logs(json: bool) {
@@ -124,6 +134,9 @@ pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
             global.manifests.display()
         );
     }
+    if a.host.is_unspecified() && a.public_url.is_none() {
+        tracing::warn!(host = %a.host, "links in OpenAI responses will point at 127.0.0.1: set --public-url to the address clients use");
+    }
     if !a.host.is_loopback() && a.api_key.is_none() {
         tracing::warn!(host = %a.host, "listening beyond loopback without --api-key: anyone who can reach this port can use it");
     }
@@ -137,6 +150,8 @@ pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
         api_key: a.api_key.filter(|k| !k.is_empty()),
         shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
         web_ui: !a.no_ui,
+        public_url: a.public_url.clone(),
+        cors_origins: a.cors_origin.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
