@@ -1,0 +1,177 @@
+//! Prompt syntax on SDXL's two text encoders (and the refiner's one) against the Python
+//! references of `tests/fixtures/make_prompt_fixtures.py sdxl` (tests/fixtures/prompt_sdxl/):
+//! A1111's conditioning (weights with mean restoration per encoder, a prompt over 75 tokens
+//! with commas, `BREAK`, prompt editing and alternation, an empty negative prompt zeroed, a
+//! `clip_l` + `clip_g` embedding) and ComfyUI's, each encoder's contexts and the pooled
+//! embedding of every distinct text at every step; then the same cases through the real
+//! pipeline (`pipeline::run`) from the references' starting noise: images within 2/255,
+//! latents within 2e-3 of their std.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use beeswax::family::{EncodeOptions, Model};
+use beeswax::prompt::{EmbeddingCatalog, PromptSyntax};
+use candle_core::Tensor;
+use common::images::assert_images_close;
+use common::jobs::{try_generate_with, with_embeddings};
+use common::reference::Case;
+use common::{assert_close_rel_std, fixture, load};
+use serde_json::Value;
+
+/// Conditioning tolerance, relative to the reference's std (two CLIP passes, f32).
+const COND_TOL: f32 = 1e-4;
+
+fn cases() -> &'static Vec<Value> {
+    static CASES: OnceLock<Vec<Value>> = OnceLock::new();
+    CASES.get_or_init(|| {
+        let text = std::fs::read_to_string(fixture("prompt_sdxl/cases.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    })
+}
+
+fn models() -> &'static HashMap<String, Model> {
+    static MODELS: OnceLock<HashMap<String, Model>> = OnceLock::new();
+    MODELS.get_or_init(|| {
+        ["tiny-sdxl", "tiny-sdxl-refiner"]
+            .iter()
+            .map(|m| (m.to_string(), common::model(m)))
+            .collect()
+    })
+}
+
+fn catalog() -> EmbeddingCatalog {
+    EmbeddingCatalog::from_dir(&fixture("prompt_sdxl/embeddings")).unwrap()
+}
+
+fn text(case: &Value, key: &str) -> String {
+    case[key].as_str().unwrap().to_string()
+}
+
+fn number(case: &Value, key: &str) -> usize {
+    case[key].as_u64().unwrap() as usize
+}
+
+fn syntax(case: &Value) -> PromptSyntax {
+    text(case, "syntax").parse().unwrap()
+}
+
+/// `got` equals `want`; an all-zero reference (an empty negative prompt zeroed by
+/// `force_zeros_for_empty_prompt`) must be matched exactly.
+fn assert_matches(what: &str, got: &Tensor, want: &Tensor) {
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    let max = |t: &Tensor| -> f32 {
+        t.abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    };
+    if max(want) == 0.0 {
+        assert_eq!(max(got), 0.0, "{what}: should be all zeros");
+    } else {
+        assert_close_rel_std(what, got, want, COND_TOL);
+    }
+}
+
+/// Every case's prompt and negative prompt encoded by the family (`Networks::encode`, as the
+/// pipeline calls it): at every step, the context and pooled embedding of the distinct text
+/// the reference uses at that step; no warning (the markup is read, not removed).
+#[test]
+fn sdxl_conditioning_equals_the_references() {
+    let catalog = catalog();
+    let mut checked = 0;
+    for case in cases() {
+        let name = text(case, "name");
+        let model = &models()[&text(case, "model")];
+        let tensors = load(&format!("prompt_sdxl/{}", text(case, "file")));
+        let steps = number(case, "steps");
+        for (side, key, negative) in [("cond", "prompt", false), ("uncond", "negative", true)] {
+            let options = EncodeOptions {
+                clip_skip: 1,
+                size: (number(case, "width"), number(case, "height")),
+                negative,
+                syntax: syntax(case),
+                steps,
+                pad_prompts: false,
+                embeddings: Some(&catalog),
+            };
+            let mut warnings = Vec::new();
+            let scheduled = model
+                .networks
+                .encode(&text(case, key), &options, &mut warnings)
+                .unwrap();
+            assert!(warnings.is_empty(), "{name} {side}: {warnings:?}");
+            let texts = case[side]["texts"].as_array().unwrap().len();
+            assert_eq!(scheduled.parts[0].conds.len(), texts, "{name} {side}");
+            for (step, index) in case[side]["step_text"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .enumerate()
+            {
+                let index = index.as_u64().unwrap();
+                let (cond, weight) = scheduled.at_step(step)[0];
+                assert_eq!(weight, 1.0);
+                let what = format!("{name} {side} step {step}");
+                assert_matches(
+                    &format!("{what} context"),
+                    &cond.context,
+                    &tensors[&format!("{side}_{index}")],
+                );
+                assert_matches(
+                    &format!("{what} pooled"),
+                    cond.pooled.as_ref().unwrap(),
+                    &tensors[&format!("{side}_pooled_{index}")],
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 14, "only {checked} prompts checked");
+}
+
+/// The cases with an image reference through the real pipeline from their starting noise.
+#[test]
+fn sdxl_pipeline_images_and_latents_equal_the_references() {
+    let extensions = with_embeddings(catalog());
+    let mut runs = 0;
+    for case in cases() {
+        let name = text(case, "name");
+        let r = load(&format!("prompt_sdxl/{}", text(case, "file")));
+        let Some(init) = r.get("init_latents") else {
+            continue;
+        };
+        let model = &models()[&text(case, "model")];
+        let mut job = Case::new(
+            &text(case, "prompt"),
+            &text(case, "scheduler"),
+            number(case, "steps"),
+            number(case, "width"),
+            number(case, "height"),
+        )
+        .with_syntax(syntax(case), false);
+        job.negative_prompt = text(case, "negative");
+        job.guidance = case["guidance"].as_f64().unwrap();
+        let out = try_generate_with(model, &job.text_job(Some(init)), &extensions).unwrap();
+        assert_close_rel_std(
+            &format!("{name} latents"),
+            &out.latents,
+            &r["latents"],
+            2e-3,
+        );
+        assert_images_close(&name, &out.images, &r["image"]);
+        if name == "xl_ti" {
+            assert_eq!(out.embeddings.len(), 1, "{name}: embeddings used");
+        }
+        runs += 1;
+    }
+    assert!(runs >= 6, "only {runs} runs");
+}
