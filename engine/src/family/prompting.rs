@@ -280,3 +280,28 @@ where
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(ids: &[u32]) -> Chunk {
+        Chunk {
+            ids: ids.to_vec(),
+            weights: vec![1.0; ids.len()],
+            embeddings: Vec::new(),
+        }
+    }
+
+    /// OpenCLIP-G's chunks: everything after the first end token (9) becomes its pad (0);
+    /// a full chunk (no padding) and the start of the chunk stay as they are.
+    #[test]
+    fn chunks_take_each_encoders_pad_token() {
+        let c = chunk(&[8, 5, 6, 9, 9, 9]);
+        assert_eq!(with_pad(&c, 9, 0).ids, [8, 5, 6, 9, 0, 0]);
+        assert_eq!(with_pad(&c, 9, 9).ids, c.ids);
+        let full = chunk(&[8, 5, 6, 7, 4, 9]);
+        assert_eq!(with_pad(&full, 9, 0).ids, full.ids);
+        assert!(same_chunk(&c, &c.clone()) && !same_chunk(&c, &full));
+    }
+}

@@ -1,11 +1,17 @@
-//! Prompt syntax on SDXL's two text encoders (and the refiner's one) against the Python
-//! references of `tests/fixtures/make_prompt_fixtures.py sdxl` (tests/fixtures/prompt_sdxl/):
+//! Prompt syntax on the families beyond SD 1.x/2.x against the Python references of
+//! `tests/fixtures/make_prompt_fixtures.py sdxl|flux`.
+//!
+//! SDXL's two text encoders (and the refiner's one), tests/fixtures/prompt_sdxl/:
 //! A1111's conditioning (weights with mean restoration per encoder, a prompt over 75 tokens
 //! with commas, `BREAK`, prompt editing and alternation, an empty negative prompt zeroed, a
 //! `clip_l` + `clip_g` embedding) and ComfyUI's, each encoder's contexts and the pooled
 //! embedding of every distinct text at every step; then the same cases through the real
 //! pipeline (`pipeline::run`) from the references' starting noise: images within 2/255,
 //! latents within 2e-3 of their std.
+//!
+//! FLUX (tests/fixtures/prompt_flux/): CLIP-L's pooled output from each distinct text's first
+//! A1111 chunk and T5 on the text without markup, per step (editing, alternation), and one
+//! static case through the pipeline.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -14,13 +20,13 @@ mod common;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use beeswax::family::{EncodeOptions, Model};
+use beeswax::family::{self, EncodeOptions, Model};
 use beeswax::prompt::{EmbeddingCatalog, PromptSyntax};
 use candle_core::Tensor;
 use common::images::assert_images_close;
 use common::jobs::{try_generate_with, with_embeddings};
 use common::reference::Case;
-use common::{assert_close_rel_std, fixture, load};
+use common::{assert_close_rel_std, fixture, load, model_dir, FluxCase};
 use serde_json::Value;
 
 /// Conditioning tolerance, relative to the reference's std (two CLIP passes, f32).
@@ -174,4 +180,100 @@ fn sdxl_pipeline_images_and_latents_equal_the_references() {
         runs += 1;
     }
     assert!(runs >= 6, "only {runs} runs");
+}
+
+fn flux_cases() -> Vec<Value> {
+    let text = std::fs::read_to_string(fixture("prompt_flux/cases.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// tiny-flux-dev with the references' T5 length.
+fn flux_model(max_sequence_length: usize) -> &'static Model {
+    static MODEL: OnceLock<Model> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let mut options = common::cpu_f32();
+        options.max_sequence_length = Some(max_sequence_length);
+        family::load(&model_dir("tiny-flux-dev"), None, &options).unwrap()
+    })
+}
+
+/// A1111 prompts on FLUX: at every step, T5's context of the text without markup and CLIP's
+/// pooled output of the first chunk; dropped weights are reported in one warning.
+#[test]
+fn flux_conditioning_equals_the_references() {
+    let cases = flux_cases();
+    assert!(cases.len() >= 2);
+    for case in &cases {
+        let name = text(case, "name");
+        let model = flux_model(number(case, "max_sequence_length"));
+        let tensors = load(&format!("prompt_flux/{}", text(case, "file")));
+        let options = EncodeOptions {
+            clip_skip: 1,
+            size: (number(case, "width"), number(case, "height")),
+            negative: false,
+            syntax: syntax(case),
+            steps: number(case, "steps"),
+            pad_prompts: false,
+            embeddings: None,
+        };
+        let mut warnings = Vec::new();
+        let scheduled = model
+            .networks
+            .encode(&text(case, "prompt"), &options, &mut warnings)
+            .unwrap();
+        let weighted: Vec<_> = warnings
+            .iter()
+            .filter(|w| w.contains("does not weight"))
+            .collect();
+        assert_eq!(weighted.len(), 1, "{name}: {warnings:?}");
+        assert_eq!(
+            scheduled.parts[0].conds.len(),
+            case["texts"].as_array().unwrap().len(),
+            "{name}"
+        );
+        for (step, index) in case["step_text"].as_array().unwrap().iter().enumerate() {
+            let index = index.as_u64().unwrap();
+            let (cond, _) = scheduled.at_step(step)[0];
+            let what = format!("{name} step {step}");
+            assert_close_rel_std(
+                &format!("{what} T5 context"),
+                &cond.context,
+                &tensors[&format!("cond_{index}")],
+                COND_TOL,
+            );
+            assert_close_rel_std(
+                &format!("{what} pooled"),
+                cond.pooled.as_ref().unwrap(),
+                &tensors[&format!("cond_pooled_{index}")],
+                COND_TOL,
+            );
+        }
+    }
+}
+
+/// The static FLUX case through the pipeline from the reference's starting noise.
+#[test]
+fn flux_pipeline_image_and_latents_equal_the_reference() {
+    let mut runs = 0;
+    for case in flux_cases() {
+        let r = load(&format!("prompt_flux/{}", text(&case, "file")));
+        if !r.contains_key("init_latents") {
+            continue;
+        }
+        let flux: FluxCase = serde_json::from_value(case.clone()).unwrap();
+        let model = flux_model(flux.max_sequence_length);
+        let mut job = flux.job(&r);
+        job.settings.prompt_syntax = syntax(&case);
+        let out =
+            try_generate_with(model, &job, &beeswax::extensions::Extensions::builtin()).unwrap();
+        assert_close_rel_std(
+            &format!("{} latents", flux.name),
+            &out.latents,
+            &r["latents"],
+            2e-3,
+        );
+        assert_images_close(&flux.name, &out.images, &r["image"]);
+        runs += 1;
+    }
+    assert_eq!(runs, 1);
 }
