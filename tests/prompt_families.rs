@@ -144,6 +144,57 @@ fn sdxl_conditioning_equals_the_references() {
     assert!(checked >= 14, "only {checked} prompts checked");
 }
 
+/// `pad_prompts` on SDXL: the empty prompt's conditioning (both encoders, each with its own
+/// padding; pooled and time ids) is what a positive empty prompt encodes to, one chunk long,
+/// and an over-75-token prompt keeps its own chunk count.
+#[test]
+fn sdxl_pad_prompts_carries_the_empty_prompts_conditioning() {
+    let model = &models()["tiny-sdxl"];
+    let options = |negative: bool| EncodeOptions {
+        clip_skip: 1,
+        size: (64, 64),
+        negative,
+        syntax: PromptSyntax::A1111,
+        steps: 4,
+        pad_prompts: true,
+        embeddings: None,
+    };
+    let long = vec!["fox"; 80].join(" ");
+    let encode = |prompt: &str, negative: bool| {
+        model
+            .networks
+            .encode(prompt, &options(negative), &mut Vec::new())
+            .unwrap()
+    };
+    let scheduled = encode(&long, false);
+    let tokens = scheduled.at_step(0)[0].0.context.dim(1).unwrap();
+    assert!(tokens > 77 && tokens % 77 == 0, "{tokens} tokens");
+    let empty = scheduled.empty.as_ref().unwrap();
+    assert_eq!(empty.context.dims(), [1, 77, 72]);
+    let positive_empty = encode("", false);
+    let want = positive_empty.at_step(0)[0].0;
+    assert_matches("empty context", &empty.context, &want.context);
+    assert_matches(
+        "empty pooled",
+        empty.pooled.as_ref().unwrap(),
+        want.pooled.as_ref().unwrap(),
+    );
+    assert_eq!(
+        empty.added.as_ref().unwrap().to_vec2::<f32>().unwrap(),
+        want.added.as_ref().unwrap().to_vec2::<f32>().unwrap()
+    );
+    // The negative empty prompt is zeroed (force_zeros_for_empty_prompt), its padding is not.
+    let negative = encode("", true);
+    let zeros = negative.at_step(0)[0]
+        .0
+        .context
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    assert_eq!(zeros.to_scalar::<f32>().unwrap(), 0.0);
+}
+
 /// The cases with an image reference through the real pipeline from their starting noise.
 #[test]
 fn sdxl_pipeline_images_and_latents_equal_the_references() {
