@@ -17,6 +17,8 @@ use candle_nn::VarBuilder;
 
 use super::denoiser::{self, Denoiser};
 use super::model::{ComponentWeights, FusedPart, FusedTarget, LoraAlias, LoraNames, Role};
+use super::prompting;
+use super::ScheduledPart;
 use super::{
     Conditioning, EncodeOptions, Family, LoadOptions, Model, Networks, Patches,
     ScheduledConditioning, Vae, Weights,
@@ -26,8 +28,9 @@ use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::config_file::read_json;
 use crate::models::flux::{self, bfl, FluxConfig, FluxTransformer2DModel};
 use crate::models::t5::{T5Config, T5EncoderModel};
-use crate::prompt::attention::{parse_prompt_attention, BREAK_WEIGHT};
-use crate::prompt::PromptSyntax;
+use crate::prompt::attention::{comfy_token_weights, parse_prompt_attention, BREAK_WEIGHT};
+use crate::prompt::encode::clip_chunk_output;
+use crate::prompt::{Chunk, EmbeddingVectors, EncoderSlot, PromptSyntax};
 use crate::schedulers::SchedulerConfig;
 use crate::tokenizer::t5::T5Tokenizer;
 use crate::tokenizer::ClipTokenizer;
@@ -258,20 +261,7 @@ fn component(
 impl FluxNetworks {
     /// T5 states and CLIP's pooled output of `prompt`, taken literally.
     fn encode_text(&self, prompt: &str, warnings: &mut Vec<String>) -> Result<Conditioning> {
-        let t5 = self.t5_tokenizer.encode(prompt, self.max_sequence_length)?;
-        if let Some(dropped) = &t5.truncated {
-            warnings.push(format!(
-                "the prompt is longer than {} T5 tokens (max sequence length); this part was \
-                 dropped: \"{dropped}\"",
-                self.max_sequence_length
-            ));
-        }
-        let ids = Tensor::new(t5.ids.as_slice(), &self.device)?.unsqueeze(0)?;
-        let context = match &self.t5 {
-            T5::Loaded(t5) => t5.forward(&ids)?,
-            files => files.load(self.dtype, &self.device)?.forward(&ids)?,
-        };
-        let context = context.to_dtype(self.dtype)?;
+        let context = self.t5_context(prompt, warnings)?;
         // CLIP's own truncation is silent in FluxPipeline too; T5 carries the long prompt.
         let clip = self.clip_tokenizer.encode(prompt)?;
         let ids = Tensor::new(clip.ids.as_slice(), &self.device)?.unsqueeze(0)?;
@@ -284,51 +274,130 @@ impl FluxNetworks {
     }
 }
 
-/// The prompt's text without the a1111/comfy emphasis markup (FLUX weights nothing), warning
-/// (naming `family`) when a weight other than 1 is dropped; `plain` prompts are kept as
-/// written.
-pub(super) fn literal_text(
-    prompt: &str,
-    syntax: PromptSyntax,
-    family: &str,
-    warnings: &mut Vec<String>,
-) -> String {
-    if syntax == PromptSyntax::Plain {
-        return prompt.to_string();
+impl FluxNetworks {
+    /// T5's states of `text`, taken literally (a truncation warning added once).
+    fn t5_context(&self, text: &str, warnings: &mut Vec<String>) -> Result<Tensor> {
+        let t5 = self.t5_tokenizer.encode(text, self.max_sequence_length)?;
+        if let Some(dropped) = &t5.truncated {
+            let warning = format!(
+                "the prompt is longer than {} T5 tokens (max sequence length); this part was \
+                 dropped: \"{dropped}\"",
+                self.max_sequence_length
+            );
+            if !warnings.contains(&warning) {
+                warnings.push(warning);
+            }
+        }
+        let ids = Tensor::new(t5.ids.as_slice(), &self.device)?.unsqueeze(0)?;
+        let context = match &self.t5 {
+            T5::Loaded(t5) => t5.forward(&ids)?,
+            files => files.load(self.dtype, &self.device)?.forward(&ids)?,
+        };
+        Ok(context.to_dtype(self.dtype)?)
     }
-    let segments = parse_prompt_attention(prompt);
-    if segments
+
+    /// CLIP-L's pooled output of one chunk (textual-inversion vectors in place: an SDXL pair's
+    /// `clip_l`, or a single-encoder embedding of CLIP-L's width).
+    fn clip_pooled(&self, chunk: &Chunk) -> Result<Tensor> {
+        let pair = chunk
+            .embeddings
+            .iter()
+            .any(|p| matches!(p.embedding.vectors, EmbeddingVectors::Sdxl { .. }));
+        let slot = if pair {
+            EncoderSlot::ClipL
+        } else {
+            EncoderSlot::Only
+        };
+        let layers = self.clip.num_layers();
+        let out = clip_chunk_output(&self.clip, chunk, slot, layers, true, &self.device)?;
+        Ok(out.pooled)
+    }
+
+    /// A prompt in the a1111 or comfy syntax (see [`Networks::encode`]).
+    fn encode_markup(
+        &self,
+        prompt: &str,
+        options: &EncodeOptions,
+        warnings: &mut Vec<String>,
+    ) -> Result<ScheduledConditioning> {
+        let plan = prompting::plan(prompt, options, &self.clip_tokenizer, warnings)?;
+        let mut dropped = false;
+        let mut parts = Vec::new();
+        for part in &plan.parts {
+            let mut conds = Vec::new();
+            for (text, chunks) in part.texts.iter().zip(&part.chunks) {
+                let (t5_text, weighted) = markup_free(text, options.syntax);
+                dropped |= weighted;
+                let first = chunks.chunks.first().unwrap_or(&plan.empty);
+                conds.push(Conditioning {
+                    context: self.t5_context(&t5_text, warnings)?,
+                    pooled: Some(self.clip_pooled(first)?),
+                    added: None,
+                });
+            }
+            parts.push(ScheduledPart {
+                weight: part.weight,
+                schedule: part.schedule.clone(),
+                conds,
+            });
+        }
+        if dropped {
+            warnings.push(
+                "FLUX does not weight prompts: T5 takes the text without its emphasis weights, \
+                 and CLIP's pooled output is unweighted (as in Forge and ComfyUI)"
+                    .to_string(),
+            );
+        }
+        let scheduled = ScheduledConditioning {
+            parts,
+            empty: None,
+            embeddings: Vec::new(),
+        };
+        Ok(prompting::finish(scheduled, &plan, None))
+    }
+}
+
+/// `text` without the emphasis markup of `syntax` (A1111's brackets, weights, `BREAK` as a space;
+/// ComfyUI's parentheses and weights), and whether a weight other than 1 was dropped.
+fn markup_free(text: &str, syntax: PromptSyntax) -> (String, bool) {
+    let segments = match syntax {
+        PromptSyntax::Plain => return (text.to_string(), false),
+        PromptSyntax::A1111 => parse_prompt_attention(text),
+        PromptSyntax::Comfy => comfy_token_weights(text),
+    };
+    let weighted = segments
         .iter()
-        .any(|(_, w)| *w != 1.0 && *w != BREAK_WEIGHT)
-    {
-        warnings.push(format!(
-            "{family} does not weight prompts: the emphasis weights of this prompt were ignored"
-        ));
-    }
-    segments
+        .any(|(_, w)| *w != 1.0 && *w != BREAK_WEIGHT);
+    // `BREAK` (its surrounding spaces already taken by the parser) keeps the words apart.
+    let text = segments
         .into_iter()
-        .filter(|(_, w)| *w != BREAK_WEIGHT)
-        .map(|(text, _)| text)
+        .map(|(text, w)| if w == BREAK_WEIGHT { " ".into() } else { text })
         .collect::<Vec<_>>()
-        .join("")
+        .join("");
+    (text, weighted)
 }
 
 impl Networks for FluxNetworks {
     /// FluxPipeline's `encode_prompt`: T5's states over `max_sequence_length` tokens (a longer
     /// prompt is cut with a warning) as the context, CLIP-L's pooled output (77 tokens) as
-    /// `pooled`. CLIP skip does not apply (the pooled output uses every layer). In the a1111 and
-    /// comfy syntaxes the emphasis markup is removed and its weights are not applied (FLUX's
-    /// T5 context is not weighted, as in Forge), with a warning when a weight is not 1.
+    /// `pooled`. CLIP skip does not apply (the pooled output uses every layer). In the a1111
+    /// and comfy syntaxes the prompt is planned as on SD (prompt editing, alternation, `AND`,
+    /// textual inversion in CLIP): each distinct text's pooled output comes from its first
+    /// CLIP chunk (unweighted, as A1111/Forge's `zs[0].pooled` and ComfyUI's `first_pooled`, so
+    /// CLIP weights change nothing) and T5 takes the text with its markup removed; when a
+    /// weight other than 1 is dropped, a warning says so.
     fn encode(
         &self,
         prompt: &str,
         options: &EncodeOptions,
         warnings: &mut Vec<String>,
     ) -> Result<ScheduledConditioning> {
-        let text = literal_text(prompt, options.syntax, "FLUX", warnings);
-        Ok(ScheduledConditioning::fixed(
-            self.encode_text(&text, warnings)?,
-        ))
+        if options.syntax == PromptSyntax::Plain {
+            return Ok(ScheduledConditioning::fixed(
+                self.encode_text(prompt, warnings)?,
+            ));
+        }
+        self.encode_markup(prompt, options, warnings)
     }
 
     fn predict(

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use super::flux::literal_text;
 use super::model::{ComponentWeights, LoraNames, Role};
-use super::spec::{HiddenStates, TextEncoderSpec, TimeIds};
+use super::prompting::{self, encode_stacked, ClipEncoder, StackedEncoder, StackedPrompt};
+use super::spec::{HiddenStates, TextEncoderKind, TextEncoderSpec, TimeIds};
 use super::{
     Conditioning, EncodeOptions, Family, LoadOptions, Model, ModelSource, Networks, Patches,
     ScheduledConditioning, Vae, Weights,
@@ -23,6 +23,7 @@ use super::{
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::config_file::read_json;
 use crate::models::unet::{AddedCond, UNet2DConditionModel, UNetConfig};
+use crate::prompt::{EncoderSlot, PromptSyntax};
 use crate::tokenizer::ClipTokenizer;
 use crate::weights::in_file;
 use crate::{Error, Result};
@@ -228,40 +229,9 @@ impl SdxlNetworks {
         Ok(Some(Tensor::from_vec(ids, (1, n), &self.device)?))
     }
 
-    /// One encoder's states `[1, 77, D]` and pooled output `[1, P]`.
-    fn encode_one(
-        &self,
-        encoder: &TextEncoder,
-        prompt: &str,
-        clip_skip: usize,
-        warnings: Option<&mut Vec<String>>,
-    ) -> Result<(Tensor, Tensor)> {
-        let encoding = encoder.tokenizer.encode(prompt)?;
-        if let (Some(dropped), Some(warnings)) = (&encoding.truncated, warnings) {
-            warnings.push(format!(
-                "the prompt is longer than {} tokens; this part was dropped: \"{dropped}\"",
-                encoder.tokenizer.max_length()
-            ));
-        }
-        let ids = Tensor::new(encoding.ids.as_slice(), &self.device)?.unsqueeze(0)?;
-        let n = encoder.model.num_layers();
-        let out = match encoder.spec.hidden_states {
-            HiddenStates::Penultimate => encoder.model.encode(&ids, n - clip_skip, false)?,
-            HiddenStates::LastNormed => encoder.model.encode(&ids, n + 1 - clip_skip, true)?,
-        };
-        let pooled = out.text_embeds.unwrap_or(out.pooled);
-        Ok((out.states, pooled))
-    }
-
-    /// The literal text `prompt` encoded with every text encoder, states concatenated.
-    fn encode_text(
-        &self,
-        prompt: &str,
-        options: &EncodeOptions,
-        warnings: &mut Vec<String>,
-    ) -> Result<Conditioning> {
+    /// The encoders as [`prompting::encode_stacked`] takes them, for `clip_skip`.
+    fn stacked(&self, clip_skip: usize) -> Result<Vec<StackedEncoder<'_>>> {
         let layers = self.text_layers();
-        let clip_skip = options.clip_skip;
         if clip_skip == 0 || clip_skip > layers {
             return Err(Error::invalid(
                 "clip skip",
@@ -269,56 +239,94 @@ impl SdxlNetworks {
                 format!("must be between 1 and {layers} (the text encoders' layer count)"),
             ));
         }
-        let mut states = Vec::new();
-        let mut pooled = None;
-        for (i, encoder) in self.encoders.iter().enumerate() {
-            let warn = (i == 0).then_some(&mut *warnings);
-            let (s, p) = self.encode_one(encoder, prompt, clip_skip, warn)?;
-            states.push(s);
-            if encoder.spec.pooled {
-                pooled = Some(p);
-            }
-        }
-        let mut context = Tensor::cat(&states, 2)?;
-        let zeroed = options.negative
-            && prompt.is_empty()
-            && self.family.conditioning.force_zeros_for_empty_prompt;
-        if zeroed {
-            context = context.zeros_like()?;
-            pooled = pooled.map(|p| p.zeros_like()).transpose()?;
-        }
-        Ok(Conditioning {
-            context,
-            pooled,
-            added: self.time_ids(options.size, options.negative)?,
-        })
+        Ok(self
+            .encoders
+            .iter()
+            .map(|encoder| {
+                let n = encoder.model.num_layers();
+                let (layers, final_layer_norm) = match encoder.spec.hidden_states {
+                    HiddenStates::Penultimate => (n - clip_skip, false),
+                    HiddenStates::LastNormed => (n + 1 - clip_skip, true),
+                };
+                // SDXL embeddings carry `clip_l` and `clip_g`: the projected encoder is
+                // OpenCLIP-G (base and refiner), the other CLIP-L.
+                let slot = match encoder.spec.kind {
+                    TextEncoderKind::ClipProjection => EncoderSlot::ClipG,
+                    _ => EncoderSlot::ClipL,
+                };
+                StackedEncoder {
+                    clip: ClipEncoder {
+                        model: &encoder.model,
+                        slot,
+                        device: &self.device,
+                    },
+                    tokenizer: &encoder.tokenizer,
+                    layers,
+                    final_layer_norm,
+                    pooled: encoder.spec.pooled,
+                }
+            })
+            .collect())
     }
 }
 
 impl Networks for SdxlNetworks {
-    /// Encodes with every text encoder (77 tokens each; a longer prompt is cut with a
-    /// warning) and concatenates their states; `clip_skip` 1 is diffusers' default (the
-    /// penultimate layer), 2 one earlier (diffusers' `clip_skip=1`), on every encoder. An empty
-    /// negative prompt is all zeros when the family says `force_zeros_for_empty_prompt`.
-    /// The a1111 and comfy syntaxes are not read yet: their emphasis markup is removed (with
-    /// a warning when a weight is dropped) and the literal text encoded for every step.
+    /// Plans the prompt once in the job's syntax (with the first encoder's tokenizer, see
+    /// [`super::prompting`]) and encodes the same chunks with every text encoder, each padded
+    /// with its own pad token and weighted on its own (A1111's mean restoration, ComfyUI's
+    /// empty-prompt weighting); each encoder's chunks are concatenated along the sequence and
+    /// the encoders along the width. The pooled embedding is the pooled encoder's projected
+    /// output of each text's first chunk. `clip_skip` 1 is diffusers' default (the penultimate
+    /// layer), 2 one earlier (diffusers' `clip_skip=1`), on every encoder. `plain` is
+    /// diffusers' encoding (77 tokens; a longer prompt is cut with a warning). An empty
+    /// negative prompt is all zeros when the family says `force_zeros_for_empty_prompt`
+    /// (diffusers and A1111), except in the comfy syntax (ComfyUI encodes the empty text).
     fn encode(
         &self,
         prompt: &str,
         options: &EncodeOptions,
         warnings: &mut Vec<String>,
     ) -> Result<ScheduledConditioning> {
-        let text = literal_text(prompt, options.syntax, "SDXL (for now)", warnings);
-        let mut scheduled =
-            ScheduledConditioning::fixed(self.encode_text(&text, options, warnings)?);
-        if options.pad_prompts {
-            let positive = EncodeOptions {
-                negative: false,
-                ..*options
+        let encoders = self.stacked(options.clip_skip)?;
+        let first = encoders.first().ok_or_else(|| {
+            Error::invalid("text encoders", 0, "an SDXL family needs a text encoder")
+        })?;
+        let plan = prompting::plan(prompt, options, first.tokenizer, warnings)?;
+        let StackedPrompt {
+            encoded,
+            pooled,
+            empty,
+        } = encode_stacked(&plan, first.tokenizer, &encoders, options.pad_prompts)?;
+        let zeroed = options.negative
+            && prompt.is_empty()
+            && options.syntax != PromptSyntax::Comfy
+            && self.family.conditioning.force_zeros_for_empty_prompt;
+        let added = self.time_ids(options.size, options.negative)?;
+        let scheduled = ScheduledConditioning::from_prompt(encoded, |p, t, context| {
+            let pooled = pooled[p][t].clone();
+            let (context, pooled) = if zeroed {
+                (
+                    context.zeros_like()?,
+                    pooled.map(|p| p.zeros_like()).transpose()?,
+                )
+            } else {
+                (context, pooled)
             };
-            scheduled.empty = Some(self.encode_text("", &positive, &mut Vec::new())?);
-        }
-        Ok(scheduled)
+            Ok(Conditioning {
+                context,
+                pooled,
+                added: added.clone(),
+            })
+        })?;
+        let empty = match empty {
+            Some((context, pooled)) => Some(Conditioning {
+                context,
+                pooled,
+                added: self.time_ids(options.size, false)?,
+            }),
+            None => None,
+        };
+        Ok(prompting::finish(scheduled, &plan, empty))
     }
 
     fn predict(

@@ -298,13 +298,31 @@ impl ClipTextModel {
         layers: usize,
         final_layer_norm: bool,
     ) -> Result<ClipOutput> {
+        self.encode_embeddings(&self.embed_tokens(ids)?, ids, layers, final_layer_norm)
+    }
+
+    /// [`encode`](Self::encode) from token embeddings [B, S, D] (see
+    /// [`embed_tokens`](Self::embed_tokens), where textual-inversion vectors replace rows);
+    /// `ids` [B, S] still say where each row's end-of-text token is, for the pooled output.
+    pub fn encode_embeddings(
+        &self,
+        token_embeddings: &Tensor,
+        ids: &Tensor,
+        layers: usize,
+        final_layer_norm: bool,
+    ) -> Result<ClipOutput> {
         let n = self.layers.len();
         if layers > n {
             return Err(candle_core::Error::Msg(format!(
                 "hidden states after {layers} layers were asked of a CLIP text encoder with {n} layers (`num_hidden_layers`); use at most {n} (lower the CLIP skip)"
             )));
         }
-        let (mut xs, mask) = self.embed(ids)?;
+        let (_, s, _) = token_embeddings.dims3()?;
+        let device = token_embeddings.device();
+        let positions = Tensor::arange(0u32, s as u32, device)?;
+        let mut xs =
+            token_embeddings.broadcast_add(&self.position_embedding.forward(&positions)?)?;
+        let mask = causal_mask(s, xs.dtype(), device)?;
         let mut states = (layers == 0).then(|| xs.clone());
         for (i, layer) in self.layers.iter().enumerate() {
             xs = layer.forward(&xs, &mask)?;
@@ -329,18 +347,6 @@ impl ClipTextModel {
             pooled,
             text_embeds,
         })
-    }
-
-    /// Token plus position embeddings of `ids`, and the causal mask.
-    fn embed(&self, ids: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (_, s) = ids.dims2()?;
-        let positions = Tensor::arange(0u32, s as u32, ids.device())?;
-        let xs = self
-            .token_embedding
-            .forward(ids)?
-            .broadcast_add(&self.position_embedding.forward(&positions)?)?;
-        let mask = causal_mask(s, xs.dtype(), ids.device())?;
-        Ok((xs, mask))
     }
 
     /// `last` [B, S, D] at each row's end-of-text position [B, D], as transformers picks it:

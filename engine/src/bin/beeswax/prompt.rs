@@ -43,7 +43,14 @@ pub fn run(global: &Global, a: PromptArgs) -> Result<()> {
         defaults,
         ..
     } = source::model_dir(global, folder.as_ref(), &a.model)?;
-    let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))
+    // The first CLIP tokenizer: `tokenizer`, or `tokenizer_2` for a model with only the
+    // second encoder (the SDXL refiner), which plans the prompt the same way.
+    let tokenizer_dir = ["tokenizer", "tokenizer_2"]
+        .iter()
+        .map(|t| dir.join(t))
+        .find(|d| d.is_dir())
+        .unwrap_or_else(|| dir.join("tokenizer"));
+    let tokenizer = ClipTokenizer::from_dir(&tokenizer_dir)
         .with_context(|| format!("reading the tokenizer of {name}"))?;
     let mut extensions = Extensions::builtin();
     let manifests = match &folder {
