@@ -354,6 +354,7 @@ fn job_request(
         },
         pre_processors,
         post_processors: pipeline.post_processors.clone(),
+        refiner: None,
     })
 }
 

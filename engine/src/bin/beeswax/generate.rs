@@ -54,6 +54,7 @@ pub fn run(global: &Global, a: GenerateArgs) -> Result<()> {
         input: image_input::read(&a)?,
         pre_processors: a.pre.clone(),
         post_processors: a.post.clone(),
+        refiner: None,
     };
     let job = resolve(
         &chosen.model,
