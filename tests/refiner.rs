@@ -17,11 +17,12 @@ use beeswax::family::Model;
 use beeswax::image_in::{read_image, Limits};
 use beeswax::pipeline::{run, Generated, Job, Refiner, StepProgress};
 use candle_core::Tensor;
+use common::command::{toml_path, Dir, TestCommand};
 use common::compare::assert_close_rel_std;
-use common::images::assert_images_close;
+use common::images::{assert_images_close, Png};
 use common::jobs::try_generate;
 use common::reference::{load, Case};
-use common::{fixture, model};
+use common::{fixture, model, model_dir};
 
 /// Latents tolerance, relative to the reference's std.
 const LATENTS_TOL: f32 = 2e-3;
@@ -93,6 +94,7 @@ impl RefinerCase {
             _ => c.text_job(Some(&r["init_latents"])),
         };
         job.refiner = Some(Refiner {
+            name: "tiny-sdxl-refiner".into(),
             model: refiner.clone(),
             switch_at: self.switch,
         });
@@ -201,4 +203,123 @@ fn what_is_not_a_refiner_is_refused() {
     let flux = model("tiny-flux-schnell");
     let err = error(&base, &c.job(&r, &flux));
     assert!(err.contains("tiny-flux-schnell"), "{err}");
+}
+
+/// The hand-off case of `reference/sdxl/pipelines` (Euler, switch 0.8, a negative prompt).
+fn euler_case() -> RefinerCase {
+    cases()
+        .into_iter()
+        .find(|c| c.name == "refiner_handoff_euler_64x64")
+        .unwrap()
+}
+
+/// `beeswax generate` with `euler_case`'s settings and starting noise, in `dir`.
+fn generate_case(dir: &Dir, c: &RefinerCase) -> TestCommand {
+    let noise = dir.join("noise.safetensors");
+    let r = c.tensors();
+    let init = HashMap::from([("latents".to_string(), r["init_latents"].clone())]);
+    candle_core::safetensors::save(&init, &noise).unwrap();
+    let mut cmd = dir.command();
+    cmd.args(["generate", "--quiet", "--prompt", &c.prompt])
+        .args(["--negative-prompt", c.negative_prompt.as_deref().unwrap()])
+        .args(["--steps", &c.steps.to_string()])
+        .args(["--guidance", &c.guidance.to_string()])
+        .args(["--scheduler", &c.scheduler])
+        .args(["--width", &c.width.to_string()])
+        .args(["--height", &c.height.to_string()])
+        .arg("--init-latents")
+        .arg(&noise)
+        .args(["--output", "out.png", "--output-latents", "out.safetensors"]);
+    cmd
+}
+
+/// The latents and PNG `generate_case` wrote match diffusers'; returns the PNG's parameters.
+fn check_outputs(dir: &Dir, c: &RefinerCase) -> String {
+    let r = c.tensors();
+    let latents =
+        candle_core::safetensors::load(dir.join("out.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    assert_close_rel_std(&c.name, &latents["latents"], &r["latents"], LATENTS_TOL);
+    let png = Png::read(&dir.join("out.png"));
+    assert_images_close(&c.name, &[png.image], &r["image"]);
+    png.parameters
+}
+
+fn sdxl_packs(dir: &Dir) -> std::path::PathBuf {
+    let pack = |name: &str, family: &str, model: &str| {
+        format!(
+            "[pack]\nname = \"{name}\"\nfamily = \"{family}\"\npath = {}\n",
+            toml_path(&model_dir(model))
+        )
+    };
+    dir.manifests(
+        "manifests",
+        &[
+            ("xl.toml", &pack("xl", "sdxl", "tiny-sdxl")),
+            (
+                "xl-refiner.toml",
+                &pack("xl-refiner", "sdxl-refiner", "tiny-sdxl-refiner"),
+            ),
+            ("sd.toml", &pack("sd", "sd1", "tiny-sd")),
+        ],
+    )
+}
+
+/// `--refiner FOLDER --refiner-switch 0.8` and `--pack xl --refiner PACK` (switch 0.8 by
+/// default) reproduce diffusers' hand-off and record the refiner in the PNG's parameters.
+#[test]
+fn cli_refiner_from_a_folder_and_from_a_pack() {
+    let c = euler_case();
+    let dir = Dir::new("refiner-cli");
+    generate_case(&dir, &c)
+        .arg("--model")
+        .arg(model_dir("tiny-sdxl"))
+        .arg("--refiner")
+        .arg(model_dir("tiny-sdxl-refiner"))
+        .args(["--refiner-switch", "0.8"])
+        .run();
+    let parameters = check_outputs(&dir, &c);
+    assert!(
+        parameters.contains("Refiner: tiny-sdxl-refiner, Refiner switch at: 0.8"),
+        "{parameters}"
+    );
+
+    let manifests = sdxl_packs(&dir);
+    generate_case(&dir, &c)
+        .arg("--manifests")
+        .arg(&manifests)
+        .args(["--pack", "xl", "--refiner", "xl-refiner"])
+        .run();
+    let parameters = check_outputs(&dir, &c);
+    assert!(
+        parameters.contains("Model: xl") && parameters.contains("Refiner: xl-refiner,"),
+        "{parameters}"
+    );
+}
+
+/// An unknown refiner pack, a switch outside (0, 1), a refiner of another latent space and a
+/// switch without a refiner are errors naming what was wrong.
+#[test]
+fn cli_refiner_errors() {
+    let dir = Dir::new("refiner-cli-errors");
+    let manifests = sdxl_packs(&dir);
+    let base = |dir: &Dir| {
+        let mut cmd = dir.command();
+        cmd.arg("--manifests").arg(&manifests).args([
+            "generate", "--quiet", "--prompt", "a fox", "--steps", "4", "--pack", "xl",
+        ]);
+        cmd
+    };
+    base(&dir)
+        .args(["--refiner", "no-such-refiner"])
+        .assert_fails_with(&["no-such-refiner", "xl-refiner"]);
+    base(&dir)
+        .args(["--refiner", "xl-refiner", "--refiner-switch", "1.5"])
+        .assert_fails_with(&["--refiner-switch", "not above 0 and below 1"]);
+    base(&dir)
+        .args(["--refiner-switch", "0.5"])
+        .assert_fails_with(&["--refiner"]);
+    base(&dir)
+        .args(["--refiner", "sd"])
+        .assert_fails_with(&["tiny-sd", "cannot refine a sdxl model"]);
 }

@@ -14,11 +14,13 @@ use super::Settings;
 use crate::family::Model;
 use crate::prompt::EmbeddingCatalog;
 use crate::schedulers::Scheduler;
-use crate::{Error, Result};
+use crate::{limits, Error, Result};
 
 /// A model that finishes a job's denoising from the point `switch_at` of the schedule.
 #[derive(Debug, Clone)]
 pub struct Refiner {
+    /// Its name in image parameters (the pack's, or the folder's or file's).
+    pub name: String,
     /// The refiner (e.g. of the `sdxl-refiner` family), or any model of the base's latent
     /// space.
     pub model: Model,
@@ -32,7 +34,7 @@ impl Refiner {
     /// of schedule, same latent channels, VAE scale factor and latent scaling, a denoiser
     /// taking the latents alone, and `settings.clip_skip` within its text encoders.
     pub fn check(&self, base: &Model, settings: &Settings) -> Result<()> {
-        if !(self.switch_at > 0.0 && self.switch_at < 1.0) {
+        if !limits::switch_at_ok(self.switch_at) {
             return Err(Error::invalid(
                 "refiner switch",
                 self.switch_at,

@@ -166,6 +166,48 @@ pub fn load(
     })
 }
 
+/// Loads `--refiner`: an existing folder or single file (its family detected, on the base's
+/// device and dtype), else a pack of the manifests.
+pub fn load_refiner(
+    global: &Global,
+    folder: Option<&ManifestFolder<'_>>,
+    refiner: &str,
+) -> Result<Chosen> {
+    let path = PathBuf::from(refiner);
+    if !path.exists() {
+        if folder.is_none() {
+            bail!(
+                "--refiner {refiner}: no such file or folder, and no manifests folder ({}) \
+                 to find a pack of that name in",
+                global.manifests.display()
+            );
+        }
+        let choice = ModelChoice {
+            model: None,
+            pack: Some(refiner.to_string()),
+        };
+        return load(global, folder, &choice).context("loading the --refiner pack");
+    }
+    let (device, dtype) = device_and_dtype(global)?;
+    let families = families(folder)?;
+    let options = LoadOptions::new(device, dtype);
+    let model = if checkpoint::is_single_file(&path) {
+        checkpoint::load::load(&path, &families, &CheckpointOptions::default(), &options)
+    } else {
+        model_files::model_index(&path)?;
+        families.load(&path, None, &options)
+    };
+    let model = model.with_context(|| format!("loading the refiner {}", path.display()))?;
+    let name = path
+        .file_stem()
+        .map_or(refiner.to_string(), |n| n.to_string_lossy().into_owned());
+    Ok(Chosen {
+        model,
+        name,
+        defaults: PackDefaults::default(),
+    })
+}
+
 /// `beeswax packs`: one line per pack.
 pub fn list_packs(global: &Global) -> Result<()> {
     let files = ManifestFiles::read(&global.manifests)?;
