@@ -30,10 +30,24 @@ pub struct Refiner {
 }
 
 impl Refiner {
-    /// Checks the switch point and that the refiner can continue `base`'s latents: same kind
-    /// of schedule, same latent channels, VAE scale factor and latent scaling, a denoiser
-    /// taking the latents alone, and `settings.clip_skip` within its text encoders.
+    /// [`Self::check_models`] and `settings.clip_skip` within the refiner's text encoders.
     pub fn check(&self, base: &Model, settings: &Settings) -> Result<()> {
+        self.check_models(base)?;
+        let layers = self.model.networks.text_layers();
+        if settings.clip_skip > layers {
+            return Err(Error::invalid(
+                "clip skip",
+                settings.clip_skip,
+                format!("must be at most {layers} (the refiner's text encoder layer count)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the switch point and that the refiner can continue `base`'s latents: same kind
+    /// of schedule, same latent channels, VAE scale factor and latent scaling, and a denoiser
+    /// taking the latents alone.
+    pub fn check_models(&self, base: &Model) -> Result<()> {
         if !limits::switch_at_ok(self.switch_at) {
             return Err(Error::invalid(
                 "refiner switch",
@@ -97,14 +111,6 @@ impl Refiner {
                     r.vae.latent_channels()
                 ),
             });
-        }
-        let layers = r.networks.text_layers();
-        if settings.clip_skip > layers {
-            return Err(Error::invalid(
-                "clip skip",
-                settings.clip_skip,
-                format!("must be at most {layers} (the refiner's text encoder layer count)"),
-            ));
         }
         Ok(())
     }
