@@ -322,6 +322,17 @@ fn cli_refiner_errors() {
     base(&dir)
         .args(["--refiner", "sd"])
         .assert_fails_with(&["tiny-sd", "cannot refine a sdxl model"]);
+    // `beeswax check` names the manifest line of a pipeline's unknown refiner pack.
+    let text = "[[pipeline]]\nname = \"fine\"\npack = \"xl\"\nrefiner = \"xl-refinr\"\n";
+    dir.create("manifests/fine.toml", text);
+    dir.command()
+        .arg("--manifests")
+        .arg(&manifests)
+        .arg("check")
+        .assert_fails_with(&[
+            "fine.toml:4: `pipeline.refiner` names no known pack `xl-refinr`",
+            "available packs:",
+        ]);
 }
 
 /// The packs and a `[[pipeline]]` with a refiner, for the service (beside its tiny-sd pack).
@@ -532,4 +543,57 @@ fn a_pipeline_refiner_of_another_latent_space_is_refused_at_load() {
             && err.contains("cannot refine a sdxl model"),
         "{err}"
     );
+}
+
+/// Inpainting: the refiner continues with the known region blended back (on an ordinary base,
+/// and after a 9-channel inpainting base); steps count over both models, the refiner changes
+/// the masked region and the picture outside the mask is kept.
+#[test]
+fn inpainting_hands_off_to_the_refiner() {
+    use beeswax::image_in::{mask_from_picture, AlphaMask};
+    let refiner = model("tiny-sdxl-refiner");
+    let picture = read_image(
+        &fixture("reference/sdxl/pipelines/init.png"),
+        "init",
+        &Limits::default(),
+    )
+    .unwrap()
+    .rgb;
+    let mask = read_image(
+        &fixture("reference/sdxl/pipelines/mask.png"),
+        "mask",
+        &Limits::default(),
+    )
+    .unwrap();
+    let mask = mask_from_picture(&mask, AlphaMask::OpaqueRepaints);
+    let mut c = Case::new("a red fox in the snow", "Euler", 8, 96, 64);
+    c.guidance = 5.0;
+    c.strength = Some(1.0);
+    for base in ["tiny-sdxl", "tiny-sdxl-inpaint"] {
+        let base = model(base);
+        let mut job = c.inpaint_job(&picture, &mask, None);
+        let alone = try_generate(&base, &job).unwrap();
+        job.refiner = Some(Refiner {
+            name: "tiny-sdxl-refiner".into(),
+            model: refiner.clone(),
+            switch_at: 0.5,
+        });
+        let (out, steps) = run_recording(&base, &job);
+        let numbers: Vec<usize> = steps.iter().map(|p| p.step).collect();
+        assert_eq!(numbers, (1..=8).collect::<Vec<_>>());
+        let (max, std) = common::max_diff_and_std(&out.latents, &alone.latents);
+        assert!(
+            max > 0.05 * std,
+            "the refiner changed nothing: {max} vs {std}"
+        );
+        let (got, want) = (&out.images[0], &picture);
+        let mut kept = 0;
+        for (i, m) in mask.data.iter().enumerate() {
+            if *m == 0.0 && got.data[i * 3..i * 3 + 3] == want.data[i * 3..i * 3 + 3] {
+                kept += 1;
+            }
+        }
+        let outside = mask.data.iter().filter(|m| **m == 0.0).count();
+        assert!(kept * 10 > outside * 9, "only {kept} of {outside} kept");
+    }
 }
