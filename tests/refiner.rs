@@ -597,3 +597,57 @@ fn inpainting_hands_off_to_the_refiner() {
         assert!(kept * 10 > outside * 9, "only {kept} of {outside} kept");
     }
 }
+
+/// Where the hand-off falls: diffusers 0.42.1's `denoising_end` / `denoising_start` slicing of
+/// tiny-sdxl's schedule (leading, 10 steps) for Euler and the second-order Heun (whose refiner
+/// takes one timestep more when it would start between a step's two halves), as that script
+/// computes them; a switch that leaves the refiner nothing is a warning, not an error.
+#[test]
+fn the_switch_point_slices_the_schedule_as_diffusers() {
+    use beeswax::pipeline::{build_scheduler, handoff, Handoff};
+    let base = model("tiny-sdxl");
+    let expected = [
+        ("Euler", 0.8, 8, 8),
+        ("Euler", 0.5, 5, 5),
+        ("Euler", 0.999, 10, 10),
+        ("Heun", 0.8, 15, 14),
+        ("Heun", 0.5, 9, 8),
+    ];
+    for (sampler, switch, base_end, refiner_start) in expected {
+        let job = Case::new("a fox", sampler, 10, 64, 64).text_job(None);
+        let scheduler = build_scheduler(&base, &job, &common::registry()).unwrap();
+        let at = handoff(scheduler.as_ref(), 1000, 0, switch);
+        let want = Handoff {
+            base_end,
+            refiner_start,
+        };
+        assert_eq!(at, want, "{sampler} at {switch}");
+    }
+    // Image to image starting past the switch: the base runs nothing, the refiner the rest.
+    let job = Case::new("a fox", "Euler", 10, 64, 64).text_job(None);
+    let scheduler = build_scheduler(&base, &job, &common::registry()).unwrap();
+    let at = handoff(scheduler.as_ref(), 1000, 9, 0.5);
+    assert_eq!(
+        at,
+        Handoff {
+            base_end: 9,
+            refiner_start: 9
+        }
+    );
+
+    let refiner = model("tiny-sdxl-refiner");
+    let mut job = Case::new("a fox", "Euler", 4, 64, 64).text_job(None);
+    job.refiner = Some(Refiner {
+        name: "r".into(),
+        model: refiner,
+        switch_at: 0.9999,
+    });
+    let out = try_generate(&base, &job).unwrap();
+    assert!(
+        out.warnings
+            .iter()
+            .any(|w| w.contains("the refiner ran no step")),
+        "{:?}",
+        out.warnings
+    );
+}
