@@ -104,6 +104,38 @@ fn cli_refiner_from_a_folder_and_from_a_pack() {
     );
 }
 
+/// `--model FILE --refiner FILE --refiner-config DIR`: both single files (f16, computed in f32)
+/// load as their families and hand off; the image is close to the folders' run (the weights
+/// differ by their f16 rounding only).
+#[test]
+fn cli_single_file_refiner() {
+    let c = euler_case();
+    let dir = Dir::new("refiner-cli-single");
+    let single = |name: &str| crate::common::fixture(&format!("single/{name}.f16.safetensors"));
+    generate_case(&dir, &c)
+        .arg("--model")
+        .arg(single("tiny-sdxl"))
+        .arg("--model-config")
+        .arg(model_dir("tiny-sdxl"))
+        .arg("--refiner")
+        .arg(single("tiny-sdxl-refiner"))
+        .arg("--refiner-config")
+        .arg(model_dir("tiny-sdxl-refiner"))
+        .run();
+    let png = Png::read(&dir.join("out.png"));
+    assert!(
+        png.parameters
+            .contains("Refiner: tiny-sdxl-refiner.f16, Refiner switch at: 0.8"),
+        "{}",
+        png.parameters
+    );
+    let r = c.tensors();
+    let latents =
+        candle_core::safetensors::load(dir.join("out.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    assert_close_rel_std(&c.name, &latents["latents"], &r["latents"], 0.05);
+}
+
 /// An unknown refiner pack, a switch outside (0, 1), a refiner of another latent space and a
 /// switch without a refiner are errors naming what was wrong.
 #[test]

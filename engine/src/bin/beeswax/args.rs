@@ -194,6 +194,10 @@ pub struct GenerateArgs {
     /// below 1 [default: 0.8].
     #[arg(long, requires = "refiner", value_parser = parse_switch)]
     pub refiner_switch: Option<f64>,
+    /// A single-file --refiner's configs and tokenizers from this diffusers folder (as
+    /// --model-config for --model) instead of its family's bundled ones.
+    #[arg(long, value_name = "DIR", requires = "refiner")]
+    pub refiner_config: Option<PathBuf>,
     /// How a picture of another size is fitted to --width/--height: stretch (AUTOMATIC1111's
     /// "Just resize", the default), crop (cover and cut) or fill (fit and extend the edges).
     #[arg(long, requires = "init_image")]

@@ -37,7 +37,12 @@ pub fn run(global: &Global, a: GenerateArgs) -> Result<()> {
         (chosen.model.vae.decoder).set_tiling(beeswax::models::vae::Tiling::On);
     }
     let refiner = match &a.refiner {
-        Some(spec) => Some(source::load_refiner(global, folder.as_ref(), spec)?),
+        Some(spec) => Some(source::load_refiner(
+            global,
+            folder.as_ref(),
+            spec,
+            a.refiner_config.as_deref(),
+        )?),
         None => None,
     };
     let job_loras = job_loras(global, folder.as_ref(), &a)?;

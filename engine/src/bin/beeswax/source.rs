@@ -1,7 +1,7 @@
 //! Choosing the model: a diffusers folder (`--model`) or a pack (`--pack`) from the manifests,
 //! and the device and dtype to load it with.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use beeswax::checkpoint::{self, CheckpointOptions};
@@ -167,11 +167,13 @@ pub fn load(
 }
 
 /// Loads `--refiner`: an existing folder or single file (its family detected, on the base's
-/// device and dtype), else a pack of the manifests.
+/// device and dtype; a single file's configs from `config` when given), else a pack of the
+/// manifests.
 pub fn load_refiner(
     global: &Global,
     folder: Option<&ManifestFolder<'_>>,
     refiner: &str,
+    config: Option<&Path>,
 ) -> Result<Chosen> {
     let path = PathBuf::from(refiner);
     if !path.exists() {
@@ -192,7 +194,11 @@ pub fn load_refiner(
     let families = families(folder)?;
     let options = LoadOptions::new(device, dtype);
     let model = if checkpoint::is_single_file(&path) {
-        checkpoint::load::load(&path, &families, &CheckpointOptions::default(), &options)
+        let single = CheckpointOptions {
+            config_dir: config.map(Path::to_path_buf),
+            ..CheckpointOptions::default()
+        };
+        checkpoint::load::load(&path, &families, &single, &options)
     } else {
         model_files::model_index(&path)?;
         families.load(&path, None, &options)
