@@ -16,7 +16,7 @@ pub struct Cli {
 }
 
 /// Options every command takes.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct Global {
     /// Folder of model pack manifests (*.toml).
     #[arg(

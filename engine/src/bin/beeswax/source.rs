@@ -188,7 +188,15 @@ pub fn load_refiner(
             model: None,
             pack: Some(refiner.to_string()),
         };
-        return load(global, folder, &choice).context("loading the --refiner pack");
+        // The base's single-file options (--model-config, --family, ...) are not the pack's.
+        let own = Global {
+            model_config: config.map(Path::to_path_buf),
+            family: None,
+            prediction: None,
+            vae: None,
+            ..global.clone()
+        };
+        return load(&own, folder, &choice).context("loading the --refiner pack");
     }
     let (device, dtype) = device_and_dtype(global)?;
     let families = families(folder)?;
