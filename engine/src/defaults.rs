@@ -12,6 +12,9 @@ pub const BATCH: usize = 1;
 pub const CLIP_SKIP: usize = 1;
 /// Image-to-image strength (diffusers' and AUTOMATIC1111's default).
 pub const STRENGTH: f64 = 0.75;
+/// The share of the schedule the base model runs before a refiner takes over
+/// (AUTOMATIC1111's default `refiner_switch_at`, diffusers' documented `denoising_end`).
+pub const REFINER_SWITCH_AT: f64 = 0.8;
 /// Mask blur in pixels (AUTOMATIC1111's).
 pub const MASK_BLUR: f64 = 4.0;
 /// Context pixels around the mask with "only masked" inpainting (AUTOMATIC1111's).

@@ -44,6 +44,11 @@ pub fn strength_ok(strength: f64) -> bool {
     strength > 0.0 && strength <= 1.0
 }
 
+/// Whether `switch_at` is a valid refiner switch point: above 0 and below 1.
+pub fn switch_at_ok(switch_at: f64) -> bool {
+    switch_at > 0.0 && switch_at < 1.0
+}
+
 /// Whether `value` is an allowed width or height (before the model's own scale factor).
 pub fn size_ok(value: usize) -> bool {
     SIZE.contains(&value) && value % SIZE_MULTIPLE == 0

@@ -38,6 +38,8 @@ pub struct GenerationParams {
     pub prompt_syntax: PromptSyntax,
     /// A1111's `TI hashes` of the textual-inversion embeddings the prompts used.
     pub ti_hashes: Option<String>,
+    /// The refiner's name and switch point (A1111's `Refiner`, `Refiner switch at`).
+    pub refiner: Option<(String, f64)>,
 }
 
 impl GenerationParams {
@@ -63,6 +65,7 @@ impl GenerationParams {
             },
             prompt_syntax: s.prompt_syntax,
             ti_hashes: None,
+            refiner: job.refiner.as_ref().map(|r| (r.name.clone(), r.switch_at)),
         }
     }
 
@@ -92,6 +95,11 @@ impl GenerationParams {
         }
         if let Some(blur) = self.mask_blur {
             text.push_str(&format!(", Mask blur: {blur}"));
+        }
+        if let Some((name, switch_at)) = &self.refiner {
+            text.push_str(&format!(
+                ", Refiner: {name}, Refiner switch at: {switch_at}"
+            ));
         }
         let mut prompt = prompt_params(self.prompt_syntax, PromptSyntax::default(), &[]);
         if let Some(hashes) = &self.ti_hashes {
@@ -124,16 +132,18 @@ mod tests {
             mask_blur: None,
             prompt_syntax: PromptSyntax::A1111,
             ti_hashes: None,
+            refiner: Some(("tiny-sdxl-refiner".into(), 0.8)),
         };
         let text = p.to_a1111();
         assert!(text.starts_with(
-            "a red fox\nNegative prompt: blurry\nSteps: 20, Sampler: Euler, CFG scale: 7.5, Seed: 1, Size: 512x768, Model: tiny-sd, Clip skip: 2"
+            "a red fox\nNegative prompt: blurry\nSteps: 20, Sampler: Euler, CFG scale: 7.5, Seed: 1, Size: 512x768, Model: tiny-sd, Clip skip: 2, Refiner: tiny-sdxl-refiner, Refiner switch at: 0.8"
         ), "{text}");
         assert!(!text.contains("Prompt syntax"), "{text}");
         let plain = GenerationParams {
             negative_prompt: String::new(),
             clip_skip: 1,
             prompt_syntax: PromptSyntax::Plain,
+            refiner: None,
             ..p
         };
         let text = plain.to_a1111();

@@ -68,6 +68,7 @@ impl Case {
             input,
             pre_processors: Vec::new(),
             post_processors: Vec::new(),
+            refiner: None,
         }
     }
 
@@ -248,6 +249,7 @@ impl FluxCase {
             input,
             pre_processors: Vec::new(),
             post_processors: Vec::new(),
+            refiner: None,
         }
     }
 }

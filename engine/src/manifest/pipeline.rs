@@ -12,6 +12,8 @@
 //! pre_processors = []           # plugin pre-processors run on each input picture, in order
 //! post_processors = []          # post-processors run on each image, in order
 //! lora_set = "winter-fox"       # a [[lora_set]] (or [[lora]]) applied to every job
+//! refiner = "sdxl-refiner"      # a pack whose model finishes every job (SDXL's refiner)
+//! refiner_switch_at = 0.8       # share of the schedule before the refiner, in (0, 1)
 //!
 //! [pipeline.defaults]           # like [pack.defaults]; unset values come from the pack
 //! steps = 8
@@ -92,6 +94,10 @@ pub struct PipelineConfig {
     pub post_processors: Vec<String>,
     /// A LoRA set (or LoRA) applied to every job first (checked by [`Self::check_lora_set`]).
     pub lora_set: Option<String>,
+    /// A pack whose model finishes every job from the switch point (a known pack).
+    pub refiner: Option<String>,
+    /// The default switch point of the refiner, in (0, 1).
+    pub refiner_switch_at: Option<f64>,
     /// The manifest it came from.
     pub manifest_path: PathBuf,
     /// Where the names checked later were written.
@@ -126,6 +132,8 @@ struct RawPipeline {
     #[serde(default)]
     post_processors: Vec<Spanned<String>>,
     lora_set: Option<Spanned<String>>,
+    refiner: Option<Spanned<String>>,
+    refiner_switch_at: Option<Spanned<f64>>,
 }
 
 /// `[pipeline.defaults]` as written: `[pack.defaults]` without the scheduler and schedule,
@@ -261,6 +269,7 @@ fn validate(
     let name = checked_name(located, &raw.name, packs)?;
     let pack = pack_of(located, &raw.pack, &name, packs)?;
     let mode = mode(located, raw.mode.as_ref())?;
+    let (refiner, refiner_switch_at) = refiner(located, &raw, &name, packs)?;
     if let Some(s) = &raw.schedule {
         Schedule::parse(s.get_ref())
             .map_err(|err| located.at(s, "pipeline.schedule", err.to_string()))?;
@@ -288,6 +297,8 @@ fn validate(
         pre_processors: names(raw.pre_processors),
         post_processors: names(raw.post_processors),
         lora_set: raw.lora_set.map(Spanned::into_inner),
+        refiner,
+        refiner_switch_at,
         manifest_path: located.file().to_path_buf(),
         lines,
     })
@@ -338,6 +349,43 @@ fn pack_of<'p>(
             );
             located.at(raw, "pipeline.pack", message)
         })
+}
+
+/// The pipeline's refiner (a known pack) and switch point (in (0, 1); only with a refiner).
+fn refiner(
+    located: &Located<'_>,
+    raw: &RawPipeline,
+    name: &str,
+    packs: &[PackManifest],
+) -> Result<(Option<String>, Option<f64>), ManifestError> {
+    if let Some(at) = &raw.refiner_switch_at {
+        let v = *at.get_ref();
+        if raw.refiner.is_none() {
+            let message = "needs a `refiner` (the pack that takes over at this point)".to_string();
+            return Err(located.at(at, "pipeline.refiner_switch_at", message));
+        }
+        if !limits::switch_at_ok(v) {
+            let message = format!(
+                "must be above 0 and below 1 (the share of the schedule the base runs before \
+                 the refiner; got {v})"
+            );
+            return Err(located.at(at, "pipeline.refiner_switch_at", message));
+        }
+    }
+    let Some(refiner) = &raw.refiner else {
+        return Ok((None, None));
+    };
+    if !packs.iter().any(|p| &p.name == refiner.get_ref()) {
+        let names: Vec<&str> = packs.iter().map(|p| p.name.as_str()).collect();
+        let message = format!(
+            "names no known pack `{}` (pipeline `{name}`): available packs: {}",
+            refiner.get_ref(),
+            list_or_none(&names)
+        );
+        return Err(located.at(refiner, "pipeline.refiner", message));
+    }
+    let at = raw.refiner_switch_at.as_ref().map(|a| *a.get_ref());
+    Ok((Some(refiner.get_ref().clone()), at))
 }
 
 fn mode(located: &Located<'_>, raw: Option<&Spanned<String>>) -> Result<Mode, ManifestError> {
@@ -440,6 +488,37 @@ mod tests {
             "{err}"
         );
         assert!(p.check_lora_set(&["fox".into()]).is_ok());
+    }
+
+    #[test]
+    fn a_refiner_is_a_known_pack_with_a_switch_in_range() {
+        let text = format!(
+            "{PACK}[[pipeline]]\nname = \"fine\"\npack = \"tiny\"\nrefiner = \"tiny\"\n\
+             refiner_switch_at = 0.7\n"
+        );
+        let p = &read(&text).unwrap()[0];
+        assert_eq!(p.refiner.as_deref(), Some("tiny"));
+        assert_eq!(p.refiner_switch_at, Some(0.7));
+        let err = read(&text.replace("refiner = \"tiny\"", "refiner = \"nope\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/m/p.toml:12: `pipeline.refiner` names no known pack `nope`")
+                && err.contains("available packs: tiny"),
+            "{err}"
+        );
+        let err = read(&text.replace("0.7", "1.0")).unwrap_err().to_string();
+        assert!(
+            err.contains(":13: `pipeline.refiner_switch_at` must be above 0 and below 1"),
+            "{err}"
+        );
+        let err = read(&text.replace("refiner = \"tiny\"\n", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(":12: `pipeline.refiner_switch_at` needs a `refiner`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -35,22 +35,64 @@ pub struct Hooks<'a> {
     pub on_step: &'a mut dyn FnMut(StepProgress) -> ControlFlow<()>,
 }
 
+/// Which steps one denoising run covers, and how they count in the job's progress.
+#[derive(Debug, Clone, Copy)]
+pub struct Span {
+    /// The first step (index into the scheduler's timesteps).
+    pub start: usize,
+    /// The step after the last one.
+    pub end: usize,
+    /// Steps the job ran before this run (a refiner continues the base's count).
+    pub done_before: usize,
+    /// Steps of the whole job.
+    pub total: usize,
+    /// When the job's denoising started (progress reports the time since).
+    pub started: Instant,
+}
+
+impl Span {
+    /// From `start` to the end of a schedule of `len` timesteps, the whole job.
+    pub fn whole(start: usize, len: usize) -> Self {
+        let start = start.min(len);
+        Self {
+            start,
+            end: len,
+            done_before: 0,
+            total: len - start,
+            started: Instant::now(),
+        }
+    }
+}
+
 /// Runs `scheduler` from step `start` to the end on `latents` `[batch, C, h, w]` (f32).
 pub fn denoise(
     model: &Model,
     scheduler: &mut dyn Scheduler,
-    mut latents: Tensor,
+    latents: Tensor,
     guidance: &Guidance,
     start: usize,
     hooks: Hooks,
 ) -> Result<Tensor> {
+    let span = Span::whole(start, scheduler.timesteps().len());
+    denoise_span(model, scheduler, latents, guidance, span, hooks)
+}
+
+/// Runs `scheduler` over the steps of `span` on `latents` `[batch, C, h, w]` (f32).
+pub fn denoise_span(
+    model: &Model,
+    scheduler: &mut dyn Scheduler,
+    mut latents: Tensor,
+    guidance: &Guidance,
+    span: Span,
+    hooks: Hooks,
+) -> Result<Tensor> {
     let timesteps = scheduler.timesteps().to_vec();
-    let total = timesteps.len() - start.min(timesteps.len());
-    let clock = Instant::now();
+    let (start, end) = (span.start, span.end.min(timesteps.len()));
     let mut step_cond: Option<StepConditioning> = None;
-    for (i, &t) in timesteps.iter().enumerate().skip(start) {
+    for (i, &t) in timesteps.iter().enumerate().take(end).skip(start) {
         // A1111 counts prompt-editing steps from the first step it runs.
-        let cond = StepConditioning::at_step(guidance.text, i - start, step_cond.take())?;
+        let step = span.done_before + i - start;
+        let cond = StepConditioning::at_step(guidance.text, step, step_cond.take())?;
         let mut input = scheduler.scale_model_input(&latents, i)?;
         if let Some(extra) = guidance.extra_channels {
             input = Tensor::cat(&[&input, extra], 1)?;
@@ -60,9 +102,9 @@ pub fn denoise(
         latents = scheduler.step(&out, i, &latents, hooks.noise)?;
         latents = (hooks.after_step)(i, latents)?;
         let progress = StepProgress {
-            step: i + 1 - start,
-            total,
-            elapsed: clock.elapsed(),
+            step: step + 1,
+            total: span.total,
+            elapsed: span.started.elapsed(),
             latents: latents.clone(),
         };
         if (hooks.on_step)(progress).is_break() {

@@ -9,7 +9,8 @@
 use std::ops::ControlFlow;
 use std::time::Instant;
 
-use super::denoise::{denoise, Guidance, Hooks};
+use super::denoise::{Guidance, Hooks};
+use super::refiner::{denoise_and_refine, BaseRun, Refine};
 use super::stages::{
     decode_all, encode_prompts, image_tensor, noise_or, repaint_everything, start_index, Generated,
     StageTimes, StepProgress,
@@ -22,14 +23,16 @@ use crate::prompt::EmbeddingCatalog;
 use crate::schedulers::Scheduler;
 use crate::Result;
 
-/// Runs an image-to-image job with `scheduler` (built for its steps). `on_step` is called
-/// after every step; `Break` cancels.
+/// Runs an image-to-image job with `scheduler` (built for its steps), handing off to
+/// `refine`'s refiner when given (strength first, then the switch). `on_step` is called after
+/// every step; `Break` cancels.
 pub fn image_to_image(
     model: &Model,
     settings: &Settings,
     embeddings: &EmbeddingCatalog,
     image: &ImageInput,
     mut scheduler: Box<dyn Scheduler>,
+    refine: Option<Refine>,
     on_step: &mut dyn FnMut(StepProgress) -> ControlFlow<()>,
 ) -> Result<Generated> {
     let start = start_index(
@@ -83,23 +86,24 @@ pub fn image_to_image(
         scale: settings.guidance,
         extra_channels: extra.as_ref(),
     };
-    let latents = denoise(
-        model,
-        scheduler.as_mut(),
-        latents,
-        &guidance,
+    let run = BaseRun {
+        settings,
+        embeddings,
+        scheduler: scheduler.as_mut(),
+        guidance: &guidance,
         start,
-        Hooks {
-            noise: &mut rng,
-            after_step: &mut |_, latents| Ok(latents),
-            on_step,
-        },
-    )?;
+    };
+    let hooks = Hooks {
+        noise: &mut rng,
+        after_step: &mut |_, latents| Ok(latents),
+        on_step,
+    };
+    let (latents, decoder) = denoise_and_refine(model, refine, run, latents, hooks, &mut warnings)?;
     times.denoising = clock.elapsed();
 
-    // 4. Decode.
+    // 4. Decode (with the refiner's VAE after a hand-off).
     let clock = Instant::now();
-    let images = decode_all(model, &latents)?;
+    let images = decode_all(decoder, &latents)?;
     times.decoding += clock.elapsed();
     Ok(Generated {
         latents,

@@ -13,8 +13,9 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 
-use super::denoise::{denoise, Guidance, Hooks};
+use super::denoise::{Guidance, Hooks};
 use super::inpaint_region::{matched_mask, region, Region};
+use super::refiner::{denoise_and_refine, handoff, BaseRun, Refine};
 use super::stages::{
     decode_all, encode_prompts, image_tensor, noise_or, start_index, Generated, StageTimes,
     StepProgress,
@@ -42,13 +43,17 @@ struct Prepared {
 }
 
 /// Runs an inpainting job with `scheduler` and a second copy of it, `noiser`, that noises the
-/// known region while the first steps. `on_step` is called after every step; `Break` cancels.
+/// known region while the first steps. With `refine`, its refiner continues from the switch
+/// point with the known region blended back after each of its steps (as AUTOMATIC1111 swaps
+/// the model mid-sampling; the refiner's denoiser takes the latents alone). `on_step` is
+/// called after every step; `Break` cancels.
 pub fn inpaint(
     model: &Model,
     settings: &Settings,
     embeddings: &EmbeddingCatalog,
     (image, mask): (&ImageInput, &MaskInput),
     (mut scheduler, noiser): (Box<dyn Scheduler>, Box<dyn Scheduler>),
+    refine: Option<Refine>,
     on_step: &mut dyn FnMut(StepProgress) -> ControlFlow<()>,
 ) -> Result<Generated> {
     let start = start_index(
@@ -58,6 +63,10 @@ pub fn inpaint(
         image.strength,
     )?;
     let inpaint_model = model.is_inpainting()?;
+    let train = model.scheduler_config.num_train_timesteps;
+    let refine_from = refine
+        .as_ref()
+        .map(|r| handoff(scheduler.as_ref(), train, start, r.refiner.switch_at).refiner_start);
     let mut warnings = Vec::new();
     let mut times = StageTimes::default();
 
@@ -70,20 +79,29 @@ pub fn inpaint(
     //    diffusers' order, the picture's posterior sample, the noise, the masked picture's.
     let clock = Instant::now();
     let mut rng = BatchNoise::new(settings.seed, settings.batch);
-    let p = prepare(model, settings, image, mask, &mut rng, &mut warnings)?;
+    let refining = refine_from.is_some();
+    let p = prepare(
+        model,
+        settings,
+        (image, mask),
+        refining,
+        &mut rng,
+        &mut warnings,
+    )?;
     let latents = match &p.known {
         Some(known) if image.strength < 1.0 => scheduler.add_noise(known, &p.noise, start)?,
         _ => (&p.noise * scheduler.init_noise_sigma())?,
     };
     times.decoding = clock.elapsed();
 
-    // 3. Denoise; an ordinary model gets the known region, noised to the next step's level
-    //    (clean after the last step), blended back after every step.
+    // 3. Denoise; an ordinary model (and a refiner) gets the known region, noised to the next
+    //    step's level (clean after the last step), blended back after every step.
     let clock = Instant::now();
     let last = scheduler.timesteps().len() - 1;
     let keep_mask = p.latent_mask.affine(-1.0, 1.0)?;
     let mut blend = |i: usize, latents: Tensor| -> Result<Tensor> {
-        let Some(known) = p.known.as_ref().filter(|_| !inpaint_model) else {
+        let blends = !inpaint_model || refine_from.is_some_and(|from| i >= from);
+        let Some(known) = p.known.as_ref().filter(|_| blends) else {
             return Ok(latents);
         };
         let known = if i < last {
@@ -98,23 +116,25 @@ pub fn inpaint(
         scale: settings.guidance,
         extra_channels: p.extra.as_ref(),
     };
-    let latents = denoise(
-        model,
-        scheduler.as_mut(),
-        latents,
-        &guidance,
+    let run = BaseRun {
+        settings,
+        embeddings,
+        scheduler: scheduler.as_mut(),
+        guidance: &guidance,
         start,
-        Hooks {
-            noise: &mut rng,
-            after_step: &mut blend,
-            on_step,
-        },
-    )?;
+    };
+    let hooks = Hooks {
+        noise: &mut rng,
+        after_step: &mut blend,
+        on_step,
+    };
+    let (latents, decoder) = denoise_and_refine(model, refine, run, latents, hooks, &mut warnings)?;
     times.denoising = clock.elapsed();
 
-    // 4. Decode each image and paste it back over the original outside the mask.
+    // 4. Decode each image (with the refiner's VAE after a hand-off) and paste it back over
+    //    the original outside the mask.
     let clock = Instant::now();
-    let images = paste_back(&p.region, decode_all(model, &latents)?);
+    let images = paste_back(&p.region, decode_all(decoder, &latents)?);
     times.decoding += clock.elapsed();
     Ok(Generated {
         latents,
@@ -137,12 +157,13 @@ fn paste_back(region: &Region, decoded: Vec<RgbImage>) -> Vec<RgbImage> {
         .collect()
 }
 
-/// Fits the picture and mask, fills the masked region if asked, and encodes and noises.
+/// Fits the picture and mask, fills the masked region if asked, and encodes and noises; the
+/// picture's latents are kept for an inpainting model too when a refiner blends them back.
 fn prepare(
     model: &Model,
     settings: &Settings,
-    image: &ImageInput,
-    mask: &MaskInput,
+    (image, mask): (&ImageInput, &MaskInput),
+    refining: bool,
     rng: &mut BatchNoise,
     warnings: &mut Vec<String>,
 ) -> Result<Prepared> {
@@ -192,6 +213,14 @@ fn prepare(
         Some(Tensor::cat(&[&latent_mask, &masked], 1)?)
     } else {
         None
+    };
+    let known = match known {
+        // The posterior mean draws no noise: the job's generators are left as they were.
+        None if refining => {
+            let mut none = BatchNoise::new(0, batch);
+            Some(model.vae.encode(&pixels, batch, false, &mut none)?)
+        }
+        known => known,
     };
     let known = match (known, mask.content) {
         (Some(latents), MaskedContent::LatentNoise) => {

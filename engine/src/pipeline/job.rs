@@ -5,6 +5,7 @@
 
 use candle_core::Tensor;
 
+use super::refiner::Refiner;
 use crate::family::Model;
 use crate::image_in::{Mask, ResizeMode, RgbImage};
 use crate::prompt::PromptSyntax;
@@ -173,6 +174,8 @@ pub struct Job {
     pub pre_processors: Vec<String>,
     /// Post-processors run on every image, in order.
     pub post_processors: Vec<String>,
+    /// A model that finishes the denoising from a switch point (SDXL's refiner).
+    pub refiner: Option<Refiner>,
 }
 
 impl Job {
@@ -233,6 +236,9 @@ impl Job {
                 format!("of {} characters", s.prompt.chars().count()),
                 format!("must be at most {} characters", limits::PROMPT_CHARS),
             ));
+        }
+        if let Some(refiner) = &self.refiner {
+            refiner.check(model, s)?;
         }
         self.check_input()
     }

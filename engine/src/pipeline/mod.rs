@@ -9,15 +9,17 @@ mod image_to_image;
 mod inpaint;
 mod inpaint_region;
 mod job;
+mod refiner;
 mod request;
 mod run;
 pub mod stages;
 mod text_to_image;
 
-pub use denoise::{denoise, Guidance, Hooks};
+pub use denoise::{denoise, denoise_span, Guidance, Hooks, Span};
 pub use image_to_image::image_to_image;
 pub use inpaint::inpaint;
 pub use job::{ImageInput, InpaintArea, Input, Job, MaskInput, MaskedContent, Settings};
+pub use refiner::{denoise_and_refine, handoff, BaseRun, Handoff, Refine, Refiner};
 pub use request::{
     random_seed, resolve, resolve_sampler, ImageRequest, InputRequest, JobRequest, MaskRequest,
 };

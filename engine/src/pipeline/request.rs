@@ -6,6 +6,7 @@
 use candle_core::Tensor;
 
 use super::job::{ImageInput, InpaintArea, Input, Job, MaskInput, MaskedContent, Settings};
+use super::refiner::Refiner;
 use crate::family::Model;
 use crate::image_in::{Mask, ResizeMode, RgbImage};
 use crate::manifest::PackDefaults;
@@ -52,6 +53,8 @@ pub struct JobRequest {
     pub pre_processors: Vec<String>,
     /// Post-processors, in order (after the pipeline's own).
     pub post_processors: Vec<String>,
+    /// A refiner that finishes the denoising (its model loaded by the caller).
+    pub refiner: Option<Refiner>,
 }
 
 /// The input as asked for.
@@ -159,6 +162,7 @@ pub fn resolve(
         input,
         pre_processors: request.pre_processors,
         post_processors: request.post_processors,
+        refiner: request.refiner,
     })
 }
 

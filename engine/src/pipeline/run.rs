@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::ops::ControlFlow;
 
+use super::refiner::Refine;
 use super::stages::{Generated, StepProgress};
 use super::{image_to_image, inpaint, text_to_image, Input, Job};
 use crate::extensions::{Extensions, PreInput, ProcessorKind};
@@ -28,24 +29,44 @@ pub fn run(
     let settings = &job.settings;
     let embeddings = &extensions.embeddings;
     let input = pre_process(extensions, job)?;
+    // The refiner's own scheduler instance, built on the base's config: one schedule.
+    let refine = || -> Result<Option<Refine>> {
+        job.refiner
+            .as_ref()
+            .map(|refiner| {
+                Ok(Refine {
+                    refiner,
+                    scheduler: build()?,
+                })
+            })
+            .transpose()
+    };
     let mut out = match input.as_ref() {
         Input::Text { init_latents } => text_to_image(
             model,
             settings,
             embeddings,
             build()?,
+            refine()?,
             init_latents.as_ref(),
             on_step,
         )?,
-        Input::Image(image) => {
-            image_to_image(model, settings, embeddings, image, build()?, on_step)?
-        }
+        Input::Image(image) => image_to_image(
+            model,
+            settings,
+            embeddings,
+            image,
+            build()?,
+            refine()?,
+            on_step,
+        )?,
         Input::Inpaint { image, mask } => inpaint(
             model,
             settings,
             embeddings,
             (image, mask),
             (build()?, build()?),
+            refine()?,
             on_step,
         )?,
     };

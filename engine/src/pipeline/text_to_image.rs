@@ -1,12 +1,14 @@
 //! Text-to-image, as diffusers' `StableDiffusionPipeline.__call__`: encode the prompt, prepare
-//! latents, denoise with classifier-free guidance, decode.
+//! latents, denoise with classifier-free guidance (the base, then a refiner from the switch
+//! point when the job has one), decode.
 
 use std::ops::ControlFlow;
 use std::time::Instant;
 
 use candle_core::Tensor;
 
-use super::denoise::{denoise, Guidance, Hooks};
+use super::denoise::{Guidance, Hooks};
+use super::refiner::{denoise_and_refine, BaseRun, Refine};
 use super::stages::{
     decode_all, encode_prompts, noise_or, repaint_everything, Generated, StageTimes, StepProgress,
 };
@@ -19,12 +21,14 @@ use crate::Result;
 
 /// Runs a text-to-image job with `scheduler` (built for its steps) from `init_latents` (unit
 /// noise `[batch, C, h, w]`, scaled by the scheduler's initial sigma as diffusers'
-/// `latents=`) or seeded noise. `on_step` is called after every step; `Break` cancels.
+/// `latents=`) or seeded noise, handing off to `refine`'s refiner when given. `on_step` is
+/// called after every step; `Break` cancels.
 pub fn text_to_image(
     model: &Model,
     settings: &Settings,
     embeddings: &EmbeddingCatalog,
     mut scheduler: Box<dyn Scheduler>,
+    refine: Option<Refine>,
     init_latents: Option<&Tensor>,
     on_step: &mut dyn FnMut(StepProgress) -> ControlFlow<()>,
 ) -> Result<Generated> {
@@ -62,23 +66,24 @@ pub fn text_to_image(
         scale: settings.guidance,
         extra_channels: extra.as_ref(),
     };
-    let latents = denoise(
-        model,
-        scheduler.as_mut(),
-        latents,
-        &guidance,
-        0,
-        Hooks {
-            noise: &mut rng,
-            after_step: &mut |_, latents| Ok(latents),
-            on_step,
-        },
-    )?;
+    let run = BaseRun {
+        settings,
+        embeddings,
+        scheduler: scheduler.as_mut(),
+        guidance: &guidance,
+        start: 0,
+    };
+    let hooks = Hooks {
+        noise: &mut rng,
+        after_step: &mut |_, latents| Ok(latents),
+        on_step,
+    };
+    let (latents, decoder) = denoise_and_refine(model, refine, run, latents, hooks, &mut warnings)?;
     times.denoising = clock.elapsed();
 
-    // 4. Decode.
+    // 4. Decode (with the refiner's VAE after a hand-off).
     let clock = Instant::now();
-    let images = decode_all(model, &latents)?;
+    let images = decode_all(decoder, &latents)?;
     times.decoding = clock.elapsed();
     Ok(Generated {
         latents,

@@ -27,6 +27,7 @@ pub(super) const NAMES: FieldNames = FieldNames {
     scheduler: "sampler_name",
     schedule: "scheduler",
     strength: "denoising_strength",
+    refiner: "refiner_checkpoint",
 };
 
 /// Live previews of A1111 jobs every this many steps (A1111's `show_progress_every_n_steps`).
@@ -60,6 +61,10 @@ pub struct Txt2ImgBody {
     clip_skip: Option<i64>,
     override_settings: Option<OverrideSettings>,
     pub(super) send_images: Option<bool>,
+    /// A1111's refiner: a checkpoint title (`None` or empty: no refiner).
+    refiner_checkpoint: Option<String>,
+    /// The share of the steps before the refiner takes over (A1111's default 0.8).
+    refiner_switch_at: Option<f64>,
 }
 
 /// The pipeline an A1111 checkpoint title names: `name`, `name.safetensors`, `name [hash]`.
@@ -118,6 +123,15 @@ pub(super) fn request(service: &Service, body: Txt2ImgBody) -> GenerateRequest {
         loras: Vec::new(),
         image: None,
         pre_processors: Vec::new(),
+        // A1111 sends `refiner_checkpoint: "None"` or "" for no refiner, and its switch then.
+        // Without `refiner_checkpoint` the pipeline's own refiner (if any) runs.
+        refiner_switch_at: body
+            .refiner_switch_at
+            .filter(|_| body.refiner_checkpoint.is_some()),
+        refiner: body.refiner_checkpoint.map(|title| match title.trim() {
+            "" | "None" => String::new(),
+            t => checkpoint(service, t).to_string(),
+        }),
     }
 }
 

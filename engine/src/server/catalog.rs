@@ -12,7 +12,8 @@ use crate::lora::{LoraCatalog, WeightRange};
 use crate::manifest::{
     self, Family, ManifestFolder, Mode, PackDefaults, PackManifest, PackSource, PipelineConfig,
 };
-use crate::{hub, Result};
+use crate::pipeline::Refiner;
+use crate::{hub, Error, Result};
 
 /// One servable pipeline, with its model loaded.
 #[derive(Debug)]
@@ -39,6 +40,10 @@ pub struct Pipeline {
     pub post_processors: Vec<String>,
     /// A LoRA set (or LoRA) of the catalog applied to every job, before the request's LoRAs.
     pub lora_set: Option<String>,
+    /// The pack whose model finishes every job unless the request says otherwise.
+    pub refiner: Option<String>,
+    /// The refiner's default switch point.
+    pub refiner_switch_at: Option<f64>,
     /// The loaded model.
     pub model: Arc<Model>,
 }
@@ -73,7 +78,8 @@ impl Catalog {
         check_names(&configs, extensions, &loras)?;
         let mut loaded: Vec<(PackManifest, Arc<Model>)> = Vec::new();
         for pack in packs {
-            let needed = configs.iter().any(|c| c.pack == pack.name);
+            let needed = (configs.iter())
+                .any(|c| c.pack == pack.name || c.refiner.as_ref() == Some(&pack.name));
             match load_pack(&pack, &families, options, allow_download) {
                 Ok(model) => {
                     tracing::info!(pack = %pack.name, "model loaded");
@@ -90,6 +96,7 @@ impl Catalog {
             let Some((pack, model)) = loaded.iter().find(|(p, _)| p.name == c.pack) else {
                 continue; // unreachable: needed packs loaded or returned an error above
             };
+            check_refiner(&c, model, &loaded)?;
             let o = c.limits;
             pipelines.push(Arc::new(Pipeline {
                 name: c.name,
@@ -108,6 +115,8 @@ impl Catalog {
                 pre_processors: c.pre_processors,
                 post_processors: c.post_processors,
                 lora_set: c.lora_set,
+                refiner: c.refiner,
+                refiner_switch_at: c.refiner_switch_at,
                 model: model.clone(),
             }));
         }
@@ -125,6 +134,8 @@ impl Catalog {
                 pre_processors: Vec::new(),
                 post_processors: Vec::new(),
                 lora_set: None,
+                refiner: None,
+                refiner_switch_at: None,
                 model,
             }));
         }
@@ -199,6 +210,35 @@ fn check_names(
         config.check_lora_set(&lora_names)?;
     }
     Ok(())
+}
+
+/// Checks that the refiner pack of `config` (loaded among `loaded`) can finish `base`'s jobs,
+/// naming the pipeline's manifest.
+fn check_refiner(
+    config: &PipelineConfig,
+    base: &Arc<Model>,
+    loaded: &[(PackManifest, Arc<Model>)],
+) -> Result<()> {
+    let Some(name) = &config.refiner else {
+        return Ok(());
+    };
+    let Some((_, model)) = loaded.iter().find(|(p, _)| &p.name == name) else {
+        return Ok(()); // unreachable: needed packs loaded or returned an error above
+    };
+    let refiner = Refiner {
+        name: name.clone(),
+        model: (**model).clone(),
+        switch_at: config
+            .refiner_switch_at
+            .unwrap_or(crate::defaults::REFINER_SWITCH_AT),
+    };
+    refiner.check_models(base).map_err(|e| Error::Config {
+        path: config.manifest_path.clone(),
+        message: format!(
+            "`pipeline.refiner` of [[pipeline]] `{}` names pack `{name}`, which cannot refine              pack `{}`: {e}",
+            config.name, config.pack
+        ),
+    })
 }
 
 /// Loads `pack`'s model as the family the pack declares.

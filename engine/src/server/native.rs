@@ -63,6 +63,12 @@ pub struct JobBody {
     /// Pre-processors (plugin names) run on `init_image` and `mask`, after the pipeline's.
     #[serde(default)]
     pre_processors: Vec<String>,
+    /// A pack (or pipeline) whose model finishes the denoising (SDXL's refiner); `""`: none,
+    /// even when the pipeline names one.
+    refiner: Option<String>,
+    /// The share of the schedule the base runs before the refiner, in (0, 1) (default: the
+    /// pipeline's, else 0.8).
+    refiner_switch_at: Option<f64>,
 }
 
 /// The picture side of a native job, if it has one.
@@ -165,6 +171,10 @@ pub async fn pipelines(State(service): State<Arc<Service>>) -> Json<Value> {
                 "post_processors": p.post_processors,
                 "form": super::choices::form(p, &service.extensions.schedulers),
                 "pre_processors": p.pre_processors,
+                "refiner": p.refiner,
+                "refiner_switch_at": p.refiner.as_ref().map(|_| {
+                    p.refiner_switch_at.unwrap_or(crate::defaults::REFINER_SWITCH_AT)
+                }),
             })
         })
         .collect();
@@ -214,6 +224,8 @@ pub async fn create(
         loras: body.loras,
         image,
         pre_processors: body.pre_processors,
+        refiner: body.refiner,
+        refiner_switch_at: body.refiner_switch_at,
     };
     let spec = validate(&service, request, &NATIVE)?;
     let job = service.submit(spec, Origin::Native)?;

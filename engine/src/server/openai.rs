@@ -26,6 +26,7 @@ pub(super) const NAMES: FieldNames = FieldNames {
     scheduler: "scheduler",
     schedule: "schedule",
     strength: "strength",
+    refiner: "refiner",
 };
 
 /// The request body; OpenAI's other fields (`quality`, `style`, `user`, ...) are ignored.
@@ -125,6 +126,8 @@ pub async fn generations(
         loras: Vec::new(),
         image: None,
         pre_processors: Vec::new(),
+        refiner: None,
+        refiner_switch_at: None,
     };
     let spec = validate(&service, request, &NAMES).map_err(|mut e| {
         if e.code == "unknown_pipeline" {

@@ -193,6 +193,8 @@ pub async fn edits(
             }),
         }),
         pre_processors: Vec::new(),
+        refiner: None,
+        refiner_switch_at: None,
     };
     let spec = validate(&service, request, &NAMES).map_err(|mut e| {
         if e.code == "unknown_pipeline" {

@@ -73,7 +73,9 @@ fn schemas() -> Value {
                 "inpaint_area": {"enum": ["whole", "masked"]},
                 "inpaint_padding": {"type": "integer", "minimum": 0, "description": "context pixels around the mask with inpaint_area masked (default 32)"},
                 "masked_content": {"enum": ["original", "fill", "latent-noise"]},
-                "pre_processors": {"type": "array", "items": {"type": "string"}, "description": "pre-processors (plugin names) run on init_image and mask, after the pipeline's own"}
+                "pre_processors": {"type": "array", "items": {"type": "string"}, "description": "pre-processors (plugin names) run on init_image and mask, after the pipeline's own"},
+                "refiner": {"type": "string", "description": "a pack (or pipeline) from GET /v1/pipelines whose model finishes the denoising from refiner_switch_at on, e.g. an sdxl-refiner pack for an sdxl pipeline (default: the pipeline's `refiner`; \"\": none)"},
+                "refiner_switch_at": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "description": "share of the schedule the base model runs before the refiner takes over (diffusers' denoising_end/denoising_start; default: the pipeline's, else 0.8); needs a refiner"}
             }
         },
         "Job": {

@@ -9,10 +9,10 @@ use super::catalog::Pipeline;
 use super::errors::ApiError;
 use super::service::Service;
 use crate::lora::{extract_lora_tags, LoraCatalog, LoraError, LoraRequest};
-use crate::pipeline::{random_seed, resolve, ImageRequest, InputRequest, Job, JobRequest};
+use crate::pipeline::{random_seed, resolve, ImageRequest, InputRequest, Job, JobRequest, Refiner};
 use crate::prompt::PromptSyntax;
 use crate::schedulers::Schedule;
-use crate::{limits, Error};
+use crate::{defaults, limits, Error};
 
 /// A generation request in neutral terms, before validation.
 #[derive(Debug, Clone, Default)]
@@ -57,6 +57,12 @@ pub struct GenerateRequest {
     pub image: Option<ImageRequest>,
     /// Pre-processors to run on the picture, after the pipeline's own.
     pub pre_processors: Vec<String>,
+    /// A pack (or pipeline) of the catalog whose model finishes the denoising (default: the
+    /// pipeline's `refiner`).
+    pub refiner: Option<String>,
+    /// The share of the schedule the base runs before the refiner, in (0, 1) (default: the
+    /// pipeline's, else 0.8).
+    pub refiner_switch_at: Option<f64>,
 }
 
 /// How an API spells each field, for error messages.
@@ -78,6 +84,8 @@ pub struct FieldNames {
     pub schedule: &'static str,
     /// The strength field.
     pub strength: &'static str,
+    /// The refiner field.
+    pub refiner: &'static str,
 }
 
 /// The native API's names.
@@ -90,6 +98,7 @@ pub const NATIVE: FieldNames = FieldNames {
     scheduler: "scheduler",
     schedule: "schedule",
     strength: "strength",
+    refiner: "refiner",
 };
 
 impl FieldNames {
@@ -108,6 +117,7 @@ impl FieldNames {
             "inpaint padding" => "inpaint_padding",
             "pre-processor" => "pre_processors",
             "post-processor" => "post_processors",
+            "refiner switch" => "refiner_switch_at",
             _ => "request",
         }
     }
@@ -172,6 +182,13 @@ impl JobSpec {
             "sampler": self.sampler_name,
             "clip_skip": j.clip_skip,
             "mode": self.job.input.mode(),
+            // "" (no refiner) when the pipeline has one the request turned off.
+            "refiner": match (&self.job.refiner, &self.pipeline.refiner) {
+                (Some(r), _) => Some(r.name.as_str()),
+                (None, Some(_)) => Some(""),
+                (None, None) => None,
+            },
+            "refiner_switch_at": self.job.refiner.as_ref().map(|r| r.switch_at),
             "strength": self.job.input.image().map(|i| i.strength),
             "loras": self.loras,
             "pre_processors": self.job.pre_processors,
@@ -254,7 +271,9 @@ pub fn validate(
     let asked_schedule = req.schedule.is_some() && req.scheduler.is_none();
     let iterations = at_least(req.iterations, "n_iter", 1)?.unwrap_or(1);
     let preview_every = at_least(req.preview_every, "preview_every", 1)?;
-    let request = job_request(&pipeline, req, names)?;
+    let refiner = refiner(service, &pipeline, &req, names)?;
+    let mut request = job_request(&pipeline, req, names)?;
+    request.refiner = refiner;
     let job = resolve(
         &pipeline.model,
         &pipeline.defaults,
@@ -270,6 +289,15 @@ pub fn validate(
         ApiError::invalid(param, code, format!("{param}: {e}"))
     })?;
     check_limits(&pipeline, &job, iterations, names)?;
+    if let Some(refiner) = &job.refiner {
+        refiner.check(&pipeline.model, &job.settings).map_err(|e| {
+            let field = match &e {
+                Error::InvalidArgument { name, .. } => names.field(name),
+                _ => names.refiner,
+            };
+            ApiError::invalid(field, "invalid_refiner", format!("{field}: {e}"))
+        })?;
+    }
     job.check(&pipeline.model)
         .and_then(|()| {
             crate::pipeline::build_scheduler(&pipeline.model, &job, &extensions.schedulers)
@@ -285,6 +313,66 @@ pub fn validate(
         loras,
         lora_catalog: service.catalog.loras().clone(),
     })
+}
+
+/// The refiner the request (else the pipeline) names, looked up in the catalog, with its
+/// switch point (the request's, else the pipeline's, else [`crate::defaults::REFINER_SWITCH_AT`]).
+fn refiner(
+    service: &Service,
+    pipeline: &Pipeline,
+    req: &GenerateRequest,
+    names: &FieldNames,
+) -> Result<Option<Refiner>, ApiError> {
+    let asked = req.refiner.as_deref().map(str::trim);
+    let name = match asked {
+        Some("") => None,
+        Some(name) => Some(name),
+        None => pipeline.refiner.as_deref(),
+    };
+    let Some(name) = name else {
+        if req.refiner_switch_at.is_some() && asked.is_none() {
+            return Err(ApiError::invalid(
+                "refiner_switch_at",
+                "missing_refiner",
+                format!(
+                    "refiner_switch_at needs a refiner: name one in {} (available: {})",
+                    names.refiner,
+                    service.catalog.names()
+                ),
+            ));
+        }
+        return Ok(None);
+    };
+    let switch_at = req
+        .refiner_switch_at
+        .or(pipeline.refiner_switch_at)
+        .unwrap_or(defaults::REFINER_SWITCH_AT);
+    if !limits::switch_at_ok(switch_at) {
+        return Err(ApiError::invalid(
+            "refiner_switch_at",
+            "out_of_range",
+            format!(
+                "refiner_switch_at {switch_at} must be above 0 and below 1 (the share of the \
+                 schedule the base runs before the refiner)"
+            ),
+        ));
+    }
+    let Some(found) = service.catalog.get(name) else {
+        return Err(ApiError::invalid(
+            names.refiner,
+            "unknown_refiner",
+            format!(
+                "unknown {} `{name}`: available: {}",
+                names.refiner,
+                service.catalog.names()
+            ),
+        ));
+    };
+    Ok(Some(Refiner {
+        name: found.pack.clone(),
+        model: (*found.model).clone(),
+        switch_at,
+    }))
 }
 
 /// The request's values that need no model: the prompt's length, guidance, schedule name.
@@ -354,6 +442,7 @@ fn job_request(
         },
         pre_processors,
         post_processors: pipeline.post_processors.clone(),
+        refiner: None,
     })
 }
 

@@ -16,7 +16,7 @@ pub struct Cli {
 }
 
 /// Options every command takes.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct Global {
     /// Folder of model pack manifests (*.toml).
     #[arg(
@@ -185,6 +185,19 @@ pub struct GenerateArgs {
         value_parser = parse_strength
     )]
     pub strength: Option<f64>,
+    /// A refiner that finishes the denoising from --refiner-switch on (diffusers'
+    /// denoising_end/denoising_start): a pack name, a diffusers folder or a single-file
+    /// checkpoint of the base's latent space (e.g. SDXL's refiner for an SDXL base).
+    #[arg(long, value_name = "PACK_OR_FILE")]
+    pub refiner: Option<String>,
+    /// The share of the schedule the base runs before the refiner takes over, above 0 and
+    /// below 1 [default: 0.8].
+    #[arg(long, requires = "refiner", value_parser = parse_switch)]
+    pub refiner_switch: Option<f64>,
+    /// A single-file --refiner's configs and tokenizers from this diffusers folder (as
+    /// --model-config for --model) instead of its family's bundled ones.
+    #[arg(long, value_name = "DIR", requires = "refiner")]
+    pub refiner_config: Option<PathBuf>,
     /// How a picture of another size is fitted to --width/--height: stretch (AUTOMATIC1111's
     /// "Just resize", the default), crop (cover and cut) or fill (fit and extend the edges).
     #[arg(long, requires = "init_image")]
@@ -401,6 +414,15 @@ fn parse_strength(s: &str) -> Result<f64, String> {
         Ok(v)
     } else {
         Err(format!("{v} is not above 0 and at most 1"))
+    }
+}
+
+fn parse_switch(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if limits::switch_at_ok(v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not above 0 and below 1"))
     }
 }
 

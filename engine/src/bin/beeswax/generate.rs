@@ -6,11 +6,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use beeswax::defaults;
 use beeswax::image_out::{numbered_path, write_png};
 use beeswax::lora;
 use beeswax::manifest::ManifestFolder;
 use beeswax::params::GenerationParams;
-use beeswax::pipeline::{resolve, run as run_job, JobRequest};
+use beeswax::pipeline::{resolve, run as run_job, JobRequest, Refiner};
 use candle_core::Device;
 
 use crate::args::{GenerateArgs, Global};
@@ -35,6 +36,15 @@ pub fn run(global: &Global, a: GenerateArgs) -> Result<()> {
     if a.vae_tiling {
         (chosen.model.vae.decoder).set_tiling(beeswax::models::vae::Tiling::On);
     }
+    let refiner = match &a.refiner {
+        Some(spec) => Some(source::load_refiner(
+            global,
+            folder.as_ref(),
+            spec,
+            a.refiner_config.as_deref(),
+        )?),
+        None => None,
+    };
     let job_loras = job_loras(global, folder.as_ref(), &a)?;
     let request = JobRequest {
         prompt: job_loras.prompt.clone(),
@@ -54,6 +64,11 @@ pub fn run(global: &Global, a: GenerateArgs) -> Result<()> {
         input: image_input::read(&a)?,
         pre_processors: a.pre.clone(),
         post_processors: a.post.clone(),
+        refiner: refiner.as_ref().map(|r| Refiner {
+            name: r.name.clone(),
+            model: r.model.clone(),
+            switch_at: a.refiner_switch.unwrap_or(defaults::REFINER_SWITCH_AT),
+        }),
     };
     let job = resolve(
         &chosen.model,
@@ -70,6 +85,12 @@ pub fn run(global: &Global, a: GenerateArgs) -> Result<()> {
             "{}: {} steps of {} at {}x{}, guidance {}, seed {}",
             chosen.name, s.steps, job.sampler, s.width, s.height, s.guidance, s.seed
         );
+        if let (Some(r), Some(refiner)) = (&refiner, &job.refiner) {
+            eprintln!(
+                "refiner {} from {} of the schedule",
+                r.name, refiner.switch_at
+            );
+        }
     }
     let applied = lora::apply(&chosen.model, &job_loras.loras)?;
     if !a.quiet {

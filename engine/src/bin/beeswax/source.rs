@@ -1,7 +1,7 @@
 //! Choosing the model: a diffusers folder (`--model`) or a pack (`--pack`) from the manifests,
 //! and the device and dtype to load it with.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use beeswax::checkpoint::{self, CheckpointOptions};
@@ -163,6 +163,62 @@ pub fn load(
         model,
         name,
         defaults,
+    })
+}
+
+/// Loads `--refiner`: an existing folder or single file (its family detected, on the base's
+/// device and dtype; a single file's configs from `config` when given), else a pack of the
+/// manifests.
+pub fn load_refiner(
+    global: &Global,
+    folder: Option<&ManifestFolder<'_>>,
+    refiner: &str,
+    config: Option<&Path>,
+) -> Result<Chosen> {
+    let path = PathBuf::from(refiner);
+    if !path.exists() {
+        if folder.is_none() {
+            bail!(
+                "--refiner {refiner}: no such file or folder, and no manifests folder ({}) \
+                 to find a pack of that name in",
+                global.manifests.display()
+            );
+        }
+        let choice = ModelChoice {
+            model: None,
+            pack: Some(refiner.to_string()),
+        };
+        // The base's single-file options (--model-config, --family, ...) are not the pack's.
+        let own = Global {
+            model_config: config.map(Path::to_path_buf),
+            family: None,
+            prediction: None,
+            vae: None,
+            ..global.clone()
+        };
+        return load(&own, folder, &choice).context("loading the --refiner pack");
+    }
+    let (device, dtype) = device_and_dtype(global)?;
+    let families = families(folder)?;
+    let options = LoadOptions::new(device, dtype);
+    let model = if checkpoint::is_single_file(&path) {
+        let single = CheckpointOptions {
+            config_dir: config.map(Path::to_path_buf),
+            ..CheckpointOptions::default()
+        };
+        checkpoint::load::load(&path, &families, &single, &options)
+    } else {
+        model_files::model_index(&path)?;
+        families.load(&path, None, &options)
+    };
+    let model = model.with_context(|| format!("loading the refiner {}", path.display()))?;
+    let name = path
+        .file_stem()
+        .map_or(refiner.to_string(), |n| n.to_string_lossy().into_owned());
+    Ok(Chosen {
+        model,
+        name,
+        defaults: PackDefaults::default(),
     })
 }
 
