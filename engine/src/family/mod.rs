@@ -15,6 +15,7 @@
 //! Adding a family of a known architecture is a manifest; a new architecture adds a module
 //! implementing [`Networks`], an [`Architecture`] variant and one arm in [`Families::load`].
 
+pub mod bundled;
 mod conditioning;
 pub mod denoiser;
 pub mod flux;

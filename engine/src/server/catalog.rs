@@ -12,7 +12,7 @@ use crate::lora::{LoraCatalog, WeightRange};
 use crate::manifest::{
     self, Family, ManifestFolder, Mode, PackDefaults, PackManifest, PackSource, PipelineConfig,
 };
-use crate::{hub, Result};
+use crate::{checkpoint, hub, Result};
 
 /// One servable pipeline, with its model loaded.
 #[derive(Debug)]
@@ -211,6 +211,11 @@ pub fn load_pack(
     let dir = match &pack.source {
         PackSource::Path(p) => p.clone(),
         PackSource::Hub { repo, revision } => hub::resolve(repo, revision, allow_download)?,
+        PackSource::Checkpoint(single) => {
+            let (file, single) =
+                checkpoint::load::pack_checkpoint(single, pack.family.as_str(), allow_download)?;
+            return checkpoint::load::load(&file, families, &single, options);
+        }
     };
     let mut options = options.clone();
     options.denoiser = pack.gguf.clone().or(options.denoiser);

@@ -8,9 +8,11 @@
 //! loaded the way `generate` loads it; disabled ones are only validated).
 
 use anyhow::{bail, Result};
+use beeswax::checkpoint;
 use beeswax::extensions::Extensions;
 use beeswax::family::Families;
 use beeswax::lora::LoraCatalog;
+use beeswax::manifest::PackCheckpoint;
 use beeswax::manifest::{self, ManifestFiles, ManifestFolder, PackManifest, PackSource};
 use beeswax::model_files;
 use beeswax::plugins::Plugins;
@@ -42,6 +44,15 @@ pub fn run(global: &Global) -> Result<()> {
             if let Err(e) = model_files::model_index(folder) {
                 problems.push(format!(
                     "{}: `pack.path` of pack {}: {e}",
+                    pack.manifest_path.display(),
+                    pack.name
+                ));
+            }
+        }
+        if let PackSource::Checkpoint(single) = &pack.source {
+            if let Err(e) = check_checkpoint(single, pack, &families, global.allow_download) {
+                problems.push(format!(
+                    "{}: `pack.checkpoint` of pack {}: {e}",
                     pack.manifest_path.display(),
                     pack.name
                 ));
@@ -105,5 +116,20 @@ fn check_pipelines(
             pipeline.check_lora_set(known).map_err(|e| e.to_string())?;
         }
     }
+    Ok(())
+}
+
+/// A single-file pack's file is readable, of the declared family by its keys, and has its
+/// configs (the bundled ones, or `model_config`); no weights are read.
+fn check_checkpoint(
+    single: &PackCheckpoint,
+    pack: &PackManifest,
+    families: &Families,
+    allow_download: bool,
+) -> beeswax::Result<()> {
+    let (file, options) =
+        checkpoint::load::pack_checkpoint(single, pack.family.as_str(), allow_download)?;
+    let report = checkpoint::inspect(&file, families, &options)?;
+    checkpoint::load::config_dir(&report.detection.family, &options, &file)?;
     Ok(())
 }
