@@ -484,11 +484,21 @@ async fn single_file_packs_are_checked_generated_and_served() {
         "mini-sd2-v",
         "prediction = \"v\"\n",
     );
+    // The family may be left to detection.
+    let auto = pack("auto", "sd1", "mini-sd1.f16.safetensors", "mini-sd1", "")
+        .replace("family = \"sd1\"\n", "");
     let dir = Dir::new("single-packs");
-    let manifests = dir.manifests("manifests", &[("mini.toml", &sd1), ("mini-v.toml", &sd2)]);
+    let manifests = dir.manifests(
+        "manifests",
+        &[
+            ("mini.toml", &sd1),
+            ("mini-v.toml", &sd2),
+            ("auto.toml", &auto),
+        ],
+    );
     let out = dir.command().manifests(&manifests).arg("check").stdout();
-    assert!(out.contains("2 pack(s)"), "{out}");
-    for name in ["mini", "mini-v"] {
+    assert!(out.contains("3 pack(s)"), "{out}");
+    for name in ["mini", "mini-v", "auto"] {
         dir.command()
             .manifests(&manifests)
             .args(["generate", "--pack", name, "--prompt", "a fox", "--output"])

@@ -37,10 +37,10 @@ pub struct CheckpointOptions {
 }
 
 /// The file of a single-file pack (resolved in the hub cache for `repo` + `file`, downloaded
-/// when allowed) and its reading options; the pack's family is declared.
+/// when allowed) and its reading options; `family` when the pack declares one.
 pub fn pack_checkpoint(
     single: &PackCheckpoint,
-    family: &str,
+    family: Option<&str>,
     allow_download: bool,
 ) -> Result<(PathBuf, CheckpointOptions)> {
     let path = match &single.file {
@@ -56,7 +56,7 @@ pub fn pack_checkpoint(
         _ => PredictionType::Epsilon,
     });
     let options = CheckpointOptions {
-        family: Some(family.to_string()),
+        family: family.map(str::to_string),
         config_dir: single.model_config.clone(),
         prediction,
         vae: single.vae.clone(),

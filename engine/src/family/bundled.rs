@@ -251,7 +251,7 @@ mod tests {
             }
             read_json::<crate::models::vae::VaeConfig>(&config(&family.vae.component)).unwrap();
             crate::schedulers::SchedulerConfig::from_file(
-                &dir.join("scheduler/scheduler_config.json"),
+                dir.join("scheduler/scheduler_config.json"),
             )
             .unwrap();
             // A second call finds the expanded folder.

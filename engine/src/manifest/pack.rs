@@ -4,7 +4,7 @@
 //! ```toml
 //! [pack]
 //! name = "tiny-sd"
-//! family = "sd1"
+//! family = "sd1"                             # optional for single-file packs (detected)
 //! description = "A tiny test model"
 //! path = "../tests/fixtures/models/tiny-sd"   # relative to this file's folder; or:
 //! # repo = "org/name"
@@ -163,8 +163,9 @@ impl PackDefaults {
 pub struct PackManifest {
     /// The pack's unique name.
     pub name: String,
-    /// The model family.
-    pub family: Family,
+    /// The model family; `None` for a single-file pack that leaves it to detection from the
+    /// file's keys.
+    pub family: Option<Family>,
     /// A human description.
     pub description: Option<String>,
     /// Where the model folder comes from.
@@ -183,7 +184,7 @@ pub struct PackManifest {
 #[serde(deny_unknown_fields)]
 struct RawPack {
     name: Spanned<String>,
-    family: Spanned<String>,
+    family: Option<Spanned<String>>,
     description: Option<String>,
     path: Option<Spanned<String>>,
     repo: Option<Spanned<String>>,
@@ -287,8 +288,19 @@ fn read(document: &Document<'_>) -> Result<Option<(PackManifest, usize)>, Manife
         "pack.name",
         "give the pack a name, e.g. `name = \"tiny-sd\"`",
     )?;
-    let family = (raw.family.get_ref().parse())
-        .map_err(|message: String| located.at(&raw.family, "pack.family", message))?;
+    let family = match &raw.family {
+        Some(f) => Some(
+            (f.get_ref().parse())
+                .map_err(|message: String| located.at(f, "pack.family", message))?,
+        ),
+        None if raw.checkpoint.is_some() || raw.file.is_some() => None,
+        None => {
+            let message = "is missing: name the model family, e.g. `family = \"sd1\"` \
+                           (`beeswax families` lists them); only single-file packs may leave it \
+                           to detection";
+            return Err(located.invalid(header.clone(), "pack.family", message));
+        }
+    };
     let pack = PackManifest {
         name: name.to_string(),
         family,

@@ -94,7 +94,7 @@ impl Catalog {
             pipelines.push(Arc::new(Pipeline {
                 name: c.name,
                 pack: c.pack,
-                family: pack.family.clone(),
+                family: family_of(pack, model)?,
                 mode: c.mode,
                 description: c.description,
                 is_pack: false,
@@ -113,10 +113,11 @@ impl Catalog {
         }
         let models = loaded.len();
         for (pack, model) in loaded {
+            let family = family_of(&pack, &model)?;
             pipelines.push(Arc::new(Pipeline {
                 name: pack.name.clone(),
                 pack: pack.name,
-                family: pack.family,
+                family,
                 mode: Mode::TextToImage,
                 description: pack.description,
                 is_pack: true,
@@ -201,7 +202,22 @@ fn check_names(
     Ok(())
 }
 
-/// Loads `pack`'s model as the family the pack declares.
+/// The family a pack declares.
+fn pack_family(pack: &PackManifest) -> Option<&str> {
+    pack.family.as_ref().map(Family::as_str)
+}
+
+/// The family a pack declares, else its model's (a single-file pack's detected family).
+fn family_of(pack: &PackManifest, model: &Model) -> Result<Family> {
+    match &pack.family {
+        Some(f) => Ok(f.clone()),
+        None => model.family.name.parse().map_err(|message: String| {
+            crate::Error::invalid("family", model.family.name.clone(), message)
+        }),
+    }
+}
+
+/// Loads `pack`'s model as the family the pack declares (else the detected one).
 pub fn load_pack(
     pack: &PackManifest,
     families: &Families,
@@ -213,11 +229,11 @@ pub fn load_pack(
         PackSource::Hub { repo, revision } => hub::resolve(repo, revision, allow_download)?,
         PackSource::Checkpoint(single) => {
             let (file, single) =
-                checkpoint::load::pack_checkpoint(single, pack.family.as_str(), allow_download)?;
+                checkpoint::load::pack_checkpoint(single, pack_family(pack), allow_download)?;
             return checkpoint::load::load(&file, families, &single, options);
         }
     };
     let mut options = options.clone();
     options.denoiser = pack.gguf.clone().or(options.denoiser);
-    families.load(&dir, Some(pack.family.as_str()), &options)
+    families.load(&dir, pack_family(pack), &options)
 }

@@ -29,15 +29,19 @@ pub fn run(global: &Global) -> Result<()> {
     let (families, family_problems) = Families::from_manifests_and_problems(&folder);
     problems.extend(family_problems.iter().map(ToString::to_string));
     for pack in &packs {
-        if families.get(pack.family.as_str()).is_none() {
+        let unknown = pack
+            .family
+            .as_ref()
+            .filter(|f| families.get(f.as_str()).is_none());
+        if let Some(family) = unknown {
             problems.push(format!(
                 "{}: `pack.family` of pack {}: `{}` is not a known family ({}); add \
                  families/{}.toml to the manifest folder to declare it",
                 pack.manifest_path.display(),
                 pack.name,
-                pack.family,
+                family,
                 families.names(),
-                pack.family
+                family
             ));
         }
         if let PackSource::Path(folder) = &pack.source {
@@ -127,8 +131,11 @@ fn check_checkpoint(
     families: &Families,
     allow_download: bool,
 ) -> beeswax::Result<()> {
-    let (file, options) =
-        checkpoint::load::pack_checkpoint(single, pack.family.as_str(), allow_download)?;
+    let (file, options) = checkpoint::load::pack_checkpoint(
+        single,
+        pack.family.as_ref().map(|f| f.as_str()),
+        allow_download,
+    )?;
     let report = checkpoint::inspect(&file, families, &options)?;
     checkpoint::load::config_dir(&report.detection.family, &options, &file)?;
     Ok(())

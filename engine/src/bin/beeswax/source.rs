@@ -130,7 +130,7 @@ pub fn model_dir(
         PackSource::Checkpoint(single) => {
             let (file, options) = checkpoint::load::pack_checkpoint(
                 single,
-                pack.family.as_str(),
+                pack.family.as_ref().map(|f| f.as_str()),
                 global.allow_download,
             )?;
             (file, Some(options))
@@ -140,7 +140,7 @@ pub fn model_dir(
         dir,
         name: pack.name,
         defaults: pack.defaults,
-        family: Some(pack.family.as_str().to_string()),
+        family: pack.family.as_ref().map(|f| f.as_str().to_string()),
         denoiser: pack.gguf,
         single,
     })
@@ -202,7 +202,8 @@ pub fn list_packs(global: &Global) -> Result<()> {
                 } => format!("{repo}@{revision}/{file}"),
             },
         };
-        println!("{}\t{}\t{source}", pack.name, pack.family);
+        let family = pack.family.as_ref().map_or("(detected)", |f| f.as_str());
+        println!("{}\t{family}\t{source}", pack.name);
     }
     Ok(())
 }
