@@ -214,6 +214,7 @@ pub fn read(document: &Document<'_>) -> Result<Option<Family>, ManifestError> {
     let l = &located;
     let name = l.non_empty(&raw.name, "family.name", "e.g. `name = \"sdxl\"`")?;
     let (latent_channels, preview) = latent(l, &raw.latent)?;
+    let (detect, folder_rules) = rules(l, &raw)?;
     let text_encoders = raw
         .text_encoder
         .iter()
@@ -256,16 +257,8 @@ pub fn read(document: &Document<'_>) -> Result<Option<Family>, ManifestError> {
         config: raw.config.clone(),
         config_dir: raw.config.as_deref().map(|c| l.relative_path(c)),
         priority: raw.priority,
-        detect: raw
-            .detect
-            .iter()
-            .map(|r| key_rule(l, r))
-            .collect::<Result<_, _>>()?,
-        folder_rules: raw
-            .folder
-            .iter()
-            .map(|r| config_rule(l, r))
-            .collect::<Result<_, _>>()?,
+        detect,
+        folder_rules,
         max_sequence_length: l.whole(
             &raw.max_sequence_length,
             "family.max_sequence_length",
@@ -292,6 +285,19 @@ pub fn read(document: &Document<'_>) -> Result<Option<Family>, ManifestError> {
 /// Parses one family manifest's text (`path` names it in errors).
 pub fn parse(path: &Path, text: &str) -> Result<Option<Family>, ManifestError> {
     read(&Document::parse(path, text)?)
+}
+
+/// The single-file detection rules and the diffusers-folder rules.
+fn rules(
+    l: &Located<'_>,
+    raw: &RawFamily,
+) -> Result<(Vec<KeyRule>, Vec<ConfigRule>), ManifestError> {
+    let detect = raw.detect.iter().map(|r| key_rule(l, r));
+    let folder = raw.folder.iter().map(|r| config_rule(l, r));
+    Ok((
+        detect.collect::<Result<_, _>>()?,
+        folder.collect::<Result<_, _>>()?,
+    ))
 }
 
 /// The latent channels and their preview factors (one RGB row per channel).
