@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use beeswax::family::Model;
+use beeswax::family::{Model, SizeConditioning};
 use beeswax::image_in::{mask_from_picture, read_image, AlphaMask, Limits, RgbImage};
 use beeswax::lora::merge::apply;
 use beeswax::pipeline::Generated;
@@ -111,6 +111,21 @@ fn to_image(t: &Tensor) -> RgbImage {
     }
 }
 
+/// A case's `size_conditioning` (diffusers' keyword arguments: sizes as (height, width), the
+/// crop as (top, left)) as the engine's setting (sizes as (width, height)).
+fn size_conditioning(value: Option<&serde_json::Value>) -> SizeConditioning {
+    let pair = |key: &str| -> Option<(usize, usize)> {
+        let v: Vec<usize> = serde_json::from_value(value?.get(key)?.clone()).unwrap();
+        Some((v[0], v[1]))
+    };
+    let flip = |p: Option<(usize, usize)>| p.map(|(h, w)| (w, h));
+    SizeConditioning {
+        original_size: flip(pair("original_size")),
+        crop_top_left: pair("crops_coords_top_left").unwrap_or_default(),
+        target_size: flip(pair("target_size")),
+    }
+}
+
 fn run(models: &mut HashMap<String, Model>, c: &SdxlCase) -> Option<Generated> {
     let m = models
         .entry(c.model.clone())
@@ -133,7 +148,9 @@ fn run(models: &mut HashMap<String, Model>, c: &SdxlCase) -> Option<Generated> {
                 }
                 _ => m,
             };
-            generate(&m, &case.text_job(init))
+            let mut job = case.text_job(init);
+            job.settings.size_conditioning = size_conditioning(c.size_conditioning.as_ref());
+            generate(&m, &job)
         }
         "img2img" => {
             try_generate(&m, &case.image_job(&picture("init.png"), Some(&r["noise"]))).unwrap()
@@ -187,16 +204,15 @@ fn run(models: &mut HashMap<String, Model>, c: &SdxlCase) -> Option<Generated> {
 }
 
 /// Text to image (with a negative prompt, with the zeroed empty one, non-square, Euler and
-/// DPM++ 2M Karras), image to image, 9-channel and blended inpainting, a kohya LoRA, and
+/// DPM++ 2M Karras, custom size conditioning), image to image, 9-channel and blended inpainting, a kohya LoRA, and
 /// SDXL-Turbo in 1 and 4 steps without guidance.
 #[test]
 fn sdxl_pipelines_match_diffusers() {
     let mut models = HashMap::new();
     let mut ran = Vec::new();
     for c in cases() {
-        // Custom size conditioning (original size, crop) has no engine setting yet; the
-        // refiner hand-off has its own test.
-        if c.size_conditioning.is_some() || c.kind == "refiner" {
+        // The refiner hand-off has its own test.
+        if c.kind == "refiner" {
             continue;
         }
         if let Some(out) = run(&mut models, &c) {

@@ -245,9 +245,37 @@ fn cli_loads_and_inspects_single_files() {
         .arg(&file)
         .arg("--model-config")
         .arg(model_dir("tiny-sdxl"))
-        .args(["--output", "fox.png"])
+        .args(["--output", "fox.png", "--seed", "5"])
         .run();
     assert!(dir.join("fox.png").is_file());
+    // SDXL size conditioning from the command line changes the image; a malformed size is
+    // refused with the form it takes.
+    dir.command()
+        .args([
+            "generate", "--prompt", "a fox", "--steps", "2", "--width", "64", "--height", "64",
+        ])
+        .arg("--model")
+        .arg(&file)
+        .arg("--model-config")
+        .arg(model_dir("tiny-sdxl"))
+        .args(["--original-size", "256x192", "--crop-top-left", "16,8"])
+        .args([
+            "--target-size",
+            "64x64",
+            "--output",
+            "sized.png",
+            "--seed",
+            "5",
+        ])
+        .run();
+    let plain = common::images::Png::read(&dir.join("fox.png"));
+    let sized = common::images::Png::read(&dir.join("sized.png"));
+    assert_ne!(plain.image.data, sized.image.data);
+    dir.command()
+        .args(["generate", "--prompt", "a fox", "--original-size", "256"])
+        .arg("--model")
+        .arg(&file)
+        .assert_fails_with(&["--original-size", "WIDTHxHEIGHT"]);
 }
 
 /// The miniature SD folders (configs and tokenizers) beside their single files.
