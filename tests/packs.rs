@@ -63,7 +63,7 @@ clip_skip = 2
         .unwrap()
         .unwrap();
     assert_eq!(pack.name, "tiny");
-    assert_eq!(pack.family.as_str(), "sd2");
+    assert_eq!(pack.family.unwrap().as_str(), "sd2");
     assert_eq!(pack.description.as_deref(), Some("a test pack"));
     assert_eq!(pack.manifest_path, Path::new("packs/tiny.toml"));
     let PackSource::Path(path) = &pack.source else {
@@ -327,7 +327,7 @@ fn committed_manifests_parse() {
     let dir = common::root().join("manifests");
     let packs = common::manifests::packs(&dir).unwrap();
     let tiny = packs.iter().find(|p| p.name == "tiny-sd").unwrap();
-    assert_eq!(tiny.family.as_str(), "sd1");
+    assert_eq!(tiny.family.as_ref().unwrap().as_str(), "sd1");
     assert_eq!(tiny.defaults.steps, Some(20));
     assert_eq!(tiny.defaults.guidance, Some(7.5));
     assert_eq!(tiny.defaults.scheduler.as_deref(), Some("euler"));

@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use beeswax::family::Model;
+use beeswax::family::{Model, SizeConditioning};
 use beeswax::image_in::{mask_from_picture, read_image, AlphaMask, Limits, RgbImage};
 use beeswax::lora::merge::apply;
 use beeswax::pipeline::Generated;
@@ -111,6 +111,21 @@ fn to_image(t: &Tensor) -> RgbImage {
     }
 }
 
+/// A case's `size_conditioning` (diffusers' keyword arguments: sizes as (height, width), the
+/// crop as (top, left)) as the engine's setting (sizes as (width, height)).
+fn size_conditioning(value: Option<&serde_json::Value>) -> SizeConditioning {
+    let pair = |key: &str| -> Option<(usize, usize)> {
+        let v: Vec<usize> = serde_json::from_value(value?.get(key)?.clone()).unwrap();
+        Some((v[0], v[1]))
+    };
+    let flip = |p: Option<(usize, usize)>| p.map(|(h, w)| (w, h));
+    SizeConditioning {
+        original_size: flip(pair("original_size")),
+        crop_top_left: pair("crops_coords_top_left").unwrap_or_default(),
+        target_size: flip(pair("target_size")),
+    }
+}
+
 fn run(models: &mut HashMap<String, Model>, c: &SdxlCase) -> Option<Generated> {
     let m = models
         .entry(c.model.clone())
@@ -133,7 +148,9 @@ fn run(models: &mut HashMap<String, Model>, c: &SdxlCase) -> Option<Generated> {
                 }
                 _ => m,
             };
-            generate(&m, &case.text_job(init))
+            let mut job = case.text_job(init);
+            job.settings.size_conditioning = size_conditioning(c.size_conditioning.as_ref());
+            generate(&m, &job)
         }
         "img2img" => {
             try_generate(&m, &case.image_job(&picture("init.png"), Some(&r["noise"]))).unwrap()
@@ -187,16 +204,15 @@ fn run(models: &mut HashMap<String, Model>, c: &SdxlCase) -> Option<Generated> {
 }
 
 /// Text to image (with a negative prompt, with the zeroed empty one, non-square, Euler and
-/// DPM++ 2M Karras), image to image, 9-channel and blended inpainting, a kohya LoRA, and
+/// DPM++ 2M Karras, custom size conditioning), image to image, 9-channel and blended inpainting, a kohya LoRA, and
 /// SDXL-Turbo in 1 and 4 steps without guidance.
 #[test]
 fn sdxl_pipelines_match_diffusers() {
     let mut models = HashMap::new();
     let mut ran = Vec::new();
     for c in cases() {
-        // Custom size conditioning (original size, crop) has no engine setting yet; the
-        // refiner hand-off has its own test.
-        if c.size_conditioning.is_some() || c.kind == "refiner" {
+        // The refiner hand-off has its own test.
+        if c.kind == "refiner" {
             continue;
         }
         if let Some(out) = run(&mut models, &c) {
@@ -287,4 +303,244 @@ fn a_family_manifest_alone_adds_a_variant() {
         err.contains("broken.toml:") && err.contains("family.text_encoder.kind"),
         "{err}"
     );
+}
+
+/// `tensors` saved as `name.safetensors` in `dir`, read as a LoRA at weight 1.
+fn saved_lora(
+    dir: &common::command::Dir,
+    name: &str,
+    tensors: &HashMap<String, Tensor>,
+) -> beeswax::lora::WeightedLora {
+    let path = dir.join(format!("{name}.safetensors"));
+    candle_core::safetensors::save(tensors, &path).unwrap();
+    beeswax::lora::WeightedLora {
+        name: name.into(),
+        file: std::sync::Arc::new(beeswax::lora::LoraFile::read(&path).unwrap()),
+        weight: 1.0,
+    }
+}
+
+/// The kohya SDXL LoRA's text-encoder modules (`lora_te1_`, `lora_te2_`) rewritten as a
+/// diffusers/PEFT file (`text_encoder.` / `text_encoder_2.` + transformers' module path,
+/// `lora_A` / `lora_B` with kohya's alpha / rank folded into `lora_B`): the engine reads both
+/// the same, so the runs are equal, and they differ from the base model's.
+#[test]
+fn a_peft_sdxl_lora_with_text_encoder_2_keys_equals_the_kohya_one() {
+    let kohya = candle_core::safetensors::load(
+        fixture("lora/tiny-sdxl/kohya.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let mut te_only = HashMap::new();
+    let mut peft = HashMap::new();
+    let mut te2_modules = 0;
+    for (key, down) in &kohya {
+        let Some(module) = key.strip_suffix(".lora_down.weight") else {
+            continue;
+        };
+        let (component, rest) = match module.split_once('_').map(|(_, r)| r) {
+            Some(r) if r.starts_with("te1_") => ("text_encoder", &r[4..]),
+            Some(r) if r.starts_with("te2_") => ("text_encoder_2", &r[4..]),
+            _ => continue,
+        };
+        te2_modules += usize::from(component == "text_encoder_2");
+        let up = &kohya[&format!("{module}.lora_up.weight")];
+        let alpha = &kohya[&format!("{module}.alpha")];
+        for (k, t) in [
+            ("lora_down.weight", down),
+            ("lora_up.weight", up),
+            ("alpha", alpha),
+        ] {
+            te_only.insert(format!("{module}.{k}"), t.clone());
+        }
+        let tail = rest.strip_prefix("text_model_encoder_layers_").unwrap();
+        let (layer, name) = tail.split_once('_').unwrap();
+        let name = name
+            .replacen("self_attn_", "self_attn.", 1)
+            .replacen("mlp_", "mlp.", 1);
+        let path = format!("{component}.text_model.encoder.layers.{layer}.{name}");
+        let rank = down.dim(0).unwrap() as f64;
+        let alpha = alpha
+            .to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        peft.insert(format!("{path}.lora_A.weight"), down.clone());
+        peft.insert(
+            format!("{path}.lora_B.weight"),
+            (up.to_dtype(DType::F32).unwrap() * (alpha / rank)).unwrap(),
+        );
+    }
+    assert!(
+        te2_modules >= 6,
+        "only {te2_modules} text_encoder_2 modules"
+    );
+    let dir = common::command::Dir::new("sdxl-peft");
+    let base = model("tiny-sdxl");
+    let kohya_run = apply(&base, &[saved_lora(&dir, "kohya-te", &te_only)]).unwrap();
+    let peft_run = apply(&base, &[saved_lora(&dir, "peft-te", &peft)]).unwrap();
+    for applied in [&kohya_run, &peft_run] {
+        assert!(
+            applied.reports[0].unmatched.is_empty(),
+            "{:?}",
+            applied.reports[0]
+        );
+    }
+    let mut case = Case::new("a red fox in the snow", "Euler", 2, 64, 64);
+    case.guidance = 5.0;
+    let a = generate(&kohya_run.model, &case.text_job(None));
+    let b = generate(&peft_run.model, &case.text_job(None));
+    let plain = generate(&base, &case.text_job(None));
+    // Equal up to where the scale is applied (f32 rounding).
+    assert_close_rel_std("peft vs kohya", &b.latents, &a.latents, 1e-4);
+    let moved = (&plain.latents - &a.latents)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        moved > 1e-3,
+        "the text-encoder LoRA changed nothing ({moved})"
+    );
+}
+
+/// A LoRA made for SD 1.x on an SDXL model: a clear error naming the file and the family the
+/// model expects.
+#[test]
+fn an_sd1_lora_on_sdxl_is_refused_by_name() {
+    let err = apply(
+        &model("tiny-sdxl"),
+        &[common::lora::weighted("tiny-sd", "kohya.safetensors", 1.0)],
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    for needle in [
+        "lora/tiny-sd/kohya.safetensors",
+        "another model family",
+        "family `sdxl`",
+    ] {
+        assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+    }
+}
+
+/// Outpainting on SDXL (a wider canvas, its new border repainted) with the 9-channel
+/// inpainting model and by blending on the base: the picture is kept where the mask is 0, the
+/// border no longer holds the fill.
+#[test]
+fn sdxl_outpaints_with_both_inpainting_kinds() {
+    use beeswax::image_in::{outpaint, Outpaint};
+    use beeswax::pipeline::MaskedContent;
+    use common::jobs::ImageOptions;
+    let init = picture("init.png");
+    let pad = Outpaint {
+        left: 0,
+        right: 32,
+        top: 16,
+        bottom: 0,
+    };
+    let (canvas, mask) = outpaint(&init, pad, 4);
+    assert_eq!(
+        (canvas.width, canvas.height),
+        (init.width + 32, init.height + 16)
+    );
+    let options = ImageOptions {
+        masked_content: MaskedContent::Fill,
+        ..Default::default()
+    };
+    for name in ["tiny-sdxl-inpaint", "tiny-sdxl"] {
+        let m = model(name);
+        let mut case = Case::new(
+            "a red fox in the snow",
+            "Euler",
+            3,
+            canvas.width,
+            canvas.height,
+        );
+        case.guidance = 5.0;
+        case.strength = Some(1.0);
+        let out = try_generate(&m, &case.inpaint_job_with(&canvas, &mask, None, &options)).unwrap();
+        let got = &out.images[0];
+        assert_eq!(
+            (got.width, got.height),
+            (canvas.width, canvas.height),
+            "{name}"
+        );
+        let (mut kept, mut repainted) = (0usize, 0.0f64);
+        for y in 0..got.height {
+            for x in 0..got.width {
+                let i = (y * got.width + x) * 3;
+                if mask.data[y * got.width + x] == 0.0 && x + 12 < init.width && y >= 16 + 12 {
+                    assert_eq!(
+                        got.data[i..i + 3],
+                        canvas.data[i..i + 3],
+                        "{name} ({x}, {y})"
+                    );
+                    kept += 1;
+                }
+                if x >= init.width + 8 {
+                    repainted += (0..3)
+                        .map(|c| (got.data[i + c] as f64 - canvas.data[i + c] as f64).abs())
+                        .sum::<f64>();
+                }
+            }
+        }
+        assert!(kept > 500, "{name}: only {kept} kept pixels");
+        assert!(repainted > 1000.0, "{name}: the border kept its fill");
+    }
+}
+
+/// SDXL through the three HTTP APIs: the native jobs API (with a negative prompt), OpenAI's
+/// images API and AUTOMATIC1111's txt2img and img2img.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_http_apis_serve_sdxl() {
+    use common::images::Png;
+    use common::server::{b64, expect_json, get, post, submit, unb64, wait_status, TestServer};
+    use serde_json::json;
+
+    let pack = format!(
+        "[pack]\nname = \"tiny-xl\"\nfamily = \"sdxl\"\npath = {}\n\n\
+         [pack.defaults]\nsteps = 2\nwidth = 64\nheight = 48\n",
+        common::command::toml_path(&common::model_dir("tiny-sdxl"))
+    );
+    let server = TestServer::start_with(Default::default(), &[("xl.toml", &pack)]).await;
+    let id = submit(
+        &server.url,
+        json!({"pipeline": "tiny-xl", "prompt": "a fox", "seed": 1, "guidance": 5.0,
+               "negative_prompt": "blurry", "preview_every": 1}),
+    )
+    .await;
+    let job = wait_status(&server.url, &id, "completed").await;
+    assert_eq!(job["parameters"]["steps"], 2, "{job}");
+    let png = get(&server.at(&format!("/v1/jobs/{id}/images/0"))).await;
+    assert_eq!(Png::decode(&png.bytes().await.unwrap()).size(), (64, 48));
+
+    let body = json!({"model": "tiny-xl", "prompt": "a fox", "size": "64x64",
+                      "response_format": "b64_json"});
+    let body = expect_json(post(&server.at("/v1/images/generations"), body).await, 200).await;
+    let png = unb64(body["data"][0]["b64_json"].as_str().unwrap());
+    assert_eq!(Png::decode(&png).size(), (64, 64));
+
+    let body = json!({"prompt": "a fox", "negative_prompt": "", "steps": 2, "width": 32,
+                      "height": 48, "sampler_name": "DPM++ 2M Karras",
+                      "override_settings": {"sd_model_checkpoint": "tiny-xl"}});
+    let body = expect_json(post(&server.at("/sdapi/v1/txt2img"), body).await, 200).await;
+    let png = unb64(body["images"][0].as_str().unwrap());
+    assert_eq!(Png::decode(&png).size(), (32, 48));
+
+    let init = std::fs::read(fixture("reference/sdxl/pipelines/init.png")).unwrap();
+    let body = json!({"prompt": "a fox", "steps": 2, "denoising_strength": 0.6,
+                      "init_images": [b64(&init)], "width": 64, "height": 64,
+                      "override_settings": {"sd_model_checkpoint": "tiny-xl"}});
+    let body = expect_json(post(&server.at("/sdapi/v1/img2img"), body).await, 200).await;
+    let png = unb64(body["images"][0].as_str().unwrap());
+    assert_eq!(Png::decode(&png).size(), (64, 64));
+    server.stop().await;
 }

@@ -245,68 +245,325 @@ fn cli_loads_and_inspects_single_files() {
         .arg(&file)
         .arg("--model-config")
         .arg(model_dir("tiny-sdxl"))
-        .args(["--output", "fox.png"])
+        .args(["--output", "fox.png", "--seed", "5"])
         .run();
     assert!(dir.join("fox.png").is_file());
+    // SDXL size conditioning from the command line changes the image; a malformed size is
+    // refused with the form it takes.
+    dir.command()
+        .args([
+            "generate", "--prompt", "a fox", "--steps", "2", "--width", "64", "--height", "64",
+        ])
+        .arg("--model")
+        .arg(&file)
+        .arg("--model-config")
+        .arg(model_dir("tiny-sdxl"))
+        .args(["--original-size", "256x192", "--crop-top-left", "16,8"])
+        .args([
+            "--target-size",
+            "64x64",
+            "--output",
+            "sized.png",
+            "--seed",
+            "5",
+        ])
+        .run();
+    let plain = common::images::Png::read(&dir.join("fox.png"));
+    let sized = common::images::Png::read(&dir.join("sized.png"));
+    assert_ne!(plain.image.data, sized.image.data);
+    dir.command()
+        .args(["generate", "--prompt", "a fox", "--original-size", "256"])
+        .arg("--model")
+        .arg(&file)
+        .assert_fails_with(&["--original-size", "WIDTHxHEIGHT"]);
 }
 
-/// SD 1.x, SD 2.x 768-v (24 OpenCLIP blocks, 23 used) and SD 1.x inpainting files in f16 and
-/// f32, made with `make_single_file_fixtures.py --large` (not committed: the full CLIP
-/// vocabulary makes them 3-9 MB each): detected by their keys and holding the folder weights.
-#[test]
-#[ignore = "needs: torch (tests/fixtures/make_single_file_fixtures.py --large writes the files; without them the test says so and checks nothing)"]
-fn large_single_files_load_as_their_families() {
-    if !single("large").is_dir() {
-        eprintln!(
-            "large_single_files_load_as_their_families: {} is missing; make it with \
-             tests/fixtures/make_single_file_fixtures.py --large (needs torch) to run this test",
-            single("large").display()
-        );
-        return;
+/// The miniature SD folders (configs and tokenizers) beside their single files.
+fn mini_options(name: &str) -> CheckpointOptions {
+    CheckpointOptions {
+        config_dir: Some(single(&format!("models/{name}"))),
+        ..Default::default()
     }
-    for (model, family) in [
-        ("tiny-sd", "sd1"),
-        ("tiny-sd2", "sd2-v"),
-        ("tiny-sd-inpaint", "sd1-inpaint"),
-    ] {
-        let folder = common::model(model);
-        for tag in ["f16", "f32"] {
-            let path = single(&format!("large/{model}.{tag}.safetensors"));
-            // The miniature has no `output_blocks.11` for the heuristic to read, so it guesses
-            // epsilon (`sd2`); `--prediction v` makes it `sd2-v`.
-            let mut opts = options(model);
+}
+
+/// The reference run of `name`: StableDiffusionPipeline.from_single_file(<name>.f16,
+/// config=single/models/<name>) in f32, Euler, 4 steps, guidance 5, 48x32.
+fn check_mini_reference(what: &str, name: &str, m: &Model) {
+    let r = load_fixture(&format!("single/{name}.reference.safetensors"));
+    let mut case = Case::new("a red fox in the snow", "Euler", 4, 48, 32);
+    case.negative_prompt = "blurry, low quality".into();
+    case.guidance = 5.0;
+    let out = generate(m, &case.text_job(Some(&r["init_latents"])));
+    assert_close_rel_std(
+        &format!("{what} latents"),
+        &out.latents,
+        &r["latents"],
+        2e-3,
+    );
+    assert_images_close(what, &out.images, &r["image"]);
+}
+
+/// SD 1.x and SD 2.x 768-v (an OpenCLIP text tower carrying one block more than it uses, as
+/// real SD 2 files do) single files, f16 as committed and their f32 twins: detected by their
+/// keys, computed in f32, equal to diffusers' `from_single_file(config=...)` pipeline.
+#[test]
+fn sd_single_files_match_diffusers_from_single_file() {
+    let dir = Dir::new("single-sd");
+    for (name, family) in [("mini-sd1", "sd1"), ("mini-sd2-v", "sd2-v")] {
+        let file = format!("{name}.f16.safetensors");
+        for path in [single(&file), f32_twin(&dir, &file)] {
+            let mut opts = mini_options(name);
             if family == "sd2-v" {
+                // The miniature has no `output_blocks.11` for the heuristic to read, so it
+                // guesses epsilon (`sd2`); `--prediction v` makes it `sd2-v`.
                 let guessed = load(&path, &Families::builtin(), &opts, &cpu_f32()).unwrap();
                 assert_eq!(guessed.family.name, "sd2");
                 opts.prediction = Some(PredictionType::VPrediction);
             }
             let m = load(&path, &Families::builtin(), &opts, &cpu_f32()).unwrap();
             assert_eq!(m.family.name, family, "{}", path.display());
-            for component in &folder.weights.components {
-                let got = m.weights.get(&component.name).unwrap();
-                for (key, want) in &component.tensors {
-                    let want = match tag {
-                        "f16" => want
-                            .to_dtype(DType::F16)
-                            .unwrap()
-                            .to_dtype(DType::F32)
-                            .unwrap(),
-                        _ => want.clone(),
-                    };
-                    let diff = (got
-                        .tensors
-                        .get(key)
-                        .or_else(|| got.tensors.get(&format!("text_model.{key}")))
-                        .unwrap_or_else(|| panic!("{model} {tag}: no {key}"))
-                        - &want)
-                        .unwrap()
-                        .abs()
-                        .unwrap()
-                        .max_all()
-                        .unwrap();
-                    assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{model} {tag} {key}");
-                }
-            }
+            assert_eq!(m.dtype, DType::F32);
+            check_mini_reference(&path.display().to_string(), name, &m);
         }
     }
+}
+
+/// A 9-channel SD 1.x inpainting file is detected as `sd1-inpaint` and holds its folder's
+/// weights (diffusers' `from_single_file` was checked equal to them when the file was made).
+#[test]
+fn inpainting_single_file_holds_the_folder_weights() {
+    let path = single("mini-sd1-inpaint.f16.safetensors");
+    let m = load(
+        &path,
+        &Families::builtin(),
+        &mini_options("mini-sd1-inpaint"),
+        &cpu_f32(),
+    )
+    .unwrap();
+    assert_eq!(m.family.name, "sd1-inpaint");
+    assert_eq!(m.networks.in_channels(), 9);
+    let folder = beeswax::family::load(
+        &single("models/mini-sd1-inpaint"),
+        Some("sd1-inpaint"),
+        &cpu_f32(),
+    )
+    .unwrap();
+    assert!(folder.weights.get("unet").is_some());
+    for component in &folder.weights.components {
+        let got = m.weights.get(&component.name).unwrap();
+        assert_eq!(
+            got.tensors.len(),
+            component.tensors.len(),
+            "{}",
+            component.name
+        );
+        for (key, want) in &component.tensors {
+            let got = got
+                .tensors
+                .get(key)
+                .or_else(|| got.tensors.get(&format!("text_model.{key}")))
+                .unwrap_or_else(|| panic!("{}: no {key}", component.name));
+            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(
+                diff.to_scalar::<f32>().unwrap(),
+                0.0,
+                "{} {key}",
+                component.name
+            );
+        }
+    }
+}
+
+/// A family manifest whose `config` folder (beside it, here a fixture) holds the configs lets
+/// `--model FILE` run with no `--model-config`, for every SD/SDXL family; the shipped families
+/// use the bundled full-size configs, which the miniatures do not fit (a clear error naming the
+/// tensor), and a FLUX file without `--model-config` names the T5 tokenizer it lacks.
+#[test]
+fn cli_loads_single_files_without_model_config() {
+    let dir = Dir::new("single-configs");
+    let cases = [
+        ("sd1", "mini-sd1", single("models/mini-sd1"), true),
+        ("sd2-v", "mini-sd2-v", single("models/mini-sd2-v"), true),
+        (
+            "sd1-inpaint",
+            "mini-sd1-inpaint",
+            single("models/mini-sd1-inpaint"),
+            false,
+        ),
+        ("sdxl", "tiny-sdxl", model_dir("tiny-sdxl"), true),
+        (
+            "sdxl-refiner",
+            "tiny-sdxl-refiner",
+            model_dir("tiny-sdxl-refiner"),
+            false,
+        ),
+    ];
+    for (family, _, config, _) in &cases {
+        let shipped = std::fs::read_to_string(
+            common::root().join(format!("manifests/families/{family}.toml")),
+        )
+        .unwrap();
+        let own = shipped.replace(
+            &format!("config = \"{family}\""),
+            &format!("config = {:?}", config.display().to_string()),
+        );
+        assert_ne!(own, shipped, "{family}.toml has no config line");
+        dir.create(format!("own/families/{family}.toml"), own);
+    }
+    for (family, name, config, generates) in &cases {
+        let file = single(&format!("{name}.f16.safetensors"));
+        let mut prediction = Vec::new();
+        if *family == "sd2-v" {
+            prediction = vec!["--prediction", "v"];
+        }
+        let out = dir
+            .command()
+            .manifests(&dir.join("own"))
+            .arg("inspect")
+            .arg(&file)
+            .args(&prediction)
+            .stdout();
+        assert!(out.contains(&format!("family: {family}\n")), "{out}");
+        assert!(
+            out.contains(&format!("configs: {}", config.display())),
+            "{out}"
+        );
+        // SD 2 files carry one OpenCLIP block more than the text encoder uses.
+        let unused = if *family == "sd2-v" {
+            "unused keys: 12"
+        } else {
+            "unused keys: 0"
+        };
+        assert!(out.contains(unused), "{out}");
+        if *generates {
+            let png = format!("{name}.png");
+            dir.command()
+                .manifests(&dir.join("own"))
+                .args(["generate", "--prompt", "a fox", "--steps", "2"])
+                .args(["--width", "64", "--height", "64", "--model"])
+                .arg(&file)
+                .args(&prediction)
+                .args(["--output", &png])
+                .run();
+            assert!(dir.join(&png).is_file(), "{family}");
+        }
+    }
+    // The shipped sd1 family: the bundled configs are found (expanded into BEESWAX_CACHE) and
+    // describe SD 1.5, which the miniature does not fit.
+    let cache = dir.join("cache");
+    let file = single("mini-sd1.f16.safetensors");
+    let out = dir
+        .command()
+        .env("BEESWAX_CACHE", &cache)
+        .arg("inspect")
+        .arg(&file)
+        .stdout();
+    assert!(out.contains("family: sd1\n"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "configs: {}",
+            cache.join("bundled-configs").display()
+        )),
+        "{out}"
+    );
+    dir.command()
+        .env("BEESWAX_CACHE", &cache)
+        .args(["generate", "--prompt", "a fox", "--steps", "1", "--model"])
+        .arg(&file)
+        .assert_fails_with(&[
+            "mini-sd1.f16.safetensors",
+            "shape mismatch",
+            "expected: [768]",
+        ]);
+    // FLUX: the T5 tokenizer cannot be bundled.
+    let flux = model_dir("tiny-flux-dev-bfl.safetensors");
+    dir.command()
+        .env("BEESWAX_CACHE", &cache)
+        .args(["generate", "--prompt", "a fox", "--steps", "1", "--model"])
+        .arg(&flux)
+        .assert_fails_with(&["flux-dev", "tokenizer_2/", "--model-config DIR"]);
+    // A wrong --prediction value is refused with the values it takes.
+    dir.command()
+        .args(["inspect", "--prediction", "x"])
+        .arg(&file)
+        .assert_fails_with(&["--prediction", "epsilon", "v"]);
+}
+
+/// A single-file pack (`checkpoint = "path"` with `model_config`, `prediction`): validated by
+/// `beeswax check`, run by `generate --pack`, served by `beeswax serve`; its mistakes are named
+/// by file, line and field.
+#[tokio::test(flavor = "multi_thread")]
+async fn single_file_packs_are_checked_generated_and_served() {
+    use common::command::toml_path;
+    use common::server::{get, submit, wait_status, TestServer};
+    let pack = |name: &str, family: &str, file: &str, config: &str, extra: &str| {
+        format!(
+            "[pack]\nname = \"{name}\"\nfamily = \"{family}\"\ncheckpoint = {}\n\
+             model_config = {}\n{extra}\n[pack.defaults]\nsteps = 2\nwidth = 48\nheight = 32\n",
+            toml_path(&single(file)),
+            toml_path(&single(&format!("models/{config}")))
+        )
+    };
+    let sd1 = pack("mini", "sd1", "mini-sd1.f16.safetensors", "mini-sd1", "");
+    let sd2 = pack(
+        "mini-v",
+        "sd2-v",
+        "mini-sd2-v.f16.safetensors",
+        "mini-sd2-v",
+        "prediction = \"v\"\n",
+    );
+    // The family may be left to detection.
+    let auto = pack("auto", "sd1", "mini-sd1.f16.safetensors", "mini-sd1", "")
+        .replace("family = \"sd1\"\n", "");
+    let dir = Dir::new("single-packs");
+    let manifests = dir.manifests(
+        "manifests",
+        &[
+            ("mini.toml", &sd1),
+            ("mini-v.toml", &sd2),
+            ("auto.toml", &auto),
+        ],
+    );
+    let out = dir.command().manifests(&manifests).arg("check").stdout();
+    assert!(out.contains("3 pack(s)"), "{out}");
+    for name in ["mini", "mini-v", "auto"] {
+        dir.command()
+            .manifests(&manifests)
+            .args(["generate", "--pack", name, "--prompt", "a fox", "--output"])
+            .arg(dir.join(format!("{name}.png")))
+            .run();
+        let png = common::images::Png::read(&dir.join(format!("{name}.png")));
+        assert_eq!(png.size(), (48, 32));
+    }
+    // A pack of the wrong family, and a bad prediction value.
+    let wrong = pack("wrong", "sdxl", "mini-sd1.f16.safetensors", "mini-sd1", "");
+    let bad = dir.manifests("bad", &[("wrong.toml", &wrong)]);
+    dir.command()
+        .manifests(&bad)
+        .arg("check")
+        .assert_fails_with(&["wrong.toml", "pack.checkpoint", "declared family `sdxl`"]);
+    let odd = pack(
+        "odd",
+        "sd1",
+        "mini-sd1.f16.safetensors",
+        "mini-sd1",
+        "prediction = \"x\"\n",
+    );
+    let bad = dir.manifests("odd", &[("odd.toml", &odd)]);
+    dir.command()
+        .manifests(&bad)
+        .arg("check")
+        .assert_fails_with(&["odd.toml:", "pack.prediction", "epsilon"]);
+
+    let server = TestServer::start_with(Default::default(), &[("mini.toml", &sd1)]).await;
+    let id = submit(
+        &server.url,
+        serde_json::json!({"pipeline": "mini", "prompt": "a fox", "seed": 2}),
+    )
+    .await;
+    wait_status(&server.url, &id, "completed").await;
+    let png = get(&server.at(&format!("/v1/jobs/{id}/images/0"))).await;
+    let png = common::images::Png::decode(&png.bytes().await.unwrap());
+    assert_eq!(png.size(), (48, 32));
+    server.stop().await;
 }

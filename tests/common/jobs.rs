@@ -55,6 +55,7 @@ impl Case {
             prompt_syntax: self.prompt_syntax,
             pad_prompts: self.pad_prompts,
             true_cfg: None,
+            size_conditioning: Default::default(),
         }
     }
 
@@ -214,6 +215,7 @@ impl FluxCase {
             prompt_syntax: beeswax::prompt::PromptSyntax::Plain,
             pad_prompts: false,
             true_cfg: None,
+            size_conditioning: Default::default(),
         }
     }
 

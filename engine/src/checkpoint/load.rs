@@ -11,8 +11,9 @@ use std::sync::Arc;
 use super::detect::{detect, Detection};
 use super::keymap::{ldm_to_unet, ldm_to_vae, open_clip_to_clip, vae_needs_squeeze, OpenClipPart};
 use crate::family::{
-    load_source, Families, Family, KeyLayout, LoadOptions, Model, ModelSource, SingleFile,
+    bundled, load_source, Families, Family, KeyLayout, LoadOptions, Model, ModelSource, SingleFile,
 };
+use crate::manifest::{FileSource, PackCheckpoint};
 use crate::models::clip::ClipTextConfig;
 use crate::models::config_file::read_json;
 use crate::schedulers::PredictionType;
@@ -33,6 +34,34 @@ pub struct CheckpointOptions {
     pub prediction: Option<PredictionType>,
     /// A VAE file replacing the checkpoint's.
     pub vae: Option<PathBuf>,
+}
+
+/// The file of a single-file pack (resolved in the hub cache for `repo` + `file`, downloaded
+/// when allowed) and its reading options; `family` when the pack declares one.
+pub fn pack_checkpoint(
+    single: &PackCheckpoint,
+    family: Option<&str>,
+    allow_download: bool,
+) -> Result<(PathBuf, CheckpointOptions)> {
+    let path = match &single.file {
+        FileSource::Path(p) => p.clone(),
+        FileSource::Hub {
+            repo,
+            file,
+            revision,
+        } => crate::hub::repo_file(repo, file, revision, allow_download)?,
+    };
+    let prediction = single.prediction.as_deref().map(|p| match p {
+        "v" => PredictionType::VPrediction,
+        _ => PredictionType::Epsilon,
+    });
+    let options = CheckpointOptions {
+        family: family.map(str::to_string),
+        config_dir: single.model_config.clone(),
+        prediction,
+        vae: single.vae.clone(),
+    };
+    Ok((path, options))
 }
 
 /// Whether `path` names a single-file checkpoint rather than a diffusers folder.
@@ -206,23 +235,52 @@ pub fn model_source(
     })
 }
 
-fn config_dir(family: &Family, options: &CheckpointOptions, path: &Path) -> Result<PathBuf> {
-    let dir = options
-        .config_dir
-        .clone()
-        .or_else(|| family.config_dir.clone());
-    match dir {
-        Some(d) if d.is_dir() => Ok(d),
-        _ => Err(Error::Config {
+/// The configs and tokenizers for a single file of `family`: `--model-config DIR` when given,
+/// else the family's `config` folder beside its manifest, else the bundled folder of that name
+/// (embedded in the binary). Every tokenizer the family's text encoders read must be there.
+pub fn config_dir(family: &Family, options: &CheckpointOptions, path: &Path) -> Result<PathBuf> {
+    let (dir, given) = match (&options.config_dir, &family.config_dir) {
+        (Some(d), _) => (Some(d.clone()), "--model-config"),
+        (None, Some(d)) if d.is_dir() => (Some(d.clone()), "the family's config folder"),
+        (None, _) => match family.config.as_deref() {
+            Some(name) => (bundled::config_dir(name)?, "the bundled configs"),
+            None => (None, ""),
+        },
+    };
+    let Some(dir) = dir.filter(|d| d.is_dir()) else {
+        let missing = options
+            .config_dir
+            .as_ref()
+            .or(family.config_dir.as_ref())
+            .map_or(String::new(), |d| format!(" ({} is missing)", d.display()));
+        return Err(Error::Config {
             path: path.to_path_buf(),
             message: format!(
-                "family `{}` has no bundled configs{}: pass --model-config DIR (a diffusers \
-                 folder of the same architecture: its configs and tokenizers are used)",
+                "family `{}` has no bundled configs{missing}: pass --model-config DIR (a \
+                 diffusers folder of the same architecture: its configs and tokenizers are used)",
                 family.name,
-                dir.map_or(String::new(), |d| format!(" ({} is missing)", d.display()))
             ),
-        }),
+        });
+    };
+    for te in &family.text_encoders {
+        let tokenizer = dir.join(&te.tokenizer);
+        if !tokenizer.is_dir() {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                message: format!(
+                    "family `{}` needs the tokenizer `{}/` of its `{}` text encoder, which {given} \
+                     ({}) do not hold; pass --model-config DIR, a diffusers folder of this family \
+                     holding {}/ (and the components the file does not carry)",
+                    family.name,
+                    te.tokenizer,
+                    te.component,
+                    dir.display(),
+                    te.tokenizer
+                ),
+            });
+        }
     }
+    Ok(dir)
 }
 
 /// Component name → key map, per the family's `single_file` layouts; only components with

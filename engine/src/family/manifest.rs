@@ -11,6 +11,7 @@
 //! guidance = "classifier-free"     # classifier-free | distilled | none
 //! default_size = 1024
 //! config = "sdxl"                  # diffusers-layout configs + tokenizers beside this file
+//!                                  # (else the bundled folder of that name, if any)
 //! priority = 10                    # detection order, highest first (default 0)
 //! # max_sequence_length = 512      # T5 tokens per prompt (families with T5)
 //! # default_steps = 28             # when neither request nor pack says
@@ -212,19 +213,8 @@ pub fn read(document: &Document<'_>) -> Result<Option<Family>, ManifestError> {
     let located = document.located();
     let l = &located;
     let name = l.non_empty(&raw.name, "family.name", "e.g. `name = \"sdxl\"`")?;
-    let latent_channels = required(l, &raw.latent.channels, "family.latent.channels", 1..=64, 1)?;
-    let preview = raw.latent.preview.get_ref();
-    if preview.len() != latent_channels {
-        return Err(l.at(
-            &raw.latent.preview,
-            "family.latent.preview",
-            format!(
-                "has {} rows but the latents have {latent_channels} channels: give one RGB row \
-                 per channel",
-                preview.len()
-            ),
-        ));
-    }
+    let (latent_channels, preview) = latent(l, &raw.latent)?;
+    let (detect, folder_rules) = rules(l, &raw)?;
     let text_encoders = raw
         .text_encoder
         .iter()
@@ -239,21 +229,7 @@ pub fn read(document: &Document<'_>) -> Result<Option<Family>, ManifestError> {
             "family.architecture",
             &Architecture::ALL.map(|a| (a.as_str(), a)),
         )?,
-        prediction: raw
-            .prediction
-            .as_ref()
-            .map(|p| {
-                choice(
-                    l,
-                    p,
-                    "family.prediction",
-                    &[
-                        ("epsilon", PredictionType::Epsilon),
-                        ("v", PredictionType::VPrediction),
-                    ],
-                )
-            })
-            .transpose()?,
+        prediction: prediction(l, raw.prediction.as_ref())?,
         scheduler_kind: choice(
             l,
             &raw.scheduler,
@@ -266,10 +242,7 @@ pub fn read(document: &Document<'_>) -> Result<Option<Family>, ManifestError> {
         guidance: choice(l, &raw.guidance, "family.guidance", &GuidanceMode::NAMED)?,
         default_size: required(l, &raw.default_size, "family.default_size", 8..=8192, 8)?,
         latent_channels,
-        preview: LatentPreview {
-            rgb: preview.clone(),
-            bias: raw.latent.preview_bias,
-        },
+        preview,
         text_encoders,
         denoiser: DenoiserSpec {
             component: raw.denoiser.component.clone(),
@@ -281,18 +254,11 @@ pub fn read(document: &Document<'_>) -> Result<Option<Family>, ManifestError> {
             single_file: single_file(l, &raw.vae.single_file, "family.vae")?,
         },
         conditioning: conditioning(l, &raw.conditioning)?,
+        config: raw.config.clone(),
         config_dir: raw.config.as_deref().map(|c| l.relative_path(c)),
         priority: raw.priority,
-        detect: raw
-            .detect
-            .iter()
-            .map(|r| key_rule(l, r))
-            .collect::<Result<_, _>>()?,
-        folder_rules: raw
-            .folder
-            .iter()
-            .map(|r| config_rule(l, r))
-            .collect::<Result<_, _>>()?,
+        detect,
+        folder_rules,
         max_sequence_length: l.whole(
             &raw.max_sequence_length,
             "family.max_sequence_length",
@@ -319,6 +285,54 @@ pub fn read(document: &Document<'_>) -> Result<Option<Family>, ManifestError> {
 /// Parses one family manifest's text (`path` names it in errors).
 pub fn parse(path: &Path, text: &str) -> Result<Option<Family>, ManifestError> {
     read(&Document::parse(path, text)?)
+}
+
+/// The single-file detection rules and the diffusers-folder rules.
+fn rules(
+    l: &Located<'_>,
+    raw: &RawFamily,
+) -> Result<(Vec<KeyRule>, Vec<ConfigRule>), ManifestError> {
+    let detect = raw.detect.iter().map(|r| key_rule(l, r));
+    let folder = raw.folder.iter().map(|r| config_rule(l, r));
+    Ok((
+        detect.collect::<Result<_, _>>()?,
+        folder.collect::<Result<_, _>>()?,
+    ))
+}
+
+/// The latent channels and their preview factors (one RGB row per channel).
+fn latent(l: &Located<'_>, raw: &RawLatent) -> Result<(usize, LatentPreview), ManifestError> {
+    let channels = required(l, &raw.channels, "family.latent.channels", 1..=64, 1)?;
+    let rows = raw.preview.get_ref();
+    if rows.len() != channels {
+        return Err(l.at(
+            &raw.preview,
+            "family.latent.preview",
+            format!(
+                "has {} rows but the latents have {channels} channels: give one RGB row per \
+                 channel",
+                rows.len()
+            ),
+        ));
+    }
+    let preview = LatentPreview {
+        rgb: rows.clone(),
+        bias: raw.preview_bias,
+    };
+    Ok((channels, preview))
+}
+
+/// `family.prediction`: `epsilon` or `v`, when given.
+fn prediction(
+    l: &Located<'_>,
+    raw: Option<&Spanned<String>>,
+) -> Result<Option<PredictionType>, ManifestError> {
+    let named = [
+        ("epsilon", PredictionType::Epsilon),
+        ("v", PredictionType::VPrediction),
+    ];
+    raw.map(|p| choice(l, p, "family.prediction", &named))
+        .transpose()
 }
 
 fn required(

@@ -15,6 +15,7 @@
 //! Adding a family of a known architecture is a manifest; a new architecture adds a module
 //! implementing [`Networks`], an [`Architecture`] variant and one arm in [`Families::load`].
 
+pub mod bundled;
 mod conditioning;
 pub mod denoiser;
 pub mod flux;
@@ -35,7 +36,7 @@ use std::path::Path;
 pub use conditioning::Conditioning;
 pub use model::{
     ComponentWeights, EncodeOptions, FusedPart, FusedTarget, LoadOptions, LoraAlias, LoraNames,
-    Model, Networks, Patches, Role, Weights,
+    Model, Networks, Patches, Role, SizeConditioning, Weights,
 };
 pub use preview::LatentPreview;
 pub use registry::{load_source, Families, FAMILIES_DIR};

@@ -42,9 +42,23 @@ impl LoadOptions {
     }
 }
 
+/// SDXL's size conditioning (diffusers' `original_size`, `crops_coords_top_left`,
+/// `target_size`); the sizes left unset are the image's, as in diffusers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SizeConditioning {
+    /// The training image's size, (width, height) in pixels [default: the image size].
+    pub original_size: Option<(usize, usize)>,
+    /// Where the training crop started, (top, left) in pixels [default: (0, 0)].
+    pub crop_top_left: (usize, usize),
+    /// The size asked for, (width, height) in pixels [default: the image size].
+    pub target_size: Option<(usize, usize)>,
+}
+
 /// What a prompt is encoded with, besides its text.
 #[derive(Debug, Clone, Copy)]
 pub struct EncodeOptions<'a> {
+    /// SDXL's size conditioning beyond the image size.
+    pub size_conditioning: SizeConditioning,
     /// CLIP skip, AUTOMATIC1111 semantics (1 = the last layer).
     pub clip_skip: usize,
     /// Image width and height in pixels (SDXL's size conditioning).

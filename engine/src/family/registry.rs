@@ -56,8 +56,7 @@ const SHIPPED: &[(&str, &str)] = &[
     ),
 ];
 
-/// Where the shipped manifests live in the source tree: their bundled config folders are
-/// looked up there.
+/// Where the shipped manifests live in the source tree (for messages and relative paths).
 const SHIPPED_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/families");
 
 /// The subfolder of the manifest folder holding family manifests.
@@ -86,6 +85,8 @@ impl Families {
             })
             .map(|mut f| {
                 f.manifest = None;
+                // Their config folders are embedded (`bundled`), not read from the source tree.
+                f.config_dir = None;
                 Arc::new(f)
             })
             .collect();
@@ -106,14 +107,18 @@ impl Families {
     pub fn from_manifests_and_problems(folder: &ManifestFolder<'_>) -> (Self, Vec<ManifestError>) {
         let mut problems = Vec::new();
         let mut found = Vec::new();
-        let mut read =
-            |document: &Document<'_>, problems: &mut Vec<ManifestError>| match manifest::read(
-                document,
-            ) {
+        let mut read = |document: &Document<'_>, problems: &mut Vec<ManifestError>| {
+            // A copy of a shipped manifest (the repository's own `manifests/` folder) is the
+            // shipped family, with its embedded configs.
+            if is_shipped_copy(document) {
+                return;
+            }
+            match manifest::read(document) {
                 Ok(Some(family)) => found.push(family),
                 Ok(None) => {}
                 Err(e) => problems.push(e),
-            };
+            }
+        };
         for document in folder.documents() {
             read(document, &mut problems);
         }
@@ -305,6 +310,14 @@ fn config_value(dir: &Path, rule: &ConfigRule) -> serde_json::Value {
         .and_then(|v| v.get(&rule.field).cloned())
         .filter(|v| !v.is_null())
         .unwrap_or_else(|| rule.default.clone())
+}
+
+/// Whether `document` is, byte for byte, the shipped manifest of its file name.
+fn is_shipped_copy(document: &Document<'_>) -> bool {
+    let name = document.path().file_name().and_then(|n| n.to_str());
+    SHIPPED
+        .iter()
+        .any(|(file, text)| Some(*file) == name && *text == document.text())
 }
 
 /// The line of `name =` in a family manifest, for duplicate-name errors.

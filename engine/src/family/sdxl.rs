@@ -208,21 +208,31 @@ fn component(
 }
 
 impl SdxlNetworks {
-    /// The time ids for an image of `size` (width, height): original size, crop top-left
-    /// (0, 0), then the target size or the aesthetic score, as diffusers' `_get_add_time_ids`.
-    fn time_ids(&self, size: (usize, usize), negative: bool) -> Result<Option<Tensor>> {
+    /// The time ids of `options`: original size (height, width), crop top-left (top, left),
+    /// then the target size or the aesthetic score, as diffusers' `_get_add_time_ids` (the
+    /// negative prompt takes the same sizes).
+    fn time_ids(&self, options: &EncodeOptions, negative: bool) -> Result<Option<Tensor>> {
         let c = &self.family.conditioning;
-        let (w, h) = (size.0 as f32, size.1 as f32);
+        let s = &options.size_conditioning;
+        let hw = |size: Option<(usize, usize)>| {
+            let (w, h) = size.unwrap_or(options.size);
+            [h as f32, w as f32]
+        };
+        let [oh, ow] = hw(s.original_size);
+        let (top, left) = (s.crop_top_left.0 as f32, s.crop_top_left.1 as f32);
         let ids = match c.time_ids {
             None => return Ok(None),
-            Some(TimeIds::Size) => vec![h, w, 0.0, 0.0, h, w],
+            Some(TimeIds::Size) => {
+                let [th, tw] = hw(s.target_size);
+                vec![oh, ow, top, left, th, tw]
+            }
             Some(TimeIds::Aesthetic) => {
                 let score = if negative {
                     c.negative_aesthetic_score
                 } else {
                     c.aesthetic_score
                 };
-                vec![h, w, 0.0, 0.0, score as f32]
+                vec![oh, ow, top, left, score as f32]
             }
         };
         let n = ids.len();
@@ -301,7 +311,7 @@ impl Networks for SdxlNetworks {
             && prompt.is_empty()
             && options.syntax != PromptSyntax::Comfy
             && self.family.conditioning.force_zeros_for_empty_prompt;
-        let added = self.time_ids(options.size, options.negative)?;
+        let added = self.time_ids(options, options.negative)?;
         let scheduled = ScheduledConditioning::from_prompt(encoded, |p, t, context| {
             let pooled = pooled[p][t].clone();
             let (context, pooled) = if zeroed {
@@ -322,7 +332,7 @@ impl Networks for SdxlNetworks {
             Some((context, pooled)) => Some(Conditioning {
                 context,
                 pooled,
-                added: self.time_ids(options.size, false)?,
+                added: self.time_ids(options, false)?,
             }),
             None => None,
         };

@@ -264,7 +264,12 @@ pub struct Family {
     pub vae: VaeSpec,
     /// Conditioning beyond the text states.
     pub conditioning: ConditioningSpec,
-    /// Diffusers-layout configs and tokenizers used when a single file carries none.
+    /// Diffusers-layout configs and tokenizers used when a single file carries none: the
+    /// manifest's `config` name, resolved beside the manifest (`config_dir`) or, when no such
+    /// folder exists there, to the bundled folder of that name (see [`super::bundled`]).
+    pub config: Option<String>,
+    /// The `config` folder beside the manifest (`None` for the shipped families, whose
+    /// folders are embedded).
     pub config_dir: Option<PathBuf>,
     /// Families with a higher priority are tried first when detecting.
     pub priority: i64,

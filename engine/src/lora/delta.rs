@@ -81,6 +81,7 @@ pub fn module_delta(
             delta_shape: delta.dims().to_vec(),
             target: target.to_string(),
             target_shape: target_shape.to_vec(),
+            family: String::new(),
         })));
     }
     Ok(delta.reshape(target_shape)?)

@@ -257,7 +257,14 @@ pub fn apply(model: &Model, loras: &[WeightedLora]) -> Result<Applied> {
         });
     }
     let aliases = model.networks.lora_aliases();
-    let (patches, reports) = merged_weights_with(&model.weights, &aliases, loras)?;
+    let (patches, reports) =
+        merged_weights_with(&model.weights, &aliases, loras).map_err(|e| match e {
+            super::LoraError::ShapeMismatch(mut m) => {
+                m.family = model.family.name.clone();
+                super::LoraError::ShapeMismatch(m)
+            }
+            other => other,
+        })?;
     Ok(Applied {
         model: model.with_weights(&patches)?,
         reports,

@@ -85,8 +85,9 @@ pub enum LoraError {
     #[error(
         "{}: `{}` has shape {:?}, which makes a change of {:?} for model weight `{}` of shape \
          {:?}: this LoRA was made for another model family or size; use a LoRA trained for \
-         this model",
-        .0.path.display(), .0.tensor, .0.lora_shape, .0.delta_shape, .0.target, .0.target_shape
+         this model{}",
+        .0.path.display(), .0.tensor, .0.lora_shape, .0.delta_shape, .0.target, .0.target_shape,
+        if .0.family.is_empty() { String::new() } else { format!(" (family `{}`)", .0.family) }
     )]
     ShapeMismatch(Box<ShapeMismatch>),
     /// A LoRA name is neither a catalog entry, a set, nor an existing file.
@@ -160,6 +161,8 @@ pub struct ShapeMismatch {
     pub target: String,
     /// Its shape.
     pub target_shape: Vec<usize>,
+    /// The model's family (empty when not known where the mismatch was found).
+    pub family: String,
 }
 
 impl From<LoraError> for crate::Error {

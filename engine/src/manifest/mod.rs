@@ -40,7 +40,8 @@ pub use file_source::FileSource;
 pub use folder::{Document, ManifestFiles, ManifestFolder};
 pub use located::{Located, UniqueNames};
 pub use pack::{
-    find_pack, packs, packs_and_problems, parse, Family, PackDefaults, PackManifest, PackSource,
+    find_pack, packs, packs_and_problems, parse, Family, PackCheckpoint, PackDefaults,
+    PackManifest, PackSource,
 };
 pub use pipeline::{pipelines, LimitOverrides, Mode, PipelineConfig};
 pub use sections::{Section, SECTIONS};

@@ -4,12 +4,18 @@
 //! ```toml
 //! [pack]
 //! name = "tiny-sd"
-//! family = "sd1"
+//! family = "sd1"                             # optional for single-file packs (detected)
 //! description = "A tiny test model"
 //! path = "../tests/fixtures/models/tiny-sd"   # relative to this file's folder; or:
 //! # repo = "org/name"
 //! # revision = "main"
 //! # gguf = "flux1-dev-Q4_K.gguf"             # optional: the denoiser from this file
+//! # checkpoint = "models/dreamshaper.safetensors"   # or a single-file checkpoint (relative
+//! #                                               # to this file), or `repo` + `file` [+
+//! #                                               # `revision`] from the hub cache; with:
+//! # prediction = "v"                          # optional: epsilon | v (SD 2.x files)
+//! # model_config = "configs/sd21"             # optional: a diffusers folder's configs
+//! # vae = "vae/fixed.safetensors"             # optional: a VAE replacing the file's
 //!
 //! [pack.defaults]                             # ranges: crate::limits
 //! steps = 20
@@ -32,6 +38,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::file_source::{file_source, FileSource, SourceFields};
 use super::folder::{Document, ManifestFolder};
 use super::located::Located;
 use super::ManifestError;
@@ -87,6 +94,22 @@ pub enum PackSource {
         /// A branch, tag or commit hash (default `main`).
         revision: String,
     },
+    /// A single-file checkpoint (`checkpoint = "path"`, or `repo` + `file`).
+    Checkpoint(PackCheckpoint),
+}
+
+/// A single-file pack: the file and how to read it (as `--model FILE` with `--prediction`,
+/// `--model-config` and `--vae`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackCheckpoint {
+    /// The file: local (joined to the manifest's folder) or from the hub cache.
+    pub file: FileSource,
+    /// What the denoiser predicts, when the pack says (`epsilon` or `v`).
+    pub prediction: Option<String>,
+    /// Configs and tokenizers from this diffusers folder instead of the family's bundled ones.
+    pub model_config: Option<PathBuf>,
+    /// A VAE file replacing the checkpoint's.
+    pub vae: Option<PathBuf>,
 }
 
 /// Generation defaults a pack (or pipeline) suggests; each overrides the engine's own default
@@ -140,8 +163,9 @@ impl PackDefaults {
 pub struct PackManifest {
     /// The pack's unique name.
     pub name: String,
-    /// The model family.
-    pub family: Family,
+    /// The model family; `None` for a single-file pack that leaves it to detection from the
+    /// file's keys.
+    pub family: Option<Family>,
     /// A human description.
     pub description: Option<String>,
     /// Where the model folder comes from.
@@ -160,12 +184,17 @@ pub struct PackManifest {
 #[serde(deny_unknown_fields)]
 struct RawPack {
     name: Spanned<String>,
-    family: Spanned<String>,
+    family: Option<Spanned<String>>,
     description: Option<String>,
     path: Option<Spanned<String>>,
     repo: Option<Spanned<String>>,
     revision: Option<Spanned<String>>,
     gguf: Option<Spanned<String>>,
+    checkpoint: Option<Spanned<String>>,
+    file: Option<Spanned<String>>,
+    prediction: Option<Spanned<String>>,
+    model_config: Option<Spanned<String>>,
+    vae: Option<Spanned<String>>,
     #[serde(default)]
     defaults: RawDefaults,
 }
@@ -259,12 +288,26 @@ fn read(document: &Document<'_>) -> Result<Option<(PackManifest, usize)>, Manife
         "pack.name",
         "give the pack a name, e.g. `name = \"tiny-sd\"`",
     )?;
-    let family = (raw.family.get_ref().parse())
-        .map_err(|message: String| located.at(&raw.family, "pack.family", message))?;
+    let family = match &raw.family {
+        Some(f) => Some(
+            (f.get_ref().parse())
+                .map_err(|message: String| located.at(f, "pack.family", message))?,
+        ),
+        None if raw.checkpoint.is_some() || raw.file.is_some() => None,
+        None => {
+            let message = "is missing: name the model family, e.g. `family = \"sd1\"` \
+                           (`beeswax families` lists them); only single-file packs may leave it \
+                           to detection";
+            return Err(located.invalid(header.clone(), "pack.family", message));
+        }
+    };
     let pack = PackManifest {
         name: name.to_string(),
         family,
-        source: source(&located, &raw, header)?,
+        source: match checkpoint(&located, &raw)? {
+            Some(single) => PackSource::Checkpoint(single),
+            None => source(&located, &raw, header)?,
+        },
         gguf: match &raw.gguf {
             Some(file) => {
                 located.non_empty(file, "pack.gguf", "set it to the denoiser's GGUF file")?;
@@ -277,6 +320,74 @@ fn read(document: &Document<'_>) -> Result<Option<(PackManifest, usize)>, Manife
         manifest_path: document.path().to_path_buf(),
     };
     Ok(Some((pack, located.line_of(&raw.name))))
+}
+
+/// The pack's single file, when it names one (`checkpoint`, or `repo` + `file`), with its
+/// reading options; those options on a folder pack are an error.
+fn checkpoint(
+    located: &Located<'_>,
+    raw: &RawPack,
+) -> Result<Option<PackCheckpoint>, ManifestError> {
+    let options = [
+        (&raw.prediction, "prediction"),
+        (&raw.model_config, "model_config"),
+        (&raw.vae, "vae"),
+    ];
+    if raw.checkpoint.is_none() && raw.file.is_none() {
+        if let Some((value, field)) = options.iter().find_map(|(v, f)| Some(((*v).as_ref()?, f))) {
+            let message = "only applies to single-file packs (`checkpoint = \"...\"`, or \
+                           `repo` + `file`): remove it, or point the pack at a checkpoint";
+            return Err(located.at(value, &format!("pack.{field}"), message));
+        }
+        return Ok(None);
+    }
+    if let (Some(file), None) = (&raw.file, &raw.repo) {
+        let message = "only applies with `repo` (a file of a Hugging Face repo); for a local \
+                       file use `checkpoint = \"...\"`";
+        return Err(located.at(file, "pack.file", message));
+    }
+    if let (Some(checkpoint), Some(other)) =
+        (&raw.checkpoint, raw.path.as_ref().or(raw.repo.as_ref()))
+    {
+        let message = format!(
+            "conflicts with `pack.checkpoint` on line {}: a pack is a single file \
+             (`checkpoint`, or `repo` + `file`) or a diffusers folder (`path`, or `repo`)",
+            located.line_of(checkpoint)
+        );
+        return Err(located.at(other, "pack", message));
+    }
+    let file = match &raw.checkpoint {
+        Some(path) => {
+            located.non_empty(path, "pack.checkpoint", "set it to a .safetensors file")?;
+            FileSource::Path(located.relative_path(path.get_ref()))
+        }
+        None => file_source(
+            located,
+            "pack",
+            "packs",
+            SourceFields {
+                name: &raw.name,
+                path: &None,
+                repo: &raw.repo,
+                file: &raw.file,
+                revision: &raw.revision,
+            },
+        )?,
+    };
+    let prediction = match &raw.prediction {
+        Some(p) if !["epsilon", "v"].contains(&p.get_ref().as_str()) => {
+            let message = format!("is `{}`: use `epsilon` or `v`", p.get_ref());
+            return Err(located.at(p, "pack.prediction", message));
+        }
+        p => p.as_ref().map(|p| p.get_ref().clone()),
+    };
+    let path = |v: &Option<Spanned<String>>| v.as_ref().map(|v| located.relative_path(v.get_ref()));
+    Ok(Some(PackCheckpoint {
+        file,
+        prediction,
+        model_config: path(&raw.model_config),
+        vae: path(&raw.vae),
+    }))
 }
 
 /// The pack's `path` or `repo` (+ `revision`); `header` is the span of the `[pack]` table.

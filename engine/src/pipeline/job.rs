@@ -6,7 +6,7 @@
 use candle_core::Tensor;
 
 use super::refiner::Refiner;
-use crate::family::Model;
+use crate::family::{Model, SizeConditioning};
 use crate::image_in::{Mask, ResizeMode, RgbImage};
 use crate::prompt::PromptSyntax;
 use crate::schedulers::Sampler;
@@ -43,6 +43,8 @@ pub struct Settings {
     /// negative prompt and a scale above 1, a negative pass runs and the two are combined at
     /// this scale (diffusers' `true_cfg_scale`). Ignored by classifier-free families.
     pub true_cfg: Option<f64>,
+    /// SDXL's size conditioning (original size, crop, target size) beyond the image size.
+    pub size_conditioning: SizeConditioning,
 }
 
 /// The picture an image-to-image or inpainting job starts from.

@@ -7,7 +7,7 @@ use candle_core::Tensor;
 
 use super::job::{ImageInput, InpaintArea, Input, Job, MaskInput, MaskedContent, Settings};
 use super::refiner::Refiner;
-use crate::family::Model;
+use crate::family::{Model, SizeConditioning};
 use crate::image_in::{Mask, ResizeMode, RgbImage};
 use crate::manifest::PackDefaults;
 use crate::prompt::PromptSyntax;
@@ -27,6 +27,9 @@ pub struct JobRequest {
     pub guidance: Option<f64>,
     /// True CFG scale on families with distilled guidance (FLUX; diffusers' `true_cfg_scale`).
     pub true_cfg: Option<f64>,
+    /// SDXL's size conditioning (diffusers' `original_size`, `crops_coords_top_left`,
+    /// `target_size`) [default: the image size, no crop].
+    pub size_conditioning: SizeConditioning,
     /// Width in pixels (default: an image job's picture, else the pack's, else the model's).
     pub width: Option<usize>,
     /// Height in pixels.
@@ -134,6 +137,7 @@ pub fn resolve(
             .or(model.family.default_guidance)
             .unwrap_or(defaults::GUIDANCE),
         true_cfg: request.true_cfg,
+        size_conditioning: request.size_conditioning,
         width,
         height,
         seed: request.seed.unwrap_or_else(random_seed),

@@ -130,6 +130,7 @@ pub fn encode_prompts(
     let options = |negative| EncodeOptions {
         clip_skip: settings.clip_skip,
         size: (settings.width, settings.height),
+        size_conditioning: settings.size_conditioning,
         negative,
         syntax: settings.prompt_syntax,
         steps: settings.steps,

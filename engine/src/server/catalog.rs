@@ -13,7 +13,7 @@ use crate::manifest::{
     self, Family, ManifestFolder, Mode, PackDefaults, PackManifest, PackSource, PipelineConfig,
 };
 use crate::pipeline::Refiner;
-use crate::{hub, Error, Result};
+use crate::{checkpoint, hub, Error, Result};
 
 /// One servable pipeline, with its model loaded.
 #[derive(Debug)]
@@ -101,7 +101,7 @@ impl Catalog {
             pipelines.push(Arc::new(Pipeline {
                 name: c.name,
                 pack: c.pack,
-                family: pack.family.clone(),
+                family: family_of(pack, model)?,
                 mode: c.mode,
                 description: c.description,
                 is_pack: false,
@@ -122,10 +122,11 @@ impl Catalog {
         }
         let models = loaded.len();
         for (pack, model) in loaded {
+            let family = family_of(&pack, &model)?;
             pipelines.push(Arc::new(Pipeline {
                 name: pack.name.clone(),
                 pack: pack.name,
-                family: pack.family,
+                family,
                 mode: Mode::TextToImage,
                 description: pack.description,
                 is_pack: true,
@@ -235,13 +236,29 @@ fn check_refiner(
     refiner.check_models(base).map_err(|e| Error::Config {
         path: config.manifest_path.clone(),
         message: format!(
-            "`pipeline.refiner` of [[pipeline]] `{}` names pack `{name}`, which cannot refine              pack `{}`: {e}",
+            "`pipeline.refiner` of [[pipeline]] `{}` names pack `{name}`, which cannot refine \
+             pack `{}`: {e}",
             config.name, config.pack
         ),
     })
 }
 
-/// Loads `pack`'s model as the family the pack declares.
+/// The family a pack declares.
+fn pack_family(pack: &PackManifest) -> Option<&str> {
+    pack.family.as_ref().map(Family::as_str)
+}
+
+/// The family a pack declares, else its model's (a single-file pack's detected family).
+fn family_of(pack: &PackManifest, model: &Model) -> Result<Family> {
+    match &pack.family {
+        Some(f) => Ok(f.clone()),
+        None => model.family.name.parse().map_err(|message: String| {
+            crate::Error::invalid("family", model.family.name.clone(), message)
+        }),
+    }
+}
+
+/// Loads `pack`'s model as the family the pack declares (else the detected one).
 pub fn load_pack(
     pack: &PackManifest,
     families: &Families,
@@ -251,8 +268,13 @@ pub fn load_pack(
     let dir = match &pack.source {
         PackSource::Path(p) => p.clone(),
         PackSource::Hub { repo, revision } => hub::resolve(repo, revision, allow_download)?,
+        PackSource::Checkpoint(single) => {
+            let (file, single) =
+                checkpoint::load::pack_checkpoint(single, pack_family(pack), allow_download)?;
+            return checkpoint::load::load(&file, families, &single, options);
+        }
     };
     let mut options = options.clone();
     options.denoiser = pack.gguf.clone().or(options.denoiser);
-    families.load(&dir, Some(pack.family.as_str()), &options)
+    families.load(&dir, pack_family(pack), &options)
 }

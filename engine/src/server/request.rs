@@ -433,6 +433,7 @@ fn job_request(
         negative_prompt: req.negative_prompt,
         guidance: req.guidance,
         true_cfg: req.true_cfg,
+        size_conditioning: Default::default(),
         sampler: req.scheduler,
         schedule: req.schedule,
         seed: Some(seed),

@@ -130,6 +130,18 @@ pub struct GenerateArgs {
     /// --guidance still feeds FLUX-dev's guidance embedding.
     #[arg(long, value_parser = parse_guidance)]
     pub true_cfg: Option<f64>,
+    /// SDXL size conditioning: the training image's size WxH (diffusers' `original_size`)
+    /// [default: the image size].
+    #[arg(long, value_parser = parse_size)]
+    pub original_size: Option<(usize, usize)>,
+    /// SDXL size conditioning: the crop's top-left corner Y,X in pixels (diffusers'
+    /// `crops_coords_top_left`) [default: 0,0].
+    #[arg(long, value_parser = parse_top_left)]
+    pub crop_top_left: Option<(usize, usize)>,
+    /// SDXL size conditioning: the size asked for WxH (diffusers' `target_size`) [default:
+    /// the image size].
+    #[arg(long, value_parser = parse_size)]
+    pub target_size: Option<(usize, usize)>,
     /// Width in pixels, a multiple of the VAE scale factor [default: an --init-image's,
     /// else the pack's, else the model's].
     #[arg(long, value_parser = |s: &str| whole(s, &limits::SIZE))]
@@ -394,6 +406,28 @@ fn whole(s: &str, range: &std::ops::RangeInclusive<usize>) -> Result<u32, String
     } else {
         Err(format!("{v} is not {}", limits::describe(range)))
     }
+}
+
+/// `WxH` in pixels, each in 1..=16384.
+fn parse_size(s: &str) -> Result<(usize, usize), String> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("{s:?} is not WIDTHxHEIGHT (e.g. 1024x1024)"))?;
+    Ok((
+        whole(w.trim(), &(1..=16384))? as usize,
+        whole(h.trim(), &(1..=16384))? as usize,
+    ))
+}
+
+/// `Y,X` in pixels (top, left), each in 0..=16384.
+fn parse_top_left(s: &str) -> Result<(usize, usize), String> {
+    let (y, x) = s
+        .split_once(',')
+        .ok_or_else(|| format!("{s:?} is not TOP,LEFT in pixels (e.g. 0,0)"))?;
+    Ok((
+        whole(y.trim(), &(0..=16384))? as usize,
+        whole(x.trim(), &(0..=16384))? as usize,
+    ))
 }
 
 fn parse_guidance(s: &str) -> Result<f64, String> {

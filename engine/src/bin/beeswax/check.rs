@@ -8,9 +8,11 @@
 //! loaded the way `generate` loads it; disabled ones are only validated).
 
 use anyhow::{bail, Result};
+use beeswax::checkpoint;
 use beeswax::extensions::Extensions;
 use beeswax::family::Families;
 use beeswax::lora::LoraCatalog;
+use beeswax::manifest::PackCheckpoint;
 use beeswax::manifest::{self, ManifestFiles, ManifestFolder, PackManifest, PackSource};
 use beeswax::model_files;
 use beeswax::plugins::Plugins;
@@ -27,21 +29,34 @@ pub fn run(global: &Global) -> Result<()> {
     let (families, family_problems) = Families::from_manifests_and_problems(&folder);
     problems.extend(family_problems.iter().map(ToString::to_string));
     for pack in &packs {
-        if families.get(pack.family.as_str()).is_none() {
+        let unknown = pack
+            .family
+            .as_ref()
+            .filter(|f| families.get(f.as_str()).is_none());
+        if let Some(family) = unknown {
             problems.push(format!(
                 "{}: `pack.family` of pack {}: `{}` is not a known family ({}); add \
                  families/{}.toml to the manifest folder to declare it",
                 pack.manifest_path.display(),
                 pack.name,
-                pack.family,
+                family,
                 families.names(),
-                pack.family
+                family
             ));
         }
         if let PackSource::Path(folder) = &pack.source {
             if let Err(e) = model_files::model_index(folder) {
                 problems.push(format!(
                     "{}: `pack.path` of pack {}: {e}",
+                    pack.manifest_path.display(),
+                    pack.name
+                ));
+            }
+        }
+        if let PackSource::Checkpoint(single) = &pack.source {
+            if let Err(e) = check_checkpoint(single, pack, &families, global.allow_download) {
+                problems.push(format!(
+                    "{}: `pack.checkpoint` of pack {}: {e}",
                     pack.manifest_path.display(),
                     pack.name
                 ));
@@ -105,5 +120,23 @@ fn check_pipelines(
             pipeline.check_lora_set(known).map_err(|e| e.to_string())?;
         }
     }
+    Ok(())
+}
+
+/// A single-file pack's file is readable, of the declared family by its keys, and has its
+/// configs (the bundled ones, or `model_config`); no weights are read.
+fn check_checkpoint(
+    single: &PackCheckpoint,
+    pack: &PackManifest,
+    families: &Families,
+    allow_download: bool,
+) -> beeswax::Result<()> {
+    let (file, options) = checkpoint::load::pack_checkpoint(
+        single,
+        pack.family.as_ref().map(|f| f.as_str()),
+        allow_download,
+    )?;
+    let report = checkpoint::inspect(&file, families, &options)?;
+    checkpoint::load::config_dir(&report.detection.family, &options, &file)?;
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use beeswax::defaults;
+use beeswax::family::SizeConditioning;
 use beeswax::image_out::{numbered_path, write_png};
 use beeswax::lora;
 use beeswax::manifest::ManifestFolder;
@@ -52,6 +53,11 @@ pub fn run(global: &Global, a: GenerateArgs) -> Result<()> {
         steps: a.steps.map(|v| v as usize),
         guidance: a.guidance,
         true_cfg: a.true_cfg,
+        size_conditioning: SizeConditioning {
+            original_size: a.original_size,
+            crop_top_left: a.crop_top_left.unwrap_or_default(),
+            target_size: a.target_size,
+        },
         width: a.width.map(|v| v as usize),
         height: a.height.map(|v| v as usize),
         sampler: a.scheduler.clone(),

@@ -8,7 +8,7 @@ use beeswax::checkpoint::{self, CheckpointOptions};
 use beeswax::device::{default_device, parse_device, parse_dtype};
 use beeswax::family::{Families, LoadOptions, Model};
 use beeswax::manifest::{
-    self, ManifestError, ManifestFiles, ManifestFolder, PackDefaults, PackSource,
+    self, FileSource, ManifestError, ManifestFiles, ManifestFolder, PackDefaults, PackSource,
 };
 use beeswax::schedulers::PredictionType;
 use beeswax::{hub, model_files};
@@ -63,6 +63,8 @@ pub struct ModelSource {
     pub family: Option<String>,
     /// The denoiser's weights from this file (`--model FILE`, a pack's `gguf`).
     pub denoiser: Option<PathBuf>,
+    /// A single-file pack's reading options (the command line's override them).
+    pub single: Option<CheckpointOptions>,
 }
 
 /// The model folder for a choice, resolving packs through the parsed manifests (`None`: the
@@ -112,6 +114,7 @@ pub fn model_dir(
             defaults: PackDefaults::default(),
             family: None,
             denoiser: Some(model.clone()).filter(|_| denoiser_only),
+            single: None,
         });
     }
     let name = choice.pack.as_deref().unwrap_or_default();
@@ -119,16 +122,27 @@ pub fn model_dir(
         dir: global.manifests.clone(),
     })?;
     let pack = manifest::find_pack(folder, name)?;
-    let dir = match &pack.source {
-        PackSource::Path(p) => p.clone(),
-        PackSource::Hub { repo, revision } => hub::resolve(repo, revision, global.allow_download)?,
+    let (dir, single) = match &pack.source {
+        PackSource::Path(p) => (p.clone(), None),
+        PackSource::Hub { repo, revision } => {
+            (hub::resolve(repo, revision, global.allow_download)?, None)
+        }
+        PackSource::Checkpoint(single) => {
+            let (file, options) = checkpoint::load::pack_checkpoint(
+                single,
+                pack.family.as_ref().map(|f| f.as_str()),
+                global.allow_download,
+            )?;
+            (file, Some(options))
+        }
     };
     Ok(ModelSource {
         dir,
         name: pack.name,
         defaults: pack.defaults,
-        family: Some(pack.family.as_str().to_string()),
+        family: pack.family.as_ref().map(|f| f.as_str().to_string()),
         denoiser: pack.gguf,
+        single,
     })
 }
 
@@ -144,6 +158,7 @@ pub fn load(
         defaults,
         family,
         denoiser,
+        single: pack_single,
     } = model_dir(global, folder, choice)?;
     let (device, dtype) = device_and_dtype(global)?;
     let families = families(folder)?;
@@ -154,6 +169,11 @@ pub fn load(
     let model = if checkpoint::is_single_file(&dir) {
         let mut single = checkpoint_options(global)?;
         single.family = single.family.or(family);
+        if let Some(pack) = pack_single {
+            single.config_dir = single.config_dir.or(pack.config_dir);
+            single.prediction = single.prediction.or(pack.prediction);
+            single.vae = single.vae.or(pack.vae);
+        }
         checkpoint::load::load(&dir, &families, &single, &options)
     } else {
         families.load(&dir, family.as_deref(), &options)
@@ -229,8 +249,17 @@ pub fn list_packs(global: &Global) -> Result<()> {
         let source = match &pack.source {
             PackSource::Path(p) => p.display().to_string(),
             PackSource::Hub { repo, revision } => format!("{repo}@{revision}"),
+            PackSource::Checkpoint(single) => match &single.file {
+                FileSource::Path(p) => p.display().to_string(),
+                FileSource::Hub {
+                    repo,
+                    file,
+                    revision,
+                } => format!("{repo}@{revision}/{file}"),
+            },
         };
-        println!("{}\t{}\t{source}", pack.name, pack.family);
+        let family = pack.family.as_ref().map_or("(detected)", |f| f.as_str());
+        println!("{}\t{family}\t{source}", pack.name);
     }
     Ok(())
 }

@@ -4,6 +4,11 @@ use serde::Deserialize;
 
 use crate::models::config_file::PerBlock;
 
+/// A boolean that configs may write as `null` (diffusers reads it as false).
+fn null_is_false<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
+}
+
 /// diffusers' `UNet2DConditionModel` config. Fields keep diffusers' names and defaults; the
 /// ones beeswax does not implement are read so that a model using them is refused clearly.
 #[derive(Debug, Clone, Deserialize)]
@@ -57,7 +62,8 @@ pub struct UNetConfig {
     pub num_attention_heads: Option<PerBlock<usize>>,
     /// Linear (SD 2) instead of 1x1 conv (SD 1) projections around the transformer.
     pub use_linear_projection: bool,
-    /// Attention scores computed in f32 (always so on beeswax).
+    /// Attention scores computed in f32 (always so on beeswax); SDXL's configs write `null`.
+    #[serde(deserialize_with = "null_is_false")]
     pub upcast_attention: bool,
     /// Class embedding (not used by SD 1/2).
     pub class_embed_type: Option<String>,
@@ -445,6 +451,7 @@ mod tests {
         "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
         "layers_per_block": 2, "num_attention_heads": null,
         "projection_class_embeddings_input_dim": 2816, "sample_size": 128,
+        "upcast_attention": null,
         "transformer_layers_per_block": [1, 2, 10], "use_linear_projection": true
     }"#;
 
