@@ -50,8 +50,6 @@ pub struct FluxNetworks {
     t5_tokenizer: Arc<T5Tokenizer>,
     t5: T5,
     transformer: Arc<FluxTransformer2DModel>,
-    /// A GGUF transformer's quantized linear weights (multiplied quantized).
-    quantized: Option<GgufWeights>,
     /// T5 tokens per prompt (FluxPipeline's `max_sequence_length`).
     max_sequence_length: usize,
     device: Device,
@@ -109,6 +107,7 @@ pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Mo
         file,
         tensors,
         quantized,
+        layers,
     } = match &options.denoiser {
         Some(path) => denoiser::flux(path, &config, dtype, device)?,
         None => {
@@ -118,6 +117,7 @@ pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Mo
                 file,
                 tensors,
                 quantized: None,
+                layers: None,
             }
         }
     };
@@ -140,15 +140,17 @@ pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Mo
         .max_sequence_length
         .or(family.max_sequence_length)
         .unwrap_or(512);
+    let mut transformer_weights = component(
+        TRANSFORMER,
+        Role::Denoiser,
+        file,
+        tensors,
+        "lora_transformer",
+    );
+    transformer_weights.quantized = layers;
     let weights = Weights {
         components: vec![
-            component(
-                TRANSFORMER,
-                Role::Denoiser,
-                file,
-                tensors,
-                "lora_transformer",
-            ),
+            transformer_weights,
             component(
                 TEXT_ENCODER,
                 Role::TextEncoder,
@@ -168,7 +170,6 @@ pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Mo
             t5_tokenizer: Arc::new(t5_tokenizer),
             t5,
             transformer: Arc::new(transformer),
-            quantized,
             max_sequence_length,
             device: device.clone(),
             dtype,
@@ -252,6 +253,7 @@ fn component(
             peft: name.to_string(),
             bare: role == Role::Denoiser,
         },
+        quantized: None,
     }
 }
 
@@ -395,7 +397,10 @@ impl Networks for FluxNetworks {
         };
         if let Some((vb, file)) = rebuilt(TRANSFORMER) {
             let config = self.transformer.config();
-            let transformer = build_transformer(vb, config, self.quantized.as_ref());
+            let quantized = weights
+                .get(TRANSFORMER)
+                .and_then(|base| denoiser::job_quantized(base, patches.get(TRANSFORMER)));
+            let transformer = build_transformer(vb, config, quantized.as_ref());
             out.transformer = Arc::new(in_file(file, transformer)?);
         }
         if let Some((vb, file)) = rebuilt(TEXT_ENCODER) {

@@ -230,19 +230,6 @@ pub fn load_source(
     source: &ModelSource,
     options: &LoadOptions,
 ) -> Result<Model> {
-    if let (Some(file), Architecture::Sd | Architecture::Sdxl) =
-        (&options.denoiser, family.architecture)
-    {
-        return Err(Error::invalid(
-            "denoiser file",
-            file.display().to_string(),
-            format!(
-                "family `{}` loads its UNet from the model only (GGUF UNets are not supported \
-                 yet); drop the denoiser file",
-                family.name
-            ),
-        ));
-    }
     match family.architecture {
         Architecture::Sd => sd::load(family, source, options),
         Architecture::Sdxl => sdxl::load(family, source, options),

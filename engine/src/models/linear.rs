@@ -81,6 +81,20 @@ impl Linear {
         self.forward_add(x, None)
     }
 
+    /// GEGLU over this projection (`[.., 2n]` out): the first half times GELU (erf) of the
+    /// second, as diffusers' `GEGLU`; fused on the dense CPU path.
+    pub fn geglu(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Linear::Dense(lin) => crate::kernels::geglu(lin, x),
+            Linear::Quantized { .. } => {
+                let h = self.forward(x)?;
+                let half = h.dim(candle_core::D::Minus1)? / 2;
+                h.narrow(candle_core::D::Minus1, 0, half)?
+                    * h.narrow(candle_core::D::Minus1, half, half)?.gelu_erf()?
+            }
+        }
+    }
+
     /// `x Wᵀ + b + residual`, the sum in one pass on the dense CPU path.
     pub fn forward_add(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         match self {
