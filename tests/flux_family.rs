@@ -339,3 +339,127 @@ fn low_memory_gives_the_same_images() {
     let out = generate(&model, &case.job(&r));
     assert_close_rel_std("low memory latents", &out.latents, &r["latents"], 2e-3);
 }
+
+/// The diffusers transformer of the miniature model `name` written as a BFL-layout single file
+/// at `out`, every key under `prefix` (`""`, or ComfyUI's `model.diffusion_model.`), with the
+/// `extra` tensors beside it (an all-in-one ComfyUI checkpoint's other components).
+fn bfl_file(name: &str, prefix: &str, extra: HashMap<String, candle_core::Tensor>, out: &std::path::Path) {
+    use beeswax::models::flux::{bfl, FluxConfig};
+    let dir = model_dir(name);
+    let config = FluxConfig::from_file(&dir.join("transformer/config.json")).unwrap();
+    let diffusers = common::load(&format!(
+        "models/{name}/transformer/diffusion_pytorch_model.safetensors"
+    ));
+    let mut parts: HashMap<String, Vec<(usize, candle_core::Tensor)>> = HashMap::new();
+    for (d, source) in bfl::tensor_map(&config) {
+        let t = diffusers[&d].clone();
+        let (start, t) = match source.part {
+            bfl::Part::Whole => (0, t),
+            bfl::Part::Rows { start, .. } => (start, t),
+            bfl::Part::SwappedHalves => (0, beeswax::weights::swap_halves(&t).unwrap()),
+        };
+        parts.entry(source.name).or_default().push((start, t));
+    }
+    let mut tensors = extra;
+    for (name, mut pieces) in parts {
+        pieces.sort_by_key(|(start, _)| *start);
+        let pieces: Vec<candle_core::Tensor> = pieces.into_iter().map(|(_, t)| t).collect();
+        let whole = candle_core::Tensor::cat(&pieces, 0).unwrap();
+        tensors.insert(format!("{prefix}{name}"), whole);
+    }
+    candle_core::safetensors::save(&tensors, out).unwrap();
+}
+
+/// The kohya (dev) and PEFT (schnell) LoRA fixtures applied to Q8_0 transformers (quantized
+/// from BFL single files by `beeswax quantize`): the LoRAs change the quantized layers (merged
+/// into dequantized copies) and the images stay within the Q8_0 tolerance of the f32 + LoRA
+/// runs.
+#[test]
+fn loras_apply_to_q8_0_transformers() {
+    let dir = Dir::new("flux-q8-lora");
+    for case in flux_cases().iter().filter(|c| c.lora.is_some()) {
+        let name = case.model_name();
+        let bfl = dir.join(format!("{name}-bfl.safetensors"));
+        bfl_file(&name, "", HashMap::new(), &bfl);
+        let gguf = dir.join(format!("{name}-q8_0.gguf"));
+        quantize(&bfl, &gguf, "q8_0", None);
+        let r = case.tensors();
+        let want = generate(&case_model(case), &case.job(&r));
+        let mut options = common::cpu_f32();
+        options.max_sequence_length = Some(case.max_sequence_length);
+        options.denoiser = Some(gguf.clone());
+        let model = family::load(&model_dir(&name), None, &options).unwrap();
+        let lora = WeightedLora {
+            name: "lora".into(),
+            file: Arc::new(LoraFile::read(&fixture(case.lora.as_ref().unwrap())).unwrap()),
+            weight: case.lora_scale.unwrap_or(1.0),
+        };
+        let applied = lora::apply(&model, &[lora]).unwrap();
+        let report = &applied.reports[0];
+        assert!(report.unet_layers >= 6, "{}: {report:?}", case.name);
+        assert!(report.unmatched.is_empty(), "{}: {report:?}", case.name);
+        let got = generate(&applied.model, &case.job(&r));
+        let (diff, std) = max_diff_and_std(&got.latents, &want.latents);
+        let pixels = max_pixel_diff(&got.images[0], &image_tensor(&want.images[0]));
+        eprintln!(
+            "{}: Q8_0 + LoRA vs f32 + LoRA: latents {:.4} of their std, image {pixels}/255",
+            case.name,
+            diff / std
+        );
+        assert!(diff <= 0.02 * std, "{}: latents differ by {diff}", case.name);
+        assert!(pixels <= 4.0, "{}: image differs by {pixels}/255", case.name);
+        // Without the LoRA the run is far from the f32 + LoRA one: the LoRA took effect.
+        let base = generate(&model, &case.job(&r));
+        let (moved, _) = max_diff_and_std(&base.latents, &want.latents);
+        assert!(moved > 10.0 * diff, "{}: the LoRA moved latents by {moved}", case.name);
+    }
+}
+
+/// BFL transformers under ComfyUI's `model.diffusion_model.` prefix, alone or in an all-in-one
+/// checkpoint (with `text_encoders.clip_l.*`, `text_encoders.t5xxl.*` and `vae.*`), are
+/// detected as flux-dev or flux-schnell and load with `--model-config`, giving the folder's
+/// images.
+#[test]
+fn comfy_flux_single_files_are_detected() {
+    use beeswax::checkpoint::{self, CheckpointOptions};
+    let dir = Dir::new("flux-comfy");
+    for (name, family) in [("tiny-flux-dev", "flux-dev"), ("tiny-flux-schnell", "flux-schnell")] {
+        let folder = model_dir(name);
+        let mut extra = HashMap::new();
+        for (component, prefix) in [
+            ("text_encoder/model", "text_encoders.clip_l.transformer."),
+            ("text_encoder_2/model", "text_encoders.t5xxl.transformer."),
+            ("vae/diffusion_pytorch_model", "vae."),
+        ] {
+            for (k, t) in common::load(&format!("models/{name}/{component}.safetensors")) {
+                extra.insert(format!("{prefix}{k}"), t);
+            }
+        }
+        let alone = dir.join(format!("{name}-comfy.safetensors"));
+        bfl_file(name, "model.diffusion_model.", HashMap::new(), &alone);
+        let all = dir.join(format!("{name}-all-in-one.safetensors"));
+        bfl_file(name, "model.diffusion_model.", extra, &all);
+        let case = flux_cases()
+            .into_iter()
+            .find(|c| c.model_name() == name && c.lora.is_none())
+            .unwrap();
+        let mut options = common::cpu_f32();
+        options.max_sequence_length = Some(case.max_sequence_length);
+        let want = flux_model(name, case.max_sequence_length);
+        let r = case.tensors();
+        let job = case.job(&r);
+        let want = generate(&want, &job);
+        for file in [&alone, &all] {
+            let single = CheckpointOptions {
+                config_dir: Some(folder.clone()),
+                ..Default::default()
+            };
+            let families = family::Families::builtin();
+            let model = checkpoint::load::load(file, &families, &single, &options).unwrap();
+            assert_eq!(model.family.name, family, "{}", file.display());
+            let got = generate(&model, &job);
+            let (diff, _) = max_diff_and_std(&got.latents, &want.latents);
+            assert!(diff <= 1e-5, "{}: latents differ by {diff}", file.display());
+        }
+    }
+}
