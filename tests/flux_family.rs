@@ -343,7 +343,12 @@ fn low_memory_gives_the_same_images() {
 /// The diffusers transformer of the miniature model `name` written as a BFL-layout single file
 /// at `out`, every key under `prefix` (`""`, or ComfyUI's `model.diffusion_model.`), with the
 /// `extra` tensors beside it (an all-in-one ComfyUI checkpoint's other components).
-fn bfl_file(name: &str, prefix: &str, extra: HashMap<String, candle_core::Tensor>, out: &std::path::Path) {
+fn bfl_file(
+    name: &str,
+    prefix: &str,
+    extra: HashMap<String, candle_core::Tensor>,
+    out: &std::path::Path,
+) {
     use beeswax::models::flux::{bfl, FluxConfig};
     let dir = model_dir(name);
     let config = FluxConfig::from_file(&dir.join("transformer/config.json")).unwrap();
@@ -406,60 +411,185 @@ fn loras_apply_to_q8_0_transformers() {
             case.name,
             diff / std
         );
-        assert!(diff <= 0.02 * std, "{}: latents differ by {diff}", case.name);
-        assert!(pixels <= 4.0, "{}: image differs by {pixels}/255", case.name);
+        assert!(
+            diff <= 0.02 * std,
+            "{}: latents differ by {diff}",
+            case.name
+        );
+        assert!(
+            pixels <= 4.0,
+            "{}: image differs by {pixels}/255",
+            case.name
+        );
         // Without the LoRA the run is far from the f32 + LoRA one: the LoRA took effect.
         let base = generate(&model, &case.job(&r));
         let (moved, _) = max_diff_and_std(&base.latents, &want.latents);
-        assert!(moved > 10.0 * diff, "{}: the LoRA moved latents by {moved}", case.name);
+        assert!(
+            moved > 10.0 * diff,
+            "{}: the LoRA moved latents by {moved}",
+            case.name
+        );
     }
 }
 
-/// BFL transformers under ComfyUI's `model.diffusion_model.` prefix, alone or in an all-in-one
-/// checkpoint (with `text_encoders.clip_l.*`, `text_encoders.t5xxl.*` and `vae.*`), are
-/// detected as flux-dev or flux-schnell and load with `--model-config`, giving the folder's
-/// images.
+/// The LDM name of diffusers VAE key `key` for a VAE of `levels` levels, and whether the
+/// tensor becomes a 1x1 convolution there (the inverse of `checkpoint::keymap::ldm_to_vae`,
+/// which the test checks).
+fn ldm_vae_name(key: &str, levels: usize) -> (String, bool) {
+    let (part, rest) = key.split_once('.').unwrap();
+    let resnet = |r: &str| r.replace("conv_shortcut", "nin_shortcut");
+    let index = |r: &str| -> (usize, String) {
+        let (n, tail) = r.split_once('.').unwrap();
+        (n.parse().unwrap(), tail.to_string())
+    };
+    let mut conv = false;
+    let mapped = if let Some(r) = rest.strip_prefix("down_blocks.") {
+        let (n, r) = index(r);
+        match r.strip_prefix("resnets.") {
+            Some(r) => {
+                let (j, r) = index(r);
+                format!("down.{n}.block.{j}.{}", resnet(&r))
+            }
+            None => format!(
+                "down.{n}.downsample.{}",
+                r.strip_prefix("downsamplers.0.").unwrap()
+            ),
+        }
+    } else if let Some(r) = rest.strip_prefix("up_blocks.") {
+        let (i, r) = index(r);
+        let n = levels - 1 - i;
+        match r.strip_prefix("resnets.") {
+            Some(r) => {
+                let (j, r) = index(r);
+                format!("up.{n}.block.{j}.{}", resnet(&r))
+            }
+            None => format!(
+                "up.{n}.upsample.{}",
+                r.strip_prefix("upsamplers.0.").unwrap()
+            ),
+        }
+    } else if let Some(r) = rest.strip_prefix("mid_block.resnets.") {
+        let (j, r) = index(r);
+        format!("mid.block_{}.{}", j + 1, resnet(&r))
+    } else if let Some(r) = rest.strip_prefix("mid_block.attentions.0.") {
+        let (module, tail) = r.rsplit_once('.').unwrap();
+        let ldm = match module {
+            "group_norm" => "norm",
+            "to_q" => "q",
+            "to_k" => "k",
+            "to_v" => "v",
+            _ => "proj_out",
+        };
+        conv = module != "group_norm" && tail == "weight";
+        format!("mid.attn_1.{ldm}.{tail}")
+    } else if let Some(r) = rest.strip_prefix("conv_norm_out.") {
+        format!("norm_out.{r}")
+    } else {
+        rest.to_string()
+    };
+    let ldm = format!("{part}.{mapped}");
+    let back = beeswax::checkpoint::keymap::ldm_to_vae(&ldm, levels);
+    assert_eq!(back.as_deref(), Some(key), "{ldm}");
+    (ldm, conv)
+}
+
+/// A copy of the folder `name` without its weight files: configs and tokenizers only.
+fn config_only(name: &str, dir: &Dir) -> std::path::PathBuf {
+    let out = dir.join(format!("{name}-configs"));
+    common::command::copy_dir(&model_dir(name), &out);
+    for component in ["text_encoder", "text_encoder_2", "vae", "transformer"] {
+        for entry in std::fs::read_dir(out.join(component)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "safetensors") {
+                std::fs::remove_file(path).unwrap();
+            }
+        }
+    }
+    out
+}
+
+/// The tensors of an all-in-one ComfyUI FLUX checkpoint besides the transformer: CLIP-L under
+/// `text_encoders.clip_l.transformer.`, T5 under `text_encoders.t5xxl.transformer.`, the VAE
+/// in LDM names under `vae.`.
+fn comfy_components(name: &str) -> HashMap<String, candle_core::Tensor> {
+    let mut out = HashMap::new();
+    for (component, prefix) in [
+        ("text_encoder/model", "text_encoders.clip_l.transformer."),
+        ("text_encoder_2/model", "text_encoders.t5xxl.transformer."),
+    ] {
+        for (k, t) in common::load(&format!("models/{name}/{component}.safetensors")) {
+            out.insert(format!("{prefix}{k}"), t);
+        }
+    }
+    let vae = common::load(&format!(
+        "models/{name}/vae/diffusion_pytorch_model.safetensors"
+    ));
+    let levels = vae
+        .keys()
+        .filter_map(|k| {
+            k.strip_prefix("encoder.down_blocks.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .unwrap()
+        + 1;
+    for (k, t) in vae {
+        let (ldm, conv) = ldm_vae_name(&k, levels);
+        let t = if conv {
+            t.unsqueeze(2).unwrap().unsqueeze(3).unwrap()
+        } else {
+            t
+        };
+        out.insert(format!("vae.{ldm}"), t);
+    }
+    out
+}
+
+/// BFL transformers under ComfyUI's `model.diffusion_model.` prefix, alone (the rest from the
+/// `--model-config` folder) or in an all-in-one checkpoint (everything from the file: the
+/// config folder holds no weights), are detected as flux-dev or flux-schnell and give the
+/// folder's images.
 #[test]
 fn comfy_flux_single_files_are_detected() {
     use beeswax::checkpoint::{self, CheckpointOptions};
     let dir = Dir::new("flux-comfy");
-    for (name, family) in [("tiny-flux-dev", "flux-dev"), ("tiny-flux-schnell", "flux-schnell")] {
-        let folder = model_dir(name);
-        let mut extra = HashMap::new();
-        for (component, prefix) in [
-            ("text_encoder/model", "text_encoders.clip_l.transformer."),
-            ("text_encoder_2/model", "text_encoders.t5xxl.transformer."),
-            ("vae/diffusion_pytorch_model", "vae."),
-        ] {
-            for (k, t) in common::load(&format!("models/{name}/{component}.safetensors")) {
-                extra.insert(format!("{prefix}{k}"), t);
-            }
-        }
+    for (name, family) in [
+        ("tiny-flux-dev", "flux-dev"),
+        ("tiny-flux-schnell", "flux-schnell"),
+    ] {
         let alone = dir.join(format!("{name}-comfy.safetensors"));
         bfl_file(name, "model.diffusion_model.", HashMap::new(), &alone);
         let all = dir.join(format!("{name}-all-in-one.safetensors"));
-        bfl_file(name, "model.diffusion_model.", extra, &all);
+        bfl_file(name, "model.diffusion_model.", comfy_components(name), &all);
         let case = flux_cases()
             .into_iter()
             .find(|c| c.model_name() == name && c.lora.is_none())
             .unwrap();
         let mut options = common::cpu_f32();
         options.max_sequence_length = Some(case.max_sequence_length);
-        let want = flux_model(name, case.max_sequence_length);
         let r = case.tensors();
         let job = case.job(&r);
-        let want = generate(&want, &job);
-        for file in [&alone, &all] {
+        let want = generate(&flux_model(name, case.max_sequence_length), &job);
+        let families = family::Families::builtin();
+        for (file, configs) in [(&alone, model_dir(name)), (&all, config_only(name, &dir))] {
             let single = CheckpointOptions {
-                config_dir: Some(folder.clone()),
+                config_dir: Some(configs),
                 ..Default::default()
             };
-            let families = family::Families::builtin();
             let model = checkpoint::load::load(file, &families, &single, &options).unwrap();
             assert_eq!(model.family.name, family, "{}", file.display());
             let got = generate(&model, &job);
             let (diff, _) = max_diff_and_std(&got.latents, &want.latents);
             assert!(diff <= 1e-5, "{}: latents differ by {diff}", file.display());
+            let pixels = max_pixel_diff(&got.images[0], &image_tensor(&want.images[0]));
+            assert!(
+                pixels <= 1.0,
+                "{}: image differs by {pixels}/255",
+                file.display()
+            );
         }
     }
 }

@@ -18,7 +18,7 @@ use candle_nn::VarBuilder;
 use super::denoiser::{self, Denoiser};
 use super::model::{ComponentWeights, FusedPart, FusedTarget, LoraAlias, LoraNames, Role};
 use super::{
-    Conditioning, EncodeOptions, Family, LoadOptions, Model, Networks, Patches,
+    Conditioning, EncodeOptions, Family, LoadOptions, Model, ModelSource, Networks, Patches,
     ScheduledConditioning, Vae, Weights,
 };
 use crate::gguf::GgufWeights;
@@ -68,16 +68,35 @@ impl FluxNetworks {
     }
 }
 
-/// Loads the FLUX diffusers folder `dir` as a model of `family`; the transformer comes from
-/// `options.denoiser` when given (a BFL/ComfyUI safetensors file or a GGUF file), else from
-/// `dir/transformer`.
-pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Model> {
+/// The weights of `component`: the single file's when it holds them (an all-in-one ComfyUI
+/// checkpoint), else the file in the config folder.
+fn component_weights(
+    source: &ModelSource,
+    component: &str,
+    stem: &str,
+) -> Result<(PathBuf, WeightSource)> {
+    match &source.components {
+        Some(map) if map.contains_key(component) => source.weights(component, stem),
+        _ => {
+            let file = model_files::weights(&source.config_dir, component, stem)?;
+            let weights = WeightSource::open(&file)?;
+            Ok((file, weights))
+        }
+    }
+}
+
+/// Loads FLUX from `source` as a model of `family`: configs and tokenizers from its folder,
+/// the text encoders and the VAE from its single file where that holds them (else from the
+/// folder), the transformer from `options.denoiser` when given (a BFL/ComfyUI safetensors file
+/// or a GGUF file), else from the folder's `transformer`.
+pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) -> Result<Model> {
     let (device, dtype) = (&options.device, options.dtype);
+    let dir = source.config_dir.as_path();
     let clip_tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
     let clip_config: ClipTextConfig =
         read_json(&model_files::config(dir, TEXT_ENCODER, "config.json")?)?;
-    let clip_file = model_files::weights(dir, TEXT_ENCODER, "model")?;
-    let clip_map = WeightSource::open(&clip_file)?.read_all(dtype, device)?;
+    let (clip_file, clip_source) = component_weights(source, TEXT_ENCODER, "model")?;
+    let clip_map = clip_source.read_all(dtype, device)?;
     let clip = in_file(
         &clip_file,
         ClipTextModel::new(
@@ -88,9 +107,10 @@ pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Mo
 
     let t5_tokenizer = T5Tokenizer::from_dir(&dir.join("tokenizer_2"))?;
     let t5_config = T5Config::from_file(&model_files::config(dir, TEXT_ENCODER_2, "config.json")?)?;
-    let t5_file = model_files::weights(dir, TEXT_ENCODER_2, "model")?;
+    let (t5_file, t5_source) = component_weights(source, TEXT_ENCODER_2, "model")?;
     let t5 = T5::Files {
         file: t5_file,
+        source: t5_source,
         config: t5_config,
     };
     // With low memory, T5 (the largest network) is read for each encoding and freed after.
@@ -124,10 +144,10 @@ pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Mo
     let vb = VarBuilder::from_tensors(tensors.clone(), dtype, device);
     let transformer = in_file(&file, build_transformer(vb, &config, quantized.as_ref()))?;
 
-    let vae_file = model_files::weights(dir, "vae", "diffusion_pytorch_model")?;
+    let (_, vae_source) = component_weights(source, "vae", "diffusion_pytorch_model")?;
     let vae = Vae::load(
         &model_files::config(dir, "vae", "config.json")?,
-        &WeightSource::open(&vae_file)?,
+        &vae_source,
         dtype,
         device,
     )?;
@@ -162,7 +182,7 @@ pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Mo
     };
     Ok(Model {
         family,
-        source: dir.to_path_buf(),
+        source: source.origin.clone(),
         networks: Arc::new(FluxNetworks {
             clip_tokenizer: Arc::new(clip_tokenizer),
             clip: Arc::new(clip),
@@ -186,7 +206,11 @@ pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Mo
 #[derive(Debug, Clone)]
 enum T5 {
     Loaded(Arc<T5EncoderModel>),
-    Files { file: PathBuf, config: T5Config },
+    Files {
+        file: PathBuf,
+        source: WeightSource,
+        config: T5Config,
+    },
 }
 
 impl T5 {
@@ -194,8 +218,12 @@ impl T5 {
     fn load(&self, dtype: DType, device: &Device) -> Result<Arc<T5EncoderModel>> {
         match self {
             T5::Loaded(t5) => Ok(t5.clone()),
-            T5::Files { file, config } => {
-                let vb = WeightSource::open(file)?.var_builder(dtype, device);
+            T5::Files {
+                file,
+                source,
+                config,
+            } => {
+                let vb = source.var_builder(dtype, device);
                 Ok(Arc::new(in_file(file, T5EncoderModel::new(vb, config))?))
             }
         }

@@ -251,15 +251,13 @@ fn load_flux(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) -
         ));
     }
     match &source.components {
-        None => flux::load(family, &source.config_dir, options),
+        None => flux::load(family, source, options),
         Some(_) => {
             let mut options = options.clone();
             if options.denoiser.is_none() {
                 options.denoiser = Some(source.origin.clone());
             }
-            let mut model = flux::load(family, &source.config_dir, &options)?;
-            model.source = source.origin.clone();
-            Ok(model)
+            flux::load(family, source, &options)
         }
     }
 }
