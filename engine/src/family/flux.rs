@@ -45,7 +45,7 @@ const TEXT_ENCODER_2: &str = "text_encoder_2";
 #[derive(Debug, Clone)]
 pub struct FluxNetworks {
     clip_tokenizer: Arc<ClipTokenizer>,
-    clip: Arc<ClipTextModel>,
+    clip: Clip,
     clip_config: ClipTextConfig,
     t5_tokenizer: Arc<T5Tokenizer>,
     t5: T5,
@@ -96,14 +96,29 @@ pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) ->
     let clip_config: ClipTextConfig =
         read_json(&model_files::config(dir, TEXT_ENCODER, "config.json")?)?;
     let (clip_file, clip_source) = component_weights(source, TEXT_ENCODER, "model")?;
-    let clip_map = clip_source.read_all(dtype, device)?;
-    let clip = in_file(
-        &clip_file,
-        ClipTextModel::new(
-            VarBuilder::from_tensors(clip_map.clone(), dtype, device),
-            &clip_config,
-        ),
-    )?;
+    // With low memory, CLIP is read for each encoding and freed after (checked once here);
+    // its LoRA-able weights are not kept, so text-encoder LoRA modules go unmatched.
+    let (clip, clip_weights) = if options.low_memory {
+        let vb = clip_source.var_builder(dtype, device);
+        in_file(&clip_file, ClipTextModel::new(vb, &clip_config))?;
+        let clip = Clip::OnDemand {
+            file: clip_file,
+            source: clip_source,
+        };
+        (clip, None)
+    } else {
+        let clip_map = clip_source.read_all(dtype, device)?;
+        let vb = VarBuilder::from_tensors(clip_map.clone(), dtype, device);
+        let clip = in_file(&clip_file, ClipTextModel::new(vb, &clip_config))?;
+        let weights = component(
+            TEXT_ENCODER,
+            Role::TextEncoder,
+            clip_file,
+            clip_map,
+            "lora_te1",
+        );
+        (Clip::Loaded(Arc::new(clip)), Some(weights))
+    };
 
     let t5_tokenizer = T5Tokenizer::from_dir(&dir.join("tokenizer_2"))?;
     let t5_config = T5Config::from_file(&model_files::config(dir, TEXT_ENCODER_2, "config.json")?)?;
@@ -145,12 +160,13 @@ pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) ->
     let transformer = in_file(&file, build_transformer(vb, &config, quantized.as_ref()))?;
 
     let (_, vae_source) = component_weights(source, "vae", "diffusion_pytorch_model")?;
-    let vae = Vae::load(
-        &model_files::config(dir, "vae", "config.json")?,
-        &vae_source,
-        dtype,
-        device,
-    )?;
+    let vae_config = model_files::config(dir, "vae", "config.json")?;
+    // With low memory, the VAE is read for each decoding (or encoding) and freed after.
+    let vae = if options.low_memory {
+        Vae::on_demand(&vae_config, &vae_source, dtype, device)?
+    } else {
+        Vae::load(&vae_config, &vae_source, dtype, device)?
+    };
     let scheduler_config = SchedulerConfig::from_file(&model_files::config(
         dir,
         "scheduler",
@@ -169,23 +185,16 @@ pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) ->
     );
     transformer_weights.quantized = layers;
     let weights = Weights {
-        components: vec![
-            transformer_weights,
-            component(
-                TEXT_ENCODER,
-                Role::TextEncoder,
-                clip_file,
-                clip_map,
-                "lora_te1",
-            ),
-        ],
+        components: std::iter::once(transformer_weights)
+            .chain(clip_weights)
+            .collect(),
     };
     Ok(Model {
         family,
         source: source.origin.clone(),
         networks: Arc::new(FluxNetworks {
             clip_tokenizer: Arc::new(clip_tokenizer),
-            clip: Arc::new(clip),
+            clip,
             clip_config,
             t5_tokenizer: Arc::new(t5_tokenizer),
             t5,
@@ -200,6 +209,13 @@ pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) ->
         dtype,
         weights: Arc::new(weights),
     })
+}
+
+/// CLIP-L, loaded, or its weights (`--low-memory`: read for each encoding).
+#[derive(Debug, Clone)]
+enum Clip {
+    Loaded(Arc<ClipTextModel>),
+    OnDemand { file: PathBuf, source: WeightSource },
 }
 
 /// The T5 encoder, loaded, or its files (`--low-memory`: loaded for each encoding).
@@ -305,7 +321,14 @@ impl FluxNetworks {
         // CLIP's own truncation is silent in FluxPipeline too; T5 carries the long prompt.
         let clip = self.clip_tokenizer.encode(prompt)?;
         let ids = Tensor::new(clip.ids.as_slice(), &self.device)?.unsqueeze(0)?;
-        let out = self.clip.encode(&ids, self.clip.num_layers(), true)?;
+        let clip = match &self.clip {
+            Clip::Loaded(clip) => clip.clone(),
+            Clip::OnDemand { file, source } => {
+                let vb = source.var_builder(self.dtype, &self.device);
+                Arc::new(in_file(file, ClipTextModel::new(vb, &self.clip_config))?)
+            }
+        };
+        let out = clip.encode(&ids, clip.num_layers(), true)?;
         Ok(Conditioning {
             context,
             pooled: Some(out.pooled),
@@ -404,7 +427,7 @@ impl Networks for FluxNetworks {
     }
 
     fn text_layers(&self) -> usize {
-        self.clip.num_layers()
+        self.clip_config.num_hidden_layers
     }
 
     fn sample_size(&self) -> Option<usize> {
@@ -432,7 +455,8 @@ impl Networks for FluxNetworks {
             out.transformer = Arc::new(in_file(file, transformer)?);
         }
         if let Some((vb, file)) = rebuilt(TEXT_ENCODER) {
-            out.clip = Arc::new(in_file(file, ClipTextModel::new(vb, &self.clip_config))?);
+            let clip = in_file(file, ClipTextModel::new(vb, &self.clip_config))?;
+            out.clip = Clip::Loaded(Arc::new(clip));
         }
         Ok(Arc::new(out))
     }

@@ -24,8 +24,9 @@ pub struct LoadOptions {
     pub denoiser: Option<PathBuf>,
     /// T5 tokens per prompt for families with a T5 encoder, instead of the family's.
     pub max_sequence_length: Option<usize>,
-    /// Keep only what runs all the time in memory: FLUX reads its T5 encoder for each
-    /// encoding and frees it after.
+    /// Keep only what runs all the time in memory: FLUX reads its text encoders (CLIP and
+    /// T5) for each encoding and its VAE for each decoding, and frees them after (their
+    /// text-encoder LoRA modules then match nothing).
     pub low_memory: bool,
 }
 
