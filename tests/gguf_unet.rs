@@ -103,7 +103,10 @@ fn sd_gguf_unets_are_close_to_f32_and_take_loras() {
     let dense = load(&folder, None);
     assert_eq!(quantized_layers(&dense), 0);
     let want = generate(&dense, &job);
-    let want_lora = generate(&apply(&dense, std::slice::from_ref(&lora)).unwrap().model, &job);
+    let want_lora = generate(
+        &apply(&dense, std::slice::from_ref(&lora)).unwrap().model,
+        &job,
+    );
 
     // Measured: Q8_0 0.014 of the latents' std and 2/255 (with the LoRA 0.003, 1/255); Q4_K
     // (mostly Q5_0) 0.020 and 1/255 (with the LoRA 0.021, 2/255).
