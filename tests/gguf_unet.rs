@@ -222,12 +222,20 @@ fn sdxl_gguf_unet_is_close_to_f32_and_architectures_are_checked() {
     quantize(&folder, &q8, "q8_0");
     let file = beeswax::gguf::GgufFile::open(&q8).unwrap();
     assert!(file.tensor("label_emb.0.0.weight").is_some());
+    // Every tensor through the LDM names, without quantization: an F16 file.
+    let f16 = dir.join("wide-sdxl-f16.gguf");
+    quantize(&folder, &f16, "f16");
 
     let mut case = sd_case();
     case.guidance = 5.0;
     let job = case.text_job(None);
     let dense = load(&folder, None);
     let want = generate(&dense, &job);
+    let exact = generate(&load(&folder, Some(&f16)), &job);
+    // Measured: 0.0026 of the std, 1/255 (f16 rounding of the weights; a wrong name map would
+    // be far off).
+    let (l, p) = difference("SDXL F16 GGUF vs f32", &exact, &want);
+    assert!(l <= 0.01 && p <= 2.0, "{l} of the std, {p}/255");
     let model = load(&folder, Some(&q8));
     assert_eq!(model.family.name, "sdxl");
     let n = quantized_layers(&model);

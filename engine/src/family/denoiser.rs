@@ -150,9 +150,16 @@ pub fn unet(
             .cloned()
             .unwrap_or_else(|| name.to_string())
     });
+    // Only the UNet's linear layers multiply quantized: a 1x1 convolution (SD 1.x's
+    // proj_in/proj_out) is always read dense, whatever its stored type.
+    let linear: Vec<&str> = map
+        .keys()
+        .map(String::as_str)
+        .filter(|n| is_unet_linear(n, config.use_linear_projection))
+        .collect();
     let mut tensors = HashMap::new();
     for name in map.keys() {
-        if gguf.multiplies_quantized(name) {
+        if linear.contains(&name.as_str()) && gguf.multiplies_quantized(name) {
             continue;
         }
         let tensor = gguf.dequantize(name, dtype, device)?;
@@ -163,13 +170,34 @@ pub fn unet(
         })?;
         tensors.insert(name.clone(), tensor);
     }
-    let layers = QuantizedLayers::new(gguf.clone(), map.keys().map(String::as_str), dtype, device);
+    let layers = QuantizedLayers::new(gguf.clone(), linear, dtype, device);
     Ok(Denoiser {
         file: path.to_path_buf(),
         tensors,
         quantized: Some(gguf),
         layers: Some(layers),
     })
+}
+
+/// Whether the UNet weight `name` (diffusers) belongs to a linear layer (built by
+/// [`crate::models::linear::Linear`]): attention, feed-forward, time and added embeddings,
+/// resnet time projections, and the transformers' projections when they are linear.
+fn is_unet_linear(name: &str, linear_projection: bool) -> bool {
+    let Some(module) = name.strip_suffix(".weight") else {
+        return false;
+    };
+    let last = module.rsplit('.').next().unwrap_or(module);
+    let attention = [
+        ".to_q",
+        ".to_k",
+        ".to_v",
+        ".to_out.0",
+        ".ff.net.0.proj",
+        ".ff.net.2",
+    ];
+    attention.iter().any(|a| module.ends_with(a))
+        || matches!(last, "time_emb_proj" | "linear_1" | "linear_2")
+        || (linear_projection && matches!(last, "proj_in" | "proj_out"))
 }
 
 /// Whether `path` names a GGUF file (by extension).
