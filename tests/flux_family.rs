@@ -350,6 +350,26 @@ fn low_memory_gives_the_same_images() {
         0.0
     );
     assert_eq!(out.images[0].data, kept.images[0].data);
+    // A GGUF transformer is built after the encoding (deferred): the same run again.
+    let dir = Dir::new("flux-low-memory");
+    let gguf = dir.join("q8_0.gguf");
+    quantize(
+        &fixture("models/tiny-flux-dev-bfl.safetensors"),
+        &gguf,
+        "q8_0",
+        None,
+    );
+    let runs: Vec<_> = [false, true]
+        .into_iter()
+        .map(|low_memory| {
+            options.low_memory = low_memory;
+            options.denoiser = Some(gguf.clone());
+            let model = family::load(&model_dir("tiny-flux-dev"), None, &options).unwrap();
+            generate(&model, &case.job(&r))
+        })
+        .collect();
+    let diff = common::compare::max_abs_diff(&runs[0].latents, &runs[1].latents);
+    assert_eq!(diff, 0.0);
 }
 
 /// The diffusers transformer of the miniature model `name` written as a BFL-layout single file

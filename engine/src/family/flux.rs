@@ -49,7 +49,7 @@ pub struct FluxNetworks {
     clip_config: ClipTextConfig,
     t5_tokenizer: Arc<T5Tokenizer>,
     t5: T5,
-    transformer: Arc<FluxTransformer2DModel>,
+    transformer: Transformer,
     /// T5 tokens per prompt (FluxPipeline's `max_sequence_length`).
     max_sequence_length: usize,
     device: Device,
@@ -57,9 +57,9 @@ pub struct FluxNetworks {
 }
 
 impl FluxNetworks {
-    /// The transformer.
-    pub fn transformer(&self) -> &FluxTransformer2DModel {
-        &self.transformer
+    /// The transformer (built now if it was deferred by `--low-memory`).
+    pub fn transformer(&self) -> Result<Arc<FluxTransformer2DModel>> {
+        self.transformer.get()
     }
 
     /// T5 tokens per prompt.
@@ -156,8 +156,22 @@ pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) ->
             }
         }
     };
-    let vb = VarBuilder::from_tensors(tensors.clone(), dtype, device);
-    let transformer = in_file(&file, build_transformer(vb, &config, quantized.as_ref()))?;
+    let recipe = Recipe {
+        tensors: tensors.clone(),
+        quantized,
+        file: file.clone(),
+        dtype,
+        device: device.clone(),
+    };
+    // Built (which checks every tensor) either way; with low memory it is dropped again and
+    // rebuilt at its first use, after the prompts are encoded and their encoders freed.
+    let built = Arc::new(recipe.build(&config)?);
+    let transformer = if options.low_memory {
+        drop(built);
+        Transformer::deferred(config.clone(), recipe)
+    } else {
+        Transformer::built(config.clone(), built)
+    };
 
     let (_, vae_source) = component_weights(source, "vae", "diffusion_pytorch_model")?;
     let vae_config = model_files::config(dir, "vae", "config.json")?;
@@ -198,7 +212,7 @@ pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) ->
             clip_config,
             t5_tokenizer: Arc::new(t5_tokenizer),
             t5,
-            transformer: Arc::new(transformer),
+            transformer,
             max_sequence_length,
             device: device.clone(),
             dtype,
@@ -243,6 +257,70 @@ impl T5 {
                 Ok(Arc::new(in_file(file, T5EncoderModel::new(vb, config))?))
             }
         }
+    }
+}
+
+/// The transformer, built, or built at its first use (`--low-memory`).
+#[derive(Debug, Clone)]
+struct Transformer {
+    config: FluxConfig,
+    built: Arc<std::sync::OnceLock<Arc<FluxTransformer2DModel>>>,
+    recipe: Option<Arc<Recipe>>,
+}
+
+/// What a transformer is built from.
+#[derive(Debug)]
+struct Recipe {
+    tensors: HashMap<String, Tensor>,
+    quantized: Option<GgufWeights>,
+    file: PathBuf,
+    dtype: DType,
+    device: Device,
+}
+
+impl Recipe {
+    fn build(&self, config: &FluxConfig) -> Result<FluxTransformer2DModel> {
+        let vb = VarBuilder::from_tensors(self.tensors.clone(), self.dtype, &self.device);
+        in_file(
+            &self.file,
+            build_transformer(vb, config, self.quantized.as_ref()),
+        )
+    }
+}
+
+impl Transformer {
+    fn built(config: FluxConfig, model: Arc<FluxTransformer2DModel>) -> Self {
+        let built = std::sync::OnceLock::new();
+        let _ = built.set(model);
+        Self {
+            config,
+            built: Arc::new(built),
+            recipe: None,
+        }
+    }
+
+    fn deferred(config: FluxConfig, recipe: Recipe) -> Self {
+        Self {
+            config,
+            built: Arc::default(),
+            recipe: Some(Arc::new(recipe)),
+        }
+    }
+
+    /// The model, built now if it was deferred.
+    fn get(&self) -> Result<Arc<FluxTransformer2DModel>> {
+        if let Some(model) = self.built.get() {
+            return Ok(model.clone());
+        }
+        let recipe = self.recipe.as_ref().ok_or_else(|| {
+            Error::invalid(
+                "transformer",
+                "neither built nor deferred",
+                "load the model again",
+            )
+        })?;
+        let model = Arc::new(recipe.build(&self.config)?);
+        Ok(self.built.get_or_init(|| model).clone())
     }
 }
 
@@ -406,11 +484,11 @@ impl Networks for FluxNetworks {
         let sigma = Tensor::full(timestep as f32 / 1000.0, b, &self.device)?;
         let guidance = self
             .transformer
-            .config()
+            .config
             .guidance_embeds
             .then(|| Tensor::full(guidance as f32, b, &self.device))
             .transpose()?;
-        let out = self.transformer.forward(
+        let out = self.transformer.get()?.forward(
             &img,
             &img_ids,
             &cond.context,
@@ -423,7 +501,7 @@ impl Networks for FluxNetworks {
     }
 
     fn in_channels(&self) -> usize {
-        self.transformer.config().in_channels / 4
+        self.transformer.config.in_channels / 4
     }
 
     fn text_layers(&self) -> usize {
@@ -447,12 +525,13 @@ impl Networks for FluxNetworks {
             ))
         };
         if let Some((vb, file)) = rebuilt(TRANSFORMER) {
-            let config = self.transformer.config();
+            let config = &self.transformer.config;
             let quantized = weights
                 .get(TRANSFORMER)
                 .and_then(|base| denoiser::job_quantized(base, patches.get(TRANSFORMER)));
             let transformer = build_transformer(vb, config, quantized.as_ref());
-            out.transformer = Arc::new(in_file(file, transformer)?);
+            let transformer = Arc::new(in_file(file, transformer)?);
+            out.transformer = Transformer::built(config.clone(), transformer);
         }
         if let Some((vb, file)) = rebuilt(TEXT_ENCODER) {
             let clip = in_file(file, ClipTextModel::new(vb, &self.clip_config))?;
@@ -466,7 +545,7 @@ impl Networks for FluxNetworks {
     /// the swapped halves of `norm_out.linear`.
     fn lora_aliases(&self) -> Vec<LoraAlias> {
         let mut by_bfl: Vec<(String, Vec<FusedTarget>)> = Vec::new();
-        for (name, source) in bfl::tensor_map(self.transformer.config()) {
+        for (name, source) in bfl::tensor_map(&self.transformer.config) {
             let Some(module) = source.name.strip_suffix(".weight") else {
                 continue;
             };

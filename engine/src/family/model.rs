@@ -26,7 +26,8 @@ pub struct LoadOptions {
     pub max_sequence_length: Option<usize>,
     /// Keep only what runs all the time in memory: FLUX reads its text encoders (CLIP and
     /// T5) for each encoding and its VAE for each decoding, and frees them after (their
-    /// text-encoder LoRA modules then match nothing).
+    /// text-encoder LoRA modules then match nothing); its transformer is built at its first
+    /// use, after the first prompt is encoded.
     pub low_memory: bool,
 }
 
