@@ -261,7 +261,8 @@ fn sdxl_gguf_unet_is_close_to_f32_and_architectures_are_checked() {
     assert!(err.contains("sdxl") && err.contains("sd1"), "{err}");
 }
 
-/// The CLI: `--model FILE.gguf --model-config DIR` generates with an SD family.
+/// The CLI: `--model FILE.gguf --model-config DIR` generates with an SD family; without
+/// `--model-config` the error says what the file holds.
 #[test]
 fn the_cli_generates_with_an_sd_gguf_unet() {
     let dir = Dir::new("gguf-sd-cli");
@@ -288,6 +289,15 @@ fn the_cli_generates_with_an_sd_gguf_unet() {
         .arg(&out)
         .run();
     assert!(out.is_file());
+    // Without the folder: an error naming the flag and what the file holds.
+    let err = TestCommand::in_repo()
+        .args(["generate", "--prompt", "x", "--model"])
+        .arg(&q8)
+        .assert_err();
+    assert!(
+        err.contains("--model-config") && err.contains("`sd1`"),
+        "{err}"
+    );
 }
 
 /// A whole single-file checkpoint written as GGUF (stable-diffusion.cpp's layout: the UNet

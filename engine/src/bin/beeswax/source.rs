@@ -86,9 +86,12 @@ pub fn model_dir(
         let dir = match (&global.model_config, denoiser_only) {
             (Some(config), true) => config,
             (None, true) => bail!(
-                "--model {} is a GGUF file: give the diffusers folder the other components \
+                "--model {} is a GGUF file{}: give the diffusers folder the other components \
                  (text encoders, VAE, configs) come from with --model-config DIR",
-                model.display()
+                model.display(),
+                gguf_architecture(model)
+                    .map(|a| format!(" holding a `{a}` denoiser"))
+                    .unwrap_or_default()
             ),
             (_, false) => model,
         };
@@ -130,6 +133,14 @@ pub fn model_dir(
         family: Some(pack.family.as_str().to_string()),
         denoiser: pack.gguf,
     })
+}
+
+/// The architecture a GGUF file holds (its `general.architecture`, else told from its tensor
+/// names), for messages.
+fn gguf_architecture(path: &std::path::Path) -> Option<String> {
+    let file = beeswax::gguf::GgufFile::open(path).ok()?;
+    let (architecture, _) = file.architecture().ok()??;
+    Some(architecture.name().to_string())
 }
 
 /// Loads the chosen model on the chosen device.
