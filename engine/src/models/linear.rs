@@ -38,29 +38,30 @@ impl Linear {
         bias: bool,
         quantized: Option<&GgufWeights>,
     ) -> Result<Self> {
-        let bias = if bias {
-            Some(vb.get(out_dim, "bias")?)
-        } else {
-            None
-        };
         let name = match vb.prefix() {
             p if p.is_empty() => "weight".to_string(),
             p => format!("{p}.weight"),
         };
-        if let Some(weights) = quantized {
-            let weight = weights
+        // The weight first (its shape names the layer best in errors), then the bias.
+        let quantized = match quantized {
+            Some(weights) => weights
                 .qmatmul(&name, out_dim, in_dim, vb.device())
-                .map_err(candle_core::Error::wrap)?;
-            if let Some(weight) = weight {
-                return Ok(Linear::Quantized {
-                    weight,
-                    bias,
-                    out_dim,
-                });
-            }
+                .map_err(candle_core::Error::wrap)?,
+            None => None,
+        };
+        let read_bias = || match bias {
+            true => vb.get(out_dim, "bias").map(Some),
+            false => Ok(None),
+        };
+        if let Some(weight) = quantized {
+            return Ok(Linear::Quantized {
+                weight,
+                bias: read_bias()?,
+                out_dim,
+            });
         }
         let weight = vb.get((out_dim, in_dim), "weight")?;
-        Ok(Linear::Dense(candle_nn::Linear::new(weight, bias)))
+        Ok(Linear::Dense(candle_nn::Linear::new(weight, read_bias()?)))
     }
 
     /// Output features.
