@@ -26,10 +26,9 @@ const COMFY_DENOISER: &str = "model.diffusion_model.";
 /// `model.diffusion_model.` (its transformer files and all-in-one checkpoints).
 pub fn check_rule(rule: &KeyRule, file: &SafetensorsFile) -> std::result::Result<(), String> {
     let info = file.info(&rule.key).or_else(|| {
-        if rule.key.contains("diffusion_model.") || rule.key.contains("_stage_model.") {
-            return None;
-        }
-        file.info(&format!("{COMFY_DENOISER}{}", rule.key))
+        (!rule.key.starts_with(COMFY_DENOISER))
+            .then(|| file.info(&format!("{COMFY_DENOISER}{}", rule.key)))
+            .flatten()
     });
     match (info, rule.present) {
         (None, true) => Err(format!("has no tensor `{}`", rule.key)),
