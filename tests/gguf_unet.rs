@@ -262,7 +262,7 @@ fn sdxl_gguf_unet_is_close_to_f32_and_architectures_are_checked() {
 }
 
 /// The CLI: `--model FILE.gguf --model-config DIR` generates with an SD family; without
-/// `--model-config` the error says what the file holds.
+/// `--model-config` the error says what the file holds; `beeswax inspect` reports it.
 #[test]
 fn the_cli_generates_with_an_sd_gguf_unet() {
     let dir = Dir::new("gguf-sd-cli");
@@ -298,6 +298,15 @@ fn the_cli_generates_with_an_sd_gguf_unet() {
         err.contains("--model-config") && err.contains("`sd1`"),
         "{err}"
     );
+    let report = TestCommand::in_repo().arg("inspect").arg(&q8).run();
+    let report = String::from_utf8_lossy(&report.stdout).into_owned();
+    for want in [
+        "architecture: sd1 (general.architecture)",
+        "Q8_0 ×",
+        "denoiser prefix: none",
+    ] {
+        assert!(report.contains(want), "{want:?} not in {report}");
+    }
 }
 
 /// A whole single-file checkpoint written as GGUF (stable-diffusion.cpp's layout: the UNet
