@@ -14,6 +14,7 @@ use beeswax::family::{self, Model};
 use beeswax::lora::{self, LoraFile, WeightedLora};
 use beeswax::pipeline::{Input, Job};
 use common::command::{Dir, TestCommand};
+use common::flux_files::{bfl_file, comfy_components, config_only};
 use common::images::max_pixel_diff;
 use common::jobs::{generate, try_generate};
 use common::{assert_close_rel_std, fixture, flux_cases, max_diff_and_std, model_dir, FluxCase};
@@ -328,7 +329,8 @@ fn the_cli_generates_with_flux_folders_and_gguf_files() {
     assert!(err.contains("--model-config"), "{err}");
 }
 
-/// `low_memory` (T5 read for each encoding) gives the same run.
+/// `low_memory` (CLIP and T5 read for each encoding, the VAE for each decoding) gives the
+/// same run, bit for bit, as the model kept in memory.
 #[test]
 fn low_memory_gives_the_same_images() {
     let (case, r) = euler_case();
@@ -336,6 +338,140 @@ fn low_memory_gives_the_same_images() {
     options.max_sequence_length = Some(case.max_sequence_length);
     options.low_memory = true;
     let model = family::load(&model_dir("tiny-flux-dev"), None, &options).unwrap();
+    assert!(model.vae.is_on_demand());
+    assert!(model.weights.get("text_encoder").is_none());
     let out = generate(&model, &case.job(&r));
     assert_close_rel_std("low memory latents", &out.latents, &r["latents"], 2e-3);
+    let kept = generate(
+        &flux_model("tiny-flux-dev", case.max_sequence_length),
+        &case.job(&r),
+    );
+    assert_eq!(
+        common::compare::max_abs_diff(&out.latents, &kept.latents),
+        0.0
+    );
+    assert_eq!(out.images[0].data, kept.images[0].data);
+    // A GGUF transformer is built after the encoding (deferred): the same run again.
+    let dir = Dir::new("flux-low-memory");
+    let gguf = dir.join("q8_0.gguf");
+    quantize(
+        &fixture("models/tiny-flux-dev-bfl.safetensors"),
+        &gguf,
+        "q8_0",
+        None,
+    );
+    let runs: Vec<_> = [false, true]
+        .into_iter()
+        .map(|low_memory| {
+            options.low_memory = low_memory;
+            options.denoiser = Some(gguf.clone());
+            let model = family::load(&model_dir("tiny-flux-dev"), None, &options).unwrap();
+            generate(&model, &case.job(&r))
+        })
+        .collect();
+    let diff = common::compare::max_abs_diff(&runs[0].latents, &runs[1].latents);
+    assert_eq!(diff, 0.0);
+}
+
+/// The kohya (dev) and PEFT (schnell) LoRA fixtures applied to Q8_0 transformers (quantized
+/// from BFL single files by `beeswax quantize`): the LoRAs change the quantized layers (merged
+/// into dequantized copies) and the images stay within the Q8_0 tolerance of the f32 + LoRA
+/// runs.
+#[test]
+fn loras_apply_to_q8_0_transformers() {
+    let dir = Dir::new("flux-q8-lora");
+    for case in flux_cases().iter().filter(|c| c.lora.is_some()) {
+        let name = case.model_name();
+        let bfl = dir.join(format!("{name}-bfl.safetensors"));
+        bfl_file(&name, "", HashMap::new(), &bfl);
+        let gguf = dir.join(format!("{name}-q8_0.gguf"));
+        quantize(&bfl, &gguf, "q8_0", None);
+        let r = case.tensors();
+        let want = generate(&case_model(case), &case.job(&r));
+        let mut options = common::cpu_f32();
+        options.max_sequence_length = Some(case.max_sequence_length);
+        options.denoiser = Some(gguf.clone());
+        let model = family::load(&model_dir(&name), None, &options).unwrap();
+        let lora = WeightedLora {
+            name: "lora".into(),
+            file: Arc::new(LoraFile::read(&fixture(case.lora.as_ref().unwrap())).unwrap()),
+            weight: case.lora_scale.unwrap_or(1.0),
+        };
+        let applied = lora::apply(&model, &[lora]).unwrap();
+        let report = &applied.reports[0];
+        assert!(report.unet_layers >= 6, "{}: {report:?}", case.name);
+        assert!(report.unmatched.is_empty(), "{}: {report:?}", case.name);
+        let got = generate(&applied.model, &case.job(&r));
+        let (diff, std) = max_diff_and_std(&got.latents, &want.latents);
+        let pixels = max_pixel_diff(&got.images[0], &image_tensor(&want.images[0]));
+        eprintln!(
+            "{}: Q8_0 + LoRA vs f32 + LoRA: latents {:.4} of their std, image {pixels}/255",
+            case.name,
+            diff / std
+        );
+        assert!(
+            diff <= 0.02 * std,
+            "{}: latents differ by {diff}",
+            case.name
+        );
+        assert!(
+            pixels <= 4.0,
+            "{}: image differs by {pixels}/255",
+            case.name
+        );
+        // Without the LoRA the run is far from the f32 + LoRA one: the LoRA took effect.
+        let base = generate(&model, &case.job(&r));
+        let (moved, _) = max_diff_and_std(&base.latents, &want.latents);
+        assert!(
+            moved > 10.0 * diff,
+            "{}: the LoRA moved latents by {moved}",
+            case.name
+        );
+    }
+}
+
+/// BFL transformers under ComfyUI's `model.diffusion_model.` prefix, alone (the rest from the
+/// `--model-config` folder) or in an all-in-one checkpoint (everything from the file: the
+/// config folder holds no weights), are detected as flux-dev or flux-schnell and give the
+/// folder's images.
+#[test]
+fn comfy_flux_single_files_are_detected() {
+    use beeswax::checkpoint::{self, CheckpointOptions};
+    let dir = Dir::new("flux-comfy");
+    for (name, family) in [
+        ("tiny-flux-dev", "flux-dev"),
+        ("tiny-flux-schnell", "flux-schnell"),
+    ] {
+        let alone = dir.join(format!("{name}-comfy.safetensors"));
+        bfl_file(name, "model.diffusion_model.", HashMap::new(), &alone);
+        let all = dir.join(format!("{name}-all-in-one.safetensors"));
+        bfl_file(name, "model.diffusion_model.", comfy_components(name), &all);
+        let case = flux_cases()
+            .into_iter()
+            .find(|c| c.model_name() == name && c.lora.is_none())
+            .unwrap();
+        let mut options = common::cpu_f32();
+        options.max_sequence_length = Some(case.max_sequence_length);
+        let r = case.tensors();
+        let job = case.job(&r);
+        let want = generate(&flux_model(name, case.max_sequence_length), &job);
+        let families = family::Families::builtin();
+        for (file, configs) in [(&alone, model_dir(name)), (&all, config_only(name, &dir))] {
+            let single = CheckpointOptions {
+                config_dir: Some(configs),
+                ..Default::default()
+            };
+            let model = checkpoint::load::load(file, &families, &single, &options).unwrap();
+            assert_eq!(model.family.name, family, "{}", file.display());
+            let got = generate(&model, &job);
+            let (diff, _) = max_diff_and_std(&got.latents, &want.latents);
+            assert!(diff <= 1e-5, "{}: latents differ by {diff}", file.display());
+            let pixels = max_pixel_diff(&got.images[0], &image_tensor(&want.images[0]));
+            assert!(
+                pixels <= 1.0,
+                "{}: image differs by {pixels}/255",
+                file.display()
+            );
+        }
+    }
 }

@@ -489,44 +489,60 @@ fn gguf_py_reads_quantized_files() {
     for ty in [
         "q8_0", "q5_0", "q5_1", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k", "f16", "bf16", "f32",
     ] {
-        let output = dir.path().join(format!("{ty}.gguf"));
-        let run = beeswax(&[
-            "quantize",
-            input.to_str().unwrap(),
-            output.to_str().unwrap(),
-            "--type",
-            ty,
-        ]);
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-        let file = GgufFile::open(&output).unwrap();
-        let ours: std::collections::HashMap<String, candle_core::Tensor> = file
-            .tensors()
-            .iter()
-            .map(|t| {
-                (
-                    t.name.clone(),
-                    file.dequantize_as(&t.name, DType::F32, &Device::Cpu)
-                        .unwrap(),
-                )
-            })
-            .collect();
-        let ours_path = dir.path().join(format!("{ty}.safetensors"));
-        candle_core::safetensors::save(&ours, &ours_path).unwrap();
-        let check = Command::new(&python)
-            .arg(fixture("readback.py"))
-            .args([&output, &ours_path])
-            .arg("flux")
-            .output()
-            .unwrap();
-        assert!(
-            check.status.success(),
-            "{ty}: {}{}",
-            String::from_utf8_lossy(&check.stdout),
-            String::from_utf8_lossy(&check.stderr)
-        );
+        read_back(&python, &input, ty, "flux", dir.path());
     }
+    // SD and SDXL UNets from diffusers folders (written in LDM names).
+    let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models");
+    for (model, ty, arch) in [
+        ("tiny-sd", "q8_0", "sd1"),
+        ("tiny-sd", "q4_k", "sd1"),
+        ("tiny-sdxl", "q8_0", "sdxl"),
+    ] {
+        read_back(&python, &models.join(model), ty, arch, dir.path());
+    }
+}
+
+/// `beeswax quantize input` as `ty`, then `readback.py` compares gguf-py's reading of the file
+/// with beeswax's (architecture `arch`).
+fn read_back(python: &Path, input: &Path, ty: &str, arch: &str, dir: &Path) {
+    let stem = input.file_stem().unwrap().to_string_lossy();
+    let output = dir.join(format!("{stem}-{ty}.gguf"));
+    let run = beeswax(&[
+        "quantize",
+        input.to_str().unwrap(),
+        output.to_str().unwrap(),
+        "--type",
+        ty,
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let file = GgufFile::open(&output).unwrap();
+    let ours: std::collections::HashMap<String, candle_core::Tensor> = file
+        .tensors()
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                file.dequantize_as(&t.name, DType::F32, &Device::Cpu)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let ours_path = dir.join(format!("{stem}-{ty}.safetensors"));
+    candle_core::safetensors::save(&ours, &ours_path).unwrap();
+    let check = Command::new(python)
+        .arg(fixture("readback.py"))
+        .args([&output, &ours_path])
+        .arg(arch)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{stem} {ty}: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
 }

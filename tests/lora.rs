@@ -424,6 +424,7 @@ fn switching_cost() {
                 peft: "unet".into(),
                 bare: true,
             },
+            quantized: None,
         }],
     };
     let loras = [WeightedLora {

@@ -10,7 +10,8 @@
 //!   tensors); [`jobs`]: the one place that builds library job values (from a case) and runs them;
 //! - [`compare`]: tensor comparisons (latents within a multiple of the reference's std);
 //!   [`images`]: the one image comparison (2/255) and PNG helpers;
-//! - [`lora`]: the LoRA fixtures.
+//! - [`lora`]: the LoRA fixtures; [`flux_files`]: FLUX single files (BFL, ComfyUI) made from
+//!   the miniature models.
 #![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use candle_core::{DType, Device};
 
 pub mod command;
 pub mod compare;
+pub mod flux_files;
 pub mod images;
 pub mod jobs;
 pub mod lora;

@@ -18,9 +18,18 @@ pub struct Detection {
     pub rule: String,
 }
 
-/// Whether `rule` holds for `file`; `Err` says what the file has instead.
+/// ComfyUI's prefix before a diffusion model's keys in its checkpoints.
+const COMFY_DENOISER: &str = "model.diffusion_model.";
+
+/// Whether `rule` holds for `file`; `Err` says what the file has instead. A rule key written
+/// without a component prefix (a FLUX transformer's BFL key) also matches under ComfyUI's
+/// `model.diffusion_model.` (its transformer files and all-in-one checkpoints).
 pub fn check_rule(rule: &KeyRule, file: &SafetensorsFile) -> std::result::Result<(), String> {
-    let info = file.info(&rule.key);
+    let info = file.info(&rule.key).or_else(|| {
+        (!rule.key.starts_with(COMFY_DENOISER))
+            .then(|| file.info(&format!("{COMFY_DENOISER}{}", rule.key)))
+            .flatten()
+    });
     match (info, rule.present) {
         (None, true) => Err(format!("has no tensor `{}`", rule.key)),
         (Some(_), false) => Err(format!("has tensor `{}`, which it must not have", rule.key)),

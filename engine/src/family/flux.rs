@@ -20,7 +20,7 @@ use super::model::{ComponentWeights, FusedPart, FusedTarget, LoraAlias, LoraName
 use super::prompting;
 use super::ScheduledPart;
 use super::{
-    Conditioning, EncodeOptions, Family, LoadOptions, Model, Networks, Patches,
+    Conditioning, EncodeOptions, Family, LoadOptions, Model, ModelSource, Networks, Patches,
     ScheduledConditioning, Vae, Weights,
 };
 use crate::gguf::GgufWeights;
@@ -48,13 +48,11 @@ const TEXT_ENCODER_2: &str = "text_encoder_2";
 #[derive(Debug, Clone)]
 pub struct FluxNetworks {
     clip_tokenizer: Arc<ClipTokenizer>,
-    clip: Arc<ClipTextModel>,
+    clip: Clip,
     clip_config: ClipTextConfig,
     t5_tokenizer: Arc<T5Tokenizer>,
     t5: T5,
-    transformer: Arc<FluxTransformer2DModel>,
-    /// A GGUF transformer's quantized linear weights (multiplied quantized).
-    quantized: Option<GgufWeights>,
+    transformer: Transformer,
     /// T5 tokens per prompt (FluxPipeline's `max_sequence_length`).
     max_sequence_length: usize,
     device: Device,
@@ -62,9 +60,9 @@ pub struct FluxNetworks {
 }
 
 impl FluxNetworks {
-    /// The transformer.
-    pub fn transformer(&self) -> &FluxTransformer2DModel {
-        &self.transformer
+    /// The transformer (built now if it was deferred by `--low-memory`).
+    pub fn transformer(&self) -> Result<Arc<FluxTransformer2DModel>> {
+        self.transformer.get()
     }
 
     /// T5 tokens per prompt.
@@ -73,29 +71,64 @@ impl FluxNetworks {
     }
 }
 
-/// Loads the FLUX diffusers folder `dir` as a model of `family`; the transformer comes from
-/// `options.denoiser` when given (a BFL/ComfyUI safetensors file or a GGUF file), else from
-/// `dir/transformer`.
-pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Model> {
+/// The weights of `component`: the single file's when it holds them (an all-in-one ComfyUI
+/// checkpoint), else the file in the config folder.
+fn component_weights(
+    source: &ModelSource,
+    component: &str,
+    stem: &str,
+) -> Result<(PathBuf, WeightSource)> {
+    match &source.components {
+        Some(map) if map.contains_key(component) => source.weights(component, stem),
+        _ => {
+            let file = model_files::weights(&source.config_dir, component, stem)?;
+            let weights = WeightSource::open(&file)?;
+            Ok((file, weights))
+        }
+    }
+}
+
+/// Loads FLUX from `source` as a model of `family`: configs and tokenizers from its folder,
+/// the text encoders and the VAE from its single file where that holds them (else from the
+/// folder), the transformer from `options.denoiser` when given (a BFL/ComfyUI safetensors file
+/// or a GGUF file), else from the folder's `transformer`.
+pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) -> Result<Model> {
     let (device, dtype) = (&options.device, options.dtype);
+    let dir = source.config_dir.as_path();
     let clip_tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
     let clip_config: ClipTextConfig =
         read_json(&model_files::config(dir, TEXT_ENCODER, "config.json")?)?;
-    let clip_file = model_files::weights(dir, TEXT_ENCODER, "model")?;
-    let clip_map = WeightSource::open(&clip_file)?.read_all(dtype, device)?;
-    let clip = in_file(
-        &clip_file,
-        ClipTextModel::new(
-            VarBuilder::from_tensors(clip_map.clone(), dtype, device),
-            &clip_config,
-        ),
-    )?;
+    let (clip_file, clip_source) = component_weights(source, TEXT_ENCODER, "model")?;
+    // With low memory, CLIP is read for each encoding and freed after (checked once here);
+    // its LoRA-able weights are not kept, so text-encoder LoRA modules go unmatched.
+    let (clip, clip_weights) = if options.low_memory {
+        let vb = clip_source.var_builder(dtype, device);
+        in_file(&clip_file, ClipTextModel::new(vb, &clip_config))?;
+        let clip = Clip::OnDemand {
+            file: clip_file,
+            source: clip_source,
+        };
+        (clip, None)
+    } else {
+        let clip_map = clip_source.read_all(dtype, device)?;
+        let vb = VarBuilder::from_tensors(clip_map.clone(), dtype, device);
+        let clip = in_file(&clip_file, ClipTextModel::new(vb, &clip_config))?;
+        let weights = component(
+            TEXT_ENCODER,
+            Role::TextEncoder,
+            clip_file,
+            clip_map,
+            "lora_te1",
+        );
+        (Clip::Loaded(Arc::new(clip)), Some(weights))
+    };
 
     let t5_tokenizer = T5Tokenizer::from_dir(&dir.join("tokenizer_2"))?;
     let t5_config = T5Config::from_file(&model_files::config(dir, TEXT_ENCODER_2, "config.json")?)?;
-    let t5_file = model_files::weights(dir, TEXT_ENCODER_2, "model")?;
+    let (t5_file, t5_source) = component_weights(source, TEXT_ENCODER_2, "model")?;
     let t5 = T5::Files {
         file: t5_file,
+        source: t5_source,
         config: t5_config,
     };
     // With low memory, T5 (the largest network) is read for each encoding and freed after.
@@ -112,6 +145,7 @@ pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Mo
         file,
         tensors,
         quantized,
+        layers,
     } = match &options.denoiser {
         Some(path) => denoiser::flux(path, &config, dtype, device)?,
         None => {
@@ -121,19 +155,35 @@ pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Mo
                 file,
                 tensors,
                 quantized: None,
+                layers: None,
             }
         }
     };
-    let vb = VarBuilder::from_tensors(tensors.clone(), dtype, device);
-    let transformer = in_file(&file, build_transformer(vb, &config, quantized.as_ref()))?;
-
-    let vae_file = model_files::weights(dir, "vae", "diffusion_pytorch_model")?;
-    let vae = Vae::load(
-        &model_files::config(dir, "vae", "config.json")?,
-        &WeightSource::open(&vae_file)?,
+    let recipe = Recipe {
+        tensors: tensors.clone(),
+        quantized,
+        file: file.clone(),
         dtype,
-        device,
-    )?;
+        device: device.clone(),
+    };
+    // Built (which checks every tensor) either way; with low memory it is dropped again and
+    // rebuilt at its first use, after the prompts are encoded and their encoders freed.
+    let built = Arc::new(recipe.build(&config)?);
+    let transformer = if options.low_memory {
+        drop(built);
+        Transformer::deferred(config.clone(), recipe)
+    } else {
+        Transformer::built(config.clone(), built)
+    };
+
+    let (_, vae_source) = component_weights(source, "vae", "diffusion_pytorch_model")?;
+    let vae_config = model_files::config(dir, "vae", "config.json")?;
+    // With low memory, the VAE is read for each decoding (or encoding) and freed after.
+    let vae = if options.low_memory {
+        Vae::on_demand(&vae_config, &vae_source, dtype, device)?
+    } else {
+        Vae::load(&vae_config, &vae_source, dtype, device)?
+    };
     let scheduler_config = SchedulerConfig::from_file(&model_files::config(
         dir,
         "scheduler",
@@ -143,35 +193,29 @@ pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Mo
         .max_sequence_length
         .or(family.max_sequence_length)
         .unwrap_or(512);
+    let mut transformer_weights = component(
+        TRANSFORMER,
+        Role::Denoiser,
+        file,
+        tensors,
+        "lora_transformer",
+    );
+    transformer_weights.quantized = layers;
     let weights = Weights {
-        components: vec![
-            component(
-                TRANSFORMER,
-                Role::Denoiser,
-                file,
-                tensors,
-                "lora_transformer",
-            ),
-            component(
-                TEXT_ENCODER,
-                Role::TextEncoder,
-                clip_file,
-                clip_map,
-                "lora_te1",
-            ),
-        ],
+        components: std::iter::once(transformer_weights)
+            .chain(clip_weights)
+            .collect(),
     };
     Ok(Model {
         family,
-        source: dir.to_path_buf(),
+        source: source.origin.clone(),
         networks: Arc::new(FluxNetworks {
             clip_tokenizer: Arc::new(clip_tokenizer),
-            clip: Arc::new(clip),
+            clip,
             clip_config,
             t5_tokenizer: Arc::new(t5_tokenizer),
             t5,
-            transformer: Arc::new(transformer),
-            quantized,
+            transformer,
             max_sequence_length,
             device: device.clone(),
             dtype,
@@ -184,11 +228,22 @@ pub fn load(family: Arc<Family>, dir: &Path, options: &LoadOptions) -> Result<Mo
     })
 }
 
+/// CLIP-L, loaded, or its weights (`--low-memory`: read for each encoding).
+#[derive(Debug, Clone)]
+enum Clip {
+    Loaded(Arc<ClipTextModel>),
+    OnDemand { file: PathBuf, source: WeightSource },
+}
+
 /// The T5 encoder, loaded, or its files (`--low-memory`: loaded for each encoding).
 #[derive(Debug, Clone)]
 enum T5 {
     Loaded(Arc<T5EncoderModel>),
-    Files { file: PathBuf, config: T5Config },
+    Files {
+        file: PathBuf,
+        source: WeightSource,
+        config: T5Config,
+    },
 }
 
 impl T5 {
@@ -196,11 +251,79 @@ impl T5 {
     fn load(&self, dtype: DType, device: &Device) -> Result<Arc<T5EncoderModel>> {
         match self {
             T5::Loaded(t5) => Ok(t5.clone()),
-            T5::Files { file, config } => {
-                let vb = WeightSource::open(file)?.var_builder(dtype, device);
+            T5::Files {
+                file,
+                source,
+                config,
+            } => {
+                let vb = source.var_builder(dtype, device);
                 Ok(Arc::new(in_file(file, T5EncoderModel::new(vb, config))?))
             }
         }
+    }
+}
+
+/// The transformer, built, or built at its first use (`--low-memory`).
+#[derive(Debug, Clone)]
+struct Transformer {
+    config: FluxConfig,
+    built: Arc<std::sync::OnceLock<Arc<FluxTransformer2DModel>>>,
+    recipe: Option<Arc<Recipe>>,
+}
+
+/// What a transformer is built from.
+#[derive(Debug)]
+struct Recipe {
+    tensors: HashMap<String, Tensor>,
+    quantized: Option<GgufWeights>,
+    file: PathBuf,
+    dtype: DType,
+    device: Device,
+}
+
+impl Recipe {
+    fn build(&self, config: &FluxConfig) -> Result<FluxTransformer2DModel> {
+        let vb = VarBuilder::from_tensors(self.tensors.clone(), self.dtype, &self.device);
+        in_file(
+            &self.file,
+            build_transformer(vb, config, self.quantized.as_ref()),
+        )
+    }
+}
+
+impl Transformer {
+    fn built(config: FluxConfig, model: Arc<FluxTransformer2DModel>) -> Self {
+        let built = std::sync::OnceLock::new();
+        let _ = built.set(model);
+        Self {
+            config,
+            built: Arc::new(built),
+            recipe: None,
+        }
+    }
+
+    fn deferred(config: FluxConfig, recipe: Recipe) -> Self {
+        Self {
+            config,
+            built: Arc::default(),
+            recipe: Some(Arc::new(recipe)),
+        }
+    }
+
+    /// The model, built now if it was deferred.
+    fn get(&self) -> Result<Arc<FluxTransformer2DModel>> {
+        if let Some(model) = self.built.get() {
+            return Ok(model.clone());
+        }
+        let recipe = self.recipe.as_ref().ok_or_else(|| {
+            Error::invalid(
+                "transformer",
+                "neither built nor deferred",
+                "load the model again",
+            )
+        })?;
+        let model = Arc::new(recipe.build(&self.config)?);
+        Ok(self.built.get_or_init(|| model).clone())
     }
 }
 
@@ -255,17 +378,33 @@ fn component(
             peft: name.to_string(),
             bare: role == Role::Denoiser,
         },
+        quantized: None,
     }
 }
 
 impl FluxNetworks {
+    /// CLIP-L (read from its file unless loaded).
+    fn clip_model(&self) -> Result<Arc<ClipTextModel>> {
+        match &self.clip {
+            Clip::Loaded(clip) => Ok(clip.clone()),
+            Clip::OnDemand { file, source } => {
+                let vb = source.var_builder(self.dtype, &self.device);
+                Ok(Arc::new(in_file(
+                    file,
+                    ClipTextModel::new(vb, &self.clip_config),
+                )?))
+            }
+        }
+    }
+
     /// T5 states and CLIP's pooled output of `prompt`, taken literally.
     fn encode_text(&self, prompt: &str, warnings: &mut Vec<String>) -> Result<Conditioning> {
         let context = self.t5_context(prompt, warnings)?;
         // CLIP's own truncation is silent in FluxPipeline too; T5 carries the long prompt.
         let clip = self.clip_tokenizer.encode(prompt)?;
         let ids = Tensor::new(clip.ids.as_slice(), &self.device)?.unsqueeze(0)?;
-        let out = self.clip.encode(&ids, self.clip.num_layers(), true)?;
+        let clip = self.clip_model()?;
+        let out = clip.encode(&ids, clip.num_layers(), true)?;
         Ok(Conditioning {
             context,
             pooled: Some(out.pooled),
@@ -308,8 +447,8 @@ impl FluxNetworks {
         } else {
             EncoderSlot::Only
         };
-        let layers = self.clip.num_layers();
-        let out = clip_chunk_output(&self.clip, chunk, slot, layers, true, &self.device)?;
+        let clip = self.clip_model()?;
+        let out = clip_chunk_output(&clip, chunk, slot, clip.num_layers(), true, &self.device)?;
         Ok(out.pooled)
     }
 
@@ -422,11 +561,11 @@ impl Networks for FluxNetworks {
         let sigma = Tensor::full(timestep as f32 / 1000.0, b, &self.device)?;
         let guidance = self
             .transformer
-            .config()
+            .config
             .guidance_embeds
             .then(|| Tensor::full(guidance as f32, b, &self.device))
             .transpose()?;
-        let out = self.transformer.forward(
+        let out = self.transformer.get()?.forward(
             &img,
             &img_ids,
             &cond.context,
@@ -439,11 +578,11 @@ impl Networks for FluxNetworks {
     }
 
     fn in_channels(&self) -> usize {
-        self.transformer.config().in_channels / 4
+        self.transformer.config.in_channels / 4
     }
 
     fn text_layers(&self) -> usize {
-        self.clip.num_layers()
+        self.clip_config.num_hidden_layers
     }
 
     fn sample_size(&self) -> Option<usize> {
@@ -463,12 +602,17 @@ impl Networks for FluxNetworks {
             ))
         };
         if let Some((vb, file)) = rebuilt(TRANSFORMER) {
-            let config = self.transformer.config();
-            let transformer = build_transformer(vb, config, self.quantized.as_ref());
-            out.transformer = Arc::new(in_file(file, transformer)?);
+            let config = &self.transformer.config;
+            let quantized = weights
+                .get(TRANSFORMER)
+                .and_then(|base| denoiser::job_quantized(base, patches.get(TRANSFORMER)));
+            let transformer = build_transformer(vb, config, quantized.as_ref());
+            let transformer = Arc::new(in_file(file, transformer)?);
+            out.transformer = Transformer::built(config.clone(), transformer);
         }
         if let Some((vb, file)) = rebuilt(TEXT_ENCODER) {
-            out.clip = Arc::new(in_file(file, ClipTextModel::new(vb, &self.clip_config))?);
+            let clip = in_file(file, ClipTextModel::new(vb, &self.clip_config))?;
+            out.clip = Clip::Loaded(Arc::new(clip));
         }
         Ok(Arc::new(out))
     }
@@ -478,7 +622,7 @@ impl Networks for FluxNetworks {
     /// the swapped halves of `norm_out.linear`.
     fn lora_aliases(&self) -> Vec<LoraAlias> {
         let mut by_bfl: Vec<(String, Vec<FusedTarget>)> = Vec::new();
-        for (name, source) in bfl::tensor_map(self.transformer.config()) {
+        for (name, source) in bfl::tensor_map(&self.transformer.config) {
             let Some(module) = source.name.strip_suffix(".weight") else {
                 continue;
             };

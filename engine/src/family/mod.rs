@@ -36,7 +36,7 @@ use std::path::Path;
 pub use conditioning::Conditioning;
 pub use model::{
     ComponentWeights, EncodeOptions, FusedPart, FusedTarget, LoadOptions, LoraAlias, LoraNames,
-    Model, Networks, Patches, Role, SizeConditioning, Weights,
+    Model, Networks, Patches, QuantizedLayers, Role, SizeConditioning, Weights,
 };
 pub use preview::LatentPreview;
 pub use registry::{load_source, Families, FAMILIES_DIR};

@@ -24,8 +24,10 @@ pub struct LoadOptions {
     pub denoiser: Option<PathBuf>,
     /// T5 tokens per prompt for families with a T5 encoder, instead of the family's.
     pub max_sequence_length: Option<usize>,
-    /// Keep only what runs all the time in memory: FLUX reads its T5 encoder for each
-    /// encoding and frees it after.
+    /// Keep only what runs all the time in memory: FLUX reads its text encoders (CLIP and
+    /// T5) for each encoding and its VAE for each decoding, and frees them after (their
+    /// text-encoder LoRA modules then match nothing); its transformer is built at its first
+    /// use, after the first prompt is encoded.
     pub low_memory: bool,
 }
 
@@ -193,6 +195,71 @@ pub struct ComponentWeights {
     pub tensors: HashMap<String, Tensor>,
     /// How LoRA files name its modules.
     pub lora: LoraNames,
+    /// Linear weights the network multiplies quantized (a GGUF denoiser), which `tensors`
+    /// does not hold.
+    pub quantized: Option<QuantizedLayers>,
+}
+
+impl ComponentWeights {
+    /// The shape of weight `key`, dense or quantized.
+    pub fn shape(&self, key: &str) -> Option<Vec<usize>> {
+        if let Some(t) = self.tensors.get(key) {
+            return Some(t.dims().to_vec());
+        }
+        let q = self.quantized.as_ref().filter(|q| q.names.contains(key))?;
+        q.weights.tensor(key).map(|_| q.shape(key))
+    }
+
+    /// Weight `key` as a dense tensor: a quantized one dequantized (to merge a LoRA into).
+    pub fn dense(&self, key: &str) -> Result<Option<Tensor>> {
+        if let Some(t) = self.tensors.get(key) {
+            return Ok(Some(t.clone()));
+        }
+        match self.quantized.as_ref().filter(|q| q.names.contains(key)) {
+            Some(q) => Ok(Some(q.weights.dequantize_weight(key, q.dtype, &q.device)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The quantized linear weights of a GGUF denoiser, by the network's names.
+#[derive(Debug, Clone)]
+pub struct QuantizedLayers {
+    /// The file's weights.
+    pub weights: crate::gguf::GgufWeights,
+    /// The network's names of the weights multiplied quantized (`[out, in]` each).
+    pub names: std::collections::HashSet<String>,
+    /// The dtype dequantized copies take.
+    pub dtype: DType,
+    /// Their device.
+    pub device: Device,
+}
+
+impl QuantizedLayers {
+    /// The layers of `weights` among `names` that it multiplies quantized.
+    pub fn new<'a>(
+        weights: crate::gguf::GgufWeights,
+        names: impl IntoIterator<Item = &'a str>,
+        dtype: DType,
+        device: &Device,
+    ) -> Self {
+        let names = names
+            .into_iter()
+            .filter(|n| weights.multiplies_quantized(n))
+            .map(str::to_string)
+            .collect();
+        Self {
+            weights,
+            names,
+            dtype,
+            device: device.clone(),
+        }
+    }
+
+    /// The `[out, in]` shape of the quantized weight `key` (a row slice's rows for fused ones).
+    fn shape(&self, key: &str) -> Vec<usize> {
+        self.weights.linear_shape(key).unwrap_or_default()
+    }
 }
 
 /// Every LoRA-able component's weights.

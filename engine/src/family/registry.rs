@@ -235,19 +235,6 @@ pub fn load_source(
     source: &ModelSource,
     options: &LoadOptions,
 ) -> Result<Model> {
-    if let (Some(file), Architecture::Sd | Architecture::Sdxl) =
-        (&options.denoiser, family.architecture)
-    {
-        return Err(Error::invalid(
-            "denoiser file",
-            file.display().to_string(),
-            format!(
-                "family `{}` loads its UNet from the model only (GGUF UNets are not supported \
-                 yet); drop the denoiser file",
-                family.name
-            ),
-        ));
-    }
     match family.architecture {
         Architecture::Sd => sd::load(family, source, options),
         Architecture::Sdxl => sdxl::load(family, source, options),
@@ -269,15 +256,13 @@ fn load_flux(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) -
         ));
     }
     match &source.components {
-        None => flux::load(family, &source.config_dir, options),
+        None => flux::load(family, source, options),
         Some(_) => {
             let mut options = options.clone();
             if options.denoiser.is_none() {
                 options.denoiser = Some(source.origin.clone());
             }
-            let mut model = flux::load(family, &source.config_dir, &options)?;
-            model.source = source.origin.clone();
-            Ok(model)
+            flux::load(family, source, &options)
         }
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
+use super::denoiser;
 use super::model::{ComponentWeights, LoraNames, Role};
 use super::prompting::{self, ClipEncoder};
 use super::{
@@ -89,13 +90,13 @@ pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) ->
             ),
         });
     }
-    let (unet_file, unet_source) = source.weights(UNET, "diffusion_pytorch_model")?;
-    let unet_map = unet_source.read_all(dtype, device)?;
+    let unet_weights = denoiser::unet_weights(source, UNET, &unet_config, false, options)?;
     let unet = in_file(
-        &unet_file,
-        UNet2DConditionModel::new(
-            VarBuilder::from_tensors(unet_map.clone(), dtype, device),
+        &unet_weights.file,
+        UNet2DConditionModel::new_quantized(
+            VarBuilder::from_tensors(unet_weights.tensors.clone(), dtype, device),
             &unet_config,
+            unet_weights.quantized.as_ref(),
         ),
     )?;
 
@@ -109,7 +110,7 @@ pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) ->
 
     let weights = Weights {
         components: vec![
-            component(UNET, Role::Denoiser, unet_file, unet_map, "lora_unet"),
+            unet_weights.component(UNET, Role::Denoiser, lora_names("lora_unet")),
             component(
                 TEXT_ENCODER,
                 Role::TextEncoder,
@@ -155,6 +156,16 @@ fn component(
             peft: name.to_string(),
             bare: true,
         },
+        quantized: None,
+    }
+}
+
+/// The UNet's LoRA names (`lora_unet`, `unet`).
+fn lora_names(kohya: &str) -> LoraNames {
+    LoraNames {
+        kohya: kohya.to_string(),
+        peft: UNET.to_string(),
+        bare: true,
     }
 }
 
@@ -230,7 +241,11 @@ impl Networks for SdNetworks {
             ))
         };
         if let Some((vb, file)) = rebuilt(UNET) {
-            let unet = UNet2DConditionModel::new(vb, self.unet.config());
+            let quantized = weights
+                .get(UNET)
+                .and_then(|base| denoiser::job_quantized(base, patches.get(UNET)));
+            let unet =
+                UNet2DConditionModel::new_quantized(vb, self.unet.config(), quantized.as_ref());
             out.unet = Arc::new(in_file(file, unet)?);
         }
         if let Some((vb, file)) = rebuilt(TEXT_ENCODER) {

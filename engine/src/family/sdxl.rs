@@ -13,6 +13,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+use super::denoiser;
 use super::model::{ComponentWeights, LoraNames, Role};
 use super::prompting::{self, encode_stacked, ClipEncoder, StackedEncoder, StackedPrompt};
 use super::spec::{HiddenStates, TextEncoderKind, TextEncoderSpec, TimeIds};
@@ -82,25 +83,32 @@ pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) ->
     let unet_config_path = source.config(&family.denoiser.component, "config.json")?;
     let unet_config: UNetConfig = read_json(&unet_config_path)?;
     check_widths(&unet_config, &encoders, &unet_config_path)?;
-    let (unet_file, unet_source) =
-        source.weights(&family.denoiser.component, "diffusion_pytorch_model")?;
-    let unet_tensors = unet_source.read_all(dtype, device)?;
+    let unet_weights = denoiser::unet_weights(
+        source,
+        &family.denoiser.component,
+        &unet_config,
+        true,
+        options,
+    )?;
     let unet = in_file(
-        &unet_file,
-        UNet2DConditionModel::new(
-            VarBuilder::from_tensors(unet_tensors.clone(), dtype, device),
+        &unet_weights.file,
+        UNet2DConditionModel::new_quantized(
+            VarBuilder::from_tensors(unet_weights.tensors.clone(), dtype, device),
             &unet_config,
+            unet_weights.quantized.as_ref(),
         ),
     )?;
+    let lora = &family.denoiser.lora;
     components.insert(
         0,
-        component(
+        unet_weights.component(
             &family.denoiser.component,
             Role::Denoiser,
-            unet_file,
-            unet_tensors,
-            &family.denoiser.lora,
-            true,
+            LoraNames {
+                kohya: lora.kohya.clone(),
+                peft: lora.peft.clone(),
+                bare: true,
+            },
         ),
     );
     let vae_dir = &family.vae.component;
@@ -204,6 +212,7 @@ fn component(
             peft: lora.peft.clone(),
             bare,
         },
+        quantized: None,
     }
 }
 
@@ -390,8 +399,13 @@ impl Networks for SdxlNetworks {
                 base.file.as_path(),
             ))
         };
-        if let Some((vb, file)) = rebuilt(&self.family.denoiser.component) {
-            let unet = UNet2DConditionModel::new(vb, self.unet.config());
+        let name = &self.family.denoiser.component;
+        if let Some((vb, file)) = rebuilt(name) {
+            let quantized = weights
+                .get(name)
+                .and_then(|base| denoiser::job_quantized(base, patches.get(name)));
+            let unet =
+                UNet2DConditionModel::new_quantized(vb, self.unet.config(), quantized.as_ref());
             out.unet = Arc::new(in_file(file, unet)?);
         }
         for encoder in &mut out.encoders {

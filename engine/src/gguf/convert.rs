@@ -18,6 +18,7 @@ use super::quantize::quantize;
 use super::rules::choose_type;
 use super::types::{GgmlType, QUANTIZE_TARGETS};
 use super::writer::{GgufWriter, PlannedTensor, WriteError};
+use crate::checkpoint::keymap::unet_ldm_names;
 
 /// ggml's quantization version written in `general.quantization_version`.
 pub const QUANTIZATION_VERSION: u32 = 2;
@@ -342,16 +343,70 @@ pub fn quantize_file(
     options: &QuantizeOptions,
     progress: impl FnMut(usize, usize, &PlannedTensor),
 ) -> Result<QuantizeReport, GgufError> {
-    if !options.target.can_quantize() {
+    check_target(output, options)?;
+    write(Input::open(input)?, output, options, progress)
+}
+
+/// Writes the UNet of the diffusers folder `dir` (`unet/diffusion_pytorch_model.safetensors`,
+/// SD 1.x/2.x or SDXL) as the GGUF file `output`, its tensors renamed to the original (LDM)
+/// names that ComfyUI-GGUF and stable-diffusion.cpp files use (`input_blocks.1.1.proj_in.weight`),
+/// without a prefix.
+pub fn quantize_unet_folder(
+    dir: &Path,
+    output: &Path,
+    options: &QuantizeOptions,
+    progress: impl FnMut(usize, usize, &PlannedTensor),
+) -> Result<QuantizeReport, GgufError> {
+    check_target(output, options)?;
+    let path = dir.join("unet").join("diffusion_pytorch_model.safetensors");
+    if !path.is_file() {
         return Err(GgufError::Input {
-            path: output.to_path_buf(),
+            path: dir.to_path_buf(),
             what: format!(
-                "cannot write {} tensors (types: {QUANTIZE_TARGETS})",
-                options.target
+                "a folder is quantized through its UNet, and {} does not exist; give a \
+                 .safetensors file instead (a FLUX transformer in the BFL layout, a component \
+                 file or a single-file checkpoint)",
+                path.display()
             ),
         });
     }
-    let input = Input::open(input)?;
+    let mut input = Input::open(&path)?;
+    let names = unet_ldm_names(input.entries.iter().map(|(n, _)| n.as_str()));
+    let renamed: HashMap<String, String> =
+        names.into_iter().map(|(d, l)| (d.to_string(), l)).collect();
+    if let Some((name, _)) = input.entries.iter().find(|(n, _)| !renamed.contains_key(n)) {
+        return Err(input.bad(format!(
+            "tensor {name:?} is not a diffusers UNet tensor beeswax can name in the original \
+             layout; quantize the file itself to keep its names"
+        )));
+    }
+    for (name, _) in &mut input.entries {
+        if let Some(ldm) = renamed.get(name.as_str()) {
+            *name = ldm.clone();
+        }
+    }
+    write(input, output, options, progress)
+}
+
+fn check_target(output: &Path, options: &QuantizeOptions) -> Result<(), GgufError> {
+    if options.target.can_quantize() {
+        return Ok(());
+    }
+    Err(GgufError::Input {
+        path: output.to_path_buf(),
+        what: format!(
+            "cannot write {} tensors (types: {QUANTIZE_TARGETS})",
+            options.target
+        ),
+    })
+}
+
+fn write(
+    input: Input,
+    output: &Path,
+    options: &QuantizeOptions,
+    progress: impl FnMut(usize, usize, &PlannedTensor),
+) -> Result<QuantizeReport, GgufError> {
     let plan = plan(&input, options)?;
     let part = PathBuf::from(format!("{}.part", output.display()));
     let bytes = match write_part(&input, &plan, &part, progress) {

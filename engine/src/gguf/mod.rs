@@ -31,7 +31,9 @@ mod types;
 mod weights;
 mod writer;
 
-pub use convert::{quantize_file, QuantizeOptions, QuantizeReport, QUANTIZATION_VERSION};
+pub use convert::{
+    quantize_file, quantize_unet_folder, QuantizeOptions, QuantizeReport, QUANTIZATION_VERSION,
+};
 pub use error::GgufError;
 pub use metadata::{Array, Value};
 pub use naming::{detect_architecture, strip_known_prefix, Architecture};

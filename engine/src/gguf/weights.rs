@@ -4,6 +4,7 @@
 //! from the raw blocks for linear layers that multiply quantized.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -50,6 +51,8 @@ pub struct GgufWeights {
     prefix: Option<&'static str>,
     rename: Option<Rename>,
     slices: Option<Slices>,
+    /// Model weights served dense from elsewhere (LoRA-patched), never quantized.
+    dense: Arc<HashSet<String>>,
 }
 
 impl std::fmt::Debug for GgufWeights {
@@ -86,6 +89,7 @@ impl GgufWeights {
             prefix,
             rename: None,
             slices: None,
+            dense: Arc::default(),
         })
     }
 
@@ -104,10 +108,28 @@ impl GgufWeights {
         self
     }
 
+    /// These weights where the model's weights `names` are served dense by the model's own
+    /// [`VarBuilder`] instead ([`qmatmul`](Self::qmatmul) gives `None` for them): a job's
+    /// LoRA-patched copies of quantized layers.
+    pub fn with_dense(mut self, names: impl IntoIterator<Item = String>) -> Self {
+        let mut dense: HashSet<String> = (*self.dense).clone();
+        dense.extend(names);
+        self.dense = Arc::new(dense);
+        self
+    }
+
+    /// Which part of its file tensor the model's weight `name` is.
+    fn slice(&self, name: &str) -> Slice {
+        if self.dense.contains(name) {
+            return Slice::Dense;
+        }
+        self.slices.as_ref().map_or(Slice::Whole, |f| f(name))
+    }
+
     /// Whether [`qmatmul`](Self::qmatmul) multiplies the model's weight `name` quantized
     /// (else the model reads it dense, dequantized).
     pub fn multiplies_quantized(&self, name: &str) -> bool {
-        let slice = self.slices.as_ref().map_or(Slice::Whole, |f| f(name));
+        let slice = self.slice(name);
         self.tensor(name).is_some_and(|info| {
             let in_dim = without_trailing_ones(&info.shape).get(1).copied();
             slice != Slice::Dense
@@ -184,6 +206,45 @@ impl GgufWeights {
             .dequantize_as(&self.file_name(name), dtype, device)
     }
 
+    /// The `[out, in]` shape of the model's linear weight `name`: the stored shape without
+    /// trailing 1s, with a row slice's row count for a part of a fused tensor.
+    pub fn linear_shape(&self, name: &str) -> Option<Vec<usize>> {
+        let info = self.tensor(name)?;
+        let mut dims = without_trailing_ones(&info.shape).to_vec();
+        if let (Slice::Rows { len, .. }, Some(rows)) = (
+            self.slices.as_ref().map_or(Slice::Whole, |f| f(name)),
+            dims.first_mut(),
+        ) {
+            *rows = len;
+        }
+        Some(dims)
+    }
+
+    /// The model's linear weight `name` (`[out, in]`) dequantized to `dtype`: its rows of the
+    /// file tensor when it is a slice of a fused one, in the layout the dense kernels use.
+    /// What a LoRA is merged into.
+    pub fn dequantize_weight(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor, GgufError> {
+        let info = self.require(name)?;
+        let candle = |source: candle_core::Error| GgufError::Candle {
+            path: self.file.path().to_path_buf(),
+            tensor: info.name.clone(),
+            source: Box::new(source),
+        };
+        let whole = self.file.dequantize_as(&info.name, dtype, device)?;
+        let dims = without_trailing_ones(whole.dims()).to_vec();
+        let whole = whole.reshape(dims).map_err(candle)?;
+        let part = match self.slices.as_ref().map_or(Slice::Whole, |f| f(name)) {
+            Slice::Rows { start, len } => whole.narrow(0, start, len).map_err(candle)?,
+            _ => whole,
+        };
+        gemm_layout(name, part).map_err(candle)
+    }
+
     /// A quantized matmul over the raw blocks of the linear weight `name` (`[out_dim, in_dim]`,
     /// or a 1x1 convolution `[out_dim, in_dim, 1, 1]`), or `None` when the weight should be
     /// used dense: stored as a float, in a type candle's quantized matmul lacks (Q8_K), or
@@ -196,7 +257,7 @@ impl GgufWeights {
         device: &Device,
     ) -> Result<Option<QMatMul>, GgufError> {
         let info = self.require(name)?;
-        let slice = self.slices.as_ref().map_or(Slice::Whole, |f| f(name));
+        let slice = self.slice(name);
         let (start, rows) = match slice {
             Slice::Dense => return Ok(None),
             Slice::Whole => (0, out_dim),

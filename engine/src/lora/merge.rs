@@ -22,7 +22,11 @@ pub fn index(weights: &Weights) -> TargetIndex {
             name: &c.name,
             role: c.role,
             lora: &c.lora,
-            weights: c.tensors.iter().map(|(k, t)| (k.as_str(), t.rank())),
+            weights: c.tensors.iter().map(|(k, t)| (k.as_str(), t.rank())).chain(
+                c.quantized
+                    .iter()
+                    .flat_map(|q| q.names.iter().map(|k| (k.as_str(), 2))),
+            ),
         });
     }
     index
@@ -119,20 +123,18 @@ pub fn merged_weights_with(
                 }
                 continue;
             };
-            let Some(weight) = base
-                .get(&target.component)
-                .and_then(|c| c.tensors.get(&target.key))
+            let Some((shape, device)) = shape_and_device(base, &target.component, &target.key)
             else {
                 continue;
             };
             let on_device;
-            let module = if weight.device().is_cpu() {
+            let module = if device.is_cpu() {
                 module
             } else {
-                on_device = module.to_device(weight.device())?;
+                on_device = module.to_device(&device)?;
                 &on_device
             };
-            let delta = module_delta(file, module, &target.key, weight.dims(), lora.weight)?;
+            let delta = module_delta(file, module, &target.key, &shape, lora.weight)?;
             match target.role {
                 Role::Denoiser => report.unet_layers += 1,
                 Role::TextEncoder => report.text_encoder_layers += 1,
@@ -154,9 +156,19 @@ pub fn merged_weights_with(
     }
     let mut patches = Patches::new();
     for ((component, key), sum) in sums {
-        let Some(w) = base.get(&component).and_then(|c| c.tensors.get(&key)) else {
+        let Some(c) = base.get(&component) else {
             continue;
         };
+        // A quantized layer is merged into a dequantized copy (used dense by the job).
+        let Some(w) = c.dense(&key).map_err(|e| LoraError::Weights {
+            component: component.clone(),
+            key: key.clone(),
+            message: e.to_string(),
+        })?
+        else {
+            continue;
+        };
+        let w = &w;
         let merged = if w.dtype() == DType::F32 {
             (w + sum.to_device(w.device())?)?
         } else {
@@ -169,6 +181,22 @@ pub fn merged_weights_with(
 }
 
 type Slot = (String, String);
+
+/// The shape and device of weight `key` of `component`, dense or quantized.
+fn shape_and_device(
+    base: &Weights,
+    component: &str,
+    key: &str,
+) -> Option<(Vec<usize>, candle_core::Device)> {
+    let c = base.get(component)?;
+    let shape = c.shape(key)?;
+    let device = match (c.tensors.get(key), &c.quantized) {
+        (Some(t), _) => t.device().clone(),
+        (None, Some(q)) => q.device.clone(),
+        (None, None) => return None,
+    };
+    Some((shape, device))
+}
 
 fn add_delta(sums: &mut HashMap<Slot, Tensor>, slot: Slot, delta: Tensor) -> Result<(), LoraError> {
     let sum = match sums.remove(&slot) {
@@ -188,11 +216,10 @@ fn fused_deltas(
     alias: &LoraAlias,
     multiplier: f64,
 ) -> Result<Vec<(Slot, Tensor)>, LoraError> {
-    let weight = |t: &FusedTarget| base.get(&t.component).and_then(|c| c.tensors.get(&t.key));
-    let Some(first) = alias.targets.first().and_then(weight) else {
+    let weight = |t: &FusedTarget| shape_and_device(base, &t.component, &t.key);
+    let Some((mut shape, device)) = alias.targets.first().and_then(weight) else {
         return Ok(Vec::new());
     };
-    let mut shape = first.dims().to_vec();
     let rows = alias.targets.iter().map(|t| match t.part {
         FusedPart::Rows { start, len } => start + len,
         _ => 0,
@@ -200,12 +227,11 @@ fn fused_deltas(
     if let (Some(rows), Some(first_dim)) = (rows.max().filter(|&r| r > 0), shape.first_mut()) {
         *first_dim = rows;
     }
-    let device = first.device();
     let on_device;
     let module = if device.is_cpu() {
         module
     } else {
-        on_device = module.to_device(device)?;
+        on_device = module.to_device(&device)?;
         &on_device
     };
     let delta = module_delta(file, module, &alias.module, &shape, multiplier)?;

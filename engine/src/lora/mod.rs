@@ -141,6 +141,16 @@ pub enum LoraError {
         /// What is wrong and the expected form.
         message: String,
     },
+    /// A quantized weight could not be dequantized to merge a LoRA into it.
+    #[error("cannot merge a LoRA into `{key}` of `{component}`: {message}")]
+    Weights {
+        /// The component.
+        component: String,
+        /// The weight.
+        key: String,
+        /// What went wrong (names the file and tensor).
+        message: String,
+    },
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -38,29 +38,30 @@ impl Linear {
         bias: bool,
         quantized: Option<&GgufWeights>,
     ) -> Result<Self> {
-        let bias = if bias {
-            Some(vb.get(out_dim, "bias")?)
-        } else {
-            None
-        };
         let name = match vb.prefix() {
             p if p.is_empty() => "weight".to_string(),
             p => format!("{p}.weight"),
         };
-        if let Some(weights) = quantized {
-            let weight = weights
+        // The weight first (its shape names the layer best in errors), then the bias.
+        let quantized = match quantized {
+            Some(weights) => weights
                 .qmatmul(&name, out_dim, in_dim, vb.device())
-                .map_err(candle_core::Error::wrap)?;
-            if let Some(weight) = weight {
-                return Ok(Linear::Quantized {
-                    weight,
-                    bias,
-                    out_dim,
-                });
-            }
+                .map_err(candle_core::Error::wrap)?,
+            None => None,
+        };
+        let read_bias = || match bias {
+            true => vb.get(out_dim, "bias").map(Some),
+            false => Ok(None),
+        };
+        if let Some(weight) = quantized {
+            return Ok(Linear::Quantized {
+                weight,
+                bias: read_bias()?,
+                out_dim,
+            });
         }
         let weight = vb.get((out_dim, in_dim), "weight")?;
-        Ok(Linear::Dense(candle_nn::Linear::new(weight, bias)))
+        Ok(Linear::Dense(candle_nn::Linear::new(weight, read_bias()?)))
     }
 
     /// Output features.
@@ -79,6 +80,20 @@ impl Linear {
     /// `x Wᵀ + b` over the last dimension of `x` (any leading dimensions).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_add(x, None)
+    }
+
+    /// GEGLU over this projection (`[.., 2n]` out): the first half times GELU (erf) of the
+    /// second, as diffusers' `GEGLU`; fused on the dense CPU path.
+    pub fn geglu(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Linear::Dense(lin) => crate::kernels::geglu(lin, x),
+            Linear::Quantized { .. } => {
+                let h = self.forward(x)?;
+                let half = h.dim(candle_core::D::Minus1)? / 2;
+                h.narrow(candle_core::D::Minus1, 0, half)?
+                    * h.narrow(candle_core::D::Minus1, half, half)?.gelu_erf()?
+            }
+        }
     }
 
     /// `x Wᵀ + b + residual`, the sum in one pass on the dense CPU path.

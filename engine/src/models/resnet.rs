@@ -2,9 +2,11 @@
 //! projection between them, and a 1x1 shortcut when the channel count changes.
 
 use candle_core::{Result, Tensor};
-use candle_nn::{conv2d, linear, Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
 
+use crate::gguf::GgufWeights;
 use crate::kernels::{self, GroupNorm};
+use crate::models::linear::Linear;
 
 /// The shape of one resnet block.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +49,16 @@ pub fn conv3x3(in_c: usize, out_c: usize, vb: VarBuilder) -> Result<Conv2d> {
 impl ResnetBlock2D {
     /// Loads the block from `vb` (the block's prefix).
     pub fn new(vb: VarBuilder, spec: ResnetSpec) -> Result<Self> {
+        Self::new_quantized(vb, spec, None)
+    }
+
+    /// [`new`](Self::new), the time-embedding projection's quantized blocks from `q` when it
+    /// holds them (a GGUF UNet).
+    pub fn new_quantized(
+        vb: VarBuilder,
+        spec: ResnetSpec,
+        q: Option<&GgufWeights>,
+    ) -> Result<Self> {
         let ResnetSpec {
             in_channels,
             out_channels,
@@ -66,7 +78,13 @@ impl ResnetBlock2D {
             None
         };
         let time_emb_proj = match spec.temb_channels {
-            Some(t) => Some(linear(t, out_channels, vb.pp("time_emb_proj"))?),
+            Some(t) => Some(Linear::load(
+                vb.pp("time_emb_proj"),
+                t,
+                out_channels,
+                true,
+                q,
+            )?),
             None => None,
         };
         Ok(Self {
@@ -88,9 +106,7 @@ impl ResnetBlock2D {
         let h = self.norm1.forward(xs, None, true)?;
         let h = kernels::conv2d(&self.conv1, &h, None, 1.0)?;
         let shift = match (&self.time_emb_proj, temb) {
-            (Some(proj), Some(temb)) => {
-                Some(kernels::linear(proj, &candle_nn::ops::silu(temb)?, None)?)
-            }
+            (Some(proj), Some(temb)) => Some(proj.forward(&candle_nn::ops::silu(temb)?)?),
             _ => None,
         };
         let h = self.norm2.forward(&h, shift.as_ref(), true)?;

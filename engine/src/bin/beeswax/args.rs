@@ -70,9 +70,9 @@ pub enum Command {
     /// List the model families (shipped, and those the manifests declare), in detection order.
     Families,
     /// Describe a single-file checkpoint: detected family and rule, dtypes, components found,
-    /// keys left unused.
+    /// keys left unused; or a GGUF file: architecture, denoiser prefix, tensor types.
     Inspect {
-        /// The checkpoint.
+        /// The checkpoint (.safetensors) or GGUF file.
         file: PathBuf,
     },
     /// List every scheduler (sampler) and noise schedule with its aliases.

@@ -35,7 +35,10 @@ pub fn run(global: &Global, a: GenerateArgs) -> Result<()> {
     extensions.check_processors(beeswax::extensions::ProcessorKind::Post, &a.post)?;
     let chosen = source::load(global, folder.as_ref(), &a.model)?;
     if a.vae_tiling {
-        (chosen.model.vae.decoder).set_tiling(beeswax::models::vae::Tiling::On);
+        chosen
+            .model
+            .vae
+            .set_tiling(beeswax::models::vae::Tiling::On);
     }
     let refiner = match &a.refiner {
         Some(spec) => Some(source::load_refiner(

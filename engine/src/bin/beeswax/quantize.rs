@@ -4,14 +4,17 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use beeswax::gguf::{quantize_file, Architecture, GgmlType, QuantizeOptions, QUANTIZE_TARGETS};
+use beeswax::gguf::{
+    quantize_file, quantize_unet_folder, Architecture, GgmlType, QuantizeOptions, QUANTIZE_TARGETS,
+};
 use clap::Args;
 
 /// `beeswax quantize` arguments.
 #[derive(Debug, Args)]
 pub struct QuantizeArgs {
     /// The model: a .safetensors file (a diffusers component such as
-    /// transformer/diffusion_pytorch_model.safetensors, or a single-file checkpoint).
+    /// transformer/diffusion_pytorch_model.safetensors, or a single-file checkpoint; names
+    /// kept), or an SD/SDXL diffusers folder (its UNet, written in the original LDM names).
     pub input: PathBuf,
     /// The GGUF file to write.
     pub output: PathBuf,
@@ -48,9 +51,14 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         target: args.ty,
         architecture: args.arch.as_deref().map(Architecture::from_name),
     };
-    let report = quantize_file(&args.input, &args.output, &options, |i, n, t| {
+    let progress = |i: usize, n: usize, t: &beeswax::gguf::PlannedTensor| {
         eprintln!("[{}/{n}] {} {:?} -> {}", i + 1, t.name, t.shape, t.ty);
-    })?;
+    };
+    let report = if args.input.is_dir() {
+        quantize_unet_folder(&args.input, &args.output, &options, progress)?
+    } else {
+        quantize_file(&args.input, &args.output, &options, progress)?
+    };
     let mut counts = BTreeMap::new();
     for (_, ty) in &report.tensors {
         *counts.entry(ty.name()).or_insert(0usize) += 1;

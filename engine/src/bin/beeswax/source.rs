@@ -88,9 +88,12 @@ pub fn model_dir(
         let dir = match (&global.model_config, denoiser_only) {
             (Some(config), true) => config,
             (None, true) => bail!(
-                "--model {} is a GGUF file: give the diffusers folder the other components \
+                "--model {} is a GGUF file{}: give the diffusers folder the other components \
                  (text encoders, VAE, configs) come from with --model-config DIR",
-                model.display()
+                model.display(),
+                gguf_architecture(model)
+                    .map(|a| format!(" holding a `{a}` denoiser"))
+                    .unwrap_or_default()
             ),
             (_, false) => model,
         };
@@ -144,6 +147,14 @@ pub fn model_dir(
         denoiser: pack.gguf,
         single,
     })
+}
+
+/// The architecture a GGUF file holds (its `general.architecture`, else told from its tensor
+/// names), for messages.
+fn gguf_architecture(path: &std::path::Path) -> Option<String> {
+    let file = beeswax::gguf::GgufFile::open(path).ok()?;
+    let (architecture, _) = file.architecture().ok()??;
+    Some(architecture.name().to_string())
 }
 
 /// Loads the chosen model on the chosen device.
@@ -289,6 +300,9 @@ fn checkpoint_options(global: &Global) -> Result<CheckpointOptions> {
 
 /// `beeswax inspect FILE`.
 pub fn inspect(global: &Global, file: &std::path::Path) -> Result<()> {
+    if beeswax::family::denoiser::is_gguf(file) {
+        return inspect_gguf(file);
+    }
     let files = read_manifests(global)?;
     let folder = files.as_ref().map(|f| f.parse()).transpose()?;
     let families = families(folder.as_ref())?;
@@ -313,6 +327,38 @@ pub fn inspect(global: &Global, file: &std::path::Path) -> Result<()> {
     for key in report.unused.iter().take(20) {
         println!("  {key}");
     }
+    Ok(())
+}
+
+/// `beeswax inspect FILE.gguf`: the architecture, the denoiser prefix and the tensors by type.
+fn inspect_gguf(path: &std::path::Path) -> Result<()> {
+    use beeswax::gguf::{naming, ArchitectureSource, GgufFile};
+    let file = GgufFile::open(path)?;
+    println!("file: {}", path.display());
+    match file.architecture()? {
+        Some((a, ArchitectureSource::Metadata)) => {
+            println!("architecture: {a} (general.architecture)")
+        }
+        Some((a, ArchitectureSource::TensorNames)) => {
+            println!("architecture: {a} (told from the tensor names)")
+        }
+        None => println!("architecture: unknown (no general.architecture, no known denoiser)"),
+    }
+    let names = file.tensors().iter().map(|t| t.name.as_str());
+    let prefix = naming::denoiser_prefix(names);
+    println!("denoiser prefix: {}", prefix.unwrap_or("none"));
+    let mut types = std::collections::BTreeMap::new();
+    let mut others = 0usize;
+    for t in file.tensors() {
+        if prefix.is_some_and(|p| !t.name.starts_with(p)) {
+            others += 1;
+            continue;
+        }
+        *types.entry(t.ty.name()).or_insert(0usize) += 1;
+    }
+    let types: Vec<String> = types.iter().map(|(t, n)| format!("{t} ×{n}")).collect();
+    println!("denoiser tensors: {}", types.join(", "));
+    println!("other tensors: {others}");
     Ok(())
 }
 

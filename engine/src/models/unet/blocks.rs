@@ -5,13 +5,13 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::transformer::{Transformer2D, TransformerSpec};
+use super::transformer::{Quant, Transformer2D, TransformerSpec};
 use crate::models::resnet::{ResnetBlock2D, ResnetSpec};
 use crate::models::sampling::{Downsample2D, Upsample2D};
 
 /// What every block of one UNet shares.
 #[derive(Debug, Clone, Copy)]
-pub struct BlockCommon {
+pub struct BlockCommon<'q> {
     /// Time-embedding width.
     pub temb_channels: usize,
     /// GroupNorm groups.
@@ -20,6 +20,8 @@ pub struct BlockCommon {
     pub eps: f64,
     /// Linear rather than conv projections in the transformers.
     pub linear_projection: bool,
+    /// Quantized linear weights (a GGUF UNet).
+    pub quantized: Quant<'q>,
 }
 
 /// Attention settings of one block, `None` for blocks without attention.
@@ -36,7 +38,7 @@ pub struct BlockAttention<'a> {
 fn transformer(
     vb: VarBuilder,
     channels: usize,
-    common: BlockCommon,
+    common: BlockCommon<'_>,
     attn: BlockAttention,
     layer: usize,
 ) -> Result<Transformer2D> {
@@ -55,6 +57,7 @@ fn transformer(
             cross_attention_dim: attn.cross_attention_dim,
             groups: common.groups,
             linear_projection: common.linear_projection,
+            quantized: common.quantized,
         },
     )
 }
@@ -63,10 +66,10 @@ fn resnet(
     vb: VarBuilder,
     in_c: usize,
     out_c: usize,
-    common: BlockCommon,
+    common: BlockCommon<'_>,
     scale: f64,
 ) -> Result<ResnetBlock2D> {
-    ResnetBlock2D::new(
+    ResnetBlock2D::new_quantized(
         vb,
         ResnetSpec {
             in_channels: in_c,
@@ -76,6 +79,7 @@ fn resnet(
             eps: common.eps,
             output_scale_factor: scale,
         },
+        common.quantized,
     )
 }
 
@@ -83,7 +87,7 @@ fn load_attentions(
     vb: &VarBuilder,
     count: usize,
     channels: usize,
-    common: BlockCommon,
+    common: BlockCommon<'_>,
     attn: Option<BlockAttention>,
 ) -> Result<Vec<Transformer2D>> {
     match attn {
@@ -120,7 +124,7 @@ impl DownBlock {
     pub fn new(
         vb: VarBuilder,
         shape: BlockShape,
-        common: BlockCommon,
+        common: BlockCommon<'_>,
         attn: Option<BlockAttention>,
         downsample_padding: usize,
     ) -> Result<Self> {
@@ -192,7 +196,7 @@ impl MidBlock {
     pub fn new(
         vb: VarBuilder,
         channels: usize,
-        common: BlockCommon,
+        common: BlockCommon<'_>,
         attn: BlockAttention,
         scale: f64,
     ) -> Result<Self> {
@@ -228,7 +232,7 @@ impl UpBlock {
         shape: BlockShape,
         prev_channels: usize,
         skip_channels: &[usize],
-        common: BlockCommon,
+        common: BlockCommon<'_>,
         attn: Option<BlockAttention>,
     ) -> Result<Self> {
         let resnets = skip_channels

@@ -1,7 +1,10 @@
 //! Timestep embedding: diffusers' `Timesteps` (sinusoidal) and `TimestepEmbedding` (MLP).
 
-use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::gguf::GgufWeights;
+use crate::models::linear::Linear;
 
 /// Sinusoidal embedding of `timestep` for `batch` samples, width `dim`, computed in f32 in the
 /// same order as diffusers' `get_timestep_embedding` so fractional timesteps agree too.
@@ -61,11 +64,17 @@ pub struct TimestepMlp {
 }
 
 impl TimestepMlp {
-    /// Loads `linear_1` and `linear_2` under `vb` (`time_embedding`).
-    pub fn new(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+    /// Loads `linear_1` and `linear_2` under `vb` (`time_embedding`), quantized where `q`
+    /// holds them.
+    pub fn new(
+        vb: VarBuilder,
+        in_dim: usize,
+        out_dim: usize,
+        q: Option<&GgufWeights>,
+    ) -> Result<Self> {
         Ok(Self {
-            linear_1: linear(in_dim, out_dim, vb.pp("linear_1"))?,
-            linear_2: linear(out_dim, out_dim, vb.pp("linear_2"))?,
+            linear_1: Linear::load(vb.pp("linear_1"), in_dim, out_dim, true, q)?,
+            linear_2: Linear::load(vb.pp("linear_2"), out_dim, out_dim, true, q)?,
         })
     }
 

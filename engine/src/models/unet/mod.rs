@@ -13,6 +13,7 @@ mod transformer;
 use candle_core::{Result, Tensor};
 use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
 
+use crate::gguf::GgufWeights;
 use crate::kernels::{self, GroupNorm};
 
 use blocks::{BlockAttention, BlockCommon, BlockShape, DownBlock, MidBlock, UpBlock};
@@ -71,6 +72,18 @@ fn attention<'a>(
 impl UNet2DConditionModel {
     /// Builds the model described by `config` from the weights in `vb`.
     pub fn new(vb: VarBuilder, config: &UNetConfig) -> Result<Self> {
+        Self::new_quantized(vb, config, None)
+    }
+
+    /// [`new`](Self::new), with the linear layers (attention, feed-forward, linear
+    /// projections, time and added embeddings, resnet time projections) multiplying against
+    /// `quantized`'s blocks where it holds them in a quantized type (a GGUF UNet); `vb` serves
+    /// every other tensor.
+    pub fn new_quantized(
+        vb: VarBuilder,
+        config: &UNetConfig,
+        quantized: Option<&GgufWeights>,
+    ) -> Result<Self> {
         let plan = config.plan().map_err(candle_core::Error::Msg)?;
         let ch = &config.block_out_channels;
         let n = ch.len();
@@ -80,6 +93,7 @@ impl UNet2DConditionModel {
             groups: config.norm_num_groups,
             eps: config.norm_eps,
             linear_projection: config.use_linear_projection,
+            quantized,
         };
 
         let (down_blocks, skip_widths) = down_blocks(&vb, config, &plan, common)?;
@@ -106,11 +120,21 @@ impl UNet2DConditionModel {
                 config.conv_in_kernel,
                 vb.pp("conv_in"),
             )?,
-            time_embedding: TimestepMlp::new(vb.pp("time_embedding"), ch[0], temb_channels)?,
+            time_embedding: TimestepMlp::new(
+                vb.pp("time_embedding"),
+                ch[0],
+                temb_channels,
+                quantized,
+            )?,
             add_embedding: match plan.text_time {
                 Some(tt) => Some((
                     tt,
-                    TimestepMlp::new(vb.pp("add_embedding"), tt.input_dim, temb_channels)?,
+                    TimestepMlp::new(
+                        vb.pp("add_embedding"),
+                        tt.input_dim,
+                        temb_channels,
+                        quantized,
+                    )?,
                 )),
                 None => None,
             },
@@ -241,7 +265,7 @@ fn down_blocks(
     vb: &VarBuilder,
     config: &UNetConfig,
     plan: &BlockPlan,
-    common: BlockCommon,
+    common: BlockCommon<'_>,
 ) -> Result<(Vec<DownBlock>, Vec<usize>)> {
     let ch = &config.block_out_channels;
     let n = ch.len();
@@ -275,7 +299,7 @@ fn up_blocks(
     vb: &VarBuilder,
     config: &UNetConfig,
     plan: &BlockPlan,
-    common: BlockCommon,
+    common: BlockCommon<'_>,
     mut skip_widths: Vec<usize>,
 ) -> Result<Vec<UpBlock>> {
     let ch = &config.block_out_channels;

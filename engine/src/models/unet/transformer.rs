@@ -3,16 +3,19 @@
 //! projection out, residual.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{
-    conv2d, layer_norm, linear, linear_no_bias, Conv2d, LayerNorm, Linear, VarBuilder,
-};
+use candle_nn::{conv2d, layer_norm, Conv2d, LayerNorm, VarBuilder};
 
+use crate::gguf::GgufWeights;
 use crate::kernels::{self, GroupNorm};
 use crate::models::attention::scaled_dot_product;
+use crate::models::linear::Linear;
+
+/// Where linear layers may take quantized blocks from (a GGUF UNet), by diffusers name.
+pub type Quant<'a> = Option<&'a GgufWeights>;
 
 /// Shape of one transformer.
 #[derive(Debug, Clone, Copy)]
-pub struct TransformerSpec {
+pub struct TransformerSpec<'a> {
     /// Channels of the feature map (= heads x head width).
     pub channels: usize,
     /// Attention heads.
@@ -25,6 +28,8 @@ pub struct TransformerSpec {
     pub groups: usize,
     /// Linear rather than 1x1 conv projections.
     pub linear_projection: bool,
+    /// Quantized linear weights (a GGUF UNet).
+    pub quantized: Quant<'a>,
 }
 
 #[derive(Debug)]
@@ -37,12 +42,12 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(vb: VarBuilder, dim: usize, context_dim: usize, heads: usize) -> Result<Self> {
+    fn new(vb: VarBuilder, dim: usize, context_dim: usize, heads: usize, q: Quant) -> Result<Self> {
         Ok(Self {
-            to_q: linear_no_bias(dim, dim, vb.pp("to_q"))?,
-            to_k: linear_no_bias(context_dim, dim, vb.pp("to_k"))?,
-            to_v: linear_no_bias(context_dim, dim, vb.pp("to_v"))?,
-            to_out: linear(dim, dim, vb.pp("to_out.0"))?,
+            to_q: Linear::load(vb.pp("to_q"), dim, dim, false, q)?,
+            to_k: Linear::load(vb.pp("to_k"), context_dim, dim, false, q)?,
+            to_v: Linear::load(vb.pp("to_v"), context_dim, dim, false, q)?,
+            to_out: Linear::load(vb.pp("to_out.0"), dim, dim, true, q)?,
             heads,
         })
     }
@@ -50,11 +55,11 @@ impl Attention {
     /// Attention of `xs` over `context` (itself when `None`), plus `residual`.
     fn forward(&self, xs: &Tensor, context: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
         let context = context.unwrap_or(xs);
-        let q = kernels::linear(&self.to_q, xs, None)?;
-        let k = kernels::linear(&self.to_k, context, None)?;
-        let v = kernels::linear(&self.to_v, context, None)?;
+        let q = self.to_q.forward(xs)?;
+        let k = self.to_k.forward(context)?;
+        let v = self.to_v.forward(context)?;
         let attended = scaled_dot_product(&q, &k, &v, self.heads)?;
-        kernels::linear(&self.to_out, &attended, Some(residual))
+        self.to_out.forward_add(&attended, Some(residual))
     }
 }
 
@@ -70,16 +75,16 @@ struct BasicTransformerBlock {
 }
 
 impl BasicTransformerBlock {
-    fn new(vb: VarBuilder, dim: usize, heads: usize, context_dim: usize) -> Result<Self> {
+    fn new(vb: VarBuilder, dim: usize, heads: usize, context_dim: usize, q: Quant) -> Result<Self> {
         let inner = dim * 4;
         Ok(Self {
             norm1: layer_norm(dim, 1e-5, vb.pp("norm1"))?,
-            attn1: Attention::new(vb.pp("attn1"), dim, dim, heads)?,
+            attn1: Attention::new(vb.pp("attn1"), dim, dim, heads, q)?,
             norm2: layer_norm(dim, 1e-5, vb.pp("norm2"))?,
-            attn2: Attention::new(vb.pp("attn2"), dim, context_dim, heads)?,
+            attn2: Attention::new(vb.pp("attn2"), dim, context_dim, heads, q)?,
             norm3: layer_norm(dim, 1e-5, vb.pp("norm3"))?,
-            geglu: linear(dim, inner * 2, vb.pp("ff.net.0.proj"))?,
-            ff_out: linear(inner, dim, vb.pp("ff.net.2"))?,
+            geglu: Linear::load(vb.pp("ff.net.0.proj"), dim, inner * 2, true, q)?,
+            ff_out: Linear::load(vb.pp("ff.net.2"), inner, dim, true, q)?,
         })
     }
 
@@ -88,8 +93,8 @@ impl BasicTransformerBlock {
         let xs = self
             .attn2
             .forward(&self.norm2.forward(&xs)?, Some(context), &xs)?;
-        let gated = kernels::geglu(&self.geglu, &self.norm3.forward(&xs)?)?;
-        kernels::linear(&self.ff_out, &gated, Some(&xs))
+        let gated = self.geglu.geglu(&self.norm3.forward(&xs)?)?;
+        self.ff_out.forward_add(&gated, Some(&xs))
     }
 }
 
@@ -100,9 +105,9 @@ enum Projection {
 }
 
 impl Projection {
-    fn new(vb: VarBuilder, in_c: usize, out_c: usize, linear_projection: bool) -> Result<Self> {
-        Ok(if linear_projection {
-            Projection::Linear(linear(in_c, out_c, vb)?)
+    fn new(vb: VarBuilder, in_c: usize, out_c: usize, linear: bool, q: Quant) -> Result<Self> {
+        Ok(if linear {
+            Projection::Linear(Linear::load(vb, in_c, out_c, true, q)?)
         } else {
             Projection::Conv(conv2d(in_c, out_c, 1, Default::default(), vb)?)
         })
@@ -120,7 +125,7 @@ pub struct Transformer2D {
 
 impl Transformer2D {
     /// Loads the transformer under `vb` (an `attentions.N` prefix).
-    pub fn new(vb: VarBuilder, s: TransformerSpec) -> Result<Self> {
+    pub fn new(vb: VarBuilder, s: TransformerSpec<'_>) -> Result<Self> {
         let c = s.channels;
         let blocks = (0..s.layers)
             .map(|i| {
@@ -129,14 +134,15 @@ impl Transformer2D {
                     c,
                     s.heads,
                     s.cross_attention_dim,
+                    s.quantized,
                 )
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             norm: GroupNorm::new(vb.pp("norm"), s.groups, c, 1e-6)?,
-            proj_in: Projection::new(vb.pp("proj_in"), c, c, s.linear_projection)?,
+            proj_in: Projection::new(vb.pp("proj_in"), c, c, s.linear_projection, s.quantized)?,
             blocks,
-            proj_out: Projection::new(vb.pp("proj_out"), c, c, s.linear_projection)?,
+            proj_out: Projection::new(vb.pp("proj_out"), c, c, s.linear_projection, s.quantized)?,
         })
     }
 
@@ -147,7 +153,7 @@ impl Transformer2D {
         let to_tokens = |t: &Tensor| t.permute((0, 2, 3, 1))?.reshape((b, h * w, c));
         let mut tokens = match &self.proj_in {
             Projection::Conv(conv) => to_tokens(&kernels::conv2d(conv, &normed, None, 1.0)?)?,
-            Projection::Linear(lin) => kernels::linear(lin, &to_tokens(&normed)?, None)?,
+            Projection::Linear(lin) => lin.forward(&to_tokens(&normed)?)?,
         };
         for block in &self.blocks {
             tokens = block.forward(&tokens, context)?;
@@ -155,7 +161,7 @@ impl Transformer2D {
         let to_map = |t: &Tensor| t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous();
         match &self.proj_out {
             Projection::Conv(conv) => kernels::conv2d(conv, &to_map(&tokens)?, Some(xs), 1.0),
-            Projection::Linear(lin) => to_map(&kernels::linear(lin, &tokens, None)?)? + xs,
+            Projection::Linear(lin) => to_map(&lin.forward(&tokens)?)? + xs,
         }
     }
 }
