@@ -108,6 +108,7 @@ fn sdxl_conditioning_equals_the_references() {
                 steps,
                 pad_prompts: false,
                 embeddings: Some(&catalog),
+                size_conditioning: Default::default(),
             };
             let mut warnings = Vec::new();
             let scheduled = model
@@ -158,6 +159,7 @@ fn sdxl_pad_prompts_carries_the_empty_prompts_conditioning() {
         steps: 4,
         pad_prompts: true,
         embeddings: None,
+        size_conditioning: Default::default(),
     };
     let long = vec!["fox"; 80].join(" ");
     let encode = |prompt: &str, negative: bool| {
@@ -266,6 +268,7 @@ fn flux_conditioning_equals_the_references() {
             steps: number(case, "steps"),
             pad_prompts: false,
             embeddings: None,
+            size_conditioning: Default::default(),
         };
         let mut warnings = Vec::new();
         let scheduled = model
