@@ -397,14 +397,7 @@ fn a_peft_sdxl_lora_with_text_encoder_2_keys_equals_the_kohya_one() {
     let plain = generate(&base, &case.text_job(None));
     // Equal up to where the scale is applied (f32 rounding).
     assert_close_rel_std("peft vs kohya", &b.latents, &a.latents, 1e-4);
-    let moved = (&plain.latents - &a.latents)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let moved = common::compare::max_abs_diff(&plain.latents, &a.latents);
     assert!(
         moved > 1e-3,
         "the text-encoder LoRA changed nothing ({moved})"
