@@ -56,6 +56,12 @@ const BAD_INPUT: &[(&str, &str, &str, u16, &str)] = &[
     ("A1111 unknown checkpoint", "/sdapi/v1/txt2img",
      r#"{"prompt": "x", "override_settings": {"sd_model_checkpoint": "sd-99"}}"#, 400,
      "unknown override_settings.sd_model_checkpoint `sd-99`"),
+    ("A1111 batch × n_iter that would wrap", "/sdapi/v1/txt2img",
+     r#"{"prompt": "x", "batch_size": 3, "n_iter": 6148914691236517206}"#, 400,
+     "batch_size 3 × 6148914691236517206 iterations is over this server's limit of 4 images"),
+    ("A1111 batch × n_iter over the limit", "/sdapi/v1/txt2img",
+     r#"{"prompt": "x", "batch_size": 3, "n_iter": 3}"#, 400,
+     "batch_size 3 × 3 iterations is over this server's limit of 4 images"),
     ("A1111 width not a multiple of 8", "/sdapi/v1/txt2img", r#"{"prompt": "x", "width": 100}"#,
      400, "width 100 is not a multiple of 8"),
 ];

@@ -146,7 +146,7 @@ pub struct JobSpec {
 impl JobSpec {
     /// Images the job makes.
     pub fn images(&self) -> usize {
-        self.job.settings.batch * self.iterations
+        self.job.settings.batch.saturating_mul(self.iterations)
     }
 
     /// The seed of every image, in order.
@@ -158,7 +158,7 @@ impl JobSpec {
 
     /// Steps over all iterations.
     pub fn total_steps(&self) -> usize {
-        self.job.settings.steps * self.iterations
+        self.job.settings.steps.saturating_mul(self.iterations)
     }
 
     /// The settings used, as JSON (the native API's `parameters`).
@@ -477,14 +477,27 @@ fn check_limits(
     if s.steps > limits.max_steps {
         return Err(over_limit("steps", s.steps, limits.max_steps, "steps"));
     }
-    let images = s.batch.saturating_mul(iterations);
-    if images > limits.max_images {
-        return Err(over_limit(
-            names.batch,
-            images,
-            limits.max_images,
-            "images per request",
-        ));
+    match s.batch.checked_mul(iterations) {
+        Some(images) if iterations == 1 && images > limits.max_images => {
+            return Err(over_limit(
+                names.batch,
+                images,
+                limits.max_images,
+                "images per request",
+            ));
+        }
+        Some(images) if images <= limits.max_images => {}
+        _ => {
+            return Err(ApiError::invalid(
+                names.batch,
+                "over_limit",
+                format!(
+                    "{} {} × {iterations} iterations is over this server's limit of {} images \
+                     per request; ask for at most {} in all",
+                    names.batch, s.batch, limits.max_images, limits.max_images
+                ),
+            ))
+        }
     }
     Ok(())
 }
