@@ -82,6 +82,56 @@ async fn a1111_and_native_inpainting_keep_what_the_mask_keeps() {
     server.stop().await;
 }
 
+/// Inpainting input that can only fail is refused before a job is accepted (issue 20,
+/// findings 5 and 7): an unbounded padding on the native route, an all-black mask with only the
+/// masked area repainted (native and the blocking A1111 route). Nothing is queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inpainting_that_cannot_run_is_refused_at_validation() {
+    let server = TestServer::start(config()).await;
+    let init = b64(&picture(64, 64));
+    let half = b64(&halves(3, [255; 4], [0, 0, 0, 255]));
+    let black = b64(&halves(3, [0, 0, 0, 255], [0, 0, 0, 255]));
+    let native = |mask: &str, padding: Value| {
+        json!({"pipeline": "tiny-sd", "prompt": "a fox", "steps": 4, "init_image": init,
+               "mask": mask, "inpaint_area": "masked", "inpaint_padding": padding})
+    };
+    for (what, body, needle) in [
+        (
+            "padding past the cap",
+            native(&half, json!(u64::MAX)),
+            "inpaint_padding",
+        ),
+        (
+            "padding 4097",
+            native(&half, json!(4097)),
+            "inpaint_padding",
+        ),
+        (
+            "all-black mask",
+            native(&black, json!(32)),
+            "nothing to repaint",
+        ),
+    ] {
+        let response = post(&server.at("/v1/jobs"), body).await;
+        let body = expect_json(response, 400).await;
+        let message = body["error"].to_string();
+        assert!(message.contains(needle), "{what}: {message}");
+    }
+    let a1111 = json!({"init_images": [init], "mask": black, "prompt": "a fox", "steps": 4,
+                       "width": 64, "height": 64, "inpaint_full_res": true});
+    let response = post(&server.at("/sdapi/v1/img2img"), a1111).await;
+    let body = expect_json(response, 400).await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("nothing to repaint"),
+        "{body}"
+    );
+    assert_eq!(server.service.jobs.len(), 0, "nothing was accepted");
+    server.stop().await;
+}
+
 const BOUNDARY: &str = "beeswax-test-boundary";
 
 /// A multipart/form-data body of PNG `files` and text `fields`.

@@ -185,8 +185,8 @@ pub fn crop_region(mask: &Mask, padding: usize) -> Option<CropRegion> {
     (x1 != usize::MAX).then(|| CropRegion {
         x1: x1.saturating_sub(padding),
         y1: y1.saturating_sub(padding),
-        x2: (x2 + padding).min(mask.width),
-        y2: (y2 + padding).min(mask.height),
+        x2: x2.saturating_add(padding).min(mask.width),
+        y2: y2.saturating_add(padding).min(mask.height),
     })
 }
 

@@ -276,6 +276,14 @@ impl Job {
             }
             if let InpaintArea::Masked { padding } = mask.area {
                 in_range("inpaint padding", padding, &limits::INPAINT_PADDING)?;
+                if mask.mask.data.iter().all(|&v| v <= 0.0) {
+                    return Err(Error::invalid(
+                        "mask",
+                        "all black",
+                        "leaves nothing to repaint with only the masked area (inpaint_area \
+                         masked): paint what to repaint white, or invert the mask",
+                    ));
+                }
             }
         }
         Ok(())
