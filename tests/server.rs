@@ -44,6 +44,8 @@ mod jobs;
 mod loras;
 #[path = "server/ordering.rs"]
 mod ordering;
+#[path = "server/plugin_work.rs"]
+mod plugin_work;
 #[path = "server/prompts.rs"]
 mod prompts;
 #[path = "server/queue.rs"]

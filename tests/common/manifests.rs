@@ -45,11 +45,16 @@ pub fn catalog(dir: &Path, limits: Limits, extensions: &Extensions) -> beeswax::
     )
 }
 
-/// The built-in extensions with the `[[embedding]]` entries of folder `dir` (as `beeswax
-/// serve` registers them).
+/// The built-in extensions with the `[[plugin]]` and `[[embedding]]` entries of folder `dir`
+/// (as `beeswax serve` registers them).
 pub fn extensions(dir: &Path) -> beeswax::Result<Extensions> {
     let files = ManifestFiles::read(dir)?;
+    let folder = files.parse()?;
     let mut extensions = Extensions::builtin();
-    extensions.set_embeddings(&manifest::embeddings(&files.parse()?)?, None, false)?;
+    // The plugins' samplers and processors join as `serve` adds them.
+    let plugins = beeswax::plugins::Plugins::load(&folder)
+        .unwrap_or_else(|e| panic!("the test manifests' plugins: {e}"));
+    plugins.extend(&mut extensions)?;
+    extensions.set_embeddings(&manifest::embeddings(&folder)?, None, false)?;
     Ok(extensions)
 }

@@ -11,7 +11,7 @@
 //! - [`compare`]: tensor comparisons (latents within a multiple of the reference's std);
 //!   [`images`]: the one image comparison (2/255) and PNG helpers;
 //! - [`lora`]: the LoRA fixtures; [`flux_files`]: FLUX single files (BFL, ComfyUI) made from
-//!   the miniature models.
+//!   the miniature models; [`plugins`]: misbehaving WAT plugins.
 #![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -27,6 +27,7 @@ pub mod images;
 pub mod jobs;
 pub mod lora;
 pub mod manifests;
+pub mod plugins;
 pub mod reference;
 pub mod server;
 

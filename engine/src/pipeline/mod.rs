@@ -23,6 +23,6 @@ pub use refiner::{denoise_and_refine, handoff, BaseRun, Handoff, Refine, Refiner
 pub use request::{
     random_seed, resolve, resolve_sampler, ImageRequest, InputRequest, JobRequest, MaskRequest,
 };
-pub use run::{build_scheduler, run};
+pub use run::{build_scheduler, check_scheduler, run};
 pub use stages::{Generated, StageTimes, StepProgress, TextConditioning};
 pub use text_to_image::text_to_image;

@@ -85,14 +85,25 @@ pub fn build_scheduler(
     job: &Job,
     schedulers: &Registry,
 ) -> Result<Box<dyn Scheduler>> {
+    let context = build_context(model, job);
+    Ok(schedulers.build_for(&job.sampler, &model.scheduler_config, &context)?)
+}
+
+/// Checks that the job's sampler can be built for `model` without running plugin code (see
+/// [`Registry::check_for`]): what request validation calls on the async runtime.
+pub fn check_scheduler(model: &Model, job: &Job, schedulers: &Registry) -> Result<()> {
+    let context = build_context(model, job);
+    Ok(schedulers.check_for(&job.sampler, &model.scheduler_config, &context)?)
+}
+
+fn build_context(model: &Model, job: &Job) -> BuildContext {
     let s = &job.settings;
-    let context = BuildContext::for_image(
+    BuildContext::for_image(
         s.steps,
         model.family.scheduler_kind,
         (s.width, s.height),
         model.vae_scale_factor(),
-    );
-    Ok(schedulers.build_for(&job.sampler, &model.scheduler_config, &context)?)
+    )
 }
 
 /// The job's input after its pre-processors (unchanged without any).

@@ -228,6 +228,7 @@ impl LoadedPlugin {
             kinds,
             move |config, context| plugin.build_scheduler_for(config, context),
         )
+        .from_plugin(name.clone())
     }
 
     /// This plugin's pre-processor as an [`Extensions`] processor: the picture as RGB and the

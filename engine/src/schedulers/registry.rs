@@ -86,6 +86,9 @@ pub struct SchedulerEntry {
     pub kinds: Vec<SchedulerKind>,
     /// The constructor.
     pub build: Arc<BuildFn>,
+    /// The plugin whose code the constructor runs, if any: such entries are built only on
+    /// worker threads ([`Registry::check_for`] does not run them).
+    pub plugin: Option<String>,
 }
 
 impl SchedulerEntry {
@@ -126,7 +129,14 @@ impl SchedulerEntry {
             diffusers_class: None,
             kinds,
             build: Arc::new(build),
+            plugin: None,
         }
+    }
+
+    /// The same entry, marked as running plugin `name`'s code.
+    pub fn from_plugin(mut self, name: impl Into<String>) -> Self {
+        self.plugin = Some(name.into());
+        self
     }
 
     /// Whether it drives models of `kind`.
@@ -478,6 +488,35 @@ impl Registry {
         };
         check_steps(&entry.name, &config, context.steps)?;
         (entry.build)(&config, context)
+    }
+
+    /// Checks that `sampler` can be built for `context` from `config` without running plugin
+    /// code (request validation runs on the async runtime, where a plugin must never run):
+    /// built-in samplers are built and dropped; a plugin's sampler is checked by name, kind
+    /// and step count, and its own checks run when a worker builds it.
+    pub fn check_for(
+        &self,
+        sampler: &Sampler,
+        config: &SchedulerConfig,
+        context: &BuildContext,
+    ) -> Result<(), SchedulerError> {
+        let entry = self
+            .find(&sampler.name)
+            .ok_or_else(|| self.unknown(&sampler.name))?;
+        if entry.plugin.is_none() {
+            return self.build_for(sampler, config, context).map(drop);
+        }
+        if !entry.accepts(context.kind) {
+            return Err(invalid(
+                &entry.name,
+                format!("has no form for {} models", context.kind.as_str()),
+            ));
+        }
+        let config = match sampler.schedule {
+            Some(s) => s.apply(config),
+            None => config.clone(),
+        };
+        check_steps(&entry.name, &config, context.steps)
     }
 
     /// "euler (Euler), heun (Heun), ...": the samplers that drive models of `kind`.

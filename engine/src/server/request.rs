@@ -300,8 +300,7 @@ pub fn validate(
     }
     job.check(&pipeline.model)
         .and_then(|()| {
-            crate::pipeline::build_scheduler(&pipeline.model, &job, &extensions.schedulers)
-                .map(drop)
+            crate::pipeline::check_scheduler(&pipeline.model, &job, &extensions.schedulers)
         })
         .map_err(|e| engine_error(e, names, asked_schedule))?;
     Ok(JobSpec {
