@@ -1,48 +1,46 @@
 //! FLUX.1 (dev and schnell): CLIP-L's pooled output and T5's token states condition a
 //! flow-matching transformer over 2x2-packed 16-channel latents; an `AutoencoderKL` with a
 //! latent shift. Loaded from a diffusers folder, with the transformer optionally from another
-//! file (a BFL/ComfyUI single file, or a GGUF file; see [`super::denoiser`]).
+//! file (a BFL/ComfyUI single file, or a GGUF file; see [`super::denoiser`]). How each component
+//! loads (and `--low-memory`) is in `flux_parts`.
 //!
 //! The pipeline stays family-generic: [`FluxNetworks::predict`] takes unpacked latents
 //! `[B, 16, h, w]`, packs them, builds the image and text positions, passes the timestep as a
 //! sigma (`t / 1000`) and, for dev, the guidance scale to its embedding, and unpacks the
 //! predicted flow.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use super::denoiser::{self, Denoiser};
-use super::model::{ComponentWeights, FusedPart, FusedTarget, LoraAlias, LoraNames, Role};
+use super::denoiser;
+use super::flux_parts::{self as parts, build_transformer, Clip, Transformer, T5};
+use super::model::{FusedPart, FusedTarget, LoraAlias};
 use super::prompting;
 use super::ScheduledPart;
 use super::{
     Conditioning, EncodeOptions, Family, LoadOptions, Model, ModelSource, Networks, Patches,
-    ScheduledConditioning, Vae, Weights,
+    ScheduledConditioning, Weights,
 };
-use crate::gguf::GgufWeights;
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
-use crate::models::config_file::read_json;
-use crate::models::flux::{self, bfl, FluxConfig, FluxTransformer2DModel};
-use crate::models::t5::{T5Config, T5EncoderModel};
+use crate::models::flux::{self, bfl, FluxTransformer2DModel};
 use crate::prompt::attention::{comfy_token_weights, parse_prompt_attention, BREAK_WEIGHT};
 use crate::prompt::encode::clip_chunk_output;
 use crate::prompt::{Chunk, EmbeddingVectors, EncoderSlot, PromptSyntax};
 use crate::schedulers::SchedulerConfig;
 use crate::tokenizer::t5::T5Tokenizer;
 use crate::tokenizer::ClipTokenizer;
-use crate::weights::{in_file, WeightSource};
+use crate::weights::in_file;
 use crate::{model_files, Error, Result};
 
 /// The transformer's component name (its folder).
-const TRANSFORMER: &str = "transformer";
+pub(super) const TRANSFORMER: &str = "transformer";
 /// CLIP-L's component name.
-const TEXT_ENCODER: &str = "text_encoder";
+pub(super) const TEXT_ENCODER: &str = "text_encoder";
 /// T5's component name.
-const TEXT_ENCODER_2: &str = "text_encoder_2";
+pub(super) const TEXT_ENCODER_2: &str = "text_encoder_2";
 
 /// FLUX networks.
 #[derive(Debug, Clone)]
@@ -71,23 +69,6 @@ impl FluxNetworks {
     }
 }
 
-/// The weights of `component`: the single file's when it holds them (an all-in-one ComfyUI
-/// checkpoint), else the file in the config folder.
-fn component_weights(
-    source: &ModelSource,
-    component: &str,
-    stem: &str,
-) -> Result<(PathBuf, WeightSource)> {
-    match &source.components {
-        Some(map) if map.contains_key(component) => source.weights(component, stem),
-        _ => {
-            let file = model_files::weights(&source.config_dir, component, stem)?;
-            let weights = WeightSource::open(&file)?;
-            Ok((file, weights))
-        }
-    }
-}
-
 /// Loads FLUX from `source` as a model of `family`: configs and tokenizers from its folder,
 /// the text encoders and the VAE from its single file where that holds them (else from the
 /// folder), the transformer from `options.denoiser` when given (a BFL/ComfyUI safetensors file
@@ -96,94 +77,11 @@ pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) ->
     let (device, dtype) = (&options.device, options.dtype);
     let dir = source.config_dir.as_path();
     let clip_tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
-    let clip_config: ClipTextConfig =
-        read_json(&model_files::config(dir, TEXT_ENCODER, "config.json")?)?;
-    let (clip_file, clip_source) = component_weights(source, TEXT_ENCODER, "model")?;
-    // With low memory, CLIP is read for each encoding and freed after (checked once here);
-    // its LoRA-able weights are not kept, so text-encoder LoRA modules go unmatched.
-    let (clip, clip_weights) = if options.low_memory {
-        let vb = clip_source.var_builder(dtype, device);
-        in_file(&clip_file, ClipTextModel::new(vb, &clip_config))?;
-        let clip = Clip::OnDemand {
-            file: clip_file,
-            source: clip_source,
-        };
-        (clip, None)
-    } else {
-        let clip_map = clip_source.read_all(dtype, device)?;
-        let vb = VarBuilder::from_tensors(clip_map.clone(), dtype, device);
-        let clip = in_file(&clip_file, ClipTextModel::new(vb, &clip_config))?;
-        let weights = component(
-            TEXT_ENCODER,
-            Role::TextEncoder,
-            clip_file,
-            clip_map,
-            "lora_te1",
-        );
-        (Clip::Loaded(Arc::new(clip)), Some(weights))
-    };
-
+    let (clip, clip_config, clip_weights) = parts::load_clip(source, options)?;
     let t5_tokenizer = T5Tokenizer::from_dir(&dir.join("tokenizer_2"))?;
-    let t5_config = T5Config::from_file(&model_files::config(dir, TEXT_ENCODER_2, "config.json")?)?;
-    let (t5_file, t5_source) = component_weights(source, TEXT_ENCODER_2, "model")?;
-    let t5 = T5::Files {
-        file: t5_file,
-        source: t5_source,
-        config: t5_config,
-    };
-    // With low memory, T5 (the largest network) is read for each encoding and freed after.
-    let t5 = if options.low_memory {
-        t5
-    } else {
-        T5::Loaded(t5.load(dtype, device)?)
-    };
-
-    let config_path = model_files::config(dir, TRANSFORMER, "config.json")?;
-    let config = FluxConfig::from_file(&config_path)?;
-    check_family(&family, &config, &config_path)?;
-    let Denoiser {
-        file,
-        tensors,
-        quantized,
-        layers,
-    } = match &options.denoiser {
-        Some(path) => denoiser::flux(path, &config, dtype, device)?,
-        None => {
-            let file = model_files::weights(dir, TRANSFORMER, "diffusion_pytorch_model")?;
-            let tensors = WeightSource::open(&file)?.read_all(dtype, device)?;
-            Denoiser {
-                file,
-                tensors,
-                quantized: None,
-                layers: None,
-            }
-        }
-    };
-    let recipe = Recipe {
-        tensors: tensors.clone(),
-        quantized,
-        file: file.clone(),
-        dtype,
-        device: device.clone(),
-    };
-    // Built (which checks every tensor) either way; with low memory it is dropped again and
-    // rebuilt at its first use, after the prompts are encoded and their encoders freed.
-    let built = Arc::new(recipe.build(&config)?);
-    let transformer = if options.low_memory {
-        drop(built);
-        Transformer::deferred(config.clone(), recipe)
-    } else {
-        Transformer::built(config.clone(), built)
-    };
-
-    let (_, vae_source) = component_weights(source, "vae", "diffusion_pytorch_model")?;
-    let vae_config = model_files::config(dir, "vae", "config.json")?;
-    // With low memory, the VAE is read for each decoding (or encoding) and freed after.
-    let vae = if options.low_memory {
-        Vae::on_demand(&vae_config, &vae_source, dtype, device)?
-    } else {
-        Vae::load(&vae_config, &vae_source, dtype, device)?
-    };
+    let t5 = parts::load_t5(source, options)?;
+    let (transformer, transformer_weights) = parts::load_transformer(&family, source, options)?;
+    let vae = parts::load_vae(source, options)?;
     let scheduler_config = SchedulerConfig::from_file(&model_files::config(
         dir,
         "scheduler",
@@ -193,14 +91,6 @@ pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) ->
         .max_sequence_length
         .or(family.max_sequence_length)
         .unwrap_or(512);
-    let mut transformer_weights = component(
-        TRANSFORMER,
-        Role::Denoiser,
-        file,
-        tensors,
-        "lora_transformer",
-    );
-    transformer_weights.quantized = layers;
     let weights = Weights {
         components: std::iter::once(transformer_weights)
             .chain(clip_weights)
@@ -226,160 +116,6 @@ pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) ->
         dtype,
         weights: Arc::new(weights),
     })
-}
-
-/// CLIP-L, loaded, or its weights (`--low-memory`: read for each encoding).
-#[derive(Debug, Clone)]
-enum Clip {
-    Loaded(Arc<ClipTextModel>),
-    OnDemand { file: PathBuf, source: WeightSource },
-}
-
-/// The T5 encoder, loaded, or its files (`--low-memory`: loaded for each encoding).
-#[derive(Debug, Clone)]
-enum T5 {
-    Loaded(Arc<T5EncoderModel>),
-    Files {
-        file: PathBuf,
-        source: WeightSource,
-        config: T5Config,
-    },
-}
-
-impl T5 {
-    /// The encoder (read from its file unless loaded).
-    fn load(&self, dtype: DType, device: &Device) -> Result<Arc<T5EncoderModel>> {
-        match self {
-            T5::Loaded(t5) => Ok(t5.clone()),
-            T5::Files {
-                file,
-                source,
-                config,
-            } => {
-                let vb = source.var_builder(dtype, device);
-                Ok(Arc::new(in_file(file, T5EncoderModel::new(vb, config))?))
-            }
-        }
-    }
-}
-
-/// The transformer, built, or built at its first use (`--low-memory`).
-#[derive(Debug, Clone)]
-struct Transformer {
-    config: FluxConfig,
-    built: Arc<std::sync::OnceLock<Arc<FluxTransformer2DModel>>>,
-    recipe: Option<Arc<Recipe>>,
-}
-
-/// What a transformer is built from.
-#[derive(Debug)]
-struct Recipe {
-    tensors: HashMap<String, Tensor>,
-    quantized: Option<GgufWeights>,
-    file: PathBuf,
-    dtype: DType,
-    device: Device,
-}
-
-impl Recipe {
-    fn build(&self, config: &FluxConfig) -> Result<FluxTransformer2DModel> {
-        let vb = VarBuilder::from_tensors(self.tensors.clone(), self.dtype, &self.device);
-        in_file(
-            &self.file,
-            build_transformer(vb, config, self.quantized.as_ref()),
-        )
-    }
-}
-
-impl Transformer {
-    fn built(config: FluxConfig, model: Arc<FluxTransformer2DModel>) -> Self {
-        let built = std::sync::OnceLock::new();
-        let _ = built.set(model);
-        Self {
-            config,
-            built: Arc::new(built),
-            recipe: None,
-        }
-    }
-
-    fn deferred(config: FluxConfig, recipe: Recipe) -> Self {
-        Self {
-            config,
-            built: Arc::default(),
-            recipe: Some(Arc::new(recipe)),
-        }
-    }
-
-    /// The model, built now if it was deferred.
-    fn get(&self) -> Result<Arc<FluxTransformer2DModel>> {
-        if let Some(model) = self.built.get() {
-            return Ok(model.clone());
-        }
-        let recipe = self.recipe.as_ref().ok_or_else(|| {
-            Error::invalid(
-                "transformer",
-                "neither built nor deferred",
-                "load the model again",
-            )
-        })?;
-        let model = Arc::new(recipe.build(&self.config)?);
-        Ok(self.built.get_or_init(|| model).clone())
-    }
-}
-
-/// The transformer from `vb`, its linear layers from `quantized` where that holds them.
-fn build_transformer(
-    vb: VarBuilder<'static>,
-    config: &FluxConfig,
-    quantized: Option<&GgufWeights>,
-) -> candle_core::Result<FluxTransformer2DModel> {
-    match quantized {
-        Some(q) => FluxTransformer2DModel::new_quantized(vb, config, q),
-        None => FluxTransformer2DModel::new(vb, config),
-    }
-}
-
-/// A dev transformer (guidance embedding) declared as schnell, or the reverse, is an error.
-fn check_family(family: &Family, config: &FluxConfig, path: &Path) -> Result<()> {
-    let embeds = family.guidance == super::GuidanceMode::Distilled;
-    if config.guidance_embeds == embeds {
-        return Ok(());
-    }
-    Err(Error::Config {
-        path: path.to_path_buf(),
-        message: format!(
-            "`guidance_embeds` is {}, but family `{}` {} a guidance embedding; declare {}",
-            config.guidance_embeds,
-            family.name,
-            if embeds { "has" } else { "has no" },
-            if config.guidance_embeds {
-                "flux-dev"
-            } else {
-                "flux-schnell"
-            }
-        ),
-    })
-}
-
-fn component(
-    name: &str,
-    role: Role,
-    file: PathBuf,
-    tensors: HashMap<String, Tensor>,
-    kohya: &str,
-) -> ComponentWeights {
-    ComponentWeights {
-        name: name.to_string(),
-        role,
-        file,
-        tensors,
-        lora: LoraNames {
-            kohya: kohya.to_string(),
-            peft: name.to_string(),
-            bare: role == Role::Denoiser,
-        },
-        quantized: None,
-    }
 }
 
 impl FluxNetworks {

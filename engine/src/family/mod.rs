@@ -19,6 +19,7 @@ pub mod bundled;
 mod conditioning;
 pub mod denoiser;
 pub mod flux;
+mod flux_parts;
 pub mod manifest;
 mod model;
 mod preview;
