@@ -21,18 +21,7 @@ use crate::{image_input, progress, source};
 pub fn run(global: &Global, a: GenerateArgs) -> Result<()> {
     let files = source::read_manifests(global)?;
     let folder = files.as_ref().map(|f| f.parse()).transpose()?;
-    let (_plugins, mut extensions) = crate::plugins::load(folder.as_ref())?;
-    let embeddings = match &folder {
-        Some(folder) => beeswax::manifest::embeddings(folder)?,
-        None => Vec::new(),
-    };
-    extensions.set_embeddings(&embeddings, a.embeddings.as_deref(), global.allow_download)?;
-    // Names are checked before any model loads: unknown ones fail at once.
-    if let Some(name) = &a.scheduler {
-        extensions.schedulers.sampler(name, a.schedule.as_deref())?;
-    }
-    extensions.check_processors(beeswax::extensions::ProcessorKind::Pre, &a.pre)?;
-    extensions.check_processors(beeswax::extensions::ProcessorKind::Post, &a.post)?;
+    let (_plugins, extensions) = extensions(global, folder.as_ref(), &a)?;
     let chosen = source::load(global, folder.as_ref(), &a.model)?;
     if a.vae_tiling {
         chosen
@@ -50,35 +39,7 @@ pub fn run(global: &Global, a: GenerateArgs) -> Result<()> {
         None => None,
     };
     let job_loras = job_loras(global, folder.as_ref(), &a)?;
-    let request = JobRequest {
-        prompt: job_loras.prompt.clone(),
-        negative_prompt: a.negative_prompt.clone(),
-        steps: a.steps.map(|v| v as usize),
-        guidance: a.guidance,
-        true_cfg: a.true_cfg,
-        size_conditioning: SizeConditioning {
-            original_size: a.original_size,
-            crop_top_left: a.crop_top_left.unwrap_or_default(),
-            target_size: a.target_size,
-        },
-        width: a.width.map(|v| v as usize),
-        height: a.height.map(|v| v as usize),
-        sampler: a.scheduler.clone(),
-        schedule: a.schedule.clone(),
-        seed: a.seed,
-        batch: Some(a.batch as usize),
-        clip_skip: a.clip_skip.map(|v| v as usize),
-        prompt_syntax: a.prompt_syntax,
-        pad_prompts: a.pad_prompts.then_some(true),
-        input: image_input::read(&a)?,
-        pre_processors: a.pre.clone(),
-        post_processors: a.post.clone(),
-        refiner: refiner.as_ref().map(|r| Refiner {
-            name: r.name.clone(),
-            model: r.model.clone(),
-            switch_at: a.refiner_switch.unwrap_or(defaults::REFINER_SWITCH_AT),
-        }),
-    };
+    let request = job_request(&a, &job_loras, refiner.as_ref())?;
     let job = resolve(
         &chosen.model,
         &chosen.defaults,
@@ -126,6 +87,65 @@ pub fn run(global: &Global, a: GenerateArgs) -> Result<()> {
         &chosen.name,
         &job_loras.recorded_prompt,
     )
+}
+
+/// The samplers and processors (built-ins and the plugins'), with the embeddings; the names
+/// the flags give are checked before any model loads, so unknown ones fail at once.
+fn extensions(
+    global: &Global,
+    folder: Option<&ManifestFolder<'_>>,
+    a: &GenerateArgs,
+) -> Result<(beeswax::plugins::Plugins, beeswax::extensions::Extensions)> {
+    let (plugins, mut extensions) = crate::plugins::load(folder)?;
+    let embeddings = match folder {
+        Some(folder) => beeswax::manifest::embeddings(folder)?,
+        None => Vec::new(),
+    };
+    extensions.set_embeddings(&embeddings, a.embeddings.as_deref(), global.allow_download)?;
+    if let Some(name) = &a.scheduler {
+        extensions.schedulers.sampler(name, a.schedule.as_deref())?;
+    }
+    extensions.check_processors(beeswax::extensions::ProcessorKind::Pre, &a.pre)?;
+    extensions.check_processors(beeswax::extensions::ProcessorKind::Post, &a.post)?;
+    Ok((plugins, extensions))
+}
+
+/// The job the flags ask for: prompt (LoRA tags resolved), sizes, sampler, input picture,
+/// processors and the refiner.
+fn job_request(
+    a: &GenerateArgs,
+    job_loras: &lora::JobLoras,
+    refiner: Option<&source::Chosen>,
+) -> Result<JobRequest> {
+    Ok(JobRequest {
+        prompt: job_loras.prompt.clone(),
+        negative_prompt: a.negative_prompt.clone(),
+        steps: a.steps.map(|v| v as usize),
+        guidance: a.guidance,
+        true_cfg: a.true_cfg,
+        size_conditioning: SizeConditioning {
+            original_size: a.original_size,
+            crop_top_left: a.crop_top_left.unwrap_or_default(),
+            target_size: a.target_size,
+        },
+        width: a.width.map(|v| v as usize),
+        height: a.height.map(|v| v as usize),
+        sampler: a.scheduler.clone(),
+        schedule: a.schedule.clone(),
+        seed: a.seed,
+        batch: Some(a.batch as usize),
+        clip_skip: a.clip_skip.map(|v| v as usize),
+        prompt_syntax: a.prompt_syntax,
+        pad_prompts: a.pad_prompts.then_some(true),
+        input: image_input::read(a)?,
+        pre_processors: a.pre.clone(),
+        post_processors: a.post.clone(),
+        refiner: refiner.map(|r| Refiner {
+            name: r.name.clone(),
+            model: r.model.clone(),
+            switch_at: a.refiner_switch.unwrap_or(defaults::REFINER_SWITCH_AT),
+        }),
+    })
 }
 
 /// Writes each image as a PNG with its A1111 parameters (the prompt as recorded, LoRA tags
