@@ -173,22 +173,8 @@ pub fn encode_stacked(
     let mut pooled = None;
     let mut empty: Option<(Tensor, Option<Tensor>)> = None;
     for (i, encoder) in encoders.iter().enumerate() {
-        let tokenizer = encoder.tokenizer;
-        if (tokenizer.bos_id(), tokenizer.eos_id()) != (plan_tokenizer.bos_id(), eos) {
-            return Err(Error::invalid(
-                "text encoder tokenizers",
-                format!("encoder {}", i + 1),
-                format!(
-                    "start/end ids ({}, {}) differ from the first tokenizer's ({}, {}); the \
-                     encoders of one model must share a vocabulary",
-                    tokenizer.bos_id(),
-                    tokenizer.eos_id(),
-                    plan_tokenizer.bos_id(),
-                    eos
-                ),
-            ));
-        }
-        let pad = tokenizer.pad_id();
+        check_vocabulary(i, encoder.tokenizer, plan_tokenizer)?;
+        let pad = encoder.tokenizer.pad_id();
         let clip = encoder.clip;
         let run = |chunk: &Chunk| {
             clip_chunk_output(
@@ -224,14 +210,7 @@ pub fn encode_stacked(
         }
         merged = Some(match merged {
             None => encoded,
-            Some(mut acc) => {
-                for (a, b) in acc.parts.iter_mut().zip(encoded.parts) {
-                    for (x, y) in a.conds.iter_mut().zip(b.conds) {
-                        *x = Tensor::cat(&[&*x, &y], 2)?;
-                    }
-                }
-                acc
-            }
+            Some(acc) => concat_features(acc, encoded)?,
         });
     }
     let encoded = merged.ok_or_else(|| {
@@ -252,6 +231,36 @@ pub fn encode_stacked(
         pooled,
         empty,
     })
+}
+
+/// Refuses an encoder (the `i`-th) whose tokenizer's start and end ids differ from the plan
+/// tokenizer's: the encoders of one model must share a vocabulary.
+fn check_vocabulary(i: usize, tokenizer: &ClipTokenizer, plan: &ClipTokenizer) -> Result<()> {
+    if (tokenizer.bos_id(), tokenizer.eos_id()) == (plan.bos_id(), plan.eos_id()) {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "text encoder tokenizers",
+        format!("encoder {}", i + 1),
+        format!(
+            "start/end ids ({}, {}) differ from the first tokenizer's ({}, {}); the encoders \
+             of one model must share a vocabulary",
+            tokenizer.bos_id(),
+            tokenizer.eos_id(),
+            plan.bos_id(),
+            plan.eos_id()
+        ),
+    ))
+}
+
+/// `acc` with `next`'s states (the same plan, another encoder) appended on the feature axis.
+fn concat_features(mut acc: EncodedPrompt, next: EncodedPrompt) -> Result<EncodedPrompt> {
+    for (a, b) in acc.parts.iter_mut().zip(next.parts) {
+        for (x, y) in a.conds.iter_mut().zip(b.conds) {
+            *x = Tensor::cat(&[&*x, &y], 2)?;
+        }
+    }
+    Ok(acc)
 }
 
 /// The pooled output of every distinct text's first chunk, from the outputs `plan.encode`
