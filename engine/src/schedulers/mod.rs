@@ -18,6 +18,7 @@ use candle_core::Tensor;
 
 use crate::noise::NoiseSource;
 
+mod builtins;
 mod config;
 mod ddim;
 mod ddpm;

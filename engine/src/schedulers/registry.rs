@@ -1,6 +1,6 @@
 //! The scheduler registry: names to constructors.
 //!
-//! Built-in schedulers are rows of [`BUILTINS`]; adding a sampler means adding a row. Plugins
+//! Built-in schedulers are rows of `builtins::BUILTINS`; adding a sampler means adding a row. Plugins
 //! add entries to a registry value with [`Registry::register`] (the service and the CLI hold
 //! one in their [`crate::extensions::Extensions`]; there is no process-wide registry). Names
 //! are looked up case-insensitively among each entry's canonical snake-case name and its
@@ -8,14 +8,11 @@
 
 use std::sync::Arc;
 
+use super::builtins::BUILTINS;
 use super::math::{check_steps, invalid};
 use super::sampler::Sampler;
 use super::schedules::{did_you_mean, normalize, Schedule, SCHEDULES};
-use super::{
-    calculate_shift, Ddim, Ddpm, Deis, Dpm2, DpmMultistep, DpmSde, DpmSinglestep, DpmVariant,
-    Euler, EulerAncestral, FlowEuler, FlowHeun, Heun, Lcm, Lms, Pndm, Scheduler, SchedulerConfig,
-    SchedulerError, SchedulerKind, Tcd, UniPc,
-};
+use super::{calculate_shift, Scheduler, SchedulerConfig, SchedulerError, SchedulerKind};
 
 /// What a scheduler is built for: the step count, the kind of model it drives and the
 /// image's size in packed latent tokens (flow models shift their schedule by it).
@@ -169,176 +166,6 @@ impl std::fmt::Debug for SchedulerEntry {
             .finish_non_exhaustive()
     }
 }
-
-/// A built-in scheduler's constructor for diffusion models.
-type BuiltinFn = fn(&SchedulerConfig, usize) -> Result<Box<dyn Scheduler>, SchedulerError>;
-
-/// A built-in scheduler's flow-matching form: config, steps and the image's shift `mu`
-/// ([`super::calculate_shift`]).
-type FlowFn =
-    fn(&SchedulerConfig, usize, Option<f64>) -> Result<Box<dyn Scheduler>, SchedulerError>;
-
-/// A built-in row: names, summary, the diffusers class it follows, constructor, and the
-/// flow-matching form if the sampler has one.
-struct Builtin {
-    name: &'static str,
-    aliases: &'static [&'static str],
-    summary: &'static str,
-    class: Option<&'static str>,
-    build: BuiltinFn,
-    flow: Option<FlowFn>,
-}
-
-/// The built-in schedulers, in listing order. Aliases: AUTOMATIC1111's display name first (it
-/// goes into PNG parameters), then ComfyUI's sampler name where it differs from the canonical.
-const BUILTINS: &[Builtin] = &[
-    Builtin {
-        name: "ddim",
-        aliases: &["DDIM"],
-        summary: "DDIM, deterministic (diffusers DDIMScheduler)",
-        class: Some("DDIMScheduler"),
-        build: |config, steps| Ok(Box::new(Ddim::new(config, steps)?)),
-        flow: None,
-    },
-    Builtin {
-        name: "ddpm",
-        aliases: &["DDPM"],
-        summary: "DDPM, ancestral (diffusers DDPMScheduler)",
-        class: Some("DDPMScheduler"),
-        build: |config, steps| Ok(Box::new(Ddpm::new(config, steps)?)),
-        flow: None,
-    },
-    Builtin {
-        name: "pndm",
-        aliases: &["PLMS", "PNDM"],
-        summary: "PLMS: PNDM without the Runge-Kutta warm-up, steps + 1 calls (diffusers PNDMScheduler, skip_prk_steps)",
-        class: None,
-        build: |config, steps| Ok(Box::new(Pndm::new(config, steps)?)),
-        flow: None,
-    },
-    Builtin {
-        name: "lms",
-        aliases: &["LMS"],
-        summary: "linear multistep, order 4 (diffusers LMSDiscreteScheduler)",
-        class: Some("LMSDiscreteScheduler"),
-        build: |config, steps| Ok(Box::new(Lms::new(config, steps)?)),
-        flow: None,
-    },
-    Builtin {
-        name: "euler",
-        aliases: &["Euler"],
-        summary: "Euler (diffusers EulerDiscreteScheduler; on flow models FlowMatchEulerDiscreteScheduler)",
-        class: Some("EulerDiscreteScheduler"),
-        build: |config, steps| Ok(Box::new(Euler::new(config, steps)?)),
-        flow: Some(|config, steps, mu| Ok(Box::new(FlowEuler::new(config, steps, mu)?))),
-    },
-    Builtin {
-        name: "euler_a",
-        aliases: &["Euler a", "euler_ancestral"],
-        summary: "Euler ancestral (diffusers EulerAncestralDiscreteScheduler)",
-        class: Some("EulerAncestralDiscreteScheduler"),
-        build: |config, steps| Ok(Box::new(EulerAncestral::new(config, steps)?)),
-        flow: None,
-    },
-    Builtin {
-        name: "heun",
-        aliases: &["Heun"],
-        summary: "Heun, 2·steps - 1 calls (diffusers HeunDiscreteScheduler; on flow models FlowMatchHeunDiscreteScheduler)",
-        class: Some("HeunDiscreteScheduler"),
-        build: |config, steps| Ok(Box::new(Heun::new(config, steps)?)),
-        flow: Some(|config, steps, mu| Ok(Box::new(FlowHeun::new(config, steps, mu)?))),
-    },
-    Builtin {
-        name: "dpm2",
-        aliases: &["DPM2", "dpm_2"],
-        summary: "DPM2, 2·steps - 1 calls (diffusers KDPM2DiscreteScheduler)",
-        class: Some("KDPM2DiscreteScheduler"),
-        build: |config, steps| Ok(Box::new(Dpm2::new(config, steps)?)),
-        flow: None,
-    },
-    Builtin {
-        name: "dpm2_a",
-        aliases: &["DPM2 a", "dpm_2_ancestral"],
-        summary: "DPM2 ancestral, 2·steps - 1 calls (diffusers KDPM2AncestralDiscreteScheduler)",
-        class: Some("KDPM2AncestralDiscreteScheduler"),
-        build: |config, steps| Ok(Box::new(Dpm2::ancestral(config, steps)?)),
-        flow: None,
-    },
-    Builtin {
-        name: "dpmpp_2m",
-        aliases: &["DPM++ 2M"],
-        summary: "DPM-Solver++ 2M (diffusers DPMSolverMultistepScheduler, dpmsolver++, order 2; flow sigmas on flow models)",
-        class: Some("DPMSolverMultistepScheduler"),
-        build: |config, steps| Ok(Box::new(DpmMultistep::new(config, steps, DpmVariant::TwoM)?)),
-        flow: Some(|config, steps, mu| {
-            Ok(Box::new(DpmMultistep::flow(config, steps, DpmVariant::TwoM, mu)?))
-        }),
-    },
-    Builtin {
-        name: "dpmpp_2m_sde",
-        aliases: &["DPM++ 2M SDE"],
-        summary: "DPM-Solver++ 2M SDE (diffusers DPMSolverMultistepScheduler, sde-dpmsolver++, order 2)",
-        class: None,
-        build: |config, steps| Ok(Box::new(DpmMultistep::new(config, steps, DpmVariant::TwoMSde)?)),
-        flow: None,
-    },
-    Builtin {
-        name: "dpmpp_sde",
-        aliases: &["DPM++ SDE"],
-        summary: "DPM-Solver++ SDE, 2·steps - 1 calls (diffusers DPMSolverSDEScheduler)",
-        class: Some("DPMSolverSDEScheduler"),
-        build: |config, steps| Ok(Box::new(DpmSde::new(config, steps)?)),
-        flow: None,
-    },
-    Builtin {
-        name: "dpmpp_2s_a",
-        aliases: &["DPM++ 2S a", "dpmpp_2s_ancestral"],
-        summary: "DPM-Solver++ 2S with noise (diffusers DPMSolverSinglestepScheduler, sde-dpmsolver++, order 2)",
-        class: None,
-        build: |config, steps| Ok(Box::new(DpmSinglestep::new(config, steps)?)),
-        flow: None,
-    },
-    Builtin {
-        name: "dpmpp_3m_sde",
-        aliases: &["DPM++ 3M SDE"],
-        summary: "DPM-Solver++ 3M SDE (diffusers DPMSolverMultistepScheduler, sde-dpmsolver++, order 3)",
-        class: None,
-        build: |config, steps| Ok(Box::new(DpmMultistep::new(config, steps, DpmVariant::ThreeMSde)?)),
-        flow: None,
-    },
-    Builtin {
-        name: "unipc",
-        aliases: &["UniPC", "uni_pc"],
-        summary: "UniPC predictor-corrector (diffusers UniPCMultistepScheduler)",
-        class: Some("UniPCMultistepScheduler"),
-        build: |config, steps| Ok(Box::new(UniPc::new(config, steps)?)),
-        flow: None,
-    },
-    Builtin {
-        name: "deis",
-        aliases: &["DEIS"],
-        summary: "DEIS log-rho multistep (diffusers DEISMultistepScheduler)",
-        class: Some("DEISMultistepScheduler"),
-        build: |config, steps| Ok(Box::new(Deis::new(config, steps)?)),
-        flow: None,
-    },
-    Builtin {
-        name: "lcm",
-        aliases: &["LCM"],
-        summary: "latent consistency, for LCM models (diffusers LCMScheduler)",
-        class: Some("LCMScheduler"),
-        build: |config, steps| Ok(Box::new(Lcm::new(config, steps)?)),
-        flow: None,
-    },
-    Builtin {
-        name: "tcd",
-        aliases: &["TCD"],
-        summary: "trajectory consistency, gamma 0.3, for TCD models (diffusers TCDScheduler)",
-        class: Some("TCDScheduler"),
-        build: |config, steps| Ok(Box::new(Tcd::new(config, steps)?)),
-        flow: None,
-    },
-];
 
 /// A set of named schedulers, starting with the built-ins; plugins add theirs.
 #[derive(Debug, Clone, Default)]
@@ -631,6 +458,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schedulers::{Euler, FlowEuler};
 
     #[test]
     fn names_are_found_in_any_case() {
