@@ -36,12 +36,8 @@ impl Denoiser {
     /// The denoiser's LoRA-able weights as component `name`.
     pub fn component(&self, name: &str, role: Role, lora: LoraNames) -> ComponentWeights {
         ComponentWeights {
-            name: name.to_string(),
-            role,
-            file: self.file.clone(),
-            tensors: self.tensors.clone(),
-            lora,
             quantized: self.layers.clone(),
+            ..ComponentWeights::new(name, role, self.file.clone(), self.tensors.clone(), lora)
         }
     }
 }

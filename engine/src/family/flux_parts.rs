@@ -65,7 +65,13 @@ pub(super) fn load_clip(
     let tensors = weights.read_all(dtype, device)?;
     let vb = VarBuilder::from_tensors(tensors.clone(), dtype, device);
     let clip = in_file(&file, ClipTextModel::new(vb, &config))?;
-    let lora = component(TEXT_ENCODER, Role::TextEncoder, file, tensors, "lora_te1");
+    let lora = ComponentWeights::new(
+        TEXT_ENCODER,
+        Role::TextEncoder,
+        file,
+        tensors,
+        LoraNames::new("lora_te1", TEXT_ENCODER, false),
+    );
     Ok((Clip::Loaded(Arc::new(clip)), config, Some(lora)))
 }
 
@@ -134,14 +140,11 @@ pub(super) fn load_transformer(
     } else {
         Transformer::built(config, built)
     };
-    let mut weights = component(
-        TRANSFORMER,
-        Role::Denoiser,
-        file,
-        tensors,
-        "lora_transformer",
-    );
-    weights.quantized = layers;
+    let lora = LoraNames::new("lora_transformer", TRANSFORMER, true);
+    let weights = ComponentWeights {
+        quantized: layers,
+        ..ComponentWeights::new(TRANSFORMER, Role::Denoiser, file, tensors, lora)
+    };
     Ok((transformer, weights))
 }
 
@@ -288,25 +291,4 @@ pub(super) fn check_family(family: &Family, config: &FluxConfig, path: &Path) ->
             }
         ),
     })
-}
-
-pub(super) fn component(
-    name: &str,
-    role: Role,
-    file: PathBuf,
-    tensors: HashMap<String, Tensor>,
-    kohya: &str,
-) -> ComponentWeights {
-    ComponentWeights {
-        name: name.to_string(),
-        role,
-        file,
-        tensors,
-        lora: LoraNames {
-            kohya: kohya.to_string(),
-            peft: name.to_string(),
-            bare: role == Role::Denoiser,
-        },
-        quantized: None,
-    }
 }

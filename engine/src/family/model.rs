@@ -181,6 +181,17 @@ pub struct LoraNames {
     pub bare: bool,
 }
 
+impl LoraNames {
+    /// kohya's prefix `kohya`, PEFT's `peft`, and whether bare module names may name it.
+    pub fn new(kohya: &str, peft: &str, bare: bool) -> Self {
+        Self {
+            kohya: kohya.to_string(),
+            peft: peft.to_string(),
+            bare,
+        }
+    }
+}
+
 /// The tensors one network was built from, by key: the network shares them, so keeping them
 /// costs nothing, and a job's LoRAs are merged into copies of the few they change.
 #[derive(Debug)]
@@ -201,6 +212,24 @@ pub struct ComponentWeights {
 }
 
 impl ComponentWeights {
+    /// Component `name`'s dense `tensors`, read from `file`, named by LoRA files as `lora`.
+    pub fn new(
+        name: &str,
+        role: Role,
+        file: PathBuf,
+        tensors: HashMap<String, Tensor>,
+        lora: LoraNames,
+    ) -> Self {
+        Self {
+            name: name.to_string(),
+            role,
+            file,
+            tensors,
+            lora,
+            quantized: None,
+        }
+    }
+
     /// The shape of weight `key`, dense or quantized.
     pub fn shape(&self, key: &str) -> Option<Vec<usize>> {
         if let Some(t) = self.tensors.get(key) {

@@ -110,13 +110,17 @@ pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) ->
 
     let weights = Weights {
         components: vec![
-            unet_weights.component(UNET, Role::Denoiser, lora_names("lora_unet")),
-            component(
+            unet_weights.component(
+                UNET,
+                Role::Denoiser,
+                LoraNames::new("lora_unet", UNET, true),
+            ),
+            ComponentWeights::new(
                 TEXT_ENCODER,
                 Role::TextEncoder,
                 text_file,
                 text_map,
-                "lora_te",
+                LoraNames::new("lora_te", TEXT_ENCODER, true),
             ),
         ],
     };
@@ -137,36 +141,6 @@ pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) ->
         dtype,
         weights: Arc::new(weights),
     })
-}
-
-fn component(
-    name: &str,
-    role: Role,
-    file: std::path::PathBuf,
-    tensors: std::collections::HashMap<String, Tensor>,
-    kohya: &str,
-) -> ComponentWeights {
-    ComponentWeights {
-        name: name.to_string(),
-        role,
-        file,
-        tensors,
-        lora: LoraNames {
-            kohya: kohya.to_string(),
-            peft: name.to_string(),
-            bare: true,
-        },
-        quantized: None,
-    }
-}
-
-/// The UNet's LoRA names (`lora_unet`, `unet`).
-fn lora_names(kohya: &str) -> LoraNames {
-    LoraNames {
-        kohya: kohya.to_string(),
-        peft: UNET.to_string(),
-        bare: true,
-    }
 }
 
 impl Networks for SdNetworks {

@@ -7,7 +7,7 @@
 //! uses is data: its family manifest.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
@@ -69,15 +69,17 @@ pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) ->
         encoders.push(text_encoder(
             spec, tokenizer, config, &file, &tensors, dtype, device,
         )?);
-        components.push(component(
+        // Bare module names (no prefix) name the first text encoder.
+        let bare = components
+            .iter()
+            .all(|c: &ComponentWeights| c.role != Role::TextEncoder);
+        let lora = LoraNames::new(&spec.lora.kohya, &spec.lora.peft, bare);
+        components.push(ComponentWeights::new(
             &spec.component,
             Role::TextEncoder,
             file,
             tensors,
-            &spec.lora,
-            components
-                .iter()
-                .all(|c: &ComponentWeights| c.role != Role::TextEncoder),
+            lora,
         ));
     }
     let unet_config_path = source.config(&family.denoiser.component, "config.json")?;
@@ -104,11 +106,7 @@ pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) ->
         unet_weights.component(
             &family.denoiser.component,
             Role::Denoiser,
-            LoraNames {
-                kohya: lora.kohya.clone(),
-                peft: lora.peft.clone(),
-                bare: true,
-            },
+            LoraNames::new(&lora.kohya, &lora.peft, true),
         ),
     );
     let vae_dir = &family.vae.component;
@@ -192,28 +190,6 @@ fn check_widths(config: &UNetConfig, encoders: &[TextEncoder], path: &Path) -> R
         });
     }
     Ok(())
-}
-
-fn component(
-    name: &str,
-    role: Role,
-    file: PathBuf,
-    tensors: HashMap<String, Tensor>,
-    lora: &super::spec::LoraPrefixes,
-    bare: bool,
-) -> ComponentWeights {
-    ComponentWeights {
-        name: name.to_string(),
-        role,
-        file,
-        tensors,
-        lora: LoraNames {
-            kohya: lora.kohya.clone(),
-            peft: lora.peft.clone(),
-            bare,
-        },
-        quantized: None,
-    }
 }
 
 impl SdxlNetworks {
