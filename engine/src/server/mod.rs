@@ -51,3 +51,13 @@ pub use jobs::{Event, Job, Origin, Status};
 pub use request::{validate, GenerateRequest, JobSpec};
 pub use service::Service;
 pub use site::{parse_origin, parse_public_url, Site};
+
+/// A header map of `pairs`, for the routes' unit tests.
+#[cfg(test)]
+fn test_headers(pairs: &[(axum::http::HeaderName, &str)]) -> axum::http::HeaderMap {
+    let mut h = axum::http::HeaderMap::new();
+    for (k, v) in pairs {
+        h.insert(k.clone(), v.parse().unwrap());
+    }
+    h
+}

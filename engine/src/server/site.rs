@@ -205,14 +205,7 @@ pub async fn guard(State(site): State<Arc<Site>>, req: Request, next: Next) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(k.clone(), v.parse().unwrap());
-        }
-        h
-    }
+    use crate::server::test_headers as headers;
 
     #[test]
     fn loopback_answers_only_to_its_own_names() {

@@ -281,14 +281,7 @@ pub async fn asset(Path((v, name)): Path<(String, String)>, headers: HeaderMap) 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(k.clone(), v.parse().unwrap());
-        }
-        h
-    }
+    use crate::server::test_headers as headers;
 
     #[test]
     fn gzip_is_negotiated_with_q_values() {
