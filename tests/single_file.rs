@@ -88,6 +88,38 @@ fn sdxl_single_files_match_diffusers_from_single_file() {
     check_reference("sdxl f32 file", &m);
 }
 
+/// Asserts that every component of `folder` is in `file` with as many tensors, each equal to
+/// the folder's (rounded to f16 first when `f16` says so); a CLIP key may carry the
+/// transformers-4 `text_model.` prefix in the file.
+fn assert_holds_weights(file: &Model, folder: &Model, f16: bool) {
+    for component in &folder.weights.components {
+        let got = file.weights.get(&component.name).unwrap();
+        assert_eq!(
+            got.tensors.len(),
+            component.tensors.len(),
+            "{}",
+            component.name
+        );
+        for (key, want) in &component.tensors {
+            let want = if f16 {
+                want.to_dtype(DType::F16)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap()
+            } else {
+                want.clone()
+            };
+            let got = got
+                .tensors
+                .get(key)
+                .or_else(|| got.tensors.get(&format!("text_model.{key}")))
+                .unwrap_or_else(|| panic!("{}: no {key}", component.name));
+            let diff = common::compare::max_abs_diff(got, &want);
+            assert_eq!(diff, 0.0, "{} {key}", component.name);
+        }
+    }
+}
+
 /// Every weight the refiner's networks read from its single file is the folder's, as rounded
 /// to f16 (OpenCLIP's fused q/k/v split by rows, its projection transposed, the UNet renamed).
 #[test]
@@ -98,31 +130,7 @@ fn refiner_single_file_holds_the_folder_weights() {
     );
     assert_eq!(file.family.name, "sdxl-refiner");
     let folder = common::model("tiny-sdxl-refiner");
-    for component in &folder.weights.components {
-        let got = file.weights.get(&component.name).unwrap();
-        assert_eq!(
-            got.tensors.len(),
-            component.tensors.len(),
-            "{}",
-            component.name
-        );
-        for (key, want) in &component.tensors {
-            let want = want
-                .to_dtype(DType::F16)
-                .unwrap()
-                .to_dtype(DType::F32)
-                .unwrap();
-            let diff = (got.tensors.get(key).unwrap_or_else(|| panic!("no {key}")) - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert_eq!(diff, 0.0, "{} {key}", component.name);
-        }
-    }
+    assert_holds_weights(&file, &folder, true);
     let report = inspect(
         &single("tiny-sdxl-refiner.f16.safetensors"),
         &Families::builtin(),
@@ -351,29 +359,7 @@ fn inpainting_single_file_holds_the_folder_weights() {
     )
     .unwrap();
     assert!(folder.weights.get("unet").is_some());
-    for component in &folder.weights.components {
-        let got = m.weights.get(&component.name).unwrap();
-        assert_eq!(
-            got.tensors.len(),
-            component.tensors.len(),
-            "{}",
-            component.name
-        );
-        for (key, want) in &component.tensors {
-            let got = got
-                .tensors
-                .get(key)
-                .or_else(|| got.tensors.get(&format!("text_model.{key}")))
-                .unwrap_or_else(|| panic!("{}: no {key}", component.name));
-            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
-            assert_eq!(
-                diff.to_scalar::<f32>().unwrap(),
-                0.0,
-                "{} {key}",
-                component.name
-            );
-        }
-    }
+    assert_holds_weights(&m, &folder, false);
 }
 
 /// A family manifest whose `config` folder (beside it, here a fixture) holds the configs lets
