@@ -26,6 +26,7 @@ use super::{
 };
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::flux::{self, bfl, FluxTransformer2DModel};
+use crate::models::t5::T5EncoderModel;
 use crate::prompt::attention::{comfy_token_weights, parse_prompt_attention, BREAK_WEIGHT};
 use crate::prompt::encode::clip_chunk_output;
 use crate::prompt::{Chunk, EmbeddingVectors, EncoderSlot, PromptSyntax};
@@ -135,7 +136,7 @@ impl FluxNetworks {
 
     /// T5 states and CLIP's pooled output of `prompt`, taken literally.
     fn encode_text(&self, prompt: &str, warnings: &mut Vec<String>) -> Result<Conditioning> {
-        let context = self.t5_context(prompt, warnings)?;
+        let context = self.t5_context(&*self.t5_model()?, prompt, warnings)?;
         // CLIP's own truncation is silent in FluxPipeline too; T5 carries the long prompt.
         let clip = self.clip_tokenizer.encode(prompt)?;
         let ids = Tensor::new(clip.ids.as_slice(), &self.device)?.unsqueeze(0)?;
@@ -150,10 +151,20 @@ impl FluxNetworks {
 }
 
 impl FluxNetworks {
-    /// T5's states of `text`, taken literally (a truncation warning added once).
-    fn t5_context(&self, text: &str, warnings: &mut Vec<String>) -> Result<Tensor> {
-        let t5 = self.t5_tokenizer.encode(text, self.max_sequence_length)?;
-        if let Some(dropped) = &t5.truncated {
+    /// T5 (read from its files unless loaded).
+    fn t5_model(&self) -> Result<Arc<T5EncoderModel>> {
+        self.t5.load(self.dtype, &self.device)
+    }
+
+    /// `t5`'s states of `text`, taken literally (a truncation warning added once).
+    fn t5_context(
+        &self,
+        t5: &T5EncoderModel,
+        text: &str,
+        warnings: &mut Vec<String>,
+    ) -> Result<Tensor> {
+        let tokens = self.t5_tokenizer.encode(text, self.max_sequence_length)?;
+        if let Some(dropped) = &tokens.truncated {
             let warning = format!(
                 "the prompt is longer than {} T5 tokens (max sequence length); this part was \
                  dropped: \"{dropped}\"",
@@ -163,17 +174,13 @@ impl FluxNetworks {
                 warnings.push(warning);
             }
         }
-        let ids = Tensor::new(t5.ids.as_slice(), &self.device)?.unsqueeze(0)?;
-        let context = match &self.t5 {
-            T5::Loaded(t5) => t5.forward(&ids)?,
-            files => files.load(self.dtype, &self.device)?.forward(&ids)?,
-        };
-        Ok(context.to_dtype(self.dtype)?)
+        let ids = Tensor::new(tokens.ids.as_slice(), &self.device)?.unsqueeze(0)?;
+        Ok(t5.forward(&ids)?.to_dtype(self.dtype)?)
     }
 
     /// CLIP-L's pooled output of one chunk (textual-inversion vectors in place: an SDXL pair's
     /// `clip_l`, or a single-encoder embedding of CLIP-L's width).
-    fn clip_pooled(&self, chunk: &Chunk) -> Result<Tensor> {
+    fn clip_pooled(&self, clip: &ClipTextModel, chunk: &Chunk) -> Result<Tensor> {
         let pair = chunk
             .embeddings
             .iter()
@@ -183,8 +190,7 @@ impl FluxNetworks {
         } else {
             EncoderSlot::Only
         };
-        let clip = self.clip_model()?;
-        let out = clip_chunk_output(&clip, chunk, slot, clip.num_layers(), true, &self.device)?;
+        let out = clip_chunk_output(clip, chunk, slot, clip.num_layers(), true, &self.device)?;
         Ok(out.pooled)
     }
 
@@ -196,6 +202,8 @@ impl FluxNetworks {
         warnings: &mut Vec<String>,
     ) -> Result<ScheduledConditioning> {
         let plan = prompting::plan(prompt, options, &self.clip_tokenizer, warnings)?;
+        // Each encoder is read once for all the texts (with --low-memory, from its files).
+        let (clip, t5) = (self.clip_model()?, self.t5_model()?);
         let mut dropped = false;
         let mut parts = Vec::new();
         for part in &plan.parts {
@@ -205,8 +213,8 @@ impl FluxNetworks {
                 dropped |= weighted;
                 let first = chunks.chunks.first().unwrap_or(&plan.empty);
                 conds.push(Conditioning {
-                    context: self.t5_context(&t5_text, warnings)?,
-                    pooled: Some(self.clip_pooled(first)?),
+                    context: self.t5_context(&t5, &t5_text, warnings)?,
+                    pooled: Some(self.clip_pooled(&clip, first)?),
                     added: None,
                 });
             }
