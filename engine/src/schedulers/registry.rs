@@ -296,6 +296,35 @@ impl Registry {
         config: &SchedulerConfig,
         context: &BuildContext,
     ) -> Result<Box<dyn Scheduler>, SchedulerError> {
+        let (entry, config) = self.prepare(sampler, config, context)?;
+        (entry.build)(&config, context)
+    }
+
+    /// Checks that `sampler` can be built for `context` from `config` without running plugin
+    /// code (request validation runs on the async runtime, where a plugin must never run):
+    /// built-in samplers are built and dropped; a plugin's sampler is checked by name, kind
+    /// and step count, and its own checks run when a worker builds it.
+    pub fn check_for(
+        &self,
+        sampler: &Sampler,
+        config: &SchedulerConfig,
+        context: &BuildContext,
+    ) -> Result<(), SchedulerError> {
+        let (entry, config) = self.prepare(sampler, config, context)?;
+        if entry.plugin.is_none() {
+            (entry.build)(&config, context)?;
+        }
+        Ok(())
+    }
+
+    /// The entry of `sampler` and `config` under its schedule, checked against `context`
+    /// (the model's kind, the step count): what building needs before the constructor runs.
+    fn prepare(
+        &self,
+        sampler: &Sampler,
+        config: &SchedulerConfig,
+        context: &BuildContext,
+    ) -> Result<(&SchedulerEntry, SchedulerConfig), SchedulerError> {
         let entry = self
             .find(&sampler.name)
             .ok_or_else(|| self.unknown(&sampler.name))?;
@@ -314,36 +343,7 @@ impl Registry {
             None => config.clone(),
         };
         check_steps(&entry.name, &config, context.steps)?;
-        (entry.build)(&config, context)
-    }
-
-    /// Checks that `sampler` can be built for `context` from `config` without running plugin
-    /// code (request validation runs on the async runtime, where a plugin must never run):
-    /// built-in samplers are built and dropped; a plugin's sampler is checked by name, kind
-    /// and step count, and its own checks run when a worker builds it.
-    pub fn check_for(
-        &self,
-        sampler: &Sampler,
-        config: &SchedulerConfig,
-        context: &BuildContext,
-    ) -> Result<(), SchedulerError> {
-        let entry = self
-            .find(&sampler.name)
-            .ok_or_else(|| self.unknown(&sampler.name))?;
-        if entry.plugin.is_none() {
-            return self.build_for(sampler, config, context).map(drop);
-        }
-        if !entry.accepts(context.kind) {
-            return Err(invalid(
-                &entry.name,
-                format!("has no form for {} models", context.kind.as_str()),
-            ));
-        }
-        let config = match sampler.schedule {
-            Some(s) => s.apply(config),
-            None => config.clone(),
-        };
-        check_steps(&entry.name, &config, context.steps)
+        Ok((entry, config))
     }
 
     /// "euler (Euler), heun (Heun), ...": the samplers that drive models of `kind`.
