@@ -159,17 +159,20 @@ pub(super) async fn run(
         let error = job.state().error.clone().unwrap_or_default();
         return Err(ApiError::internal(error).into());
     }
-    Ok(Json(result(&job, send_images)))
+    let Some(spec) = &job.spec else {
+        return Err(ApiError::internal("the job has no settings to answer with").into());
+    };
+    Ok(Json(result(&job, spec, send_images)))
 }
 
 /// The txt2img answer: images (those made before an interrupt, if any), parameters, info.
-fn result(job: &Job, send_images: bool) -> Value {
+fn result(job: &Job, spec: &JobSpec, send_images: bool) -> Value {
     let s = job.state();
-    let j = &job.spec.job.settings;
-    let sampler = &job.spec.sampler_name;
-    let schedule = job.spec.job.sampler.schedule_name();
-    let strength = job.spec.job.input.image().map(|i| i.strength);
-    let seeds: Vec<u64> = job.spec.seeds().into_iter().take(s.images.len()).collect();
+    let j = &spec.job.settings;
+    let sampler = &spec.sampler_name;
+    let schedule = spec.job.sampler.schedule_name();
+    let strength = spec.job.input.image().map(|i| i.strength);
+    let seeds: Vec<u64> = spec.seeds().into_iter().take(s.images.len()).collect();
     let images: Vec<String> = if send_images {
         s.images
             .iter()
@@ -196,9 +199,9 @@ fn result(job: &Job, send_images: bool) -> Value {
         "cfg_scale": j.guidance,
         "steps": j.steps,
         "batch_size": j.batch,
-        "n_iter": job.spec.iterations,
+        "n_iter": spec.iterations,
         "clip_skip": j.clip_skip,
-        "sd_model_name": job.spec.pipeline.name,
+        "sd_model_name": spec.pipeline.name,
         "sd_model_hash": Value::Null,
         "restore_faces": false,
         "denoising_strength": strength,
@@ -223,10 +226,10 @@ fn result(job: &Job, send_images: bool) -> Value {
             "sampler_name": sampler,
             "scheduler": schedule,
             "batch_size": j.batch,
-            "n_iter": job.spec.iterations,
+            "n_iter": spec.iterations,
             "clip_skip": j.clip_skip,
             "denoising_strength": strength,
-            "override_settings": {"sd_model_checkpoint": job.spec.pipeline.name},
+            "override_settings": {"sd_model_checkpoint": spec.pipeline.name},
         },
         "info": info.to_string(),
     })
@@ -282,7 +285,9 @@ pub async fn progress(
         }));
     };
     let s = job.state();
-    let steps = job.spec.job.settings.steps.max(1);
+    let (steps, iterations) = job.spec.as_ref().map_or((1, 1), |spec| {
+        (spec.job.settings.steps.max(1), spec.iterations)
+    });
     let fraction = s.step as f64 / s.total.max(1) as f64;
     let elapsed = s
         .started_at
@@ -307,9 +312,9 @@ pub async fn progress(
             "skipped": false,
             "interrupted": job.cancel_requested(),
             "job": format!("job {}", job.id),
-            "job_count": job.spec.iterations + queued,
+            "job_count": iterations + queued,
             "job_timestamp": timestamp(job.created_at),
-            "job_no": (s.step / steps).min(job.spec.iterations.saturating_sub(1)),
+            "job_no": (s.step / steps).min(iterations.saturating_sub(1)),
             "sampling_step": s.step % steps,
             "sampling_steps": steps,
         },

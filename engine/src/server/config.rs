@@ -1,5 +1,6 @@
 //! Service settings: queue, workers, retention, limits, authentication.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Request limits: the largest job a request may ask for. Pipelines may set their own.
@@ -26,6 +27,9 @@ impl Default for Limits {
     }
 }
 
+/// The default bound of the bytes finished jobs hold: 1 GiB.
+pub const DEFAULT_MAX_FINISHED_BYTES: usize = 1 << 30;
+
 /// Everything `beeswax serve` can be told.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -37,6 +41,14 @@ pub struct ServerConfig {
     pub keep_finished: Duration,
     /// Most finished jobs kept; the oldest go first.
     pub max_finished: usize,
+    /// Most bytes the finished jobs kept may hold (images, previews, texts); the oldest go
+    /// first.
+    pub max_finished_bytes: usize,
+    /// Where accepted jobs and finished images are kept across restarts (`--data-dir`);
+    /// `None`: in memory only.
+    pub data_dir: Option<PathBuf>,
+    /// Where every finished image is also saved, AUTOMATIC1111-style (`--output-dir`).
+    pub output_dir: Option<PathBuf>,
     /// Largest request body in bytes.
     pub max_body_bytes: usize,
     /// Default request limits (pipelines may override them).
@@ -61,6 +73,9 @@ impl Default for ServerConfig {
             concurrency: 1,
             keep_finished: Duration::from_secs(600),
             max_finished: 1000,
+            max_finished_bytes: DEFAULT_MAX_FINISHED_BYTES,
+            data_dir: None,
+            output_dir: None,
             max_body_bytes: 4 << 20,
             limits: Limits::default(),
             api_key: None,

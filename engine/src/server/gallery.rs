@@ -89,29 +89,6 @@ fn png_size(png: &[u8]) -> Option<(u32, u32)> {
     Some((be(16)?, be(20)?))
 }
 
-/// The settings of image `index` of `job` as a `/v1/jobs` body would give them: its own seed,
-/// the scheduler and schedule apart, and only the LoRAs the request asked for (a pipeline's
-/// own `lora_set` is applied again by the pipeline).
-pub fn image_parameters(job: &Job, index: usize) -> Value {
-    let mut p = job.spec.parameters();
-    let seed = job.spec.seeds().get(index).copied();
-    if let Some(map) = p.as_object_mut() {
-        map.remove("seeds");
-        map.insert("seed".into(), json!(seed));
-        let sampler = &job.spec.job.sampler;
-        map.insert("scheduler".into(), json!(sampler.name));
-        map.insert("schedule".into(), json!(sampler.schedule.map(|s| s.name())));
-        let mut loras = job.spec.loras.clone();
-        if let (Some(set), Some(first)) = (&job.spec.pipeline.lora_set, loras.first()) {
-            if &first.name == set && first.weight.is_none() {
-                loras.remove(0);
-            }
-        }
-        map.insert("loras".into(), json!(loras));
-    }
-    p
-}
-
 /// One listed image.
 fn entry(job: &Job, index: usize, png: &[u8], infotext: Option<&String>) -> Value {
     let (width, height) = png_size(png).unwrap_or((0, 0));
@@ -122,11 +99,11 @@ fn entry(job: &Job, index: usize, png: &[u8], infotext: Option<&String>) -> Valu
         "url": job.image_path(index),
         "width": width,
         "height": height,
-        "pipeline": job.spec.pipeline.name,
+        "pipeline": job.summary.pipeline,
         "created_at": unix_secs(job.created_at),
         "finished_at": finished_at,
         "infotext": infotext,
-        "parameters": image_parameters(job, index),
+        "parameters": job.summary.image_parameters.get(index),
     })
 }
 

@@ -14,6 +14,8 @@
 //! Layout: [`config`](ServerConfig), catalog (pipelines and models), request (validation),
 //! pictures (decoding what clients send), jobs/queue/worker (running jobs through
 //! [`crate::pipeline::run`]), service (shared state: catalog, extensions, queue, jobs),
+//! retention (finished jobs kept by age, count and bytes), store (the `--data-dir` files),
+//! keeper (jobs in memory and on disk, restored at start-up), output (`--output-dir`),
 //! native/sse/gallery/choices/openai/a1111 (routes), webui (the page), auth, errors, metrics,
 //! openapi, ops, site (base URL, Host and Origin checks), http (router and serve).
 
@@ -28,26 +30,32 @@ mod errors;
 mod gallery;
 mod http;
 mod jobs;
+mod keeper;
 mod metrics;
 mod native;
 mod openai;
 mod openai_edits;
 mod openapi;
+mod output;
 mod ops;
 mod pictures;
 mod queue;
 mod request;
+mod retention;
 mod service;
 mod site;
 mod sse;
+pub mod store;
 pub mod webui;
 mod worker;
 
 pub use catalog::{Catalog, Pipeline};
-pub use config::{Limits, ServerConfig};
+pub use config::{Limits, ServerConfig, DEFAULT_MAX_FINISHED_BYTES};
 pub use errors::{A1111Error, A1111Json, ApiError, JsonBody};
 pub use http::{router, serve, shutdown_signal};
-pub use jobs::{Event, Job, Origin, Status};
+pub use jobs::{Event, Job, Origin, Status, Summary};
+pub use keeper::Restored;
+pub use retention::{JobStore, Retention};
 pub use request::{validate, GenerateRequest, JobSpec};
 pub use service::Service;
 pub use site::{parse_origin, parse_public_url, Site};

@@ -246,7 +246,7 @@ pub fn job_json(job: &Job) -> Value {
     let images: Vec<String> = (0..s.images.len()).map(|n| job.image_path(n)).collect();
     json!({
         "id": job.id,
-        "pipeline": job.spec.pipeline.name,
+        "pipeline": job.summary.pipeline,
         "status": s.status,
         "position": s.position,
         "progress": { "step": s.step, "total": s.total },
@@ -254,7 +254,7 @@ pub fn job_json(job: &Job) -> Value {
         "started_at": s.started_at.map(unix_secs),
         "finished_at": s.finished_at.map(unix_secs),
         "images": if s.status == Status::Completed { images } else { Vec::new() },
-        "parameters": job.spec.parameters(),
+        "parameters": job.summary.parameters,
         "warnings": s.warnings,
         "error": s.error,
         "urls": {

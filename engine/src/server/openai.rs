@@ -188,7 +188,7 @@ pub(super) async fn respond(
         "output_format": "png",
         "size": format!(
             "{}x{}",
-            job.spec.job.settings.width, job.spec.job.settings.height
+            job.summary.parameters["width"], job.summary.parameters["height"]
         ),
     })))
 }

@@ -63,6 +63,18 @@ impl Queue {
         Ok(position)
     }
 
+    /// Appends a job accepted before a restart, whatever the capacity (it already got its
+    /// 202); returns its position.
+    pub fn push_restored(&self, job: Arc<Job>) -> usize {
+        let mut inner = self.lock();
+        inner.waiting.push_back(job.clone());
+        let position = inner.waiting.len();
+        job.set_position(position);
+        drop(inner);
+        self.ready.notify_one();
+        position
+    }
+
     /// Blocks until a job is waiting (and the queue is not paused) and takes it (it counts as
     /// running until [`Queue::done`]); `None` once the queue is closed.
     pub fn pop(&self) -> Option<Arc<Job>> {

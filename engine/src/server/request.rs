@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::catalog::Pipeline;
 use super::errors::ApiError;
 use super::service::Service;
+use super::store::StoredRequest;
 use crate::lora::{extract_lora_tags, LoraCatalog, LoraError, LoraRequest};
 use crate::pipeline::{random_seed, resolve, ImageRequest, InputRequest, Job, JobRequest, Refiner};
 use crate::prompt::PromptSyntax;
@@ -141,6 +142,9 @@ pub struct JobSpec {
     pub lora_catalog: Arc<LoraCatalog>,
     /// The sampler's AUTOMATIC1111 display name (`DPM++ 2M Karras`).
     pub sampler_name: String,
+    /// The request as accepted, its seed fixed, without its pictures: what the data
+    /// directory records to run the job again after a restart.
+    pub request: StoredRequest,
 }
 
 impl JobSpec {
@@ -194,6 +198,30 @@ impl JobSpec {
             "pre_processors": self.job.pre_processors,
             "post_processors": self.job.post_processors,
         })
+    }
+
+    /// The settings of image `index` as a `/v1/jobs` body would give them (the gallery's): its
+    /// own seed, the scheduler and schedule apart, and only the LoRAs the request asked for (a
+    /// pipeline's own `lora_set` is applied again by the pipeline).
+    pub fn image_parameters(&self, index: usize) -> serde_json::Value {
+        let mut p = self.parameters();
+        let seed = self.seeds().get(index).copied();
+        if let Some(map) = p.as_object_mut() {
+            map.remove("seeds");
+            map.insert("seed".into(), serde_json::json!(seed));
+            let sampler = &self.job.sampler;
+            map.insert("scheduler".into(), serde_json::json!(sampler.name));
+            let schedule = sampler.schedule.map(|s| s.name());
+            map.insert("schedule".into(), serde_json::json!(schedule));
+            let mut loras = self.loras.clone();
+            if let (Some(set), Some(first)) = (&self.pipeline.lora_set, loras.first()) {
+                if &first.name == set && first.weight.is_none() {
+                    loras.remove(0);
+                }
+            }
+            map.insert("loras".into(), serde_json::json!(loras));
+        }
+        p
     }
 }
 
@@ -272,6 +300,7 @@ pub fn validate(
     let iterations = at_least(req.iterations, "n_iter", 1)?.unwrap_or(1);
     let preview_every = at_least(req.preview_every, "preview_every", 1)?;
     let refiner = refiner(service, &pipeline, &req, names)?;
+    let mut stored = StoredRequest::of(&req, &pipeline.name);
     let mut request = job_request(&pipeline, req, names)?;
     request.refiner = refiner;
     let job = resolve(
@@ -303,7 +332,10 @@ pub fn validate(
             crate::pipeline::check_scheduler(&pipeline.model, &job, &extensions.schedulers)
         })
         .map_err(|e| engine_error(e, names, asked_schedule))?;
+    // The seed drawn for a random one, so that the job runs the same after a restart.
+    stored.seed = i64::try_from(job.settings.seed).ok();
     Ok(JobSpec {
+        request: stored,
         sampler_name: extensions.schedulers.display_name(&job.sampler),
         pipeline,
         job,

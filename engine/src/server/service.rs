@@ -10,10 +10,14 @@ use axum::http::StatusCode;
 use super::catalog::Catalog;
 use super::config::ServerConfig;
 use super::errors::ApiError;
-use super::jobs::{Event, Job, JobStore, Origin, Status};
+use super::jobs::{Event, Job, Origin, Status};
+use super::keeper::{self, Keeper, Restored};
 use super::metrics::{Gauges, Metrics, Outcome};
+use super::output::OutputDir;
 use super::queue::Queue;
 use super::request::JobSpec;
+use super::retention::{JobStore, Retention};
+use super::store::DataDir;
 use super::worker;
 use crate::extensions::Extensions;
 
@@ -37,8 +41,12 @@ pub struct Service {
     pub extensions: Arc<Extensions>,
     /// The settings.
     pub config: ServerConfig,
-    /// Every job.
-    pub jobs: JobStore,
+    /// Every job held in memory.
+    pub jobs: Arc<JobStore>,
+    /// The jobs in memory and in the data directory.
+    pub keeper: Arc<Keeper>,
+    /// What was restored from the data directory at start-up.
+    pub restored: Restored,
     /// Waiting and running jobs.
     pub queue: Arc<Queue>,
     /// Counters.
@@ -50,7 +58,8 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts the worker threads.
+    /// Opens the data directory and output folder (if configured), starts the worker threads
+    /// and queues again the jobs the data directory holds (see [`keeper::restore`]).
     pub fn start(
         catalog: Catalog,
         extensions: Extensions,
@@ -59,23 +68,46 @@ impl Service {
         let queue = Arc::new(Queue::new(config.queue_size));
         let metrics = Arc::new(Metrics::default());
         let extensions = Arc::new(extensions);
+        let jobs = Arc::new(JobStore::new(Retention {
+            keep: config.keep_finished,
+            max_finished: config.max_finished,
+            max_bytes: config.max_finished_bytes,
+        }));
+        let (data, stored) = match &config.data_dir {
+            Some(dir) => {
+                let (data, stored, _problems) = DataDir::open(dir).map_err(std::io::Error::other)?;
+                (Some(data), stored)
+            }
+            None => (None, Vec::new()),
+        };
+        let output = (config.output_dir.as_deref())
+            .map(OutputDir::open)
+            .transpose()
+            .map_err(std::io::Error::other)?;
+        let keeper = Arc::new(Keeper::new(jobs.clone(), data, output));
         let workers = worker::spawn(
             config.concurrency,
             queue.clone(),
             metrics.clone(),
             extensions.clone(),
+            keeper.clone(),
         )?;
-        Ok(Arc::new(Self {
+        let mut service = Self {
             catalog: Arc::new(catalog),
             extensions,
-            jobs: JobStore::new(config.keep_finished, config.max_finished),
+            jobs,
+            keeper,
+            restored: Restored::default(),
             config,
             queue,
             metrics,
             a1111_checkpoint: Mutex::new(None),
             accepting: AtomicBool::new(true),
             workers: Mutex::new(workers),
-        }))
+        };
+        // Restored jobs queue before the service answers any request, in their old order.
+        service.restored = keeper::restore(&service, stored);
+        Ok(Arc::new(service))
     }
 
     /// Queues a job: 429 with `Retry-After` when the queue is full, 503 when shutting down.
@@ -91,13 +123,15 @@ impl Service {
             return Err(e);
         }
         let job = Arc::new(Job::new(spec, origin));
+        self.keeper.accept(&job)?;
         match self.queue.push(job.clone()) {
             Ok(_) => {
-                self.jobs.insert(job.clone());
-                tracing::info!(job = %job.id, pipeline = %job.spec.pipeline.name, "job queued");
+                self.keeper.hold(job.clone());
+                tracing::info!(job = %job.id, pipeline = %job.summary.pipeline, "job queued");
                 Ok(job)
             }
             Err(full) => {
+                self.keeper.refused(&job.id);
                 self.metrics.outcome(Outcome::Rejected);
                 let secs = self.retry_after(full.waiting + full.running);
                 let mut e = ApiError::new(
@@ -131,9 +165,11 @@ impl Service {
         }
         job.request_cancel();
         if self.queue.remove(&job.id) {
-            // Counted before the final state is published (see `worker::spawn`).
+            // Counted and recorded before the final state is published (see `worker::spawn`).
             self.metrics.outcome(Outcome::Cancelled);
+            self.keeper.finishing(job, Status::Cancelled);
             job.finish(Status::Cancelled, Event::Cancelled);
+            self.keeper.prune();
             Cancelled::Dequeued
         } else {
             Cancelled::Stopping
@@ -169,10 +205,13 @@ impl Service {
 
     /// Graceful stop: refuse new jobs, cancel waiting ones, let running jobs finish for up
     /// to `timeout`, then cancel them (they stop at their next step) and join the workers.
+    /// With a data directory, the jobs cancelled by the shutdown stay accepted there and run
+    /// at the next start.
     pub async fn shutdown(&self, timeout: Duration) {
         self.accepting.store(false, Ordering::SeqCst);
         for job in self.queue.close() {
             self.metrics.outcome(Outcome::Cancelled);
+            job.stop_for_shutdown();
             job.finish(Status::Cancelled, Event::Cancelled);
         }
         let deadline = Instant::now() + timeout;
@@ -187,7 +226,7 @@ impl Service {
                     "shutdown timeout: cancelling running jobs"
                 );
                 for job in running {
-                    job.request_cancel();
+                    job.stop_for_shutdown();
                 }
                 break;
             }

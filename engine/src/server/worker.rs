@@ -11,13 +11,15 @@ use std::time::{Duration, Instant, SystemTime};
 use base64::Engine;
 
 use super::jobs::{Event, Job, Status};
+use super::keeper::Keeper;
 use super::metrics::{Metrics, Outcome};
 use super::queue::Queue;
 use crate::extensions::Extensions;
 use crate::family::Model;
 use crate::image_out::encode_png;
 use crate::params::GenerationParams;
-use crate::pipeline::{run as run_job, StepProgress};
+use super::request::JobSpec;
+use crate::pipeline::{run as run_job, Input, StepProgress};
 use crate::{Error, Result};
 
 /// Starts `n` workers on `queue`; they exit when the queue is closed.
@@ -26,22 +28,27 @@ pub fn spawn(
     queue: Arc<Queue>,
     metrics: Arc<Metrics>,
     extensions: Arc<Extensions>,
+    keeper: Arc<Keeper>,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     (0..n.max(1))
         .map(|i| {
             let queue = queue.clone();
             let metrics = metrics.clone();
             let extensions = extensions.clone();
+            let keeper = keeper.clone();
             std::thread::Builder::new()
                 .name(format!("beeswax-worker-{i}"))
                 .spawn(move || {
                     while let Some(job) = queue.pop() {
                         let (status, event) = run(&job, &metrics, &extensions);
-                        // The counters (in `run`) and the running list change before the final
-                        // state is published: whoever the last state wakes (a blocking route
-                        // answering its client, an event stream) already reads them up to date.
+                        // The counters (in `run`), the running list and the data directory
+                        // change before the final state is published: whoever the last state
+                        // wakes (a blocking route answering its client, an event stream, a
+                        // client that then restarts the server) reads them up to date.
                         queue.done(&job.id);
+                        keeper.finishing(&job, status);
                         job.finish(status, event);
+                        keeper.prune();
                     }
                 })
         })
@@ -49,8 +56,14 @@ pub fn spawn(
 }
 
 /// Runs one job, counts how it ended, and returns its final status and closing event for the
-/// caller to publish.
+/// caller to publish. The job's input pictures are taken from it and dropped once it has run.
 pub fn run(job: &Job, metrics: &Metrics, extensions: &Extensions) -> (Status, Event) {
+    let input = job.take_input();
+    let Some(spec) = &job.spec else {
+        let error = "the job cannot run: it was restored finished".to_string();
+        metrics.outcome(Outcome::Failed);
+        return (Status::Failed, Event::Failed { error });
+    };
     if job.cancel_requested() {
         metrics.outcome(Outcome::Cancelled);
         return (Status::Cancelled, Event::Cancelled);
@@ -61,17 +74,22 @@ pub fn run(job: &Job, metrics: &Metrics, extensions: &Extensions) -> (Status, Ev
         s.started_at = Some(SystemTime::now());
         s.events.push(Event::Started);
     });
-    let span = tracing::info_span!("job", id = %job.id, pipeline = %job.spec.pipeline.name);
+    let span = tracing::info_span!("job", id = %job.id, pipeline = %spec.pipeline.name);
     let _enter = span.enter();
     tracing::info!(
-        steps = job.spec.job.settings.steps,
-        images = job.spec.images(),
-        width = job.spec.job.settings.width,
-        height = job.spec.job.settings.height,
+        steps = spec.job.settings.steps,
+        images = spec.images(),
+        width = spec.job.settings.width,
+        height = spec.job.settings.height,
         "job started"
     );
     let start = Instant::now();
-    let result = catch_unwind(AssertUnwindSafe(|| execute(job, metrics, extensions)))
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let input = input.ok_or_else(|| {
+            Error::invalid("job input", "taken", "a job that has not run before")
+        })?;
+        execute(job, spec, input, metrics, extensions)
+    }))
         .unwrap_or_else(|_| {
             Err(Error::invalid(
                 "job",
@@ -88,7 +106,7 @@ pub fn run(job: &Job, metrics: &Metrics, extensions: &Extensions) -> (Status, Ev
             let images = (0..job.state().images.len())
                 .map(|n| job.image_path(n))
                 .collect();
-            let parameters = job.spec.parameters();
+            let parameters = job.summary.parameters.clone();
             (Status::Completed, Event::Completed { images, parameters })
         }
         Err(Error::Cancelled) => {
@@ -106,9 +124,15 @@ pub fn run(job: &Job, metrics: &Metrics, extensions: &Extensions) -> (Status, Ev
     }
 }
 
-/// Generates every iteration, stores the PNGs and their parameters in the job.
-fn execute(job: &Job, metrics: &Metrics, extensions: &Extensions) -> Result<()> {
-    let spec = &job.spec;
+/// Generates every iteration from `input` (dropped when done), stores the PNGs and their
+/// parameters in the job.
+fn execute(
+    job: &Job,
+    spec: &JobSpec,
+    input: Input,
+    metrics: &Metrics,
+    extensions: &Extensions,
+) -> Result<()> {
     let pipeline = &spec.pipeline;
     let total = spec.total_steps();
     // LoRAs: the prompt's `<lora:...>` tags then the `loras` field, catalog names only (never
@@ -128,6 +152,7 @@ fn execute(job: &Job, metrics: &Metrics, extensions: &Extensions) -> Result<()> 
     };
     for iteration in 0..spec.iterations {
         let mut one = spec.job.clone();
+        one.input = input.clone();
         one.settings.prompt = job_loras.prompt.clone();
         one.settings.seed = settings
             .seed

@@ -36,6 +36,19 @@ pub struct ServeArgs {
     /// Most finished jobs kept (oldest dropped first).
     #[arg(long, default_value_t = 1000)]
     pub max_finished: usize,
+    /// Most bytes the finished jobs kept may hold together (images, previews, texts; oldest
+    /// dropped first).
+    #[arg(long, default_value_t = beeswax::server::DEFAULT_MAX_FINISHED_BYTES)]
+    pub max_finished_bytes: usize,
+    /// Where accepted jobs and finished images are kept, so that they survive a crash or a
+    /// restart (default: beeswax in the platform's data folder, e.g. ~/.local/share/beeswax);
+    /// `none`: in memory only.
+    #[arg(long, value_name = "DIR|none")]
+    pub data_dir: Option<PathBuf>,
+    /// Also save every finished image here, as PNG with its parameters, named as
+    /// AUTOMATIC1111 does (00000-SEED.png, numbers continuing from the folder's highest).
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     pub max_body_bytes: usize,
@@ -98,6 +111,22 @@ fn init_logs(json: bool) {
     };
 }
 
+/// The data directory: the one given, none for `none`, else beeswax in the platform's data
+/// folder.
+fn data_dir(given: Option<PathBuf>) -> Result<Option<PathBuf>> {
+    match given {
+        Some(dir) if dir.as_os_str() == "none" => Ok(None),
+        Some(dir) => Ok(Some(dir)),
+        None => match dirs::data_dir() {
+            Some(base) => Ok(Some(base.join("beeswax"))),
+            None => bail!(
+                "no data folder is known for this platform (is HOME set?): pass --data-dir DIR, \
+                 or --data-dir none to keep jobs in memory only"
+            ),
+        },
+    }
+}
+
 pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
     init_logs(a.log_json);
     let files = ManifestFiles::read(&global.manifests)?;
@@ -145,6 +174,9 @@ pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
         concurrency: a.concurrency as usize,
         keep_finished: Duration::from_secs(a.keep_finished),
         max_finished: a.max_finished,
+        max_finished_bytes: a.max_finished_bytes,
+        data_dir: data_dir(a.data_dir.clone())?,
+        output_dir: a.output_dir.clone(),
         max_body_bytes: a.max_body_bytes,
         limits,
         api_key: a.api_key.filter(|k| !k.is_empty()),
@@ -162,8 +194,15 @@ pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("listening on {}:{}", a.host, a.port))?;
         let addr = listener.local_addr()?;
-        let service =
-            Service::start(catalog, extensions, config).context("starting the workers")?;
+        let data_dir = config.data_dir.clone();
+        let service = Service::start(catalog, extensions, config).with_context(|| match &data_dir {
+            Some(dir) => format!("starting the workers with the data directory {}", dir.display()),
+            None => "starting the workers".to_string(),
+        })?;
+        if let Some(dir) = &data_dir {
+            let r = service.restored;
+            tracing::info!(dir = %dir.display(), queued = r.queued, finished = r.finished, failed = r.failed, "data directory");
+        }
         tracing::info!(%addr, pipelines = service.catalog.names(), "listening");
         println!("beeswax listening on http://{addr}");
         if !a.no_ui {
