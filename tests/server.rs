@@ -36,12 +36,16 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 mod clients;
 #[path = "server/cross_site.rs"]
 mod cross_site;
+#[path = "server/durable.rs"]
+mod durable;
 #[path = "server/images.rs"]
 mod images;
 #[path = "server/jobs.rs"]
 mod jobs;
 #[path = "server/loras.rs"]
 mod loras;
+#[path = "server/memory.rs"]
+mod memory;
 #[path = "server/ordering.rs"]
 mod ordering;
 #[path = "server/plugin_work.rs"]

@@ -133,13 +133,20 @@ pub struct Exit {
 
 impl ServeProcess {
     /// Starts `beeswax serve --port 0 --manifests <test manifests>` with `args` added, and
-    /// waits for it to listen.
+    /// waits for it to listen. Without a `--data-dir` in `args` it runs with `--data-dir none`
+    /// (memory only: tests never write in the user's data folder).
     pub fn start(args: &[&str]) -> Self {
         let dir = Dir::new("serve");
         let manifests = tiny_manifests(dir.path());
+        let memory_only: &[&str] = if args.contains(&"--data-dir") {
+            &[]
+        } else {
+            &["--data-dir", "none"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_beeswax"))
             .args(["serve", "--port", "0", "--manifests"])
             .arg(&manifests)
+            .args(memory_only)
             .args(args)
             .env_remove("BEESWAX_API_KEY")
             .env_remove("BEESWAX_MANIFESTS")
@@ -173,13 +180,35 @@ impl ServeProcess {
 
     /// The server's resident memory in MiB (Linux; 0 elsewhere).
     pub fn rss_mib(&self) -> f64 {
+        self.status_mib("VmRSS:")
+    }
+
+    /// The server's peak resident memory so far in MiB (Linux; 0 elsewhere).
+    pub fn peak_rss_mib(&self) -> f64 {
+        self.status_mib("VmHWM:")
+    }
+
+    /// A `/proc/PID/status` line in kB, as MiB.
+    fn status_mib(&self, key: &str) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()));
         status
             .unwrap_or_default()
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(key))
             .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
             .map_or(0.0, |kib| kib / 1024.0)
+    }
+
+    /// Kills the server with SIGKILL (no clean-up at all, as a crash) and returns what it
+    /// printed.
+    pub fn kill(mut self) -> Exit {
+        self.child.kill().unwrap();
+        let status = self.child.wait().unwrap();
+        Exit {
+            status,
+            stdout: wait_text(&self.stdout),
+            stderr: wait_text(&self.stderr),
+        }
     }
 
     /// Sends SIGTERM and waits (generously) for the server to exit.
@@ -195,20 +224,22 @@ impl ServeProcess {
             assert!(start.elapsed() < PATIENCE, "beeswax serve ignored SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         };
-        // The collecting threads end at end of file, right after the exit.
-        let text = |buf: &Arc<Mutex<Vec<u8>>>| {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Arc::strong_count(buf) > 1 && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
-        };
         Exit {
             status,
-            stdout: text(&self.stdout),
-            stderr: text(&self.stderr),
+            stdout: wait_text(&self.stdout),
+            stderr: wait_text(&self.stderr),
         }
     }
+}
+
+/// What a collecting thread gathered, once it has ended (at end of file, right after the
+/// process exits).
+fn wait_text(buf: &Arc<Mutex<Vec<u8>>>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Arc::strong_count(buf) > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
 }
 
 impl Drop for ServeProcess {

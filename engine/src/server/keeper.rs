@@ -49,7 +49,9 @@ impl Keeper {
             job.with_input(|input| {
                 let (picture, mask) = match input {
                     Some(Input::Image(i)) => (Some(&i.picture), None),
-                    Some(Input::Inpaint { image, mask }) => (Some(&image.picture), Some(&mask.mask)),
+                    Some(Input::Inpaint { image, mask }) => {
+                        (Some(&image.picture), Some(&mask.mask))
+                    }
                     _ => (None, None),
                 };
                 data.accept(&record, picture, mask)
@@ -131,9 +133,7 @@ impl Keeper {
 fn blocking<R>(f: impl FnOnce() -> R) -> R {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
         _ => f(),
     }
 }
@@ -185,7 +185,11 @@ pub fn restore(service: &Service, stored: Vec<Stored>) -> Restored {
                 }
             }
             Some(Err(reason)) => {
-                fail(service, a, format!("its finish record is damaged ({reason})"));
+                fail(
+                    service,
+                    a,
+                    format!("its finish record is damaged ({reason})"),
+                );
                 count.failed += 1;
             }
             None => match queue_again(service, data, &a) {

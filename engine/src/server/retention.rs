@@ -1,7 +1,8 @@
 //! The jobs the service holds: every waiting and running job, and finished ones for a while.
 //! Finished jobs go when they are older than `--keep-finished`, when there are more than
 //! `--max-finished` of them, or when their images and texts add up to more than
-//! `--max-finished-bytes`: the oldest go first.
+//! `--max-finished-bytes`: the oldest go first (the newest finished job stays whatever its
+//! size, so that its client can still fetch its images).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -71,7 +72,7 @@ impl JobStore {
             bytes = bytes.saturating_add(s.bytes());
             if now.duration_since(at) > self.retention.keep
                 || finished > self.retention.max_finished
-                || bytes > self.retention.max_bytes
+                || (bytes > self.retention.max_bytes && finished > 1)
             {
                 expired.push(id.clone());
             }
@@ -184,6 +185,16 @@ mod tests {
         jobs.insert(finished("d", 1000, Duration::ZERO));
         assert_eq!(jobs.prune(), vec!["b".to_string()]);
         assert_eq!(jobs.len(), 2);
+    }
+
+    #[test]
+    fn the_newest_finished_job_stays_whatever_its_size() {
+        let jobs = store(1000, 10);
+        jobs.insert(finished("a", 100, Duration::ZERO));
+        assert!(jobs.prune().is_empty());
+        jobs.insert(finished("b", 100, Duration::ZERO));
+        assert_eq!(jobs.prune(), vec!["a".to_string()]);
+        assert!(jobs.get("b").is_some());
     }
 
     #[test]

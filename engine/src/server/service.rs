@@ -75,7 +75,8 @@ impl Service {
         }));
         let (data, stored) = match &config.data_dir {
             Some(dir) => {
-                let (data, stored, _problems) = DataDir::open(dir).map_err(std::io::Error::other)?;
+                let (data, stored, _problems) =
+                    DataDir::open(dir).map_err(std::io::Error::other)?;
                 (Some(data), stored)
             }
             None => (None, Vec::new()),

@@ -14,11 +14,11 @@ use super::jobs::{Event, Job, Status};
 use super::keeper::Keeper;
 use super::metrics::{Metrics, Outcome};
 use super::queue::Queue;
+use super::request::JobSpec;
 use crate::extensions::Extensions;
 use crate::family::Model;
 use crate::image_out::encode_png;
 use crate::params::GenerationParams;
-use super::request::JobSpec;
 use crate::pipeline::{run as run_job, Input, StepProgress};
 use crate::{Error, Result};
 
@@ -85,18 +85,17 @@ pub fn run(job: &Job, metrics: &Metrics, extensions: &Extensions) -> (Status, Ev
     );
     let start = Instant::now();
     let result = catch_unwind(AssertUnwindSafe(|| {
-        let input = input.ok_or_else(|| {
-            Error::invalid("job input", "taken", "a job that has not run before")
-        })?;
+        let input = input
+            .ok_or_else(|| Error::invalid("job input", "taken", "a job that has not run before"))?;
         execute(job, spec, input, metrics, extensions)
     }))
-        .unwrap_or_else(|_| {
-            Err(Error::invalid(
-                "job",
-                "panic",
-                "an internal error stopped the job",
-            ))
-        });
+    .unwrap_or_else(|_| {
+        Err(Error::invalid(
+            "job",
+            "panic",
+            "an internal error stopped the job",
+        ))
+    });
     let seconds = start.elapsed().as_secs_f64();
     match result {
         Ok(()) => {

@@ -75,9 +75,7 @@ pub struct DataDir {
 
 /// Whether `id` can name files (a UUID, or letters, digits and `-`).
 fn plain_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 impl DataDir {
@@ -203,8 +201,7 @@ impl DataDir {
             Ok::<_, StoreError>((path, bytes))
         };
         let (path, bytes) = read("init.png")?;
-        let picture =
-            decode_rgb(&bytes).map_err(|reason| StoreError::Damaged { path, reason })?;
+        let picture = decode_rgb(&bytes).map_err(|reason| StoreError::Damaged { path, reason })?;
         let mask = match &image.mask {
             None => None,
             Some(_) => {

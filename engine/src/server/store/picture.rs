@@ -8,7 +8,12 @@ use image::{ExtendedColorType, ImageEncoder, ImageFormat};
 use crate::image_in::Mask;
 use crate::image_out::RgbImage;
 
-fn encode(data: &[u8], width: usize, height: usize, color: ExtendedColorType) -> Result<Vec<u8>, String> {
+fn encode(
+    data: &[u8],
+    width: usize,
+    height: usize,
+    color: ExtendedColorType,
+) -> Result<Vec<u8>, String> {
     let (w, h) = (
         u32::try_from(width).map_err(|e| e.to_string())?,
         u32::try_from(height).map_err(|e| e.to_string())?,
@@ -22,7 +27,12 @@ fn encode(data: &[u8], width: usize, height: usize, color: ExtendedColorType) ->
 
 /// `picture` as a PNG.
 pub fn encode_rgb(picture: &RgbImage) -> Result<Vec<u8>, String> {
-    encode(&picture.data, picture.width, picture.height, ExtendedColorType::Rgb8)
+    encode(
+        &picture.data,
+        picture.width,
+        picture.height,
+        ExtendedColorType::Rgb8,
+    )
 }
 
 /// `mask` (values in [0, 1]) as an 8-bit gray PNG.

@@ -122,11 +122,18 @@ fn damaged_and_partial_files_are_reported_and_skipped() {
     assert_eq!(ids, ["good", "done"]);
     assert!(found[0].finished.is_none());
     let reason = found[1].finished.clone().unwrap().unwrap_err();
-    assert!(reason.contains("done.done.json") && reason.contains("not JSON"), "{reason}");
+    assert!(
+        reason.contains("done.done.json") && reason.contains("not JSON"),
+        "{reason}"
+    );
     let messages: Vec<String> = problems.iter().map(ToString::to_string).collect();
     assert_eq!(messages.len(), 2, "{messages:?}");
-    assert!(messages.iter().any(|m| m.contains("cut.job.json") && m.contains("not JSON")));
-    assert!(messages.iter().any(|m| m.contains("old.job.json") && m.contains("version")));
+    assert!(messages
+        .iter()
+        .any(|m| m.contains("cut.job.json") && m.contains("not JSON")));
+    assert!(messages
+        .iter()
+        .any(|m| m.contains("old.job.json") && m.contains("version")));
     for gone in ["x.job.json.tmp", "orphan.image-0.png", "cut.job.json"] {
         assert!(!jobs.join(gone).exists(), "{gone} should be gone");
     }
