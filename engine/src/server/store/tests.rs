@@ -16,7 +16,7 @@ fn accepted(id: &str, seq: u64, image: bool) -> Accepted {
         },
         request: StoredRequest {
             prompt: format!("job {id}"),
-            image: image.then(|| StoredImage {
+            image: image.then_some(StoredImage {
                 strength: Some(0.5),
                 resize: None,
                 sample_posterior: false,
