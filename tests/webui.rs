@@ -60,7 +60,16 @@ triggers = ["foxstyle"]
         );
         std::fs::write(dir.path().join("tiny.toml"), manifest).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_beeswax"))
-            .args(["serve", "--port", "0", "--max-steps", "2000", "--manifests"])
+            .args([
+                "serve",
+                "--port",
+                "0",
+                "--max-steps",
+                "2000",
+                "--data-dir",
+                "none",
+            ])
+            .arg("--manifests")
             .arg(dir.path())
             .args(flags)
             .env_remove("BEESWAX_API_KEY")

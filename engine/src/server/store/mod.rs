@@ -38,7 +38,7 @@ pub enum StoreError {
         /// Why.
         source: std::io::Error,
     },
-    /// A file is not what it should be.
+    /// A file is not what it should be, or the folder is in use.
     #[error("data directory: {path}: {reason}")]
     Damaged {
         /// The file.
@@ -71,6 +71,36 @@ pub struct Stored {
 pub struct DataDir {
     dir: PathBuf,
     seq: AtomicU64,
+    /// `DIR/lock`, locked while this server uses the folder (released by the system when the
+    /// process ends, even by SIGKILL).
+    _lock: File,
+}
+
+/// Locks `DIR/lock` so that two servers never share a data directory.
+fn lock(root: &Path) -> Result<File> {
+    let path = root.join("lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a file descriptor this function owns, open for its whole life.
+        #[allow(unsafe_code)]
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if locked != 0 {
+            return Err(StoreError::Damaged {
+                path,
+                reason: "another beeswax serve uses this data directory: stop it, or give this \
+                         one its own --data-dir"
+                    .into(),
+            });
+        }
+    }
+    Ok(file)
 }
 
 /// Whether `id` can name files (a UUID, or letters, digits and `-`).
@@ -84,6 +114,7 @@ impl DataDir {
     pub fn open(root: &Path) -> Result<(Self, Vec<Stored>, Vec<StoreError>)> {
         let dir = root.join("jobs");
         fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let lock = lock(root)?;
         let mut names = BTreeSet::new();
         for entry in fs::read_dir(&dir).map_err(io(&dir))? {
             let entry = entry.map_err(io(&dir))?;
@@ -94,6 +125,7 @@ impl DataDir {
         let store = Self {
             dir,
             seq: AtomicU64::new(0),
+            _lock: lock,
         };
         let mut problems = Vec::new();
         let mut jobs = Vec::new();

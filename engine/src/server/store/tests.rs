@@ -117,7 +117,8 @@ fn damaged_and_partial_files_are_reported_and_skipped() {
     fs::write(jobs.join("orphan.image-0.png"), "png").unwrap();
     drop(dir);
 
-    let (_dir, found, problems) = DataDir::open(root.path()).unwrap();
+    let (dir, found, problems) = DataDir::open(root.path()).unwrap();
+    drop(dir);
     let ids: Vec<&str> = found.iter().map(|s| s.accepted.id.as_str()).collect();
     assert_eq!(ids, ["good", "done"]);
     assert!(found[0].finished.is_none());
@@ -142,4 +143,17 @@ fn damaged_and_partial_files_are_reported_and_skipped() {
     let (_dir, found, problems) = DataDir::open(root.path()).unwrap();
     assert_eq!(found.len(), 2);
     assert!(problems.is_empty(), "{problems:?}");
+}
+
+#[test]
+fn two_servers_never_share_a_data_directory() {
+    let root = tempfile::tempdir().unwrap();
+    let (first, ..) = DataDir::open(root.path()).unwrap();
+    let e = DataDir::open(root.path()).unwrap_err().to_string();
+    assert!(e.contains("another beeswax serve"), "{e}");
+    drop(first);
+    assert!(
+        DataDir::open(root.path()).is_ok(),
+        "free again once the first is gone"
+    );
 }
