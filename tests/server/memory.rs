@@ -69,6 +69,10 @@ async fn twenty_jobs_with_49_megapixel_inputs_keep_memory_bounded() {
     assert!(peak < 1500.0, "peak {peak:.0} MiB");
 }
 
+fn body_again(init: &str) -> Value {
+    json!({"prompt": "again", "steps": 2, "width": 64, "height": 64, "init_image": init})
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_holds_its_input_until_it_has_run() {
     let server = TestServer::start(config()).await;
@@ -81,6 +85,15 @@ async fn a_job_holds_its_input_until_it_has_run() {
         job.input_bytes(),
         300 * 200 * 3,
         "waiting, it holds its picture"
+    );
+    let cancelled = submit(&server.url, body_again(&init)).await;
+    let r = delete(&server.at(&format!("/v1/jobs/{cancelled}"))).await;
+    assert_eq!(r.status(), 200);
+    let cancelled = server.service.jobs.get(&cancelled).unwrap();
+    assert_eq!(
+        cancelled.input_bytes(),
+        0,
+        "cancelled while waiting, it no longer does"
     );
     server.service.resume_workers();
     wait_status(&server.url, &id, "completed").await;

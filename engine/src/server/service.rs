@@ -166,6 +166,8 @@ impl Service {
         }
         job.request_cancel();
         if self.queue.remove(&job.id) {
+            // It will never run: its input pictures go now, not when it expires.
+            drop(job.take_input());
             // Counted and recorded before the final state is published (see `worker::spawn`).
             self.metrics.outcome(Outcome::Cancelled);
             self.keeper.finishing(job, Status::Cancelled);
