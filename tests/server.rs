@@ -44,6 +44,8 @@ mod jobs;
 mod loras;
 #[path = "server/ordering.rs"]
 mod ordering;
+#[path = "server/pictures.rs"]
+mod pictures;
 #[path = "server/plugin_work.rs"]
 mod plugin_work;
 #[path = "server/prompts.rs"]

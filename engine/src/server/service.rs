@@ -12,6 +12,7 @@ use super::config::ServerConfig;
 use super::errors::ApiError;
 use super::jobs::{Event, Job, JobStore, Origin, Status};
 use super::metrics::{Gauges, Metrics, Outcome};
+use super::pictures::{decode_slots, Decoder};
 use super::queue::Queue;
 use super::request::JobSpec;
 use super::worker;
@@ -43,6 +44,8 @@ pub struct Service {
     pub queue: Arc<Queue>,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Decodes the pictures clients send (limits, a bounded number at once).
+    pub decoder: Decoder,
     /// The checkpoint AUTOMATIC1111 clients selected with `POST /sdapi/v1/options`.
     pub a1111_checkpoint: Mutex<Option<String>>,
     accepting: AtomicBool,
@@ -65,7 +68,9 @@ impl Service {
             metrics.clone(),
             extensions.clone(),
         )?;
+        let decoder = Decoder::new(&config, &catalog, decode_slots());
         Ok(Arc::new(Self {
+            decoder,
             catalog: Arc::new(catalog),
             extensions,
             jobs: JobStore::new(config.keep_finished, config.max_finished),
