@@ -6,7 +6,8 @@ use super::*;
 
 /// A small JPEG whose frame header claims `width` x `height` (its data is an 8x8 one's).
 fn lying_jpeg(width: u16, height: u16) -> Vec<u8> {
-    let picture = image::RgbImage::from_fn(8, 8, |x, y| image::Rgb([x as u8 * 30, y as u8 * 30, 9]));
+    let picture =
+        image::RgbImage::from_fn(8, 8, |x, y| image::Rgb([x as u8 * 30, y as u8 * 30, 9]));
     let mut bytes = std::io::Cursor::new(Vec::new());
     picture
         .write_to(&mut bytes, image::ImageFormat::Jpeg)

@@ -1,6 +1,7 @@
 //! Log lines written by plugins (`beeswax.log` of a WASM plugin): control characters escaped
 //! (a plugin cannot forge a host log line or drive the terminal), written through `tracing`
-//! (so `--log-json` output stays JSON) with the plugin's name as a field, and rate-limited per
+//! (so `--log-json` output stays JSON) with the plugin's name as a field (to stderr when no
+//! subscriber is installed, as in `beeswax generate`), and rate-limited per
 //! plugin over time: at most [`LINES_PER_SECOND`] lines a second, the rest counted and
 //! reported in one "suppressed K lines" line when the next second begins (or when the plugin
 //! is unloaded).
@@ -28,6 +29,16 @@ pub enum Level {
 }
 
 impl Level {
+    /// `error`, `warning`, `info` or `debug`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Error => "error",
+            Level::Warning => "warning",
+            Level::Info => "info",
+            Level::Debug => "debug",
+        }
+    }
+
     /// The level the ABI's number stands for.
     pub fn from_abi(level: i32) -> Self {
         match level {
@@ -87,6 +98,11 @@ impl PluginLog {
         let bytes = &bytes[..bytes.len().min(MAX_LINE_BYTES)];
         let text = escape(String::from_utf8_lossy(bytes).trim_end());
         let plugin = &*self.plugin;
+        if !subscribed() {
+            // No subscriber (`beeswax generate`, `check`): straight to stderr, as before.
+            eprintln!("plugin {plugin}: {}: {text}", level.as_str());
+            return;
+        }
         match level {
             Level::Error => tracing::error!(plugin, "plugin {plugin}: {text}"),
             Level::Warning => tracing::warn!(plugin, "plugin {plugin}: {text}"),
@@ -97,6 +113,13 @@ impl PluginLog {
 
     fn suppressed(&self, count: u64) {
         let plugin = &*self.plugin;
+        if !subscribed() {
+            eprintln!(
+                "plugin {plugin}: warning: suppressed {count} log lines (more than \
+                 {LINES_PER_SECOND} a second)"
+            );
+            return;
+        }
         tracing::warn!(
             plugin,
             suppressed = count,
@@ -135,6 +158,11 @@ impl Drop for PluginLog {
     }
 }
 
+/// Whether a `tracing` subscriber (global or scoped) receives events.
+fn subscribed() -> bool {
+    tracing::dispatcher::get_default(|d| !d.is::<tracing::subscriber::NoSubscriber>())
+}
+
 /// `text` with control characters (newlines, escape sequences, ...) and Unicode direction
 /// overrides written as Rust escapes (`\n`, `\u{1b}`), so one plugin line stays one log line
 /// and cannot drive a terminal.
@@ -162,6 +190,51 @@ mod tests {
             "ok\\nINFO forged line\\u{1b}[2J\\u{202e}"
         );
         assert_eq!(escape("plain ünïcode text"), "plain ünïcode text");
+    }
+
+    /// A writer into a shared buffer, for a JSON subscriber.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_go_through_tracing_as_one_json_line_each() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let log = PluginLog::new(Arc::from("sneaky"));
+            log.line(Level::Info, b"step 1\n{\"level\":\"ERROR\"}\x1b[31m red");
+            for _ in 0..LINES_PER_SECOND + 5 {
+                log.line(Level::Warning, b"spam");
+            }
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["fields"]["plugin"], "sneaky", "{text}");
+        let message = lines[0]["fields"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("step 1\\n{") && message.contains("\\u{1b}[31m"),
+            "{message}"
+        );
+        // 20 lines a second: the first, 19 spam lines, then (on drop) how many were dropped.
+        assert_eq!(lines.len(), LINES_PER_SECOND as usize + 1, "{text}");
+        assert_eq!(lines.last().unwrap()["fields"]["suppressed"], 6, "{text}");
     }
 
     #[test]
