@@ -156,6 +156,22 @@ fn manifest_errors_name_file_line_and_field() {
             "lora.name",
             "not a usable name",
         ),
+        // Only the characters the message promises (letters, digits, `-`, `_`, `.`).
+        (
+            "[[lora]]\nname = \"../x\"\npath = \"x.safetensors\"\n",
+            "lora.name",
+            "not a usable name",
+        ),
+        (
+            "[[lora]]\nname = \"x\\\"y\"\npath = \"x.safetensors\"\n",
+            "lora.name",
+            "not a usable name",
+        ),
+        (
+            "[[lora]]\nname = \"x\\u001b[2Jy\"\npath = \"x.safetensors\"\n",
+            "lora.name",
+            "not a usable name",
+        ),
         (
             "[[lora]]\nname = \"x\"\npath = \"x.safetensors\"\nweight = 9.0\n",
             "lora.weight",

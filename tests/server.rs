@@ -48,6 +48,8 @@ mod loras;
 mod memory;
 #[path = "server/ordering.rs"]
 mod ordering;
+#[path = "server/pictures.rs"]
+mod pictures;
 #[path = "server/plugin_work.rs"]
 mod plugin_work;
 #[path = "server/prompts.rs"]

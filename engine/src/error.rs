@@ -81,6 +81,20 @@ pub enum Error {
         /// What it reported.
         message: String,
     },
+    /// A stage produced NaN or infinite values (NaN weights, or a half-precision overflow).
+    #[error(
+        "the {what} are not finite after {stage} ({count} NaN or infinite values): the \
+         model's weights hold NaN or overflow in this precision; check the weights file, or \
+         run in f32 (`--dtype f32`)"
+    )]
+    NonFinite {
+        /// `latents` or `pixels`.
+        what: &'static str,
+        /// `denoising` or `decoding`.
+        stage: &'static str,
+        /// How many values are not finite.
+        count: usize,
+    },
     /// The job was cancelled while running.
     #[error("the job was cancelled")]
     Cancelled,

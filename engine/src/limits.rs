@@ -58,3 +58,21 @@ pub fn size_ok(value: usize) -> bool {
 pub fn describe<T: std::fmt::Display>(range: &RangeInclusive<T>) -> String {
     format!("between {} and {}", range.start(), range.end())
 }
+
+/// Input pictures (init images, masks) may have this many times the pixels of the largest
+/// output (twice its width and twice its height): AUTOMATIC1111 users send larger pictures to
+/// be resized down to the job's size.
+pub const PICTURE_HEADROOM: u64 = 4;
+/// The headroom stops at 50 megapixels (about 7000 x 7000): decoding costs memory.
+pub const PICTURE_PIXELS_CAP: u64 = 50_000_000;
+
+/// The most pixels an input picture may have when outputs are at most `max_width` x
+/// `max_height`: [`PICTURE_HEADROOM`] times that, at most [`PICTURE_PIXELS_CAP`], and never
+/// less than one output's pixels (a picture of the output's own size always fits).
+pub fn picture_pixels(max_width: usize, max_height: usize) -> u64 {
+    let output = (max_width as u64).saturating_mul(max_height as u64);
+    output
+        .saturating_mul(PICTURE_HEADROOM)
+        .min(PICTURE_PIXELS_CAP)
+        .max(output)
+}

@@ -188,10 +188,12 @@ pub fn model_index(model_dir: &Path) -> Result<ModelIndex, ModelFilesError> {
     if !path.is_file() {
         return Err(ModelFilesError::MissingModelIndex { path });
     }
-    let text = std::fs::read_to_string(&path).map_err(|source| ModelFilesError::Io {
-        path: path.clone(),
-        source,
-    })?;
+    let text = crate::fs_limits::read_regular_string(&path, crate::fs_limits::TEXT_BYTES)
+        .map_err(crate::fs_limits::ReadError::into_io)
+        .map_err(|source| ModelFilesError::Io {
+            path: path.clone(),
+            source,
+        })?;
     parse_model_index(&text).map_err(|message| ModelFilesError::InvalidModelIndex { path, message })
 }
 

@@ -136,6 +136,10 @@ fn cli_errors_name_the_input() {
         data: vec![255; 8 * 8 * 3],
     };
     beeswax::image_out::write_png(&dir.join("square.png"), &square, "").unwrap();
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(dir.join("fifo.png"))
+        .status();
+    assert!(fifo.unwrap().success(), "mkfifo");
     for (args, words) in [
         (
             vec!["--init-image", "missing.png"],
@@ -154,6 +158,15 @@ fn cli_errors_name_the_input() {
             vec!["--strength", "at most 1"],
         ),
         (vec!["--strength", "0.5"], vec!["--init-image"]),
+        // Devices and FIFOs are refused before reading (they read without end or hang).
+        (
+            vec!["--init-image", "/dev/zero"],
+            vec!["--init-image", "/dev/zero", "not a regular file"],
+        ),
+        (
+            vec!["--init-image", "fifo.png"],
+            vec!["--init-image", "fifo.png", "is a FIFO"],
+        ),
         (
             vec!["--init-image", init, "--outpaint", "1,2"],
             vec!["left,right,top,bottom"],

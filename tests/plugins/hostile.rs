@@ -9,7 +9,7 @@ use beeswax::plugins::call::Call;
 use beeswax::schedulers::Scheduler;
 use candle_core::DType;
 
-use common::plugins::hostile_wat;
+use common::plugins::{hostile_wat, resizing_postprocessor_wat};
 
 use super::*;
 
@@ -201,4 +201,43 @@ fn a_trap_fails_only_its_job() {
         let sum = out.sum_all().unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(sum, 256.0);
     }
+}
+
+#[test]
+fn a_post_processor_changes_the_size_only_when_its_manifest_declares_it() {
+    let dir = Dir::new("resizer");
+    let path = dir.create("resizer.wasm", resizing_postprocessor_wat(0x10000, 24, 16));
+    let picture = beeswax::image_out::RgbImage {
+        width: 12,
+        height: 8,
+        data: vec![10; 12 * 8 * 3],
+    };
+    let undeclared = entry("resizer", "wasm", &path, None, "postprocessor", "");
+    let err = load_one(dir.path(), &undeclared)
+        .unwrap()
+        .postprocess(&picture)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("plugin resizer")
+            && err.contains("24x16")
+            && err.contains("changes_size = true"),
+        "{err}"
+    );
+    let declared = entry(
+        "resizer",
+        "wasm",
+        &path,
+        None,
+        "postprocessor",
+        "changes_size = true",
+    );
+    let out = load_one(dir.path(), &declared)
+        .unwrap()
+        .postprocess(&picture)
+        .unwrap();
+    assert_eq!(
+        (out.width, out.height, out.data.len()),
+        (24, 16, 24 * 16 * 3)
+    );
 }

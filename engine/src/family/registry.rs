@@ -289,7 +289,7 @@ fn check_folder(family: &Family, dir: &Path) -> std::result::Result<(), String> 
 /// The rule's field in the folder's config (its default when absent).
 fn config_value(dir: &Path, rule: &ConfigRule) -> serde_json::Value {
     let path: PathBuf = dir.join(&rule.file);
-    std::fs::read_to_string(&path)
+    crate::fs_limits::read_regular_string(&path, crate::fs_limits::TEXT_BYTES)
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
         .and_then(|v| v.get(&rule.field).cloned())
@@ -307,7 +307,7 @@ fn is_shipped_copy(document: &Document<'_>) -> bool {
 
 /// The line of `name =` in a family manifest, for duplicate-name errors.
 fn line_of_name(file: &Path) -> usize {
-    std::fs::read_to_string(file)
+    crate::fs_limits::read_regular_string(file, crate::fs_limits::TEXT_BYTES)
         .ok()
         .and_then(|t| t.lines().position(|l| l.trim_start().starts_with("name")))
         .map_or(1, |i| i + 1)

@@ -80,7 +80,7 @@ impl Input {
             path: path.to_path_buf(),
             source,
         };
-        let file = File::open(path).map_err(io)?;
+        let file = crate::fs_limits::open_regular(path).map_err(|e| io(e.into_io()))?;
         let len = file.metadata().map_err(io)?.len();
         let mut n = [0u8; 8];
         file.read_exact_at(&mut n, 0)

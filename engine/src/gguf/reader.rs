@@ -78,7 +78,7 @@ impl GgufFile {
             path: path.to_path_buf(),
             source,
         };
-        let file = File::open(path).map_err(io)?;
+        let file = crate::fs_limits::open_regular(path).map_err(|e| io(e.into_io()))?;
         let len = file.metadata().map_err(io)?.len();
         let header = header::parse(&file, path, len)?;
         let keys: HashMap<String, usize> = header

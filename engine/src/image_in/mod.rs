@@ -2,7 +2,8 @@
 //!
 //! Pictures are decoded from PNG, JPEG or WebP with limits on the file size and the pixel count
 //! checked *before* decoding ([`Limits`]), so a decompression bomb is refused with a clear
-//! error instead of exhausting memory. A decoded picture is an [`RgbImage`] (alpha dropped);
+//! error instead of exhausting memory; a file that ends before its format's end marker is
+//! refused too (the decoder would fill the missing rows silently). A decoded picture is an [`RgbImage`] (alpha dropped);
 //! a mask is a [`Mask`] of values in [0, 1] where 1 (white) means "repaint". Resizing to the
 //! job size follows AUTOMATIC1111's resize modes ([`ResizeMode`]); mask blur, the crop region
 //! of "inpaint only masked", masked-content fill and outpaint padding live in the submodules.
@@ -14,6 +15,7 @@ use image::{DynamicImage, ImageReader};
 
 pub use crate::image_out::RgbImage;
 
+mod complete;
 mod fill;
 mod mask;
 mod outpaint;
@@ -73,6 +75,17 @@ pub enum ImageError {
         /// The decoder's message.
         message: String,
     },
+    /// The file ends before the end of the picture (a cut-off upload or download).
+    #[error(
+        "{what}: the {format} picture is truncated: its data ends before the end of the \
+         picture; send the whole file"
+    )]
+    Truncated {
+        /// Which input.
+        what: String,
+        /// `PNG`, `JPEG` or `WebP`.
+        format: &'static str,
+    },
     /// A mask cannot be matched to its picture.
     #[error("{what}: {message}")]
     Mismatch {
@@ -128,9 +141,15 @@ pub fn read_image(path: &Path, what: &str, limits: &Limits) -> Result<Picture, I
         path: path.to_path_buf(),
         source,
     };
-    let bytes = std::fs::metadata(path).map_err(read_err)?.len();
-    check_file_size(bytes, &format!("{what} {}", path.display()), limits)?;
-    let data = std::fs::read(path).map_err(read_err)?;
+    let data =
+        crate::fs_limits::read_regular(path, limits.max_file_bytes).map_err(|e| match e {
+            crate::fs_limits::ReadError::TooLarge { bytes, limit, .. } => ImageError::TooLarge {
+                what: format!("{what} {}", path.display()),
+                bytes,
+                limit,
+            },
+            other => read_err(other.into_io()),
+        })?;
     decode_image(&data, &format!("{what} {}", path.display()), limits)
 }
 
@@ -157,15 +176,20 @@ pub fn decode_image(bytes: &[u8], what: &str, limits: &Limits) -> Result<Picture
         let r = ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()
             .map_err(|e| decode_err(&e))?;
-        match r.format() {
-            Some(image::ImageFormat::Png | image::ImageFormat::Jpeg | image::ImageFormat::WebP) => {
-                Ok(r)
+        let name = match r.format() {
+            Some(image::ImageFormat::Png) => "PNG",
+            Some(image::ImageFormat::Jpeg) => "JPEG",
+            Some(image::ImageFormat::WebP) => "WebP",
+            Some(other) => {
+                return Err(decode_err(&format!("{other:?} pictures are not supported")))
             }
-            Some(other) => Err(decode_err(&format!("{other:?} pictures are not supported"))),
-            None => Err(decode_err(&"the data is not a picture in a known format")),
-        }
+            None => return Err(decode_err(&"the data is not a picture in a known format")),
+        };
+        Ok((r, name))
     };
-    let (width, height) = reader()?.into_dimensions().map_err(|e| decode_err(&e))?;
+    let (header, format) = reader()?;
+    let kind = header.format();
+    let (width, height) = header.into_dimensions().map_err(|e| decode_err(&e))?;
     let pixels = width as u64 * height as u64;
     if pixels > limits.max_pixels {
         return Err(ImageError::TooManyPixels {
@@ -179,7 +203,13 @@ pub fn decode_image(bytes: &[u8], what: &str, limits: &Limits) -> Result<Picture
     if pixels == 0 {
         return Err(decode_err(&"the picture has no pixels"));
     }
-    let mut r = reader()?;
+    if kind.is_some_and(|k| complete::is_truncated(bytes, k)) {
+        return Err(ImageError::Truncated {
+            what: what.to_string(),
+            format,
+        });
+    }
+    let (mut r, _) = reader()?;
     let mut decoder_limits = image::Limits::default();
     decoder_limits.max_image_width = Some(width);
     decoder_limits.max_image_height = Some(height);

@@ -338,10 +338,12 @@ impl LoraCatalog {
                 return Ok(c.file.clone());
             }
         }
-        let bytes = std::fs::read(path).map_err(|e| LoraError::Unreadable {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let bytes = crate::fs_limits::read_regular(path, crate::fs_limits::LORA_BYTES)
+            .map_err(crate::fs_limits::ReadError::into_io)
+            .map_err(|e| LoraError::Unreadable {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
         if let Some(expected) = sha256 {
             let actual = sha256_hex(&bytes);
             if !actual.eq_ignore_ascii_case(expected) {

@@ -115,19 +115,21 @@ fn check_sets(entries: &[(LoraEntry, usize)], sets: &[SetAt]) -> Result<(), Mani
     Ok(())
 }
 
-/// A LoRA or set name: written in prompts as `<lora:NAME:WEIGHT>`.
+/// A LoRA or set name: written in prompts as `<lora:NAME:WEIGHT>`; letters (any script),
+/// digits, `-`, `_` and `.`, as the message says.
 fn name(located: &Located<'_>, v: &Spanned<String>, field: &str) -> Result<String, ManifestError> {
     let name = v.get_ref().trim();
     let usable = !name.is_empty()
-        && !name.contains([':', '<', '>', ','])
-        && !name.chars().any(char::is_whitespace);
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if usable {
         return Ok(name.to_string());
     }
     let message = format!(
         "`{}` is not a usable name: use letters, digits, `-`, `_` or `.`, without spaces, `:`, \
          `<`, `>` or `,` (it is written in prompts as <lora:NAME:WEIGHT>)",
-        v.get_ref()
+        v.get_ref().escape_debug()
     );
     Err(located.at(v, field, message))
 }

@@ -53,7 +53,8 @@ impl ManifestFiles {
         let files = paths
             .into_iter()
             .map(|path| SourceFile {
-                text: std::fs::read_to_string(&path),
+                text: crate::fs_limits::read_regular_string(&path, crate::fs_limits::TEXT_BYTES)
+                    .map_err(crate::fs_limits::ReadError::into_io),
                 path,
             })
             .collect();

@@ -9,10 +9,12 @@ use crate::{Error, Result};
 /// Parses a JSON config file; errors name the file, the line and serde's reason (which names
 /// the field at fault).
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = crate::fs_limits::read_regular_string(path, crate::fs_limits::TEXT_BYTES)
+        .map_err(crate::fs_limits::ReadError::into_io)
+        .map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     serde_json::from_str(&text).map_err(|e| Error::Config {
         path: path.to_path_buf(),
         message: e.to_string(),

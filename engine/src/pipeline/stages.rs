@@ -258,12 +258,29 @@ pub fn repaint_everything(model: &Model, settings: &Settings) -> Result<Tensor> 
     Ok(Tensor::cat(&[&ones, &masked], 1)?)
 }
 
-/// Decodes each image of `latents` `[batch, C, h, w]`, one at a time to bound memory.
+/// Decodes each image of `latents` `[batch, C, h, w]`, one at a time to bound memory; NaN or
+/// infinite latents or pixels fail with [`Error::NonFinite`] naming the stage, instead of
+/// a black picture.
 pub fn decode_all(model: &Model, latents: &Tensor) -> Result<Vec<RgbImage>> {
+    check_finite(latents, "latents", "denoising")?;
     (0..latents.dim(0)?)
         .map(|i| {
             let image = model.vae.decode(&latents.narrow(0, i, 1)?)?;
+            check_finite(&image, "pixels", "decoding")?;
             to_rgb8(&image.squeeze(0)?)
         })
         .collect()
+}
+
+/// Fails with [`Error::NonFinite`] when `values` hold NaN or infinities.
+pub fn check_finite(values: &Tensor, what: &'static str, stage: &'static str) -> Result<()> {
+    let values = values
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let count = values.iter().filter(|v| !v.is_finite()).count();
+    if count > 0 {
+        return Err(Error::NonFinite { what, stage, count });
+    }
+    Ok(())
 }

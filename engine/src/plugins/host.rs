@@ -71,7 +71,8 @@ impl LoadedPlugin {
                 ),
             });
         }
-        let bytes = std::fs::read(path).map_err(io)?;
+        let bytes = crate::fs_limits::read_regular(path, crate::fs_limits::PLUGIN_BYTES)
+            .map_err(|e| io(e.into_io()))?;
         let actual = sha256_hex(&bytes);
         if let Some(expected) = &entry.sha256 {
             if *expected != actual {
@@ -168,7 +169,30 @@ impl LoadedPlugin {
         let mut buf = Vec::new();
         encode_rgb(image, &mut buf).map_err(|m| self.malformed(m))?;
         let out = self.instance()?.call(Call::PostProcess(&params, &buf))?;
-        decode_rgb(&out).map_err(|m| self.malformed(m))
+        let out = decode_rgb(&out).map_err(|m| self.malformed(m))?;
+        self.check_size(image, &out)?;
+        Ok(out)
+    }
+
+    /// A post-processor keeps the picture's size unless its manifest says `changes_size =
+    /// true`, and never makes a side longer than [`crate::limits::SIZE`] allows.
+    fn check_size(&self, input: &RgbImage, out: &RgbImage) -> Result<(), PluginError> {
+        let (w, h) = (out.width, out.height);
+        if !self.entry.changes_size && (w, h) != (input.width, input.height) {
+            return Err(self.malformed(format!(
+                "returned a {w}x{h} picture for a {}x{} one, but its manifest does not \
+                 declare `changes_size = true` (add it to the [[plugin]] entry if the \
+                 plugin resizes pictures)",
+                input.width, input.height
+            )));
+        }
+        let max = *crate::limits::SIZE.end();
+        if w > max || h > max {
+            return Err(self.malformed(format!(
+                "returned a {w}x{h} picture: sides may be at most {max} pixels"
+            )));
+        }
+        Ok(())
     }
 
     /// Runs the pre-processor on an image and its mask (1 channel, 255 = repaint).

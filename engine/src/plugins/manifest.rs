@@ -9,6 +9,8 @@
 //! provides = ["scheduler"]                   # scheduler | postprocessor | preprocessor
 //! description = "Euler in C, sandboxed"      # optional
 //! enabled = true                             # optional; false: validated, not loaded
+//! changes_size = false                       # optional; true: its post-processor may
+//!                                            # return another size (within the limits)
 //!
 //! [plugin.limits]                            # wasm only
 //! memory_mib = 64                            # memory cap (default 256 MiB)
@@ -127,6 +129,9 @@ pub struct PluginEntry {
     pub limits: Limits,
     /// Parameters handed to the plugin.
     pub params: Params,
+    /// Whether its post-processor may return a picture of another size (`changes_size =
+    /// true`, e.g. an upscaler); without it a size change fails the job.
+    pub changes_size: bool,
     /// The manifest file.
     pub manifest_path: PathBuf,
     /// Line of `name`, for messages.
@@ -150,6 +155,7 @@ struct RawPlugin {
     enabled: Option<bool>,
     limits: Option<Spanned<RawLimits>>,
     params: Option<Spanned<toml::Table>>,
+    changes_size: Option<bool>,
 }
 
 /// `[plugin.limits]` as written.
@@ -243,6 +249,7 @@ fn entry(located: &Located<'_>, raw: RawPlugin) -> Result<PluginEntry, ManifestE
         enabled: raw.enabled.unwrap_or(true),
         limits: plugin_limits(located, kind, raw.limits)?,
         params: params(located, raw.params)?,
+        changes_size: raw.changes_size.unwrap_or(false),
         manifest_path: located.file().to_path_buf(),
         line: name_line,
         path_line: located.line_of(&raw.path),

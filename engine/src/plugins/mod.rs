@@ -17,6 +17,7 @@ use std::path::PathBuf;
 pub mod abi;
 pub mod call;
 mod host;
+pub mod log;
 pub mod manifest;
 pub mod native;
 mod scheduler;

@@ -22,15 +22,12 @@ use wasmtime::{
 };
 
 use super::call::{self, Call, Instance};
+use super::log::{Level, PluginLog, MAX_LINE_BYTES};
 use super::manifest::Limits;
 use super::PluginError;
 
 /// Epoch tick: the granularity of call deadlines.
 pub const TICK: Duration = Duration::from_millis(10);
-/// Most log lines one instance may write.
-const MAX_LOG_LINES: u32 = 1000;
-/// Longest log line kept, in bytes.
-const MAX_LOG_BYTES: usize = 1024;
 
 static ENGINE: LazyLock<Result<Engine, String>> = LazyLock::new(|| {
     let mut config = Config::new();
@@ -55,11 +52,10 @@ fn engine(plugin: &str) -> Result<&'static Engine, PluginError> {
     })
 }
 
-/// Per-store state: the limiter and the plugin's name for logs.
+/// Per-store state: the limiter and the plugin's log.
 struct StoreData {
     limiter: Limiter,
-    name: Arc<str>,
-    log_lines: u32,
+    log: Arc<PluginLog>,
 }
 
 /// Caps linear memory and records when the cap stopped a growth.
@@ -110,6 +106,7 @@ impl ResourceLimiter for Limiter {
 /// A compiled WASM plugin.
 pub struct WasmPlugin {
     name: Arc<str>,
+    log: Arc<PluginLog>,
     pre: InstancePre<StoreData>,
     limits: Limits,
     capabilities: u32,
@@ -161,8 +158,10 @@ impl WasmPlugin {
         let pre = linker
             .instantiate_pre(&module)
             .map_err(|e| load_err(format!("cannot be linked: {e:#}")))?;
+        let name: Arc<str> = Arc::from(name);
         let mut plugin = Self {
-            name: Arc::from(name),
+            log: Arc::new(PluginLog::new(name.clone())),
+            name: name.clone(),
             pre,
             limits,
             capabilities: 0,
@@ -212,8 +211,7 @@ impl WasmPlugin {
                     memory_cap: cap,
                     hit: false,
                 },
-                name: self.name.clone(),
-                log_lines: 0,
+                log: self.log.clone(),
             },
         );
         store.limiter(|data| &mut data.limiter);
@@ -247,35 +245,22 @@ fn deadline_ticks(timeout_ms: u64) -> u64 {
     timeout_ms.div_ceil(TICK.as_millis() as u64).max(1)
 }
 
-/// `beeswax.log(level, ptr, len)`: one line on stderr tagged with the plugin's name.
+/// `beeswax.log(level, ptr, len)`: one line through the plugin's [`PluginLog`] (escaped,
+/// rate-limited, through `tracing`).
 fn log(mut caller: Caller<'_, StoreData>, level: i32, ptr: i32, len: i32) {
-    if caller.data().log_lines >= MAX_LOG_LINES {
-        return;
-    }
-    caller.data_mut().log_lines += 1;
     let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
         return;
     };
     let (start, len) = (
         ptr as u32 as usize,
-        (len as u32 as usize).min(MAX_LOG_BYTES),
+        (len as u32 as usize).min(MAX_LINE_BYTES),
     );
     let data = memory.data(&caller);
     let Some(bytes) = start.checked_add(len).and_then(|end| data.get(start..end)) else {
         return;
     };
-    let text = String::from_utf8_lossy(bytes);
-    let level = match level {
-        0 => "error",
-        1 => "warning",
-        2 => "info",
-        _ => "debug",
-    };
-    eprintln!(
-        "plugin {}: {level}: {}",
-        caller.data().name,
-        text.trim_end()
-    );
+    let log = caller.data().log.clone();
+    log.line(Level::from_abi(level), bytes);
 }
 
 /// One instance of a WASM plugin: its own store, memory and allocator state.

@@ -70,10 +70,12 @@ impl Embedding {
     /// `.pth`) are refused with the conversion command.
     pub fn read(name: &str, path: &Path) -> Result<Self, PromptError> {
         refuse_pickle(path)?;
-        let bytes = std::fs::read(path).map_err(|e| PromptError::EmbeddingFile {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let bytes = crate::fs_limits::read_regular(path, crate::fs_limits::EMBEDDING_BYTES)
+            .map_err(crate::fs_limits::ReadError::into_io)
+            .map_err(|e| PromptError::EmbeddingFile {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
         Self::from_bytes(name, path, &bytes)
     }
 
@@ -302,10 +304,12 @@ impl EmbeddingCatalog {
             return Ok(e.clone());
         }
         refuse_pickle(&entry.path)?;
-        let bytes = std::fs::read(&entry.path).map_err(|e| PromptError::EmbeddingFile {
-            path: entry.path.clone(),
-            message: e.to_string(),
-        })?;
+        let bytes = crate::fs_limits::read_regular(&entry.path, crate::fs_limits::EMBEDDING_BYTES)
+            .map_err(crate::fs_limits::ReadError::into_io)
+            .map_err(|e| PromptError::EmbeddingFile {
+                path: entry.path.clone(),
+                message: e.to_string(),
+            })?;
         let embedding = Embedding::from_bytes(name, &entry.path, &bytes)?;
         if let Some(expected) = &entry.sha256 {
             if !embedding.sha256.eq_ignore_ascii_case(expected) {

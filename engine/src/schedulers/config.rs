@@ -205,10 +205,12 @@ impl SchedulerConfig {
     /// cannot work, the field and value.
     pub fn from_file(path: impl AsRef<Path>) -> crate::Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| crate::Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = crate::fs_limits::read_regular_string(path, crate::fs_limits::TEXT_BYTES)
+            .map_err(crate::fs_limits::ReadError::into_io)
+            .map_err(|source| crate::Error::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let config: Self = serde_json::from_str(&text).map_err(|e| crate::Error::Config {
             path: path.to_path_buf(),
             message: e.to_string(),

@@ -135,14 +135,14 @@ async fn image_request(service: &Service, body: &Img2ImgBody) -> Result<ImageReq
         "inpainting_mask_invert",
         body.inpainting_mask_invert.as_ref(),
     )?;
-    let picture_limits = pictures::limits(&service.config);
     let mask = body.mask.clone().filter(|m| !m.trim().is_empty());
-    let (init, mask) = pictures::decode_with_mask(
-        picture_limits,
-        ("init_images[0]", Sent::Base64(first)),
-        mask.map(|m| ("mask", Sent::Base64(m))),
-    )
-    .await?;
+    let (init, mask) = service
+        .decoder
+        .decode_with_mask(
+            ("init_images[0]", Sent::Base64(first)),
+            mask.map(|m| ("mask", Sent::Base64(m))),
+        )
+        .await?;
     let mask = match mask {
         None => None,
         Some(picture) => {

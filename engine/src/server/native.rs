@@ -110,14 +110,14 @@ async fn image_request(
             ))
         }
     };
-    let limits = pictures::limits(&service.config);
     let mask = body.mask.clone();
-    let (init, mask) = pictures::decode_with_mask(
-        limits,
-        ("init_image", Sent::Base64(init)),
-        mask.map(|m| ("mask", Sent::Base64(m))),
-    )
-    .await?;
+    let (init, mask) = service
+        .decoder
+        .decode_with_mask(
+            ("init_image", Sent::Base64(init)),
+            mask.map(|m| ("mask", Sent::Base64(m))),
+        )
+        .await?;
     let mask = match mask {
         None => None,
         Some(picture) => {

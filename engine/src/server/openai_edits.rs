@@ -94,7 +94,6 @@ async fn read_form(mut multipart: Multipart) -> Result<Form, ApiError> {
 /// The form's picture and mask (transparent = repaint; without a mask, the picture's own
 /// transparency when it has any), decoded off the async runtime.
 async fn pictures_of(service: &Service, form: &Form) -> Result<(Picture, Option<Mask>), ApiError> {
-    let limits = pictures::limits(&service.config);
     let image = form.image.clone().ok_or_else(|| {
         ApiError::invalid(
             "image",
@@ -103,12 +102,13 @@ async fn pictures_of(service: &Service, form: &Form) -> Result<(Picture, Option<
         )
     })?;
     let mask = form.mask.clone();
-    let (picture, mask) = pictures::decode_with_mask(
-        limits,
-        ("image", Sent::Bytes(image)),
-        mask.map(|m| ("mask", Sent::Bytes(m))),
-    )
-    .await?;
+    let (picture, mask) = service
+        .decoder
+        .decode_with_mask(
+            ("image", Sent::Bytes(image)),
+            mask.map(|m| ("mask", Sent::Bytes(m))),
+        )
+        .await?;
     let mask = match &mask {
         Some(m) => {
             let mask = mask_from_picture(m, AlphaMask::TransparentRepaints);

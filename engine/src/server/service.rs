@@ -14,6 +14,7 @@ use super::jobs::{Event, Job, Origin, Status};
 use super::keeper::{self, Keeper, Restored};
 use super::metrics::{Gauges, Metrics, Outcome};
 use super::output::OutputDir;
+use super::pictures::{decode_slots, Decoder};
 use super::queue::Queue;
 use super::request::JobSpec;
 use super::retention::{JobStore, Retention};
@@ -51,6 +52,8 @@ pub struct Service {
     pub queue: Arc<Queue>,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Decodes the pictures clients send (limits, a bounded number at once).
+    pub decoder: Decoder,
     /// The checkpoint AUTOMATIC1111 clients selected with `POST /sdapi/v1/options`.
     pub a1111_checkpoint: Mutex<Option<String>>,
     accepting: AtomicBool,
@@ -93,7 +96,9 @@ impl Service {
             extensions.clone(),
             keeper.clone(),
         )?;
+        let decoder = Decoder::new(&config, &catalog, decode_slots());
         let mut service = Self {
+            decoder,
             catalog: Arc::new(catalog),
             extensions,
             jobs,

@@ -123,6 +123,33 @@ pub fn run(job: &Job, metrics: &Metrics, extensions: &Extensions) -> (Status, Ev
     }
 }
 
+/// A job's images (after its post-processors, which may resize when their manifest says so)
+/// are never larger than the pipeline's limits.
+fn within_limits(
+    images: &[crate::image_out::RgbImage],
+    limits: &super::config::Limits,
+    post_processors: &[String],
+) -> Result<()> {
+    if post_processors.is_empty() {
+        return Ok(());
+    }
+    let too_large = images
+        .iter()
+        .find(|i| i.width > limits.max_width || i.height > limits.max_height);
+    match too_large {
+        Some(i) => Err(Error::Extension {
+            kind: "post-processor",
+            name: post_processors.join(", "),
+            message: format!(
+                "made a {}x{} picture, larger than this pipeline's limit of {}x{} \
+                 (max_width x max_height)",
+                i.width, i.height, limits.max_width, limits.max_height
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Generates every iteration from `input` (dropped when done), stores the PNGs and their
 /// parameters in the job.
 fn execute(
@@ -183,6 +210,7 @@ fn execute(
                 ControlFlow::Continue(())
             }
         })?;
+        within_limits(&out.images, &pipeline.limits, &one.post_processors)?;
         let mut pngs = Vec::new();
         let mut texts = Vec::new();
         for (i, image) in out.images.into_iter().enumerate() {
@@ -223,5 +251,35 @@ fn preview(model: &Model, p: &StepProgress) -> Option<(String, Vec<u8>)> {
             tracing::warn!(error = %e, "preview failed");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image_out::RgbImage;
+
+    #[test]
+    fn post_processed_images_stay_within_the_pipeline_limits() {
+        let limits = super::super::config::Limits {
+            max_width: 64,
+            max_height: 48,
+            ..Default::default()
+        };
+        let image = |width, height| RgbImage {
+            width,
+            height,
+            data: vec![0; width * height * 3],
+        };
+        let post = ["upscale".to_string()];
+        assert!(within_limits(&[image(64, 48)], &limits, &post).is_ok());
+        let e = within_limits(&[image(64, 48), image(128, 48)], &limits, &post).unwrap_err();
+        let message = e.to_string();
+        assert!(
+            message.contains("post-processor upscale")
+                && message.contains("128x48")
+                && message.contains("64x48"),
+            "{message}"
+        );
     }
 }

@@ -396,10 +396,12 @@ fn read_text(path: &Path) -> Result<String> {
             path: path.to_path_buf(),
         });
     }
-    std::fs::read_to_string(path).map_err(|source| TokenizerError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    crate::fs_limits::read_regular_string(path, crate::fs_limits::TEXT_BYTES)
+        .map_err(crate::fs_limits::ReadError::into_io)
+        .map_err(|source| TokenizerError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {

@@ -92,10 +92,12 @@ impl T5Tokenizer {
     /// `extra_ids` sentinels `<extra_id_0>`..., numbered down from the last id as T5 does
     /// (default 100); the model's control and user-defined pieces are added tokens too.
     pub fn from_spiece(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = crate::fs_limits::read_regular(path, crate::fs_limits::TEXT_BYTES)
+            .map_err(crate::fs_limits::ReadError::into_io)
+            .map_err(|source| TokenizerError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let sp = SpModel::parse(&bytes).map_err(|message| TokenizerError::Load {
             path: path.to_path_buf(),
             message,

@@ -110,7 +110,7 @@ impl SafetensorsFile {
             path: path.to_path_buf(),
             message,
         };
-        let file = std::fs::File::open(path).map_err(io)?;
+        let file = crate::fs_limits::open_regular(path).map_err(|e| io(e.into_io()))?;
         let file_len = file.metadata().map_err(io)?.len();
         if file_len < 8 {
             return Err(header_error(format!(
