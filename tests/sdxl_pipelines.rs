@@ -16,7 +16,7 @@ use beeswax::pipeline::Generated;
 use candle_core::{DType, Tensor};
 use common::compare::assert_close_rel_std;
 use common::conformance::Run;
-use common::images::assert_conforms;
+use common::images::{assert_conforms, pixels};
 use common::jobs::{generate, try_generate};
 use common::reference::{load, Case};
 use common::{fixture, model};
@@ -91,7 +91,8 @@ fn conformance_run(c: &SdxlCase, family: &str) -> Run {
 
 fn check(run: &Run, out: &Generated, r: &HashMap<String, Tensor>) {
     let latents = Some((&out.latents, &r["latents"], LATENTS_TOL));
-    assert_conforms(run, latents, &out.images, &r["image"]);
+    let images: Vec<Tensor> = out.images.iter().map(pixels).collect();
+    assert_conforms(run, latents, &images, &r["image"]);
 }
 
 fn picture(name: &str) -> RgbImage {

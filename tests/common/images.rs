@@ -12,25 +12,34 @@ use super::conformance::{record, Measured, Run};
 /// How far (in 1/255) an image may be from the reference's: the engine's parity threshold.
 pub const IMAGE_TOLERANCE: f32 = 2.0;
 
+/// `image` as floats [H, W, 3] in 0..=255.
+pub fn pixels(image: &RgbImage) -> Tensor {
+    Tensor::from_vec(
+        image.data.iter().map(|&b| b as f32).collect::<Vec<_>>(),
+        (image.height, image.width, 3),
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
 /// Largest and mean difference, in 1/255, between `image` and a reference picture `want`
 /// [H, W, 3] (8-bit values, or floats in [0, 1] as diffusers' `output_type="np"` gives them).
 pub fn pixel_diffs(image: &RgbImage, want: &Tensor) -> (f32, f32) {
+    pixel_tensor_diffs(&pixels(image), want)
+}
+
+/// Like [`pixel_diffs`], for a picture `got` given as floats [H, W, 3] in 0..=255 (a decoded
+/// image before rounding).
+pub fn pixel_tensor_diffs(got: &Tensor, want: &Tensor) -> (f32, f32) {
     let want = if want.dtype() == DType::U8 {
         want.to_dtype(DType::F32).unwrap()
     } else {
         (want.to_dtype(DType::F32).unwrap() * 255.0).unwrap()
     };
-    let (h, w, _) = want.dims3().unwrap();
-    assert_eq!((image.height, image.width), (h, w), "image size");
-    let got = Tensor::from_vec(
-        image.data.iter().map(|&b| b as f32).collect::<Vec<_>>(),
-        (h, w, 3),
-        &Device::Cpu,
-    )
-    .unwrap();
+    assert_eq!(got.dims(), want.dims(), "image size");
     (
-        super::compare::max_abs_diff(&got, &want),
-        super::compare::mean_abs_diff(&got, &want),
+        super::compare::max_abs_diff(got, &want),
+        super::compare::mean_abs_diff(got, &want),
     )
 }
 
@@ -68,23 +77,25 @@ pub fn assert_run_matches(
     image_key: &str,
 ) {
     let latents = Some((latents, &r["latents"], LATENTS_TOLERANCE));
-    assert_conforms(run, latents, images, &r[image_key]);
+    let images: Vec<Tensor> = images.iter().map(pixels).collect();
+    assert_conforms(run, latents, &images, &r[image_key]);
 }
 
 /// The one whole-run comparison: `latents` (got, reference, tolerance in units of the
-/// reference's std), when given, and each of `images` within 2/255 of its picture in the
-/// reference batch `want` [B, H, W, 3]. What it measured is recorded as `run`'s row of the
+/// reference's std), when given, and each of `images` (floats [H, W, 3] in 0..=255, see
+/// [`pixels`]) within 2/255 of its picture in the reference batch `want` [B, H, W, 3]. What it
+/// measured is recorded as `run`'s row of the
 /// conformance table ([`super::conformance::record`]) before it asserts.
 pub fn assert_conforms(
     run: &Run,
     latents: Option<(&Tensor, &Tensor, f32)>,
-    images: &[RgbImage],
+    images: &[Tensor],
     want: &Tensor,
 ) {
     let what = &run.case;
     assert!(!images.is_empty(), "{what}: no image");
     let diffs: Vec<(f32, f32)> = (images.iter().enumerate())
-        .map(|(i, image)| pixel_diffs(image, &want.get(i).unwrap()))
+        .map(|(i, image)| pixel_tensor_diffs(image, &want.get(i).unwrap()))
         .collect();
     let latents_diff = latents.map(|(got, want, _)| {
         let (diff, std) = super::compare::max_diff_and_std(got, want);
