@@ -225,6 +225,11 @@ impl Catalog {
 
     /// Sets the weights requests may give LoRAs (default -5 to 5). Call before serving.
     pub fn set_lora_range(&mut self, range: WeightRange) {
+        // Before serving the catalog is the only holder: keep the files read at start.
+        if let Some(loras) = Arc::get_mut(&mut self.loras) {
+            loras.range = range;
+            return;
+        }
         let mut loras = LoraCatalog::new(self.loras.entries.clone(), self.loras.sets.clone());
         loras.range = range;
         loras.allow_download = self.loras.allow_download;
