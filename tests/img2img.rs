@@ -13,6 +13,7 @@ use beeswax::image_in::{
 };
 use beeswax::pipeline::{Generated, InpaintArea, MaskedContent};
 use candle_core::{DType, Device, Tensor};
+use common::conformance::Run;
 use common::images::{assert_run_matches, changed_pixels};
 use common::jobs::{generate_image, generate_inpaint, ImageOptions};
 use common::reference::{cases, Case};
@@ -58,9 +59,9 @@ fn image_to_image_and_inpainting_match_diffusers() {
         let r = case.tensors();
         let (out, image_key) = run_case(m, case, &r);
         let kind = case.kind.as_deref().unwrap();
-        let what = format!("{} ({kind})", case.file);
         assert_eq!(out.images.len(), case.batch);
-        assert_run_matches(&what, &out.latents, &out.images, &r, image_key);
+        let run = Run::of_case(case, &m.family.name);
+        assert_run_matches(&run, &out.latents, &out.images, &r, image_key);
         let key = if case.unet_in_channels == Some(9) {
             "9-channel inpaint"
         } else {

@@ -21,6 +21,7 @@ use beeswax::Error;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use common::command::Dir;
+use common::conformance::Run;
 use common::images::assert_run_matches;
 use common::jobs::{generate, TextJob};
 use common::lora::{lora_path, weighted};
@@ -69,7 +70,8 @@ fn kohya_and_peft_match_diffusers_fuse_lora() {
             let job = case.text_job(Some(&r["init_latents"]));
             let out = generate(&applied.model, &job);
             let what = format!("{name} {}", case.file);
-            assert_run_matches(&what, &out.latents, &out.images, &r, "image");
+            let run = Run::of_case(&case, &sd.family.name);
+            assert_run_matches(&run, &out.latents, &out.images, &r, "image");
             // The LoRA must matter: the same run without it is far from the reference.
             let base = generate(&sd, &job);
             let (diff, std) = max_diff_and_std(&base.latents, &r["latents"]);

@@ -15,6 +15,7 @@ use beeswax::models::vae::{Decoder, Encoder, VaeConfig};
 use beeswax::noise::TorchGenerator;
 use beeswax::weights::WeightSource;
 use candle_core::{DType, Device, Tensor};
+use common::conformance::Run;
 use common::images::assert_run_matches;
 use common::jobs::generate;
 use common::reference::cases;
@@ -154,8 +155,8 @@ fn text_to_image_matches_diffusers_pipeline() {
         for case in cases(&format!("reference/{model_name}")) {
             let r = case.tensors();
             let out = generate(&model, &case.text_job(Some(&r["init_latents"])));
-            let what = format!("{model_name} {}", case.file);
-            assert_run_matches(&what, &out.latents, &out.images, &r, "image");
+            let run = Run::of_case(&case, &model.family.name);
+            assert_run_matches(&run, &out.latents, &out.images, &r, "image");
             checked += 1;
         }
     }

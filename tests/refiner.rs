@@ -19,7 +19,8 @@ use beeswax::image_in::{read_image, Limits};
 use beeswax::pipeline::{run, Generated, Job, Refiner, StepProgress};
 use candle_core::Tensor;
 use common::compare::assert_close_rel_std;
-use common::images::assert_images_close;
+use common::conformance::Run;
+use common::images::{assert_conforms, pixels};
 use common::jobs::try_generate;
 use common::reference::{load, Case};
 use common::{fixture, model};
@@ -142,13 +143,16 @@ fn refiner_handoff_matches_diffusers() {
             &r["handoff_latents"],
             LATENTS_TOL,
         );
-        assert_close_rel_std(
-            &format!("{} latents", c.name),
-            &out.latents,
-            &r["latents"],
-            LATENTS_TOL,
-        );
-        assert_images_close(&c.name, &out.images, &r["image"]);
+        let run = Run {
+            pipeline: format!("{} + refiner at {}", c.kind, c.switch),
+            family: format!("{} + {}", base.family.name, refiner.family.name),
+            sampler: c.scheduler.clone(),
+            lora: String::new(),
+            case: format!("{}/{}", c.dir, c.file),
+        };
+        let images: Vec<Tensor> = out.images.iter().map(pixels).collect();
+        let latents = Some((&out.latents, &r["latents"], LATENTS_TOL));
+        assert_conforms(&run, latents, &images, &r["image"]);
     }
 }
 

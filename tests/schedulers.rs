@@ -18,6 +18,7 @@ use anyhow::{anyhow, Result};
 use beeswax::noise::NoiseSource;
 use beeswax::schedulers::{Churn, Ddim, Euler, Scheduler, SchedulerConfig};
 use candle_core::{DType, Device, Tensor};
+use common::conformance::Run;
 use common::images::assert_run_matches;
 use common::jobs::generate;
 use common::reference::cases;
@@ -433,8 +434,8 @@ fn text_to_image_matches_diffusers_with_each_sampler() {
         for case in cases(&format!("reference/{model_name}/schedulers")) {
             let r = case.tensors();
             let out = generate(&model, &case.text_job(Some(&r["init_latents"])));
-            let what = format!("{model_name} {} ({})", case.file, case.scheduler);
-            assert_run_matches(&what, &out.latents, &out.images, &r, "image");
+            let run = Run::of_case(&case, &model.family.name);
+            assert_run_matches(&run, &out.latents, &out.images, &r, "image");
             checked.push(case.scheduler);
         }
     }

@@ -15,7 +15,8 @@ use beeswax::lora::merge::apply;
 use beeswax::pipeline::Generated;
 use candle_core::{DType, Tensor};
 use common::compare::assert_close_rel_std;
-use common::images::assert_images_close;
+use common::conformance::Run;
+use common::images::{assert_conforms, pixels};
 use common::jobs::{generate, try_generate};
 use common::reference::{load, Case};
 use common::{fixture, model};
@@ -76,14 +77,22 @@ fn cases() -> Vec<SdxlCase> {
     serde_json::from_str(&text.replace("-Infinity", "null")).unwrap()
 }
 
-fn check(what: &str, out: &Generated, r: &HashMap<String, Tensor>) {
-    assert_close_rel_std(
-        &format!("{what} latents"),
-        &out.latents,
-        &r["latents"],
-        LATENTS_TOL,
-    );
-    assert_images_close(what, &out.images, &r["image"]);
+/// The conformance row of case `c` run on a model of `family`.
+fn conformance_run(c: &SdxlCase, family: &str) -> Run {
+    let lora = (c.lora.as_ref()).map(|l| format!("{l}@{}", c.lora_scale.unwrap_or(1.0)));
+    Run {
+        pipeline: c.kind.clone(),
+        family: family.to_string(),
+        sampler: c.scheduler.clone(),
+        lora: lora.unwrap_or_default(),
+        case: format!("reference/sdxl/pipelines/{}", c.file),
+    }
+}
+
+fn check(run: &Run, out: &Generated, r: &HashMap<String, Tensor>) {
+    let latents = Some((&out.latents, &r["latents"], LATENTS_TOL));
+    let images: Vec<Tensor> = out.images.iter().map(pixels).collect();
+    assert_conforms(run, latents, &images, &r["image"]);
 }
 
 fn picture(name: &str) -> RgbImage {
@@ -216,7 +225,8 @@ fn sdxl_pipelines_match_diffusers() {
             continue;
         }
         if let Some(out) = run(&mut models, &c) {
-            check(&c.name, &out, &c.tensors());
+            let family = models[&c.model].family.name.clone();
+            check(&conformance_run(&c, &family), &out, &c.tensors());
         }
         ran.push(c.name);
     }
@@ -278,7 +288,9 @@ fn a_family_manifest_alone_adds_a_variant() {
         .unwrap();
     let r = c.tensors();
     let out = generate(&m, &c.case().text_job(Some(&r["init_latents"])));
-    check("variant", &out, &r);
+    let mut row = conformance_run(&c, &m.family.name);
+    row.case.push_str(" (family from a manifest)");
+    check(&row, &out, &r);
 
     let listed = common::command::TestCommand::new(dir.path())
         .manifests(dir.path())

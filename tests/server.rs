@@ -32,6 +32,8 @@ fn metric(text: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
+#[path = "server/check_agrees.rs"]
+mod check_agrees;
 #[path = "server/clients.rs"]
 mod clients;
 #[path = "server/cross_site.rs"]

@@ -16,10 +16,11 @@ use beeswax::manifest::ManifestFiles;
 use beeswax::schedulers::PredictionType;
 use candle_core::{DType, Device, Tensor};
 use common::command::Dir;
-use common::images::assert_images_close;
+use common::conformance::Run;
+use common::images::{assert_conforms, pixels};
 use common::jobs::generate;
 use common::reference::{load as load_fixture, Case};
-use common::{assert_close_rel_std, cpu_f32, fixture, model_dir};
+use common::{cpu_f32, fixture, model_dir};
 
 fn single(name: &str) -> PathBuf {
     fixture(&format!("single/{name}"))
@@ -68,13 +69,16 @@ fn check_run(what: &str, m: &Model, reference: &str, width: usize, height: usize
     case.negative_prompt = "blurry, low quality".into();
     case.guidance = 5.0;
     let out = generate(m, &case.text_job(Some(&r["init_latents"])));
-    assert_close_rel_std(
-        &format!("{what} latents"),
-        &out.latents,
-        &r["latents"],
-        2e-3,
-    );
-    assert_images_close(what, &out.images, &r["image"]);
+    let run = Run {
+        pipeline: "txt2img (single file)".into(),
+        family: m.family.name.clone(),
+        sampler: case.scheduler.clone(),
+        lora: String::new(),
+        case: format!("{reference} ({what})"),
+    };
+    let images: Vec<Tensor> = out.images.iter().map(pixels).collect();
+    let latents = Some((&out.latents, &r["latents"], 2e-3));
+    assert_conforms(&run, latents, &images, &r["image"]);
 }
 
 #[test]

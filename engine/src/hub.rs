@@ -204,19 +204,24 @@ pub fn is_repo_id(repo: &str) -> bool {
         })
 }
 
+/// Whether `revision` is a well-formed branch, tag or commit: branches may contain `/` (e.g.
+/// `refs/pr/1`), but the revision must stay inside the cache folder (no `.` or `..` part, no
+/// empty part, no backslash).
+pub fn is_revision(revision: &str) -> bool {
+    !revision.is_empty()
+        && !revision.contains('\\')
+        && revision
+            .split('/')
+            .all(|part| !part.is_empty() && !matches!(part, "." | ".."))
+}
+
 fn check_ids(repo: &str, revision: &str) -> Result<(), HubError> {
     if !is_repo_id(repo) {
         return Err(HubError::InvalidRepo {
             repo: repo.to_string(),
         });
     }
-    // Branches may contain `/` (e.g. `refs/pr/1`), but must stay inside the cache folder.
-    let revision_ok = !revision.is_empty()
-        && !revision.contains('\\')
-        && revision
-            .split('/')
-            .all(|part| !part.is_empty() && !matches!(part, "." | ".."));
-    if !revision_ok {
+    if !is_revision(revision) {
         return Err(HubError::InvalidRevision {
             revision: revision.to_string(),
         });

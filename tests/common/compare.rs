@@ -17,6 +17,21 @@ pub fn max_abs_diff(got: &Tensor, want: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// Mean absolute difference between two tensors of the same shape.
+pub fn mean_abs_diff(got: &Tensor, want: &Tensor) -> f32 {
+    assert_eq!(got.dims(), want.dims(), "shapes differ");
+    let got = got.to_dtype(DType::F32).unwrap();
+    let want = want.to_dtype(DType::F32).unwrap();
+    (&got - &want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 /// Largest absolute difference and the reference's standard deviation.
 pub fn max_diff_and_std(got: &Tensor, want: &Tensor) -> (f32, f32) {
     let diff = max_abs_diff(got, want);

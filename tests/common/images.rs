@@ -7,26 +7,46 @@ use std::path::Path;
 use beeswax::image_out::RgbImage;
 use candle_core::{DType, Device, Tensor};
 
+use super::conformance::{record, Measured, Run};
+
 /// How far (in 1/255) an image may be from the reference's: the engine's parity threshold.
 pub const IMAGE_TOLERANCE: f32 = 2.0;
 
-/// Largest difference, in 1/255, between `image` and a reference picture `want` [H, W, 3]
-/// (8-bit values, or floats in [0, 1] as diffusers' `output_type="np"` gives them).
-pub fn max_pixel_diff(image: &RgbImage, want: &Tensor) -> f32 {
+/// `image` as floats [H, W, 3] in 0..=255.
+pub fn pixels(image: &RgbImage) -> Tensor {
+    Tensor::from_vec(
+        image.data.iter().map(|&b| b as f32).collect::<Vec<_>>(),
+        (image.height, image.width, 3),
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+/// Largest and mean difference, in 1/255, between `image` and a reference picture `want`
+/// [H, W, 3] (8-bit values, or floats in [0, 1] as diffusers' `output_type="np"` gives them).
+pub fn pixel_diffs(image: &RgbImage, want: &Tensor) -> (f32, f32) {
+    pixel_tensor_diffs(&pixels(image), want)
+}
+
+/// Like [`pixel_diffs`], for a picture `got` given as floats [H, W, 3] in 0..=255 (a decoded
+/// image before rounding).
+pub fn pixel_tensor_diffs(got: &Tensor, want: &Tensor) -> (f32, f32) {
     let want = if want.dtype() == DType::U8 {
         want.to_dtype(DType::F32).unwrap()
     } else {
         (want.to_dtype(DType::F32).unwrap() * 255.0).unwrap()
     };
-    let (h, w, _) = want.dims3().unwrap();
-    assert_eq!((image.height, image.width), (h, w), "image size");
-    let got = Tensor::from_vec(
-        image.data.iter().map(|&b| b as f32).collect::<Vec<_>>(),
-        (h, w, 3),
-        &Device::Cpu,
+    assert_eq!(got.dims(), want.dims(), "image size");
+    (
+        super::compare::max_abs_diff(got, &want),
+        super::compare::mean_abs_diff(got, &want),
     )
-    .unwrap();
-    super::compare::max_abs_diff(&got, &want)
+}
+
+/// Largest difference, in 1/255, between `image` and a reference picture `want` (see
+/// [`pixel_diffs`]).
+pub fn max_pixel_diff(image: &RgbImage, want: &Tensor) -> f32 {
+    pixel_diffs(image, want).0
 }
 
 /// Asserts that each of `images` is within 2/255 of its picture in the reference batch `want`
@@ -43,18 +63,67 @@ pub fn assert_images_close(what: &str, images: &[RgbImage], want: &Tensor) {
     }
 }
 
+/// The latents tolerance of a whole run, in units of the reference latents' std.
+pub const LATENTS_TOLERANCE: f32 = 1e-3;
+
 /// Asserts that a run matches its reference `r`: final latents within 1e-3 x the std of
-/// `r["latents"]`, and each image within 2/255 of its picture in `r[image_key]`.
+/// `r["latents"]`, and each image within 2/255 of its picture in `r[image_key]`; the row of
+/// `run` joins the conformance table (see [`assert_conforms`]).
 pub fn assert_run_matches(
-    what: &str,
+    run: &Run,
     latents: &Tensor,
     images: &[RgbImage],
     r: &HashMap<String, Tensor>,
     image_key: &str,
 ) {
-    let latents_what = format!("{what} latents");
-    super::compare::assert_close_rel_std(&latents_what, latents, &r["latents"], 1e-3);
-    assert_images_close(what, images, &r[image_key]);
+    let latents = Some((latents, &r["latents"], LATENTS_TOLERANCE));
+    let images: Vec<Tensor> = images.iter().map(pixels).collect();
+    assert_conforms(run, latents, &images, &r[image_key]);
+}
+
+/// The one whole-run comparison: `latents` (got, reference, tolerance in units of the
+/// reference's std), when given, and each of `images` (floats [H, W, 3] in 0..=255, see
+/// [`pixels`]) within 2/255 of its picture in the reference batch `want` [B, H, W, 3]. What it
+/// measured is recorded as `run`'s row of the
+/// conformance table ([`super::conformance::record`]) before it asserts.
+pub fn assert_conforms(
+    run: &Run,
+    latents: Option<(&Tensor, &Tensor, f32)>,
+    images: &[Tensor],
+    want: &Tensor,
+) {
+    let what = &run.case;
+    assert!(!images.is_empty(), "{what}: no image");
+    let diffs: Vec<(f32, f32)> = (images.iter().enumerate())
+        .map(|(i, image)| pixel_tensor_diffs(image, &want.get(i).unwrap()))
+        .collect();
+    let latents_diff = latents.map(|(got, want, _)| {
+        let (diff, std) = super::compare::max_diff_and_std(got, want);
+        assert!(std > 0.0, "{what}: reference latents are constant");
+        diff / std
+    });
+    let measured = Measured {
+        image_max: diffs.iter().map(|d| d.0).fold(0.0, f32::max),
+        image_mean: diffs.iter().map(|d| d.1).sum::<f32>() / diffs.len() as f32,
+        image_tol: IMAGE_TOLERANCE,
+        latents: latents_diff,
+        latents_tol: latents.map(|l| l.2),
+    };
+    record(run, &measured);
+    if let (Some(d), Some((.., tol))) = (latents_diff, latents) {
+        assert!(
+            d <= tol,
+            "{what} latents: max |diff| {d:.3e} x std exceeds {tol} x std"
+        );
+        eprintln!("{what} latents: max |diff| {d:.2e} x std");
+    }
+    for (i, (max, mean)) in diffs.iter().enumerate() {
+        assert!(
+            *max <= IMAGE_TOLERANCE,
+            "{what} image {i}: max difference {max}/255 exceeds {IMAGE_TOLERANCE}/255"
+        );
+        eprintln!("{what} image {i}: max difference {max}/255, mean {mean:.3}/255");
+    }
 }
 
 /// The largest difference over the colour channels of pixel (x, y) of two same-size images.

@@ -9,7 +9,8 @@
 //! - [`reference`]: the one loader of the fixture scripts' reference cases (`cases.json` + their
 //!   tensors); [`jobs`]: the one place that builds library job values (from a case) and runs them;
 //! - [`compare`]: tensor comparisons (latents within a multiple of the reference's std);
-//!   [`images`]: the one image comparison (2/255) and PNG helpers;
+//!   [`images`]: the one image comparison (2/255) and PNG helpers, and the one whole-run
+//!   comparison, whose rows [`conformance`] writes as the conformance table;
 //! - [`lora`]: the LoRA fixtures; [`flux_files`]: FLUX single files (BFL, ComfyUI) made from
 //!   the miniature models; [`plugins`]: misbehaving WAT plugins.
 #![allow(dead_code, unused_imports, clippy::unwrap_used)]
@@ -22,6 +23,7 @@ use candle_core::{DType, Device};
 
 pub mod command;
 pub mod compare;
+pub mod conformance;
 pub mod flux_files;
 pub mod images;
 pub mod jobs;

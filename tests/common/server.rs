@@ -242,6 +242,46 @@ fn wait_text(buf: &Arc<Mutex<Vec<u8>>>) -> String {
     String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
 }
 
+/// Runs `beeswax serve --port 0 --manifests <manifests>`, which must refuse to start: exit
+/// non-zero before it listens, without a panic. Returns its stderr. Starting is a failure (the
+/// server is killed), and so is running past [`PATIENCE`].
+pub fn serve_refuses(manifests: &Path) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_beeswax"))
+        .args(["serve", "--port", "0", "--data-dir", "none", "--manifests"])
+        .arg(manifests)
+        .env_remove("BEESWAX_API_KEY")
+        .env_remove("BEESWAX_MANIFESTS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (first_line, lines) = mpsc::channel();
+    let stdout = collect(child.stdout.take().unwrap(), Some(first_line));
+    let stderr = collect(child.stderr.take().unwrap(), None);
+    let line = lines.recv_timeout(PATIENCE).unwrap_or_default();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if line.starts_with("beeswax listening") || start.elapsed() > PATIENCE {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = wait_text(&stderr);
+    let stdout = wait_text(&stdout);
+    match status {
+        Some(status) if !status.success() && !stderr.contains("panicked") => stderr,
+        _ => panic!(
+            "beeswax serve on {} did not refuse cleanly ({status:?}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            manifests.display()
+        ),
+    }
+}
+
 impl Drop for ServeProcess {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {

@@ -77,6 +77,16 @@ pub fn file_source(
                 );
                 return Err(located.at(repo, &field("file"), message));
             };
+            if let Some(r) = raw.revision {
+                if !hub::is_revision(r.get_ref()) {
+                    let message = format!(
+                        "`{}` is not a revision: use a branch, tag or commit hash, or remove it \
+                         to use `main`",
+                        r.get_ref()
+                    );
+                    return Err(located.at(r, &field("revision"), message));
+                }
+            }
             Ok(FileSource::Hub {
                 repo: repo.get_ref().clone(),
                 file: file.get_ref().clone(),

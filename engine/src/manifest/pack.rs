@@ -432,9 +432,12 @@ fn source(
                 None => defaults::HUB_REVISION.to_string(),
                 Some(revision) => {
                     let how = "use a branch, tag or commit hash, or remove it to use `main`";
-                    located
-                        .non_empty(revision, "pack.revision", how)?
-                        .to_string()
+                    let value = located.non_empty(revision, "pack.revision", how)?;
+                    if !crate::hub::is_revision(value) {
+                        let message = format!("`{value}` is not a revision: {how}");
+                        return Err(located.at(revision, "pack.revision", message));
+                    }
+                    value.to_string()
                 }
             };
             Ok(PackSource::Hub {

@@ -3,17 +3,22 @@
 //! built (a pipeline answers its first request as fast as its hundredth), and are shared
 //! between the pipelines that use them.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use super::config::Limits;
 use crate::extensions::Extensions;
+use crate::family::denoiser::is_gguf;
 use crate::family::{Families, LoadOptions, Model};
-use crate::lora::{LoraCatalog, WeightRange};
+use crate::gguf::GgufFile;
+use crate::lora::{LoraCatalog, LoraError, LoraRequest, WeightRange};
 use crate::manifest::{
-    self, Family, ManifestFolder, Mode, PackDefaults, PackManifest, PackSource, PipelineConfig,
+    self, Family, FileSource, ManifestFolder, Mode, PackCheckpoint, PackDefaults, PackManifest,
+    PackSource, PipelineConfig,
 };
 use crate::pipeline::Refiner;
-use crate::{checkpoint, hub, Error, Result};
+use crate::weights::SafetensorsFile;
+use crate::{checkpoint, hub, model_files, Error, Result};
 
 /// One servable pipeline, with its model loaded.
 #[derive(Debug)]
@@ -56,9 +61,49 @@ pub struct Catalog {
     loras: Arc<LoraCatalog>,
 }
 
+/// What the manifests declare, validated as far as it can be without loading a model: the
+/// packs, families, `[[pipeline]]`s with the scheduler, processor and LoRA set names they give
+/// (against the extensions of this process), and the `[[lora]]` files (each read and checked
+/// against its `sha256` by the loader jobs use). [`Catalog::load`] starts from it, and
+/// `beeswax check` runs it, so that both accept and refuse the same manifests.
+#[derive(Debug)]
+pub struct Plan {
+    /// The `[pack]`s.
+    pub packs: Vec<PackManifest>,
+    /// The families: built-in and the manifests'.
+    pub families: Families,
+    /// The `[[pipeline]]`s.
+    pub pipelines: Vec<PipelineConfig>,
+    /// The `[[lora]]`s and `[[lora_set]]`s, with their files read into the cache.
+    pub loras: LoraCatalog,
+}
+
+impl Plan {
+    /// Reads and checks the manifests of `folder`; the first problem is the error.
+    pub fn read(
+        folder: &ManifestFolder<'_>,
+        extensions: &Extensions,
+        allow_download: bool,
+    ) -> Result<Self> {
+        let packs = manifest::packs(folder)?;
+        let families = Families::from_manifests(folder)?;
+        let pipelines = manifest::pipelines(folder, &packs)?;
+        let mut loras = LoraCatalog::from_manifests(folder)?;
+        loras.allow_download = allow_download;
+        check_names(&pipelines, extensions, &loras)?;
+        check_lora_files(&loras)?;
+        Ok(Self {
+            packs,
+            families,
+            pipelines,
+            loras,
+        })
+    }
+}
+
 impl Catalog {
-    /// Reads the packs, pipelines and LoRAs of the parsed manifest folder and loads every
-    /// pack's model once.
+    /// Reads the packs, pipelines and LoRAs of the parsed manifest folder ([`Plan::read`])
+    /// and loads every pack's model once.
     ///
     /// A pack that a `[[pipeline]]` uses must load, or this fails naming it; a pack no
     /// pipeline uses is skipped with a warning when its files cannot be found or loaded
@@ -70,12 +115,12 @@ impl Catalog {
         limits: Limits,
         extensions: &Extensions,
     ) -> Result<Self> {
-        let packs = manifest::packs(folder)?;
-        let families = Families::from_manifests(folder)?;
-        let configs = manifest::pipelines(folder, &packs)?;
-        let mut loras = LoraCatalog::from_manifests(folder)?;
-        loras.allow_download = allow_download;
-        check_names(&configs, extensions, &loras)?;
+        let Plan {
+            packs,
+            families,
+            pipelines: configs,
+            loras,
+        } = Plan::read(folder, extensions, allow_download)?;
         let mut loaded: Vec<(PackManifest, Arc<Model>)> = Vec::new();
         for pack in packs {
             let needed = (configs.iter())
@@ -180,6 +225,11 @@ impl Catalog {
 
     /// Sets the weights requests may give LoRAs (default -5 to 5). Call before serving.
     pub fn set_lora_range(&mut self, range: WeightRange) {
+        // Before serving the catalog is the only holder: keep the files read at start.
+        if let Some(loras) = Arc::get_mut(&mut self.loras) {
+            loras.range = range;
+            return;
+        }
         let mut loras = LoraCatalog::new(self.loras.entries.clone(), self.loras.sets.clone());
         loras.range = range;
         loras.allow_download = self.loras.allow_download;
@@ -209,6 +259,47 @@ fn check_names(
     for config in configs {
         config.check_names(&scheduler, &post, &pre)?;
         config.check_lora_set(&lora_names)?;
+    }
+    Ok(())
+}
+
+/// Reads every `[[lora]]` file the way a job reads it (through the catalog's cache, checking
+/// its `sha256`), so that a missing, unreadable or changed file stops the start rather than
+/// every job that names it. A hub file that is not in the cache while downloads are off is
+/// left for the first job (with a warning), as a hub pack that is not cached is.
+fn check_lora_files(loras: &LoraCatalog) -> Result<()> {
+    for entry in &loras.entries {
+        if let FileSource::Hub {
+            repo,
+            file,
+            revision,
+        } = &entry.source
+        {
+            if !loras.allow_download && hub::repo_file(repo, file, revision, false).is_err() {
+                tracing::warn!(lora = %entry.name, %repo, %file, "LoRA not in the hub cache: not checked");
+                continue;
+            }
+        }
+        let request = LoraRequest {
+            name: entry.name.clone(),
+            weight: None,
+        };
+        let read = (loras.resolve(&[request], false))
+            .map_err(Error::from)
+            .and_then(|resolved| loras.load(&resolved));
+        if let Err(e) = read {
+            let field = match (&e, &entry.source) {
+                (Error::Lora(l), _) if matches!(**l, LoraError::HashMismatch { .. }) => {
+                    "lora.sha256"
+                }
+                (_, FileSource::Path(_)) => "lora.path",
+                (_, FileSource::Hub { .. }) => "lora.file",
+            };
+            return Err(Error::Config {
+                path: entry.manifest_path.clone(),
+                message: format!("`{field}` of [[lora]] `{}`: {e}", entry.name),
+            });
+        }
     }
     Ok(())
 }
@@ -277,4 +368,77 @@ pub fn load_pack(
     let mut options = options.clone();
     options.denoiser = pack.gguf.clone().or(options.denoiser);
     families.load(&dir, pack_family(pack), &options)
+}
+
+/// Opens the header of every weight file `pack` names, as [`load_pack`] would find them,
+/// without reading any weights: a diffusers folder's text encoder, denoiser and VAE files (and
+/// the pack's `gguf` denoiser), or a single-file checkpoint (its keys match the family, its
+/// configs are found, its `vae` file opens). A hub pack that is not in the cache while
+/// downloads are off is not checked (`serve` skips it with a warning unless a pipeline needs
+/// it). Errors name the pack's manifest and field.
+pub fn check_pack_files(
+    pack: &PackManifest,
+    families: &Families,
+    allow_download: bool,
+) -> Result<()> {
+    let at = |field: &str, e: Error| Error::Config {
+        path: pack.manifest_path.clone(),
+        message: format!("`{field}` of pack {}: {e}", pack.name),
+    };
+    match &pack.source {
+        PackSource::Path(dir) => {
+            check_folder_files(dir, pack, families).map_err(|e| at("pack.path", e))
+        }
+        PackSource::Hub { repo, revision } => match hub::resolve(repo, revision, allow_download) {
+            Ok(dir) => check_folder_files(&dir, pack, families).map_err(|e| at("pack.repo", e)),
+            Err(crate::hub::HubError::NotCached { .. }) => Ok(()),
+            Err(e) => Err(at("pack.repo", e.into())),
+        },
+        PackSource::Checkpoint(single) => {
+            check_checkpoint_files(single, pack, families, allow_download)
+                .map_err(|e| at("pack.checkpoint", e))
+        }
+    }
+}
+
+/// The weight files of the diffusers folder `dir` of `pack`'s family open.
+fn check_folder_files(dir: &Path, pack: &PackManifest, families: &Families) -> Result<()> {
+    model_files::model_index(dir)?;
+    let family = families.for_folder(dir, pack_family(pack))?;
+    for encoder in &family.text_encoders {
+        SafetensorsFile::open(&model_files::weights(dir, &encoder.component, "model")?)?;
+    }
+    match &pack.gguf {
+        Some(file) if is_gguf(file) => drop(GgufFile::open(file)?),
+        Some(file) => drop(SafetensorsFile::open(file)?),
+        None => {
+            let stem = "diffusion_pytorch_model";
+            SafetensorsFile::open(&model_files::weights(
+                dir,
+                &family.denoiser.component,
+                stem,
+            )?)?;
+        }
+    }
+    let vae = model_files::weights(dir, &family.vae.component, "diffusion_pytorch_model")?;
+    SafetensorsFile::open(&vae)?;
+    Ok(())
+}
+
+/// A single-file pack's file is readable, of the declared family by its keys, and has its
+/// configs (the bundled ones, or `model_config`); its `vae` file opens.
+fn check_checkpoint_files(
+    single: &PackCheckpoint,
+    pack: &PackManifest,
+    families: &Families,
+    allow_download: bool,
+) -> Result<()> {
+    let (file, options) =
+        checkpoint::load::pack_checkpoint(single, pack_family(pack), allow_download)?;
+    let report = checkpoint::inspect(&file, families, &options)?;
+    checkpoint::load::config_dir(&report.detection.family, &options, &file)?;
+    if let Some(vae) = &single.vae {
+        SafetensorsFile::open(vae)?;
+    }
+    Ok(())
 }

@@ -49,7 +49,7 @@ pub mod store;
 pub mod webui;
 mod worker;
 
-pub use catalog::{Catalog, Pipeline};
+pub use catalog::{check_pack_files, Catalog, Pipeline, Plan};
 pub use config::{Limits, ServerConfig, DEFAULT_MAX_FINISHED_BYTES};
 pub use errors::{A1111Error, A1111Json, ApiError, JsonBody};
 pub use http::{router, serve, shutdown_signal};
