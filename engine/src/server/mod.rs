@@ -34,6 +34,7 @@ mod openai;
 mod openai_edits;
 mod openapi;
 mod ops;
+mod params;
 mod pictures;
 mod queue;
 mod request;
