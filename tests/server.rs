@@ -42,6 +42,8 @@ mod images;
 mod jobs;
 #[path = "server/loras.rs"]
 mod loras;
+#[path = "server/openapi.rs"]
+mod openapi;
 #[path = "server/ordering.rs"]
 mod ordering;
 #[path = "server/plugin_work.rs"]
