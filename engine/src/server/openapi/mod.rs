@@ -40,6 +40,8 @@ pub struct Bounds {
     pub schedules: Vec<String>,
     /// LoRA and LoRA set names.
     pub loras: Vec<String>,
+    /// Pre-processor names (plugins').
+    pub pre_processors: Vec<String>,
     /// Allowed LoRA weights.
     pub lora_weights: (f64, f64),
 }
@@ -99,6 +101,16 @@ impl Bounds {
                 .chain(loras.sets.iter().map(|s| s.name.clone()))
                 .collect(),
             lora_weights: (loras.range.min, loras.range.max),
+            pre_processors: service.extensions.pre_names(),
+        }
+    }
+
+    /// An array schema of names from `names` (empty when there are none).
+    fn list_of(names: &[String], description: &str) -> Value {
+        if names.is_empty() {
+            json!({"type": "array", "maxItems": 0, "description": format!("{description} (this server has none)")})
+        } else {
+            json!({"type": "array", "items": {"enum": names}, "description": description})
         }
     }
 

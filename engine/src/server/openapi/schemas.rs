@@ -150,10 +150,7 @@ fn job_request(b: &Bounds) -> Value {
             "prompt_syntax": {"enum": ["a1111", "comfy", "plain"]},
             "pad_prompts": {"type": "boolean"},
             "preview_every": {"type": "integer", "minimum": 1, "maximum": *limits::PREVIEW_EVERY.end(), "description": "send a preview with every Nth progress event"},
-            "loras": {"type": "array", "description": "LoRAs by [[lora]]/[[lora_set]] name, after any <lora:NAME:WEIGHT> tags in the prompt",
-                "items": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
-                    "name": Bounds::one_of(&b.loras, "a name from GET /v1/loras"),
-                    "weight": {"type": "number", "minimum": b.lora_weights.0, "maximum": b.lora_weights.1}}}},
+            "loras": loras(b),
             "init_image": picture("image to image", &png),
             "mask": picture("inpainting: the mask, white or opaque = repaint (needs init_image)", &png),
             "strength": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "description": "how much is repainted (default 0.75)"},
@@ -162,11 +159,36 @@ fn job_request(b: &Bounds) -> Value {
             "inpaint_area": {"enum": ["whole", "masked"]},
             "inpaint_padding": {"type": "integer", "minimum": 0, "maximum": *limits::INPAINT_PADDING.end(), "description": "context pixels around the mask with inpaint_area masked (default 32)"},
             "masked_content": {"enum": ["original", "fill", "latent-noise"]},
-            "pre_processors": {"type": "array", "items": {"type": "string"}, "description": "pre-processors (plugin names) run on init_image and mask, after the pipeline's own"},
-            "refiner": {"type": "string", "description": "a pack (or pipeline) from GET /v1/pipelines whose model finishes the denoising from refiner_switch_at on (default: the pipeline's `refiner`; \"\": none)"},
+            "pre_processors": Bounds::list_of(&b.pre_processors, "pre-processors (plugin names) run on init_image and mask, after the pipeline's own"),
+            "refiner": refiner(b),
             "refiner_switch_at": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "description": "share of the schedule the base model runs before the refiner takes over (default: the pipeline's, else 0.8); needs a refiner"}
         }
     })
+}
+
+/// `loras`: names from the catalog with allowed weights.
+fn loras(b: &Bounds) -> Value {
+    let description =
+        "LoRAs by [[lora]]/[[lora_set]] name, after any <lora:NAME:WEIGHT> tags in the prompt";
+    if b.loras.is_empty() {
+        return Bounds::list_of(&[], description);
+    }
+    json!({"type": "array", "description": description,
+        "items": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
+            "name": {"enum": b.loras},
+            "weight": {"type": "number", "minimum": b.lora_weights.0, "maximum": b.lora_weights.1}}}})
+}
+
+/// `refiner`: a pipeline name, or "" for none.
+fn refiner(b: &Bounds) -> Value {
+    let mut names = vec![String::new()];
+    names.extend(b.pipelines.iter().cloned());
+    json!({"type": "string", "enum": names, "description": "a pack (or pipeline) from GET /v1/pipelines whose model finishes the denoising from refiner_switch_at on (default: the pipeline's `refiner`; \"\": none)"})
+}
+
+/// A prompt that must hold some text (OpenAI's routes).
+fn required_prompt() -> Value {
+    json!({"type": "string", "minLength": 1, "maxLength": limits::PROMPT_CHARS, "pattern": "\\S"})
 }
 
 fn job() -> Value {
@@ -202,7 +224,7 @@ fn openai_generations(b: &Bounds) -> Value {
         "type": "object",
         "required": ["prompt"],
         "properties": {
-            "prompt": prompt(),
+            "prompt": required_prompt(),
             "model": Bounds::one_of(&b.pipelines, "a pipeline name (unknown: 404 model_not_found)"),
             "n": {"type": "integer", "minimum": 1, "maximum": b.max_images},
             "size": size(b),
@@ -225,7 +247,7 @@ fn openai_edits(b: &Bounds) -> Value {
         "properties": {
             "image": {"type": "string", "contentMediaType": "application/octet-stream", "description": "the picture to edit: PNG, JPEG or WebP; transparent pixels are repainted when no mask is sent"},
             "mask": {"type": "string", "contentMediaType": "application/octet-stream", "description": "transparent = repaint, the picture's size"},
-            "prompt": prompt(),
+            "prompt": required_prompt(),
             "model": Bounds::one_of(&b.pipelines, "a pipeline name"),
             "n": {"type": "integer", "minimum": 1, "maximum": b.max_images},
             "size": size(b),

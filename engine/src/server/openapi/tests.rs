@@ -54,7 +54,8 @@ fn bounds() -> Bounds {
         pipelines: vec!["tiny-sd".into()],
         samplers: vec!["euler".into(), "Euler".into()],
         schedules: vec!["karras".into()],
-        loras: vec![],
+        loras: vec!["fox".into()],
+        pre_processors: vec![],
         lora_weights: (-2.0, 2.0),
     }
 }
@@ -112,6 +113,12 @@ fn limits_come_from_the_bounds() {
         job["loras"]["items"]["properties"]["weight"]["maximum"],
         2.0
     );
+    assert_eq!(
+        job["loras"]["items"]["properties"]["name"]["enum"][0],
+        "fox"
+    );
+    assert_eq!(job["pre_processors"]["maxItems"], 0);
+    assert_eq!(job["refiner"]["enum"][1], "tiny-sd");
     let a = &s["A1111Txt2Img"]["properties"];
     assert_eq!(a["batch_size"]["maximum"], 2);
     assert_eq!(s["OpenAiGenerations"]["properties"]["n"]["maximum"], 2);
