@@ -48,6 +48,8 @@ mod jobs;
 mod loras;
 #[path = "server/memory.rs"]
 mod memory;
+#[path = "server/openapi.rs"]
+mod openapi;
 #[path = "server/ordering.rs"]
 mod ordering;
 #[path = "server/pictures.rs"]

@@ -38,6 +38,11 @@ pub const PLUGIN_MEMORY_MIB: RangeInclusive<u64> = 1..=4096;
 pub const PLUGIN_TIMEOUT_MS: RangeInclusive<u64> = 1..=600_000;
 /// Longest prompt in characters (bounds memory; CLIP reads 75-token chunks).
 pub const PROMPT_CHARS: usize = 20_000;
+/// Deepest bracket nesting the prompt parsers read as syntax; deeper brackets are text. The
+/// parsers recurse once per level, so this bounds their stack and memory (a prompt of
+/// [`PROMPT_CHARS`] nested brackets overflowed a worker's stack); emphasis 64 levels deep is
+/// already 1.1^64 ≈ 450.
+pub const PROMPT_NESTING: usize = 64;
 
 /// Whether `strength` is a valid image-to-image strength: above 0 and at most 1.
 pub fn strength_ok(strength: f64) -> bool {

@@ -221,7 +221,7 @@ fn remove_last(open: &mut Vec<char>, c: char) {
 /// applied to each segment: `(text, weight)` segments in order (not merged).
 pub fn comfy_token_weights(text: &str) -> Vec<Weighted> {
     let escaped = text.replace("\\)", "\0\u{1}").replace("\\(", "\0\u{2}");
-    token_weights(&escaped, 1.0)
+    token_weights(&escaped, 1.0, 0)
         .into_iter()
         .map(|(segment, weight)| {
             let plain = segment.replace("\0\u{1}", ")").replace("\0\u{2}", "(");
@@ -266,11 +266,14 @@ fn parse_parentheses(text: &str) -> Vec<String> {
     result
 }
 
-fn token_weights(text: &str, current: f64) -> Vec<Weighted> {
+/// ComfyUI's `token_weights` inside `depth` groups; groups deeper than
+/// [`crate::limits::PROMPT_NESTING`] are text (ComfyUI recurses without bound).
+fn token_weights(text: &str, current: f64, depth: usize) -> Vec<Weighted> {
     let mut out = Vec::new();
     for item in parse_parentheses(text) {
         let chars: Vec<char> = item.chars().collect();
-        if chars.len() >= 2 && chars[0] == '(' && chars[chars.len() - 1] == ')' {
+        let group = chars.len() >= 2 && chars[0] == '(' && chars[chars.len() - 1] == ')';
+        if group && depth < crate::limits::PROMPT_NESTING {
             let inner: String = chars[1..chars.len() - 1].iter().collect();
             let mut weight = current * 1.1;
             let mut inner_text = inner.as_str();
@@ -280,7 +283,7 @@ fn token_weights(text: &str, current: f64) -> Vec<Weighted> {
                     inner_text = &inner[..colon];
                 }
             }
-            out.extend(token_weights(inner_text, weight));
+            out.extend(token_weights(inner_text, weight, depth + 1));
         } else {
             out.push((item, current));
         }

@@ -114,3 +114,25 @@ fn bad_weights_are_text() {
     assert!(warnings[1].contains("`)` closes nothing"));
     assert!(attention_warnings("(a:1.5) [b] \\(c").is_empty());
 }
+
+/// Found by the property tests: ComfyUI-style weights recursed once per `(`, so a prompt of
+/// nested parentheses overflowed the stack and held memory quadratic in its length. Groups
+/// deeper than the nesting limit are text.
+#[test]
+fn comfy_nesting_is_bounded() {
+    let n = crate::limits::PROMPT_NESTING;
+    let at_limit = format!("{}x{}", "(".repeat(n), ")".repeat(n));
+    let w = comfy_token_weights(&at_limit);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].0, "x");
+    assert!((w[0].1 - 1.1f64.powi(n as i32)).abs() < 1e-9);
+    let deep = "(".repeat(20_000) + "x" + &")".repeat(20_000);
+    let w = std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(move || comfy_token_weights(&deep))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(w.len(), 1);
+    assert!(w[0].0.contains('x') && w[0].0.starts_with('('));
+}

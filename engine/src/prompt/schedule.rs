@@ -155,7 +155,7 @@ fn parse(prompt: &str) -> Option<Vec<Node>> {
     let mut i = 0;
     while i < s.len() {
         match s[i] {
-            '[' | '(' => match construct(&s, i) {
+            '[' | '(' => match construct(&s, i, 0) {
                 Some((node, next)) => {
                     nodes.push(node);
                     i = next;
@@ -181,8 +181,9 @@ fn parse(prompt: &str) -> Option<Vec<Node>> {
 }
 
 /// A sequence inside brackets, up to (not including) the next `]`, `)`, `:` or `|` at this
-/// depth or the end; `None` when a nested bracket is invalid.
-fn sequence(s: &[char], mut i: usize) -> Option<(Vec<Node>, usize)> {
+/// depth or the end; `None` when a nested bracket is invalid or nests deeper than
+/// [`crate::limits::PROMPT_NESTING`] (`depth` brackets are open around it).
+fn sequence(s: &[char], mut i: usize, depth: usize) -> Option<(Vec<Node>, usize)> {
     let mut nodes = Vec::new();
     let mut text = String::new();
     while i < s.len() {
@@ -197,7 +198,7 @@ fn sequence(s: &[char], mut i: usize) -> Option<(Vec<Node>, usize)> {
                 if !text.is_empty() {
                     nodes.push(Node::Text(std::mem::take(&mut text)));
                 }
-                let (node, next) = construct(s, i)?;
+                let (node, next) = construct(s, i, depth)?;
                 nodes.push(node);
                 i = next;
             }
@@ -214,10 +215,14 @@ fn sequence(s: &[char], mut i: usize) -> Option<(Vec<Node>, usize)> {
     Some((nodes, i))
 }
 
-/// The construct opening at `s[i]` (`(` or `[`) and the index after it.
-fn construct(s: &[char], i: usize) -> Option<(Node, usize)> {
+/// The construct opening at `s[i]` (`(` or `[`) inside `depth` others, and the index after it.
+fn construct(s: &[char], i: usize, depth: usize) -> Option<(Node, usize)> {
+    if depth >= crate::limits::PROMPT_NESTING {
+        return None;
+    }
+    let depth = depth + 1;
     let text = |c: char| Node::Text(c.to_string());
-    let (first, j) = sequence(s, i + 1)?;
+    let (first, j) = sequence(s, i + 1, depth)?;
     if s[i] == '(' {
         let mut parts = vec![text('(')];
         parts.extend(first);
@@ -227,7 +232,7 @@ fn construct(s: &[char], i: usize) -> Option<(Node, usize)> {
                 Some((Node::Group(parts), j + 1))
             }
             ':' => {
-                let (second, k) = sequence(s, j + 1)?;
+                let (second, k) = sequence(s, j + 1, depth)?;
                 (*s.get(k)? == ')').then_some(())?;
                 parts.push(text(':'));
                 parts.extend(second);
@@ -248,7 +253,7 @@ fn construct(s: &[char], i: usize) -> Option<(Node, usize)> {
             let mut options = vec![first];
             let mut j = j;
             while s.get(j) == Some(&'|') {
-                let (option, next) = sequence(s, j + 1)?;
+                let (option, next) = sequence(s, j + 1, depth)?;
                 options.push(option);
                 j = next;
             }
@@ -265,7 +270,7 @@ fn construct(s: &[char], i: usize) -> Option<(Node, usize)> {
                     next,
                 ));
             }
-            let (second, k) = sequence(s, j + 1)?;
+            let (second, k) = sequence(s, j + 1, depth)?;
             (*s.get(k)? == ':').then_some(())?;
             let (when, next) = edit_tail(s, k + 1)?;
             Some((

@@ -201,3 +201,26 @@ fn splits_and_with_weights_as_a1111() {
         assert_eq!(split_and(prompt), expected, "{prompt:?}");
     }
 }
+
+/// Found by the property tests (tests/properties/prompt.rs): 10,000 nested brackets overflowed
+/// a worker's stack. Edits nested up to the limit still schedule; deeper brackets are text.
+#[test]
+fn nesting_is_read_up_to_the_limit() {
+    let n = crate::limits::PROMPT_NESTING;
+    let at_limit = format!("{}[a:b:2]{}", "(".repeat(n - 1), ")".repeat(n - 1));
+    let sched = schedules(&at_limit, 4);
+    assert_eq!(sched.len(), 2, "{sched:?}");
+    assert!(sched[0].1.contains('a') && sched[1].1.contains('b'));
+    let deeper = format!("{}[a:b:2]{}", "(".repeat(n), ")".repeat(n));
+    let sched = schedules(&deeper, 4);
+    // The outermost bracket is text; the rest, back within the limit, still schedules.
+    assert_eq!(sched.len(), 2, "{sched:?}");
+    let deep = "(".repeat(20_000) + "x" + &")".repeat(20_000);
+    let sched = std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(move || schedules(&deep, 4))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(sched.len(), 1);
+}

@@ -5,7 +5,7 @@
 use std::sync::{Arc, PoisonError};
 use std::time::SystemTime;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use base64::Engine;
 use serde::Deserialize;
@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use super::errors::{A1111Error, A1111Json, ApiError};
 use super::jobs::{Job, Origin, Status};
+use super::params::A1111Query;
 use super::request::{validate, FieldNames, GenerateRequest, JobSpec};
 use super::service::{CancelOnDrop, Service};
 use crate::prompt::PromptSyntax;
@@ -267,7 +268,7 @@ pub struct ProgressQuery {
 /// `GET /sdapi/v1/progress`: the running job (A1111 jobs first), else idle.
 pub async fn progress(
     State(service): State<Arc<Service>>,
-    Query(q): Query<ProgressQuery>,
+    A1111Query(q): A1111Query<ProgressQuery>,
 ) -> Json<Value> {
     let mut running = service.queue.running();
     running.sort_by_key(|j| j.origin != Origin::A1111);

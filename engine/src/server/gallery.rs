@@ -11,13 +11,14 @@ use std::cmp::Reverse;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::errors::ApiError;
 use super::jobs::{unix_secs, Job, Status};
+use super::params::QueryParams;
 use super::service::Service;
 
 /// Images per page when `limit` is not given.
@@ -137,7 +138,7 @@ fn positions(jobs: &[Arc<Job>]) -> Vec<(Position, Arc<Job>, usize)> {
 /// The handler.
 pub async fn list(
     State(service): State<Arc<Service>>,
-    Query(q): Query<GalleryQuery>,
+    QueryParams(q): QueryParams<GalleryQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = limit(q.limit.as_deref())?;
     let after = match q.before.as_deref() {

@@ -38,6 +38,7 @@ mod openai_edits;
 mod openapi;
 mod ops;
 mod output;
+mod params;
 mod pictures;
 mod queue;
 mod request;

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::errors::{ApiError, JsonBody};
 use super::jobs::{unix_secs, Job, Origin, Status};
+use super::params::PathParams;
 use super::pictures::{self, Sent};
 use super::request::{validate, GenerateRequest, NATIVE};
 use super::service::{Cancelled, Service};
@@ -281,7 +282,7 @@ fn find(service: &Service, id: &str) -> Result<Arc<Job>, ApiError> {
 /// `GET /v1/jobs/{id}`.
 pub async fn status(
     State(service): State<Arc<Service>>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> Result<Json<Value>, ApiError> {
     let job = find(&service, &id)?;
     Ok(Json(job_json(&job)))
@@ -290,7 +291,7 @@ pub async fn status(
 /// `GET /v1/jobs/{id}/images/{n}`: the PNG, with its `parameters` chunk.
 pub async fn image(
     State(service): State<Arc<Service>>,
-    Path((id, n)): Path<(String, String)>,
+    PathParams((id, n)): PathParams<(String, String)>,
 ) -> Result<Response, ApiError> {
     let job = find(&service, &id)?;
     let s = job.state();
@@ -327,7 +328,7 @@ pub async fn image(
 /// step (202); 409 if it already finished.
 pub async fn cancel(
     State(service): State<Arc<Service>>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> Result<Response, ApiError> {
     let job = find(&service, &id)?;
     match service.cancel(&job) {

@@ -47,9 +47,9 @@ pub async fn metrics(State(service): State<Arc<Service>>) -> Response {
         .into_response()
 }
 
-/// `GET /openapi.json`.
-pub async fn openapi() -> Json<Value> {
-    Json(super::openapi::document())
+/// `GET /openapi.json`: every route, with this server's limits and names.
+pub async fn openapi(State(service): State<Arc<Service>>) -> Json<Value> {
+    Json(super::openapi::document(&service))
 }
 
 fn shaped(uri: &Uri, e: ApiError) -> Response {

@@ -4,19 +4,20 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::Stream;
 
 use super::errors::ApiError;
 use super::jobs::{Event, Job};
+use super::params::PathParams;
 use super::service::Service;
 
 /// The handler.
 pub async fn events(
     State(service): State<Arc<Service>>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let job = service

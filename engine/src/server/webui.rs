@@ -15,12 +15,12 @@
 use std::io::Write;
 use std::sync::OnceLock;
 
-use axum::extract::Path;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use super::errors::ApiError;
+use super::params::PathParams;
 
 /// One embedded file.
 struct Source {
@@ -257,7 +257,10 @@ pub async fn index(headers: HeaderMap) -> Response {
 }
 
 /// `GET /ui/{version}/{file}`: an asset; immutable when `version` is this build's.
-pub async fn asset(Path((v, name)): Path<(String, String)>, headers: HeaderMap) -> Response {
+pub async fn asset(
+    PathParams((v, name)): PathParams<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
     let all = assets();
     let Some(asset) = all.files.iter().find(|a| a.name == name) else {
         let names: Vec<&str> = all.files.iter().map(|a| a.name).collect();
