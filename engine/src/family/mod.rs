@@ -30,6 +30,7 @@ pub mod sd;
 pub mod sdxl;
 mod source;
 mod spec;
+mod tiny_vae;
 mod vae;
 
 use std::path::Path;

@@ -336,6 +336,31 @@ impl Model {
         self.vae.scale_factor()
     }
 
+    /// This model decoding (and encoding) with `vae` instead of its own VAE (`--vae`, a
+    /// pack's `vae`): it must work in the model's latent space (same latent channels and
+    /// scale factor; a tiny autoencoder trained for another family would not).
+    pub fn with_vae(mut self, vae: Vae) -> Result<Self> {
+        self.vae = self.same_latent_space(vae, "the VAE")?;
+        Ok(self)
+    }
+
+    fn same_latent_space(&self, vae: Vae, what: &str) -> Result<Vae> {
+        let theirs = (vae.latent_channels(), vae.scale_factor());
+        let ours = (self.vae.latent_channels(), self.vae.scale_factor());
+        if theirs != ours {
+            return Err(Error::Config {
+                path: self.source.clone(),
+                message: format!(
+                    "{what} works on {} latent channels at scale factor {}, but {} model \
+                     latents have {} channels at scale factor {}: use the autoencoder made \
+                     for this family (taesd for SD 1.x/2.x, taesdxl for SDXL, taef1 for FLUX)",
+                    theirs.0, theirs.1, self.family.name, ours.0, ours.1
+                ),
+            });
+        }
+        Ok(vae)
+    }
+
     /// The side the model was trained at, in pixels: the denoiser's sample size, else the
     /// family's default.
     pub fn native_size(&self) -> usize {

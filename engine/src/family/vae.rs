@@ -1,5 +1,7 @@
 //! The autoencoder between pixels and latents, with the latent scaling of its config: every
 //! family's pipeline encodes and decodes through this, so scaling and shift live in one place.
+//! Two kinds plug in: the family's `AutoencoderKL` and a tiny one (TAESD, `AutoencoderTiny`)
+//! trained to match it, for fast decoding and previews.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,21 +10,33 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::models::config_file::read_json;
 use crate::models::vae::{Decoder, Encoder, Tiling, VaeConfig};
+
+use super::tiny_vae::TinyVae;
 use crate::noise::NoiseSource;
 use crate::weights::{in_file, WeightSource};
 use crate::{Error, Result};
 
-/// A VAE (diffusers' `AutoencoderKL`): loaded, or read from its weights for each use and
-/// freed after ([`Vae::on_demand`], `--low-memory`).
+/// A VAE: diffusers' `AutoencoderKL` (loaded, or read from its weights for each use and freed
+/// after: [`Vae::on_demand`], `--low-memory`), or a tiny autoencoder ([`Vae::tiny`]).
 #[derive(Debug, Clone)]
 pub struct Vae {
-    parts: Parts,
-    /// Its config (scale factor, scaling and shift factors).
-    pub config: VaeConfig,
+    kind: Kind,
     /// dtype it computes in: f32 when f16 would overflow (`force_upcast`).
     pub dtype: DType,
     /// Whether decoding is tiled (applied to decoders read on demand too).
     tiling: Arc<std::sync::Mutex<Option<Tiling>>>,
+}
+
+/// Which autoencoder.
+#[derive(Debug, Clone)]
+enum Kind {
+    /// `AutoencoderKL` with its config (scale factor, scaling and shift factors).
+    Kl {
+        parts: Parts,
+        config: Box<VaeConfig>,
+    },
+    /// `AutoencoderTiny`.
+    Tiny(Arc<TinyVae>),
 }
 
 /// The networks, or where to read them from.
@@ -68,11 +82,13 @@ impl Vae {
         let decoder = in_file(&path, Decoder::new(vb.clone(), &config))?;
         let encoder = in_file(&path, Encoder::new(vb, &config))?;
         Ok(Self {
-            parts: Parts::Loaded {
-                decoder: Arc::new(decoder),
-                encoder: Arc::new(encoder),
+            kind: Kind::Kl {
+                parts: Parts::Loaded {
+                    decoder: Arc::new(decoder),
+                    encoder: Arc::new(encoder),
+                },
+                config: Box::new(config),
             },
-            config,
             dtype,
             tiling: Arc::default(),
         })
@@ -88,16 +104,51 @@ impl Vae {
         device: &Device,
     ) -> Result<Self> {
         let mut vae = Self::load(config_path, weights, dtype, device)?;
-        vae.parts = Parts::OnDemand {
-            weights: weights.clone(),
-            device: device.clone(),
-        };
+        if let Kind::Kl { parts, .. } = &mut vae.kind {
+            *parts = Parts::OnDemand {
+                weights: weights.clone(),
+                device: device.clone(),
+            };
+        }
         Ok(vae)
+    }
+
+    /// The tiny autoencoder at `path` (see [`super::tiny_vae`] for the layouts read).
+    pub fn tiny(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        Ok(Self {
+            kind: Kind::Tiny(Arc::new(TinyVae::load(path, dtype, device)?)),
+            dtype,
+            tiling: Arc::default(),
+        })
+    }
+
+    /// Whether `path` holds a tiny autoencoder rather than an `AutoencoderKL`.
+    pub fn is_tiny_at(path: &Path) -> bool {
+        super::tiny_vae::is_tiny(path)
+    }
+
+    /// Whether this is a tiny autoencoder.
+    pub fn is_tiny(&self) -> bool {
+        matches!(self.kind, Kind::Tiny(_))
+    }
+
+    /// The `AutoencoderKL` config, when it is one.
+    pub fn kl_config(&self) -> Option<&VaeConfig> {
+        match &self.kind {
+            Kind::Kl { config, .. } => Some(config),
+            Kind::Tiny(_) => None,
+        }
     }
 
     /// Whether the networks are read for each use.
     pub fn is_on_demand(&self) -> bool {
-        matches!(self.parts, Parts::OnDemand { .. })
+        matches!(
+            self.kind,
+            Kind::Kl {
+                parts: Parts::OnDemand { .. },
+                ..
+            }
+        )
     }
 
     /// Chooses when decoding is tiled (see [`Decoder::set_tiling`]).
@@ -105,19 +156,23 @@ impl Vae {
         if let Ok(mut t) = self.tiling.lock() {
             *t = Some(tiling);
         }
-        if let Parts::Loaded { decoder, .. } = &self.parts {
+        if let Kind::Kl {
+            parts: Parts::Loaded { decoder, .. },
+            ..
+        } = &self.kind
+        {
             decoder.set_tiling(tiling);
         }
     }
 
-    /// The decoder: the loaded one, or read now.
-    pub fn decoder(&self) -> Result<Arc<Decoder>> {
-        match &self.parts {
+    /// The `AutoencoderKL` decoder: the loaded one, or read now.
+    fn kl_decoder(&self, parts: &Parts, config: &VaeConfig) -> Result<Arc<Decoder>> {
+        match parts {
             Parts::Loaded { decoder, .. } => Ok(decoder.clone()),
             Parts::OnDemand { weights, device } => {
                 let path = weights.file().path();
                 let vb = weights.var_builder(self.dtype, device);
-                let decoder = in_file(path, Decoder::new(vb, &self.config))?;
+                let decoder = in_file(path, Decoder::new(vb, config))?;
                 if let Some(tiling) = self.tiling.lock().ok().and_then(|t| *t) {
                     decoder.set_tiling(tiling);
                 }
@@ -126,40 +181,56 @@ impl Vae {
         }
     }
 
-    /// The encoder: the loaded one, or read now.
-    pub fn encoder(&self) -> Result<Arc<Encoder>> {
-        match &self.parts {
+    /// The `AutoencoderKL` encoder: the loaded one, or read now.
+    fn kl_encoder(&self, parts: &Parts, config: &VaeConfig) -> Result<Arc<Encoder>> {
+        match parts {
             Parts::Loaded { encoder, .. } => Ok(encoder.clone()),
             Parts::OnDemand { weights, device } => {
                 let path = weights.file().path();
                 let vb = weights.var_builder(self.dtype, device);
-                Ok(Arc::new(in_file(path, Encoder::new(vb, &self.config))?))
+                Ok(Arc::new(in_file(path, Encoder::new(vb, config))?))
             }
         }
     }
 
     /// Pixels per latent pixel along a side (diffusers' `vae_scale_factor`).
     pub fn scale_factor(&self) -> usize {
-        self.config.scale_factor()
+        match &self.kind {
+            Kind::Kl { config, .. } => config.scale_factor(),
+            Kind::Tiny(tiny) => tiny.config.scale_factor(),
+        }
     }
 
     /// Latent channels.
     pub fn latent_channels(&self) -> usize {
-        self.config.latent_channels
+        match &self.kind {
+            Kind::Kl { config, .. } => config.latent_channels,
+            Kind::Tiny(tiny) => tiny.config.latent_channels,
+        }
+    }
+
+    /// The config's `scaling_factor` and `shift_factor`: the networks see
+    /// `latents / scaling + shift`.
+    fn scaling(&self) -> (f64, f64) {
+        match &self.kind {
+            Kind::Kl { config, .. } => (config.scaling_factor, config.shift_factor.unwrap_or(0.0)),
+            Kind::Tiny(tiny) => (tiny.config.scaling_factor, tiny.config.shift_factor),
+        }
     }
 
     /// Decodes denoiser-space latents `[1, C, h, w]` to pixels `[1, 3, H, W]` in [-1, 1].
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
-        let c = &self.config;
-        let mut z = (latents / c.scaling_factor)?;
-        if let Some(shift) = c.shift_factor {
-            z = (z + shift)?;
-        }
-        Ok(self.decoder()?.forward(&z.to_dtype(self.dtype)?)?)
+        let (scaling, shift) = self.scaling();
+        let z = ((latents / scaling)? + shift)?.to_dtype(self.dtype)?;
+        Ok(match &self.kind {
+            Kind::Kl { parts, config } => self.kl_decoder(parts, config)?.forward(&z)?,
+            Kind::Tiny(tiny) => tiny.decoder.forward(&z)?,
+        })
     }
 
     /// Encodes pixels `[1, 3, H, W]` in [-1, 1] to denoiser-space latents `[batch, C, h, w]`:
-    /// the distribution's mean, or with `sample` a draw `mean + std · ε` with ε from `rng`.
+    /// the distribution's mean, or with `sample` a draw `mean + std · ε` with ε from `rng`
+    /// (a tiny autoencoder's encoding is deterministic: `sample` changes nothing).
     pub fn encode(
         &self,
         pixels: &Tensor,
@@ -167,21 +238,35 @@ impl Vae {
         sample: bool,
         rng: &mut dyn NoiseSource,
     ) -> Result<Tensor> {
-        let (mean, logvar) = self.encoder()?.forward(&pixels.to_dtype(self.dtype)?)?;
-        let mean = mean.to_dtype(DType::F32)?.repeat((batch, 1, 1, 1))?;
-        let z = if sample {
-            let std = (logvar.to_dtype(DType::F32)? * 0.5)?
-                .exp()?
-                .repeat((batch, 1, 1, 1))?;
-            (&mean + (std * rng.randn_like(&mean)?)?)?
-        } else {
-            mean
+        let pixels = pixels.to_dtype(self.dtype)?;
+        let z = match &self.kind {
+            Kind::Kl { parts, config } => {
+                let (mean, logvar) = self.kl_encoder(parts, config)?.forward(&pixels)?;
+                let mean = mean.to_dtype(DType::F32)?.repeat((batch, 1, 1, 1))?;
+                if sample {
+                    let std = (logvar.to_dtype(DType::F32)? * 0.5)?
+                        .exp()?
+                        .repeat((batch, 1, 1, 1))?;
+                    (&mean + (std * rng.randn_like(&mean)?)?)?
+                } else {
+                    mean
+                }
+            }
+            Kind::Tiny(tiny) => {
+                let encoder = tiny.encoder.as_ref().ok_or_else(|| Error::Config {
+                    path: tiny.path.clone(),
+                    message: "this tiny autoencoder has no encoder (TAESD's original layout \
+                              keeps it in a `*_encoder.safetensors` file beside the decoder): \
+                              image-to-image and inpainting need one"
+                        .into(),
+                })?;
+                encoder
+                    .forward(&pixels)?
+                    .to_dtype(DType::F32)?
+                    .repeat((batch, 1, 1, 1))?
+            }
         };
-        let c = &self.config;
-        let z = match c.shift_factor {
-            Some(shift) => (z - shift)?,
-            None => z,
-        };
-        Ok((z * c.scaling_factor)?)
+        let (scaling, shift) = self.scaling();
+        Ok(((z - shift)? * scaling)?)
     }
 }

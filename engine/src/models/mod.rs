@@ -13,5 +13,6 @@ pub mod linear;
 pub mod resnet;
 pub mod sampling;
 pub mod t5;
+pub mod taesd;
 pub mod unet;
 pub mod vae;

@@ -75,7 +75,6 @@ impl Refiner {
                 format!("{:?}", b.family.scheduler_kind),
             ));
         }
-        let (rv, bv) = (&r.vae.config, &b.vae.config);
         let pairs = [
             (
                 "latent channels",
@@ -93,12 +92,16 @@ impl Refiner {
                 return Err(mismatch(what, theirs.to_string(), ours.to_string()));
             }
         }
-        if rv.scaling_factor != bv.scaling_factor || rv.shift_factor != bv.shift_factor {
-            return Err(mismatch(
-                "the latent scaling (VAE scaling_factor, shift_factor)",
-                format!("{}, {:?}", rv.scaling_factor, rv.shift_factor),
-                format!("{}, {:?}", bv.scaling_factor, bv.shift_factor),
-            ));
+        // Two AutoencoderKLs must scale latents alike (a tiny autoencoder works in the
+        // denoiser's latent space whatever it was trained for, so it is not compared).
+        if let (Some(rv), Some(bv)) = (r.vae.kl_config(), b.vae.kl_config()) {
+            if rv.scaling_factor != bv.scaling_factor || rv.shift_factor != bv.shift_factor {
+                return Err(mismatch(
+                    "the latent scaling (VAE scaling_factor, shift_factor)",
+                    format!("{}, {:?}", rv.scaling_factor, rv.shift_factor),
+                    format!("{}, {:?}", bv.scaling_factor, bv.shift_factor),
+                ));
+            }
         }
         if r.is_inpainting()? {
             return Err(Error::Config {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use beeswax::checkpoint::{self, CheckpointOptions};
 use beeswax::device::{default_device, parse_device, parse_dtype};
-use beeswax::family::{Families, LoadOptions, Model};
+use beeswax::family::{Families, LoadOptions, Model, Vae};
 use beeswax::manifest::{
     self, FileSource, ManifestError, ManifestFiles, ManifestFolder, PackDefaults, PackSource,
 };
@@ -177,8 +177,13 @@ pub fn load(
     options.denoiser = denoiser;
     options.max_sequence_length = global.max_sequence_length.map(|n| n as usize);
     options.low_memory = global.low_memory;
+    // A tiny autoencoder given as --vae (TAESD) replaces the VAE of any model, folder or file.
+    let tiny = global.vae.as_deref().filter(|p| Vae::is_tiny_at(p));
     let model = if checkpoint::is_single_file(&dir) {
         let mut single = checkpoint_options(global)?;
+        if tiny.is_some() {
+            single.vae = None;
+        }
         single.family = single.family.or(family);
         if let Some(pack) = pack_single {
             single.config_dir = single.config_dir.or(pack.config_dir);
@@ -189,7 +194,13 @@ pub fn load(
     } else {
         families.load(&dir, family.as_deref(), &options)
     };
-    let model = model.with_context(|| format!("loading model {name} from {}", dir.display()))?;
+    let mut model =
+        model.with_context(|| format!("loading model {name} from {}", dir.display()))?;
+    if let Some(path) = tiny {
+        let vae = Vae::tiny(path, model.dtype, &model.device)
+            .with_context(|| format!("loading the tiny autoencoder --vae {}", path.display()))?;
+        model = model.with_vae(vae)?;
+    }
     Ok(Chosen {
         model,
         name,

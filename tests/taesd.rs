@@ -1,0 +1,178 @@
+//! The tiny autoencoder (TAESD, diffusers' `AutoencoderTiny`) against diffusers: its decoder and
+//! encoder alone, in the diffusers layout and TAESD's original one, and tiny-sd's text-to-image
+//! and image-to-image pipelines with it as the VAE (references by
+//! tests/fixtures/make_taesd_fixtures.py).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use beeswax::family::{Model, Vae};
+use beeswax::image_in::{read_image, Limits};
+use beeswax::noise::NoiseSource;
+use candle_core::{DType, Device, Tensor};
+use common::command::TestCommand;
+use common::compare::assert_close_rel_std;
+use common::images::assert_run_matches;
+use common::jobs::{generate, generate_image};
+use common::reference::{cases, load};
+use common::{fixture, model};
+
+fn tiny(rel: &str) -> Vae {
+    Vae::tiny(&fixture(rel), DType::F32, &Device::Cpu).unwrap()
+}
+
+/// No noise: a tiny autoencoder's encoding draws none.
+struct NoNoise;
+
+impl NoiseSource for NoNoise {
+    fn randn_like(&mut self, _like: &Tensor) -> candle_core::Result<Tensor> {
+        panic!("a tiny autoencoder's encoding must not draw noise")
+    }
+}
+
+#[test]
+fn tiny_autoencoder_matches_diffusers_in_both_layouts() {
+    let r = load("reference/taesd/components.safetensors");
+    for layout in [
+        "models/taesd-mini",
+        "models/taesd-mini-original",
+        "models/taesd-mini-original/taesd_decoder.safetensors",
+        "models/taesd-mini/diffusion_pytorch_model.safetensors",
+    ] {
+        let vae = tiny(layout);
+        assert!(vae.is_tiny() && Vae::is_tiny_at(&fixture(layout)));
+        assert_eq!(
+            (vae.latent_channels(), vae.scale_factor()),
+            (4, 8),
+            "{layout}"
+        );
+        let decoded = vae.decode(&r["latents"]).unwrap();
+        assert_close_rel_std(&format!("{layout}: decoded"), &decoded, &r["decoded"], 1e-4);
+        if layout.ends_with("original") || layout.ends_with("taesd-mini") {
+            let encoded = vae.encode(&r["pixels"], 1, true, &mut NoNoise).unwrap();
+            assert_close_rel_std(&format!("{layout}: encoded"), &encoded, &r["encoded"], 1e-4);
+        }
+    }
+    assert!(!Vae::is_tiny_at(&fixture("models/tiny-sd/vae")));
+}
+
+#[test]
+fn a_decoder_alone_decodes_and_refuses_to_encode() {
+    let r = load("reference/taesd/components.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let lone = dir.path().join("taesd_decoder.safetensors");
+    std::fs::copy(
+        fixture("models/taesd-mini-original/taesd_decoder.safetensors"),
+        &lone,
+    )
+    .unwrap();
+    let vae = Vae::tiny(&lone, DType::F32, &Device::Cpu).unwrap();
+    vae.decode(&r["latents"]).unwrap();
+    let err = vae
+        .encode(&r["pixels"], 1, false, &mut NoNoise)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no encoder") && err.contains("_encoder.safetensors"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_file_that_is_no_tiny_autoencoder_is_refused_by_name() {
+    let path = fixture("models/tiny-sd/vae/diffusion_pytorch_model.safetensors");
+    let err = Vae::tiny(&path, DType::F32, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("not a tiny autoencoder") && err.contains("tiny-sd"),
+        "{err}"
+    );
+    let err = Vae::tiny(&fixture("models/tiny-sd"), DType::F32, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("AutoencoderTiny") || err.contains("_decoder"),
+        "{err}"
+    );
+}
+
+fn tiny_sd() -> Model {
+    model("tiny-sd")
+        .with_vae(tiny("models/taesd-mini"))
+        .unwrap()
+}
+
+#[test]
+fn tiny_sd_with_taesd_matches_diffusers_text_to_image_and_image_to_image() {
+    let m = tiny_sd();
+    let limits = Limits::default();
+    let init = read_image(&fixture("reference/img2img/init.png"), "init", &limits).unwrap();
+    for case in cases("reference/taesd") {
+        let r = case.tensors();
+        let out = if case.kind.as_deref() == Some("img2img") {
+            generate_image(&m, &case.image_job(&init.rgb, Some(&r["noise"]))).unwrap()
+        } else {
+            generate(&m, &case.text_job(Some(&r["init_latents"])))
+        };
+        assert_run_matches(&case.file, &out.latents, &out.images, &r, "image");
+    }
+}
+
+#[test]
+fn a_tiny_autoencoder_of_another_latent_space_is_refused() {
+    let err = model("tiny-sd2")
+        .with_vae(tiny("models/taesd-mini"))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    // tiny-sd2's VAE has scale factor 4, the mini TAESD 8.
+    assert!(
+        err.contains("scale factor") && err.contains("taesd"),
+        "{err}"
+    );
+}
+
+/// `beeswax generate --model <tiny-sd folder> --vae <TAESD>`: a 2-step 64x64 run to `out`.
+fn generate_with_vae(dir: &common::command::Dir, model: &str, vae: &str, out: &str) -> TestCommand {
+    let mut cmd = dir.command();
+    cmd.arg("--vae")
+        .arg(fixture(vae))
+        .args(["generate", "--model"])
+        .arg(common::model_dir(model))
+        .args(["--prompt", "a red fox", "--steps", "2"])
+        .args(["--width", "64", "--height", "64", "--seed", "3", "--quiet"])
+        .args(["--output", out]);
+    cmd
+}
+
+#[test]
+fn the_cli_decodes_with_a_tiny_autoencoder_given_as_vae() {
+    let dir = common::command::Dir::new("taesd-cli");
+    for (vae, out) in [
+        ("models/taesd-mini", "diffusers.png"),
+        ("models/taesd-mini-original", "original.png"),
+    ] {
+        generate_with_vae(&dir, "tiny-sd", vae, out).run();
+    }
+    dir.command()
+        .args(["generate", "--model"])
+        .arg(common::model_dir("tiny-sd"))
+        .args(["--prompt", "a red fox", "--steps", "2"])
+        .args(["--width", "64", "--height", "64", "--seed", "3", "--quiet"])
+        .args(["--output", "own.png"])
+        .run();
+    let limits = Limits::default();
+    let read = |name: &str| read_image(&dir.join(name), name, &limits).unwrap().rgb;
+    let (a, b, own) = (read("diffusers.png"), read("original.png"), read("own.png"));
+    assert_eq!(
+        a.data, b.data,
+        "both layouts of the same TAESD decode alike"
+    );
+    assert_ne!(
+        a.data, own.data,
+        "the tiny autoencoder decoded, not the model's VAE"
+    );
+    generate_with_vae(&dir, "tiny-sd2", "models/taesd-mini", "x.png")
+        .assert_fails_with(&["scale factor", "taesd"]);
+}
