@@ -12,6 +12,7 @@ use beeswax::noise::NoiseSource;
 use candle_core::{DType, Device, Tensor};
 use common::command::TestCommand;
 use common::compare::assert_close_rel_std;
+use common::conformance::Run;
 use common::images::assert_run_matches;
 use common::jobs::{generate, generate_image};
 use common::reference::{cases, load};
@@ -115,7 +116,8 @@ fn tiny_sd_with_taesd_matches_diffusers_text_to_image_and_image_to_image() {
         } else {
             generate(&m, &case.text_job(Some(&r["init_latents"])))
         };
-        assert_run_matches(&case.file, &out.latents, &out.images, &r, "image");
+        let run = Run::of_case(&case, &format!("{} + taesd", m.family.name));
+        assert_run_matches(&run, &out.latents, &out.images, &r, "image");
     }
 }
 
