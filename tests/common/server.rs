@@ -143,21 +143,9 @@ impl ServeProcess {
         } else {
             &["--data-dir", "none"]
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_beeswax"))
-            .args(["serve", "--port", "0", "--manifests"])
-            .arg(&manifests)
-            .args(memory_only)
-            .args(args)
-            .env_remove("BEESWAX_API_KEY")
-            .env_remove("BEESWAX_MANIFESTS")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (first_line, lines) = mpsc::channel();
-        let stdout = collect(child.stdout.take().unwrap(), Some(first_line));
-        let stderr = collect(child.stderr.take().unwrap(), None);
-        let line = lines.recv_timeout(PATIENCE).unwrap_or_default();
+        let mut all = memory_only.to_vec();
+        all.extend_from_slice(args);
+        let (mut child, stdout, stderr, line) = spawn_serve(&manifests, &all);
         let Some(url) = line.trim().strip_prefix("beeswax listening on ") else {
             let _ = child.kill();
             let _ = child.wait();
@@ -232,6 +220,30 @@ impl ServeProcess {
     }
 }
 
+/// Output being collected by a thread.
+type Collected = Arc<Mutex<Vec<u8>>>;
+
+/// Spawns `beeswax serve --port 0 --manifests <manifests> <args>` (no API key or manifests
+/// from the environment): the child, its stdout and stderr being collected, and its first
+/// stdout line (empty when none came within [`PATIENCE`]).
+fn spawn_serve(manifests: &Path, args: &[&str]) -> (Child, Collected, Collected, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_beeswax"))
+        .args(["serve", "--port", "0", "--manifests"])
+        .arg(manifests)
+        .args(args)
+        .env_remove("BEESWAX_API_KEY")
+        .env_remove("BEESWAX_MANIFESTS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (first_line, lines) = mpsc::channel();
+    let stdout = collect(child.stdout.take().unwrap(), Some(first_line));
+    let stderr = collect(child.stderr.take().unwrap(), None);
+    let line = lines.recv_timeout(PATIENCE).unwrap_or_default();
+    (child, stdout, stderr, line)
+}
+
 /// What a collecting thread gathered, once it has ended (at end of file, right after the
 /// process exits).
 fn wait_text(buf: &Arc<Mutex<Vec<u8>>>) -> String {
@@ -246,19 +258,7 @@ fn wait_text(buf: &Arc<Mutex<Vec<u8>>>) -> String {
 /// non-zero before it listens, without a panic. Returns its stderr. Starting is a failure (the
 /// server is killed), and so is running past [`PATIENCE`].
 pub fn serve_refuses(manifests: &Path) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_beeswax"))
-        .args(["serve", "--port", "0", "--data-dir", "none", "--manifests"])
-        .arg(manifests)
-        .env_remove("BEESWAX_API_KEY")
-        .env_remove("BEESWAX_MANIFESTS")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (first_line, lines) = mpsc::channel();
-    let stdout = collect(child.stdout.take().unwrap(), Some(first_line));
-    let stderr = collect(child.stderr.take().unwrap(), None);
-    let line = lines.recv_timeout(PATIENCE).unwrap_or_default();
+    let (mut child, stdout, stderr, line) = spawn_serve(manifests, &["--data-dir", "none"]);
     let start = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
