@@ -1,7 +1,7 @@
 //! The tiny autoencoder (TAESD, diffusers' `AutoencoderTiny`) against diffusers: its decoder and
 //! encoder alone, in the diffusers layout and TAESD's original one, and tiny-sd's text-to-image
 //! and image-to-image pipelines with it as the VAE (references by
-//! tests/fixtures/make_taesd_fixtures.py).
+//! tests/fixtures/make_taesd_fixtures.py); and `--vae` replacing a model's VAE on the CLI.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -177,4 +177,41 @@ fn the_cli_decodes_with_a_tiny_autoencoder_given_as_vae() {
     );
     generate_with_vae(&dir, "tiny-sd2", "models/taesd-mini", "x.png")
         .assert_fails_with(&["scale factor", "taesd"]);
+}
+
+/// `generate` on the tiny-sd folder with `vae` as `--vae` (or none), to `out`.
+fn folder_run(dir: &common::command::Dir, vae: Option<&std::path::Path>, out: &str) {
+    let mut cmd = dir.command();
+    if let Some(vae) = vae {
+        cmd.arg("--vae").arg(vae);
+    }
+    cmd.args(["generate", "--model"])
+        .arg(common::model_dir("tiny-sd"))
+        .args(["--prompt", "a red fox", "--steps", "2"])
+        .args(["--width", "64", "--height", "64", "--seed", "3", "--quiet"])
+        .args(["--output", out])
+        .run();
+}
+
+#[test]
+fn a_vae_file_replaces_a_folder_models_vae() {
+    let dir = common::command::Dir::new("vae-folder");
+    let own = fixture("models/tiny-sd/vae/diffusion_pytorch_model.safetensors");
+    // The same VAE with its output convolution's bias moved: another picture.
+    let mut tensors = candle_core::safetensors::load(&own, &Device::Cpu).unwrap();
+    let bias = tensors["decoder.conv_out.bias"].clone();
+    tensors.insert("decoder.conv_out.bias".into(), (bias + 0.5).unwrap());
+    let moved = dir.join("moved.safetensors");
+    candle_core::safetensors::save(&tensors, &moved).unwrap();
+    folder_run(&dir, None, "none.png");
+    folder_run(&dir, Some(&own), "own.png");
+    folder_run(&dir, Some(&moved), "moved.png");
+    let limits = Limits::default();
+    let read = |name: &str| read_image(&dir.join(name), name, &limits).unwrap().rgb;
+    assert_eq!(read("none.png").data, read("own.png").data);
+    assert_ne!(
+        read("none.png").data,
+        read("moved.png").data,
+        "--vae was ignored"
+    );
 }

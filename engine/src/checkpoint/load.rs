@@ -429,7 +429,7 @@ fn unet_layers(keys: &[(&str, &str)]) -> usize {
 }
 
 /// A VAE file for `--vae`: diffusers names, or LDM names with or without `first_stage_model.`.
-fn vae_file(path: &Path) -> Result<WeightSource> {
+pub fn vae_file(path: &Path) -> Result<WeightSource> {
     refuse_pickle(path)?;
     let file = Arc::new(SafetensorsFile::open(path)?);
     if file.info("encoder.conv_in.weight").is_some()

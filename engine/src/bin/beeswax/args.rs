@@ -48,10 +48,10 @@ pub struct Global {
     /// [default: the family's, else guessed from the weights and logged].
     #[arg(long, global = true, value_parser = ["epsilon", "v"])]
     pub prediction: Option<String>,
-    /// A VAE replacing the model's: an AutoencoderKL file (safetensors, diffusers or original
-    /// names; single files), or a tiny autoencoder (TAESD/TAESDXL/TAEF1: a diffusers
+    /// A VAE replacing the model's (folder or single file): an AutoencoderKL file (safetensors,
+    /// diffusers or original names), or a tiny autoencoder (TAESD/TAESDXL/TAEF1: a diffusers
     /// AutoencoderTiny folder or file, or the original `taesd_decoder.safetensors`, with its
-    /// `taesd_encoder.safetensors` beside it for img2img) for any model.
+    /// `taesd_encoder.safetensors` beside it for img2img).
     #[arg(long, global = true)]
     pub vae: Option<PathBuf>,
     /// T5 tokens per prompt on FLUX [default: the family's: 512 dev, 256 schnell]; longer

@@ -200,6 +200,14 @@ pub fn load(
         let vae = Vae::tiny(path, model.dtype, &model.device)
             .with_context(|| format!("loading the tiny autoencoder --vae {}", path.display()))?;
         model = model.with_vae(vae)?;
+    } else if let (Some(path), false) = (&global.vae, checkpoint::is_single_file(&dir)) {
+        // A folder's VAE replaced by an AutoencoderKL file (single files take it above): the
+        // folder's VAE config with the file's weights (diffusers or original names).
+        let config = model_files::config(&dir, "vae", "config.json")?;
+        let vae = checkpoint::load::vae_file(path)
+            .and_then(|weights| Vae::load(&config, &weights, model.dtype, &model.device))
+            .with_context(|| format!("loading the VAE --vae {}", path.display()))?;
+        model = model.with_vae(vae)?;
     }
     Ok(Chosen {
         model,
