@@ -135,12 +135,19 @@ fn a_tiny_autoencoder_of_another_latent_space_is_refused() {
     );
 }
 
-/// `beeswax generate --model <tiny-sd folder> --vae <TAESD>`: a 2-step 64x64 run to `out`.
-fn generate_with_vae(dir: &common::command::Dir, model: &str, vae: &str, out: &str) -> TestCommand {
+/// `beeswax [--vae VAE] generate --model <miniature model folder>`: a 2-step 64x64 run to
+/// `out`.
+fn generate_with_vae(
+    dir: &common::command::Dir,
+    model: &str,
+    vae: Option<&std::path::Path>,
+    out: &str,
+) -> TestCommand {
     let mut cmd = dir.command();
-    cmd.arg("--vae")
-        .arg(fixture(vae))
-        .args(["generate", "--model"])
+    if let Some(vae) = vae {
+        cmd.arg("--vae").arg(vae);
+    }
+    cmd.args(["generate", "--model"])
         .arg(common::model_dir(model))
         .args(["--prompt", "a red fox", "--steps", "2"])
         .args(["--width", "64", "--height", "64", "--seed", "3", "--quiet"])
@@ -155,15 +162,9 @@ fn the_cli_decodes_with_a_tiny_autoencoder_given_as_vae() {
         ("models/taesd-mini", "diffusers.png"),
         ("models/taesd-mini-original", "original.png"),
     ] {
-        generate_with_vae(&dir, "tiny-sd", vae, out).run();
+        generate_with_vae(&dir, "tiny-sd", Some(&fixture(vae)), out).run();
     }
-    dir.command()
-        .args(["generate", "--model"])
-        .arg(common::model_dir("tiny-sd"))
-        .args(["--prompt", "a red fox", "--steps", "2"])
-        .args(["--width", "64", "--height", "64", "--seed", "3", "--quiet"])
-        .args(["--output", "own.png"])
-        .run();
+    generate_with_vae(&dir, "tiny-sd", None, "own.png").run();
     let limits = Limits::default();
     let read = |name: &str| read_image(&dir.join(name), name, &limits).unwrap().rgb;
     let (a, b, own) = (read("diffusers.png"), read("original.png"), read("own.png"));
@@ -175,22 +176,9 @@ fn the_cli_decodes_with_a_tiny_autoencoder_given_as_vae() {
         a.data, own.data,
         "the tiny autoencoder decoded, not the model's VAE"
     );
-    generate_with_vae(&dir, "tiny-sd2", "models/taesd-mini", "x.png")
+    let taesd = fixture("models/taesd-mini");
+    generate_with_vae(&dir, "tiny-sd2", Some(&taesd), "x.png")
         .assert_fails_with(&["scale factor", "taesd"]);
-}
-
-/// `generate` on the tiny-sd folder with `vae` as `--vae` (or none), to `out`.
-fn folder_run(dir: &common::command::Dir, vae: Option<&std::path::Path>, out: &str) {
-    let mut cmd = dir.command();
-    if let Some(vae) = vae {
-        cmd.arg("--vae").arg(vae);
-    }
-    cmd.args(["generate", "--model"])
-        .arg(common::model_dir("tiny-sd"))
-        .args(["--prompt", "a red fox", "--steps", "2"])
-        .args(["--width", "64", "--height", "64", "--seed", "3", "--quiet"])
-        .args(["--output", out])
-        .run();
 }
 
 #[test]
@@ -203,9 +191,9 @@ fn a_vae_file_replaces_a_folder_models_vae() {
     tensors.insert("decoder.conv_out.bias".into(), (bias + 0.5).unwrap());
     let moved = dir.join("moved.safetensors");
     candle_core::safetensors::save(&tensors, &moved).unwrap();
-    folder_run(&dir, None, "none.png");
-    folder_run(&dir, Some(&own), "own.png");
-    folder_run(&dir, Some(&moved), "moved.png");
+    generate_with_vae(&dir, "tiny-sd", None, "none.png").run();
+    generate_with_vae(&dir, "tiny-sd", Some(&own), "own.png").run();
+    generate_with_vae(&dir, "tiny-sd", Some(&moved), "moved.png").run();
     let limits = Limits::default();
     let read = |name: &str| read_image(&dir.join(name), name, &limits).unwrap().rgb;
     assert_eq!(read("none.png").data, read("own.png").data);

@@ -2,34 +2,24 @@
 
 use candle_core::{DType, Tensor};
 
-/// Largest absolute difference between two tensors of the same shape.
-pub fn max_abs_diff(got: &Tensor, want: &Tensor) -> f32 {
+/// `|got - want|` in f32, for two tensors of the same shape.
+fn abs_diff(got: &Tensor, want: &Tensor) -> Tensor {
     assert_eq!(got.dims(), want.dims(), "shapes differ");
     let got = got.to_dtype(DType::F32).unwrap();
     let want = want.to_dtype(DType::F32).unwrap();
-    (&got - &want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    (&got - &want).unwrap().abs().unwrap()
+}
+
+/// Largest absolute difference between two tensors of the same shape.
+pub fn max_abs_diff(got: &Tensor, want: &Tensor) -> f32 {
+    let d = abs_diff(got, want).max_all().unwrap();
+    d.to_scalar::<f32>().unwrap()
 }
 
 /// Mean absolute difference between two tensors of the same shape.
 pub fn mean_abs_diff(got: &Tensor, want: &Tensor) -> f32 {
-    assert_eq!(got.dims(), want.dims(), "shapes differ");
-    let got = got.to_dtype(DType::F32).unwrap();
-    let want = want.to_dtype(DType::F32).unwrap();
-    (&got - &want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .mean_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    let d = abs_diff(got, want).mean_all().unwrap();
+    d.to_scalar::<f32>().unwrap()
 }
 
 /// Largest absolute difference and the reference's standard deviation.

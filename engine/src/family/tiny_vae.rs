@@ -129,17 +129,15 @@ fn locate(path: &Path) -> Result<Files> {
     ))
 }
 
-/// Latent channels from a decoder's first convolution `[out, latent, 3, 3]`.
-fn latent_channels(file: &SafetensorsFile, key: &str) -> Result<usize> {
-    let info = file
-        .info(key)
-        .ok_or_else(|| invalid(file.path(), format!("no tensor `{key}`")))?;
-    match info.shape.as_slice() {
-        [_, c, 3, 3] => Ok(*c),
-        other => Err(invalid(
+/// The shape `[out, in, k, k]` of the convolution `key`.
+fn conv_shape(file: &SafetensorsFile, key: &str) -> Result<[usize; 4]> {
+    match file.info(key).map(|i| i.shape.as_slice()) {
+        Some(&[o, i, kh, kw]) => Ok([o, i, kh, kw]),
+        Some(other) => Err(invalid(
             file.path(),
-            format!("`{key}` has shape {other:?}, expected [channels, latent channels, 3, 3]"),
+            format!("`{key}` has shape {other:?}, expected a convolution [out, in, k, k]"),
         )),
+        None => Err(invalid(file.path(), format!("no convolution `{key}`"))),
     }
 }
 
@@ -205,14 +203,6 @@ impl TinyVae {
     }
 }
 
-/// Output channels of the convolution `key` (`[out, in, k, k]`).
-fn out_channels(file: &SafetensorsFile, key: &str) -> Result<usize> {
-    match file.info(key).map(|i| i.shape.as_slice()) {
-        Some([out, _, _, _]) => Ok(*out),
-        _ => Err(invalid(file.path(), format!("no convolution `{key}`"))),
-    }
-}
-
 /// Residual blocks from index `i` on (a block has `conv.0.weight`); returns the count and the
 /// first index after them.
 fn blocks_from(file: &SafetensorsFile, p: &str, mut i: usize) -> (usize, usize) {
@@ -233,15 +223,15 @@ fn decoder_layout(
     first: usize,
     config: &mut TinyConfig,
 ) -> Result<()> {
-    let channels = out_channels(file, &format!("{p}{first}.weight"))?;
-    config.latent_channels = latent_channels(file, &format!("{p}{first}.weight"))?;
+    let [channels, latent, ..] = conv_shape(file, &format!("{p}{first}.weight"))?;
+    config.latent_channels = latent;
     let mut stages = Vec::new();
     let mut i = first + 2;
     loop {
         let (count, next) = blocks_from(file, p, i);
         stages.push(count);
         if file.info(&format!("{p}{next}.weight")).is_some() {
-            config.out_channels = out_channels(file, &format!("{p}{next}.weight"))?;
+            config.out_channels = conv_shape(file, &format!("{p}{next}.weight"))?[0];
             break;
         }
         // An upsampling layer, then the stage's conv.
@@ -261,7 +251,7 @@ fn decoder_layout(
 /// The encoder's stages (`p` the layers' prefix): `0` conv, then per stage its blocks and the
 /// next stage's strided conv, the last conv going to the latent channels.
 fn encoder_layout(file: &SafetensorsFile, p: &str, config: &mut TinyConfig) -> Result<()> {
-    let channels = out_channels(file, &format!("{p}0.weight"))?;
+    let channels = conv_shape(file, &format!("{p}0.weight"))?[0];
     let mut stages = Vec::new();
     let mut i = 1;
     loop {
@@ -277,7 +267,7 @@ fn encoder_layout(file: &SafetensorsFile, p: &str, config: &mut TinyConfig) -> R
         let after = format!("{p}{}.weight", next + 1);
         let block_after = format!("{p}{}.conv.0.weight", next + 1);
         if file.info(&after).is_none() && file.info(&block_after).is_none() {
-            let latent = out_channels(file, &conv)?;
+            let latent = conv_shape(file, &conv)?[0];
             if latent != config.latent_channels {
                 return Err(invalid(
                     file.path(),
