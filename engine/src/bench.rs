@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::weights::gemm_layout;
+use crate::weights::{gemm_layout, is_kept, is_kernel_weight, WeightsDtype};
 
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::Result;
@@ -51,13 +51,28 @@ pub fn random_unet(
     dtype: DType,
     device: &Device,
 ) -> Result<UNet2DConditionModel> {
-    let vb = VarBuilder::from_backend(Box::new(RandomWeights), dtype, device.clone());
+    random_unet_held(config, dtype, WeightsDtype::F32, device)
+}
+
+/// [`random_unet`] with its weight matrices and filters held in `weights_dtype` (f16 or bf16
+/// for f32 compute on CPU, as a 16-bit file's are; see [`crate::weights::WeightsDtype`]).
+pub fn random_unet_held(
+    config: &UNetConfig,
+    dtype: DType,
+    weights_dtype: WeightsDtype,
+    device: &Device,
+) -> Result<UNet2DConditionModel> {
+    let vb = VarBuilder::from_backend(
+        Box::new(RandomWeights(weights_dtype)),
+        dtype,
+        device.clone(),
+    );
     Ok(UNet2DConditionModel::new(vb, config)?)
 }
 
 /// Weights drawn from each layer's initialiser, in the layout the file loader gives them
-/// ([`gemm_layout`]), so that timings match a loaded model's.
-struct RandomWeights;
+/// ([`gemm_layout`]) and the dtype it holds them in, so that timings match a loaded model's.
+struct RandomWeights(WeightsDtype);
 
 impl candle_nn::var_builder::SimpleBackend for RandomWeights {
     fn get(
@@ -68,7 +83,10 @@ impl candle_nn::var_builder::SimpleBackend for RandomWeights {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
+        let held = self.0.held(DType::F32);
+        let kept = is_kernel_weight(name, shape.dims()) && is_kept(held, dtype, device);
         let tensor = init.var(shape, dtype, device)?.as_tensor().clone();
+        let tensor = if kept { tensor.to_dtype(held)? } else { tensor };
         gemm_layout(name, tensor)
     }
 

@@ -25,6 +25,7 @@ pub mod command;
 pub mod compare;
 pub mod conformance;
 pub mod flux_files;
+pub mod half_copies;
 pub mod images;
 pub mod jobs;
 pub mod lora;

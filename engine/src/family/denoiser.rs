@@ -79,7 +79,9 @@ pub fn unet_weights(
             let (file, weights) = source.weights(component, "diffusion_pytorch_model")?;
             Ok(Denoiser {
                 file,
-                tensors: weights.read_all(dtype, device)?,
+                tensors: weights
+                    .with_weights_dtype(options.weights_dtype)
+                    .read_all(dtype, device)?,
                 quantized: None,
                 layers: None,
             })

@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use super::{Conditioning, Family, ScheduledConditioning, Vae};
 use crate::prompt::{EmbeddingCatalog, PromptSyntax};
 use crate::schedulers::SchedulerConfig;
+use crate::weights::WeightsDtype;
 use crate::{Error, Result};
 
 /// How to load a model.
@@ -29,6 +30,10 @@ pub struct LoadOptions {
     /// text-encoder LoRA modules then match nothing); its transformer is built at its first
     /// use, after the first prompt is encoded.
     pub low_memory: bool,
+    /// The dtype weight matrices and convolution filters are held in on CPU with f32 compute
+    /// (SD 1.x/2.x and SDXL; other families widen at load): by default the file's own 16-bit
+    /// type where it has one.
+    pub weights_dtype: WeightsDtype,
 }
 
 impl LoadOptions {
@@ -40,6 +45,7 @@ impl LoadOptions {
             denoiser: None,
             max_sequence_length: None,
             low_memory: false,
+            weights_dtype: WeightsDtype::File,
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::models::config_file::read_json;
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::prompt::EncoderSlot;
 use crate::tokenizer::ClipTokenizer;
-use crate::weights::in_file;
+use crate::weights::{in_file, tensors_var_builder};
 use crate::{Error, Result};
 
 /// The UNet's component name (its folder).
@@ -64,11 +64,13 @@ pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) ->
     let text_config_path = source.config(TEXT_ENCODER, "config.json")?;
     let text_config: ClipTextConfig = read_json(&text_config_path)?;
     let (text_file, text_source) = source.weights(TEXT_ENCODER, "model")?;
-    let text_map = text_source.read_all(dtype, device)?;
+    let text_map = text_source
+        .with_weights_dtype(options.weights_dtype)
+        .read_all(dtype, device)?;
     let text_encoder = in_file(
         &text_file,
         ClipTextModel::new(
-            VarBuilder::from_tensors(text_map.clone(), dtype, device),
+            tensors_var_builder(text_map.clone(), dtype, device),
             &text_config,
         ),
     )?;
@@ -94,7 +96,7 @@ pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) ->
     let unet = in_file(
         &unet_weights.file,
         UNet2DConditionModel::new_quantized(
-            VarBuilder::from_tensors(unet_weights.tensors.clone(), dtype, device),
+            tensors_var_builder(unet_weights.tensors.clone(), dtype, device),
             &unet_config,
             unet_weights.quantized.as_ref(),
         ),
@@ -102,7 +104,10 @@ pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) ->
 
     let vae = Vae::load(
         &source.config("vae", "config.json")?,
-        &source.weights("vae", "diffusion_pytorch_model")?.1,
+        &source
+            .weights("vae", "diffusion_pytorch_model")?
+            .1
+            .with_weights_dtype(options.weights_dtype),
         dtype,
         device,
     )?;
@@ -210,7 +215,7 @@ impl Networks for SdNetworks {
             let mut map = base.tensors.clone();
             map.extend(patched.iter().map(|(k, t)| (k.clone(), t.clone())));
             Some((
-                VarBuilder::from_tensors(map, self.dtype, &device),
+                tensors_var_builder(map, self.dtype, &device),
                 base.file.as_path(),
             ))
         };

@@ -26,7 +26,7 @@ use crate::models::config_file::read_json;
 use crate::models::unet::{AddedCond, UNet2DConditionModel, UNetConfig};
 use crate::prompt::{EncoderSlot, PromptSyntax};
 use crate::tokenizer::ClipTokenizer;
-use crate::weights::in_file;
+use crate::weights::{in_file, tensors_var_builder};
 use crate::{Error, Result};
 
 /// One loaded text encoder with its tokenizer.
@@ -65,7 +65,9 @@ pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) ->
         let tokenizer = ClipTokenizer::from_dir(&source.tokenizer_dir(&spec.tokenizer))?;
         let config: ClipTextConfig = read_json(&source.config(&spec.component, "config.json")?)?;
         let (file, weights) = source.weights(&spec.component, "model")?;
-        let tensors = weights.read_all(dtype, device)?;
+        let tensors = weights
+            .with_weights_dtype(options.weights_dtype)
+            .read_all(dtype, device)?;
         encoders.push(text_encoder(
             spec, tokenizer, config, &file, &tensors, dtype, device,
         )?);
@@ -95,7 +97,7 @@ pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) ->
     let unet = in_file(
         &unet_weights.file,
         UNet2DConditionModel::new_quantized(
-            VarBuilder::from_tensors(unet_weights.tensors.clone(), dtype, device),
+            tensors_var_builder(unet_weights.tensors.clone(), dtype, device),
             &unet_config,
             unet_weights.quantized.as_ref(),
         ),
@@ -112,7 +114,10 @@ pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) ->
     let vae_dir = &family.vae.component;
     let vae = Vae::load(
         &source.config(vae_dir, "config.json")?,
-        &source.weights(vae_dir, "diffusion_pytorch_model")?.1,
+        &source
+            .weights(vae_dir, "diffusion_pytorch_model")?
+            .1
+            .with_weights_dtype(options.weights_dtype),
         dtype,
         device,
     )?;
@@ -146,7 +151,7 @@ fn text_encoder(
     dtype: DType,
     device: &Device,
 ) -> Result<TextEncoder> {
-    let vb = VarBuilder::from_tensors(tensors.clone(), dtype, device);
+    let vb = tensors_var_builder(tensors.clone(), dtype, device);
     let model = in_file(file, ClipTextModel::new(vb, &config))?;
     if spec.pooled && !model.has_projection() {
         return Err(Error::Config {
@@ -371,7 +376,7 @@ impl Networks for SdxlNetworks {
             let mut map = base.tensors.clone();
             map.extend(patched.iter().map(|(k, t)| (k.clone(), t.clone())));
             Some((
-                VarBuilder::from_tensors(map, self.dtype, &self.device),
+                tensors_var_builder(map, self.dtype, &self.device),
                 base.file.as_path(),
             ))
         };

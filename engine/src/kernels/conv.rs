@@ -8,14 +8,18 @@
 //! NCHW. Each image is its own GEMM (so an image's result does not depend on the batch it is in,
 //! which keeps batch output byte-identical to single-image runs); large maps are cut into bands
 //! of output rows so that the im2col matrix stays under [`COLS_BUDGET`]. The bias, an optional residual and an output scale are applied in the pass
-//! that moves the product into place.
+//! that moves the product into place. A weight kept in f16/bf16 ([`super::widen`]) is widened
+//! once per call into a reused f32 buffer (Winograd transforms its filters from the 16-bit
+//! values directly).
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::Conv2d;
 use rayon::prelude::*;
 
+use super::gemm::{matmul, Mat, MatMut};
 use super::math::simd;
 use super::slices::{fast, to_vec, with_f32};
+use super::widen::{is_narrow, widened, with_stored, with_widened};
 use super::winograd;
 
 /// Largest im2col matrix, in f32 values (64 MiB).
@@ -100,26 +104,66 @@ pub fn conv2d(
     let pieces = pieces(&g, b, k, identity);
 
     let mut out = vec![0f32; b * co * pixels];
-    for piece in pieces {
-        let cols = if identity && piece.nb == 1 {
-            xs.get(piece.b0)?.reshape((c, pixels))?
-        } else {
-            let cols = with_f32(xs, |x| im2col(x, &g, piece))?;
-            Tensor::from_vec(cols, (k, piece.pixels(&g)), xs.device())?
-        };
-        let product = w2.matmul(&cols)?;
-        drop(cols);
-        let mut place = |res: Option<&[f32]>| {
-            with_f32(&product, |p| {
-                place_piece(p, &mut out, &g, piece, co, bias.as_deref(), res, out_scale)
-            })
-        };
-        match &residual {
-            Some(r) => with_f32(r, |r| place(Some(r)))??,
-            None => place(None)?,
+    let mut run = |narrow: Option<&[f32]>| -> Result<()> {
+        for &piece in &pieces {
+            let cols = if identity && piece.nb == 1 {
+                xs.get(piece.b0)?.reshape((c, pixels))?
+            } else {
+                let cols = with_f32(xs, |x| im2col(x, &g, piece))?;
+                Tensor::from_vec(cols, (k, piece.pixels(&g)), xs.device())?
+            };
+            let product = match narrow {
+                Some(w) => product(w, co, k, &cols)?,
+                None => w2.matmul(&cols)?,
+            };
+            drop(cols);
+            let mut place = |res: Option<&[f32]>| {
+                with_f32(&product, |p| {
+                    place_piece(p, &mut out, &g, piece, co, bias.as_deref(), res, out_scale)
+                })
+            };
+            match &residual {
+                Some(r) => with_f32(r, |r| place(Some(r)))??,
+                None => place(None)?,
+            }
         }
+        Ok(())
+    };
+    if is_narrow(weight) {
+        with_widened(&weight.contiguous()?, |w| run(Some(w)))??;
+    } else {
+        run(None)?;
     }
     Tensor::from_vec(out, (b, co, g.oh, g.ow), xs.device())
+}
+
+/// `w · cols` for the widened weight `w` (`[co, k]`) and the im2col matrix `cols` (`[k, n]`).
+fn product(w: &[f32], co: usize, k: usize, cols: &Tensor) -> Result<Tensor> {
+    let n = cols.dim(1)?;
+    let mut out = vec![0f32; co * n];
+    let threads = rayon::current_num_threads();
+    with_f32(cols, |c| {
+        let lhs = Mat {
+            data: w,
+            rows: co,
+            cols: k,
+            stride: k,
+        };
+        let rhs = Mat {
+            data: c,
+            rows: k,
+            cols: n,
+            stride: n,
+        };
+        let dst = MatMut {
+            data: &mut out,
+            rows: co,
+            cols: n,
+            stride: n,
+        };
+        matmul(dst, lhs, rhs, threads)
+    })?;
+    Tensor::from_vec(out, (co, n), cols.device())
 }
 
 /// The residual, contiguous, after checking it has the output's shape `want`.
@@ -173,8 +217,9 @@ fn by_winograd(
     let b = xs.dim(0)?;
     let mut out = vec![0f32; b * s.co * s.h * s.w];
     let scale = out_scale as f32;
+    let weight = weight.contiguous()?;
     with_f32(xs, |x| {
-        with_f32(weight, |w| match residual {
+        with_stored(&weight, |w| match residual {
             Some(r) => with_f32(r, |r| {
                 winograd::conv(x, b, w, s, bias, Some(r), scale, &mut out)
             }),
@@ -188,7 +233,13 @@ fn by_winograd(
 }
 
 fn plain(conv: &Conv2d, xs: &Tensor, residual: Option<&Tensor>, out_scale: f64) -> Result<Tensor> {
-    let mut y = conv.forward(xs)?;
+    let mut y = if conv.weight().dtype() == xs.dtype() {
+        conv.forward(xs)?
+    } else {
+        let w = widened(conv.weight())?.to_dtype(xs.dtype())?;
+        let b = conv.bias().map(|b| b.to_dtype(xs.dtype())).transpose()?;
+        Conv2d::new(w, b, *conv.config()).forward(xs)?
+    };
     if let Some(r) = residual {
         y = (y + r)?;
     }
@@ -363,6 +414,44 @@ mod tests {
         let one = conv2d(&conv, &xs.narrow(0, 1, 1).unwrap(), None, 1.0).unwrap();
         let diff = (all.narrow(0, 1, 1).unwrap() - one).unwrap().abs().unwrap();
         assert_eq!(diff.max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn sixteen_bit_filters_equal_their_widened_copy() {
+        // im2col (small map, stride 2, 1x1) and Winograd (a 16x16 map of 96 channels).
+        let dev = Device::Cpu;
+        for (c, co, hw, k, stride, pad) in [
+            (5, 7, 6, 3, 1, 1),
+            (6, 8, 9, 3, 2, 1),
+            (6, 8, 9, 1, 1, 0),
+            (32, 96, 16, 3, 1, 1),
+        ] {
+            let w = Tensor::randn(0f32, 0.2, (co, c, k, k), &dev).unwrap();
+            let bias = Tensor::randn(0f32, 1.0, co, &dev).unwrap();
+            let cfg = Conv2dConfig {
+                padding: pad,
+                stride,
+                ..Default::default()
+            };
+            let xs = Tensor::randn(0f32, 1.0, (2, c, hw, hw), &dev).unwrap();
+            for dtype in [candle_core::DType::F16, candle_core::DType::BF16] {
+                let narrow = w.to_dtype(dtype).unwrap();
+                let wide = narrow.to_dtype(candle_core::DType::F32).unwrap();
+                let kept = Conv2d::new(narrow, Some(bias.clone()), cfg);
+                let widened = Conv2d::new(wide, Some(bias.clone()), cfg);
+                let want = conv2d(&widened, &xs, None, 1.0).unwrap();
+                let res = Tensor::randn(0f32, 1.0, want.dims(), &dev).unwrap();
+                let got = conv2d(&kept, &xs, None, 1.0).unwrap();
+                assert!(max_diff(&got, &want) < 1e-5, "{c}->{co} k{k} {dtype:?}");
+                let want = conv2d(&widened, &xs, Some(&res), 2.0).unwrap();
+                let got = conv2d(&kept, &xs, Some(&res), 2.0).unwrap();
+                assert!(max_diff(&got, &want) < 1e-5, "{c}->{co} k{k} {dtype:?}");
+                // Activations that are not f32 take candle's path with the weight widened.
+                let xs16 = xs.to_dtype(candle_core::DType::F64).unwrap();
+                let got = conv2d(&kept, &xs16, None, 1.0).unwrap();
+                assert_eq!(got.dtype(), candle_core::DType::F64);
+            }
+        }
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! Linear layers with their bias (and a residual) added in the pass that follows the GEMM, and
-//! diffusers' GEGLU (`a * gelu(g)` of the two halves of a projection) in one pass.
+//! diffusers' GEGLU (`a * gelu(g)` of the two halves of a projection) in one pass. A weight
+//! kept in f16/bf16 ([`super::widen`]) is widened to f32 just before its GEMM.
 
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::Linear;
 use rayon::prelude::*;
 
+use super::gemm::{matmul, Mat, MatMut};
 use super::math::{gelu, simd};
 use super::slices::{fast, to_vec, with_f32};
+use super::widen::{is_narrow, widened, with_widened};
 
 /// Rows handed to one rayon task by the row-wise kernels.
 const ROWS_PER_TASK: usize = 16;
@@ -18,16 +21,68 @@ fn matmul_t(lin: &Linear, x: &Tensor) -> Result<Tensor> {
     let k = dims.pop().unwrap_or(1);
     let rows = x.elem_count() / k.max(1);
     let w = lin.weight();
-    let y = x.reshape((rows, k))?.matmul(&w.t()?)?;
+    let y = if is_narrow(w) {
+        matmul_t_narrow(&x, w, rows, k)?
+    } else {
+        x.reshape((rows, k))?.matmul(&w.t()?)?
+    };
     dims.push(w.dim(0)?);
     y.reshape(dims)
+}
+
+/// `x · Wᵀ` (`x` contiguous `[rows, k]` values) for a 16-bit weight `w` (`[n, k]`): the
+/// weight's storage (`[k, n]` in the GEMM layout the loader gives linear weights) widened into
+/// the scratch buffer, then one f32 GEMM.
+fn matmul_t_narrow(x: &Tensor, w: &Tensor, rows: usize, k: usize) -> Result<Tensor> {
+    let n = w.dim(0)?;
+    let wt = w.t()?;
+    if !wt.is_contiguous() {
+        return x.reshape((rows, k))?.matmul(&widened(w)?.t()?);
+    }
+    let mut out = vec![0f32; rows * n];
+    let threads = rayon::current_num_threads();
+    with_f32(x, |xs| {
+        with_widened(&wt, |ws| {
+            let lhs = Mat {
+                data: xs,
+                rows,
+                cols: k,
+                stride: k,
+            };
+            let rhs = Mat {
+                data: ws,
+                rows: k,
+                cols: n,
+                stride: n,
+            };
+            let dst = MatMut {
+                data: &mut out,
+                rows,
+                cols: n,
+                stride: n,
+            };
+            matmul(dst, lhs, rhs, threads)
+        })
+    })??;
+    Tensor::from_vec(out, (rows, n), x.device())
+}
+
+/// `lin` with its weight in `x`'s dtype, for candle's own forward on the slow paths.
+fn plain(lin: &Linear, x: &Tensor) -> Result<Tensor> {
+    let w = lin.weight();
+    if w.dtype() == x.dtype() {
+        return lin.forward(x);
+    }
+    let w = widened(w)?.to_dtype(x.dtype())?;
+    let b = lin.bias().map(|b| b.to_dtype(x.dtype())).transpose()?;
+    Linear::new(w, b).forward(x)
 }
 
 /// `lin(x) + residual`: the GEMM, then one pass adding the bias and the residual (candle adds
 /// each in its own pass). `residual` must have the output's shape.
 pub fn linear(lin: &Linear, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
     if !fast(x) {
-        let y = lin.forward(x)?;
+        let y = plain(lin, x)?;
         return match residual {
             Some(r) => y + r,
             None => Ok(y),
@@ -95,7 +150,7 @@ fn add_rows(out: &mut [f32], y: &[f32], bias: Option<&[f32]>, res: Option<&[f32]
 /// `a * gelu(g)` with the exact (erf) GELU. The bias add, GELU and product are one pass.
 pub fn geglu(proj: &Linear, x: &Tensor) -> Result<Tensor> {
     if !fast(x) {
-        let h = proj.forward(x)?;
+        let h = plain(proj, x)?;
         let half = h.dim(D::Minus1)? / 2;
         return h.narrow(D::Minus1, 0, half)? * h.narrow(D::Minus1, half, half)?.gelu_erf()?;
     }
@@ -159,6 +214,36 @@ mod tests {
             assert!(max_diff(&linear(&l, &x, Some(&res)).unwrap(), &want) < 1e-5);
             let want = l.forward(&x).unwrap();
             assert!(max_diff(&linear(&l, &x, None).unwrap(), &want) < 1e-5);
+        }
+    }
+
+    #[test]
+    fn sixteen_bit_weights_equal_their_widened_copy() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 37, 24), &dev).unwrap();
+        let res = Tensor::randn(0f32, 1.0, (2, 37, 80), &dev).unwrap();
+        let l = lin(80, 24, true);
+        for dtype in [candle_core::DType::F16, candle_core::DType::BF16] {
+            let narrow = l.weight().to_dtype(dtype).unwrap();
+            let wide = narrow.to_dtype(candle_core::DType::F32).unwrap();
+            // The loader's GEMM layout (a transposed view of [in, out] storage), and as stored.
+            let layouts = [
+                narrow.t().unwrap().contiguous().unwrap().t().unwrap(),
+                narrow,
+            ];
+            let widened = Linear::new(wide, l.bias().cloned());
+            for w in layouts {
+                let kept = Linear::new(w, l.bias().cloned());
+                let want = linear(&widened, &x, Some(&res)).unwrap();
+                let got = linear(&kept, &x, Some(&res)).unwrap();
+                assert!(max_diff(&got, &want) < 1e-5, "{dtype:?}");
+                let want = geglu(&widened, &x).unwrap();
+                let got = geglu(&kept, &x).unwrap();
+                assert!(max_diff(&got, &want) < 1e-5, "{dtype:?}");
+                let x64 = x.to_dtype(candle_core::DType::F64).unwrap();
+                let got = linear(&kept, &x64, None).unwrap();
+                assert_eq!(got.dtype(), candle_core::DType::F64);
+            }
         }
     }
 

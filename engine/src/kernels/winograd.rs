@@ -22,6 +22,7 @@ use rayon::prelude::*;
 
 use super::gemm::{matmul, Mat, MatMut};
 use super::math::simd;
+use super::widen::Stored;
 
 /// Largest transformed input plus product of one band, in f32 values (64 MiB).
 const BUDGET: usize = 16 << 20;
@@ -121,7 +122,7 @@ fn filter_tile(g: &[f32]) -> [f32; 16] {
 pub(super) fn conv(
     x: &[f32],
     images: usize,
-    weight: &[f32],
+    weight: Stored,
     s: &Shape,
     bias: Option<&[f32]>,
     residual: Option<&[f32]>,
@@ -133,9 +134,20 @@ pub(super) fn conv(
     let threads = rayon::current_num_threads().max(1);
     let band_rows = (BUDGET / (16 * (s.c + s.co) * tw * images)).clamp(1, th);
     let mut u = vec![0f32; s.co * block(s.c)];
+    let filters = 9 * s.c;
     u.par_chunks_mut(block(s.c))
-        .zip(weight.par_chunks(9 * s.c))
-        .for_each(|(u, w)| transform_filters(w, s.c, &mut u[..16 * s.c]));
+        .enumerate()
+        .for_each(|(o, u)| match weight {
+            Stored::F32(w) => {
+                transform_filters(&w[o * filters..][..filters], s.c, &mut u[..16 * s.c])
+            }
+            narrow => {
+                // A 16-bit filter bank is widened one output channel at a time.
+                let mut w = vec![0f32; filters];
+                narrow.widen_into(o * filters, &mut w);
+                transform_filters(&w, s.c, &mut u[..16 * s.c]);
+            }
+        });
     for ty0 in (0..th).step_by(band_rows) {
         let rows = band_rows.min(th - ty0);
         let nt = rows * tw;
@@ -401,7 +413,7 @@ mod tests {
 
     fn run(s: &Shape, x: &[f32], w: &[f32], bias: Option<&[f32]>, res: Option<&[f32]>) -> Vec<f32> {
         let mut out = vec![f32::NAN; s.co * s.h * s.w];
-        conv(x, 1, w, s, bias, res, 2.0, &mut out);
+        conv(x, 1, Stored::F32(w), s, bias, res, 2.0, &mut out);
         out
     }
 
@@ -437,12 +449,30 @@ mod tests {
             let bias = noise(co, 11);
             let res = noise(3 * co * h * w, 12);
             let mut all = vec![0f32; 3 * co * h * w];
-            conv(&x, 3, &wt, &s, Some(&bias), Some(&res), 1.0, &mut all);
+            conv(
+                &x,
+                3,
+                Stored::F32(&wt),
+                &s,
+                Some(&bias),
+                Some(&res),
+                1.0,
+                &mut all,
+            );
             let (image, plane) = (c * h * w, co * h * w);
             for i in 0..3 {
                 let mut one = vec![0f32; plane];
                 let (xi, ri) = (&x[i * image..][..image], &res[i * plane..][..plane]);
-                conv(xi, 1, &wt, &s, Some(&bias), Some(ri), 1.0, &mut one);
+                conv(
+                    xi,
+                    1,
+                    Stored::F32(&wt),
+                    &s,
+                    Some(&bias),
+                    Some(ri),
+                    1.0,
+                    &mut one,
+                );
                 assert!(
                     one == all[i * plane..][..plane],
                     "image {i} of {c}->{co} {h}x{w}"

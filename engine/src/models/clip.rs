@@ -12,9 +12,9 @@
 //! after all layers but one, un-normed), the pooled output and the projected `text_embeds`.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{
-    embedding, layer_norm, linear, linear_no_bias, Embedding, LayerNorm, Linear, VarBuilder,
-};
+use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
+
+use crate::models::linear::Linear;
 
 /// The fields of transformers' `CLIPTextConfig` that shape the network.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -116,13 +116,13 @@ impl EncoderLayer {
         let attn = vb.pp("self_attn");
         Ok(Self {
             layer_norm1: layer_norm(d, c.layer_norm_eps, vb.pp("layer_norm1"))?,
-            q_proj: linear(d, d, attn.pp("q_proj"))?,
-            k_proj: linear(d, d, attn.pp("k_proj"))?,
-            v_proj: linear(d, d, attn.pp("v_proj"))?,
-            out_proj: linear(d, d, attn.pp("out_proj"))?,
+            q_proj: Linear::load(attn.pp("q_proj"), d, d, true, None)?,
+            k_proj: Linear::load(attn.pp("k_proj"), d, d, true, None)?,
+            v_proj: Linear::load(attn.pp("v_proj"), d, d, true, None)?,
+            out_proj: Linear::load(attn.pp("out_proj"), d, d, true, None)?,
             layer_norm2: layer_norm(d, c.layer_norm_eps, vb.pp("layer_norm2"))?,
-            fc1: linear(d, c.intermediate_size, vb.pp("mlp.fc1"))?,
-            fc2: linear(c.intermediate_size, d, vb.pp("mlp.fc2"))?,
+            fc1: Linear::load(vb.pp("mlp.fc1"), d, c.intermediate_size, true, None)?,
+            fc2: Linear::load(vb.pp("mlp.fc2"), c.intermediate_size, d, true, None)?,
             heads: c.num_attention_heads,
             activation: c.hidden_act,
         })
@@ -209,10 +209,12 @@ impl ClipTextModel {
                 .iter()
                 .any(|a| a == "CLIPTextModelWithProjection");
         let text_projection = if with_projection {
-            Some(linear_no_bias(
+            Some(Linear::load(
+                vb.pp("text_projection"),
                 c.hidden_size,
                 c.projection_dim,
-                vb.pp("text_projection"),
+                false,
+                None,
             )?)
         } else {
             None

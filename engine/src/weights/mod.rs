@@ -5,11 +5,13 @@
 
 mod file;
 mod source;
+mod storage;
 
 use std::path::Path;
 
 pub use file::{candle_dtype, SafetensorsFile, TensorInfo, WeightsError};
 pub use source::{gemm_layout, swap_halves, KeyMap, TensorOp, TensorRef, WeightSource};
+pub use storage::{is_kept, is_kernel_weight, tensors_var_builder, WeightsDtype};
 
 /// Attaches the weights file to an error raised while building a model from it (missing
 /// tensor, wrong shape: candle's message names the tensor and both shapes).

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
 
-use super::file::{SafetensorsFile, WeightsError};
+use super::file::{candle_dtype, SafetensorsFile, WeightsError};
+use super::storage::{is_kept, is_kernel_weight, WeightsDtype};
 
 /// How a component tensor is made from a file tensor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +54,7 @@ pub struct WeightSource {
     file: Arc<SafetensorsFile>,
     prefix: String,
     map: Option<Arc<KeyMap>>,
+    weights_dtype: WeightsDtype,
 }
 
 impl WeightSource {
@@ -62,6 +64,7 @@ impl WeightSource {
             file,
             prefix: prefix.into(),
             map: None,
+            weights_dtype: WeightsDtype::F32,
         }
     }
 
@@ -71,12 +74,38 @@ impl WeightSource {
             file,
             prefix: String::new(),
             map: Some(Arc::new(map)),
+            weights_dtype: WeightsDtype::F32,
         }
     }
 
     /// Opens the file at `path` as one component.
     pub fn open(path: &std::path::Path) -> Result<Self, WeightsError> {
         Ok(Self::new(Arc::new(SafetensorsFile::open(path)?), ""))
+    }
+
+    /// This source with its weight matrices and filters held in `weights_dtype` when they are
+    /// read for f32 compute on CPU (see [`super::storage`]); by default ([`WeightsDtype::F32`])
+    /// every tensor is read in the dtype asked for.
+    pub fn with_weights_dtype(mut self, weights_dtype: WeightsDtype) -> Self {
+        self.weights_dtype = weights_dtype;
+        self
+    }
+
+    /// The dtype component tensor `key` is read in when `dtype` is asked for on `device`:
+    /// `dtype`, or the held 16-bit type of a kernel weight.
+    fn held_dtype(&self, key: &str, file_key: &str, dtype: DType, device: &Device) -> DType {
+        let Some(stored) = self.file.info(file_key).and_then(|i| candle_dtype(i.dtype)) else {
+            return dtype;
+        };
+        let held = self.weights_dtype.held(stored);
+        let matrix = self
+            .shape(key)
+            .is_some_and(|dims| is_kernel_weight(key, &dims));
+        if matrix && is_kept(held, dtype, device) {
+            held
+        } else {
+            dtype
+        }
     }
 
     /// The underlying file.
@@ -144,7 +173,8 @@ impl WeightSource {
             tensor: key.to_string(),
             message: "not found in the component's key map".into(),
         })?;
-        let t = self.file.read(&r.key, dtype, device)?;
+        let held = self.held_dtype(key, &r.key, dtype, device);
+        let t = self.file.read(&r.key, held, device)?;
         let op_error = |e: candle_core::Error| WeightsError::Tensor {
             path: self.file.path().to_path_buf(),
             tensor: r.key.clone(),

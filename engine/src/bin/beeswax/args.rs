@@ -35,6 +35,11 @@ pub struct Global {
     /// Compute dtype: f32, f16 or bf16 [default: f32 on CPU, f16 on GPUs].
     #[arg(long, global = true)]
     pub dtype: Option<String>,
+    /// Dtype weight matrices and convolution filters are held in on CPU with f32 compute:
+    /// f32, f16 or bf16 (16-bit weights are widened inside the kernels, half the memory)
+    /// [default: the file's own 16-bit type where it has one, else f32].
+    #[arg(long, global = true)]
+    pub weights_dtype: Option<String>,
     /// Single files: configs and tokenizers from this diffusers folder instead of the
     /// family's bundled ones (diffusers' `from_single_file(config=...)`); with a GGUF file
     /// or a FLUX transformer file (BFL/ComfyUI layout): the diffusers folder the other

@@ -1,7 +1,7 @@
 //! `beeswax bench`: UNet forward timings and whole-pipeline stage times with peak memory.
 
 use anyhow::Result;
-use beeswax::bench::{peak_rss_bytes, random_unet, random_unet_inputs, time_runs};
+use beeswax::bench::{peak_rss_bytes, random_unet_held, random_unet_inputs, time_runs};
 use beeswax::extensions::Extensions;
 use beeswax::models::config_file::read_json;
 use beeswax::models::unet::UNetConfig;
@@ -22,7 +22,8 @@ pub fn run(global: &Global, command: BenchCommand) -> Result<()> {
 fn unet(global: &Global, a: BenchUnetArgs) -> Result<()> {
     let (device, dtype) = source::device_and_dtype(global)?;
     let config: UNetConfig = read_json(&a.config)?;
-    let model = random_unet(&config, dtype, &device)?;
+    let weights_dtype = source::weights_dtype(global)?;
+    let model = random_unet_held(&config, dtype, weights_dtype, &device)?;
     let (latents, context) = random_unet_inputs(
         &config,
         a.batch,

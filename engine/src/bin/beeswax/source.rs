@@ -11,6 +11,7 @@ use beeswax::manifest::{
     self, FileSource, ManifestError, ManifestFiles, ManifestFolder, PackDefaults, PackSource,
 };
 use beeswax::schedulers::PredictionType;
+use beeswax::weights::WeightsDtype;
 use beeswax::{hub, model_files};
 use candle_core::{DType, Device};
 
@@ -39,6 +40,16 @@ pub fn device_and_dtype(global: &Global) -> Result<(Device, DType)> {
         None => DType::F16,
     };
     Ok((device, dtype))
+}
+
+/// The `--weights-dtype` choice (the file's own 16-bit type when not given).
+pub fn weights_dtype(global: &Global) -> Result<WeightsDtype> {
+    match &global.weights_dtype {
+        Some(d) => d
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--weights-dtype: {e}")),
+        None => Ok(WeightsDtype::File),
+    }
 }
 
 /// The `*.toml` files of `--manifests`, read once for the whole command, or `None` when the
@@ -174,6 +185,7 @@ pub fn load(
     let (device, dtype) = device_and_dtype(global)?;
     let families = families(folder)?;
     let mut options = LoadOptions::new(device, dtype);
+    options.weights_dtype = weights_dtype(global)?;
     options.denoiser = denoiser;
     options.max_sequence_length = global.max_sequence_length.map(|n| n as usize);
     options.low_memory = global.low_memory;
@@ -250,7 +262,8 @@ pub fn load_refiner(
     }
     let (device, dtype) = device_and_dtype(global)?;
     let families = families(folder)?;
-    let options = LoadOptions::new(device, dtype);
+    let mut options = LoadOptions::new(device, dtype);
+    options.weights_dtype = weights_dtype(global)?;
     let model = if checkpoint::is_single_file(&path) {
         let single = CheckpointOptions {
             config_dir: config.map(Path::to_path_buf),
