@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """A full-size Stable Diffusion 1.5 with random weights, for whole-pipeline speed and memory.
 
-  random-sd15.py make [DIR]   writes the model folder (diffusers layout, f32 safetensors,
-                              about 4.3 GB; default target/random-sd15). Not committed.
+  random-sd15.py make [DIR] [--fp16]
+                              writes the model folder (diffusers layout, f32 safetensors,
+                              about 4.3 GB; default target/random-sd15). Not committed. With
+                              --fp16: the same weights in f16 as diffusers' `variant="fp16"`
+                              files (`*.fp16.safetensors`, about 2.1 GB; default
+                              target/random-sd15-fp16), which beeswax keeps 16-bit in memory.
   random-sd15.py time DIR [--steps 20] [--width 512] [--height 512]
                               times diffusers' StableDiffusionPipeline on it (DDIM, CPU, f32) and
                               prints one JSON line: total seconds and peak RSS in MB.
@@ -46,7 +50,7 @@ SCHEDULER = {
 }
 
 
-def make(out: Path):
+def make(out: Path, fp16: bool = False):
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -67,7 +71,11 @@ def make(out: Path):
                     p.mul_(0.5)
     if out.exists():
         shutil.rmtree(out)
-    pipe.save_pretrained(out, safe_serialization=True)
+    if fp16:
+        pipe.to(torch.float16)
+        pipe.save_pretrained(out, safe_serialization=True, variant="fp16")
+    else:
+        pipe.save_pretrained(out, safe_serialization=True)
     # transformers saves only tokenizer.json; add the vocab.json/merges.txt files beeswax reads.
     for f in (ROOT / "tests/fixtures/models/tiny-sd/tokenizer").iterdir():
         shutil.copy(f, out / "tokenizer" / f.name)
@@ -79,8 +87,11 @@ def time_diffusers(model: Path, steps: int, width: int, height: int):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     start = time.perf_counter()
+    # An fp16 folder (make --fp16) is read as diffusers reads it: variant="fp16", computed in f32.
+    fp16 = (model / "unet/diffusion_pytorch_model.fp16.safetensors").exists()
     pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32,
-                                                   safety_checker=None)
+                                                   safety_checker=None,
+                                                   variant="fp16" if fp16 else None)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     load = time.perf_counter() - start
@@ -97,7 +108,10 @@ def time_diffusers(model: Path, steps: int, width: int, height: int):
 
 def main(argv):
     if len(argv) >= 1 and argv[0] == "make":
-        make(Path(argv[1]) if len(argv) > 1 else ROOT / "target/random-sd15")
+        fp16 = "--fp16" in argv[1:]
+        dirs = [a for a in argv[1:] if a != "--fp16"]
+        default = "target/random-sd15-fp16" if fp16 else "target/random-sd15"
+        make(Path(dirs[0]) if dirs else ROOT / default, fp16)
     elif len(argv) >= 2 and argv[0] == "time":
         opts = dict(zip(argv[2::2], argv[3::2]))
         time_diffusers(Path(argv[1]), int(opts.get("--steps", 20)), int(opts.get("--width", 512)),

@@ -85,8 +85,10 @@ impl candle_nn::var_builder::SimpleBackend for RandomWeights {
     ) -> candle_core::Result<Tensor> {
         let held = self.0.held(DType::F32);
         let kept = is_kernel_weight(name, shape.dims()) && is_kept(held, dtype, device);
-        let tensor = init.var(shape, dtype, device)?.as_tensor().clone();
-        let tensor = if kept { tensor.to_dtype(held)? } else { tensor };
+        // Drawn in the held dtype directly (an f32 draw narrowed after would leave its freed
+        // buffer in the process's peak memory).
+        let drawn = if kept { held } else { dtype };
+        let tensor = init.var(shape, drawn, device)?.as_tensor().clone();
         gemm_layout(name, tensor)
     }
 

@@ -81,8 +81,15 @@ pub(crate) fn with_stored<R>(t: &Tensor, f: impl FnOnce(Stored) -> R) -> Result<
     })
 }
 
+/// Largest scratch buffer kept for the next call, in f32 values (32 MiB: every linear layer
+/// of the SD UNets and CLIP, and their convolutions up to 640 channels). The few larger
+/// filter banks (1280-channel 3x3 convolutions on small maps) get a buffer per call, which
+/// goes back to the allocator after it, so that it is not held through the VAE's decoding.
+const KEPT_SCRATCH: usize = 8 << 20;
+
 thread_local! {
-    /// The calling thread's scratch for widened weights (grown to the largest weight used).
+    /// The calling thread's scratch for widened weights (grown to the largest weight used, up
+    /// to [`KEPT_SCRATCH`]).
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -98,12 +105,14 @@ pub(crate) fn with_widened<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result
             buf.resize(narrow.len(), 0.0);
             narrow.widen_all(&mut buf);
             let r = f(&buf);
-            SCRATCH.with(|s| {
-                let mut cell = s.borrow_mut();
-                if cell.capacity() < buf.capacity() {
-                    *cell = buf;
-                }
-            });
+            if buf.capacity() <= KEPT_SCRATCH {
+                SCRATCH.with(|s| {
+                    let mut cell = s.borrow_mut();
+                    if cell.capacity() < buf.capacity() {
+                        *cell = buf;
+                    }
+                });
+            }
             r
         }
     })
