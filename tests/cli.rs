@@ -238,7 +238,10 @@ fn out_of_range_values_state_the_allowed_range() {
         (&["--scheduler", "eulr"], &["eulr", "euler"]),
         (&["--device", "tpu"], &["--device", "tpu"]),
         (&["--dtype", "f64"], &["--dtype", "f32, f16, bf16"]),
-        (&["--weights-dtype", "f8"], &["--weights-dtype", "f8", "f32, f16 or bf16"]),
+        (
+            &["--weights-dtype", "f8"],
+            &["--weights-dtype", "f8", "f32, f16 or bf16"],
+        ),
     ];
     for (flags, needles) in cases {
         tiny_sd(&dir)
