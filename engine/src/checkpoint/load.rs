@@ -37,7 +37,8 @@ pub struct CheckpointOptions {
 }
 
 /// The file of a single-file pack (resolved in the hub cache for `repo` + `file`, downloaded
-/// when allowed) and its reading options; `family` when the pack declares one.
+/// when allowed) and its reading options; `family` when the pack declares one. The pack's
+/// `vae` is [`crate::family::LoadPlan`]'s to place.
 pub fn pack_checkpoint(
     single: &PackCheckpoint,
     family: Option<&str>,
@@ -59,7 +60,7 @@ pub fn pack_checkpoint(
         family: family.map(str::to_string),
         config_dir: single.model_config.clone(),
         prediction,
-        vae: single.vae.clone(),
+        vae: None,
     };
     Ok((path, options))
 }

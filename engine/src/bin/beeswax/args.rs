@@ -51,7 +51,9 @@ pub struct Global {
     /// A VAE replacing the model's (folder or single file): an AutoencoderKL file (safetensors,
     /// diffusers or original names), or a tiny autoencoder (TAESD/TAESDXL/TAEF1: a diffusers
     /// AutoencoderTiny folder or file, or the original `taesd_decoder.safetensors`, with its
-    /// `taesd_encoder.safetensors` beside it for img2img).
+    /// `taesd_encoder.safetensors` beside it for img2img); `taesd`: the family's tiny
+    /// autoencoder, from beside the model or the Hugging Face cache (`./taesd` for a folder
+    /// so named).
     #[arg(long, global = true)]
     pub vae: Option<PathBuf>,
     /// T5 tokens per prompt on FLUX [default: the family's: 512 dev, 256 schnell]; longer
