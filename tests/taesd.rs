@@ -398,3 +398,36 @@ fn the_cli_and_packs_resolve_vae_taesd() {
     assert_eq!(read("path.png").data, read("k.png").data);
     assert_eq!(read("path.png").data, read("pack.png").data);
 }
+
+#[test]
+fn tiny_flux_with_a_taef1_matches_diffusers() {
+    // FLUX latents reach the tiny autoencoder unpacked and in denoiser space (TAEF1's scaling
+    // factor 1, shift 0), as FluxPipeline hands them to an AutoencoderTiny.
+    let case = common::flux_cases()
+        .into_iter()
+        .find(|c| c.name == "schnell_euler_64x64")
+        .unwrap();
+    let mut options = common::cpu_f32();
+    options.max_sequence_length = Some(case.max_sequence_length);
+    let model = beeswax::family::load(&common::model_dir(&case.model_name()), None, &options)
+        .unwrap()
+        .with_vae(tiny("models/taef1-mini"))
+        .unwrap();
+    assert_eq!(model.vae.latent_channels(), 16);
+    let r = case.tensors();
+    let want = load("reference/taesd/flux_schnell_taef1.safetensors");
+    let out = generate(&model, &case.job(&r));
+    assert_close_rel_std("flux + taef1 latents", &out.latents, &want["latents"], 2e-3);
+    let worst = common::images::max_pixel_diff(&out.images[0], &want["image"]);
+    assert!(worst <= 2.0, "flux + taef1 image differs by {worst}/255");
+    let vae = model.vae.clone();
+    let preview = model
+        .with_preview_vae(Some(vae))
+        .unwrap()
+        .preview(&out.latents)
+        .unwrap();
+    assert_eq!(
+        preview.data, out.images[0].data,
+        "a TAEF1 preview decodes alike"
+    );
+}
