@@ -306,7 +306,7 @@ fn the_taesd_keyword_finds_the_familys_autoencoder_beside_the_model_or_in_the_hu
     let dir = common::command::Dir::new("taesd-find");
     let model = dir.create_dir("model");
     let empty = dir.create_dir("empty-cache");
-    let err = find_taesd(&sd1, &[model.clone()], &empty, false, &model)
+    let err = find_taesd(&sd1, std::slice::from_ref(&model), &empty, false, &model)
         .unwrap_err()
         .to_string();
     assert!(
@@ -317,11 +317,11 @@ fn the_taesd_keyword_finds_the_familys_autoencoder_beside_the_model_or_in_the_hu
         "{err}"
     );
     let cache = fake_hub_cache(&dir, "madebyollin/taesd");
-    let found = find_taesd(&sd1, &[model.clone()], &cache, false, &model).unwrap();
+    let found = find_taesd(&sd1, std::slice::from_ref(&model), &cache, false, &model).unwrap();
     assert!(found.starts_with(&cache), "{}", found.display());
     // Beside the model comes first: a folder, or the original decoder file.
     copy_dir(&fixture("models/taesd-mini"), &model.join("taesd"));
-    let found = find_taesd(&sd1, &[model.clone()], &cache, false, &model).unwrap();
+    let found = find_taesd(&sd1, std::slice::from_ref(&model), &cache, false, &model).unwrap();
     assert_eq!(found, model.join("taesd"));
     let other = dir.create_dir("other");
     std::fs::copy(
@@ -329,12 +329,12 @@ fn the_taesd_keyword_finds_the_familys_autoencoder_beside_the_model_or_in_the_hu
         other.join("taesd_decoder.safetensors"),
     )
     .unwrap();
-    let found = find_taesd(&sd1, &[other.clone()], &empty, false, &model).unwrap();
+    let found = find_taesd(&sd1, std::slice::from_ref(&other), &empty, false, &model).unwrap();
     assert_eq!(found, other.join("taesd_decoder.safetensors"));
     // A family naming no tiny autoencoder says so.
     let mut bare = (*sd1).clone();
     bare.vae.taesd = None;
-    let err = find_taesd(&bare, &[model.clone()], &cache, false, &model)
+    let err = find_taesd(&bare, std::slice::from_ref(&model), &cache, false, &model)
         .unwrap_err()
         .to_string();
     assert!(err.contains("names no tiny autoencoder"), "{err}");

@@ -600,5 +600,20 @@ mod tests {
             .replace("channels = 4", "channels = 3");
         let err = parse(Path::new("x.toml"), &text).unwrap_err().to_string();
         assert!(err.contains("family.latent.preview") && err.contains("3 channels"));
+
+        let text = include_str!("../../../manifests/families/sd1.toml")
+            .replace("madebyollin/taesd", "madebyollin/taesd/x");
+        let err = parse(Path::new("x.toml"), &text).unwrap_err().to_string();
+        assert!(
+            err.contains("family.vae.taesd") && err.contains("repo id"),
+            "{err}"
+        );
+        let family = parse(
+            Path::new("x.toml"),
+            include_str!("../../../manifests/families/sdxl.toml"),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(family.vae.taesd.as_deref(), Some("madebyollin/taesdxl"));
     }
 }
