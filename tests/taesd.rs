@@ -375,9 +375,18 @@ fn the_cli_and_packs_resolve_vae_taesd() {
         "madebyollin/taesd",
         "huggingface-cli download madebyollin/taesd",
     ]);
-    // A pack's `vae = "taesd"`: found in the pack's folder, with an empty hub cache.
+    // A pack's `vae = "taesd"`: `check` finds it missing, then in the pack's folder, with an
+    // empty hub cache.
     let manifests = taesd_pack(&dir, "fast", "vae = \"taesd\"");
+    let mut cmd = dir.command();
+    cmd.manifests(&manifests).arg("check");
+    in_cache(&mut cmd, &empty);
+    cmd.assert_fails_with(&["pack.toml", "pack.vae", "madebyollin/taesd"]);
     copy_dir(&fixture("models/taesd-mini"), &manifests.join("taesd"));
+    let mut cmd = dir.command();
+    cmd.manifests(&manifests).arg("check");
+    in_cache(&mut cmd, &empty);
+    cmd.run();
     let mut cmd = dir.command();
     cmd.manifests(&manifests)
         .args([

@@ -155,8 +155,17 @@ impl LoadPlan {
         places
     }
 
-    /// The family's tiny autoencoder (see [`find_taesd`]).
-    fn find_taesd(&self, family: &Family) -> Result<PathBuf> {
+    /// Whether loading needs the family's tiny autoencoder found by the `taesd` keyword.
+    pub fn needs_taesd(&self) -> bool {
+        self.vae == Some(VaeChoice::Taesd)
+            || (self.preview == Some(PreviewChoice::Taesd)
+                && self.preview_vae.is_none()
+                && !matches!(&self.vae, Some(VaeChoice::Path(p)) if Vae::is_tiny_at(p)))
+    }
+
+    /// The family's tiny autoencoder for this model (see [`find_taesd`]; the places searched
+    /// are beside the model and in [`LoadPlan::search`]).
+    pub fn find_taesd(&self, family: &Family) -> Result<PathBuf> {
         find_taesd(
             family,
             &self.places(),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::config::Limits;
 use crate::extensions::Extensions;
 use crate::family::denoiser::is_gguf;
-use crate::family::{load_pack, Families, LoadOptions, Model, Vae};
+use crate::family::{load_pack, Families, LoadOptions, LoadPlan, Model, Vae};
 use crate::gguf::GgufFile;
 use crate::lora::{LoraCatalog, LoraError, LoraRequest, WeightRange};
 use crate::manifest::{
@@ -365,6 +365,7 @@ pub fn check_pack_files(
         message: format!("`{field}` of pack {}: {e}", pack.name),
     };
     check_vae_files(pack)?;
+    check_taesd(pack, families, allow_download).map_err(|e| at("pack.vae", e))?;
     match &pack.source {
         PackSource::Path(dir) => {
             check_folder_files(dir, pack, families).map_err(|e| at("pack.path", e))
@@ -418,6 +419,20 @@ fn check_checkpoint_files(
     let report = checkpoint::inspect(&file, families, &options)?;
     checkpoint::load::config_dir(&report.detection.family, &options, &file)?;
     Ok(())
+}
+
+/// The family's tiny autoencoder is found when the pack names it by the `taesd` keyword (a
+/// hub pack that is not in the cache, or a single file leaving its family to detection, is
+/// not checked).
+fn check_taesd(pack: &PackManifest, families: &Families, allow_download: bool) -> Result<()> {
+    let Ok(plan) = LoadPlan::for_pack(pack, allow_download) else {
+        return Ok(()); // the source's own check reports it
+    };
+    let family = pack_family(pack).and_then(|f| families.get(f));
+    match family {
+        Some(family) if plan.needs_taesd() => plan.find_taesd(&family).map(drop),
+        _ => Ok(()),
+    }
 }
 
 /// The pack's `vae` and `preview_vae` files open: a tiny autoencoder's (folder or file) or an
