@@ -365,7 +365,11 @@ pub fn check_pack_files(
         message: format!("`{field}` of pack {}: {e}", pack.name),
     };
     check_vae_files(pack)?;
-    check_taesd(pack, families, allow_download).map_err(|e| at("pack.vae", e))?;
+    let keyword_field = match pack.vae {
+        Some(VaeChoice::Taesd) => "pack.vae",
+        _ => "pack.preview",
+    };
+    check_taesd(pack, families, allow_download).map_err(|e| at(keyword_field, e))?;
     match &pack.source {
         PackSource::Path(dir) => {
             check_folder_files(dir, pack, families).map_err(|e| at("pack.path", e))
@@ -436,7 +440,7 @@ fn check_taesd(pack: &PackManifest, families: &Families, allow_download: bool) -
 }
 
 /// The pack's `vae` and `preview_vae` files open: a tiny autoencoder's (folder or file) or an
-/// `AutoencoderKL` weights file (the `taesd` keyword is found when the model loads).
+/// `AutoencoderKL` weights file (the `taesd` keyword: [`check_taesd`]).
 fn check_vae_files(pack: &PackManifest) -> Result<()> {
     let vae = match &pack.vae {
         Some(VaeChoice::Path(p)) => Some((p, "pack.vae")),

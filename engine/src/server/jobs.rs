@@ -79,7 +79,8 @@ pub enum Event {
         step: usize,
         /// Steps in all.
         total: usize,
-        /// A small preview decoded cheaply from the latents: `data:image/png;base64,...`.
+        /// A preview of the latents (`data:image/png;base64,...`): a tiny autoencoder's
+        /// decoding at image size, else the family's latent colour map at latent size.
         #[serde(skip_serializing_if = "Option::is_none")]
         preview: Option<String>,
     },
