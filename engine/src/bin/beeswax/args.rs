@@ -394,6 +394,14 @@ pub struct BenchPipelineArgs {
     /// Guidance [default: the pack's, else 7.5].
     #[arg(long)]
     pub guidance: Option<f64>,
+    /// Measure the cold job, as `beeswax generate` runs it: from this process's start
+    /// (binary loading included) through loading each component, the job and writing the PNG.
+    /// Without it the job is timed on the loaded model.
+    #[arg(long)]
+    pub cold: bool,
+    /// Where the PNG is written [default: beeswax-bench.png in the system's temp folder].
+    #[arg(long)]
+    pub output: Option<PathBuf>,
     /// Print one JSON line instead of a table.
     #[arg(long)]
     pub json: bool,
