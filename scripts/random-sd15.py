@@ -19,12 +19,17 @@
   random-sd15.py time-turbo DIR TAESD_DIR [--steps 1] [--width 512] [--height 512]
                               diffusers' 1-step job with guidance 0, decoded by the TAESD, warm
                               (after one untimed job).
+  random-sd15.py time-unet|time-unet-openvino UNET_DIR SIZE BATCH [ITERS]
+                              one UNet forward (random weights from UNET_DIR/config.json) in
+                              PyTorch, or converted to OpenVINO (f32, static shapes): min of
+                              ITERS (3) after a warm-up.
   random-sd15.py time-taesd TAESD_DIR [--size 512]
                               AutoencoderTiny.decode of a 512x512 image's latents (min of 3).
 
 The default architecture is SD 1.5's (UNet 860M, CLIP ViT-L/14 text encoder, the KL VAE); the
 tokenizer is the real CLIP tokenizer shipped with tests/fixtures/models/tiny-sd. Needs torch,
-diffusers and transformers (the reference venv), never run in CI.
+diffusers and transformers (the reference venv; openvino for time-unet-openvino), never run
+in CI. scripts/bench-table runs all of it against beeswax.
 """
 import json, os, resource, shutil, sys, time
 from pathlib import Path
@@ -175,26 +180,35 @@ def make_taesd(out: Path):
 
 
 def cold(model: Path, png: Path, steps: int, guidance: float, taesd):
-    """The whole job in this process: what `beeswax generate` does from start to PNG."""
+    """The whole job in this process: what `beeswax generate` does from start to PNG. Prints
+    the load, job (as `time`: generation to pixels) and save times, and peak RSS."""
     import torch
     from diffusers import AutoencoderTiny, StableDiffusionPipeline
 
+    start = time.perf_counter()
     pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32,
                                                    safety_checker=None)
     if taesd:
         pipe.vae = AutoencoderTiny.from_pretrained(taesd, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
+    load = time.perf_counter() - start
     gen = torch.Generator("cpu").manual_seed(0)
+    start = time.perf_counter()
     with torch.no_grad():
         image = pipe("a red fox in the snow", num_inference_steps=steps, guidance_scale=guidance,
-                     generator=gen).images[0]
-    image.save(png)
+                     generator=gen, output_type="np").images[0]
+    job = time.perf_counter() - start
+    start = time.perf_counter()
+    pipe.numpy_to_pil(image[None])[0].save(png)
+    save = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"peak_rss_mb": round(peak_mb, 1)}))
+    print(json.dumps({"load_s": round(load, 4), "job_s": round(job, 4), "save_s": round(save, 4),
+                      "peak_rss_mb": round(peak_mb, 1)}))
 
 
 def time_turbo(model: Path, taesd: Path, steps: int, width: int, height: int):
-    """A warm few-step job (guidance 0: no negative pass) decoded by the TAESD."""
+    """A warm few-step job (guidance 0: no negative pass) decoded by the TAESD: the faster of
+    two runs (as `beeswax bench pipeline --repeat 2`)."""
     import torch
     from diffusers import AutoencoderTiny, StableDiffusionPipeline
 
@@ -211,7 +225,7 @@ def time_turbo(model: Path, taesd: Path, steps: int, width: int, height: int):
                  height=height, guidance_scale=0.0, generator=gen, output_type="np")
         times.append(time.perf_counter() - start)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"total_s": round(times[-1], 4), "first_s": round(times[0], 4),
+    print(json.dumps({"total_s": round(min(times), 4), "first_s": round(times[0], 4),
                       "peak_rss_mb": round(peak_mb, 1)}))
 
 
@@ -232,6 +246,66 @@ def time_taesd(taesd: Path, size: int):
     print(json.dumps({"min_s": round(min(times), 4)}))
 
 
+def unet_inputs(config_dir: Path, size: int, batch: int):
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config_dir)).eval()
+    latents = torch.randn(batch, unet.config.in_channels, size // 8, size // 8)
+    context = torch.randn(batch, 77, unet.config.cross_attention_dim)
+    return unet, latents, context
+
+
+def time_unet(config_dir: Path, size: int, batch: int, iters: int):
+    """One UNet forward in PyTorch (random weights): min of `iters` after a warm-up."""
+    import torch
+
+    unet, latents, context = unet_inputs(config_dir, size, batch)
+    times = []
+    with torch.no_grad():
+        unet(latents, 500, context)
+        for _ in range(iters):
+            start = time.perf_counter()
+            unet(latents, 500, context)
+            times.append(time.perf_counter() - start)
+    print(json.dumps({"min_s": round(min(times), 4), "threads": torch.get_num_threads()}))
+
+
+def time_unet_openvino(config_dir: Path, size: int, batch: int, iters: int):
+    """The same UNet converted to OpenVINO (f32 inference precision, static shapes, latency
+    hint): min of `iters` after a warm-up; also its largest difference from PyTorch."""
+    import openvino as ov
+    import torch
+
+    unet, latents, context = unet_inputs(config_dir, size, batch)
+    timesteps = torch.tensor([500.0] * batch)
+
+    class Wrap(torch.nn.Module):
+        def __init__(self, u):
+            super().__init__()
+            self.u = u
+
+        def forward(self, x, t, c):
+            return self.u(x, t, c, return_dict=False)[0]
+
+    with torch.no_grad():
+        reference = unet(latents, timesteps, context).sample
+        model = ov.convert_model(Wrap(unet), example_input=(latents, timesteps, context))
+    compiled = ov.Core().compile_model(
+        model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    inputs = [latents.numpy(), timesteps.numpy(), context.numpy()]
+    out = request.infer(inputs)[0]
+    err = float(abs(torch.from_numpy(out) - reference).max() / reference.std())
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        request.infer(inputs)
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"min_s": round(min(times), 4), "max_err_over_std": err}))
+
+
 def main(argv):
     if len(argv) >= 1 and argv[0] == "make":
         make(Path(argv[1]) if len(argv) > 1 else ROOT / "target/random-sd15")
@@ -247,6 +321,9 @@ def main(argv):
         opts = dict(zip(argv[3::2], argv[4::2]))
         time_turbo(Path(argv[1]), Path(argv[2]), int(opts.get("--steps", 1)),
                    int(opts.get("--width", 512)), int(opts.get("--height", 512)))
+    elif len(argv) >= 4 and argv[0] in ("time-unet", "time-unet-openvino"):
+        run = time_unet if argv[0] == "time-unet" else time_unet_openvino
+        run(Path(argv[1]), int(argv[2]), int(argv[3]), int(argv[4]) if len(argv) > 4 else 3)
     elif len(argv) >= 2 and argv[0] == "time-taesd":
         opts = dict(zip(argv[2::2], argv[3::2]))
         time_taesd(Path(argv[1]), int(opts.get("--size", 512)))

@@ -58,12 +58,27 @@ pub fn run(global: &Global, a: BenchPipelineArgs) -> Result<()> {
     };
     let extensions = Extensions::builtin();
     let model = &chosen.model;
-    let job_start = Instant::now();
-    let job = resolve(model, &chosen.defaults, &extensions.schedulers, request)?;
-    let out = run_job(model, &job, &extensions, &mut |_| {
-        std::ops::ControlFlow::Continue(())
-    })?;
-    let job_time = job_start.elapsed();
+    // Each run resolves its job, as a served request does; the fastest run is reported.
+    let mut fastest = None;
+    for _ in 0..a.repeat.max(1) {
+        let job_start = Instant::now();
+        let job = resolve(
+            model,
+            &chosen.defaults,
+            &extensions.schedulers,
+            request.clone(),
+        )?;
+        let out = run_job(model, &job, &extensions, &mut |_| {
+            std::ops::ControlFlow::Continue(())
+        })?;
+        let job_time = job_start.elapsed();
+        if fastest.as_ref().is_none_or(|(_, _, t)| job_time < *t) {
+            fastest = Some((job, out, job_time));
+        }
+    }
+    let Some((job, out, job_time)) = fastest else {
+        anyhow::bail!("--repeat must be at least 1");
+    };
     let save_start = Instant::now();
     let path = a
         .output

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use beeswax::checkpoint::{self, CheckpointOptions};
 use beeswax::device::{default_device, parse_device, parse_dtype};
-use beeswax::family::{Families, LoadOptions, Model, Vae};
+use beeswax::family::{timed_load, Families, LoadOptions, Model, Vae};
 use beeswax::manifest::{
     self, FileSource, ManifestError, ManifestFiles, ManifestFolder, PackDefaults, PackSource,
 };
@@ -197,7 +197,7 @@ pub fn load(
     let mut model =
         model.with_context(|| format!("loading model {name} from {}", dir.display()))?;
     if let Some(path) = tiny {
-        let vae = Vae::tiny(path, model.dtype, &model.device)
+        let vae = timed_load("tiny_vae", || Vae::tiny(path, model.dtype, &model.device))
             .with_context(|| format!("loading the tiny autoencoder --vae {}", path.display()))?;
         model = model.with_vae(vae)?;
     } else if let (Some(path), false) = (&global.vae, checkpoint::is_single_file(&dir)) {
