@@ -67,9 +67,9 @@ mod tests {
             .to_dtype(dtype)
             .unwrap();
         let fast = transposed_storage(&t).unwrap();
-        let plain = t.t().unwrap().contiguous().unwrap().t().unwrap();
         assert_eq!(fast.dims(), &[rows, cols]);
-        assert_eq!(fast.stride(), plain.stride());
+        // Stored as contiguous [cols, rows], like candle's transposed copy.
+        assert!(fast.t().unwrap().is_contiguous(), "{rows}x{cols}");
         let diff = (fast.to_dtype(DType::F32).unwrap() - t.to_dtype(DType::F32).unwrap())
             .unwrap()
             .abs()
