@@ -40,7 +40,9 @@ fn cold_pipeline_reports_each_stage_and_component_and_writes_the_png() {
         .args(["bench", "pipeline", "--model"])
         .arg(model_dir("tiny-sd"))
         .args(["--steps", "2", "--guidance", "0", "--scheduler", "euler_a"])
-        .args(["--width", "64", "--height", "64", "--cold", "--json", "--output"])
+        .args([
+            "--width", "64", "--height", "64", "--cold", "--json", "--output",
+        ])
         .arg(&png)
         .stdout();
     let m = json(&out);
@@ -61,7 +63,11 @@ fn cold_pipeline_reports_each_stage_and_component_and_writes_the_png() {
     assert!(m.get("peak_rss_mb").and_then(Value::as_f64).unwrap() > 0.0);
     let image = Png::read(&png);
     assert_eq!(image.size(), (64, 64));
-    assert!(image.parameters.contains("Steps: 2"), "{}", image.parameters);
+    assert!(
+        image.parameters.contains("Steps: 2"),
+        "{}",
+        image.parameters
+    );
 }
 
 #[test]
@@ -76,7 +82,10 @@ fn warm_pipeline_reports_the_job_without_load_times() {
         .arg(dir.join("warm.png"))
         .stdout();
     let m = json(&out);
-    assert!(!m.contains_key("load_s") && !m.contains_key("startup_s"), "{m:?}");
+    assert!(
+        !m.contains_key("load_s") && !m.contains_key("startup_s"),
+        "{m:?}"
+    );
     let job = ["encode_s", "steps_s", "decode_s", "other_s"]
         .iter()
         .map(|k| seconds(&m, k))
