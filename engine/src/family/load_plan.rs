@@ -115,10 +115,12 @@ impl LoadPlan {
     /// autoencoder's path) and the previews'.
     fn autoencoders(&self, mut model: Model) -> Result<Model> {
         let tiny = |path: &Path, model: &Model| {
-            Vae::tiny(path, model.dtype, &model.device).map_err(|e| Error::Config {
-                path: path.to_path_buf(),
-                message: format!("loading the tiny autoencoder: {e}"),
-            })
+            super::timed_load("tiny_vae", || Vae::tiny(path, model.dtype, &model.device)).map_err(
+                |e| Error::Config {
+                    path: path.to_path_buf(),
+                    message: format!("loading the tiny autoencoder: {e}"),
+                },
+            )
         };
         let final_tiny = match &self.vae {
             Some(VaeChoice::Taesd) => Some(self.find_taesd(&model.family)?),

@@ -330,11 +330,15 @@ pub struct BenchSchedulerArgs {
 #[derive(Debug, Args)]
 pub struct BenchVaeArgs {
     /// A diffusers `vae/config.json` to build with random weights.
-    #[arg(long, conflicts_with = "model", required_unless_present = "model")]
+    #[arg(long, conflicts_with_all = ["model", "tiny"], required_unless_present_any = ["model", "tiny"])]
     pub config: Option<PathBuf>,
     /// A model folder in the diffusers layout whose `vae/` (config and weights) is timed.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tiny")]
     pub model: Option<PathBuf>,
+    /// A tiny autoencoder (TAESD: a diffusers `AutoencoderTiny` folder or file) whose decoder
+    /// is timed.
+    #[arg(long)]
+    pub tiny: Option<PathBuf>,
     /// Image width (latents are width / 8).
     #[arg(long, default_value_t = 512)]
     pub width: usize,
@@ -396,6 +400,19 @@ pub struct BenchPipelineArgs {
     /// Guidance [default: the pack's, else 7.5].
     #[arg(long)]
     pub guidance: Option<f64>,
+    /// Measure the cold job, as `beeswax generate` runs it: from this process's start
+    /// (binary loading included) through loading each component, the job and writing the PNG.
+    /// Without it the job is timed on the loaded model.
+    #[arg(long)]
+    pub cold: bool,
+    /// Runs of the job on the loaded model; the fastest is reported (2: the second run, warm
+    /// caches and allocator, as a server's jobs after its first).
+    #[arg(long, default_value_t = 1, conflicts_with = "cold",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+    /// Where the PNG is written [default: beeswax-bench.png in the system's temp folder].
+    #[arg(long)]
+    pub output: Option<PathBuf>,
     /// Print one JSON line instead of a table.
     #[arg(long)]
     pub json: bool,

@@ -4,6 +4,7 @@
 
 mod args;
 mod bench;
+mod bench_pipeline;
 mod bench_vae;
 mod check;
 mod generate;
