@@ -21,6 +21,7 @@ pub mod digest;
 pub mod error;
 pub mod extensions;
 pub mod family;
+pub mod fleet;
 pub mod gguf;
 pub mod hub;
 pub mod image_in;

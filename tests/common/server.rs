@@ -135,14 +135,34 @@ impl ServeProcess {
     /// Starts `beeswax serve --port 0 --manifests <test manifests>` with `args` added, and
     /// waits for it to listen.
     pub fn start(args: &[&str]) -> Self {
+        let mut process = Self::launch(
+            &["serve", "--port", "0"],
+            tiny_manifests,
+            args,
+            "beeswax listening on ",
+        );
+        process.url = process.url.trim().to_string();
+        process
+    }
+
+    /// Starts `beeswax <command> --manifests <manifests(dir)> args` and waits for a first line
+    /// starting with `ready` (what follows it becomes [`ServeProcess::url`]).
+    pub fn launch(
+        command: &[&str],
+        manifests: impl FnOnce(&Path) -> PathBuf,
+        args: &[&str],
+        ready: &str,
+    ) -> Self {
         let dir = Dir::new("serve");
-        let manifests = tiny_manifests(dir.path());
+        let manifests = manifests(dir.path());
         let mut child = Command::new(env!("CARGO_BIN_EXE_beeswax"))
-            .args(["serve", "--port", "0", "--manifests"])
+            .args(command)
+            .arg("--manifests")
             .arg(&manifests)
             .args(args)
             .env_remove("BEESWAX_API_KEY")
             .env_remove("BEESWAX_MANIFESTS")
+            .env_remove("BEESWAX_NATS")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -151,11 +171,11 @@ impl ServeProcess {
         let stdout = collect(child.stdout.take().unwrap(), Some(first_line));
         let stderr = collect(child.stderr.take().unwrap(), None);
         let line = lines.recv_timeout(PATIENCE).unwrap_or_default();
-        let Some(url) = line.trim().strip_prefix("beeswax listening on ") else {
+        let Some(url) = line.trim_end().strip_prefix(ready) else {
             let _ = child.kill();
             let _ = child.wait();
             let stderr = String::from_utf8_lossy(&stderr.lock().unwrap()).into_owned();
-            panic!("beeswax serve did not start: first line {line:?}\nstderr:\n{stderr}");
+            panic!("beeswax {command:?} did not start: first line {line:?}\nstderr:\n{stderr}");
         };
         ServeProcess {
             url: url.to_string(),
@@ -164,6 +184,17 @@ impl ServeProcess {
             stderr,
             _dir: dir,
         }
+    }
+
+    /// Kills the process at once (SIGKILL, like a crash) and waits for it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// What it printed to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
     }
 
     /// The URL of `path`.

@@ -36,6 +36,7 @@ mod openapi;
 mod ops;
 mod pictures;
 mod queue;
+mod remote;
 mod request;
 mod service;
 mod site;
@@ -47,9 +48,10 @@ pub use catalog::{Catalog, Pipeline};
 pub use config::{Limits, ServerConfig};
 pub use errors::{A1111Error, A1111Json, ApiError, JsonBody};
 pub use http::{router, serve, shutdown_signal};
-pub use jobs::{Event, Job, Origin, Status};
-pub use request::{validate, GenerateRequest, JobSpec};
-pub use service::Service;
+pub use jobs::{unix_secs, Event, Job, JobState, Origin, Status};
+pub use remote::{Remote, RemoteFuture, RemoteHealth};
+pub use request::{validate, FieldNames, GenerateRequest, JobSpec, NATIVE};
+pub use service::{Cancelled, Service};
 pub use site::{parse_origin, parse_public_url, Site};
 
 /// A header map of `pairs`, for the routes' unit tests.

@@ -228,7 +228,7 @@ pub async fn create(
         refiner_switch_at: body.refiner_switch_at,
     };
     let spec = validate(&service, request, &NATIVE)?;
-    let job = service.submit(spec, Origin::Native)?;
+    let job = service.submit(spec, Origin::Native).await?;
     let location = format!("/v1/jobs/{}", job.id);
     let body = job_json(&job);
     Ok((
@@ -266,8 +266,8 @@ pub fn job_json(job: &Job) -> Value {
     })
 }
 
-fn find(service: &Service, id: &str) -> Result<Arc<Job>, ApiError> {
-    service.jobs.get(id).ok_or_else(|| {
+async fn find(service: &Service, id: &str) -> Result<Arc<Job>, ApiError> {
+    service.find_job(id).await.ok_or_else(|| {
         ApiError::not_found(
             "unknown_job",
             format!(
@@ -283,7 +283,7 @@ pub async fn status(
     State(service): State<Arc<Service>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let job = find(&service, &id)?;
+    let job = find(&service, &id).await?;
     Ok(Json(job_json(&job)))
 }
 
@@ -292,7 +292,7 @@ pub async fn image(
     State(service): State<Arc<Service>>,
     Path((id, n)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let job = find(&service, &id)?;
+    let job = find(&service, &id).await?;
     let s = job.state();
     if s.status != Status::Completed {
         return Err(ApiError::new(
@@ -329,7 +329,7 @@ pub async fn cancel(
     State(service): State<Arc<Service>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let job = find(&service, &id)?;
+    let job = find(&service, &id).await?;
     match service.cancel(&job) {
         Cancelled::Dequeued => Ok((StatusCode::OK, Json(job_json(&job))).into_response()),
         Cancelled::Stopping => Ok((StatusCode::ACCEPTED, Json(job_json(&job))).into_response()),

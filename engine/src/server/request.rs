@@ -141,6 +141,9 @@ pub struct JobSpec {
     pub lora_catalog: Arc<LoraCatalog>,
     /// The sampler's AUTOMATIC1111 display name (`DPM++ 2M Karras`).
     pub sampler_name: String,
+    /// The request as received, when it carries no picture: what a fleet API node publishes
+    /// for a worker to validate again (see [`crate::fleet`]).
+    pub text_request: Option<GenerateRequest>,
 }
 
 impl JobSpec {
@@ -258,6 +261,7 @@ pub fn validate(
     names: &FieldNames,
 ) -> Result<JobSpec, ApiError> {
     let pipeline = pipeline(service, &req, names)?;
+    let text_request = req.image.is_none().then(|| req.clone());
     let extensions = &service.extensions;
     check_values(&req, names)?;
     let mut loras: Vec<LoraRequest> = (pipeline.lora_set.iter())
@@ -311,6 +315,7 @@ pub fn validate(
         preview_every,
         loras,
         lora_catalog: service.catalog.loras().clone(),
+        text_request,
     })
 }
 

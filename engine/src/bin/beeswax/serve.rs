@@ -82,9 +82,16 @@ pub struct ServeArgs {
     /// refused (403), so a site you visit cannot queue jobs on your server.
     #[arg(long, value_name = "ORIGIN", value_parser = beeswax::server::parse_origin)]
     pub cors_origin: Vec<String>,
+    /// Fleet mode: publish jobs on this NATS JetStream server for `beeswax worker`s
+    /// (--queue-size becomes the most jobs waiting per pipeline).
+    #[command(flatten)]
+    pub nats: crate::fleet::NatsArgs,
+    /// With --nats: also run jobs in this process, as a worker of the fleet.
+    #[arg(long, requires = "nats")]
+    pub worker: bool,
 }
 
-fn init_logs(json: bool) {
+pub fn init_logs(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -98,24 +105,24 @@ fn init_logs(json: bool) {
     };
 }
 
-pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
-    init_logs(a.log_json);
+/// Loads the manifests' pipelines (models included), with the plugins' extensions and the
+/// embeddings; fails when none loads.
+pub fn load_pipelines(
+    global: &Global,
+    embeddings: Option<&std::path::Path>,
+    limits: Limits,
+    lora_range: beeswax::lora::WeightRange,
+) -> Result<(Catalog, beeswax::extensions::Extensions)> {
     let files = ManifestFiles::read(&global.manifests)?;
     let folder = files.parse()?;
     // The plugins' samplers and processors join the extensions every job runs with.
     let (_plugins, mut extensions) = crate::plugins::load(Some(&folder))?;
     extensions.set_embeddings(
         &beeswax::manifest::embeddings(&folder)?,
-        a.embeddings.as_deref(),
+        embeddings,
         global.allow_download,
     )?;
     let (device, dtype) = crate::source::device_and_dtype(global)?;
-    let limits = Limits {
-        max_width: a.max_width,
-        max_height: a.max_height,
-        max_steps: a.max_steps,
-        max_images: a.max_images,
-    };
     let mut options = LoadOptions::new(device, dtype);
     options.max_sequence_length = global.max_sequence_length.map(|n| n as usize);
     options.low_memory = global.low_memory;
@@ -127,13 +134,26 @@ pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
         &extensions,
     )
     .with_context(|| format!("loading the pipelines in {}", global.manifests.display()))?;
-    catalog.set_lora_range(a.lora_weight_range);
+    catalog.set_lora_range(lora_range);
     if catalog.all().is_empty() {
         bail!(
             "no pipeline could be loaded from {}: add a pack manifest (see `beeswax packs`)",
             global.manifests.display()
         );
     }
+    Ok((catalog, extensions))
+}
+
+pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
+    init_logs(a.log_json);
+    let limits = Limits {
+        max_width: a.max_width,
+        max_height: a.max_height,
+        max_steps: a.max_steps,
+        max_images: a.max_images,
+    };
+    let (catalog, extensions) =
+        load_pipelines(global, a.embeddings.as_deref(), limits, a.lora_weight_range)?;
     if a.host.is_unspecified() && a.public_url.is_none() {
         tracing::warn!(host = %a.host, "links in OpenAI responses will point at 127.0.0.1: set --public-url to the address clients use");
     }
@@ -164,12 +184,53 @@ pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
         let addr = listener.local_addr()?;
         let service =
             Service::start(catalog, extensions, config).context("starting the workers")?;
+        let (stop, stopping) = crate::fleet::stop_signal();
+        let worker = match &a.nats.nats {
+            Some(_) => {
+                let fleet = a
+                    .nats
+                    .connect(a.queue_size as usize, a.keep_finished)
+                    .await?;
+                for pipeline in service.catalog.all() {
+                    fleet.consumer(&pipeline.name).await?;
+                }
+                let _ = service.set_remote(std::sync::Arc::new(beeswax::fleet::ApiNode::new(
+                    fleet.clone(),
+                )));
+                a.worker.then(|| {
+                    let options = beeswax::fleet::WorkerOptions {
+                        concurrency: a.concurrency as usize,
+                        shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
+                    };
+                    tokio::spawn(beeswax::fleet::run_worker(
+                        fleet,
+                        service.clone(),
+                        options,
+                        crate::fleet::stopped(stopping.clone()),
+                    ))
+                })
+            }
+            None => None,
+        };
         tracing::info!(%addr, pipelines = service.catalog.names(), "listening");
         println!("beeswax listening on http://{addr}");
         if !a.no_ui {
             println!("web UI: http://{addr}/");
         }
-        serve(listener, service, shutdown_signal()).await?;
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        });
+        if let Some(worker) = worker {
+            // The fleet worker drains first: its jobs run on the service's threads.
+            let drained = crate::fleet::stopped(stopping.clone());
+            let server = serve(listener, service, drained);
+            let (served, worked) = tokio::join!(server, worker);
+            served?;
+            worked.context("the fleet worker stopped")??;
+        } else {
+            serve(listener, service, crate::fleet::stopped(stopping)).await?;
+        }
         tracing::info!("stopped");
         Ok(())
     })
