@@ -258,45 +258,82 @@ async fn bad_setups_are_refused_with_what_to_fix() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queued_jobs_survive_a_nats_restart() {
+async fn nodes_reconnect_and_queued_jobs_survive_a_nats_restart() {
     let mut nats = NatsServer::start();
     let api = api_node(&nats, &[]);
+    let first = worker(&nats, &[]);
+    // Both were connected when NATS went away: they reconnect and carry on.
+    nats.restart();
+    let id = submit(&api.url, job("after", 2)).await;
+    wait_status(&api.url, &id, "completed").await;
+    // Jobs accepted while no worker runs are kept through a restart.
+    first.kill();
     let ids = [
         submit(&api.url, job("one", 2)).await,
         submit(&api.url, job("two", 2)).await,
     ];
     nats.restart();
-    let _worker = worker(&nats, &[]);
+    let _second = worker(&nats, &[]);
     for id in &ids {
         wait_status(&api.url, id, "completed").await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_jobs_on_two_workers_complete_exactly_once() {
+async fn one_process_can_be_api_node_and_worker_and_a_worker_drains_on_sigterm() {
+    let nats = NatsServer::start();
+    let both = api_node(&nats, &["--worker", "--max-steps", "1000"]);
+    let id = submit(&both.url, job("both", 2)).await;
+    wait_status(&both.url, &id, "completed").await;
+    // SIGTERM to a worker mid-job: it takes no new job and finishes the one it runs.
+    let alone = worker(&nats, &["--shutdown-timeout", "280"]);
+    let both_out = both.terminate();
+    assert!(both_out.status.success(), "{}", both_out.stderr);
+    let api = api_node(&nats, &["--max-steps", "1000"]);
+    let id = submit(&api.url, long_job("drained")).await;
+    wait_status(&api.url, &id, "running").await;
+    let next = submit(&api.url, job("next", 2)).await;
+    let exit = alone.terminate();
+    assert!(exit.status.success(), "{}", exit.stderr);
+    assert!(exit.stderr.contains("draining"), "{}", exit.stderr);
+    let done = get_json(&api.at(&format!("/v1/jobs/{id}"))).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let waiting = get_json(&api.at(&format!("/v1/jobs/{next}"))).await;
+    assert_eq!(waiting["status"], "queued", "{waiting}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_jobs_complete_exactly_once_though_a_worker_is_killed() {
     let nats = NatsServer::start();
     let api = api_node(&nats, &["--queue-size", "64"]);
-    let a = worker(&nats, &[]);
-    let b = worker(&nats, &[]);
+    let fast = ["--nats-ack-wait", "2"];
+    let doomed = worker(&nats, &fast);
+    let b = worker(&nats, &fast);
     let mut ids = Vec::new();
     for i in 0..50 {
-        ids.push(submit(&api.url, job(&format!("bee {i}"), 1)).await);
+        ids.push(submit(&api.url, job(&format!("bee {i}"), 4)).await);
     }
+    // A worker dies mid-run; a fresh one joins.
+    wait_status(&api.url, &ids[5], "completed").await;
+    doomed.kill();
+    let c = worker(&nats, &fast);
     for id in &ids {
-        wait_status(&api.url, id, "completed").await;
+        let done = wait_status(&api.url, id, "completed").await;
+        assert_eq!(done["images"].as_array().unwrap().len(), 1, "{done}");
     }
-    // Each job ran once: exactly one "fleet job started" line per id over both workers.
-    let logs = format!("{}{}", a.stderr_text(), b.stderr_text());
+    // No job finished twice on the surviving workers, and nothing is left or dead.
+    let logs = format!("{}{}", b.stderr_text(), c.stderr_text());
     for id in &ids {
         let runs = logs
             .lines()
-            .filter(|l| l.contains("fleet job started") && l.contains(id.as_str()))
+            .filter(|l| l.contains("fleet job finished") && l.contains(id.as_str()))
             .count();
-        assert_eq!(runs, 1, "job {id} started {runs} times");
+        assert!(runs <= 1, "job {id} finished {runs} times");
     }
     let js = jetstream(&nats).await;
     let mut jobs = js.get_stream("BEESWAX_JOBS").await.unwrap();
     assert_eq!(jobs.info().await.unwrap().state.messages, 0);
+    assert!(dead_letters(&nats).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

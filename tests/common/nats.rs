@@ -60,9 +60,15 @@ impl NatsServer {
         }
     }
 
-    /// Stops it (SIGKILL: no clean shutdown) and starts it again on the same port and store.
+    /// Stops it as an operator would (SIGTERM: nats-server flushes its store and exits) and
+    /// starts it again on the same port and store. (A SIGKILL may lose the last
+    /// acknowledged writes that nats-server had not yet flushed to its files.)
     pub fn restart(&mut self) {
-        self.stop();
+        if let Some(mut child) = self.child.take() {
+            let id = child.id().to_string();
+            let _ = Command::new("kill").args(["-TERM", &id]).status();
+            let _ = child.wait();
+        }
         self.launch();
     }
 

@@ -113,7 +113,19 @@ async fn consumers(
     Ok(out)
 }
 
+/// One job if one comes within [`PULL_WAIT`]. Bounded by a timeout of its own: a pull request
+/// in flight when the server went away is never answered.
 async fn pull_one(consumer: &Consumer<pull::Config>) -> Result<Option<Message>, FleetError> {
+    let pulled = tokio::time::timeout(PULL_WAIT + Duration::from_secs(5), pull(consumer)).await;
+    pulled.unwrap_or_else(|_| {
+        Err(FleetError::nats(
+            "pulling a job",
+            "no answer (reconnecting?)",
+        ))
+    })
+}
+
+async fn pull(consumer: &Consumer<pull::Config>) -> Result<Option<Message>, FleetError> {
     let mut batch = consumer
         .batch()
         .max_messages(1)
@@ -229,7 +241,13 @@ async fn run(
     .await;
     tracing::info!("fleet job started");
     watch_local(fleet, service, message, &local, &mut record).await;
-    let outcome = {
+    store_outcome(fleet, message, &local, record).await;
+}
+
+/// Stores the finished local job's images and final record, then acknowledges the message
+/// (not when a write failed: the job is then delivered again).
+async fn store_outcome(fleet: &Fleet, message: &Message, local: &Job, mut record: JobRecord) {
+    let (status, images, infotexts, warnings, error, step) = {
         let s = local.state();
         (
             s.status,
@@ -237,15 +255,15 @@ async fn run(
             s.infotexts.clone(),
             s.warnings.clone(),
             s.error.clone(),
+            s.step,
         )
     };
-    let (status, images, infotexts, warnings, error) = outcome;
     record.finished_at = Some(unix_secs(SystemTime::now()));
-    record.step = local.state().step;
+    record.step = step;
     match status {
         Status::Completed => {
             for (n, png) in images.iter().enumerate() {
-                let name = image_name(&job.id, n);
+                let name = image_name(&record.id, n);
                 if let Err(e) = fleet.images.put(name.as_str(), &mut png.as_slice()).await {
                     tracing::warn!(error = %e, %name, "storing an image failed: leaving the job for another delivery");
                     return;
