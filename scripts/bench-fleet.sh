@@ -24,13 +24,14 @@ printf '[pack]\nname = "tiny-sd"\nfamily = "sd1"\npath = "%s"\n' \
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# Starts `beeswax ARGS` in the background, waits for its first stdout line; prints it.
+# Starts `beeswax ARGS` in the background and waits for its first stdout line, left in LINE
+# (its pid is the last of PIDS).
 start() {
     local log=$WORK/$1.log; shift
     "$BIN" "$@" > "$log" 2> "$log.err" &
     PIDS+=($!)
     for _ in $(seq 600); do [ -s "$log" ] && break; sleep 0.1; done
-    head -1 "$log"
+    LINE=$(head -1 "$log")
 }
 
 # Submits JOBS native jobs to $1 and waits for all; prints jobs/s.
@@ -61,8 +62,8 @@ PY
 }
 
 # Embedded: one `beeswax serve`, one worker thread.
-line=$(start embedded serve --port 0 --manifests "$MANIFESTS" --queue-size 1000 --no-ui)
-embedded=$(run_jobs "${line#beeswax listening on }")
+start embedded serve --port 0 --manifests "$MANIFESTS" --queue-size 1000 --no-ui
+embedded=$(run_jobs "${LINE#beeswax listening on }")
 kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
 echo "embedded, 1 worker thread: $embedded jobs/s"
 
@@ -73,11 +74,11 @@ for n in 1 2 4; do
     NATS_PID=$!; PIDS+=($NATS_PID)
     sleep 0.5
     url=nats://127.0.0.1:$port
-    line=$(start api-$n serve --port 0 --manifests "$MANIFESTS" --nats "$url" --queue-size 1000 --no-ui)
-    api=${line#beeswax listening on }
+    start api-$n serve --port 0 --manifests "$MANIFESTS" --nats "$url" --queue-size 1000 --no-ui
+    api=${LINE#beeswax listening on }
     worker_pids=()
     for w in $(seq "$n"); do
-        start worker-$n-$w worker --manifests "$MANIFESTS" --nats "$url" > /dev/null
+        start worker-$n-$w worker --manifests "$MANIFESTS" --nats "$url"
         worker_pids+=("${PIDS[-1]}")
     done
     rate=$(run_jobs "$api")
@@ -88,5 +89,5 @@ for n in 1 2 4; do
     kill "${PIDS[-$((n + 1))]}" 2>/dev/null || true
     sleep 0.5
 done
-python3 -c "print(f'NATS overhead, 1 worker: {100 * (1 - $one / $embedded):.1f}% fewer jobs/s than embedded')"
+python3 -c "print(f'NATS mode vs embedded, 1 worker: {100 * ($one / $embedded - 1):+.1f}% jobs/s')"
 echo "(on $(nproc) cores: workers share them, so N > cores adds no compute)"
