@@ -1,5 +1,5 @@
-//! NATS as its clients expect: a `tls://` server with a self-signed certificate (made with
-//! `openssl` at test time, trusted with `--nats-tls-ca`) that lets in only an NKey user
+//! NATS as its clients expect: a `tls://` server with a certificate of a private authority
+//! (made with `openssl` at test time, trusted with `--nats-tls-ca`) that lets in only an NKey user
 //! (`--nats-creds` with the user's seed); and clear errors when either is missing or wrong.
 
 use std::path::Path;
@@ -10,37 +10,89 @@ use common::server::{tiny_manifests, ServeProcess};
 
 use super::*;
 
-/// A self-signed certificate for 127.0.0.1 and its key, PEM files in `dir`.
-fn self_signed(dir: &Path) -> (String, String) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+/// Runs `openssl args` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
     let made = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args([
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
+        .current_dir(dir)
+        .args(args)
         .output()
         .expect("openssl runs");
     assert!(
         made.status.success(),
-        "{}",
+        "openssl {args:?}: {}",
         String::from_utf8_lossy(&made.stderr)
     );
-    (cert.display().to_string(), key.display().to_string())
+}
+
+/// A private certificate authority (`ca.pem`) and a server certificate it signed for
+/// 127.0.0.1 (`server.pem`, `server.key`), in `dir`; returns their paths.
+fn certificates(dir: &Path) -> (String, String, String) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=beeswax test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ],
+    );
+    let path = |name: &str| dir.join(name).display().to_string();
+    (path("ca.pem"), path("server.pem"), path("server.key"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_an_nkey_user_runs_jobs_and_a_missing_piece_is_a_clear_error() {
     let dir = Dir::new("fleet-secure");
-    let (cert, key) = self_signed(dir.path());
+    let (ca, cert, key) = certificates(dir.path());
     let user = nkeys::KeyPair::new_user();
     let seed = dir.join("user.nk");
     std::fs::write(&seed, user.seed().unwrap()).unwrap();
@@ -69,12 +121,20 @@ async fn tls_with_an_nkey_user_runs_jobs_and_a_missing_piece_is_a_clear_error() 
     // The server's certificate is not trusted without --nats-tls-ca.
     refused(
         &["--nats-creds", &seed],
-        &["cannot connect to NATS at tls://127.0.0.1"],
+        &[
+            "cannot connect to NATS at tls://127.0.0.1",
+            "certificate",
+            "--nats-tls-ca FILE",
+        ],
     );
     // Trusted, but no credentials: the server refuses.
     refused(
-        &["--nats-tls-ca", &cert],
-        &["cannot connect to NATS at tls://127.0.0.1"],
+        &["--nats-tls-ca", &ca],
+        &[
+            "cannot connect to NATS at tls://127.0.0.1",
+            "authorization",
+            "--nats-creds FILE",
+        ],
     );
     // A credentials file that is neither form, and a CA file that is not there.
     let junk = dir.join("junk.creds");
@@ -92,7 +152,7 @@ async fn tls_with_an_nkey_user_runs_jobs_and_a_missing_piece_is_a_clear_error() 
         "--nats-creds",
         &seed,
         "--nats-tls-ca",
-        &cert,
+        &ca,
     ];
     let api = ServeProcess::start(&secure);
     let _worker =

@@ -191,10 +191,27 @@ async fn connect_with_retry(config: &FleetConfig) -> Result<async_nats::Client, 
             Err(e) => {
                 return Err(FleetError::Connect {
                     url: config.url.clone(),
-                    reason: format!("{e} (tried for {} s)", config.connect_timeout.as_secs()),
+                    reason: format!(
+                        "{e}{} (tried for {} s)",
+                        hint(&e.to_string()),
+                        config.connect_timeout.as_secs()
+                    ),
                 })
             }
         }
+    }
+}
+
+/// What to do about a connection error that is not a missing server.
+fn hint(error: &str) -> &'static str {
+    let error = error.to_ascii_lowercase();
+    if error.contains("certificate") {
+        "; the server's TLS certificate is not trusted: give its certificate authority with \
+         --nats-tls-ca FILE"
+    } else if error.contains("authorization") || error.contains("nonce") {
+        "; the server refused these credentials: give the right ones with --nats-creds FILE"
+    } else {
+        ""
     }
 }
 

@@ -214,40 +214,9 @@ struct Delivery<'a> {
 /// often, refused).
 async fn run(fleet: &Fleet, service: &Service, delivery: Delivery<'_>, job: JobMessage) {
     let (message, pipeline) = (delivery.message, delivery.pipeline);
-    let previous = read_record(fleet, &job.id).await;
-    if previous.as_ref().is_some_and(|r| r.status.is_final()) {
-        tracing::info!("already finished: acknowledging the repeated delivery");
-        ack(message).await;
+    let Some(mut record) = settle(fleet, &delivery, &job).await else {
         return;
-    }
-    let mut record =
-        previous.unwrap_or_else(|| JobRecord::new(&job.id, pipeline, &fleet.config.node, 0));
-    record.node = fleet.config.node.clone();
-    record.deliveries = delivery.deliveries;
-    if fleet
-        .state
-        .get(cancel_key(&job.id))
-        .await
-        .ok()
-        .flatten()
-        .is_some()
-    {
-        record.status = RecordStatus::Cancelled;
-        record.finished_at = Some(unix_secs(SystemTime::now()));
-        finish(fleet, message, &record).await;
-        delete_inputs(fleet, &job.id).await;
-        return;
-    }
-    if delivery.deliveries > fleet.config.max_deliver {
-        let reason = format!(
-            "the job was delivered {} times and its worker stopped every time before finishing \
-             it (crashed, killed or lost its connection); last worker: {}",
-            delivery.deliveries - 1,
-            record.node
-        );
-        fail(fleet, message, record, &reason, pipeline, &job.id).await;
-        return;
-    }
+    };
     let spec = match request(fleet, &job)
         .await
         .and_then(|req| validate(service, req, &NATIVE).map_err(|e| e.message))
@@ -284,20 +253,57 @@ async fn run(fleet: &Fleet, service: &Service, delivery: Delivery<'_>, job: JobM
     .await;
     tracing::info!("fleet job started");
     let mut handing_back = delivery.handing_back;
-    if !watch_local(
+    let finished = watch_local(
         fleet,
         service,
         message,
         &local,
         &mut record,
         &mut handing_back,
-    )
-    .await
-    {
+    );
+    // Stopped because this process shuts down (its own drain, or the service's shutdown in
+    // `serve --nats --worker`): not the job's outcome, so another worker runs it.
+    if !finished.await || local.stopped_for_shutdown() {
         hand_back(service, message, &local).await;
         return;
     }
     store_outcome(fleet, message, &local, record).await;
+}
+
+/// The job's record for this delivery, or `None` when the delivery is settled without running:
+/// the job already finished (a repeated delivery), was cancelled before it ran, or was
+/// delivered too often (dead-lettered).
+async fn settle(fleet: &Fleet, delivery: &Delivery<'_>, job: &JobMessage) -> Option<JobRecord> {
+    let (message, pipeline) = (delivery.message, delivery.pipeline);
+    let previous = read_record(fleet, &job.id).await;
+    if previous.as_ref().is_some_and(|r| r.status.is_final()) {
+        tracing::info!("already finished: acknowledging the repeated delivery");
+        ack(message).await;
+        return None;
+    }
+    let mut record =
+        previous.unwrap_or_else(|| JobRecord::new(&job.id, pipeline, &fleet.config.node, 0));
+    record.node = fleet.config.node.clone();
+    record.deliveries = delivery.deliveries;
+    let cancel = fleet.state.get(cancel_key(&job.id)).await.ok().flatten();
+    if cancel.is_some() {
+        record.status = RecordStatus::Cancelled;
+        record.finished_at = Some(unix_secs(SystemTime::now()));
+        finish(fleet, message, &record).await;
+        delete_inputs(fleet, &job.id).await;
+        return None;
+    }
+    if delivery.deliveries > fleet.config.max_deliver {
+        let reason = format!(
+            "the job was delivered {} times and its worker stopped every time before finishing \
+             it (crashed, killed or lost its connection); last worker: {}",
+            delivery.deliveries - 1,
+            record.node
+        );
+        fail(fleet, message, record, &reason, pipeline, &job.id).await;
+        return None;
+    }
+    Some(record)
 }
 
 /// The job's request with its input picture and mask read from the inputs object store; an
