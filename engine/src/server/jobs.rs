@@ -264,8 +264,9 @@ impl Job {
         }
     }
 
-    /// A job that will not run: one restored from the data directory already finished (or
-    /// failed at restore), its state given.
+    /// A job that will not run here: one restored from the data directory already finished
+    /// (or failed at restore), or a fleet job that runs elsewhere and that this API node
+    /// follows (see `crate::fleet`), its state given.
     pub fn closed(
         id: String,
         origin: Origin,

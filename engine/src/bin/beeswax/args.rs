@@ -87,6 +87,9 @@ pub enum Command {
     Bench(BenchCommand),
     /// Serve the pipelines over HTTP (native jobs API, OpenAI and AUTOMATIC1111 compatible).
     Serve(crate::serve::ServeArgs),
+    /// Run the manifests' pipelines for a fleet: pull jobs from NATS JetStream (`--nats URL`),
+    /// as published by `beeswax serve --nats URL`.
+    Worker(crate::fleet::WorkerArgs),
     /// List the plugins the manifests enable and what they provide.
     Plugins,
     /// Validate every manifest and plugin (syntax, paths, hashes, ABI, capabilities); exits
