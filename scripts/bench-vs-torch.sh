@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # beeswax against PyTorch/diffusers on this machine, in alternating runs of the same job, so
 # that both see the same load; prints both times and the ratio (beeswax / reference).
+# scripts/bench-table runs every comparison of issue 22 and prints them as one table.
 #
 #   scripts/bench-vs-torch.sh unet [CONFIG] [SIZE] [BATCH] [ROUNDS]
 #       UNet forward, random weights: `beeswax bench unet` vs ../shared/perf/torch_unet.py

@@ -56,6 +56,8 @@ mod ordering;
 mod pictures;
 #[path = "server/plugin_work.rs"]
 mod plugin_work;
+#[path = "server/previews.rs"]
+mod previews;
 #[path = "server/prompts.rs"]
 mod prompts;
 #[path = "server/queue.rs"]

@@ -44,6 +44,23 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// How long this process has been running, from the kernel's record of its start
+/// (`/proc/self/stat` start time against `/proc/uptime`, both in hundredths of a second), so
+/// that a cold measurement includes loading the binary and everything before `main`. `None`
+/// where the OS does not report it.
+pub fn process_age() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces: count the fields after its closing ')'.
+    let after_name = stat.get(stat.rfind(')')? + 1..)?;
+    // Field 22 (start time, in clock ticks since boot) is the 20th after the name.
+    let start_ticks: f64 = after_name.split_whitespace().nth(19)?.parse().ok()?;
+    let uptime = std::fs::read_to_string("/proc/uptime").ok()?;
+    let now: f64 = uptime.split_whitespace().next()?.parse().ok()?;
+    // Linux reports /proc times in USER_HZ, which is 100 on every architecture.
+    let age = now - start_ticks / 100.0;
+    Some(Duration::from_secs_f64(age.max(0.0)))
+}
+
 /// A UNet with random weights for `config` (initialised like candle's layers: Kaiming for
 /// weights, zeros and ones for biases and norms), for timing.
 pub fn random_unet(
@@ -123,4 +140,23 @@ pub fn random_unet_inputs(
     let context = Tensor::randn(0f32, 1.0, (batch, 77, plan.cross_attention_dim[0]), device)?
         .to_dtype(dtype)?;
     Ok((latents, context))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_age_is_the_time_since_this_process_started() {
+        let first = process_age().unwrap();
+        // A test process is seconds or minutes old, never hours (boot time misread as start).
+        assert!(first < Duration::from_secs(3600), "{first:?}");
+        std::thread::sleep(Duration::from_millis(50));
+        let later = process_age().unwrap();
+        assert!(
+            later >= first + Duration::from_millis(20),
+            "{first:?} then {later:?}"
+        );
+    }
 }

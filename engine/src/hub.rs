@@ -248,6 +248,27 @@ fn cached_snapshot(cache: &Path, repo: &str, revision: &str) -> Option<PathBuf> 
     snapshot.join(MODEL_INDEX).is_file().then_some(snapshot)
 }
 
+/// Every snapshot folder of `repo` in the cache `cache`, whatever files it holds (a repo that
+/// is not a diffusers model, e.g. a tiny autoencoder): `main`'s first, then the others by name.
+pub fn cached_snapshots(cache: &Path, repo: &str) -> Vec<PathBuf> {
+    let model = Repo::new(repo.to_string(), RepoType::Model);
+    let repo_dir = cache.join(model.folder_name());
+    let main = std::fs::read_to_string(repo_dir.join("refs").join(crate::defaults::HUB_REVISION))
+        .ok()
+        .map(|commit| repo_dir.join("snapshots").join(commit.trim()));
+    let mut others: Vec<PathBuf> = std::fs::read_dir(repo_dir.join("snapshots"))
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    others.sort();
+    let mut all: Vec<PathBuf> = main.into_iter().filter(|m| m.is_dir()).collect();
+    for dir in others {
+        if dir.is_dir() && !all.contains(&dir) {
+            all.push(dir);
+        }
+    }
+    all
+}
+
 fn is_commit_hash(revision: &str) -> bool {
     revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit())
 }

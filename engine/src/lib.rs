@@ -21,6 +21,7 @@ pub mod digest;
 pub mod error;
 pub mod extensions;
 pub mod family;
+pub mod fleet;
 pub mod fs_limits;
 pub mod gguf;
 pub mod hub;

@@ -132,7 +132,8 @@ impl TestCommand {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_beeswax"));
         cmd.current_dir(dir)
             .env_remove("BEESWAX_MANIFESTS")
-            .env_remove("BEESWAX_API_KEY");
+            .env_remove("BEESWAX_API_KEY")
+            .env_remove("BEESWAX_NATS");
         TestCommand {
             cmd,
             dir: dir.to_path_buf(),

@@ -30,6 +30,7 @@ pub mod images;
 pub mod jobs;
 pub mod lora;
 pub mod manifests;
+pub mod nats;
 pub mod plugins;
 pub mod reference;
 pub mod server;

@@ -136,21 +136,40 @@ impl ServeProcess {
     /// waits for it to listen. Without a `--data-dir` in `args` it runs with `--data-dir none`
     /// (memory only: tests never write in the user's data folder).
     pub fn start(args: &[&str]) -> Self {
+        let mut process = Self::launch(
+            &["serve", "--port", "0"],
+            tiny_manifests,
+            args,
+            "beeswax listening on ",
+        );
+        process.url = process.url.trim().to_string();
+        process
+    }
+
+    /// Starts `beeswax <command> --manifests <manifests(dir)> args` and waits for a first line
+    /// starting with `ready` (what follows it becomes [`ServeProcess::url`]).
+    pub fn launch(
+        command: &[&str],
+        manifests: impl FnOnce(&Path) -> PathBuf,
+        args: &[&str],
+        ready: &str,
+    ) -> Self {
         let dir = Dir::new("serve");
-        let manifests = tiny_manifests(dir.path());
-        let memory_only: &[&str] = if args.contains(&"--data-dir") {
-            &[]
-        } else {
-            &["--data-dir", "none"]
-        };
+        let manifests = manifests(dir.path());
+        let memory_only: &[&str] =
+            if command.first() == Some(&"serve") && !args.contains(&"--data-dir") {
+                &["--data-dir", "none"]
+            } else {
+                &[]
+            };
         let mut all = memory_only.to_vec();
         all.extend_from_slice(args);
-        let (mut child, stdout, stderr, line) = spawn_serve(&manifests, &all);
-        let Some(url) = line.trim().strip_prefix("beeswax listening on ") else {
+        let (mut child, stdout, stderr, line) = spawn_beeswax(command, &manifests, &all);
+        let Some(url) = line.trim_end().strip_prefix(ready) else {
             let _ = child.kill();
             let _ = child.wait();
             let stderr = String::from_utf8_lossy(&stderr.lock().unwrap()).into_owned();
-            panic!("beeswax serve did not start: first line {line:?}\nstderr:\n{stderr}");
+            panic!("beeswax {command:?} did not start: first line {line:?}\nstderr:\n{stderr}");
         };
         ServeProcess {
             url: url.to_string(),
@@ -159,6 +178,11 @@ impl ServeProcess {
             stderr,
             _dir: dir,
         }
+    }
+
+    /// What it printed to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
     }
 
     /// The URL of `path`.
@@ -227,12 +251,24 @@ type Collected = Arc<Mutex<Vec<u8>>>;
 /// from the environment): the child, its stdout and stderr being collected, and its first
 /// stdout line (empty when none came within [`PATIENCE`]).
 fn spawn_serve(manifests: &Path, args: &[&str]) -> (Child, Collected, Collected, String) {
+    spawn_beeswax(&["serve", "--port", "0"], manifests, args)
+}
+
+/// Spawns `beeswax <command> --manifests <manifests> args` (without the environment's
+/// BEESWAX_* settings) and waits for its first line.
+fn spawn_beeswax(
+    command: &[&str],
+    manifests: &Path,
+    args: &[&str],
+) -> (Child, Collected, Collected, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_beeswax"))
-        .args(["serve", "--port", "0", "--manifests"])
+        .args(command)
+        .arg("--manifests")
         .arg(manifests)
         .args(args)
         .env_remove("BEESWAX_API_KEY")
         .env_remove("BEESWAX_MANIFESTS")
+        .env_remove("BEESWAX_NATS")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -37,7 +37,8 @@ pub struct CheckpointOptions {
 }
 
 /// The file of a single-file pack (resolved in the hub cache for `repo` + `file`, downloaded
-/// when allowed) and its reading options; `family` when the pack declares one.
+/// when allowed) and its reading options; `family` when the pack declares one. The pack's
+/// `vae` is [`crate::family::LoadPlan`]'s to place.
 pub fn pack_checkpoint(
     single: &PackCheckpoint,
     family: Option<&str>,
@@ -59,7 +60,7 @@ pub fn pack_checkpoint(
         family: family.map(str::to_string),
         config_dir: single.model_config.clone(),
         prediction,
-        vae: single.vae.clone(),
+        vae: None,
     };
     Ok((path, options))
 }
@@ -330,81 +331,78 @@ fn key_map(
     config_dir: &Path,
 ) -> Result<KeyMap> {
     let keys = keys_under(file, &sf.prefix);
-    let whole = |k: &str| TensorRef {
-        key: k.to_string(),
-        op: TensorOp::Whole,
-    };
     let mut map = KeyMap::new();
     match sf.layout {
         KeyLayout::Diffusers | KeyLayout::Clip => {
             for (full, rest) in keys {
-                map.insert(rest.to_string(), whole(full));
+                map.insert(rest.to_string(), tensor_ref(full, TensorOp::Whole));
             }
         }
         KeyLayout::LdmUnet => {
             let layers = unet_layers(&keys);
             for (full, rest) in keys {
                 if let Some(d) = ldm_to_unet(rest, layers) {
-                    map.insert(d, whole(full));
+                    map.insert(d, tensor_ref(full, TensorOp::Whole));
                 }
             }
         }
-        KeyLayout::LdmVae => {
-            let levels = keys
-                .iter()
-                .filter_map(|(_, r)| {
-                    r.strip_prefix("encoder.down.")?
-                        .split('.')
-                        .next()?
-                        .parse::<usize>()
-                        .ok()
-                })
-                .max()
-                .map_or(0, |n| n + 1);
-            for (full, rest) in keys {
-                if let Some(d) = ldm_to_vae(rest, levels) {
-                    let op = if vae_needs_squeeze(&d) {
-                        TensorOp::Squeeze
-                    } else {
-                        TensorOp::Whole
-                    };
-                    map.insert(
-                        d,
-                        TensorRef {
-                            key: full.to_string(),
-                            op,
-                        },
-                    );
-                }
-            }
-        }
+        KeyLayout::LdmVae => ldm_vae_map(&keys, &mut map),
         KeyLayout::OpenClip => {
             let config_path = config_dir.join(component).join("config.json");
             let config: ClipTextConfig = read_json(&config_path)?;
-            for (full, rest) in keys {
-                for (d, part) in
-                    open_clip_to_clip(rest, config.hidden_size, config.num_hidden_layers)
-                {
-                    let op = match part {
-                        OpenClipPart::Whole => TensorOp::Whole,
-                        OpenClipPart::Transposed => TensorOp::Transpose,
-                        OpenClipPart::Rows(start) => TensorOp::Rows {
-                            start,
-                            len: config.hidden_size,
-                        },
-                    };
-                    map.insert(
-                        d,
-                        TensorRef {
-                            key: full.to_string(),
-                            op,
-                        },
-                    );
-                }
-            }
+            open_clip_map(&keys, &config, &mut map);
         }
     }
     Ok(map)
+}
+
+fn tensor_ref(key: &str, op: TensorOp) -> TensorRef {
+    TensorRef {
+        key: key.to_string(),
+        op,
+    }
+}
+
+/// LDM VAE keys to diffusers names; the number of levels comes from `encoder.down.N`.
+fn ldm_vae_map(keys: &[(&str, &str)], map: &mut KeyMap) {
+    let levels = keys
+        .iter()
+        .filter_map(|(_, r)| {
+            r.strip_prefix("encoder.down.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |n| n + 1);
+    for &(full, rest) in keys {
+        if let Some(d) = ldm_to_vae(rest, levels) {
+            let op = if vae_needs_squeeze(&d) {
+                TensorOp::Squeeze
+            } else {
+                TensorOp::Whole
+            };
+            map.insert(d, tensor_ref(full, op));
+        }
+    }
+}
+
+/// OpenCLIP keys (fused `in_proj`, transposed `text_projection`) to transformers' CLIP names.
+fn open_clip_map(keys: &[(&str, &str)], config: &ClipTextConfig, map: &mut KeyMap) {
+    for &(full, rest) in keys {
+        for (d, part) in open_clip_to_clip(rest, config.hidden_size, config.num_hidden_layers) {
+            let op = match part {
+                OpenClipPart::Whole => TensorOp::Whole,
+                OpenClipPart::Transposed => TensorOp::Transpose,
+                OpenClipPart::Rows(start) => TensorOp::Rows {
+                    start,
+                    len: config.hidden_size,
+                },
+            };
+            map.insert(d, tensor_ref(full, op));
+        }
+    }
 }
 
 /// The UNet's layers per block, from where the first downsampler sits

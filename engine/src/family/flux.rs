@@ -112,6 +112,7 @@ pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) ->
             dtype,
         }),
         vae,
+        preview_vae: None,
         scheduler_config,
         device: device.clone(),
         dtype,

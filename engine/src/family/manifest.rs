@@ -40,6 +40,7 @@
 //! [family.vae]
 //! component = "vae"
 //! single_file = { prefix = "first_stage_model.", layout = "ldm-vae" }
+//! taesd = "madebyollin/taesd"      # optional: the tiny autoencoder `--vae taesd` names
 //!
 //! [family.conditioning]            # optional
 //! time_ids = "size"                # size | aesthetic
@@ -161,6 +162,7 @@ struct RawDenoiser {
 struct RawVae {
     component: String,
     single_file: Option<RawSingleFile>,
+    taesd: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -252,6 +254,7 @@ pub fn read(document: &Document<'_>) -> Result<Option<Family>, ManifestError> {
         vae: VaeSpec {
             component: raw.vae.component.clone(),
             single_file: single_file(l, &raw.vae.single_file, "family.vae")?,
+            taesd: taesd_repo(l, raw.vae.taesd.as_ref())?,
         },
         conditioning: conditioning(l, &raw.conditioning)?,
         config: raw.config.clone(),
@@ -298,6 +301,24 @@ fn rules(
         detect.collect::<Result<_, _>>()?,
         folder.collect::<Result<_, _>>()?,
     ))
+}
+
+/// The hub repo of the family's tiny autoencoder, checked to be a repo id.
+fn taesd_repo(
+    l: &Located<'_>,
+    repo: Option<&Spanned<String>>,
+) -> Result<Option<String>, ManifestError> {
+    match repo {
+        Some(r) if !crate::hub::is_repo_id(r.get_ref()) => Err(l.at(
+            r,
+            "family.vae.taesd",
+            format!(
+                "must be a Hugging Face repo id like `madebyollin/taesd` (got `{}`)",
+                r.get_ref()
+            ),
+        )),
+        r => Ok(r.map(|r| r.get_ref().clone())),
+    }
 }
 
 /// The latent channels and their preview factors (one RGB row per channel).
@@ -579,5 +600,20 @@ mod tests {
             .replace("channels = 4", "channels = 3");
         let err = parse(Path::new("x.toml"), &text).unwrap_err().to_string();
         assert!(err.contains("family.latent.preview") && err.contains("3 channels"));
+
+        let text = include_str!("../../../manifests/families/sd1.toml")
+            .replace("madebyollin/taesd", "madebyollin/taesd/x");
+        let err = parse(Path::new("x.toml"), &text).unwrap_err().to_string();
+        assert!(
+            err.contains("family.vae.taesd") && err.contains("repo id"),
+            "{err}"
+        );
+        let family = parse(
+            Path::new("x.toml"),
+            include_str!("../../../manifests/families/sdxl.toml"),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(family.vae.taesd.as_deref(), Some("madebyollin/taesdxl"));
     }
 }

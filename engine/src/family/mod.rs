@@ -20,6 +20,8 @@ mod conditioning;
 pub mod denoiser;
 pub mod flux;
 mod flux_parts;
+mod load_plan;
+mod load_timing;
 pub mod manifest;
 mod model;
 mod preview;
@@ -36,6 +38,8 @@ mod vae;
 use std::path::Path;
 
 pub use conditioning::Conditioning;
+pub use load_plan::{find_taesd, load_pack, LoadPlan};
+pub use load_timing::{timed_load, LOAD_TARGET};
 pub use model::{
     ComponentWeights, EncodeOptions, FusedPart, FusedTarget, LoadOptions, LoraAlias, LoraNames,
     Model, Networks, Patches, QuantizedLayers, Role, SizeConditioning, Weights,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 use super::{Conditioning, Family, ScheduledConditioning, Vae};
+use crate::image_out::{to_rgb8, RgbImage};
 use crate::prompt::{EmbeddingCatalog, PromptSyntax};
 use crate::schedulers::SchedulerConfig;
 use crate::weights::WeightsDtype;
@@ -326,6 +327,8 @@ pub struct Model {
     pub networks: Arc<dyn Networks>,
     /// The autoencoder.
     pub vae: Vae,
+    /// The tiny autoencoder live previews decode with; `None`: the family's latent → RGB map.
+    pub preview_vae: Option<Vae>,
     /// The model's own scheduler config; samplers chosen by name start from it.
     pub scheduler_config: SchedulerConfig,
     /// Device of every tensor.
@@ -348,6 +351,29 @@ impl Model {
     pub fn with_vae(mut self, vae: Vae) -> Result<Self> {
         self.vae = self.same_latent_space(vae, "the VAE")?;
         Ok(self)
+    }
+
+    /// This model previewing with the tiny autoencoder `vae` (decoding the latents after a
+    /// step), or with the family's latent → RGB map (`None`).
+    pub fn with_preview_vae(mut self, vae: Option<Vae>) -> Result<Self> {
+        self.preview_vae = match vae {
+            Some(v) => Some(self.same_latent_space(v, "the preview autoencoder")?),
+            None => None,
+        };
+        Ok(self)
+    }
+
+    /// The live preview of the first image of `latents` `[batch, C, h, w]` (denoiser space):
+    /// decoded by [`Model::preview_vae`] (image size), else mapped to RGB by the family's
+    /// latent preview (latent size).
+    pub fn preview(&self, latents: &Tensor) -> Result<RgbImage> {
+        match &self.preview_vae {
+            Some(vae) => {
+                let pixels = vae.decode(&latents.narrow(0, 0, 1)?)?;
+                to_rgb8(&pixels.squeeze(0)?)
+            }
+            None => self.family.preview.to_rgb(latents),
+        }
     }
 
     fn same_latent_space(&self, vae: Vae, what: &str) -> Result<Vae> {

@@ -2,6 +2,8 @@
 //! CLIP skip, always through the final LayerNorm), a conditional UNet attending to the
 //! `[1, 77, D]` text states, and an `AutoencoderKL`, loaded from a diffusers folder.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
@@ -11,8 +13,8 @@ use super::denoiser;
 use super::model::{ComponentWeights, LoraNames, Role};
 use super::prompting::{self, ClipEncoder};
 use super::{
-    Conditioning, EncodeOptions, Family, LoadOptions, Model, ModelSource, Networks, Patches,
-    ScheduledConditioning, Vae, Weights,
+    timed_load, Conditioning, EncodeOptions, Family, LoadOptions, Model, ModelSource, Networks,
+    Patches, ScheduledConditioning, Vae, Weights,
 };
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::config_file::read_json;
@@ -56,25 +58,14 @@ impl SdNetworks {
 }
 
 /// Loads an SD 1.x/2.x model of `family` from `source` (a diffusers folder, or a single file
-/// with its configs).
+/// with its configs). The text encoder and the VAE are read on a second thread while the
+/// UNet is read on this one (the reads are memory-bound copies out of the page cache, and
+/// one core leaves the other idle); each component's time is reported as a
+/// [`super::LOAD_TARGET`] event.
 pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) -> Result<Model> {
     let (device, dtype) = (&options.device, options.dtype);
-    let tokenizer = ClipTokenizer::from_dir(&source.tokenizer_dir("tokenizer"))?;
-
     let text_config_path = source.config(TEXT_ENCODER, "config.json")?;
     let text_config: ClipTextConfig = read_json(&text_config_path)?;
-    let (text_file, text_source) = source.weights(TEXT_ENCODER, "model")?;
-    let text_map = text_source
-        .with_weights_dtype(options.weights_dtype)
-        .read_all(dtype, device)?;
-    let text_encoder = in_file(
-        &text_file,
-        ClipTextModel::new(
-            tensors_var_builder(text_map.clone(), dtype, device),
-            &text_config,
-        ),
-    )?;
-
     let unet_config_path = source.config(UNET, "config.json")?;
     let unet_config: UNetConfig = read_json(&unet_config_path)?;
     let plan = unet_config.plan().map_err(|message| Error::Config {
@@ -92,25 +83,37 @@ pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) ->
             ),
         });
     }
-    let unet_weights = denoiser::unet_weights(source, UNET, &unet_config, false, options)?;
-    let unet = in_file(
-        &unet_weights.file,
-        UNet2DConditionModel::new_quantized(
-            tensors_var_builder(unet_weights.tensors.clone(), dtype, device),
-            &unet_config,
-            unet_weights.quantized.as_ref(),
-        ),
-    )?;
-
-    let vae = Vae::load(
-        &source.config("vae", "config.json")?,
-        &source
-            .weights("vae", "diffusion_pytorch_model")?
-            .1
-            .with_weights_dtype(options.weights_dtype),
-        dtype,
-        device,
-    )?;
+    let (others, unet) = std::thread::scope(|scope| {
+        let others = scope.spawn(|| -> Result<_> {
+            let tokenizer = timed_load("tokenizer", || {
+                ClipTokenizer::from_dir(&source.tokenizer_dir("tokenizer"))
+            })?;
+            let text = timed_load(TEXT_ENCODER, || text_encoder(source, &text_config, options))?;
+            let vae = timed_load("vae", || {
+                Vae::load(
+                    &source.config("vae", "config.json")?,
+                    &source
+                        .weights("vae", "diffusion_pytorch_model")?
+                        .1
+                        .with_weights_dtype(options.weights_dtype),
+                    dtype,
+                    device,
+                )
+            })?;
+            Ok((tokenizer, text, vae))
+        });
+        let unet = timed_load(UNET, || unet(source, &unet_config, options));
+        let others = others.join().map_err(|_| {
+            Error::invalid(
+                "model folder",
+                source.origin.display().to_string(),
+                "loading the text encoder and VAE failed unexpectedly (a thread panicked)",
+            )
+        });
+        (others, unet)
+    });
+    let (tokenizer, (text_file, text_map, text_encoder), vae) = others??;
+    let (unet_weights, unet) = unet?;
     let scheduler_config = source.scheduler_config()?;
 
     let weights = Weights {
@@ -141,11 +144,48 @@ pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) ->
             dtype,
         }),
         vae,
+        preview_vae: None,
         scheduler_config,
         device: device.clone(),
         dtype,
         weights: Arc::new(weights),
     })
+}
+
+/// The CLIP text encoder's file, its tensors (kept for LoRAs) and the network built on them.
+fn text_encoder(
+    source: &ModelSource,
+    config: &ClipTextConfig,
+    options: &LoadOptions,
+) -> Result<(PathBuf, HashMap<String, Tensor>, ClipTextModel)> {
+    let (device, dtype) = (&options.device, options.dtype);
+    let (file, weights) = source.weights(TEXT_ENCODER, "model")?;
+    let map = weights
+        .with_weights_dtype(options.weights_dtype)
+        .read_all(dtype, device)?;
+    let model = in_file(
+        &file,
+        ClipTextModel::new(tensors_var_builder(map.clone(), dtype, device), config),
+    )?;
+    Ok((file, map, model))
+}
+
+/// The UNet's weights (kept for LoRAs) and the network built on them.
+fn unet(
+    source: &ModelSource,
+    config: &UNetConfig,
+    options: &LoadOptions,
+) -> Result<(denoiser::Denoiser, UNet2DConditionModel)> {
+    let weights = denoiser::unet_weights(source, UNET, config, false, options)?;
+    let unet = in_file(
+        &weights.file,
+        UNet2DConditionModel::new_quantized(
+            tensors_var_builder(weights.tensors.clone(), options.dtype, &options.device),
+            config,
+            weights.quantized.as_ref(),
+        ),
+    )?;
+    Ok((weights, unet))
 }
 
 impl Networks for SdNetworks {

@@ -134,6 +134,7 @@ pub fn load(family: Arc<Family>, source: &ModelSource, options: &LoadOptions) ->
         source: source.origin.clone(),
         networks: Arc::new(networks),
         vae,
+        preview_vae: None,
         scheduler_config,
         device: device.clone(),
         dtype,

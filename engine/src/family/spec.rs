@@ -200,6 +200,9 @@ pub struct VaeSpec {
     pub component: String,
     /// Where it lives in a single file.
     pub single_file: Option<SingleFile>,
+    /// The Hugging Face repo of the family's tiny autoencoder (`madebyollin/taesd`), which
+    /// `--vae taesd` and a pack's `vae = "taesd"` resolve to.
+    pub taesd: Option<String>,
 }
 
 /// SDXL's added conditioning: which time ids follow the pooled text embedding.

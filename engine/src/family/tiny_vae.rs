@@ -48,6 +48,11 @@ pub fn is_tiny(path: &Path) -> bool {
     locate(path).is_ok()
 }
 
+/// Why `path` is not a tiny autoencoder, if it is not.
+pub fn check_files(path: &Path) -> Result<()> {
+    locate(path).map(drop)
+}
+
 fn invalid(path: &Path, message: impl Into<String>) -> Error {
     Error::Config {
         path: path.to_path_buf(),

@@ -127,6 +127,11 @@ impl Vae {
         super::tiny_vae::is_tiny(path)
     }
 
+    /// Fails with the reason when `path` holds no tiny autoencoder (without reading weights).
+    pub fn check_tiny_at(path: &Path) -> Result<()> {
+        super::tiny_vae::check_files(path)
+    }
+
     /// Whether this is a tiny autoencoder.
     pub fn is_tiny(&self) -> bool {
         matches!(self.kind, Kind::Tiny(_))

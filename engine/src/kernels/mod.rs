@@ -27,6 +27,7 @@ pub mod rope;
 mod slices;
 #[cfg(test)]
 mod test_util;
+pub mod transpose;
 mod widen;
 mod winograd;
 

@@ -99,7 +99,7 @@ pub fn merged_weights_with(
     let index = index(base);
     let aliases: HashMap<&str, &LoraAlias> =
         aliases.iter().map(|a| (a.module.as_str(), a)).collect();
-    let mut sums: HashMap<(String, String), Tensor> = HashMap::new();
+    let mut sums: HashMap<Slot, Tensor> = HashMap::new();
     let mut reports = Vec::with_capacity(loras.len());
     for lora in loras {
         let file = &lora.file;
@@ -154,6 +154,11 @@ pub fn merged_weights_with(
         report.unmatched.sort();
         reports.push(report);
     }
+    Ok((merge_sums(base, sums)?, reports))
+}
+
+/// Each summed change added to its base weight (in f32), in the kernels' layout.
+fn merge_sums(base: &Weights, sums: HashMap<Slot, Tensor>) -> Result<Patches, LoraError> {
     let mut patches = Patches::new();
     for ((component, key), sum) in sums {
         let Some(c) = base.get(&component) else {
@@ -177,7 +182,7 @@ pub fn merged_weights_with(
         let merged = gemm_layout(&key, merged)?;
         patches.entry(component).or_default().insert(key, merged);
     }
-    Ok((patches, reports))
+    Ok(patches)
 }
 
 type Slot = (String, String);

@@ -41,7 +41,7 @@ pub use folder::{Document, ManifestFiles, ManifestFolder};
 pub use located::{Located, UniqueNames};
 pub use pack::{
     find_pack, packs, packs_and_problems, parse, Family, PackCheckpoint, PackDefaults,
-    PackManifest, PackSource,
+    PackManifest, PackSource, PreviewChoice, VaeChoice, TAESD,
 };
 pub use pipeline::{pipelines, LimitOverrides, Mode, PipelineConfig};
 pub use sections::{Section, SECTIONS};

@@ -15,7 +15,12 @@
 //! #                                               # `revision`] from the hub cache; with:
 //! # prediction = "v"                          # optional: epsilon | v (SD 2.x files)
 //! # model_config = "configs/sd21"             # optional: a diffusers folder's configs
-//! # vae = "vae/fixed.safetensors"             # optional: a VAE replacing the file's
+//! # vae = "taesd"                            # optional, any pack: decode with the family's
+//! #                                           # tiny autoencoder (TAESD), or a path: a TAESD
+//! #                                           # folder/file or an AutoencoderKL file
+//! # preview = "taesd"                         # optional: taesd | latent2rgb (default: taesd
+//! #                                           # when the pack has a TAESD, else latent2rgb)
+//! # preview_vae = "taesd"                     # optional: the TAESD previews use (a path)
 //!
 //! [pack.defaults]                             # ranges: crate::limits
 //! steps = 20
@@ -108,8 +113,40 @@ pub struct PackCheckpoint {
     pub prediction: Option<String>,
     /// Configs and tokenizers from this diffusers folder instead of the family's bundled ones.
     pub model_config: Option<PathBuf>,
-    /// A VAE file replacing the checkpoint's.
-    pub vae: Option<PathBuf>,
+}
+
+/// A pack's `vae`: what decodes its final images (and encodes pictures for image to image).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VaeChoice {
+    /// `taesd`: the family's tiny autoencoder, found on this machine (see
+    /// [`crate::family::find_taesd`]).
+    Taesd,
+    /// A file or folder, joined to the manifest file's folder: a tiny autoencoder (TAESD
+    /// folder or file) or an `AutoencoderKL` weights file.
+    Path(PathBuf),
+}
+
+impl VaeChoice {
+    /// `taesd` is the keyword; anything else is a path (as `--vae` reads it).
+    pub fn parse(value: &str) -> Self {
+        if value == TAESD {
+            Self::Taesd
+        } else {
+            Self::Path(PathBuf::from(value))
+        }
+    }
+}
+
+/// The keyword naming a family's tiny autoencoder.
+pub const TAESD: &str = "taesd";
+
+/// How a pack's live previews are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreviewChoice {
+    /// Decoded by a tiny autoencoder (full size, close to the final image).
+    Taesd,
+    /// The family's linear latent → RGB map (latent size, nearly free).
+    Latent2Rgb,
 }
 
 /// Generation defaults a pack (or pipeline) suggests; each overrides the engine's own default
@@ -173,6 +210,13 @@ pub struct PackManifest {
     /// The denoiser's weights from this file instead of the folder's (a GGUF file, or a FLUX
     /// transformer as one safetensors file), joined to the manifest file's folder.
     pub gguf: Option<PathBuf>,
+    /// What decodes the final images, when not the model's own VAE.
+    pub vae: Option<VaeChoice>,
+    /// How previews are made (default: [`PreviewChoice::Taesd`] when the pack has a tiny
+    /// autoencoder as `vae` or `preview_vae`, else [`PreviewChoice::Latent2Rgb`]).
+    pub preview: Option<PreviewChoice>,
+    /// The tiny autoencoder previews decode with, joined to the manifest file's folder.
+    pub preview_vae: Option<PathBuf>,
     /// Generation defaults.
     pub defaults: PackDefaults,
     /// The manifest file this pack was read from.
@@ -195,6 +239,8 @@ struct RawPack {
     prediction: Option<Spanned<String>>,
     model_config: Option<Spanned<String>>,
     vae: Option<Spanned<String>>,
+    preview: Option<Spanned<String>>,
+    preview_vae: Option<Spanned<String>>,
     #[serde(default)]
     defaults: RawDefaults,
 }
@@ -315,6 +361,27 @@ fn read(document: &Document<'_>) -> Result<Option<(PackManifest, usize)>, Manife
             }
             None => None,
         },
+        vae: match &raw.vae {
+            Some(v) => {
+                let how = "set it to `taesd` or to a VAE file or folder";
+                let value = located.non_empty(v, "pack.vae", how)?;
+                Some(match VaeChoice::parse(value) {
+                    VaeChoice::Path(p) => {
+                        VaeChoice::Path(located.relative_path(&p.to_string_lossy()))
+                    }
+                    taesd => taesd,
+                })
+            }
+            None => None,
+        },
+        preview: preview(&located, &raw)?,
+        preview_vae: match &raw.preview_vae {
+            Some(v) => {
+                let how = "set it to a TAESD folder or file";
+                Some(located.relative_path(located.non_empty(v, "pack.preview_vae", how)?))
+            }
+            None => None,
+        },
         defaults: checked_defaults(&located, "pack.defaults", &raw.defaults)?,
         description: raw.description,
         manifest_path: document.path().to_path_buf(),
@@ -331,7 +398,6 @@ fn checkpoint(
     let options = [
         (&raw.prediction, "prediction"),
         (&raw.model_config, "model_config"),
-        (&raw.vae, "vae"),
     ];
     if raw.checkpoint.is_none() && raw.file.is_none() {
         if let Some((value, field)) = options.iter().find_map(|(v, f)| Some(((*v).as_ref()?, f))) {
@@ -386,8 +452,28 @@ fn checkpoint(
         file,
         prediction,
         model_config: path(&raw.model_config),
-        vae: path(&raw.vae),
     }))
+}
+
+/// The pack's `preview`: `taesd` or `latent2rgb`; `preview_vae` with `latent2rgb` is an error.
+fn preview(located: &Located<'_>, raw: &RawPack) -> Result<Option<PreviewChoice>, ManifestError> {
+    let Some(p) = &raw.preview else {
+        return Ok(None);
+    };
+    let choice = match p.get_ref().as_str() {
+        "taesd" => PreviewChoice::Taesd,
+        "latent2rgb" => PreviewChoice::Latent2Rgb,
+        other => {
+            let message = format!("is `{other}`: use `taesd` or `latent2rgb`");
+            return Err(located.at(p, "pack.preview", message));
+        }
+    };
+    if let (PreviewChoice::Latent2Rgb, Some(v)) = (choice, &raw.preview_vae) {
+        let message = "is unused with `preview = \"latent2rgb\"`: remove it, or set \
+                       `preview = \"taesd\"`";
+        return Err(located.at(v, "pack.preview_vae", message));
+    }
+    Ok(Some(choice))
 }
 
 /// The pack's `path` or `repo` (+ `revision`); `header` is the span of the `[pack]` table.

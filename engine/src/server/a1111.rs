@@ -152,7 +152,7 @@ pub(super) async fn run(
     spec: JobSpec,
     send_images: bool,
 ) -> Result<Json<Value>, A1111Error> {
-    let job = service.submit(spec, Origin::A1111)?;
+    let job = service.submit(spec, Origin::A1111).await?;
     let guard = CancelOnDrop::new(service.clone(), job.clone());
     let status = job.finished().await;
     guard.disarm();
@@ -270,9 +270,9 @@ pub async fn progress(
     State(service): State<Arc<Service>>,
     A1111Query(q): A1111Query<ProgressQuery>,
 ) -> Json<Value> {
-    let mut running = service.queue.running();
+    let mut running = service.running_jobs();
     running.sort_by_key(|j| j.origin != Origin::A1111);
-    let queued = service.queue.depth();
+    let queued = service.waiting_jobs();
     let Some(job) = running.first() else {
         return Json(json!({
             "progress": 0.0,
@@ -326,7 +326,7 @@ pub async fn progress(
 
 /// `POST /sdapi/v1/interrupt`: stops the running A1111 jobs at their next step.
 pub async fn interrupt(State(service): State<Arc<Service>>) -> Json<Value> {
-    for job in service.queue.running() {
+    for job in service.running_jobs() {
         if job.origin == Origin::A1111 {
             service.cancel(&job);
         }

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use super::config::Limits;
 use crate::extensions::Extensions;
 use crate::family::denoiser::is_gguf;
-use crate::family::{Families, LoadOptions, Model};
+use crate::family::{load_pack, Families, LoadOptions, LoadPlan, Model, Vae};
 use crate::gguf::GgufFile;
 use crate::lora::{LoraCatalog, LoraError, LoraRequest, WeightRange};
 use crate::manifest::{
     self, Family, FileSource, ManifestFolder, Mode, PackCheckpoint, PackDefaults, PackManifest,
-    PackSource, PipelineConfig,
+    PackSource, PipelineConfig, VaeChoice,
 };
 use crate::pipeline::Refiner;
 use crate::weights::SafetensorsFile;
@@ -349,27 +349,6 @@ fn family_of(pack: &PackManifest, model: &Model) -> Result<Family> {
     }
 }
 
-/// Loads `pack`'s model as the family the pack declares (else the detected one).
-pub fn load_pack(
-    pack: &PackManifest,
-    families: &Families,
-    options: &LoadOptions,
-    allow_download: bool,
-) -> Result<Model> {
-    let dir = match &pack.source {
-        PackSource::Path(p) => p.clone(),
-        PackSource::Hub { repo, revision } => hub::resolve(repo, revision, allow_download)?,
-        PackSource::Checkpoint(single) => {
-            let (file, single) =
-                checkpoint::load::pack_checkpoint(single, pack_family(pack), allow_download)?;
-            return checkpoint::load::load(&file, families, &single, options);
-        }
-    };
-    let mut options = options.clone();
-    options.denoiser = pack.gguf.clone().or(options.denoiser);
-    families.load(&dir, pack_family(pack), &options)
-}
-
 /// Opens the header of every weight file `pack` names, as [`load_pack`] would find them,
 /// without reading any weights: a diffusers folder's text encoder, denoiser and VAE files (and
 /// the pack's `gguf` denoiser), or a single-file checkpoint (its keys match the family, its
@@ -385,6 +364,12 @@ pub fn check_pack_files(
         path: pack.manifest_path.clone(),
         message: format!("`{field}` of pack {}: {e}", pack.name),
     };
+    check_vae_files(pack)?;
+    let keyword_field = match pack.vae {
+        Some(VaeChoice::Taesd) => "pack.vae",
+        _ => "pack.preview",
+    };
+    check_taesd(pack, families, allow_download).map_err(|e| at(keyword_field, e))?;
     match &pack.source {
         PackSource::Path(dir) => {
             check_folder_files(dir, pack, families).map_err(|e| at("pack.path", e))
@@ -437,8 +422,41 @@ fn check_checkpoint_files(
         checkpoint::load::pack_checkpoint(single, pack_family(pack), allow_download)?;
     let report = checkpoint::inspect(&file, families, &options)?;
     checkpoint::load::config_dir(&report.detection.family, &options, &file)?;
-    if let Some(vae) = &single.vae {
-        SafetensorsFile::open(vae)?;
+    Ok(())
+}
+
+/// The family's tiny autoencoder is found when the pack names it by the `taesd` keyword (a
+/// hub pack that is not in the cache, or a single file leaving its family to detection, is
+/// not checked).
+fn check_taesd(pack: &PackManifest, families: &Families, allow_download: bool) -> Result<()> {
+    let Ok(plan) = LoadPlan::for_pack(pack, allow_download) else {
+        return Ok(()); // the source's own check reports it
+    };
+    let family = pack_family(pack).and_then(|f| families.get(f));
+    match family {
+        Some(family) if plan.needs_taesd() => plan.find_taesd(&family).map(drop),
+        _ => Ok(()),
+    }
+}
+
+/// The pack's `vae` and `preview_vae` files open: a tiny autoencoder's (folder or file) or an
+/// `AutoencoderKL` weights file (the `taesd` keyword: [`check_taesd`]).
+fn check_vae_files(pack: &PackManifest) -> Result<()> {
+    let vae = match &pack.vae {
+        Some(VaeChoice::Path(p)) => Some((p, "pack.vae")),
+        _ => None,
+    };
+    let preview = pack.preview_vae.as_ref().map(|p| (p, "pack.preview_vae"));
+    for (path, field) in vae.into_iter().chain(preview) {
+        let opened = if Vae::is_tiny_at(path) || field == "pack.preview_vae" {
+            Vae::check_tiny_at(path)
+        } else {
+            SafetensorsFile::open(path).map(drop).map_err(Error::from)
+        };
+        opened.map_err(|e| Error::Config {
+            path: pack.manifest_path.clone(),
+            message: format!("`{field}` of pack {}: {e}", pack.name),
+        })?;
     }
     Ok(())
 }

@@ -79,7 +79,8 @@ pub enum Event {
         step: usize,
         /// Steps in all.
         total: usize,
-        /// A small preview decoded cheaply from the latents: `data:image/png;base64,...`.
+        /// A preview of the latents (`data:image/png;base64,...`): a tiny autoencoder's
+        /// decoding at image size, else the family's latent colour map at latent size.
         #[serde(skip_serializing_if = "Option::is_none")]
         preview: Option<String>,
     },
@@ -263,8 +264,9 @@ impl Job {
         }
     }
 
-    /// A job that will not run: one restored from the data directory already finished (or
-    /// failed at restore), its state given.
+    /// A job that will not run here: one restored from the data directory already finished
+    /// (or failed at restore), or a fleet job that runs elsewhere and that this API node
+    /// follows (see `crate::fleet`), its state given.
     pub fn closed(
         id: String,
         origin: Origin,

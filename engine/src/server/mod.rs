@@ -41,6 +41,7 @@ mod output;
 mod params;
 mod pictures;
 mod queue;
+mod remote;
 mod request;
 mod retention;
 mod service;
@@ -54,11 +55,14 @@ pub use catalog::{check_pack_files, Catalog, Pipeline, Plan};
 pub use config::{Limits, ServerConfig, DEFAULT_MAX_FINISHED_BYTES};
 pub use errors::{A1111Error, A1111Json, ApiError, JsonBody};
 pub use http::{router, serve, shutdown_signal};
-pub use jobs::{Event, Job, Origin, Status, Summary};
+pub use jobs::{
+    from_unix_millis, unix_millis, unix_secs, Event, Job, JobState, Origin, Status, Summary,
+};
 pub use keeper::Restored;
-pub use request::{validate, GenerateRequest, JobSpec};
+pub use remote::{Remote, RemoteFuture, RemoteHealth};
+pub use request::{validate, FieldNames, GenerateRequest, JobSpec, NATIVE};
 pub use retention::{JobStore, Retention};
-pub use service::Service;
+pub use service::{Cancelled, Service};
 pub use site::{parse_origin, parse_public_url, Site};
 
 /// A header map of `pairs`, for the routes' unit tests.

@@ -229,7 +229,7 @@ pub async fn create(
         refiner_switch_at: body.refiner_switch_at,
     };
     let spec = validate(&service, request, &NATIVE)?;
-    let job = service.submit(spec, Origin::Native)?;
+    let job = service.submit(spec, Origin::Native).await?;
     let location = format!("/v1/jobs/{}", job.id);
     let body = job_json(&job);
     Ok((
@@ -267,8 +267,8 @@ pub fn job_json(job: &Job) -> Value {
     })
 }
 
-fn find(service: &Service, id: &str) -> Result<Arc<Job>, ApiError> {
-    service.jobs.get(id).ok_or_else(|| {
+async fn find(service: &Service, id: &str) -> Result<Arc<Job>, ApiError> {
+    service.find_job(id).await.ok_or_else(|| {
         ApiError::not_found(
             "unknown_job",
             format!(
@@ -284,7 +284,7 @@ pub async fn status(
     State(service): State<Arc<Service>>,
     PathParams(id): PathParams<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let job = find(&service, &id)?;
+    let job = find(&service, &id).await?;
     Ok(Json(job_json(&job)))
 }
 
@@ -293,7 +293,7 @@ pub async fn image(
     State(service): State<Arc<Service>>,
     PathParams((id, n)): PathParams<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let job = find(&service, &id)?;
+    let job = find(&service, &id).await?;
     let s = job.state();
     if s.status != Status::Completed {
         return Err(ApiError::new(
@@ -330,7 +330,7 @@ pub async fn cancel(
     State(service): State<Arc<Service>>,
     PathParams(id): PathParams<String>,
 ) -> Result<Response, ApiError> {
-    let job = find(&service, &id)?;
+    let job = find(&service, &id).await?;
     match service.cancel(&job) {
         Cancelled::Dequeued => Ok((StatusCode::OK, Json(job_json(&job))).into_response()),
         Cancelled::Stopping => Ok((StatusCode::ACCEPTED, Json(job_json(&job))).into_response()),

@@ -146,7 +146,7 @@ pub(super) async fn respond(
     b64: bool,
     site: &Site,
 ) -> Result<Json<Value>, ApiError> {
-    let job = service.submit(spec, Origin::OpenAi)?;
+    let job = service.submit(spec, Origin::OpenAi).await?;
     let guard = CancelOnDrop::new(service.clone(), job.clone());
     let status = job.finished().await;
     guard.disarm();

@@ -123,24 +123,27 @@ async fn pictures_of(service: &Service, form: &Form) -> Result<(Picture, Option<
     Ok((picture, mask))
 }
 
+/// The 415 for a body that is not a multipart form.
+fn not_multipart(e: MultipartRejection) -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "invalid_request_error",
+        "unsupported_media_type",
+        format!(
+            "/v1/images/edits takes a multipart form (Content-Type: multipart/form-data with a \
+             boundary), as OpenAI's clients send it: {}",
+            e.body_text()
+        ),
+    )
+}
+
 /// `POST /v1/images/edits`.
 pub async fn edits(
     State(service): State<Arc<Service>>,
     Extension(site): Extension<Arc<Site>>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let multipart = multipart.map_err(|e| {
-        ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "invalid_request_error",
-            "unsupported_media_type",
-            format!(
-                "/v1/images/edits takes a multipart form (Content-Type: multipart/form-data with \
-                 a boundary), as OpenAI's clients send it: {}",
-                e.body_text()
-            ),
-        )
-    })?;
+    let multipart = multipart.map_err(not_multipart)?;
     let form = read_form(multipart).await?;
     let prompt = form.get("prompt").unwrap_or_default().to_string();
     if prompt.trim().is_empty() {

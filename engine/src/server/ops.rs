@@ -13,30 +13,42 @@ use serde_json::{json, Value};
 use super::errors::{A1111Error, ApiError};
 use super::service::Service;
 
-/// `GET /health`: 200 while serving, 503 while shutting down. Never needs the API key.
+/// `GET /health`: 200 while serving, 503 while shutting down or (fleet mode) while NATS is
+/// unreachable. Never needs the API key.
 pub async fn health(State(service): State<Arc<Service>>) -> (StatusCode, Json<Value>) {
     let g = service.gauges();
     let accepting = service.accepting();
-    let status = if accepting {
+    let remote = service.remote().map(|r| r.health());
+    let reachable = remote.as_ref().is_none_or(|r| r.ok);
+    let status = if accepting && reachable {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({
-            "status": if accepting { "ok" } else { "shutting_down" },
-            "pipelines": g.pipelines,
-            "models_loaded": g.models_loaded,
-            "queue": {"depth": g.queue_depth, "capacity": g.queue_capacity},
-            "running": g.running,
-        })),
-    )
+    let word = match (accepting, reachable) {
+        (false, _) => "shutting_down",
+        (true, false) => "nats_unreachable",
+        (true, true) => "ok",
+    };
+    let mut body = json!({
+        "status": word,
+        "pipelines": g.pipelines,
+        "models_loaded": g.models_loaded,
+        "queue": {"depth": g.queue_depth, "capacity": g.queue_capacity},
+        "running": g.running,
+    });
+    if let Some(remote) = remote {
+        body["nats"] = remote.details;
+    }
+    (status, Json(body))
 }
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(service): State<Arc<Service>>) -> Response {
-    let text = service.metrics.render(service.gauges());
+    let mut text = service.metrics.render(service.gauges());
+    if let Some(remote) = service.remote() {
+        text.push_str(&remote.metrics(&service).await);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -1,7 +1,7 @@
 //! The running service: catalog, queue, workers, jobs and metrics, shared by every handler.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use super::metrics::{Gauges, Metrics, Outcome};
 use super::output::OutputDir;
 use super::pictures::{decode_slots, Decoder};
 use super::queue::Queue;
+use super::remote::Remote;
 use super::request::JobSpec;
 use super::retention::{JobStore, Retention};
 use super::store::DataDir;
@@ -58,6 +59,7 @@ pub struct Service {
     pub a1111_checkpoint: Mutex<Option<String>>,
     accepting: AtomicBool,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    remote: OnceLock<Arc<dyn Remote>>,
 }
 
 impl Service {
@@ -110,29 +112,94 @@ impl Service {
             a1111_checkpoint: Mutex::new(None),
             accepting: AtomicBool::new(true),
             workers: Mutex::new(workers),
+            remote: OnceLock::new(),
         };
         // Restored jobs queue before the service answers any request, in their old order.
         service.restored = keeper::restore(&service, stored);
         Ok(Arc::new(service))
     }
 
-    /// Queues a job: 429 with `Retry-After` when the queue is full, 503 when shutting down.
-    pub fn submit(&self, spec: JobSpec, origin: Origin) -> Result<Arc<Job>, ApiError> {
-        if !self.accepting.load(Ordering::SeqCst) {
-            let mut e = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_error",
-                "shutting_down",
-                "the server is shutting down and takes no new jobs",
-            );
-            e.retry_after = Some(5);
+    /// Sends jobs to `remote` from now on instead of the local queue (a fleet API node); the
+    /// local workers then only run what [`Service::run_here`] gives them. Set once.
+    pub fn set_remote(&self, remote: Arc<dyn Remote>) -> Result<(), Arc<dyn Remote>> {
+        self.remote.set(remote)
+    }
+
+    /// The remote job backend, if one is set.
+    pub fn remote(&self) -> Option<&Arc<dyn Remote>> {
+        self.remote.get()
+    }
+
+    /// Accepts a job: to the remote backend when one is set, else into the local queue (see
+    /// [`Service::submit_local`]).
+    pub async fn submit(&self, spec: JobSpec, origin: Origin) -> Result<Arc<Job>, ApiError> {
+        let Some(remote) = self.remote.get() else {
+            return self.submit_local(spec, origin);
+        };
+        self.check_accepting()?;
+        let job = Arc::new(Job::new(spec, origin));
+        if let Err(e) = remote.submit(job.clone()).await {
+            if e.status == StatusCode::TOO_MANY_REQUESTS {
+                self.metrics.outcome(Outcome::Rejected);
+            }
             return Err(e);
         }
-        let job = Arc::new(Job::new(spec, origin));
+        self.keeper.hold(job.clone());
+        tracing::info!(job = %job.id, pipeline = %job.summary.pipeline, "job published");
+        Ok(job)
+    }
+
+    /// The job with `id`: held here, else (with a remote backend) one the backend knows,
+    /// which is then held here too.
+    pub async fn find_job(&self, id: &str) -> Option<Arc<Job>> {
+        if let Some(job) = self.jobs.get(id) {
+            return Some(job);
+        }
+        let job = self.remote.get()?.adopt(id).await?;
+        // Two requests may adopt it at once: keep the first.
+        if let Some(held) = self.jobs.get(id) {
+            return Some(held);
+        }
+        self.keeper.hold(job.clone());
+        Some(job)
+    }
+
+    /// 503 when shutting down.
+    fn check_accepting(&self) -> Result<(), ApiError> {
+        if self.accepting.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "shutting_down",
+            "the server is shutting down and takes no new jobs",
+        );
+        e.retry_after = Some(5);
+        Err(e)
+    }
+
+    /// Queues a job on this process's workers: 429 with `Retry-After` when the queue is full,
+    /// 503 when shutting down.
+    pub fn submit_local(&self, spec: JobSpec, origin: Origin) -> Result<Arc<Job>, ApiError> {
+        self.check_accepting()?;
+        self.enqueue(Arc::new(Job::new(spec, origin)), true)
+    }
+
+    /// Queues a job a fleet worker took from the stream (built with its fleet id by
+    /// [`Job::accepted`]) on this process's workers, without listing it among the service's
+    /// jobs (the fleet's API nodes answer for it).
+    pub fn run_here(&self, job: Job) -> Result<Arc<Job>, ApiError> {
+        self.enqueue(Arc::new(job), false)
+    }
+
+    fn enqueue(&self, job: Arc<Job>, listed: bool) -> Result<Arc<Job>, ApiError> {
         self.keeper.accept(&job)?;
         match self.queue.push(job.clone()) {
             Ok(_) => {
-                self.keeper.hold(job.clone());
+                if listed {
+                    self.keeper.hold(job.clone());
+                }
                 tracing::info!(job = %job.id, pipeline = %job.summary.pipeline, "job queued");
                 Ok(job)
             }
@@ -163,8 +230,24 @@ impl Service {
         ((mean * ahead as f64 / workers).ceil() as u64).clamp(1, 3600)
     }
 
-    /// Cancels `job`: a waiting job at once, a running one at its next step.
-    pub fn cancel(&self, job: &Job) -> Cancelled {
+    /// Cancels `job`: a waiting job at once, a running one at its next step (through the
+    /// remote backend when one is set).
+    pub fn cancel(&self, job: &Arc<Job>) -> Cancelled {
+        let status = job.state().status;
+        if status.is_final() {
+            return Cancelled::AlreadyFinished(status);
+        }
+        if let Some(remote) = self.remote.get() {
+            job.request_cancel();
+            remote.cancel(job.clone());
+            return Cancelled::Stopping;
+        }
+        self.cancel_local(job)
+    }
+
+    /// Cancels a job of this process's queue: a waiting job at once, a running one at its
+    /// next step.
+    pub fn cancel_local(&self, job: &Job) -> Cancelled {
         let status = job.state().status;
         if status.is_final() {
             return Cancelled::AlreadyFinished(status);
@@ -193,6 +276,29 @@ impl Service {
     /// Lets the workers take jobs again after [`Service::pause_workers`].
     pub fn resume_workers(&self) {
         self.queue.resume();
+    }
+
+    /// The jobs running now: on this process's workers, or (with a remote backend) the
+    /// accepted jobs a worker elsewhere is running.
+    pub fn running_jobs(&self) -> Vec<Arc<Job>> {
+        match self.remote.get() {
+            None => self.queue.running(),
+            Some(_) => self.jobs_with(Status::Running),
+        }
+    }
+
+    /// How many jobs wait (locally, or accepted here and not yet started elsewhere).
+    pub fn waiting_jobs(&self) -> usize {
+        match self.remote.get() {
+            None => self.queue.depth(),
+            Some(_) => self.jobs_with(Status::Queued).len(),
+        }
+    }
+
+    fn jobs_with(&self, status: Status) -> Vec<Arc<Job>> {
+        let mut jobs = self.jobs.all();
+        jobs.retain(|j| j.state().status == status);
+        jobs
     }
 
     /// Current gauge values.

@@ -21,8 +21,8 @@ pub async fn events(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let job = service
-        .jobs
-        .get(&id)
+        .find_job(&id)
+        .await
         .ok_or_else(|| ApiError::not_found("unknown_job", format!("no job `{id}`")))?;
     let start = headers
         .get("last-event-id")

@@ -232,12 +232,11 @@ fn execute(
 }
 
 /// The preview of the latents after a step as a `data:image/png;base64,...` URL and the PNG
-/// bytes, by the model family's latent → RGB map; a failure is logged and skipped.
+/// bytes, by the model's preview (a tiny autoencoder's decoding, else the family's latent →
+/// RGB map: [`Model::preview`]); a failure is logged and skipped.
 fn preview(model: &Model, p: &StepProgress) -> Option<(String, Vec<u8>)> {
     let png = model
-        .family
-        .preview
-        .to_rgb(&p.latents)
+        .preview(&p.latents)
         .and_then(|rgb| encode_png(&rgb, ""));
     match png {
         Ok(png) => {

@@ -242,7 +242,7 @@ fn squeezed(dims: &[usize]) -> Vec<usize> {
 /// other rank stay as stored; so do tensors on other devices.
 pub fn gemm_layout(name: &str, tensor: Tensor) -> candle_core::Result<Tensor> {
     if tensor.rank() == 2 && tensor.device().is_cpu() && !name.ends_with("embedding.weight") {
-        tensor.t()?.contiguous()?.t()
+        crate::kernels::transpose::transposed_storage(&tensor)
     } else {
         Ok(tensor)
     }

@@ -56,7 +56,9 @@ pub struct Global {
     /// A VAE replacing the model's (folder or single file): an AutoencoderKL file (safetensors,
     /// diffusers or original names), or a tiny autoencoder (TAESD/TAESDXL/TAEF1: a diffusers
     /// AutoencoderTiny folder or file, or the original `taesd_decoder.safetensors`, with its
-    /// `taesd_encoder.safetensors` beside it for img2img).
+    /// `taesd_encoder.safetensors` beside it for img2img); `taesd`: the family's tiny
+    /// autoencoder, from beside the model or the Hugging Face cache (`./taesd` for a folder
+    /// so named).
     #[arg(long, global = true)]
     pub vae: Option<PathBuf>,
     /// T5 tokens per prompt on FLUX [default: the family's: 512 dev, 256 schnell]; longer
@@ -90,6 +92,9 @@ pub enum Command {
     Bench(BenchCommand),
     /// Serve the pipelines over HTTP (native jobs API, OpenAI and AUTOMATIC1111 compatible).
     Serve(crate::serve::ServeArgs),
+    /// Run the manifests' pipelines for a fleet: pull jobs from NATS JetStream (`--nats URL`),
+    /// as published by `beeswax serve --nats URL`.
+    Worker(crate::fleet::WorkerArgs),
     /// List the plugins the manifests enable and what they provide.
     Plugins,
     /// Validate every manifest and plugin (syntax, paths, hashes, ABI, capabilities); exits
@@ -333,11 +338,15 @@ pub struct BenchSchedulerArgs {
 #[derive(Debug, Args)]
 pub struct BenchVaeArgs {
     /// A diffusers `vae/config.json` to build with random weights.
-    #[arg(long, conflicts_with = "model", required_unless_present = "model")]
+    #[arg(long, conflicts_with_all = ["model", "tiny"], required_unless_present_any = ["model", "tiny"])]
     pub config: Option<PathBuf>,
     /// A model folder in the diffusers layout whose `vae/` (config and weights) is timed.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tiny")]
     pub model: Option<PathBuf>,
+    /// A tiny autoencoder (TAESD: a diffusers `AutoencoderTiny` folder or file) whose decoder
+    /// is timed.
+    #[arg(long)]
+    pub tiny: Option<PathBuf>,
     /// Image width (latents are width / 8).
     #[arg(long, default_value_t = 512)]
     pub width: usize,
@@ -399,6 +408,19 @@ pub struct BenchPipelineArgs {
     /// Guidance [default: the pack's, else 7.5].
     #[arg(long)]
     pub guidance: Option<f64>,
+    /// Measure the cold job, as `beeswax generate` runs it: from this process's start
+    /// (binary loading included) through loading each component, the job and writing the PNG.
+    /// Without it the job is timed on the loaded model.
+    #[arg(long)]
+    pub cold: bool,
+    /// Runs of the job on the loaded model; the fastest is reported (2: the second run, warm
+    /// caches and allocator, as a server's jobs after its first).
+    #[arg(long, default_value_t = 1, conflicts_with = "cold",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+    /// Where the PNG is written [default: beeswax-bench.png in the system's temp folder].
+    #[arg(long)]
+    pub output: Option<PathBuf>,
     /// Print one JSON line instead of a table.
     #[arg(long)]
     pub json: bool,

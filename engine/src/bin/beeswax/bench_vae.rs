@@ -1,18 +1,31 @@
-//! `beeswax bench vae`: one VAE decode at a given size, whole or tiled, with peak memory.
+//! `beeswax bench vae`: one VAE decode at a given size, whole or tiled, or a tiny
+//! autoencoder's (TAESD), with peak memory.
 
 use anyhow::{Context, Result};
-use beeswax::bench::{peak_rss_bytes, time_runs};
+use beeswax::bench::{peak_rss_bytes, time_runs, Timing};
+use beeswax::family::Vae;
 use beeswax::model_files;
 use beeswax::models::config_file::read_json;
 use beeswax::models::vae::{Decoder, Tiling, VaeConfig};
 use beeswax::weights::WeightSource;
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 
 use crate::args::{BenchVaeArgs, Global};
 
 pub fn run(global: &Global, a: BenchVaeArgs) -> Result<()> {
     let (device, dtype) = crate::source::device_and_dtype(global)?;
+    if let Some(path) = &a.tiny {
+        let vae = Vae::tiny(path, dtype, &device)
+            .with_context(|| format!("loading the tiny autoencoder {}", path.display()))?;
+        let z = latents(&a, vae.scale_factor(), vae.latent_channels(), &device)?;
+        let timing = time_runs(a.iters as usize, || {
+            let image = vae.decode(&z)?;
+            device.synchronize()?;
+            Ok(image)
+        })?;
+        return report(&a, timing, " (tiny)");
+    }
     // Random weights live in the VarMap for as long as the decoder.
     let varmap = VarMap::new();
     let (config, vb) = match (&a.model, &a.config) {
@@ -33,6 +46,17 @@ pub fn run(global: &Global, a: BenchVaeArgs) -> Result<()> {
     let decoder = Decoder::new(vb, &config).context("building the VAE decoder")?;
     decoder.set_tiling(if a.tiling { Tiling::On } else { Tiling::Off });
     let f = 1usize << config.block_out_channels.len().saturating_sub(1);
+    let z = latents(&a, f, config.latent_channels, &device)?.to_dtype(dtype)?;
+    let timing = time_runs(a.iters as usize, || {
+        let image = decoder.forward(&z)?;
+        device.synchronize()?;
+        Ok(image)
+    })?;
+    report(&a, timing, if a.tiling { " (tiled)" } else { "" })
+}
+
+/// Random latents for a `--width` x `--height` image of a VAE that shrinks by `f`.
+fn latents(a: &BenchVaeArgs, f: usize, channels: usize, device: &Device) -> Result<Tensor> {
     if a.width % f != 0 || a.height % f != 0 {
         anyhow::bail!(
             "--width and --height must be multiples of {f}, got {}x{}",
@@ -40,18 +64,15 @@ pub fn run(global: &Global, a: BenchVaeArgs) -> Result<()> {
             a.height
         );
     }
-    let z = Tensor::randn(
+    Ok(Tensor::randn(
         0f32,
         1.0,
-        (1, config.latent_channels, a.height / f, a.width / f),
-        &device,
-    )?
-    .to_dtype(dtype)?;
-    let timing = time_runs(a.iters as usize, || {
-        let image = decoder.forward(&z)?;
-        device.synchronize()?;
-        Ok(image)
-    })?;
+        (1, channels, a.height / f, a.width / f),
+        device,
+    )?)
+}
+
+fn report(a: &BenchVaeArgs, timing: Timing, what: &str) -> Result<()> {
     let peak_mb = peak_rss_bytes().map(|b| b as f64 / 1048576.0);
     if a.json {
         println!(
@@ -62,10 +83,9 @@ pub fn run(global: &Global, a: BenchVaeArgs) -> Result<()> {
         );
     } else {
         println!(
-            "vae decode {}x{}{}: min {:.3} s, median {:.3} s over {} runs",
+            "vae decode {}x{}{what}: min {:.3} s, median {:.3} s over {} runs",
             a.width,
             a.height,
-            if a.tiling { " (tiled)" } else { "" },
             timing.min.as_secs_f64(),
             timing.median.as_secs_f64(),
             a.iters

@@ -4,8 +4,10 @@
 
 mod args;
 mod bench;
+mod bench_pipeline;
 mod bench_vae;
 mod check;
+mod fleet;
 mod generate;
 mod image_input;
 mod plugins;
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
         Command::Schedulers => list_schedulers(&cli.global),
         Command::Bench(b) => bench::run(&cli.global, b),
         Command::Serve(a) => serve::run(&cli.global, a),
+        Command::Worker(a) => fleet::run(&cli.global, a),
         Command::Plugins => plugins::list(&cli.global),
         Command::Check => check::run(&cli.global),
         Command::Quantize(a) => quantize::run(a),

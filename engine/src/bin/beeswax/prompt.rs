@@ -38,11 +38,11 @@ pub fn run(global: &Global, a: PromptArgs) -> Result<()> {
     let files = source::read_manifests(global)?;
     let folder = files.as_ref().map(|f| f.parse()).transpose()?;
     let source::ModelSource {
-        dir,
+        plan,
         name,
         defaults,
-        ..
     } = source::model_dir(global, folder.as_ref(), &a.model)?;
+    let dir = plan.source;
     // The first CLIP tokenizer: `tokenizer`, or `tokenizer_2` for a model with only the
     // second encoder (the SDXL refiner), which plans the prompt the same way.
     let tokenizer_dir = ["tokenizer", "tokenizer_2"]

@@ -95,9 +95,16 @@ pub struct ServeArgs {
     /// refused (403), so a site you visit cannot queue jobs on your server.
     #[arg(long, value_name = "ORIGIN", value_parser = beeswax::server::parse_origin)]
     pub cors_origin: Vec<String>,
+    /// Fleet mode: publish jobs on this NATS JetStream server for `beeswax worker`s
+    /// (--queue-size becomes the most jobs waiting per pipeline).
+    #[command(flatten)]
+    pub nats: crate::fleet::NatsArgs,
+    /// With --nats: also run jobs in this process, as a worker of the fleet.
+    #[arg(long, requires = "nats")]
+    pub worker: bool,
 }
 
-fn init_logs(json: bool) {
+pub fn init_logs(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -112,11 +119,19 @@ fn init_logs(json: bool) {
 }
 
 /// The data directory: the one given, none for `none`, else beeswax in the platform's data
-/// folder.
-fn data_dir(given: Option<PathBuf>) -> Result<Option<PathBuf>> {
+/// folder. In fleet mode (`fleet`) jobs live in NATS JetStream: none, and an explicit
+/// directory is refused rather than silently unused.
+fn data_dir(given: Option<PathBuf>, fleet: bool) -> Result<Option<PathBuf>> {
     match given {
         Some(dir) if dir.as_os_str() == "none" => Ok(None),
+        Some(dir) if fleet => bail!(
+            "--data-dir {} cannot be used with --nats: in fleet mode accepted jobs and their \
+             images are kept by NATS JetStream (stream, key-value bucket, object store); drop \
+             --data-dir (--output-dir still saves finished images)",
+            dir.display()
+        ),
         Some(dir) => Ok(Some(dir)),
+        None if fleet => Ok(None),
         None => match dirs::data_dir() {
             Some(base) => Ok(Some(base.join("beeswax"))),
             None => bail!(
@@ -127,24 +142,24 @@ fn data_dir(given: Option<PathBuf>) -> Result<Option<PathBuf>> {
     }
 }
 
-pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
-    init_logs(a.log_json);
+/// Loads the manifests' pipelines (models included), with the plugins' extensions and the
+/// embeddings; fails when none loads.
+pub fn load_pipelines(
+    global: &Global,
+    embeddings: Option<&std::path::Path>,
+    limits: Limits,
+    lora_range: beeswax::lora::WeightRange,
+) -> Result<(Catalog, beeswax::extensions::Extensions)> {
     let files = ManifestFiles::read(&global.manifests)?;
     let folder = files.parse()?;
     // The plugins' samplers and processors join the extensions every job runs with.
     let (_plugins, mut extensions) = crate::plugins::load(Some(&folder))?;
     extensions.set_embeddings(
         &beeswax::manifest::embeddings(&folder)?,
-        a.embeddings.as_deref(),
+        embeddings,
         global.allow_download,
     )?;
     let (device, dtype) = crate::source::device_and_dtype(global)?;
-    let limits = Limits {
-        max_width: a.max_width,
-        max_height: a.max_height,
-        max_steps: a.max_steps,
-        max_images: a.max_images,
-    };
     let mut options = LoadOptions::new(device, dtype);
     options.max_sequence_length = global.max_sequence_length.map(|n| n as usize);
     options.low_memory = global.low_memory;
@@ -156,13 +171,27 @@ pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
         &extensions,
     )
     .with_context(|| format!("loading the pipelines in {}", global.manifests.display()))?;
-    catalog.set_lora_range(a.lora_weight_range);
+    catalog.set_lora_range(lora_range);
     if catalog.all().is_empty() {
         bail!(
             "no pipeline could be loaded from {}: add a pack manifest (see `beeswax packs`)",
             global.manifests.display()
         );
     }
+    Ok((catalog, extensions))
+}
+
+pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
+    init_logs(a.log_json);
+    crate::fleet::check_serve_flags(&a)?;
+    let limits = Limits {
+        max_width: a.max_width,
+        max_height: a.max_height,
+        max_steps: a.max_steps,
+        max_images: a.max_images,
+    };
+    let (catalog, extensions) =
+        load_pipelines(global, a.embeddings.as_deref(), limits, a.lora_weight_range)?;
     if a.host.is_unspecified() && a.public_url.is_none() {
         tracing::warn!(host = %a.host, "links in OpenAI responses will point at 127.0.0.1: set --public-url to the address clients use");
     }
@@ -175,11 +204,11 @@ pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
         keep_finished: Duration::from_secs(a.keep_finished),
         max_finished: a.max_finished,
         max_finished_bytes: a.max_finished_bytes,
-        data_dir: data_dir(a.data_dir.clone())?,
+        data_dir: data_dir(a.data_dir.clone(), a.nats.nats.is_some())?,
         output_dir: a.output_dir.clone(),
         max_body_bytes: a.max_body_bytes,
         limits,
-        api_key: a.api_key.filter(|k| !k.is_empty()),
+        api_key: a.api_key.clone().filter(|k| !k.is_empty()),
         shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
         web_ui: !a.no_ui,
         public_url: a.public_url.clone(),
@@ -203,12 +232,27 @@ pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
             let r = service.restored;
             tracing::info!(dir = %dir.display(), queued = r.queued, finished = r.finished, failed = r.failed, "data directory");
         }
+        let (stop, stopping) = crate::fleet::stop_signal();
+        let worker = crate::fleet::attach(&a, &service, &stopping).await?;
         tracing::info!(%addr, pipelines = service.catalog.names(), "listening");
         println!("beeswax listening on http://{addr}");
         if !a.no_ui {
             println!("web UI: http://{addr}/");
         }
-        serve(listener, service, shutdown_signal()).await?;
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        });
+        if let Some(worker) = worker {
+            // The fleet worker drains first: its jobs run on the service's threads.
+            let drained = crate::fleet::stopped(stopping.clone());
+            let server = serve(listener, service, drained);
+            let (served, worked) = tokio::join!(server, worker);
+            served?;
+            worked.context("the fleet worker stopped")??;
+        } else {
+            serve(listener, service, crate::fleet::stopped(stopping)).await?;
+        }
         tracing::info!("stopped");
         Ok(())
     })

@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use beeswax::checkpoint::{self, CheckpointOptions};
 use beeswax::device::{default_device, parse_device, parse_dtype};
-use beeswax::family::{Families, LoadOptions, Model, Vae};
+use beeswax::family::{Families, LoadOptions, LoadPlan, Model};
 use beeswax::manifest::{
     self, FileSource, ManifestError, ManifestFiles, ManifestFolder, PackDefaults, PackSource,
+    VaeChoice,
 };
+use beeswax::model_files;
 use beeswax::schedulers::PredictionType;
 use beeswax::weights::WeightsDtype;
-use beeswax::{hub, model_files};
 use candle_core::{DType, Device};
 
 use crate::args::{Global, ModelChoice};
@@ -64,23 +65,17 @@ pub fn read_manifests(global: &Global) -> Result<Option<ManifestFiles>, Manifest
 
 /// Where a chosen model comes from.
 pub struct ModelSource {
-    /// The diffusers folder.
-    pub dir: PathBuf,
+    /// What to load (the pack's plan, or the `--model` folder or file), before the command
+    /// line's options.
+    pub plan: LoadPlan,
     /// The name written into PNG parameters.
     pub name: String,
     /// The pack's defaults.
     pub defaults: PackDefaults,
-    /// The family the pack declares.
-    pub family: Option<String>,
-    /// The denoiser's weights from this file (`--model FILE`, a pack's `gguf`).
-    pub denoiser: Option<PathBuf>,
-    /// A single-file pack's reading options (the command line's override them).
-    pub single: Option<CheckpointOptions>,
 }
 
-/// The model folder for a choice, resolving packs through the parsed manifests (`None`: the
-/// folder does not exist) and the hub cache, with the pack's name, defaults, declared family
-/// and denoiser file.
+/// The model for a choice, resolving packs through the parsed manifests (`None`: the folder
+/// does not exist) and the hub cache, with the pack's name and defaults.
 pub fn model_dir(
     global: &Global,
     folder: Option<&ManifestFolder<'_>>,
@@ -122,13 +117,12 @@ pub fn model_dir(
         } else {
             name
         };
+        let mut plan = LoadPlan::new(dir.clone());
+        plan.denoiser = Some(model.clone()).filter(|_| denoiser_only);
         return Ok(ModelSource {
-            dir: dir.clone(),
+            plan,
             name,
             defaults: PackDefaults::default(),
-            family: None,
-            denoiser: Some(model.clone()).filter(|_| denoiser_only),
-            single: None,
         });
     }
     let name = choice.pack.as_deref().unwrap_or_default();
@@ -136,27 +130,10 @@ pub fn model_dir(
         dir: global.manifests.clone(),
     })?;
     let pack = manifest::find_pack(folder, name)?;
-    let (dir, single) = match &pack.source {
-        PackSource::Path(p) => (p.clone(), None),
-        PackSource::Hub { repo, revision } => {
-            (hub::resolve(repo, revision, global.allow_download)?, None)
-        }
-        PackSource::Checkpoint(single) => {
-            let (file, options) = checkpoint::load::pack_checkpoint(
-                single,
-                pack.family.as_ref().map(|f| f.as_str()),
-                global.allow_download,
-            )?;
-            (file, Some(options))
-        }
-    };
     Ok(ModelSource {
-        dir,
+        plan: LoadPlan::for_pack(&pack, global.allow_download)?,
         name: pack.name,
         defaults: pack.defaults,
-        family: pack.family.as_ref().map(|f| f.as_str().to_string()),
-        denoiser: pack.gguf,
-        single,
     })
 }
 
@@ -168,59 +145,35 @@ fn gguf_architecture(path: &std::path::Path) -> Option<String> {
     Some(architecture.name().to_string())
 }
 
-/// Loads the chosen model on the chosen device.
+/// Loads the chosen model on the chosen device: the pack's (or `--model`'s) plan with the
+/// command line's single-file options and `--vae` over the pack's.
 pub fn load(
     global: &Global,
     folder: Option<&ManifestFolder<'_>>,
     choice: &ModelChoice,
 ) -> Result<Chosen> {
     let ModelSource {
-        dir,
+        mut plan,
         name,
         defaults,
-        family,
-        denoiser,
-        single: pack_single,
     } = model_dir(global, folder, choice)?;
     let (device, dtype) = device_and_dtype(global)?;
     let families = families(folder)?;
     let mut options = LoadOptions::new(device, dtype);
     options.weights_dtype = weights_dtype(global)?;
-    options.denoiser = denoiser;
     options.max_sequence_length = global.max_sequence_length.map(|n| n as usize);
     options.low_memory = global.low_memory;
-    // A tiny autoencoder given as --vae (TAESD) replaces the VAE of any model, folder or file.
-    let tiny = global.vae.as_deref().filter(|p| Vae::is_tiny_at(p));
-    let model = if checkpoint::is_single_file(&dir) {
-        let mut single = checkpoint_options(global)?;
-        if tiny.is_some() {
-            single.vae = None;
-        }
-        single.family = single.family.or(family);
-        if let Some(pack) = pack_single {
-            single.config_dir = single.config_dir.or(pack.config_dir);
-            single.prediction = single.prediction.or(pack.prediction);
-            single.vae = single.vae.or(pack.vae);
-        }
-        checkpoint::load::load(&dir, &families, &single, &options)
-    } else {
-        families.load(&dir, family.as_deref(), &options)
-    };
-    let mut model =
-        model.with_context(|| format!("loading model {name} from {}", dir.display()))?;
-    if let Some(path) = tiny {
-        let vae = Vae::tiny(path, model.dtype, &model.device)
-            .with_context(|| format!("loading the tiny autoencoder --vae {}", path.display()))?;
-        model = model.with_vae(vae)?;
-    } else if let (Some(path), false) = (&global.vae, checkpoint::is_single_file(&dir)) {
-        // A folder's VAE replaced by an AutoencoderKL file (single files take it above): the
-        // folder's VAE config with the file's weights (diffusers or original names).
-        let config = model_files::config(&dir, "vae", "config.json")?;
-        let vae = checkpoint::load::vae_file(path)
-            .and_then(|weights| Vae::load(&config, &weights, model.dtype, &model.device))
-            .with_context(|| format!("loading the VAE --vae {}", path.display()))?;
-        model = model.with_vae(vae)?;
+    let cli = checkpoint_options(global)?;
+    plan.single.family = cli.family.or(plan.single.family.take());
+    plan.single.config_dir = cli.config_dir.or(plan.single.config_dir.take());
+    plan.single.prediction = cli.prediction.or(plan.single.prediction);
+    if let Some(vae) = &global.vae {
+        plan.vae = Some(VaeChoice::parse(&vae.to_string_lossy()));
     }
+    plan.allow_download = global.allow_download;
+    let model = plan
+        .load(&families, &options)
+        .with_context(|| format!("loading model {name} from {}", plan.source.display()))?;
     Ok(Chosen {
         model,
         name,

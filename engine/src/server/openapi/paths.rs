@@ -165,7 +165,6 @@ fn operations(add: &mut impl FnMut(&str, Value)) {
 }
 
 fn native(b: &Bounds, add: &mut impl FnMut(&str, Value)) {
-    let id = json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
     let g = || guarded(false);
     add(
         "/v1/pipelines",
@@ -198,6 +197,13 @@ fn native(b: &Bounds, add: &mut impl FnMut(&str, Value)) {
             {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 24}},
             {"name": "before", "in": "query", "schema": {"type": "string"}, "description": "the `next` cursor of the previous page"}]}))}),
     );
+    jobs(b, add);
+}
+
+/// The jobs endpoints of the native API.
+fn jobs(b: &Bounds, add: &mut impl FnMut(&str, Value)) {
+    let id = json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
+    let g = || guarded(false);
     let mut create = op(
         "queue a job",
         json!({"202": with(json_response("queued; Location is the job's URL", schema("Job")), json!({"links": job_links()}))}),
