@@ -367,7 +367,8 @@ mod tests {
         let e = refused(request(|r| r.scheduler = Some("eulerx".into())));
         assert_eq!(e.code, "unknown_scheduler");
         assert!(e.message.contains("eulerx"), "{}", e.message);
-        let none = Offer::default().check(&request(|r| r.pipeline = None), &NATIVE, &LIMITS);
+        let empty = Offer::default();
+        let none = empty.check(&request(|r| r.pipeline = None), &NATIVE, &LIMITS);
         assert_eq!(none.unwrap_err().status, StatusCode::NOT_FOUND);
     }
 }
