@@ -53,16 +53,30 @@ async fn an_api_node_without_models_serves_what_the_workers_announce() {
     let body = expect_json(r, 200).await;
     let png = Png::decode(&unb64(body["data"][0]["b64_json"].as_str().unwrap()));
     assert_eq!(png.image.width, 64);
-    // AUTOMATIC1111, blocking.
+    // AUTOMATIC1111, blocking, on the checkpoint selected through the options.
+    let r = post(
+        &api.at("/sdapi/v1/options"),
+        json!({"sd_model_checkpoint": "tiny-sd"}),
+    )
+    .await;
+    expect_json(r, 200).await;
+    let r = post(
+        &api.at("/sdapi/v1/options"),
+        json!({"sd_model_checkpoint": "big-xl"}),
+    )
+    .await;
+    let e = expect_json(r, 400).await;
+    assert!(e["detail"].as_str().unwrap().contains("tiny-sd"), "{e}");
     let r = post(
         &api.at("/sdapi/v1/txt2img"),
-        json!({"prompt": "a bee", "steps": 2, "seed": 9, "width": 64, "height": 64,
-               "override_settings": {"sd_model_checkpoint": "tiny-sd"}}),
+        json!({"prompt": "a bee", "steps": 2, "seed": 9, "width": 64, "height": 64}),
     )
     .await;
     let body = expect_json(r, 200).await;
     assert_eq!(body["images"].as_array().unwrap().len(), 1, "{body}");
     assert_eq!(body["parameters"]["seed"], 9, "{body}");
+    let info: Value = serde_json::from_str(body["info"].as_str().unwrap()).unwrap();
+    assert_eq!(info["sd_model_name"], "tiny-sd", "{info}");
 
     // A pipeline no worker serves: 404 naming it, on every API.
     let unknown = json!({"pipeline": "big-xl", "prompt": "a bee"});

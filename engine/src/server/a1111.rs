@@ -480,14 +480,24 @@ pub async fn set_options(
 ) -> Result<Json<Value>, A1111Error> {
     if let Some(title) = body.sd_model_checkpoint {
         let name = checkpoint(&service, &title).to_string();
-        if service.catalog.get(&name).is_none() {
+        let known = match service.offered_pipelines() {
+            Some(list) => list
+                .iter()
+                .any(|p| p["name"].as_str() == Some(name.as_str())),
+            None => service.catalog.get(&name).is_some(),
+        };
+        if !known {
+            let available = match service.offered_pipelines() {
+                Some(list) => (list.iter())
+                    .filter_map(|p| p["name"].as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                None => service.catalog.names(),
+            };
             return Err(ApiError::invalid(
                 "sd_model_checkpoint",
                 "unknown_pipeline",
-                format!(
-                    "unknown checkpoint `{title}`: available: {}",
-                    service.catalog.names()
-                ),
+                format!("unknown checkpoint `{title}`: available: {available}"),
             )
             .into());
         }
