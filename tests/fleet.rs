@@ -2,6 +2,7 @@
 //! `common/nats.rs`), API nodes (`beeswax serve --nats`) and workers (`beeswax worker
 //! --nats`) as separate processes on the tiny-sd pack, driven over HTTP and, where a test
 //! needs to look inside the stream, over NATS directly. Image jobs are in `fleet/images.rs`,
+//! an API node without models in `fleet/model_less.rs`,
 //! cancelling, the 429 limit, hand-back on drain and counters in `fleet/operations.rs`, TLS and
 //! credentials in `fleet/security.rs`.
 
@@ -19,6 +20,8 @@ use serde_json::{json, Value};
 
 #[path = "fleet/images.rs"]
 mod images;
+#[path = "fleet/model_less.rs"]
+mod model_less;
 #[path = "fleet/operations.rs"]
 mod operations;
 #[path = "fleet/security.rs"]

@@ -130,6 +130,21 @@ pub fn api_node(nats: &NatsServer, args: &[&str]) -> ServeProcess {
     ServeProcess::start(&all)
 }
 
+/// `beeswax serve --nats URL` without a manifests folder: an API node without models, which
+/// serves what the fleet's workers announce.
+pub fn model_less_api_node(nats: &NatsServer, args: &[&str]) -> ServeProcess {
+    let mut all = vec!["--nats", nats.url.as_str()];
+    all.extend_from_slice(args);
+    let mut node = ServeProcess::launch(
+        &["serve", "--port", "0"],
+        |dir| dir.join("no-manifests"),
+        &all,
+        "beeswax listening on ",
+    );
+    node.url = node.url.trim().to_string();
+    node
+}
+
 /// `beeswax worker --nats URL` on `manifests(dir)` (e.g. [`tiny_manifests`]), with `args`.
 pub fn worker_with(
     nats: &NatsServer,

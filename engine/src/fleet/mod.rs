@@ -10,8 +10,10 @@
 //!   (`beeswax.dead.<pipeline>`, kept in the `BEESWAX_DEAD` stream) and reported failed.
 //! - State: the key-value bucket `BEESWAX_JOB_STATE`, one [`JobRecord`] per job id, and
 //!   `cancel.<id>` keys a worker watches while it runs the job.
-//! - Workers: each announces itself on `beeswax.workers` every 5 s (its pipelines); API nodes
-//!   count the workers heard from (`/metrics`, `/health`).
+//! - Workers: each announces itself on `beeswax.workers` every 5 s (its pipelines, what
+//!   `/v1/pipelines` shows of them, the sampler names it knows); API nodes count the workers
+//!   heard from (`/metrics`, `/health`), and an API node without models (no manifests folder)
+//!   lists and checks jobs against what they announce ([`crate::server::Offer`]).
 //! - Events: progress and previews on core subjects `beeswax.events.<id>`, which the API node
 //!   that accepted the job turns into the same server-sent events as embedded mode.
 //! - Images: the object store `BEESWAX_IMAGES`, `<id>/<n>`, PNGs with their parameters chunk,

@@ -19,9 +19,9 @@ use super::record::{cancel_key, image_name, JobRecord, RecordStatus};
 use super::roster::Roster;
 use super::{event_subject, is_subject_token, job_subject, Fleet, FleetError};
 use crate::pipeline::Input;
-use crate::server::store::{encode_mask, encode_rgb};
+use crate::server::store::{encode_mask, encode_rgb, StoredRequest};
 use crate::server::{
-    from_unix_millis, unix_millis, ApiError, Event, Job, Remote, RemoteFuture, RemoteHealth,
+    from_unix_millis, unix_millis, ApiError, Event, Job, Offer, Remote, RemoteFuture, RemoteHealth,
     Service, Status,
 };
 
@@ -74,6 +74,16 @@ impl ApiNode {
                 "a job without settings cannot be published",
             ));
         };
+        let (request, total) = (spec.request.clone(), spec.total_steps());
+        self.publish_request(job, request, total).await
+    }
+
+    async fn publish_request(
+        &self,
+        job: Arc<Job>,
+        request: StoredRequest,
+        total_steps: usize,
+    ) -> Result<(), ApiError> {
         let pipeline = job.summary.pipeline.clone();
         if !is_subject_token(&pipeline) {
             return Err(ApiError::invalid(
@@ -90,7 +100,7 @@ impl ApiNode {
             origin: job.origin,
             created_at_ms: unix_millis(job.created_at),
             summary: job.summary.clone(),
-            request: spec.request.clone(),
+            request,
         };
         self.put_inputs(&job).await?;
         let events = fleet
@@ -98,7 +108,7 @@ impl ApiNode {
             .subscribe(event_subject(&job.id))
             .await
             .map_err(unavailable)?;
-        let record = JobRecord::queued(&message, &fleet.config.node, spec.total_steps());
+        let record = JobRecord::queued(&message, &fleet.config.node, total_steps);
         fleet
             .state
             .put(&job.id, record.to_bytes().into())
@@ -249,6 +259,19 @@ impl Remote for ApiNode {
 
     fn submit(&self, job: Arc<Job>) -> RemoteFuture<'_, Result<(), ApiError>> {
         Box::pin(self.publish(job))
+    }
+
+    fn submit_described(
+        &self,
+        job: Arc<Job>,
+        request: StoredRequest,
+        total_steps: usize,
+    ) -> RemoteFuture<'_, Result<(), ApiError>> {
+        Box::pin(self.publish_request(job, request, total_steps))
+    }
+
+    fn offer(&self) -> Offer {
+        self.roster.offer()
     }
 
     fn cancel(&self, job: Arc<Job>) {

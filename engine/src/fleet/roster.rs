@@ -27,6 +27,15 @@ pub struct Heartbeat {
     pub pipelines: Vec<String>,
     /// Jobs it runs at once.
     pub concurrency: usize,
+    /// What `/v1/pipelines` shows of each of its pipelines (defaults, limits, the form's
+    /// native size and size multiple), so that an API node can list and check them; empty
+    /// in heartbeats of older workers.
+    #[serde(default)]
+    pub described: Vec<serde_json::Value>,
+    /// The samplers its jobs may name (names, aliases and A1111 display names); empty in
+    /// heartbeats of older workers.
+    #[serde(default)]
+    pub samplers: Vec<String>,
 }
 
 /// Publishes `heartbeat` every [`HEARTBEAT_EVERY`] until the task is aborted.
@@ -83,5 +92,82 @@ impl Roster {
             .collect();
         alive.sort_by(|a, b| a.node.cmp(&b.node));
         alive
+    }
+
+    /// What the live workers offer: their pipelines' descriptions and every sampler name
+    /// one of them knows.
+    pub fn offer(&self) -> crate::server::Offer {
+        let alive = self.alive();
+        let mut samplers: Vec<String> = Vec::new();
+        for name in alive.iter().flat_map(|beat| beat.samplers.iter()) {
+            if !samplers.contains(name) {
+                samplers.push(name.clone());
+            }
+        }
+        crate::server::Offer {
+            pipelines: described(&alive),
+            samplers,
+        }
+    }
+}
+
+/// One description per pipeline name among `beats` (the first given wins), sorted by name.
+fn described(beats: &[Heartbeat]) -> Vec<serde_json::Value> {
+    let mut out: Vec<serde_json::Value> = Vec::new();
+    for entry in beats.iter().flat_map(|beat| beat.described.iter()) {
+        let name = entry.get("name").and_then(|n| n.as_str());
+        let seen = out
+            .iter()
+            .any(|e| e.get("name").and_then(|n| n.as_str()) == name);
+        if name.is_some() && !seen {
+            out.push(entry.clone());
+        }
+    }
+    out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn beat(node: &str, pipelines: &[(&str, u64)]) -> Heartbeat {
+        Heartbeat {
+            node: node.to_string(),
+            pipelines: pipelines.iter().map(|(p, _)| p.to_string()).collect(),
+            concurrency: 1,
+            described: (pipelines.iter())
+                .map(|(p, steps)| json!({"name": p, "limits": {"max_steps": steps}}))
+                .collect(),
+            samplers: vec!["euler".to_string(), "Euler".to_string()],
+        }
+    }
+
+    #[test]
+    fn reads_heartbeats_of_older_workers() {
+        let old = r#"{"node":"w1","pipelines":["tiny-sd"],"concurrency":2}"#;
+        let beat: Heartbeat = serde_json::from_str(old).unwrap();
+        assert_eq!(beat.pipelines, ["tiny-sd"]);
+        assert!(beat.described.is_empty() && beat.samplers.is_empty());
+        let new = beat_round_trip(&self::beat("w2", &[("a", 7)]));
+        assert_eq!(new.described[0]["limits"]["max_steps"], 7);
+        assert_eq!(new.samplers, ["euler", "Euler"]);
+    }
+
+    fn beat_round_trip(beat: &Heartbeat) -> Heartbeat {
+        serde_json::from_slice(&serde_json::to_vec(beat).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn describes_each_pipeline_once_first_worker_wins() {
+        let beats = [
+            beat("w1", &[("zeta", 1), ("alpha", 2)]),
+            beat("w2", &[("alpha", 3), ("mid", 4)]),
+        ];
+        let list = described(&beats);
+        let names: Vec<_> = list.iter().map(|e| e["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["alpha", "mid", "zeta"]);
+        assert_eq!(list[0]["limits"]["max_steps"], 2);
     }
 }

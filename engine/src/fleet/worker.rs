@@ -58,6 +58,10 @@ pub async fn run_worker(
             .map(|p| p.name.clone())
             .collect(),
         concurrency: options.concurrency,
+        described: (service.catalog.all().iter())
+            .map(|p| crate::server::describe_pipeline(p, &service.extensions.schedulers))
+            .collect(),
+        samplers: sampler_names(&service.extensions.schedulers),
     };
     let announcing = tokio::spawn(announce(fleet.clone(), heartbeat));
     tokio::pin!(stop);
@@ -120,6 +124,22 @@ pub async fn run_worker(
         }
     }
     Ok(())
+}
+
+/// Every name a job may give a sampler by: names, aliases and A1111 display names.
+fn sampler_names(registry: &crate::schedulers::Registry) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for e in registry.entries() {
+        let all = std::iter::once(e.name.as_str())
+            .chain(e.aliases.iter().map(String::as_str))
+            .chain(std::iter::once(e.display_name()));
+        for name in all {
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
+            }
+        }
+    }
+    names
 }
 
 /// The consumers of every pipeline of `service`'s catalog.

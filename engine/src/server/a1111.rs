@@ -142,8 +142,54 @@ pub async fn txt2img(
     A1111Json(body): A1111Json<Txt2ImgBody>,
 ) -> Result<Json<Value>, A1111Error> {
     let send_images = body.send_images.unwrap_or(true);
-    let spec = validate(&service, request(&service, body), &NAMES)?;
+    let request = request(&service, body);
+    if service.model_less() {
+        let job = (service.submit_described(&request, &NAMES, Origin::A1111)).await?;
+        let guard = CancelOnDrop::new(service.clone(), job.clone());
+        let status = job.finished().await;
+        guard.disarm();
+        if status == Status::Failed {
+            let error = job.state().error.clone().unwrap_or_default();
+            return Err(ApiError::internal(error).into());
+        }
+        return Ok(Json(described_result(&job, send_images)));
+    }
+    let spec = validate(&service, request, &NAMES)?;
     run(&service, spec, send_images).await
+}
+
+/// The txt2img answer of a job accepted by an API node without models, from its summary.
+fn described_result(job: &Job, send_images: bool) -> Value {
+    let s = job.state();
+    let p = &job.summary.parameters;
+    let images: Vec<String> = (s.images.iter())
+        .filter(|_| send_images)
+        .map(|png| base64::engine::general_purpose::STANDARD.encode(png))
+        .collect();
+    let parameters = json!({
+        "prompt": p["prompt"],
+        "negative_prompt": p["negative_prompt"],
+        "steps": p["steps"],
+        "cfg_scale": p["guidance"],
+        "width": p["width"],
+        "height": p["height"],
+        "seed": p["seed"],
+        "sampler_name": p["scheduler"],
+        "scheduler": p["schedule"],
+        "batch_size": p["batch"],
+        "n_iter": p["iterations"],
+        "clip_skip": p["clip_skip"],
+        "override_settings": {"sd_model_checkpoint": job.summary.pipeline},
+    });
+    let mut info = parameters.clone();
+    if let Some(map) = info.as_object_mut() {
+        map.insert("all_seeds".into(), p["seeds"].clone());
+        map.insert("sd_model_name".into(), json!(job.summary.pipeline));
+        map.insert("infotexts".into(), json!(s.infotexts));
+        map.insert("job_timestamp".into(), json!(timestamp(job.created_at)));
+        map.insert("interrupted".into(), json!(s.status == Status::Cancelled));
+    }
+    json!({"images": images, "parameters": parameters, "info": info.to_string()})
 }
 
 /// Queues `spec`, waits for it and answers as A1111 does.
@@ -336,17 +382,28 @@ pub async fn interrupt(State(service): State<Arc<Service>>) -> Json<Value> {
 
 /// `GET /sdapi/v1/sd-models`: every pipeline, as a checkpoint (no file paths).
 pub async fn sd_models(State(service): State<Arc<Service>>) -> Json<Value> {
-    let models: Vec<Value> = service
-        .catalog
-        .all()
+    let offered: Option<Vec<String>> = service.offered_pipelines().map(|list| {
+        (list.iter())
+            .filter_map(|p| p["name"].as_str().map(str::to_string))
+            .collect()
+    });
+    let names = offered.unwrap_or_else(|| {
+        service
+            .catalog
+            .all()
+            .iter()
+            .map(|p| p.name.clone())
+            .collect()
+    });
+    let models: Vec<Value> = names
         .iter()
-        .map(|p| {
+        .map(|name| {
             json!({
-                "title": p.name,
-                "model_name": p.name,
+                "title": name,
+                "model_name": name,
                 "hash": Value::Null,
                 "sha256": Value::Null,
-                "filename": p.name,
+                "filename": name,
                 "config": Value::Null,
             })
         })
@@ -423,14 +480,24 @@ pub async fn set_options(
 ) -> Result<Json<Value>, A1111Error> {
     if let Some(title) = body.sd_model_checkpoint {
         let name = checkpoint(&service, &title).to_string();
-        if service.catalog.get(&name).is_none() {
+        let known = match service.offered_pipelines() {
+            Some(list) => list
+                .iter()
+                .any(|p| p["name"].as_str() == Some(name.as_str())),
+            None => service.catalog.get(&name).is_some(),
+        };
+        if !known {
+            let available = match service.offered_pipelines() {
+                Some(list) => (list.iter())
+                    .filter_map(|p| p["name"].as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                None => service.catalog.names(),
+            };
             return Err(ApiError::invalid(
                 "sd_model_checkpoint",
                 "unknown_pipeline",
-                format!(
-                    "unknown checkpoint `{title}`: available: {}",
-                    service.catalog.names()
-                ),
+                format!("unknown checkpoint `{title}`: available: {available}"),
             )
             .into());
         }

@@ -33,6 +33,7 @@ mod jobs;
 mod keeper;
 mod metrics;
 mod native;
+mod offer;
 mod openai;
 mod openai_edits;
 mod openapi;
@@ -59,6 +60,8 @@ pub use jobs::{
     from_unix_millis, unix_millis, unix_secs, Event, Job, JobState, Origin, Status, Summary,
 };
 pub use keeper::Restored;
+pub use native::describe as describe_pipeline;
+pub use offer::{DescribedJob, Offer};
 pub use remote::{Remote, RemoteFuture, RemoteHealth};
 pub use request::{validate, FieldNames, GenerateRequest, JobSpec, NATIVE};
 pub use retention::{JobStore, Retention};

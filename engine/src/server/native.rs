@@ -9,6 +9,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::catalog::Pipeline;
 use super::errors::{ApiError, JsonBody};
 use super::jobs::{unix_secs, Job, Origin, Status};
 use super::params::PathParams;
@@ -144,42 +145,46 @@ async fn image_request(
 
 /// `GET /v1/pipelines`.
 pub async fn pipelines(State(service): State<Arc<Service>>) -> Json<Value> {
-    let list: Vec<Value> = service
-        .catalog
-        .all()
-        .iter()
-        .map(|p| {
-            let d = &p.defaults;
-            json!({
-                "name": p.name,
-                "kind": if p.is_pack { "pack" } else { "pipeline" },
-                "pack": p.pack,
-                "family": p.family.as_str(),
-                "mode": p.mode.as_str(),
-                "description": p.description,
-                "defaults": {
-                    "steps": d.steps, "guidance": d.guidance, "width": d.width,
-                    "height": d.height, "scheduler": d.scheduler,
-                    "schedule": d.schedule,
-                    "negative_prompt": d.negative_prompt, "clip_skip": d.clip_skip,
-                    "prompt_syntax": d.prompt_syntax.unwrap_or_default(),
-                    "pad_prompts": d.pad_prompts.unwrap_or(false),
-                },
-                "limits": {
-                    "max_width": p.limits.max_width, "max_height": p.limits.max_height,
-                    "max_steps": p.limits.max_steps, "max_images": p.limits.max_images,
-                },
-                "post_processors": p.post_processors,
-                "form": super::choices::form(p, &service.extensions.schedulers),
-                "pre_processors": p.pre_processors,
-                "refiner": p.refiner,
-                "refiner_switch_at": p.refiner.as_ref().map(|_| {
-                    p.refiner_switch_at.unwrap_or(crate::defaults::REFINER_SWITCH_AT)
-                }),
-            })
-        })
+    if let Some(list) = service.offered_pipelines() {
+        return Json(json!({ "pipelines": list }));
+    }
+    let registry = &service.extensions.schedulers;
+    let list: Vec<Value> = (service.catalog.all().iter())
+        .map(|p| describe(p, registry))
         .collect();
     Json(json!({ "pipelines": list }))
+}
+
+/// What `/v1/pipelines` shows of `p` (fleet workers announce the same in their heartbeats).
+pub fn describe(p: &Pipeline, registry: &crate::schedulers::Registry) -> Value {
+    let d = &p.defaults;
+    json!({
+        "name": p.name,
+        "kind": if p.is_pack { "pack" } else { "pipeline" },
+        "pack": p.pack,
+        "family": p.family.as_str(),
+        "mode": p.mode.as_str(),
+        "description": p.description,
+        "defaults": {
+            "steps": d.steps, "guidance": d.guidance, "width": d.width,
+            "height": d.height, "scheduler": d.scheduler,
+            "schedule": d.schedule,
+            "negative_prompt": d.negative_prompt, "clip_skip": d.clip_skip,
+            "prompt_syntax": d.prompt_syntax.unwrap_or_default(),
+            "pad_prompts": d.pad_prompts.unwrap_or(false),
+        },
+        "limits": {
+            "max_width": p.limits.max_width, "max_height": p.limits.max_height,
+            "max_steps": p.limits.max_steps, "max_images": p.limits.max_images,
+        },
+        "post_processors": p.post_processors,
+        "form": super::choices::form(p, registry),
+        "pre_processors": p.pre_processors,
+        "refiner": p.refiner,
+        "refiner_switch_at": p.refiner.as_ref().map(|_| {
+            p.refiner_switch_at.unwrap_or(crate::defaults::REFINER_SWITCH_AT)
+        }),
+    })
 }
 
 /// `POST /v1/jobs`: 202 with the job id and its URLs.
@@ -228,8 +233,12 @@ pub async fn create(
         refiner: body.refiner,
         refiner_switch_at: body.refiner_switch_at,
     };
-    let spec = validate(&service, request, &NATIVE)?;
-    let job = service.submit(spec, Origin::Native).await?;
+    let job = if service.model_less() {
+        (service.submit_described(&request, &NATIVE, Origin::Native)).await?
+    } else {
+        let spec = validate(&service, request, &NATIVE)?;
+        service.submit(spec, Origin::Native).await?
+    };
     let location = format!("/v1/jobs/{}", job.id);
     let body = job_json(&job);
     Ok((

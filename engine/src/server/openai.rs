@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::errors::{ApiError, JsonBody};
-use super::jobs::{unix_secs, Origin, Status};
+use super::jobs::{unix_secs, Job, Origin, Status};
 use super::request::{validate, FieldNames, GenerateRequest, JobSpec};
 use super::service::{CancelOnDrop, Service};
 use super::site::Site;
@@ -129,13 +129,19 @@ pub async fn generations(
         refiner: None,
         refiner_switch_at: None,
     };
-    let spec = validate(&service, request, &NAMES).map_err(|mut e| {
-        if e.code == "unknown_pipeline" {
+    let not_found = |mut e: ApiError| {
+        if e.code == "unknown_pipeline" || e.code == "pipeline_not_served" {
             e.status = StatusCode::NOT_FOUND;
             e.code = "model_not_found";
         }
         e
-    })?;
+    };
+    if service.model_less() {
+        let submitted = service.submit_described(&request, &NAMES, Origin::OpenAi);
+        let job = submitted.await.map_err(not_found)?;
+        return answer(&service, job, b64, &site).await;
+    }
+    let spec = validate(&service, request, &NAMES).map_err(not_found)?;
     respond(&service, spec, b64, &site).await
 }
 
@@ -147,6 +153,16 @@ pub(super) async fn respond(
     site: &Site,
 ) -> Result<Json<Value>, ApiError> {
     let job = service.submit(spec, Origin::OpenAi).await?;
+    answer(service, job, b64, site).await
+}
+
+/// Waits for `job` and answers with OpenAI's images shape.
+async fn answer(
+    service: &Arc<Service>,
+    job: Arc<Job>,
+    b64: bool,
+    site: &Site,
+) -> Result<Json<Value>, ApiError> {
     let guard = CancelOnDrop::new(service.clone(), job.clone());
     let status = job.finished().await;
     guard.disarm();

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use super::errors::ApiError;
 use super::jobs::Job;
+use super::offer::Offer;
 use super::service::Service;
+use super::store::StoredRequest;
 
 /// A boxed future of a remote call.
 pub type RemoteFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -21,6 +23,18 @@ pub trait Remote: Send + Sync + Debug {
     /// its pipeline has too many jobs waiting) is the answer to the client. From then on the
     /// remote updates `job` as it runs elsewhere.
     fn submit(&self, job: Arc<Job>) -> RemoteFuture<'_, Result<(), ApiError>>;
+
+    /// Hands over a job accepted by a node without models ([`Offer::describe_job`]): `job`
+    /// (queued, without settings) and the request the worker runs, `total_steps` in all.
+    fn submit_described(
+        &self,
+        job: Arc<Job>,
+        request: StoredRequest,
+        total_steps: usize,
+    ) -> RemoteFuture<'_, Result<(), ApiError>>;
+
+    /// What the backend's workers offer now (the pipelines and samplers they announce).
+    fn offer(&self) -> Offer;
 
     /// A job accepted by another node (or by this one before a restart) that the backend
     /// knows by `id`, rebuilt from what the backend keeps of it and followed from now on;

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::http::StatusCode;
 
@@ -17,7 +17,7 @@ use super::output::OutputDir;
 use super::pictures::{decode_slots, Decoder};
 use super::queue::Queue;
 use super::remote::Remote;
-use super::request::JobSpec;
+use super::request::{FieldNames, GenerateRequest, JobSpec};
 use super::retention::{JobStore, Retention};
 use super::store::DataDir;
 use super::worker;
@@ -139,6 +139,60 @@ impl Service {
         self.check_accepting()?;
         let job = Arc::new(Job::new(spec, origin));
         if let Err(e) = remote.submit(job.clone()).await {
+            if e.status == StatusCode::TOO_MANY_REQUESTS {
+                self.metrics.outcome(Outcome::Rejected);
+            }
+            return Err(e);
+        }
+        self.keeper.hold(job.clone());
+        tracing::info!(job = %job.id, pipeline = %job.summary.pipeline, "job published");
+        Ok(job)
+    }
+
+    /// Whether this is a fleet API node without models: jobs are checked against what the
+    /// fleet's workers announce ([`Service::submit_described`]) instead of loaded pipelines.
+    pub fn model_less(&self) -> bool {
+        self.catalog.all().is_empty() && self.remote.get().is_some()
+    }
+
+    /// The `/v1/pipelines` entries of what this node serves: its catalog's, or on a node
+    /// without models, those the fleet's workers announce. `None`: use the catalog.
+    pub fn offered_pipelines(&self) -> Option<Vec<serde_json::Value>> {
+        self.model_less()
+            .then(|| self.remote.get().map(|r| r.offer().pipelines))
+            .flatten()
+    }
+
+    /// On a fleet API node without models: checks `req` against what the fleet's workers
+    /// offer (a pipeline a live worker serves, its limits, known samplers) and publishes it.
+    pub async fn submit_described(
+        &self,
+        req: &GenerateRequest,
+        names: &FieldNames,
+        origin: Origin,
+    ) -> Result<Arc<Job>, ApiError> {
+        let Some(remote) = self.remote.get() else {
+            return Err(ApiError::internal(
+                "a job without a loaded pipeline needs a fleet (--nats)",
+            ));
+        };
+        self.check_accepting()?;
+        let described = remote
+            .offer()
+            .describe_job(req, names, &self.config.limits)?;
+        let total = described.total_steps;
+        let job = Arc::new(Job::closed(
+            uuid::Uuid::new_v4().to_string(),
+            origin,
+            described.summary,
+            SystemTime::now(),
+            |s| {
+                s.status = Status::Queued;
+                s.total = total;
+            },
+        ));
+        let submitted = remote.submit_described(job.clone(), described.request, total);
+        if let Err(e) = submitted.await {
             if e.status == StatusCode::TOO_MANY_REQUESTS {
                 self.metrics.outcome(Outcome::Rejected);
             }

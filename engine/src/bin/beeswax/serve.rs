@@ -190,8 +190,18 @@ pub fn run(global: &Global, a: ServeArgs) -> Result<()> {
         max_steps: a.max_steps,
         max_images: a.max_images,
     };
-    let (catalog, extensions) =
-        load_pipelines(global, a.embeddings.as_deref(), limits, a.lora_weight_range)?;
+    // An API node of a fleet needs no models: without a manifests folder it checks jobs
+    // against what the fleet's workers announce.
+    let model_less = a.nats.nats.is_some() && !a.worker && !global.manifests.is_dir();
+    let (catalog, extensions) = if model_less {
+        tracing::info!(manifests = %global.manifests.display(), "no manifests folder: API node without models, serving the pipelines the fleet's workers announce");
+        (
+            Catalog::default(),
+            beeswax::extensions::Extensions::default(),
+        )
+    } else {
+        load_pipelines(global, a.embeddings.as_deref(), limits, a.lora_weight_range)?
+    };
     if a.host.is_unspecified() && a.public_url.is_none() {
         tracing::warn!(host = %a.host, "links in OpenAI responses will point at 127.0.0.1: set --public-url to the address clients use");
     }
