@@ -16,10 +16,11 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::Conv2d;
 use rayon::prelude::*;
 
-use super::gemm::{matmul, Mat, MatMut};
+use super::gemm::{Mat, MatMut};
 use super::math::simd;
+use super::narrow_gemm::{matmul_narrow_lhs, BLOCK};
 use super::slices::{fast, to_vec, with_f32};
-use super::widen::{is_narrow, widened, with_stored, with_widened};
+use super::widen::{is_narrow, widened, with_stored, Stored};
 use super::winograd;
 
 /// Largest im2col matrix, in f32 values (64 MiB).
@@ -104,7 +105,7 @@ pub fn conv2d(
     let pieces = pieces(&g, b, k, identity);
 
     let mut out = vec![0f32; b * co * pixels];
-    let mut run = |narrow: Option<&[f32]>| -> Result<()> {
+    let mut run = |narrow: Option<Stored>| -> Result<()> {
         for &piece in &pieces {
             let cols = if identity && piece.nb == 1 {
                 xs.get(piece.b0)?.reshape((c, pixels))?
@@ -130,25 +131,20 @@ pub fn conv2d(
         Ok(())
     };
     if is_narrow(weight) {
-        with_widened(&weight.contiguous()?, |w| run(Some(w)))??;
+        with_stored(&weight.contiguous()?, |w| run(Some(w)))??;
     } else {
         run(None)?;
     }
     Tensor::from_vec(out, (b, co, g.oh, g.ow), xs.device())
 }
 
-/// `w · cols` for the widened weight `w` (`[co, k]`) and the im2col matrix `cols` (`[k, n]`).
-fn product(w: &[f32], co: usize, k: usize, cols: &Tensor) -> Result<Tensor> {
+/// `w · cols` for the 16-bit weight `w` (`[co, k]`), widened and multiplied block by block
+/// ([`super::narrow_gemm`]), and the im2col matrix `cols` (`[k, n]`).
+fn product(w: Stored, co: usize, k: usize, cols: &Tensor) -> Result<Tensor> {
     let n = cols.dim(1)?;
     let mut out = vec![0f32; co * n];
     let threads = rayon::current_num_threads();
     with_f32(cols, |c| {
-        let lhs = Mat {
-            data: w,
-            rows: co,
-            cols: k,
-            stride: k,
-        };
         let rhs = Mat {
             data: c,
             rows: k,
@@ -161,7 +157,7 @@ fn product(w: &[f32], co: usize, k: usize, cols: &Tensor) -> Result<Tensor> {
             cols: n,
             stride: n,
         };
-        matmul(dst, lhs, rhs, threads)
+        matmul_narrow_lhs(dst, w, co, rhs, BLOCK, threads)
     })?;
     Tensor::from_vec(out, (co, n), cols.device())
 }

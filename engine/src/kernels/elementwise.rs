@@ -6,10 +6,11 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::Linear;
 use rayon::prelude::*;
 
-use super::gemm::{matmul, Mat, MatMut};
+use super::gemm::{Mat, MatMut};
 use super::math::{gelu, simd};
+use super::narrow_gemm::{matmul_narrow_rhs, BLOCK};
 use super::slices::{fast, to_vec, with_f32};
-use super::widen::{is_narrow, widened, with_widened};
+use super::widen::{is_narrow, widened, with_stored};
 
 /// Rows handed to one rayon task by the row-wise kernels.
 const ROWS_PER_TASK: usize = 16;
@@ -31,8 +32,8 @@ fn matmul_t(lin: &Linear, x: &Tensor) -> Result<Tensor> {
 }
 
 /// `x · Wᵀ` (`x` contiguous `[rows, k]` values) for a 16-bit weight `w` (`[n, k]`): the
-/// weight's storage (`[k, n]` in the GEMM layout the loader gives linear weights) widened into
-/// the scratch buffer, then one f32 GEMM.
+/// weight's storage (`[k, n]` in the GEMM layout the loader gives linear weights) widened and
+/// multiplied block by block ([`super::narrow_gemm`]).
 fn matmul_t_narrow(x: &Tensor, w: &Tensor, rows: usize, k: usize) -> Result<Tensor> {
     let n = w.dim(0)?;
     let wt = w.t()?;
@@ -42,18 +43,12 @@ fn matmul_t_narrow(x: &Tensor, w: &Tensor, rows: usize, k: usize) -> Result<Tens
     let mut out = vec![0f32; rows * n];
     let threads = rayon::current_num_threads();
     with_f32(x, |xs| {
-        with_widened(&wt, |ws| {
+        with_stored(&wt, |ws| {
             let lhs = Mat {
                 data: xs,
                 rows,
                 cols: k,
                 stride: k,
-            };
-            let rhs = Mat {
-                data: ws,
-                rows: k,
-                cols: n,
-                stride: n,
             };
             let dst = MatMut {
                 data: &mut out,
@@ -61,7 +56,7 @@ fn matmul_t_narrow(x: &Tensor, w: &Tensor, rows: usize, k: usize) -> Result<Tens
                 cols: n,
                 stride: n,
             };
-            matmul(dst, lhs, rhs, threads)
+            matmul_narrow_rhs(dst, lhs, ws, n, BLOCK, threads)
         })
     })??;
     Tensor::from_vec(out, (rows, n), x.device())

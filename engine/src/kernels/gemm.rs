@@ -37,6 +37,16 @@ fn span(rows: usize, cols: usize, stride: usize) -> usize {
 /// `dst = lhs · rhs`, on the calling thread (`threads == 1`) or on up to `threads` rayon
 /// threads. Panics if the shapes do not chain or a view reaches past its slice.
 pub(crate) fn matmul(dst: MatMut, lhs: Mat, rhs: Mat, threads: usize) {
+    product(dst, lhs, rhs, threads, false)
+}
+
+/// `dst += lhs · rhs`, like [`matmul`] but adding the product to `dst`'s values.
+pub(crate) fn matmul_add(dst: MatMut, lhs: Mat, rhs: Mat, threads: usize) {
+    product(dst, lhs, rhs, threads, true)
+}
+
+/// `dst = lhs · rhs`, or `dst += lhs · rhs` when `add`.
+fn product(dst: MatMut, lhs: Mat, rhs: Mat, threads: usize, add: bool) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert!(
         rhs.rows == k && dst.rows == m && dst.cols == n,
@@ -54,6 +64,9 @@ pub(crate) fn matmul(dst: MatMut, lhs: Mat, rhs: Mat, threads: usize) {
         return;
     }
     if k == 0 {
+        if add {
+            return;
+        }
         for r in 0..m {
             dst.data[r * dst.stride..][..n].fill(0.0);
         }
@@ -68,7 +81,8 @@ pub(crate) fn matmul(dst: MatMut, lhs: Mat, rhs: Mat, threads: usize) {
     // `rhs.data[r·rhs.stride + c]` (r < k, c < n), and every element it writes is
     // `dst.data[r·dst.stride + c]` (r < m, c < n); the asserts above put the largest such
     // index inside each slice, and dst's rows are disjoint. `dst` is borrowed mutably, so
-    // nothing else aliases it; `read_dst` is false, so dst's old values are never read.
+    // nothing else aliases it; dst's old values are read only when `add`, within the same
+    // elements.
     #[allow(unsafe_code)]
     unsafe {
         gemm::gemm(
@@ -78,14 +92,14 @@ pub(crate) fn matmul(dst: MatMut, lhs: Mat, rhs: Mat, threads: usize) {
             dst.data.as_mut_ptr(),
             1,
             dst.stride as isize,
-            false,
+            add,
             lhs.data.as_ptr(),
             1,
             lhs.stride as isize,
             rhs.data.as_ptr(),
             1,
             rhs.stride as isize,
-            0.0,
+            if add { 1.0 } else { 0.0 },
             1.0,
             false,
             false,

@@ -23,6 +23,7 @@ mod gemm;
 pub mod group_norm;
 pub mod malloc;
 mod math;
+mod narrow_gemm;
 pub mod rope;
 mod slices;
 #[cfg(test)]

@@ -1,16 +1,17 @@
 //! 16-bit weights multiplied by f32 activations: a weight kept in f16 or bf16 in memory (half
-//! the memory of f32) is widened to f32 just before its layer uses it, into a scratch buffer
-//! that is reused from call to call, so the GEMM and the accumulation stay f32 and the result
-//! equals the f32 model's up to the weight's own rounding to 16 bits.
+//! the memory of f32) is widened to f32 as its layer uses it, block by block
+//! ([`super::narrow_gemm`]) or one filter at a time ([`super::winograd`]), so the GEMM and the
+//! accumulation stay f32 and the result equals the f32 model's up to the weight's own rounding
+//! to 16 bits.
 //!
-//! The conversion uses `half`'s slice conversion (F16C / AVX-512 when the CPU has them, picked
-//! at run time), split over the rayon threads for large weights.
+//! The conversion is a branch-free loop compiled for the CPU's widest vectors (picked at run
+//! time), split over the rayon threads for large weights.
 
 use candle_core::{bail, CpuStorage, DType, Result, Storage, Tensor};
-use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
-use std::cell::RefCell;
+
+use super::math::simd;
 
 /// Values converted per task when a weight is widened in parallel.
 const CHUNK: usize = 1 << 16;
@@ -41,8 +42,22 @@ impl Stored<'_> {
         let end = start + dst.len();
         match self {
             Stored::F32(s) => dst.copy_from_slice(&s[start..end]),
-            Stored::F16(s) => s[start..end].convert_to_f32_slice(dst),
-            Stored::Bf16(s) => s[start..end].convert_to_f32_slice(dst),
+            Stored::F16(s) => simd(
+                #[inline(always)]
+                || {
+                    for (d, h) in dst.iter_mut().zip(&s[start..end]) {
+                        *d = f16_to_f32(h.to_bits());
+                    }
+                },
+            ),
+            Stored::Bf16(s) => simd(
+                #[inline(always)]
+                || {
+                    for (d, h) in dst.iter_mut().zip(&s[start..end]) {
+                        *d = f32::from_bits(u32::from(h.to_bits()) << 16);
+                    }
+                },
+            ),
         }
     }
 
@@ -52,6 +67,28 @@ impl Stored<'_> {
             .enumerate()
             .for_each(|(i, d)| self.widen_into(i * CHUNK, d));
     }
+}
+
+/// The f16 with bits `h` as f32, exactly (zeros, subnormals, infinities and NaNs included),
+/// without branches, so that the loops above vectorise with the CPU's widest registers
+/// (`half`'s slice conversion handles 8 values per step with scalar fix-ups).
+#[inline(always)]
+fn f16_to_f32(h: u16) -> f32 {
+    const EXP: u32 = 0x7c00 << 13;
+    // 2^-14, the smallest normal f16: subtracted to renormalise a subnormal.
+    const SMALLEST_NORMAL: f32 = f32::from_bits(113 << 23);
+    let bits = u32::from(h & 0x7fff) << 13;
+    let exp = bits & EXP;
+    let rebiased = bits + ((127 - 15) << 23);
+    let magnitude = if exp == EXP {
+        // Infinity or NaN: the largest exponent.
+        rebiased + ((128 - 16) << 23)
+    } else if exp == 0 {
+        (f32::from_bits(rebiased + (1 << 23)) - SMALLEST_NORMAL).to_bits()
+    } else {
+        rebiased
+    };
+    f32::from_bits(magnitude | (u32::from(h & 0x8000) << 16))
 }
 
 /// Whether `t` is a CPU tensor stored in f16 or bf16 (a weight kept 16-bit in memory).
@@ -81,43 +118,6 @@ pub(crate) fn with_stored<R>(t: &Tensor, f: impl FnOnce(Stored) -> R) -> Result<
     })
 }
 
-/// Largest scratch buffer kept for the next call, in f32 values (32 MiB: every linear layer
-/// of the SD UNets and CLIP, and their convolutions up to 640 channels). The few larger
-/// filter banks (1280-channel 3x3 convolutions on small maps) get a buffer per call, which
-/// goes back to the allocator after it, so that it is not held through the VAE's decoding.
-const KEPT_SCRATCH: usize = 8 << 20;
-
-thread_local! {
-    /// The calling thread's scratch for widened weights (grown to the largest weight used, up
-    /// to [`KEPT_SCRATCH`]).
-    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` on the values of the contiguous CPU tensor `t` as f32: f32 storage as it is,
-/// 16-bit storage widened into this thread's reusable scratch buffer.
-pub(crate) fn with_widened<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    with_stored(t, |stored| match stored {
-        Stored::F32(s) => f(s),
-        narrow => {
-            // Taken out of the cell for the call, so that a nested call on this thread (rayon
-            // may run another task here while `f` waits) gets a buffer of its own.
-            let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-            buf.resize(narrow.len(), 0.0);
-            narrow.widen_all(&mut buf);
-            let r = f(&buf);
-            if buf.capacity() <= KEPT_SCRATCH {
-                SCRATCH.with(|s| {
-                    let mut cell = s.borrow_mut();
-                    if cell.capacity() < buf.capacity() {
-                        *cell = buf;
-                    }
-                });
-            }
-            r
-        }
-    })
-}
-
 /// `t` as an f32 tensor (a copy, widened in parallel); for the rare paths that hand a 16-bit
 /// weight to candle's own ops.
 pub(crate) fn widened(t: &Tensor) -> Result<Tensor> {
@@ -139,6 +139,28 @@ mod tests {
     use candle_core::Device;
 
     #[test]
+    fn every_f16_widens_like_half() {
+        for bits in 0..=u16::MAX {
+            let want = f16::from_bits(bits).to_f32();
+            let got = f16_to_f32(bits);
+            if want.is_nan() {
+                assert!(got.is_nan(), "{bits:#06x}");
+            } else {
+                assert_eq!(got.to_bits(), want.to_bits(), "{bits:#06x}");
+            }
+        }
+        let narrow: Vec<bf16> = [1.5f32, -0.0, f32::INFINITY, 3.0e-39, -7.25e20]
+            .into_iter()
+            .map(bf16::from_f32)
+            .collect();
+        let mut out = [0f32; 5];
+        Stored::Bf16(&narrow).widen_into(0, &mut out);
+        for (o, n) in out.iter().zip(&narrow) {
+            assert_eq!(o.to_bits(), n.to_f32().to_bits());
+        }
+    }
+
+    #[test]
     fn widening_equals_candles_conversion() {
         let dev = Device::Cpu;
         let w = Tensor::randn(0f32, 1.0, (300, 700), &dev).unwrap();
@@ -152,7 +174,12 @@ mod tests {
                 .unwrap()
                 .to_vec1()
                 .unwrap();
-            let got = with_widened(&narrow, |s| s.to_vec()).unwrap();
+            let got = with_stored(&narrow, |s| {
+                let mut out = vec![0f32; s.len()];
+                s.widen_all(&mut out);
+                out
+            })
+            .unwrap();
             assert_eq!(got, want);
             let got: Vec<f32> = widened(&narrow.t().unwrap())
                 .unwrap()
