@@ -477,3 +477,46 @@ pub fn unb64(text: &str) -> Vec<u8> {
         .decode(text)
         .unwrap_or_else(|e| panic!("not base64 ({e}): {text:.80}"))
 }
+
+/// The boundary of [`multipart`] bodies.
+const BOUNDARY: &str = "beeswax-test-boundary";
+
+/// A multipart/form-data body of PNG `files` and text `fields`.
+pub fn multipart(files: &[(&str, &[u8])], fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, bytes) in files {
+        body.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"; \
+                 filename=\"{name}.png\"\r\nContent-Type: image/png\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in fields {
+        body.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+/// POSTs the [`multipart`] `body` to `url`.
+pub async fn post_multipart(url: &str, body: Vec<u8>) -> reqwest::Response {
+    client()
+        .post(url)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}

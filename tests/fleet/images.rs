@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use super::*;
 
 /// A 640x640 picture of noise: about 1.2 MB as PNG, more than one NATS message may carry.
-fn noise() -> Vec<u8> {
+pub(super) fn noise() -> Vec<u8> {
     make_png(640, 640, 3, |x, y| {
         let h =
             (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)).wrapping_mul(2_246_822_519);
@@ -18,7 +18,7 @@ fn noise() -> Vec<u8> {
 }
 
 /// A 640x640 mask, white (repaint) on the left half.
-fn left_half() -> Vec<u8> {
+pub(super) fn left_half() -> Vec<u8> {
     make_png(
         640,
         640,
@@ -28,7 +28,7 @@ fn left_half() -> Vec<u8> {
 }
 
 /// Runs the native job `body` on the server at `base` and returns its first image.
-async fn image_of(base: &str, body: Value) -> Png {
+pub(super) async fn image_of(base: &str, body: Value) -> Png {
     let id = submit(base, body).await;
     wait_status(base, &id, "completed").await;
     let png = get(&format!("{base}/v1/jobs/{id}/images/0")).await;

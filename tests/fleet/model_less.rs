@@ -3,11 +3,13 @@
 
 use serde_json::{json, Value};
 
-use super::common::images::Png;
+use super::common::images::{changed_pixels, make_png, Png};
 use super::common::nats::{model_less_api_node, worker, NatsServer};
 use super::common::server::{
-    expect_json, get, get_json, post, submit, unb64, wait_status, wait_until,
+    b64, expect_json, get, get_json, multipart, post, post_multipart, submit, unb64, wait_status,
+    wait_until, ServeProcess,
 };
+use super::images::{image_of, left_half, noise};
 use super::job;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,4 +111,101 @@ async fn an_api_node_without_models_serves_what_the_workers_announce() {
         let e: Value = expect_json(post(&api.at("/v1/jobs"), body).await, 400).await;
         assert_eq!(e["error"]["code"], code, "{e}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_node_without_models_takes_image_jobs_on_every_api() {
+    let nats = NatsServer::start();
+    let _worker = worker(&nats, &[]);
+    let api = model_less_api_node(&nats, &[]);
+    let embedded = ServeProcess::start(&[]);
+    wait_until("the API node hears a worker", || async {
+        let body = get_json(&api.at("/v1/pipelines")).await;
+        (!body["pipelines"].as_array()?.is_empty()).then_some(())
+    })
+    .await;
+    // Native img2img and inpainting: the picture (640x640, sent as it came: the worker
+    // resizes it) gives the embedded server's pixels.
+    let init = b64(&noise());
+    let img2img = json!({"pipeline": "tiny-sd", "prompt": "a fox", "steps": 3, "seed": 5,
+                         "init_image": init, "strength": 0.6, "width": 64, "height": 64});
+    let mut inpaint = img2img.clone();
+    inpaint["mask"] = b64(&left_half()).into();
+    inpaint["masked_content"] = "fill".into();
+    for (what, body) in [("img2img", img2img.clone()), ("inpaint", inpaint)] {
+        let fleet = image_of(&api.url, body.clone()).await;
+        let local = image_of(&embedded.url, body).await;
+        let differ = changed_pixels(&fleet.image, &local.image, 1, |_, _| true);
+        assert_eq!(
+            differ, 0,
+            "{what}: {differ} pixels differ from embedded mode"
+        );
+        assert!(
+            fleet.parameters.contains("Denoising strength: 0.6"),
+            "{what}"
+        );
+    }
+    // The job shows its mode and strength; without a size it takes the picture's.
+    let mut no_size = img2img.clone();
+    no_size.as_object_mut().unwrap().remove("width");
+    no_size.as_object_mut().unwrap().remove("height");
+    no_size["init_image"] = b64(&make_png(72, 40, 3, |_, _| [90, 140, 200, 255])).into();
+    let id = submit(&api.url, no_size).await;
+    let done = wait_status(&api.url, &id, "completed").await;
+    let p = &done["parameters"];
+    assert_eq!(
+        (&p["mode"], &p["strength"]),
+        (&json!("img2img"), &json!(0.6)),
+        "{done}"
+    );
+    assert_eq!(
+        (&p["width"], &p["height"]),
+        (&json!(72), &json!(40)),
+        "{done}"
+    );
+    let png = get(&api.at(&format!("/v1/jobs/{id}/images/0"))).await;
+    assert_eq!(Png::decode(&png.bytes().await.unwrap()).size(), (72, 40));
+    // AUTOMATIC1111's blocking img2img.
+    let r = post(
+        &api.at("/sdapi/v1/img2img"),
+        json!({"init_images": [init], "prompt": "a red fox", "steps": 3, "seed": 3,
+               "denoising_strength": 0.5, "width": 64, "height": 64}),
+    )
+    .await;
+    let body = expect_json(r, 200).await;
+    assert_eq!(body["parameters"]["denoising_strength"], 0.5, "{body}");
+    let png = Png::decode(&unb64(body["images"][0].as_str().unwrap()));
+    assert_eq!(png.size(), (64, 64));
+    // OpenAI's edits, with a mask.
+    let fields = [
+        ("prompt", "a red fox"),
+        ("size", "64x64"),
+        ("response_format", "b64_json"),
+        ("model", "tiny-sd"),
+        ("steps", "3"),
+    ];
+    let picture = noise();
+    // Transparent (repaint) on the left half.
+    let mask = make_png(
+        640,
+        640,
+        4,
+        |x, _| {
+            if x < 320 {
+                [0; 4]
+            } else {
+                [0, 0, 0, 255]
+            }
+        },
+    );
+    let body = multipart(&[("image", &picture), ("mask", &mask)], &fields);
+    let r = post_multipart(&api.at("/v1/images/edits"), body).await;
+    let answer = expect_json(r, 200).await;
+    let png = Png::decode(&unb64(answer["data"][0]["b64_json"].as_str().unwrap()));
+    assert_eq!(png.size(), (64, 64));
+    // A strength out of range is refused by the node itself.
+    let mut bad = img2img;
+    bad["strength"] = json!(1.5);
+    let e = expect_json(post(&api.at("/v1/jobs"), bad).await, 400).await;
+    assert_eq!(e["error"]["code"], "out_of_range", "{e}");
 }

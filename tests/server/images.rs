@@ -1,6 +1,7 @@
 //! A1111 img2img and inpainting, and OpenAI edits with a multipart image.
 
 use common::images::changed_pixels;
+use common::server::{multipart, post_multipart};
 
 use super::*;
 
@@ -132,46 +133,9 @@ async fn inpainting_that_cannot_run_is_refused_at_validation() {
     server.stop().await;
 }
 
-const BOUNDARY: &str = "beeswax-test-boundary";
-
-/// A multipart/form-data body of PNG `files` and text `fields`.
-fn multipart(files: &[(&str, &[u8])], fields: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for (name, bytes) in files {
-        body.extend_from_slice(
-            format!(
-                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"; \
-                 filename=\"{name}.png\"\r\nContent-Type: image/png\r\n\r\n"
-            )
-            .as_bytes(),
-        );
-        body.extend_from_slice(bytes);
-        body.extend_from_slice(b"\r\n");
-    }
-    for (name, value) in fields {
-        body.extend_from_slice(
-            format!(
-                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
-            )
-            .as_bytes(),
-        );
-    }
-    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
-    body
-}
-
 /// POSTs a multipart body to `/v1/images/edits`.
 async fn edit(server: &TestServer, body: Vec<u8>) -> reqwest::Response {
-    client()
-        .post(server.at("/v1/images/edits"))
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={BOUNDARY}"),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap()
+    post_multipart(&server.at("/v1/images/edits"), body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

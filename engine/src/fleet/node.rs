@@ -18,11 +18,13 @@ use super::metrics::{render, Totals};
 use super::record::{cancel_key, image_name, JobRecord, RecordStatus};
 use super::roster::Roster;
 use super::{event_subject, is_subject_token, job_subject, Fleet, FleetError};
+use crate::image_in::Mask;
+use crate::image_out::RgbImage;
 use crate::pipeline::Input;
 use crate::server::store::{encode_mask, encode_rgb, StoredRequest};
 use crate::server::{
-    from_unix_millis, unix_millis, ApiError, Event, Job, Offer, Remote, RemoteFuture, RemoteHealth,
-    Service, Status,
+    from_unix_millis, unix_millis, ApiError, Event, Job, Offer, Pictures, Remote, RemoteFuture,
+    RemoteHealth, Service, Status,
 };
 
 /// How often the API node reads a job's record directly, besides watching it (covers
@@ -75,13 +77,24 @@ impl ApiNode {
             ));
         };
         let (request, total) = (spec.request.clone(), spec.total_steps());
-        self.publish_request(job, request, total).await
+        let pngs = job.with_input(|input| match input {
+            Some(Input::Image(i)) => input_pngs(Some(&i.picture), None),
+            Some(Input::Inpaint { image, mask }) => {
+                input_pngs(Some(&image.picture), Some(&mask.mask))
+            }
+            _ => Ok([None, None]),
+        });
+        self.publish_request(job, request, pngs.map_err(ApiError::internal)?, total)
+            .await
     }
 
+    /// Publishes `job` running `request`, its picture and mask (`pngs`) put in the inputs
+    /// store first.
     async fn publish_request(
         &self,
         job: Arc<Job>,
         request: StoredRequest,
+        pngs: [Option<Vec<u8>>; 2],
         total_steps: usize,
     ) -> Result<(), ApiError> {
         let pipeline = job.summary.pipeline.clone();
@@ -102,7 +115,7 @@ impl ApiNode {
             summary: job.summary.clone(),
             request,
         };
-        self.put_inputs(&job).await?;
+        self.put_inputs(&job.id, pngs).await?;
         let events = fleet
             .client
             .subscribe(event_subject(&job.id))
@@ -161,22 +174,10 @@ impl ApiNode {
         Err(e)
     }
 
-    /// Puts an image job's picture (and mask) in the inputs object store as PNGs.
-    async fn put_inputs(&self, job: &Job) -> Result<(), ApiError> {
-        let encoded = job.with_input(|input| -> Result<_, String> {
-            let (picture, mask) = match input {
-                Some(Input::Image(i)) => (Some(encode_rgb(&i.picture)?), None),
-                Some(Input::Inpaint { image, mask }) => (
-                    Some(encode_rgb(&image.picture)?),
-                    Some(encode_mask(&mask.mask)?),
-                ),
-                _ => (None, None),
-            };
-            Ok((picture, mask))
-        });
-        let (picture, mask) = encoded.map_err(ApiError::internal)?;
-        let objects = [(picture_name(&job.id), picture), (mask_name(&job.id), mask)];
-        for (name, png) in objects {
+    /// Puts job `id`'s picture and mask (`pngs`, PNGs) in the inputs object store.
+    async fn put_inputs(&self, id: &str, pngs: [Option<Vec<u8>>; 2]) -> Result<(), ApiError> {
+        let names = [picture_name(id), mask_name(id)];
+        for (name, png) in names.iter().zip(pngs) {
             let Some(png) = png else { continue };
             self.fleet
                 .inputs
@@ -186,6 +187,17 @@ impl ApiNode {
         }
         Ok(())
     }
+}
+
+/// An image job's picture and mask as PNGs, for the inputs store.
+fn input_pngs(
+    picture: Option<&RgbImage>,
+    mask: Option<&Mask>,
+) -> Result<[Option<Vec<u8>>; 2], String> {
+    Ok([
+        picture.map(encode_rgb).transpose()?,
+        mask.map(encode_mask).transpose()?,
+    ])
 }
 
 /// Deletes job `id`'s input picture and mask (absent ones are fine).
@@ -265,9 +277,17 @@ impl Remote for ApiNode {
         &self,
         job: Arc<Job>,
         request: StoredRequest,
+        pictures: Option<Pictures>,
         total_steps: usize,
     ) -> RemoteFuture<'_, Result<(), ApiError>> {
-        Box::pin(self.publish_request(job, request, total_steps))
+        Box::pin(async move {
+            let pngs = match &pictures {
+                Some(p) => input_pngs(Some(&p.picture), p.mask.as_ref()),
+                None => Ok([None, None]),
+            };
+            let pngs = pngs.map_err(ApiError::internal)?;
+            self.publish_request(job, request, pngs, total_steps).await
+        })
     }
 
     fn offer(&self) -> Offer {

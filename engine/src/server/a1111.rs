@@ -144,21 +144,31 @@ pub async fn txt2img(
     let send_images = body.send_images.unwrap_or(true);
     let request = request(&service, body);
     if service.model_less() {
-        let job = (service.submit_described(&request, &NAMES, Origin::A1111)).await?;
-        let guard = CancelOnDrop::new(service.clone(), job.clone());
-        let status = job.finished().await;
-        guard.disarm();
-        if status == Status::Failed {
-            let error = job.state().error.clone().unwrap_or_default();
-            return Err(ApiError::internal(error).into());
-        }
-        return Ok(Json(described_result(&job, send_images)));
+        return run_described(&service, &request, send_images).await;
     }
     let spec = validate(&service, request, &NAMES)?;
     run(&service, spec, send_images).await
 }
 
-/// The txt2img answer of a job accepted by an API node without models, from its summary.
+/// Publishes `request` from an API node without models, waits for it and answers as A1111
+/// does.
+pub(super) async fn run_described(
+    service: &Arc<Service>,
+    request: &GenerateRequest,
+    send_images: bool,
+) -> Result<Json<Value>, A1111Error> {
+    let job = (service.submit_described(request, &NAMES, Origin::A1111)).await?;
+    let guard = CancelOnDrop::new(service.clone(), job.clone());
+    let status = job.finished().await;
+    guard.disarm();
+    if status == Status::Failed {
+        let error = job.state().error.clone().unwrap_or_default();
+        return Err(ApiError::internal(error).into());
+    }
+    Ok(Json(described_result(&job, send_images)))
+}
+
+/// The txt2img (or img2img) answer of a job accepted by an API node without models, from its summary.
 fn described_result(job: &Job, send_images: bool) -> Value {
     let s = job.state();
     let p = &job.summary.parameters;
@@ -179,6 +189,7 @@ fn described_result(job: &Job, send_images: bool) -> Value {
         "batch_size": p["batch"],
         "n_iter": p["iterations"],
         "clip_skip": p["clip_skip"],
+        "denoising_strength": p["strength"],
         "override_settings": {"sd_model_checkpoint": job.summary.pipeline},
     });
     let mut info = parameters.clone();

@@ -10,7 +10,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::a1111::{request, run, Txt2ImgBody, NAMES};
+use super::a1111::{request, run, run_described, Txt2ImgBody, NAMES};
 use super::errors::{A1111Error, A1111Json, ApiError};
 use super::pictures::{self, Sent};
 use super::request::validate;
@@ -72,6 +72,9 @@ pub async fn img2img(
     let image = image_request(&service, &body).await?;
     let mut request = request(&service, body.base);
     request.image = Some(image);
+    if service.model_less() {
+        return run_described(&service, &request, send_images).await;
+    }
     let spec = validate(&service, request, &NAMES)?;
     run(&service, spec, send_images).await
 }

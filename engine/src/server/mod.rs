@@ -61,7 +61,7 @@ pub use jobs::{
 };
 pub use keeper::Restored;
 pub use native::describe as describe_pipeline;
-pub use offer::{DescribedJob, Offer};
+pub use offer::{DescribedJob, Offer, Pictures};
 pub use remote::{Remote, RemoteFuture, RemoteHealth};
 pub use request::{validate, FieldNames, GenerateRequest, JobSpec, NATIVE};
 pub use retention::{JobStore, Retention};

@@ -12,6 +12,9 @@ use super::errors::ApiError;
 use super::jobs::Summary;
 use super::request::{FieldNames, GenerateRequest};
 use super::store::StoredRequest;
+use crate::defaults;
+use crate::image_in::Mask;
+use crate::image_out::RgbImage;
 use crate::pipeline::random_seed;
 
 /// The pipelines the live workers describe (`/v1/pipelines` entries) and the sampler names
@@ -90,23 +93,15 @@ impl Offer {
     }
 
     /// What a model-less API node publishes and shows of `req` once [`Offer::check`]ed: the
-    /// request with its seed fixed, and a summary whose unset values are the pipeline's
-    /// resolved defaults as its workers announce them (the `form` of `/v1/pipelines`). Image
-    /// jobs are refused: their pictures are decoded and checked against a loaded model.
+    /// request with its seed fixed, a summary whose unset values are the pipeline's resolved
+    /// defaults as its workers announce them (the `form` of `/v1/pipelines`), and an image
+    /// job's picture and mask (which the worker checks against its model).
     pub fn describe_job(
         &self,
         req: &GenerateRequest,
         names: &FieldNames,
         limits: &Limits,
     ) -> Result<DescribedJob, ApiError> {
-        if req.image.is_some() {
-            return Err(ApiError::invalid(
-                "image",
-                "unsupported_on_this_node",
-                "this API node holds no models and takes text-to-image jobs only: send image \
-                 jobs to an API node started with the pipeline's manifests (--manifests)",
-            ));
-        }
         let entry = self.check(req, names, limits)?;
         let name = entry["name"].as_str().unwrap_or_default().to_string();
         let form = &entry["form"];
@@ -123,6 +118,21 @@ impl Offer {
         let images = batch * iterations;
         let seeds: Vec<u64> = (0..images).map(|i| seed.wrapping_add(i)).collect();
         let steps = or(req.steps, "steps");
+        let (mode, strength, pictures) = pictures(req, names)?;
+        // An image job without a size takes its picture's, rounded down to the size multiple
+        // (as the worker's model does), unless only the masked region is repainted.
+        let multiple = form["size_multiple"].as_u64().unwrap_or(8).max(1) as usize;
+        let from_picture = |side: fn(&RgbImage) -> usize| {
+            let image = req.image.as_ref()?;
+            let masked_only = (image.mask.as_ref()).is_some_and(|m| m.only_masked.is_some());
+            let v = side(&image.picture);
+            (!masked_only).then(|| json!((v / multiple * multiple).max(multiple)))
+        };
+        let size = |asked: Option<i64>, key: &str, side: fn(&RgbImage) -> usize| {
+            (asked.map(Value::from))
+                .or_else(|| from_picture(side))
+                .unwrap_or(form[key].clone())
+        };
         let parameters = json!({
             "pipeline": name,
             "pack": entry["pack"],
@@ -132,8 +142,8 @@ impl Offer {
                 .unwrap_or(form["negative_prompt"].clone()),
             "steps": steps,
             "guidance": req.guidance.map(Value::from).unwrap_or(form["guidance"].clone()),
-            "width": or(req.width, "width"),
-            "height": or(req.height, "height"),
+            "width": size(req.width, "width", |p| p.width),
+            "height": size(req.height, "height", |p| p.height),
             "seed": seed,
             "seeds": seeds,
             "batch": batch,
@@ -143,7 +153,8 @@ impl Offer {
                 .unwrap_or(form["scheduler"].clone()),
             "schedule": req.schedule.clone().map(Value::from).unwrap_or(form["schedule"].clone()),
             "clip_skip": or(req.clip_skip, "clip_skip"),
-            "mode": "text_to_image",
+            "mode": mode,
+            "strength": strength,
             "refiner": req.refiner.clone().map(Value::from).unwrap_or(entry["refiner"].clone()),
             "loras": req.loras,
             "pre_processors": req.pre_processors,
@@ -168,6 +179,7 @@ impl Offer {
             },
             request,
             total_steps,
+            pictures,
         })
     }
 
@@ -220,6 +232,44 @@ pub struct DescribedJob {
     pub request: StoredRequest,
     /// Steps in all (iterations included), as far as the API node can tell.
     pub total_steps: usize,
+    /// An image job's picture and mask, for the inputs store.
+    pub pictures: Option<Pictures>,
+}
+
+/// An image job's picture and (for inpainting) mask, as the client sent them.
+#[derive(Debug, Clone)]
+pub struct Pictures {
+    /// The picture.
+    pub picture: RgbImage,
+    /// The mask (1 = repaint).
+    pub mask: Option<Mask>,
+}
+
+/// The mode (`txt2img`, `img2img`, `inpaint`), strength and pictures of `req`; the strength
+/// must be above 0 and at most 1.
+fn pictures(
+    req: &GenerateRequest,
+    names: &FieldNames,
+) -> Result<(&'static str, Option<f64>, Option<Pictures>), ApiError> {
+    let Some(image) = &req.image else {
+        return Ok(("txt2img", None, None));
+    };
+    let strength = image.strength.unwrap_or(defaults::STRENGTH);
+    if !(strength > 0.0 && strength <= 1.0) {
+        return Err(ApiError::invalid(
+            names.strength,
+            "out_of_range",
+            format!(
+                "{} {strength} must be above 0 and at most 1 (the share of the schedule that \
+                 repaints the picture)",
+                names.strength
+            ),
+        ));
+    }
+    let mask = image.mask.as_ref().map(|m| m.mask.clone());
+    let mode = if mask.is_some() { "inpaint" } else { "img2img" };
+    let picture = image.picture.clone();
+    Ok((mode, Some(strength), Some(Pictures { picture, mask })))
 }
 
 /// `value` (when given) is at least 1, at most `limit` and a multiple of `multiple`.

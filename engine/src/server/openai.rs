@@ -157,7 +157,7 @@ pub(super) async fn respond(
 }
 
 /// Waits for `job` and answers with OpenAI's images shape.
-async fn answer(
+pub(super) async fn answer(
     service: &Arc<Service>,
     job: Arc<Job>,
     b64: bool,

@@ -13,7 +13,8 @@ use axum::{Extension, Json};
 use serde_json::Value;
 
 use super::errors::ApiError;
-use super::openai::{parse_size, respond, response_format, NAMES};
+use super::jobs::Origin;
+use super::openai::{answer, parse_size, respond, response_format, NAMES};
 use super::pictures::{self, Sent};
 use super::request::{validate, GenerateRequest};
 use super::service::Service;
@@ -199,12 +200,18 @@ pub async fn edits(
         refiner: None,
         refiner_switch_at: None,
     };
-    let spec = validate(&service, request, &NAMES).map_err(|mut e| {
-        if e.code == "unknown_pipeline" {
+    let not_found = |mut e: ApiError| {
+        if e.code == "unknown_pipeline" || e.code == "pipeline_not_served" {
             e.status = StatusCode::NOT_FOUND;
             e.code = "model_not_found";
         }
         e
-    })?;
+    };
+    if service.model_less() {
+        let submitted = service.submit_described(&request, &NAMES, Origin::OpenAi);
+        let job = submitted.await.map_err(not_found)?;
+        return answer(&service, job, b64, &site).await;
+    }
+    let spec = validate(&service, request, &NAMES).map_err(not_found)?;
     respond(&service, spec, b64, &site).await
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::errors::ApiError;
 use super::jobs::Job;
-use super::offer::Offer;
+use super::offer::{Offer, Pictures};
 use super::service::Service;
 use super::store::StoredRequest;
 
@@ -25,11 +25,13 @@ pub trait Remote: Send + Sync + Debug {
     fn submit(&self, job: Arc<Job>) -> RemoteFuture<'_, Result<(), ApiError>>;
 
     /// Hands over a job accepted by a node without models ([`Offer::describe_job`]): `job`
-    /// (queued, without settings) and the request the worker runs, `total_steps` in all.
+    /// (queued, without settings), the request the worker runs with an image job's pictures,
+    /// `total_steps` in all.
     fn submit_described(
         &self,
         job: Arc<Job>,
         request: StoredRequest,
+        pictures: Option<Pictures>,
         total_steps: usize,
     ) -> RemoteFuture<'_, Result<(), ApiError>>;
 

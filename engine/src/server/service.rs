@@ -191,7 +191,8 @@ impl Service {
                 s.total = total;
             },
         ));
-        let submitted = remote.submit_described(job.clone(), described.request, total);
+        let submitted =
+            remote.submit_described(job.clone(), described.request, described.pictures, total);
         if let Err(e) = submitted.await {
             if e.status == StatusCode::TOO_MANY_REQUESTS {
                 self.metrics.outcome(Outcome::Rejected);
