@@ -46,7 +46,8 @@ fn held(model: &Model, component: &str, key: &str) -> DType {
 
 /// Asserts the held dtypes of a few kinds of tensors: the UNet's convolution filters and
 /// attention projections and the text encoder's linear layers in `matrices`; biases, norms
-/// and embedding tables always f32.
+/// and the position embedding table always f32 (the token table, gathered by row, follows the
+/// matrices).
 fn assert_held(model: &Model, matrices: DType) {
     for (component, key) in [
         ("unet", "conv_in.weight"),
@@ -60,6 +61,11 @@ fn assert_held(model: &Model, matrices: DType) {
             "text_model.encoder.layers.0.self_attn.q_proj.weight",
         ),
         ("text_encoder", "text_model.encoder.layers.0.mlp.fc1.weight"),
+        // Gathered by row, widened per prompt.
+        (
+            "text_encoder",
+            "text_model.embeddings.token_embedding.weight",
+        ),
     ] {
         assert_eq!(held(model, component, key), matrices, "{component} {key}");
     }
@@ -68,7 +74,7 @@ fn assert_held(model: &Model, matrices: DType) {
         ("unet", "down_blocks.0.attentions.0.norm.weight"),
         (
             "text_encoder",
-            "text_model.embeddings.token_embedding.weight",
+            "text_model.embeddings.position_embedding.weight",
         ),
         ("text_encoder", "text_model.final_layer_norm.weight"),
     ] {

@@ -7,10 +7,11 @@
 //! third of a UNet forward on CPU. [`tune`] tells glibc to serve all sizes from its heap and not
 //! to give freed heap memory back below a threshold, so buffers are recycled instead.
 //!
-//! The cost is that memory freed after the peak is kept by the process (up to the trim
-//! threshold) rather than returned to the OS; peak RSS itself does not grow.
+//! The cost is that memory freed is kept by the process (up to the trim threshold) rather than
+//! returned to the OS, and counts in its RSS; [`release_free`] gives it back at the points
+//! where a job's memory peaks (before decoding).
 //!
-//! The `mallopt` calls are one of the crate's three `unsafe` places (with the GEMM wrapper in
+//! The `mallopt` and `malloc_trim` calls are one of the crate's three `unsafe` places (with the GEMM wrapper in
 //! [`super::gemm`] and the native plugin loader in [`crate::plugins::native`]). `mallopt` only changes allocator parameters and is safe to call at any time
 //! (glibc serialises it with the allocator's own lock); we call it once, at the start of `main`.
 
@@ -36,6 +37,22 @@ pub fn tune() -> bool {
     })
 }
 
+/// Gives the memory the allocator holds free back to the OS (glibc's `malloc_trim`): pages
+/// of free chunks anywhere in the heap, not only at its top. Returns whether any was given back.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+pub fn release_free() -> bool {
+    // SAFETY: malloc_trim only returns free pages of the allocator's own heaps to the OS
+    // (under the allocator's lock); memory in use is not touched.
+    unsafe { libc::malloc_trim(0) == 1 }
+}
+
+/// Gives free memory back to the OS (glibc only; a no-op elsewhere).
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn release_free() -> bool {
+    false
+}
+
 /// Applies the tuning (glibc on Linux only; a no-op elsewhere).
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn tune() -> bool {
@@ -44,6 +61,40 @@ pub fn tune() -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn free_memory_goes_back_to_the_os() {
+        super::tune();
+        let rss = || {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            let line = status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .unwrap()
+                .to_string();
+            line.split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        };
+        // 16 MiB touched then freed in the middle of the heap (a block above keeps the heap
+        // from being trimmed at its top; small enough for a test thread's own arena): kept by
+        // the allocator until released.
+        let big = std::hint::black_box(vec![1u8; 16 << 20]);
+        let above = std::hint::black_box(vec![1u8; 1 << 20]);
+        let before = rss();
+        drop(std::hint::black_box(big));
+        assert!(super::release_free());
+        assert!(
+            rss() + (8 << 10) < before,
+            "RSS {} kB before, {} kB after",
+            before,
+            rss()
+        );
+        drop(std::hint::black_box(above));
+    }
+
     #[test]
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     fn glibc_accepts_the_settings() {

@@ -263,9 +263,12 @@ impl ClipTextModel {
     }
 
     /// The token embeddings of `ids` [B, S] -> [B, S, D], before position embeddings: where
-    /// textual-inversion vectors replace the rows of their placeholder tokens.
+    /// textual-inversion vectors replace the rows of their placeholder tokens. A table kept
+    /// 16-bit in memory ([`crate::weights::is_kernel_weight`]) gives its rows widened to the
+    /// compute dtype (the position table's).
     pub fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
-        self.token_embedding.forward(ids)
+        let rows = self.token_embedding.forward(ids)?;
+        rows.to_dtype(self.position_embedding.embeddings().dtype())
     }
 
     /// Width of the token embeddings (the hidden size).

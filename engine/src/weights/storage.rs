@@ -1,8 +1,9 @@
 //! The dtype weights are held in, apart from the dtype they are computed in: on CPU with f32
 //! compute, a model's weight matrices and convolution filters can stay f16 or bf16 in memory
 //! (half the memory) and be widened inside the kernels just before use (see
-//! `crate::kernels`); vectors (biases, norm scales) and embedding tables are always widened at
-//! load, they are small and read by plain candle ops.
+//! `crate::kernels`); so may a text encoder's token embedding table (gathered by row, the rows
+//! widened per prompt). Vectors (biases, norm scales) and other embedding tables are always
+//! widened at load: they are small and read by plain candle ops.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -66,13 +67,15 @@ impl fmt::Display for WeightsDtype {
     }
 }
 
-/// Whether the tensor `name` of shape `dims` is a weight matrix or filter bank the CPU kernels
-/// multiply (and so may stay 16-bit): a rank-2 `*weight` other than an embedding table, or a
-/// rank-4 convolution weight.
+/// Whether the tensor `name` of shape `dims` may stay 16-bit in memory: a weight matrix or
+/// filter bank the CPU kernels multiply (a rank-2 `*weight` other than an embedding table, or
+/// a rank-4 convolution weight), or a CLIP token embedding table (`*token_embedding.weight`,
+/// whose gathered rows the text encoder widens; 49408 rows, the largest table of SD's).
 pub fn is_kernel_weight(name: &str, dims: &[usize]) -> bool {
     let weight = name == "weight" || name.ends_with(".weight");
     let embedding = name.ends_with("embedding.weight") || name.ends_with("embeddings.weight");
-    weight && (dims.len() == 4 || (dims.len() == 2 && !embedding))
+    let token_table = name.ends_with("token_embedding.weight");
+    weight && (dims.len() == 4 || (dims.len() == 2 && (!embedding || token_table)))
 }
 
 /// Whether a tensor of `dtype` may be handed as it is to a model asking for `wanted` on
@@ -163,6 +166,10 @@ mod tests {
         assert!(!is_kernel_weight("conv_in.bias", &[8]));
         assert!(!is_kernel_weight("norm.weight", &[8]));
         assert!(!is_kernel_weight(
+            "embeddings.position_embedding.weight",
+            &[77, 8]
+        ));
+        assert!(is_kernel_weight(
             "embeddings.token_embedding.weight",
             &[99, 8]
         ));
