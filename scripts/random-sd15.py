@@ -197,8 +197,11 @@ def cold(model: Path, png: Path, steps: int, guidance: float, taesd):
     from diffusers import AutoencoderTiny, StableDiffusionPipeline
 
     start = time.perf_counter()
+    # An fp16 folder (make --fp16) is read as diffusers reads it: variant="fp16", computed in f32.
+    fp16 = (model / "unet/diffusion_pytorch_model.fp16.safetensors").exists()
     pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32,
-                                                   safety_checker=None)
+                                                   safety_checker=None,
+                                                   variant="fp16" if fp16 else None)
     if taesd:
         pipe.vae = AutoencoderTiny.from_pretrained(taesd, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
