@@ -48,8 +48,129 @@ fn with_buf<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     r
 }
 
+/// A view of a 16-bit weight: `rows x cols` values, row `r` at `start + r * stride` of `w`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    w: Stored<'a>,
+    start: usize,
+    rows: usize,
+    cols: usize,
+    stride: usize,
+}
+
+impl View<'_> {
+    /// Rows `r0..r0 + rows`, columns `c0..c0 + cols` widened into `buf` (row-major, `cols` a
+    /// row), on the rayon threads when `parallel`.
+    fn widen(
+        &self,
+        (r0, rows): (usize, usize),
+        (c0, cols): (usize, usize),
+        buf: &mut [f32],
+        parallel: bool,
+    ) {
+        let row = |(r, d): (usize, &mut [f32])| {
+            self.w
+                .widen_into(self.start + (r0 + r) * self.stride + c0, d)
+        };
+        let buf = &mut buf[..rows * cols];
+        if parallel {
+            let per_task = (1 << 14) / cols.max(1) + 1;
+            buf.par_chunks_mut(cols)
+                .with_min_len(per_task)
+                .enumerate()
+                .for_each(row);
+        } else {
+            buf.chunks_mut(cols).enumerate().for_each(row);
+        }
+    }
+}
+
+/// Which operand of the product the weight is.
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    /// `dst = other · w`: the weight's rows are the summed dimension.
+    Right,
+    /// `dst = w · other`: the weight's columns are the summed dimension.
+    Left,
+}
+
+/// `dst = other · w` or `w · other` (`side`), the weight widened `depth` rows (Right) or
+/// columns (Left) at a time into this thread's buffer, each block's product added into `dst`;
+/// `threads` for the widening and the GEMM.
+fn blocked(dst: MatMut, other: Mat, w: View, side: Side, depth: usize, threads: usize) {
+    let (k, width) = match side {
+        Side::Right => (w.rows, w.cols),
+        Side::Left => (w.cols, w.rows),
+    };
+    with_buf(depth * width, |buf| {
+        for k0 in (0..k).step_by(depth) {
+            let kb = depth.min(k - k0);
+            let (wm, part) = match side {
+                Side::Right => {
+                    w.widen((k0, kb), (0, width), buf, threads > 1);
+                    let part = Mat {
+                        data: &other.data[k0.min(other.data.len())..],
+                        rows: other.rows,
+                        cols: kb,
+                        stride: other.stride,
+                    };
+                    (
+                        Mat {
+                            data: &buf[..kb * width],
+                            rows: kb,
+                            cols: width,
+                            stride: width,
+                        },
+                        part,
+                    )
+                }
+                Side::Left => {
+                    w.widen((0, width), (k0, kb), buf, threads > 1);
+                    let part = Mat {
+                        data: &other.data[(k0 * other.stride).min(other.data.len())..],
+                        rows: kb,
+                        cols: other.cols,
+                        stride: other.stride,
+                    };
+                    (
+                        Mat {
+                            data: &buf[..width * kb],
+                            rows: width,
+                            cols: kb,
+                            stride: kb,
+                        },
+                        part,
+                    )
+                }
+            };
+            let out = MatMut {
+                data: &mut *dst.data,
+                rows: dst.rows,
+                cols: dst.cols,
+                stride: dst.stride,
+            };
+            let (a, b) = if side == Side::Right {
+                (part, wm)
+            } else {
+                (wm, part)
+            };
+            if k0 == 0 {
+                matmul(out, a, b, threads);
+            } else {
+                matmul_add(out, a, b, threads);
+            }
+        }
+    });
+}
+
 /// `dst = lhs · w` for the weight `w` (`[k, n]` row-major, `k = lhs.cols`), widened in blocks
 /// of rows of about `block` values.
+///
+/// A weight at least as large as the activations (`lhs.rows <= n`) is memory-bound: its
+/// columns (and the output's) are split between the threads, each widening and multiplying its
+/// own on its own, so that while one waits for its part of the weight to come from memory the
+/// other computes (widening a block together would leave both waiting at once). Each thread
+/// packs `lhs`, which costs less than it saves only when it is no larger than the weight.
 pub(crate) fn matmul_narrow_rhs(
     dst: MatMut,
     lhs: Mat,
@@ -58,56 +179,55 @@ pub(crate) fn matmul_narrow_rhs(
     block: usize,
     threads: usize,
 ) {
-    let k = lhs.cols;
+    let (m, k) = (lhs.rows, lhs.cols);
     assert_eq!(
         w.len(),
         k * n,
         "narrow gemm: weight of {} values is not [{k}, {n}]",
         w.len()
     );
-    // A weight at least as large as the activations: memory-bound, each thread widens its own
-    // part (see [`by_columns`]).
-    if threads > 1 && lhs.rows <= n {
-        return by_columns(dst, lhs, w, n, block, threads);
+    let whole = View {
+        w,
+        start: 0,
+        rows: k,
+        cols: n,
+        stride: n,
+    };
+    if threads <= 1 || m > n {
+        return blocked(dst, lhs, whole, Side::Right, depth(k, n, block), threads);
     }
-    let kc = depth(k, n, block);
-    with_buf(kc * n, |buf| {
-        for k0 in (0..k).step_by(kc) {
-            let rows = kc.min(k - k0);
-            let wb = &mut buf[..rows * n];
-            let chunk = (block / 8).max(n);
-            wb.par_chunks_mut(chunk)
-                .enumerate()
-                .for_each(|(i, d)| w.widen_into(k0 * n + i * chunk, d));
-            let part = Mat {
-                data: &lhs.data[k0.min(lhs.data.len())..],
-                rows: lhs.rows,
-                cols: rows,
-                stride: lhs.stride,
+    let per = n.div_ceil(threads);
+    let parts: Vec<(usize, usize, Vec<f32>)> = (0..n.div_ceil(per))
+        .into_par_iter()
+        .map(|t| {
+            let (n0, nb) = (t * per, per.min(n - t * per));
+            let mut out = vec![0f32; m * nb];
+            let view = View {
+                start: n0,
+                cols: nb,
+                ..whole
             };
-            let wm = Mat {
-                data: wb,
-                rows,
-                cols: n,
-                stride: n,
+            let dst = MatMut {
+                data: &mut out,
+                rows: m,
+                cols: nb,
+                stride: nb,
             };
-            let out = MatMut {
-                data: &mut *dst.data,
-                rows: dst.rows,
-                cols: dst.cols,
-                stride: dst.stride,
-            };
-            if k0 == 0 {
-                matmul(out, part, wm, threads);
-            } else {
-                matmul_add(out, part, wm, threads);
-            }
+            blocked(dst, lhs, view, Side::Right, depth(k, nb, block), 1);
+            (n0, nb, out)
+        })
+        .collect();
+    for (n0, nb, out) in parts {
+        for r in 0..m {
+            dst.data[r * dst.stride + n0..][..nb].copy_from_slice(&out[r * nb..][..nb]);
         }
-    });
+    }
 }
 
 /// `dst = w · rhs` for the weight `w` (`[m, k]` row-major, `k = rhs.rows`), widened in
-/// blocks of columns of about `block` values.
+/// blocks of columns of about `block` values; a weight at least as large as the activations
+/// (`rhs.cols <= m`) has its rows split between the threads, as [`matmul_narrow_rhs`] splits
+/// columns.
 pub(crate) fn matmul_narrow_lhs(
     dst: MatMut,
     w: Stored,
@@ -123,152 +243,36 @@ pub(crate) fn matmul_narrow_lhs(
         "narrow gemm: weight of {} values is not [{m}, {k}]",
         w.len()
     );
-    // A weight at least as large as the activations: memory-bound, each thread widens its own
-    // part (see [`by_rows`]).
-    if threads > 1 && rhs.cols <= m {
-        return by_rows(dst, w, m, rhs, block, threads);
+    let whole = View {
+        w,
+        start: 0,
+        rows: m,
+        cols: k,
+        stride: k,
+    };
+    if threads <= 1 || rhs.cols > m {
+        return blocked(dst, rhs, whole, Side::Left, depth(k, m, block), threads);
     }
-    let kc = depth(k, m, block);
-    with_buf(m * kc, |buf| {
-        for k0 in (0..k).step_by(kc) {
-            let cols = kc.min(k - k0);
-            let wb = &mut buf[..m * cols];
-            wb.par_chunks_mut(cols)
-                .with_min_len(16)
-                .enumerate()
-                .for_each(|(r, d)| w.widen_into(r * k + k0, d));
-            let wm = Mat {
-                data: wb,
-                rows: m,
-                cols,
-                stride: cols,
-            };
-            let part = Mat {
-                data: &rhs.data[(k0 * rhs.stride).min(rhs.data.len())..],
-                rows: cols,
-                cols: rhs.cols,
-                stride: rhs.stride,
-            };
-            let out = MatMut {
-                data: &mut *dst.data,
-                rows: dst.rows,
-                cols: dst.cols,
-                stride: dst.stride,
-            };
-            if k0 == 0 {
-                matmul(out, wm, part, threads);
-            } else {
-                matmul_add(out, wm, part, threads);
-            }
-        }
-    });
-}
-
-/// [`matmul_narrow_rhs`] with the columns of `w` (and of the output) split between `threads`
-/// threads, each widening and multiplying its own columns block by block on its own: while
-/// one thread waits for its part of the weight to come from memory the other computes, where
-/// widening the whole block together would leave both waiting at once. The other operand is
-/// packed by every thread, which costs less than it saves only when it is no larger than the
-/// weight.
-fn by_columns(dst: MatMut, lhs: Mat, w: Stored, n: usize, block: usize, threads: usize) {
-    let (m, k) = (lhs.rows, lhs.cols);
-    let per = n.div_ceil(threads);
-    let parts: Vec<(usize, usize, Vec<f32>)> = (0..n.div_ceil(per))
-        .into_par_iter()
-        .map(|t| {
-            let n0 = t * per;
-            let nb = per.min(n - n0);
-            let mut out = vec![0f32; m * nb];
-            let kc = depth(k, nb, block);
-            with_buf(kc * nb, |buf| {
-                for k0 in (0..k).step_by(kc) {
-                    let rows = kc.min(k - k0);
-                    for r in 0..rows {
-                        w.widen_into((k0 + r) * n + n0, &mut buf[r * nb..][..nb]);
-                    }
-                    let part = Mat {
-                        data: &lhs.data[k0.min(lhs.data.len())..],
-                        rows: m,
-                        cols: rows,
-                        stride: lhs.stride,
-                    };
-                    let wm = Mat {
-                        data: &buf[..rows * nb],
-                        rows,
-                        cols: nb,
-                        stride: nb,
-                    };
-                    let o = MatMut {
-                        data: &mut out,
-                        rows: m,
-                        cols: nb,
-                        stride: nb,
-                    };
-                    if k0 == 0 {
-                        matmul(o, part, wm, 1);
-                    } else {
-                        matmul_add(o, part, wm, 1);
-                    }
-                }
-            });
-            (n0, nb, out)
-        })
-        .collect();
-    for (n0, nb, out) in parts {
-        for r in 0..m {
-            dst.data[r * dst.stride + n0..][..nb].copy_from_slice(&out[r * nb..][..nb]);
-        }
-    }
-}
-
-/// [`matmul_narrow_lhs`] with the rows of `w` (and of the output) split between `threads`
-/// threads, as [`by_columns`] splits columns.
-fn by_rows(dst: MatMut, w: Stored, m: usize, rhs: Mat, block: usize, threads: usize) {
-    let k = rhs.rows;
     let per = m.div_ceil(threads);
-    let stride = dst.stride;
-    let cols_out = dst.cols;
+    let (stride, cols) = (dst.stride, dst.cols);
     dst.data
         .par_chunks_mut(per * stride)
         .enumerate()
+        .filter(|(t, _)| t * per < m)
         .for_each(|(t, d)| {
-            let r0 = t * per;
-            if r0 >= m {
-                return;
-            }
-            let rows = per.min(m - r0);
-            let kc = depth(k, rows, block);
-            with_buf(rows * kc, |buf| {
-                for k0 in (0..k).step_by(kc) {
-                    let cols = kc.min(k - k0);
-                    for r in 0..rows {
-                        w.widen_into((r0 + r) * k + k0, &mut buf[r * cols..][..cols]);
-                    }
-                    let wm = Mat {
-                        data: &buf[..rows * cols],
-                        rows,
-                        cols,
-                        stride: cols,
-                    };
-                    let part = Mat {
-                        data: &rhs.data[(k0 * rhs.stride).min(rhs.data.len())..],
-                        rows: cols,
-                        cols: rhs.cols,
-                        stride: rhs.stride,
-                    };
-                    let o = MatMut {
-                        data: &mut *d,
-                        rows,
-                        cols: cols_out,
-                        stride,
-                    };
-                    if k0 == 0 {
-                        matmul(o, wm, part, 1);
-                    } else {
-                        matmul_add(o, wm, part, 1);
-                    }
-                }
-            });
+            let rows = per.min(m - t * per);
+            let view = View {
+                start: t * per * k,
+                rows,
+                ..whole
+            };
+            let dst = MatMut {
+                data: d,
+                rows,
+                cols,
+                stride,
+            };
+            blocked(dst, rhs, view, Side::Left, depth(k, rows, block), 1);
         });
 }
 
