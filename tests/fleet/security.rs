@@ -1,6 +1,7 @@
 //! NATS as its clients expect: a `tls://` server with a certificate of a private authority
 //! (made with `openssl` at test time, trusted with `--nats-tls-ca`) that lets in only an NKey user
-//! (`--nats-creds` with the user's seed); and clear errors when either is missing or wrong.
+//! (`--nats-creds` with the user's seed); a server in operator mode that lets in a user with a
+//! JWT `.creds` file as `nsc` writes it; and clear errors when either is missing or wrong.
 
 use std::path::Path;
 use std::process::Command;
@@ -161,4 +162,101 @@ async fn tls_with_an_nkey_user_runs_jobs_and_a_missing_piece_is_a_clear_error() 
     wait_status(&api.url, &id, "completed").await;
     let health = get_json(&api.at("/health")).await;
     assert_eq!(health["nats"]["connected"], true, "{health}");
+}
+
+/// A NATS JWT (`ed25519-nkey`) with `claims`, issued and signed by `issuer`, whose subject is
+/// `subject`.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: Value) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let header = URL_SAFE_NO_PAD.encode(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = json!({
+        "jti": format!("BEESWAX{}", subject.chars().take(20).collect::<String>()),
+        "iat": 1_700_000_000u64,
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let signed = format!("{header}.{payload}");
+    let signature = issuer.sign(signed.as_bytes()).unwrap();
+    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_creds_file_as_nsc_writes_it_runs_jobs() {
+    // Decentralised auth as `nsc` sets it up: an operator, an account with JetStream, a user
+    // whose JWT the account signed; nats-server trusts the operator and preloads the account.
+    let dir = Dir::new("fleet-jwt");
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = jwt(
+        &operator,
+        &operator.public_key(),
+        "beeswax-test",
+        json!({"type": "operator", "version": 2}),
+    );
+    let unlimited = json!({"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1, "mem_storage": -1, "disk_storage": -1,
+        "streams": -1, "consumer": -1});
+    let account_jwt = jwt(
+        &operator,
+        &account.public_key(),
+        "fleet",
+        json!({"type": "account", "version": 2, "limits": unlimited}),
+    );
+    // JetStream in operator mode needs a system account.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = jwt(
+        &operator,
+        &system.public_key(),
+        "SYS",
+        json!({"type": "account", "version": 2}),
+    );
+    let user_jwt = jwt(
+        &account,
+        &user.public_key(),
+        "beeswax",
+        json!({"type": "user", "version": 2, "pub": {}, "sub": {}, "subs": -1, "data": -1,
+               "payload": -1}),
+    );
+    let creds = dir.join("beeswax.creds");
+    std::fs::write(
+        &creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             ************************* IMPORTANT *************************\n\
+             NKEY Seed printed below can be used to sign and prove identity.\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        ),
+    )
+    .unwrap();
+    let creds = creds.display().to_string();
+    let nats = NatsServer::with_config(&format!(
+        "operator: \"{operator_jwt}\"\nsystem_account: {sys}\nresolver: MEMORY\n\
+         resolver_preload: {{ {}: \"{account_jwt}\", {sys}: \"{system_jwt}\" }}\n",
+        account.public_key(),
+        sys = system.public_key(),
+    ));
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    // Without the credentials the server refuses, and the error says which flag fixes it.
+    let manifests = tiny_manifests(dir.path());
+    TestCommand::new(dir.path())
+        .manifests(&manifests)
+        .args([
+            "worker",
+            "--nats",
+            url.as_str(),
+            "--nats-connect-timeout",
+            "1",
+        ])
+        .assert_fails_with(&["cannot connect to NATS", "--nats-creds FILE"]);
+    let fleet = ["--nats", url.as_str(), "--nats-creds", &creds];
+    let api = ServeProcess::start(&fleet);
+    let _worker = ServeProcess::launch(&["worker"], tiny_manifests, &fleet, "beeswax worker ready");
+    let id = submit(&api.url, job("a bee with a JWT", 2)).await;
+    wait_status(&api.url, &id, "completed").await;
 }
