@@ -36,6 +36,32 @@ pub(super) async fn image_of(base: &str, body: Value) -> Png {
     Png::decode(&png.bytes().await.unwrap())
 }
 
+/// Runs a native img2img and an inpainting job of the picture `init` (base64) on the servers at
+/// `fleet` and `embedded` and asserts the same pixels; returns the img2img body.
+pub(super) async fn image_jobs_match_embedded(fleet: &str, embedded: &str, init: &str) -> Value {
+    let img2img = json!({"pipeline": "tiny-sd", "prompt": "a fox", "steps": 3, "seed": 5,
+                         "init_image": init, "strength": 0.6, "width": 64, "height": 64});
+    let mut inpaint = img2img.clone();
+    inpaint["mask"] = b64(&left_half()).into();
+    inpaint["masked_content"] = "fill".into();
+    for (what, body) in [("img2img", img2img.clone()), ("inpaint", inpaint)] {
+        let remote = image_of(fleet, body.clone()).await;
+        let local = image_of(embedded, body).await;
+        assert_eq!(remote.size(), (64, 64), "{what}");
+        let differ = changed_pixels(&remote.image, &local.image, 1, |_, _| true);
+        assert_eq!(
+            differ, 0,
+            "{what}: {differ} pixels differ from embedded mode"
+        );
+        assert!(
+            remote.parameters.contains("Denoising strength: 0.6"),
+            "{what}: {}",
+            remote.parameters
+        );
+    }
+    img2img
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_jobs_run_on_a_worker_as_in_embedded_mode_and_their_inputs_go_afterwards() {
     let picture = noise();
@@ -45,26 +71,7 @@ async fn image_jobs_run_on_a_worker_as_in_embedded_mode_and_their_inputs_go_afte
     let _worker = worker(&nats, &[]);
     let embedded = ServeProcess::start(&[]);
     let init = b64(&picture);
-    let img2img = json!({"pipeline": "tiny-sd", "prompt": "a fox", "steps": 3, "seed": 5,
-                         "init_image": init, "strength": 0.6, "width": 64, "height": 64});
-    let mut inpaint = img2img.clone();
-    inpaint["mask"] = b64(&left_half()).into();
-    inpaint["masked_content"] = "fill".into();
-    for (what, body) in [("img2img", img2img), ("inpaint", inpaint)] {
-        let fleet = image_of(&api.url, body.clone()).await;
-        let local = image_of(&embedded.url, body).await;
-        assert_eq!(fleet.size(), (64, 64), "{what}");
-        let differ = changed_pixels(&fleet.image, &local.image, 1, |_, _| true);
-        assert_eq!(
-            differ, 0,
-            "{what}: {differ} pixels differ from embedded mode"
-        );
-        assert!(
-            fleet.parameters.contains("Denoising strength: 0.6"),
-            "{what}: {}",
-            fleet.parameters
-        );
-    }
+    image_jobs_match_embedded(&api.url, &embedded.url, &init).await;
     // AUTOMATIC1111's blocking img2img through the API node.
     let r = post(
         &api.at("/sdapi/v1/img2img"),
