@@ -10,9 +10,9 @@
 use candle_core::{DType, Result, Tensor};
 use rayon::prelude::*;
 
-use super::gemm::{matmul, Mat, MatMut};
+use super::gemm::{matmul_simd, Mat, MatMut};
 use super::math::{exp, max, simd, sum};
-use super::slices::{fast, with_f32};
+use super::slices::{fast, with_f32, zeros};
 
 /// Most scores one task holds at once, in f32 values (256 KiB, inside a core's L2 cache).
 pub const BLOCK_SCORES: usize = 64 << 10;
@@ -41,7 +41,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Ten
     let block = (BLOCK_SCORES / l.stride)
         .min(sq.div_ceil(2 * threads))
         .clamp(1, sq.max(1));
-    let mut out = vec![0f32; b * sq * inner];
+    let mut out = zeros(b * sq * inner);
     with_f32(q, |q| {
         with_f32(k, |k| {
             with_f32(v, |v| {
@@ -112,8 +112,8 @@ fn per_head(k: &[f32], v: &[f32], l: &Layout, heads: usize) -> (Vec<f32>, Vec<f3
         sk, stride, d, dp, ..
     } = *l;
     let inner = heads * d;
-    let mut kt = vec![0f32; heads * d * stride];
-    let mut vh = vec![0f32; heads * sk * dp];
+    let mut kt = zeros(heads * d * stride);
+    let mut vh = zeros(heads * sk * dp);
     kt.par_chunks_mut(d * stride)
         .zip(vh.par_chunks_mut(sk * dp))
         .enumerate()
@@ -150,7 +150,7 @@ fn attend_block(
     let outs = &mut scratch.outs[..len * dp];
     let inv_sums = &mut scratch.inv_sums[..len];
     for h in 0..heads {
-        matmul(
+        matmul_simd(
             MatMut {
                 data: scores,
                 rows: len,
@@ -179,7 +179,7 @@ fn attend_block(
                 }
             },
         );
-        matmul(
+        matmul_simd(
             MatMut {
                 data: outs,
                 rows: len,

@@ -16,10 +16,10 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::Conv2d;
 use rayon::prelude::*;
 
-use super::gemm::{Mat, MatMut};
+use super::gemm::{matmul_tensors, Mat, MatMut};
 use super::math::simd;
 use super::narrow_gemm::{matmul_narrow_lhs, BLOCK};
-use super::slices::{fast, to_vec, with_f32};
+use super::slices::{fast, to_vec, with_f32, zeros};
 use super::widen::{is_narrow, widened, with_stored, Stored};
 use super::winograd;
 
@@ -104,7 +104,7 @@ pub fn conv2d(
 
     let pieces = pieces(&g, b, k, identity);
 
-    let mut out = vec![0f32; b * co * pixels];
+    let mut out = zeros(b * co * pixels);
     let mut run = |narrow: Option<Stored>| -> Result<()> {
         for &piece in &pieces {
             let cols = if identity && piece.nb == 1 {
@@ -115,7 +115,7 @@ pub fn conv2d(
             };
             let product = match narrow {
                 Some(w) => product(w, co, k, &cols)?,
-                None => w2.matmul(&cols)?,
+                None => matmul_tensors(&w2, &cols)?,
             };
             drop(cols);
             let mut place = |res: Option<&[f32]>| {
@@ -211,7 +211,7 @@ fn by_winograd(
     out_scale: f64,
 ) -> Result<Tensor> {
     let b = xs.dim(0)?;
-    let mut out = vec![0f32; b * s.co * s.h * s.w];
+    let mut out = zeros(b * s.co * s.h * s.w);
     let scale = out_scale as f32;
     let weight = weight.contiguous()?;
     with_f32(xs, |x| {
@@ -250,7 +250,7 @@ fn plain(conv: &Conv2d, xs: &Tensor, residual: Option<&Tensor>, out_scale: f64) 
 fn im2col(x: &[f32], g: &Geometry, piece: Piece) -> Vec<f32> {
     let pn = piece.pixels(g);
     let taps = g.kh * g.kw;
-    let mut cols = vec![0f32; g.c * taps * pn];
+    let mut cols = zeros(g.c * taps * pn);
     cols.par_chunks_mut(taps * pn)
         .enumerate()
         .for_each(|(ci, block)| {

@@ -6,10 +6,10 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::Linear;
 use rayon::prelude::*;
 
-use super::gemm::{Mat, MatMut};
+use super::gemm::{matmul_tensors, Mat, MatMut};
 use super::math::{gelu, simd};
 use super::narrow_gemm::{matmul_narrow_rhs, BLOCK};
-use super::slices::{fast, to_vec, with_f32};
+use super::slices::{fast, to_vec, with_f32, zeros};
 use super::widen::{is_narrow, widened, with_stored};
 
 /// Rows handed to one rayon task by the row-wise kernels.
@@ -25,7 +25,7 @@ fn matmul_t(lin: &Linear, x: &Tensor) -> Result<Tensor> {
     let y = if is_narrow(w) {
         matmul_t_narrow(&x, w, rows, k)?
     } else {
-        x.reshape((rows, k))?.matmul(&w.t()?)?
+        matmul_tensors(&x.reshape((rows, k))?, &w.t()?)?
     };
     dims.push(w.dim(0)?);
     y.reshape(dims)
@@ -89,7 +89,7 @@ pub fn linear(lin: &Linear, x: &Tensor, residual: Option<&Tensor>) -> Result<Ten
     }
     let n = y.dim(D::Minus1)?;
     let bias = lin.bias().map(to_vec).transpose()?;
-    let mut out = vec![0f32; y.elem_count()];
+    let mut out = zeros(y.elem_count());
     let add = |res: Option<&[f32]>, out: &mut [f32]| {
         with_f32(&y, |y| {
             out.par_chunks_mut(n * ROWS_PER_TASK)
@@ -160,7 +160,7 @@ pub fn geglu(proj: &Linear, x: &Tensor) -> Result<Tensor> {
     if let Some(last) = dims.last_mut() {
         *last = n;
     }
-    let mut out = vec![0f32; y.elem_count() / 2];
+    let mut out = zeros(y.elem_count() / 2);
     with_f32(&y, |y| {
         out.par_chunks_mut(n * ROWS_PER_TASK)
             .zip(y.par_chunks(n2 * ROWS_PER_TASK))

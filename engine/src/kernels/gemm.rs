@@ -1,6 +1,12 @@
 //! A bounds-checked, safe entry to the `gemm` crate for row-major f32 matrices given as slices
 //! with a row stride, for kernels that multiply blocks inside their own parallel loops (where
-//! building candle tensors per block would cost more than the block's arithmetic).
+//! building candle tensors per block would cost more than the block's arithmetic). On CPUs
+//! with AMX the products run on its tiles instead ([`super::amx`]).
+
+use candle_core::{Result, Tensor};
+
+use super::amx::{self, Rhs};
+use super::slices::{fast, with_f32};
 
 /// A row-major matrix view: `rows x cols` values of `data`, row `r` starting at `r * stride`.
 #[derive(Debug, Clone, Copy)]
@@ -45,8 +51,69 @@ pub(crate) fn matmul_add(dst: MatMut, lhs: Mat, rhs: Mat, threads: usize) {
     product(dst, lhs, rhs, threads, true)
 }
 
-/// `dst = lhs · rhs`, or `dst += lhs · rhs` when `add`.
-fn product(dst: MatMut, lhs: Mat, rhs: Mat, threads: usize, add: bool) {
+/// `a · b` for 2-D tensors: on AMX ([`super::amx`]) when this process multiplies there and
+/// both are CPU f32 tensors (`b` either contiguous or the transpose of a contiguous matrix, as
+/// linear layers' weights are); by candle's `matmul` otherwise.
+pub(crate) fn matmul_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let Some(precision) = amx::precision() else {
+        return a.matmul(b);
+    };
+    if !fast(a) || !fast(b) || a.rank() != 2 || b.rank() != 2 {
+        return a.matmul(b);
+    }
+    let ((m, k), (kb, n)) = (a.dims2()?, b.dims2()?);
+    if kb != k {
+        return a.matmul(b); // candle's error names the shapes
+    }
+    let bt = b.t()?;
+    let b = if b.is_contiguous() || bt.is_contiguous() {
+        b.clone()
+    } else {
+        b.contiguous()?
+    };
+    let mut out = vec![0f32; m * n];
+    let threads = rayon::current_num_threads();
+    with_f32(a, |ad| {
+        let dst = MatMut {
+            data: &mut out,
+            rows: m,
+            cols: n,
+            stride: n,
+        };
+        let lhs = Mat {
+            data: ad,
+            rows: m,
+            cols: k,
+            stride: k,
+        };
+        if b.is_contiguous() {
+            with_f32(&b, |bd| {
+                let rhs = Rhs::Rows(Mat {
+                    data: bd,
+                    rows: k,
+                    cols: n,
+                    stride: n,
+                });
+                amx::product(dst, lhs, rhs, threads, false, precision)
+            })
+        } else {
+            with_f32(&b.t()?, |bd| {
+                let rhs = Rhs::Cols(Mat {
+                    data: bd,
+                    rows: n,
+                    cols: k,
+                    stride: k,
+                });
+                amx::product(dst, lhs, rhs, threads, false, precision)
+            })
+        }
+    })??;
+    Tensor::from_vec(out, (m, n), a.device())
+}
+
+/// (m, k, n) of `dst = lhs · rhs` after checking that the shapes chain and every view lies
+/// inside its slice (panics otherwise).
+fn check(dst: &MatMut, lhs: &Mat, rhs: &Mat) -> (usize, usize, usize) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert!(
         rhs.rows == k && dst.rows == m && dst.cols == n,
@@ -60,6 +127,12 @@ fn product(dst: MatMut, lhs: Mat, rhs: Mat, threads: usize, add: bool) {
     assert!(dst.data.len() >= span(m, n, dst.stride));
     // Rows of dst must not overlap (rows of the inputs may, they are only read).
     assert!(m <= 1 || dst.stride >= n, "gemm: dst rows overlap");
+    (m, k, n)
+}
+
+/// `dst = lhs · rhs`, or `dst += lhs · rhs` when `add`.
+fn product(dst: MatMut, lhs: Mat, rhs: Mat, threads: usize, add: bool) {
+    let (m, k, n) = check(&dst, &lhs, &rhs);
     if m == 0 || n == 0 {
         return;
     }
@@ -72,6 +145,26 @@ fn product(dst: MatMut, lhs: Mat, rhs: Mat, threads: usize, add: bool) {
         }
         return;
     }
+    if let Some(precision) = amx::precision() {
+        return amx::product(dst, lhs, Rhs::Rows(rhs), threads, add, precision);
+    }
+    by_gemm_crate(dst, lhs, rhs, threads, add);
+}
+
+/// [`matmul`] by the `gemm` crate (AVX-512 or AVX2) even where AMX is used: for products
+/// whose operands are used once and too small for AMX's packing to pay off (attention's
+/// blocks), and for comparisons.
+pub(crate) fn matmul_simd(dst: MatMut, lhs: Mat, rhs: Mat, threads: usize) {
+    let (m, k, n) = check(&dst, &lhs, &rhs);
+    if m == 0 || n == 0 || k == 0 {
+        return product(dst, lhs, rhs, threads, false);
+    }
+    by_gemm_crate(dst, lhs, rhs, threads, false)
+}
+
+/// `dst (+)= lhs · rhs` by the `gemm` crate; shapes checked by the caller.
+fn by_gemm_crate(dst: MatMut, lhs: Mat, rhs: Mat, threads: usize, add: bool) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     let parallelism = if threads <= 1 {
         gemm::Parallelism::None
     } else {

@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use super::math::{silu, simd};
-use super::slices::{fast, to_vec, with_f32};
+use super::slices::{fast, to_vec, with_f32, zeros};
 
 /// diffusers' `nn.GroupNorm` (affine), with the same weight names as candle's `group_norm`.
 #[derive(Debug, Clone)]
@@ -61,7 +61,7 @@ impl GroupNorm {
         };
         let cpg = c / self.groups;
         let group_len = cpg * hw;
-        let mut out = vec![0f32; b * c * hw];
+        let mut out = zeros(b * c * hw);
         let eps = self.eps;
         with_f32(xs, |x| {
             out.par_chunks_mut(group_len)

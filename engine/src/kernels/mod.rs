@@ -16,6 +16,7 @@
 //! Elementwise loops are compiled for the best SIMD level at run time through `pulp`'s
 //! dispatch (see `math::simd` for what that requires of them), with a scalar fallback.
 
+pub mod amx;
 pub mod attention;
 pub mod conv;
 pub mod elementwise;

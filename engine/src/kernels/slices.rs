@@ -1,6 +1,7 @@
 //! Access to the f32 data of CPU tensors, and tensors built from vectors.
 
 use candle_core::{bail, CpuStorage, DType, Result, Storage, Tensor};
+use rayon::prelude::*;
 
 /// Whether the fast path applies: a CPU tensor of f32.
 pub(crate) fn fast(t: &Tensor) -> bool {
@@ -24,4 +25,12 @@ pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> 
 /// Copies the f32 elements of `t` (row-major) into a vector; for small tensors like biases.
 pub(crate) fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
     with_f32(t, |s| s.to_vec())
+}
+
+/// `n` zeros, written by all rayon threads (a large `vec![0.0; n]` is zeroed by the calling
+/// thread alone whenever the allocator hands back memory it had before).
+pub(crate) fn zeros<T: Copy + Default + Send + Sync>(n: usize) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    v.par_extend(rayon::iter::repeat_n(T::default(), n));
+    v
 }

@@ -22,6 +22,7 @@ use rayon::prelude::*;
 
 use super::gemm::{matmul, Mat, MatMut};
 use super::math::simd;
+use super::slices::zeros;
 use super::widen::Stored;
 
 /// Largest transformed input plus product of one band, in f32 values (64 MiB).
@@ -133,7 +134,7 @@ pub(super) fn conv(
     let plane = s.h * s.w;
     let threads = rayon::current_num_threads().max(1);
     let band_rows = (BUDGET / (16 * (s.c + s.co) * tw * images)).clamp(1, th);
-    let mut u = vec![0f32; s.co * block(s.c)];
+    let mut u = zeros(s.co * block(s.c));
     let filters = 9 * s.c;
     u.par_chunks_mut(block(s.c))
         .enumerate()
@@ -158,7 +159,7 @@ pub(super) fn conv(
             stride: images * nt,
         };
         let v = transform_input(x, s, &band);
-        let mut m = vec![0f32; s.co * block(band.stride)];
+        let mut m = zeros(s.co * block(band.stride));
         products(&mut m, &u, &v, s.co, s.c, band.stride, threads);
         drop(v);
         out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
@@ -221,7 +222,7 @@ fn transform_input(x: &[f32], s: &Shape, band: &Band) -> Vec<f32> {
         stride,
     } = *band;
     let pw = 2 * tw + 2;
-    let mut v = vec![0f32; s.c * block(stride)];
+    let mut v = zeros(s.c * block(stride));
     v.par_chunks_mut(block(stride))
         .enumerate()
         .for_each(|(ci, dst)| {

@@ -29,6 +29,10 @@ fn main() -> ExitCode {
     // beeswax::kernels::malloc); a failure only costs speed.
     beeswax::kernels::malloc::tune();
     let cli = Cli::parse();
+    if let Err(e) = beeswax::kernels::amx::requested() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Generate(a) => generate::run(&cli.global, *a),
         Command::Packs => source::list_packs(&cli.global),

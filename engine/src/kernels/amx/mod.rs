@@ -1,0 +1,223 @@
+//! f32 matrix products on Intel AMX tiles, for CPUs that have AMX-BF16 (Sapphire Rapids and
+//! later Xeons).
+//!
+//! AMX multiplies bf16 matrices into f32 sums (`TDPBF16PS`: 16 × 16 sums of 32 products, in
+//! about the time an AVX-512 core takes for 16 × 16 × 2). An f32 product is computed from bf16
+//! pieces of its operands ([`pack::split`]): with `x = x₀ + x₁ + x₂` and `y = y₀ + y₁ + y₂`,
+//! `x·y` is the sum of the nine piece products, of which the six with `i + j < 3` carry every
+//! bit an f32 product keeps (the other three are below 2⁻²⁴ of it). Products of bf16 values
+//! are exact and the sums are f32, so [`Precision::Bf16x6`] computes the f32 product to f32's
+//! own accuracy (what JAX calls `HIGHEST`, "bf16_6x"); [`Precision::Bf16x3`] keeps two
+//! pieces and the three products with `i + j < 2` (relative error about 2⁻¹⁷ per product, 30x
+//! f32's rounding; JAX's `HIGH`), twice as fast.
+//!
+//! The choice is made once per process by `BEESWAX_MATMUL`: `f32` (the default) keeps every
+//! product on the AVX-512/AVX2 path; `bf16x6` or `bf16x3` use AMX when the CPU has it and the
+//! kernel grants it. AMX is opt-in because it is not faster yet: both operands are split and
+//! packed on every call (weights included), and on the 2-core Sapphire Rapids this was written
+//! on that costs as much as the tiles save (SD 1.5 UNet at 512x512: f32 3.24 s, bf16x3 3.26 s,
+//! bf16x6 4.03 s). Packing weights once at load time, and having the Winograd transform write
+//! its output in tile layout, are what would make it pay.
+//!
+//! An element of the product depends only on its row of the left operand and its column of
+//! the right one (the sums run over the depth in the same order whatever the shape), so an
+//! image's result does not depend on the batch it is in.
+
+mod pack;
+mod tiles;
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use super::gemm::{Mat, MatMut};
+pub(crate) use pack::Rhs;
+use pack::{pack_lhs, pack_rhs};
+
+/// How f32 products are computed on AMX.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// Two bf16 pieces per operand, three products (relative error about 2⁻¹⁷).
+    Bf16x3,
+    /// Three bf16 pieces per operand, six products: f32 accuracy.
+    Bf16x6,
+}
+
+impl Precision {
+    fn pieces(self) -> usize {
+        match self {
+            Precision::Bf16x3 => 2,
+            Precision::Bf16x6 => 3,
+        }
+    }
+
+    /// The (left, right) piece pairs multiplied, sorted by left piece.
+    fn pairs(self) -> Vec<(usize, usize)> {
+        let p = self.pieces();
+        (0..p)
+            .flat_map(|i| (0..p - i).map(move |j| (i, j)))
+            .collect()
+    }
+}
+
+/// The environment variable that chooses the products' precision.
+pub const ENV: &str = "BEESWAX_MATMUL";
+
+/// What `BEESWAX_MATMUL` asks for: `None` for the AVX path (`f32`), or AMX at a precision.
+/// An unknown value is an error naming the ones accepted.
+pub fn requested() -> Result<Option<Precision>, String> {
+    parse(std::env::var(ENV).ok().as_deref())
+}
+
+/// [`requested`] for the variable's value (`None`: not set).
+fn parse(value: Option<&str>) -> Result<Option<Precision>, String> {
+    match value {
+        None | Some("") | Some("f32") => Ok(None),
+        Some("bf16x6") => Ok(Some(Precision::Bf16x6)),
+        Some("bf16x3") => Ok(Some(Precision::Bf16x3)),
+        Some(other) => Err(format!(
+            "{ENV}={other:?} is not a matrix-product mode; use f32 (AVX-512/AVX2, the \
+             default), bf16x6 (AMX at f32 accuracy) or bf16x3 (AMX, about 2^-17 relative error)"
+        )),
+    }
+}
+
+/// The precision products run at on AMX in this process, or `None` when they do not use AMX
+/// (no AMX, or `BEESWAX_MATMUL=f32`; an unknown value also falls back to the AVX path, and the
+/// binary reports it at start through [`requested`]).
+pub fn precision() -> Option<Precision> {
+    static CHOICE: OnceLock<Option<Precision>> = OnceLock::new();
+    *CHOICE.get_or_init(|| requested().ok().flatten().filter(|_| tiles::available()))
+}
+
+/// Rows and columns of the output one task computes.
+const TASK: usize = 128;
+/// Depth tiles (of 32) summed into a task's block before the next ones are loaded.
+const DEPTH_TILES: usize = 4;
+
+/// `dst = lhs · rhs` (or `dst += lhs · rhs` when `add`) on AMX at `precision`, on up to
+/// `threads` rayon threads. Panics if the shapes do not chain or a view reaches past its
+/// slice.
+pub(crate) fn product(
+    dst: MatMut,
+    lhs: Mat,
+    rhs: Rhs,
+    threads: usize,
+    add: bool,
+    precision: Precision,
+) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.shape().1);
+    assert!(
+        rhs.shape().0 == k && dst.rows == m && dst.cols == n,
+        "amx: shapes"
+    );
+    let (rm, rk) = match rhs {
+        Rhs::Rows(b) | Rhs::Cols(b) => (b, b.rows),
+    };
+    assert!(lhs.data.len() >= span(m, k, lhs.stride), "amx: lhs");
+    assert!(rm.data.len() >= span(rk, rm.cols, rm.stride), "amx: rhs");
+    assert!(dst.data.len() >= span(m, n, dst.stride), "amx: dst");
+    assert!(m <= 1 || dst.stride >= n, "amx: dst rows overlap");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let parallel = threads > 1;
+    let pieces = precision.pieces();
+    let a = pack_lhs(&lhs, pieces, parallel);
+    let b = pack_rhs(&rhs, pieces, parallel);
+    let pairs = precision.pairs();
+    let tasks: Vec<(usize, usize)> = (0..m)
+        .step_by(TASK)
+        .flat_map(|r| (0..n).step_by(TASK).map(move |c| (r, c)))
+        .collect();
+    let out = Out {
+        ptr: dst.data.as_mut_ptr(),
+        stride: dst.stride,
+    };
+    let run = |&(r0, c0): &(usize, usize)| {
+        let (rows, cols) = (TASK.min(m - r0), TASK.min(n - c0));
+        let (pr, pc) = (rows.div_ceil(32) * 32, cols.div_ceil(32) * 32);
+        let mut buf = vec![0f32; pr * pc + 16];
+        let start = buf.as_ptr().align_offset(64).min(16);
+        let acc = &mut buf[start..][..pr * pc];
+        if add {
+            out.read(r0, c0, rows, cols, acc, pc);
+        }
+        tiles::with_tiles(|| {
+            for kt0 in (0..a.depth_tiles).step_by(DEPTH_TILES) {
+                let kts = kt0..(kt0 + DEPTH_TILES).min(a.depth_tiles);
+                for cb in (0..pc).step_by(32) {
+                    for rb in (0..pr).step_by(32) {
+                        let (ma, nb) = ((r0 + rb) / 16, (c0 + cb) / 16);
+                        let acc = &mut acc[rb * pc + cb..];
+                        tiles::block(&a, ma, &b, nb, kts.clone(), &pairs, acc, pc);
+                    }
+                }
+            }
+        });
+        out.write(r0, c0, rows, cols, acc, pc);
+    };
+    if parallel && tasks.len() > 1 {
+        tasks.par_iter().for_each(run);
+    } else {
+        tasks.iter().for_each(run);
+    }
+}
+
+/// Elements a view spans (see `gemm::span`).
+fn span(rows: usize, cols: usize, stride: usize) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1)
+            .checked_mul(stride)
+            .and_then(|s| s.checked_add(cols))
+            .unwrap_or(usize::MAX)
+    }
+}
+
+/// The output, shared by tasks that each read and write their own block of it.
+struct Out {
+    ptr: *mut f32,
+    stride: usize,
+}
+
+// SAFETY: tasks access disjoint blocks of the output (see `Out::row`).
+#[allow(unsafe_code)]
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// Where row `r` of the block at (`r0`, `c0`) starts.
+    ///
+    /// Each task of [`product`] has its own (`r0`, `c0`) and `rows × cols` within the `m × n`
+    /// output whose span `product` checked against the slice `ptr` comes from; rows of the
+    /// output do not overlap (`stride ≥ n`). So no two tasks touch the same element, and every
+    /// element a task copies is inside the slice, which `product` borrows mutably for the
+    /// whole call.
+    fn row(&self, r0: usize, c0: usize, r: usize) -> *mut f32 {
+        self.ptr.wrapping_add((r0 + r) * self.stride + c0)
+    }
+
+    /// Copies the block (`rows × cols` at `r0`, `c0`) into `acc` (rows `ld` apart).
+    #[allow(unsafe_code)]
+    fn read(&self, r0: usize, c0: usize, rows: usize, cols: usize, acc: &mut [f32], ld: usize) {
+        for r in 0..rows {
+            let to = &mut acc[r * ld..][..cols];
+            // SAFETY: see `row`: `cols` elements from there are this task's, in the slice.
+            unsafe { std::ptr::copy_nonoverlapping(self.row(r0, c0, r), to.as_mut_ptr(), cols) };
+        }
+    }
+
+    /// Copies `acc` (rows `ld` apart) into the block (`rows × cols` at `r0`, `c0`).
+    #[allow(unsafe_code)]
+    fn write(&self, r0: usize, c0: usize, rows: usize, cols: usize, acc: &[f32], ld: usize) {
+        for r in 0..rows {
+            let from = &acc[r * ld..][..cols];
+            // SAFETY: see `row`: `cols` elements from there are this task's, in the slice.
+            unsafe { std::ptr::copy_nonoverlapping(from.as_ptr(), self.row(r0, c0, r), cols) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

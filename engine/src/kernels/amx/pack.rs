@@ -1,0 +1,335 @@
+//! f32 matrices split into bf16 pieces and laid out as AMX tiles.
+//!
+//! A value `x` is split into `pieces` bf16 values whose sum is `x`: the first is `x` rounded
+//! to bf16, each next one the remainder rounded again. Every piece carries 8 significant bits
+//! and a sign, so three pieces hold all 24 bits of an f32 exactly (two hold about 17).
+//!
+//! Tiles are 16 rows of 64 bytes. The left operand is stored as tiles of 16 rows × 32 depth
+//! values; the right one in AMX's pair layout (`TDPBF16PS` takes it as 16 rows of depth pairs,
+//! each row holding 16 columns × 2 consecutive depth values). Both are padded with zeros to
+//! whole tiles and to an even number of 16-row (16-column) blocks, so the micro-kernel always
+//! works on 32 × 32 blocks of the output.
+
+use rayon::prelude::*;
+
+use super::super::gemm::Mat;
+use super::super::math::simd;
+use super::super::slices::zeros;
+
+/// Values of one tile, as pairs of bf16 in a `u32` (the lower half first in memory): 16 rows
+/// of 16 pairs.
+pub(super) const TILE: usize = 256;
+/// Depth of one tile.
+pub(super) const DEPTH: usize = 32;
+
+/// `x` rounded to the nearest bf16 (ties to even), in the upper half of an f32's bits (the
+/// lower half zero). NaN stays NaN. Branch-free, so that loops over it vectorise.
+#[inline(always)]
+fn round_bf16(x: f32) -> u32 {
+    let b = x.to_bits();
+    let r = b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000;
+    if x.is_nan() {
+        0x7fc0_0000
+    } else {
+        r
+    }
+}
+
+/// The first `N` bf16 pieces of `x` (their sum is `x` when `N` = 3), as bits.
+#[cfg(test)]
+fn split<const N: usize>(x: f32) -> [u16; N] {
+    let mut out = [0u16; N];
+    let mut rest = x;
+    for piece in out.iter_mut() {
+        let r = round_bf16(rest);
+        *piece = (r >> 16) as u16;
+        rest -= f32::from_bits(r);
+    }
+    out
+}
+
+/// The `pieces` bf16 pieces of the pairs (`first[i]`, `second[i]`), piece by piece, each
+/// pair in one `u32` (`first` in the lower half). Consumes the values.
+#[inline(always)]
+fn split_pairs<const L: usize>(
+    first: &mut [f32; L],
+    second: &mut [f32; L],
+    pieces: usize,
+) -> [[u32; L]; 3] {
+    let mut out = [[0u32; L]; 3];
+    for piece in out.iter_mut().take(pieces) {
+        for j in 0..L {
+            let (a, b) = (round_bf16(first[j]), round_bf16(second[j]));
+            piece[j] = b | (a >> 16);
+            first[j] -= f32::from_bits(a);
+            second[j] -= f32::from_bits(b);
+        }
+    }
+    out
+}
+
+/// Up to `L` values of `src` as an array, zeros after them (a whole row is copied as an
+/// array: a slice copy of unknown length calls memcpy).
+#[inline(always)]
+fn padded<const L: usize>(src: &[f32]) -> [f32; L] {
+    match <&[f32; L]>::try_from(src) {
+        Ok(whole) => *whole,
+        Err(_) => {
+            let mut r = [0f32; L];
+            for (r, &s) in r.iter_mut().zip(src) {
+                *r = s;
+            }
+            r
+        }
+    }
+}
+
+/// The even- and odd-indexed values of up to 32 values `src` (zeros after them).
+#[inline(always)]
+fn deinterleave(src: &[f32]) -> ([f32; 16], [f32; 16]) {
+    let row = padded::<DEPTH>(src);
+    let (mut even, mut odd) = ([0f32; 16], [0f32; 16]);
+    for i in 0..16 {
+        even[i] = row[2 * i];
+        odd[i] = row[2 * i + 1];
+    }
+    (even, odd)
+}
+
+/// A matrix of `blocks` blocks of 16 rows (left operand) or 16 columns (right operand) by
+/// `depth_tiles` tiles of depth, `pieces` tiles per position, as laid out by [`pack_lhs`] and
+/// [`pack_rhs`]: tile (block, depth tile, piece) starts at `tile(block, kt, p)`.
+pub(super) struct Packed {
+    buf: Vec<u32>,
+    /// Where the tiles start in `buf`: the first 64-byte boundary (a tile's rows are cache
+    /// lines; a row across two lines would double the loads' traffic).
+    start: usize,
+    len: usize,
+    pub blocks: usize,
+    pub depth_tiles: usize,
+    pub pieces: usize,
+}
+
+impl Packed {
+    fn new(blocks: usize, depth: usize, pieces: usize) -> Self {
+        let depth_tiles = depth.div_ceil(DEPTH);
+        let len = blocks * depth_tiles * pieces * TILE;
+        let buf = zeros::<u32>(len + 16);
+        let start = buf.as_ptr().align_offset(64).min(16);
+        Self {
+            buf,
+            start,
+            len,
+            blocks,
+            depth_tiles,
+            pieces,
+        }
+    }
+
+    /// The tiles.
+    pub fn data(&self) -> &[u32] {
+        &self.buf[self.start..][..self.len]
+    }
+
+    fn data_mut(&mut self) -> &mut [u32] {
+        &mut self.buf[self.start..][..self.len]
+    }
+
+    /// Values between the tiles of consecutive blocks.
+    pub fn block_stride(&self) -> usize {
+        self.depth_tiles * self.pieces * TILE
+    }
+
+    /// Offset of the tile of `block`, depth tile `kt`, piece `p` in [`Packed::data`].
+    pub fn tile(&self, block: usize, kt: usize, p: usize) -> usize {
+        block * self.block_stride() + (kt * self.pieces + p) * TILE
+    }
+}
+
+/// Blocks of 16 for `len` rows or columns, rounded up to an even number.
+pub(super) fn blocks(len: usize) -> usize {
+    len.div_ceil(32) * 2
+}
+
+/// The left operand `a` (`m × k`) as tiles of 16 rows × 32 depth values, `pieces` per tile.
+pub(super) fn pack_lhs(a: &Mat, pieces: usize, parallel: bool) -> Packed {
+    let mut p = Packed::new(blocks(a.rows), a.cols, pieces);
+    let stride = p.block_stride();
+    let fill = |(mb, dst): (usize, &mut [u32])| {
+        simd(
+            #[inline(always)]
+            || {
+                for r in 0..16.min(a.rows.saturating_sub(mb * 16)) {
+                    let src = &a.data[(mb * 16 + r) * a.stride..][..a.cols];
+                    for (kt, chunk) in src.chunks(DEPTH).enumerate() {
+                        let (mut even, mut odd) = deinterleave(chunk);
+                        let split = split_pairs(&mut even, &mut odd, pieces);
+                        for (q, piece) in split.iter().take(pieces).enumerate() {
+                            let at = (kt * pieces + q) * TILE + r * 16;
+                            dst[at..at + 16].copy_from_slice(piece);
+                        }
+                    }
+                }
+            },
+        )
+    };
+    if parallel {
+        p.data_mut()
+            .par_chunks_mut(stride)
+            .enumerate()
+            .for_each(fill);
+    } else {
+        p.data_mut().chunks_mut(stride).enumerate().for_each(fill);
+    }
+    p
+}
+
+/// How the right operand is stored.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Rhs<'a> {
+    /// `k × n`, row-major: the matrix itself.
+    Rows(Mat<'a>),
+    /// `n × k`, row-major: the product uses its transpose (a linear layer's weight).
+    Cols(Mat<'a>),
+}
+
+impl Rhs<'_> {
+    /// (depth, columns) of the operand the product uses.
+    pub fn shape(&self) -> (usize, usize) {
+        match self {
+            Rhs::Rows(m) => (m.rows, m.cols),
+            Rhs::Cols(m) => (m.cols, m.rows),
+        }
+    }
+}
+
+/// The right operand (`k × n`) in the pair layout: in a tile, depth pair `q` and column `j`
+/// hold the values at depths `2q` and `2q + 1` side by side, at `32q + 2j`.
+pub(super) fn pack_rhs(b: &Rhs, pieces: usize, parallel: bool) -> Packed {
+    let (k, n) = b.shape();
+    let mut p = Packed::new(blocks(n), k, pieces);
+    let stride = p.block_stride();
+    let fill = |(nb, dst): (usize, &mut [u32])| {
+        let cols = n.saturating_sub(nb * 16).min(16);
+        simd(
+            #[inline(always)]
+            || match b {
+                Rhs::Rows(m) => rows_to_pairs(m, nb * 16, cols, pieces, dst),
+                Rhs::Cols(m) => cols_to_pairs(m, nb * 16, cols, pieces, dst),
+            },
+        )
+    };
+    if parallel {
+        p.data_mut()
+            .par_chunks_mut(stride)
+            .enumerate()
+            .for_each(fill);
+    } else {
+        p.data_mut().chunks_mut(stride).enumerate().for_each(fill);
+    }
+    p
+}
+
+/// Columns `c0..c0 + cols` of the `k × n` matrix `m` into one block's tiles `dst`: two depth
+/// rows at a time, split into pairs.
+#[inline(always)]
+fn rows_to_pairs(m: &Mat, c0: usize, cols: usize, pieces: usize, dst: &mut [u32]) {
+    let k = m.rows;
+    if cols == 0 {
+        return;
+    }
+    let row = |r: usize| {
+        if r < k {
+            padded::<16>(&m.data[r * m.stride + c0..][..cols])
+        } else {
+            [0f32; 16]
+        }
+    };
+    for kk in (0..k).step_by(2) {
+        let (mut even, mut odd) = (row(kk), row(kk + 1));
+        let split = split_pairs(&mut even, &mut odd, pieces);
+        for (q, piece) in split.iter().take(pieces).enumerate() {
+            let at = ((kk / DEPTH) * pieces + q) * TILE + (kk % DEPTH / 2) * 16;
+            dst[at..at + 16].copy_from_slice(piece);
+        }
+    }
+}
+
+/// Columns `c0..c0 + cols` of the product's operand given as its transpose `m` (`n × k`):
+/// column `j` is row `c0 + j` of `m`, whose depth pairs go to row `pair`, column `j` of the
+/// tiles.
+#[inline(always)]
+fn cols_to_pairs(m: &Mat, c0: usize, cols: usize, pieces: usize, dst: &mut [u32]) {
+    for j in 0..cols {
+        let src = &m.data[(c0 + j) * m.stride..][..m.cols];
+        for (kt, chunk) in src.chunks(DEPTH).enumerate() {
+            let (mut even, mut odd) = deinterleave(chunk);
+            let split = split_pairs(&mut even, &mut odd, pieces);
+            for (q, piece) in split.iter().take(pieces).enumerate() {
+                let tile = &mut dst[(kt * pieces + q) * TILE..][..TILE];
+                for (pair, &v) in piece.iter().enumerate() {
+                    tile[pair * 16 + j] = v;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn widen(h: u16) -> f32 {
+        f32::from_bits((h as u32) << 16)
+    }
+
+    #[test]
+    fn three_pieces_hold_an_f32_exactly() {
+        for x in [
+            1.0f32,
+            -3.1415925,
+            1.0e-3,
+            65504.0,
+            1.2345678e7,
+            -7.0e-20,
+            0.0,
+        ] {
+            let [a, b, c] = split::<3>(x);
+            let sum = widen(a) as f64 + widen(b) as f64 + widen(c) as f64;
+            assert_eq!(sum, x as f64, "{x}");
+        }
+        let [a, b] = split::<2>(1.0 / 3.0);
+        let two = widen(a) + widen(b);
+        assert!(((two - 1.0 / 3.0) / (1.0 / 3.0)).abs() < 1.0 / 65536.0);
+        assert!(widen(split::<1>(f32::NAN)[0]).is_nan());
+    }
+
+    #[test]
+    fn both_layouts_of_the_right_operand_pack_alike() {
+        let (k, n) = (37, 21);
+        let rows: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut cols = vec![0f32; n * k];
+        for kk in 0..k {
+            for j in 0..n {
+                cols[j * k + kk] = rows[kk * n + j];
+            }
+        }
+        let by_rows = Rhs::Rows(Mat {
+            data: &rows,
+            rows: k,
+            cols: n,
+            stride: n,
+        });
+        let by_cols = Rhs::Cols(Mat {
+            data: &cols,
+            rows: n,
+            cols: k,
+            stride: k,
+        });
+        let (a, b) = (pack_rhs(&by_rows, 2, false), pack_rhs(&by_cols, 2, true));
+        assert!(a.data() == b.data());
+        // Depth 33 of column 20 sits in depth tile 1, block 1, pair 0, column 4, upper half.
+        let v = a.data()[a.tile(1, 1, 0) + 4] >> 16;
+        assert_eq!(v as u16, split::<2>(rows[33 * n + 20])[0]);
+    }
+}

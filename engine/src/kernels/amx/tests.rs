@@ -1,0 +1,225 @@
+use super::*;
+
+fn noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Skips a test (with a note) on machines without AMX.
+fn amx() -> bool {
+    let ok = tiles::available();
+    if !ok {
+        eprintln!("no AMX on this machine: test skipped");
+    }
+    ok
+}
+
+fn mat(data: &[f32], rows: usize, cols: usize) -> Mat<'_> {
+    Mat {
+        data,
+        rows,
+        cols,
+        stride: cols,
+    }
+}
+
+/// `dst (+)= a · b` with `b` given as `k × n` rows or as its `n × k` transpose.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    a: &[f32],
+    b: &[f32],
+    (m, k, n): (usize, usize, usize),
+    transposed: bool,
+    dst: &mut [f32],
+    add: bool,
+    p: Precision,
+    threads: usize,
+) {
+    let rhs = if transposed {
+        Rhs::Cols(mat(b, n, k))
+    } else {
+        Rhs::Rows(mat(b, k, n))
+    };
+    let dst = MatMut {
+        data: dst,
+        rows: m,
+        cols: n,
+        stride: n,
+    };
+    product(dst, mat(a, m, k), rhs, threads, add, p);
+}
+
+#[test]
+fn products_match_f64_at_the_precision_claimed() {
+    if !amx() {
+        return;
+    }
+    for (m, k, n) in [
+        (1, 1, 1),
+        (5, 37, 3),
+        (33, 70, 47),
+        (130, 300, 129),
+        (16, 600, 290),
+    ] {
+        let a = noise(m * k, 1);
+        let b = noise(k * n, 2);
+        let c0 = noise(m * n, 3);
+        for (p, bound) in [
+            (Precision::Bf16x6, 4.0 / 16_777_216.0),
+            (Precision::Bf16x3, 1.0 / 32768.0),
+        ] {
+            for (transposed, add) in [(false, false), (true, true)] {
+                let bt: Vec<f32> = if transposed {
+                    (0..n * k).map(|i| b[(i % k) * n + i / k]).collect()
+                } else {
+                    b.clone()
+                };
+                let mut dst = if add {
+                    c0.clone()
+                } else {
+                    vec![f32::NAN; m * n]
+                };
+                run(&a, &bt, (m, k, n), transposed, &mut dst, add, p, 2);
+                for r in 0..m {
+                    for c in 0..n {
+                        let exact: f64 = (0..k)
+                            .map(|i| a[r * k + i] as f64 * b[i * n + c] as f64)
+                            .sum();
+                        let scale: f64 = (0..k)
+                            .map(|i| (a[r * k + i] * b[i * n + c]).abs() as f64)
+                            .sum();
+                        let want = exact + if add { c0[r * n + c] as f64 } else { 0.0 };
+                        let err = (dst[r * n + c] as f64 - want).abs();
+                        assert!(
+                            err <= bound * (scale + 1.0) * (k as f64).sqrt().max(1.0),
+                            "{p:?} {m}x{k}x{n} t={transposed} at ({r}, {c}): {} vs {want}",
+                            dst[r * n + c]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn elements_do_not_depend_on_the_shape_or_threads() {
+    if !amx() {
+        return;
+    }
+    let (m, k, n) = (150, 200, 260);
+    let a = noise(m * k, 4);
+    let b = noise(k * n, 5);
+    let mut all = vec![0f32; m * n];
+    run(
+        &a,
+        &b,
+        (m, k, n),
+        false,
+        &mut all,
+        false,
+        Precision::Bf16x6,
+        2,
+    );
+    // The first 40 columns alone, and the last 70 rows alone, on one thread.
+    let b40: Vec<f32> = (0..k).flat_map(|i| b[i * n..][..40].to_vec()).collect();
+    let mut cols = vec![0f32; m * 40];
+    run(
+        &a,
+        &b40,
+        (m, k, 40),
+        false,
+        &mut cols,
+        false,
+        Precision::Bf16x6,
+        1,
+    );
+    for r in 0..m {
+        assert!(cols[r * 40..][..40] == all[r * n..][..40], "row {r}");
+    }
+    let mut rows = vec![0f32; 70 * n];
+    run(
+        &a[80 * k..],
+        &b,
+        (70, k, n),
+        false,
+        &mut rows,
+        false,
+        Precision::Bf16x6,
+        1,
+    );
+    assert!(rows == all[80 * n..]);
+}
+
+#[test]
+fn modes_are_parsed_and_bad_ones_named() {
+    assert_eq!(parse(None), Ok(None));
+    assert_eq!(parse(Some("bf16x6")), Ok(Some(Precision::Bf16x6)));
+    assert_eq!(parse(Some("bf16x3")), Ok(Some(Precision::Bf16x3)));
+    assert_eq!(parse(Some("f32")), Ok(None));
+    let msg = parse(Some("fast")).expect_err("an unknown mode is an error");
+    assert!(
+        msg.contains("BEESWAX_MATMUL=\"fast\"") && msg.contains("bf16x3"),
+        "{msg}"
+    );
+}
+
+/// Not a test: prints the speed of the AMX products and the AVX-512 ones at the SD 1.5 UNet's
+/// shapes (`cargo test --release --lib amx::tests::speed -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn speed() {
+    if !amx() {
+        return;
+    }
+    for (m, k, n) in [
+        (320, 320, 1024),
+        (4096, 320, 1280),
+        (64, 40, 4096),
+        (64, 4096, 40),
+        (1280, 1280, 256),
+    ] {
+        let a = noise(m * k, 1);
+        let b = noise(k * n, 2);
+        let mut dst = vec![0f32; m * n];
+        let flops = 2.0 * (m * k * n) as f64;
+        let time = |f: &mut dyn FnMut()| {
+            let mut best = f64::MAX;
+            for _ in 0..5 {
+                let t = std::time::Instant::now();
+                f();
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            best
+        };
+        let mut line = format!("{m}x{k}x{n}:");
+        for p in [Precision::Bf16x6, Precision::Bf16x3] {
+            let s = time(&mut || run(&a, &b, (m, k, n), false, &mut dst, false, p, 2));
+            line += &format!(" {p:?} {:.1} GFLOP/s", flops / s / 1e9);
+        }
+        let s = time(&mut || unsafe_free_avx(&a, &b, (m, k, n), &mut dst));
+        line += &format!(" avx {:.1} GFLOP/s", flops / s / 1e9);
+        eprintln!("{line}");
+    }
+}
+
+fn unsafe_free_avx(a: &[f32], b: &[f32], (m, k, n): (usize, usize, usize), dst: &mut [f32]) {
+    crate::kernels::gemm::matmul_simd(
+        MatMut {
+            data: dst,
+            rows: m,
+            cols: n,
+            stride: n,
+        },
+        mat(a, m, k),
+        mat(b, k, n),
+        2,
+    );
+}

@@ -1,0 +1,228 @@
+//! The AMX instructions this module uses, and the micro-kernel built of them.
+//!
+//! Linux hands out AMX's tile state only to processes that ask for it (`arch_prctl` with
+//! `ARCH_REQ_XCOMP_PERM`); [`available`] asks once. Each thread then loads a tile
+//! configuration before its first tile instruction ([`with_tiles`]) and releases the tiles
+//! after its last one, so that the kernel does not save 8 KiB of tile state at every context
+//! switch in between. All eight tiles are 16 rows × 64 bytes: tiles 0–3 hold a 32 × 32 block
+//! of f32 sums, 4–5 two 16-row tiles of the left operand, 6–7 two 16-column tiles of the right
+//! one.
+#![allow(unsafe_code)]
+
+use std::ops::Range;
+
+use super::pack::{Packed, TILE};
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod imp {
+    use std::arch::asm;
+
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+
+    /// Whether the CPU has AMX-TILE and AMX-BF16 (CPUID leaf 7, EDX bits 24 and 22) and the
+    /// kernel lets this process use them.
+    pub fn available() -> bool {
+        // SAFETY: CPUID leaf 7 exists on every x86-64 CPU that runs this binary's baseline
+        // (leaf 0 reports at least 7 on them; an absent leaf reads as zeros anyway).
+        #[allow(unused_unsafe)]
+        let leaf = unsafe { std::arch::x86_64::__cpuid_count(7, 0) };
+        if leaf.edx & (1 << 22) == 0 || leaf.edx & (1 << 24) == 0 {
+            return false;
+        }
+        // SAFETY: a plain system call with integer arguments; it only changes what this
+        // process may do.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            )
+        };
+        rc == 0
+    }
+
+    #[repr(C, align(64))]
+    struct Config([u8; 64]);
+
+    /// Palette 1, eight tiles of 16 rows × 64 bytes.
+    fn config() -> Config {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        for t in 0..8 {
+            c[16 + 2 * t] = 64;
+            c[48 + t] = 16;
+        }
+        Config(c)
+    }
+
+    /// Loads the configuration on this thread. Only called after [`available`].
+    pub fn configure() {
+        let c = config();
+        // SAFETY: `c` is a valid 64-byte palette-1 configuration; AMX is available.
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) c.0.as_ptr(), options(nostack, readonly, preserves_flags))
+        };
+    }
+
+    pub fn release() {
+        // SAFETY: releases this thread's tiles; valid whether or not they are configured.
+        unsafe { asm!("tilerelease", options(nomem, nostack, preserves_flags)) };
+    }
+
+    macro_rules! tile_op {
+        ($name:ident, $text:literal, load) => {
+            /// # Safety
+            /// 16 rows of 64 bytes from `p`, `stride` bytes apart, must be readable; tiles
+            /// configured on this thread.
+            #[inline(always)]
+            pub unsafe fn $name(p: *const u8, stride: usize) {
+                asm!($text, p = in(reg) p, s = in(reg) stride, options(nostack, readonly, preserves_flags));
+            }
+        };
+        ($name:ident, $text:literal, store) => {
+            /// # Safety
+            /// 16 rows of 64 bytes at `p`, `stride` bytes apart, must be writable; tiles
+            /// configured on this thread.
+            #[inline(always)]
+            pub unsafe fn $name(p: *mut u8, stride: usize) {
+                asm!($text, p = in(reg) p, s = in(reg) stride, options(nostack, preserves_flags));
+            }
+        };
+    }
+    tile_op!(load0, "tileloadd tmm0, [{p} + {s}*1]", load);
+    tile_op!(load1, "tileloadd tmm1, [{p} + {s}*1]", load);
+    tile_op!(load2, "tileloadd tmm2, [{p} + {s}*1]", load);
+    tile_op!(load3, "tileloadd tmm3, [{p} + {s}*1]", load);
+    tile_op!(load4, "tileloadd tmm4, [{p} + {s}*1]", load);
+    tile_op!(load5, "tileloadd tmm5, [{p} + {s}*1]", load);
+    tile_op!(load6, "tileloadd tmm6, [{p} + {s}*1]", load);
+    tile_op!(load7, "tileloadd tmm7, [{p} + {s}*1]", load);
+    tile_op!(store0, "tilestored [{p} + {s}*1], tmm0", store);
+    tile_op!(store1, "tilestored [{p} + {s}*1], tmm1", store);
+    tile_op!(store2, "tilestored [{p} + {s}*1], tmm2", store);
+    tile_op!(store3, "tilestored [{p} + {s}*1], tmm3", store);
+
+    /// tmm0..3 += (tmm4, tmm5) × (tmm6, tmm7).
+    ///
+    /// # Safety
+    /// Tiles configured on this thread.
+    #[inline(always)]
+    pub unsafe fn dot4() {
+        asm!(
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            options(nomem, nostack, preserves_flags)
+        );
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+mod imp {
+    pub fn available() -> bool {
+        false
+    }
+}
+
+/// Never called: [`available`] is false here.
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+pub(super) fn with_tiles<R>(_: impl FnOnce() -> R) -> R {
+    unreachable!("amx: no AMX on this platform")
+}
+
+/// Never called: [`available`] is false here.
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn block(
+    _: &Packed,
+    _: usize,
+    _: &Packed,
+    _: usize,
+    _: Range<usize>,
+    _: &[(usize, usize)],
+    _: &mut [f32],
+    _: usize,
+) {
+    unreachable!("amx: no AMX on this platform")
+}
+
+pub(super) use imp::available;
+
+/// Runs `f` with tiles configured on this thread, then releases them.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub(super) fn with_tiles<R>(f: impl FnOnce() -> R) -> R {
+    imp::configure();
+    let r = f();
+    imp::release();
+    r
+}
+
+/// The 32 × 32 f32 block `acc` (rows `ldc` values apart) plus the products of the left
+/// operand's block pair `ma`, `ma + 1` and the right one's `nb`, `nb + 1` over the depth tiles
+/// `kts`, for each (left piece, right piece) of `pairs` (sorted by left piece). Only called
+/// inside [`with_tiles`]. Panics if a tile or the block lies outside its buffer.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn block(
+    a: &Packed,
+    ma: usize,
+    b: &Packed,
+    nb: usize,
+    kts: Range<usize>,
+    pairs: &[(usize, usize)],
+    acc: &mut [f32],
+    ldc: usize,
+) {
+    assert!(
+        ma + 1 < a.blocks && nb + 1 < b.blocks,
+        "amx: block outside the operands"
+    );
+    assert!(
+        kts.end <= a.depth_tiles && kts.end <= b.depth_tiles,
+        "amx: depth"
+    );
+    assert!(
+        pairs.iter().all(|&(i, j)| i < a.pieces && j < b.pieces),
+        "amx: pieces"
+    );
+    assert!(ldc >= 32 && acc.len() >= 31 * ldc + 32, "amx: accumulator");
+    let (cs, ts) = (ldc * 4, 64);
+    let c = acc.as_mut_ptr() as *mut u8;
+    let (ap, bp) = (
+        a.data().as_ptr() as *const u8,
+        b.data().as_ptr() as *const u8,
+    );
+    let tile = |base: *const u8, off: usize| {
+        debug_assert!(off % TILE == 0);
+        // In bounds: the asserts above put every (block, kt, piece) tile inside its buffer.
+        base.wrapping_add(off * 4)
+    };
+    // SAFETY: the asserts above put the four 16 × 16 f32 tiles of `acc` (rows `cs` bytes
+    // apart) and every operand tile read below (1 KiB each, rows 64 bytes apart) inside their
+    // buffers; tiles are configured by `with_tiles`.
+    unsafe {
+        imp::load0(c, cs);
+        imp::load1(c.add(64), cs);
+        imp::load2(c.add(16 * cs), cs);
+        imp::load3(c.add(16 * cs + 64), cs);
+        for kt in kts {
+            let mut loaded = usize::MAX;
+            for &(i, j) in pairs {
+                if i != loaded {
+                    imp::load4(tile(ap, a.tile(ma, kt, i)), ts);
+                    imp::load5(tile(ap, a.tile(ma + 1, kt, i)), ts);
+                    loaded = i;
+                }
+                imp::load6(tile(bp, b.tile(nb, kt, j)), ts);
+                imp::load7(tile(bp, b.tile(nb + 1, kt, j)), ts);
+                imp::dot4();
+            }
+        }
+        imp::store0(c, cs);
+        imp::store1(c.add(64), cs);
+        imp::store2(c.add(16 * cs), cs);
+        imp::store3(c.add(16 * cs + 64), cs);
+    }
+}
