@@ -3,6 +3,8 @@
 //! building candle tensors per block would cost more than the block's arithmetic). On CPUs
 //! with AMX the products run on its tiles instead ([`super::amx`]).
 
+use std::mem::MaybeUninit;
+
 use candle_core::{Result, Tensor};
 
 use super::amx::{self, Rhs};
@@ -114,19 +116,26 @@ pub(crate) fn matmul_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// (m, k, n) of `dst = lhs · rhs` after checking that the shapes chain and every view lies
 /// inside its slice (panics otherwise).
 fn check(dst: &MatMut, lhs: &Mat, rhs: &Mat) -> (usize, usize, usize) {
+    check_dims((dst.data.len(), dst.rows, dst.cols, dst.stride), lhs, rhs)
+}
+
+/// [`check`] for a destination given as (slice length, rows, cols, stride).
+fn check_dims(
+    (len, rows, cols, stride): (usize, usize, usize, usize),
+    lhs: &Mat,
+    rhs: &Mat,
+) -> (usize, usize, usize) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert!(
-        rhs.rows == k && dst.rows == m && dst.cols == n,
-        "gemm: [{m}, {k}] x [{}, {n}] into [{}, {}]",
+        rhs.rows == k && rows == m && cols == n,
+        "gemm: [{m}, {k}] x [{}, {n}] into [{rows}, {cols}]",
         rhs.rows,
-        dst.rows,
-        dst.cols
     );
     assert!(lhs.data.len() >= span(m, k, lhs.stride));
     assert!(rhs.data.len() >= span(k, n, rhs.stride));
-    assert!(dst.data.len() >= span(m, n, dst.stride));
+    assert!(len >= span(m, n, stride));
     // Rows of dst must not overlap (rows of the inputs may, they are only read).
-    assert!(m <= 1 || dst.stride >= n, "gemm: dst rows overlap");
+    assert!(m <= 1 || stride >= n, "gemm: dst rows overlap");
     (m, k, n)
 }
 
@@ -162,8 +171,66 @@ pub(crate) fn matmul_simd(dst: MatMut, lhs: Mat, rhs: Mat, threads: usize) {
     by_gemm_crate(dst, lhs, rhs, threads, false)
 }
 
+/// The counterpart of [`MatMut`] for memory that need not be initialised.
+#[derive(Debug)]
+pub(crate) struct MatUninit<'a> {
+    pub data: &'a mut [MaybeUninit<f32>],
+    pub rows: usize,
+    pub cols: usize,
+    pub stride: usize,
+}
+
+/// `dst = lhs · rhs` into memory that need not be initialised (a large output zeroed first
+/// only to be overwritten costs a pass over memory): every element of the `rows × cols` view
+/// is written, nothing else is touched. Panics like [`matmul`].
+pub(crate) fn matmul_uninit(dst: MatUninit, lhs: Mat, rhs: Mat, threads: usize) {
+    let (m, k, n) = check_dims((dst.data.len(), dst.rows, dst.cols, dst.stride), &lhs, &rhs);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for r in 0..m {
+            for v in &mut dst.data[r * dst.stride..][..n] {
+                v.write(0.0);
+            }
+        }
+        return;
+    }
+    if let Some(precision) = amx::precision() {
+        return amx::product_uninit(dst, lhs, Rhs::Rows(rhs), threads, precision);
+    }
+    // SAFETY: as in `by_gemm_crate`, with `add` false: gemm writes every element of the view
+    // (and reads none of dst's), all inside `dst.data` by `check_dims`.
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm_raw(
+            dst.data.as_mut_ptr().cast(),
+            dst.stride,
+            lhs,
+            rhs,
+            threads,
+            false,
+        )
+    }
+}
+
 /// `dst (+)= lhs · rhs` by the `gemm` crate; shapes checked by the caller.
 fn by_gemm_crate(dst: MatMut, lhs: Mat, rhs: Mat, threads: usize, add: bool) {
+    // SAFETY: see `gemm_raw`; `check` put the view inside `dst.data`, borrowed mutably.
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm_raw(dst.data.as_mut_ptr(), dst.stride, lhs, rhs, threads, add)
+    }
+}
+
+/// `dst (+)= lhs · rhs` by the `gemm` crate into the `lhs.rows × rhs.cols` view at `dst` with
+/// row stride `stride`.
+///
+/// # Safety
+/// The shapes must have passed [`check_dims`] for a destination slice starting at `dst` that
+/// nothing else accesses during the call; its elements must be initialised when `add`.
+#[allow(unsafe_code)]
+unsafe fn gemm_raw(dst: *mut f32, stride: usize, lhs: Mat, rhs: Mat, threads: usize, add: bool) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     let parallelism = if threads <= 1 {
         gemm::Parallelism::None
@@ -172,19 +239,17 @@ fn by_gemm_crate(dst: MatMut, lhs: Mat, rhs: Mat, threads: usize, add: bool) {
     };
     // SAFETY: every element gemm reads is `lhs.data[r·lhs.stride + c]` (r < m, c < k) or
     // `rhs.data[r·rhs.stride + c]` (r < k, c < n), and every element it writes is
-    // `dst.data[r·dst.stride + c]` (r < m, c < n); the asserts above put the largest such
-    // index inside each slice, and dst's rows are disjoint. `dst` is borrowed mutably, so
-    // nothing else aliases it; dst's old values are read only when `add`, within the same
-    // elements.
-    #[allow(unsafe_code)]
+    // `dst[r·stride + c]` (r < m, c < n); `check_dims` put the largest such index inside each
+    // slice, and dst's rows are disjoint. Nothing else accesses dst (the caller's contract);
+    // dst's old values are read only when `add`, within the same elements.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.data.as_mut_ptr(),
+            dst,
             1,
-            dst.stride as isize,
+            stride as isize,
             add,
             lhs.data.as_ptr(),
             1,

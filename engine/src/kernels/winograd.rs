@@ -20,7 +20,7 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{matmul, Mat, MatMut};
+use super::gemm::{matmul_uninit, Mat, MatUninit};
 use super::math::simd;
 use super::slices::zeros;
 use super::widen::Stored;
@@ -72,27 +72,58 @@ pub(super) fn pays_off(s: &Shape) -> bool {
     tiles >= MIN_TILES && (s.co > 64 || tiles > 64)
 }
 
-/// The filters `weight` (`[n, c, 3, 3]`, `n` output channels) transformed into `u` as
-/// `[n][16][c]`: position `ξ = 4i + j` of `G g Gᵀ` for every (output, input) channel pair.
-/// Pair by pair: 9 contiguous reads and 16 writes that walk the 16 rows in step (vectorising
-/// across input channels instead needs stride-9 gathers, which are slower on these CPUs).
-fn transform_filters(weight: &[f32], c: usize, u: &mut [f32]) {
-    for (dst, w) in u.chunks_exact_mut(16 * c).zip(weight.chunks_exact(9 * c)) {
-        simd(
-            #[inline(always)]
-            || {
-                for (ci, g) in w.chunks_exact(9).enumerate() {
-                    for (k, v) in filter_tile(g).into_iter().enumerate() {
-                        dst[k * c + ci] = v;
-                    }
-                }
-            },
-        );
+/// One output channel's filters `weight` (`[c, 3, 3]`) transformed into `u` as `[16][c]`:
+/// position `ξ = 4i + j` of `G g Gᵀ` for every input channel. The filters are first turned
+/// into nine rows of `c` values (tap by tap), so that the transform is vector arithmetic
+/// along the channels; `scratch` holds those rows and the intermediate `G g` (21·c values).
+fn transform_filters(weight: &[f32], c: usize, u: &mut [f32], scratch: &mut Vec<f32>) {
+    scratch.resize(21 * c, 0.0);
+    let (taps, gg) = scratch.split_at_mut(9 * c);
+    for (ci, g) in weight.chunks_exact(9).enumerate() {
+        for (k, &v) in g.iter().enumerate() {
+            taps[k * c + ci] = v;
+        }
     }
+    simd(
+        #[inline(always)]
+        || {
+            let tap = |k: usize| &taps[k * c..][..c];
+            // G g, column by column: rows g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2 (as filter_tile).
+            for k in 0..3 {
+                let (a, b, cc) = (tap(k), tap(3 + k), tap(6 + k));
+                let rows = &mut gg[k * 4 * c..][..4 * c];
+                let (r0, rest) = rows.split_at_mut(c);
+                let (r1, rest) = rest.split_at_mut(c);
+                let (r2, r3) = rest.split_at_mut(c);
+                for ci in 0..c {
+                    r0[ci] = a[ci];
+                    r1[ci] = 0.5 * (a[ci] + b[ci] + cc[ci]);
+                    r2[ci] = 0.5 * (a[ci] - b[ci] + cc[ci]);
+                    r3[ci] = cc[ci];
+                }
+            }
+            // (G g) Gᵀ, row i of G g: a, (a+b+c)/2, (a-b+c)/2, c from its three columns.
+            for i in 0..4 {
+                let col = |k: usize| &gg[(k * 4 + i) * c..][..c];
+                let (a, b, cc) = (col(0), col(1), col(2));
+                let out = &mut u[4 * i * c..][..4 * c];
+                let (o0, rest) = out.split_at_mut(c);
+                let (o1, rest) = rest.split_at_mut(c);
+                let (o2, o3) = rest.split_at_mut(c);
+                for ci in 0..c {
+                    o0[ci] = a[ci];
+                    o1[ci] = 0.5 * (a[ci] + b[ci] + cc[ci]);
+                    o2[ci] = 0.5 * (a[ci] - b[ci] + cc[ci]);
+                    o3[ci] = cc[ci];
+                }
+            }
+        },
+    );
 }
 
-/// `G g Gᵀ` for one 3x3 filter `g` (row-major), row-major 4x4.
-#[inline(always)]
+/// `G g Gᵀ` for one 3x3 filter `g` (row-major), row-major 4x4: the scalar definition
+/// [`transform_filters`] vectorises, kept for its test.
+#[cfg(test)]
 fn filter_tile(g: &[f32]) -> [f32; 16] {
     // G g: rows g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2 (each a 3-vector).
     let mut gg = [[0f32; 3]; 4];
@@ -136,19 +167,23 @@ pub(super) fn conv(
     let band_rows = (BUDGET / (16 * (s.c + s.co) * tw * images)).clamp(1, th);
     let mut u = zeros(s.co * block(s.c));
     let filters = 9 * s.c;
-    u.par_chunks_mut(block(s.c))
-        .enumerate()
-        .for_each(|(o, u)| match weight {
-            Stored::F32(w) => {
-                transform_filters(&w[o * filters..][..filters], s.c, &mut u[..16 * s.c])
-            }
+    u.par_chunks_mut(block(s.c)).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(scratch, wide), (o, u)| match weight {
+            Stored::F32(w) => transform_filters(
+                &w[o * filters..][..filters],
+                s.c,
+                &mut u[..16 * s.c],
+                scratch,
+            ),
             narrow => {
                 // A 16-bit filter bank is widened one output channel at a time.
-                let mut w = vec![0f32; filters];
-                narrow.widen_into(o * filters, &mut w);
-                transform_filters(&w, s.c, &mut u[..16 * s.c]);
+                wide.resize(filters, 0.0);
+                narrow.widen_into(o * filters, wide);
+                transform_filters(wide, s.c, &mut u[..16 * s.c], scratch);
             }
-        });
+        },
+    );
     for ty0 in (0..th).step_by(band_rows) {
         let rows = band_rows.min(th - ty0);
         let nt = rows * tw;
@@ -159,8 +194,7 @@ pub(super) fn conv(
             stride: images * nt,
         };
         let v = transform_input(x, s, &band);
-        let mut m = zeros(s.co * block(band.stride));
-        products(&mut m, &u, &v, s.co, s.c, band.stride, threads);
+        let m = products(&u, &v, s.co, s.c, band.stride, threads);
         drop(v);
         out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
             let (image, o) = (i / s.co, i % s.co);
@@ -173,12 +207,14 @@ pub(super) fn conv(
 }
 
 /// The 16 position-wise GEMMs `m[o][ξ] = u[o][ξ] · v[ξ]` for `n` output channels: `u` is
-/// `[n][16][c]`, `v` is `[c][16][nt]`, `m` is `[n][16][nt]` (`nt` columns: tiles), each with
-/// [`PAD`] values after every channel's block.
-fn products(m: &mut [f32], u: &[f32], v: &[f32], n: usize, c: usize, nt: usize, threads: usize) {
+/// `[n][16][c]`, `v` is `[c][16][nt]`, the result `m` is `[n][16][nt]` (`nt` columns: tiles),
+/// each with [`PAD`] values after every channel's block. `m` is not zeroed first: the GEMMs
+/// write all of it but the padding, which is written here.
+fn products(u: &[f32], v: &[f32], n: usize, c: usize, nt: usize, threads: usize) -> Box<[f32]> {
+    let mut m = Box::<[f32]>::new_uninit_slice(n * block(nt));
     for xi in 0..16 {
-        matmul(
-            MatMut {
+        matmul_uninit(
+            MatUninit {
                 data: &mut m[xi * nt..],
                 rows: n,
                 cols: nt,
@@ -199,6 +235,18 @@ fn products(m: &mut [f32], u: &[f32], v: &[f32], n: usize, c: usize, nt: usize, 
             threads,
         );
     }
+    for pad in m.chunks_exact_mut(block(nt)) {
+        for p in &mut pad[16 * nt..] {
+            p.write(0.0);
+        }
+    }
+    // SAFETY: for every channel o, the GEMM of position ξ wrote the `nt` values from
+    // o·block(nt) + ξ·nt on, so the 16 positions cover o·block(nt) .. o·block(nt) + 16·nt,
+    // and the loop above the padding after it: every element is initialised.
+    #[allow(unsafe_code)]
+    unsafe {
+        m.assume_init()
+    }
 }
 
 /// Tile rows `ty0..ty0 + rows` (`nt` tiles per image) of every image; the transformed
@@ -213,7 +261,7 @@ struct Band {
 /// `Bᵀ d B` for the 4x4 input patch of every tile of the band, every image, as
 /// `[c][16][images·nt]` with [`PAD`] values after each channel; the patch of tile (ty, tx)
 /// starts at input (2ty − 1, 2tx − 1), with zeros outside the image.
-fn transform_input(x: &[f32], s: &Shape, band: &Band) -> Vec<f32> {
+fn transform_input(x: &[f32], s: &Shape, band: &Band) -> Box<[f32]> {
     let (_, tw) = s.tiles();
     let Band {
         ty0,
@@ -222,10 +270,14 @@ fn transform_input(x: &[f32], s: &Shape, band: &Band) -> Vec<f32> {
         stride,
     } = *band;
     let pw = 2 * tw + 2;
-    let mut v = zeros(s.c * block(stride));
+    // Not zeroed first: every value but the padding is written below, the padding here.
+    let mut v = Box::<[f32]>::new_uninit_slice(s.c * block(stride));
     v.par_chunks_mut(block(stride))
         .enumerate()
         .for_each(|(ci, dst)| {
+            for p in &mut dst[16 * stride..] {
+                p.write(0.0);
+            }
             let mut p = vec![0f32; 4 * pw];
             let mut t = vec![0f32; 4 * pw];
             simd(
@@ -270,17 +322,23 @@ fn transform_input(x: &[f32], s: &Shape, band: &Band) -> Vec<f32> {
                                     trow[2 * tx + 2],
                                     trow[2 * tx + 3],
                                 );
-                                d0[base + tx] = a - c;
-                                d1[base + tx] = b + c;
-                                d2[base + tx] = c - b;
-                                d3[base + tx] = b - d;
+                                d0[base + tx].write(a - c);
+                                d1[base + tx].write(b + c);
+                                d2[base + tx].write(c - b);
+                                d3[base + tx].write(b - d);
                             }
                         }
                     }
                 },
             );
         });
-    v
+    // SAFETY: for every channel, the loops above wrote rows 4i .. 4i + 3 (i < 4) at columns
+    // image·nt + r·tw + tx for every image, tile row r < rows and tile tx < tw, which is every
+    // column below stride = images·nt; and the padding after the 16 rows: all initialised.
+    #[allow(unsafe_code)]
+    unsafe {
+        v.assume_init()
+    }
 }
 
 /// `Aᵀ m A` for every tile of the band in `image` (`m` is `[16][images·nt]` for one output
@@ -434,6 +492,24 @@ mod tests {
                 assert!(
                     (*g as f64 - d).abs() < 1e-5,
                     "{c} {co} {h}x{w} at {i}: {g} vs {d}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn filters_transform_as_the_scalar_definition() {
+        let c = 37;
+        let w = noise(c * 9, 21);
+        let mut u = vec![f32::NAN; 16 * c];
+        transform_filters(&w, c, &mut u, &mut Vec::new());
+        for ci in 0..c {
+            let want = filter_tile(&w[ci * 9..][..9]);
+            for (xi, v) in want.into_iter().enumerate() {
+                assert_eq!(
+                    u[xi * c + ci].to_bits(),
+                    v.to_bits(),
+                    "channel {ci} position {xi}"
                 );
             }
         }

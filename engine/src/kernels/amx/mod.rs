@@ -30,7 +30,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::gemm::{Mat, MatMut};
+use super::gemm::{Mat, MatMut, MatUninit};
 pub(crate) use pack::Rhs;
 use pack::{pack_lhs, pack_rhs};
 
@@ -106,9 +106,35 @@ pub(crate) fn product(
     add: bool,
     precision: Precision,
 ) {
+    let out = Out::new(
+        dst.data.as_mut_ptr(),
+        dst.data.len(),
+        dst.rows,
+        dst.cols,
+        dst.stride,
+    );
+    run(out, lhs, rhs, threads, add, precision);
+}
+
+/// [`product`] (without adding) into memory that need not be initialised: every element of
+/// the view is written, nothing else touched.
+pub(crate) fn product_uninit(
+    dst: MatUninit,
+    lhs: Mat,
+    rhs: Rhs,
+    threads: usize,
+    precision: Precision,
+) {
+    let ptr = dst.data.as_mut_ptr().cast();
+    let out = Out::new(ptr, dst.data.len(), dst.rows, dst.cols, dst.stride);
+    run(out, lhs, rhs, threads, false, precision);
+}
+
+/// The product into `out` (read first when `add`).
+fn run(out: Out, lhs: Mat, rhs: Rhs, threads: usize, add: bool, precision: Precision) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.shape().1);
     assert!(
-        rhs.shape().0 == k && dst.rows == m && dst.cols == n,
+        rhs.shape().0 == k && out.rows == m && out.cols == n,
         "amx: shapes"
     );
     let (rm, rk) = match rhs {
@@ -116,8 +142,8 @@ pub(crate) fn product(
     };
     assert!(lhs.data.len() >= span(m, k, lhs.stride), "amx: lhs");
     assert!(rm.data.len() >= span(rk, rm.cols, rm.stride), "amx: rhs");
-    assert!(dst.data.len() >= span(m, n, dst.stride), "amx: dst");
-    assert!(m <= 1 || dst.stride >= n, "amx: dst rows overlap");
+    assert!(out.len >= span(m, n, out.stride), "amx: dst");
+    assert!(m <= 1 || out.stride >= n, "amx: dst rows overlap");
     if m == 0 || n == 0 {
         return;
     }
@@ -130,10 +156,6 @@ pub(crate) fn product(
         .step_by(TASK)
         .flat_map(|r| (0..n).step_by(TASK).map(move |c| (r, c)))
         .collect();
-    let out = Out {
-        ptr: dst.data.as_mut_ptr(),
-        stride: dst.stride,
-    };
     let run = |&(r0, c0): &(usize, usize)| {
         let (rows, cols) = (TASK.min(m - r0), TASK.min(n - c0));
         let (pr, pc) = (rows.div_ceil(32) * 32, cols.div_ceil(32) * 32);
@@ -176,9 +198,14 @@ fn span(rows: usize, cols: usize, stride: usize) -> usize {
     }
 }
 
-/// The output, shared by tasks that each read and write their own block of it.
+/// The output, shared by tasks that each read and write their own block of it: a slice of
+/// `len` values at `ptr`, borrowed mutably by the caller for the whole product, holding a
+/// `rows × cols` view with row stride `stride`.
 struct Out {
     ptr: *mut f32,
+    len: usize,
+    rows: usize,
+    cols: usize,
     stride: usize,
 }
 
@@ -187,10 +214,20 @@ struct Out {
 unsafe impl Sync for Out {}
 
 impl Out {
+    fn new(ptr: *mut f32, len: usize, rows: usize, cols: usize, stride: usize) -> Self {
+        Self {
+            ptr,
+            len,
+            rows,
+            cols,
+            stride,
+        }
+    }
+
     /// Where row `r` of the block at (`r0`, `c0`) starts.
     ///
-    /// Each task of [`product`] has its own (`r0`, `c0`) and `rows × cols` within the `m × n`
-    /// output whose span `product` checked against the slice `ptr` comes from; rows of the
+    /// Each task of [`run`] has its own (`r0`, `c0`) and `rows × cols` within the `m × n`
+    /// output whose span `run` checked against the slice `ptr` comes from; rows of the
     /// output do not overlap (`stride ≥ n`). So no two tasks touch the same element, and every
     /// element a task copies is inside the slice, which `product` borrows mutably for the
     /// whole call.
