@@ -1,6 +1,8 @@
 //! Access to the f32 data of CPU tensors, and tensors built from vectors.
 
 use candle_core::{bail, CpuStorage, DType, Result, Storage, Tensor};
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 /// Whether the fast path applies: a CPU tensor of f32.
@@ -27,10 +29,18 @@ pub(crate) fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
     with_f32(t, |s| s.to_vec())
 }
 
-/// `n` zeros, written by all rayon threads (a large `vec![0.0; n]` is zeroed by the calling
-/// thread alone whenever the allocator hands back memory it had before).
+/// `n` zeros, written by all rayon threads in large blocks (a large `vec![0.0; n]` is zeroed
+/// by the calling thread alone whenever the allocator hands back memory it had before).
 pub(crate) fn zeros<T: Copy + Default + Send + Sync>(n: usize) -> Vec<T> {
     let mut v = Vec::with_capacity(n);
-    v.par_extend(rayon::iter::repeat_n(T::default(), n));
+    v.spare_capacity_mut()[..n]
+        .par_chunks_mut(1 << 16)
+        .for_each(|c| c.fill(MaybeUninit::new(T::default())));
+    // SAFETY: the capacity is at least `n`, and the loop above initialised its first `n`
+    // elements.
+    #[allow(unsafe_code)]
+    unsafe {
+        v.set_len(n)
+    };
     v
 }
