@@ -53,13 +53,11 @@ pub(crate) fn matmul_add(dst: MatMut, lhs: Mat, rhs: Mat, threads: usize) {
     product(dst, lhs, rhs, threads, true)
 }
 
-/// `a · b` for 2-D tensors: on AMX ([`super::amx`]) when this process multiplies there and
-/// both are CPU f32 tensors (`b` either contiguous or the transpose of a contiguous matrix, as
-/// linear layers' weights are); by candle's `matmul` otherwise.
+/// `a · b` for 2-D CPU f32 tensors, into an output that is not zeroed first (candle's own
+/// `matmul` zeroes it on one thread): by the `gemm` crate, or on AMX ([`super::amx`]) when
+/// this process multiplies there. `b` may be contiguous or, on AMX, the transpose of a
+/// contiguous matrix (as linear layers' weights can be); anything else goes to candle.
 pub(crate) fn matmul_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let Some(precision) = amx::precision() else {
-        return a.matmul(b);
-    };
     if !fast(a) || !fast(b) || a.rank() != 2 || b.rank() != 2 {
         return a.matmul(b);
     }
@@ -67,16 +65,17 @@ pub(crate) fn matmul_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if kb != k {
         return a.matmul(b); // candle's error names the shapes
     }
-    let bt = b.t()?;
-    let b = if b.is_contiguous() || bt.is_contiguous() {
-        b.clone()
-    } else {
-        b.contiguous()?
+    let precision = amx::precision();
+    let transposed = !b.is_contiguous() && b.t()?.is_contiguous();
+    let b = match (transposed, precision) {
+        (true, None) => return a.matmul(b), // candle multiplies by the strided view
+        (true, Some(_)) => b.t()?,
+        (false, _) => b.contiguous()?,
     };
-    let mut out = vec![0f32; m * n];
+    let mut out = Box::<[f32]>::new_uninit_slice(m * n);
     let threads = rayon::current_num_threads();
     with_f32(a, |ad| {
-        let dst = MatMut {
+        let dst = MatUninit {
             data: &mut out,
             rows: m,
             cols: n,
@@ -88,29 +87,32 @@ pub(crate) fn matmul_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             cols: k,
             stride: k,
         };
-        if b.is_contiguous() {
-            with_f32(&b, |bd| {
-                let rhs = Rhs::Rows(Mat {
-                    data: bd,
-                    rows: k,
-                    cols: n,
-                    stride: n,
-                });
-                amx::product(dst, lhs, rhs, threads, false, precision)
-            })
-        } else {
-            with_f32(&b.t()?, |bd| {
+        with_f32(&b, |bd| match (transposed, precision) {
+            (true, Some(p)) => {
                 let rhs = Rhs::Cols(Mat {
                     data: bd,
                     rows: n,
                     cols: k,
                     stride: k,
                 });
-                amx::product(dst, lhs, rhs, threads, false, precision)
-            })
-        }
+                amx::product_uninit(dst, lhs, rhs, threads, p)
+            }
+            _ => {
+                let rhs = Mat {
+                    data: bd,
+                    rows: k,
+                    cols: n,
+                    stride: n,
+                };
+                matmul_uninit(dst, lhs, rhs, threads)
+            }
+        })
     })??;
-    Tensor::from_vec(out, (m, n), a.device())
+    // SAFETY: both products write every element of the m × n view, which with row stride n
+    // is the whole buffer.
+    #[allow(unsafe_code)]
+    let out = unsafe { out.assume_init() };
+    Tensor::from_vec(out.into_vec(), (m, n), a.device())
 }
 
 /// (m, k, n) of `dst = lhs · rhs` after checking that the shapes chain and every view lies
