@@ -1,10 +1,13 @@
 //! The AMX instructions this module uses, and the micro-kernel built of them.
 //!
 //! Linux hands out AMX's tile state only to processes that ask for it (`arch_prctl` with
-//! `ARCH_REQ_XCOMP_PERM`); [`available`] asks once. Each thread then loads a tile
-//! configuration before its first tile instruction ([`with_tiles`]) and releases the tiles
-//! after its last one, so that the kernel does not save 8 KiB of tile state at every context
-//! switch in between. All eight tiles are 16 rows × 64 bytes: tiles 0–3 hold a 32 × 32 block
+//! `ARCH_REQ_XCOMP_PERM`); [`available`] asks once. Each product then loads its tile
+//! configuration on the thread before its first tile instruction ([`with_tiles`]) and puts
+//! back what the thread had after its last one: candle's quantized kernels use AMX too and
+//! keep their own configuration between calls (a product that released the tiles under them
+//! made their next tile instruction fault), and a thread with nothing configured gets its
+//! tiles released, so that the kernel does not save 8 KiB of tile state at every context
+//! switch. All eight tiles are 16 rows × 64 bytes: tiles 0–3 hold a 32 × 32 block
 //! of f32 sums, 4–5 two 16-row tiles of the left operand, 6–7 two 16-column tiles of the right
 //! one.
 #![allow(unsafe_code)]
@@ -56,18 +59,33 @@ mod imp {
         Config(c)
     }
 
-    /// Loads the configuration on this thread. Only called after [`available`].
-    pub fn configure() {
+    /// Loads this module's configuration on this thread and returns the one it replaces (all
+    /// zeros when the tiles were not configured). Only called after [`available`].
+    pub fn configure() -> [u8; 64] {
+        let mut previous = Config([0; 64]);
         let c = config();
-        // SAFETY: `c` is a valid 64-byte palette-1 configuration; AMX is available.
+        // SAFETY: `previous` has room for the 64 bytes `sttilecfg` writes; `c` is a valid
+        // palette-1 configuration; AMX is available to this process.
         unsafe {
-            asm!("ldtilecfg [{}]", in(reg) c.0.as_ptr(), options(nostack, readonly, preserves_flags))
-        };
+            asm!("sttilecfg [{}]", in(reg) previous.0.as_mut_ptr(), options(nostack, preserves_flags));
+            asm!("ldtilecfg [{}]", in(reg) c.0.as_ptr(), options(nostack, readonly, preserves_flags));
+        }
+        previous.0
     }
 
-    pub fn release() {
-        // SAFETY: releases this thread's tiles; valid whether or not they are configured.
-        unsafe { asm!("tilerelease", options(nomem, nostack, preserves_flags)) };
+    /// Puts back the configuration [`configure`] replaced: other code on this thread (candle's
+    /// quantized AMX kernels) may keep its tiles configured between its calls.
+    pub fn restore(previous: [u8; 64]) {
+        let c = Config(previous);
+        if c.0[0] == 0 {
+            // SAFETY: releases this thread's tiles; valid whether or not they are configured.
+            unsafe { asm!("tilerelease", options(nomem, nostack, preserves_flags)) };
+        } else {
+            // SAFETY: `c` is what `sttilecfg` stored from a configuration the CPU had accepted.
+            unsafe {
+                asm!("ldtilecfg [{}]", in(reg) c.0.as_ptr(), options(nostack, readonly, preserves_flags))
+            };
+        }
     }
 
     macro_rules! tile_op {
@@ -150,12 +168,13 @@ pub(super) fn block(
 
 pub(super) use imp::available;
 
-/// Runs `f` with tiles configured on this thread, then releases them.
+/// Runs `f` with tiles configured on this thread, then puts back the configuration the
+/// thread had (releasing the tiles when it had none).
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub(super) fn with_tiles<R>(f: impl FnOnce() -> R) -> R {
-    imp::configure();
+    let previous = imp::configure();
     let r = f();
-    imp::release();
+    imp::restore(previous);
     r
 }
 
@@ -224,5 +243,35 @@ pub(super) fn block(
         imp::store1(c.add(64), cs);
         imp::store2(c.add(16 * cs), cs);
         imp::store3(c.add(16 * cs + 64), cs);
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64", target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_threads_own_configuration_is_put_back() {
+        if !available() {
+            eprintln!("no AMX on this machine: test skipped");
+            return;
+        }
+        // Another user of AMX on this thread (like candle's quantized kernels) with its own
+        // configuration: tile 0 as 8 rows of 32 bytes.
+        let mut other = [0u8; 64];
+        other[0] = 1;
+        other[16] = 32;
+        other[48] = 8;
+        imp::restore(other);
+        with_tiles(|| ());
+        let mut now = imp::configure();
+        assert_eq!(
+            now, other,
+            "the other configuration is back after a product"
+        );
+        imp::restore([0; 64]);
+        now = imp::configure();
+        assert_eq!(now[0], 0, "released when nothing was configured");
+        imp::restore(now);
     }
 }
