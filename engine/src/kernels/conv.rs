@@ -142,7 +142,7 @@ pub fn conv2d(
 /// ([`super::narrow_gemm`]), and the im2col matrix `cols` (`[k, n]`).
 fn product(w: Stored, co: usize, k: usize, cols: &Tensor) -> Result<Tensor> {
     let n = cols.dim(1)?;
-    let mut out = vec![0f32; co * n];
+    let mut out = zeros(co * n);
     let threads = rayon::current_num_threads();
     with_f32(cols, |c| {
         let rhs = Mat {

@@ -40,7 +40,7 @@ fn matmul_t_narrow(x: &Tensor, w: &Tensor, rows: usize, k: usize) -> Result<Tens
     if !wt.is_contiguous() {
         return x.reshape((rows, k))?.matmul(&widened(w)?.t()?);
     }
-    let mut out = vec![0f32; rows * n];
+    let mut out = zeros(rows * n);
     let threads = rayon::current_num_threads();
     with_f32(x, |xs| {
         with_stored(&wt, |ws| {
