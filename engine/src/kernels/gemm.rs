@@ -31,7 +31,7 @@ pub(crate) struct MatMut<'a> {
 /// Elements a view spans: up to the last element of its last row; `usize::MAX` when that
 /// does not fit a `usize` (so that the bounds asserts fail instead of wrapping in release
 /// builds).
-fn span(rows: usize, cols: usize, stride: usize) -> usize {
+pub(super) fn span(rows: usize, cols: usize, stride: usize) -> usize {
     if rows == 0 || cols == 0 {
         0
     } else {

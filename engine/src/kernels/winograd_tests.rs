@@ -1,6 +1,7 @@
 //! Tests of [`super`]: Winograd against direct convolutions in f32 and f64.
 
 use super::*;
+use crate::kernels::test_util::noise;
 
 /// Direct 3x3 correlation with padding 1, summing the products (in im2col's order) with
 /// `add` from `zero`.
@@ -37,18 +38,6 @@ fn direct<T: Copy>(
 
 fn exact(x: &[f32], w: &[f32], s: &Shape) -> Vec<f64> {
     direct(x, w, s, 0f64, |acc, a, b| acc + a as f64 * b as f64)
-}
-
-fn noise(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
 }
 
 fn run(s: &Shape, x: &[f32], w: &[f32], bias: Option<&[f32]>, res: Option<&[f32]>) -> Vec<f32> {

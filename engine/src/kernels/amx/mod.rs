@@ -30,7 +30,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::gemm::{Mat, MatMut, MatUninit};
+use super::gemm::{span, Mat, MatMut, MatUninit};
 pub(crate) use pack::Rhs;
 use pack::{pack_lhs, pack_rhs};
 
@@ -183,18 +183,6 @@ fn run(out: Out, lhs: Mat, rhs: Rhs, threads: usize, add: bool, precision: Preci
         tasks.par_iter().for_each(run);
     } else {
         tasks.iter().for_each(run);
-    }
-}
-
-/// Elements a view spans (see `gemm::span`).
-fn span(rows: usize, cols: usize, stride: usize) -> usize {
-    if rows == 0 || cols == 0 {
-        0
-    } else {
-        (rows - 1)
-            .checked_mul(stride)
-            .and_then(|s| s.checked_add(cols))
-            .unwrap_or(usize::MAX)
     }
 }
 

@@ -135,6 +135,23 @@ impl Packed {
         &mut self.buf[self.start..][..self.len]
     }
 
+    /// Runs `fill` on every block's tiles (with the block's index), on all rayon threads when
+    /// `parallel`.
+    fn fill_blocks(&mut self, parallel: bool, fill: impl Fn((usize, &mut [u32])) + Sync + Send) {
+        let stride = self.block_stride();
+        if parallel {
+            self.data_mut()
+                .par_chunks_mut(stride)
+                .enumerate()
+                .for_each(fill);
+        } else {
+            self.data_mut()
+                .chunks_mut(stride)
+                .enumerate()
+                .for_each(fill);
+        }
+    }
+
     /// Values between the tiles of consecutive blocks.
     pub fn block_stride(&self) -> usize {
         self.depth_tiles * self.pieces * TILE
@@ -154,7 +171,6 @@ pub(super) fn blocks(len: usize) -> usize {
 /// The left operand `a` (`m × k`) as tiles of 16 rows × 32 depth values, `pieces` per tile.
 pub(super) fn pack_lhs(a: &Mat, pieces: usize, parallel: bool) -> Packed {
     let mut p = Packed::new(blocks(a.rows), a.cols, pieces);
-    let stride = p.block_stride();
     let fill = |(mb, dst): (usize, &mut [u32])| {
         simd(
             #[inline(always)]
@@ -173,14 +189,7 @@ pub(super) fn pack_lhs(a: &Mat, pieces: usize, parallel: bool) -> Packed {
             },
         )
     };
-    if parallel {
-        p.data_mut()
-            .par_chunks_mut(stride)
-            .enumerate()
-            .for_each(fill);
-    } else {
-        p.data_mut().chunks_mut(stride).enumerate().for_each(fill);
-    }
+    p.fill_blocks(parallel, fill);
     p
 }
 
@@ -208,7 +217,6 @@ impl Rhs<'_> {
 pub(super) fn pack_rhs(b: &Rhs, pieces: usize, parallel: bool) -> Packed {
     let (k, n) = b.shape();
     let mut p = Packed::new(blocks(n), k, pieces);
-    let stride = p.block_stride();
     let fill = |(nb, dst): (usize, &mut [u32])| {
         let cols = n.saturating_sub(nb * 16).min(16);
         simd(
@@ -219,14 +227,7 @@ pub(super) fn pack_rhs(b: &Rhs, pieces: usize, parallel: bool) -> Packed {
             },
         )
     };
-    if parallel {
-        p.data_mut()
-            .par_chunks_mut(stride)
-            .enumerate()
-            .for_each(fill);
-    } else {
-        p.data_mut().chunks_mut(stride).enumerate().for_each(fill);
-    }
+    p.fill_blocks(parallel, fill);
     p
 }
 

@@ -1,16 +1,5 @@
 use super::*;
-
-fn noise(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use crate::kernels::test_util::noise;
 
 /// Skips a test (with a note) on machines without AMX.
 fn amx() -> bool {
