@@ -18,6 +18,8 @@
 //! large maps are cut into bands of tile rows so that the transformed input and product stay
 //! under [`BUDGET`] values.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::gemm::{matmul_uninit, Mat, MatUninit};
@@ -27,6 +29,18 @@ use super::widen::Stored;
 
 /// Largest transformed input plus product of one band, in f32 values (64 MiB).
 const BUDGET: usize = 16 << 20;
+
+/// Largest transformed filter bank (in f32 values, 1 MiB) for which each thread takes whole
+/// bands of [`LOCAL_BAND`] values through all three steps by itself. With few channels (TAESD's
+/// 64, the VAE's 128 at full resolution) the steps are passes over memory more than arithmetic:
+/// done layer-wide, the transformed input and the products (4x the map each) stream through
+/// main memory twice; done band by band on one thread they stay in its cache, and the small
+/// filter bank is read from cache too. Larger banks would be re-read per band.
+const LOCAL_FILTERS: usize = 1 << 18;
+
+/// Transformed input plus product of one thread's band on the local path, in f32 values
+/// (1 MiB; at least one tile row).
+const LOCAL_BAND: usize = 1 << 18;
 
 /// Extra f32 values after each channel's block of the filters, transformed input and product
 /// (one cache line). The blocks are otherwise a multiple of 4 KiB long whenever the channels
@@ -185,6 +199,9 @@ pub(super) fn conv(
             }
         },
     );
+    if 16 * s.c * s.co <= LOCAL_FILTERS {
+        return by_local_bands(x, &u, s, bias, residual, scale, out);
+    }
     for ty0 in (0..th).step_by(band_rows) {
         let rows = band_rows.min(th - ty0);
         let nt = rows * tw;
@@ -194,17 +211,73 @@ pub(super) fn conv(
             nt,
             stride: images * nt,
         };
-        let v = transform_input(x, s, &band);
+        let v = transform_input(x, s, &band, true);
         let m = products(&u, &v, s.co, s.c, band.stride, threads);
         drop(v);
+        let first = 2 * ty0 * s.w;
         out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
             let (image, o) = (i / s.co, i % s.co);
-            let residual = residual.map(|r| &r[i * plane..][..plane]);
+            let residual = residual.map(|r| &r[i * plane + first..(i + 1) * plane]);
             let bias = bias.map_or(0.0, |b| b[o]);
             let m = &m[o * block(band.stride)..][..16 * band.stride];
-            transform_output(m, s, &band, image, bias, residual, scale, dst);
+            transform_output(m, s, &band, image, bias, residual, scale, &mut dst[first..]);
         });
     }
+}
+
+/// [`conv`] for small filter banks `u` (see [`LOCAL_FILTERS`]): every image's tile rows are cut
+/// into bands of about [`LOCAL_BAND`] values, and each band is transformed, multiplied (on one
+/// thread) and transformed back by one rayon task into its own rows of every output plane.
+/// The bands depend on the image's shape only, so an image's result does not depend on its
+/// batch or on the number of threads.
+fn by_local_bands(
+    x: &[f32],
+    u: &[f32],
+    s: &Shape,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let (th, tw) = s.tiles();
+    let plane = s.h * s.w;
+    let band_rows = (LOCAL_BAND / (16 * (s.c + s.co) * tw)).clamp(1, th);
+    // Output rows 2·ty0 .. of a band: `band_rows` tile rows are 2·band_rows pixel rows.
+    let span = 2 * band_rows * s.w;
+    let bands = th.div_ceil(band_rows);
+    // For every image and band, its rows of each of the image's output planes.
+    let mut jobs: Vec<(usize, usize, Vec<&mut [f32]>)> = Vec::new();
+    for (image, planes) in out.chunks_mut(s.co * plane).enumerate() {
+        let mut rows: Vec<_> = (0..bands).map(|b| (image, b, Vec::new())).collect();
+        for dst in planes.chunks_mut(plane) {
+            for (job, part) in rows.iter_mut().zip(dst.chunks_mut(span)) {
+                job.2.push(part);
+            }
+        }
+        jobs.extend(rows);
+    }
+    jobs.into_par_iter().for_each(|(image, b, mut dsts)| {
+        let ty0 = b * band_rows;
+        let rows = band_rows.min(th - ty0);
+        let band = Band {
+            ty0,
+            rows,
+            nt: rows * tw,
+            stride: rows * tw,
+        };
+        let x = &x[image * s.c * plane..][..s.c * plane];
+        let v = transform_input(x, s, &band, false);
+        let m = products(u, &v, s.co, s.c, band.nt, 1);
+        drop(v);
+        for (o, dst) in dsts.iter_mut().enumerate() {
+            let i = image * s.co + o;
+            let first = i * plane + 2 * ty0 * s.w;
+            let residual = residual.map(|r| &r[first..first + dst.len()]);
+            let bias = bias.map_or(0.0, |b| b[o]);
+            let m = &m[o * block(band.nt)..][..16 * band.nt];
+            transform_output(m, s, &band, 0, bias, residual, scale, dst);
+        }
+    });
 }
 
 /// The 16 position-wise GEMMs `m[o][ξ] = u[o][ξ] · v[ξ]` for `n` output channels: `u` is
@@ -261,78 +334,22 @@ struct Band {
 
 /// `Bᵀ d B` for the 4x4 input patch of every tile of the band, every image, as
 /// `[c][16][images·nt]` with [`PAD`] values after each channel; the patch of tile (ty, tx)
-/// starts at input (2ty − 1, 2tx − 1), with zeros outside the image.
-fn transform_input(x: &[f32], s: &Shape, band: &Band) -> Box<[f32]> {
-    let (_, tw) = s.tiles();
-    let Band {
-        ty0,
-        rows,
-        nt,
-        stride,
-    } = *band;
-    let pw = 2 * tw + 2;
+/// starts at input (2ty − 1, 2tx − 1), with zeros outside the image. The channels are
+/// shared among rayon's threads when `parallel`.
+fn transform_input(x: &[f32], s: &Shape, band: &Band, parallel: bool) -> Box<[f32]> {
     // Not zeroed first: every value but the padding is written below, the padding here.
-    let mut v = Box::<[f32]>::new_uninit_slice(s.c * block(stride));
-    v.par_chunks_mut(block(stride))
-        .enumerate()
-        .for_each(|(ci, dst)| {
-            for p in &mut dst[16 * stride..] {
-                p.write(0.0);
-            }
-            let mut p = vec![0f32; 4 * pw];
-            let mut t = vec![0f32; 4 * pw];
-            simd(
-                #[inline(always)]
-                || {
-                    for (image, r) in (0..stride / nt).flat_map(|i| (0..rows).map(move |r| (i, r)))
-                    {
-                        let plane = &x[(image * s.c + ci) * s.h * s.w..][..s.h * s.w];
-                        let ty = ty0 + r;
-                        // The four padded input rows 2ty-1 .. 2ty+2.
-                        for (k, prow) in p.chunks_exact_mut(pw).enumerate() {
-                            prow.fill(0.0);
-                            let iy = 2 * ty + k;
-                            if iy >= 1 && iy - 1 < s.h {
-                                prow[1..=s.w].copy_from_slice(&plane[(iy - 1) * s.w..][..s.w]);
-                            }
-                        }
-                        // Bᵀ on the row index.
-                        let (p0, rest) = p.split_at(pw);
-                        let (p1, rest) = rest.split_at(pw);
-                        let (p2, p3) = rest.split_at(pw);
-                        let (t0, rest) = t.split_at_mut(pw);
-                        let (t1, rest) = rest.split_at_mut(pw);
-                        let (t2, t3) = rest.split_at_mut(pw);
-                        for j in 0..pw {
-                            t0[j] = p0[j] - p2[j];
-                            t1[j] = p1[j] + p2[j];
-                            t2[j] = p2[j] - p1[j];
-                            t3[j] = p1[j] - p3[j];
-                        }
-                        // B on the column index.
-                        for (i, trow) in t.chunks_exact(pw).enumerate() {
-                            let base = image * nt + r * tw;
-                            let rows4 = &mut dst[(4 * i) * stride..(4 * i + 4) * stride];
-                            let (d0, rest) = rows4.split_at_mut(stride);
-                            let (d1, rest) = rest.split_at_mut(stride);
-                            let (d2, d3) = rest.split_at_mut(stride);
-                            for tx in 0..tw {
-                                let (a, b, c, d) = (
-                                    trow[2 * tx],
-                                    trow[2 * tx + 1],
-                                    trow[2 * tx + 2],
-                                    trow[2 * tx + 3],
-                                );
-                                d0[base + tx].write(a - c);
-                                d1[base + tx].write(b + c);
-                                d2[base + tx].write(c - b);
-                                d3[base + tx].write(b - d);
-                            }
-                        }
-                    }
-                },
-            );
-        });
+    let mut v = Box::<[f32]>::new_uninit_slice(s.c * block(band.stride));
+    let channel =
+        |(ci, dst): (usize, &mut [MaybeUninit<f32>])| transform_channel(x, s, band, ci, dst);
+    if parallel {
+        v.par_chunks_mut(block(band.stride))
+            .enumerate()
+            .for_each(channel);
+    } else {
+        v.chunks_mut(block(band.stride))
+            .enumerate()
+            .for_each(channel);
+    }
     // SAFETY: for every channel, the loops above wrote rows 4i .. 4i + 3 (i < 4) at columns
     // image·nt + r·tw + tx for every image, tile row r < rows and tile tx < tw, which is every
     // column below stride = images·nt; and the padding after the 16 rows: all initialised.
@@ -342,9 +359,76 @@ fn transform_input(x: &[f32], s: &Shape, band: &Band) -> Box<[f32]> {
     }
 }
 
+/// Input channel `ci` of [`transform_input`] into `dst` (its 16 rows and padding).
+fn transform_channel(x: &[f32], s: &Shape, band: &Band, ci: usize, dst: &mut [MaybeUninit<f32>]) {
+    let (_, tw) = s.tiles();
+    let Band {
+        ty0,
+        rows,
+        nt,
+        stride,
+    } = *band;
+    let pw = 2 * tw + 2;
+    for p in &mut dst[16 * stride..] {
+        p.write(0.0);
+    }
+    let mut p = vec![0f32; 4 * pw];
+    let mut t = vec![0f32; 4 * pw];
+    simd(
+        #[inline(always)]
+        || {
+            for (image, r) in (0..stride / nt).flat_map(|i| (0..rows).map(move |r| (i, r))) {
+                let plane = &x[(image * s.c + ci) * s.h * s.w..][..s.h * s.w];
+                let ty = ty0 + r;
+                // The four padded input rows 2ty-1 .. 2ty+2.
+                for (k, prow) in p.chunks_exact_mut(pw).enumerate() {
+                    prow.fill(0.0);
+                    let iy = 2 * ty + k;
+                    if iy >= 1 && iy - 1 < s.h {
+                        prow[1..=s.w].copy_from_slice(&plane[(iy - 1) * s.w..][..s.w]);
+                    }
+                }
+                // Bᵀ on the row index.
+                let (p0, rest) = p.split_at(pw);
+                let (p1, rest) = rest.split_at(pw);
+                let (p2, p3) = rest.split_at(pw);
+                let (t0, rest) = t.split_at_mut(pw);
+                let (t1, rest) = rest.split_at_mut(pw);
+                let (t2, t3) = rest.split_at_mut(pw);
+                for j in 0..pw {
+                    t0[j] = p0[j] - p2[j];
+                    t1[j] = p1[j] + p2[j];
+                    t2[j] = p2[j] - p1[j];
+                    t3[j] = p1[j] - p3[j];
+                }
+                // B on the column index.
+                for (i, trow) in t.chunks_exact(pw).enumerate() {
+                    let base = image * nt + r * tw;
+                    let rows4 = &mut dst[(4 * i) * stride..(4 * i + 4) * stride];
+                    let (d0, rest) = rows4.split_at_mut(stride);
+                    let (d1, rest) = rest.split_at_mut(stride);
+                    let (d2, d3) = rest.split_at_mut(stride);
+                    for tx in 0..tw {
+                        let (a, b, c, d) = (
+                            trow[2 * tx],
+                            trow[2 * tx + 1],
+                            trow[2 * tx + 2],
+                            trow[2 * tx + 3],
+                        );
+                        d0[base + tx].write(a - c);
+                        d1[base + tx].write(b + c);
+                        d2[base + tx].write(c - b);
+                        d3[base + tx].write(b - d);
+                    }
+                }
+            }
+        },
+    );
+}
+
 /// `Aᵀ m A` for every tile of the band in `image` (`m` is `[16][images·nt]` for one output
-/// channel), plus `bias` and the `residual` plane, divided by `scale`, into that channel's
-/// output plane `out` (rows `2·ty0 ..`, cropped to the image).
+/// channel), plus `bias` and `residual`, divided by `scale`, into that channel's output rows
+/// `dst` (cropped to the image); `dst` and `residual` start at the band's first row, `2·ty0`.
 #[allow(clippy::too_many_arguments)]
 fn transform_output(
     m: &[f32],
@@ -382,10 +466,10 @@ fn transform_output(
                 }
                 // A on the column index, into output rows 2ty and 2ty + 1.
                 for (i, sr) in [&*s0, &*s1].into_iter().enumerate() {
-                    let oy = 2 * (ty0 + r) + i;
-                    if oy >= s.h {
+                    if 2 * (ty0 + r) + i >= s.h {
                         continue;
                     }
+                    let oy = 2 * r + i;
                     let (c0, c1, c2, c3) = (
                         &sr[..tw],
                         &sr[tw..2 * tw],
@@ -393,13 +477,16 @@ fn transform_output(
                         &sr[3 * tw..],
                     );
                     let row = &mut dst[oy * s.w..][..s.w];
-                    for tx in 0..tw {
-                        let y0 = c0[tx] + c1[tx] + c2[tx];
-                        let y1 = c1[tx] - c2[tx] - c3[tx];
-                        row[2 * tx] = y0 + b;
-                        if 2 * tx + 1 < s.w {
-                            row[2 * tx + 1] = y1 + b;
-                        }
+                    // Whole tiles without a branch (so that the loop vectorises), then an odd
+                    // width's last column.
+                    let mut pairs = row.chunks_exact_mut(2);
+                    for (tx, pair) in (&mut pairs).enumerate() {
+                        pair[0] = c0[tx] + c1[tx] + c2[tx] + b;
+                        pair[1] = c1[tx] - c2[tx] - c3[tx] + b;
+                    }
+                    if let [y0] = pairs.into_remainder() {
+                        let tx = s.w / 2;
+                        *y0 = c0[tx] + c1[tx] + c2[tx] + b;
                     }
                     if let Some(res) = res {
                         let rr = &res[oy * s.w..][..s.w];
