@@ -62,16 +62,33 @@ pub fn conv2d(
     residual: Option<&Tensor>,
     out_scale: f64,
 ) -> Result<Tensor> {
+    conv2d_with(conv, xs, residual, out_scale, false)
+}
+
+/// `relu(conv(xs) + residual)`, as [`conv2d`] then `relu()`; on the Winograd path the ReLU is
+/// applied as the output is written (one pass over the activations less).
+pub fn conv2d_relu(conv: &Conv2d, xs: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+    conv2d_with(conv, xs, residual, 1.0, true)
+}
+
+fn conv2d_with(
+    conv: &Conv2d,
+    xs: &Tensor,
+    residual: Option<&Tensor>,
+    out_scale: f64,
+    relu: bool,
+) -> Result<Tensor> {
+    let after = |y: Tensor| if relu { y.relu() } else { Ok(y) };
     let cfg = conv.config();
     let weight = conv.weight();
     if !fast(xs) || cfg.groups != 1 || cfg.dilation != 1 || xs.rank() != 4 || weight.rank() != 4 {
-        return plain(conv, xs, residual, out_scale);
+        return after(plain(conv, xs, residual, out_scale)?);
     }
     let (b, c, h, w) = xs.dims4()?;
     let (co, ci, kh, kw) = weight.dims4()?;
     let (stride, pad) = (cfg.stride, cfg.padding);
     if ci != c || h + 2 * pad < kh || w + 2 * pad < kw || stride == 0 {
-        return plain(conv, xs, residual, out_scale);
+        return after(plain(conv, xs, residual, out_scale)?);
     }
     let g = Geometry {
         c,
@@ -98,6 +115,7 @@ pub fn conv2d(
             bias.as_deref(),
             residual.as_ref(),
             out_scale,
+            relu,
         );
     }
     let identity = kh == 1 && kw == 1 && stride == 1 && pad == 0;
@@ -135,7 +153,7 @@ pub fn conv2d(
     } else {
         run(None)?;
     }
-    Tensor::from_vec(out, (b, co, g.oh, g.ow), xs.device())
+    after(Tensor::from_vec(out, (b, co, g.oh, g.ow), xs.device())?)
 }
 
 /// `w · cols` for the 16-bit weight `w` (`[co, k]`), widened and multiplied block by block
@@ -201,7 +219,9 @@ fn pieces(g: &Geometry, batch: usize, k: usize, identity: bool) -> Vec<Piece> {
     pieces
 }
 
-/// The 3x3 convolution by [`winograd`], all images at once.
+/// The 3x3 convolution by [`winograd`], all images at once, into an output that is not zeroed
+/// first (the transform back writes every value).
+#[allow(clippy::too_many_arguments)]
 fn by_winograd(
     xs: &Tensor,
     weight: &Tensor,
@@ -209,23 +229,37 @@ fn by_winograd(
     bias: Option<&[f32]>,
     residual: Option<&Tensor>,
     out_scale: f64,
+    relu: bool,
 ) -> Result<Tensor> {
     let b = xs.dim(0)?;
-    let mut out = zeros(b * s.co * s.h * s.w);
-    let scale = out_scale as f32;
+    let mut out = Box::<[f32]>::new_uninit_slice(b * s.co * s.h * s.w);
+    let ep = winograd::Epilogue {
+        bias,
+        residual: None,
+        scale: out_scale as f32,
+        relu,
+    };
     let weight = weight.contiguous()?;
     with_f32(xs, |x| {
         with_stored(&weight, |w| match residual {
             Some(r) => with_f32(r, |r| {
-                winograd::conv(x, b, w, s, bias, Some(r), scale, &mut out)
+                let ep = winograd::Epilogue {
+                    residual: Some(r),
+                    ..ep
+                };
+                winograd::conv(x, b, w, s, &ep, &mut out)
             }),
             None => {
-                winograd::conv(x, b, w, s, bias, None, scale, &mut out);
+                winograd::conv(x, b, w, s, &ep, &mut out);
                 Ok(())
             }
         })
     })???;
-    Tensor::from_vec(out, (b, s.co, s.h, s.w), xs.device())
+    // SAFETY: `winograd::conv` writes every value of its output (its `transform_output` writes
+    // each row of every output plane whole, and the bands cover every row).
+    #[allow(unsafe_code)]
+    let out = unsafe { out.assume_init() };
+    Tensor::from_vec(out.into_vec(), (b, s.co, s.h, s.w), xs.device())
 }
 
 fn plain(conv: &Conv2d, xs: &Tensor, residual: Option<&Tensor>, out_scale: f64) -> Result<Tensor> {

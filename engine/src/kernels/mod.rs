@@ -34,7 +34,7 @@ mod widen;
 mod winograd;
 
 pub use attention::attention;
-pub use conv::conv2d;
+pub use conv::{conv2d, conv2d_relu};
 pub use elementwise::{geglu, linear};
 pub use group_norm::GroupNorm;
 pub use rope::rms_norm_rope;

@@ -75,6 +75,29 @@ impl Shape {
     }
 }
 
+/// What happens to each output value after the convolution: `relu((y + bias + residual) /
+/// scale)`, the bias per output channel, the residual laid out like the output.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Epilogue<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub residual: Option<&'a [f32]>,
+    pub scale: f32,
+    pub relu: bool,
+}
+
+impl Epilogue<'_> {
+    /// The scale and activation of one value that already holds its bias and residual.
+    #[inline(always)]
+    fn finish(&self, v: f32) -> f32 {
+        let v = if self.scale != 1.0 { v / self.scale } else { v };
+        if self.relu {
+            v.max(0.0)
+        } else {
+            v
+        }
+    }
+}
+
 /// Whether the Winograd path is taken for images of this shape. The choice depends on one
 /// image only, never on the batch, so that an image's result does not depend on its batch;
 /// for the same reason the GEMM must not take its small-matrix path (at most 64 rows and 64
@@ -171,10 +194,8 @@ pub(super) fn conv(
     images: usize,
     weight: Stored,
     s: &Shape,
-    bias: Option<&[f32]>,
-    residual: Option<&[f32]>,
-    scale: f32,
-    out: &mut [f32],
+    ep: &Epilogue,
+    out: &mut [MaybeUninit<f32>],
 ) {
     let (th, tw) = s.tiles();
     let plane = s.h * s.w;
@@ -200,7 +221,7 @@ pub(super) fn conv(
         },
     );
     if 16 * s.c * s.co <= LOCAL_FILTERS {
-        return by_local_bands(x, &u, s, bias, residual, scale, out);
+        return by_local_bands(x, &u, s, ep, out);
     }
     for ty0 in (0..th).step_by(band_rows) {
         let rows = band_rows.min(th - ty0);
@@ -217,28 +238,22 @@ pub(super) fn conv(
         let first = 2 * ty0 * s.w;
         out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
             let (image, o) = (i / s.co, i % s.co);
-            let residual = residual.map(|r| &r[i * plane + first..(i + 1) * plane]);
-            let bias = bias.map_or(0.0, |b| b[o]);
+            let residual = ep.residual.map(|r| &r[i * plane + first..(i + 1) * plane]);
             let m = &m[o * block(band.stride)..][..16 * band.stride];
-            transform_output(m, s, &band, image, bias, residual, scale, &mut dst[first..]);
+            transform_output(m, s, &band, image, o, ep, residual, &mut dst[first..]);
         });
     }
 }
+
+/// One band's rows of each output plane of its image.
+type OutRows<'a> = Vec<&'a mut [MaybeUninit<f32>]>;
 
 /// [`conv`] for small filter banks `u` (see [`LOCAL_FILTERS`]): every image's tile rows are cut
 /// into bands of about [`LOCAL_BAND`] values, and each band is transformed, multiplied (on one
 /// thread) and transformed back by one rayon task into its own rows of every output plane.
 /// The bands depend on the image's shape only, so an image's result does not depend on its
 /// batch or on the number of threads.
-fn by_local_bands(
-    x: &[f32],
-    u: &[f32],
-    s: &Shape,
-    bias: Option<&[f32]>,
-    residual: Option<&[f32]>,
-    scale: f32,
-    out: &mut [f32],
-) {
+fn by_local_bands(x: &[f32], u: &[f32], s: &Shape, ep: &Epilogue, out: &mut [MaybeUninit<f32>]) {
     let (th, tw) = s.tiles();
     let plane = s.h * s.w;
     let band_rows = (LOCAL_BAND / (16 * (s.c + s.co) * tw)).clamp(1, th);
@@ -246,7 +261,7 @@ fn by_local_bands(
     let span = 2 * band_rows * s.w;
     let bands = th.div_ceil(band_rows);
     // For every image and band, its rows of each of the image's output planes.
-    let mut jobs: Vec<(usize, usize, Vec<&mut [f32]>)> = Vec::new();
+    let mut jobs: Vec<(usize, usize, OutRows)> = Vec::new();
     for (image, planes) in out.chunks_mut(s.co * plane).enumerate() {
         let mut rows: Vec<_> = (0..bands).map(|b| (image, b, Vec::new())).collect();
         for dst in planes.chunks_mut(plane) {
@@ -272,10 +287,9 @@ fn by_local_bands(
         for (o, dst) in dsts.iter_mut().enumerate() {
             let i = image * s.co + o;
             let first = i * plane + 2 * ty0 * s.w;
-            let residual = residual.map(|r| &r[first..first + dst.len()]);
-            let bias = bias.map_or(0.0, |b| b[o]);
+            let residual = ep.residual.map(|r| &r[first..first + dst.len()]);
             let m = &m[o * block(band.nt)..][..16 * band.nt];
-            transform_output(m, s, &band, 0, bias, residual, scale, dst);
+            transform_output(m, s, &band, 0, o, ep, residual, dst);
         }
     });
 }
@@ -372,53 +386,57 @@ fn transform_channel(x: &[f32], s: &Shape, band: &Band, ci: usize, dst: &mut [Ma
     for p in &mut dst[16 * stride..] {
         p.write(0.0);
     }
-    let mut p = vec![0f32; 4 * pw];
+    // Rows outside the image read as zeros; so do the columns of `t` outside it (never written).
+    let zero = vec![0f32; s.w];
     let mut t = vec![0f32; 4 * pw];
+    let (mut even, mut odd) = (vec![0f32; tw + 1], vec![0f32; tw + 1]);
     simd(
         #[inline(always)]
         || {
             for (image, r) in (0..stride / nt).flat_map(|i| (0..rows).map(move |r| (i, r))) {
                 let plane = &x[(image * s.c + ci) * s.h * s.w..][..s.h * s.w];
                 let ty = ty0 + r;
-                // The four padded input rows 2ty-1 .. 2ty+2.
-                for (k, prow) in p.chunks_exact_mut(pw).enumerate() {
-                    prow.fill(0.0);
-                    let iy = 2 * ty + k;
-                    if iy >= 1 && iy - 1 < s.h {
-                        prow[1..=s.w].copy_from_slice(&plane[(iy - 1) * s.w..][..s.w]);
-                    }
-                }
-                // Bᵀ on the row index.
-                let (p0, rest) = p.split_at(pw);
-                let (p1, rest) = rest.split_at(pw);
-                let (p2, p3) = rest.split_at(pw);
+                // The four input rows 2ty-1 .. 2ty+2, read in place.
+                let input_row = |k: usize| match (2 * ty + k).checked_sub(1) {
+                    Some(iy) if iy < s.h => &plane[iy * s.w..][..s.w],
+                    _ => &zero[..],
+                };
+                let (p0, p1, p2, p3) = (input_row(0), input_row(1), input_row(2), input_row(3));
+                // Bᵀ on the row index, into columns 1..=w of the padded rows of `t`.
                 let (t0, rest) = t.split_at_mut(pw);
                 let (t1, rest) = rest.split_at_mut(pw);
                 let (t2, t3) = rest.split_at_mut(pw);
-                for j in 0..pw {
+                let cols = 1..=s.w;
+                let (t0, t1) = (&mut t0[cols.clone()], &mut t1[cols.clone()]);
+                let (t2, t3) = (&mut t2[cols.clone()], &mut t3[cols]);
+                for j in 0..s.w {
                     t0[j] = p0[j] - p2[j];
                     t1[j] = p1[j] + p2[j];
                     t2[j] = p2[j] - p1[j];
                     t3[j] = p1[j] - p3[j];
                 }
-                // B on the column index.
+                // B on the column index: tile tx reads padded columns 2tx .. 2tx + 3, that is
+                // even columns tx, tx + 1 and odd columns tx, tx + 1 (split apart first, so
+                // that the loop below reads and writes contiguous runs).
+                let base = image * nt + r * tw;
                 for (i, trow) in t.chunks_exact(pw).enumerate() {
-                    let base = image * nt + r * tw;
-                    let rows4 = &mut dst[(4 * i) * stride..(4 * i + 4) * stride];
+                    let split = even.iter_mut().zip(odd.iter_mut());
+                    for ((e, o), pair) in split.zip(trow.chunks_exact(2)) {
+                        (*e, *o) = (pair[0], pair[1]);
+                    }
+                    let (a, c) = (&even[..tw], &even[1..]);
+                    let (b, d) = (&odd[..tw], &odd[1..]);
+                    let at = |k: usize| (4 * i + k) * stride + base;
+                    let rows4 = &mut dst[at(0)..at(3) + tw];
                     let (d0, rest) = rows4.split_at_mut(stride);
                     let (d1, rest) = rest.split_at_mut(stride);
                     let (d2, d3) = rest.split_at_mut(stride);
+                    let (d0, d1, d2) = (&mut d0[..tw], &mut d1[..tw], &mut d2[..tw]);
                     for tx in 0..tw {
-                        let (a, b, c, d) = (
-                            trow[2 * tx],
-                            trow[2 * tx + 1],
-                            trow[2 * tx + 2],
-                            trow[2 * tx + 3],
-                        );
-                        d0[base + tx].write(a - c);
-                        d1[base + tx].write(b + c);
-                        d2[base + tx].write(c - b);
-                        d3[base + tx].write(b - d);
+                        d0[tx].write(a[tx] - c[tx]);
+                        d1[tx].write(b[tx] + c[tx]);
+                        d2[tx].write(c[tx] - b[tx]);
+                        d3[tx].write(b[tx] - d[tx]);
                     }
                 }
             }
@@ -426,20 +444,22 @@ fn transform_channel(x: &[f32], s: &Shape, band: &Band, ci: usize, dst: &mut [Ma
     );
 }
 
-/// `Aᵀ m A` for every tile of the band in `image` (`m` is `[16][images·nt]` for one output
-/// channel), plus `bias` and `residual`, divided by `scale`, into that channel's output rows
-/// `dst` (cropped to the image); `dst` and `residual` start at the band's first row, `2·ty0`.
+/// `Aᵀ m A` for every tile of the band in `image` (`m` is `[16][images·nt]` for output channel
+/// `o`), through the epilogue `ep`, into that channel's output rows `dst` (cropped to the
+/// image, every value written); `dst` and `residual` (this channel's part of the epilogue's)
+/// start at the band's first row, `2·ty0`.
 #[allow(clippy::too_many_arguments)]
 fn transform_output(
     m: &[f32],
     s: &Shape,
     band: &Band,
     image: usize,
-    b: f32,
+    o: usize,
+    ep: &Epilogue,
     res: Option<&[f32]>,
-    scale: f32,
-    dst: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
 ) {
+    let b = ep.bias.map_or(0.0, |b| b[o]);
     let (_, tw) = s.tiles();
     let Band {
         ty0,
@@ -448,6 +468,7 @@ fn transform_output(
         stride,
     } = *band;
     let mut srow = vec![0f32; 2 * 4 * tw];
+    let mut row = vec![0f32; s.w];
     simd(
         #[inline(always)]
         || {
@@ -476,7 +497,7 @@ fn transform_output(
                         &sr[2 * tw..3 * tw],
                         &sr[3 * tw..],
                     );
-                    let row = &mut dst[oy * s.w..][..s.w];
+                    let row = &mut row[..];
                     // Whole tiles without a branch (so that the loop vectorises), then an odd
                     // width's last column.
                     let mut pairs = row.chunks_exact_mut(2);
@@ -488,15 +509,18 @@ fn transform_output(
                         let tx = s.w / 2;
                         *y0 = c0[tx] + c1[tx] + c2[tx] + b;
                     }
-                    if let Some(res) = res {
-                        let rr = &res[oy * s.w..][..s.w];
-                        for (d, &v) in row.iter_mut().zip(rr) {
-                            *d += v;
+                    let out = &mut dst[oy * s.w..][..s.w];
+                    match res {
+                        Some(res) => {
+                            let res = &res[oy * s.w..][..s.w];
+                            for ((d, &y), &r) in out.iter_mut().zip(&*row).zip(res) {
+                                d.write(ep.finish(y + r));
+                            }
                         }
-                    }
-                    if scale != 1.0 {
-                        for d in row.iter_mut() {
-                            *d /= scale;
+                        None => {
+                            for (d, &y) in out.iter_mut().zip(&*row) {
+                                d.write(ep.finish(y));
+                            }
                         }
                     }
                 }

@@ -40,10 +40,48 @@ fn exact(x: &[f32], w: &[f32], s: &Shape) -> Vec<f64> {
     direct(x, w, s, 0f64, |acc, a, b| acc + a as f64 * b as f64)
 }
 
+/// [`conv`] of `images` images into a new vector, through the epilogue `ep`.
+fn conv_vec(x: &[f32], images: usize, w: &[f32], s: &Shape, ep: &Epilogue) -> Vec<f32> {
+    let mut out = vec![MaybeUninit::new(f32::NAN); images * s.co * s.h * s.w];
+    conv(x, images, Stored::F32(w), s, ep, &mut out);
+    // SAFETY: every element was initialised (to NaN) when the vector was made.
+    #[allow(unsafe_code)]
+    out.into_iter()
+        .map(|v| unsafe { v.assume_init() })
+        .collect()
+}
+
 fn run(s: &Shape, x: &[f32], w: &[f32], bias: Option<&[f32]>, res: Option<&[f32]>) -> Vec<f32> {
-    let mut out = vec![f32::NAN; s.co * s.h * s.w];
-    conv(x, 1, Stored::F32(w), s, bias, res, 2.0, &mut out);
-    out
+    let ep = Epilogue {
+        bias,
+        residual: res,
+        scale: 2.0,
+        relu: false,
+    };
+    conv_vec(x, 1, w, s, &ep)
+}
+
+#[test]
+fn relu_is_applied_last() {
+    // On both paths (a small filter bank, a large one), with a bias and a residual.
+    for (c, co, h, w) in [(4, 6, 9, 7), (136, 130, 5, 6)] {
+        let s = Shape { c, h, w, co };
+        let (x, wt) = (noise(c * h * w, 31), noise(co * c * 9, 32));
+        let (bias, res) = (noise(co, 33), noise(co * h * w, 34));
+        let mut ep = Epilogue {
+            bias: Some(&bias),
+            residual: Some(&res),
+            scale: 1.0,
+            relu: false,
+        };
+        let plain = conv_vec(&x, 1, &wt, &s, &ep);
+        ep.relu = true;
+        let relu = conv_vec(&x, 1, &wt, &s, &ep);
+        assert!(plain.iter().any(|v| *v < 0.0) && plain.iter().any(|v| *v > 0.0));
+        for (r, p) in relu.iter().zip(&plain) {
+            assert_eq!(r.to_bits(), p.max(0.0).to_bits(), "{c}->{co} {h}x{w}");
+        }
+    }
 }
 
 #[test]
@@ -103,31 +141,17 @@ fn images_do_not_depend_on_their_batch() {
         let wt: Vec<f32> = noise(co * c * 9, 10).iter().map(|v| v * 0.05).collect();
         let bias = noise(co, 11);
         let res = noise(3 * co * h * w, 12);
-        let mut all = vec![0f32; 3 * co * h * w];
-        conv(
-            &x,
-            3,
-            Stored::F32(&wt),
-            &s,
-            Some(&bias),
-            Some(&res),
-            1.0,
-            &mut all,
-        );
+        let ep = |residual| Epilogue {
+            bias: Some(&bias),
+            residual,
+            scale: 1.0,
+            relu: false,
+        };
+        let all = conv_vec(&x, 3, &wt, &s, &ep(Some(&res)));
         let (image, plane) = (c * h * w, co * h * w);
         for i in 0..3 {
-            let mut one = vec![0f32; plane];
             let (xi, ri) = (&x[i * image..][..image], &res[i * plane..][..plane]);
-            conv(
-                xi,
-                1,
-                Stored::F32(&wt),
-                &s,
-                Some(&bias),
-                Some(ri),
-                1.0,
-                &mut one,
-            );
+            let one = conv_vec(xi, 1, &wt, &s, &ep(Some(ri)));
             assert!(
                 one == all[i * plane..][..plane],
                 "image {i} of {c}->{co} {h}x{w}"

@@ -10,7 +10,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{conv2d, conv2d_no_bias, Conv2d, Conv2dConfig, VarBuilder};
 use serde::Deserialize;
 
-use crate::kernels::conv2d as fast_conv;
+use crate::kernels::{conv2d as fast_conv, conv2d_relu as conv_relu};
 
 /// `AutoencoderTiny`'s `config.json`, with diffusers' defaults (the original TAESD).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -177,13 +177,13 @@ impl Block {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let h = self
-            .act
-            .forward(&fast_conv(&self.convs[0], xs, None, 1.0)?)?;
-        let h = self
-            .act
-            .forward(&fast_conv(&self.convs[1], &h, None, 1.0)?)?;
-        fast_conv(&self.convs[2], &h, Some(xs), 1.0)?.relu()
+        let inner = |conv: &Conv2d, xs: &Tensor| match self.act {
+            Activation::Relu => conv_relu(conv, xs, None),
+            act => act.forward(&fast_conv(conv, xs, None, 1.0)?),
+        };
+        let h = inner(&self.convs[0], xs)?;
+        let h = inner(&self.convs[1], &h)?;
+        conv_relu(&self.convs[2], &h, Some(xs))
     }
 }
 
