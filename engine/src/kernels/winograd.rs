@@ -24,7 +24,6 @@ use rayon::prelude::*;
 
 use super::gemm::{matmul_uninit, Mat, MatUninit};
 use super::math::simd;
-use super::slices::zeros;
 use super::widen::Stored;
 
 /// Largest transformed input plus product of one band, in f32 values (64 MiB).
@@ -113,7 +112,7 @@ pub(super) fn pays_off(s: &Shape) -> bool {
 /// position `ξ = 4i + j` of `G g Gᵀ` for every input channel. The filters are first turned
 /// into nine rows of `c` values (tap by tap), so that the transform is vector arithmetic
 /// along the channels; `scratch` holds those rows and the intermediate `G g` (21·c values).
-fn transform_filters(weight: &[f32], c: usize, u: &mut [f32], scratch: &mut Vec<f32>) {
+fn transform_filters(weight: &[f32], c: usize, u: &mut [MaybeUninit<f32>], scratch: &mut Vec<f32>) {
     scratch.resize(21 * c, 0.0);
     let (taps, gg) = scratch.split_at_mut(9 * c);
     // Tap by tap: contiguous writes, reads 9 apart (cheaper than the other way round).
@@ -149,10 +148,10 @@ fn transform_filters(weight: &[f32], c: usize, u: &mut [f32], scratch: &mut Vec<
                 let (o1, rest) = rest.split_at_mut(c);
                 let (o2, o3) = rest.split_at_mut(c);
                 for ci in 0..c {
-                    o0[ci] = a[ci];
-                    o1[ci] = 0.5 * (a[ci] + b[ci] + cc[ci]);
-                    o2[ci] = 0.5 * (a[ci] - b[ci] + cc[ci]);
-                    o3[ci] = cc[ci];
+                    o0[ci].write(a[ci]);
+                    o1[ci].write(0.5 * (a[ci] + b[ci] + cc[ci]));
+                    o2[ci].write(0.5 * (a[ci] - b[ci] + cc[ci]));
+                    o3[ci].write(cc[ci]);
                 }
             }
         },
@@ -201,25 +200,32 @@ pub(super) fn conv(
     let plane = s.h * s.w;
     let threads = rayon::current_num_threads().max(1);
     let band_rows = (BUDGET / (16 * (s.c + s.co) * tw * images)).clamp(1, th);
-    let mut u = zeros(s.co * block(s.c));
+    // Not zeroed first: the transform writes every value but the padding, written here.
+    let mut u = Box::<[f32]>::new_uninit_slice(s.co * block(s.c));
     let filters = 9 * s.c;
     u.par_chunks_mut(block(s.c)).enumerate().for_each_init(
         || (Vec::new(), Vec::new()),
-        |(scratch, wide), (o, u)| match weight {
-            Stored::F32(w) => transform_filters(
-                &w[o * filters..][..filters],
-                s.c,
-                &mut u[..16 * s.c],
-                scratch,
-            ),
-            narrow => {
-                // A 16-bit filter bank is widened one output channel at a time.
-                wide.resize(filters, 0.0);
-                narrow.widen_into(o * filters, wide);
-                transform_filters(wide, s.c, &mut u[..16 * s.c], scratch);
+        |(scratch, wide), (o, u)| {
+            let (u, pad) = u.split_at_mut(16 * s.c);
+            for p in pad {
+                p.write(0.0);
+            }
+            match weight {
+                Stored::F32(w) => transform_filters(&w[o * filters..][..filters], s.c, u, scratch),
+                narrow => {
+                    // A 16-bit filter bank is widened one output channel at a time.
+                    wide.resize(filters, 0.0);
+                    narrow.widen_into(o * filters, wide);
+                    transform_filters(wide, s.c, u, scratch);
+                }
             }
         },
     );
+    // SAFETY: every block of `u` is its 16 rows of `c` values, all written by
+    // `transform_filters` (the four rows o0..o3 of each of its four passes), then the padding
+    // written above: all initialised.
+    #[allow(unsafe_code)]
+    let u = unsafe { u.assume_init() };
     if 16 * s.c * s.co <= LOCAL_FILTERS {
         return by_local_bands(x, &u, s, ep, out);
     }

@@ -117,8 +117,11 @@ fn matches_a_direct_convolution_on_odd_and_even_sizes() {
 fn filters_transform_as_the_scalar_definition() {
     let c = 37;
     let w = noise(c * 9, 21);
-    let mut u = vec![f32::NAN; 16 * c];
+    let mut u = vec![MaybeUninit::new(f32::NAN); 16 * c];
     transform_filters(&w, c, &mut u, &mut Vec::new());
+    // SAFETY: every element was initialised (to NaN) when the vector was made.
+    #[allow(unsafe_code)]
+    let u: Vec<f32> = u.into_iter().map(|v| unsafe { v.assume_init() }).collect();
     for ci in 0..c {
         let want = filter_tile(&w[ci * 9..][..9]);
         for (xi, v) in want.into_iter().enumerate() {
