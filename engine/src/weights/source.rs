@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
+use rayon::prelude::*;
 
 use super::file::{candle_dtype, SafetensorsFile, WeightsError};
 use super::storage::{is_kept, is_kernel_weight, WeightsDtype};
@@ -199,14 +200,16 @@ impl WeightSource {
 
     /// Every tensor of the component, read once: the networks are built from these very
     /// tensors ([`VarBuilder::from_tensors`]), so keeping the map (to merge LoRAs per job)
-    /// costs no extra memory.
+    /// costs no extra memory. The tensors are read by all of rayon's threads: a read is mostly
+    /// page faults (the file's pages mapped, the copy's pages zeroed by the kernel), which
+    /// run in parallel.
     pub fn read_all(
         &self,
         dtype: DType,
         device: &Device,
     ) -> Result<HashMap<String, Tensor>, WeightsError> {
         self.keys()
-            .into_iter()
+            .into_par_iter()
             .map(|k| {
                 let t = self.read(&k, dtype, device)?;
                 Ok((k, t))
