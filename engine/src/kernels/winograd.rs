@@ -178,16 +178,17 @@ fn filter_tile(g: &[f32]) -> [f32; 16] {
     u
 }
 
-/// `(conv(x) + bias + residual) / scale` for the `images` images of `x` (`[images, c, h, w]`)
-/// with the filters `weight` (`[co, c, 3, 3]`), written to `out` (`[images, co, h, w]`);
-/// `residual` laid out like `out`. The filters are transformed once per call, the input once
-/// per band of tile rows; each position is then one GEMM over the tiles of every image.
+/// The convolution of the `images` images of `x` (`[images, c, h, w]`) with the filters
+/// `weight` (`[co, c, 3, 3]`), through the epilogue `ep`, written whole to `out`
+/// (`[images, co, h, w]`). The filters are transformed once per call; the input is then
+/// transformed, multiplied (one GEMM per position) and transformed back band by band: per
+/// thread in cache for small filter banks ([`by_local_bands`]), layer-wide otherwise
+/// ([`by_layer_bands`]).
 ///
 /// An image's result does not depend on the batch it is in: the GEMM's blocking along the
 /// reduction depends only on `c` outside its small-matrix path, which [`pays_off`] keeps
 /// out of reach, so every output is summed in the same order whatever the number of columns
 /// (`tests::images_do_not_depend_on_their_batch`).
-#[allow(clippy::too_many_arguments)]
 pub(super) fn conv(
     x: &[f32],
     images: usize,
@@ -196,10 +197,17 @@ pub(super) fn conv(
     ep: &Epilogue,
     out: &mut [MaybeUninit<f32>],
 ) {
-    let (th, tw) = s.tiles();
-    let plane = s.h * s.w;
-    let threads = rayon::current_num_threads().max(1);
-    let band_rows = (BUDGET / (16 * (s.c + s.co) * tw * images)).clamp(1, th);
+    let u = transformed_filters(weight, s);
+    if 16 * s.c * s.co <= LOCAL_FILTERS {
+        by_local_bands(x, &u, s, ep, out)
+    } else {
+        by_layer_bands(x, images, &u, s, ep, out)
+    }
+}
+
+/// Every output channel's filters transformed ([`transform_filters`]) as `[co][16][c]`, with
+/// [`PAD`] values after each channel; 16-bit filters are widened one output channel at a time.
+fn transformed_filters(weight: Stored, s: &Shape) -> Box<[f32]> {
     // Not zeroed first: the transform writes every value but the padding, written here.
     let mut u = Box::<[f32]>::new_uninit_slice(s.co * block(s.c));
     let filters = 9 * s.c;
@@ -213,7 +221,6 @@ pub(super) fn conv(
             match weight {
                 Stored::F32(w) => transform_filters(&w[o * filters..][..filters], s.c, u, scratch),
                 narrow => {
-                    // A 16-bit filter bank is widened one output channel at a time.
                     wide.resize(filters, 0.0);
                     narrow.widen_into(o * filters, wide);
                     transform_filters(wide, s.c, u, scratch);
@@ -225,10 +232,25 @@ pub(super) fn conv(
     // `transform_filters` (the four rows o0..o3 of each of its four passes), then the padding
     // written above: all initialised.
     #[allow(unsafe_code)]
-    let u = unsafe { u.assume_init() };
-    if 16 * s.c * s.co <= LOCAL_FILTERS {
-        return by_local_bands(x, &u, s, ep, out);
+    unsafe {
+        u.assume_init()
     }
+}
+
+/// [`conv`] for large filter banks `u`: each step runs layer-wide on all threads, over bands
+/// of tile rows (of every image) whose transformed input and products stay under [`BUDGET`].
+fn by_layer_bands(
+    x: &[f32],
+    images: usize,
+    u: &[f32],
+    s: &Shape,
+    ep: &Epilogue,
+    out: &mut [MaybeUninit<f32>],
+) {
+    let (th, tw) = s.tiles();
+    let plane = s.h * s.w;
+    let threads = rayon::current_num_threads().max(1);
+    let band_rows = (BUDGET / (16 * (s.c + s.co) * tw * images)).clamp(1, th);
     for ty0 in (0..th).step_by(band_rows) {
         let rows = band_rows.min(th - ty0);
         let nt = rows * tw;
@@ -239,7 +261,7 @@ pub(super) fn conv(
             stride: images * nt,
         };
         let v = transform_input(x, s, &band, true);
-        let m = products(&u, &v, s.co, s.c, band.stride, threads);
+        let m = products(u, &v, s.co, s.c, band.stride, threads);
         drop(v);
         let first = 2 * ty0 * s.w;
         out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {

@@ -260,9 +260,8 @@ pub fn repaint_everything(model: &Model, settings: &Settings) -> Result<Tensor> 
 
 /// Decodes each image of `latents` `[batch, C, h, w]`, one at a time to bound memory (before
 /// the full VAE, after giving the allocator's free memory back, see
-/// [`crate::kernels::malloc::release_free`]); NaN or
-/// infinite latents or pixels fail with [`Error::NonFinite`] naming the stage, instead of
-/// a black picture.
+/// [`crate::kernels::malloc::release_free`]); NaN or infinite latents or pixels fail with
+/// [`Error::NonFinite`] naming the stage, instead of a black picture.
 pub fn decode_all(model: &Model, latents: &Tensor) -> Result<Vec<RgbImage>> {
     check_finite(latents, "latents", "denoising")?;
     // The full VAE's decode is a job's memory peak: what the allocator kept free from the
