@@ -29,6 +29,21 @@ pub(crate) fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
     with_f32(t, |s| s.to_vec())
 }
 
+/// `f` on each `(index, chunk)` of `data` cut into chunks of `size`: on all rayon threads when
+/// `parallel`, in order on this one otherwise.
+pub(crate) fn for_each_chunk<T: Send>(
+    data: &mut [T],
+    size: usize,
+    parallel: bool,
+    f: impl Fn((usize, &mut [T])) + Sync + Send,
+) {
+    if parallel {
+        data.par_chunks_mut(size).enumerate().for_each(f);
+    } else {
+        data.chunks_mut(size).enumerate().for_each(f);
+    }
+}
+
 /// `n` zeros, written by all rayon threads in large blocks (a large `vec![0.0; n]` is zeroed
 /// by the calling thread alone whenever the allocator hands back memory it had before).
 pub(crate) fn zeros<T: Copy + Default + Send + Sync>(n: usize) -> Vec<T> {

@@ -24,6 +24,7 @@ use rayon::prelude::*;
 
 use super::gemm::{matmul_uninit, Mat, MatUninit};
 use super::math::simd;
+use super::slices::for_each_chunk;
 use super::widen::Stored;
 
 /// Largest transformed input plus product of one band, in f32 values (64 MiB).
@@ -381,17 +382,9 @@ struct Band {
 fn transform_input(x: &[f32], s: &Shape, band: &Band, parallel: bool) -> Box<[f32]> {
     // Not zeroed first: every value but the padding is written below, the padding here.
     let mut v = Box::<[f32]>::new_uninit_slice(s.c * block(band.stride));
-    let channel =
-        |(ci, dst): (usize, &mut [MaybeUninit<f32>])| transform_channel(x, s, band, ci, dst);
-    if parallel {
-        v.par_chunks_mut(block(band.stride))
-            .enumerate()
-            .for_each(channel);
-    } else {
-        v.chunks_mut(block(band.stride))
-            .enumerate()
-            .for_each(channel);
-    }
+    for_each_chunk(&mut v, block(band.stride), parallel, |(ci, dst)| {
+        transform_channel(x, s, band, ci, dst)
+    });
     // SAFETY: for every channel, the loops above wrote rows 4i .. 4i + 3 (i < 4) at columns
     // image·nt + r·tw + tx for every image, tile row r < rows and tile tx < tw, which is every
     // column below stride = images·nt; and the padding after the 16 rows: all initialised.

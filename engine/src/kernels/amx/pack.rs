@@ -10,11 +10,9 @@
 //! whole tiles and to an even number of 16-row (16-column) blocks, so the micro-kernel always
 //! works on 32 × 32 blocks of the output.
 
-use rayon::prelude::*;
-
 use super::super::gemm::Mat;
 use super::super::math::simd;
-use super::super::slices::zeros;
+use super::super::slices::{for_each_chunk, zeros};
 
 /// Values of one tile, as pairs of bf16 in a `u32` (the lower half first in memory): 16 rows
 /// of 16 pairs.
@@ -139,17 +137,7 @@ impl Packed {
     /// `parallel`.
     fn fill_blocks(&mut self, parallel: bool, fill: impl Fn((usize, &mut [u32])) + Sync + Send) {
         let stride = self.block_stride();
-        if parallel {
-            self.data_mut()
-                .par_chunks_mut(stride)
-                .enumerate()
-                .for_each(fill);
-        } else {
-            self.data_mut()
-                .chunks_mut(stride)
-                .enumerate()
-                .for_each(fill);
-        }
+        for_each_chunk(self.data_mut(), stride, parallel, fill);
     }
 
     /// Values between the tiles of consecutive blocks.
