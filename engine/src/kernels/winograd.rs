@@ -1,18 +1,17 @@
-//! 3x3, stride-1, padding-1 convolutions by Winograd's minimal filtering F(2x2, 3x3)
-//! (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2015).
+//! 3x3, stride-1, padding-1 convolutions by Winograd's minimal filtering F(m x m, 3x3)
+//! (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2015), m = 2 or 4
+//! ([`Tiling`]).
 //!
-//! Each 2x2 block of output pixels is computed from the 4x4 input patch around it with 16
-//! multiplications per (input, output) channel pair instead of 36: the patch is transformed
-//! (`Bᵀ d B`), the 3x3 filter is transformed (`G g Gᵀ`), the 16 transformed positions are
-//! multiplied channel-by-channel as 16 independent GEMMs `[c_out, c_in] × [c_in, tiles]`, and
-//! the 4x4 products are transformed back (`Aᵀ m A`). The GEMMs do 2.25x fewer FLOPs than the
-//! im2col GEMM; the transforms are cheap passes over memory.
+//! Each m x m block of output pixels is computed from the n x n input patch around it
+//! (n = m + 2) with n² multiplications per (input, output) channel pair instead of 9m²: the
+//! patch is transformed (`Bᵀ d B`), the 3x3 filter is transformed (`G g Gᵀ`), the n² transformed
+//! positions are multiplied channel-by-channel as n² independent GEMMs `[c_out, c_in] ×
+//! [c_in, tiles]`, and the products are transformed back (`Aᵀ m A`). The GEMMs do 2.25x
+//! (F(2x2, 3x3)) or 4x (F(4x4, 3x3)) fewer FLOPs than the im2col GEMM; the transforms are
+//! cheap passes over memory. [`tiling`] picks the tiling by the layer's shape.
 //!
-//! Numerics: the math is f32 throughout. F(2x2, 3x3)'s transform matrices hold only 0, ±1 and
-//! ±½ (exact in binary), so the result differs from a direct convolution only by the rounding
-//! of a few extra additions; `tests::error_is_that_of_a_direct_convolution` checks against an
-//! f64 reference that its error stays within a small factor of im2col's own. (The larger tiles
-//! F(4x4, 3x3) would save more but lose about a decimal digit, so they are not used.)
+//! Numerics: the math is f32 throughout; `tests::error_is_that_of_a_direct_convolution`
+//! checks each tiling's error against an f64 reference (see [`tiling`] for how they differ).
 //!
 //! Each image is its own set of GEMMs (an image's result does not depend on its batch), and
 //! large maps are cut into bands of tile rows so that the transformed input and product stay
@@ -27,16 +26,27 @@ use super::math::simd;
 use super::slices::for_each_chunk;
 use super::widen::Stored;
 
+mod tiling;
+
+pub(super) use tiling::Tiling;
+use tiling::{input_cols, input_rows, output_cols, output_rows, transform_filters};
+
 /// Largest transformed input plus product of one band, in f32 values (64 MiB).
 const BUDGET: usize = 16 << 20;
 
-/// Largest transformed filter bank (in f32 values, 1 MiB) for which each thread takes whole
-/// bands of [`LOCAL_BAND`] values through all three steps by itself. With few channels (TAESD's
-/// 64, the VAE's 128 at full resolution) the steps are passes over memory more than arithmetic:
-/// done layer-wide, the transformed input and the products (4x the map each) stream through
-/// main memory twice; done band by band on one thread they stay in its cache, and the small
-/// filter bank is read from cache too. Larger banks would be re-read per band.
-const LOCAL_FILTERS: usize = 1 << 18;
+/// Largest transformed filter bank (in f32 values, 16 MiB: half the L3 of the machines
+/// measured) for which each thread takes whole bands of [`LOCAL_BAND`] values through all
+/// three steps by itself (the local path). The steps are passes over memory as much as
+/// arithmetic: done layer-wide, the transformed input and the products (2.25–4x the map each)
+/// stream through main memory twice; done band by band on one thread they stay in its cache,
+/// while the filter bank is re-read per band from the shared cache. Larger banks (the UNet's
+/// 640 channels and up) would be re-read from memory: measured slower.
+const LOCAL_FILTERS: usize = 1 << 22;
+
+/// Fewest tiles of a band on the local path: fewer make the GEMMs too narrow, and at most 64
+/// would let a layer of at most 64 output channels take the GEMM's small-matrix path, which
+/// sums in another order than the layer-wide path's GEMMs.
+const MIN_BAND_TILES: usize = 65;
 
 /// Transformed input plus product of one thread's band on the local path, in f32 values
 /// (1 MiB; at least one tile row).
@@ -48,14 +58,14 @@ const LOCAL_BAND: usize = 1 << 18;
 /// sets and evict one another while it packs them.
 const PAD: usize = 16;
 
-/// Length of one channel's block: the 16 positions of `len` values each, then [`PAD`].
-fn block(len: usize) -> usize {
-    16 * len + PAD
+/// Length of one channel's block: the tiling's positions of `len` values each, then [`PAD`].
+fn block(t: Tiling, len: usize) -> usize {
+    t.positions() * len + PAD
 }
 
-/// Fewest 2x2 tiles per image for which Winograd pays off (an 8x8 map has 16). It saves
-/// about 5·c·co multiply-adds per output pixel, but transforms the filters once per call:
-/// writing and re-reading 16·c·co values. Measured on the SD 1.5 UNet's layers, a
+/// Fewest tiles per image for which Winograd pays off (an 8x8 map has 16 of F(2x2, 3x3)). It
+/// saves about 5·c·co multiply-adds per output pixel, but transforms the filters once per
+/// call: writing and re-reading 16·c·co values. Measured on the SD 1.5 UNet's layers, a
 /// 1280-channel layer at 16x16 is already faster by Winograd for one image (34 ms against
 /// 43 ms by im2col), at 8x8 slower even for two.
 pub(super) const MIN_TILES: usize = 64;
@@ -70,8 +80,9 @@ pub(super) struct Shape {
 }
 
 impl Shape {
-    fn tiles(&self) -> (usize, usize) {
-        (self.h.div_ceil(2), self.w.div_ceil(2))
+    /// Tile rows and tiles per row of the tiling `t`.
+    fn tiles(&self, t: Tiling) -> (usize, usize) {
+        (self.h.div_ceil(t.m()), self.w.div_ceil(t.m()))
     }
 }
 
@@ -98,96 +109,41 @@ impl Epilogue<'_> {
     }
 }
 
-/// Whether the Winograd path is taken for images of this shape. The choice depends on one
-/// image only, never on the batch, so that an image's result does not depend on its batch;
-/// for the same reason the GEMM must not take its small-matrix path (at most 64 rows and 64
-/// columns, which blocks the reduction differently) for one image when it would not for
-/// several: layers of at most 64 output channels need more than 64 tiles.
-pub(super) fn pays_off(s: &Shape) -> bool {
-    let (th, tw) = s.tiles();
+/// The tiling the Winograd path takes for images of this shape, `None` for im2col. The
+/// choice depends on one image only, never on the batch, so that an image's result does not
+/// depend on its batch; for the same reason the GEMM must not take its small-matrix path (at
+/// most 64 rows and 64 columns, which blocks the reduction differently) for one image when it
+/// would not for several: layers of at most 64 output channels need more than 64 tiles.
+pub(super) fn tiling(s: &Shape) -> Option<Tiling> {
+    if s.h * s.w >= F4_PIXELS && usable(s, Tiling::F4) {
+        return Some(Tiling::F4);
+    }
+    usable(s, Tiling::F2).then_some(Tiling::F2)
+}
+
+/// Fewest pixels per image from which F(4x4, 3x3) is used (64x64 maps and up). Its filter
+/// bank is 2.25x F(2x2, 3x3)'s, transformed per call, so it pays off only over many tiles:
+/// measured on a 2-core Zen 5 in the SD 1.5 UNet and VAE, it is faster at 64x64 and above
+/// (the VAE's 512 channels at 128x128 by 15–20%, TAESD's 64 channels at 512x512 by 20%), and
+/// at 32x32 slower for 640 channels and more.
+const F4_PIXELS: usize = 64 * 64;
+
+/// Whether the tiling `t` pays off and keeps images independent of their batch (see [`tiling`]).
+pub(super) fn usable(s: &Shape, t: Tiling) -> bool {
+    let (th, tw) = s.tiles(t);
     let tiles = th * tw;
     tiles >= MIN_TILES && (s.co > 64 || tiles > 64)
 }
 
-/// One output channel's filters `weight` (`[c, 3, 3]`) transformed into `u` as `[16][c]`:
-/// position `ξ = 4i + j` of `G g Gᵀ` for every input channel. The filters are first turned
-/// into nine rows of `c` values (tap by tap), so that the transform is vector arithmetic
-/// along the channels; `scratch` holds those rows and the intermediate `G g` (21·c values).
-fn transform_filters(weight: &[f32], c: usize, u: &mut [MaybeUninit<f32>], scratch: &mut Vec<f32>) {
-    scratch.resize(21 * c, 0.0);
-    let (taps, gg) = scratch.split_at_mut(9 * c);
-    // Tap by tap: contiguous writes, reads 9 apart (cheaper than the other way round).
-    for (k, row) in taps.chunks_exact_mut(c).enumerate() {
-        for (t, g) in row.iter_mut().zip(weight.chunks_exact(9)) {
-            *t = g[k];
-        }
-    }
-    simd(
-        #[inline(always)]
-        || {
-            let tap = |k: usize| &taps[k * c..][..c];
-            // G g, column by column: rows g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2 (as filter_tile).
-            for k in 0..3 {
-                let (a, b, cc) = (tap(k), tap(3 + k), tap(6 + k));
-                let rows = &mut gg[k * 4 * c..][..4 * c];
-                let (r0, rest) = rows.split_at_mut(c);
-                let (r1, rest) = rest.split_at_mut(c);
-                let (r2, r3) = rest.split_at_mut(c);
-                for ci in 0..c {
-                    r0[ci] = a[ci];
-                    r1[ci] = 0.5 * (a[ci] + b[ci] + cc[ci]);
-                    r2[ci] = 0.5 * (a[ci] - b[ci] + cc[ci]);
-                    r3[ci] = cc[ci];
-                }
-            }
-            // (G g) Gᵀ, row i of G g: a, (a+b+c)/2, (a-b+c)/2, c from its three columns.
-            for i in 0..4 {
-                let col = |k: usize| &gg[(k * 4 + i) * c..][..c];
-                let (a, b, cc) = (col(0), col(1), col(2));
-                let out = &mut u[4 * i * c..][..4 * c];
-                let (o0, rest) = out.split_at_mut(c);
-                let (o1, rest) = rest.split_at_mut(c);
-                let (o2, o3) = rest.split_at_mut(c);
-                for ci in 0..c {
-                    o0[ci].write(a[ci]);
-                    o1[ci].write(0.5 * (a[ci] + b[ci] + cc[ci]));
-                    o2[ci].write(0.5 * (a[ci] - b[ci] + cc[ci]));
-                    o3[ci].write(cc[ci]);
-                }
-            }
-        },
-    );
-}
-
-/// `G g Gᵀ` for one 3x3 filter `g` (row-major), row-major 4x4: the scalar definition
-/// [`transform_filters`] vectorises, kept for its test.
-#[cfg(test)]
-fn filter_tile(g: &[f32]) -> [f32; 16] {
-    // G g: rows g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2 (each a 3-vector).
-    let mut gg = [[0f32; 3]; 4];
-    for k in 0..3 {
-        let (a, b, c) = (g[k], g[3 + k], g[6 + k]);
-        gg[0][k] = a;
-        gg[1][k] = 0.5 * (a + b + c);
-        gg[2][k] = 0.5 * (a - b + c);
-        gg[3][k] = c;
-    }
-    let mut u = [0f32; 16];
-    for (i, [a, b, c]) in gg.into_iter().enumerate() {
-        u[4 * i..4 * i + 4].copy_from_slice(&[a, 0.5 * (a + b + c), 0.5 * (a - b + c), c]);
-    }
-    u
-}
-
 /// The convolution of the `images` images of `x` (`[images, c, h, w]`) with the filters
-/// `weight` (`[co, c, 3, 3]`), through the epilogue `ep`, written whole to `out`
-/// (`[images, co, h, w]`). The filters are transformed once per call; the input is then
+/// `weight` (`[co, c, 3, 3]`) by the tiling `t`, through the epilogue `ep`, written whole to
+/// `out` (`[images, co, h, w]`). The filters are transformed once per call; the input is then
 /// transformed, multiplied (one GEMM per position) and transformed back band by band: per
 /// thread in cache for small filter banks ([`by_local_bands`]), layer-wide otherwise
 /// ([`by_layer_bands`]).
 ///
 /// An image's result does not depend on the batch it is in: the GEMM's blocking along the
-/// reduction depends only on `c` outside its small-matrix path, which [`pays_off`] keeps
+/// reduction depends only on `c` outside its small-matrix path, which [`tiling`] keeps
 /// out of reach, so every output is summed in the same order whatever the number of columns
 /// (`tests::images_do_not_depend_on_their_batch`).
 pub(super) fn conv(
@@ -195,43 +151,49 @@ pub(super) fn conv(
     images: usize,
     weight: Stored,
     s: &Shape,
+    t: Tiling,
     ep: &Epilogue,
     out: &mut [MaybeUninit<f32>],
 ) {
-    let u = transformed_filters(weight, s);
-    if 16 * s.c * s.co <= LOCAL_FILTERS {
-        by_local_bands(x, &u, s, ep, out)
+    let u = transformed_filters(weight, s, t);
+    let (th, _) = s.tiles(t);
+    let jobs = images * th.div_ceil(local_band_rows(s, t));
+    let bank = t.positions() * s.c * s.co;
+    if jobs >= rayon::current_num_threads() && bank <= LOCAL_FILTERS {
+        by_local_bands(x, &u, s, t, ep, out)
     } else {
-        by_layer_bands(x, images, &u, s, ep, out)
+        by_layer_bands(x, images, &u, s, t, ep, out)
     }
 }
 
-/// Every output channel's filters transformed ([`transform_filters`]) as `[co][16][c]`, with
-/// [`PAD`] values after each channel; 16-bit filters are widened one output channel at a time.
-fn transformed_filters(weight: Stored, s: &Shape) -> Box<[f32]> {
+/// Every output channel's filters transformed ([`transform_filters`]) as `[co][positions][c]`,
+/// with [`PAD`] values after each channel; 16-bit filters are widened one output channel at a
+/// time.
+fn transformed_filters(weight: Stored, s: &Shape, t: Tiling) -> Box<[f32]> {
     // Not zeroed first: the transform writes every value but the padding, written here.
-    let mut u = Box::<[f32]>::new_uninit_slice(s.co * block(s.c));
+    let mut u = Box::<[f32]>::new_uninit_slice(s.co * block(t, s.c));
     let filters = 9 * s.c;
-    u.par_chunks_mut(block(s.c)).enumerate().for_each_init(
+    u.par_chunks_mut(block(t, s.c)).enumerate().for_each_init(
         || (Vec::new(), Vec::new()),
         |(scratch, wide), (o, u)| {
-            let (u, pad) = u.split_at_mut(16 * s.c);
+            let (u, pad) = u.split_at_mut(t.positions() * s.c);
             for p in pad {
                 p.write(0.0);
             }
             match weight {
-                Stored::F32(w) => transform_filters(&w[o * filters..][..filters], s.c, u, scratch),
+                Stored::F32(w) => {
+                    transform_filters(t, &w[o * filters..][..filters], s.c, u, scratch)
+                }
                 narrow => {
                     wide.resize(filters, 0.0);
                     narrow.widen_into(o * filters, wide);
-                    transform_filters(wide, s.c, u, scratch);
+                    transform_filters(t, wide, s.c, u, scratch);
                 }
             }
         },
     );
-    // SAFETY: every block of `u` is its 16 rows of `c` values, all written by
-    // `transform_filters` (the four rows o0..o3 of each of its four passes), then the padding
-    // written above: all initialised.
+    // SAFETY: every block of `u` is its rows of `c` values, one per position, all written by
+    // `transform_filters`, then the padding written above: all initialised.
     #[allow(unsafe_code)]
     unsafe {
         u.assume_init()
@@ -245,49 +207,68 @@ fn by_layer_bands(
     images: usize,
     u: &[f32],
     s: &Shape,
+    t: Tiling,
     ep: &Epilogue,
     out: &mut [MaybeUninit<f32>],
 ) {
-    let (th, tw) = s.tiles();
+    let (th, tw) = s.tiles(t);
     let plane = s.h * s.w;
     let threads = rayon::current_num_threads().max(1);
-    let band_rows = (BUDGET / (16 * (s.c + s.co) * tw * images)).clamp(1, th);
+    let band_rows = (BUDGET / (t.positions() * (s.c + s.co) * tw * images)).clamp(1, th);
     for ty0 in (0..th).step_by(band_rows) {
         let rows = band_rows.min(th - ty0);
         let nt = rows * tw;
         let band = Band {
+            t,
             ty0,
             rows,
             nt,
             stride: images * nt,
         };
         let v = transform_input(x, s, &band, true);
-        let m = products(u, &v, s.co, s.c, band.stride, threads);
+        let m = products(u, &v, s.co, s.c, &band, threads);
         drop(v);
-        let first = 2 * ty0 * s.w;
+        let first = t.m() * ty0 * s.w;
         out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
             let (image, o) = (i / s.co, i % s.co);
             let residual = ep.residual.map(|r| &r[i * plane + first..(i + 1) * plane]);
-            let m = &m[o * block(band.stride)..][..16 * band.stride];
+            let m = &m[o * block(t, band.stride)..][..t.positions() * band.stride];
             transform_output(m, s, &band, image, o, ep, residual, &mut dst[first..]);
         });
     }
 }
 
+/// Tile rows per band on the local path: about [`LOCAL_BAND`] values, at least
+/// [`MIN_BAND_TILES`] tiles.
+fn local_band_rows(s: &Shape, t: Tiling) -> usize {
+    let (th, tw) = s.tiles(t);
+    (LOCAL_BAND / (t.positions() * (s.c + s.co) * tw))
+        .max(MIN_BAND_TILES.div_ceil(tw))
+        .clamp(1, th)
+}
+
 /// One band's rows of each output plane of its image.
 type OutRows<'a> = Vec<&'a mut [MaybeUninit<f32>]>;
 
-/// [`conv`] for small filter banks `u` (see [`LOCAL_FILTERS`]): every image's tile rows are cut
-/// into bands of about [`LOCAL_BAND`] values, and each band is transformed, multiplied (on one
-/// thread) and transformed back by one rayon task into its own rows of every output plane.
-/// The bands depend on the image's shape only, so an image's result does not depend on its
-/// batch or on the number of threads.
-fn by_local_bands(x: &[f32], u: &[f32], s: &Shape, ep: &Epilogue, out: &mut [MaybeUninit<f32>]) {
-    let (th, tw) = s.tiles();
+/// [`conv`] for filter banks `u` of at most [`LOCAL_FILTERS`] values when every thread gets a
+/// band: every image's tile rows are cut into bands ([`local_band_rows`]), and each band is
+/// transformed, multiplied (on one thread) and transformed back by one rayon task into its own
+/// rows of every output plane. Its results equal the layer-wide path's bit for bit (the GEMMs
+/// sum in the same order; `tests::both_paths_give_the_same_bits`), so that the choice may
+/// depend on the batch and the threads.
+fn by_local_bands(
+    x: &[f32],
+    u: &[f32],
+    s: &Shape,
+    t: Tiling,
+    ep: &Epilogue,
+    out: &mut [MaybeUninit<f32>],
+) {
+    let (th, tw) = s.tiles(t);
     let plane = s.h * s.w;
-    let band_rows = (LOCAL_BAND / (16 * (s.c + s.co) * tw)).clamp(1, th);
-    // Output rows 2·ty0 .. of a band: `band_rows` tile rows are 2·band_rows pixel rows.
-    let span = 2 * band_rows * s.w;
+    let band_rows = local_band_rows(s, t);
+    // Output rows m·ty0 .. of a band: `band_rows` tile rows are m·band_rows pixel rows.
+    let span = t.m() * band_rows * s.w;
     let bands = th.div_ceil(band_rows);
     // For every image and band, its rows of each of the image's output planes.
     let mut jobs: Vec<(usize, usize, OutRows)> = Vec::new();
@@ -304,6 +285,7 @@ fn by_local_bands(x: &[f32], u: &[f32], s: &Shape, ep: &Epilogue, out: &mut [May
         let ty0 = b * band_rows;
         let rows = band_rows.min(th - ty0);
         let band = Band {
+            t,
             ty0,
             rows,
             nt: rows * tw,
@@ -311,167 +293,145 @@ fn by_local_bands(x: &[f32], u: &[f32], s: &Shape, ep: &Epilogue, out: &mut [May
         };
         let x = &x[image * s.c * plane..][..s.c * plane];
         let v = transform_input(x, s, &band, false);
-        let m = products(u, &v, s.co, s.c, band.nt, 1);
+        let m = products(u, &v, s.co, s.c, &band, 1);
         drop(v);
         for (o, dst) in dsts.iter_mut().enumerate() {
             let i = image * s.co + o;
-            let first = i * plane + 2 * ty0 * s.w;
+            let first = i * plane + t.m() * ty0 * s.w;
             let residual = ep.residual.map(|r| &r[first..first + dst.len()]);
-            let m = &m[o * block(band.nt)..][..16 * band.nt];
+            let m = &m[o * block(t, band.nt)..][..t.positions() * band.nt];
             transform_output(m, s, &band, 0, o, ep, residual, dst);
         }
     });
 }
 
-/// The 16 position-wise GEMMs `m[o][ξ] = u[o][ξ] · v[ξ]` for `n` output channels: `u` is
-/// `[n][16][c]`, `v` is `[c][16][nt]`, the result `m` is `[n][16][nt]` (`nt` columns: tiles),
-/// each with [`PAD`] values after every channel's block. `m` is not zeroed first: the GEMMs
-/// write all of it but the padding, which is written here.
-fn products(u: &[f32], v: &[f32], n: usize, c: usize, nt: usize, threads: usize) -> Box<[f32]> {
-    let mut m = Box::<[f32]>::new_uninit_slice(n * block(nt));
-    for xi in 0..16 {
+/// The position-wise GEMMs `m[o][ξ] = u[o][ξ] · v[ξ]` for `n` output channels: `u` is
+/// `[n][positions][c]`, `v` is `[c][positions][stride]`, the result `m` is
+/// `[n][positions][stride]` (the band's `stride` columns: tiles), each with [`PAD`] values
+/// after every channel's block. `m` is not zeroed first: the GEMMs write all of it but the
+/// padding, which is written here.
+fn products(u: &[f32], v: &[f32], n: usize, c: usize, band: &Band, threads: usize) -> Box<[f32]> {
+    let (t, nt) = (band.t, band.stride);
+    let mut m = Box::<[f32]>::new_uninit_slice(n * block(t, nt));
+    for xi in 0..t.positions() {
         matmul_uninit(
             MatUninit {
                 data: &mut m[xi * nt..],
                 rows: n,
                 cols: nt,
-                stride: block(nt),
+                stride: block(t, nt),
             },
             Mat {
                 data: &u[xi * c..],
                 rows: n,
                 cols: c,
-                stride: block(c),
+                stride: block(t, c),
             },
             Mat {
                 data: &v[xi * nt..],
                 rows: c,
                 cols: nt,
-                stride: block(nt),
+                stride: block(t, nt),
             },
             threads,
         );
     }
-    for pad in m.chunks_exact_mut(block(nt)) {
-        for p in &mut pad[16 * nt..] {
+    for pad in m.chunks_exact_mut(block(t, nt)) {
+        for p in &mut pad[t.positions() * nt..] {
             p.write(0.0);
         }
     }
     // SAFETY: for every channel o, the GEMM of position ξ wrote the `nt` values from
-    // o·block(nt) + ξ·nt on, so the 16 positions cover o·block(nt) .. o·block(nt) + 16·nt,
-    // and the loop above the padding after it: every element is initialised.
+    // o·block + ξ·nt on, so the positions cover o·block .. o·block + positions·nt, and the
+    // loop above the padding after it: every element is initialised.
     #[allow(unsafe_code)]
     unsafe {
         m.assume_init()
     }
 }
 
-/// Tile rows `ty0..ty0 + rows` (`nt` tiles per image) of every image; the transformed
-/// input and the products hold `stride` = images·nt columns per row, image after image.
+/// Tile rows `ty0..ty0 + rows` (`nt` tiles per image) of every image, in the tiling `t`; the
+/// transformed input and the products hold `stride` = images·nt columns per row, image after
+/// image.
 struct Band {
+    t: Tiling,
     ty0: usize,
     rows: usize,
     nt: usize,
     stride: usize,
 }
 
-/// `Bᵀ d B` for the 4x4 input patch of every tile of the band, every image, as
-/// `[c][16][images·nt]` with [`PAD`] values after each channel; the patch of tile (ty, tx)
-/// starts at input (2ty − 1, 2tx − 1), with zeros outside the image. The channels are
-/// shared among rayon's threads when `parallel`.
+/// `Bᵀ d B` for the n x n input patch of every tile of the band, every image, as
+/// `[c][positions][images·nt]` with [`PAD`] values after each channel; the patch of tile
+/// (ty, tx) starts at input (m·ty − 1, m·tx − 1), with zeros outside the image. The channels
+/// are shared among rayon's threads when `parallel`.
 fn transform_input(x: &[f32], s: &Shape, band: &Band, parallel: bool) -> Box<[f32]> {
     // Not zeroed first: every value but the padding is written below, the padding here.
-    let mut v = Box::<[f32]>::new_uninit_slice(s.c * block(band.stride));
-    for_each_chunk(&mut v, block(band.stride), parallel, |(ci, dst)| {
+    let mut v = Box::<[f32]>::new_uninit_slice(s.c * block(band.t, band.stride));
+    for_each_chunk(&mut v, block(band.t, band.stride), parallel, |(ci, dst)| {
         transform_channel(x, s, band, ci, dst)
     });
-    // SAFETY: for every channel, the loops above wrote rows 4i .. 4i + 3 (i < 4) at columns
-    // image·nt + r·tw + tx for every image, tile row r < rows and tile tx < tw, which is every
-    // column below stride = images·nt; and the padding after the 16 rows: all initialised.
+    // SAFETY: for every channel, `transform_channel` wrote rows n·i .. n·i + n - 1 (i < n)
+    // at columns image·nt + r·tw + tx for every image, tile row r < rows and tile tx < tw,
+    // which is every column below stride = images·nt; and the padding after the rows: all
+    // initialised.
     #[allow(unsafe_code)]
     unsafe {
         v.assume_init()
     }
 }
 
-/// Input channel `ci` of [`transform_input`] into `dst` (its 16 rows and padding).
+/// Input channel `ci` of [`transform_input`] into `dst` (its rows and padding).
 fn transform_channel(x: &[f32], s: &Shape, band: &Band, ci: usize, dst: &mut [MaybeUninit<f32>]) {
-    let (_, tw) = s.tiles();
     let Band {
+        t,
         ty0,
         rows,
         nt,
         stride,
     } = *band;
-    let pw = 2 * tw + 2;
-    for p in &mut dst[16 * stride..] {
+    let (_, tw) = s.tiles(t);
+    let (m, n) = (t.m(), t.n());
+    let pw = m * tw + 2;
+    for p in &mut dst[t.positions() * stride..] {
         p.write(0.0);
     }
-    // Rows outside the image read as zeros; so do the columns of `t` outside it (never written).
+    // Rows outside the image read as zeros; so do the columns of `padded` outside it (never
+    // written).
     let zero = vec![0f32; s.w];
-    let mut t = vec![0f32; 4 * pw];
-    let (mut even, mut odd) = (vec![0f32; tw + 1], vec![0f32; tw + 1]);
+    let mut padded = vec![0f32; n * pw];
+    let mut phases = vec![0f32; m * (tw + 1)];
     simd(
         #[inline(always)]
         || {
             for (image, r) in (0..stride / nt).flat_map(|i| (0..rows).map(move |r| (i, r))) {
                 let plane = &x[(image * s.c + ci) * s.h * s.w..][..s.h * s.w];
                 let ty = ty0 + r;
-                // The four input rows 2ty-1 .. 2ty+2, read in place.
-                let input_row = |k: usize| match (2 * ty + k).checked_sub(1) {
-                    Some(iy) if iy < s.h => &plane[iy * s.w..][..s.w],
-                    _ => &zero[..],
-                };
-                let (p0, p1, p2, p3) = (input_row(0), input_row(1), input_row(2), input_row(3));
-                // Bᵀ on the row index, into columns 1..=w of the padded rows of `t`.
-                let (t0, rest) = t.split_at_mut(pw);
-                let (t1, rest) = rest.split_at_mut(pw);
-                let (t2, t3) = rest.split_at_mut(pw);
-                let cols = 1..=s.w;
-                let (t0, t1) = (&mut t0[cols.clone()], &mut t1[cols.clone()]);
-                let (t2, t3) = (&mut t2[cols.clone()], &mut t3[cols]);
-                for j in 0..s.w {
-                    t0[j] = p0[j] - p2[j];
-                    t1[j] = p1[j] + p2[j];
-                    t2[j] = p2[j] - p1[j];
-                    t3[j] = p1[j] - p3[j];
+                // The n input rows m·ty - 1 .. m·ty + m, read in place.
+                let mut p = [&zero[..]; 6];
+                for (k, p) in p[..n].iter_mut().enumerate() {
+                    if let Some(iy) = (m * ty + k).checked_sub(1).filter(|&iy| iy < s.h) {
+                        *p = &plane[iy * s.w..][..s.w];
+                    }
                 }
-                // B on the column index: tile tx reads padded columns 2tx .. 2tx + 3, that is
-                // even columns tx, tx + 1 and odd columns tx, tx + 1 (split apart first, so
-                // that the loop below reads and writes contiguous runs).
+                input_rows(t, &p[..n], &mut padded, pw);
                 let base = image * nt + r * tw;
-                for (i, trow) in t.chunks_exact(pw).enumerate() {
-                    let split = even.iter_mut().zip(odd.iter_mut());
-                    for ((e, o), pair) in split.zip(trow.chunks_exact(2)) {
-                        (*e, *o) = (pair[0], pair[1]);
-                    }
-                    let (a, c) = (&even[..tw], &even[1..]);
-                    let (b, d) = (&odd[..tw], &odd[1..]);
-                    let at = |k: usize| (4 * i + k) * stride + base;
-                    let rows4 = &mut dst[at(0)..at(3) + tw];
-                    let (d0, rest) = rows4.split_at_mut(stride);
-                    let (d1, rest) = rest.split_at_mut(stride);
-                    let (d2, d3) = rest.split_at_mut(stride);
-                    let (d0, d1, d2) = (&mut d0[..tw], &mut d1[..tw], &mut d2[..tw]);
-                    for tx in 0..tw {
-                        d0[tx].write(a[tx] - c[tx]);
-                        d1[tx].write(b[tx] + c[tx]);
-                        d2[tx].write(c[tx] - b[tx]);
-                        d3[tx].write(b[tx] - d[tx]);
-                    }
+                for (i, row) in padded.chunks_exact(pw).enumerate() {
+                    let dst = &mut dst[n * i * stride + base..];
+                    input_cols(t, row, &mut phases, dst, stride, tw);
                 }
             }
         },
     );
 }
 
-/// `Aᵀ m A` for every tile of the band in `image` (`m` is `[16][images·nt]` for output channel
-/// `o`), through the epilogue `ep`, into that channel's output rows `dst` (cropped to the
-/// image, every value written); `dst` and `residual` (this channel's part of the epilogue's)
-/// start at the band's first row, `2·ty0`.
+/// `Aᵀ m A` for every tile of the band in `image` (`m` is `[positions][images·nt]` for output
+/// channel `o`), through the epilogue `ep`, into that channel's output rows `dst` (cropped to
+/// the image, every value written); `dst` and `residual` (this channel's part of the
+/// epilogue's) start at the band's first row, `m·ty0`.
 #[allow(clippy::too_many_arguments)]
 fn transform_output(
-    m: &[f32],
+    prod: &[f32],
     s: &Shape,
     band: &Band,
     image: usize,
@@ -481,55 +441,30 @@ fn transform_output(
     dst: &mut [MaybeUninit<f32>],
 ) {
     let b = ep.bias.map_or(0.0, |b| b[o]);
-    let (_, tw) = s.tiles();
     let Band {
+        t,
         ty0,
         rows,
         nt,
         stride,
     } = *band;
-    let mut srow = vec![0f32; 2 * 4 * tw];
+    let (_, tw) = s.tiles(t);
+    let (m, n) = (t.m(), t.n());
+    let mut srows = vec![0f32; m * n * tw];
     let mut row = vec![0f32; s.w];
     simd(
         #[inline(always)]
         || {
             for r in 0..rows {
                 let base = image * nt + r * tw;
-                let at = |xi: usize| &m[xi * stride + base..][..tw];
-                // Aᵀ on the row index: s0 = m0 + m1 + m2, s1 = m1 − m2 − m3 (rows of 4).
-                let (s0, s1) = srow.split_at_mut(4 * tw);
-                for j in 0..4 {
-                    let (m0, m1, m2, m3) = (at(j), at(4 + j), at(8 + j), at(12 + j));
-                    let (a, b) = (&mut s0[j * tw..][..tw], &mut s1[j * tw..][..tw]);
-                    for tx in 0..tw {
-                        a[tx] = m0[tx] + m1[tx] + m2[tx];
-                        b[tx] = m1[tx] - m2[tx] - m3[tx];
+                output_rows(t, &prod[base..], stride, tw, &mut srows);
+                // A on the column index, into output rows m·ty .. m·ty + m - 1.
+                for (i, sr) in srows.chunks_exact(n * tw).enumerate() {
+                    if m * (ty0 + r) + i >= s.h {
+                        break;
                     }
-                }
-                // A on the column index, into output rows 2ty and 2ty + 1.
-                for (i, sr) in [&*s0, &*s1].into_iter().enumerate() {
-                    if 2 * (ty0 + r) + i >= s.h {
-                        continue;
-                    }
-                    let oy = 2 * r + i;
-                    let (c0, c1, c2, c3) = (
-                        &sr[..tw],
-                        &sr[tw..2 * tw],
-                        &sr[2 * tw..3 * tw],
-                        &sr[3 * tw..],
-                    );
-                    let row = &mut row[..];
-                    // Whole tiles without a branch (so that the loop vectorises), then an odd
-                    // width's last column.
-                    let mut pairs = row.chunks_exact_mut(2);
-                    for (tx, pair) in (&mut pairs).enumerate() {
-                        pair[0] = c0[tx] + c1[tx] + c2[tx] + b;
-                        pair[1] = c1[tx] - c2[tx] - c3[tx] + b;
-                    }
-                    if let [y0] = pairs.into_remainder() {
-                        let tx = s.w / 2;
-                        *y0 = c0[tx] + c1[tx] + c2[tx] + b;
-                    }
+                    let oy = m * r + i;
+                    output_cols(t, sr, tw, b, &mut row);
                     let out = &mut dst[oy * s.w..][..s.w];
                     match res {
                         Some(res) => {

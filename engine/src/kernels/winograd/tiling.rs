@@ -1,0 +1,325 @@
+//! The two tilings of Winograd's minimal filtering for 3x3 filters (Lavin & Gray, 2015) and
+//! their transforms, vectorised along rows of tiles:
+//!
+//! - F(2x2, 3x3): 4x4 input patches, 16 positions, 2.25x fewer multiplications than a direct
+//!   convolution. Its matrices hold only 0, ±1 and ±½, so it rounds like a few extra additions.
+//! - F(4x4, 3x3): 6x6 input patches, 36 positions, 4x fewer multiplications, and 2.25 values
+//!   of transformed input per output pixel instead of 4. Its matrices hold 4, 5, 8, ⅙ and
+//!   1/24, so it loses about a decimal digit (`tests::error_is_that_of_a_direct_convolution`
+//!   bounds it), and its transformed filters are 4x the filters (F(2x2, 3x3)'s 1.8x).
+//!
+//! Each transform is one 1-D transform applied along the rows of a tile, then along its
+//! columns. The 1-D transforms here run on whole rows of tiles at a time (a loop over the
+//! tiles of a row, written so that it vectorises: each output row its own slice).
+
+use std::mem::MaybeUninit;
+
+use super::super::math::simd;
+
+/// A Winograd tiling for 3x3 filters: F(m x m, 3x3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::kernels) enum Tiling {
+    /// F(2x2, 3x3).
+    F2,
+    /// F(4x4, 3x3).
+    F4,
+}
+
+/// `G` of F(2x2, 3x3): the filter transform, one row per patch position along an axis.
+const G2: [[f32; 3]; 4] = [
+    [1.0, 0.0, 0.0],
+    [0.5, 0.5, 0.5],
+    [0.5, -0.5, 0.5],
+    [0.0, 0.0, 1.0],
+];
+
+/// `G` of F(4x4, 3x3) (interpolation points 0, ±1, ±2 and ∞).
+const G4: [[f32; 3]; 6] = [
+    [1.0 / 4.0, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
+impl Tiling {
+    /// The side of an output tile, `m`.
+    pub fn m(self) -> usize {
+        match self {
+            Tiling::F2 => 2,
+            Tiling::F4 => 4,
+        }
+    }
+
+    /// The side of an input patch, `m + 2`.
+    pub fn n(self) -> usize {
+        self.m() + 2
+    }
+
+    /// The positions of a patch, `n²`: the number of GEMMs.
+    pub fn positions(self) -> usize {
+        self.n() * self.n()
+    }
+
+    fn g(self) -> &'static [[f32; 3]] {
+        match self {
+            Tiling::F2 => &G2,
+            Tiling::F4 => &G4,
+        }
+    }
+}
+
+/// One output channel's filters `weight` (`[c, 3, 3]`) transformed into `u` as
+/// `[positions][c]`: position `ξ = n·i + j` of `G g Gᵀ` for every input channel. The filters
+/// are first turned into nine rows of `c` values (tap by tap), so that the transform is vector
+/// arithmetic along the channels; `scratch` holds those rows and the intermediate `G g`.
+pub(super) fn transform_filters(
+    t: Tiling,
+    weight: &[f32],
+    c: usize,
+    u: &mut [MaybeUninit<f32>],
+    scratch: &mut Vec<f32>,
+) {
+    let (g, n) = (t.g(), t.n());
+    scratch.resize((9 + 3 * n) * c, 0.0);
+    let (taps, gg) = scratch.split_at_mut(9 * c);
+    // Tap by tap: contiguous writes, reads 9 apart (cheaper than the other way round).
+    for (k, row) in taps.chunks_exact_mut(c).enumerate() {
+        for (t, g) in row.iter_mut().zip(weight.chunks_exact(9)) {
+            *t = g[k];
+        }
+    }
+    simd(
+        #[inline(always)]
+        || {
+            let tap = |k: usize| &taps[k * c..][..c];
+            // G g: row i, column k is Σ_r G[i][r] g[r][k].
+            for (i, gi) in g.iter().enumerate() {
+                for k in 0..3 {
+                    let dst = &mut gg[(3 * i + k) * c..][..c];
+                    combine(gi, [tap(k), tap(3 + k), tap(6 + k)], |ci, v| dst[ci] = v);
+                }
+            }
+            // (G g) Gᵀ: row i, column j is Σ_k (G g)[i][k] G[j][k].
+            for i in 0..n {
+                let row = |k: usize| &gg[(3 * i + k) * c..][..c];
+                for (j, gj) in g.iter().enumerate() {
+                    let dst = &mut u[(n * i + j) * c..][..c];
+                    combine(gj, [row(0), row(1), row(2)], |ci, v| {
+                        dst[ci].write(v);
+                    });
+                }
+            }
+        },
+    );
+}
+
+/// `put(i, w₀·a[i] + w₁·b[i] + w₂·c[i])` for every `i` (the lengths of `a`).
+#[inline(always)]
+fn combine(w: &[f32; 3], [a, b, c]: [&[f32]; 3], mut put: impl FnMut(usize, f32)) {
+    let (b, c) = (&b[..a.len()], &c[..a.len()]);
+    for i in 0..a.len() {
+        put(i, w[0] * a[i] + w[1] * b[i] + w[2] * c[i]);
+    }
+}
+
+/// `G g Gᵀ` for one 3x3 filter `g` (row-major), row-major `n x n`: the scalar definition
+/// [`transform_filters`] vectorises (same operations in the same order), kept for its test.
+#[cfg(test)]
+pub(super) fn filter_tile(t: Tiling, g: &[f32]) -> Vec<f32> {
+    let gm = t.g();
+    let dot = |w: &[f32; 3], v: [f32; 3]| w[0] * v[0] + w[1] * v[1] + w[2] * v[2];
+    let gg: Vec<[f32; 3]> = gm
+        .iter()
+        .map(|gi| std::array::from_fn(|k| dot(gi, [g[k], g[3 + k], g[6 + k]])))
+        .collect();
+    gg.iter()
+        .flat_map(|row| gm.iter().map(|gj| dot(gj, *row)))
+        .collect()
+}
+
+/// `Bᵀ` along the row index of a tile row: the `n` input rows `p` (each `w` long, zeros
+/// outside the image) into columns `1..=w` of the `n` padded rows of `out` (`pw` long each).
+#[inline(always)]
+pub(super) fn input_rows(t: Tiling, p: &[&[f32]], out: &mut [f32], pw: usize) {
+    let w = p[0].len();
+    let mut rows = out.chunks_exact_mut(pw).map(|r| &mut r[1..=w]);
+    let mut next = || rows.next().expect("n padded rows");
+    match (t, p) {
+        (Tiling::F2, &[p0, p1, p2, p3]) => {
+            let (t0, t1, t2, t3) = (next(), next(), next(), next());
+            let (p0, p1, p2, p3) = (&p0[..w], &p1[..w], &p2[..w], &p3[..w]);
+            for j in 0..w {
+                t0[j] = p0[j] - p2[j];
+                t1[j] = p1[j] + p2[j];
+                t2[j] = p2[j] - p1[j];
+                t3[j] = p1[j] - p3[j];
+            }
+        }
+        (Tiling::F4, &[p0, p1, p2, p3, p4, p5]) => {
+            let (t0, t1, t2) = (next(), next(), next());
+            let (t3, t4, t5) = (next(), next(), next());
+            let (p0, p1, p2) = (&p0[..w], &p1[..w], &p2[..w]);
+            let (p3, p4, p5) = (&p3[..w], &p4[..w], &p5[..w]);
+            for j in 0..w {
+                let d = bt4([p0[j], p1[j], p2[j], p3[j], p4[j], p5[j]]);
+                (t0[j], t1[j], t2[j]) = (d[0], d[1], d[2]);
+                (t3[j], t4[j], t5[j]) = (d[3], d[4], d[5]);
+            }
+        }
+        _ => unreachable!("{} input rows for {t:?}", p.len()),
+    }
+}
+
+/// `Bᵀ` of F(4x4, 3x3) on one axis of a 6-value patch.
+#[inline(always)]
+fn bt4([d0, d1, d2, d3, d4, d5]: [f32; 6]) -> [f32; 6] {
+    let (a, b) = (d4 - d2, 2.0 * (d3 - d1));
+    [
+        4.0 * d0 - 5.0 * d2 + d4,
+        (d3 + d4) - 4.0 * (d1 + d2),
+        (d4 - d3) + 4.0 * (d1 - d2),
+        a + b,
+        a - b,
+        4.0 * d1 - 5.0 * d3 + d5,
+    ]
+}
+
+/// `B` along the column index of one padded row of [`input_rows`] (`m·tw + 2` long; column 0
+/// is the zero left of the image): tile `tx` reads columns `m·tx .. m·tx + n`, and its `n`
+/// values go to `dst[k·stride + tx]`. The row is first split into its `m` phases (columns
+/// `m·tx + q`, into `phases`, `m·(tw + 1)` long) so that the transform reads contiguous runs.
+#[inline(always)]
+pub(super) fn input_cols(
+    t: Tiling,
+    row: &[f32],
+    phases: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
+    stride: usize,
+    tw: usize,
+) {
+    let n = t.n();
+    let dst = &mut dst[..(n - 1) * stride + tw];
+    let mut rows = dst.chunks_mut(stride).map(|r| &mut r[..tw]);
+    let mut next = || rows.next().expect("n rows of tiles");
+    let mut q = phases.chunks_exact_mut(tw + 1);
+    let mut phase = || q.next().expect("m phases");
+    match t {
+        Tiling::F2 => {
+            let (q0, q1) = (phase(), phase());
+            for ((a, b), pair) in q0.iter_mut().zip(q1.iter_mut()).zip(row.chunks_exact(2)) {
+                (*a, *b) = (pair[0], pair[1]);
+            }
+            let (d0, d1, d2, d3) = (next(), next(), next(), next());
+            let (a, c) = (&q0[..tw], &q0[1..][..tw]);
+            let (b, d) = (&q1[..tw], &q1[1..][..tw]);
+            for tx in 0..tw {
+                d0[tx].write(a[tx] - c[tx]);
+                d1[tx].write(b[tx] + c[tx]);
+                d2[tx].write(c[tx] - b[tx]);
+                d3[tx].write(b[tx] - d[tx]);
+            }
+        }
+        Tiling::F4 => {
+            let (q0, q1, q2, q3) = (phase(), phase(), phase(), phase());
+            let row = &row[..4 * tw + 2];
+            for (tx, four) in row.chunks_exact(4).enumerate() {
+                (q0[tx], q1[tx], q2[tx], q3[tx]) = (four[0], four[1], four[2], four[3]);
+            }
+            (q0[tw], q1[tw]) = (row[4 * tw], row[4 * tw + 1]);
+            let (d0, d1, d2) = (next(), next(), next());
+            let (d3, d4, d5) = (next(), next(), next());
+            let (a, b, c, d) = (&q0[..tw], &q1[..tw], &q2[..tw], &q3[..tw]);
+            let (e, f) = (&q0[1..][..tw], &q1[1..][..tw]);
+            for tx in 0..tw {
+                let v = bt4([a[tx], b[tx], c[tx], d[tx], e[tx], f[tx]]);
+                d0[tx].write(v[0]);
+                d1[tx].write(v[1]);
+                d2[tx].write(v[2]);
+                d3[tx].write(v[3]);
+                d4[tx].write(v[4]);
+                d5[tx].write(v[5]);
+            }
+        }
+    }
+}
+
+/// `Aᵀ` along the row index of a row of `tw` tiles' products: position `ξ` of tile `tx` is
+/// `prod[ξ·stride + tx]`. Row `i` of the `m` results, column `j`, goes to
+/// `out[(n·i + j)·tw ..]` (`m·n·tw` values).
+#[inline(always)]
+pub(super) fn output_rows(t: Tiling, prod: &[f32], stride: usize, tw: usize, out: &mut [f32]) {
+    let n = t.n();
+    let at = |xi: usize| &prod[xi * stride..][..tw];
+    for j in 0..n {
+        let col = |k: usize| at(n * k + j);
+        let mut rows = out.chunks_exact_mut(n * tw).map(|r| &mut r[j * tw..][..tw]);
+        let mut next = || rows.next().expect("m output rows");
+        match t {
+            Tiling::F2 => {
+                let (s0, s1) = (next(), next());
+                let (m0, m1, m2, m3) = (col(0), col(1), col(2), col(3));
+                for tx in 0..tw {
+                    s0[tx] = m0[tx] + m1[tx] + m2[tx];
+                    s1[tx] = m1[tx] - m2[tx] - m3[tx];
+                }
+            }
+            Tiling::F4 => {
+                let (s0, s1, s2, s3) = (next(), next(), next(), next());
+                let (m0, m1, m2) = (col(0), col(1), col(2));
+                let (m3, m4, m5) = (col(3), col(4), col(5));
+                for tx in 0..tw {
+                    let y = at4([m0[tx], m1[tx], m2[tx], m3[tx], m4[tx], m5[tx]]);
+                    (s0[tx], s1[tx], s2[tx], s3[tx]) = (y[0], y[1], y[2], y[3]);
+                }
+            }
+        }
+    }
+}
+
+/// `Aᵀ` of F(4x4, 3x3) on one axis of a 6-value tile of products.
+#[inline(always)]
+fn at4([m0, m1, m2, m3, m4, m5]: [f32; 6]) -> [f32; 4] {
+    let (a, b) = (m1 + m2, m1 - m2);
+    let (c, d) = (m3 + m4, m3 - m4);
+    [m0 + a + c, b + 2.0 * d, a + 4.0 * c, b + 8.0 * d + m5]
+}
+
+/// `A` along the column index of one row of [`output_rows`]' results (`s`: column `j` of
+/// every tile at `s[j·tw ..]`): each tile's `m` output columns plus `bias` go to
+/// `row[m·tx ..]`, the last tile cropped to the row's length.
+#[inline(always)]
+pub(super) fn output_cols(t: Tiling, s: &[f32], tw: usize, bias: f32, row: &mut [f32]) {
+    let c = |j: usize| &s[j * tw..][..tw];
+    let full = row.len() / t.m();
+    match t {
+        Tiling::F2 => {
+            let (c0, c1, c2, c3) = (c(0), c(1), c(2), c(3));
+            let mut tiles = row.chunks_exact_mut(2);
+            for (tx, y) in (&mut tiles).enumerate() {
+                y[0] = c0[tx] + c1[tx] + c2[tx] + bias;
+                y[1] = c1[tx] - c2[tx] - c3[tx] + bias;
+            }
+            if let [y0] = tiles.into_remainder() {
+                *y0 = c0[full] + c1[full] + c2[full] + bias;
+            }
+        }
+        Tiling::F4 => {
+            let (c0, c1, c2) = (&c(0)[..full], &c(1)[..full], &c(2)[..full]);
+            let (c3, c4, c5) = (&c(3)[..full], &c(4)[..full], &c(5)[..full]);
+            let mut tiles = row.chunks_exact_mut(4);
+            for (tx, y) in (&mut tiles).enumerate() {
+                let v = at4([c0[tx], c1[tx], c2[tx], c3[tx], c4[tx], c5[tx]]);
+                (y[0], y[1], y[2], y[3]) = (v[0] + bias, v[1] + bias, v[2] + bias, v[3] + bias);
+            }
+            let last = tiles.into_remainder();
+            if !last.is_empty() {
+                let v = at4(std::array::from_fn(|j| s[j * tw + full]));
+                for (y, v) in last.iter_mut().zip(v) {
+                    *y = v + bias;
+                }
+            }
+        }
+    }
+}
