@@ -71,6 +71,41 @@ pub fn conv2d_relu(conv: &Conv2d, xs: &Tensor, residual: Option<&Tensor>) -> Res
     conv2d_with(conv, xs, residual, 1.0, true)
 }
 
+/// `conv(upsample_nearest2d(xs, 2h, 2w))`, as diffusers' `Upsample2D` and TAESD's decoder
+/// do: on the Winograd path the upsampled input (4x `xs`) is never materialised, its rows are
+/// widened as the input transform reads them; other convolutions upsample first.
+pub fn conv2d_upsampled(conv: &Conv2d, xs: &Tensor) -> Result<Tensor> {
+    let (_, c, h, w) = xs.dims4()?;
+    let cfg = conv.config();
+    let weight = conv.weight();
+    let shape = winograd::Shape {
+        c,
+        h: 2 * h,
+        w: 2 * w,
+        co: weight.dim(0)?,
+    };
+    let square3 = weight.rank() == 4 && weight.dims()[1..] == [c, 3, 3];
+    let simple = cfg.groups == 1 && cfg.dilation == 1 && cfg.stride == 1 && cfg.padding == 1;
+    let tiling = (fast(xs) && square3 && simple)
+        .then(|| winograd::tiling(&shape))
+        .flatten();
+    let Some(tiling) = tiling else {
+        return conv2d(conv, &xs.upsample_nearest2d(2 * h, 2 * w)?, None, 1.0);
+    };
+    let bias = conv.bias().map(to_vec).transpose()?;
+    by_winograd(
+        xs,
+        weight,
+        &shape,
+        tiling,
+        true,
+        bias.as_deref(),
+        None,
+        1.0,
+        false,
+    )
+}
+
 fn conv2d_with(
     conv: &Conv2d,
     xs: &Tensor,
@@ -116,6 +151,7 @@ fn conv2d_with(
             weight,
             &wshape,
             tiling,
+            false,
             bias.as_deref(),
             residual.as_ref(),
             out_scale,
@@ -231,6 +267,7 @@ fn by_winograd(
     weight: &Tensor,
     s: &winograd::Shape,
     tiling: winograd::Tiling,
+    up: bool,
     bias: Option<&[f32]>,
     residual: Option<&Tensor>,
     out_scale: f64,
@@ -252,10 +289,10 @@ fn by_winograd(
                     residual: Some(r),
                     ..ep
                 };
-                winograd::conv(x, b, w, s, tiling, &ep, &mut out)
+                winograd::conv(winograd::Source { x, up }, b, w, s, tiling, &ep, &mut out)
             }),
             None => {
-                winograd::conv(x, b, w, s, tiling, &ep, &mut out);
+                winograd::conv(winograd::Source { x, up }, b, w, s, tiling, &ep, &mut out);
                 Ok(())
             }
         })

@@ -86,6 +86,26 @@ impl Shape {
     }
 }
 
+/// The convolution's input: `[images, c, h, w]` as stored, or (`up`) `[images, c, h/2, w/2]`
+/// read as its nearest-neighbour 2x upsampling (each value covering 2x2 pixels), which is
+/// never materialised: the input transform widens each row it reads.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Source<'a> {
+    pub x: &'a [f32],
+    pub up: bool,
+}
+
+impl Source<'_> {
+    /// Rows and columns of a stored input plane, for a convolution of shape `s`.
+    fn plane(&self, s: &Shape) -> (usize, usize) {
+        if self.up {
+            (s.h / 2, s.w / 2)
+        } else {
+            (s.h, s.w)
+        }
+    }
+}
+
 /// What happens to each output value after the convolution: `relu((y + bias + residual) /
 /// scale)`, the bias per output channel, the residual laid out like the output.
 #[derive(Debug, Clone, Copy)]
@@ -147,7 +167,7 @@ pub(super) fn usable(s: &Shape, t: Tiling) -> bool {
 /// out of reach, so every output is summed in the same order whatever the number of columns
 /// (`tests::images_do_not_depend_on_their_batch`).
 pub(super) fn conv(
-    x: &[f32],
+    x: Source,
     images: usize,
     weight: Stored,
     s: &Shape,
@@ -203,7 +223,7 @@ fn transformed_filters(weight: Stored, s: &Shape, t: Tiling) -> Box<[f32]> {
 /// [`conv`] for large filter banks `u`: each step runs layer-wide on all threads, over bands
 /// of tile rows (of every image) whose transformed input and products stay under [`BUDGET`].
 fn by_layer_bands(
-    x: &[f32],
+    x: Source,
     images: usize,
     u: &[f32],
     s: &Shape,
@@ -257,7 +277,7 @@ type OutRows<'a> = Vec<&'a mut [MaybeUninit<f32>]>;
 /// sum in the same order; `tests::both_paths_give_the_same_bits`), so that the choice may
 /// depend on the batch and the threads.
 fn by_local_bands(
-    x: &[f32],
+    x: Source,
     u: &[f32],
     s: &Shape,
     t: Tiling,
@@ -291,7 +311,11 @@ fn by_local_bands(
             nt: rows * tw,
             stride: rows * tw,
         };
-        let x = &x[image * s.c * plane..][..s.c * plane];
+        let (ih, iw) = x.plane(s);
+        let x = Source {
+            x: &x.x[image * s.c * ih * iw..][..s.c * ih * iw],
+            up: x.up,
+        };
         let v = transform_input(x, s, &band, false);
         let m = products(u, &v, s.co, s.c, &band, 1);
         drop(v);
@@ -365,7 +389,7 @@ struct Band {
 /// `[c][positions][images·nt]` with [`PAD`] values after each channel; the patch of tile
 /// (ty, tx) starts at input (m·ty − 1, m·tx − 1), with zeros outside the image. The channels
 /// are shared among rayon's threads when `parallel`.
-fn transform_input(x: &[f32], s: &Shape, band: &Band, parallel: bool) -> Box<[f32]> {
+fn transform_input(x: Source, s: &Shape, band: &Band, parallel: bool) -> Box<[f32]> {
     // Not zeroed first: every value but the padding is written below, the padding here.
     let mut v = Box::<[f32]>::new_uninit_slice(s.c * block(band.t, band.stride));
     for_each_chunk(&mut v, block(band.t, band.stride), parallel, |(ci, dst)| {
@@ -382,7 +406,7 @@ fn transform_input(x: &[f32], s: &Shape, band: &Band, parallel: bool) -> Box<[f3
 }
 
 /// Input channel `ci` of [`transform_input`] into `dst` (its rows and padding).
-fn transform_channel(x: &[f32], s: &Shape, band: &Band, ci: usize, dst: &mut [MaybeUninit<f32>]) {
+fn transform_channel(x: Source, s: &Shape, band: &Band, ci: usize, dst: &mut [MaybeUninit<f32>]) {
     let Band {
         t,
         ty0,
@@ -399,19 +423,36 @@ fn transform_channel(x: &[f32], s: &Shape, band: &Band, ci: usize, dst: &mut [Ma
     // Rows outside the image read as zeros; so do the columns of `padded` outside it (never
     // written).
     let zero = vec![0f32; s.w];
+    let (ih, iw) = x.plane(s);
+    // An upsampled input's rows, widened (each value twice) into rows of their own.
+    let mut wide = vec![0f32; if x.up { n * s.w } else { 0 }];
     let mut padded = vec![0f32; n * pw];
     let mut phases = vec![0f32; m * (tw + 1)];
     simd(
         #[inline(always)]
         || {
             for (image, r) in (0..stride / nt).flat_map(|i| (0..rows).map(move |r| (i, r))) {
-                let plane = &x[(image * s.c + ci) * s.h * s.w..][..s.h * s.w];
+                let plane = &x.x[(image * s.c + ci) * ih * iw..][..ih * iw];
                 let ty = ty0 + r;
-                // The n input rows m·ty - 1 .. m·ty + m, read in place.
+                // The n input rows m·ty - 1 .. m·ty + m, read in place (or widened).
+                let row = |k: usize| (m * ty + k).checked_sub(1).filter(|&iy| iy < s.h);
+                if x.up {
+                    for (k, dst) in wide.chunks_exact_mut(s.w).enumerate() {
+                        if let Some(iy) = row(k) {
+                            let src = &plane[iy / 2 * iw..][..iw];
+                            for (pair, &v) in dst.chunks_exact_mut(2).zip(src) {
+                                (pair[0], pair[1]) = (v, v);
+                            }
+                        }
+                    }
+                }
                 let mut p = [&zero[..]; 6];
                 for (k, p) in p[..n].iter_mut().enumerate() {
-                    if let Some(iy) = (m * ty + k).checked_sub(1).filter(|&iy| iy < s.h) {
-                        *p = &plane[iy * s.w..][..s.w];
+                    if let Some(iy) = row(k) {
+                        *p = match x.up {
+                            true => &wide[k * s.w..][..s.w],
+                            false => &plane[iy * s.w..][..s.w],
+                        };
                     }
                 }
                 input_rows(t, &p[..n], &mut padded, pw);

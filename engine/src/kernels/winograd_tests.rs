@@ -43,12 +43,16 @@ fn exact(x: &[f32], w: &[f32], s: &Shape) -> Vec<f64> {
 /// [`conv`] of `images` images into a new vector, through the epilogue `ep`.
 fn conv_vec(x: &[f32], images: usize, w: &[f32], s: &Shape, t: Tiling, ep: &Epilogue) -> Vec<f32> {
     let mut out = vec![MaybeUninit::new(f32::NAN); images * s.co * s.h * s.w];
-    conv(x, images, Stored::F32(w), s, t, ep, &mut out);
+    conv(plain(x), images, Stored::F32(w), s, t, ep, &mut out);
     // SAFETY: every element was initialised (to NaN) when the vector was made.
     #[allow(unsafe_code)]
     out.into_iter()
         .map(|v| unsafe { v.assume_init() })
         .collect()
+}
+
+fn plain(x: &[f32]) -> Source<'_> {
+    Source { x, up: false }
 }
 
 /// Both tilings.
@@ -226,8 +230,8 @@ fn both_paths_give_the_same_bits() {
             vec![MaybeUninit::uninit(); n],
             vec![MaybeUninit::uninit(); n],
         );
-        by_local_bands(&x, &u, &s, t, &ep, &mut local);
-        by_layer_bands(&x, images, &u, &s, t, &ep, &mut layer);
+        by_local_bands(plain(&x), &u, &s, t, &ep, &mut local);
+        by_layer_bands(plain(&x), images, &u, &s, t, &ep, &mut layer);
         // SAFETY: both paths write every value of their output (as `conv` relies on).
         #[allow(unsafe_code)]
         let bits = |v: Vec<MaybeUninit<f32>>| -> Vec<u32> {
@@ -253,9 +257,9 @@ fn by_path(x: &[f32], w: &[f32], s: &Shape, t: Tiling, local: bool) -> Vec<f32> 
     let u = transformed_filters(Stored::F32(w), s, t);
     let mut out = vec![MaybeUninit::new(f32::NAN); s.co * s.h * s.w];
     if local {
-        by_local_bands(x, &u, s, t, &ep, &mut out);
+        by_local_bands(plain(x), &u, s, t, &ep, &mut out);
     } else {
-        by_layer_bands(x, 1, &u, s, t, &ep, &mut out);
+        by_layer_bands(plain(x), 1, &u, s, t, &ep, &mut out);
     }
     // SAFETY: every element was initialised (to NaN) when the vector was made.
     #[allow(unsafe_code)]
@@ -337,5 +341,55 @@ fn error_is_that_of_a_direct_convolution() {
             e_wino < factor * e_direct,
             "{t:?} rms error {e_wino:e} vs direct f32 {e_direct:e}"
         );
+    }
+}
+
+#[test]
+fn an_upsampled_source_is_the_upsampled_input() {
+    // Reading a half-size input as its nearest 2x upsampling gives, bit for bit, the
+    // convolution of the upsampled input, on both paths and both tilings.
+    for (t, (c, co, h, w, images)) in TILINGS
+        .map(|t| [(t, (8, 70, 40, 36, 2)), (t, (64, 64, 66, 34, 1))])
+        .concat()
+    {
+        let s = Shape { c, h, w, co };
+        let small = noise(images * c * (h / 2) * (w / 2), 51);
+        let mut big = vec![0f32; images * c * h * w];
+        for (i, v) in big.iter_mut().enumerate() {
+            let (plane, y, x) = (i / (h * w), i / w % h, i % w);
+            *v = small[(plane * (h / 2) + y / 2) * (w / 2) + x / 2];
+        }
+        let wt = noise(co * c * 9, 52);
+        let bias = noise(co, 53);
+        let ep = Epilogue {
+            bias: Some(&bias),
+            residual: None,
+            scale: 1.0,
+            relu: false,
+        };
+        let want = conv_vec(&big, images, &wt, &s, t, &ep);
+        let u = transformed_filters(Stored::F32(&wt), &s, t);
+        for local in [true, false] {
+            let mut got = vec![MaybeUninit::new(f32::NAN); want.len()];
+            let source = Source {
+                x: &small,
+                up: true,
+            };
+            if local {
+                by_local_bands(source, &u, &s, t, &ep, &mut got);
+            } else {
+                by_layer_bands(source, images, &u, &s, t, &ep, &mut got);
+            }
+            // SAFETY: every element was initialised (to NaN) when the vector was made.
+            #[allow(unsafe_code)]
+            let got: Vec<f32> = got
+                .into_iter()
+                .map(|v| unsafe { v.assume_init() })
+                .collect();
+            assert!(
+                got == want,
+                "{t:?} {c}->{co} {h}x{w} x{images} local {local}"
+            );
+        }
     }
 }

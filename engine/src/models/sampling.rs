@@ -4,7 +4,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
 
 use super::resnet::conv3x3;
-use crate::kernels::conv2d as fast_conv;
+use crate::kernels::{conv2d as fast_conv, conv2d_upsampled};
 
 /// A stride-2 3x3 convolution. With `padding == 0` (the VAE encoder) the input is first padded
 /// by one on the right and bottom, as diffusers does.
@@ -56,7 +56,11 @@ impl Upsample2D {
     /// Upsamples to `size` (height, width) when given, else doubles both sides.
     pub fn forward(&self, xs: &Tensor, size: Option<(usize, usize)>) -> Result<Tensor> {
         let (_, _, h, w) = xs.dims4()?;
-        let (th, tw) = size.unwrap_or((2 * h, 2 * w));
-        fast_conv(&self.conv, &xs.upsample_nearest2d(th, tw)?, None, 1.0)
+        match size {
+            Some((th, tw)) if (th, tw) != (2 * h, 2 * w) => {
+                fast_conv(&self.conv, &xs.upsample_nearest2d(th, tw)?, None, 1.0)
+            }
+            _ => conv2d_upsampled(&self.conv, xs),
+        }
     }
 }

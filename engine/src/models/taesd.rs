@@ -10,7 +10,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{conv2d, conv2d_no_bias, Conv2d, Conv2dConfig, VarBuilder};
 use serde::Deserialize;
 
-use crate::kernels::{conv2d as fast_conv, conv2d_relu as conv_relu};
+use crate::kernels::{conv2d as fast_conv, conv2d_relu as conv_relu, conv2d_upsampled};
 
 /// `AutoencoderTiny`'s `config.json`, with diffusers' defaults (the original TAESD).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -310,8 +310,16 @@ impl TinyDecoder {
     pub fn forward(&self, latents: &Tensor) -> Result<Tensor> {
         // The clamp: tanh(x / 3) * 3.
         let mut xs = ((latents / 3.0)?.tanh()? * 3.0)?;
-        for layer in &self.layers {
-            xs = layer.forward(&xs)?;
+        let mut layers = self.layers.iter().peekable();
+        while let Some(layer) = layers.next() {
+            // A 2x upsampling and the convolution after it in one pass.
+            xs = match (layer, layers.peek()) {
+                (Layer::Upsample(2), Some(Layer::Conv(conv))) => {
+                    layers.next();
+                    conv2d_upsampled(conv, &xs)?
+                }
+                _ => layer.forward(&xs)?,
+            };
         }
         (xs * 2.0)? - 1.0
     }
