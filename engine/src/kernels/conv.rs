@@ -425,7 +425,7 @@ fn place_piece(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::test_util::max_diff;
+    use crate::kernels::test_util::{max_abs, max_diff};
     use candle_core::Device;
     use candle_nn::Conv2dConfig;
 
@@ -453,15 +453,7 @@ mod tests {
         let got = conv2d(&conv, &xs, None, 1.0).unwrap();
         assert_eq!(got.dims(), want.dims());
         // Relative to the largest output: F(4x4, 3x3) rounds to about 1e-5 of it.
-        let tol = 4e-5
-            * want
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-                .max(1.0);
+        let tol = 4e-5 * max_abs(&want).max(1.0);
         let diff = max_diff(&got, &want);
         assert!(
             diff < tol,
