@@ -76,7 +76,6 @@ pub fn conv2d_relu(conv: &Conv2d, xs: &Tensor, residual: Option<&Tensor>) -> Res
 /// widened as the input transform reads them; other convolutions upsample first.
 pub fn conv2d_upsampled(conv: &Conv2d, xs: &Tensor) -> Result<Tensor> {
     let (_, c, h, w) = xs.dims4()?;
-    let cfg = conv.config();
     let weight = conv.weight();
     let shape = winograd::Shape {
         c,
@@ -84,11 +83,7 @@ pub fn conv2d_upsampled(conv: &Conv2d, xs: &Tensor) -> Result<Tensor> {
         w: 2 * w,
         co: weight.dim(0)?,
     };
-    let square3 = weight.rank() == 4 && weight.dims()[1..] == [c, 3, 3];
-    let simple = cfg.groups == 1 && cfg.dilation == 1 && cfg.stride == 1 && cfg.padding == 1;
-    let tiling = (fast(xs) && square3 && simple)
-        .then(|| winograd::tiling(&shape))
-        .flatten();
+    let tiling = fast(xs).then(|| winograd_tiling(conv, &shape)).flatten();
     let Some(tiling) = tiling else {
         return conv2d(conv, &xs.upsample_nearest2d(2 * h, 2 * w)?, None, 1.0);
     };
@@ -104,6 +99,16 @@ pub fn conv2d_upsampled(conv: &Conv2d, xs: &Tensor) -> Result<Tensor> {
         1.0,
         false,
     )
+}
+
+/// The Winograd tiling `conv` takes for an input of `s.c` channels and an output of `s`'s size:
+/// `None` unless it is a 3x3, stride-1, padding-1 convolution without groups or dilation and
+/// [`winograd::tiling`] picks one for the shape.
+fn winograd_tiling(conv: &Conv2d, s: &winograd::Shape) -> Option<winograd::Tiling> {
+    let cfg = conv.config();
+    let simple = cfg.groups == 1 && cfg.dilation == 1 && cfg.stride == 1 && cfg.padding == 1;
+    let square3 = conv.weight().dims() == [s.co, s.c, 3, 3];
+    (simple && square3).then(|| winograd::tiling(s)).flatten()
 }
 
 fn conv2d_with(
@@ -142,10 +147,7 @@ fn conv2d_with(
     let bias = conv.bias().map(to_vec).transpose()?;
     let residual = checked_residual(residual, [b, co, g.oh, g.ow])?;
     let wshape = winograd::Shape { c, h, w, co };
-    let tiling = (kh == 3 && kw == 3 && stride == 1 && pad == 1)
-        .then(|| winograd::tiling(&wshape))
-        .flatten();
-    if let Some(tiling) = tiling {
+    if let Some(tiling) = winograd_tiling(conv, &wshape) {
         return by_winograd(
             xs,
             weight,

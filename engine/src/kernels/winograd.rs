@@ -220,8 +220,9 @@ fn transformed_filters(weight: Stored, s: &Shape, t: Tiling) -> Box<[f32]> {
     }
 }
 
-/// [`conv`] for large filter banks `u`: each step runs layer-wide on all threads, over bands
-/// of tile rows (of every image) whose transformed input and products stay under [`BUDGET`].
+/// [`conv`] for large filter banks `u`, or too few local bands for the threads: each step runs
+/// layer-wide on all threads, over bands of tile rows (of every image) whose transformed input
+/// and products stay under [`BUDGET`].
 fn by_layer_bands(
     x: Source,
     images: usize,
