@@ -17,6 +17,7 @@ use candle_nn::Conv2d;
 use rayon::prelude::*;
 
 use super::gemm::{matmul_tensors, Mat, MatMut};
+use super::group_norm::{ChannelAffine, GroupNorm};
 use super::math::simd;
 use super::narrow_gemm::{matmul_narrow_lhs, BLOCK};
 use super::slices::{fast, to_vec, with_f32, zeros};
@@ -88,17 +89,51 @@ pub fn conv2d_upsampled(conv: &Conv2d, xs: &Tensor) -> Result<Tensor> {
         return conv2d(conv, &xs.upsample_nearest2d(2 * h, 2 * w)?, None, 1.0);
     };
     let bias = conv.bias().map(to_vec).transpose()?;
-    by_winograd(
-        xs,
-        weight,
-        &shape,
-        tiling,
-        true,
-        bias.as_deref(),
-        None,
-        1.0,
-        false,
-    )
+    let ep = Epilogue::new(bias.as_deref(), None, 1.0, false);
+    let read = Read {
+        up: true,
+        pre: None,
+    };
+    by_winograd(xs, read, weight, &shape, tiling, &ep)
+}
+
+/// `(conv(silu(norm(xs + shift))) + residual) / out_scale`, as [`GroupNorm::forward`] then
+/// [`conv2d`] (`shift` [B, C] as there): on the Winograd path the normalised input is never
+/// materialised, each value is normalised as the input transform reads it (bit for bit the
+/// norm's own values); otherwise the norm is applied first.
+pub fn conv2d_normed(
+    conv: &Conv2d,
+    norm: &GroupNorm,
+    xs: &Tensor,
+    shift: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    out_scale: f64,
+) -> Result<Tensor> {
+    let normed_first = || conv2d(conv, &norm.forward(xs, shift, true)?, residual, out_scale);
+    let (weight, dims) = (conv.weight(), xs.dims());
+    let &[b, c, h, w] = dims else {
+        return normed_first();
+    };
+    let shape = winograd::Shape {
+        c,
+        h,
+        w,
+        co: weight.dim(0)?,
+    };
+    let Some(tiling) = fast(xs).then(|| winograd_tiling(conv, &shape)).flatten() else {
+        return normed_first();
+    };
+    let Some(affine) = norm.affine(xs, shift, true)? else {
+        return normed_first();
+    };
+    let residual = checked_residual(residual, [b, shape.co, h, w])?;
+    let bias = conv.bias().map(to_vec).transpose()?;
+    let ep = Epilogue::new(bias.as_deref(), residual.as_ref(), out_scale, false);
+    let read = Read {
+        up: false,
+        pre: Some(&affine),
+    };
+    by_winograd(xs, read, weight, &shape, tiling, &ep)
 }
 
 /// The Winograd tiling `conv` takes for an input of `s.c` channels and an output of `s`'s size:
@@ -148,17 +183,12 @@ fn conv2d_with(
     let residual = checked_residual(residual, [b, co, g.oh, g.ow])?;
     let wshape = winograd::Shape { c, h, w, co };
     if let Some(tiling) = winograd_tiling(conv, &wshape) {
-        return by_winograd(
-            xs,
-            weight,
-            &wshape,
-            tiling,
-            false,
-            bias.as_deref(),
-            residual.as_ref(),
-            out_scale,
-            relu,
-        );
+        let ep = Epilogue::new(bias.as_deref(), residual.as_ref(), out_scale, relu);
+        let read = Read {
+            up: false,
+            pre: None,
+        };
+        return by_winograd(xs, read, weight, &wshape, tiling, &ep);
     }
     let identity = kh == 1 && kw == 1 && stride == 1 && pad == 0;
 
@@ -261,40 +291,83 @@ fn pieces(g: &Geometry, batch: usize, k: usize, identity: bool) -> Vec<Piece> {
     pieces
 }
 
+/// How [`by_winograd`] reads its input (see [`winograd::Source`]): as its nearest 2x upsampling
+/// (`up`), through a norm (`pre`).
+#[derive(Debug, Clone, Copy)]
+struct Read<'a> {
+    up: bool,
+    pre: Option<&'a ChannelAffine>,
+}
+
+/// What [`by_winograd`] does to each output value: `relu((y + bias + residual) / out_scale)`.
+#[derive(Debug, Clone, Copy)]
+struct Epilogue<'a> {
+    bias: Option<&'a [f32]>,
+    residual: Option<&'a Tensor>,
+    out_scale: f64,
+    relu: bool,
+}
+
+impl<'a> Epilogue<'a> {
+    fn new(
+        bias: Option<&'a [f32]>,
+        residual: Option<&'a Tensor>,
+        out_scale: f64,
+        relu: bool,
+    ) -> Self {
+        Self {
+            bias,
+            residual,
+            out_scale,
+            relu,
+        }
+    }
+}
+
 /// The 3x3 convolution by [`winograd`], all images at once, into an output that is not zeroed
 /// first (the transform back writes every value).
-#[allow(clippy::too_many_arguments)]
 fn by_winograd(
     xs: &Tensor,
+    read: Read,
     weight: &Tensor,
     s: &winograd::Shape,
     tiling: winograd::Tiling,
-    up: bool,
-    bias: Option<&[f32]>,
-    residual: Option<&Tensor>,
-    out_scale: f64,
-    relu: bool,
+    ep: &Epilogue,
 ) -> Result<Tensor> {
     let b = xs.dim(0)?;
+    if let Some(pre) = read.pre {
+        if pre.planes() != b * s.c {
+            candle_core::bail!(
+                "conv input norm maps {} planes, want {}",
+                pre.planes(),
+                b * s.c
+            )
+        }
+    }
     let mut out = Box::<[f32]>::new_uninit_slice(b * s.co * s.h * s.w);
-    let ep = winograd::Epilogue {
-        bias,
+    let wep = winograd::Epilogue {
+        bias: ep.bias,
         residual: None,
-        scale: out_scale as f32,
-        relu,
+        scale: ep.out_scale as f32,
+        relu: ep.relu,
     };
     let weight = weight.contiguous()?;
     with_f32(xs, |x| {
-        with_stored(&weight, |w| match residual {
+        let source = winograd::Source {
+            x,
+            up: read.up,
+            pre: read.pre.map(|affine| winograd::Pre { affine, first: 0 }),
+        };
+        with_stored(&weight, |w| match ep.residual {
             Some(r) => with_f32(r, |r| {
-                let ep = winograd::Epilogue {
+                let wep = winograd::Epilogue {
                     residual: Some(r),
-                    ..ep
+                    ..wep
                 };
-                winograd::conv(winograd::Source { x, up }, b, w, s, tiling, &ep, &mut out)
+                winograd::conv(source, b, w, s, tiling, &wep, &mut out)
             }),
             None => {
-                winograd::conv(winograd::Source { x, up }, b, w, s, tiling, &ep, &mut out);
+                winograd::conv(source, b, w, s, tiling, &wep, &mut out);
                 Ok(())
             }
         })
@@ -425,115 +498,5 @@ fn place_piece(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::kernels::test_util::{max_abs, max_diff};
-    use candle_core::Device;
-    use candle_nn::Conv2dConfig;
-
-    fn check(
-        b: usize,
-        c: usize,
-        co: usize,
-        hw: (usize, usize),
-        k: usize,
-        stride: usize,
-        pad: usize,
-    ) {
-        let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 0.2, (co, c, k, k), &dev).unwrap();
-        let bias = Tensor::randn(0f32, 1.0, co, &dev).unwrap();
-        let cfg = Conv2dConfig {
-            padding: pad,
-            stride,
-            ..Default::default()
-        };
-        let conv = Conv2d::new(w, Some(bias), cfg);
-        let xs = Tensor::randn(0f32, 1.0, (b, c, hw.0, hw.1), &dev).unwrap();
-        let want = conv.forward(&xs).unwrap();
-        let res = Tensor::randn(0f32, 1.0, want.dims(), &dev).unwrap();
-        let got = conv2d(&conv, &xs, None, 1.0).unwrap();
-        assert_eq!(got.dims(), want.dims());
-        // Relative to the largest output: F(4x4, 3x3) rounds to about 1e-5 of it.
-        let tol = 4e-5 * max_abs(&want).max(1.0);
-        let diff = max_diff(&got, &want);
-        assert!(
-            diff < tol,
-            "{b} {c} {co} {hw:?} k{k} s{stride} p{pad}: {diff} >= {tol}"
-        );
-        let want = ((want + &res).unwrap() / 2.0).unwrap();
-        let got = conv2d(&conv, &xs, Some(&res), 2.0).unwrap();
-        assert!(max_diff(&got, &want) < tol);
-    }
-
-    #[test]
-    fn matches_candle_conv() {
-        check(2, 5, 7, (6, 9), 3, 1, 1);
-        check(1, 5, 7, (6, 9), 3, 1, 1);
-        check(2, 3, 4, (40, 36), 3, 1, 1); // per image
-        check(2, 6, 8, (9, 8), 3, 2, 1); // stride 2
-        check(1, 6, 8, (9, 8), 3, 2, 0);
-        check(2, 6, 8, (9, 8), 1, 1, 0); // 1x1
-        check(2, 6, 8, (40, 33), 1, 1, 0); // 1x1 on the input as is
-    }
-
-    #[test]
-    fn images_do_not_depend_on_their_batch() {
-        let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 0.2, (64, 320, 3, 3), &dev).unwrap();
-        let cfg = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
-        let conv = Conv2d::new(w, None, cfg);
-        let xs = Tensor::randn(0f32, 1.0, (3, 320, 8, 8), &dev).unwrap();
-        let all = conv2d(&conv, &xs, None, 1.0).unwrap();
-        let one = conv2d(&conv, &xs.narrow(0, 1, 1).unwrap(), None, 1.0).unwrap();
-        let diff = (all.narrow(0, 1, 1).unwrap() - one).unwrap().abs().unwrap();
-        assert_eq!(diff.max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
-    }
-
-    #[test]
-    fn sixteen_bit_filters_equal_their_widened_copy() {
-        // im2col (small map, stride 2, 1x1) and Winograd (a 16x16 map of 96 channels).
-        let dev = Device::Cpu;
-        for (c, co, hw, k, stride, pad) in [
-            (5, 7, 6, 3, 1, 1),
-            (6, 8, 9, 3, 2, 1),
-            (6, 8, 9, 1, 1, 0),
-            (32, 96, 16, 3, 1, 1),
-        ] {
-            let w = Tensor::randn(0f32, 0.2, (co, c, k, k), &dev).unwrap();
-            let bias = Tensor::randn(0f32, 1.0, co, &dev).unwrap();
-            let cfg = Conv2dConfig {
-                padding: pad,
-                stride,
-                ..Default::default()
-            };
-            let xs = Tensor::randn(0f32, 1.0, (2, c, hw, hw), &dev).unwrap();
-            for dtype in [candle_core::DType::F16, candle_core::DType::BF16] {
-                let narrow = w.to_dtype(dtype).unwrap();
-                let wide = narrow.to_dtype(candle_core::DType::F32).unwrap();
-                let kept = Conv2d::new(narrow, Some(bias.clone()), cfg);
-                let widened = Conv2d::new(wide, Some(bias.clone()), cfg);
-                let want = conv2d(&widened, &xs, None, 1.0).unwrap();
-                let res = Tensor::randn(0f32, 1.0, want.dims(), &dev).unwrap();
-                let got = conv2d(&kept, &xs, None, 1.0).unwrap();
-                assert!(max_diff(&got, &want) < 1e-5, "{c}->{co} k{k} {dtype:?}");
-                let want = conv2d(&widened, &xs, Some(&res), 2.0).unwrap();
-                let got = conv2d(&kept, &xs, Some(&res), 2.0).unwrap();
-                assert!(max_diff(&got, &want) < 1e-5, "{c}->{co} k{k} {dtype:?}");
-                // Activations that are not f32 take candle's path with the weight widened.
-                let xs16 = xs.to_dtype(candle_core::DType::F64).unwrap();
-                let got = conv2d(&kept, &xs16, None, 1.0).unwrap();
-                assert_eq!(got.dtype(), candle_core::DType::F64);
-            }
-        }
-    }
-
-    #[test]
-    fn bands_cover_large_maps() {
-        // More than COLS_BUDGET values of im2col: the map is cut into bands of rows.
-        check(1, 64, 4, (300, 100), 3, 1, 1);
-    }
-}
+#[path = "conv_tests.rs"]
+mod tests;

@@ -38,17 +38,79 @@ impl GroupNorm {
     /// Normalises `xs` [B, C, ...]. With `shift` [B, C], normalises `xs + shift` (broadcast over
     /// the spatial dims); with `then_silu`, returns `silu(norm(..))`.
     pub fn forward(&self, xs: &Tensor, shift: Option<&Tensor>, then_silu: bool) -> Result<Tensor> {
+        let Some(p) = self.prepare(xs, shift)? else {
+            return self.plain_forward(xs, shift, then_silu);
+        };
+        let group_len = p.cpg * p.hw;
+        let mut out = zeros(p.dims.iter().product());
+        with_f32(xs, |x| {
+            out.par_chunks_mut(group_len)
+                .zip(x.par_chunks(group_len))
+                .enumerate()
+                .for_each(|(bg, (out, x))| {
+                    simd(
+                        #[inline(always)]
+                        || {
+                            let (mut scale, mut offset) = (vec![0f32; p.cpg], vec![0f32; p.cpg]);
+                            p.coefficients(bg, x, &mut scale, &mut offset);
+                            for ch in 0..p.cpg {
+                                let range = ch * p.hw..(ch + 1) * p.hw;
+                                let (src, dst) = (&x[range.clone()], &mut out[range]);
+                                normalize(src, dst, scale[ch], offset[ch], then_silu);
+                            }
+                        },
+                    );
+                });
+        })?;
+        Tensor::from_vec(out, p.dims, xs.device())
+    }
+
+    /// The norm of `xs` (with `shift` and `then_silu` as in [`forward`](Self::forward)) as the
+    /// per-(image, channel) map it applies, for a consumer to apply as it reads `xs`; `None`
+    /// where [`forward`](Self::forward) would not take its fast path.
+    pub fn affine(
+        &self,
+        xs: &Tensor,
+        shift: Option<&Tensor>,
+        then_silu: bool,
+    ) -> Result<Option<ChannelAffine>> {
+        let Some(p) = self.prepare(xs, shift)? else {
+            return Ok(None);
+        };
+        let n = p.dims[0] * p.dims[1];
+        let (mut scale, mut offset) = (vec![0f32; n], vec![0f32; n]);
+        with_f32(xs, |x| {
+            scale
+                .par_chunks_mut(p.cpg)
+                .zip(offset.par_chunks_mut(p.cpg))
+                .zip(x.par_chunks(p.cpg * p.hw))
+                .enumerate()
+                .for_each(|(bg, ((scale, offset), x))| {
+                    simd(
+                        #[inline(always)]
+                        || p.coefficients(bg, x, scale, offset),
+                    )
+                });
+        })?;
+        Ok(Some(ChannelAffine {
+            scale,
+            offset,
+            silu: then_silu,
+        }))
+    }
+
+    /// What the fast path needs, `None` where it does not apply (not a CPU f32 tensor of at
+    /// least 3 dims whose channels match the weights and divide into the groups).
+    fn prepare(&self, xs: &Tensor, shift: Option<&Tensor>) -> Result<Option<Prepared>> {
         let dims = xs.dims().to_vec();
         if !fast(xs) || dims.len() < 3 || dims[1] % self.groups != 0 {
-            return self.plain_forward(xs, shift, then_silu);
+            return Ok(None);
         }
         let (b, c) = (dims[0], dims[1]);
+        let cpg = c / self.groups;
         if self.weight.dim(0)? != c {
-            return self.plain_forward(xs, shift, then_silu);
+            return Ok(None);
         }
-        let hw: usize = dims[2..].iter().product();
-        let gamma = to_vec(&self.weight)?;
-        let beta = to_vec(&self.bias)?;
         let shift = match shift {
             Some(s) => {
                 let s = to_vec(s)?;
@@ -59,26 +121,16 @@ impl GroupNorm {
             }
             None => None,
         };
-        let cpg = c / self.groups;
-        let group_len = cpg * hw;
-        let mut out = zeros(b * c * hw);
-        let eps = self.eps;
-        with_f32(xs, |x| {
-            out.par_chunks_mut(group_len)
-                .zip(x.par_chunks(group_len))
-                .enumerate()
-                .for_each(|(bg, (out, x))| {
-                    let c0 = (bg % self.groups) * cpg;
-                    let first = (bg / self.groups) * c + c0;
-                    let shift = shift.as_ref().map(|s| &s[first..first + cpg]);
-                    let affine = (&gamma[c0..c0 + cpg], &beta[c0..c0 + cpg]);
-                    simd(
-                        #[inline(always)]
-                        || norm_group(x, out, hw, shift, affine, eps, then_silu),
-                    );
-                });
-        })?;
-        Tensor::from_vec(out, dims, xs.device())
+        Ok(Some(Prepared {
+            hw: dims[2..].iter().product(),
+            dims,
+            cpg,
+            groups: self.groups,
+            gamma: to_vec(&self.weight)?,
+            beta: to_vec(&self.bias)?,
+            shift,
+            eps: self.eps,
+        }))
     }
 
     fn plain_forward(
@@ -122,43 +174,82 @@ fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     total
 }
 
-/// Normalises one group: `cpg` channels of `hw` values each.
-#[inline(always)]
-fn norm_group(
-    x: &[f32],
-    out: &mut [f32],
+/// The inputs of the fast path for one tensor.
+struct Prepared {
+    dims: Vec<usize>,
     hw: usize,
-    shift: Option<&[f32]>,
-    (gamma, beta): (&[f32], &[f32]),
+    cpg: usize,
+    groups: usize,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    shift: Option<Vec<f32>>,
     eps: f64,
-    then_silu: bool,
-) {
-    let cpg = gamma.len();
-    let sh = |ch: usize| shift.map_or(0.0, |s| s[ch]);
-    let n = (cpg * hw) as f64;
-    let mut sum = 0.0;
-    for ch in 0..cpg {
-        sum += lane_sum(&x[ch * hw..(ch + 1) * hw], |v| v) + sh(ch) as f64 * hw as f64;
+}
+
+impl Prepared {
+    /// The statistics of group `bg` (image `bg / groups`), whose values are `x` (`cpg` channels
+    /// of `hw`), as each channel's `scale` and `offset`: the norm of a value `v` of channel `ch`
+    /// is `v * scale[ch] + offset[ch]`.
+    #[inline(always)]
+    fn coefficients(&self, bg: usize, x: &[f32], scale: &mut [f32], offset: &mut [f32]) {
+        let (cpg, hw, c) = (self.cpg, self.hw, self.dims[1]);
+        let c0 = (bg % self.groups) * cpg;
+        let first = (bg / self.groups) * c + c0;
+        let sh = |ch: usize| self.shift.as_ref().map_or(0.0, |s| s[first + ch]);
+        let n = (cpg * hw) as f64;
+        let mut sum = 0.0;
+        for ch in 0..cpg {
+            sum += lane_sum(&x[ch * hw..(ch + 1) * hw], |v| v) + sh(ch) as f64 * hw as f64;
+        }
+        let mean = sum / n;
+        let mut sq = 0.0;
+        for ch in 0..cpg {
+            let d = (sh(ch) as f64 - mean) as f32;
+            sq += lane_sum(&x[ch * hw..(ch + 1) * hw], |v| (v + d) * (v + d));
+        }
+        let rstd = 1.0 / (sq / n + self.eps).sqrt();
+        for ch in 0..cpg {
+            let g = self.gamma[c0 + ch] as f64;
+            scale[ch] = (rstd * g) as f32;
+            offset[ch] = (self.beta[c0 + ch] as f64 + (sh(ch) as f64 - mean) * rstd * g) as f32;
+        }
     }
-    let mean = sum / n;
-    let mut sq = 0.0;
-    for ch in 0..cpg {
-        let d = (sh(ch) as f64 - mean) as f32;
-        sq += lane_sum(&x[ch * hw..(ch + 1) * hw], |v| (v + d) * (v + d));
+}
+
+/// The map a norm applies to each (image, channel) plane of its input, `silu?(v * scale +
+/// offset)` (`scale` and `offset` indexed by image · channels + channel), from
+/// [`GroupNorm::affine`].
+#[derive(Debug, Clone)]
+pub struct ChannelAffine {
+    scale: Vec<f32>,
+    offset: Vec<f32>,
+    silu: bool,
+}
+
+impl ChannelAffine {
+    /// Applies the map of plane `plane` to the values `src`, into `dst`.
+    #[inline(always)]
+    pub(super) fn apply(&self, plane: usize, src: &[f32], dst: &mut [f32]) {
+        normalize(src, dst, self.scale[plane], self.offset[plane], self.silu);
     }
-    let rstd = 1.0 / (sq / n + eps).sqrt();
-    for ch in 0..cpg {
-        let scale = (rstd * gamma[ch] as f64) as f32;
-        let offset = (beta[ch] as f64 + (sh(ch) as f64 - mean) * rstd * gamma[ch] as f64) as f32;
-        let (src, dst) = (&x[ch * hw..(ch + 1) * hw], &mut out[ch * hw..(ch + 1) * hw]);
-        if then_silu {
-            for (o, &v) in dst.iter_mut().zip(src) {
-                *o = silu(v * scale + offset);
-            }
-        } else {
-            for (o, &v) in dst.iter_mut().zip(src) {
-                *o = v * scale + offset;
-            }
+
+    /// How many planes it maps.
+    pub(super) fn planes(&self) -> usize {
+        self.scale.len()
+    }
+}
+
+/// `dst = silu?(src * scale + offset)`, the one place both the norm and its consumers compute it
+/// (so that a consumer applying [`ChannelAffine`] gets the norm's values bit for bit).
+#[inline(always)]
+fn normalize(src: &[f32], dst: &mut [f32], scale: f32, offset: f32, then_silu: bool) {
+    if then_silu {
+        for (o, &v) in dst.iter_mut().zip(src) {
+            *o = silu(v * scale + offset);
+        }
+    } else {
+        for (o, &v) in dst.iter_mut().zip(src) {
+            *o = v * scale + offset;
         }
     }
 }

@@ -34,7 +34,7 @@ mod widen;
 mod winograd;
 
 pub use attention::attention;
-pub use conv::{conv2d, conv2d_relu, conv2d_upsampled};
+pub use conv::{conv2d, conv2d_normed, conv2d_relu, conv2d_upsampled};
 pub use elementwise::{geglu, linear};
 pub use group_norm::GroupNorm;
 pub use rope::rms_norm_rope;

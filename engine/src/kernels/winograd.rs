@@ -22,6 +22,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::gemm::{matmul_uninit, Mat, MatUninit};
+use super::group_norm::ChannelAffine;
 use super::math::simd;
 use super::slices::for_each_chunk;
 use super::widen::Stored;
@@ -89,10 +90,22 @@ impl Shape {
 /// The convolution's input: `[images, c, h, w]` as stored, or (`up`) `[images, c, h/2, w/2]`
 /// read as its nearest-neighbour 2x upsampling (each value covering 2x2 pixels), which is
 /// never materialised: the input transform widens each row it reads.
+///
+/// With `pre`, each value is mapped as it is read (a group norm and SiLU before the
+/// convolution, [`ChannelAffine`]): the convolution sees `pre(x)`, zero-padded.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Source<'a> {
     pub x: &'a [f32],
     pub up: bool,
+    pub pre: Option<Pre<'a>>,
+}
+
+/// The map a [`Source`] applies as it is read: plane `p` of `x` (image · c + channel) is mapped
+/// as `affine`'s plane `first + p`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Pre<'a> {
+    pub affine: &'a ChannelAffine,
+    pub first: usize,
 }
 
 impl Source<'_> {
@@ -316,6 +329,10 @@ fn by_local_bands(
         let x = Source {
             x: &x.x[image * s.c * ih * iw..][..s.c * ih * iw],
             up: x.up,
+            pre: x.pre.map(|p| Pre {
+                first: p.first + image * s.c,
+                ..p
+            }),
         };
         let v = transform_input(x, s, &band, false);
         let m = products(u, &v, s.co, s.c, &band, 1);
@@ -425,7 +442,9 @@ fn transform_channel(x: Source, s: &Shape, band: &Band, ci: usize, dst: &mut [Ma
     // written).
     let zero = vec![0f32; s.w];
     let (ih, iw) = x.plane(s);
-    // An upsampled input's rows, widened (each value twice) into rows of their own.
+    // The input rows mapped by `pre`, and an upsampled input's rows widened (each value
+    // twice), into rows of their own.
+    let mut mapped = vec![0f32; if x.pre.is_some() { n * iw } else { 0 }];
     let mut wide = vec![0f32; if x.up { n * s.w } else { 0 }];
     let mut padded = vec![0f32; n * pw];
     let mut phases = vec![0f32; m * (tw + 1)];
@@ -435,13 +454,28 @@ fn transform_channel(x: Source, s: &Shape, band: &Band, ci: usize, dst: &mut [Ma
             for (image, r) in (0..stride / nt).flat_map(|i| (0..rows).map(move |r| (i, r))) {
                 let plane = &x.x[(image * s.c + ci) * ih * iw..][..ih * iw];
                 let ty = ty0 + r;
-                // The n input rows m·ty - 1 .. m·ty + m, read in place (or widened).
-                let row = |k: usize| (m * ty + k).checked_sub(1).filter(|&iy| iy < s.h);
+                // The n input rows m·ty - 1 .. m·ty + m as stored (`None` outside the image).
+                let stored = |k: usize| {
+                    let iy = (m * ty + k).checked_sub(1).filter(|&iy| iy < s.h)?;
+                    Some(if x.up { iy / 2 } else { iy })
+                };
+                if let Some(pre) = x.pre {
+                    let at = pre.first + image * s.c + ci;
+                    for (k, dst) in mapped.chunks_exact_mut(iw).enumerate() {
+                        if let Some(sy) = stored(k) {
+                            pre.affine.apply(at, &plane[sy * iw..][..iw], dst);
+                        }
+                    }
+                }
+                // Input row k, stored row sy, as the convolution sees it (before widening).
+                let read = |k: usize, sy: usize| match x.pre {
+                    Some(_) => &mapped[k * iw..][..iw],
+                    None => &plane[sy * iw..][..iw],
+                };
                 if x.up {
                     for (k, dst) in wide.chunks_exact_mut(s.w).enumerate() {
-                        if let Some(iy) = row(k) {
-                            let src = &plane[iy / 2 * iw..][..iw];
-                            for (pair, &v) in dst.chunks_exact_mut(2).zip(src) {
+                        if let Some(sy) = stored(k) {
+                            for (pair, &v) in dst.chunks_exact_mut(2).zip(read(k, sy)) {
                                 (pair[0], pair[1]) = (v, v);
                             }
                         }
@@ -449,10 +483,10 @@ fn transform_channel(x: Source, s: &Shape, band: &Band, ci: usize, dst: &mut [Ma
                 }
                 let mut p = [&zero[..]; 6];
                 for (k, p) in p[..n].iter_mut().enumerate() {
-                    if let Some(iy) = row(k) {
+                    if let Some(sy) = stored(k) {
                         *p = match x.up {
                             true => &wide[k * s.w..][..s.w],
-                            false => &plane[iy * s.w..][..s.w],
+                            false => read(k, sy),
                         };
                     }
                 }

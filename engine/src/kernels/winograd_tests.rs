@@ -52,7 +52,11 @@ fn conv_vec(x: &[f32], images: usize, w: &[f32], s: &Shape, t: Tiling, ep: &Epil
 }
 
 fn plain(x: &[f32]) -> Source<'_> {
-    Source { x, up: false }
+    Source {
+        x,
+        up: false,
+        pre: None,
+    }
 }
 
 /// Both tilings.
@@ -374,6 +378,7 @@ fn an_upsampled_source_is_the_upsampled_input() {
             let source = Source {
                 x: &small,
                 up: true,
+                pre: None,
             };
             if local {
                 by_local_bands(source, &u, &s, t, &ep, &mut got);

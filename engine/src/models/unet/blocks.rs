@@ -169,7 +169,7 @@ impl DownBlock {
         skips: &mut Vec<Tensor>,
     ) -> Result<Tensor> {
         for (j, resnet) in self.resnets.iter().enumerate() {
-            xs = resnet.forward(&xs, Some(temb))?;
+            xs = resnet.forward(xs, Some(temb))?;
             if let Some(attn) = self.attentions.get(j) {
                 xs = attn.forward(&xs, context)?;
             }
@@ -208,10 +208,10 @@ impl MidBlock {
     }
 
     /// Runs the block.
-    pub fn forward(&self, xs: &Tensor, temb: &Tensor, context: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, xs: Tensor, temb: &Tensor, context: &Tensor) -> Result<Tensor> {
         let xs = self.first.forward(xs, Some(temb))?;
         let xs = self.attention.forward(&xs, context)?;
-        self.second.forward(&xs, Some(temb))
+        self.second.forward(xs, Some(temb))
     }
 }
 
@@ -278,7 +278,7 @@ impl UpBlock {
             let skip = skips
                 .pop()
                 .ok_or_else(|| candle_core::Error::Msg("UNet skip connections exhausted".into()))?;
-            xs = resnet.forward(&Tensor::cat(&[&xs, &skip], 1)?, Some(temb))?;
+            xs = resnet.forward(Tensor::cat(&[&xs, &skip], 1)?, Some(temb))?;
             if let Some(attn) = self.attentions.get(j) {
                 xs = attn.forward(&xs, context)?;
             }

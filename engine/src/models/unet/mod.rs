@@ -195,12 +195,11 @@ impl UNet2DConditionModel {
         for block in &self.down_blocks {
             xs = block.forward(xs, &temb, context, &mut skips)?;
         }
-        xs = self.mid_block.forward(&xs, &temb, context)?;
+        xs = self.mid_block.forward(xs, &temb, context)?;
         for block in &self.up_blocks {
             xs = block.forward(xs, &temb, context, &mut skips)?;
         }
-        let xs = self.conv_norm_out.forward(&xs, None, true)?;
-        kernels::conv2d(&self.conv_out, &xs, None, 1.0)
+        kernels::conv2d_normed(&self.conv_out, &self.conv_norm_out, &xs, None, None, 1.0)
     }
 
     /// `add_embedding(concat(text_embeds, add_time_proj(time_ids)))` [B, T], or `None` for a

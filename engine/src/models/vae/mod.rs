@@ -97,12 +97,12 @@ impl MidBlock {
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+    fn forward(&self, xs: Tensor) -> Result<Tensor> {
         let mut xs = self.first.forward(xs, None)?;
         if let Some(attn) = &self.attention {
             xs = attn.forward(&xs)?;
         }
-        self.second.forward(&xs, None)
+        self.second.forward(xs, None)
     }
 }
 
@@ -126,7 +126,7 @@ fn resnets(
 }
 
 fn norm_act_conv(norm: &GroupNorm, conv: &Conv2d, xs: &Tensor) -> Result<Tensor> {
-    kernels::conv2d(conv, &norm.forward(xs, None, true)?, None, 1.0)
+    kernels::conv2d_normed(conv, norm, xs, None, None, 1.0)
 }
 
 /// The decoder: latents [B, latent_channels, h, w] to an image [B, 3, h·f, w·f] in about [-1, 1].
@@ -212,10 +212,10 @@ impl Decoder {
         };
         let mut xs = self
             .mid_block
-            .forward(&kernels::conv2d(&self.conv_in, &z, None, 1.0)?)?;
+            .forward(kernels::conv2d(&self.conv_in, &z, None, 1.0)?)?;
         for (resnets, up) in &self.up_blocks {
             for r in resnets {
-                xs = r.forward(&xs, None)?;
+                xs = r.forward(xs, None)?;
             }
             if let Some(up) = up {
                 xs = up.forward(&xs, None)?;
@@ -286,13 +286,13 @@ impl Encoder {
         let mut xs = kernels::conv2d(&self.conv_in, image, None, 1.0)?;
         for (resnets, down) in &self.down_blocks {
             for r in resnets {
-                xs = r.forward(&xs, None)?;
+                xs = r.forward(xs, None)?;
             }
             if let Some(down) = down {
                 xs = down.forward(&xs)?;
             }
         }
-        let xs = self.mid_block.forward(&xs)?;
+        let xs = self.mid_block.forward(xs)?;
         let mut moments = norm_act_conv(&self.conv_norm_out, &self.conv_out, &xs)?;
         if let Some(q) = &self.quant_conv {
             moments = kernels::conv2d(q, &moments, None, 1.0)?;
