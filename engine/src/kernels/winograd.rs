@@ -273,12 +273,14 @@ fn by_layer_bands(
 }
 
 /// Tile rows per band on the local path: about [`LOCAL_BAND`] values, at least
-/// [`MIN_BAND_TILES`] tiles.
+/// [`MIN_BAND_TILES`] tiles, rounded up (by less than double) to a multiple of 64 tiles where
+/// one exists: the GEMM's widest kernel takes 64 columns at a time and runs the rest through
+/// narrower, slower ones (measured: the SD 1.5 UNet at 512x512 3% faster, TAESD 4%).
 fn local_band_rows(s: &Shape, t: Tiling) -> usize {
     let (th, tw) = s.tiles(t);
-    (LOCAL_BAND / (t.positions() * (s.c + s.co) * tw))
-        .max(MIN_BAND_TILES.div_ceil(tw))
-        .clamp(1, th)
+    let rows = (LOCAL_BAND / (t.positions() * (s.c + s.co) * tw)).max(MIN_BAND_TILES.div_ceil(tw));
+    let whole = (rows..2 * rows).find(|r| r * tw % 64 == 0).unwrap_or(rows);
+    whole.clamp(1, th)
 }
 
 /// One band's rows of each output plane of its image.
