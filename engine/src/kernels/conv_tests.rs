@@ -45,18 +45,24 @@ fn matches_candle_conv() {
 
 #[test]
 fn images_do_not_depend_on_their_batch() {
+    // One GEMM per image (64 output channels), and one for all images (more, on small maps),
+    // with f32 and 16-bit filters.
     let dev = Device::Cpu;
-    let w = Tensor::randn(0f32, 0.2, (64, 320, 3, 3), &dev).unwrap();
-    let cfg = Conv2dConfig {
-        padding: 1,
-        ..Default::default()
-    };
-    let conv = Conv2d::new(w, None, cfg);
-    let xs = Tensor::randn(0f32, 1.0, (3, 320, 8, 8), &dev).unwrap();
-    let all = conv2d(&conv, &xs, None, 1.0).unwrap();
-    let one = conv2d(&conv, &xs.narrow(0, 1, 1).unwrap(), None, 1.0).unwrap();
-    let diff = (all.narrow(0, 1, 1).unwrap() - one).unwrap().abs().unwrap();
-    assert_eq!(diff.max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    for (co, c, hw) in [(64, 320, 8), (96, 320, 8), (1280, 640, 4)] {
+        let w = Tensor::randn(0f32, 0.2, (co, c, 3, 3), &dev).unwrap();
+        let cfg = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        for dtype in [candle_core::DType::F32, candle_core::DType::BF16] {
+            let conv = Conv2d::new(w.to_dtype(dtype).unwrap(), None, cfg);
+            let xs = Tensor::randn(0f32, 1.0, (3, c, hw, hw), &dev).unwrap();
+            let all = conv2d(&conv, &xs, None, 1.0).unwrap();
+            let one = conv2d(&conv, &xs.narrow(0, 1, 1).unwrap(), None, 1.0).unwrap();
+            let diff = max_diff(&all.narrow(0, 1, 1).unwrap(), &one);
+            assert_eq!(diff, 0.0, "{c}->{co} at {hw}x{hw}, {dtype:?} filters");
+        }
+    }
 }
 
 #[test]

@@ -250,10 +250,14 @@ pub(crate) fn matmul_narrow_lhs(
         cols: k,
         stride: k,
     };
-    if threads <= 1 || rhs.cols > m {
-        return blocked(dst, rhs, whole, Side::Left, depth(k, m, block), threads);
+    // The blocks' depth and the rows of each GEMM (more than 64 whenever the rows are split,
+    // out of the GEMM's small-matrix path) make every column's sum independent of how many
+    // columns there are: a convolution's images may be multiplied together or one by one.
+    let depth = depth(k, m, block);
+    let per = m.div_ceil(threads.max(1));
+    if threads <= 1 || rhs.cols > m || per <= 64 {
+        return blocked(dst, rhs, whole, Side::Left, depth, threads);
     }
-    let per = m.div_ceil(threads);
     let (stride, cols) = (dst.stride, dst.cols);
     dst.data
         .par_chunks_mut(per * stride)
@@ -272,7 +276,7 @@ pub(crate) fn matmul_narrow_lhs(
                 cols,
                 stride,
             };
-            blocked(dst, rhs, view, Side::Left, depth(k, rows, block), 1);
+            blocked(dst, rhs, view, Side::Left, depth, 1);
         });
 }
 
