@@ -5,12 +5,15 @@
 //! repacked per call (candle's conv copies the whole weight on every call). The right operand
 //! is the im2col matrix `[c_in·kh·kw, pixels]`, built in parallel (one task per input channel;
 //! each row is a shifted copy of an input plane), and the product `[c_out, pixels]` is already
-//! NCHW. Each image is its own GEMM (so an image's result does not depend on the batch it is in,
-//! which keeps batch output byte-identical to single-image runs); large maps are cut into bands
-//! of output rows so that the im2col matrix stays under [`COLS_BUDGET`]. The bias, an optional residual and an output scale are applied in the pass
-//! that moves the product into place. A weight kept in f16/bf16 ([`super::widen`]) is widened
-//! once per call into a reused f32 buffer (Winograd transforms its filters from the 16-bit
-//! values directly).
+//! NCHW. An image's result does not depend on the batch it is in (batch output is
+//! byte-identical to single-image runs): small maps of layers with more than 64 output channels
+//! share one GEMM, whose column sums do not depend on the column count there, others are one
+//! GEMM per image ([`pieces`]); large maps are cut into bands of output rows so that the im2col
+//! matrix stays under [`COLS_BUDGET`]. The bias, an optional residual and an output scale are
+//! applied in the pass that moves the product into place. A weight kept in f16/bf16
+//! ([`super::widen`]) is widened block by block as it is multiplied (Winograd transforms its
+//! filters from the 16-bit values directly). [`conv2d_normed`] and [`conv2d_upsampled`] read
+//! their input through a group norm + SiLU or a 2x nearest upsampling on the Winograd path.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::Conv2d;
