@@ -8,7 +8,7 @@
 //! NCHW. An image's result does not depend on the batch it is in (batch output is
 //! byte-identical to single-image runs): small maps of layers with more than 64 output channels
 //! share one GEMM, whose column sums do not depend on the column count there, others are one
-//! GEMM per image ([`pieces`]); large maps are cut into bands of output rows so that the im2col
+//! GEMM per image (`pieces`); large maps are cut into bands of output rows so that the im2col
 //! matrix stays under [`COLS_BUDGET`]. The bias, an optional residual and an output scale are
 //! applied in the pass that moves the product into place. A weight kept in f16/bf16
 //! ([`super::widen`]) is widened block by block as it is multiplied (Winograd transforms its
