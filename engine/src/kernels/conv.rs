@@ -79,16 +79,8 @@ pub fn conv2d_relu(conv: &Conv2d, xs: &Tensor, residual: Option<&Tensor>) -> Res
 /// do: on the Winograd path the upsampled input (4x `xs`) is never materialised, its rows are
 /// widened as the input transform reads them; other convolutions upsample first.
 pub fn conv2d_upsampled(conv: &Conv2d, xs: &Tensor) -> Result<Tensor> {
-    let (_, c, h, w) = xs.dims4()?;
-    let weight = conv.weight();
-    let shape = winograd::Shape {
-        c,
-        h: 2 * h,
-        w: 2 * w,
-        co: weight.dim(0)?,
-    };
-    let tiling = fast(xs).then(|| winograd_tiling(conv, &shape)).flatten();
-    let Some(tiling) = tiling else {
+    let Some((shape, tiling)) = winograd_plan(conv, xs, true)? else {
+        let (_, _, h, w) = xs.dims4()?;
         return conv2d(conv, &xs.upsample_nearest2d(2 * h, 2 * w)?, None, 1.0);
     };
     let bias = conv.bias().map(to_vec).transpose()?;
@@ -97,7 +89,7 @@ pub fn conv2d_upsampled(conv: &Conv2d, xs: &Tensor) -> Result<Tensor> {
         up: true,
         pre: None,
     };
-    by_winograd(xs, read, weight, &shape, tiling, &ep)
+    by_winograd(xs, read, conv.weight(), &shape, tiling, &ep)
 }
 
 /// `(conv(silu(norm(xs + shift))) + residual) / out_scale`, as [`GroupNorm::forward`] then
@@ -113,30 +105,42 @@ pub fn conv2d_normed(
     out_scale: f64,
 ) -> Result<Tensor> {
     let normed_first = || conv2d(conv, &norm.forward(xs, shift, true)?, residual, out_scale);
-    let (weight, dims) = (conv.weight(), xs.dims());
-    let &[b, c, h, w] = dims else {
-        return normed_first();
-    };
-    let shape = winograd::Shape {
-        c,
-        h,
-        w,
-        co: weight.dim(0)?,
-    };
-    let Some(tiling) = fast(xs).then(|| winograd_tiling(conv, &shape)).flatten() else {
+    let Some((shape, tiling)) = winograd_plan(conv, xs, false)? else {
         return normed_first();
     };
     let Some(affine) = norm.affine(xs, shift, true)? else {
         return normed_first();
     };
-    let residual = checked_residual(residual, [b, shape.co, h, w])?;
+    let residual = checked_residual(residual, [xs.dim(0)?, shape.co, shape.h, shape.w])?;
     let bias = conv.bias().map(to_vec).transpose()?;
     let ep = Epilogue::new(bias.as_deref(), residual.as_ref(), out_scale, false);
     let read = Read {
         up: false,
         pre: Some(&affine),
     };
-    by_winograd(xs, read, weight, &shape, tiling, &ep)
+    by_winograd(xs, read, conv.weight(), &shape, tiling, &ep)
+}
+
+/// The output shape and Winograd tiling of `conv` applied to the CPU f32 `[B, C, H, W]` tensor
+/// `xs` (read as its 2x upsampling when `up`), `None` where the convolution does not take the
+/// Winograd path.
+fn winograd_plan(
+    conv: &Conv2d,
+    xs: &Tensor,
+    up: bool,
+) -> Result<Option<(winograd::Shape, winograd::Tiling)>> {
+    let &[_, c, h, w] = xs.dims() else {
+        return Ok(None);
+    };
+    let f = if up { 2 } else { 1 };
+    let shape = winograd::Shape {
+        c,
+        h: f * h,
+        w: f * w,
+        co: conv.weight().dim(0)?,
+    };
+    let tiling = fast(xs).then(|| winograd_tiling(conv, &shape)).flatten();
+    Ok(tiling.map(|t| (shape, t)))
 }
 
 /// The Winograd tiling `conv` takes for an input of `s.c` channels and an output of `s`'s size:

@@ -5,7 +5,14 @@ use crate::kernels::test_util::{max_abs, max_diff};
 use candle_core::Device;
 use candle_nn::Conv2dConfig;
 
-fn check(b: usize, c: usize, co: usize, hw: (usize, usize), k: usize, stride: usize, pad: usize) {
+/// Random `[co, c, k, k]` filters, a random bias and the config of a `stride`, `pad` convolution.
+fn random_conv(
+    c: usize,
+    co: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+) -> (Tensor, Tensor, Conv2dConfig) {
     let dev = Device::Cpu;
     let w = Tensor::randn(0f32, 0.2, (co, c, k, k), &dev).unwrap();
     let bias = Tensor::randn(0f32, 1.0, co, &dev).unwrap();
@@ -14,6 +21,12 @@ fn check(b: usize, c: usize, co: usize, hw: (usize, usize), k: usize, stride: us
         stride,
         ..Default::default()
     };
+    (w, bias, cfg)
+}
+
+fn check(b: usize, c: usize, co: usize, hw: (usize, usize), k: usize, stride: usize, pad: usize) {
+    let dev = Device::Cpu;
+    let (w, bias, cfg) = random_conv(c, co, k, stride, pad);
     let conv = Conv2d::new(w, Some(bias), cfg);
     let xs = Tensor::randn(0f32, 1.0, (b, c, hw.0, hw.1), &dev).unwrap();
     let want = conv.forward(&xs).unwrap();
@@ -49,11 +62,7 @@ fn images_do_not_depend_on_their_batch() {
     // with f32 and 16-bit filters.
     let dev = Device::Cpu;
     for (co, c, hw) in [(64, 320, 8), (96, 320, 8), (1280, 640, 4)] {
-        let w = Tensor::randn(0f32, 0.2, (co, c, 3, 3), &dev).unwrap();
-        let cfg = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
+        let (w, _, cfg) = random_conv(c, co, 3, 1, 1);
         for dtype in [candle_core::DType::F32, candle_core::DType::BF16] {
             let conv = Conv2d::new(w.to_dtype(dtype).unwrap(), None, cfg);
             let xs = Tensor::randn(0f32, 1.0, (3, c, hw, hw), &dev).unwrap();
@@ -75,13 +84,7 @@ fn sixteen_bit_filters_equal_their_widened_copy() {
         (6, 8, 9, 1, 1, 0),
         (32, 96, 16, 3, 1, 1),
     ] {
-        let w = Tensor::randn(0f32, 0.2, (co, c, k, k), &dev).unwrap();
-        let bias = Tensor::randn(0f32, 1.0, co, &dev).unwrap();
-        let cfg = Conv2dConfig {
-            padding: pad,
-            stride,
-            ..Default::default()
-        };
+        let (w, bias, cfg) = random_conv(c, co, k, stride, pad);
         let xs = Tensor::randn(0f32, 1.0, (2, c, hw, hw), &dev).unwrap();
         for dtype in [candle_core::DType::F16, candle_core::DType::BF16] {
             let narrow = w.to_dtype(dtype).unwrap();
@@ -133,12 +136,7 @@ fn a_normed_input_is_the_norm_applied_first() {
         (2, 32, 40, 8, 3),
         (2, 32, 40, 12, 1),
     ] {
-        let w = Tensor::randn(0f32, 0.2, (co, c, k, k), &dev).unwrap();
-        let bias = Tensor::randn(0f32, 1.0, co, &dev).unwrap();
-        let cfg = Conv2dConfig {
-            padding: k / 2,
-            ..Default::default()
-        };
+        let (w, bias, cfg) = random_conv(c, co, k, 1, k / 2);
         let conv = Conv2d::new(w, Some(bias), cfg);
         let norm = group_norm(c, 8);
         let xs = (Tensor::randn(0f32, 2.0, (b, c, hw, hw), &dev).unwrap() + 0.3).unwrap();
