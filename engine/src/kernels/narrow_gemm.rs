@@ -1,5 +1,5 @@
 //! Products with a 16-bit weight ([`super::widen`]) widened block by block: each block of the
-//! weight is widened into a buffer small enough to stay in the core's cache and multiplied in
+//! weight is widened into a buffer small enough to stay in the shared cache and multiplied in
 //! (the GEMM adding into the output) before the next block is widened. Widening a whole large
 //! weight first would write its f32 copy to memory and read it back, which costs more than the
 //! conversion and made 16-bit weights slower than f32 ones; block by block, the only memory
@@ -14,8 +14,18 @@ use std::cell::RefCell;
 use super::gemm::{matmul, matmul_add, Mat, MatMut};
 use super::widen::Stored;
 
-/// Values of a widened block (1 MiB of f32, within the L2 cache of the CPUs this runs on).
-pub(crate) const BLOCK: usize = 1 << 18;
+/// Values of a widened block (4 MiB of f32: in the shared L3 cache). Measured per GEMM shape of
+/// the SD 1.5 UNet on a 2-core Zen 5 (weights read from memory, f32 and bf16 runs
+/// alternating): 1 MiB blocks (the L2) made the im2col convolutions at 8x8 (`[1280, 11520]`
+/// weights) 8–15% slower than f32, 4 MiB ones 1–9%; the GEGLU projection at 32x32
+/// (`[320, 2560]`, 2048 tokens) needs its whole weight in one block to match f32.
+pub(crate) const BLOCK: usize = 1 << 20;
+
+/// Activations of at most 1/`SPLIT_RATIO` rows of the weight's columns (`m · SPLIT_RATIO <=
+/// n`) in [`matmul_narrow_rhs`] have the weight's columns split between the threads; with
+/// more, both threads work on each block: splitting had each pack all of the activations
+/// (measured 6–15% slower than f32 at 512 tokens x 5120 and 2048 x 2560, 1–4% shared).
+const SPLIT_RATIO: usize = 16;
 
 /// Least depth (summed dimension) of a block: the GEMM reads and writes its output once per
 /// block, so much shallower blocks than its own blocking would cost more than they save.
@@ -28,7 +38,10 @@ thread_local! {
 
 /// The depth of the blocks for a weight whose other dimension is `width`, out of `k`.
 fn depth(k: usize, width: usize, block: usize) -> usize {
-    (block / width.max(1)).max(MIN_DEPTH).min(k).max(1)
+    // As many blocks as the buffer needs, all about as deep: a last, shallow block would cost
+    // a whole pass over the output for little arithmetic.
+    let blocks = (k * width).div_ceil(block.max(1)).max(1);
+    k.div_ceil(blocks).max(MIN_DEPTH).min(k).max(1)
 }
 
 /// Runs `f` with this thread's block buffer of `len` values (taken out of the cell for the
@@ -166,11 +179,12 @@ fn blocked(dst: MatMut, other: Mat, w: View, side: Side, depth: usize, threads: 
 /// `dst = lhs · w` for the weight `w` (`[k, n]` row-major, `k = lhs.cols`), widened in blocks
 /// of rows of about `block` values.
 ///
-/// A weight at least as large as the activations (`lhs.rows <= n`) is memory-bound: its
-/// columns (and the output's) are split between the threads, each widening and multiplying its
-/// own on its own, so that while one waits for its part of the weight to come from memory the
-/// other computes (widening a block together would leave both waiting at once). Each thread
-/// packs `lhs`, which costs less than it saves only when it is no larger than the weight.
+/// A weight much larger than the activations (`lhs.rows · SPLIT_RATIO <= n`) is memory-bound:
+/// its columns (and the output's) are split between the threads, each widening and multiplying
+/// its own on its own, so that while one waits for its part of the weight to come from memory
+/// the other computes (widening a block together would leave both waiting at once). Each
+/// thread packs `lhs`, which costs less than it saves only when it is much smaller than the
+/// weight ([`SPLIT_RATIO`]).
 pub(crate) fn matmul_narrow_rhs(
     dst: MatMut,
     lhs: Mat,
@@ -193,7 +207,7 @@ pub(crate) fn matmul_narrow_rhs(
         cols: n,
         stride: n,
     };
-    if threads <= 1 || m > n {
+    if threads <= 1 || m * SPLIT_RATIO > n {
         return blocked(dst, lhs, whole, Side::Right, depth(k, n, block), threads);
     }
     let per = n.div_ceil(threads);
