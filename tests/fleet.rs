@@ -307,6 +307,29 @@ async fn nodes_reconnect_and_queued_jobs_survive_a_nats_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_asked_for_as_nats_restarts_comes_once_it_is_back() {
+    // A worker asks for its consumers once connected: a restart just then lost the request,
+    // and the worker waited for its answer for ever (or exited), its jobs left waiting.
+    let mut nats = NatsServer::start();
+    let fleet = beeswax::fleet::Fleet::connect(beeswax::fleet::FleetConfig::new(&nats.url))
+        .await
+        .unwrap();
+    nats.pause();
+    let asking = tokio::spawn(async move { fleet.lasting_consumer("tiny-sd").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nats.restart();
+    let consumer = tokio::time::timeout(Duration::from_secs(60), asking)
+        .await
+        .expect("no consumer a minute after NATS came back")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        consumer.cached_info().config.durable_name.as_deref(),
+        Some("beeswax-tiny-sd")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_process_can_be_api_node_and_worker_and_a_worker_drains_on_sigterm() {
     let nats = NatsServer::start();
     let both = api_node(&nats, &["--worker", "--max-steps", "1000"]);

@@ -90,9 +90,21 @@ impl NatsServer {
         if let Some(mut child) = self.child.take() {
             let id = child.id().to_string();
             let _ = Command::new("kill").args(["-TERM", &id]).status();
+            // A paused server (see `pause`) handles the TERM once it runs again.
+            let _ = Command::new("kill").args(["-CONT", &id]).status();
             let _ = child.wait();
         }
         self.launch();
+    }
+
+    /// Freezes it (SIGSTOP): requests in flight get no answer until it runs again or is
+    /// restarted.
+    pub fn pause(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-STOP", &child.id().to_string()])
+                .status();
+        }
     }
 
     fn stop(&mut self) {

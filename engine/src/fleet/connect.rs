@@ -34,6 +34,8 @@ pub const STATE_BUCKET: &str = "BEESWAX_JOB_STATE";
 pub const IMAGE_BUCKET: &str = "BEESWAX_IMAGES";
 /// The input pictures bucket's name.
 pub const INPUT_BUCKET: &str = "BEESWAX_INPUTS";
+/// Longest wait for one answer about a consumer in [`Fleet::lasting_consumer`].
+pub const CONSUMER_WAIT: Duration = Duration::from_secs(5);
 /// The dead-letter stream's name.
 pub const DEAD_STREAM: &str = "BEESWAX_DEAD";
 
@@ -104,6 +106,31 @@ impl Fleet {
             .get_or_create_consumer(&durable, config)
             .await
             .map_err(|e| FleetError::nats(format!("creating the consumer {durable}"), e))
+    }
+
+    /// [`Fleet::consumer`], asked for again (with backoff, each try bounded by
+    /// [`CONSUMER_WAIT`]) while NATS does not answer: a request sent as the server goes away
+    /// is never answered, and a worker starting just as NATS restarted waited for ever (or
+    /// exited) and left its jobs to others. Other errors (a pipeline name NATS cannot take)
+    /// come back at once.
+    pub async fn lasting_consumer(
+        &self,
+        pipeline: &str,
+    ) -> Result<Consumer<pull::Config>, FleetError> {
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let error = match tokio::time::timeout(CONSUMER_WAIT, self.consumer(pipeline)).await {
+                Ok(Err(e @ FleetError::Nats { .. })) => e,
+                Ok(done) => return done,
+                Err(_) => FleetError::nats(
+                    format!("getting the consumer of {pipeline}"),
+                    "no answer (reconnecting?)",
+                ),
+            };
+            tracing::warn!(%error, retry_in = ?backoff, "cannot get the job consumer yet");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
     }
 
     /// Whether the client is connected now.

@@ -31,6 +31,9 @@ use crate::server::{
 /// updates missed while reconnecting).
 const POLL: Duration = Duration::from_secs(2);
 
+/// Longest wait for a finished job's images from the object store before reading them again.
+const FETCH_WAIT: Duration = Duration::from_secs(20);
+
 /// The API node's job backend.
 #[derive(Debug, Clone)]
 pub struct ApiNode {
@@ -433,7 +436,15 @@ async fn apply_record(fleet: &Fleet, job: &Job, record: JobRecord) -> bool {
             false
         }
         RecordStatus::Completed => {
-            match fetch_images(fleet, &job.id, record.images).await {
+            let fetched =
+                tokio::time::timeout(FETCH_WAIT, fetch_images(fleet, &job.id, record.images));
+            let Ok(fetched) = fetched.await else {
+                // A read whose answer was lost (the connection dropped under it) would wait
+                // for ever: the record is read again at the next poll, and the images with it.
+                tracing::warn!(job = %job.id, wait = ?FETCH_WAIT, "reading the images timed out; retrying");
+                return false;
+            };
+            match fetched {
                 Ok(images) => {
                     job.update(|s| {
                         s.step = s.total;

@@ -47,7 +47,11 @@ pub async fn run_worker(
     options: WorkerOptions,
     stop: impl Future<Output = ()>,
 ) -> Result<(), FleetError> {
-    let consumers = consumers(&fleet, &service).await?;
+    tokio::pin!(stop);
+    let consumers = tokio::select! {
+        _ = &mut stop => return Ok(()),
+        consumers = consumers(&fleet, &service) => consumers?,
+    };
     let slots = Arc::new(Semaphore::new(options.concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     // Flipped when the drain timeout ends: running jobs stop and are handed back (nak).
@@ -64,7 +68,6 @@ pub async fn run_worker(
         samplers: sampler_names(&service.extensions.schedulers),
     };
     let announcing = tokio::spawn(announce(fleet.clone(), heartbeat));
-    tokio::pin!(stop);
     let mut turn = 0usize;
     tracing::info!(
         pipelines = consumers.len(),
@@ -142,14 +145,15 @@ fn sampler_names(registry: &crate::schedulers::Registry) -> Vec<String> {
     names
 }
 
-/// The consumers of every pipeline of `service`'s catalog.
+/// The consumers of every pipeline of `service`'s catalog ([`Fleet::lasting_consumer`]: asked
+/// for again while NATS does not answer).
 async fn consumers(
     fleet: &Fleet,
     service: &Service,
 ) -> Result<Vec<Consumer<pull::Config>>, FleetError> {
     let mut out = Vec::new();
     for pipeline in service.catalog.all() {
-        out.push(fleet.consumer(&pipeline.name).await?);
+        out.push(fleet.lasting_consumer(&pipeline.name).await?);
     }
     if out.is_empty() {
         return Err(FleetError::Nats {
