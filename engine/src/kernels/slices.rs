@@ -37,10 +37,25 @@ pub(crate) fn for_each_chunk<T: Send>(
     parallel: bool,
     f: impl Fn((usize, &mut [T])) + Sync + Send,
 ) {
+    for_each_chunk_init(data, size, parallel, || (), |_, chunk| f(chunk));
+}
+
+/// [`for_each_chunk`] with a value made by `init` for the chunks of each rayon task (once in
+/// all when not `parallel`) and lent to `f`: scratch buffers made once, not per chunk.
+pub(crate) fn for_each_chunk_init<T: Send, S>(
+    data: &mut [T],
+    size: usize,
+    parallel: bool,
+    init: impl Fn() -> S + Sync + Send,
+    f: impl Fn(&mut S, (usize, &mut [T])) + Sync + Send,
+) {
     if parallel {
-        data.par_chunks_mut(size).enumerate().for_each(f);
+        data.par_chunks_mut(size).enumerate().for_each_init(init, f);
     } else {
-        data.chunks_mut(size).enumerate().for_each(f);
+        let mut state = init();
+        data.chunks_mut(size)
+            .enumerate()
+            .for_each(|chunk| f(&mut state, chunk));
     }
 }
 

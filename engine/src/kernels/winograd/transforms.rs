@@ -6,9 +6,8 @@
 
 use std::mem::MaybeUninit;
 
-use rayon::prelude::*;
-
 use super::super::math::simd;
+use super::super::slices::for_each_chunk_init;
 use super::tiling::{input_cols, input_rows, output_cols, output_rows};
 use super::{block, Band, Epilogue, Shape, Source, Tiling};
 
@@ -21,17 +20,9 @@ pub(super) fn transform_input(x: Source, s: &Shape, band: &Band, parallel: bool)
     let mut v = Box::<[f32]>::new_uninit_slice(s.c * block(band.t, band.stride));
     let size = block(band.t, band.stride);
     let scratch = || InputRows::new(x, s, band.t);
-    let each = |scratch: &mut InputRows, (ci, dst)| transform_channel(x, s, band, ci, dst, scratch);
-    if parallel {
-        v.par_chunks_mut(size)
-            .enumerate()
-            .for_each_init(scratch, each);
-    } else {
-        let mut rows = scratch();
-        v.chunks_mut(size)
-            .enumerate()
-            .for_each(|c| each(&mut rows, c));
-    }
+    for_each_chunk_init(&mut v, size, parallel, scratch, |rows, (ci, dst)| {
+        transform_channel(x, s, band, ci, dst, rows)
+    });
     // SAFETY: for every channel, `transform_channel` wrote rows n·i .. n·i + n - 1 (i < n)
     // at columns image·nt + r·tw + tx for every image, tile row r < rows and tile tx < tw,
     // which is every column below stride = images·nt; and the padding after the rows: all
