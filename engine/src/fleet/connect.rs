@@ -117,7 +117,7 @@ impl Fleet {
         &self,
         pipeline: &str,
     ) -> Result<Consumer<pull::Config>, FleetError> {
-        let mut backoff = Duration::from_millis(250);
+        let mut backoff = FIRST_RETRY;
         loop {
             let error = match tokio::time::timeout(CONSUMER_WAIT, self.consumer(pipeline)).await {
                 Ok(Err(e @ FleetError::Nats { .. })) => e,
@@ -129,7 +129,7 @@ impl Fleet {
             };
             tracing::warn!(%error, retry_in = ?backoff, "cannot get the job consumer yet");
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            backoff = next_retry(backoff);
         }
     }
 
@@ -201,10 +201,19 @@ async fn credentials(path: &std::path::Path) -> Result<ConnectOptions, FleetErro
     ))
 }
 
-/// Connects, retrying with a doubling backoff (0.25 s up to 5 s) until the timeout.
+/// Wait before the first retry of a NATS request that got no answer.
+const FIRST_RETRY: Duration = Duration::from_millis(250);
+
+/// The wait before the retry after one that waited `last`: doubled, up to 5 s.
+fn next_retry(last: Duration) -> Duration {
+    (last * 2).min(Duration::from_secs(5))
+}
+
+/// Connects, retrying with a doubling backoff ([`FIRST_RETRY`], [`next_retry`]) until the
+/// timeout.
 async fn connect_with_retry(config: &FleetConfig) -> Result<async_nats::Client, FleetError> {
     let deadline = Instant::now() + config.connect_timeout;
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = FIRST_RETRY;
     loop {
         let urls = config.url.split(',').map(str::trim).collect::<Vec<_>>();
         let options = options(config).await?;
@@ -213,7 +222,7 @@ async fn connect_with_retry(config: &FleetConfig) -> Result<async_nats::Client, 
             Err(e) if Instant::now() + backoff < deadline => {
                 tracing::warn!(url = %config.url, error = %e, retry_in = ?backoff, "cannot reach NATS yet");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = next_retry(backoff);
             }
             Err(e) => {
                 return Err(FleetError::Connect {
