@@ -4,18 +4,21 @@
 //! them by `v` straight into the output rows. The score matrix is never held whole (it is
 //! 1 GiB at 64x64 latents with batch 2), no pass over it goes to main memory, and heads are read
 //! and written in the `[B, S, heads·D]` layout. Keys and values are first laid out per head
-//! (`kᵀ` as `[D, Sk]`, `v` as `[Sk, D]`, both padded: see [`Layout`]), the layouts the GEMM
-//! reads without repacking.
+//! (`kᵀ` in packed tiles, `v` as `[Sk, D]` padded: see [`Layout`]) for the products' register
+//! tiles ([`tiles`]), which run at the CPU's FMA rate where a general GEMM on these narrow
+//! shapes ran at two thirds of it.
 
 use candle_core::{DType, Result, Tensor};
 use rayon::prelude::*;
 
-use super::gemm::{matmul_simd, Mat, MatMut};
-use super::math::{exp, max, simd, sum};
+use super::math::{max, pow2_nonpositive, sum};
 use super::slices::{fast, with_f32, zeros};
 
-/// Most scores one task holds at once, in f32 values (256 KiB, inside a core's L2 cache).
-pub const BLOCK_SCORES: usize = 64 << 10;
+mod tiles;
+
+/// Most scores one task holds at once, in f32 values (512 KiB, inside a core's L2 cache),
+/// though at least [`tiles::ROW_MULTIPLE`] rows.
+pub const BLOCK_SCORES: usize = 128 << 10;
 
 /// Attention of `q` [B, Sq, H·D] over `k`, `v` [B, Sk, H·D] with `heads` heads; returns
 /// [B, Sq, H·D]. Softmax runs in f32 whatever the input dtype (diffusers' upcast).
@@ -23,6 +26,18 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Ten
     if !(fast(q) && fast(k) && fast(v)) {
         return plain(q, k, v, heads);
     }
+    fused(q, k, v, heads, |block| pulp::Arch::new().dispatch(block))
+}
+
+/// [`attention`] on CPU f32 tensors, each block of queries run by `run` (for the best SIMD
+/// level, or in tests a given one).
+fn fused(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    run: impl Fn(Block) + Sync,
+) -> Result<Tensor> {
     let (b, sq, inner) = q.dims3()?;
     let sk = k.dim(1)?;
     if heads == 0 || inner % heads != 0 || k.dims3()? != (b, sk, inner) || v.dims() != k.dims() {
@@ -36,11 +51,13 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Ten
     let d = inner / heads;
     let scale = (d as f64).powf(-0.5) as f32;
     let l = Layout::new(sk, d);
-    // Enough blocks to keep every thread busy, each small enough to stay in cache.
+    // Enough blocks to keep every thread busy, each small enough to stay in cache, of whole
+    // tiles (but for the last).
     let threads = rayon::current_num_threads().max(1);
-    let block = (BLOCK_SCORES / l.stride)
-        .min(sq.div_ceil(2 * threads))
-        .clamp(1, sq.max(1));
+    let whole = |rows: usize| rows.next_multiple_of(tiles::ROW_MULTIPLE);
+    let block = (BLOCK_SCORES / l.stride / tiles::ROW_MULTIPLE * tiles::ROW_MULTIPLE)
+        .min(whole(sq.div_ceil(2 * threads)))
+        .max(tiles::ROW_MULTIPLE);
     let mut out = zeros(b * sq * inner);
     with_f32(q, |q| {
         with_f32(k, |k| {
@@ -57,15 +74,28 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Ten
                         .par_chunks_mut(block * inner)
                         .enumerate()
                         .for_each_init(
-                            || Scratch {
-                                scores: vec![0f32; block * l.stride],
-                                outs: vec![0f32; block * l.dp],
-                                inv_sums: vec![0f32; block],
+                            || {
+                                let padded = block.next_multiple_of(tiles::ROW_MULTIPLE);
+                                Scratch {
+                                    scores: vec![0f32; padded * l.stride],
+                                    outs: vec![0f32; padded * l.dp],
+                                    inv_sums: vec![0f32; padded],
+                                    zero_q: vec![0f32; d],
+                                }
                             },
                             |scratch, (t, rows)| {
                                 let len = rows.len() / inner;
-                                let qb = &qi[t * block * inner..][..len * inner];
-                                attend_block(qb, &kt, &vh, rows, scratch, len, &l, heads, scale);
+                                run(Block {
+                                    qb: &qi[t * block * inner..][..len * inner],
+                                    kt: &kt,
+                                    vh: &vh,
+                                    rows,
+                                    scratch,
+                                    len,
+                                    l: &l,
+                                    heads,
+                                    scale,
+                                });
                             },
                         );
                 }
@@ -75,13 +105,17 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Ten
     Tensor::from_vec(out, (b, sq, inner), q.device())
 }
 
-/// How keys, values and scores are laid out for the GEMM. Rows of `kᵀ` and of the scores
-/// hold `sk` values at a `stride` padded past a multiple of 4 KiB (at 4096 keys an unpadded
-/// row is 16 KiB, and the GEMM's reads down a column would all land in one cache set); rows
-/// of `v` are padded from `d` to `dp`, a multiple of the 16-lane vector, which the GEMM reads
-/// in place where it would otherwise repack all of `v` for every block of queries.
+/// How keys, values and scores are laid out for the tiles of [`tiles`]. Keys are packed per
+/// head in tiles of [`tiles::KEY_TILE`] columns (the last ones [`tiles::KEY_TAIL`] wide): tile
+/// by tile `[d][width]`, so that each tile of `q·kᵀ` reads one contiguous stretch of memory
+/// (the whole padded `kᵀ` of a head, 16 KiB rows apart, defeated the prefetchers). Rows of
+/// the scores hold `sk` values at a `stride` padded past a multiple of 4 KiB (so that the
+/// rows of a tile do not all land in one cache set); rows of `v` are padded from `d` to `dp`,
+/// a multiple of the 16-lane vector.
 struct Layout {
     sk: usize,
+    /// `sk` rounded up to the narrowest key tile: the columns of packed keys.
+    cols: usize,
     stride: usize,
     d: usize,
     dp: usize,
@@ -89,39 +123,45 @@ struct Layout {
 
 impl Layout {
     fn new(sk: usize, d: usize) -> Self {
+        let cols = sk.next_multiple_of(tiles::KEY_TAIL);
         Layout {
             sk,
-            stride: sk.next_multiple_of(16) + 16,
+            cols,
+            stride: cols + 16,
             d,
             dp: d.next_multiple_of(16),
         }
     }
 }
 
-/// A task's buffers: the scores of its block for one head, the head's unscaled outputs
-/// (`dp` wide) and the reciprocals of the softmax sums.
+/// A task's buffers, for its block's rows rounded up to whole tiles: the scores of one head,
+/// the head's unscaled outputs (`dp` wide), the reciprocals of the softmax sums, and a zero
+/// query row for the rows past the block's end.
 struct Scratch {
     scores: Vec<f32>,
     outs: Vec<f32>,
     inv_sums: Vec<f32>,
+    zero_q: Vec<f32>,
 }
 
-/// `kᵀ` as `[H][D][stride]` and `v` as `[H][Sk][dp]` (zero padded), from `[Sk, H·D]` rows.
+/// `kᵀ` packed as `[H][tiles]` of `[d][width]` key tiles (see [`Layout`]) and `v` as
+/// `[H][Sk][dp]` (zero padded), from `[Sk, H·D]` rows.
 fn per_head(k: &[f32], v: &[f32], l: &Layout, heads: usize) -> (Vec<f32>, Vec<f32>) {
     let Layout {
-        sk, stride, d, dp, ..
+        sk, cols, d, dp, ..
     } = *l;
     let inner = heads * d;
-    let mut kt = zeros(heads * d * stride);
+    let mut kt = zeros(heads * d * cols);
     let mut vh = zeros(heads * sk * dp);
-    kt.par_chunks_mut(d * stride)
+    kt.par_chunks_mut(d * cols)
         .zip(vh.par_chunks_mut(sk * dp))
         .enumerate()
         .for_each(|(h, (kt, vh))| {
-            // Row by row of kᵀ, so that the writes are contiguous.
-            for (j, row) in kt.chunks_exact_mut(stride).enumerate() {
-                for (s, x) in row[..sk].iter_mut().enumerate() {
-                    *x = k[s * inner + h * d + j];
+            for s in 0..sk {
+                let (first, width) = tiles::key_tile(s, cols);
+                let tile = &mut kt[first * d..][..d * width];
+                for (j, &x) in k[s * inner + h * d..][..d].iter().enumerate() {
+                    tile[j * width + s - first] = x;
                 }
             }
             for (s, row) in vh.chunks_exact_mut(dp).enumerate() {
@@ -132,95 +172,84 @@ fn per_head(k: &[f32], v: &[f32], l: &Layout, heads: usize) -> (Vec<f32>, Vec<f3
 }
 
 /// One block of `len` query rows `qb` (`[len, H·D]`), all heads, into `rows`.
-#[allow(clippy::too_many_arguments)]
-fn attend_block(
-    qb: &[f32],
-    kt: &[f32],
-    vh: &[f32],
-    rows: &mut [f32],
-    scratch: &mut Scratch,
+struct Block<'a> {
+    qb: &'a [f32],
+    kt: &'a [f32],
+    vh: &'a [f32],
+    rows: &'a mut [f32],
+    scratch: &'a mut Scratch,
     len: usize,
-    l: &Layout,
+    l: &'a Layout,
     heads: usize,
     scale: f32,
-) {
-    let Layout { sk, stride, d, dp } = *l;
-    let inner = heads * d;
-    let scores = &mut scratch.scores[..len * stride];
-    let outs = &mut scratch.outs[..len * dp];
-    let inv_sums = &mut scratch.inv_sums[..len];
-    for h in 0..heads {
-        matmul_simd(
-            MatMut {
-                data: scores,
-                rows: len,
-                cols: sk,
+}
+
+impl pulp::WithSimd for Block<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
+        let Layout {
+            sk,
+            cols,
+            stride,
+            d,
+            dp,
+        } = *self.l;
+        let inner = self.heads * d;
+        let Scratch {
+            scores,
+            outs,
+            inv_sums,
+            zero_q,
+        } = self.scratch;
+        for h in 0..self.heads {
+            let head = tiles::Head {
+                q: &self.qb[h * d..],
+                q_stride: inner,
+                zero_q,
+                kt: &self.kt[h * d * cols..][..d * cols],
+                v: &self.vh[h * sk * dp..][..sk * dp],
+                rows: self.len,
+                sk,
+                cols,
                 stride,
-            },
-            Mat {
-                data: &qb[h * d..],
-                rows: len,
-                cols: d,
-                stride: inner,
-            },
-            Mat {
-                data: &kt[h * d * stride..][..d * stride],
-                rows: d,
-                cols: sk,
-                stride,
-            },
-            1,
-        );
-        simd(
-            #[inline(always)]
-            || {
-                for (row, inv) in scores.chunks_exact_mut(stride).zip(inv_sums.iter_mut()) {
-                    *inv = unnormalised_softmax(&mut row[..sk], scale);
+                d,
+                dp,
+            };
+            let padded = head.padded_rows();
+            tiles::scores(simd, &head, scores);
+            for (row, inv) in scores[..padded * stride]
+                .chunks_exact_mut(stride)
+                .zip(inv_sums.iter_mut())
+            {
+                *inv = unnormalised_softmax(&mut row[..sk], self.scale);
+            }
+            tiles::values(simd, &head, scores, outs);
+            // The softmax's division, on the d outputs of each row rather than its sk inputs.
+            for ((row, o), &inv) in self
+                .rows
+                .chunks_exact_mut(inner)
+                .zip(outs.chunks_exact(dp))
+                .zip(&*inv_sums)
+            {
+                for (dst, &o) in row[h * d..(h + 1) * d].iter_mut().zip(o) {
+                    *dst = o * inv;
                 }
-            },
-        );
-        matmul_simd(
-            MatMut {
-                data: outs,
-                rows: len,
-                cols: dp,
-                stride: dp,
-            },
-            Mat {
-                data: scores,
-                rows: len,
-                cols: sk,
-                stride,
-            },
-            Mat {
-                data: &vh[h * sk * dp..][..sk * dp],
-                rows: sk,
-                cols: dp,
-                stride: dp,
-            },
-            1,
-        );
-        // The softmax's division, on the d outputs of each row rather than its sk inputs.
-        for ((row, o), &inv) in rows
-            .chunks_exact_mut(inner)
-            .zip(outs.chunks_exact(dp))
-            .zip(&*inv_sums)
-        {
-            for (dst, &o) in row[h * d..(h + 1) * d].iter_mut().zip(o) {
-                *dst = o * inv;
             }
         }
     }
 }
 
-/// `exp(scale · (row − max))` in place, returning the reciprocal of its sum (the caller
-/// scales the product with `v` by it, which finishes the softmax); each a vectorised pass
-/// over the row while it is in L1.
+/// `exp(scale · (row − max))` in place (as `2^(scale·log2(e) · (row − max))`), returning the
+/// reciprocal of its sum (the caller scales the product with `v` by it, which finishes the
+/// softmax); each a vectorised pass over the row while it is in L1 or L2.
 #[inline(always)]
 fn unnormalised_softmax(row: &mut [f32], scale: f32) -> f32 {
-    let max = max(row);
+    let c = scale * std::f32::consts::LOG2_E;
+    let shift = -max(row) * c;
     for v in row.iter_mut() {
-        *v = exp((*v - max) * scale);
+        *v = pow2_nonpositive(v.mul_add(c, shift));
     }
     1.0 / sum(row)
 }
@@ -248,36 +277,90 @@ mod tests {
     use super::*;
     use crate::kernels::test_util::max_diff;
     use candle_core::Device;
+    use pulp::WithSimd;
+
+    /// Runs the fused attention at every SIMD level this CPU has (and the scalar one), so
+    /// that each set of tile shapes is checked here.
+    fn at_every_level(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Vec<Tensor> {
+        let mut outs = vec![
+            attention(q, k, v, heads).unwrap(),
+            fused(q, k, v, heads, |b| b.with_simd(pulp::Scalar::new())).unwrap(),
+        ];
+        #[cfg(target_arch = "x86_64")]
+        if pulp::x86::V3::try_new().is_some() {
+            let run = |b: Block| {
+                if let Some(s) = pulp::x86::V3::try_new() {
+                    s.vectorize(
+                        #[inline(always)]
+                        || b.with_simd(s),
+                    )
+                }
+            };
+            outs.push(fused(q, k, v, heads, run).unwrap());
+        }
+        outs
+    }
 
     #[test]
     fn matches_plain_attention() {
         let dev = Device::Cpu;
+        // Key counts across whole and narrow key tiles; head widths of 1 to 10 vectors
+        // (split into value tiles of up to 5); query counts off the 24-row tiles.
         for (b, sq, sk, heads, d) in [
             (2, 33, 33, 3, 8),
             (1, 50, 7, 2, 5),
             (2, 9, 77, 1, 16),
             (1, 1, 1, 1, 3),
+            (1, 61, 130, 2, 40),
+            (1, 30, 64, 1, 64),
+            (1, 25, 80, 1, 80),
+            (1, 7, 200, 1, 96),
+            (1, 13, 19, 2, 112),
+            (1, 49, 150, 1, 160),
         ] {
             let q = Tensor::randn(0f32, 1.0, (b, sq, heads * d), &dev).unwrap();
             let k = Tensor::randn(0f32, 1.0, (b, sk, heads * d), &dev).unwrap();
             let v = Tensor::randn(0f32, 1.0, (b, sk, heads * d), &dev).unwrap();
             let want = plain(&q, &k, &v, heads).unwrap();
-            let got = attention(&q, &k, &v, heads).unwrap();
-            assert_eq!(got.dims(), want.dims());
-            assert!(max_diff(&got, &want) < 1e-5);
+            for got in at_every_level(&q, &k, &v, heads) {
+                assert_eq!(got.dims(), want.dims());
+                let diff = max_diff(&got, &want);
+                assert!(diff < 1e-5, "{b}x{sq} over {sk} keys, {heads}x{d}: {diff}");
+            }
         }
     }
 
     #[test]
     fn long_sequences_are_cut_into_blocks() {
-        // 2100 keys: blocks of BLOCK_SCORES / 2100 = 31 query rows, the last one shorter.
+        // 2100 keys: blocks of 48 query rows (BLOCK_SCORES / 2128-value score rows, in
+        // whole tiles), the last one shorter.
         let dev = Device::Cpu;
         let (sq, heads, d) = (2100, 4, 8);
         let q = Tensor::randn(0f32, 1.0, (2, sq, heads * d), &dev).unwrap();
         let k = Tensor::randn(0f32, 1.0, (2, sq, heads * d), &dev).unwrap();
         let v = Tensor::randn(0f32, 1.0, (2, sq, heads * d), &dev).unwrap();
-        assert!(BLOCK_SCORES / sq < sq && sq % (BLOCK_SCORES / sq) != 0);
+        assert!(sq % 48 != 0 && BLOCK_SCORES / Layout::new(sq, d).stride / 24 * 24 == 48);
         let want = plain(&q, &k, &v, heads).unwrap();
-        assert!(max_diff(&attention(&q, &k, &v, heads).unwrap(), &want) < 1e-5);
+        for got in at_every_level(&q, &k, &v, heads) {
+            assert!(max_diff(&got, &want) < 1e-5);
+        }
+    }
+
+    #[test]
+    fn rows_of_large_scores_keep_their_softmax() {
+        // Scores far below zero (scaled, -300 to -1000) must not underflow to a 0/0 row.
+        let dev = Device::Cpu;
+        let q = (Tensor::ones((1, 5, 16), DType::F32, &dev).unwrap() * 10.0).unwrap();
+        let k = (Tensor::randn(0f32, 1.0, (1, 70, 16), &dev)
+            .unwrap()
+            .abs()
+            .unwrap()
+            * -20.0)
+            .unwrap();
+        let v = Tensor::randn(0f32, 1.0, (1, 70, 16), &dev).unwrap();
+        let want = plain(&q, &k, &v, 1).unwrap();
+        for got in at_every_level(&q, &k, &v, 1) {
+            assert!(max_diff(&got, &want) < 1e-5);
+        }
     }
 }

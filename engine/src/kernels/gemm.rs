@@ -162,9 +162,9 @@ fn product(dst: MatMut, lhs: Mat, rhs: Mat, threads: usize, add: bool) {
     by_gemm_crate(dst, lhs, rhs, threads, add);
 }
 
-/// [`matmul`] by the `gemm` crate (AVX-512 or AVX2) even where AMX is used: for products
-/// whose operands are used once and too small for AMX's packing to pay off (attention's
-/// blocks), and for comparisons.
+/// [`matmul`] by the `gemm` crate (AVX-512 or AVX2) even where AMX is used: the AMX tests'
+/// comparison.
+#[cfg(test)]
 pub(crate) fn matmul_simd(dst: MatMut, lhs: Mat, rhs: Mat, threads: usize) {
     let (m, k, n) = check(&dst, &lhs, &rhs);
     if m == 0 || n == 0 || k == 0 {
