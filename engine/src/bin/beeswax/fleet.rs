@@ -91,7 +91,7 @@ pub fn check_serve_flags(a: &crate::serve::ServeArgs) -> Result<()> {
 }
 
 /// The fleet part of `beeswax serve --nats` (nothing without `--nats`): connects, creates
-/// the pipelines' consumers, makes `service` an API node publishing its jobs, and with
+/// the pipelines' consumers (asking again while NATS does not answer, as a worker does), makes `service` an API node publishing its jobs, and with
 /// `--worker` starts pulling jobs for it too (the returned task ends once `stopping` flips
 /// and the worker has drained).
 pub async fn attach(
@@ -107,7 +107,7 @@ pub async fn attach(
         .connect(a.queue_size as usize, a.keep_finished)
         .await?;
     for pipeline in service.catalog.all() {
-        fleet.consumer(&pipeline.name).await?;
+        fleet.lasting_consumer(&pipeline.name).await?;
     }
     let _ = service.set_remote(Arc::new(ApiNode::start(fleet.clone()).await?));
     if !a.worker {
