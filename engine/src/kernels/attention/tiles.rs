@@ -97,11 +97,11 @@ fn scores_by<S: Simd, const MR: usize, const NV: usize>(simd: S, h: &Head, score
             let out = &mut scores[r * h.stride + c..];
             if width >= NV * lanes {
                 for x in (0..width).step_by(NV * lanes) {
-                    score_tile::<S, MR, NV>(simd, q, &tile[x..], width, &mut out[x..], h.stride);
+                    outer_tile::<S, MR, NV>(simd, q, &tile[x..], width, &mut out[x..], h.stride);
                 }
             } else {
                 for x in (0..width).step_by(lanes) {
-                    score_tile::<S, MR, 1>(simd, q, &tile[x..], width, &mut out[x..], h.stride);
+                    outer_tile::<S, MR, 1>(simd, q, &tile[x..], width, &mut out[x..], h.stride);
                 }
             }
         }
@@ -109,33 +109,35 @@ fn scores_by<S: Simd, const MR: usize, const NV: usize>(simd: S, h: &Head, score
     }
 }
 
-/// An `MR x NV·lanes` tile of scores: `kt` starts at the tile's first column, its rows
-/// `width` apart; `out` at the tile's first score, its rows `stride` apart.
+/// `out[r][..NV·lanes] = Σ_t a[r][t] · b[t][..NV·lanes]` for the `MR` rows of `a` (all of one
+/// length, the reduction's), `b`'s rows `b_stride` apart and `out`'s `out_stride` apart: the
+/// register tile of both products (`q·kᵀ`: `a` the queries, `b` a key tile; `p·v`: `a` the
+/// probabilities, `b` the values), its `MR x NV` sums in registers throughout.
 #[inline(always)]
-fn score_tile<S: Simd, const MR: usize, const NV: usize>(
+fn outer_tile<S: Simd, const MR: usize, const NV: usize>(
     simd: S,
-    q: [&[f32]; MR],
-    kt: &[f32],
-    width: usize,
+    a: [&[f32]; MR],
+    b: &[f32],
+    b_stride: usize,
     out: &mut [f32],
-    stride: usize,
+    out_stride: usize,
 ) {
     let lanes = S::F32_LANES;
-    let d = q[0].len();
-    let q = q.map(|row| &row[..d]);
+    let len = a[0].len();
+    let a = a.map(|row| &row[..len]);
     let mut acc = [[simd.splat_f32s(0.0); NV]; MR];
-    for j in 0..d {
-        let k = S::as_simd_f32s(&kt[j * width..][..NV * lanes]).0;
-        let k: [S::f32s; NV] = std::array::from_fn(|v| k[v]);
+    for t in 0..len {
+        let row = S::as_simd_f32s(&b[t * b_stride..][..NV * lanes]).0;
+        let row: [S::f32s; NV] = std::array::from_fn(|v| row[v]);
         for r in 0..MR {
-            let x = simd.splat_f32s(q[r][j]);
+            let x = simd.splat_f32s(a[r][t]);
             for v in 0..NV {
-                acc[r][v] = simd.mul_add_f32s(x, k[v], acc[r][v]);
+                acc[r][v] = simd.mul_add_f32s(x, row[v], acc[r][v]);
             }
         }
     }
     for (r, acc) in acc.iter().enumerate() {
-        let o = S::as_mut_simd_f32s(&mut out[r * stride..][..NV * lanes]).0;
+        let o = S::as_mut_simd_f32s(&mut out[r * out_stride..][..NV * lanes]).0;
         o.copy_from_slice(acc);
     }
 }
@@ -181,8 +183,6 @@ fn values_by<S: Simd, const NV: usize>(simd: S, h: &Head, p: &[f32], col: usize,
     }
 }
 
-// `s` indexes MR rows of `p` at once, and `v`'s rows.
-#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 fn values_tiles<S: Simd, const MR: usize, const NV: usize>(
     simd: S,
@@ -191,23 +191,9 @@ fn values_tiles<S: Simd, const MR: usize, const NV: usize>(
     col: usize,
     outs: &mut [f32],
 ) {
-    let lanes = S::F32_LANES;
     for r in (0..h.padded_rows()).step_by(MR) {
         let rows: [&[f32]; MR] = std::array::from_fn(|i| &p[(r + i) * h.stride..][..h.sk]);
-        let mut acc = [[simd.splat_f32s(0.0); NV]; MR];
-        for s in 0..h.sk {
-            let v = S::as_simd_f32s(&h.v[s * h.dp + col..][..NV * lanes]).0;
-            let v: [S::f32s; NV] = std::array::from_fn(|i| v[i]);
-            for i in 0..MR {
-                let x = simd.splat_f32s(rows[i][s]);
-                for j in 0..NV {
-                    acc[i][j] = simd.mul_add_f32s(x, v[j], acc[i][j]);
-                }
-            }
-        }
-        for (i, acc) in acc.iter().enumerate() {
-            let o = S::as_mut_simd_f32s(&mut outs[(r + i) * h.dp + col..][..NV * lanes]).0;
-            o.copy_from_slice(acc);
-        }
+        let out = &mut outs[r * h.dp + col..];
+        outer_tile::<S, MR, NV>(simd, rows, &h.v[col..], h.dp, out, h.dp);
     }
 }
