@@ -287,14 +287,12 @@ mod tests {
             fused(q, k, v, heads, |b| b.with_simd(pulp::Scalar::new())).unwrap(),
         ];
         #[cfg(target_arch = "x86_64")]
-        if pulp::x86::V3::try_new().is_some() {
+        if let Some(s) = pulp::x86::V3::try_new() {
             let run = |b: Block| {
-                if let Some(s) = pulp::x86::V3::try_new() {
-                    s.vectorize(
-                        #[inline(always)]
-                        || b.with_simd(s),
-                    )
-                }
+                s.vectorize(
+                    #[inline(always)]
+                    || b.with_simd(s),
+                )
             };
             outs.push(fused(q, k, v, heads, run).unwrap());
         }
@@ -339,7 +337,8 @@ mod tests {
         let q = Tensor::randn(0f32, 1.0, (2, sq, heads * d), &dev).unwrap();
         let k = Tensor::randn(0f32, 1.0, (2, sq, heads * d), &dev).unwrap();
         let v = Tensor::randn(0f32, 1.0, (2, sq, heads * d), &dev).unwrap();
-        assert!(sq % 48 != 0 && BLOCK_SCORES / Layout::new(sq, d).stride / 24 * 24 == 48);
+        let rows = tiles::ROW_MULTIPLE;
+        assert!(sq % 48 != 0 && BLOCK_SCORES / Layout::new(sq, d).stride / rows * rows == 48);
         let want = plain(&q, &k, &v, heads).unwrap();
         for got in at_every_level(&q, &k, &v, heads) {
             assert!(max_diff(&got, &want) < 1e-5);

@@ -85,9 +85,10 @@ pub(crate) fn exp(x: f32) -> f32 {
 }
 
 /// `2^t` for `t <= 0` (the softmax's exponentials, in base 2 after folding `log2(e)` into the
-/// scale): rounding to `n + f` with `f` in `[-1/2, 1/2]`, a degree-5 near-minimax polynomial for
-/// `2^f` (relative error 2.4e-7) and `n` added to its exponent; NaN stays NaN; about 12 vector instructions
-/// against [`exp`]'s 20. Below `2^-126` it returns some value under `2^-125` (not 0).
+/// scale): rounding to `n + f` with `f` in `[-1/2, 1/2]`, a degree-5 near-minimax polynomial
+/// for `2^f` (relative error 2.4e-7) and `n` added to its exponent; NaN stays NaN; about 12
+/// vector instructions against [`exp`]'s 20. Below `2^-126` it returns some value under
+/// `2^-125` (not 0).
 #[inline(always)]
 pub(crate) fn pow2_nonpositive(t: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
@@ -159,18 +160,34 @@ mod tests {
         sum * 2.0 / std::f64::consts::PI.sqrt()
     }
 
+    /// Asserts that `f` is within `tolerance` of `reference` (relative) at every `step` from
+    /// the start of `range` while in it.
+    fn assert_relative(
+        name: &str,
+        f: impl Fn(f32) -> f32,
+        reference: impl Fn(f64) -> f64,
+        range: impl std::ops::RangeBounds<f32>,
+        step: f32,
+        tolerance: f64,
+    ) {
+        let std::ops::Bound::Included(&start) = range.start_bound() else {
+            panic!("{name}: the range needs a start")
+        };
+        let mut x = start;
+        while range.contains(&x) {
+            let want = reference(x as f64);
+            let got = f(x) as f64;
+            assert!(
+                ((got - want) / want).abs() < tolerance,
+                "{name}({x}) = {got}, want {want}"
+            );
+            x += step;
+        }
+    }
+
     #[test]
     fn exp_is_accurate() {
-        let mut x = -80.0f32;
-        while x < 80.0 {
-            let want = (x as f64).exp();
-            let got = exp(x) as f64;
-            assert!(
-                ((got - want) / want).abs() < 4e-7,
-                "exp({x}) = {got}, want {want}"
-            );
-            x += 0.0137;
-        }
+        assert_relative("exp", exp, f64::exp, -80.0..80.0, 0.0137, 4e-7);
         assert!((0.0..1e-37).contains(&exp(-1000.0)));
         assert!(exp(1000.0).is_finite());
     }
@@ -193,16 +210,8 @@ mod tests {
 
     #[test]
     fn pow2_is_accurate_below_zero() {
-        let mut t = -125.9f32;
-        while t <= 0.0 {
-            let want = (t as f64).exp2();
-            let got = pow2_nonpositive(t) as f64;
-            assert!(
-                ((got - want) / want).abs() < 4e-7,
-                "2^{t} = {got}, want {want}"
-            );
-            t += 0.00731;
-        }
+        let pow2 = pow2_nonpositive;
+        assert_relative("2^", pow2, f64::exp2, -125.9..=0.0, 0.00731, 4e-7);
         assert!((pow2_nonpositive(0.0) - 1.0).abs() < 2e-7);
         assert!(pow2_nonpositive(f32::NAN).is_nan());
         assert!((0.0..3e-38).contains(&pow2_nonpositive(-1000.0)));

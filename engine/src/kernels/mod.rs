@@ -11,9 +11,9 @@
 //! diffusers (no reduced precision); each is unit-tested against candle's plain ops.
 //!
 //! GEMMs go through candle's `matmul`, or, where a kernel multiplies strided blocks inside its
-//! own loops (Winograd), through the bounds-checked `gemm` module (attention has its own
-//! register tiles); both reach the
-//! `gemm` crate with its AVX-512 kernels enabled by the workspace's `x86-v4` feature.
+//! own loops (Winograd), through the bounds-checked `gemm` module; both reach the `gemm` crate
+//! with its AVX-512 kernels enabled by the workspace's `x86-v4` feature. Attention multiplies
+//! on its own register tiles.
 //! Elementwise loops are compiled for the best SIMD level at run time through `pulp`'s
 //! dispatch (see `math::simd` for what that requires of them), with a scalar fallback.
 

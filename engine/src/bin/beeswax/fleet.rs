@@ -91,9 +91,9 @@ pub fn check_serve_flags(a: &crate::serve::ServeArgs) -> Result<()> {
 }
 
 /// The fleet part of `beeswax serve --nats` (nothing without `--nats`): connects, creates
-/// the pipelines' consumers (asking again while NATS does not answer, as a worker does), makes `service` an API node publishing its jobs, and with
-/// `--worker` starts pulling jobs for it too (the returned task ends once `stopping` flips
-/// and the worker has drained).
+/// the pipelines' consumers (asking again while NATS does not answer, as a worker does),
+/// makes `service` an API node publishing its jobs, and with `--worker` starts pulling jobs
+/// for it too (the returned task ends once `stopping` flips and the worker has drained).
 pub async fn attach(
     a: &crate::serve::ServeArgs,
     service: &Arc<Service>,
