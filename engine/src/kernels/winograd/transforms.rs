@@ -147,8 +147,8 @@ fn transform_channel(
     );
 }
 
-/// `Aᵀ m A` for every tile of the band in `image` (`m` is `[positions][images·nt]` for output
-/// channel `o`), through the epilogue `ep`, into that channel's output rows `dst` (cropped to
+/// `Aᵀ m A` for every tile of the band in `image` (`prod` starts at output channel `o`'s
+/// row of the first position's products, laid out as [`super::products`] writes them), through the epilogue `ep`, into that channel's output rows `dst` (cropped to
 /// the image, every value written); `dst` and `residual` (this channel's part of the
 /// epilogue's) start at the band's first row, `m·ty0`.
 #[allow(clippy::too_many_arguments)]
@@ -172,13 +172,15 @@ pub(super) fn transform_output(
     } = *band;
     let (_, tw) = s.tiles(t);
     let (m, n) = (t.m(), t.n());
+    // From one position's row of products to the next position's.
+    let position = super::product_block(s.co, stride);
     let OutputRows { srows, row } = scratch;
     simd(
         #[inline(always)]
         || {
             for r in 0..rows {
                 let base = image * nt + r * tw;
-                output_rows(t, &prod[base..], stride, tw, srows);
+                output_rows(t, &prod[base..], position, tw, srows);
                 // A on the column index, into output rows m·ty .. m·ty + m - 1.
                 for (i, sr) in srows.chunks_exact(n * tw).enumerate() {
                     if m * (ty0 + r) + i >= s.h {
