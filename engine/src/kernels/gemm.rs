@@ -8,7 +8,7 @@ use std::mem::MaybeUninit;
 use candle_core::{Result, Tensor};
 
 use super::amx::{self, Rhs};
-use super::slices::{fast, with_f32};
+use super::slices::{fast, with_f32, with_f32_rows};
 
 /// A row-major matrix view: `rows x cols` values of `data`, row `r` starting at `r * stride`.
 #[derive(Debug, Clone, Copy)]
@@ -55,8 +55,10 @@ pub(crate) fn matmul_add(dst: MatMut, lhs: Mat, rhs: Mat, threads: usize) {
 
 /// `a · b` for 2-D CPU f32 tensors, into an output that is not zeroed first (candle's own
 /// `matmul` zeroes it on one thread): by the `gemm` crate, or on AMX ([`super::amx`]) when
-/// this process multiplies there. `b` may be contiguous or, on AMX, the transpose of a
-/// contiguous matrix (as linear layers' weights can be); anything else goes to candle.
+/// this process multiplies there. `b` is read in place when its rows' values are adjacent
+/// (contiguous, or rows further apart as in linear layers' padded weights) or, on AMX, when it
+/// is the transpose of such a matrix; other layouts are made contiguous, or (transposed, off
+/// AMX) go to candle.
 pub(crate) fn matmul_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if !fast(a) || !fast(b) || a.rank() != 2 || b.rank() != 2 {
         return a.matmul(b);
@@ -70,7 +72,7 @@ pub(crate) fn matmul_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let b = match (transposed, precision) {
         (true, None) => return a.matmul(b), // candle multiplies by the strided view
         (true, Some(_)) => b.t()?,
-        (false, _) => b.contiguous()?,
+        (false, _) => b.clone(),
     };
     let mut out = Box::<[f32]>::new_uninit_slice(m * n);
     let threads = rayon::current_num_threads();
@@ -87,13 +89,13 @@ pub(crate) fn matmul_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             cols: k,
             stride: k,
         };
-        with_f32(&b, |bd| match (transposed, precision) {
+        with_f32_rows(&b, |bd, stride| match (transposed, precision) {
             (true, Some(p)) => {
                 let rhs = Rhs::Cols(Mat {
                     data: bd,
                     rows: n,
                     cols: k,
-                    stride: k,
+                    stride,
                 });
                 amx::product_uninit(dst, lhs, rhs, threads, p)
             }
@@ -102,7 +104,7 @@ pub(crate) fn matmul_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
                     data: bd,
                     rows: k,
                     cols: n,
-                    stride: n,
+                    stride,
                 };
                 matmul_uninit(dst, lhs, rhs, threads)
             }

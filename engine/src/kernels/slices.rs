@@ -24,6 +24,24 @@ pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> 
     Ok(f(&data[start..end]))
 }
 
+/// Runs `f` on the f32 elements of the matrix `t` (`[rows, cols]`) from its first row on, and
+/// the distance between its rows: in place when each row's values are adjacent (rows may be
+/// further apart than `cols`, as in the padded weights of [`super::transpose`]), else made
+/// contiguous first (distance `cols`). Callers check [`fast`] first.
+pub(crate) fn with_f32_rows<R>(t: &Tensor, f: impl FnOnce(&[f32], usize) -> R) -> Result<R> {
+    let (rows, cols) = t.dims2()?;
+    let row = t.stride()[0];
+    if rows == 0 || cols == 0 || t.stride()[1] != 1 || row < cols {
+        return with_f32(t, |data| f(data, cols));
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+        bail!("kernels: expected a CPU f32 tensor, got {:?}", t.dtype())
+    };
+    let start = layout.start_offset();
+    Ok(f(&data[start..start + (rows - 1) * row + cols], row))
+}
+
 /// Copies the f32 elements of `t` (row-major) into a vector; for small tensors like biases.
 pub(crate) fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
     with_f32(t, |s| s.to_vec())

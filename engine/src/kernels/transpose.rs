@@ -2,6 +2,12 @@
 //! ([`crate::weights::gemm_layout`]): candle's strided copy walks a transposed matrix element
 //! by element and was a third of the time to load a model; this one copies 32x32 blocks (both
 //! sides stay in cache) on every core.
+//!
+//! Rows of f32 storage a multiple of 1 KiB long get [`ROW_PAD`] unused values after each: the
+//! GEMM reads the weight in place (it does not repack it when the activations have few rows),
+//! and rows 4 KiB apart fall in the same L1 and L2 sets, so a panel of them would evict itself.
+//! Measured on a 2-core Zen 5 with the text encoders' shapes (77 tokens): a 1024x1024 weight
+//! 0.34 ms against 0.41 ms, 4096x1024 1.38 ms against 1.68 ms; larger products are unchanged.
 
 use candle_core::{CpuStorage, Device, Result, Storage, Tensor, WithDType};
 use rayon::prelude::*;
@@ -9,9 +15,23 @@ use rayon::prelude::*;
 /// Side of the square blocks copied at once.
 const BLOCK: usize = 32;
 
+/// Unused f32 values after each row of f32 storage whose rows are a multiple of 1 KiB long
+/// (one cache line).
+const ROW_PAD: usize = 16;
+
+/// Row stride of the transposed storage of f32 rows of `len` values.
+fn padded(len: usize) -> usize {
+    if len % 256 == 0 {
+        len + ROW_PAD
+    } else {
+        len
+    }
+}
+
 /// `t` (`[rows, cols]`) with the same shape and values, stored as the transposed view of
-/// contiguous `[cols, rows]` memory: what `t.t()?.contiguous()?.t()` gives. Contiguous CPU
-/// matrices of f32, f16 and bf16 take the blocked copy; anything else goes through candle.
+/// row-major `[cols, rows]` memory: what `t.t()?.contiguous()?.t()` gives, but for f32 with
+/// rows of the storage padded ([`ROW_PAD`]) when they are a multiple of 1 KiB long. Contiguous
+/// CPU matrices of f32, f16 and bf16 take the blocked copy; anything else goes through candle.
 pub fn transposed_storage(t: &Tensor) -> Result<Tensor> {
     let plain = || t.t()?.contiguous()?.t();
     if t.rank() != 2 || !t.device().is_cpu() || t.elem_count() == 0 {
@@ -24,9 +44,9 @@ pub fn transposed_storage(t: &Tensor) -> Result<Tensor> {
         return plain();
     };
     let out = match &*storage {
-        Storage::Cpu(CpuStorage::F32(d)) => transposed(&d[start..end], rows, cols)?,
-        Storage::Cpu(CpuStorage::F16(d)) => transposed(&d[start..end], rows, cols)?,
-        Storage::Cpu(CpuStorage::BF16(d)) => transposed(&d[start..end], rows, cols)?,
+        Storage::Cpu(CpuStorage::F32(d)) => transposed(&d[start..end], rows, cols, padded(rows))?,
+        Storage::Cpu(CpuStorage::F16(d)) => transposed(&d[start..end], rows, cols, rows)?,
+        Storage::Cpu(CpuStorage::BF16(d)) => transposed(&d[start..end], rows, cols, rows)?,
         _ => {
             drop(storage);
             return plain();
@@ -35,25 +55,26 @@ pub fn transposed_storage(t: &Tensor) -> Result<Tensor> {
     out.t()
 }
 
-/// The `[cols, rows]` tensor of `src` (`[rows, cols]`, row-major) transposed.
-fn transposed<T: WithDType>(src: &[T], rows: usize, cols: usize) -> Result<Tensor> {
-    let mut dst = vec![T::zero(); rows * cols];
-    dst.par_chunks_mut(BLOCK * rows)
+/// The `[cols, rows]` tensor of `src` (`[rows, cols]`, row-major) transposed, its rows
+/// `stride` values apart in memory (`stride >= rows`; the values after each row are zero).
+fn transposed<T: WithDType>(src: &[T], rows: usize, cols: usize, stride: usize) -> Result<Tensor> {
+    let mut dst = vec![T::zero(); stride * cols];
+    dst.par_chunks_mut(BLOCK * stride)
         .enumerate()
         .for_each(|(block, out)| {
             let c0 = block * BLOCK;
-            let n = out.len() / rows;
+            let n = out.len() / stride;
             for r0 in (0..rows).step_by(BLOCK) {
                 let r1 = (r0 + BLOCK).min(rows);
                 for c in 0..n {
-                    let line = &mut out[c * rows + r0..c * rows + r1];
+                    let line = &mut out[c * stride + r0..c * stride + r1];
                     for (i, o) in line.iter_mut().enumerate() {
                         *o = src[(r0 + i) * cols + c0 + c];
                     }
                 }
             }
         });
-    Tensor::from_vec(dst, (cols, rows), &Device::Cpu)
+    Tensor::from_vec(dst, (cols, stride), &Device::Cpu)?.narrow(1, 0, rows)
 }
 
 #[cfg(test)]
@@ -68,8 +89,14 @@ mod tests {
             .unwrap();
         let fast = transposed_storage(&t).unwrap();
         assert_eq!(fast.dims(), &[rows, cols]);
-        // Stored as contiguous [cols, rows], like candle's transposed copy.
-        assert!(fast.t().unwrap().is_contiguous(), "{rows}x{cols}");
+        // Stored as [cols, rows] with unit column stride, like candle's transposed copy; f32
+        // rows a multiple of 1 KiB long are padded.
+        let stride = fast.t().unwrap().stride().to_vec();
+        let want = match dtype {
+            DType::F32 => padded(rows),
+            _ => rows,
+        };
+        assert_eq!(stride, [want, 1], "{rows}x{cols} {dtype:?}");
         let diff = (fast.to_dtype(DType::F32).unwrap() - t.to_dtype(DType::F32).unwrap())
             .unwrap()
             .abs()
@@ -83,9 +110,18 @@ mod tests {
 
     #[test]
     fn equals_candles_transposed_copy_at_odd_sizes() {
-        for (rows, cols) in [(1, 1), (3, 70), (70, 3), (33, 65), (64, 32), (100, 1)] {
+        for (rows, cols) in [
+            (1, 1),
+            (3, 70),
+            (70, 3),
+            (33, 65),
+            (64, 32),
+            (100, 1),
+            (256, 35),
+        ] {
             check(rows, cols, DType::F32);
         }
+        check(512, 3, DType::F16);
         check(37, 45, DType::F16);
         check(45, 37, DType::BF16);
     }
