@@ -53,6 +53,20 @@ pub(crate) fn matmul_add(dst: MatMut, lhs: Mat, rhs: Mat, threads: usize) {
     product(dst, lhs, rhs, threads, true)
 }
 
+/// The distance to give rows of `len` f32 values that a GEMM reads in place: `len`, or one
+/// cache line more when the rows would be a multiple of 1 KiB long. Rows 4 KiB apart fall in
+/// the same L1 and L2 sets, so the panel of rows the GEMM works through would evict itself.
+/// Measured on a 2-core Zen 5 at the text encoders' shapes (77 tokens, weights in cache): a
+/// 1024x1024 weight 0.34 ms against 0.41 ms, 4096x1024 1.38 ms against 1.68 ms, 1280x1280
+/// with 64 rows 0.45 ms against 0.58 ms; products with many rows are unchanged.
+pub(crate) fn unaliased_stride(len: usize) -> usize {
+    if len % 256 == 0 {
+        len + 16
+    } else {
+        len
+    }
+}
+
 /// `a · b` for 2-D CPU f32 tensors, into an output that is not zeroed first (candle's own
 /// `matmul` zeroes it on one thread): by the `gemm` crate, or on AMX ([`super::amx`]) when
 /// this process multiplies there. `b` is read in place when its rows' values are adjacent

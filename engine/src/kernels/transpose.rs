@@ -3,34 +3,20 @@
 //! by element and was a third of the time to load a model; this one copies 32x32 blocks (both
 //! sides stay in cache) on every core.
 //!
-//! Rows of f32 storage a multiple of 1 KiB long get [`ROW_PAD`] unused values after each: the
-//! GEMM reads the weight in place (it does not repack it when the activations have few rows),
-//! and rows 4 KiB apart fall in the same L1 and L2 sets, so a panel of them would evict itself.
-//! Measured on a 2-core Zen 5 with the text encoders' shapes (77 tokens): a 1024x1024 weight
-//! 0.34 ms against 0.41 ms, 4096x1024 1.38 ms against 1.68 ms; larger products are unchanged.
+//! Rows of f32 storage a multiple of 1 KiB long are padded ([`unaliased_stride`]): the GEMM
+//! reads the weight in place (it does not repack it when the activations have few rows).
 
 use candle_core::{CpuStorage, Device, Result, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
+use super::gemm::unaliased_stride;
+
 /// Side of the square blocks copied at once.
 const BLOCK: usize = 32;
 
-/// Unused f32 values after each row of f32 storage whose rows are a multiple of 1 KiB long
-/// (one cache line).
-const ROW_PAD: usize = 16;
-
-/// Row stride of the transposed storage of f32 rows of `len` values.
-fn padded(len: usize) -> usize {
-    if len % 256 == 0 {
-        len + ROW_PAD
-    } else {
-        len
-    }
-}
-
 /// `t` (`[rows, cols]`) with the same shape and values, stored as the transposed view of
 /// row-major `[cols, rows]` memory: what `t.t()?.contiguous()?.t()` gives, but for f32 with
-/// rows of the storage padded ([`ROW_PAD`]) when they are a multiple of 1 KiB long. Contiguous
+/// rows of the storage padded ([`unaliased_stride`]) when they are a multiple of 1 KiB long. Contiguous
 /// CPU matrices of f32, f16 and bf16 take the blocked copy; anything else goes through candle.
 pub fn transposed_storage(t: &Tensor) -> Result<Tensor> {
     let plain = || t.t()?.contiguous()?.t();
@@ -44,7 +30,9 @@ pub fn transposed_storage(t: &Tensor) -> Result<Tensor> {
         return plain();
     };
     let out = match &*storage {
-        Storage::Cpu(CpuStorage::F32(d)) => transposed(&d[start..end], rows, cols, padded(rows))?,
+        Storage::Cpu(CpuStorage::F32(d)) => {
+            transposed(&d[start..end], rows, cols, unaliased_stride(rows))?
+        }
         Storage::Cpu(CpuStorage::F16(d)) => transposed(&d[start..end], rows, cols, rows)?,
         Storage::Cpu(CpuStorage::BF16(d)) => transposed(&d[start..end], rows, cols, rows)?,
         _ => {
@@ -93,7 +81,7 @@ mod tests {
         // rows a multiple of 1 KiB long are padded.
         let stride = fast.t().unwrap().stride().to_vec();
         let want = match dtype {
-            DType::F32 => padded(rows),
+            DType::F32 => unaliased_stride(rows),
             _ => rows,
         };
         assert_eq!(stride, [want, 1], "{rows}x{cols} {dtype:?}");
