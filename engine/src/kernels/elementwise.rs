@@ -243,6 +243,32 @@ mod tests {
     }
 
     #[test]
+    fn padded_weights_multiply_like_contiguous_ones() {
+        // The loader's layout for f32 weights of 256 outputs: rows of the [in, out] storage
+        // padded (`unaliased_stride`), read in place by the GEMM; also through candle (f64 x).
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 9, 24), &dev).unwrap();
+        let res = Tensor::randn(0f32, 1.0, (2, 9, 256), &dev).unwrap();
+        let l = lin(256, 24, true);
+        let padded = crate::kernels::transpose::transposed_storage(l.weight()).unwrap();
+        assert!(!padded.t().unwrap().is_contiguous());
+        let kept = Linear::new(padded, l.bias().cloned());
+        let want = (l.forward(&x).unwrap() + &res).unwrap();
+        assert!(max_diff(&linear(&kept, &x, Some(&res)).unwrap(), &want) < 1e-5);
+        let want = geglu(&l, &x).unwrap();
+        assert!(max_diff(&geglu(&kept, &x).unwrap(), &want) < 1e-5);
+        let x64 = x.to_dtype(candle_core::DType::F64).unwrap();
+        let want = l
+            .forward(&x64.to_dtype(candle_core::DType::F32).unwrap())
+            .unwrap();
+        let got = linear(&kept, &x64, None)
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap();
+        assert!(max_diff(&got, &want) < 1e-4);
+    }
+
+    #[test]
     fn geglu_matches_candle() {
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (2, 19, 24), &dev).unwrap();

@@ -16,8 +16,9 @@ const BLOCK: usize = 32;
 
 /// `t` (`[rows, cols]`) with the same shape and values, stored as the transposed view of
 /// row-major `[cols, rows]` memory: what `t.t()?.contiguous()?.t()` gives, but for f32 with
-/// rows of the storage padded ([`unaliased_stride`]) when they are a multiple of 1 KiB long. Contiguous
-/// CPU matrices of f32, f16 and bf16 take the blocked copy; anything else goes through candle.
+/// rows of the storage padded ([`unaliased_stride`]) when they are a multiple of 1 KiB long.
+/// Contiguous CPU matrices of f32, f16 and bf16 take the blocked copy; anything else goes
+/// through candle.
 pub fn transposed_storage(t: &Tensor) -> Result<Tensor> {
     let plain = || t.t()?.contiguous()?.t();
     if t.rank() != 2 || !t.device().is_cpu() || t.elem_count() == 0 {
