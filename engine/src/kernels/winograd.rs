@@ -54,9 +54,10 @@ const MIN_BAND_TILES: usize = 65;
 const LOCAL_BAND: usize = 1 << 18;
 
 /// Extra f32 values after each channel's block of the filters and transformed input, and
-/// after each position's block of products (one cache line). The blocks are otherwise a multiple of 4 KiB long whenever the channels
-/// or tiles are a multiple of 64, so the rows each GEMM reads would all fall in the same L1
-/// sets and evict one another while it packs them.
+/// after each position's block of products (one cache line). The blocks are otherwise a
+/// multiple of 4 KiB long whenever the channels or tiles are a multiple of 64, so the rows
+/// each GEMM reads would all fall in the same L1 sets and evict one another while it packs
+/// them.
 const PAD: usize = 16;
 
 /// Length of one channel's block: the tiling's positions of `len` values each, then [`PAD`].

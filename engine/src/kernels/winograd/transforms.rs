@@ -148,9 +148,10 @@ fn transform_channel(
 }
 
 /// `Aᵀ m A` for every tile of the band in `image` (`prod` starts at output channel `o`'s
-/// row of the first position's products, laid out as [`super::products`] writes them), through the epilogue `ep`, into that channel's output rows `dst` (cropped to
-/// the image, every value written); `dst` and `residual` (this channel's part of the
-/// epilogue's) start at the band's first row, `m·ty0`.
+/// row of the first position's products, laid out as [`super::products`] writes them),
+/// through the epilogue `ep`, into that channel's output rows `dst` (cropped to the image,
+/// every value written); `dst` and `residual` (this channel's part of the epilogue's) start
+/// at the band's first row, `m·ty0`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn transform_output(
     prod: &[f32],
