@@ -212,6 +212,21 @@ mod tests {
         }
     }
 
+    /// `kept`'s linear (with the residual `res`) and GEGLU of `x` equal `want`'s, the same
+    /// layer with its weight held another way.
+    fn assert_same_layer(kept: &Linear, want: &Linear, x: &Tensor, res: &Tensor, what: &str) {
+        let (got, expected) = (linear(kept, x, Some(res)), linear(want, x, Some(res)));
+        assert!(
+            max_diff(&got.unwrap(), &expected.unwrap()) < 1e-5,
+            "linear, {what}"
+        );
+        let (got, expected) = (geglu(kept, x), geglu(want, x));
+        assert!(
+            max_diff(&got.unwrap(), &expected.unwrap()) < 1e-5,
+            "geglu, {what}"
+        );
+    }
+
     #[test]
     fn sixteen_bit_weights_equal_their_widened_copy() {
         let dev = Device::Cpu;
@@ -229,12 +244,7 @@ mod tests {
             let widened = Linear::new(wide, l.bias().cloned());
             for w in layouts {
                 let kept = Linear::new(w, l.bias().cloned());
-                let want = linear(&widened, &x, Some(&res)).unwrap();
-                let got = linear(&kept, &x, Some(&res)).unwrap();
-                assert!(max_diff(&got, &want) < 1e-5, "{dtype:?}");
-                let want = geglu(&widened, &x).unwrap();
-                let got = geglu(&kept, &x).unwrap();
-                assert!(max_diff(&got, &want) < 1e-5, "{dtype:?}");
+                assert_same_layer(&kept, &widened, &x, &res, &format!("{dtype:?}"));
                 let x64 = x.to_dtype(candle_core::DType::F64).unwrap();
                 let got = linear(&kept, &x64, None).unwrap();
                 assert_eq!(got.dtype(), candle_core::DType::F64);
@@ -253,10 +263,7 @@ mod tests {
         let padded = crate::kernels::transpose::transposed_storage(l.weight()).unwrap();
         assert!(!padded.t().unwrap().is_contiguous());
         let kept = Linear::new(padded, l.bias().cloned());
-        let want = (l.forward(&x).unwrap() + &res).unwrap();
-        assert!(max_diff(&linear(&kept, &x, Some(&res)).unwrap(), &want) < 1e-5);
-        let want = geglu(&l, &x).unwrap();
-        assert!(max_diff(&geglu(&kept, &x).unwrap(), &want) < 1e-5);
+        assert_same_layer(&kept, &l, &x, &res, "padded f32");
         let x64 = x.to_dtype(candle_core::DType::F64).unwrap();
         let want = l
             .forward(&x64.to_dtype(candle_core::DType::F32).unwrap())
