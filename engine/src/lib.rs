@@ -44,3 +44,9 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use error::{Error, Result};
+
+/// The unit tests run with the allocator the `beeswax` binary installs (see
+/// [`weights::mapping::Allocator`]).
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: weights::mapping::Allocator = weights::mapping::Allocator;

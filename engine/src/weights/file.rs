@@ -1,17 +1,23 @@
 //! A safetensors file, its header read and checked once: the header length fits the file, the
 //! header is a JSON object, every entry names a dtype, a shape and a byte range that lies
-//! inside the data section and holds exactly `shape × dtype` bytes. Tensors are then read one at
-//! a time with positioned reads (never the whole file at once, never mapped), into memory the
-//! caller owns.
+//! inside the data section and holds exactly `shape × dtype` bytes, and no two entries' bytes
+//! overlap. The file is then mapped (privately, on the first read; see [`super::mapping`]): a
+//! tensor stored in the dtype asked for on CPU is used in place, any other is converted from
+//! the mapped bytes into memory the caller owns. Where the file cannot be mapped, tensors are
+//! read one at a time with positioned reads.
 //!
 //! Only safetensors are read (pickles are refused before we get here, see
 //! [`crate::model_files`]), so reading a file executes nothing from it.
 
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 use candle_core::{DType, Device, Tensor};
+
+use super::mapping::Mapping;
 
 /// The largest header accepted (as the safetensors crate's `MAX_HEADER_SIZE`).
 const MAX_HEADER_BYTES: u64 = 100 << 20;
@@ -75,9 +81,13 @@ struct RawEntry {
 pub struct SafetensorsFile {
     path: PathBuf,
     file: std::fs::File,
+    file_len: u64,
     data_start: u64,
     entries: HashMap<String, TensorInfo>,
     metadata: HashMap<String, String>,
+    mapping: OnceLock<Option<Mapping>>,
+    /// Data offsets of the tensors handed out in place (their pages are never forgotten).
+    in_place: Mutex<HashSet<usize>>,
 }
 
 /// The candle dtype a stored dtype loads as, if candle has it.
@@ -146,12 +156,16 @@ impl SafetensorsFile {
                 })?;
             entries.insert(name, info);
         }
+        check_disjoint(&entries).map_err(header_error)?;
         Ok(Self {
             path: path.to_path_buf(),
             file,
+            file_len,
             data_start,
             entries,
             metadata,
+            mapping: OnceLock::new(),
+            in_place: Mutex::new(HashSet::new()),
         })
     }
 
@@ -187,22 +201,18 @@ impl SafetensorsFile {
         &self.metadata
     }
 
-    /// The stored bytes of `name`.
-    pub fn read_bytes(&self, name: &str) -> Result<Vec<u8>, WeightsError> {
-        let info = self
-            .entries
-            .get(name)
-            .ok_or_else(|| self.tensor_error(name, "not found"))?;
-        let (start, end) = info.offsets;
-        let mut bytes = vec![0u8; end - start];
-        self.file
-            .read_exact_at(&mut bytes, self.data_start + start as u64)
-            .map_err(|e| self.tensor_error(name, &format!("reading its data: {e}")))?;
-        Ok(bytes)
+    /// The file mapped, if it can be (see [`super::mapping`]).
+    fn mapping(&self) -> Option<&Mapping> {
+        self.mapping
+            .get_or_init(|| {
+                let len = usize::try_from(self.file_len).ok()?;
+                Mapping::new(&self.file, len)
+            })
+            .as_ref()
     }
 
-    /// Reads `name` converted to `dtype` on `device`.
-    pub fn read(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor, WeightsError> {
+    /// The entry of `name`, with its dtype in candle.
+    fn entry(&self, name: &str) -> Result<(&TensorInfo, DType), WeightsError> {
         let info = self
             .entries
             .get(name)
@@ -216,8 +226,85 @@ impl SafetensorsFile {
                 ),
             )
         })?;
-        let bytes = self.read_bytes(name)?;
-        Tensor::from_raw_buffer(&bytes, stored, &info.shape, device)
+        Ok((info, stored))
+    }
+
+    /// The stored bytes of `name`, copied.
+    pub fn read_bytes(&self, name: &str) -> Result<Vec<u8>, WeightsError> {
+        let info = self
+            .entries
+            .get(name)
+            .ok_or_else(|| self.tensor_error(name, "not found"))?;
+        let (start, end) = info.offsets;
+        let offset = self.data_start as usize + start;
+        if let Some(mapping) = self.mapping() {
+            return Ok(mapping.bytes(offset, end - start).to_vec());
+        }
+        let mut bytes = vec![0u8; end - start];
+        self.file
+            .read_exact_at(&mut bytes, offset as u64)
+            .map_err(|e| self.tensor_error(name, &format!("reading its data: {e}")))?;
+        Ok(bytes)
+    }
+
+    /// Reads `name` converted to `dtype` on `device`. On CPU, a tensor stored as `dtype` is
+    /// the mapped file's bytes themselves where they can be (see [`super::mapping`]).
+    pub fn read(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor, WeightsError> {
+        self.read_with(name, dtype, device, Ok)
+    }
+
+    /// Reads `name` as [`SafetensorsFile::read`] does and passes it through `then` (a change
+    /// of layout, say). When the result is not the mapped bytes themselves (`then` copied
+    /// them, or they were converted), the mapping's pages of the tensor are given back, so
+    /// they stop counting in the process's memory.
+    pub fn read_with(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+        then: impl FnOnce(Tensor) -> Result<Tensor, WeightsError>,
+    ) -> Result<Tensor, WeightsError> {
+        let (info, stored) = self.entry(name)?;
+        let Some(mapping) = self.mapping() else {
+            let bytes = self.read_bytes(name)?;
+            return then(self.converted(name, &bytes, info, stored, dtype, device)?);
+        };
+        let (start, end) = info.offsets;
+        let (offset, len) = (self.data_start as usize + start, end - start);
+        let in_place = match device.is_cpu() && stored == dtype {
+            true => mapping.tensor(offset, len, stored, &info.shape),
+            false => None,
+        };
+        let t = match in_place {
+            Some(t) => t,
+            None => {
+                let bytes = mapping.bytes(offset, len);
+                self.converted(name, bytes, info, stored, dtype, device)?
+            }
+        };
+        let t = then(t)?;
+        // Candle never writes a weight in place, so the pages given back here were never
+        // written; the lock orders this against another read of the same tensor in place.
+        let mut kept = self.in_place.lock().unwrap_or_else(|e| e.into_inner());
+        if mapping.holds(&t) {
+            kept.insert(offset);
+        } else if !kept.contains(&offset) {
+            mapping.forget(offset, len);
+        }
+        Ok(t)
+    }
+
+    /// The tensor stored as `bytes`, in `dtype` on `device` (a copy).
+    fn converted(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        info: &TensorInfo,
+        stored: DType,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor, WeightsError> {
+        Tensor::from_raw_buffer(bytes, stored, &info.shape, device)
             .and_then(|t| t.to_dtype(dtype))
             .map_err(|e| self.tensor_error(name, &e.to_string()))
     }
@@ -229,6 +316,27 @@ impl SafetensorsFile {
             message: message.to_string(),
         }
     }
+}
+
+/// Refuses entries whose bytes overlap (the format forbids it, and tensors used in place from
+/// the mapped file must not share memory).
+fn check_disjoint(entries: &HashMap<String, TensorInfo>) -> Result<(), String> {
+    let mut ranges: Vec<(usize, usize, &str)> = entries
+        .iter()
+        .filter(|(_, info)| info.offsets.0 < info.offsets.1)
+        .map(|(name, info)| (info.offsets.0, info.offsets.1, name.as_str()))
+        .collect();
+    ranges.sort_unstable();
+    for pair in ranges.windows(2) {
+        let ((_, end, a), (start, _, b)) = (pair[0], pair[1]);
+        if start < end {
+            return Err(format!(
+                "the data of tensors `{a}` and `{b}` overlap; a valid file stores each tensor in \
+                 its own bytes"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn parse_metadata(value: serde_json::Value) -> Result<HashMap<String, String>, String> {
@@ -346,5 +454,59 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a JSON object"), "{e}");
+        let overlapping = file_with(
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},
+                "b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+            &[0u8; 12],
+        );
+        let e = SafetensorsFile::open(overlapping.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`a` and `b` overlap"), "{e}");
+    }
+
+    /// A header padded so that the data section starts 8-aligned in the file.
+    fn aligned_file(entries: &str, data: &[u8]) -> tempfile::NamedTempFile {
+        let mut header = entries.to_string();
+        while (8 + header.len()) % 8 != 0 {
+            header.push(' ');
+        }
+        file_with(&header, data)
+    }
+
+    #[test]
+    fn tensors_are_used_in_place_copied_when_unaligned_and_outlive_the_file() {
+        // `h` (3 f16) leaves `w` 2 bytes past an f32 boundary; `v` is aligned.
+        let mut data: Vec<u8> = [1f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        data.extend(
+            [half::f16::from_f32(0.5); 3]
+                .iter()
+                .flat_map(|v| v.to_le_bytes()),
+        );
+        data.extend([3f32, 4.0].iter().flat_map(|v| v.to_le_bytes()));
+        let f = aligned_file(
+            r#"{"v":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},
+                "h":{"dtype":"F16","shape":[3],"data_offsets":[8,14]},
+                "w":{"dtype":"F32","shape":[2],"data_offsets":[14,22]}}"#,
+            &data,
+        );
+        let st = SafetensorsFile::open(f.path()).unwrap();
+        let v = st.read("v", DType::F32, &Device::Cpu).unwrap();
+        let w = st.read("w", DType::F32, &Device::Cpu).unwrap();
+        let h = st.read("h", DType::F32, &Device::Cpu).unwrap();
+        let mapping = st.mapping().expect("the crate's allocator maps files");
+        assert!(mapping.holds(&v), "an aligned f32 tensor is used in place");
+        assert!(!mapping.holds(&w), "an unaligned one is copied");
+        assert!(!mapping.holds(&h), "a widened one is copied");
+        let doubled = st
+            .read_with("v", DType::F32, &Device::Cpu, |t| {
+                Ok((t * 2.0).expect("f32 arithmetic"))
+            })
+            .unwrap();
+        drop(st);
+        assert_eq!(v.to_vec1::<f32>().unwrap(), [1.0, 2.0]);
+        assert_eq!(w.to_vec1::<f32>().unwrap(), [3.0, 4.0]);
+        assert_eq!(h.to_vec1::<f32>().unwrap(), [0.5; 3]);
+        assert_eq!(doubled.to_vec1::<f32>().unwrap(), [2.0, 4.0]);
     }
 }

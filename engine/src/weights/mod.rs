@@ -4,6 +4,7 @@
 //! through it.
 
 mod file;
+pub mod mapping;
 mod source;
 mod storage;
 

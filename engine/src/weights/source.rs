@@ -175,34 +175,35 @@ impl WeightSource {
             message: "not found in the component's key map".into(),
         })?;
         let held = self.held_dtype(key, &r.key, dtype, device);
-        let t = self.file.read(&r.key, held, device)?;
         let op_error = |e: candle_core::Error| WeightsError::Tensor {
             path: self.file.path().to_path_buf(),
             tensor: r.key.clone(),
             message: format!("{:?} for `{key}`: {e}", r.op),
         };
-        let t = match r.op {
-            TensorOp::Whole => t,
-            TensorOp::Rows { start, len } => t.narrow(0, start, len).map_err(op_error)?,
-            TensorOp::Transpose => t.t().map_err(op_error)?,
-            TensorOp::Squeeze => {
-                let dims = squeezed(t.dims());
-                t.reshape(dims).map_err(op_error)?
-            }
-            TensorOp::SwappedHalves => swap_halves(&t).map_err(op_error)?,
-        };
-        gemm_layout(key, t).map_err(|e| WeightsError::Tensor {
-            path: self.file.path().to_path_buf(),
-            tensor: key.to_string(),
-            message: e.to_string(),
+        self.file.read_with(&r.key, held, device, |t| {
+            let t = match r.op {
+                TensorOp::Whole => t,
+                TensorOp::Rows { start, len } => t.narrow(0, start, len).map_err(op_error)?,
+                TensorOp::Transpose => t.t().map_err(op_error)?,
+                TensorOp::Squeeze => {
+                    let dims = squeezed(t.dims());
+                    t.reshape(dims).map_err(op_error)?
+                }
+                TensorOp::SwappedHalves => swap_halves(&t).map_err(op_error)?,
+            };
+            gemm_layout(key, t).map_err(|e| WeightsError::Tensor {
+                path: self.file.path().to_path_buf(),
+                tensor: key.to_string(),
+                message: e.to_string(),
+            })
         })
     }
 
     /// Every tensor of the component, read once: the networks are built from these very
     /// tensors ([`VarBuilder::from_tensors`]), so keeping the map (to merge LoRAs per job)
     /// costs no extra memory. The tensors are read by all of rayon's threads: a read is mostly
-    /// page faults (the file's pages mapped, the copy's pages zeroed by the kernel), which
-    /// run in parallel.
+    /// page faults (the file's pages mapped, a copy's pages zeroed by the kernel), which run
+    /// in parallel.
     pub fn read_all(
         &self,
         dtype: DType,

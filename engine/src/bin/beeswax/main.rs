@@ -24,6 +24,12 @@ use clap::Parser;
 
 use args::{Cli, Command};
 
+/// The system allocator, with mapped weight files counted among its allocations, so that
+/// weights are used in place from the page cache (see `beeswax::weights::mapping`). A program
+/// that links the library with another global allocator still works; it copies the weights.
+#[global_allocator]
+static ALLOCATOR: beeswax::weights::mapping::Allocator = beeswax::weights::mapping::Allocator;
+
 fn main() -> ExitCode {
     // Keep freed memory mapped so that every op's output buffer does not page-fault (see
     // beeswax::kernels::malloc); a failure only costs speed.
