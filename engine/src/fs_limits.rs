@@ -4,7 +4,7 @@
 //!
 //! Files are opened without blocking (`O_NONBLOCK`, so opening a FIFO with no writer returns
 //! at once), the opened file is checked to be a regular file, then at most `max + 1` bytes are
-//! read. Weight files are memory-mapped, not read: [`open_regular`] gives them the same check.
+//! read. Weight files are mapped or read in place: [`open_regular`] gives them the same check.
 //!
 //! A leaf module: it imports nothing from the crate.
 

@@ -1,8 +1,8 @@
 //! Loading a single-file checkpoint: detect its family, map each component's keys to the
 //! diffusers names its network reads (per the family's `single_file` layouts), take configs
 //! and tokenizers from `--model-config DIR` or the family's bundled folder, and build the
-//! model. Each component reads its own tensors from the file (positioned reads), so a 16-bit
-//! file is never in memory twice over.
+//! model. Each component reads its own tensors from the (mapped) file, so a 16-bit file is
+//! never in memory twice over.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
