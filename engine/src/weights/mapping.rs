@@ -74,7 +74,8 @@ impl Slot {
     /// Writes the range (the caller owns the slot: it claimed it, or dropped its last
     /// reference).
     fn set_range(&self, start: usize, end: usize) {
-        self.seq.fetch_add(1, Ordering::AcqRel);
+        self.seq.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::Release);
         self.start.store(start, Ordering::Relaxed);
         self.end.store(end, Ordering::Relaxed);
         self.seq.fetch_add(1, Ordering::Release);
@@ -87,33 +88,36 @@ static LOW: AtomicUsize = AtomicUsize::new(usize::MAX);
 static HIGH: AtomicUsize = AtomicUsize::new(0);
 /// Set by the first allocation through [`Allocator`]: whether it is the global allocator.
 static INSTALLED: AtomicBool = AtomicBool::new(false);
-/// Slots being claimed (`start` still 0 but taken).
+/// Slots taken (claimed for a mapping being made, or holding a live one).
 static CLAIMED: [AtomicBool; SLOTS] = [const { AtomicBool::new(false) }; SLOTS];
+/// One past the highest slot ever claimed: frees scan only the slots below. A mapping takes
+/// the lowest free slot, so this stays at the most files mapped at once (a few per model).
+static USED: AtomicUsize = AtomicUsize::new(0);
 
-/// The slot whose live mapping holds address `p`.
-fn slot_of(p: usize) -> Option<&'static Slot> {
+/// The index of the slot whose live mapping holds address `p`. Memory the system allocator
+/// gave out is never inside a live mapping, so it finds none.
+fn slot_of(p: usize) -> Option<usize> {
     if p < LOW.load(Ordering::Relaxed) || p >= HIGH.load(Ordering::Relaxed) {
         return None;
     }
-    TABLE.iter().find(|slot| {
-        let (start, end) = slot.range();
-        start <= p && p < end
-    })
+    TABLE[..USED.load(Ordering::Acquire)]
+        .iter()
+        .position(|slot| {
+            let (start, end) = slot.range();
+            start <= p && p < end
+        })
 }
 
 /// Drops one reference to the mapping holding `p`; unmaps it with the last. Returns whether
 /// `p` was mapped memory.
 fn release(p: usize) -> bool {
-    let Some(slot) = slot_of(p) else {
+    let Some(index) = slot_of(p) else {
         return false;
     };
+    let slot = &TABLE[index];
     if slot.refs.fetch_sub(1, Ordering::AcqRel) == 1 {
         let (start, end) = slot.range();
         slot.set_range(0, 0);
-        let index = TABLE
-            .iter()
-            .position(|s| std::ptr::eq(s, slot))
-            .unwrap_or(0);
         CLAIMED[index].store(false, Ordering::Release);
         // SAFETY: [start, end) is a mapping this module made and no reference to it is left.
         unsafe { libc::munmap(start as *mut libc::c_void, end - start) };
@@ -197,6 +201,7 @@ impl Mapping {
         let start = p as usize;
         let slot = &TABLE[index];
         slot.refs.store(1, Ordering::Relaxed);
+        USED.fetch_max(index + 1, Ordering::AcqRel);
         LOW.fetch_min(start, Ordering::AcqRel);
         HIGH.fetch_max(start + len, Ordering::AcqRel);
         slot.set_range(start, start + len);
@@ -225,8 +230,9 @@ impl Mapping {
             return None;
         }
         assert!(offset.checked_add(len).is_some_and(|end| end <= self.len));
-        let slot = slot_of(self.start)?;
-        slot.refs.fetch_add(1, Ordering::AcqRel);
+        TABLE[slot_of(self.start)?]
+            .refs
+            .fetch_add(1, Ordering::AcqRel);
         // Fault the range's page-cache pages in now, in the loading thread, rather than one by
         // one in the first forward; an older kernel without MADV_POPULATE_READ only skips it.
         let page = 4096;
@@ -339,7 +345,7 @@ mod tests {
     /// the mapping is unmapped (another test may map a file at the same address afterwards,
     /// so the address alone cannot tell).
     fn slot_state(mapping: &Mapping) -> (&'static Slot, usize) {
-        let slot = slot_of(mapping.start).expect("a live mapping has a slot");
+        let slot = &TABLE[slot_of(mapping.start).expect("a live mapping has a slot")];
         (slot, slot.seq.load(Ordering::Acquire))
     }
 
