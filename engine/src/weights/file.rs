@@ -9,8 +9,7 @@
 //! Only safetensors are read (pickles are refused before we get here, see
 //! [`crate::model_files`]), so reading a file executes nothing from it.
 
-use std::collections::HashMap;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
