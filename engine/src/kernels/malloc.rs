@@ -11,9 +11,11 @@
 //! returned to the OS, and counts in its RSS; [`release_free`] gives it back at the points
 //! where a job's memory peaks (before decoding).
 //!
-//! The `mallopt` and `malloc_trim` calls are one of the crate's three `unsafe` places (with the GEMM wrapper in
-//! [`super::gemm`] and the native plugin loader in [`crate::plugins::native`]). `mallopt` only changes allocator parameters and is safe to call at any time
-//! (glibc serialises it with the allocator's own lock); we call it once, at the start of `main`.
+//! The `mallopt` and `malloc_trim` calls are `unsafe` (each block says why it is sound, as in
+//! the crate's other `unsafe` places: the GEMM wrapper, the mapped weights' allocator in
+//! [`crate::weights::mapping`], the native plugin loader). `mallopt` only changes allocator
+//! parameters and is safe to call at any time (glibc serialises it with the allocator's own
+//! lock); we call it once, at the start of `main`.
 
 /// Freed heap memory above this much at the top of the heap is returned to the OS.
 pub const TRIM_THRESHOLD: usize = 1 << 30;

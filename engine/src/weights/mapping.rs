@@ -254,7 +254,8 @@ impl Mapping {
     }
 
     /// The tensor stored at `[offset, offset + len)` as `dtype` with `shape`, over the mapped
-    /// bytes (no copy); `None` when it must be copied instead (see [`Mapping::vec`]).
+    /// bytes (no copy); `None` when those bytes are not aligned for `dtype` or not whole values
+    /// of it, and the tensor must be copied instead.
     pub fn tensor(
         &self,
         offset: usize,
