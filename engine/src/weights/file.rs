@@ -228,22 +228,32 @@ impl SafetensorsFile {
         Ok((info, stored))
     }
 
+    /// Where `info`'s bytes lie in the file: offset and length.
+    fn data_range(&self, info: &TensorInfo) -> (usize, usize) {
+        let (start, end) = info.offsets;
+        (self.data_start as usize + start, end - start)
+    }
+
+    /// The file's bytes `[offset, offset + len)` (tensor `name`'s), by a positioned read.
+    fn read_at(&self, name: &str, (offset, len): (usize, usize)) -> Result<Vec<u8>, WeightsError> {
+        let mut bytes = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut bytes, offset as u64)
+            .map_err(|e| self.tensor_error(name, &format!("reading its data: {e}")))?;
+        Ok(bytes)
+    }
+
     /// The stored bytes of `name`, copied.
     pub fn read_bytes(&self, name: &str) -> Result<Vec<u8>, WeightsError> {
         let info = self
             .entries
             .get(name)
             .ok_or_else(|| self.tensor_error(name, "not found"))?;
-        let (start, end) = info.offsets;
-        let offset = self.data_start as usize + start;
-        if let Some(mapping) = self.mapping() {
-            return Ok(mapping.bytes(offset, end - start).to_vec());
+        let (offset, len) = self.data_range(info);
+        match self.mapping() {
+            Some(mapping) => Ok(mapping.bytes(offset, len).to_vec()),
+            None => self.read_at(name, (offset, len)),
         }
-        let mut bytes = vec![0u8; end - start];
-        self.file
-            .read_exact_at(&mut bytes, offset as u64)
-            .map_err(|e| self.tensor_error(name, &format!("reading its data: {e}")))?;
-        Ok(bytes)
     }
 
     /// Reads `name` converted to `dtype` on `device`. On CPU, a tensor stored as `dtype` is
@@ -264,12 +274,11 @@ impl SafetensorsFile {
         then: impl FnOnce(Tensor) -> Result<Tensor, WeightsError>,
     ) -> Result<Tensor, WeightsError> {
         let (info, stored) = self.entry(name)?;
+        let (offset, len) = self.data_range(info);
         let Some(mapping) = self.mapping() else {
-            let bytes = self.read_bytes(name)?;
+            let bytes = self.read_at(name, (offset, len))?;
             return then(self.converted(name, &bytes, info, stored, dtype, device)?);
         };
-        let (start, end) = info.offsets;
-        let (offset, len) = (self.data_start as usize + start, end - start);
         let in_place = match device.is_cpu() && stored == dtype {
             true => mapping.tensor(offset, len, stored, &info.shape),
             false => None,

@@ -172,6 +172,13 @@ pub struct Mapping {
     len: usize,
 }
 
+/// The system's page size (4 KiB on x86-64; 16 or 64 KiB on some ARM systems).
+fn page_size() -> usize {
+    // SAFETY: sysconf only reads a system parameter.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096).max(1)
+}
+
 impl Mapping {
     /// Maps the first `len` bytes of `file`. `None` when the allocator is not the global one,
     /// every slot is taken, or the system refuses (the caller then reads by copying).
@@ -208,34 +215,43 @@ impl Mapping {
         Some(Mapping { start, len })
     }
 
+    /// The address of mapped byte `offset`, after checking that `[offset, offset + len)` lies
+    /// inside the mapping.
+    ///
+    /// # Panics
+    /// If it does not (callers pass ranges checked against the file).
+    fn address(&self, offset: usize, len: usize) -> usize {
+        assert!(offset.checked_add(len).is_some_and(|end| end <= self.len));
+        self.start + offset
+    }
+
     /// The mapped bytes `[offset, offset + len)`.
     ///
     /// # Panics
     /// If the range is not inside the mapping (callers pass ranges checked against the file).
     pub fn bytes(&self, offset: usize, len: usize) -> &[u8] {
-        assert!(offset.checked_add(len).is_some_and(|end| end <= self.len));
+        let start = self.address(offset, len);
         // SAFETY: the range lies inside the mapping, which lives as long as `self`. Memory is
         // written only through vectors made by `vec`, each over its own tensor's range; a
         // file's tensor ranges do not overlap (`SafetensorsFile::open` checks), and callers
         // read a tensor's bytes either through a vector or through this slice, never both.
-        unsafe { std::slice::from_raw_parts((self.start + offset) as *const u8, len) }
+        unsafe { std::slice::from_raw_parts(start as *const u8, len) }
     }
 
     /// A vector over the mapped bytes `[offset, offset + len)`, holding a reference to the
     /// mapping; `None` when they are not aligned for `T` or not whole `T`s.
     fn vec<T: WithDType>(&self, offset: usize, len: usize) -> Option<Vec<T>> {
         let size = std::mem::size_of::<T>();
-        let start = self.start + offset;
+        let start = self.address(offset, len);
         if len == 0 || len % size != 0 || start % std::mem::align_of::<T>() != 0 {
             return None;
         }
-        assert!(offset.checked_add(len).is_some_and(|end| end <= self.len));
         TABLE[slot_of(self.start)?]
             .refs
             .fetch_add(1, Ordering::AcqRel);
         // Fault the range's page-cache pages in now, in the loading thread, rather than one by
         // one in the first forward; an older kernel without MADV_POPULATE_READ only skips it.
-        let page = 4096;
+        let page = page_size();
         let first = start / page * page;
         // SAFETY: the advice covers pages of this mapping only.
         unsafe {
@@ -277,9 +293,7 @@ impl Mapping {
             _ => None,
         }
     }
-}
 
-impl Mapping {
     /// Whether `t`'s storage is inside this mapping.
     pub fn holds(&self, t: &Tensor) -> bool {
         use candle_core::{CpuStorage as C, Storage};
@@ -302,10 +316,10 @@ impl Mapping {
     /// out, so that its file pages stop counting in the process's memory. The caller makes
     /// sure no vector over those bytes exists, since a page one had written would be lost.
     pub fn forget(&self, offset: usize, len: usize) {
-        assert!(offset.checked_add(len).is_some_and(|end| end <= self.len));
-        let page = 4096;
-        let first = (self.start + offset).div_ceil(page) * page;
-        let last = (self.start + offset + len) / page * page;
+        let start = self.address(offset, len);
+        let page = page_size();
+        let first = start.div_ceil(page) * page;
+        let last = (start + len) / page * page;
         if first < last {
             // SAFETY: whole pages of this mapping that no vector covers (the caller's promise);
             // they read the file's bytes again if touched.
