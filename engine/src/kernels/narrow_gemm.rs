@@ -6,11 +6,13 @@
 //! traffic is the 16-bit weight itself, half of an f32 weight's. Widening is a branch-free
 //! vector loop ([`super::widen`]); on the 2-core AVX-512 Xeon this was tuned on, these paths
 //! put 16-bit weights at f32's speed (a SD 1.5 UNet forward at 256x256 batch 2: 1.43 s vs
-//! 1.42 s, where widening whole weights first took 1.60 s).
+//! 1.42 s, where widening whole weights first took 1.60 s). On CPUs with AMX, bf16 weights go
+//! to [`super::amx`] instead (multiplied without widening, at f32 accuracy).
 
 use rayon::prelude::*;
 use std::cell::RefCell;
 
+use super::amx;
 use super::gemm::{matmul, matmul_add, Mat, MatMut};
 use super::widen::Stored;
 
@@ -200,6 +202,9 @@ pub(crate) fn matmul_narrow_rhs(
         "narrow gemm: weight of {} values is not [{k}, {n}]",
         w.len()
     );
+    if let (Stored::Bf16(w), true) = (w, amx::bf16_weights()) {
+        return amx::product_bf16_rhs(dst, lhs, w, n, threads);
+    }
     let whole = View {
         w,
         start: 0,
@@ -257,6 +262,9 @@ pub(crate) fn matmul_narrow_lhs(
         "narrow gemm: weight of {} values is not [{m}, {k}]",
         w.len()
     );
+    if let (Stored::Bf16(w), true) = (w, amx::bf16_weights()) {
+        return amx::product_bf16_lhs(dst, w, m, rhs, threads);
+    }
     let whole = View {
         w,
         start: 0,

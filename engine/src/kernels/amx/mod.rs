@@ -11,14 +11,22 @@
 //! pieces and the three products with `i + j < 2` (relative error about 2⁻¹⁷ per product, 30x
 //! f32's rounding; JAX's `HIGH`), twice as fast.
 //!
-//! The choice is made once per process by `BEESWAX_MATMUL`: `f32` (the default) keeps every
-//! product on the AVX-512/AVX2 path; `bf16x6` or `bf16x3` use AMX when the CPU has it and the
-//! kernel grants it. AMX is opt-in because it is not faster yet: both operands are split and
-//! packed on every call (weights included), and on the 2-core Sapphire Rapids this was written
-//! on that costs as much as the tiles save (SD 1.5 UNet at 512x512: f32 3.24 s, bf16x3 3.26 s,
-//! bf16x6 4.03 s). Packing weights once at load time, and having the Winograd transform write
-//! its output in tile layout, are what would make it pay.
+//! Weights kept in bf16 (`--weights-dtype bf16`) are multiplied here by default on CPUs with
+//! AMX ([`bf16_weights`]): a bf16 weight is its own single piece, so the three products of the
+//! other operand's pieces with it give the f32 product of the f32 activations and the bf16
+//! weight to f32's accuracy, with the weight only laid out in pairs (right operand) or read in
+//! place (a convolution's `[c_out, c_in·kh·kw]` weight on the left), never split. On the
+//! 2-core Xeon (AMX, AVX-512) this was measured on, SD 1.5 UNet forward with bf16 weights:
+//! 1.32 s at 256x256 batch 2 and 2.88 s at 512x512 batch 1, against 1.65 s and 3.27 s widening
+//! them for the AVX-512 GEMM and 1.55 s and 3.15 s with f32 weights.
 //!
+//! For every other product the choice is made once per process by `BEESWAX_MATMUL`: unset
+//! (or `f32`) keeps it on the AVX-512/AVX2 path; `bf16x6` or `bf16x3` put every product on AMX
+//! when the CPU has it and the kernel grants it; `f32` also keeps bf16 weights off AMX. AMX
+//! is opt-in for f32 operands because it is not faster for them yet: both are split and
+//! packed on every call (weights included), and at six products per tile the tiles wait on
+//! their loads (on the Xeon above, 2048x320x2560: bf16x6 10.9 ms, AVX-512 10.8 ms).
+
 //! An element of the product depends only on its row of the left operand and its column of
 //! the right one (the sums run over the depth in the same order whatever the shape), so an
 //! image's result does not depend on the batch it is in.
@@ -31,8 +39,9 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use super::gemm::{span, Mat, MatMut, MatUninit};
+use half::bf16;
 pub(crate) use pack::Rhs;
-use pack::{pack_lhs, pack_rhs};
+use pack::{pack_lhs, pack_lhs_bf16, pack_rhs, pack_rhs_bf16, Packed};
 
 /// How f32 products are computed on AMX.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +72,8 @@ impl Precision {
 /// The environment variable that chooses the products' precision.
 pub const ENV: &str = "BEESWAX_MATMUL";
 
-/// What `BEESWAX_MATMUL` asks for: `None` for the AVX path (`f32`), or AMX at a precision.
+/// What `BEESWAX_MATMUL` asks for f32 products: `None` for the AVX path (unset or `f32`), or
+/// AMX at a precision.
 /// An unknown value is an error naming the ones accepted.
 pub fn requested() -> Result<Option<Precision>, String> {
     parse(std::env::var(ENV).ok().as_deref())
@@ -142,8 +152,6 @@ fn run(out: Out, lhs: Mat, rhs: Rhs, threads: usize, add: bool, precision: Preci
     };
     assert!(lhs.data.len() >= span(m, k, lhs.stride), "amx: lhs");
     assert!(rm.data.len() >= span(rk, rm.cols, rm.stride), "amx: rhs");
-    assert!(out.len >= span(m, n, out.stride), "amx: dst");
-    assert!(m <= 1 || out.stride >= n, "amx: dst rows overlap");
     if m == 0 || n == 0 {
         return;
     }
@@ -151,7 +159,75 @@ fn run(out: Out, lhs: Mat, rhs: Rhs, threads: usize, add: bool, precision: Preci
     let pieces = precision.pieces();
     let a = pack_lhs(&lhs, pieces, parallel);
     let b = pack_rhs(&rhs, pieces, parallel);
-    let pairs = precision.pairs();
+    multiply(out, &a, &b, &precision.pairs(), threads, add);
+}
+
+/// Whether products with a bf16 weight run on AMX ([`product_bf16_rhs`],
+/// [`product_bf16_lhs`]): when the CPU has it and `BEESWAX_MATMUL` is not `f32`. A bf16 value
+/// is its own single piece, so the three products of the other operand's three pieces with it
+/// are the f32 product itself (to f32's accuracy): no precision is traded, and the weight is
+/// only laid out, not split.
+pub fn bf16_weights() -> bool {
+    static CHOICE: OnceLock<bool> = OnceLock::new();
+    *CHOICE.get_or_init(|| std::env::var(ENV).ok().as_deref() != Some("f32") && tiles::available())
+}
+
+/// `dst = lhs · w` for the bf16 weight `w` (`[k, n]` row-major, `k = lhs.cols`) on AMX, to
+/// f32 accuracy (see [`bf16_weights`]); on up to `threads` rayon threads. Panics if the
+/// shapes do not chain or a view reaches past its slice.
+pub(crate) fn product_bf16_rhs(dst: MatMut, lhs: Mat, w: &[bf16], n: usize, threads: usize) {
+    let (m, k) = (lhs.rows, lhs.cols);
+    assert!(w.len() == k * n, "amx: bf16 weight is not [{k}, {n}]");
+    assert!(lhs.data.len() >= span(m, k, lhs.stride), "amx: lhs");
+    let out = Out::new(
+        dst.data.as_mut_ptr(),
+        dst.data.len(),
+        dst.rows,
+        dst.cols,
+        dst.stride,
+    );
+    assert!(out.rows == m && out.cols == n, "amx: shapes");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let parallel = threads > 1;
+    let a = pack_lhs(&lhs, 3, parallel);
+    let b = pack_rhs_bf16(w, k, n, parallel);
+    multiply(out, &a, &b, &[(0, 0), (1, 0), (2, 0)], threads, false);
+}
+
+/// `dst = w · rhs` for the bf16 weight `w` (`[m, k]` row-major, `k = rhs.rows`) on AMX, as
+/// [`product_bf16_rhs`].
+pub(crate) fn product_bf16_lhs(dst: MatMut, w: &[bf16], m: usize, rhs: Mat, threads: usize) {
+    let (k, n) = (rhs.rows, rhs.cols);
+    assert!(w.len() == m * k, "amx: bf16 weight is not [{m}, {k}]");
+    assert!(rhs.data.len() >= span(k, n, rhs.stride), "amx: rhs");
+    let out = Out::new(
+        dst.data.as_mut_ptr(),
+        dst.data.len(),
+        dst.rows,
+        dst.cols,
+        dst.stride,
+    );
+    assert!(out.rows == m && out.cols == n, "amx: shapes");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let parallel = threads > 1;
+    // A convolution's weight (`[c_out, c_in·kh·kw]`) is read in place where its shape allows.
+    let a = Packed::in_place(w, m, k).unwrap_or_else(|| pack_lhs_bf16(w, m, k, parallel));
+    let b = pack_rhs(&Rhs::Rows(rhs), 3, parallel);
+    multiply(out, &a, &b, &[(0, 0), (0, 1), (0, 2)], threads, false);
+}
+
+/// `out (+)= a · b` for packed operands, summing the (left piece, right piece) products of
+/// `pairs` (sorted by left piece), in tasks of [`TASK`] × [`TASK`] outputs.
+fn multiply(out: Out, a: &Packed, b: &Packed, pairs: &[(usize, usize)], threads: usize, add: bool) {
+    let (m, n) = (out.rows, out.cols);
+    assert!(a.depth_tiles == b.depth_tiles, "amx: depth");
+    assert!(a.blocks * 16 >= m && b.blocks * 16 >= n, "amx: operands");
+    assert!(out.len >= span(m, n, out.stride), "amx: dst");
+    assert!(m <= 1 || out.stride >= n, "amx: dst rows overlap");
     let tasks: Vec<(usize, usize)> = (0..m)
         .step_by(TASK)
         .flat_map(|r| (0..n).step_by(TASK).map(move |c| (r, c)))
@@ -172,14 +248,14 @@ fn run(out: Out, lhs: Mat, rhs: Rhs, threads: usize, add: bool, precision: Preci
                     for rb in (0..pr).step_by(32) {
                         let (ma, nb) = ((r0 + rb) / 16, (c0 + cb) / 16);
                         let acc = &mut acc[rb * pc + cb..];
-                        tiles::block(&a, ma, &b, nb, kts.clone(), &pairs, acc, pc);
+                        tiles::block(a, ma, b, nb, kts.clone(), pairs, acc, pc);
                     }
                 }
             }
         });
         out.write(r0, c0, rows, cols, acc, pc);
     };
-    if parallel && tasks.len() > 1 {
+    if threads > 1 && tasks.len() > 1 {
         tasks.par_iter().for_each(run);
     } else {
         tasks.iter().for_each(run);

@@ -10,6 +10,8 @@
 //! whole tiles and to an even number of 16-row (16-column) blocks, so the micro-kernel always
 //! works on 32 × 32 blocks of the output.
 
+use half::bf16;
+
 use super::super::gemm::Mat;
 use super::super::math::simd;
 use super::super::slices::{for_each_chunk, zeros};
@@ -96,19 +98,22 @@ fn deinterleave(src: &[f32]) -> ([f32; 16], [f32; 16]) {
 
 /// A matrix of `blocks` blocks of 16 rows (left operand) or 16 columns (right operand) by
 /// `depth_tiles` tiles of depth, `pieces` tiles per position, as laid out by [`pack_lhs`] and
-/// [`pack_rhs`]: tile (block, depth tile, piece) starts at `tile(block, kt, p)`.
-pub(super) struct Packed {
+/// [`pack_rhs`] (tile (block, depth tile, piece) at `tile(block, kt, p)`), or a bf16 left
+/// operand read in place ([`Packed::in_place`]).
+pub(super) struct Packed<'a> {
     buf: Vec<u32>,
     /// Where the tiles start in `buf`: the first 64-byte boundary (a tile's rows are cache
     /// lines; a row across two lines would double the loads' traffic).
     start: usize,
     len: usize,
+    /// The row-major bf16 matrix whose rows are the tiles' rows, when read in place.
+    rows: Option<&'a [bf16]>,
     pub blocks: usize,
     pub depth_tiles: usize,
     pub pieces: usize,
 }
 
-impl Packed {
+impl<'a> Packed<'a> {
     fn new(blocks: usize, depth: usize, pieces: usize) -> Self {
         let depth_tiles = depth.div_ceil(DEPTH);
         let len = blocks * depth_tiles * pieces * TILE;
@@ -118,9 +123,52 @@ impl Packed {
             buf,
             start,
             len,
+            rows: None,
             blocks,
             depth_tiles,
             pieces,
+        }
+    }
+
+    /// The bf16 matrix `w` (`m × k`, row-major) as a left operand of one piece, read in place:
+    /// a tile is 16 of its rows × 32 of its columns, loaded with the rows' stride (the tiles'
+    /// rows are its rows' values in order, as [`pack_lhs_bf16`] would copy them). Only for
+    /// whole tiles and block pairs: `None` unless `m` is a multiple of 32 and `k` of 32.
+    pub fn in_place(w: &'a [bf16], m: usize, k: usize) -> Option<Self> {
+        (m % 32 == 0 && k % DEPTH == 0 && k > 0 && w.len() >= m * k).then_some(Self {
+            buf: Vec::new(),
+            start: 0,
+            len: 0,
+            rows: Some(&w[..m * k]),
+            blocks: m / 16,
+            depth_tiles: k / DEPTH,
+            pieces: 1,
+        })
+    }
+
+    /// The first byte of the tiles.
+    pub fn base(&self) -> *const u8 {
+        match self.rows {
+            Some(w) => w.as_ptr().cast(),
+            None => self.data().as_ptr().cast(),
+        }
+    }
+
+    /// Bytes from [`Packed::base`] to the tile of `block`, depth tile `kt`, piece `p`; every
+    /// byte of that tile (16 rows of 64 bytes, [`Packed::row_bytes`] apart) is inside the
+    /// operand when `block < blocks`, `kt < depth_tiles` and `p < pieces`.
+    pub fn tile_bytes(&self, block: usize, kt: usize, p: usize) -> usize {
+        match self.rows {
+            Some(_) => 2 * (block * 16 * self.depth_tiles * DEPTH + kt * DEPTH),
+            None => 4 * self.tile(block, kt, p),
+        }
+    }
+
+    /// Bytes between a tile's rows.
+    pub fn row_bytes(&self) -> usize {
+        match self.rows {
+            Some(_) => 2 * self.depth_tiles * DEPTH,
+            None => 64,
         }
     }
 
@@ -157,7 +205,7 @@ pub(super) fn blocks(len: usize) -> usize {
 }
 
 /// The left operand `a` (`m × k`) as tiles of 16 rows × 32 depth values, `pieces` per tile.
-pub(super) fn pack_lhs(a: &Mat, pieces: usize, parallel: bool) -> Packed {
+pub(super) fn pack_lhs(a: &Mat, pieces: usize, parallel: bool) -> Packed<'static> {
     let mut p = Packed::new(blocks(a.rows), a.cols, pieces);
     let fill = |(mb, dst): (usize, &mut [u32])| {
         simd(
@@ -181,6 +229,61 @@ pub(super) fn pack_lhs(a: &Mat, pieces: usize, parallel: bool) -> Packed {
     p
 }
 
+/// The bf16 matrix `w` (`rows × cols`, row-major) as the left operand's tiles, one piece: a
+/// tile row is 32 consecutive values of a matrix row, in their order.
+pub(super) fn pack_lhs_bf16(
+    w: &[bf16],
+    rows: usize,
+    cols: usize,
+    parallel: bool,
+) -> Packed<'static> {
+    assert!(w.len() >= rows * cols, "amx: bf16 left operand");
+    let mut p = Packed::new(blocks(rows), cols, 1);
+    let fill = |(mb, dst): (usize, &mut [u32])| {
+        for r in 0..16.min(rows.saturating_sub(mb * 16)) {
+            let src = &w[(mb * 16 + r) * cols..][..cols];
+            for (kt, chunk) in src.chunks(DEPTH).enumerate() {
+                let to = &mut dst[kt * TILE + r * 16..][..16];
+                for (t, pair) in to.iter_mut().zip(chunk.chunks(2)) {
+                    *t = pair_bits(pair[0], pair.get(1).copied());
+                }
+            }
+        }
+    };
+    p.fill_blocks(parallel, fill);
+    p
+}
+
+/// The bf16 matrix `w` (`k × n`, row-major) as the right operand's tiles, one piece: depth
+/// pair `q` of column `j` is rows `2q` and `2q + 1` of column `j`, side by side.
+pub(super) fn pack_rhs_bf16(w: &[bf16], k: usize, n: usize, parallel: bool) -> Packed<'static> {
+    assert!(w.len() >= k * n, "amx: bf16 right operand");
+    let mut p = Packed::new(blocks(n), k, 1);
+    let fill = |(nb, dst): (usize, &mut [u32])| {
+        let (c0, cols) = (nb * 16, n.saturating_sub(nb * 16).min(16));
+        if cols == 0 {
+            return;
+        }
+        for kk in (0..k).step_by(2) {
+            let even = &w[kk * n + c0..][..cols];
+            let odd = (kk + 1 < k).then(|| &w[(kk + 1) * n + c0..][..cols]);
+            let to = &mut dst[(kk / DEPTH) * TILE + (kk % DEPTH / 2) * 16..][..cols];
+            for (j, t) in to.iter_mut().enumerate() {
+                *t = pair_bits(even[j], odd.map(|o| o[j]));
+            }
+        }
+    };
+    p.fill_blocks(parallel, fill);
+    p
+}
+
+/// Two bf16 values as one pair of a tile (`first` in the lower half; zero for a missing
+/// `second`).
+#[inline(always)]
+fn pair_bits(first: bf16, second: Option<bf16>) -> u32 {
+    first.to_bits() as u32 | (second.map_or(0, |s| s.to_bits()) as u32) << 16
+}
+
 /// How the right operand is stored.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Rhs<'a> {
@@ -202,7 +305,7 @@ impl Rhs<'_> {
 
 /// The right operand (`k × n`) in the pair layout: in a tile, depth pair `q` and column `j`
 /// hold the values at depths `2q` and `2q + 1` side by side, at `32q + 2j`.
-pub(super) fn pack_rhs(b: &Rhs, pieces: usize, parallel: bool) -> Packed {
+pub(super) fn pack_rhs(b: &Rhs, pieces: usize, parallel: bool) -> Packed<'static> {
     let (k, n) = b.shape();
     let mut p = Packed::new(blocks(n), k, pieces);
     let fill = |(nb, dst): (usize, &mut [u32])| {

@@ -1,5 +1,6 @@
 use super::*;
 use crate::kernels::test_util::noise;
+use half::bf16;
 
 /// Skips a test (with a note) on machines without AMX.
 fn amx() -> bool {
@@ -99,6 +100,63 @@ fn products_match_f64_at_the_precision_claimed() {
 }
 
 #[test]
+fn bf16_weights_multiply_to_f32_accuracy_on_either_side() {
+    if !amx() {
+        return;
+    }
+    // (5, 96, 64): the left weight ([64, 96]) is read in place, unpacked.
+    for (m, k, n) in [
+        (1, 1, 1),
+        (5, 37, 3),
+        (33, 70, 47),
+        (130, 301, 129),
+        (5, 96, 64),
+    ] {
+        let x = noise(m * k, 6);
+        let w: Vec<bf16> = noise(k * n, 7).into_iter().map(bf16::from_f32).collect();
+        let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+        let check = |dst: &[f32], a: &[f32], b: &[f32], (m, k, n): (usize, usize, usize)| {
+            for r in 0..m {
+                for c in 0..n {
+                    let terms = (0..k).map(|i| a[r * k + i] as f64 * b[i * n + c] as f64);
+                    let exact: f64 = terms.clone().sum();
+                    let scale: f64 = terms.map(f64::abs).sum();
+                    let err = (dst[r * n + c] as f64 - exact).abs();
+                    assert!(
+                        err <= 4.0 / 16_777_216.0 * (scale + 1.0) * (k as f64).sqrt(),
+                        "{m}x{k}x{n} at ({r}, {c}): {} vs {exact}",
+                        dst[r * n + c]
+                    );
+                }
+            }
+        };
+        for threads in [1, 2] {
+            // Right: x (m × k) · w (k × n).
+            let mut dst = vec![f32::NAN; m * n];
+            let out = MatMut {
+                data: &mut dst,
+                rows: m,
+                cols: n,
+                stride: n,
+            };
+            product_bf16_rhs(out, mat(&x, m, k), &w, n, threads);
+            check(&dst, &x, &wf, (m, k, n));
+            // Left: w (n × k, the same values read as [n, k]) · xᵀ-shaped (k × m) operand.
+            let xt: Vec<f32> = noise(k * m, 8);
+            let mut dst = vec![f32::NAN; n * m];
+            let out = MatMut {
+                data: &mut dst,
+                rows: n,
+                cols: m,
+                stride: m,
+            };
+            product_bf16_lhs(out, &w, n, mat(&xt, k, m), threads);
+            check(&dst, &wf, &xt, (n, k, m));
+        }
+    }
+}
+
+#[test]
 fn elements_do_not_depend_on_the_shape_or_threads() {
     if !amx() {
         return;
@@ -169,11 +227,12 @@ fn speed() {
         return;
     }
     for (m, k, n) in [
-        (320, 320, 1024),
+        (2048, 320, 320),
+        (2048, 320, 2560),
+        (512, 640, 640),
+        (128, 1280, 1280),
+        (1280, 11520, 128),
         (4096, 320, 1280),
-        (64, 40, 4096),
-        (64, 4096, 40),
-        (1280, 1280, 256),
     ] {
         let a = noise(m * k, 1);
         let b = noise(k * n, 2);
@@ -191,10 +250,40 @@ fn speed() {
         let mut line = format!("{m}x{k}x{n}:");
         for p in [Precision::Bf16x6, Precision::Bf16x3] {
             let s = time(&mut || run(&a, &b, (m, k, n), false, &mut dst, false, p, 2));
-            line += &format!(" {p:?} {:.1} GFLOP/s", flops / s / 1e9);
+            line += &format!(" {p:?} {:.1} GFLOP/s {:.2} ms", flops / s / 1e9, s * 1e3);
         }
+        let wb: Vec<bf16> = b.iter().map(|&v| bf16::from_f32(v)).collect();
+        let s = time(&mut || {
+            let out = MatMut {
+                data: &mut dst,
+                rows: m,
+                cols: n,
+                stride: n,
+            };
+            product_bf16_rhs(out, mat(&a, m, k), &wb, n, 2)
+        });
+        line += &format!(" bf16-rhs {:.2} ms", s * 1e3);
+        let wa: Vec<bf16> = a.iter().map(|&v| bf16::from_f32(v)).collect();
+        let s = time(&mut || {
+            let out = MatMut {
+                data: &mut dst,
+                rows: m,
+                cols: n,
+                stride: n,
+            };
+            product_bf16_lhs(out, &wa, m, mat(&b, k, n), 2)
+        });
+        line += &format!(" bf16-lhs {:.2} ms", s * 1e3);
+        let s = time(&mut || drop(pack_lhs_bf16(&wa, m, k, true)));
+        line += &format!(" pack_lhs_bf16 {:.2} ms", s * 1e3);
+        let s = time(&mut || drop(pack_rhs_bf16(&wb, k, n, true)));
+        line += &format!(" pack_rhs_bf16 {:.2} ms", s * 1e3);
+        let s = time(&mut || drop(pack_lhs(&mat(&a, m, k), 3, true)));
+        line += &format!(" pack_lhs {:.2} ms", s * 1e3);
+        let s = time(&mut || drop(pack_rhs(&Rhs::Rows(mat(&b, k, n)), 3, true)));
+        line += &format!(" pack_rhs {:.2} ms", s * 1e3);
         let s = time(&mut || unsafe_free_avx(&a, &b, (m, k, n), &mut dst));
-        line += &format!(" avx {:.1} GFLOP/s", flops / s / 1e9);
+        line += &format!(" avx {:.1} GFLOP/s {:.2} ms", flops / s / 1e9, s * 1e3);
         eprintln!("{line}");
     }
 }

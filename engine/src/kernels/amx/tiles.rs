@@ -14,7 +14,7 @@
 
 use std::ops::Range;
 
-use super::pack::{Packed, TILE};
+use super::pack::Packed;
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod imp {
@@ -207,20 +207,17 @@ pub(super) fn block(
         "amx: pieces"
     );
     assert!(ldc >= 32 && acc.len() >= 31 * ldc + 32, "amx: accumulator");
-    let (cs, ts) = (ldc * 4, 64);
+    let cs = ldc * 4;
     let c = acc.as_mut_ptr() as *mut u8;
-    let (ap, bp) = (
-        a.data().as_ptr() as *const u8,
-        b.data().as_ptr() as *const u8,
-    );
-    let tile = |base: *const u8, off: usize| {
-        debug_assert!(off % TILE == 0);
-        // In bounds: the asserts above put every (block, kt, piece) tile inside its buffer.
-        base.wrapping_add(off * 4)
-    };
+    let (ap, bp) = (a.base(), b.base());
+    let (ar, br) = (a.row_bytes(), b.row_bytes());
+    // In bounds: the asserts above keep every (block, kt, piece) inside its operand, where
+    // `tile_bytes` puts the whole tile.
+    let at = |block: usize, kt: usize, p: usize| ap.wrapping_add(a.tile_bytes(block, kt, p));
+    let bt = |block: usize, kt: usize, p: usize| bp.wrapping_add(b.tile_bytes(block, kt, p));
     // SAFETY: the asserts above put the four 16 × 16 f32 tiles of `acc` (rows `cs` bytes
-    // apart) and every operand tile read below (1 KiB each, rows 64 bytes apart) inside their
-    // buffers; tiles are configured by `with_tiles`.
+    // apart) and every operand tile read below (16 rows of 64 bytes, `ar` or `br` bytes
+    // apart) inside their buffers; tiles are configured by `with_tiles`.
     unsafe {
         imp::load0(c, cs);
         imp::load1(c.add(64), cs);
@@ -230,12 +227,12 @@ pub(super) fn block(
             let mut loaded = usize::MAX;
             for &(i, j) in pairs {
                 if i != loaded {
-                    imp::load4(tile(ap, a.tile(ma, kt, i)), ts);
-                    imp::load5(tile(ap, a.tile(ma + 1, kt, i)), ts);
+                    imp::load4(at(ma, kt, i), ar);
+                    imp::load5(at(ma + 1, kt, i), ar);
                     loaded = i;
                 }
-                imp::load6(tile(bp, b.tile(nb, kt, j)), ts);
-                imp::load7(tile(bp, b.tile(nb + 1, kt, j)), ts);
+                imp::load6(bt(nb, kt, j), br);
+                imp::load7(bt(nb + 1, kt, j), br);
                 imp::dot4();
             }
         }
