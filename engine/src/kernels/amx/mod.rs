@@ -179,17 +179,9 @@ pub(crate) fn product_bf16_rhs(dst: MatMut, lhs: Mat, w: &[bf16], n: usize, thre
     let (m, k) = (lhs.rows, lhs.cols);
     assert!(w.len() == k * n, "amx: bf16 weight is not [{k}, {n}]");
     assert!(lhs.data.len() >= span(m, k, lhs.stride), "amx: lhs");
-    let out = Out::new(
-        dst.data.as_mut_ptr(),
-        dst.data.len(),
-        dst.rows,
-        dst.cols,
-        dst.stride,
-    );
-    assert!(out.rows == m && out.cols == n, "amx: shapes");
-    if m == 0 || n == 0 {
+    let Some(out) = Out::whole(dst, m, n) else {
         return;
-    }
+    };
     let parallel = threads > 1;
     let a = pack_lhs(&lhs, 3, parallel);
     let b = pack_rhs_bf16(w, k, n, parallel);
@@ -202,17 +194,9 @@ pub(crate) fn product_bf16_lhs(dst: MatMut, w: &[bf16], m: usize, rhs: Mat, thre
     let (k, n) = (rhs.rows, rhs.cols);
     assert!(w.len() == m * k, "amx: bf16 weight is not [{m}, {k}]");
     assert!(rhs.data.len() >= span(k, n, rhs.stride), "amx: rhs");
-    let out = Out::new(
-        dst.data.as_mut_ptr(),
-        dst.data.len(),
-        dst.rows,
-        dst.cols,
-        dst.stride,
-    );
-    assert!(out.rows == m && out.cols == n, "amx: shapes");
-    if m == 0 || n == 0 {
+    let Some(out) = Out::whole(dst, m, n) else {
         return;
-    }
+    };
     let parallel = threads > 1;
     // A convolution's weight (`[c_out, c_in·kh·kw]`) is read in place where its shape allows.
     let a = Packed::in_place(w, m, k).unwrap_or_else(|| pack_lhs_bf16(w, m, k, parallel));
@@ -278,6 +262,14 @@ struct Out {
 unsafe impl Sync for Out {}
 
 impl Out {
+    /// `dst` as the output of an `m × n` product, `None` when that is empty. Panics if `dst`
+    /// is not `m × n`.
+    fn whole(dst: MatMut, m: usize, n: usize) -> Option<Self> {
+        assert!(dst.rows == m && dst.cols == n, "amx: shapes");
+        let (len, stride) = (dst.data.len(), dst.stride);
+        (m > 0 && n > 0).then(|| Self::new(dst.data.as_mut_ptr(), len, m, n, stride))
+    }
+
     fn new(ptr: *mut f32, len: usize, rows: usize, cols: usize, stride: usize) -> Self {
         Self {
             ptr,

@@ -20,6 +20,15 @@ fn mat(data: &[f32], rows: usize, cols: usize) -> Mat<'_> {
     }
 }
 
+fn mat_mut(data: &mut [f32], rows: usize, cols: usize) -> MatMut<'_> {
+    MatMut {
+        data,
+        rows,
+        cols,
+        stride: cols,
+    }
+}
+
 /// `dst (+)= a · b` with `b` given as `k × n` rows or as its `n × k` transpose.
 #[allow(clippy::too_many_arguments)]
 fn run(
@@ -37,13 +46,7 @@ fn run(
     } else {
         Rhs::Rows(mat(b, k, n))
     };
-    let dst = MatMut {
-        data: dst,
-        rows: m,
-        cols: n,
-        stride: n,
-    };
-    product(dst, mat(a, m, k), rhs, threads, add, p);
+    product(mat_mut(dst, m, n), mat(a, m, k), rhs, threads, add, p);
 }
 
 #[test]
@@ -133,24 +136,12 @@ fn bf16_weights_multiply_to_f32_accuracy_on_either_side() {
         for threads in [1, 2] {
             // Right: x (m × k) · w (k × n).
             let mut dst = vec![f32::NAN; m * n];
-            let out = MatMut {
-                data: &mut dst,
-                rows: m,
-                cols: n,
-                stride: n,
-            };
-            product_bf16_rhs(out, mat(&x, m, k), &w, n, threads);
+            product_bf16_rhs(mat_mut(&mut dst, m, n), mat(&x, m, k), &w, n, threads);
             check(&dst, &x, &wf, (m, k, n));
             // Left: w (n × k, the same values read as [n, k]) · xᵀ-shaped (k × m) operand.
             let xt: Vec<f32> = noise(k * m, 8);
             let mut dst = vec![f32::NAN; n * m];
-            let out = MatMut {
-                data: &mut dst,
-                rows: n,
-                cols: m,
-                stride: m,
-            };
-            product_bf16_lhs(out, &w, n, mat(&xt, k, m), threads);
+            product_bf16_lhs(mat_mut(&mut dst, n, m), &w, n, mat(&xt, k, m), threads);
             check(&dst, &wf, &xt, (n, k, m));
         }
     }
@@ -253,26 +244,10 @@ fn speed() {
             line += &format!(" {p:?} {:.1} GFLOP/s {:.2} ms", flops / s / 1e9, s * 1e3);
         }
         let wb: Vec<bf16> = b.iter().map(|&v| bf16::from_f32(v)).collect();
-        let s = time(&mut || {
-            let out = MatMut {
-                data: &mut dst,
-                rows: m,
-                cols: n,
-                stride: n,
-            };
-            product_bf16_rhs(out, mat(&a, m, k), &wb, n, 2)
-        });
+        let s = time(&mut || product_bf16_rhs(mat_mut(&mut dst, m, n), mat(&a, m, k), &wb, n, 2));
         line += &format!(" bf16-rhs {:.2} ms", s * 1e3);
         let wa: Vec<bf16> = a.iter().map(|&v| bf16::from_f32(v)).collect();
-        let s = time(&mut || {
-            let out = MatMut {
-                data: &mut dst,
-                rows: m,
-                cols: n,
-                stride: n,
-            };
-            product_bf16_lhs(out, &wa, m, mat(&b, k, n), 2)
-        });
+        let s = time(&mut || product_bf16_lhs(mat_mut(&mut dst, m, n), &wa, m, mat(&b, k, n), 2));
         line += &format!(" bf16-lhs {:.2} ms", s * 1e3);
         let s = time(&mut || drop(pack_lhs_bf16(&wa, m, k, true)));
         line += &format!(" pack_lhs_bf16 {:.2} ms", s * 1e3);
@@ -289,15 +264,5 @@ fn speed() {
 }
 
 fn unsafe_free_avx(a: &[f32], b: &[f32], (m, k, n): (usize, usize, usize), dst: &mut [f32]) {
-    crate::kernels::gemm::matmul_simd(
-        MatMut {
-            data: dst,
-            rows: m,
-            cols: n,
-            stride: n,
-        },
-        mat(a, m, k),
-        mat(b, k, n),
-        2,
-    );
+    crate::kernels::gemm::matmul_simd(mat_mut(dst, m, n), mat(a, m, k), mat(b, k, n), 2);
 }
