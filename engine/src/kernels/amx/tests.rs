@@ -29,6 +29,35 @@ fn mat_mut(data: &mut [f32], rows: usize, cols: usize) -> MatMut<'_> {
     }
 }
 
+/// Asserts that `dst` (`m × n`) is `a · b` (plus `c0`), `a` `m × k` and `b` `k × n`
+/// row-major, within `bound` times the sum of the terms' magnitudes (plus one) times `√k` of
+/// the f64 result; `what` names the case in the message.
+fn assert_product(
+    dst: &[f32],
+    (a, b, c0): (&[f32], &[f32], Option<&[f32]>),
+    (m, k, n): (usize, usize, usize),
+    bound: f64,
+    what: &str,
+) {
+    for r in 0..m {
+        for c in 0..n {
+            let exact: f64 = (0..k)
+                .map(|i| a[r * k + i] as f64 * b[i * n + c] as f64)
+                .sum();
+            let scale: f64 = (0..k)
+                .map(|i| (a[r * k + i] * b[i * n + c]).abs() as f64)
+                .sum();
+            let want = exact + c0.map_or(0.0, |c0| c0[r * n + c] as f64);
+            let err = (dst[r * n + c] as f64 - want).abs();
+            assert!(
+                err <= bound * (scale + 1.0) * (k as f64).sqrt().max(1.0),
+                "{what} {m}x{k}x{n} at ({r}, {c}): {} vs {want}",
+                dst[r * n + c]
+            );
+        }
+    }
+}
+
 /// `dst (+)= a · b` with `b` given as `k × n` rows or as its `n × k` transpose.
 #[allow(clippy::too_many_arguments)]
 fn run(
@@ -80,23 +109,9 @@ fn products_match_f64_at_the_precision_claimed() {
                     vec![f32::NAN; m * n]
                 };
                 run(&a, &bt, (m, k, n), transposed, &mut dst, add, p, 2);
-                for r in 0..m {
-                    for c in 0..n {
-                        let exact: f64 = (0..k)
-                            .map(|i| a[r * k + i] as f64 * b[i * n + c] as f64)
-                            .sum();
-                        let scale: f64 = (0..k)
-                            .map(|i| (a[r * k + i] * b[i * n + c]).abs() as f64)
-                            .sum();
-                        let want = exact + if add { c0[r * n + c] as f64 } else { 0.0 };
-                        let err = (dst[r * n + c] as f64 - want).abs();
-                        assert!(
-                            err <= bound * (scale + 1.0) * (k as f64).sqrt().max(1.0),
-                            "{p:?} {m}x{k}x{n} t={transposed} at ({r}, {c}): {} vs {want}",
-                            dst[r * n + c]
-                        );
-                    }
-                }
+                let what = format!("{p:?} t={transposed}");
+                let c0 = add.then_some(&c0[..]);
+                assert_product(&dst, (&a, &b, c0), (m, k, n), bound, &what);
             }
         }
     }
@@ -118,31 +133,19 @@ fn bf16_weights_multiply_to_f32_accuracy_on_either_side() {
         let x = noise(m * k, 6);
         let w: Vec<bf16> = noise(k * n, 7).into_iter().map(bf16::from_f32).collect();
         let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
-        let check = |dst: &[f32], a: &[f32], b: &[f32], (m, k, n): (usize, usize, usize)| {
-            for r in 0..m {
-                for c in 0..n {
-                    let terms = (0..k).map(|i| a[r * k + i] as f64 * b[i * n + c] as f64);
-                    let exact: f64 = terms.clone().sum();
-                    let scale: f64 = terms.map(f64::abs).sum();
-                    let err = (dst[r * n + c] as f64 - exact).abs();
-                    assert!(
-                        err <= 4.0 / 16_777_216.0 * (scale + 1.0) * (k as f64).sqrt(),
-                        "{m}x{k}x{n} at ({r}, {c}): {} vs {exact}",
-                        dst[r * n + c]
-                    );
-                }
-            }
+        let check = |dst: &[f32], a: &[f32], b: &[f32], shape, side| {
+            assert_product(dst, (a, b, None), shape, 4.0 / 16_777_216.0, side)
         };
         for threads in [1, 2] {
             // Right: x (m × k) · w (k × n).
             let mut dst = vec![f32::NAN; m * n];
             product_bf16_rhs(mat_mut(&mut dst, m, n), mat(&x, m, k), &w, n, threads);
-            check(&dst, &x, &wf, (m, k, n));
+            check(&dst, &x, &wf, (m, k, n), "right");
             // Left: w (n × k, the same values read as [n, k]) · xᵀ-shaped (k × m) operand.
             let xt: Vec<f32> = noise(k * m, 8);
             let mut dst = vec![f32::NAN; n * m];
             product_bf16_lhs(mat_mut(&mut dst, n, m), &w, n, mat(&xt, k, m), threads);
-            check(&dst, &wf, &xt, (n, k, m));
+            check(&dst, &wf, &xt, (n, k, m), "left");
         }
     }
 }
