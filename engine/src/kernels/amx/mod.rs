@@ -3,7 +3,7 @@
 //!
 //! AMX multiplies bf16 matrices into f32 sums (`TDPBF16PS`: 16 × 16 sums of 32 products, in
 //! about the time an AVX-512 core takes for 16 × 16 × 2). An f32 product is computed from bf16
-//! pieces of its operands ([`pack::split`]): with `x = x₀ + x₁ + x₂` and `y = y₀ + y₁ + y₂`,
+//! pieces of its operands (`pack::split`): with `x = x₀ + x₁ + x₂` and `y = y₀ + y₁ + y₂`,
 //! `x·y` is the sum of the nine piece products, of which the six with `i + j < 3` carry every
 //! bit an f32 product keeps (the other three are below 2⁻²⁴ of it). Products of bf16 values
 //! are exact and the sums are f32, so [`Precision::Bf16x6`] computes the f32 product to f32's
@@ -18,16 +18,20 @@
 //! place (a convolution's `[c_out, c_in·kh·kw]` weight on the left), never split. On the
 //! 2-core Xeon (AMX, AVX-512) this was measured on, SD 1.5 UNet forward with bf16 weights:
 //! 1.32 s at 256x256 batch 2 and 2.88 s at 512x512 batch 1, against 1.65 s and 3.27 s widening
-//! them for the AVX-512 GEMM and 1.55 s and 3.15 s with f32 weights.
+//! them for the AVX-512 GEMM and 1.55 s and 3.15 s with f32 weights. The tile loop of
+//! `multiply` took that to 1.27 s and 2.69–2.75 s (1.30–1.32 s and 2.80–2.82 s before it, in
+//! the same alternating runs).
 //!
 //! For every other product the choice is made once per process by `BEESWAX_MATMUL`: unset
 //! (or `f32`) keeps it on the AVX-512/AVX2 path; `bf16x6` or `bf16x3` put every product on AMX
 //! when the CPU has it and the kernel grants it; `f32` also keeps bf16 weights off AMX. AMX
-//! is opt-in for f32 operands because it is not faster for them yet: both are split and
-//! packed on every call (weights included), and the tile loop runs at 9–16 ns per
-//! `TDPBF16PS` against 7 ns in a bare loop of the same products (each 32 × 32 block's tiles
-//! stored after a few hundred products, operands of consecutive blocks missing L2): on the
-//! Xeon above, 2048x320x2560 took 10.9 ms at bf16x6 and 10.8 ms on AVX-512.
+//! is opt-in for f32 operands because it is not faster for them yet. The tile loop
+//! (`multiply`) now beats the AVX-512 GEMM on large products (on the Xeon above,
+//! 2048x320x2560 in 8.1–9.2 ms at bf16x6 against 10.6–10.9 ms), but both operands are split and
+//! packed on every call, weights included, and most of the UNet's products are narrow (a
+//! few hundred columns, or Winograd's per-position products of 128 tiles): the SD 1.5 UNet at
+//! 256x256 batch 2 took 2.27–2.45 s with `bf16x6` against 1.49–1.54 s on AVX-512. Weights
+//! packed once, at load, would cost half as much memory again as f32 weights.
 //!
 //! An element of the product depends only on its row of the left operand and its column of
 //! the right one (the sums run over the depth in the same order whatever the shape), so an
@@ -62,11 +66,12 @@ impl Precision {
         }
     }
 
-    /// The (left, right) piece pairs multiplied, sorted by left piece.
+    /// The (left, right) piece pairs multiplied, sorted by right piece: a block's right
+    /// tiles come from L2, its left ones from L1 (see [`multiply`]).
     fn pairs(self) -> Vec<(usize, usize)> {
         let p = self.pieces();
         (0..p)
-            .flat_map(|i| (0..p - i).map(move |j| (i, j)))
+            .flat_map(|j| (0..p - j).map(move |i| (i, j)))
             .collect()
     }
 }
@@ -102,10 +107,15 @@ pub fn precision() -> Option<Precision> {
     *CHOICE.get_or_init(|| requested().ok().flatten().filter(|_| tiles::available()))
 }
 
-/// Rows and columns of the output one task computes.
-const TASK: usize = 128;
-/// Depth tiles (of 32) summed into a task's block before the next ones are loaded.
-const DEPTH_TILES: usize = 4;
+/// Columns of the output one task computes at most: the right operand's tiles for them (over
+/// [`DEPTH_SPAN`]) stay in L2 while every row block of the task passes over them.
+const PANEL: usize = 384;
+/// Rows of the output one task computes at most.
+const TASK_ROWS: usize = 512;
+/// Most depth tiles (of 32) summed into a block before the next block: a panel's right tiles
+/// over this depth are at most 384 × 640 values × 3 pieces of bf16, 1.4 MiB (L2 is 2 MiB per
+/// core on the Xeon of the module doc).
+const DEPTH_SPAN: usize = 20;
 
 /// `dst = lhs · rhs` (or `dst += lhs · rhs` when `add`) on AMX at `precision`, on up to
 /// `threads` rayon threads. Panics if the shapes do not chain or a view reaches past its
@@ -206,39 +216,67 @@ pub(crate) fn product_bf16_lhs(dst: MatMut, w: &[bf16], m: usize, rhs: Mat, thre
 }
 
 /// `out (+)= a · b` for packed operands, summing the (left piece, right piece) products of
-/// `pairs` (sorted by left piece), in tasks of [`TASK`] × [`TASK`] outputs.
+/// `pairs`, on up to `threads` rayon threads.
+///
+/// The output is cut into tasks of up to [`TASK_ROWS`] × [`PANEL`] values. A task sums its
+/// 32 × 32 blocks over up to [`DEPTH_SPAN`] depth tiles at a time in the tile registers,
+/// straight into the output (a block at the output's edge goes through a scratch block): its
+/// row blocks in turn, each against every column block of the panel, so that the left
+/// operand's tiles of a row block stay in L1 and the panel's tiles in L2. Against the loop
+/// this replaced (tasks of 128 × 128, sums stored and reloaded every 4 depth tiles), on the
+/// Xeon of the module doc: 2048x320x2560 at bf16x6 in 8.1–9.2 ms against 11.2–11.5 ms (a C
+/// model of both loops on one core: 9.3–9.9 against 13.5–14.4 ns per `TDPBF16PS`).
 fn multiply(out: Out, a: &Packed, b: &Packed, pairs: &[(usize, usize)], threads: usize, add: bool) {
     let (m, n) = (out.rows, out.cols);
     assert!(a.depth_tiles == b.depth_tiles, "amx: depth");
     assert!(a.blocks * 16 >= m && b.blocks * 16 >= n, "amx: operands");
     assert!(out.len >= span(m, n, out.stride), "amx: dst");
     assert!(m <= 1 || out.stride >= n, "amx: dst rows overlap");
-    let tasks: Vec<(usize, usize)> = (0..m)
-        .step_by(TASK)
-        .flat_map(|r| (0..n).step_by(TASK).map(move |c| (r, c)))
+    let depth = a.depth_tiles;
+    let spans = depth.div_ceil(DEPTH_SPAN).max(1);
+    let depth_span = depth.div_ceil(spans).max(1);
+    let panels = n.div_ceil(PANEL);
+    let width = n.div_ceil(panels).div_ceil(32) * 32;
+    let chunks = m.div_ceil(TASK_ROWS).max((2 * threads).div_ceil(panels));
+    let height = m.div_ceil(chunks).div_ceil(32) * 32;
+    let tasks: Vec<(usize, usize)> = (0..n)
+        .step_by(width)
+        .flat_map(|c| (0..m).step_by(height).map(move |r| (r, c)))
         .collect();
     let run = |&(r0, c0): &(usize, usize)| {
-        let (rows, cols) = (TASK.min(m - r0), TASK.min(n - c0));
-        let (pr, pc) = (rows.div_ceil(32) * 32, cols.div_ceil(32) * 32);
-        let mut buf = vec![0f32; pr * pc + 16];
-        let start = buf.as_ptr().align_offset(64).min(16);
-        let acc = &mut buf[start..][..pr * pc];
-        if add {
-            out.read(r0, c0, rows, cols, acc, pc);
-        }
+        let (rows, cols) = (height.min(m - r0), width.min(n - c0));
+        let mut scratch = Scratch([0.0; 1024]);
         tiles::with_tiles(|| {
-            for kt0 in (0..a.depth_tiles).step_by(DEPTH_TILES) {
-                let kts = kt0..(kt0 + DEPTH_TILES).min(a.depth_tiles);
-                for cb in (0..pc).step_by(32) {
-                    for rb in (0..pr).step_by(32) {
-                        let (ma, nb) = ((r0 + rb) / 16, (c0 + cb) / 16);
-                        let acc = &mut acc[rb * pc + cb..];
-                        tiles::block(a, ma, b, nb, kts.clone(), pairs, acc, pc);
+            for kt0 in (0..depth).step_by(depth_span) {
+                let kts = kt0..(kt0 + depth_span).min(depth);
+                let fresh = kt0 == 0 && !add;
+                for r in (r0..r0 + rows).step_by(32) {
+                    for c in (c0..c0 + cols).step_by(32) {
+                        let whole = r + 32 <= m && c + 32 <= n;
+                        let (br, bc) = (32.min(m - r), 32.min(n - c));
+                        let sums = if whole {
+                            (out.row(r, c, 0), out.stride)
+                        } else {
+                            if !fresh {
+                                out.read(r, c, br, bc, &mut scratch.0, 32);
+                            }
+                            (scratch.0.as_mut_ptr(), 32)
+                        };
+                        // SAFETY: a whole block's 32 rows of 32 values at (r, c) are this
+                        // task's and inside the output (see `Out::row`), initialised when
+                        // read (by the caller when `add`, by the previous span otherwise);
+                        // the scratch block is 32 × 32 and filled before it is read.
+                        #[allow(unsafe_code)]
+                        unsafe {
+                            tiles::block(a, r / 16, b, c / 16, kts.clone(), pairs, sums, fresh)
+                        };
+                        if !whole {
+                            out.write(r, c, br, bc, &scratch.0, 32);
+                        }
                     }
                 }
             }
         });
-        out.write(r0, c0, rows, cols, acc, pc);
     };
     if threads > 1 && tasks.len() > 1 {
         tasks.par_iter().for_each(run);
@@ -246,6 +284,10 @@ fn multiply(out: Out, a: &Packed, b: &Packed, pairs: &[(usize, usize)], threads:
         tasks.iter().for_each(run);
     }
 }
+
+/// A 32 × 32 block of sums for the output's edges, aligned as a tile's rows.
+#[repr(C, align(64))]
+struct Scratch([f32; 1024]);
 
 /// The output, shared by tasks that each read and write their own block of it: a slice of
 /// `len` values at `ptr`, borrowed mutably by the caller for the whole product, holding a
@@ -283,8 +325,8 @@ impl Out {
 
     /// Where row `r` of the block at (`r0`, `c0`) starts.
     ///
-    /// Each task of [`run`] has its own (`r0`, `c0`) and `rows × cols` within the `m × n`
-    /// output whose span `run` checked against the slice `ptr` comes from; rows of the
+    /// Each task of [`multiply`] has its own (`r0`, `c0`) and `rows × cols` within the `m × n`
+    /// output whose span `multiply` checked against the slice `ptr` comes from; rows of the
     /// output do not overlap (`stride ≥ n`). So no two tasks touch the same element, and every
     /// element a task copies is inside the slice, which `product` borrows mutably for the
     /// whole call.

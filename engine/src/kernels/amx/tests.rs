@@ -89,6 +89,8 @@ fn products_match_f64_at_the_precision_claimed() {
         (33, 70, 47),
         (130, 300, 129),
         (16, 600, 290),
+        // Depth of three spans (summed into the output between them), and a task per thread.
+        (70, 1400, 36),
     ] {
         let a = noise(m * k, 1);
         let b = noise(k * n, 2);

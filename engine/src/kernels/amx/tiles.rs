@@ -121,6 +121,21 @@ mod imp {
     tile_op!(store2, "tilestored [{p} + {s}*1], tmm2", store);
     tile_op!(store3, "tilestored [{p} + {s}*1], tmm3", store);
 
+    /// tmm0..3 = 0.
+    ///
+    /// # Safety
+    /// Tiles configured on this thread.
+    #[inline(always)]
+    pub unsafe fn zero_sums() {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nomem, nostack, preserves_flags)
+        );
+    }
+
     /// tmm0..3 += (tmm4, tmm5) × (tmm6, tmm7).
     ///
     /// # Safety
@@ -153,15 +168,15 @@ pub(super) fn with_tiles<R>(_: impl FnOnce() -> R) -> R {
 /// Never called: [`available`] is false here.
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn block(
+pub(super) unsafe fn block(
     _: &Packed,
     _: usize,
     _: &Packed,
     _: usize,
     _: Range<usize>,
     _: &[(usize, usize)],
-    _: &mut [f32],
-    _: usize,
+    _: (*mut f32, usize),
+    _: bool,
 ) {
     unreachable!("amx: no AMX on this platform")
 }
@@ -178,21 +193,26 @@ pub(super) fn with_tiles<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
-/// The 32 × 32 f32 block `acc` (rows `ldc` values apart) plus the products of the left
-/// operand's block pair `ma`, `ma + 1` and the right one's `nb`, `nb + 1` over the depth tiles
-/// `kts`, for each (left piece, right piece) of `pairs` (sorted by left piece). Only called
-/// inside [`with_tiles`]. Panics if a tile or the block lies outside its buffer.
+/// The 32 × 32 f32 block at `c` (rows `ldc` values apart): its values (zeros when `fresh`)
+/// plus the products of the left operand's block pair `ma`, `ma + 1` and the right one's
+/// `nb`, `nb + 1` over the depth tiles `kts`, for each (left piece, right piece) of `pairs`
+/// (a piece's tiles are loaded only when it differs from the previous pair's). Only called
+/// inside [`with_tiles`]. Panics if a tile lies outside its operand.
+///
+/// # Safety
+/// The 32 rows of 32 values from `c`, `ldc` apart, must be this call's to read and write
+/// (read only when not `fresh`, and then initialised).
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn block(
+pub(super) unsafe fn block(
     a: &Packed,
     ma: usize,
     b: &Packed,
     nb: usize,
     kts: Range<usize>,
     pairs: &[(usize, usize)],
-    acc: &mut [f32],
-    ldc: usize,
+    (c, ldc): (*mut f32, usize),
+    fresh: bool,
 ) {
     assert!(
         ma + 1 < a.blocks && nb + 1 < b.blocks,
@@ -206,41 +226,45 @@ pub(super) fn block(
         pairs.iter().all(|&(i, j)| i < a.pieces && j < b.pieces),
         "amx: pieces"
     );
-    assert!(ldc >= 32 && acc.len() >= 31 * ldc + 32, "amx: accumulator");
     let cs = ldc * 4;
-    let c = acc.as_mut_ptr() as *mut u8;
+    let c = c as *mut u8;
     let (ap, bp) = (a.base(), b.base());
     let (ar, br) = (a.row_bytes(), b.row_bytes());
     // In bounds: the asserts above keep every (block, kt, piece) inside its operand, where
     // `tile_bytes` puts the whole tile.
     let at = |block: usize, kt: usize, p: usize| ap.wrapping_add(a.tile_bytes(block, kt, p));
     let bt = |block: usize, kt: usize, p: usize| bp.wrapping_add(b.tile_bytes(block, kt, p));
-    // SAFETY: the asserts above put the four 16 × 16 f32 tiles of `acc` (rows `cs` bytes
-    // apart) and every operand tile read below (16 rows of 64 bytes, `ar` or `br` bytes
-    // apart) inside their buffers; tiles are configured by `with_tiles`.
-    unsafe {
+    // SAFETY: the caller gives the four 16 × 16 f32 tiles at `c` (rows `cs` bytes apart);
+    // the asserts above put every operand tile read below (16 rows of 64 bytes, `ar` or `br`
+    // bytes apart) inside its buffer; tiles are configured by `with_tiles`.
+    if fresh {
+        imp::zero_sums();
+    } else {
         imp::load0(c, cs);
         imp::load1(c.add(64), cs);
         imp::load2(c.add(16 * cs), cs);
         imp::load3(c.add(16 * cs + 64), cs);
-        for kt in kts {
-            let mut loaded = usize::MAX;
-            for &(i, j) in pairs {
-                if i != loaded {
-                    imp::load4(at(ma, kt, i), ar);
-                    imp::load5(at(ma + 1, kt, i), ar);
-                    loaded = i;
-                }
+    }
+    for kt in kts {
+        let (mut left, mut right) = (usize::MAX, usize::MAX);
+        for &(i, j) in pairs {
+            if i != left {
+                imp::load4(at(ma, kt, i), ar);
+                imp::load5(at(ma + 1, kt, i), ar);
+                left = i;
+            }
+            if j != right {
                 imp::load6(bt(nb, kt, j), br);
                 imp::load7(bt(nb + 1, kt, j), br);
-                imp::dot4();
+                right = j;
             }
+            imp::dot4();
         }
-        imp::store0(c, cs);
-        imp::store1(c.add(64), cs);
-        imp::store2(c.add(16 * cs), cs);
-        imp::store3(c.add(16 * cs + 64), cs);
     }
+    imp::store0(c, cs);
+    imp::store1(c.add(64), cs);
+    imp::store2(c.add(16 * cs), cs);
+    imp::store3(c.add(16 * cs + 64), cs);
 }
 
 #[cfg(all(test, target_arch = "x86_64", target_os = "linux"))]
