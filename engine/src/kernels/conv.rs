@@ -19,10 +19,10 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::Conv2d;
 use rayon::prelude::*;
 
-use super::gemm::{matmul_tensors, Mat, MatMut};
+use super::gemm::{matmul_tensors, Mat};
 use super::group_norm::{ChannelAffine, GroupNorm};
 use super::math::simd;
-use super::narrow_gemm::{matmul_narrow_lhs, BLOCK};
+use super::narrow_gemm::{narrow_lhs_product, BLOCK};
 use super::slices::{fast, to_vec, with_f32, zeros};
 use super::widen::{is_narrow, widened, with_stored, Stored};
 use super::winograd;
@@ -239,22 +239,15 @@ fn conv2d_with(
 /// ([`super::narrow_gemm`]), and the im2col matrix `cols` (`[k, n]`).
 fn product(w: Stored, co: usize, k: usize, cols: &Tensor) -> Result<Tensor> {
     let n = cols.dim(1)?;
-    let mut out = zeros(co * n);
     let threads = rayon::current_num_threads();
-    with_f32(cols, |c| {
+    let out = with_f32(cols, |c| {
         let rhs = Mat {
             data: c,
             rows: k,
             cols: n,
             stride: n,
         };
-        let dst = MatMut {
-            data: &mut out,
-            rows: co,
-            cols: n,
-            stride: n,
-        };
-        matmul_narrow_lhs(dst, w, co, rhs, BLOCK, threads)
+        narrow_lhs_product(w, co, rhs, BLOCK, threads)
     })?;
     Tensor::from_vec(out, (co, n), cols.device())
 }

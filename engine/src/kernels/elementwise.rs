@@ -6,9 +6,9 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::Linear;
 use rayon::prelude::*;
 
-use super::gemm::{matmul_tensors, Mat, MatMut};
+use super::gemm::{matmul_tensors, Mat};
 use super::math::{gelu, simd};
-use super::narrow_gemm::{matmul_narrow_rhs, BLOCK};
+use super::narrow_gemm::{narrow_rhs_product, BLOCK};
 use super::slices::{fast, to_vec, with_f32, zeros};
 use super::widen::{is_narrow, widened, with_stored};
 
@@ -40,9 +40,8 @@ fn matmul_t_narrow(x: &Tensor, w: &Tensor, rows: usize, k: usize) -> Result<Tens
     if !wt.is_contiguous() {
         return x.reshape((rows, k))?.matmul(&widened(w)?.t()?);
     }
-    let mut out = zeros(rows * n);
     let threads = rayon::current_num_threads();
-    with_f32(x, |xs| {
+    let out = with_f32(x, |xs| {
         with_stored(&wt, |ws| {
             let lhs = Mat {
                 data: xs,
@@ -50,13 +49,7 @@ fn matmul_t_narrow(x: &Tensor, w: &Tensor, rows: usize, k: usize) -> Result<Tens
                 cols: k,
                 stride: k,
             };
-            let dst = MatMut {
-                data: &mut out,
-                rows,
-                cols: n,
-                stride: n,
-            };
-            matmul_narrow_rhs(dst, lhs, ws, n, BLOCK, threads)
+            narrow_rhs_product(lhs, ws, n, BLOCK, threads)
         })
     })??;
     Tensor::from_vec(out, (rows, n), x.device())

@@ -198,6 +198,27 @@ pub(crate) struct MatUninit<'a> {
     pub stride: usize,
 }
 
+/// A new `rows × cols` row-major vector, every element of which `write` writes (a product's
+/// output that zeroing first would cost a pass over memory).
+///
+/// # Safety
+/// `write` must write every element of the view it is given.
+#[allow(unsafe_code)]
+pub(crate) unsafe fn written(rows: usize, cols: usize, write: impl FnOnce(MatUninit)) -> Vec<f32> {
+    let len = rows * cols;
+    let mut out = Vec::with_capacity(len);
+    write(MatUninit {
+        data: &mut out.spare_capacity_mut()[..len],
+        rows,
+        cols,
+        stride: cols,
+    });
+    // SAFETY: the capacity is `len`, and the caller's `write` wrote every element of the
+    // view, which with row stride `cols` is all `len` of them.
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// `dst = lhs · rhs` into memory that need not be initialised (a large output zeroed first
 /// only to be overwritten costs a pass over memory): every element of the `rows × cols` view
 /// is written, nothing else is touched. Panics like [`matmul`].

@@ -13,7 +13,8 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 use super::amx;
-use super::gemm::{matmul, matmul_add, Mat, MatMut};
+use super::gemm::{matmul, matmul_add, written, Mat, MatMut, MatUninit};
+use super::slices::zeros;
 use super::widen::Stored;
 
 /// Values of a widened block (4 MiB of f32: in the shared L3 cache). Measured per GEMM shape of
@@ -176,6 +177,61 @@ fn blocked(dst: MatMut, other: Mat, w: View, side: Side, depth: usize, threads: 
             }
         }
     });
+}
+
+/// `lhs · w` as [`matmul_narrow_rhs`] computes it, as a new row-major `lhs.rows × n` vector.
+/// On AMX (a bf16 weight) the product writes memory that was not zeroed first: zeroing it was a
+/// pass over memory of its own.
+pub(crate) fn narrow_rhs_product(
+    lhs: Mat,
+    w: Stored,
+    n: usize,
+    block: usize,
+    threads: usize,
+) -> Vec<f32> {
+    let m = lhs.rows;
+    if let (Stored::Bf16(w), true) = (w, amx::bf16_weights()) {
+        let write = |dst: MatUninit| amx::product_bf16_rhs_uninit(dst, lhs, w, n, threads);
+        // SAFETY: the AMX product writes every element of its output view.
+        #[allow(unsafe_code)]
+        return unsafe { written(m, n, write) };
+    }
+    let mut out = zeros(m * n);
+    let dst = MatMut {
+        data: &mut out,
+        rows: m,
+        cols: n,
+        stride: n,
+    };
+    matmul_narrow_rhs(dst, lhs, w, n, block, threads);
+    out
+}
+
+/// `w · rhs` as [`matmul_narrow_lhs`] computes it, as a new row-major `m × rhs.cols` vector
+/// (written unzeroed on AMX, as [`narrow_rhs_product`]).
+pub(crate) fn narrow_lhs_product(
+    w: Stored,
+    m: usize,
+    rhs: Mat,
+    block: usize,
+    threads: usize,
+) -> Vec<f32> {
+    let n = rhs.cols;
+    if let (Stored::Bf16(w), true) = (w, amx::bf16_weights()) {
+        let write = |dst: MatUninit| amx::product_bf16_lhs_uninit(dst, w, m, rhs, threads);
+        // SAFETY: the AMX product writes every element of its output view.
+        #[allow(unsafe_code)]
+        return unsafe { written(m, n, write) };
+    }
+    let mut out = zeros(m * n);
+    let dst = MatMut {
+        data: &mut out,
+        rows: m,
+        cols: n,
+        stride: n,
+    };
+    matmul_narrow_lhs(dst, w, m, rhs, block, threads);
+    out
 }
 
 /// `dst = lhs · w` for the weight `w` (`[k, n]` row-major, `k = lhs.cols`), widened in blocks
@@ -378,6 +434,42 @@ mod tests {
                     let wt_wide: Vec<f32> = wt16.iter().map(|v| v.to_f32()).collect();
                     close(&out, &naive(&wt_wide, &xt, n, k, m));
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn new_outputs_equal_the_products_in_place() {
+        // With a bf16 weight on AMX the new output is written without being zeroed first.
+        let (m, k, n) = (37, 70, 45);
+        let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.23).sin()).collect();
+        let w32: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.19).cos()).collect();
+        let wh: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
+        let wb: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
+        for stored in [Stored::F16(&wh), Stored::Bf16(&wb)] {
+            // `x · w` (`[m, k] · [k, n]`), and `w` read as `[n, k]` times `x` read as `[k, m]`.
+            for (left, rows, depth, cols) in [(false, m, k, n), (true, n, k, m)] {
+                let other = Mat {
+                    data: &x,
+                    rows: if left { depth } else { rows },
+                    cols: if left { cols } else { depth },
+                    stride: if left { cols } else { depth },
+                };
+                let mut out = vec![f32::NAN; rows * cols];
+                let dst = MatMut {
+                    data: &mut out,
+                    rows,
+                    cols,
+                    stride: cols,
+                };
+                let new = if left {
+                    matmul_narrow_lhs(dst, stored, rows, other, BLOCK, 2);
+                    narrow_lhs_product(stored, rows, other, BLOCK, 2)
+                } else {
+                    matmul_narrow_rhs(dst, other, stored, cols, BLOCK, 2);
+                    narrow_rhs_product(other, stored, cols, BLOCK, 2)
+                };
+                assert!(new == out, "left: {left}");
             }
         }
     }

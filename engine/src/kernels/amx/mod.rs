@@ -19,8 +19,9 @@
 //! 2-core Xeon (AMX, AVX-512) this was measured on, SD 1.5 UNet forward with bf16 weights:
 //! 1.32 s at 256x256 batch 2 and 2.88 s at 512x512 batch 1, against 1.65 s and 3.27 s widening
 //! them for the AVX-512 GEMM and 1.55 s and 3.15 s with f32 weights. The tile loop of
-//! `multiply` took that to 1.27 s and 2.69–2.75 s (1.30–1.32 s and 2.80–2.82 s before it, in
-//! the same alternating runs).
+//! `multiply` and outputs and packed operands no longer zeroed in a pass of their own took that
+//! to 1.18–1.22 s and 2.56 s (1.29 s and 2.74 s before, in the same alternating runs; f32
+//! weights 1.50 s at 256x256).
 //!
 //! For every other product the choice is made once per process by `BEESWAX_MATMUL`: unset
 //! (or `f32`) keeps it on the AVX-512/AVX2 path; `bf16x6` or `bf16x3` put every product on AMX
@@ -128,14 +129,7 @@ pub(crate) fn product(
     add: bool,
     precision: Precision,
 ) {
-    let out = Out::new(
-        dst.data.as_mut_ptr(),
-        dst.data.len(),
-        dst.rows,
-        dst.cols,
-        dst.stride,
-    );
-    run(out, lhs, rhs, threads, add, precision);
+    run(Out::of(dst), lhs, rhs, threads, add, precision);
 }
 
 /// [`product`] (without adding) into memory that need not be initialised: every element of
@@ -147,9 +141,7 @@ pub(crate) fn product_uninit(
     threads: usize,
     precision: Precision,
 ) {
-    let ptr = dst.data.as_mut_ptr().cast();
-    let out = Out::new(ptr, dst.data.len(), dst.rows, dst.cols, dst.stride);
-    run(out, lhs, rhs, threads, false, precision);
+    run(Out::of_uninit(dst), lhs, rhs, threads, false, precision);
 }
 
 /// The product into `out` (read first when `add`).
@@ -187,12 +179,30 @@ pub fn bf16_weights() -> bool {
 /// f32 accuracy (see [`bf16_weights`]); on up to `threads` rayon threads. Panics if the
 /// shapes do not chain or a view reaches past its slice.
 pub(crate) fn product_bf16_rhs(dst: MatMut, lhs: Mat, w: &[bf16], n: usize, threads: usize) {
+    bf16_rhs(Out::of(dst), lhs, w, n, threads)
+}
+
+/// [`product_bf16_rhs`] into memory that need not be initialised: every element of the view
+/// is written, nothing else touched.
+pub(crate) fn product_bf16_rhs_uninit(
+    dst: MatUninit,
+    lhs: Mat,
+    w: &[bf16],
+    n: usize,
+    threads: usize,
+) {
+    bf16_rhs(Out::of_uninit(dst), lhs, w, n, threads)
+}
+
+/// `out = lhs · w` for [`product_bf16_rhs`].
+fn bf16_rhs(out: Out, lhs: Mat, w: &[bf16], n: usize, threads: usize) {
     let (m, k) = (lhs.rows, lhs.cols);
+    assert!(out.rows == m && out.cols == n, "amx: shapes");
     assert!(w.len() == k * n, "amx: bf16 weight is not [{k}, {n}]");
     assert!(lhs.data.len() >= span(m, k, lhs.stride), "amx: lhs");
-    let Some(out) = Out::whole(dst, m, n) else {
+    if m == 0 || n == 0 {
         return;
-    };
+    }
     let parallel = threads > 1;
     let a = pack_lhs(&lhs, 3, parallel);
     let b = pack_rhs_bf16(w, k, n, parallel);
@@ -202,12 +212,30 @@ pub(crate) fn product_bf16_rhs(dst: MatMut, lhs: Mat, w: &[bf16], n: usize, thre
 /// `dst = w · rhs` for the bf16 weight `w` (`[m, k]` row-major, `k = rhs.rows`) on AMX, as
 /// [`product_bf16_rhs`].
 pub(crate) fn product_bf16_lhs(dst: MatMut, w: &[bf16], m: usize, rhs: Mat, threads: usize) {
+    bf16_lhs(Out::of(dst), w, m, rhs, threads)
+}
+
+/// [`product_bf16_lhs`] into memory that need not be initialised: every element of the view
+/// is written, nothing else touched.
+pub(crate) fn product_bf16_lhs_uninit(
+    dst: MatUninit,
+    w: &[bf16],
+    m: usize,
+    rhs: Mat,
+    threads: usize,
+) {
+    bf16_lhs(Out::of_uninit(dst), w, m, rhs, threads)
+}
+
+/// `out = w · rhs` for [`product_bf16_lhs`].
+fn bf16_lhs(out: Out, w: &[bf16], m: usize, rhs: Mat, threads: usize) {
     let (k, n) = (rhs.rows, rhs.cols);
+    assert!(out.rows == m && out.cols == n, "amx: shapes");
     assert!(w.len() == m * k, "amx: bf16 weight is not [{m}, {k}]");
     assert!(rhs.data.len() >= span(k, n, rhs.stride), "amx: rhs");
-    let Some(out) = Out::whole(dst, m, n) else {
+    if m == 0 || n == 0 {
         return;
-    };
+    }
     let parallel = threads > 1;
     // A convolution's weight (`[c_out, c_in·kh·kw]`) is read in place where its shape allows.
     let a = Packed::in_place(w, m, k).unwrap_or_else(|| pack_lhs_bf16(w, m, k, parallel));
@@ -233,6 +261,14 @@ fn multiply(out: Out, a: &Packed, b: &Packed, pairs: &[(usize, usize)], threads:
     assert!(out.len >= span(m, n, out.stride), "amx: dst");
     assert!(m <= 1 || out.stride >= n, "amx: dst rows overlap");
     let depth = a.depth_tiles;
+    if depth == 0 {
+        // An empty sum: the output is zero (or stays as it is when adding).
+        if !add {
+            let zeros = vec![0.0; n];
+            (0..m).for_each(|r| out.write(r, 0, 1, n, &zeros, n));
+        }
+        return;
+    }
     let spans = depth.div_ceil(DEPTH_SPAN).max(1);
     let depth_span = depth.div_ceil(spans).max(1);
     let panels = n.div_ceil(PANEL);
@@ -305,12 +341,22 @@ struct Out {
 unsafe impl Sync for Out {}
 
 impl Out {
-    /// `dst` as the output of an `m × n` product, `None` when that is empty. Panics if `dst`
-    /// is not `m × n`.
-    fn whole(dst: MatMut, m: usize, n: usize) -> Option<Self> {
-        assert!(dst.rows == m && dst.cols == n, "amx: shapes");
-        let (len, stride) = (dst.data.len(), dst.stride);
-        (m > 0 && n > 0).then(|| Self::new(dst.data.as_mut_ptr(), len, m, n, stride))
+    /// The view `dst`, borrowed mutably for the product.
+    fn of(dst: MatMut) -> Self {
+        Self::new(
+            dst.data.as_mut_ptr(),
+            dst.data.len(),
+            dst.rows,
+            dst.cols,
+            dst.stride,
+        )
+    }
+
+    /// The view `dst` of memory that need not be initialised (the product writes every
+    /// element before it reads any), borrowed mutably for the product.
+    fn of_uninit(dst: MatUninit) -> Self {
+        let ptr = dst.data.as_mut_ptr().cast();
+        Self::new(ptr, dst.data.len(), dst.rows, dst.cols, dst.stride)
     }
 
     fn new(ptr: *mut f32, len: usize, rows: usize, cols: usize, stride: usize) -> Self {

@@ -85,6 +85,7 @@ fn products_match_f64_at_the_precision_claimed() {
     }
     for (m, k, n) in [
         (1, 1, 1),
+        (4, 0, 3),
         (5, 37, 3),
         (33, 70, 47),
         (130, 300, 129),
@@ -124,9 +125,11 @@ fn bf16_weights_multiply_to_f32_accuracy_on_either_side() {
     if !amx() {
         return;
     }
-    // (5, 96, 64): the left weight ([64, 96]) is read in place, unpacked.
+    // (5, 96, 64): the left weight ([64, 96]) is read in place, unpacked. (3, 0, 5): an empty
+    // sum, written as zeros.
     for (m, k, n) in [
         (1, 1, 1),
+        (3, 0, 5),
         (5, 37, 3),
         (33, 70, 47),
         (130, 301, 129),
