@@ -189,22 +189,18 @@ pub(crate) fn narrow_rhs_product(
     block: usize,
     threads: usize,
 ) -> Vec<f32> {
-    let m = lhs.rows;
-    if let (Stored::Bf16(w), true) = (w, amx::bf16_weights()) {
-        let write = |dst: MatUninit| amx::product_bf16_rhs_uninit(dst, lhs, w, n, threads);
-        // SAFETY: the AMX product writes every element of its output view.
-        #[allow(unsafe_code)]
-        return unsafe { written(m, n, write) };
-    }
-    let mut out = zeros(m * n);
-    let dst = MatMut {
-        data: &mut out,
-        rows: m,
-        cols: n,
-        stride: n,
+    let on_amx = match (w, amx::bf16_weights()) {
+        (Stored::Bf16(w), true) => {
+            Some(move |dst: MatUninit| amx::product_bf16_rhs_uninit(dst, lhs, w, n, threads))
+        }
+        _ => None,
     };
-    matmul_narrow_rhs(dst, lhs, w, n, block, threads);
-    out
+    let widening = |dst: MatMut| matmul_narrow_rhs(dst, lhs, w, n, block, threads);
+    // SAFETY: the AMX product writes every element of its output view.
+    #[allow(unsafe_code)]
+    unsafe {
+        new_output(lhs.rows, n, on_amx, widening)
+    }
 }
 
 /// `w · rhs` as [`matmul_narrow_lhs`] computes it, as a new row-major `m × rhs.cols` vector
@@ -216,21 +212,43 @@ pub(crate) fn narrow_lhs_product(
     block: usize,
     threads: usize,
 ) -> Vec<f32> {
-    let n = rhs.cols;
-    if let (Stored::Bf16(w), true) = (w, amx::bf16_weights()) {
-        let write = |dst: MatUninit| amx::product_bf16_lhs_uninit(dst, w, m, rhs, threads);
-        // SAFETY: the AMX product writes every element of its output view.
-        #[allow(unsafe_code)]
-        return unsafe { written(m, n, write) };
-    }
-    let mut out = zeros(m * n);
-    let dst = MatMut {
-        data: &mut out,
-        rows: m,
-        cols: n,
-        stride: n,
+    let on_amx = match (w, amx::bf16_weights()) {
+        (Stored::Bf16(w), true) => {
+            Some(move |dst: MatUninit| amx::product_bf16_lhs_uninit(dst, w, m, rhs, threads))
+        }
+        _ => None,
     };
-    matmul_narrow_lhs(dst, w, m, rhs, block, threads);
+    let widening = |dst: MatMut| matmul_narrow_lhs(dst, w, m, rhs, block, threads);
+    // SAFETY: the AMX product writes every element of its output view.
+    #[allow(unsafe_code)]
+    unsafe {
+        new_output(m, rhs.cols, on_amx, widening)
+    }
+}
+
+/// A new `rows × cols` row-major output: written by `on_amx` when there is one, else zeroed
+/// and then given to `widening`.
+///
+/// # Safety
+/// `on_amx` must write every element of the view it is given.
+#[allow(unsafe_code)]
+unsafe fn new_output(
+    rows: usize,
+    cols: usize,
+    on_amx: Option<impl FnOnce(MatUninit)>,
+    widening: impl FnOnce(MatMut),
+) -> Vec<f32> {
+    if let Some(write) = on_amx {
+        // SAFETY: the caller's `on_amx` writes every element.
+        return unsafe { written(rows, cols, write) };
+    }
+    let mut out = zeros(rows * cols);
+    widening(MatMut {
+        data: &mut out,
+        rows,
+        cols,
+        stride: cols,
+    });
     out
 }
 
