@@ -166,10 +166,11 @@ fn run(out: Out, lhs: Mat, rhs: Rhs, threads: usize, add: bool, precision: Preci
     multiply(out, &a, &b, &precision.pairs(), threads, add);
 }
 
-/// Whether products with a bf16 weight run on AMX (`product_bf16_rhs`, `product_bf16_lhs`): when the CPU has it and `BEESWAX_MATMUL` is not `f32`. A bf16 value
-/// is its own single piece, so the three products of the other operand's three pieces with it
-/// are the f32 product itself (to f32's accuracy): no precision is traded, and the weight is
-/// only laid out, not split.
+/// Whether products with a bf16 weight run on AMX (`product_bf16_rhs`, `product_bf16_lhs`):
+/// when the CPU has it and `BEESWAX_MATMUL` is not `f32`. A bf16 value is its own single
+/// piece, so the three products of the other operand's three pieces with it are the f32
+/// product itself (to f32's accuracy): no precision is traded, and the weight is only laid
+/// out, not split.
 pub fn bf16_weights() -> bool {
     static CHOICE: OnceLock<bool> = OnceLock::new();
     *CHOICE.get_or_init(|| std::env::var(ENV).ok().as_deref() != Some("f32") && tiles::available())
@@ -269,8 +270,8 @@ fn multiply(out: Out, a: &Packed, b: &Packed, pairs: &[(usize, usize)], threads:
         }
         return;
     }
-    let spans = depth.div_ceil(DEPTH_SPAN).max(1);
-    let depth_span = depth.div_ceil(spans).max(1);
+    let spans = depth.div_ceil(DEPTH_SPAN);
+    let depth_span = depth.div_ceil(spans);
     let panels = n.div_ceil(PANEL);
     let width = n.div_ceil(panels).div_ceil(32) * 32;
     let chunks = m.div_ceil(TASK_ROWS).max((2 * threads).div_ceil(panels));
@@ -374,7 +375,7 @@ impl Out {
     /// Each task of [`multiply`] has its own (`r0`, `c0`) and `rows × cols` within the `m × n`
     /// output whose span `multiply` checked against the slice `ptr` comes from; rows of the
     /// output do not overlap (`stride ≥ n`). So no two tasks touch the same element, and every
-    /// element a task copies is inside the slice, which `product` borrows mutably for the
+    /// element a task copies or loads and stores as tiles is inside the slice, which `product` borrows mutably for the
     /// whole call.
     fn row(&self, r0: usize, c0: usize, r: usize) -> *mut f32 {
         self.ptr.wrapping_add((r0 + r) * self.stride + c0)
