@@ -150,7 +150,8 @@ impl Transformer2D {
     pub fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = xs.dims4()?;
         let normed = self.norm.forward(xs, None, false)?;
-        let to_tokens = |t: &Tensor| t.permute((0, 2, 3, 1))?.reshape((b, h * w, c));
+        let to_tokens =
+            |t: &Tensor| kernels::transpose::swap_last_two(&t.reshape((b, c, h * w))?);
         let mut tokens = match &self.proj_in {
             Projection::Conv(conv) => to_tokens(&kernels::conv2d(conv, &normed, None, 1.0)?)?,
             Projection::Linear(lin) => lin.forward(&to_tokens(&normed)?)?,
@@ -158,7 +159,7 @@ impl Transformer2D {
         for block in &self.blocks {
             tokens = block.forward(&tokens, context)?;
         }
-        let to_map = |t: &Tensor| t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous();
+        let to_map = |t: &Tensor| kernels::transpose::swap_last_two(t)?.reshape((b, c, h, w));
         match &self.proj_out {
             Projection::Conv(conv) => kernels::conv2d(conv, &to_map(&tokens)?, Some(xs), 1.0),
             Projection::Linear(lin) => to_map(&lin.forward(&tokens)?)? + xs,

@@ -66,13 +66,13 @@ impl MidAttention {
         let tokens = self
             .group_norm
             .forward(xs, None, false)?
-            .reshape((b, c, h * w))?
-            .transpose(1, 2)?;
+            .reshape((b, c, h * w))?;
+        let tokens = kernels::transpose::swap_last_two(&tokens)?;
         let q = kernels::linear(&self.to_q, &tokens, None)?;
         let k = kernels::linear(&self.to_k, &tokens, None)?;
         let v = kernels::linear(&self.to_v, &tokens, None)?;
         let out = kernels::linear(&self.to_out, &scaled_dot_product(&q, &k, &v, 1)?, None)?;
-        out.transpose(1, 2)?.reshape((b, c, h, w))? + xs
+        kernels::transpose::swap_last_two(&out)?.reshape((b, c, h, w))? + xs
     }
 }
 
