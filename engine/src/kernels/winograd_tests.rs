@@ -398,3 +398,32 @@ fn an_upsampled_source_is_the_upsampled_input() {
         }
     }
 }
+
+/// Times the per-call filter transform of the SD 1.5 UNet's largest layers (run with
+/// `--ignored --nocapture`).
+#[test]
+#[ignore]
+fn filter_transform_speed() {
+    crate::kernels::malloc::tune();
+    for (c, co, t) in [
+        (1280, 1280, Tiling::F2),
+        (640, 640, Tiling::F2),
+        (320, 320, Tiling::F4),
+    ] {
+        let w = noise(co * c * 9, 3);
+        let s = Shape {
+            c,
+            h: 16,
+            w: 16,
+            co,
+        };
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let start = std::time::Instant::now();
+            let u = transformed_filters(Stored::F32(&w), &s, t);
+            best = best.min(start.elapsed().as_secs_f64());
+            assert_eq!(u.len(), co * block(t, c));
+        }
+        println!("{c}x{co} {t:?}: {:.2} ms", best * 1e3);
+    }
+}
