@@ -28,6 +28,7 @@ mod math;
 mod narrow_gemm;
 pub mod rope;
 mod slices;
+mod stream;
 #[cfg(test)]
 mod test_util;
 pub mod transpose;

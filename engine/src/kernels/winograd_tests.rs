@@ -1,6 +1,7 @@
 //! Tests of [`super`]: Winograd against direct convolutions in f32 and f64.
 
 use super::*;
+use crate::kernels::stream;
 use crate::kernels::test_util::noise;
 
 /// Direct 3x3 correlation with padding 1, summing the products (in im2col's order) with
@@ -154,9 +155,10 @@ fn matches_a_direct_convolution_on_odd_and_even_sizes() {
 fn filters_transform_as_the_scalar_definition() {
     let c = 37;
     let w = noise(c * 9, 21);
-    for t in TILINGS {
+    for (t, stream) in TILINGS.into_iter().flat_map(|t| [(t, false), (t, true)]) {
         let mut u = vec![MaybeUninit::new(f32::NAN); t.positions() * c];
-        transform_filters(t, &w, c, &mut u, &mut Vec::new());
+        transform_filters(t, &w, c, &mut u, &mut Vec::new(), stream);
+        stream::fence();
         // SAFETY: every element was initialised (to NaN) when the vector was made.
         #[allow(unsafe_code)]
         let u: Vec<f32> = u.into_iter().map(|v| unsafe { v.assume_init() }).collect();
@@ -167,7 +169,7 @@ fn filters_transform_as_the_scalar_definition() {
                 assert_eq!(
                     u[xi * c + ci].to_bits(),
                     v.to_bits(),
-                    "{t:?} channel {ci} position {xi}"
+                    "{t:?} (stream {stream}) channel {ci} position {xi}"
                 );
             }
         }

@@ -73,17 +73,21 @@ impl Tiling {
 /// One output channel's filters `weight` (`[c, 3, 3]`) transformed into `u` as
 /// `[positions][c]`: position `ξ = n·i + j` of `G g Gᵀ` for every input channel. The filters
 /// are first turned into nine rows of `c` values (tap by tap), so that the transform is vector
-/// arithmetic along the channels; `scratch` holds those rows and the intermediate `G g`.
+/// arithmetic along the channels; `scratch` holds those rows and the intermediate `G g`. With
+/// `stream`, each row of `u` is computed in `scratch` and copied by non-temporal stores
+/// ([`stream`]; the caller fences).
 pub(super) fn transform_filters(
     t: Tiling,
     weight: &[f32],
     c: usize,
     u: &mut [MaybeUninit<f32>],
     scratch: &mut Vec<f32>,
+    stream: bool,
 ) {
     let (g, n) = (t.g(), t.n());
-    scratch.resize((9 + 3 * n) * c, 0.0);
-    let (taps, gg) = scratch.split_at_mut(9 * c);
+    scratch.resize((10 + 3 * n) * c, 0.0);
+    let (taps, rest) = scratch.split_at_mut(9 * c);
+    let (line, gg) = rest.split_at_mut(c);
     // Tap by tap: contiguous writes, reads 9 apart (cheaper than the other way round).
     for (k, row) in taps.chunks_exact_mut(c).enumerate() {
         for (t, g) in row.iter_mut().zip(weight.chunks_exact(9)) {
@@ -106,9 +110,14 @@ pub(super) fn transform_filters(
                 let row = |k: usize| &gg[(3 * i + k) * c..][..c];
                 for (j, gj) in g.iter().enumerate() {
                     let dst = &mut u[(n * i + j) * c..][..c];
-                    combine(gj, [row(0), row(1), row(2)], |ci, v| {
-                        dst[ci].write(v);
-                    });
+                    if stream {
+                        combine(gj, [row(0), row(1), row(2)], |ci, v| line[ci] = v);
+                        super::super::stream::copy(line, dst);
+                    } else {
+                        combine(gj, [row(0), row(1), row(2)], |ci, v| {
+                            dst[ci].write(v);
+                        });
+                    }
                 }
             }
         },
