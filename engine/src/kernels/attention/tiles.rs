@@ -95,29 +95,14 @@ fn scores_by<S: Simd, const MR: usize, const NV: usize>(simd: S, h: &Head, score
         for r in (0..h.padded_rows()).step_by(MR) {
             let q: [&[f32]; MR] = std::array::from_fn(|i| h.q_row(r + i));
             let out = &mut scores[r * h.stride + c..];
-            if width >= NV * lanes {
-                for x in (0..width).step_by(NV * lanes) {
-                    outer_tile::<S, MR, NV>(
-                        simd,
-                        q,
-                        &tile[x..],
-                        width,
-                        &mut out[x..],
-                        h.stride,
-                        false,
-                    );
-                }
-            } else {
-                for x in (0..width).step_by(lanes) {
-                    outer_tile::<S, MR, 1>(
-                        simd,
-                        q,
-                        &tile[x..],
-                        width,
-                        &mut out[x..],
-                        h.stride,
-                        false,
-                    );
+            // Whole NV-vector tiles when the key tile is that wide, else one vector at a time.
+            let wide = width >= NV * lanes;
+            for x in (0..width).step_by(if wide { NV * lanes } else { lanes }) {
+                let (b, o) = (&tile[x..], &mut out[x..]);
+                if wide {
+                    outer_tile::<S, MR, NV>(simd, q, b, width, o, h.stride, false);
+                } else {
+                    outer_tile::<S, MR, 1>(simd, q, b, width, o, h.stride, false);
                 }
             }
         }
