@@ -75,7 +75,7 @@ impl Tiling {
 /// are first turned into nine rows of `c` values (tap by tap), so that the transform is vector
 /// arithmetic along the channels; `scratch` holds those rows and the intermediate `G g`. With
 /// `stream`, each row of `u` is computed in `scratch` and copied by non-temporal stores
-/// ([`stream`]; the caller fences).
+/// ([`copy`](super::super::stream::copy); the caller fences).
 pub(super) fn transform_filters(
     t: Tiling,
     weight: &[f32],
