@@ -375,8 +375,8 @@ impl Out {
     /// Each task of [`multiply`] has its own (`r0`, `c0`) and `rows × cols` within the `m × n`
     /// output whose span `multiply` checked against the slice `ptr` comes from; rows of the
     /// output do not overlap (`stride ≥ n`). So no two tasks touch the same element, and every
-    /// element a task copies or loads and stores as tiles is inside the slice, which `product` borrows mutably for the
-    /// whole call.
+    /// element a task copies or loads and stores as tiles is inside the slice, which `product`
+    /// borrows mutably for the whole call.
     fn row(&self, r0: usize, c0: usize, r: usize) -> *mut f32 {
         self.ptr.wrapping_add((r0 + r) * self.stride + c0)
     }
