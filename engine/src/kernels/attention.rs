@@ -6,7 +6,7 @@
 //! read in the `[B, S, heads·D]` layout (outputs are written head by head, then interleaved
 //! into it). Keys and values are first laid out per head (`kᵀ` in packed tiles, `v` as
 //! `[Sk, D]` padded: see [`Layout`]) for the products' register tiles ([`tiles`]), faster than
-//! a general GEMM on these narrow shapes. On the 2-core AMX Xeon (FMA peak about 420 GFLOP/s)
+//! a general GEMM on these narrow shapes. On the 2-core AMX Xeon (FMA peak 400–420 GFLOP/s)
 //! the whole attention at 4096 keys and 8 heads of 40 runs at about 190 GFLOP/s: `p·v` near
 //! the FMA rate on its padded width, `q·kᵀ` (a reduction of 40 per tile) at about half of it.
 
