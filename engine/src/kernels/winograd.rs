@@ -157,18 +157,34 @@ impl Epilogue<'_> {
 /// most 64 rows and 64 columns, which blocks the reduction differently) for one image when it
 /// would not for several: layers of at most 64 output channels need more than 64 tiles.
 pub(super) fn tiling(s: &Shape) -> Option<Tiling> {
-    if s.h * s.w >= F4_PIXELS && usable(s, Tiling::F4) {
+    let pixels = s.h * s.w;
+    let f4 = pixels >= F4_PIXELS || (pixels >= F4_SMALL_BANK_PIXELS && s.c * s.co <= F4_SMALL_BANK);
+    if f4 && usable(s, Tiling::F4) {
         return Some(Tiling::F4);
     }
     usable(s, Tiling::F2).then_some(Tiling::F2)
 }
 
-/// Fewest pixels per image from which F(4x4, 3x3) is used (64x64 maps and up). Its filter
-/// bank is 2.25x F(2x2, 3x3)'s, transformed per call, so it pays off only over many tiles:
-/// measured on a 2-core Zen 5 in the SD 1.5 UNet and VAE, it is faster at 64x64 and above
-/// (the VAE's 512 channels at 128x128 by 15–20%, TAESD's 64 channels at 512x512 by 20%), and
-/// at 32x32 slower for 640 channels and more.
+/// Fewest pixels per image from which F(4x4, 3x3) is used whatever the channels (64x64 maps
+/// and up). Its filter bank is 2.25x F(2x2, 3x3)'s, transformed per call, so it pays off only
+/// over many tiles: measured on a 2-core Zen 5 in the SD 1.5 UNet and VAE, it is faster at
+/// 64x64 and above (the VAE's 512 channels at 128x128 by 15–20%, TAESD's 64 channels at
+/// 512x512 by 20%).
 const F4_PIXELS: usize = 64 * 64;
+
+/// Fewest pixels per image from which F(4x4, 3x3) is used for layers of at most
+/// [`F4_SMALL_BANK`] channel pairs (32x32 maps and up): over a 32x32 map's 64 tiles its 2.25x
+/// fewer multiplications outweigh writing and reading its larger bank while the bank is at
+/// most 118 MB (59 MB for 640 -> 640). Measured on the 2-core AMX Xeon (`beeswax bench unet`, SD 1.5 at 512x512
+/// batch 1, alternating runs): 2.85–2.87 s against 2.95–3.00 s with F(2x2, 3x3) at 32x32
+/// (the 640-channel layers); F(4x4, 3x3) for every layer at 32x32 (also 1280→1280, a 236 MB
+/// bank) was no faster than this. An earlier Zen 5 measurement, before the filter banks were
+/// streamed and the small ones transformed per thread, had found it slower at 32x32.
+const F4_SMALL_BANK_PIXELS: usize = 32 * 32;
+
+/// Most input x output channel pairs of a layer that takes F(4x4, 3x3) from
+/// [`F4_SMALL_BANK_PIXELS`] on (640 -> 640 and 1280 -> 640).
+const F4_SMALL_BANK: usize = 1280 * 640;
 
 /// Whether the tiling `t` pays off and keeps images independent of their batch (see [`tiling`]).
 pub(super) fn usable(s: &Shape, t: Tiling) -> bool {

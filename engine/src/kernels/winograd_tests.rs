@@ -429,3 +429,24 @@ fn filter_transform_speed() {
         println!("{c}x{co} {t:?}: {:.2} ms", best * 1e3);
     }
 }
+
+#[test]
+fn the_tiling_follows_the_map_and_the_filter_bank() {
+    let shape = |c, hw, co| Shape {
+        c,
+        h: hw,
+        w: hw,
+        co,
+    };
+    // 64x64 maps and up: F(4x4, 3x3) whatever the channels.
+    assert_eq!(tiling(&shape(320, 64, 320)), Some(Tiling::F4));
+    assert_eq!(tiling(&shape(1280, 64, 1280)), Some(Tiling::F4));
+    // 32x32: F(4x4, 3x3) for banks up to 1280 x 640 channel pairs, F(2x2, 3x3) above.
+    assert_eq!(tiling(&shape(640, 32, 640)), Some(Tiling::F4));
+    assert_eq!(tiling(&shape(1280, 32, 640)), Some(Tiling::F4));
+    assert_eq!(tiling(&shape(1920, 32, 640)), Some(Tiling::F2));
+    assert_eq!(tiling(&shape(1280, 32, 1280)), Some(Tiling::F2));
+    // Smaller maps: F(2x2, 3x3) from 64 tiles, none below.
+    assert_eq!(tiling(&shape(1280, 16, 1280)), Some(Tiling::F2));
+    assert_eq!(tiling(&shape(1280, 8, 1280)), None);
+}
