@@ -7,8 +7,10 @@
 //! into it). Keys and values are first laid out per head (`kᵀ` in packed tiles, `v` as
 //! `[Sk, D]` padded: see [`Layout`]) for the products' register tiles ([`tiles`]), faster than
 //! a general GEMM on these narrow shapes. On the 2-core AMX Xeon (FMA peak 400–420 GFLOP/s)
-//! the whole attention at 4096 keys and 8 heads of 40 runs at about 190 GFLOP/s: `p·v` near
-//! the FMA rate on its padded width, `q·kᵀ` (a reduction of 40 per tile) at about half of it.
+//! the whole attention at 4096 keys and 8 heads of 40 runs at about 200 GFLOP/s (104–106 ms in
+//! `speed`; 110–112 ms before the register tiles read their operands through pointers bounded
+//! once per tile): `p·v` near the FMA rate on its padded width, `q·kᵀ` (a reduction of 40 per
+//! tile) well below it.
 
 use candle_core::{DType, Result, Tensor};
 use rayon::prelude::*;

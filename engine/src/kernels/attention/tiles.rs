@@ -11,6 +11,8 @@
 
 use pulp::Simd;
 
+use super::super::gemm::span;
+
 /// Every tile height used here divides it: the row count the buffers are rounded to.
 pub(super) const ROW_MULTIPLE: usize = 24;
 
@@ -127,7 +129,17 @@ fn outer_tile<S: Simd, const MR: usize, const NV: usize>(
 ) {
     let lanes = S::F32_LANES;
     let len = a[0].len();
-    let a = a.map(|row| &row[..len]);
+    // Every read in the reduction lies inside these bounds, checked once here instead of
+    // per step.
+    for row in &a {
+        assert_eq!(row.len(), len);
+    }
+    assert!(b.len() >= span(len, NV * lanes, b_stride));
+    let mut rows = [a[0].as_ptr(); MR];
+    for (p, row) in rows.iter_mut().zip(&a) {
+        *p = row.as_ptr();
+    }
+    let b = b.as_ptr();
     let mut acc = [[simd.splat_f32s(0.0); NV]; MR];
     if add {
         for (r, acc) in acc.iter_mut().enumerate() {
@@ -135,10 +147,22 @@ fn outer_tile<S: Simd, const MR: usize, const NV: usize>(
         }
     }
     for t in 0..len {
-        let row = S::as_simd_f32s(&b[t * b_stride..][..NV * lanes]).0;
-        let row: [S::f32s; NV] = std::array::from_fn(|v| row[v]);
+        let mut row = [simd.splat_f32s(0.0); NV];
+        for (v, row) in row.iter_mut().enumerate() {
+            // SAFETY: `t < len`, so `b`'s row `t` (NV·lanes values from `t·b_stride`) lies
+            // inside `b` by the assert above; the read is unaligned.
+            #[allow(unsafe_code)]
+            let value = unsafe {
+                b.add(t * b_stride + v * lanes)
+                    .cast::<S::f32s>()
+                    .read_unaligned()
+            };
+            *row = value;
+        }
         for r in 0..MR {
-            let x = simd.splat_f32s(a[r][t]);
+            // SAFETY: `t < len`, the length of every row of `a` (asserted above).
+            #[allow(unsafe_code)]
+            let x = simd.splat_f32s(unsafe { *rows[r].add(t) });
             for v in 0..NV {
                 acc[r][v] = simd.mul_add_f32s(x, row[v], acc[r][v]);
             }
