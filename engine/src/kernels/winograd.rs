@@ -173,13 +173,14 @@ pub(super) fn tiling(s: &Shape) -> Option<Tiling> {
 const F4_PIXELS: usize = 64 * 64;
 
 /// Fewest pixels per image from which F(4x4, 3x3) is used for layers of at most
-/// [`F4_SMALL_BANK`] channel pairs (32x32 maps and up): over a 32x32 map's 64 tiles its 2.25x
-/// fewer multiplications outweigh writing and reading its larger bank while the bank is at
-/// most 118 MB (59 MB for 640 -> 640). Measured on the 2-core AMX Xeon (`beeswax bench unet`, SD 1.5 at 512x512
-/// batch 1, alternating runs): 2.85–2.87 s against 2.95–3.00 s with F(2x2, 3x3) at 32x32
-/// (the 640-channel layers); F(4x4, 3x3) for every layer at 32x32 (also 1280→1280, a 236 MB
-/// bank) was no faster than this. An earlier Zen 5 measurement, before the filter banks were
-/// streamed and the small ones transformed per thread, had found it slower at 32x32.
+/// [`F4_SMALL_BANK`] channel pairs (32x32 maps and up). Over a 32x32 map's 64 tiles its 1.78x
+/// fewer multiplications than F(2x2, 3x3) outweigh writing and reading its 2.25x larger bank
+/// while that bank is at most 118 MB (59 MB for 640 -> 640). Measured on the 2-core AMX Xeon
+/// (`beeswax bench unet`, SD 1.5 at 512x512 batch 1, alternating runs): 2.85–2.87 s against
+/// 2.95–3.00 s with F(2x2, 3x3) at 32x32; F(4x4, 3x3) for every layer at 32x32 (also
+/// 1280 -> 1280, a 236 MB bank) was no faster. A measurement on a 2-core Zen 5 with an earlier
+/// version of this module had found it slower at 32x32 for 640 channels and more; not
+/// re-measured there since.
 const F4_SMALL_BANK_PIXELS: usize = 32 * 32;
 
 /// Most input x output channel pairs of a layer that takes F(4x4, 3x3) from
