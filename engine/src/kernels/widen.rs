@@ -73,7 +73,7 @@ impl Stored<'_> {
 /// without branches, so that the loops above vectorise with the CPU's widest registers
 /// (`half`'s slice conversion handles 8 values per step with scalar fix-ups).
 #[inline(always)]
-fn f16_to_f32(h: u16) -> f32 {
+pub(crate) fn f16_to_f32(h: u16) -> f32 {
     const EXP: u32 = 0x7c00 << 13;
     // 2^-14, the smallest normal f16: subtracted to renormalise a subnormal.
     const SMALLEST_NORMAL: f32 = f32::from_bits(113 << 23);

@@ -12,7 +12,7 @@
 //! f32's rounding; JAX's `HIGH`), twice as fast.
 //!
 //! Weights kept in bf16 (`--weights-dtype bf16`) are multiplied here by default on CPUs with
-//! AMX ([`bf16_weights`]): a bf16 weight is its own single piece, so the three products of the
+//! AMX ([`narrow_weights`]): a bf16 weight is its own single piece, so the three products of the
 //! other operand's pieces with it give the f32 product of the f32 activations and the bf16
 //! weight to f32's accuracy, with the weight only laid out in pairs (right operand) or read in
 //! place (a convolution's `[c_out, c_in·kh·kw]` weight on the left), never split. On the
@@ -22,6 +22,13 @@
 //! `multiply` and outputs and packed operands no longer zeroed in a pass of their own took that
 //! to 1.18–1.22 s and 2.56 s (1.29 s and 2.74 s before, in the same alternating runs; f32
 //! weights 1.50 s at 256x256).
+//!
+//! f16 weights (`--weights-dtype f16`, the default for an f16 file) are two bf16 pieces each
+//! and take five products; only linear layers' weights (the right operand) come here, split
+//! as they are laid out (see `narrow_gemm`'s `amx_weight` for the convolutions'). At 512x512
+//! the SD 1.5 UNet forward with f16 weights went from 2.69 s to 2.62–2.64 s (f32 weights
+//! 2.57–2.73 s in the same runs); at 256x256 batch 2 it is unchanged (1.45–1.54 s against
+//! f32's 1.29–1.41 s), where the convolutions' widened weights weigh more.
 //!
 //! For every other product the choice is made once per process by `BEESWAX_MATMUL`: unset
 //! (or `f32`) keeps it on the AVX-512/AVX2 path; `bf16x6` or `bf16x3` put every product on AMX
@@ -46,9 +53,9 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use super::gemm::{span, Mat, MatMut, MatUninit};
-use half::bf16;
+use super::widen::Stored;
 pub(crate) use pack::Rhs;
-use pack::{pack_lhs, pack_lhs_bf16, pack_rhs, pack_rhs_bf16, Packed};
+use pack::{pack_lhs, pack_lhs_bf16, pack_lhs_f16, pack_rhs, pack_rhs_bf16, pack_rhs_f16, Packed};
 
 /// How f32 products are computed on AMX.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,82 +173,135 @@ fn run(out: Out, lhs: Mat, rhs: Rhs, threads: usize, add: bool, precision: Preci
     multiply(out, &a, &b, &precision.pairs(), threads, add);
 }
 
-/// Whether products with a bf16 weight run on AMX (`product_bf16_rhs`, `product_bf16_lhs`):
-/// when the CPU has it and `BEESWAX_MATMUL` is not `f32`. A bf16 value is its own single
-/// piece, so the three products of the other operand's three pieces with it are the f32
-/// product itself (to f32's accuracy): no precision is traded, and the weight is only laid
-/// out, not split.
-pub fn bf16_weights() -> bool {
+/// Whether products with a 16-bit weight run on AMX ([`product_weight_rhs`],
+/// [`product_weight_lhs`]): when the CPU has it and `BEESWAX_MATMUL` is not `f32`. A bf16
+/// value is its own single piece, so the three products of the other operand's three pieces
+/// with it are the f32 product itself (to f32's accuracy): no precision is traded, and the
+/// weight is only laid out, not split. An f16 value is exactly two pieces (11 significant
+/// bits: 8 and at most 3), and the five products whose pieces' indices sum to less than 3 give
+/// the f32 product to f32's accuracy, as [`Precision::Bf16x6`] does for two f32 operands (the
+/// sixth is below 2⁻²⁶ of it).
+pub fn narrow_weights() -> bool {
     static CHOICE: OnceLock<bool> = OnceLock::new();
     *CHOICE.get_or_init(|| std::env::var(ENV).ok().as_deref() != Some("f32") && tiles::available())
 }
 
-/// `dst = lhs · w` for the bf16 weight `w` (`[k, n]` row-major, `k = lhs.cols`) on AMX, to
-/// f32 accuracy (see [`bf16_weights`]); on up to `threads` rayon threads. Panics if the
-/// shapes do not chain or a view reaches past its slice.
-pub(crate) fn product_bf16_rhs(dst: MatMut, lhs: Mat, w: &[bf16], n: usize, threads: usize) {
-    bf16_rhs(Out::of(dst), lhs, w, n, threads)
+/// The (left piece, right piece) products of a weight of `pieces` pieces (on the left when
+/// `left`) and an f32 operand of three: those that carry an f32 product's bits
+/// ([`Precision::Bf16x6`]'s pairs), in its order.
+fn weight_pairs(pieces: usize, left: bool) -> Vec<(usize, usize)> {
+    let weight = |&(i, j): &(usize, usize)| if left { i } else { j };
+    Precision::Bf16x6
+        .pairs()
+        .into_iter()
+        .filter(|pair| weight(pair) < pieces)
+        .collect()
 }
 
-/// [`product_bf16_rhs`] into memory that need not be initialised: every element of the view
-/// is written, nothing else touched.
-pub(crate) fn product_bf16_rhs_uninit(
+/// Pieces of a weight stored as `w`: one for bf16, two for f16, three for f32.
+fn weight_pieces(w: Stored) -> usize {
+    match w {
+        Stored::Bf16(_) => 1,
+        Stored::F16(_) => 2,
+        Stored::F32(_) => 3,
+    }
+}
+
+/// `dst = lhs · w` for the weight `w` (`[k, n]` row-major, `k = lhs.cols`) on AMX, to f32
+/// accuracy (see [`narrow_weights`]); on up to `threads` rayon threads. Panics if the shapes do
+/// not chain or a view reaches past its slice.
+pub(crate) fn product_weight_rhs(dst: MatMut, lhs: Mat, w: Stored, n: usize, threads: usize) {
+    weight_rhs(Out::of(dst), lhs, w, n, threads)
+}
+
+/// [`product_weight_rhs`] into memory that need not be initialised: every element of the
+/// view is written, nothing else touched.
+pub(crate) fn product_weight_rhs_uninit(
     dst: MatUninit,
     lhs: Mat,
-    w: &[bf16],
+    w: Stored,
     n: usize,
     threads: usize,
 ) {
-    bf16_rhs(Out::of_uninit(dst), lhs, w, n, threads)
+    weight_rhs(Out::of_uninit(dst), lhs, w, n, threads)
 }
 
-/// `out = lhs · w` for [`product_bf16_rhs`].
-fn bf16_rhs(out: Out, lhs: Mat, w: &[bf16], n: usize, threads: usize) {
+/// `out = lhs · w` for [`product_weight_rhs`].
+fn weight_rhs(out: Out, lhs: Mat, w: Stored, n: usize, threads: usize) {
     let (m, k) = (lhs.rows, lhs.cols);
     assert!(out.rows == m && out.cols == n, "amx: shapes");
-    assert!(w.len() == k * n, "amx: bf16 weight is not [{k}, {n}]");
+    assert!(w.len() == k * n, "amx: weight is not [{k}, {n}]");
     assert!(lhs.data.len() >= span(m, k, lhs.stride), "amx: lhs");
     if m == 0 || n == 0 {
         return;
     }
     let parallel = threads > 1;
     let a = pack_lhs(&lhs, 3, parallel);
-    let b = pack_rhs_bf16(w, k, n, parallel);
-    multiply(out, &a, &b, &[(0, 0), (1, 0), (2, 0)], threads, false);
+    let b = match w {
+        Stored::Bf16(w) => pack_rhs_bf16(w, k, n, parallel),
+        Stored::F16(w) => pack_rhs_f16(w, k, n, parallel),
+        Stored::F32(w) => pack_rhs(&Rhs::Rows(dense(w, k, n)), 3, parallel),
+    };
+    let pairs = weight_pairs(weight_pieces(w), false);
+    multiply(out, &a, &b, &pairs, threads, false);
 }
 
-/// `dst = w · rhs` for the bf16 weight `w` (`[m, k]` row-major, `k = rhs.rows`) on AMX, as
-/// [`product_bf16_rhs`].
-pub(crate) fn product_bf16_lhs(dst: MatMut, w: &[bf16], m: usize, rhs: Mat, threads: usize) {
-    bf16_lhs(Out::of(dst), w, m, rhs, threads)
+/// `dst = w · rhs` for the weight `w` (`[m, k]` row-major, `k = rhs.rows`) on AMX, as
+/// [`product_weight_rhs`].
+pub(crate) fn product_weight_lhs(dst: MatMut, w: Stored, m: usize, rhs: Mat, threads: usize) {
+    weight_lhs(Out::of(dst), w, m, rhs, threads)
 }
 
-/// [`product_bf16_lhs`] into memory that need not be initialised: every element of the view
-/// is written, nothing else touched.
-pub(crate) fn product_bf16_lhs_uninit(
+/// [`product_weight_lhs`] into memory that need not be initialised: every element of the
+/// view is written, nothing else touched.
+pub(crate) fn product_weight_lhs_uninit(
     dst: MatUninit,
-    w: &[bf16],
+    w: Stored,
     m: usize,
     rhs: Mat,
     threads: usize,
 ) {
-    bf16_lhs(Out::of_uninit(dst), w, m, rhs, threads)
+    weight_lhs(Out::of_uninit(dst), w, m, rhs, threads)
 }
 
-/// `out = w · rhs` for [`product_bf16_lhs`].
-fn bf16_lhs(out: Out, w: &[bf16], m: usize, rhs: Mat, threads: usize) {
+/// `out = w · rhs` for [`product_weight_lhs`].
+fn weight_lhs(out: Out, w: Stored, m: usize, rhs: Mat, threads: usize) {
     let (k, n) = (rhs.rows, rhs.cols);
     assert!(out.rows == m && out.cols == n, "amx: shapes");
-    assert!(w.len() == m * k, "amx: bf16 weight is not [{m}, {k}]");
+    assert!(w.len() == m * k, "amx: weight is not [{m}, {k}]");
     assert!(rhs.data.len() >= span(k, n, rhs.stride), "amx: rhs");
     if m == 0 || n == 0 {
         return;
     }
     let parallel = threads > 1;
-    // A convolution's weight (`[c_out, c_in·kh·kw]`) is read in place where its shape allows.
-    let a = Packed::in_place(w, m, k).unwrap_or_else(|| pack_lhs_bf16(w, m, k, parallel));
+    let a = match w {
+        // A convolution's bf16 weight (`[c_out, c_in·kh·kw]`) is read in place where its shape
+        // allows.
+        Stored::Bf16(w) => {
+            Packed::in_place(w, m, k).unwrap_or_else(|| pack_lhs_bf16(w, m, k, parallel))
+        }
+        Stored::F16(w) => pack_lhs_f16(w, m, k, parallel),
+        Stored::F32(w) => pack_lhs(&dense(w, m, k), 3, parallel),
+    };
     let b = pack_rhs(&Rhs::Rows(rhs), 3, parallel);
-    multiply(out, &a, &b, &[(0, 0), (0, 1), (0, 2)], threads, false);
+    multiply(
+        out,
+        &a,
+        &b,
+        &weight_pairs(weight_pieces(w), true),
+        threads,
+        false,
+    );
+}
+
+/// The row-major `rows × cols` matrix `data`.
+fn dense(data: &[f32], rows: usize, cols: usize) -> Mat<'_> {
+    Mat {
+        data,
+        rows,
+        cols,
+        stride: cols,
+    }
 }
 
 /// `out (+)= a · b` for packed operands, summing the (left piece, right piece) products of

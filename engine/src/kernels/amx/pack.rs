@@ -4,16 +4,21 @@
 //! to bf16, each next one the remainder rounded again. Every piece carries 8 significant bits
 //! and a sign, so three pieces hold all 24 bits of an f32 exactly (two hold about 17).
 //!
+//! A 16-bit weight is split the same way: a bf16 value is its own single piece, and an f16
+//! value (11 significant bits) is exactly the sum of two pieces, the second holding at most 3
+//! bits ([`pack_lhs_f16`], [`pack_rhs_f16`]).
+//!
 //! Tiles are 16 rows of 64 bytes. The left operand is stored as tiles of 16 rows × 32 depth
 //! values; the right one in AMX's pair layout (`TDPBF16PS` takes it as 16 rows of depth pairs,
 //! each row holding 16 columns × 2 consecutive depth values). Both are padded with zeros to
 //! whole tiles and to an even number of 16-row (16-column) blocks, so the micro-kernel always
 //! works on 32 × 32 blocks of the output.
 
-use half::bf16;
+use half::{bf16, f16};
 
 use super::super::gemm::Mat;
 use super::super::math::simd;
+use super::super::widen::f16_to_f32;
 use std::mem::MaybeUninit;
 
 use super::super::slices::for_each_chunk;
@@ -86,10 +91,28 @@ fn padded<const L: usize>(src: &[f32]) -> [f32; L] {
     }
 }
 
-/// The even- and odd-indexed values of up to 32 values `src` (zeros after them).
+/// Up to `L` values of `src` widened to f32, zeros after them.
 #[inline(always)]
-fn deinterleave(src: &[f32]) -> ([f32; 16], [f32; 16]) {
-    let row = padded::<DEPTH>(src);
+fn padded_f16<const L: usize>(src: &[f16]) -> [f32; L] {
+    let mut r = [0f32; L];
+    match <&[f16; L]>::try_from(src) {
+        Ok(whole) => {
+            for (r, s) in r.iter_mut().zip(whole) {
+                *r = f16_to_f32(s.to_bits());
+            }
+        }
+        Err(_) => {
+            for (r, s) in r.iter_mut().zip(src) {
+                *r = f16_to_f32(s.to_bits());
+            }
+        }
+    }
+    r
+}
+
+/// The even- and odd-indexed values of `row`.
+#[inline(always)]
+fn deinterleave(row: [f32; DEPTH]) -> ([f32; 16], [f32; 16]) {
     let (mut even, mut odd) = ([0f32; 16], [0f32; 16]);
     for i in 0..16 {
         even[i] = row[2 * i];
@@ -231,14 +254,53 @@ pub(super) fn blocks(len: usize) -> usize {
 
 /// The left operand `a` (`m × k`) as tiles of 16 rows × 32 depth values, `pieces` per tile.
 pub(super) fn pack_lhs(a: &Mat, pieces: usize, parallel: bool) -> Packed<'static> {
+    pack_lhs_with(
+        a.rows,
+        a.cols,
+        pieces,
+        parallel,
+        #[inline(always)]
+        |r, c0| {
+            let row = &a.data[r * a.stride..][..a.cols];
+            padded::<DEPTH>(&row[c0..(c0 + DEPTH).min(a.cols)])
+        },
+    )
+}
+
+/// The f16 matrix `w` (`rows × cols`, row-major) as the left operand's tiles, in the two
+/// pieces that hold each value exactly.
+pub(super) fn pack_lhs_f16(w: &[f16], rows: usize, cols: usize, parallel: bool) -> Packed<'static> {
+    assert!(w.len() >= rows * cols, "amx: f16 left operand");
+    pack_lhs_with(
+        rows,
+        cols,
+        2,
+        parallel,
+        #[inline(always)]
+        |r, c0| {
+            let row = &w[r * cols..][..cols];
+            padded_f16::<DEPTH>(&row[c0..(c0 + DEPTH).min(cols)])
+        },
+    )
+}
+
+/// A `rows × cols` left operand as tiles, `pieces` per tile, its values read by `chunk(r,
+/// c0)`: the 32 values of row `r` from column `c0` (zeros past the last column).
+#[inline(always)]
+fn pack_lhs_with(
+    rows: usize,
+    cols: usize,
+    pieces: usize,
+    parallel: bool,
+    chunk: impl Fn(usize, usize) -> [f32; DEPTH] + Sync,
+) -> Packed<'static> {
     let fill = |(mb, dst): (usize, &mut [u32])| {
         simd(
             #[inline(always)]
             || {
-                for r in 0..16.min(a.rows.saturating_sub(mb * 16)) {
-                    let src = &a.data[(mb * 16 + r) * a.stride..][..a.cols];
-                    for (kt, chunk) in src.chunks(DEPTH).enumerate() {
-                        let (mut even, mut odd) = deinterleave(chunk);
+                for r in 0..16.min(rows.saturating_sub(mb * 16)) {
+                    for kt in 0..cols.div_ceil(DEPTH) {
+                        let (mut even, mut odd) = deinterleave(chunk(mb * 16 + r, kt * DEPTH));
                         let split = split_pairs(&mut even, &mut odd, pieces);
                         for (q, piece) in split.iter().take(pieces).enumerate() {
                             let at = (kt * pieces + q) * TILE + r * 16;
@@ -249,7 +311,7 @@ pub(super) fn pack_lhs(a: &Mat, pieces: usize, parallel: bool) -> Packed<'static
             },
         )
     };
-    Packed::filled(blocks(a.rows), a.cols, pieces, parallel, fill)
+    Packed::filled(blocks(rows), cols, pieces, parallel, fill)
 }
 
 /// The bf16 matrix `w` (`rows × cols`, row-major) as the left operand's tiles, one piece: a
@@ -296,6 +358,29 @@ pub(super) fn pack_rhs_bf16(w: &[bf16], k: usize, n: usize, parallel: bool) -> P
     Packed::filled(blocks(n), k, 1, parallel, fill)
 }
 
+/// The f16 matrix `w` (`k × n`, row-major) as the right operand's tiles, in the two pieces
+/// that hold each value exactly.
+pub(super) fn pack_rhs_f16(w: &[f16], k: usize, n: usize, parallel: bool) -> Packed<'static> {
+    assert!(w.len() >= k * n, "amx: f16 right operand");
+    let fill = |(nb, dst): (usize, &mut [u32])| {
+        let (c0, cols) = (nb * 16, n.saturating_sub(nb * 16).min(16));
+        simd(
+            #[inline(always)]
+            || {
+                rows_to_pairs(
+                    k,
+                    cols,
+                    #[inline(always)]
+                    |r| padded_f16::<16>(&w[r * n + c0..][..cols]),
+                    2,
+                    dst,
+                )
+            },
+        )
+    };
+    Packed::filled(blocks(n), k, 2, parallel, fill)
+}
+
 /// Two bf16 values as one pair of a tile (`first` in the lower half; zero for a missing
 /// `second`).
 #[inline(always)]
@@ -331,7 +416,14 @@ pub(super) fn pack_rhs(b: &Rhs, pieces: usize, parallel: bool) -> Packed<'static
         simd(
             #[inline(always)]
             || match b {
-                Rhs::Rows(m) => rows_to_pairs(m, nb * 16, cols, pieces, dst),
+                Rhs::Rows(m) => rows_to_pairs(
+                    m.rows,
+                    cols,
+                    #[inline(always)]
+                    |r| padded::<16>(&m.data[r * m.stride + nb * 16..][..cols]),
+                    pieces,
+                    dst,
+                ),
                 Rhs::Cols(m) => cols_to_pairs(m, nb * 16, cols, pieces, dst),
             },
         )
@@ -339,23 +431,22 @@ pub(super) fn pack_rhs(b: &Rhs, pieces: usize, parallel: bool) -> Packed<'static
     Packed::filled(blocks(n), k, pieces, parallel, fill)
 }
 
-/// Columns `c0..c0 + cols` of the `k × n` matrix `m` into one block's tiles `dst`: two depth
-/// rows at a time, split into pairs.
+/// `cols` columns of a `k × n` matrix into one block's tiles `dst`, its rows read by
+/// `row(r)` (the block's columns of row `r < k`, zeros after them): two depth rows at a time,
+/// split into pairs.
 #[inline(always)]
-fn rows_to_pairs(m: &Mat, c0: usize, cols: usize, pieces: usize, dst: &mut [u32]) {
-    let k = m.rows;
+fn rows_to_pairs(
+    k: usize,
+    cols: usize,
+    row: impl Fn(usize) -> [f32; 16],
+    pieces: usize,
+    dst: &mut [u32],
+) {
     if cols == 0 {
         return;
     }
-    let row = |r: usize| {
-        if r < k {
-            padded::<16>(&m.data[r * m.stride + c0..][..cols])
-        } else {
-            [0f32; 16]
-        }
-    };
     for kk in (0..k).step_by(2) {
-        let (mut even, mut odd) = (row(kk), row(kk + 1));
+        let (mut even, mut odd) = (row(kk), if kk + 1 < k { row(kk + 1) } else { [0f32; 16] });
         let split = split_pairs(&mut even, &mut odd, pieces);
         for (q, piece) in split.iter().take(pieces).enumerate() {
             let at = ((kk / DEPTH) * pieces + q) * TILE + (kk % DEPTH / 2) * 16;
@@ -372,7 +463,7 @@ fn cols_to_pairs(m: &Mat, c0: usize, cols: usize, pieces: usize, dst: &mut [u32]
     for j in 0..cols {
         let src = &m.data[(c0 + j) * m.stride..][..m.cols];
         for (kt, chunk) in src.chunks(DEPTH).enumerate() {
-            let (mut even, mut odd) = deinterleave(chunk);
+            let (mut even, mut odd) = deinterleave(padded::<DEPTH>(chunk));
             let split = split_pairs(&mut even, &mut odd, pieces);
             for (q, piece) in split.iter().take(pieces).enumerate() {
                 let tile = &mut dst[(kt * pieces + q) * TILE..][..TILE];

@@ -1,6 +1,6 @@
 use super::*;
 use crate::kernels::test_util::noise;
-use half::bf16;
+use half::{bf16, f16};
 
 /// Skips a test (with a note) on machines without AMX.
 fn amx() -> bool {
@@ -125,6 +125,57 @@ fn bf16_weights_multiply_to_f32_accuracy_on_either_side() {
     if !amx() {
         return;
     }
+    weights_multiply_to_f32_accuracy(
+        |v| bf16::from_f32(v).to_f32(),
+        |w| Weight::Bf16(w.iter().map(|&v| bf16::from_f32(v)).collect()),
+    );
+}
+
+#[test]
+fn f16_weights_multiply_to_f32_accuracy_on_either_side() {
+    if !amx() {
+        return;
+    }
+    // Values of every f16 range: normal, subnormal (below 2^-14) and near the largest.
+    let spread = |v: f32| v * [1.0, 3.0e-6, 2.0e4, 0.01][(v.to_bits() % 4) as usize];
+    weights_multiply_to_f32_accuracy(
+        |v| f16::from_f32(spread(v)).to_f32(),
+        |w| Weight::F16(w.iter().map(|&v| f16::from_f32(spread(v))).collect()),
+    );
+    // Every f16 pattern but infinities and NaNs splits into two exact pieces.
+    for bits in 0..=u16::MAX {
+        let v = f16::from_bits(bits);
+        if v.is_finite() {
+            let packed = pack::pack_rhs_f16(&[v], 1, 1, false);
+            let piece =
+                |p: usize| f32::from_bits((packed.data()[packed.tile(0, 0, p)] & 0xffff) << 16);
+            assert_eq!(
+                piece(0) as f64 + piece(1) as f64,
+                v.to_f32() as f64,
+                "{bits:#06x}"
+            );
+        }
+    }
+}
+
+/// A 16-bit weight's values, owned.
+enum Weight {
+    Bf16(Vec<bf16>),
+    F16(Vec<f16>),
+}
+
+impl Weight {
+    fn stored(&self) -> Stored<'_> {
+        match self {
+            Weight::Bf16(w) => Stored::Bf16(w),
+            Weight::F16(w) => Stored::F16(w),
+        }
+    }
+}
+
+/// Products with the weight `narrow(values)` on either side equal the f64 products with its
+/// values (`wide` of each) to f32's accuracy.
+fn weights_multiply_to_f32_accuracy(wide: impl Fn(f32) -> f32, narrow: impl Fn(&[f32]) -> Weight) {
     // (5, 96, 64): the left weight ([64, 96]) is read in place, unpacked. (3, 0, 5): an empty
     // sum, written as zeros.
     for (m, k, n) in [
@@ -136,20 +187,22 @@ fn bf16_weights_multiply_to_f32_accuracy_on_either_side() {
         (5, 96, 64),
     ] {
         let x = noise(m * k, 6);
-        let w: Vec<bf16> = noise(k * n, 7).into_iter().map(bf16::from_f32).collect();
-        let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+        let values = noise(k * n, 7);
+        let weight = narrow(&values);
+        let w = weight.stored();
+        let wf: Vec<f32> = values.iter().map(|&v| wide(v)).collect();
         let check = |dst: &[f32], a: &[f32], b: &[f32], shape, side| {
             assert_product(dst, (a, b, None), shape, 4.0 / 16_777_216.0, side)
         };
         for threads in [1, 2] {
             // Right: x (m × k) · w (k × n).
             let mut dst = vec![f32::NAN; m * n];
-            product_bf16_rhs(mat_mut(&mut dst, m, n), mat(&x, m, k), &w, n, threads);
+            product_weight_rhs(mat_mut(&mut dst, m, n), mat(&x, m, k), w, n, threads);
             check(&dst, &x, &wf, (m, k, n), "right");
             // Left: w (n × k, the same values read as [n, k]) · xᵀ-shaped (k × m) operand.
             let xt: Vec<f32> = noise(k * m, 8);
             let mut dst = vec![f32::NAN; n * m];
-            product_bf16_lhs(mat_mut(&mut dst, n, m), &w, n, mat(&xt, k, m), threads);
+            product_weight_lhs(mat_mut(&mut dst, n, m), w, n, mat(&xt, k, m), threads);
             check(&dst, &wf, &xt, (n, k, m), "left");
         }
     }
@@ -252,11 +305,49 @@ fn speed() {
             line += &format!(" {p:?} {:.1} GFLOP/s {:.2} ms", flops / s / 1e9, s * 1e3);
         }
         let wb: Vec<bf16> = b.iter().map(|&v| bf16::from_f32(v)).collect();
-        let s = time(&mut || product_bf16_rhs(mat_mut(&mut dst, m, n), mat(&a, m, k), &wb, n, 2));
+        let s = time(&mut || {
+            product_weight_rhs(
+                mat_mut(&mut dst, m, n),
+                mat(&a, m, k),
+                Stored::Bf16(&wb),
+                n,
+                2,
+            )
+        });
         line += &format!(" bf16-rhs {:.2} ms", s * 1e3);
         let wa: Vec<bf16> = a.iter().map(|&v| bf16::from_f32(v)).collect();
-        let s = time(&mut || product_bf16_lhs(mat_mut(&mut dst, m, n), &wa, m, mat(&b, k, n), 2));
+        let s = time(&mut || {
+            product_weight_lhs(
+                mat_mut(&mut dst, m, n),
+                Stored::Bf16(&wa),
+                m,
+                mat(&b, k, n),
+                2,
+            )
+        });
         line += &format!(" bf16-lhs {:.2} ms", s * 1e3);
+        let wh: Vec<f16> = b.iter().map(|&v| f16::from_f32(v)).collect();
+        let s = time(&mut || {
+            product_weight_rhs(
+                mat_mut(&mut dst, m, n),
+                mat(&a, m, k),
+                Stored::F16(&wh),
+                n,
+                2,
+            )
+        });
+        line += &format!(" f16-rhs {:.2} ms", s * 1e3);
+        let wh: Vec<f16> = a.iter().map(|&v| f16::from_f32(v)).collect();
+        let s = time(&mut || {
+            product_weight_lhs(
+                mat_mut(&mut dst, m, n),
+                Stored::F16(&wh),
+                m,
+                mat(&b, k, n),
+                2,
+            )
+        });
+        line += &format!(" f16-lhs {:.2} ms", s * 1e3);
         let s = time(&mut || drop(pack_lhs_bf16(&wa, m, k, true)));
         line += &format!(" pack_lhs_bf16 {:.2} ms", s * 1e3);
         let s = time(&mut || drop(pack_rhs_bf16(&wb, k, n, true)));
