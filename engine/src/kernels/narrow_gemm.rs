@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use super::amx;
 use super::gemm::{matmul, matmul_add, written, Mat, MatMut, MatUninit};
 use super::slices::zeros;
-use super::widen::Stored;
+use super::widen::{Stored, AHEAD};
 
 /// Values of a widened block (4 MiB of f32: in the shared L3 cache). Measured per GEMM shape of
 /// the SD 1.5 UNet on a 2-core Zen 5 (weights read from memory, f32 and bf16 runs
@@ -84,9 +84,16 @@ impl View<'_> {
         buf: &mut [f32],
         parallel: bool,
     ) {
+        // Two rows ahead: the rows of a block are short segments of the weight's rows (a
+        // convolution's weight on the left, `depth` of its `c_in·9` columns at a time), too
+        // short for the hardware prefetcher to learn each. On the 2-core AMX Xeon (`amx`'s
+        // module doc): an f16 `[1280, 11520]` weight times 32 columns 6.9 → 5.9 ms (f32 6.1
+        // ms), `[1280, 23040]` 14.5–15.3 → 11.2 ms (f32 11.2–11.5); the SD 1.5 UNet at 256x256
+        // batch 2 with f16 weights 1.41–1.50 → 1.38–1.40 s (f32 1.27–1.32 s).
+        let ahead = (2 * self.stride).max(AHEAD);
         let row = |(r, d): (usize, &mut [f32])| {
             self.w
-                .widen_into(self.start + (r0 + r) * self.stride + c0, d)
+                .widen_ahead(self.start + (r0 + r) * self.stride + c0, d, ahead)
         };
         let buf = &mut buf[..rows * cols];
         if parallel {

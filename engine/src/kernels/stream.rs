@@ -41,6 +41,22 @@ pub(crate) fn copy(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
     }
 }
 
+/// Asks for the cache line holding `p` to be brought into the caches (a hint on x86-64,
+/// nothing elsewhere). Any address may be given: a prefetch never faults and is dropped when
+/// the address is not mapped.
+#[inline(always)]
+#[allow(unsafe_code)]
+pub(crate) fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `prefetcht0` only hints the caches; it reads nothing the program sees and does
+    // not fault on any address. SSE is part of every x86-64 CPU.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p.cast::<i8>(), std::arch::x86_64::_MM_HINT_T0)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Orders this thread's earlier non-temporal stores before its later stores (and so before
 /// whatever synchronisation hands the data to another thread).
 #[allow(unsafe_code)]

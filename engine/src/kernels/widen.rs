@@ -12,9 +12,16 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::math::simd;
+use super::stream::prefetch;
 
 /// Values converted per task when a weight is widened in parallel.
 const CHUNK: usize = 1 << 16;
+
+/// How far ahead of its conversion a 16-bit value is prefetched by [`Stored::widen_into`]
+/// (2 KiB of f16): one thread widening a weight from memory read it at about 6 GB/s without
+/// software prefetches and 9 GB/s with them (256 values ahead: 7 GB/s; 4096 as 1024), on the
+/// 2-core AMX Xeon of `amx`'s module doc.
+pub(crate) const AHEAD: usize = 1024;
 
 /// A weight's stored values: f32, or 16-bit to be widened.
 #[derive(Debug, Clone, Copy)]
@@ -39,22 +46,36 @@ impl Stored<'_> {
 
     /// Writes values `start..start + dst.len()` to `dst` as f32.
     pub fn widen_into(&self, start: usize, dst: &mut [f32]) {
+        self.widen_ahead(start, dst, AHEAD)
+    }
+
+    /// [`Stored::widen_into`], each value's cache line fetched `ahead` values before it is
+    /// read (software prefetches).
+    pub fn widen_ahead(&self, start: usize, dst: &mut [f32], ahead: usize) {
         let end = start + dst.len();
         match self {
             Stored::F32(s) => dst.copy_from_slice(&s[start..end]),
             Stored::F16(s) => simd(
                 #[inline(always)]
                 || {
-                    for (d, h) in dst.iter_mut().zip(&s[start..end]) {
-                        *d = f16_to_f32(h.to_bits());
+                    let src = &s[start..end];
+                    for (i, (d, h)) in dst.chunks_mut(32).zip(src.chunks(32)).enumerate() {
+                        prefetch(src.as_ptr().wrapping_add(i * 32 + ahead));
+                        for (d, h) in d.iter_mut().zip(h) {
+                            *d = f16_to_f32(h.to_bits());
+                        }
                     }
                 },
             ),
             Stored::Bf16(s) => simd(
                 #[inline(always)]
                 || {
-                    for (d, h) in dst.iter_mut().zip(&s[start..end]) {
-                        *d = f32::from_bits(u32::from(h.to_bits()) << 16);
+                    let src = &s[start..end];
+                    for (i, (d, h)) in dst.chunks_mut(32).zip(src.chunks(32)).enumerate() {
+                        prefetch(src.as_ptr().wrapping_add(i * 32 + ahead));
+                        for (d, h) in d.iter_mut().zip(h) {
+                            *d = f32::from_bits(u32::from(h.to_bits()) << 16);
+                        }
                     }
                 },
             ),
