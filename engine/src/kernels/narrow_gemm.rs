@@ -108,6 +108,13 @@ impl View<'_> {
     }
 }
 
+/// Largest f16 weight (in values) multiplied on AMX as the right operand. Measured per
+/// product on the 2-core AMX Xeon (`amx`'s module doc), AMX against widening, f16 weights:
+/// `[640, 5120]` (3.3 M values) with 512 rows 7.1 ms against 12.1, `[2560, 640]` 4.8 against
+/// 6.3, `[320, 2560]` with 2048 rows 6.6 against 11.4; but `[1280, 10240]` (13 M) 30–40 ms
+/// against 11–28 from 32 to 256 rows and `[5120, 1280]` (6.6 M) 13–16 against 3.4–14.
+const AMX_F16_VALUES: usize = 1 << 22;
+
 /// Which operand of the product the weight is.
 #[derive(Clone, Copy, PartialEq)]
 enum Side {
@@ -194,10 +201,18 @@ fn blocked(dst: MatMut, other: Mat, w: View, side: Side, depth: usize, threads: 
 /// the SD 1.5 UNet at 512x512 on the 2-core AMX Xeon (module doc of `amx`), 2.77–2.78 s per
 /// forward against 2.62–2.64 s with those weights widened (f32 weights: 2.57–2.73 s; f16
 /// weights all widened, before: 2.69 s).
+///
+/// An f16 weight on the right goes to AMX only up to [`AMX_F16_VALUES`]: larger ones take
+/// longer to split and pack than the widening path takes to multiply them (a choice by the
+/// weight's shape alone, so that an image's result does not depend on its batch).
 fn amx_weight(w: Stored, side: Side) -> bool {
     let kind = match side {
         Side::Left => matches!(w, Stored::Bf16(_)),
-        Side::Right => matches!(w, Stored::Bf16(_) | Stored::F16(_)),
+        Side::Right => match w {
+            Stored::Bf16(_) => true,
+            Stored::F16(_) => w.len() <= AMX_F16_VALUES,
+            Stored::F32(_) => false,
+        },
     };
     kind && amx::narrow_weights()
 }
@@ -284,7 +299,7 @@ pub(crate) fn matmul_narrow_rhs(
     block: usize,
     threads: usize,
 ) {
-    let (m, k) = (lhs.rows, lhs.cols);
+    let k = lhs.cols;
     assert_eq!(
         w.len(),
         k * n,
@@ -294,6 +309,19 @@ pub(crate) fn matmul_narrow_rhs(
     if amx_weight(w, Side::Right) {
         return amx::product_weight_rhs(dst, lhs, w, n, threads);
     }
+    matmul_narrow_rhs_widening(dst, lhs, w, n, block, threads)
+}
+
+/// [`matmul_narrow_rhs`] on the widening path, whatever the CPU.
+fn matmul_narrow_rhs_widening(
+    dst: MatMut,
+    lhs: Mat,
+    w: Stored,
+    n: usize,
+    block: usize,
+    threads: usize,
+) {
+    let (m, k) = (lhs.rows, lhs.cols);
     let whole = View {
         w,
         start: 0,
