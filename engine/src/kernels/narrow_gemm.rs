@@ -299,7 +299,7 @@ pub(crate) fn matmul_narrow_rhs(
     block: usize,
     threads: usize,
 ) {
-    let k = lhs.cols;
+    let (m, k) = (lhs.rows, lhs.cols);
     assert_eq!(
         w.len(),
         k * n,
@@ -309,19 +309,6 @@ pub(crate) fn matmul_narrow_rhs(
     if amx_weight(w, Side::Right) {
         return amx::product_weight_rhs(dst, lhs, w, n, threads);
     }
-    matmul_narrow_rhs_widening(dst, lhs, w, n, block, threads)
-}
-
-/// [`matmul_narrow_rhs`] on the widening path, whatever the CPU.
-fn matmul_narrow_rhs_widening(
-    dst: MatMut,
-    lhs: Mat,
-    w: Stored,
-    n: usize,
-    block: usize,
-    threads: usize,
-) {
-    let (m, k) = (lhs.rows, lhs.cols);
     let whole = View {
         w,
         start: 0,

@@ -24,11 +24,11 @@
 //! weights 1.50 s at 256x256).
 //!
 //! f16 weights (`--weights-dtype f16`, the default for an f16 file) are two bf16 pieces each
-//! and take five products; only linear layers' weights (the right operand) come here, split
-//! as they are laid out (see `narrow_gemm`'s `amx_weight` for the convolutions'). At 512x512
-//! the SD 1.5 UNet forward with f16 weights went from 2.69 s to 2.62–2.64 s (f32 weights
-//! 2.57–2.73 s in the same runs); at 256x256 batch 2 it is unchanged (1.45–1.54 s against
-//! f32's 1.29–1.41 s), where the convolutions' widened weights weigh more.
+//! and take five products; only linear layers' weights (the right operand) of at most 4 Mi
+//! values come here, split as they are laid out (`narrow_gemm`'s `amx_weight` says why the
+//! others are widened). With f16 weights the SD 1.5 UNet forward went from 2.69 s to 2.62–2.64
+//! s at 512x512 with every linear layer's f16 weight here, and to 2.43–2.51 s with the size
+//! limit and the widening's prefetches (f32 weights: 2.66–2.68 s in those runs).
 //!
 //! For every other product the choice is made once per process by `BEESWAX_MATMUL`: unset
 //! (or `f32`) keeps it on the AVX-512/AVX2 path; `bf16x6` or `bf16x3` put every product on AMX

@@ -304,50 +304,22 @@ fn speed() {
             let s = time(&mut || run(&a, &b, (m, k, n), false, &mut dst, false, p, 2));
             line += &format!(" {p:?} {:.1} GFLOP/s {:.2} ms", flops / s / 1e9, s * 1e3);
         }
+        let narrow = |v: &[f32], half: bool| match half {
+            false => Weight::Bf16(v.iter().map(|&v| bf16::from_f32(v)).collect()),
+            true => Weight::F16(v.iter().map(|&v| f16::from_f32(v)).collect()),
+        };
+        for (name, half) in [("bf16", false), ("f16", true)] {
+            let (right, left) = (narrow(&b, half), narrow(&a, half));
+            let (x, y) = (mat(&a, m, k), mat(&b, k, n));
+            let s =
+                time(&mut || product_weight_rhs(mat_mut(&mut dst, m, n), x, right.stored(), n, 2));
+            line += &format!(" {name}-rhs {:.2} ms", s * 1e3);
+            let s =
+                time(&mut || product_weight_lhs(mat_mut(&mut dst, m, n), left.stored(), m, y, 2));
+            line += &format!(" {name}-lhs {:.2} ms", s * 1e3);
+        }
         let wb: Vec<bf16> = b.iter().map(|&v| bf16::from_f32(v)).collect();
-        let s = time(&mut || {
-            product_weight_rhs(
-                mat_mut(&mut dst, m, n),
-                mat(&a, m, k),
-                Stored::Bf16(&wb),
-                n,
-                2,
-            )
-        });
-        line += &format!(" bf16-rhs {:.2} ms", s * 1e3);
         let wa: Vec<bf16> = a.iter().map(|&v| bf16::from_f32(v)).collect();
-        let s = time(&mut || {
-            product_weight_lhs(
-                mat_mut(&mut dst, m, n),
-                Stored::Bf16(&wa),
-                m,
-                mat(&b, k, n),
-                2,
-            )
-        });
-        line += &format!(" bf16-lhs {:.2} ms", s * 1e3);
-        let wh: Vec<f16> = b.iter().map(|&v| f16::from_f32(v)).collect();
-        let s = time(&mut || {
-            product_weight_rhs(
-                mat_mut(&mut dst, m, n),
-                mat(&a, m, k),
-                Stored::F16(&wh),
-                n,
-                2,
-            )
-        });
-        line += &format!(" f16-rhs {:.2} ms", s * 1e3);
-        let wh: Vec<f16> = a.iter().map(|&v| f16::from_f32(v)).collect();
-        let s = time(&mut || {
-            product_weight_lhs(
-                mat_mut(&mut dst, m, n),
-                Stored::F16(&wh),
-                m,
-                mat(&b, k, n),
-                2,
-            )
-        });
-        line += &format!(" f16-lhs {:.2} ms", s * 1e3);
         let s = time(&mut || drop(pack_lhs_bf16(&wa, m, k, true)));
         line += &format!(" pack_lhs_bf16 {:.2} ms", s * 1e3);
         let s = time(&mut || drop(pack_rhs_bf16(&wb, k, n, true)));
