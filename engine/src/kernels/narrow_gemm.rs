@@ -487,6 +487,45 @@ mod tests {
     }
 
     #[test]
+    fn f16_weights_past_the_amx_limit_are_widened_alike() {
+        // A weight one row past AMX_F16_VALUES takes the widening path on every CPU, with its
+        // columns split between the threads (2 rows of activations).
+        let (m, n) = (2, 2048);
+        let k = AMX_F16_VALUES / n + 1;
+        let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let wh: Vec<f16> = (0..k * n)
+            .map(|i| f16::from_f32((i as f32 * 0.11).cos()))
+            .collect();
+        let wide: Vec<f32> = wh.iter().map(|v| v.to_f32()).collect();
+        let lhs = Mat {
+            data: &x,
+            rows: m,
+            cols: k,
+            stride: k,
+        };
+        assert!(!amx_weight(Stored::F16(&wh), Side::Right));
+        let out = narrow_rhs_product(lhs, Stored::F16(&wh), n, BLOCK, 2);
+        // The f64 sums and the sums of the terms' magnitudes.
+        let (mut want, mut size) = (vec![0f64; m * n], vec![0f64; m * n]);
+        for r in 0..m {
+            for (kk, &xv) in x[r * k..][..k].iter().enumerate() {
+                let row = wide[kk * n..][..n].iter();
+                for ((c, s), &wv) in want[r * n..][..n]
+                    .iter_mut()
+                    .zip(&mut size[r * n..])
+                    .zip(row)
+                {
+                    *c += f64::from(xv) * f64::from(wv);
+                    *s += (f64::from(xv) * f64::from(wv)).abs();
+                }
+            }
+        }
+        for ((&g, &w), &s) in out.iter().zip(&want).zip(&size) {
+            assert!((f64::from(g) - w).abs() <= 2e-5 * s, "{g} vs {w}");
+        }
+    }
+
+    #[test]
     fn new_outputs_equal_the_products_in_place() {
         // With a bf16 weight on AMX the new output is written without being zeroed first.
         let (m, k, n) = (37, 70, 45);
