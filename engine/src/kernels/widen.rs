@@ -58,25 +58,25 @@ impl Stored<'_> {
             Stored::F16(s) => simd(
                 #[inline(always)]
                 || {
-                    let src = &s[start..end];
-                    for (i, (d, h)) in dst.chunks_mut(32).zip(src.chunks(32)).enumerate() {
-                        prefetch(src.as_ptr().wrapping_add(i * 32 + ahead));
-                        for (d, h) in d.iter_mut().zip(h) {
-                            *d = f16_to_f32(h.to_bits());
-                        }
-                    }
+                    convert(
+                        &s[start..end],
+                        dst,
+                        ahead,
+                        #[inline(always)]
+                        |h| f16_to_f32(h.to_bits()),
+                    )
                 },
             ),
             Stored::Bf16(s) => simd(
                 #[inline(always)]
                 || {
-                    let src = &s[start..end];
-                    for (i, (d, h)) in dst.chunks_mut(32).zip(src.chunks(32)).enumerate() {
-                        prefetch(src.as_ptr().wrapping_add(i * 32 + ahead));
-                        for (d, h) in d.iter_mut().zip(h) {
-                            *d = f32::from_bits(u32::from(h.to_bits()) << 16);
-                        }
-                    }
+                    convert(
+                        &s[start..end],
+                        dst,
+                        ahead,
+                        #[inline(always)]
+                        |h| f32::from_bits(u32::from(h.to_bits()) << 16),
+                    )
                 },
             ),
         }
@@ -87,6 +87,18 @@ impl Stored<'_> {
         dst.par_chunks_mut(CHUNK)
             .enumerate()
             .for_each(|(i, d)| self.widen_into(i * CHUNK, d));
+    }
+}
+
+/// `dst[i] = wide(src[i])` (same lengths), each value's cache line prefetched `ahead` values
+/// before it is converted.
+#[inline(always)]
+fn convert<T: Copy>(src: &[T], dst: &mut [f32], ahead: usize, wide: impl Fn(T) -> f32) {
+    for (i, (d, s)) in dst.chunks_mut(32).zip(src.chunks(32)).enumerate() {
+        prefetch(src.as_ptr().wrapping_add(i * 32 + ahead));
+        for (d, &s) in d.iter_mut().zip(s) {
+            *d = wide(s);
+        }
     }
 }
 

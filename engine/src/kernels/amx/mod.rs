@@ -284,14 +284,8 @@ fn weight_lhs(out: Out, w: Stored, m: usize, rhs: Mat, threads: usize) {
         Stored::F32(w) => pack_lhs(&dense(w, m, k), 3, parallel),
     };
     let b = pack_rhs(&Rhs::Rows(rhs), 3, parallel);
-    multiply(
-        out,
-        &a,
-        &b,
-        &weight_pairs(weight_pieces(w), true),
-        threads,
-        false,
-    );
+    let pairs = weight_pairs(weight_pieces(w), true);
+    multiply(out, &a, &b, &pairs, threads, false);
 }
 
 /// The row-major `rows × cols` matrix `data`.

@@ -362,23 +362,14 @@ pub(super) fn pack_rhs_bf16(w: &[bf16], k: usize, n: usize, parallel: bool) -> P
 /// that hold each value exactly.
 pub(super) fn pack_rhs_f16(w: &[f16], k: usize, n: usize, parallel: bool) -> Packed<'static> {
     assert!(w.len() >= k * n, "amx: f16 right operand");
-    let fill = |(nb, dst): (usize, &mut [u32])| {
-        let (c0, cols) = (nb * 16, n.saturating_sub(nb * 16).min(16));
-        simd(
-            #[inline(always)]
-            || {
-                rows_to_pairs(
-                    k,
-                    cols,
-                    #[inline(always)]
-                    |r| padded_f16::<16>(&w[r * n + c0..][..cols]),
-                    2,
-                    dst,
-                )
-            },
-        )
-    };
-    Packed::filled(blocks(n), k, 2, parallel, fill)
+    pack_rows_with(
+        k,
+        n,
+        2,
+        parallel,
+        #[inline(always)]
+        |r, c0, cols| padded_f16::<16>(&w[r * n + c0..][..cols]),
+    )
 }
 
 /// Two bf16 values as one pair of a tile (`first` in the lower half; zero for a missing
@@ -410,21 +401,54 @@ impl Rhs<'_> {
 /// The right operand (`k × n`) in the pair layout: in a tile, depth pair `q` and column `j`
 /// hold the values at depths `2q` and `2q + 1` side by side, at `32q + 2j`.
 pub(super) fn pack_rhs(b: &Rhs, pieces: usize, parallel: bool) -> Packed<'static> {
+    let m = match b {
+        Rhs::Rows(m) => {
+            return pack_rows_with(
+                m.rows,
+                m.cols,
+                pieces,
+                parallel,
+                #[inline(always)]
+                |r, c0, cols| padded::<16>(&m.data[r * m.stride + c0..][..cols]),
+            )
+        }
+        Rhs::Cols(m) => m,
+    };
     let (k, n) = b.shape();
     let fill = |(nb, dst): (usize, &mut [u32])| {
         let cols = n.saturating_sub(nb * 16).min(16);
         simd(
             #[inline(always)]
-            || match b {
-                Rhs::Rows(m) => rows_to_pairs(
-                    m.rows,
+            || cols_to_pairs(m, nb * 16, cols, pieces, dst),
+        )
+    };
+    Packed::filled(blocks(n), k, pieces, parallel, fill)
+}
+
+/// A `k × n` right operand given by rows as tiles, `pieces` per tile, its values read by
+/// `row(r, c0, cols)`: the `cols` (at most 16) values of row `r` from column `c0`, zeros
+/// after them.
+#[inline(always)]
+fn pack_rows_with(
+    k: usize,
+    n: usize,
+    pieces: usize,
+    parallel: bool,
+    row: impl Fn(usize, usize, usize) -> [f32; 16] + Sync,
+) -> Packed<'static> {
+    let fill = |(nb, dst): (usize, &mut [u32])| {
+        let (c0, cols) = (nb * 16, n.saturating_sub(nb * 16).min(16));
+        simd(
+            #[inline(always)]
+            || {
+                rows_to_pairs(
+                    k,
                     cols,
                     #[inline(always)]
-                    |r| padded::<16>(&m.data[r * m.stride + nb * 16..][..cols]),
+                    |r| row(r, c0, cols),
                     pieces,
                     dst,
-                ),
-                Rhs::Cols(m) => cols_to_pairs(m, nb * 16, cols, pieces, dst),
+                )
             },
         )
     };

@@ -135,10 +135,7 @@ fn outer_tile<S: Simd, const MR: usize, const NV: usize>(
         assert_eq!(row.len(), len);
     }
     assert!(b.len() >= span(len, NV * lanes, b_stride));
-    let mut rows = [a[0].as_ptr(); MR];
-    for (p, row) in rows.iter_mut().zip(&a) {
-        *p = row.as_ptr();
-    }
+    let rows = a.map(<[f32]>::as_ptr);
     let b = b.as_ptr();
     let mut acc = [[simd.splat_f32s(0.0); NV]; MR];
     if add {
