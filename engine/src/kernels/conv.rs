@@ -13,7 +13,8 @@
 //! applied in the pass that moves the product into place. A weight kept in f16/bf16
 //! ([`super::widen`]) is widened block by block as it is multiplied (Winograd transforms its
 //! filters from the 16-bit values directly). [`conv2d_normed`] and [`conv2d_upsampled`] read
-//! their input through a group norm + SiLU or a 2x nearest upsampling on the Winograd path.
+//! their input through a group norm + SiLU or a 2x nearest upsampling on the Winograd path
+//! (and on its direct sibling for layers of at most four output channels, `winograd::direct`).
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::Conv2d;
@@ -25,7 +26,7 @@ use super::math::simd;
 use super::narrow_gemm::{narrow_lhs_product, BLOCK};
 use super::slices::{fast, to_vec, with_f32, zeros};
 use super::widen::{is_narrow, widened, with_stored, Stored};
-use super::winograd;
+use super::winograd::{self, direct};
 
 /// Largest im2col matrix, in f32 values (64 MiB).
 pub const COLS_BUDGET: usize = 16 << 20;
@@ -334,8 +335,8 @@ impl<'a> Epilogue<'a> {
     }
 }
 
-/// The 3x3 convolution by [`winograd`], all images at once, into an output that is not zeroed
-/// first (the transform back writes every value).
+/// The 3x3 convolution by [`winograd`] (or [`direct`]), all images at once, into an output
+/// that is not zeroed first (the transform back writes every value).
 fn by_winograd(
     xs: &Tensor,
     read: Read,
@@ -374,19 +375,39 @@ fn by_winograd(
                     residual: Some(r),
                     ..wep
                 };
-                winograd::conv(source, b, w, s, tiling, &wep, &mut out)
+                conv3x3(source, b, w, s, tiling, &wep, &mut out)
             }),
             None => {
-                winograd::conv(source, b, w, s, tiling, &wep, &mut out);
+                conv3x3(source, b, w, s, tiling, &wep, &mut out);
                 Ok(())
             }
         })
     })???;
     // SAFETY: `winograd::conv` writes every value of its output (its `transform_output` writes
-    // each row of every output plane whole, and the bands cover every row).
+    // each row of every output plane whole, and the bands cover every row), and so does
+    // `direct::conv` (each task writes its band's rows of every output plane whole).
     #[allow(unsafe_code)]
     let out = unsafe { out.assume_init() };
     Tensor::from_vec(out.into_vec(), (b, s.co, s.h, s.w), xs.device())
+}
+
+/// The 3x3 convolution of [`by_winograd`]: by Winograd's tiling `t`, or directly for layers of
+/// at most [`direct::MOST_OUTPUTS`] output channels, whose Winograd input transform would cost
+/// more than the products.
+fn conv3x3(
+    x: winograd::Source,
+    images: usize,
+    w: Stored,
+    s: &winograd::Shape,
+    t: winograd::Tiling,
+    ep: &winograd::Epilogue,
+    out: &mut [std::mem::MaybeUninit<f32>],
+) {
+    if (1..=direct::MOST_OUTPUTS).contains(&s.co) {
+        direct::conv(x, images, w, s, ep, out)
+    } else {
+        winograd::conv(x, images, w, s, t, ep, out)
+    }
 }
 
 fn plain(conv: &Conv2d, xs: &Tensor, residual: Option<&Tensor>, out_scale: f64) -> Result<Tensor> {

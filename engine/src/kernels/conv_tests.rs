@@ -127,7 +127,8 @@ fn group_norm(c: usize, groups: usize) -> GroupNorm {
 #[test]
 fn a_normed_input_is_the_norm_applied_first() {
     // Winograd F(2x2) on the local and the layer-wide path, F(4x4), the fallback (8x8 maps,
-    // a 1x1 convolution), with and without a time shift and a residual: bit for bit.
+    // a 1x1 convolution), the direct path (3 output channels), with and without a time shift
+    // and a residual: bit for bit.
     let dev = Device::Cpu;
     for (b, c, co, hw, k) in [
         (2, 32, 96, 16, 3),
@@ -135,6 +136,7 @@ fn a_normed_input_is_the_norm_applied_first() {
         (2, 8, 16, 64, 3),
         (2, 32, 40, 8, 3),
         (2, 32, 40, 12, 1),
+        (2, 32, 3, 20, 3),
     ] {
         let (w, bias, cfg) = random_conv(c, co, k, 1, k / 2);
         let conv = Conv2d::new(w, Some(bias), cfg);

@@ -25,6 +25,7 @@ use super::gemm::{matmul_uninit, Mat, MatUninit};
 use super::group_norm::ChannelAffine;
 use super::widen::Stored;
 
+pub(super) mod direct;
 mod tiling;
 mod transforms;
 
@@ -124,6 +125,31 @@ impl Source<'_> {
             (s.h / 2, s.w / 2)
         } else {
             (s.h, s.w)
+        }
+    }
+
+    /// Row `iy` (below `s.h`) of input plane `p` (image · c + channel) as the convolution
+    /// sees it, mapped by `pre` and widened when `up`, into `dst` (`s.w` values); `mapped`
+    /// holds the mapped stored row.
+    #[inline(always)]
+    fn row_into(&self, s: &Shape, p: usize, iy: usize, dst: &mut [f32], mapped: &mut Vec<f32>) {
+        let (ih, iw) = self.plane(s);
+        let sy = if self.up { iy / 2 } else { iy };
+        let stored = &self.x[(p * ih + sy) * iw..][..iw];
+        let row = match self.pre {
+            Some(pre) => {
+                mapped.resize(iw, 0.0);
+                pre.affine.apply(pre.first + p, stored, mapped);
+                &mapped[..]
+            }
+            None => stored,
+        };
+        if self.up {
+            for (pair, &v) in dst.chunks_exact_mut(2).zip(row) {
+                (pair[0], pair[1]) = (v, v);
+            }
+        } else {
+            dst.copy_from_slice(row);
         }
     }
 }
@@ -320,6 +346,29 @@ fn local_band_rows(s: &Shape, t: Tiling) -> usize {
 /// One band's rows of each output plane of its image.
 type OutRows<'a> = Vec<&'a mut [MaybeUninit<f32>]>;
 
+/// `out` (images of `co` planes of `plane` values) cut into bands of `span` values of every
+/// plane: for every image and band, its index, the band's index and its part of each of the
+/// image's output planes.
+fn band_jobs(
+    out: &mut [MaybeUninit<f32>],
+    co: usize,
+    plane: usize,
+    span: usize,
+) -> Vec<(usize, usize, OutRows<'_>)> {
+    let bands = plane.div_ceil(span);
+    let mut jobs = Vec::new();
+    for (image, planes) in out.chunks_mut(co * plane).enumerate() {
+        let mut rows: Vec<_> = (0..bands).map(|b| (image, b, Vec::new())).collect();
+        for dst in planes.chunks_mut(plane) {
+            for (job, part) in rows.iter_mut().zip(dst.chunks_mut(span)) {
+                job.2.push(part);
+            }
+        }
+        jobs.extend(rows);
+    }
+    jobs
+}
+
 /// [`conv`] for filter banks `u` of at most [`LOCAL_FILTERS`] values when every thread gets a
 /// band: every image's tile rows are cut into bands ([`local_band_rows`]), and each band is
 /// transformed, multiplied (on one thread) and transformed back by one rayon task into its own
@@ -339,18 +388,7 @@ fn by_local_bands(
     let band_rows = local_band_rows(s, t);
     // Output rows m·ty0 .. of a band: `band_rows` tile rows are m·band_rows pixel rows.
     let span = t.m() * band_rows * s.w;
-    let bands = th.div_ceil(band_rows);
-    // For every image and band, its rows of each of the image's output planes.
-    let mut jobs: Vec<(usize, usize, OutRows)> = Vec::new();
-    for (image, planes) in out.chunks_mut(s.co * plane).enumerate() {
-        let mut rows: Vec<_> = (0..bands).map(|b| (image, b, Vec::new())).collect();
-        for dst in planes.chunks_mut(plane) {
-            for (job, part) in rows.iter_mut().zip(dst.chunks_mut(span)) {
-                job.2.push(part);
-            }
-        }
-        jobs.extend(rows);
-    }
+    let jobs = band_jobs(out, s.co, plane, span);
     jobs.into_par_iter().for_each(|(image, b, mut dsts)| {
         let ty0 = b * band_rows;
         let rows = band_rows.min(th - ty0);

@@ -450,3 +450,109 @@ fn the_tiling_follows_the_map_and_the_filter_bank() {
     assert_eq!(tiling(&shape(1280, 16, 1280)), Some(Tiling::F2));
     assert_eq!(tiling(&shape(1280, 8, 1280)), None);
 }
+
+/// [`direct::conv`] of `images` images into a new vector.
+fn direct_vec(x: Source, images: usize, w: Stored, s: &Shape, ep: &Epilogue) -> Vec<f32> {
+    let mut out = vec![MaybeUninit::new(f32::NAN); images * s.co * s.h * s.w];
+    direct::conv(x, images, w, s, ep, &mut out);
+    // SAFETY: every element was initialised (to NaN) when the vector was made.
+    #[allow(unsafe_code)]
+    out.into_iter()
+        .map(|v| unsafe { v.assume_init() })
+        .collect()
+}
+
+#[test]
+fn few_outputs_are_summed_directly_to_f32_accuracy() {
+    // Widths that are no multiple of a vector, heights no multiple of a band, one-pixel
+    // images, one to four output channels; each output against f64 sums
+    // within recursive summation's bound, with bias, residual, scale and ReLU.
+    for (c, co, h, w) in [
+        (64, 3, 37, 21),
+        (5, 2, 9, 40),
+        (3, 1, 1, 1),
+        (7, 4, 17, 3),
+        (128, 4, 8, 16),
+    ] {
+        let s = Shape { c, h, w, co };
+        let x = noise(2 * c * h * w, 61);
+        let wt = noise(co * c * 9, 62);
+        let (bias, res) = (noise(co, 63), noise(2 * co * h * w, 64));
+        let ep = Epilogue {
+            bias: Some(&bias),
+            residual: Some(&res),
+            scale: 2.0,
+            relu: true,
+        };
+        let got = direct_vec(plain(&x), 2, Stored::F32(&wt), &s, &ep);
+        let image = co * h * w;
+        for i in 0..2 {
+            let xi = &x[i * c * h * w..][..c * h * w];
+            let want = exact(xi, &wt, &s);
+            let sizes = direct(xi, &wt, &s, 0f64, |acc, a, b| {
+                acc + (a as f64 * b as f64).abs()
+            });
+            for (j, (&g, d)) in got[i * image..][..image].iter().zip(&want).enumerate() {
+                let (b, r) = (bias[j / (h * w)] as f64, res[i * image + j] as f64);
+                let d = ((d + b + r) / 2.0).max(0.0);
+                // Recursive summation of 9c products, then the bias and the residual.
+                let bound =
+                    (9 * c + 3) as f64 * f32::EPSILON as f64 * (sizes[j] + b.abs() + r.abs());
+                assert!(
+                    (g as f64 - d).abs() <= bound,
+                    "{c}->{co} {h}x{w} image {i} at {j}: {g} vs {d}"
+                );
+            }
+        }
+        // Each image alone gives the same bits as in the batch.
+        let one = direct_vec(
+            plain(&x[c * h * w..]),
+            1,
+            Stored::F32(&wt),
+            &s,
+            &Epilogue {
+                residual: Some(&res[image..]),
+                ..ep
+            },
+        );
+        assert!(one == got[image..], "{c}->{co} {h}x{w}: image 1 alone");
+    }
+}
+
+#[test]
+fn few_outputs_read_upsampled_sources_and_16_bit_filters() {
+    // An upsampled source gives the convolution of the upsampled input bit for bit; bf16
+    // filters give that of their f32 copy.
+    let (c, co, h, w) = (9, 3, 26, 34);
+    let s = Shape { c, h, w, co };
+    let small = noise(c * (h / 2) * (w / 2), 71);
+    let mut big = vec![0f32; c * h * w];
+    for (i, v) in big.iter_mut().enumerate() {
+        let (plane, y, x) = (i / (h * w), i / w % h, i % w);
+        *v = small[(plane * (h / 2) + y / 2) * (w / 2) + x / 2];
+    }
+    let wt: Vec<half::bf16> = noise(co * c * 9, 72)
+        .iter()
+        .map(|&v| half::bf16::from_f32(v))
+        .collect();
+    let wide: Vec<f32> = wt.iter().map(|v| v.to_f32()).collect();
+    let ep = Epilogue {
+        bias: None,
+        residual: None,
+        scale: 1.0,
+        relu: false,
+    };
+    let want = direct_vec(plain(&big), 1, Stored::F32(&wide), &s, &ep);
+    let up = Source {
+        x: &small,
+        up: true,
+        pre: None,
+    };
+    let got = direct_vec(up, 1, Stored::Bf16(&wt), &s, &ep);
+    assert!(got == want);
+    let exact = exact(&big, &wide, &s);
+    assert!(got
+        .iter()
+        .zip(&exact)
+        .all(|(&g, &e)| (g as f64 - e).abs() < 1e-4));
+}
