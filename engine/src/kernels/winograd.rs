@@ -165,6 +165,29 @@ pub(super) struct Epilogue<'a> {
 }
 
 impl Epilogue<'_> {
+    /// Writes one output row `dst` from its values `y` (bias added) and, with a residual, the
+    /// residual's row `res`: `finish(y + res)`.
+    #[inline(always)]
+    fn write_row(
+        &self,
+        dst: &mut [MaybeUninit<f32>],
+        y: impl Iterator<Item = f32>,
+        res: Option<&[f32]>,
+    ) {
+        match res {
+            Some(res) => {
+                for ((d, y), &r) in dst.iter_mut().zip(y).zip(res) {
+                    d.write(self.finish(y + r));
+                }
+            }
+            None => {
+                for (d, y) in dst.iter_mut().zip(y) {
+                    d.write(self.finish(y));
+                }
+            }
+        }
+    }
+
     /// The scale and activation of one value that already holds its bias and residual.
     #[inline(always)]
     fn finish(&self, v: f32) -> f32 {

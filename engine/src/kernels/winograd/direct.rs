@@ -43,14 +43,14 @@ pub(in crate::kernels) fn conv(
     ep: &Epilogue,
     out: &mut [MaybeUninit<f32>],
 ) {
-    let mut w = vec![0f32; s.co * s.c * 9];
-    weight.widen_into(0, &mut w);
     assert!(
         (1..=MOST_OUTPUTS).contains(&s.co),
         "direct 3x3 convolution of {} outputs",
         s.co
     );
     assert_eq!(out.len(), images * s.co * s.h * s.w);
+    let mut w = vec![0f32; s.co * s.c * 9];
+    weight.widen_into(0, &mut w);
     let jobs = band_jobs(out, s.co, s.h * s.w, BAND_ROWS * s.w);
     jobs.into_par_iter().for_each(|(image, band, mut dsts)| {
         let task = Task {
@@ -121,22 +121,10 @@ impl pulp::WithSimd for Task<'_, '_> {
             let bias = ep.bias.map_or(0.0, |b| b[o]);
             let plane = (image * s.co + o) * s.h * s.w;
             for r in 0..rows {
-                let y = &sums[(o * rows + r) * wp..][..s.w];
-                let dst = &mut dst[r * s.w..][..s.w];
+                let y = sums[(o * rows + r) * wp..][..s.w].iter().map(|&y| y + bias);
                 let at = plane + (y0 + r) * s.w;
-                match ep.residual {
-                    Some(res) => {
-                        let res = &res[at..][..s.w];
-                        for ((d, &y), &r) in dst.iter_mut().zip(y).zip(res) {
-                            d.write(ep.finish(y + bias + r));
-                        }
-                    }
-                    None => {
-                        for (d, &y) in dst.iter_mut().zip(y) {
-                            d.write(ep.finish(y + bias));
-                        }
-                    }
-                }
+                let res = ep.residual.map(|res| &res[at..][..s.w]);
+                ep.write_row(&mut dst[r * s.w..][..s.w], y, res);
             }
         }
     }
@@ -157,7 +145,6 @@ fn accumulate<'w, S: Simd, const O: usize>(
 ) {
     let lanes = S::F32_LANES;
     let weights: [[f32; 9]; O] = std::array::from_fn(|o| std::array::from_fn(|k| taps(o)[k]));
-    let (sums, _) = sums.split_at_mut(O * rows * wp);
     for r in 0..rows {
         let rows_in: [&[f32]; 3] = std::array::from_fn(|ky| &input[(r + ky) * pw..][..pw]);
         // Row r of each output channel's sums.

@@ -35,13 +35,14 @@ pub(super) fn transform_input(x: Source, s: &Shape, band: &Band, parallel: bool)
 
 /// The rows [`transform_channel`] works in, made once per thread and call (allocating them per
 /// channel and band cost TAESD's 512x512 decode 7% in `calloc` and `free`): zeros for rows
-/// outside the image, the input rows mapped by `pre` and widened by `up`, the padded rows and
+/// outside the image, the input rows as the convolution sees them when `pre` maps them or `up`
+/// widens them (with the mapped stored row [`Source::row_into`] needs), the padded rows and
 /// the phases of one row. Every value read is written first for each tile row, but the zeros
 /// and the padding columns, which are never written.
 struct InputRows {
     zero: Vec<f32>,
+    seen: Vec<f32>,
     mapped: Vec<f32>,
-    wide: Vec<f32>,
     padded: Vec<f32>,
     phases: Vec<f32>,
 }
@@ -51,10 +52,11 @@ impl InputRows {
         let (_, tw) = s.tiles(t);
         let (m, n) = (t.m(), t.n());
         let (_, iw) = x.plane(s);
+        let copied = x.pre.is_some() || x.up;
         Self {
             zero: vec![0f32; s.w],
-            mapped: vec![0f32; if x.pre.is_some() { n * iw } else { 0 }],
-            wide: vec![0f32; if x.up { n * s.w } else { 0 }],
+            seen: vec![0f32; if copied { n * s.w } else { 0 }],
+            mapped: vec![0f32; if x.pre.is_some() { iw } else { 0 }],
             padded: vec![0f32; n * (m * tw + 2)],
             phases: vec![0f32; m * (tw + 1)],
         }
@@ -84,55 +86,36 @@ fn transform_channel(
         p.write(0.0);
     }
     // Rows outside the image read as zeros; so do the columns of `padded` outside it (never
-    // written). The input rows mapped by `pre`, and an upsampled input's rows widened (each
-    // value twice), go to rows of their own.
+    // written). The input rows mapped by `pre` or widened by `up` go to rows of their own
+    // (`seen`); others are read where they are stored.
     let InputRows {
         zero,
+        seen,
         mapped,
-        wide,
         padded,
         phases,
     } = scratch;
-    let (ih, iw) = x.plane(s);
+    let copied = x.pre.is_some() || x.up;
     simd(
         #[inline(always)]
         || {
             for (image, r) in (0..stride / nt).flat_map(|i| (0..rows).map(move |r| (i, r))) {
-                let plane = &x.x[(image * s.c + ci) * ih * iw..][..ih * iw];
-                let ty = ty0 + r;
-                // The n input rows m·ty - 1 .. m·ty + m as stored (`None` outside the image).
-                let stored = |k: usize| {
-                    let iy = (m * ty + k).checked_sub(1).filter(|&iy| iy < s.h)?;
-                    Some(if x.up { iy / 2 } else { iy })
-                };
-                if let Some(pre) = x.pre {
-                    let at = pre.first + image * s.c + ci;
-                    for (k, dst) in mapped.chunks_exact_mut(iw).enumerate() {
-                        if let Some(sy) = stored(k) {
-                            pre.affine.apply(at, &plane[sy * iw..][..iw], dst);
-                        }
-                    }
-                }
-                // Input row k, stored row sy, as the convolution sees it (before widening).
-                let read = |k: usize, sy: usize| match x.pre {
-                    Some(_) => &mapped[k * iw..][..iw],
-                    None => &plane[sy * iw..][..iw],
-                };
-                if x.up {
-                    for (k, dst) in wide.chunks_exact_mut(s.w).enumerate() {
-                        if let Some(sy) = stored(k) {
-                            for (pair, &v) in dst.chunks_exact_mut(2).zip(read(k, sy)) {
-                                (pair[0], pair[1]) = (v, v);
-                            }
+                let plane = image * s.c + ci;
+                // The n input rows m·ty - 1 .. m·ty + m (`None` outside the image).
+                let row = |k: usize| (m * (ty0 + r) + k).checked_sub(1).filter(|&iy| iy < s.h);
+                if copied {
+                    for (k, dst) in seen.chunks_exact_mut(s.w).enumerate() {
+                        if let Some(iy) = row(k) {
+                            x.row_into(s, plane, iy, dst, mapped);
                         }
                     }
                 }
                 let mut p = [&zero[..]; 6];
                 for (k, p) in p[..n].iter_mut().enumerate() {
-                    if let Some(sy) = stored(k) {
-                        *p = match x.up {
-                            true => &wide[k * s.w..][..s.w],
-                            false => read(k, sy),
+                    if let Some(iy) = row(k) {
+                        *p = match copied {
+                            true => &seen[k * s.w..][..s.w],
+                            false => &x.x[(plane * s.h + iy) * s.w..][..s.w],
                         };
                     }
                 }
@@ -189,20 +172,8 @@ pub(super) fn transform_output(
                     }
                     let oy = m * r + i;
                     output_cols(t, sr, tw, b, row);
-                    let out = &mut dst[oy * s.w..][..s.w];
-                    match res {
-                        Some(res) => {
-                            let res = &res[oy * s.w..][..s.w];
-                            for ((d, &y), &r) in out.iter_mut().zip(&*row).zip(res) {
-                                d.write(ep.finish(y + r));
-                            }
-                        }
-                        None => {
-                            for (d, &y) in out.iter_mut().zip(&*row) {
-                                d.write(ep.finish(y));
-                            }
-                        }
-                    }
+                    let res = res.map(|res| &res[oy * s.w..][..s.w]);
+                    ep.write_row(&mut dst[oy * s.w..][..s.w], row.iter().copied(), res);
                 }
             }
         },
