@@ -128,14 +128,28 @@ impl Source<'_> {
         }
     }
 
+    /// Whether rows reach the convolution changed (mapped by `pre` or widened by `up`), so
+    /// that they are copied ([`Source::row_into`]) rather than read where they are stored
+    /// ([`Source::stored_row`]).
+    fn copies_rows(&self) -> bool {
+        self.pre.is_some() || self.up
+    }
+
+    /// Row `sy` of input plane `p` (image · c + channel) as stored.
+    #[inline(always)]
+    fn stored_row(&self, s: &Shape, p: usize, sy: usize) -> &[f32] {
+        let (ih, iw) = self.plane(s);
+        &self.x[(p * ih + sy) * iw..][..iw]
+    }
+
     /// Row `iy` (below `s.h`) of input plane `p` (image · c + channel) as the convolution
     /// sees it, mapped by `pre` and widened when `up`, into `dst` (`s.w` values); `mapped`
     /// holds the mapped stored row.
     #[inline(always)]
     fn row_into(&self, s: &Shape, p: usize, iy: usize, dst: &mut [f32], mapped: &mut Vec<f32>) {
-        let (ih, iw) = self.plane(s);
+        let iw = self.plane(s).1;
         let sy = if self.up { iy / 2 } else { iy };
-        let stored = &self.x[(p * ih + sy) * iw..][..iw];
+        let stored = self.stored_row(s, p, sy);
         let row = match self.pre {
             Some(pre) => {
                 mapped.resize(iw, 0.0);

@@ -52,10 +52,9 @@ impl InputRows {
         let (_, tw) = s.tiles(t);
         let (m, n) = (t.m(), t.n());
         let (_, iw) = x.plane(s);
-        let copied = x.pre.is_some() || x.up;
         Self {
             zero: vec![0f32; s.w],
-            seen: vec![0f32; if copied { n * s.w } else { 0 }],
+            seen: vec![0f32; if x.copies_rows() { n * s.w } else { 0 }],
             mapped: vec![0f32; if x.pre.is_some() { iw } else { 0 }],
             padded: vec![0f32; n * (m * tw + 2)],
             phases: vec![0f32; m * (tw + 1)],
@@ -95,7 +94,7 @@ fn transform_channel(
         padded,
         phases,
     } = scratch;
-    let copied = x.pre.is_some() || x.up;
+    let copied = x.copies_rows();
     simd(
         #[inline(always)]
         || {
@@ -115,7 +114,7 @@ fn transform_channel(
                     if let Some(iy) = row(k) {
                         *p = match copied {
                             true => &seen[k * s.w..][..s.w],
-                            false => &x.x[(plane * s.h + iy) * s.w..][..s.w],
+                            false => x.stored_row(s, plane, iy),
                         };
                     }
                 }
