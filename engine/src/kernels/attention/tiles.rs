@@ -102,9 +102,9 @@ fn scores_by<S: Simd, const MR: usize, const NV: usize>(simd: S, h: &Head, score
             for x in (0..width).step_by(if wide { NV * lanes } else { lanes }) {
                 let (b, o) = (&tile[x..], &mut out[x..]);
                 if wide {
-                    outer_tile::<S, MR, NV>(simd, q, b, width, o, h.stride, false);
+                    outer_tile::<S, _, MR, NV>((simd, NoTail), q, b, width, o, h.stride, false);
                 } else {
-                    outer_tile::<S, MR, 1>(simd, q, b, width, o, h.stride, false);
+                    outer_tile::<S, _, MR, 1>((simd, NoTail), q, b, width, o, h.stride, false);
                 }
             }
         }
@@ -112,14 +112,14 @@ fn scores_by<S: Simd, const MR: usize, const NV: usize>(simd: S, h: &Head, score
     }
 }
 
-/// `out[r][..NV·lanes] = Σ_t a[r][t] · b[t][..NV·lanes]` (added to `out` when `add`) for the
-/// `MR` rows of `a` (all of one length, the reduction's), `b`'s rows `b_stride` apart and
-/// `out`'s `out_stride` apart: the register tile of both products (`q·kᵀ`: `a` the queries,
-/// `b` a key tile; `p·v`: `a` the probabilities, `b` the values), its `MR x NV` sums in
-/// registers throughout.
+/// `out[r][..w] = Σ_t a[r][t] · b[t][..w]` (added to `out` when `add`) for the `MR` rows of
+/// `a` (all of one length, the reduction's), `b`'s rows `b_stride` apart and `out`'s
+/// `out_stride` apart, `w` being `NV` vectors of `simd` and the lanes of `tail`: the register
+/// tile of both products (`q·kᵀ`: `a` the queries, `b` a key tile; `p·v`: `a` the
+/// probabilities, `b` the values), its `MR x (NV + tail)` sums in registers throughout.
 #[inline(always)]
-fn outer_tile<S: Simd, const MR: usize, const NV: usize>(
-    simd: S,
+fn outer_tile<S: Simd, T: Tail, const MR: usize, const NV: usize>(
+    (simd, tail): (S, T),
     a: [&[f32]; MR],
     b: &[f32],
     b_stride: usize,
@@ -134,13 +134,18 @@ fn outer_tile<S: Simd, const MR: usize, const NV: usize>(
     for row in &a {
         assert_eq!(row.len(), len);
     }
-    assert!(b.len() >= span(len, NV * lanes, b_stride));
+    let width = NV * lanes + T::LANES;
+    assert!(b.len() >= span(len, width, b_stride));
+    assert!(out.len() >= span(MR, width, out_stride));
     let rows = a.map(<[f32]>::as_ptr);
     let b = b.as_ptr();
     let mut acc = [[simd.splat_f32s(0.0); NV]; MR];
+    let mut acc_tail = [tail.splat(0.0); MR];
     if add {
-        for (r, acc) in acc.iter_mut().enumerate() {
-            acc.copy_from_slice(S::as_simd_f32s(&out[r * out_stride..][..NV * lanes]).0);
+        for (r, (acc, acc_tail)) in acc.iter_mut().zip(&mut acc_tail).enumerate() {
+            let out = &out[r * out_stride..][..width];
+            acc.copy_from_slice(S::as_simd_f32s(&out[..NV * lanes]).0);
+            *acc_tail = tail.read(&out[NV * lanes..]);
         }
     }
     for t in 0..len {
@@ -156,65 +161,114 @@ fn outer_tile<S: Simd, const MR: usize, const NV: usize>(
             };
             *row = value;
         }
+        // SAFETY: as above, for the tail's lanes past the NV vectors.
+        #[allow(unsafe_code)]
+        let row_tail = unsafe { tail.load(b.add(t * b_stride + NV * lanes)) };
         for r in 0..MR {
             // SAFETY: `t < len`, the length of every row of `a` (asserted above).
             #[allow(unsafe_code)]
-            let x = simd.splat_f32s(unsafe { *rows[r].add(t) });
+            let x = unsafe { *rows[r].add(t) };
+            let xs = simd.splat_f32s(x);
             for v in 0..NV {
-                acc[r][v] = simd.mul_add_f32s(x, row[v], acc[r][v]);
+                acc[r][v] = simd.mul_add_f32s(xs, row[v], acc[r][v]);
             }
+            acc_tail[r] = tail.mul_add(tail.splat(x), row_tail, acc_tail[r]);
         }
     }
-    for (r, acc) in acc.iter().enumerate() {
-        let o = S::as_mut_simd_f32s(&mut out[r * out_stride..][..NV * lanes]).0;
-        o.copy_from_slice(acc);
+    for (r, (acc, &acc_tail)) in acc.iter().zip(&acc_tail).enumerate() {
+        let out = &mut out[r * out_stride..][..width];
+        let (o, o_tail) = out.split_at_mut(NV * lanes);
+        S::as_mut_simd_f32s(o).0.copy_from_slice(acc);
+        tail.write(acc_tail, o_tail);
     }
 }
 
-/// `outs[r][..dp] = Σ_{s < sk} p[r][s] · v[s][..dp]` for every padded row, `p` being the
-/// score rows (at `stride`) after the softmax's exponentials; rows of `outs` at `dp`.
+/// `outs[r][..d] = Σ_{s < sk} p[r][s] · v[s][..d]` for every padded row, `p` being the
+/// score rows (at `stride`) after the softmax's exponentials; rows of `outs` at `dp` (lanes
+/// from `d` to `dp` hold zeros or nothing).
 #[inline(always)]
 pub(super) fn values<S: Simd>(simd: S, h: &Head, p: &[f32], outs: &mut [f32]) {
+    // A head width that ends in at most half a 16-lane vector (SD 1.x's 40) ends its tiles in
+    // an 8-lane vector instead: the same instructions where a 512-bit FMA issues as fast as a
+    // 256-bit one (Intel), a sixth fewer FMA cycles where it issues as two halves (Zen 4).
+    #[cfg(target_arch = "x86_64")]
+    if S::F32_LANES == 16 && (1..=8).contains(&(h.d % 16)) {
+        if let Some(v3) = pulp::x86::V3::try_new() {
+            return values_in_tiles(simd, Narrow(v3), h.d / 16, h, p, outs);
+        }
+    }
+    values_in_tiles(simd, NoTail, h.dp / S::F32_LANES, h, p, outs)
+}
+
+/// [`values`] over `vectors` whole vectors of each row of `v`, then `tail`'s lanes.
+#[inline(always)]
+fn values_in_tiles<S: Simd, T: Tail>(
+    simd: S,
+    tail: T,
+    vectors: usize,
+    h: &Head,
+    p: &[f32],
+    outs: &mut [f32],
+) {
     let lanes = S::F32_LANES;
-    let vectors = h.dp / lanes;
-    // Split the row's vectors into as few tiles as possible, of near-equal widths.
-    let tiles = vectors.div_ceil(MAX_VALUE_VECTORS);
+    // Split the row's vectors (the tail counted as one) into as few tiles as possible, of
+    // near-equal widths; the last tile takes the tail.
+    let all = vectors + usize::from(T::LANES > 0);
+    let tiles = all.div_ceil(MAX_VALUE_VECTORS);
     let mut first = 0;
     for t in 0..tiles {
-        let width = (vectors - first) / (tiles - t);
+        let width = (all - first) / (tiles - t);
         let col = first * lanes;
-        match width {
-            1 => values_by::<S, 1>(simd, h, p, col, outs),
-            2 => values_by::<S, 2>(simd, h, p, col, outs),
-            3 => values_by::<S, 3>(simd, h, p, col, outs),
-            4 => values_by::<S, 4>(simd, h, p, col, outs),
-            _ => values_by::<S, 5>(simd, h, p, col, outs),
+        if t + 1 < tiles || T::LANES == 0 {
+            values_by(simd, NoTail, width, h, p, col, outs);
+        } else {
+            values_by(simd, tail, width - 1, h, p, col, outs);
         }
         first += width;
     }
 }
 
-/// The `p·v` tiles `NV` vectors wide starting at lane `col`, with as many rows as the
-/// registers allow (about 24 sums).
+/// The `p·v` tiles `nv` vectors (and `tail`) wide starting at lane `col`, with as many rows
+/// as the registers allow (about 24 sums).
 #[inline(always)]
-fn values_by<S: Simd, const NV: usize>(simd: S, h: &Head, p: &[f32], col: usize, outs: &mut [f32]) {
-    if S::F32_LANES >= 16 {
-        match NV {
-            1..=3 => values_tiles::<S, 8, NV>(simd, h, p, col, outs),
-            4 => values_tiles::<S, 6, NV>(simd, h, p, col, outs),
-            _ => values_tiles::<S, 4, NV>(simd, h, p, col, outs),
-        }
-    } else {
-        match NV {
-            1..=3 => values_tiles::<S, 4, NV>(simd, h, p, col, outs),
-            _ => values_tiles::<S, 2, NV>(simd, h, p, col, outs),
-        }
+fn values_by<S: Simd, T: Tail>(
+    simd: S,
+    tail: T,
+    nv: usize,
+    h: &Head,
+    p: &[f32],
+    col: usize,
+    outs: &mut [f32],
+) {
+    let sums = nv + usize::from(T::LANES > 0);
+    macro_rules! tiles {
+        ($($nv:literal),*) => {
+            match nv {
+                $($nv => {
+                    if S::F32_LANES >= 16 {
+                        match sums {
+                            ..=3 => values_tiles::<S, T, 8, $nv>(simd, tail, h, p, col, outs),
+                            4 => values_tiles::<S, T, 6, $nv>(simd, tail, h, p, col, outs),
+                            _ => values_tiles::<S, T, 4, $nv>(simd, tail, h, p, col, outs),
+                        }
+                    } else {
+                        match sums {
+                            ..=3 => values_tiles::<S, T, 4, $nv>(simd, tail, h, p, col, outs),
+                            _ => values_tiles::<S, T, 2, $nv>(simd, tail, h, p, col, outs),
+                        }
+                    }
+                })*
+                _ => unreachable!("p·v tiles are at most {MAX_VALUE_VECTORS} vectors wide"),
+            }
+        };
     }
+    tiles!(0, 1, 2, 3, 4, 5)
 }
 
 #[inline(always)]
-fn values_tiles<S: Simd, const MR: usize, const NV: usize>(
+fn values_tiles<S: Simd, T: Tail, const MR: usize, const NV: usize>(
     simd: S,
+    tail: T,
     h: &Head,
     p: &[f32],
     col: usize,
@@ -229,8 +283,75 @@ fn values_tiles<S: Simd, const MR: usize, const NV: usize>(
             let rows: [&[f32]; MR] = std::array::from_fn(|i| &p[(r + i) * h.stride + c0..][..kc]);
             let out = &mut outs[r * h.dp + col..];
             let v = &h.v[c0 * h.dp + col..];
-            outer_tile::<S, MR, NV>(simd, rows, v, h.dp, out, h.dp, c0 > 0);
+            outer_tile::<S, T, MR, NV>((simd, tail), rows, v, h.dp, out, h.dp, c0 > 0);
         }
+    }
+}
+
+/// Lanes a register tile carries past its whole vectors: none ([`NoTail`]) or one narrower
+/// vector ([`Narrow`]).
+pub(super) trait Tail: Copy {
+    type V: Copy;
+    const LANES: usize;
+    fn splat(self, x: f32) -> Self::V;
+    fn mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// # Safety
+    /// `LANES` values from `p` must be readable.
+    #[allow(unsafe_code)]
+    unsafe fn load(self, p: *const f32) -> Self::V;
+    /// From the first `LANES` values of `x`.
+    fn read(self, x: &[f32]) -> Self::V;
+    /// To the first `LANES` values of `out`.
+    fn write(self, v: Self::V, out: &mut [f32]);
+}
+
+#[derive(Clone, Copy)]
+pub(super) struct NoTail;
+
+impl Tail for NoTail {
+    type V = ();
+    const LANES: usize = 0;
+    #[inline(always)]
+    fn splat(self, _: f32) {}
+    #[inline(always)]
+    fn mul_add(self, _: (), _: (), _: ()) {}
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    unsafe fn load(self, _: *const f32) {}
+    #[inline(always)]
+    fn read(self, _: &[f32]) {}
+    #[inline(always)]
+    fn write(self, _: (), _: &mut [f32]) {}
+}
+
+/// One vector of a narrower SIMD level (8 lanes inside 16-lane code).
+#[derive(Clone, Copy)]
+pub(super) struct Narrow<N>(N);
+
+impl<N: Simd> Tail for Narrow<N> {
+    type V = N::f32s;
+    const LANES: usize = N::F32_LANES;
+    #[inline(always)]
+    fn splat(self, x: f32) -> N::f32s {
+        self.0.splat_f32s(x)
+    }
+    #[inline(always)]
+    fn mul_add(self, a: N::f32s, b: N::f32s, c: N::f32s) -> N::f32s {
+        self.0.mul_add_f32s(a, b, c)
+    }
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    unsafe fn load(self, p: *const f32) -> N::f32s {
+        // SAFETY: the caller keeps `LANES` values readable from `p`; the read is unaligned.
+        unsafe { p.cast::<N::f32s>().read_unaligned() }
+    }
+    #[inline(always)]
+    fn read(self, x: &[f32]) -> N::f32s {
+        N::as_simd_f32s(&x[..N::F32_LANES]).0[0]
+    }
+    #[inline(always)]
+    fn write(self, v: N::f32s, out: &mut [f32]) {
+        N::as_mut_simd_f32s(&mut out[..N::F32_LANES]).0[0] = v;
     }
 }
 
