@@ -42,13 +42,14 @@ pub(super) fn span(rows: usize, cols: usize, stride: usize) -> usize {
     }
 }
 
-/// `dst = lhs · rhs`, on the calling thread (`threads == 1`) or on up to `threads` rayon
-/// threads. Panics if the shapes do not chain or a view reaches past its slice.
+/// `dst = lhs · rhs` (as [`matmul_uninit`], into initialised memory).
+#[cfg(test)]
 pub(crate) fn matmul(dst: MatMut, lhs: Mat, rhs: Mat, threads: usize) {
     product(dst, lhs, rhs, threads, false)
 }
 
-/// `dst += lhs · rhs`, like [`matmul`] but adding the product to `dst`'s values.
+/// `dst += lhs · rhs`, on the calling thread (`threads == 1`) or on up to `threads` rayon
+/// threads. Panics if the shapes do not chain or a view reaches past its slice.
 pub(crate) fn matmul_add(dst: MatMut, lhs: Mat, rhs: Mat, threads: usize) {
     product(dst, lhs, rhs, threads, true)
 }
@@ -221,7 +222,7 @@ pub(crate) unsafe fn written(rows: usize, cols: usize, write: impl FnOnce(MatUni
 
 /// `dst = lhs · rhs` into memory that need not be initialised (a large output zeroed first
 /// only to be overwritten costs a pass over memory): every element of the `rows × cols` view
-/// is written, nothing else is touched. Panics like [`matmul`].
+/// is written, nothing else is touched. Panics like [`matmul_add`].
 pub(crate) fn matmul_uninit(dst: MatUninit, lhs: Mat, rhs: Mat, threads: usize) {
     let (m, k, n) = check_dims((dst.data.len(), dst.rows, dst.cols, dst.stride), &lhs, &rhs);
     if m == 0 || n == 0 {

@@ -13,8 +13,9 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 use super::amx;
-use super::gemm::{matmul, matmul_add, written, Mat, MatMut, MatUninit};
-use super::slices::zeros;
+use std::mem::MaybeUninit;
+
+use super::gemm::{matmul_add, matmul_uninit, written, Mat, MatMut, MatUninit};
 use super::widen::{Stored, AHEAD};
 
 /// Values of a widened block (4 MiB of f32: in the shared L3 cache). Measured per GEMM shape of
@@ -125,72 +126,119 @@ enum Side {
 }
 
 /// `dst = other · w` or `w · other` (`side`), the weight widened `depth` rows (Right) or
-/// columns (Left) at a time into this thread's buffer, each block's product added into `dst`;
-/// `threads` for the widening and the GEMM.
-fn blocked(dst: MatMut, other: Mat, w: View, side: Side, depth: usize, threads: usize) {
+/// columns (Left) at a time into this thread's buffer: the first block's product written to
+/// `dst` (not zeroed before: that would be a pass over the output of its own), each further
+/// block's added into it; `threads` for the widening and the GEMM. Writes every element of
+/// `dst` (its view, and any values of the slice between and past the view's rows).
+fn blocked(dst: MatUninit, other: Mat, w: View, side: Side, depth: usize, threads: usize) {
     let (k, width) = match side {
         Side::Right => (w.rows, w.cols),
         Side::Left => (w.cols, w.rows),
     };
     with_buf(depth * width, |buf| {
-        for k0 in (0..k).step_by(depth) {
-            let kb = depth.min(k - k0);
-            let (wm, part) = match side {
-                Side::Right => {
-                    w.widen((k0, kb), (0, width), buf, threads > 1);
-                    let part = Mat {
-                        data: &other.data[k0.min(other.data.len())..],
-                        rows: other.rows,
-                        cols: kb,
-                        stride: other.stride,
-                    };
-                    (
-                        Mat {
-                            data: &buf[..kb * width],
-                            rows: kb,
-                            cols: width,
-                            stride: width,
-                        },
-                        part,
-                    )
-                }
-                Side::Left => {
-                    w.widen((0, width), (k0, kb), buf, threads > 1);
-                    let part = Mat {
-                        data: &other.data[(k0 * other.stride).min(other.data.len())..],
-                        rows: kb,
-                        cols: other.cols,
-                        stride: other.stride,
-                    };
-                    (
-                        Mat {
-                            data: &buf[..width * kb],
-                            rows: width,
-                            cols: kb,
-                            stride: kb,
-                        },
-                        part,
-                    )
-                }
-            };
-            let out = MatMut {
+        // A weight with nothing to sum (k = 0) takes one empty block: the GEMM writes zeros.
+        let (a, b) = block_operands(other, &w, side, (0, depth.min(k)), buf, threads);
+        matmul_uninit(
+            MatUninit {
                 data: &mut *dst.data,
-                rows: dst.rows,
-                cols: dst.cols,
-                stride: dst.stride,
+                ..dst
+            },
+            a,
+            b,
+            threads,
+        );
+        // SAFETY: `matmul_uninit` wrote every element of the view.
+        #[allow(unsafe_code)]
+        let out = unsafe { assume_written(dst) };
+        for k0 in (depth..k).step_by(depth.max(1)) {
+            let (a, b) = block_operands(other, &w, side, (k0, depth.min(k - k0)), buf, threads);
+            let out = MatMut {
+                data: &mut *out.data,
+                ..out
             };
-            let (a, b) = if side == Side::Right {
-                (part, wm)
-            } else {
-                (wm, part)
-            };
-            if k0 == 0 {
-                matmul(out, a, b, threads);
-            } else {
-                matmul_add(out, a, b, threads);
-            }
+            matmul_add(out, a, b, threads);
         }
     });
+}
+
+/// The operands `(a, b)` of block `k0..k0 + kb` of [`blocked`]'s product, the weight's part
+/// widened into `buf`.
+fn block_operands<'a>(
+    other: Mat<'a>,
+    w: &View,
+    side: Side,
+    (k0, kb): (usize, usize),
+    buf: &'a mut [f32],
+    threads: usize,
+) -> (Mat<'a>, Mat<'a>) {
+    match side {
+        Side::Right => {
+            let width = w.cols;
+            w.widen((k0, kb), (0, width), buf, threads > 1);
+            let part = Mat {
+                data: &other.data[k0.min(other.data.len())..],
+                rows: other.rows,
+                cols: kb,
+                stride: other.stride,
+            };
+            let wm = Mat {
+                data: &buf[..kb * width],
+                rows: kb,
+                cols: width,
+                stride: width,
+            };
+            (part, wm)
+        }
+        Side::Left => {
+            let width = w.rows;
+            w.widen((0, width), (k0, kb), buf, threads > 1);
+            let part = Mat {
+                data: &other.data[(k0 * other.stride).min(other.data.len())..],
+                rows: kb,
+                cols: other.cols,
+                stride: other.stride,
+            };
+            let wm = Mat {
+                data: &buf[..width * kb],
+                rows: width,
+                cols: kb,
+                stride: kb,
+            };
+            (wm, part)
+        }
+    }
+}
+
+/// `dst` as initialised memory once every element of its view has been written: the values
+/// of the slice outside the view (between its rows and past the last) are zeroed first, so
+/// that the whole slice is initialised.
+///
+/// # Safety
+/// Every element of the view must have been written.
+#[allow(unsafe_code)]
+unsafe fn assume_written(dst: MatUninit) -> MatMut {
+    let MatUninit {
+        data,
+        rows,
+        cols,
+        stride,
+    } = dst;
+    let len = data.len();
+    let gaps = (0..rows).map(|r| ((r * stride + cols).min(len), ((r + 1) * stride).min(len)));
+    for (from, to) in gaps.chain([((rows * stride).min(len), len)]) {
+        for v in &mut data[from..to] {
+            v.write(0.0);
+        }
+    }
+    // SAFETY: the view's elements were written (the caller's contract) and all others just
+    // now; `MaybeUninit<f32>` has the layout of `f32`.
+    let data = unsafe { &mut *(data as *mut [MaybeUninit<f32>] as *mut [f32]) };
+    MatMut {
+        data,
+        rows,
+        cols,
+        stride,
+    }
 }
 
 /// Whether the 16-bit weight `w`, on `side` of the product, is multiplied on AMX
@@ -217,9 +265,8 @@ fn amx_weight(w: Stored, side: Side) -> bool {
     kind && amx::narrow_weights()
 }
 
-/// `lhs · w` as [`matmul_narrow_rhs`] computes it, as a new row-major `lhs.rows × n` vector.
-/// On AMX (a bf16 weight) the product writes memory that was not zeroed first: zeroing it was a
-/// pass over memory of its own.
+/// `lhs · w` as [`matmul_narrow_rhs`] computes it, as a new row-major `lhs.rows × n` vector
+/// (written, not zeroed first: zeroing it was a pass over memory of its own).
 pub(crate) fn narrow_rhs_product(
     lhs: Mat,
     w: Stored,
@@ -227,18 +274,17 @@ pub(crate) fn narrow_rhs_product(
     block: usize,
     threads: usize,
 ) -> Vec<f32> {
-    let on_amx = amx_weight(w, Side::Right)
-        .then_some(move |dst: MatUninit| amx::product_weight_rhs_uninit(dst, lhs, w, n, threads));
-    let widening = |dst: MatMut| matmul_narrow_rhs(dst, lhs, w, n, block, threads);
-    // SAFETY: the AMX product writes every element of its output view.
+    // SAFETY: `matmul_narrow_rhs` writes every element of its output view.
     #[allow(unsafe_code)]
     unsafe {
-        new_output(lhs.rows, n, on_amx, widening)
+        written(lhs.rows, n, |dst| {
+            matmul_narrow_rhs(dst, lhs, w, n, block, threads)
+        })
     }
 }
 
 /// `w · rhs` as [`matmul_narrow_lhs`] computes it, as a new row-major `m × rhs.cols` vector
-/// (written unzeroed on AMX, as [`narrow_rhs_product`]).
+/// (written, not zeroed first, as [`narrow_rhs_product`]).
 pub(crate) fn narrow_lhs_product(
     w: Stored,
     m: usize,
@@ -246,40 +292,13 @@ pub(crate) fn narrow_lhs_product(
     block: usize,
     threads: usize,
 ) -> Vec<f32> {
-    let on_amx = amx_weight(w, Side::Left)
-        .then_some(move |dst: MatUninit| amx::product_weight_lhs_uninit(dst, w, m, rhs, threads));
-    let widening = |dst: MatMut| matmul_narrow_lhs(dst, w, m, rhs, block, threads);
-    // SAFETY: the AMX product writes every element of its output view.
+    // SAFETY: `matmul_narrow_lhs` writes every element of its output view.
     #[allow(unsafe_code)]
     unsafe {
-        new_output(m, rhs.cols, on_amx, widening)
+        written(m, rhs.cols, |dst| {
+            matmul_narrow_lhs(dst, w, m, rhs, block, threads)
+        })
     }
-}
-
-/// A new `rows × cols` row-major output: written by `on_amx` when there is one, else zeroed
-/// and then given to `widening`.
-///
-/// # Safety
-/// `on_amx` must write every element of the view it is given.
-#[allow(unsafe_code)]
-unsafe fn new_output(
-    rows: usize,
-    cols: usize,
-    on_amx: Option<impl FnOnce(MatUninit)>,
-    widening: impl FnOnce(MatMut),
-) -> Vec<f32> {
-    if let Some(write) = on_amx {
-        // SAFETY: the caller's `on_amx` writes every element.
-        return unsafe { written(rows, cols, write) };
-    }
-    let mut out = zeros(rows * cols);
-    widening(MatMut {
-        data: &mut out,
-        rows,
-        cols,
-        stride: cols,
-    });
-    out
 }
 
 /// `dst = lhs · w` for the weight `w` (`[k, n]` row-major, `k = lhs.cols`), widened in blocks
@@ -292,7 +311,7 @@ unsafe fn new_output(
 /// thread packs `lhs`, which costs less than it saves only when it is much smaller than the
 /// weight ([`SPLIT_RATIO`]).
 pub(crate) fn matmul_narrow_rhs(
-    dst: MatMut,
+    dst: MatUninit,
     lhs: Mat,
     w: Stored,
     n: usize,
@@ -307,7 +326,7 @@ pub(crate) fn matmul_narrow_rhs(
         w.len()
     );
     if amx_weight(w, Side::Right) {
-        return amx::product_weight_rhs(dst, lhs, w, n, threads);
+        return amx::product_weight_rhs_uninit(dst, lhs, w, n, threads);
     }
     let whole = View {
         w,
@@ -324,25 +343,27 @@ pub(crate) fn matmul_narrow_rhs(
         .into_par_iter()
         .map(|t| {
             let (n0, nb) = (t * per, per.min(n - t * per));
-            let mut out = vec![0f32; m * nb];
             let view = View {
                 start: n0,
                 cols: nb,
                 ..whole
             };
-            let dst = MatMut {
-                data: &mut out,
-                rows: m,
-                cols: nb,
-                stride: nb,
+            // SAFETY: `blocked` writes every element of its output view.
+            #[allow(unsafe_code)]
+            let out = unsafe {
+                written(m, nb, |dst| {
+                    blocked(dst, lhs, view, Side::Right, depth(k, nb, block), 1)
+                })
             };
-            blocked(dst, lhs, view, Side::Right, depth(k, nb, block), 1);
             (n0, nb, out)
         })
         .collect();
     for (n0, nb, out) in parts {
         for r in 0..m {
-            dst.data[r * dst.stride + n0..][..nb].copy_from_slice(&out[r * nb..][..nb]);
+            let row = &mut dst.data[r * dst.stride + n0..][..nb];
+            for (d, &v) in row.iter_mut().zip(&out[r * nb..][..nb]) {
+                d.write(v);
+            }
         }
     }
 }
@@ -352,7 +373,7 @@ pub(crate) fn matmul_narrow_rhs(
 /// (`rhs.cols <= m`) has its rows split between the threads, as [`matmul_narrow_rhs`] splits
 /// columns.
 pub(crate) fn matmul_narrow_lhs(
-    dst: MatMut,
+    dst: MatUninit,
     w: Stored,
     m: usize,
     rhs: Mat,
@@ -367,7 +388,7 @@ pub(crate) fn matmul_narrow_lhs(
         w.len()
     );
     if amx_weight(w, Side::Left) {
-        return amx::product_weight_lhs(dst, w, m, rhs, threads);
+        return amx::product_weight_lhs_uninit(dst, w, m, rhs, threads);
     }
     let whole = View {
         w,
@@ -396,7 +417,7 @@ pub(crate) fn matmul_narrow_lhs(
                 rows,
                 ..whole
             };
-            let dst = MatMut {
+            let dst = MatUninit {
                 data: d,
                 rows,
                 cols,
@@ -446,12 +467,7 @@ mod tests {
             ] {
                 for (block, threads) in [(1, 1), (n * 256, 2), (BLOCK, 2)] {
                     let mut out = vec![f32::NAN; m * n];
-                    let dst = MatMut {
-                        data: &mut out,
-                        rows: m,
-                        cols: n,
-                        stride: n,
-                    };
+                    let dst = nan_view(&mut out, m, n, n);
                     let lhs = Mat {
                         data: &x,
                         rows: m,
@@ -466,12 +482,7 @@ mod tests {
                     let xt: Vec<f32> = (0..k * m).map(|i| x[(i % m) * k + i / m]).collect();
                     let wt16: Vec<f16> = wt.iter().map(|&v| f16::from_f32(v)).collect();
                     let mut out = vec![f32::NAN; n * m];
-                    let dst = MatMut {
-                        data: &mut out,
-                        rows: n,
-                        cols: m,
-                        stride: m,
-                    };
+                    let dst = nan_view(&mut out, n, m, m);
                     let rhs = Mat {
                         data: &xt,
                         rows: k,
@@ -525,9 +536,27 @@ mod tests {
         }
     }
 
+    /// `data` (NaN: any value not written shows) as a view for an output that need not be
+    /// initialised.
+    fn nan_view(data: &mut [f32], rows: usize, cols: usize, stride: usize) -> MatUninit<'_> {
+        // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the products write only f32
+        // values through the view, so `data` stays initialised.
+        #[allow(unsafe_code)]
+        let data = unsafe { &mut *(data as *mut [f32] as *mut [MaybeUninit<f32>]) };
+        MatUninit {
+            data,
+            rows,
+            cols,
+            stride,
+        }
+    }
+
     #[test]
-    fn new_outputs_equal_the_products_in_place() {
-        // With a bf16 weight on AMX the new output is written without being zeroed first.
+    fn new_outputs_equal_the_products_into_views() {
+        // The new outputs (memory not zeroed first) against products into NaN-filled views
+        // whose rows are further apart than their width: every element of the view written,
+        // the values between the rows too (zeros), on every path (threads split the weight,
+        // or not; on AMX where there is one).
         let (m, k, n) = (37, 70, 45);
         let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.23).sin()).collect();
         let w32: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.19).cos()).collect();
@@ -542,22 +571,43 @@ mod tests {
                     cols: if left { cols } else { depth },
                     stride: if left { cols } else { depth },
                 };
-                let mut out = vec![f32::NAN; rows * cols];
-                let dst = MatMut {
-                    data: &mut out,
-                    rows,
-                    cols,
-                    stride: cols,
-                };
-                let new = if left {
-                    matmul_narrow_lhs(dst, stored, rows, other, BLOCK, 2);
-                    narrow_lhs_product(stored, rows, other, BLOCK, 2)
-                } else {
-                    matmul_narrow_rhs(dst, other, stored, cols, BLOCK, 2);
-                    narrow_rhs_product(other, stored, cols, BLOCK, 2)
-                };
-                assert!(new == out, "left: {left}");
+                for threads in [1, 2] {
+                    let stride = cols + 3;
+                    let mut out = vec![f32::NAN; rows * stride];
+                    let dst = nan_view(&mut out, rows, cols, stride);
+                    let new = if left {
+                        matmul_narrow_lhs(dst, stored, rows, other, BLOCK, threads);
+                        narrow_lhs_product(stored, rows, other, BLOCK, threads)
+                    } else {
+                        matmul_narrow_rhs(dst, other, stored, cols, BLOCK, threads);
+                        narrow_rhs_product(other, stored, cols, BLOCK, threads)
+                    };
+                    for r in 0..rows {
+                        let row = &out[r * stride..][..stride];
+                        assert!(row[..cols] == new[r * cols..][..cols], "left: {left}");
+                        assert!(row[cols..].iter().all(|&v| v == 0.0 || v.is_nan()));
+                    }
+                }
             }
+        }
+    }
+
+    #[test]
+    fn written_views_have_their_gaps_zeroed() {
+        let mut out = vec![f32::NAN; 4 * 5 + 2];
+        let view = nan_view(&mut out, 4, 3, 5);
+        for r in 0..4 {
+            for v in &mut view.data[r * 5..][..3] {
+                v.write(1.0);
+            }
+        }
+        // SAFETY: every element of the view was written just above.
+        #[allow(unsafe_code)]
+        let done = unsafe { assume_written(view) };
+        assert_eq!(done.data.len(), 22);
+        for (i, &v) in out.iter().enumerate() {
+            let in_view = i < 20 && i % 5 < 3;
+            assert_eq!(v, if in_view { 1.0 } else { 0.0 }, "{i}");
         }
     }
 }

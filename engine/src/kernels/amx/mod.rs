@@ -173,8 +173,8 @@ fn run(out: Out, lhs: Mat, rhs: Rhs, threads: usize, add: bool, precision: Preci
     multiply(out, &a, &b, &precision.pairs(), threads, add);
 }
 
-/// Whether products with a 16-bit weight run on AMX ([`product_weight_rhs`],
-/// [`product_weight_lhs`]): when the CPU has it and `BEESWAX_MATMUL` is not `f32`. A bf16
+/// Whether products with a 16-bit weight run on AMX ([`product_weight_rhs_uninit`],
+/// [`product_weight_lhs_uninit`]): when the CPU has it and `BEESWAX_MATMUL` is not `f32`. A bf16
 /// value is its own single piece, so the three products of the other operand's three pieces
 /// with it are the f32 product itself (to f32's accuracy): no precision is traded, and the
 /// weight is only laid out, not split. An f16 value is exactly two pieces (11 significant
@@ -207,15 +207,16 @@ fn weight_pieces(w: Stored) -> usize {
     }
 }
 
-/// `dst = lhs · w` for the weight `w` (`[k, n]` row-major, `k = lhs.cols`) on AMX, to f32
-/// accuracy (see [`narrow_weights`]); on up to `threads` rayon threads. Panics if the shapes do
-/// not chain or a view reaches past its slice.
+/// [`product_weight_rhs_uninit`] into initialised memory (the tests' entry).
+#[cfg(test)]
 pub(crate) fn product_weight_rhs(dst: MatMut, lhs: Mat, w: Stored, n: usize, threads: usize) {
     weight_rhs(Out::of(dst), lhs, w, n, threads)
 }
 
-/// [`product_weight_rhs`] into memory that need not be initialised: every element of the
-/// view is written, nothing else touched.
+/// `dst = lhs · w` for the weight `w` (`[k, n]` row-major, `k = lhs.cols`) on AMX, to f32
+/// accuracy (see [`narrow_weights`]); on up to `threads` rayon threads, into memory that need
+/// not be initialised: every element of the view is written, nothing else touched. Panics if
+/// the shapes do not chain or a view reaches past its slice.
 pub(crate) fn product_weight_rhs_uninit(
     dst: MatUninit,
     lhs: Mat,
@@ -226,7 +227,7 @@ pub(crate) fn product_weight_rhs_uninit(
     weight_rhs(Out::of_uninit(dst), lhs, w, n, threads)
 }
 
-/// `out = lhs · w` for [`product_weight_rhs`].
+/// `out = lhs · w` for [`product_weight_rhs_uninit`].
 fn weight_rhs(out: Out, lhs: Mat, w: Stored, n: usize, threads: usize) {
     let (m, k) = (lhs.rows, lhs.cols);
     assert!(out.rows == m && out.cols == n, "amx: shapes");
@@ -246,14 +247,14 @@ fn weight_rhs(out: Out, lhs: Mat, w: Stored, n: usize, threads: usize) {
     multiply(out, &a, &b, &pairs, threads, false);
 }
 
-/// `dst = w · rhs` for the weight `w` (`[m, k]` row-major, `k = rhs.rows`) on AMX, as
-/// [`product_weight_rhs`].
+/// [`product_weight_lhs_uninit`] into initialised memory (the tests' entry).
+#[cfg(test)]
 pub(crate) fn product_weight_lhs(dst: MatMut, w: Stored, m: usize, rhs: Mat, threads: usize) {
     weight_lhs(Out::of(dst), w, m, rhs, threads)
 }
 
-/// [`product_weight_lhs`] into memory that need not be initialised: every element of the
-/// view is written, nothing else touched.
+/// `dst = w · rhs` for the weight `w` (`[m, k]` row-major, `k = rhs.rows`) on AMX, as
+/// [`product_weight_rhs_uninit`].
 pub(crate) fn product_weight_lhs_uninit(
     dst: MatUninit,
     w: Stored,
@@ -264,7 +265,7 @@ pub(crate) fn product_weight_lhs_uninit(
     weight_lhs(Out::of_uninit(dst), w, m, rhs, threads)
 }
 
-/// `out = w · rhs` for [`product_weight_lhs`].
+/// `out = w · rhs` for [`product_weight_lhs_uninit`].
 fn weight_lhs(out: Out, w: Stored, m: usize, rhs: Mat, threads: usize) {
     let (k, n) = (rhs.rows, rhs.cols);
     assert!(out.rows == m && out.cols == n, "amx: shapes");
