@@ -171,38 +171,38 @@ fn block_operands<'a>(
     buf: &'a mut [f32],
     threads: usize,
 ) -> (Mat<'a>, Mat<'a>) {
+    // The weight's block: `kb` of its rows (Right) or columns (Left), widened as `[rows, cols]`.
+    let (rows, cols) = match side {
+        Side::Right => {
+            w.widen((k0, kb), (0, w.cols), buf, threads > 1);
+            (kb, w.cols)
+        }
+        Side::Left => {
+            w.widen((0, w.rows), (k0, kb), buf, threads > 1);
+            (w.rows, kb)
+        }
+    };
+    let wm = Mat {
+        data: &buf[..rows * cols],
+        rows,
+        cols,
+        stride: cols,
+    };
+    let len = other.data.len();
     match side {
         Side::Right => {
-            let width = w.cols;
-            w.widen((k0, kb), (0, width), buf, threads > 1);
             let part = Mat {
-                data: &other.data[k0.min(other.data.len())..],
-                rows: other.rows,
+                data: &other.data[k0.min(len)..],
                 cols: kb,
-                stride: other.stride,
-            };
-            let wm = Mat {
-                data: &buf[..kb * width],
-                rows: kb,
-                cols: width,
-                stride: width,
+                ..other
             };
             (part, wm)
         }
         Side::Left => {
-            let width = w.rows;
-            w.widen((0, width), (k0, kb), buf, threads > 1);
             let part = Mat {
-                data: &other.data[(k0 * other.stride).min(other.data.len())..],
+                data: &other.data[(k0 * other.stride).min(len)..],
                 rows: kb,
-                cols: other.cols,
-                stride: other.stride,
-            };
-            let wm = Mat {
-                data: &buf[..width * kb],
-                rows: width,
-                cols: kb,
-                stride: kb,
+                ..other
             };
             (wm, part)
         }
