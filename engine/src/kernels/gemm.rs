@@ -220,6 +220,38 @@ pub(crate) unsafe fn written(rows: usize, cols: usize, write: impl FnOnce(MatUni
     out
 }
 
+/// `dst` as initialised memory once every element of its view has been written: the values
+/// of the slice outside the view (between its rows and past the last) are zeroed first, so
+/// that the whole slice is initialised.
+///
+/// # Safety
+/// Every element of the view must have been written.
+#[allow(unsafe_code)]
+pub(crate) unsafe fn assume_written(dst: MatUninit) -> MatMut {
+    let MatUninit {
+        data,
+        rows,
+        cols,
+        stride,
+    } = dst;
+    let len = data.len();
+    let gaps = (0..rows).map(|r| ((r * stride + cols).min(len), ((r + 1) * stride).min(len)));
+    for (from, to) in gaps.chain([((rows * stride).min(len), len)]) {
+        for v in &mut data[from..to] {
+            v.write(0.0);
+        }
+    }
+    // SAFETY: the view's elements were written (the caller's contract) and all others just
+    // now; `MaybeUninit<f32>` has the layout of `f32`.
+    let data = unsafe { &mut *(data as *mut [MaybeUninit<f32>] as *mut [f32]) };
+    MatMut {
+        data,
+        rows,
+        cols,
+        stride,
+    }
+}
+
 /// `dst = lhs · rhs` into memory that need not be initialised (a large output zeroed first
 /// only to be overwritten costs a pass over memory): every element of the `rows × cols` view
 /// is written, nothing else is touched. Panics like [`matmul_add`].
@@ -310,6 +342,7 @@ unsafe fn gemm_raw(dst: *mut f32, stride: usize, lhs: Mat, rhs: Mat, threads: us
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::test_util::nan_view;
 
     #[test]
     fn strided_blocks_match_a_naive_product() {
@@ -402,5 +435,24 @@ mod tests {
             },
             1,
         );
+    }
+
+    #[test]
+    fn written_views_have_their_gaps_zeroed() {
+        let mut out = vec![f32::NAN; 4 * 5 + 2];
+        let view = nan_view(&mut out, 4, 3, 5);
+        for r in 0..4 {
+            for v in &mut view.data[r * 5..][..3] {
+                v.write(1.0);
+            }
+        }
+        // SAFETY: every element of the view was written just above.
+        #[allow(unsafe_code)]
+        let done = unsafe { assume_written(view) };
+        assert_eq!(done.data.len(), 22);
+        for (i, &v) in out.iter().enumerate() {
+            let in_view = i < 20 && i % 5 < 3;
+            assert_eq!(v, if in_view { 1.0 } else { 0.0 }, "{i}");
+        }
     }
 }

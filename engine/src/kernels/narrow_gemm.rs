@@ -13,9 +13,7 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 use super::amx;
-use std::mem::MaybeUninit;
-
-use super::gemm::{matmul_add, matmul_uninit, written, Mat, MatMut, MatUninit};
+use super::gemm::{assume_written, matmul_add, matmul_uninit, written, Mat, MatMut, MatUninit};
 use super::widen::{Stored, AHEAD};
 
 /// Values of a widened block (4 MiB of f32: in the shared L3 cache). Measured per GEMM shape of
@@ -209,38 +207,6 @@ fn block_operands<'a>(
     }
 }
 
-/// `dst` as initialised memory once every element of its view has been written: the values
-/// of the slice outside the view (between its rows and past the last) are zeroed first, so
-/// that the whole slice is initialised.
-///
-/// # Safety
-/// Every element of the view must have been written.
-#[allow(unsafe_code)]
-unsafe fn assume_written(dst: MatUninit) -> MatMut {
-    let MatUninit {
-        data,
-        rows,
-        cols,
-        stride,
-    } = dst;
-    let len = data.len();
-    let gaps = (0..rows).map(|r| ((r * stride + cols).min(len), ((r + 1) * stride).min(len)));
-    for (from, to) in gaps.chain([((rows * stride).min(len), len)]) {
-        for v in &mut data[from..to] {
-            v.write(0.0);
-        }
-    }
-    // SAFETY: the view's elements were written (the caller's contract) and all others just
-    // now; `MaybeUninit<f32>` has the layout of `f32`.
-    let data = unsafe { &mut *(data as *mut [MaybeUninit<f32>] as *mut [f32]) };
-    MatMut {
-        data,
-        rows,
-        cols,
-        stride,
-    }
-}
-
 /// Whether the 16-bit weight `w`, on `side` of the product, is multiplied on AMX
 /// ([`amx::narrow_weights`]) rather than widened for the AVX GEMM: a bf16 weight on either
 /// side, an f16 one on the right (linear layers). An f16 weight on the left (a convolution's
@@ -430,6 +396,7 @@ pub(crate) fn matmul_narrow_lhs(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::test_util::nan_view;
     use half::{bf16, f16};
 
     fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
@@ -536,21 +503,6 @@ mod tests {
         }
     }
 
-    /// `data` (NaN: any value not written shows) as a view for an output that need not be
-    /// initialised.
-    fn nan_view(data: &mut [f32], rows: usize, cols: usize, stride: usize) -> MatUninit<'_> {
-        // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the products write only f32
-        // values through the view, so `data` stays initialised.
-        #[allow(unsafe_code)]
-        let data = unsafe { &mut *(data as *mut [f32] as *mut [MaybeUninit<f32>]) };
-        MatUninit {
-            data,
-            rows,
-            cols,
-            stride,
-        }
-    }
-
     #[test]
     fn new_outputs_equal_the_products_into_views() {
         // The new outputs (memory not zeroed first) against products into NaN-filled views
@@ -589,25 +541,6 @@ mod tests {
                     }
                 }
             }
-        }
-    }
-
-    #[test]
-    fn written_views_have_their_gaps_zeroed() {
-        let mut out = vec![f32::NAN; 4 * 5 + 2];
-        let view = nan_view(&mut out, 4, 3, 5);
-        for r in 0..4 {
-            for v in &mut view.data[r * 5..][..3] {
-                v.write(1.0);
-            }
-        }
-        // SAFETY: every element of the view was written just above.
-        #[allow(unsafe_code)]
-        let done = unsafe { assume_written(view) };
-        assert_eq!(done.data.len(), 22);
-        for (i, &v) in out.iter().enumerate() {
-            let in_view = i < 20 && i % 5 < 3;
-            assert_eq!(v, if in_view { 1.0 } else { 0.0 }, "{i}");
         }
     }
 }
