@@ -26,6 +26,7 @@ use super::group_norm::ChannelAffine;
 use super::widen::Stored;
 
 pub(super) mod direct;
+mod phases;
 mod tiling;
 mod transforms;
 

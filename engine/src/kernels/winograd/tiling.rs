@@ -233,9 +233,7 @@ pub(super) fn input_cols(
         Tiling::F4 => {
             let (q0, q1, q2, q3) = (phase(), phase(), phase(), phase());
             let row = &row[..4 * tw + 2];
-            for (tx, four) in row.chunks_exact(4).enumerate() {
-                (q0[tx], q1[tx], q2[tx], q3[tx]) = (four[0], four[1], four[2], four[3]);
-            }
+            super::phases::split4(row, [&mut *q0, &mut *q1, &mut *q2, &mut *q3], tw);
             (q0[tw], q1[tw]) = (row[4 * tw], row[4 * tw + 1]);
             let (d0, d1, d2) = (next(), next(), next());
             let (d3, d4, d5) = (next(), next(), next());
