@@ -361,6 +361,7 @@ fn by_winograd(
         residual: None,
         scale: ep.out_scale as f32,
         relu: ep.relu,
+        stream: out.len() >= winograd::STREAM_OUTPUTS,
     };
     let weight = weight.contiguous()?;
     with_f32(xs, |x| {

@@ -170,47 +170,53 @@ impl Source<'_> {
 }
 
 /// What happens to each output value after the convolution: `relu((y + bias + residual) /
-/// scale)`, the bias per output channel, the residual laid out like the output.
+/// scale)`, the bias per output channel, the residual laid out like the output. With
+/// `stream`, the rows are written by non-temporal stores ([`super::stream`]): for outputs
+/// larger than the caches ([`STREAM_OUTPUTS`]), which the next layer reads back from memory
+/// anyway.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Epilogue<'a> {
     pub bias: Option<&'a [f32]>,
     pub residual: Option<&'a [f32]>,
     pub scale: f32,
     pub relu: bool,
+    pub stream: bool,
 }
 
+/// Least output size (f32 values, 16 Mi: 64 MiB) written by non-temporal stores: twice the
+/// L3 of the machines measured. Smaller outputs stay in the shared cache for the next layer.
+pub(super) const STREAM_OUTPUTS: usize = 1 << 24;
+
 impl Epilogue<'_> {
-    /// Writes one output row `dst` from its values `y` (bias added) and, with a residual, the
-    /// residual's row `res`: `finish(y + res)`.
+    /// Writes one output row `dst` from its values `y` (bias added; `y` is overwritten) and,
+    /// with a residual, the residual's row `res`: `finish(y + res)`. Each step is its own
+    /// pass over the row (the branches out of the loops), in the same order per value as one
+    /// expression. A caller that streams calls [`super::stream::fence`] before its task ends.
     #[inline(always)]
-    fn write_row(
-        &self,
-        dst: &mut [MaybeUninit<f32>],
-        y: impl Iterator<Item = f32>,
-        res: Option<&[f32]>,
-    ) {
-        match res {
-            Some(res) => {
-                for ((d, y), &r) in dst.iter_mut().zip(y).zip(res) {
-                    d.write(self.finish(y + r));
-                }
-            }
-            None => {
-                for (d, y) in dst.iter_mut().zip(y) {
-                    d.write(self.finish(y));
-                }
+    fn write_row(&self, dst: &mut [MaybeUninit<f32>], y: &mut [f32], res: Option<&[f32]>) {
+        let y = &mut y[..dst.len()];
+        if let Some(res) = res {
+            for (y, &r) in y.iter_mut().zip(res) {
+                *y += r;
             }
         }
-    }
-
-    /// The scale and activation of one value that already holds its bias and residual.
-    #[inline(always)]
-    fn finish(&self, v: f32) -> f32 {
-        let v = if self.scale != 1.0 { v / self.scale } else { v };
+        if self.scale != 1.0 {
+            let scale = self.scale;
+            for y in y.iter_mut() {
+                *y /= scale;
+            }
+        }
         if self.relu {
-            v.max(0.0)
+            for y in y.iter_mut() {
+                *y = y.max(0.0);
+            }
+        }
+        if self.stream {
+            super::stream::copy(y, dst);
         } else {
-            v
+            for (d, &y) in dst.iter_mut().zip(y.iter()) {
+                d.write(y);
+            }
         }
     }
 }
@@ -366,6 +372,9 @@ fn by_layer_bands(
             let m = &m[o * band.stride..];
             let dst = &mut dst[first..];
             transform_output(m, s, &band, (image, o), ep, residual, dst, rows);
+            if ep.stream {
+                super::stream::fence();
+            }
         });
     }
 }
@@ -456,6 +465,9 @@ fn by_local_bands(
             let residual = ep.residual.map(|r| &r[first..first + dst.len()]);
             let m = &m[o * band.nt..];
             transform_output(m, s, &band, (0, o), ep, residual, dst, &mut rows);
+        }
+        if ep.stream {
+            super::stream::fence();
         }
     });
 }

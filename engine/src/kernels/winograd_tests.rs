@@ -76,6 +76,7 @@ fn run(
         residual: res,
         scale: 2.0,
         relu: false,
+        stream: false,
     };
     conv_vec(x, 1, w, s, t, &ep)
 }
@@ -95,6 +96,7 @@ fn relu_is_applied_last() {
             residual: Some(&res),
             scale: 1.0,
             relu: false,
+            stream: false,
         };
         let plain = conv_vec(&x, 1, &wt, &s, t, &ep);
         ep.relu = true;
@@ -192,6 +194,7 @@ fn images_do_not_depend_on_their_batch() {
             residual,
             scale: 1.0,
             relu: false,
+            stream: false,
         };
         let all = conv_vec(&x, 3, &wt, &s, t, &ep(Some(&res)));
         let (image, plane) = (c * h * w, co * h * w);
@@ -229,15 +232,10 @@ fn both_paths_give_the_same_bits() {
             residual: Some(&res),
             scale: 2.0,
             relu: true,
+            stream: false,
         };
         let u = transformed_filters(Stored::F32(&wt), &s, t);
         let n = images * co * h * w;
-        let (mut local, mut layer) = (
-            vec![MaybeUninit::uninit(); n],
-            vec![MaybeUninit::uninit(); n],
-        );
-        by_local_bands(plain(&x), &u, &s, t, &ep, &mut local);
-        by_layer_bands(plain(&x), images, &u, &s, t, &ep, &mut layer);
         // SAFETY: both paths write every value of their output (as `conv` relies on).
         #[allow(unsafe_code)]
         let bits = |v: Vec<MaybeUninit<f32>>| -> Vec<u32> {
@@ -245,10 +243,24 @@ fn both_paths_give_the_same_bits() {
                 .map(|v| unsafe { v.assume_init() }.to_bits())
                 .collect()
         };
-        assert!(
-            bits(local) == bits(layer),
-            "{t:?} {c}->{co} {h}x{w} x{images}"
-        );
+        let by = |local: bool, ep: &Epilogue| {
+            let mut out = vec![MaybeUninit::uninit(); n];
+            match local {
+                true => by_local_bands(plain(&x), &u, &s, t, ep, &mut out),
+                false => by_layer_bands(plain(&x), images, &u, &s, t, ep, &mut out),
+            }
+            bits(out)
+        };
+        let local = by(true, &ep);
+        assert!(local == by(false, &ep), "{t:?} {c}->{co} {h}x{w} x{images}");
+        // Rows written by non-temporal stores hold the same values.
+        let streamed = Epilogue { stream: true, ..ep };
+        for path in [true, false] {
+            assert!(
+                local == by(path, &streamed),
+                "{t:?} {c}->{co} {h}x{w} x{images}, streamed, local path {path}"
+            );
+        }
     }
 }
 
@@ -259,6 +271,7 @@ fn by_path(x: &[f32], w: &[f32], s: &Shape, t: Tiling, local: bool) -> Vec<f32> 
         residual: None,
         scale: 1.0,
         relu: false,
+        stream: false,
     };
     let u = transformed_filters(Stored::F32(w), s, t);
     let mut out = vec![MaybeUninit::new(f32::NAN); s.co * s.h * s.w];
@@ -372,6 +385,7 @@ fn an_upsampled_source_is_the_upsampled_input() {
             residual: None,
             scale: 1.0,
             relu: false,
+            stream: false,
         };
         let want = conv_vec(&big, images, &wt, &s, t, &ep);
         let u = transformed_filters(Stored::F32(&wt), &s, t);
@@ -483,6 +497,7 @@ fn few_outputs_are_summed_directly_to_f32_accuracy() {
             residual: Some(&res),
             scale: 2.0,
             relu: true,
+            stream: false,
         };
         let got = direct_vec(plain(&x), 2, Stored::F32(&wt), &s, &ep);
         let image = co * h * w;
@@ -516,6 +531,10 @@ fn few_outputs_are_summed_directly_to_f32_accuracy() {
             },
         );
         assert!(one == got[image..], "{c}->{co} {h}x{w}: image 1 alone");
+        // Rows written by non-temporal stores hold the same values.
+        let ep = Epilogue { stream: true, ..ep };
+        let streamed = direct_vec(plain(&x), 2, Stored::F32(&wt), &s, &ep);
+        assert!(streamed == got, "{c}->{co} {h}x{w}: streamed");
     }
 }
 
@@ -541,6 +560,7 @@ fn few_outputs_read_upsampled_sources_and_16_bit_filters() {
         residual: None,
         scale: 1.0,
         relu: false,
+        stream: false,
     };
     let want = direct_vec(plain(&big), 1, Stored::F32(&wide), &s, &ep);
     let up = Source {

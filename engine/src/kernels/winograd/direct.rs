@@ -121,11 +121,17 @@ impl pulp::WithSimd for Task<'_, '_> {
             let bias = ep.bias.map_or(0.0, |b| b[o]);
             let plane = (image * s.co + o) * s.h * s.w;
             for r in 0..rows {
-                let y = sums[(o * rows + r) * wp..][..s.w].iter().map(|&y| y + bias);
+                let y = &mut sums[(o * rows + r) * wp..][..s.w];
+                for y in y.iter_mut() {
+                    *y += bias;
+                }
                 let at = plane + (y0 + r) * s.w;
                 let res = ep.residual.map(|res| &res[at..][..s.w]);
                 ep.write_row(&mut dst[r * s.w..][..s.w], y, res);
             }
+        }
+        if ep.stream {
+            super::super::stream::fence();
         }
     }
 }

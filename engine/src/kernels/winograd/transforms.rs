@@ -172,7 +172,7 @@ pub(super) fn transform_output(
                     let oy = m * r + i;
                     output_cols(t, sr, tw, b, row);
                     let res = res.map(|res| &res[oy * s.w..][..s.w]);
-                    ep.write_row(&mut dst[oy * s.w..][..s.w], row.iter().copied(), res);
+                    ep.write_row(&mut dst[oy * s.w..][..s.w], row, res);
                 }
             }
         },
