@@ -183,8 +183,10 @@ pub(super) struct Epilogue<'a> {
     pub stream: bool,
 }
 
-/// Least output size (f32 values, 16 Mi: 64 MiB) written by non-temporal stores: twice the
-/// L3 of the machines measured. Smaller outputs stay in the shared cache for the next layer.
+/// Least output size (f32 values, 16 Mi: 64 MiB) written by non-temporal stores, as for the
+/// filter banks ([`STREAM_FILTERS`]): twice the 32 MiB L3 of the Zen 4 measured, so that
+/// outputs that fit in a shared cache stay there for the next layer. Only the VAE's and
+/// TAESD's full-size maps reach it (the UNet's largest conv output is 5 MiB per image).
 pub(super) const STREAM_OUTPUTS: usize = 1 << 24;
 
 impl Epilogue<'_> {
