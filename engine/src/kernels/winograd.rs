@@ -191,9 +191,9 @@ pub(super) const STREAM_OUTPUTS: usize = 1 << 24;
 
 impl Epilogue<'_> {
     /// Writes one output row `dst` from its values `y` (bias added; `y` is overwritten) and,
-    /// with a residual, the residual's row `res`: `finish(y + res)`. Each step is its own
-    /// pass over the row (the branches out of the loops), in the same order per value as one
-    /// expression. A caller that streams calls [`super::stream::fence`] before its task ends.
+    /// with a residual, the residual's row `res`: `relu((y + res) / scale)`. Each step is its
+    /// own pass over the row (the branches out of the loops), in the same order per value as
+    /// one expression. A task that writes rows calls [`Epilogue::end_task`] before it ends.
     #[inline(always)]
     fn write_row(&self, dst: &mut [MaybeUninit<f32>], y: &mut [f32], res: Option<&[f32]>) {
         let y = &mut y[..dst.len()];
@@ -219,6 +219,14 @@ impl Epilogue<'_> {
             for (d, &y) in dst.iter_mut().zip(y.iter()) {
                 d.write(y);
             }
+        }
+    }
+
+    /// Ends a task's writes: with `stream`, orders its non-temporal stores before whatever
+    /// hands the rows to another thread ([`super::stream::fence`]).
+    fn end_task(&self) {
+        if self.stream {
+            super::stream::fence();
         }
     }
 }
@@ -374,9 +382,7 @@ fn by_layer_bands(
             let m = &m[o * band.stride..];
             let dst = &mut dst[first..];
             transform_output(m, s, &band, (image, o), ep, residual, dst, rows);
-            if ep.stream {
-                super::stream::fence();
-            }
+            ep.end_task();
         });
     }
 }
@@ -468,9 +474,7 @@ fn by_local_bands(
             let m = &m[o * band.nt..];
             transform_output(m, s, &band, (0, o), ep, residual, dst, &mut rows);
         }
-        if ep.stream {
-            super::stream::fence();
-        }
+        ep.end_task();
     });
 }
 

@@ -130,9 +130,7 @@ impl pulp::WithSimd for Task<'_, '_> {
                 ep.write_row(&mut dst[r * s.w..][..s.w], y, res);
             }
         }
-        if ep.stream {
-            super::super::stream::fence();
-        }
+        ep.end_task();
     }
 }
 
