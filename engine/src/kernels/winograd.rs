@@ -26,6 +26,7 @@ use super::group_norm::ChannelAffine;
 use super::widen::Stored;
 
 pub(super) mod direct;
+mod output_blocks;
 mod phases;
 mod tiling;
 mod transforms;
@@ -274,12 +275,26 @@ pub(super) fn usable(s: &Shape, t: Tiling) -> bool {
     tiles >= MIN_TILES && (s.co > 64 || tiles > 64)
 }
 
+/// Most tiles per image of a layer with a filter bank larger than [`LOCAL_FILTERS`] that is
+/// taken by blocks of output channels ([`output_blocks`]): 16x16 maps by F(2x2, 3x3), 32x32
+/// by F(4x4, 3x3). Above it, the bank's pass over memory is small beside the GEMMs.
+const BLOCK_TILES: usize = 64;
+
+/// Whether a layer of shape `s` by the tiling `t` is taken by blocks of output channels
+/// ([`output_blocks`]): a filter bank too large for the local path over few tiles. Depends
+/// on one image only, as the tiling does.
+fn by_blocks(s: &Shape, t: Tiling) -> bool {
+    let (th, tw) = s.tiles(t);
+    t.positions() * s.c * s.co > LOCAL_FILTERS && th * tw <= BLOCK_TILES
+}
+
 /// The convolution of the `images` images of `x` (`[images, c, h, w]`) with the filters
 /// `weight` (`[co, c, 3, 3]`) by the tiling `t`, through the epilogue `ep`, written whole to
-/// `out` (`[images, co, h, w]`). The filters are transformed once per call; the input is then
-/// transformed, multiplied (one GEMM per position) and transformed back band by band: per
-/// thread in cache for small filter banks ([`by_local_bands`]), layer-wide otherwise
-/// ([`by_layer_bands`]).
+/// `out` (`[images, co, h, w]`). Large filter banks over few tiles go by blocks of output
+/// channels ([`output_blocks`]). Otherwise the filters are transformed once per call; the
+/// input is then transformed, multiplied (one GEMM per position) and transformed back band by
+/// band: per thread in cache for small filter banks ([`by_local_bands`]), layer-wide
+/// otherwise ([`by_layer_bands`]).
 ///
 /// An image's result does not depend on the batch it is in: the GEMM's blocking along the
 /// reduction depends only on `c` outside its small-matrix path, which [`tiling`] keeps
@@ -294,6 +309,9 @@ pub(super) fn conv(
     ep: &Epilogue,
     out: &mut [MaybeUninit<f32>],
 ) {
+    if by_blocks(s, t) {
+        return output_blocks::conv(x, images, weight, s, t, ep, out);
+    }
     let u = transformed_filters(weight, s, t);
     let (th, _) = s.tiles(t);
     let jobs = images * th.div_ceil(local_band_rows(s, t));
@@ -309,38 +327,52 @@ pub(super) fn conv(
 /// with [`PAD`] values after each channel; 16-bit filters are widened one output channel at a
 /// time.
 fn transformed_filters(weight: Stored, s: &Shape, t: Tiling) -> Box<[f32]> {
-    // Not zeroed first: the transform writes every value but the padding, written here.
+    // Not zeroed first: `filter_block` writes every value.
     let mut u = Box::<[f32]>::new_uninit_slice(s.co * block(t, s.c));
-    let filters = 9 * s.c;
     let stream = u.len() >= STREAM_FILTERS;
     u.par_chunks_mut(block(t, s.c)).enumerate().for_each_init(
         || (Vec::new(), Vec::new()),
         |(scratch, wide), (o, u)| {
-            let (u, pad) = u.split_at_mut(t.positions() * s.c);
-            for p in pad {
-                p.write(0.0);
-            }
-            match weight {
-                Stored::F32(w) => {
-                    let w = &w[o * filters..][..filters];
-                    transform_filters(t, w, s.c, u, scratch, stream)
-                }
-                narrow => {
-                    wide.resize(filters, 0.0);
-                    narrow.widen_into(o * filters, wide);
-                    transform_filters(t, wide, s.c, u, scratch, stream);
-                }
-            }
+            filter_block(weight, s, t, o, u, (scratch, wide), stream);
             if stream {
                 super::stream::fence();
             }
         },
     );
-    // SAFETY: every block of `u` is its rows of `c` values, one per position, all written by
-    // `transform_filters`, then the padding written above: all initialised.
+    // SAFETY: `filter_block` wrote every value of every channel's block.
     #[allow(unsafe_code)]
     unsafe {
         u.assume_init()
+    }
+}
+
+/// Output channel `o`'s block of transformed filters (`u`, [`block`] long): its filters
+/// transformed as `[positions][c]` ([`transform_filters`], widened first into `wide` when
+/// 16-bit), then [`PAD`] zeros. Every value of `u` is written.
+fn filter_block(
+    weight: Stored,
+    s: &Shape,
+    t: Tiling,
+    o: usize,
+    u: &mut [MaybeUninit<f32>],
+    (scratch, wide): (&mut Vec<f32>, &mut Vec<f32>),
+    stream: bool,
+) {
+    let filters = 9 * s.c;
+    let (u, pad) = u.split_at_mut(t.positions() * s.c);
+    for p in pad {
+        p.write(0.0);
+    }
+    match weight {
+        Stored::F32(w) => {
+            let w = &w[o * filters..][..filters];
+            transform_filters(t, w, s.c, u, scratch, stream)
+        }
+        narrow => {
+            wide.resize(filters, 0.0);
+            narrow.widen_into(o * filters, wide);
+            transform_filters(t, wide, s.c, u, scratch, stream);
+        }
     }
 }
 

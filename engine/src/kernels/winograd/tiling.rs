@@ -72,10 +72,11 @@ impl Tiling {
 
 /// One output channel's filters `weight` (`[c, 3, 3]`) transformed into `u` as
 /// `[positions][c]`: position `ξ = n·i + j` of `G g Gᵀ` for every input channel. The filters
-/// are first turned into nine rows of `c` values (tap by tap), so that the transform is vector
-/// arithmetic along the channels; `scratch` holds those rows and the intermediate `G g`. With
-/// `stream`, each row of `u` is computed in `scratch` and copied by non-temporal stores
-/// ([`copy`](super::super::stream::copy); the caller fences).
+/// are first turned into nine rows of `c` values (tap by tap) in `scratch`; then [`LANES`]
+/// channels at a time go through the whole transform in registers ([`transform_lanes`]),
+/// vector arithmetic along the channels. With `stream`, the rows of `u` are computed in
+/// `scratch` and copied by non-temporal stores ([`copy`](super::super::stream::copy); the
+/// caller fences).
 pub(super) fn transform_filters(
     t: Tiling,
     weight: &[f32],
@@ -84,52 +85,101 @@ pub(super) fn transform_filters(
     scratch: &mut Vec<f32>,
     stream: bool,
 ) {
-    let (g, n) = (t.g(), t.n());
-    scratch.resize((10 + 3 * n) * c, 0.0);
-    let (taps, rest) = scratch.split_at_mut(9 * c);
-    let (line, gg) = rest.split_at_mut(c);
+    let rows = if stream { t.positions() * c } else { 0 };
+    scratch.resize(9 * c + rows, 0.0);
+    let (taps, staged) = scratch.split_at_mut(9 * c);
     // Tap by tap: contiguous writes, reads 9 apart (cheaper than the other way round).
     for (k, row) in taps.chunks_exact_mut(c).enumerate() {
         for (t, g) in row.iter_mut().zip(weight.chunks_exact(9)) {
             *t = g[k];
         }
     }
+    let taps = &*taps;
     simd(
         #[inline(always)]
         || {
-            let tap = |k: usize| &taps[k * c..][..c];
-            // G g: row i, column k is Σ_r G[i][r] g[r][k].
-            for (i, gi) in g.iter().enumerate() {
-                for k in 0..3 {
-                    let dst = &mut gg[(3 * i + k) * c..][..c];
-                    combine(gi, [tap(k), tap(3 + k), tap(6 + k)], |ci, v| dst[ci] = v);
-                }
+            let whole = c - c % LANES;
+            for c0 in (0..whole).step_by(LANES) {
+                filter_lanes(t, taps, c0, LANES, u, staged, stream);
             }
-            // (G g) Gᵀ: row i, column j is Σ_k (G g)[i][k] G[j][k].
-            for i in 0..n {
-                let row = |k: usize| &gg[(3 * i + k) * c..][..c];
-                for (j, gj) in g.iter().enumerate() {
-                    let dst = &mut u[(n * i + j) * c..][..c];
-                    if stream {
-                        combine(gj, [row(0), row(1), row(2)], |ci, v| line[ci] = v);
-                        super::super::stream::copy(line, dst);
-                    } else {
-                        combine(gj, [row(0), row(1), row(2)], |ci, v| {
-                            dst[ci].write(v);
-                        });
-                    }
+            if whole < c {
+                filter_lanes(t, taps, whole, c - whole, u, staged, stream);
+            }
+        },
+    );
+    if stream {
+        for (dst, src) in u.chunks_exact_mut(c).zip(staged.chunks_exact(c)) {
+            super::super::stream::copy(src, dst);
+        }
+    }
+}
+
+/// Channels per step of [`transform_filters`]: one 512-bit vector.
+const LANES: usize = 16;
+
+/// Channels `c0 .. c0 + len` (`len` at most [`LANES`]) of [`transform_filters`]: their taps
+/// from `taps` (nine rows of `c`) through [`transform_lanes`] into `u`, or with `stream` into
+/// `staged` (laid out as `u`). Called with `len` a constant for whole vectors.
+#[inline(always)]
+fn filter_lanes(
+    t: Tiling,
+    taps: &[f32],
+    c0: usize,
+    len: usize,
+    u: &mut [MaybeUninit<f32>],
+    staged: &mut [f32],
+    stream: bool,
+) {
+    let c = taps.len() / 9;
+    let mut lanes = [[0f32; LANES]; 9];
+    for (k, l) in lanes.iter_mut().enumerate() {
+        let src = &taps[k * c + c0..][..len];
+        l[..len].copy_from_slice(src);
+    }
+    transform_lanes(
+        t,
+        &lanes,
+        #[inline(always)]
+        |xi: usize, v: &[f32; LANES]| {
+            if stream {
+                let dst = &mut staged[xi * c + c0..][..len];
+                dst.copy_from_slice(&v[..len]);
+            } else {
+                let dst = &mut u[xi * c + c0..][..len];
+                for x in 0..len {
+                    dst[x].write(v[x]);
                 }
             }
         },
     );
 }
 
-/// `put(i, w₀·a[i] + w₁·b[i] + w₂·c[i])` for every `i` (the lengths of `a`).
+/// `G g Gᵀ` of [`LANES`] filters given tap by tap (`taps[3·r + k]` is row r, column k of
+/// each), position by position into `put(ξ, values)`: the same operations in the same order
+/// as [`filter_tile`], each on a vector of channels.
 #[inline(always)]
-fn combine(w: &[f32; 3], [a, b, c]: [&[f32]; 3], mut put: impl FnMut(usize, f32)) {
-    let (b, c) = (&b[..a.len()], &c[..a.len()]);
-    for i in 0..a.len() {
-        put(i, w[0] * a[i] + w[1] * b[i] + w[2] * c[i]);
+fn transform_lanes(t: Tiling, taps: &[[f32; LANES]; 9], mut put: impl FnMut(usize, &[f32; LANES])) {
+    let (g, n) = (t.g(), t.n());
+    let mut gg = [[0f32; LANES]; 3];
+    let mut out = [0f32; LANES];
+    for i in 0..n {
+        // Row i of G g: column k is Σ_r G[i][r] g[r][k].
+        for k in 0..3 {
+            combine(&g[i], [&taps[k], &taps[3 + k], &taps[6 + k]], &mut gg[k]);
+        }
+        // (G g) Gᵀ: row i, column j is Σ_k (G g)[i][k] G[j][k].
+        for (j, gj) in g.iter().enumerate() {
+            combine(gj, [&gg[0], &gg[1], &gg[2]], &mut out);
+            put(n * i + j, &out);
+        }
+    }
+}
+
+/// `out = w₀·a + w₁·b + w₂·c`, lane by lane.
+#[inline(always)]
+fn combine(w: &[f32; 3], [a, b, c]: [&[f32; LANES]; 3], out: &mut [f32; LANES]) {
+    for l in 0..LANES {
+        out[l] = w[0] * a[l] + w[1] * b[l] + w[2] * c[l];
     }
 }
 
