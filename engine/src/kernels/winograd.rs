@@ -413,7 +413,7 @@ fn by_layer_bands(
             let residual = ep.residual.map(|r| &r[i * plane + first..(i + 1) * plane]);
             let m = &m[o * band.stride..];
             let dst = &mut dst[first..];
-            transform_output(m, s, &band, (image, o), ep, residual, dst, rows);
+            transform_output((m, s.co), s, &band, (image, o), ep, residual, dst, rows);
             ep.end_task();
         });
     }
@@ -504,7 +504,7 @@ fn by_local_bands(
             let first = i * plane + t.m() * ty0 * s.w;
             let residual = ep.residual.map(|r| &r[first..first + dst.len()]);
             let m = &m[o * band.nt..];
-            transform_output(m, s, &band, (0, o), ep, residual, dst, &mut rows);
+            transform_output((m, s.co), s, &band, (0, o), ep, residual, dst, &mut rows);
         }
         ep.end_task();
     });

@@ -76,16 +76,15 @@ pub(super) fn conv(
             // blocks tile `u`: all of it is initialised f32 values.
             #[allow(unsafe_code)]
             let u = unsafe { &*(u as *const [MaybeUninit<f32>] as *const [f32]) };
+            // This block's `n` output channels per position.
             let m = products(u, &v, n, s.c, &band, 1);
-            // The products hold this block's `n` rows per position.
-            let sb = Shape { co: n, ..*s };
             for (j, dst) in dsts.iter_mut().enumerate() {
                 let (image, k) = (j / n, j % n);
                 let o = range.start + k;
                 let i = image * s.co + o;
                 let residual = ep.residual.map(|r| &r[i * plane..(i + 1) * plane]);
                 let m = &m[k * band.stride..];
-                transform_output(m, &sb, &band, (image, o), ep, residual, dst, &mut rows);
+                transform_output((m, n), s, &band, (image, o), ep, residual, dst, &mut rows);
             }
         }
         ep.end_task();

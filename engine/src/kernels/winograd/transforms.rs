@@ -130,13 +130,13 @@ fn transform_channel(
 }
 
 /// `Aᵀ m A` for every tile of the band in `image` (`prod` starts at output channel `o`'s
-/// row of the first position's products, laid out as [`super::products`] writes them),
-/// through the epilogue `ep`, into that channel's output rows `dst` (cropped to the image,
-/// every value written); `dst` and `residual` (this channel's part of the epilogue's) start
-/// at the band's first row, `m·ty0`.
+/// row of the first position's products, laid out as [`super::products`] writes them for
+/// `channels` output channels per position), through the epilogue `ep`, into that channel's
+/// output rows `dst` (cropped to the image, every value written); `dst` and `residual` (this
+/// channel's part of the epilogue's) start at the band's first row, `m·ty0`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn transform_output(
-    prod: &[f32],
+    (prod, channels): (&[f32], usize),
     s: &Shape,
     band: &Band,
     (image, o): (usize, usize),
@@ -156,7 +156,7 @@ pub(super) fn transform_output(
     let (_, tw) = s.tiles(t);
     let (m, n) = (t.m(), t.n());
     // From one position's row of products to the next position's.
-    let position = super::product_block(s.co, stride);
+    let position = super::product_block(channels, stride);
     let OutputRows { srows, row } = scratch;
     simd(
         #[inline(always)]
