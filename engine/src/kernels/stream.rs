@@ -57,6 +57,14 @@ pub(crate) fn prefetch<T>(p: *const T) {
     let _ = p;
 }
 
+/// [`prefetch`] of every cache line of `values`.
+#[inline(always)]
+pub(crate) fn prefetch_all(values: &[f32]) {
+    for line in values.chunks(16) {
+        prefetch(line.as_ptr());
+    }
+}
+
 /// Orders this thread's earlier non-temporal stores before its later stores (and so before
 /// whatever synchronisation hands the data to another thread).
 #[allow(unsafe_code)]

@@ -16,6 +16,9 @@ use std::mem::MaybeUninit;
 
 use super::super::math::simd;
 
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::__m512;
+
 /// A Winograd tiling for 3x3 filters: F(m x m, 3x3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(in crate::kernels) enum Tiling {
@@ -281,22 +284,33 @@ pub(super) fn input_cols(
             }
         }
         Tiling::F4 => {
-            let (q0, q1, q2, q3) = (phase(), phase(), phase(), phase());
             let row = &row[..4 * tw + 2];
-            super::phases::split4(row, [&mut *q0, &mut *q1, &mut *q2, &mut *q3], tw);
-            (q0[tw], q1[tw]) = (row[4 * tw], row[4 * tw + 1]);
-            let (d0, d1, d2) = (next(), next(), next());
-            let (d3, d4, d5) = (next(), next(), next());
-            let (a, b, c, d) = (&q0[..tw], &q1[..tw], &q2[..tw], &q3[..tw]);
-            let (e, f) = (&q0[1..][..tw], &q1[1..][..tw]);
-            for tx in 0..tw {
-                let v = bt4([a[tx], b[tx], c[tx], d[tx], e[tx], f[tx]]);
-                d0[tx].write(v[0]);
-                d1[tx].write(v[1]);
-                d2[tx].write(v[2]);
-                d3[tx].write(v[3]);
-                d4[tx].write(v[4]);
-                d5[tx].write(v[5]);
+            let mut d = [next(), next(), next(), next(), next(), next()];
+            #[allow(unused_mut)]
+            let mut done = 0;
+            #[cfg(target_arch = "x86_64")]
+            if let Some(v4) = pulp::x86::V4::try_new() {
+                done = super::phases::transform_cols4_v4(
+                    v4,
+                    row,
+                    &mut d,
+                    tw,
+                    #[inline(always)]
+                    |d| bt4_v4(v4, d),
+                );
+            }
+            // The tiles left: through their phases in `phases`.
+            let (rest, row) = (tw - done, &row[4 * done..]);
+            let (q0, q1, q2, q3) = (phase(), phase(), phase(), phase());
+            super::phases::split4(row, [&mut *q0, &mut *q1, &mut *q2, &mut *q3], rest);
+            (q0[rest], q1[rest]) = (row[4 * rest], row[4 * rest + 1]);
+            let (a, b, c, d4) = (&q0[..rest], &q1[..rest], &q2[..rest], &q3[..rest]);
+            let (e, f) = (&q0[1..][..rest], &q1[1..][..rest]);
+            for tx in 0..rest {
+                let v = bt4([a[tx], b[tx], c[tx], d4[tx], e[tx], f[tx]]);
+                for (d, v) in d.iter_mut().zip(v) {
+                    d[done + tx].write(v);
+                }
             }
         }
     }
@@ -343,6 +357,64 @@ fn at4([m0, m1, m2, m3, m4, m5]: [f32; 6]) -> [f32; 4] {
     [m0 + a + c, b + 2.0 * d, a + 4.0 * c, b + 8.0 * d + m5]
 }
 
+/// [`bt4`] on 16 tiles at a time: the same operations in the same order, each on a vector.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn bt4_v4(v4: pulp::x86::V4, [d0, d1, d2, d3, d4, d5]: [__m512; 6]) -> [__m512; 6] {
+    let (a, b) = (sub(v4, d4, d2), times(v4, 2.0, sub(v4, d3, d1)));
+    [
+        add(v4, sub(v4, times(v4, 4.0, d0), times(v4, 5.0, d2)), d4),
+        sub(v4, add(v4, d3, d4), times(v4, 4.0, add(v4, d1, d2))),
+        add(v4, sub(v4, d4, d3), times(v4, 4.0, sub(v4, d1, d2))),
+        add(v4, a, b),
+        sub(v4, a, b),
+        add(v4, sub(v4, times(v4, 4.0, d1), times(v4, 5.0, d3)), d5),
+    ]
+}
+
+/// `a + b`, `a - b` and `k·a` on vectors (functions, not closures, so that they inline
+/// into the AVX-512 code that calls them).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn add(v4: pulp::x86::V4, a: __m512, b: __m512) -> __m512 {
+    v4.avx512f._mm512_add_ps(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn sub(v4: pulp::x86::V4, a: __m512, b: __m512) -> __m512 {
+    v4.avx512f._mm512_sub_ps(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn times(v4: pulp::x86::V4, k: f32, a: __m512) -> __m512 {
+    let avx = v4.avx512f;
+    avx._mm512_mul_ps(avx._mm512_set1_ps(k), a)
+}
+
+/// The 16 values at the start of `c`, as a vector.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn vector(c: &[f32]) -> __m512 {
+    let c: &[f32; 16] = c[..16].try_into().expect("16 values");
+    pulp::bytemuck::cast(*c)
+}
+
+/// [`at4`] on 16 tiles at a time: the same operations in the same order, each on a vector.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn at4_v4(v4: pulp::x86::V4, [m0, m1, m2, m3, m4, m5]: [__m512; 6]) -> [__m512; 4] {
+    let (a, b) = (add(v4, m1, m2), sub(v4, m1, m2));
+    let (c, d) = (add(v4, m3, m4), sub(v4, m3, m4));
+    [
+        add(v4, add(v4, m0, a), c),
+        add(v4, b, times(v4, 2.0, d)),
+        add(v4, a, times(v4, 4.0, c)),
+        add(v4, add(v4, b, times(v4, 8.0, d)), m5),
+    ]
+}
+
 /// `A` along the column index of one row of [`output_rows`]' results (`s`: column `j` of
 /// every tile at `s[j·tw ..]`): each tile's `m` output columns plus `bias` go to
 /// `row[m·tx ..]`, the last tile cropped to the row's length.
@@ -365,16 +437,96 @@ pub(super) fn output_cols(t: Tiling, s: &[f32], tw: usize, bias: f32, row: &mut 
         Tiling::F4 => {
             let (c0, c1, c2) = (&c(0)[..full], &c(1)[..full], &c(2)[..full]);
             let (c3, c4, c5) = (&c(3)[..full], &c(4)[..full], &c(5)[..full]);
-            let mut tiles = row.chunks_exact_mut(4);
-            for (tx, y) in (&mut tiles).enumerate() {
+            let tile = |tx: usize| {
                 let v = at4([c0[tx], c1[tx], c2[tx], c3[tx], c4[tx], c5[tx]]);
-                (y[0], y[1], y[2], y[3]) = (v[0] + bias, v[1] + bias, v[2] + bias, v[3] + bias);
+                [v[0] + bias, v[1] + bias, v[2] + bias, v[3] + bias]
+            };
+            // Whole groups of 16 tiles interleaved in registers, then tile by tile.
+            #[allow(unused_mut)]
+            let mut done = 0;
+            #[cfg(target_arch = "x86_64")]
+            if let Some(v4) = pulp::x86::V4::try_new() {
+                let b = v4.avx512f._mm512_set1_ps(bias);
+                for (g, out) in row.chunks_exact_mut(64).enumerate().take(full / 16) {
+                    let at = 16 * g;
+                    let m = [
+                        vector(&c0[at..]),
+                        vector(&c1[at..]),
+                        vector(&c2[at..]),
+                        vector(&c3[at..]),
+                        vector(&c4[at..]),
+                        vector(&c5[at..]),
+                    ];
+                    let [v0, v1, v2, v3] = at4_v4(v4, m);
+                    let v = [
+                        add(v4, v0, b),
+                        add(v4, v1, b),
+                        add(v4, v2, b),
+                        add(v4, v3, b),
+                    ];
+                    let out: &mut [f32; 64] = out.try_into().expect("64 values");
+                    super::phases::merge4_v4(v4, v, out);
+                    done = 16 * (g + 1);
+                }
+            }
+            let mut tiles = row.chunks_exact_mut(4);
+            for (tx, y) in (&mut tiles).enumerate().skip(done) {
+                y.copy_from_slice(&tile(tx));
             }
             let last = tiles.into_remainder();
             if !last.is_empty() {
                 let v = at4(std::array::from_fn(|j| s[j * tw + full]));
                 for (y, v) in last.iter_mut().zip(v) {
                     *y = v + bias;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::test_util::noise;
+
+    /// F(4x4, 3x3)'s column transforms, whole groups of 16 tiles in registers and the tiles
+    /// after them one by one, give the bits of [`bt4`] and [`at4`] applied tile by tile.
+    #[test]
+    fn column_transforms_give_the_scalar_bits() {
+        for tw in [1, 5, 15, 16, 17, 31, 32, 33, 48, 70] {
+            let row = noise(4 * tw + 2, tw as u64);
+            let stride = tw + 3;
+            let mut dst = vec![MaybeUninit::new(f32::NAN); 6 * stride];
+            let mut phases = vec![0f32; 4 * (tw + 1)];
+            simd(
+                #[inline(always)]
+                || input_cols(Tiling::F4, &row, &mut phases, &mut dst, stride, tw),
+            );
+            for tx in 0..tw {
+                let patch: [f32; 6] = row[4 * tx..][..6].try_into().expect("6 values");
+                for (k, want) in bt4(patch).into_iter().enumerate() {
+                    // SAFETY: initialised when the vector was made.
+                    #[allow(unsafe_code)]
+                    let got = unsafe { dst[k * stride + tx].assume_init() };
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "tw {tw}, tile {tx}, value {k}"
+                    );
+                }
+            }
+            // The output row: whole tiles, and a last tile cropped to 1-3 columns.
+            let s = noise(6 * tw, 100 + tw as u64);
+            for w in [4 * tw, 4 * tw - 1, 4 * tw - 3] {
+                let mut out = vec![f32::NAN; w];
+                simd(
+                    #[inline(always)]
+                    || output_cols(Tiling::F4, &s, tw, 0.375, &mut out),
+                );
+                for (x, got) in out.iter().enumerate() {
+                    let (tx, j) = (x / 4, x % 4);
+                    let want = at4(std::array::from_fn(|k| s[k * tw + tx]))[j] + 0.375;
+                    assert_eq!(got.to_bits(), want.to_bits(), "tw {tw}, w {w}, column {x}");
                 }
             }
         }
