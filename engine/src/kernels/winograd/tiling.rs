@@ -251,7 +251,9 @@ fn bt4([d0, d1, d2, d3, d4, d5]: [f32; 6]) -> [f32; 6] {
 /// `B` along the column index of one padded row of [`input_rows`] (`m·tw + 2` long; column 0
 /// is the zero left of the image): tile `tx` reads columns `m·tx .. m·tx + n`, and its `n`
 /// values go to `dst[k·stride + tx]`. The row is first split into its `m` phases (columns
-/// `m·tx + q`, into `phases`, `m·(tw + 1)` long) so that the transform reads contiguous runs.
+/// `m·tx + q`, into `phases`, `m·(tw + 1)` long) so that the transform reads contiguous runs;
+/// with AVX-512, F(4x4, 3x3)'s whole groups of 16 tiles are split and transformed in
+/// registers instead ([`super::phases::transform_cols4_v4`]).
 #[inline(always)]
 pub(super) fn input_cols(
     t: Tiling,
@@ -285,7 +287,7 @@ pub(super) fn input_cols(
         }
         Tiling::F4 => {
             let row = &row[..4 * tw + 2];
-            let mut d = [next(), next(), next(), next(), next(), next()];
+            let mut dst = [next(), next(), next(), next(), next(), next()];
             #[allow(unused_mut)]
             let mut done = 0;
             #[cfg(target_arch = "x86_64")]
@@ -293,7 +295,7 @@ pub(super) fn input_cols(
                 done = super::phases::transform_cols4_v4(
                     v4,
                     row,
-                    &mut d,
+                    &mut dst,
                     tw,
                     #[inline(always)]
                     |d| bt4_v4(v4, d),
@@ -304,13 +306,17 @@ pub(super) fn input_cols(
             let (q0, q1, q2, q3) = (phase(), phase(), phase(), phase());
             super::phases::split4(row, [&mut *q0, &mut *q1, &mut *q2, &mut *q3], rest);
             (q0[rest], q1[rest]) = (row[4 * rest], row[4 * rest + 1]);
-            let (a, b, c, d4) = (&q0[..rest], &q1[..rest], &q2[..rest], &q3[..rest]);
+            let (a, b, c, d) = (&q0[..rest], &q1[..rest], &q2[..rest], &q3[..rest]);
             let (e, f) = (&q0[1..][..rest], &q1[1..][..rest]);
+            let [d0, d1, d2, d3, d4, d5] = dst.map(|d| &mut d[done..][..rest]);
             for tx in 0..rest {
-                let v = bt4([a[tx], b[tx], c[tx], d4[tx], e[tx], f[tx]]);
-                for (d, v) in d.iter_mut().zip(v) {
-                    d[done + tx].write(v);
-                }
+                let v = bt4([a[tx], b[tx], c[tx], d[tx], e[tx], f[tx]]);
+                d0[tx].write(v[0]);
+                d1[tx].write(v[1]);
+                d2[tx].write(v[2]);
+                d3[tx].write(v[3]);
+                d4[tx].write(v[4]);
+                d5[tx].write(v[5]);
             }
         }
     }
