@@ -5,11 +5,9 @@
 //! the transform's vector loads of the phases then wait for those narrow stores to drain
 //! (a store-to-load forwarding stall): measured on a 2-core Zen 4, the F(4x4, 3x3) input
 //! transform was a fifth of TAESD's 512x512 decode. With AVX-512 the split is done 64 values
-//! at a time by register permutes, stored as whole vectors; [`transform_cols4_v4`] keeps them
+//! at a time by register permutes, stored as whole vectors; [`group_cols4_v4`] keeps them
 //! in registers through the transform, and [`merge4_v4`] interleaves the output transform's
 //! columns back the same way.
-
-use std::mem::MaybeUninit;
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::__m512;
@@ -74,42 +72,25 @@ fn phases_v4(v4: pulp::x86::V4, r: [__m512; 4]) -> [__m512; 4] {
     ]
 }
 
-/// The column transform of F(4x4, 3x3)'s input (`bt`, one axis of `Bᵀ d B`) for the whole
-/// groups of 16 tiles of one padded row (`row`, `4·tw + 2` long: tile `tx` reads columns
-/// `4·tx .. 4·tx + 6`), its six values per tile into `dst[k][tx]`; returns the tiles done.
-/// The phases stay in registers: the two columns each tile shares with the next are the
-/// next group's first values shifted in. (Stored and read back one value off their stores,
-/// as [`split4`]'s output is, they stalled on store-to-load forwarding: measured on the
-/// 2-core Zen 4, TAESD's 64-channel input transform at 512x512 took 8.5 ms per layer on one
-/// thread with its input in cache.)
+/// The six columns F(4x4, 3x3)'s input transform reads of the 16 tiles of group `g` of one
+/// padded row (`row`, at least `64·g + 66` long: tile `tx` reads columns `4·tx .. 4·tx + 6`),
+/// column `k` of every tile in vector `k`, straight from registers: the row's four phases,
+/// then phases 0 and 1 one tile on (the two columns each tile shares with the next, the next
+/// group's first values shifted in). Stored and read back one value off their stores, as
+/// [`split4`]'s output is, they stalled on store-to-load forwarding: measured on the 2-core
+/// Zen 4, TAESD's 64-channel input transform at 512x512 took 8.8 ms per layer on one thread
+/// with its input in cache, 7.3–7.7 ms from registers.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(super) fn transform_cols4_v4(
-    v4: pulp::x86::V4,
-    row: &[f32],
-    dst: &mut [&mut [MaybeUninit<f32>]; 6],
-    tw: usize,
-    bt: impl Fn([__m512; 6]) -> [__m512; 6],
-) -> usize {
+pub(super) fn group_cols4_v4(v4: pulp::x86::V4, row: &[f32], g: usize) -> [__m512; 6] {
     use pulp::bytemuck::cast;
-    let row = &row[..4 * tw + 2];
-    let groups = tw / 16;
-    for g in 0..groups {
-        let values: &[f32; 64] = row[64 * g..][..64].try_into().expect("64 values");
-        let [a, b, c, d] = phases_v4(v4, cast(*values));
-        // Columns 4·tx + 4 and 4·tx + 5: phases 0 and 1 one tile on.
-        let (e, f) = (
-            shift_in(v4, a, row[64 * g + 64]),
-            shift_in(v4, b, row[64 * g + 65]),
-        );
-        for (dst, o) in dst.iter_mut().zip(bt([a, b, c, d, e, f])) {
-            let o: [f32; 16] = cast(o);
-            for (d, v) in dst[16 * g..][..16].iter_mut().zip(o) {
-                d.write(v);
-            }
-        }
-    }
-    groups * 16
+    let values: &[f32; 64] = row[64 * g..][..64].try_into().expect("64 values");
+    let [a, b, c, d] = phases_v4(v4, cast(*values));
+    let (e, f) = (
+        shift_in(v4, a, row[64 * g + 64]),
+        shift_in(v4, b, row[64 * g + 65]),
+    );
+    [a, b, c, d, e, f]
 }
 
 /// `p` moved down one lane, `v` shifted in at the top.

@@ -234,18 +234,77 @@ pub(super) fn input_rows(t: Tiling, p: &[&[f32]], out: &mut [f32], pw: usize) {
     }
 }
 
-/// `Bᵀ` of F(4x4, 3x3) on one axis of a 6-value patch.
+/// `Bᵀ` of F(4x4, 3x3) on one axis of a 6-value patch: on single values, or on 16 tiles at a
+/// time ([`Lanes`]) with the same operations in the same order.
 #[inline(always)]
-fn bt4([d0, d1, d2, d3, d4, d5]: [f32; 6]) -> [f32; 6] {
-    let (a, b) = (d4 - d2, 2.0 * (d3 - d1));
+fn bt4<T: Lane>([d0, d1, d2, d3, d4, d5]: [T; 6]) -> [T; 6] {
+    let (a, b) = (d4 - d2, (d3 - d1).times(2.0));
     [
-        4.0 * d0 - 5.0 * d2 + d4,
-        (d3 + d4) - 4.0 * (d1 + d2),
-        (d4 - d3) + 4.0 * (d1 - d2),
+        d0.times(4.0) - d2.times(5.0) + d4,
+        (d3 + d4) - (d1 + d2).times(4.0),
+        (d4 - d3) + (d1 - d2).times(4.0),
         a + b,
         a - b,
-        4.0 * d1 - 5.0 * d3 + d5,
+        d1.times(4.0) - d3.times(5.0) + d5,
     ]
+}
+
+/// What the 1-D transforms compute on: `+`, `-` and a product by a constant, for `f32` and for
+/// [`Lanes`] (so that one definition of each transform serves both).
+trait Lane: Copy + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> {
+    /// `k · self`.
+    fn times(self, k: f32) -> Self;
+}
+
+impl Lane for f32 {
+    #[inline(always)]
+    fn times(self, k: f32) -> f32 {
+        k * self
+    }
+}
+
+/// 16 tiles' values in one AVX-512 vector. Its operations are methods, not closures, so that
+/// they inline into the AVX-512 code that calls them (a closure is compiled outside it, and
+/// each intrinsic becomes a call: measured about 10x slower).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Lanes(pulp::x86::V4, __m512);
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes {
+    /// The 16 values at the start of `c`.
+    #[inline(always)]
+    fn load(v4: pulp::x86::V4, c: &[f32]) -> Self {
+        let c: &[f32; 16] = c[..16].try_into().expect("16 values");
+        Lanes(v4, pulp::bytemuck::cast(*c))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl std::ops::Add for Lanes {
+    type Output = Lanes;
+    #[inline(always)]
+    fn add(self, b: Lanes) -> Lanes {
+        Lanes(self.0, self.0.avx512f._mm512_add_ps(self.1, b.1))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl std::ops::Sub for Lanes {
+    type Output = Lanes;
+    #[inline(always)]
+    fn sub(self, b: Lanes) -> Lanes {
+        Lanes(self.0, self.0.avx512f._mm512_sub_ps(self.1, b.1))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Lane for Lanes {
+    #[inline(always)]
+    fn times(self, k: f32) -> Lanes {
+        let avx = self.0.avx512f;
+        Lanes(self.0, avx._mm512_mul_ps(avx._mm512_set1_ps(k), self.1))
+    }
 }
 
 /// `B` along the column index of one padded row of [`input_rows`] (`m·tw + 2` long; column 0
@@ -253,7 +312,7 @@ fn bt4([d0, d1, d2, d3, d4, d5]: [f32; 6]) -> [f32; 6] {
 /// values go to `dst[k·stride + tx]`. The row is first split into its `m` phases (columns
 /// `m·tx + q`, into `phases`, `m·(tw + 1)` long) so that the transform reads contiguous runs;
 /// with AVX-512, F(4x4, 3x3)'s whole groups of 16 tiles are split and transformed in
-/// registers instead ([`super::phases::transform_cols4_v4`]).
+/// registers instead ([`super::phases::group_cols4_v4`]).
 #[inline(always)]
 pub(super) fn input_cols(
     t: Tiling,
@@ -292,14 +351,19 @@ pub(super) fn input_cols(
             let mut done = 0;
             #[cfg(target_arch = "x86_64")]
             if let Some(v4) = pulp::x86::V4::try_new() {
-                done = super::phases::transform_cols4_v4(
-                    v4,
-                    row,
-                    &mut dst,
-                    tw,
-                    #[inline(always)]
-                    |d| bt4_v4(v4, d),
-                );
+                // Whole groups of 16 tiles, their columns split in registers.
+                for g in 0..tw / 16 {
+                    let [a, b, c, d, e, f] = super::phases::group_cols4_v4(v4, row, g);
+                    let lanes = |c| Lanes(v4, c);
+                    let cols = [lanes(a), lanes(b), lanes(c), lanes(d), lanes(e), lanes(f)];
+                    for (dst, v) in dst.iter_mut().zip(bt4(cols)) {
+                        let v: [f32; 16] = pulp::bytemuck::cast(v.1);
+                        for (d, v) in dst[16 * g..][..16].iter_mut().zip(v) {
+                            d.write(v);
+                        }
+                    }
+                }
+                done = tw / 16 * 16;
             }
             // The tiles left: through their phases in `phases`.
             let (rest, row) = (tw - done, &row[4 * done..]);
@@ -355,69 +419,17 @@ pub(super) fn output_rows(t: Tiling, prod: &[f32], stride: usize, tw: usize, out
     }
 }
 
-/// `Aᵀ` of F(4x4, 3x3) on one axis of a 6-value tile of products.
+/// `Aᵀ` of F(4x4, 3x3) on one axis of a 6-value tile of products (on single values or on
+/// [`Lanes`], as [`bt4`]).
 #[inline(always)]
-fn at4([m0, m1, m2, m3, m4, m5]: [f32; 6]) -> [f32; 4] {
+fn at4<T: Lane>([m0, m1, m2, m3, m4, m5]: [T; 6]) -> [T; 4] {
     let (a, b) = (m1 + m2, m1 - m2);
     let (c, d) = (m3 + m4, m3 - m4);
-    [m0 + a + c, b + 2.0 * d, a + 4.0 * c, b + 8.0 * d + m5]
-}
-
-/// [`bt4`] on 16 tiles at a time: the same operations in the same order, each on a vector.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn bt4_v4(v4: pulp::x86::V4, [d0, d1, d2, d3, d4, d5]: [__m512; 6]) -> [__m512; 6] {
-    let (a, b) = (sub(v4, d4, d2), times(v4, 2.0, sub(v4, d3, d1)));
     [
-        add(v4, sub(v4, times(v4, 4.0, d0), times(v4, 5.0, d2)), d4),
-        sub(v4, add(v4, d3, d4), times(v4, 4.0, add(v4, d1, d2))),
-        add(v4, sub(v4, d4, d3), times(v4, 4.0, sub(v4, d1, d2))),
-        add(v4, a, b),
-        sub(v4, a, b),
-        add(v4, sub(v4, times(v4, 4.0, d1), times(v4, 5.0, d3)), d5),
-    ]
-}
-
-/// `a + b`, `a - b` and `k·a` on vectors (functions, not closures, so that they inline
-/// into the AVX-512 code that calls them).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn add(v4: pulp::x86::V4, a: __m512, b: __m512) -> __m512 {
-    v4.avx512f._mm512_add_ps(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn sub(v4: pulp::x86::V4, a: __m512, b: __m512) -> __m512 {
-    v4.avx512f._mm512_sub_ps(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn times(v4: pulp::x86::V4, k: f32, a: __m512) -> __m512 {
-    let avx = v4.avx512f;
-    avx._mm512_mul_ps(avx._mm512_set1_ps(k), a)
-}
-
-/// The 16 values at the start of `c`, as a vector.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn vector(c: &[f32]) -> __m512 {
-    let c: &[f32; 16] = c[..16].try_into().expect("16 values");
-    pulp::bytemuck::cast(*c)
-}
-
-/// [`at4`] on 16 tiles at a time: the same operations in the same order, each on a vector.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn at4_v4(v4: pulp::x86::V4, [m0, m1, m2, m3, m4, m5]: [__m512; 6]) -> [__m512; 4] {
-    let (a, b) = (add(v4, m1, m2), sub(v4, m1, m2));
-    let (c, d) = (add(v4, m3, m4), sub(v4, m3, m4));
-    [
-        add(v4, add(v4, m0, a), c),
-        add(v4, b, times(v4, 2.0, d)),
-        add(v4, a, times(v4, 4.0, c)),
-        add(v4, add(v4, b, times(v4, 8.0, d)), m5),
+        m0 + a + c,
+        b + d.times(2.0),
+        a + c.times(4.0),
+        b + d.times(8.0) + m5,
     ]
 }
 
@@ -452,24 +464,19 @@ pub(super) fn output_cols(t: Tiling, s: &[f32], tw: usize, bias: f32, row: &mut 
             let mut done = 0;
             #[cfg(target_arch = "x86_64")]
             if let Some(v4) = pulp::x86::V4::try_new() {
-                let b = v4.avx512f._mm512_set1_ps(bias);
+                let b = Lanes(v4, v4.avx512f._mm512_set1_ps(bias));
                 for (g, out) in row.chunks_exact_mut(64).enumerate().take(full / 16) {
                     let at = 16 * g;
                     let m = [
-                        vector(&c0[at..]),
-                        vector(&c1[at..]),
-                        vector(&c2[at..]),
-                        vector(&c3[at..]),
-                        vector(&c4[at..]),
-                        vector(&c5[at..]),
+                        Lanes::load(v4, &c0[at..]),
+                        Lanes::load(v4, &c1[at..]),
+                        Lanes::load(v4, &c2[at..]),
+                        Lanes::load(v4, &c3[at..]),
+                        Lanes::load(v4, &c4[at..]),
+                        Lanes::load(v4, &c5[at..]),
                     ];
-                    let [v0, v1, v2, v3] = at4_v4(v4, m);
-                    let v = [
-                        add(v4, v0, b),
-                        add(v4, v1, b),
-                        add(v4, v2, b),
-                        add(v4, v3, b),
-                    ];
+                    let [v0, v1, v2, v3] = at4(m);
+                    let v = [(v0 + b).1, (v1 + b).1, (v2 + b).1, (v3 + b).1];
                     let out: &mut [f32; 64] = out.try_into().expect("64 values");
                     super::phases::merge4_v4(v4, v, out);
                     done = 16 * (g + 1);
