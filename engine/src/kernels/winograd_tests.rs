@@ -415,35 +415,6 @@ fn an_upsampled_source_is_the_upsampled_input() {
     }
 }
 
-/// Times the per-call filter transform of the SD 1.5 UNet's largest layers (run with
-/// `--ignored --nocapture`).
-#[test]
-#[ignore]
-fn filter_transform_speed() {
-    crate::kernels::malloc::tune();
-    for (c, co, t) in [
-        (1280, 1280, Tiling::F2),
-        (640, 640, Tiling::F2),
-        (320, 320, Tiling::F4),
-    ] {
-        let w = noise(co * c * 9, 3);
-        let s = Shape {
-            c,
-            h: 16,
-            w: 16,
-            co,
-        };
-        let mut best = f64::MAX;
-        for _ in 0..5 {
-            let start = std::time::Instant::now();
-            let u = transformed_filters(Stored::F32(&w), &s, t);
-            best = best.min(start.elapsed().as_secs_f64());
-            assert_eq!(u.len(), co * block(t, c));
-        }
-        println!("{c}x{co} {t:?}: {:.2} ms", best * 1e3);
-    }
-}
-
 #[test]
 fn the_tiling_follows_the_map_and_the_filter_bank() {
     let shape = |c, hw, co| Shape {
@@ -575,71 +546,4 @@ fn few_outputs_read_upsampled_sources_and_16_bit_filters() {
         .iter()
         .zip(&exact)
         .all(|(&g, &e)| (g as f64 - e).abs() < 1e-4));
-}
-
-/// Times the three steps of a TAESD 64-channel 512x512 layer by F(4x4, 3x3), band by band on
-/// one thread as the local path runs them (`--ignored --nocapture`). `SAME=1` transforms the
-/// first band every time (its input and output in cache), `UP=1` reads the input as a 2x
-/// upsampling, `STREAM=1` writes the output by non-temporal stores (as the decoder does at
-/// this size), `W` sets the map's width (same pixels).
-#[test]
-#[ignore]
-fn band_step_speed() {
-    crate::kernels::malloc::tune();
-    let flag = |name: &str| std::env::var(name).is_ok();
-    let width = std::env::var("W").map_or(512, |w| w.parse().expect("W: a width"));
-    let (t, s) = (
-        Tiling::F4,
-        Shape {
-            c: 64,
-            h: 512 * 512 / width,
-            w: width,
-            co: 64,
-        },
-    );
-    let x = noise(s.c * s.h * s.w, 3);
-    let u = transformed_filters(Stored::F32(&noise(s.co * s.c * 9, 4)), &s, t);
-    let (th, tw) = s.tiles(t);
-    let mut out = vec![MaybeUninit::new(0f32); s.co * s.h * s.w];
-    let residual = noise(s.co * s.h * s.w, 5);
-    let ep = Epilogue {
-        bias: None,
-        residual: flag("RES").then_some(&residual[..]),
-        scale: 1.0,
-        relu: false,
-        stream: flag("STREAM"),
-    };
-    let up = flag("UP");
-    let x = Source {
-        x: &x[..if up { x.len() / 4 } else { x.len() }],
-        up,
-        pre: None,
-    };
-    let mut jobs = band_jobs(&mut out, s.co, s.h * s.w, t.m() * s.w);
-    for _ in 0..3 {
-        let mut times = [0f64; 3];
-        let mut rows = OutputRows::new(&s, t);
-        for ty0 in (0..th).map(|ty| if flag("SAME") { 0 } else { ty }) {
-            let band = Band {
-                t,
-                ty0,
-                rows: 1,
-                nt: tw,
-                stride: tw,
-            };
-            let start = std::time::Instant::now();
-            let v = transform_input(x, &s, &band, false);
-            let transformed = std::time::Instant::now();
-            let m = products(&u, &v, s.co, s.c, &band, 1);
-            let multiplied = std::time::Instant::now();
-            let dsts = &mut jobs[ty0].2;
-            band_outputs(&m, &s, &band, 0, &ep, dsts, &mut rows);
-            ep.end_task();
-            times[0] += (transformed - start).as_secs_f64();
-            times[1] += (multiplied - transformed).as_secs_f64();
-            times[2] += multiplied.elapsed().as_secs_f64();
-        }
-        let [i, g, o] = times.map(|t| t * 1e3);
-        println!("input {i:.1} ms, products {g:.1} ms, output {o:.1} ms");
-    }
 }
