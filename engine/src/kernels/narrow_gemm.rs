@@ -544,3 +544,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "narrow_gemm_speed.rs"]
+mod speed;

@@ -34,7 +34,16 @@ pub(crate) enum Stored<'a> {
     Bf16(&'a [bf16]),
 }
 
-impl Stored<'_> {
+impl<'a> Stored<'a> {
+    /// Values `start..start + len`. Panics if they are not all there.
+    pub fn part(&self, start: usize, len: usize) -> Stored<'a> {
+        match *self {
+            Stored::F32(s) => Stored::F32(&s[start..][..len]),
+            Stored::F16(s) => Stored::F16(&s[start..][..len]),
+            Stored::Bf16(s) => Stored::Bf16(&s[start..][..len]),
+        }
+    }
+
     /// Number of values.
     pub fn len(&self) -> usize {
         match self {

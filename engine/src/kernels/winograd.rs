@@ -25,14 +25,15 @@ use super::gemm::{matmul_uninit, Mat, MatUninit};
 use super::widen::Stored;
 
 pub(super) mod direct;
+mod filters;
 mod output_blocks;
 mod phases;
 mod source;
 mod tiling;
 mod transforms;
 
+use filters::transform_filters;
 pub(super) use source::{Pre, Source};
-use tiling::transform_filters;
 pub(super) use tiling::Tiling;
 use transforms::{transform_input, transform_output, OutputRows};
 
@@ -254,21 +255,19 @@ pub(super) fn conv(
 }
 
 /// Every output channel's filters transformed ([`transform_filters`]) as `[co][positions][c]`,
-/// with [`PAD`] values after each channel; 16-bit filters are widened one output channel at a
-/// time.
+/// with [`PAD`] values after each channel; 16-bit filters are widened as they are transformed.
 fn transformed_filters(weight: Stored, s: &Shape, t: Tiling) -> Box<[f32]> {
     // Not zeroed first: `filter_block` writes every value.
     let mut u = Box::<[f32]>::new_uninit_slice(s.co * block(t, s.c));
     let stream = u.len() >= STREAM_FILTERS;
-    u.par_chunks_mut(block(t, s.c)).enumerate().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(scratch, wide), (o, u)| {
-            filter_block(weight, s, t, o, u, (scratch, wide), stream);
+    u.par_chunks_mut(block(t, s.c))
+        .enumerate()
+        .for_each_init(Vec::new, |scratch, (o, u)| {
+            filter_block(weight, s, t, o, u, scratch, stream);
             if stream {
                 super::stream::fence();
             }
-        },
-    );
+        });
     // SAFETY: `filter_block` wrote every value of every channel's block.
     #[allow(unsafe_code)]
     unsafe {
@@ -277,33 +276,23 @@ fn transformed_filters(weight: Stored, s: &Shape, t: Tiling) -> Box<[f32]> {
 }
 
 /// Output channel `o`'s block of transformed filters (`u`, [`block`] long): its filters
-/// transformed as `[positions][c]` ([`transform_filters`], widened first into `wide` when
-/// 16-bit), then [`PAD`] zeros. Every value of `u` is written.
+/// transformed as `[positions][c]` ([`transform_filters`]), then [`PAD`] zeros. Every value
+/// of `u` is written.
 fn filter_block(
     weight: Stored,
     s: &Shape,
     t: Tiling,
     o: usize,
     u: &mut [MaybeUninit<f32>],
-    (scratch, wide): (&mut Vec<f32>, &mut Vec<f32>),
+    scratch: &mut Vec<f32>,
     stream: bool,
 ) {
-    let filters = 9 * s.c;
     let (u, pad) = u.split_at_mut(t.positions() * s.c);
     for p in pad {
         p.write(0.0);
     }
-    match weight {
-        Stored::F32(w) => {
-            let w = &w[o * filters..][..filters];
-            transform_filters(t, w, s.c, u, scratch, stream)
-        }
-        narrow => {
-            wide.resize(filters, 0.0);
-            narrow.widen_into(o * filters, wide);
-            transform_filters(t, wide, s.c, u, scratch, stream);
-        }
-    }
+    let filters = weight.part(o * 9 * s.c, 9 * s.c);
+    transform_filters(t, filters, s.c, u, scratch, stream)
 }
 
 /// [`conv`] for large filter banks `u`, or too few local bands for the threads: each step runs

@@ -15,6 +15,8 @@ fn filter_transform_speed() {
         (1280, 1280, Tiling::F2),
         (640, 640, Tiling::F2),
         (320, 320, Tiling::F4),
+        (640, 320, Tiling::F4),
+        (960, 320, Tiling::F4),
     ] {
         let w = noise(co * c * 9, 3);
         let s = Shape {
@@ -99,4 +101,78 @@ fn band_step_speed() {
         let [i, g, o] = times.map(|t| t * 1e3);
         println!("input {i:.1} ms, products {g:.1} ms, output {o:.1} ms");
     }
+}
+
+/// Times the filter transform of a whole layer's weight read from memory, block by block into
+/// a buffer that stays in cache, on one thread, as [`super::output_blocks`] runs it
+/// (`--ignored --nocapture`; `C=<channels>`, `F4=1` for F(4x4, 3x3), `DTYPE=bf16` or `f16`
+/// for a 16-bit weight).
+#[test]
+#[ignore]
+fn block_filter_speed() {
+    crate::kernels::malloc::tune();
+    let var = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let c = var("C", 1280);
+    let t = if var("F4", 0) == 1 {
+        Tiling::F4
+    } else {
+        Tiling::F2
+    };
+    let co = c;
+    // Two copies of the weight, so that each pass reads one the last pass did not.
+    let weights: Vec<Vec<f32>> = (0..2).map(|i| noise(co * c * 9, 3 + i)).collect();
+    let dtype = std::env::var("DTYPE").unwrap_or_default();
+    let narrow = |w: &[f32], f: fn(f32) -> u16| w.iter().map(|&v| f(v)).collect::<Vec<u16>>();
+    let halves: Vec<Vec<u16>> = match dtype.as_str() {
+        "bf16" => weights
+            .iter()
+            .map(|w| narrow(w, |v| half::bf16::from_f32(v).to_bits()))
+            .collect(),
+        "f16" => weights
+            .iter()
+            .map(|w| narrow(w, |v| half::f16::from_f32(v).to_bits()))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let bf: Vec<&[half::bf16]> = halves
+        .iter()
+        .map(|h| pulp::bytemuck::cast_slice(h))
+        .collect();
+    let hf: Vec<&[half::f16]> = halves
+        .iter()
+        .map(|h| pulp::bytemuck::cast_slice(h))
+        .collect();
+    let s = Shape {
+        c,
+        h: 16,
+        w: 16,
+        co,
+    };
+    let per = 80;
+    let mut u = vec![MaybeUninit::<f32>::uninit(); per * block(t, c)];
+    let mut scratch = Vec::new();
+    let mut best = f64::MAX;
+    for round in 0..8 {
+        let w = match dtype.as_str() {
+            "bf16" => Stored::Bf16(bf[round % 2]),
+            "f16" => Stored::F16(hf[round % 2]),
+            _ => Stored::F32(&weights[round % 2]),
+        };
+        let start = std::time::Instant::now();
+        for o0 in (0..co).step_by(per) {
+            for (j, u) in u.chunks_exact_mut(block(t, c)).enumerate() {
+                filter_block(w, &s, t, o0 + j, u, &mut scratch, false);
+            }
+        }
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    println!(
+        "{c}x{co} {t:?} {dtype} by blocks of {per}: {:.2} ms",
+        best * 1e3
+    );
 }

@@ -155,24 +155,37 @@ fn matches_a_direct_convolution_on_odd_and_even_sizes() {
 
 #[test]
 fn filters_transform_as_the_scalar_definition() {
-    let c = 37;
-    let w = noise(c * 9, 21);
-    for (t, stream) in TILINGS.into_iter().flat_map(|t| [(t, false), (t, true)]) {
-        let mut u = vec![MaybeUninit::new(f32::NAN); t.positions() * c];
-        transform_filters(t, &w, c, &mut u, &mut Vec::new(), stream);
-        stream::fence();
-        // SAFETY: every element was initialised (to NaN) when the vector was made.
-        #[allow(unsafe_code)]
-        let u: Vec<f32> = u.into_iter().map(|v| unsafe { v.assume_init() }).collect();
-        for ci in 0..c {
-            let want = tiling::filter_tile(t, &w[ci * 9..][..9]);
-            assert_eq!(want.len(), t.positions());
-            for (xi, v) in want.into_iter().enumerate() {
-                assert_eq!(
-                    u[xi * c + ci].to_bits(),
-                    v.to_bits(),
-                    "{t:?} (stream {stream}) channel {ci} position {xi}"
-                );
+    use half::{bf16, f16};
+    // Whole vectors of 16 channels and channels after them, f32 and 16-bit filters (each
+    // against the scalar transform of its exact f32 value).
+    for c in [37, 16, 5] {
+        let w = noise(c * 9, 21);
+        let w16: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+        let h16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+        let weights = [
+            (Stored::F32(&w), w.clone()),
+            (Stored::Bf16(&w16), w16.iter().map(|v| v.to_f32()).collect()),
+            (Stored::F16(&h16), h16.iter().map(|v| v.to_f32()).collect()),
+        ];
+        for (t, stream) in TILINGS.into_iter().flat_map(|t| [(t, false), (t, true)]) {
+            for (stored, exact) in &weights {
+                let mut u = vec![MaybeUninit::new(f32::NAN); t.positions() * c];
+                transform_filters(t, *stored, c, &mut u, &mut Vec::new(), stream);
+                stream::fence();
+                // SAFETY: every element was initialised (to NaN) when the vector was made.
+                #[allow(unsafe_code)]
+                let u: Vec<f32> = u.into_iter().map(|v| unsafe { v.assume_init() }).collect();
+                for ci in 0..c {
+                    let want = filters::filter_tile(t, &exact[ci * 9..][..9]);
+                    assert_eq!(want.len(), t.positions());
+                    for (xi, v) in want.into_iter().enumerate() {
+                        assert_eq!(
+                            u[xi * c + ci].to_bits(),
+                            v.to_bits(),
+                            "{t:?} {stored:?} (stream {stream}) channel {ci} of {c}, position {xi}"
+                        );
+                    }
+                }
             }
         }
     }

@@ -64,13 +64,13 @@ pub(super) fn conv(
     let per_task = jobs.len().div_ceil(rayon::current_num_threads().max(1));
     jobs.par_chunks_mut(per_task).for_each(|group| {
         let mut u = Box::<[f32]>::new_uninit_slice(widest * block(t, s.c));
-        let (mut scratch, mut wide) = (Vec::new(), Vec::new());
+        let mut scratch = Vec::new();
         let mut rows = OutputRows::new(s, t);
         for (range, dsts) in group.iter_mut() {
             let n = range.len();
             let u = &mut u[..n * block(t, s.c)];
             for (u, o) in u.chunks_mut(block(t, s.c)).zip(range.clone()) {
-                filter_block(weight, s, t, o, u, (&mut scratch, &mut wide), false);
+                filter_block(weight, s, t, o, u, &mut scratch, false);
             }
             // SAFETY: `filter_block` wrote every value of each channel's block, and the
             // blocks tile `u`: all of it is initialised f32 values.

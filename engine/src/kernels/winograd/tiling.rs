@@ -14,8 +14,6 @@
 
 use std::mem::MaybeUninit;
 
-use super::super::math::simd;
-
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::__m512;
 
@@ -65,140 +63,13 @@ impl Tiling {
         self.n() * self.n()
     }
 
-    fn g(self) -> &'static [[f32; 3]] {
+    /// `G`: the filter transform's matrix, one row per patch position along an axis.
+    pub(super) fn g(self) -> &'static [[f32; 3]] {
         match self {
             Tiling::F2 => &G2,
             Tiling::F4 => &G4,
         }
     }
-}
-
-/// One output channel's filters `weight` (`[c, 3, 3]`) transformed into `u` as
-/// `[positions][c]`: position `ξ = n·i + j` of `G g Gᵀ` for every input channel. The filters
-/// are first turned into nine rows of `c` values (tap by tap) in `scratch`; then [`LANES`]
-/// channels at a time go through the whole transform in registers ([`transform_lanes`]),
-/// vector arithmetic along the channels. With `stream`, the rows of `u` are computed in
-/// `scratch` and copied by non-temporal stores ([`copy`](super::super::stream::copy); the
-/// caller fences).
-pub(super) fn transform_filters(
-    t: Tiling,
-    weight: &[f32],
-    c: usize,
-    u: &mut [MaybeUninit<f32>],
-    scratch: &mut Vec<f32>,
-    stream: bool,
-) {
-    let rows = if stream { t.positions() * c } else { 0 };
-    scratch.resize(9 * c + rows, 0.0);
-    let (taps, staged) = scratch.split_at_mut(9 * c);
-    // Tap by tap: contiguous writes, reads 9 apart (cheaper than the other way round).
-    for (k, row) in taps.chunks_exact_mut(c).enumerate() {
-        for (t, g) in row.iter_mut().zip(weight.chunks_exact(9)) {
-            *t = g[k];
-        }
-    }
-    let taps = &*taps;
-    simd(
-        #[inline(always)]
-        || {
-            let whole = c - c % LANES;
-            for c0 in (0..whole).step_by(LANES) {
-                filter_lanes(t, taps, c0, LANES, u, staged, stream);
-            }
-            if whole < c {
-                filter_lanes(t, taps, whole, c - whole, u, staged, stream);
-            }
-        },
-    );
-    if stream {
-        for (dst, src) in u.chunks_exact_mut(c).zip(staged.chunks_exact(c)) {
-            super::super::stream::copy(src, dst);
-        }
-    }
-}
-
-/// Channels per step of [`transform_filters`]: one 512-bit vector.
-const LANES: usize = 16;
-
-/// Channels `c0 .. c0 + len` (`len` at most [`LANES`]) of [`transform_filters`]: their taps
-/// from `taps` (nine rows of `c`) through [`transform_lanes`] into `u`, or with `stream` into
-/// `staged` (laid out as `u`). Called with `len` a constant for whole vectors.
-#[inline(always)]
-fn filter_lanes(
-    t: Tiling,
-    taps: &[f32],
-    c0: usize,
-    len: usize,
-    u: &mut [MaybeUninit<f32>],
-    staged: &mut [f32],
-    stream: bool,
-) {
-    let c = taps.len() / 9;
-    let mut lanes = [[0f32; LANES]; 9];
-    for (k, l) in lanes.iter_mut().enumerate() {
-        let src = &taps[k * c + c0..][..len];
-        l[..len].copy_from_slice(src);
-    }
-    transform_lanes(
-        t,
-        &lanes,
-        #[inline(always)]
-        |xi: usize, v: &[f32; LANES]| {
-            if stream {
-                let dst = &mut staged[xi * c + c0..][..len];
-                dst.copy_from_slice(&v[..len]);
-            } else {
-                let dst = &mut u[xi * c + c0..][..len];
-                for x in 0..len {
-                    dst[x].write(v[x]);
-                }
-            }
-        },
-    );
-}
-
-/// `G g Gᵀ` of [`LANES`] filters given tap by tap (`taps[3·r + k]` is row r, column k of
-/// each), position by position into `put(ξ, values)`: the same operations in the same order
-/// as [`filter_tile`], each on a vector of channels.
-#[inline(always)]
-fn transform_lanes(t: Tiling, taps: &[[f32; LANES]; 9], mut put: impl FnMut(usize, &[f32; LANES])) {
-    let (g, n) = (t.g(), t.n());
-    let mut gg = [[0f32; LANES]; 3];
-    let mut out = [0f32; LANES];
-    for i in 0..n {
-        // Row i of G g: column k is Σ_r G[i][r] g[r][k].
-        for k in 0..3 {
-            combine(&g[i], [&taps[k], &taps[3 + k], &taps[6 + k]], &mut gg[k]);
-        }
-        // (G g) Gᵀ: row i, column j is Σ_k (G g)[i][k] G[j][k].
-        for (j, gj) in g.iter().enumerate() {
-            combine(gj, [&gg[0], &gg[1], &gg[2]], &mut out);
-            put(n * i + j, &out);
-        }
-    }
-}
-
-/// `out = w₀·a + w₁·b + w₂·c`, lane by lane.
-#[inline(always)]
-fn combine(w: &[f32; 3], [a, b, c]: [&[f32; LANES]; 3], out: &mut [f32; LANES]) {
-    for l in 0..LANES {
-        out[l] = w[0] * a[l] + w[1] * b[l] + w[2] * c[l];
-    }
-}
-
-/// `G g Gᵀ` for one 3x3 filter `g` (row-major), row-major `n x n`: the scalar definition
-/// [`transform_filters`] vectorises (same operations in the same order), kept for its test.
-#[cfg(test)]
-pub(super) fn filter_tile(t: Tiling, g: &[f32]) -> Vec<f32> {
-    let gm = t.g();
-    let dot = |w: &[f32; 3], v: [f32; 3]| w[0] * v[0] + w[1] * v[1] + w[2] * v[2];
-    let gg: Vec<[f32; 3]> = gm
-        .iter()
-        .map(|gi| std::array::from_fn(|k| dot(gi, [g[k], g[3 + k], g[6 + k]])))
-        .collect();
-    gg.iter()
-        .flat_map(|row| gm.iter().map(|gj| dot(gj, *row)))
-        .collect()
 }
 
 /// `Bᵀ` along the row index of a tile row: the `n` input rows `p` (each `w` long, zeros
@@ -500,6 +371,7 @@ pub(super) fn output_cols(t: Tiling, s: &[f32], tw: usize, bias: f32, row: &mut 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::math::simd;
     use crate::kernels::test_util::noise;
 
     /// F(4x4, 3x3)'s column transforms, whole groups of 16 tiles in registers and the tiles
