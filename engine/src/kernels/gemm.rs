@@ -19,6 +19,18 @@ pub(crate) struct Mat<'a> {
     pub stride: usize,
 }
 
+impl<'a> Mat<'a> {
+    /// The row-major `rows x cols` matrix `data` (its rows one after another).
+    pub fn dense(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Mat {
+            data,
+            rows,
+            cols,
+            stride: cols,
+        }
+    }
+}
+
 /// The mutable counterpart of [`Mat`].
 #[derive(Debug)]
 pub(crate) struct MatMut<'a> {

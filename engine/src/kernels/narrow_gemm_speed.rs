@@ -76,12 +76,7 @@ fn narrow_product_speed() {
                 let w = ws[i % count];
                 match side {
                     Side::Right => {
-                        let lhs = Mat {
-                            data: &x,
-                            rows: a,
-                            cols: k,
-                            stride: k,
-                        };
+                        let lhs = Mat::dense(&x, a, k);
                         let dst = MatUninit {
                             data: &mut out,
                             rows: a,
@@ -89,25 +84,12 @@ fn narrow_product_speed() {
                             stride: n,
                         };
                         match w {
-                            Stored::F32(w) => {
-                                let rhs = Mat {
-                                    data: w,
-                                    rows: k,
-                                    cols: n,
-                                    stride: n,
-                                };
-                                matmul_uninit(dst, lhs, rhs, threads)
-                            }
+                            Stored::F32(w) => matmul_uninit(dst, lhs, Mat::dense(w, k, n), threads),
                             w => matmul_narrow_rhs(dst, lhs, w, n, block, threads),
                         }
                     }
                     Side::Left => {
-                        let rhs = Mat {
-                            data: &x,
-                            rows: k,
-                            cols: a,
-                            stride: a,
-                        };
+                        let rhs = Mat::dense(&x, k, a);
                         let dst = MatUninit {
                             data: &mut out,
                             rows: n,
@@ -115,15 +97,7 @@ fn narrow_product_speed() {
                             stride: a,
                         };
                         match w {
-                            Stored::F32(w) => {
-                                let lhs = Mat {
-                                    data: w,
-                                    rows: n,
-                                    cols: k,
-                                    stride: k,
-                                };
-                                matmul_uninit(dst, lhs, rhs, threads)
-                            }
+                            Stored::F32(w) => matmul_uninit(dst, Mat::dense(w, n, k), rhs, threads),
                             w => matmul_narrow_lhs(dst, w, n, rhs, block, threads),
                         }
                     }

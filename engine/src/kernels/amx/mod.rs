@@ -241,7 +241,7 @@ fn weight_rhs(out: Out, lhs: Mat, w: Stored, n: usize, threads: usize) {
     let b = match w {
         Stored::Bf16(w) => pack_rhs_bf16(w, k, n, parallel),
         Stored::F16(w) => pack_rhs_f16(w, k, n, parallel),
-        Stored::F32(w) => pack_rhs(&Rhs::Rows(dense(w, k, n)), 3, parallel),
+        Stored::F32(w) => pack_rhs(&Rhs::Rows(Mat::dense(w, k, n)), 3, parallel),
     };
     let pairs = weight_pairs(weight_pieces(w), false);
     multiply(out, &a, &b, &pairs, threads, false);
@@ -282,21 +282,11 @@ fn weight_lhs(out: Out, w: Stored, m: usize, rhs: Mat, threads: usize) {
             Packed::in_place(w, m, k).unwrap_or_else(|| pack_lhs_bf16(w, m, k, parallel))
         }
         Stored::F16(w) => pack_lhs_f16(w, m, k, parallel),
-        Stored::F32(w) => pack_lhs(&dense(w, m, k), 3, parallel),
+        Stored::F32(w) => pack_lhs(&Mat::dense(w, m, k), 3, parallel),
     };
     let b = pack_rhs(&Rhs::Rows(rhs), 3, parallel);
     let pairs = weight_pairs(weight_pieces(w), true);
     multiply(out, &a, &b, &pairs, threads, false);
-}
-
-/// The row-major `rows × cols` matrix `data`.
-fn dense(data: &[f32], rows: usize, cols: usize) -> Mat<'_> {
-    Mat {
-        data,
-        rows,
-        cols,
-        stride: cols,
-    }
 }
 
 /// `out (+)= a · b` for packed operands, summing the (left piece, right piece) products of

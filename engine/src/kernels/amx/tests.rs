@@ -11,15 +11,6 @@ fn amx() -> bool {
     ok
 }
 
-fn mat(data: &[f32], rows: usize, cols: usize) -> Mat<'_> {
-    Mat {
-        data,
-        rows,
-        cols,
-        stride: cols,
-    }
-}
-
 fn mat_mut(data: &mut [f32], rows: usize, cols: usize) -> MatMut<'_> {
     MatMut {
         data,
@@ -71,11 +62,18 @@ fn run(
     threads: usize,
 ) {
     let rhs = if transposed {
-        Rhs::Cols(mat(b, n, k))
+        Rhs::Cols(Mat::dense(b, n, k))
     } else {
-        Rhs::Rows(mat(b, k, n))
+        Rhs::Rows(Mat::dense(b, k, n))
     };
-    product(mat_mut(dst, m, n), mat(a, m, k), rhs, threads, add, p);
+    product(
+        mat_mut(dst, m, n),
+        Mat::dense(a, m, k),
+        rhs,
+        threads,
+        add,
+        p,
+    );
 }
 
 #[test]
@@ -197,12 +195,18 @@ fn weights_multiply_to_f32_accuracy(wide: impl Fn(f32) -> f32, narrow: impl Fn(&
         for threads in [1, 2] {
             // Right: x (m × k) · w (k × n).
             let mut dst = vec![f32::NAN; m * n];
-            product_weight_rhs(mat_mut(&mut dst, m, n), mat(&x, m, k), w, n, threads);
+            product_weight_rhs(mat_mut(&mut dst, m, n), Mat::dense(&x, m, k), w, n, threads);
             check(&dst, &x, &wf, (m, k, n), "right");
             // Left: w (n × k, the same values read as [n, k]) · xᵀ-shaped (k × m) operand.
             let xt: Vec<f32> = noise(k * m, 8);
             let mut dst = vec![f32::NAN; n * m];
-            product_weight_lhs(mat_mut(&mut dst, n, m), w, n, mat(&xt, k, m), threads);
+            product_weight_lhs(
+                mat_mut(&mut dst, n, m),
+                w,
+                n,
+                Mat::dense(&xt, k, m),
+                threads,
+            );
             check(&dst, &wf, &xt, (n, k, m), "left");
         }
     }
@@ -310,7 +314,7 @@ fn speed() {
         };
         for (name, half) in [("bf16", false), ("f16", true)] {
             let (right, left) = (narrow(&b, half), narrow(&a, half));
-            let (x, y) = (mat(&a, m, k), mat(&b, k, n));
+            let (x, y) = (Mat::dense(&a, m, k), Mat::dense(&b, k, n));
             let s =
                 time(&mut || product_weight_rhs(mat_mut(&mut dst, m, n), x, right.stored(), n, 2));
             line += &format!(" {name}-rhs {:.2} ms", s * 1e3);
@@ -324,9 +328,9 @@ fn speed() {
         line += &format!(" pack_lhs_bf16 {:.2} ms", s * 1e3);
         let s = time(&mut || drop(pack_rhs_bf16(&wb, k, n, true)));
         line += &format!(" pack_rhs_bf16 {:.2} ms", s * 1e3);
-        let s = time(&mut || drop(pack_lhs(&mat(&a, m, k), 3, true)));
+        let s = time(&mut || drop(pack_lhs(&Mat::dense(&a, m, k), 3, true)));
         line += &format!(" pack_lhs {:.2} ms", s * 1e3);
-        let s = time(&mut || drop(pack_rhs(&Rhs::Rows(mat(&b, k, n)), 3, true)));
+        let s = time(&mut || drop(pack_rhs(&Rhs::Rows(Mat::dense(&b, k, n)), 3, true)));
         line += &format!(" pack_rhs {:.2} ms", s * 1e3);
         let s = time(&mut || unsafe_free_avx(&a, &b, (m, k, n), &mut dst));
         line += &format!(" avx {:.1} GFLOP/s {:.2} ms", flops / s / 1e9, s * 1e3);
@@ -335,5 +339,10 @@ fn speed() {
 }
 
 fn unsafe_free_avx(a: &[f32], b: &[f32], (m, k, n): (usize, usize, usize), dst: &mut [f32]) {
-    crate::kernels::gemm::matmul_simd(mat_mut(dst, m, n), mat(a, m, k), mat(b, k, n), 2);
+    crate::kernels::gemm::matmul_simd(
+        mat_mut(dst, m, n),
+        Mat::dense(a, m, k),
+        Mat::dense(b, k, n),
+        2,
+    );
 }
