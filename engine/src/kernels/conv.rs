@@ -67,13 +67,13 @@ pub fn conv2d(
     residual: Option<&Tensor>,
     out_scale: f64,
 ) -> Result<Tensor> {
-    conv2d_with(conv, xs, residual, out_scale, false)
+    conv2d_with(conv, xs, residual, out_scale, false, winograd_tiling)
 }
 
 /// `relu(conv(xs) + residual)`, as [`conv2d`] then `relu()`; on the Winograd path the ReLU is
 /// applied as the output is written (one pass over the activations less).
 pub fn conv2d_relu(conv: &Conv2d, xs: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
-    conv2d_with(conv, xs, residual, 1.0, true)
+    conv2d_with(conv, xs, residual, 1.0, true, winograd_tiling)
 }
 
 /// `conv(upsample_nearest2d(xs, 2h, 2w))`, as diffusers' `Upsample2D` and TAESD's decoder
@@ -147,6 +147,9 @@ fn winograd_plan(
 /// The Winograd tiling `conv` takes for an input of `s.c` channels and an output of `s`'s size:
 /// `None` unless it is a 3x3, stride-1, padding-1 convolution without groups or dilation and
 /// [`winograd::tiling`] picks one for the shape.
+/// How [`conv2d_with`] chooses the Winograd tiling of a convolution of shape `s`.
+type Pick = fn(&Conv2d, &winograd::Shape) -> Option<winograd::Tiling>;
+
 fn winograd_tiling(conv: &Conv2d, s: &winograd::Shape) -> Option<winograd::Tiling> {
     let cfg = conv.config();
     let simple = cfg.groups == 1 && cfg.dilation == 1 && cfg.stride == 1 && cfg.padding == 1;
@@ -154,12 +157,15 @@ fn winograd_tiling(conv: &Conv2d, s: &winograd::Shape) -> Option<winograd::Tilin
     (simple && square3).then(|| winograd::tiling(s)).flatten()
 }
 
+/// [`conv2d`], with a ReLU after it when `relu`, by the Winograd tiling `pick` chooses
+/// ([`winograd_tiling`]; tests force one), im2col when it chooses none.
 fn conv2d_with(
     conv: &Conv2d,
     xs: &Tensor,
     residual: Option<&Tensor>,
     out_scale: f64,
     relu: bool,
+    pick: Pick,
 ) -> Result<Tensor> {
     let after = |y: Tensor| if relu { y.relu() } else { Ok(y) };
     let cfg = conv.config();
@@ -190,7 +196,7 @@ fn conv2d_with(
     let bias = conv.bias().map(to_vec).transpose()?;
     let residual = checked_residual(residual, [b, co, g.oh, g.ow])?;
     let wshape = winograd::Shape { c, h, w, co };
-    if let Some(tiling) = winograd_tiling(conv, &wshape) {
+    if let Some(tiling) = pick(conv, &wshape) {
         let ep = Epilogue::new(bias.as_deref(), residual.as_ref(), out_scale, relu);
         let read = Read {
             up: false,

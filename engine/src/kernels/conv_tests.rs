@@ -58,10 +58,17 @@ fn matches_candle_conv() {
 
 #[test]
 fn images_do_not_depend_on_their_batch() {
-    // One GEMM per image (64 output channels), and one for all images (more, on small maps),
-    // with f32 and 16-bit filters.
+    // One GEMM per image (64 output channels), and one for all images (more, on small maps:
+    // im2col at 4x4, F(2x2, 3x3) at 8x8, also by blocks of output channels, and F(4x4, 3x3)
+    // by blocks at 16x16), with f32 and 16-bit filters.
     let dev = Device::Cpu;
-    for (co, c, hw) in [(64, 320, 8), (96, 320, 8), (1280, 640, 4)] {
+    for (co, c, hw) in [
+        (64, 320, 8),
+        (96, 320, 8),
+        (1280, 640, 4),
+        (256, 1280, 8),
+        (640, 640, 16),
+    ] {
         let (w, _, cfg) = random_conv(c, co, 3, 1, 1);
         for dtype in [candle_core::DType::F32, candle_core::DType::BF16] {
             let conv = Conv2d::new(w.to_dtype(dtype).unwrap(), None, cfg);
@@ -151,6 +158,78 @@ fn a_normed_input_is_the_norm_applied_first() {
             assert_eq!(got.dims(), want.dims());
             let diff = max_diff(&got, &want);
             assert_eq!(diff, 0.0, "{b}x{c}->{co} {hw}x{hw} k{k}");
+        }
+    }
+}
+
+/// Times the UNet's 3x3 convolutions on small maps by im2col, F(2x2, 3x3) and F(4x4, 3x3),
+/// for one and two images, and names the one [`winograd::tiling`] picks (run by hand with
+/// `--ignored --nocapture`, never in CI; `SHAPES=c,co,hw;...` for other layers).
+#[test]
+#[ignore]
+fn small_map_speed() {
+    use winograd::Tiling;
+    crate::kernels::malloc::tune();
+    let dev = Device::Cpu;
+    let mut shapes = vec![
+        (1280, 1280, 4),
+        (1280, 1280, 8),
+        (2560, 1280, 8),
+        (640, 640, 16),
+        (1280, 640, 16),
+        (1280, 1280, 16),
+        (1920, 1280, 16),
+        (1920, 640, 32),
+        (1280, 1280, 32),
+    ];
+    if let Ok(list) = std::env::var("SHAPES") {
+        let parse = |t: &str| -> Vec<usize> {
+            t.split(',')
+                .map(|v| v.parse().expect("SHAPES: c,co,hw;..."))
+                .collect()
+        };
+        shapes = list
+            .split(';')
+            .map(parse)
+            .map(|v| (v[0], v[1], v[2]))
+            .collect();
+    }
+    let picks: [(&str, Pick); 3] = [
+        ("im2col", |_, _| None),
+        ("F2", |_, _| Some(Tiling::F2)),
+        ("F4", |_, _| Some(Tiling::F4)),
+    ];
+    for (c, co, hw) in shapes {
+        let (w, bias, cfg) = random_conv(c, co, 3, 1, 1);
+        let conv = Conv2d::new(w, Some(bias), cfg);
+        let picked = winograd_tiling(
+            &conv,
+            &winograd::Shape {
+                c,
+                h: hw,
+                w: hw,
+                co,
+            },
+        );
+        for images in [1, 2] {
+            let x = Tensor::randn(0f32, 1.0, (images, c, hw, hw), &dev).unwrap();
+            let mut best = [f64::MAX; 3];
+            for _ in 0..6 {
+                for (best, (_, pick)) in best.iter_mut().zip(&picks) {
+                    let start = std::time::Instant::now();
+                    conv2d_with(&conv, &x, None, 1.0, false, *pick).unwrap();
+                    *best = best.min(start.elapsed().as_secs_f64());
+                }
+            }
+            let times: Vec<String> = picks
+                .iter()
+                .zip(best)
+                .map(|((name, _), t)| format!("{name} {:.2} ms", t * 1e3))
+                .collect();
+            println!(
+                "{c} -> {co} at {hw}x{hw}, {images} image(s): {} (picked: {picked:?})",
+                times.join(", ")
+            );
         }
     }
 }

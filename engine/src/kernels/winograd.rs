@@ -78,12 +78,14 @@ fn block(t: Tiling, len: usize) -> usize {
     t.positions() * len + PAD
 }
 
-/// Fewest tiles per image for which Winograd pays off (an 8x8 map has 16 of F(2x2, 3x3)). It
-/// saves about 5·c·co multiply-adds per output pixel, but transforms the filters once per
-/// call: writing and re-reading 16·c·co values. Measured on the SD 1.5 UNet's layers, a
-/// 1280-channel layer at 16x16 is already faster by Winograd for one image (34 ms against
-/// 43 ms by im2col), at 8x8 slower even for two.
-pub(super) const MIN_TILES: usize = 64;
+/// Fewest tiles per image for which Winograd pays off: 8x8 maps by F(2x2, 3x3), 16x16 by
+/// F(4x4, 3x3). It saves about 5·c·co multiply-adds per output pixel but transforms the
+/// filters once per call, which over few tiles pays off only because such layers go by
+/// blocks of output channels ([`output_blocks`]: each block's transformed filters stay in
+/// cache). Measured on a 2-core Zen 4 (hand-run `conv::tests::small_map_speed`), 1280 ->
+/// 1280 at 8x8 takes 8.7–9.0 ms against 9.7–10.3 ms by im2col for one image, 14.4 ms against
+/// 19.4 ms for two; at 4x4 (4 tiles) it is 1.7–4x slower than im2col.
+pub(super) const MIN_TILES: usize = 16;
 
 /// The convolution's shape: `c` input channels of `h` x `w`, `co` output channels (same size).
 #[derive(Debug, Clone, Copy)]
@@ -169,34 +171,31 @@ impl Epilogue<'_> {
 /// most 64 rows and 64 columns, which blocks the reduction differently) for one image when it
 /// would not for several: layers of at most 64 output channels need more than 64 tiles.
 pub(super) fn tiling(s: &Shape) -> Option<Tiling> {
-    let pixels = s.h * s.w;
-    let f4 = pixels >= F4_PIXELS || (pixels >= F4_SMALL_BANK_PIXELS && s.c * s.co <= F4_SMALL_BANK);
-    if f4 && usable(s, Tiling::F4) {
+    let large_blocks = by_blocks(s, Tiling::F2) && s.c * s.co > F4_SMALL_BANK;
+    if usable(s, Tiling::F4) && !large_blocks {
         return Some(Tiling::F4);
     }
     usable(s, Tiling::F2).then_some(Tiling::F2)
 }
 
-/// Fewest pixels per image from which F(4x4, 3x3) is used whatever the channels (64x64 maps
-/// and up). Its filter bank is 2.25x F(2x2, 3x3)'s, transformed per call, so it pays off only
-/// over many tiles: measured on a 2-core Zen 5 in the SD 1.5 UNet and VAE, it is faster at
-/// 64x64 and above (the VAE's 512 channels at 128x128 by 15–20%, TAESD's 64 channels at
-/// 512x512 by 20%).
-const F4_PIXELS: usize = 64 * 64;
-
-/// Fewest pixels per image from which F(4x4, 3x3) is used for layers of at most
-/// [`F4_SMALL_BANK`] channel pairs (32x32 maps and up). Over a 32x32 map's 64 tiles its 1.78x
-/// fewer multiplications than F(2x2, 3x3) outweigh writing and reading its 2.25x larger bank
-/// while that bank is at most 118 MB (59 MB for 640 -> 640). Measured on the 2-core AMX Xeon
-/// (`beeswax bench unet`, SD 1.5 at 512x512 batch 1, alternating runs): 2.85–2.87 s against
-/// 2.95–3.00 s with F(2x2, 3x3) at 32x32; F(4x4, 3x3) for every layer at 32x32 (also
-/// 1280 -> 1280, a 236 MB bank) was no faster. A measurement on a 2-core Zen 5 with an earlier
-/// version of this module had found it slower at 32x32 for 640 channels and more; not
-/// re-measured there since.
-const F4_SMALL_BANK_PIXELS: usize = 32 * 32;
-
-/// Most input x output channel pairs of a layer that takes F(4x4, 3x3) from
-/// [`F4_SMALL_BANK_PIXELS`] on (640 -> 640 and 1280 -> 640).
+/// Most input x output channel pairs of a layer for which F(4x4, 3x3) is taken where
+/// F(2x2, 3x3) would go by blocks of output channels ([`by_blocks`]: 16x16 maps with large
+/// filter banks). Elsewhere F(4x4, 3x3) is taken wherever it is usable: its 1.78x fewer
+/// multiplications outweigh its 2.25x larger filter bank, by far where it goes by blocks
+/// (its bank never leaves the caches) while F(2x2, 3x3), over 4x the tiles, would take the
+/// layer-wide path (writing its whole bank to memory and reading it back). Measured on a
+/// 2-core Zen 4 (hand-run `conv::tests::small_map_speed`, one image):
+///
+/// - 32x32: 1280 -> 1280 56–58 ms against 104–110 ms by F(2x2, 3x3), 1920 -> 640 48–51 ms
+///   against 80–84 ms, 2560 -> 1280 120 ms against 218 ms; 24x24 (SD 2.x at 768x768):
+///   1280 -> 1280 45 ms against 75 ms; 48x48 and up 13–30% faster.
+/// - 16x16 (64 tiles of F(2x2, 3x3) and 16 of F(4x4, 3x3), both by blocks): for more
+///   channels the larger bank of a block no longer fits beside the other thread's in the
+///   shared cache. 640 -> 640 5.3–5.5 ms against 5.8–6.3 ms, 1280 -> 640 12.2–12.6 ms
+///   against 11.9–12.7 ms, 640 -> 1280 9.8 ms against 10.5 ms; but 1280 -> 1280 24.5–25.6 ms
+///   against 22.5–23.7 ms, 1920 -> 1280 40.8–42.8 ms against 35.3–35.9 ms. For two images
+///   F(4x4, 3x3) is faster for all of them (1280 -> 1280 34.5–39 ms against 43–45 ms), but
+///   the tiling may depend on one image only.
 const F4_SMALL_BANK: usize = 1280 * 640;
 
 /// Whether the tiling `t` pays off and keeps images independent of their batch (see [`tiling`]).
