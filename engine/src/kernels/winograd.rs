@@ -170,33 +170,24 @@ impl Epilogue<'_> {
 /// depend on its batch; for the same reason the GEMM must not take its small-matrix path (at
 /// most 64 rows and 64 columns, which blocks the reduction differently) for one image when it
 /// would not for several: layers of at most 64 output channels need more than 64 tiles.
-pub(super) fn tiling(s: &Shape) -> Option<Tiling> {
-    let large_blocks = by_blocks(s, Tiling::F2) && s.c * s.co > F4_SMALL_BANK;
-    if usable(s, Tiling::F4) && !large_blocks {
-        return Some(Tiling::F4);
-    }
-    usable(s, Tiling::F2).then_some(Tiling::F2)
-}
-
-/// Most input x output channel pairs of a layer for which F(4x4, 3x3) is taken where
-/// F(2x2, 3x3) would go by blocks of output channels ([`by_blocks`]: 16x16 maps with large
-/// filter banks). Elsewhere F(4x4, 3x3) is taken wherever it is usable: its 1.78x fewer
-/// multiplications outweigh its 2.25x larger filter bank, by far where it goes by blocks
-/// (its bank never leaves the caches) while F(2x2, 3x3), over 4x the tiles, would take the
+///
+/// F(4x4, 3x3) is taken wherever it is usable (from 16x16 maps on), F(2x2, 3x3) on smaller
+/// maps (from 8x8 on, [`MIN_TILES`]). Its 1.78x fewer multiplications outweigh its 2.25x
+/// larger filter bank, by far where it goes by blocks of output channels ([`by_blocks`]: its
+/// bank never leaves the caches) while F(2x2, 3x3), over 4x the tiles, would take the
 /// layer-wide path (writing its whole bank to memory and reading it back). Measured on a
-/// 2-core Zen 4 (hand-run `conv::tests::small_map_speed`, one image):
+/// 2-core Zen 4 (hand-run `conv::tests::small_map_speed`, one image, best of 6 to 30):
 ///
 /// - 32x32: 1280 -> 1280 56–58 ms against 104–110 ms by F(2x2, 3x3), 1920 -> 640 48–51 ms
 ///   against 80–84 ms, 2560 -> 1280 120 ms against 218 ms; 24x24 (SD 2.x at 768x768):
 ///   1280 -> 1280 45 ms against 75 ms; 48x48 and up 13–30% faster.
-/// - 16x16 (64 tiles of F(2x2, 3x3) and 16 of F(4x4, 3x3), both by blocks): for more
-///   channels the larger bank of a block no longer fits beside the other thread's in the
-///   shared cache. 640 -> 640 5.3–5.5 ms against 5.8–6.3 ms, 1280 -> 640 12.2–12.6 ms
-///   against 11.9–12.7 ms, 640 -> 1280 9.8 ms against 10.5 ms; but 1280 -> 1280 24.5–25.6 ms
-///   against 22.5–23.7 ms, 1920 -> 1280 40.8–42.8 ms against 35.3–35.9 ms. For two images
-///   F(4x4, 3x3) is faster for all of them (1280 -> 1280 34.5–39 ms against 43–45 ms), but
-///   the tiling may depend on one image only.
-const F4_SMALL_BANK: usize = 1280 * 640;
+/// - 16x16, where both go by blocks: 1280 -> 1280 19.4 ms against 21.6 ms, 640 -> 640 5.3–5.5
+///   ms against 5.8–6.3 ms, but 1920 -> 1280 34.6 ms against 32.7 ms and 2560 -> 1280 48.5 ms
+///   against 46.6 ms; for two images (every job with classifier-free guidance) F(4x4, 3x3) is
+///   7–24% faster for all of them.
+pub(super) fn tiling(s: &Shape) -> Option<Tiling> {
+    [Tiling::F4, Tiling::F2].into_iter().find(|&t| usable(s, t))
+}
 
 /// Whether the tiling `t` pays off and keeps images independent of their batch (see [`tiling`]).
 pub(super) fn usable(s: &Shape, t: Tiling) -> bool {
@@ -206,8 +197,8 @@ pub(super) fn usable(s: &Shape, t: Tiling) -> bool {
 }
 
 /// Most tiles per image of a layer with a filter bank larger than [`LOCAL_FILTERS`] that is
-/// taken by blocks of output channels ([`output_blocks`]): 16x16 maps by F(2x2, 3x3), 32x32
-/// by F(4x4, 3x3). Above it, the bank's pass over memory is small beside the GEMMs.
+/// taken by blocks of output channels ([`output_blocks`]): up to 16x16 maps by F(2x2, 3x3),
+/// 32x32 by F(4x4, 3x3). Above it, the bank's pass over memory is small beside the GEMMs.
 const BLOCK_TILES: usize = 64;
 
 /// Whether a layer of shape `s` by the tiling `t` is taken by blocks of output channels
