@@ -78,7 +78,7 @@ fn block(t: Tiling, len: usize) -> usize {
     t.positions() * len + PAD
 }
 
-/// Fewest tiles per image for which Winograd pays off: 8x8 maps by F(2x2, 3x3), 16x16 by
+/// Fewest tiles per image for which Winograd pays off: 7x7 maps by F(2x2, 3x3), 13x13 by
 /// F(4x4, 3x3). It saves about 5·c·co multiply-adds per output pixel but transforms the
 /// filters once per call, which over few tiles pays off only because such layers go by
 /// blocks of output channels ([`output_blocks`]: each block's transformed filters stay in
@@ -171,8 +171,8 @@ impl Epilogue<'_> {
 /// most 64 rows and 64 columns, which blocks the reduction differently) for one image when it
 /// would not for several: layers of at most 64 output channels need more than 64 tiles.
 ///
-/// F(4x4, 3x3) is taken wherever it is usable (from 16x16 maps on), F(2x2, 3x3) on smaller
-/// maps (from 8x8 on, [`MIN_TILES`]). Its 1.78x fewer multiplications outweigh its 2.25x
+/// F(4x4, 3x3) is taken wherever it is usable (from 13x13 maps on), F(2x2, 3x3) on smaller
+/// maps (from 7x7 on, [`MIN_TILES`]). Its 1.78x fewer multiplications outweigh its 2.25x
 /// larger filter bank, by far where it goes by blocks of output channels ([`by_blocks`]: its
 /// bank never leaves the caches) while F(2x2, 3x3), over 4x the tiles, would take the
 /// layer-wide path (writing its whole bank to memory and reading it back). Measured on a
@@ -185,6 +185,8 @@ impl Epilogue<'_> {
 ///   ms against 5.8–6.3 ms, but 1920 -> 1280 34.6 ms against 32.7 ms and 2560 -> 1280 48.5 ms
 ///   against 46.6 ms; for two images (every job with classifier-free guidance) F(4x4, 3x3) is
 ///   7–24% faster for all of them.
+/// - 13x13 to 15x15: F(4x4, 3x3) 3–5% faster than F(2x2, 3x3) for 1280 -> 1280; 7x7 to 12x12:
+///   F(2x2, 3x3) 16–18% faster than im2col, F(4x4, 3x3) slower than both.
 pub(super) fn tiling(s: &Shape) -> Option<Tiling> {
     [Tiling::F4, Tiling::F2].into_iter().find(|&t| usable(s, t))
 }

@@ -436,7 +436,7 @@ fn the_tiling_follows_the_map_and_the_filter_bank() {
         w: hw,
         co,
     };
-    // From 16 tiles of F(4x4, 3x3) on (16x16 maps) it is taken whatever the channels.
+    // From 16 tiles of F(4x4, 3x3) on (13x13 maps) it is taken whatever the channels.
     assert_eq!(tiling(&shape(320, 64, 320)), Some(Tiling::F4));
     assert_eq!(tiling(&shape(1280, 64, 1280)), Some(Tiling::F4));
     assert_eq!(tiling(&shape(1920, 32, 640)), Some(Tiling::F4));
@@ -445,9 +445,12 @@ fn the_tiling_follows_the_map_and_the_filter_bank() {
     assert_eq!(tiling(&shape(640, 16, 640)), Some(Tiling::F4));
     assert_eq!(tiling(&shape(320, 16, 320)), Some(Tiling::F4));
     assert_eq!(tiling(&shape(2560, 16, 1280)), Some(Tiling::F4));
-    // Under 16 tiles of F(4x4, 3x3): F(2x2, 3x3) from 16 tiles (8x8), none below.
+    assert_eq!(tiling(&shape(1280, 13, 1280)), Some(Tiling::F4));
+    // Under 16 tiles of F(4x4, 3x3): F(2x2, 3x3) from 16 tiles (7x7), none below.
     assert_eq!(tiling(&shape(1280, 12, 1280)), Some(Tiling::F2));
     assert_eq!(tiling(&shape(1280, 8, 1280)), Some(Tiling::F2));
+    assert_eq!(tiling(&shape(1280, 7, 1280)), Some(Tiling::F2));
+    assert_eq!(tiling(&shape(1280, 6, 1280)), None);
     assert_eq!(tiling(&shape(1280, 4, 1280)), None);
     // Few output channels over few tiles: none (the GEMM's small-matrix path).
     assert_eq!(tiling(&shape(320, 8, 64)), None);
