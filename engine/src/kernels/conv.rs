@@ -147,15 +147,15 @@ fn winograd_plan(
 /// The Winograd tiling `conv` takes for an input of `s.c` channels and an output of `s`'s size:
 /// `None` unless it is a 3x3, stride-1, padding-1 convolution without groups or dilation and
 /// [`winograd::tiling`] picks one for the shape.
-/// How [`conv2d_with`] chooses the Winograd tiling of a convolution of shape `s`.
-type Pick = fn(&Conv2d, &winograd::Shape) -> Option<winograd::Tiling>;
-
 fn winograd_tiling(conv: &Conv2d, s: &winograd::Shape) -> Option<winograd::Tiling> {
     let cfg = conv.config();
     let simple = cfg.groups == 1 && cfg.dilation == 1 && cfg.stride == 1 && cfg.padding == 1;
     let square3 = conv.weight().dims() == [s.co, s.c, 3, 3];
     (simple && square3).then(|| winograd::tiling(s)).flatten()
 }
+
+/// How [`conv2d_with`] chooses the Winograd tiling of a convolution of shape `s`.
+type Pick = fn(&Conv2d, &winograd::Shape) -> Option<winograd::Tiling>;
 
 /// [`conv2d`], with a ReLU after it when `relu`, by the Winograd tiling `pick` chooses
 /// ([`winograd_tiling`]; tests force one), im2col when it chooses none.

@@ -83,8 +83,8 @@ fn block(t: Tiling, len: usize) -> usize {
 /// filters once per call, which over few tiles pays off only because such layers go by
 /// blocks of output channels ([`output_blocks`]: each block's transformed filters stay in
 /// cache). Measured on a 2-core Zen 4 (hand-run `conv::tests::small_map_speed`), 1280 ->
-/// 1280 at 8x8 takes 8.7–9.0 ms against 9.7–10.3 ms by im2col for one image, 14.4 ms against
-/// 19.4 ms for two; at 4x4 (4 tiles) it is 1.7–4x slower than im2col.
+/// 1280 at 8x8 takes 8.6–9.0 ms against 9.5–10.3 ms by im2col for one image, 13.7–14.4 ms
+/// against 18.7–19.4 ms for two; at 4x4 (4 tiles) it is 1.7–4x slower than im2col.
 pub(super) const MIN_TILES: usize = 16;
 
 /// The convolution's shape: `c` input channels of `h` x `w`, `co` output channels (same size).

@@ -429,7 +429,7 @@ fn an_upsampled_source_is_the_upsampled_input() {
 }
 
 #[test]
-fn the_tiling_follows_the_map_and_the_filter_bank() {
+fn the_tiling_follows_the_tiles_per_image() {
     let shape = |c, hw, co| Shape {
         c,
         h: hw,
