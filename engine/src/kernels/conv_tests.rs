@@ -183,15 +183,17 @@ fn small_map_speed() {
         (1280, 1280, 32),
     ];
     if let Ok(list) = std::env::var("SHAPES") {
-        let parse = |t: &str| -> Vec<usize> {
-            t.split(',')
-                .map(|v| v.parse().expect("SHAPES: c,co,hw;..."))
-                .collect()
+        let parse = |t: &str| -> (usize, usize, usize) {
+            let v: Vec<usize> = t.split(',').filter_map(|v| v.trim().parse().ok()).collect();
+            match v[..] {
+                [c, co, hw] => (c, co, hw),
+                _ => panic!("SHAPES entry `{t}`: want three numbers `c,co,hw` (`;` between)"),
+            }
         };
         shapes = list
             .split(';')
+            .filter(|t| !t.trim().is_empty())
             .map(parse)
-            .map(|v| (v[0], v[1], v[2]))
             .collect();
     }
     let picks: [(&str, Pick); 3] = [

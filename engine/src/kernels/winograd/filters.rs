@@ -281,7 +281,8 @@ fn taps_v4(v4: V4, a: [__m512; 9]) -> [[f32; LANES]; 9] {
 
 /// `G g Gᵀ` of [`LANES`] filters given tap by tap (`taps[3·r + k]` is row r, column k of
 /// each), position by position into `put(ξ, values)`: the same operations in the same order
-/// as [`filter_tile`], each on a vector of channels.
+/// as `filter_tile` (the scalar definition its test compares with), each on a vector of
+/// channels.
 #[inline(always)]
 fn transform_lanes(t: Tiling, taps: &[[f32; LANES]; 9], mut put: impl FnMut(usize, &[f32; LANES])) {
     let (g, n) = (t.g(), t.n());
