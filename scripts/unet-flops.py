@@ -32,14 +32,18 @@ def tiles(h, w, m):
 
 
 def winograd_flops(conv, shape):
-    """FLOPs of one 3x3 stride-1 convolution's products as beeswax runs them, and the tiling."""
+    """FLOPs of one convolution's products by the Winograd tiling beeswax picks, and its
+    name; None where beeswax takes im2col (whose products are the direct convolution's)."""
+    simple = conv.stride == (1, 1) and conv.padding == (1, 1) and conv.dilation == (1, 1)
+    if conv.kernel_size != (3, 3) or conv.groups != 1 or not simple:
+        return None
     b, c, h, w = shape
     co = conv.out_channels
     for name, m, positions in (("F(4x4, 3x3)", 4, 36), ("F(2x2, 3x3)", 2, 16)):
         t = tiles(h, w, m)
         if t >= MIN_TILES and (co > 64 or t > 64):
             return 2 * b * t * positions * c * co, name
-    return 2 * b * h * w * 9 * c * co, "im2col"
+    return None
 
 
 def main():
@@ -94,12 +98,12 @@ def main():
         ow = (shape[3] + 2 * conv.padding[1] - conv.kernel_size[1]) // conv.stride[1] + 1
         direct *= oh * ow
         if conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.groups == 1:
-            flops, tiling = winograd_flops(conv, shape)
+            flops, tiling = winograd_flops(conv, shape) or (direct, "im2col")
             conv3[tiling] = conv3.get(tiling, 0) + flops
             direct3 += direct
         else:
             other_conv += direct
-    products = total - sum(by_op.get(op, 0) for op in by_op if "convolution" in str(op))
+    products = total - sum(f for op, f in by_op.items() if "convolution" in str(op))
     products += other_conv + sum(conv3.values())
     print(f"3x3 stride-1 convolutions: {direct3 / 1e9:.1f} GFLOP direct, as beeswax runs them:")
     for tiling, flops in sorted(conv3.items()):
