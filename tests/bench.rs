@@ -1,6 +1,7 @@
 //! `beeswax bench` on the miniature models: the cold pipeline measurement reports every stage
-//! and component and writes its PNG, TAESD decodes are timed, and the timing JSON that
-//! scripts/bench-table reads keeps its fields. (Times are never compared with a bound.)
+//! and component and writes its PNG, UNet forwards (plain and as a guidance pair) and TAESD
+//! decodes are timed, and the timing JSON that scripts/bench-table reads keeps its fields.
+//! (Times are never compared with a bound.)
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -109,4 +110,22 @@ fn tiny_autoencoder_decode_is_timed() {
     let m = json(&out);
     seconds(&m, "min_s");
     seconds(&m, "median_s");
+}
+
+#[test]
+fn unet_forward_is_timed_plain_and_as_a_guidance_pair() {
+    let config = model_dir("tiny-sd").join("unet/config.json");
+    let dir = Dir::new("bench-unet");
+    for pair in [false, true] {
+        let mut cmd = dir.command();
+        cmd.args(["bench", "unet", "--config"])
+            .arg(&config)
+            .args(["--width", "64", "--height", "48", "--iters", "1", "--json"]);
+        if pair {
+            cmd.arg("--guidance-pair");
+        }
+        let m = json(&cmd.stdout());
+        seconds(&m, "min_s");
+        seconds(&m, "median_s");
+    }
 }

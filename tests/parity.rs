@@ -15,6 +15,7 @@ use beeswax::models::vae::{Decoder, Encoder, VaeConfig};
 use beeswax::noise::TorchGenerator;
 use beeswax::weights::WeightSource;
 use candle_core::{DType, Device, Tensor};
+use common::compare::max_abs_diff;
 use common::conformance::Run;
 use common::images::assert_run_matches;
 use common::jobs::generate;
@@ -63,18 +64,24 @@ fn clip_hidden_states_match_transformers() {
     }
 }
 
+/// The miniature model's UNet and its config.
+fn unet(model: &str) -> (UNetConfig, UNet2DConditionModel) {
+    let config: UNetConfig = read_json(&model_file(model, "unet/config.json")).unwrap();
+    let unet = UNet2DConditionModel::new(
+        weights(&model_file(
+            model,
+            "unet/diffusion_pytorch_model.safetensors",
+        )),
+        &config,
+    )
+    .unwrap();
+    (config, unet)
+}
+
 #[test]
 fn one_unet_call_matches_diffusers() {
     for model in MODELS {
-        let config: UNetConfig = read_json(&model_file(model, "unet/config.json")).unwrap();
-        let unet = UNet2DConditionModel::new(
-            weights(&model_file(
-                model,
-                "unet/diffusion_pytorch_model.safetensors",
-            )),
-            &config,
-        )
-        .unwrap();
+        let (_, unet) = unet(model);
         let r = load(&format!("reference/{model}/unet.safetensors"));
         for case in ["t1", "t2"] {
             let t = r[&format!("{case}_timestep")]
@@ -91,6 +98,46 @@ fn one_unet_call_matches_diffusers() {
                 &r[&format!("{case}_out")],
                 COMPONENT_TOL,
             );
+        }
+    }
+}
+
+/// A deterministic `shape` tensor of values in [-1, 1] (`seed` varies it).
+fn waves(shape: &[usize], seed: f32) -> Tensor {
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n).map(|i| (i as f32 * 0.7314 + seed).sin()).collect();
+    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+}
+
+/// A guidance pair (`[x; x]` against two texts) runs the UNet's prefix before the first
+/// cross-attention once; each half of the output must still be bit for bit the UNet's output
+/// for that text alone, for one image and for two images per text.
+#[test]
+fn guidance_pairs_equal_each_text_alone() {
+    for model in [MODELS.as_slice(), &["tiny-sd-inpaint"]].concat() {
+        let (config, unet) = unet(model);
+        let dim = config
+            .cross_attention_dim
+            .expand(1, "cross_attention_dim")
+            .unwrap()[0];
+        for images in [1, 2] {
+            let x = waves(&[images, config.in_channels, 16, 24], 0.3);
+            let uncond = waves(&[images, 7, dim], 1.1);
+            let cond = waves(&[images, 7, dim], 2.9);
+            let pair = unet
+                .forward(
+                    &Tensor::cat(&[&x, &x], 0).unwrap(),
+                    411.0,
+                    &Tensor::cat(&[&uncond, &cond], 0).unwrap(),
+                    None,
+                )
+                .unwrap();
+            for (half, text) in [&uncond, &cond].into_iter().enumerate() {
+                let alone = unet.forward(&x, 411.0, text, None).unwrap();
+                let got = pair.narrow(0, half * images, images).unwrap();
+                let diff = max_abs_diff(&got, &alone);
+                assert_eq!(diff, 0.0, "{model}, {images} image(s), half {half}");
+            }
         }
     }
 }

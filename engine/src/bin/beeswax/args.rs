@@ -378,6 +378,11 @@ pub struct BenchUnetArgs {
     /// Batch size of the UNet input.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
+    /// Time the call a job with guidance makes instead: the batch's latents twice, against two
+    /// texts (an input of twice `--batch`), whose part before the first cross-attention the
+    /// UNet runs once.
+    #[arg(long)]
+    pub guidance_pair: bool,
     /// Timed iterations after one warm-up.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub iters: u32,

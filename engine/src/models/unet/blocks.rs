@@ -5,7 +5,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::transformer::{Quant, Transformer2D, TransformerSpec};
+use super::transformer::{repeat_batch, Quant, Transformer2D, TransformerSpec};
 use crate::models::resnet::{ResnetBlock2D, ResnetSpec};
 use crate::models::sampling::{Downsample2D, Upsample2D};
 
@@ -168,13 +168,53 @@ impl DownBlock {
         context: &Tensor,
         skips: &mut Vec<Tensor>,
     ) -> Result<Tensor> {
-        for (j, resnet) in self.resnets.iter().enumerate() {
-            xs = resnet.forward(xs, Some(temb))?;
-            if let Some(attn) = self.attentions.get(j) {
-                xs = attn.forward(&xs, context)?;
-            }
+        for j in 0..self.resnets.len() {
+            xs = self.layer(j, xs, temb, context)?;
             skips.push(xs.clone());
         }
+        self.downsample(xs, skips)
+    }
+
+    /// [`Self::forward`] for `copies` copies of `xs` [B, C, H, W] (`temb` [B, T] for `xs`,
+    /// `context` [copies · B, S, D]): the first resnet and the first transformer's steps before
+    /// its cross-attention run once, on `xs` ([`Transformer2D::forward_copies`]); the rest on
+    /// every copy.
+    pub fn forward_copies(
+        &self,
+        xs: Tensor,
+        temb: &Tensor,
+        context: &Tensor,
+        skips: &mut Vec<Tensor>,
+        copies: usize,
+    ) -> Result<Tensor> {
+        let Some(first) = self.resnets.first() else {
+            return self.downsample(repeat_batch(&xs, copies)?, skips);
+        };
+        let xs = first.forward(xs, Some(temb))?;
+        let mut xs = match self.attentions.first() {
+            Some(attn) => attn.forward_copies(&xs, context, copies)?,
+            None => repeat_batch(&xs, copies)?,
+        };
+        skips.push(xs.clone());
+        let temb = repeat_batch(temb, copies)?;
+        for j in 1..self.resnets.len() {
+            xs = self.layer(j, xs, &temb, context)?;
+            skips.push(xs.clone());
+        }
+        self.downsample(xs, skips)
+    }
+
+    /// Resnet `j`, then its transformer if the block has one.
+    fn layer(&self, j: usize, xs: Tensor, temb: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let xs = self.resnets[j].forward(xs, Some(temb))?;
+        match self.attentions.get(j) {
+            Some(attn) => attn.forward(&xs, context),
+            None => Ok(xs),
+        }
+    }
+
+    /// The downsampler's output (pushed onto `skips`), or `xs` for the last block.
+    fn downsample(&self, mut xs: Tensor, skips: &mut Vec<Tensor>) -> Result<Tensor> {
         if let Some(down) = &self.downsampler {
             xs = down.forward(&xs)?;
             skips.push(xs.clone());

@@ -19,6 +19,7 @@ use crate::kernels::{self, GroupNorm};
 use blocks::{BlockAttention, BlockCommon, BlockShape, DownBlock, MidBlock, UpBlock};
 pub use config::{BlockPlan, LayerDepth, TextTime, TransformerDepth, UNetConfig};
 use embeddings::{sinusoidal_embedding, timestep_embedding, TimestepMlp};
+use transformer::repeat_batch;
 
 /// SDXL's added conditioning for a UNet with `addition_embed_type: "text_time"` (diffusers'
 /// `added_cond_kwargs`), one row per sample of the batch.
@@ -190,16 +191,49 @@ impl UNet2DConditionModel {
         } else {
             sample.clone()
         };
-        let mut xs = kernels::conv2d(&self.conv_in, &sample, None, 1.0)?;
-        let mut skips = vec![xs.clone()];
-        for block in &self.down_blocks {
-            xs = block.forward(xs, &temb, context, &mut skips)?;
-        }
+        // Guidance runs the same latents against two texts (`[x; x]`): without added
+        // conditioning (which differs between the texts), everything before the first
+        // cross-attention is the same for each copy and runs once.
+        let copies = if added.is_none() {
+            copies_in_batch(&sample)?
+        } else {
+            1
+        };
+        let (mut xs, mut skips) = self.down_path(&sample, &temb, context, copies)?;
         xs = self.mid_block.forward(xs, &temb, context)?;
         for block in &self.up_blocks {
             xs = block.forward(xs, &temb, context, &mut skips)?;
         }
         kernels::conv2d_normed(&self.conv_out, &self.conv_norm_out, &xs, None, None, 1.0)
+    }
+
+    /// The down blocks' output and every state they keep for the up path (conv_in's output
+    /// first), for `sample` [B, C, H, W] made of `copies` copies of its first `B / copies`
+    /// samples: conv_in, the first down block's first resnet and the steps of its first
+    /// transformer before the cross-attention run once on those ([`DownBlock::forward_copies`];
+    /// every kernel computes each sample of a batch on its own, so the result is the same).
+    fn down_path(
+        &self,
+        sample: &Tensor,
+        temb: &Tensor,
+        context: &Tensor,
+        copies: usize,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let mut blocks = self.down_blocks.iter();
+        let one = sample.dim(0)? / copies.max(1);
+        let mut xs = kernels::conv2d(&self.conv_in, &sample.narrow(0, 0, one)?, None, 1.0)?;
+        let mut skips = vec![repeat_batch(&xs, copies)?];
+        if copies > 1 {
+            let temb_one = temb.narrow(0, 0, one)?;
+            xs = match blocks.next() {
+                Some(first) => first.forward_copies(xs, &temb_one, context, &mut skips, copies)?,
+                None => repeat_batch(&xs, copies)?,
+            };
+        }
+        for block in blocks {
+            xs = block.forward(xs, temb, context, &mut skips)?;
+        }
+        Ok((xs, skips))
     }
 
     /// `add_embedding(concat(text_embeds, add_time_proj(time_ids)))` [B, T], or `None` for a
@@ -328,4 +362,62 @@ fn up_blocks(
         prev = ch[level];
     }
     Ok(up_blocks)
+}
+
+/// The most copies `sample` [B, ...] is of its first `B / copies` samples, repeated one after
+/// another along the batch (bit for bit); 1 when it is not such a repetition.
+fn copies_in_batch(sample: &Tensor) -> Result<usize> {
+    let batch = sample.dim(0)?;
+    if batch < 2 {
+        return Ok(1);
+    }
+    let values = sample
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let per_sample = values.len() / batch;
+    if per_sample == 0 {
+        return Ok(1);
+    }
+    let repeats = |one: usize| {
+        let period = one * per_sample;
+        values
+            .iter()
+            .zip(&values[period..])
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+    };
+    Ok((1..batch)
+        .filter(|one| batch % one == 0)
+        .find(|&one| repeats(one))
+        .map_or(1, |one| batch / one))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn copies_in_batch_finds_the_shortest_repeated_run() {
+        let x = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &Device::Cpu).unwrap();
+        let y = Tensor::new(&[[1f32, 2.0], [3.0, 5.0]], &Device::Cpu).unwrap();
+        let z = Tensor::new(&[[-0f32, 2.0], [3.0, 4.0]], &Device::Cpu).unwrap();
+        let nan = Tensor::new(&[[f32::NAN, 2.0], [3.0, 4.0]], &Device::Cpu).unwrap();
+        let copies = |parts: &[&Tensor]| {
+            let batch = Tensor::stack(parts, 0).unwrap().unsqueeze(1).unwrap();
+            copies_in_batch(&batch).unwrap()
+        };
+        assert_eq!(copies(&[&x]), 1);
+        assert_eq!(copies(&[&x, &x]), 2);
+        assert_eq!(copies(&[&x, &y]), 1);
+        assert_eq!(copies(&[&x, &x, &x]), 3);
+        assert_eq!(copies(&[&x, &y, &x]), 1);
+        assert_eq!(copies(&[&x, &y, &x, &y]), 2);
+        assert_eq!(copies(&[&x, &x, &x, &x]), 4);
+        assert_eq!(copies(&[&x, &y, &y, &x]), 1);
+        assert_eq!(copies(&[&x, &y, &x, &y, &x, &y]), 3);
+        // Bits, not values: -0 is not 0, and NaN repeats.
+        assert_eq!(copies(&[&x, &z]), 1);
+        assert_eq!(copies(&[&nan, &nan]), 2);
+    }
 }

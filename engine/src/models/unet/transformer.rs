@@ -89,10 +89,21 @@ impl BasicTransformerBlock {
     }
 
     fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let xs = self.attn1.forward(&self.norm1.forward(xs)?, None, xs)?;
+        self.attend_to_text(&self.self_attention(xs)?, context)
+    }
+
+    /// The block's first step, self-attention (with its residual): the last one that does not
+    /// see the text.
+    fn self_attention(&self, xs: &Tensor) -> Result<Tensor> {
+        self.attn1.forward(&self.norm1.forward(xs)?, None, xs)
+    }
+
+    /// The block's steps after [`Self::self_attention`]: cross-attention to `context`, then
+    /// the feed-forward.
+    fn attend_to_text(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
         let xs = self
             .attn2
-            .forward(&self.norm2.forward(&xs)?, Some(context), &xs)?;
+            .forward(&self.norm2.forward(xs)?, Some(context), xs)?;
         let gated = self.geglu.geglu(&self.norm3.forward(&xs)?)?;
         self.ff_out.forward_add(&gated, Some(&xs))
     }
@@ -148,21 +159,61 @@ impl Transformer2D {
 
     /// `xs` [B, C, H, W] attending to `context` [B, S, D].
     pub fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let mut tokens = self.tokens_in(xs)?;
+        for block in &self.blocks {
+            tokens = block.forward(&tokens, context)?;
+        }
+        self.map_out(&tokens, xs)
+    }
+
+    /// [`Self::forward`] for `copies` copies of `xs` [B, C, H, W] (the output is [copies · B,
+    /// C, H, W], `context` [copies · B, S, D]): everything before the first cross-attention
+    /// (the norm, the projection in, the first block's self-attention) runs once, on `xs`,
+    /// and its result is repeated, since every kernel computes an image independently of the
+    /// others in its batch. The rest runs on all copies.
+    pub fn forward_copies(&self, xs: &Tensor, context: &Tensor, copies: usize) -> Result<Tensor> {
+        let mut tokens = self.tokens_in(xs)?;
+        let mut blocks = self.blocks.iter();
+        if let Some(first) = blocks.next() {
+            let shared = first.self_attention(&tokens)?;
+            tokens = first.attend_to_text(&repeat_batch(&shared, copies)?, context)?;
+        } else {
+            tokens = repeat_batch(&tokens, copies)?;
+        }
+        for block in blocks {
+            tokens = block.forward(&tokens, context)?;
+        }
+        self.map_out(&tokens, &repeat_batch(xs, copies)?)
+    }
+
+    /// The map `xs` [B, C, H, W] normed and projected into tokens [B, H·W, C].
+    fn tokens_in(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = xs.dims4()?;
         let normed = self.norm.forward(xs, None, false)?;
         let to_tokens =
             |t: &Tensor| kernels::transpose::swap_last_two(&t.reshape((b, c, h * w))?);
-        let mut tokens = match &self.proj_in {
-            Projection::Conv(conv) => to_tokens(&kernels::conv2d(conv, &normed, None, 1.0)?)?,
-            Projection::Linear(lin) => lin.forward(&to_tokens(&normed)?)?,
-        };
-        for block in &self.blocks {
-            tokens = block.forward(&tokens, context)?;
+        match &self.proj_in {
+            Projection::Conv(conv) => to_tokens(&kernels::conv2d(conv, &normed, None, 1.0)?),
+            Projection::Linear(lin) => lin.forward(&to_tokens(&normed)?),
         }
+    }
+
+    /// The tokens [B, H·W, C] projected out as a map shaped like `xs`, plus `xs`.
+    fn map_out(&self, tokens: &Tensor, xs: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = xs.dims4()?;
         let to_map = |t: &Tensor| kernels::transpose::swap_last_two(t)?.reshape((b, c, h, w));
         match &self.proj_out {
-            Projection::Conv(conv) => kernels::conv2d(conv, &to_map(&tokens)?, Some(xs), 1.0),
-            Projection::Linear(lin) => to_map(&lin.forward(&tokens)?)? + xs,
+            Projection::Conv(conv) => kernels::conv2d(conv, &to_map(tokens)?, Some(xs), 1.0),
+            Projection::Linear(lin) => to_map(&lin.forward(tokens)?)? + xs,
         }
+    }
+}
+
+/// `copies` copies of the batch `xs` one after another along the batch dimension (what the
+/// guidance pair's inputs are: `[x; x]`).
+pub(crate) fn repeat_batch(xs: &Tensor, copies: usize) -> Result<Tensor> {
+    match copies {
+        1 => Ok(xs.clone()),
+        n => Tensor::cat(&vec![xs; n], 0),
     }
 }
