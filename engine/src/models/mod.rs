@@ -16,3 +16,15 @@ pub mod t5;
 pub mod taesd;
 pub mod unet;
 pub mod vae;
+
+/// `copies` copies of the batch `xs` one after another along the batch dimension: `[x; x]`
+/// for a guidance pair, `xs` itself for one copy.
+pub fn repeat_batch(
+    xs: &candle_core::Tensor,
+    copies: usize,
+) -> candle_core::Result<candle_core::Tensor> {
+    match copies {
+        1 => Ok(xs.clone()),
+        n => candle_core::Tensor::cat(&vec![xs; n], 0),
+    }
+}

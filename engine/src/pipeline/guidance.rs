@@ -11,6 +11,7 @@ use candle_core::Tensor;
 
 use super::stages::TextConditioning;
 use crate::family::{Conditioning, Model};
+use crate::models::repeat_batch;
 use crate::prompt::weighting::{combine_composable, pad_with_last_token};
 use crate::Result;
 
@@ -76,12 +77,7 @@ impl StepConditioning {
         let net = &model.networks;
         let parts = self.weights.len();
         let batch = input.dim(0)?;
-        let repeated = |n: usize| -> Result<Tensor> {
-            Ok(match n {
-                1 => input.clone(),
-                n => Tensor::cat(&vec![input; n], 0)?,
-            })
-        };
+        let repeated = |n: usize| repeat_batch(input, n);
         let (uncond, conds) = match (&self.uncond, &self.both) {
             (None, _) => (None, net.predict(&repeated(parts)?, t, &self.conds, scale)?),
             (Some(_), Some(both)) => {

@@ -5,7 +5,8 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::transformer::{repeat_batch, Quant, Transformer2D, TransformerSpec};
+use super::transformer::{Quant, Transformer2D, TransformerSpec};
+use crate::models::repeat_batch;
 use crate::models::resnet::{ResnetBlock2D, ResnetSpec};
 use crate::models::sampling::{Downsample2D, Upsample2D};
 
@@ -175,8 +176,8 @@ impl DownBlock {
         self.downsample(xs, skips)
     }
 
-    /// [`Self::forward`] for `copies` copies of `xs` [B, C, H, W] (`temb` [B, T] for `xs`,
-    /// `context` [copies · B, S, D]): the first resnet and the first transformer's steps before
+    /// [`Self::forward`] for `copies` copies of `xs` [B, C, H, W] (`temb` [copies · B, T] and
+    /// `context` [copies · B, S, D] for all of them): the first resnet and the first transformer's steps before
     /// its cross-attention run once, on `xs` ([`Transformer2D::forward_copies`]); the rest on
     /// every copy.
     pub fn forward_copies(
@@ -190,15 +191,15 @@ impl DownBlock {
         let Some(first) = self.resnets.first() else {
             return self.downsample(repeat_batch(&xs, copies)?, skips);
         };
-        let xs = first.forward(xs, Some(temb))?;
+        let temb_one = temb.narrow(0, 0, xs.dim(0)?)?;
+        let xs = first.forward(xs, Some(&temb_one))?;
         let mut xs = match self.attentions.first() {
             Some(attn) => attn.forward_copies(&xs, context, copies)?,
             None => repeat_batch(&xs, copies)?,
         };
         skips.push(xs.clone());
-        let temb = repeat_batch(temb, copies)?;
         for j in 1..self.resnets.len() {
-            xs = self.layer(j, xs, &temb, context)?;
+            xs = self.layer(j, xs, temb, context)?;
             skips.push(xs.clone());
         }
         self.downsample(xs, skips)

@@ -16,10 +16,10 @@ use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
 use crate::gguf::GgufWeights;
 use crate::kernels::{self, GroupNorm};
 
+use crate::models::repeat_batch;
 use blocks::{BlockAttention, BlockCommon, BlockShape, DownBlock, MidBlock, UpBlock};
 pub use config::{BlockPlan, LayerDepth, TextTime, TransformerDepth, UNetConfig};
 use embeddings::{sinusoidal_embedding, timestep_embedding, TimestepMlp};
-use transformer::repeat_batch;
 
 /// SDXL's added conditioning for a UNet with `addition_embed_type: "text_time"` (diffusers'
 /// `added_cond_kwargs`), one row per sample of the batch.
@@ -224,9 +224,8 @@ impl UNet2DConditionModel {
         let mut xs = kernels::conv2d(&self.conv_in, &sample.narrow(0, 0, one)?, None, 1.0)?;
         let mut skips = vec![repeat_batch(&xs, copies)?];
         if copies > 1 {
-            let temb_one = temb.narrow(0, 0, one)?;
             xs = match blocks.next() {
-                Some(first) => first.forward_copies(xs, &temb_one, context, &mut skips, copies)?,
+                Some(first) => first.forward_copies(xs, temb, context, &mut skips, copies)?,
                 None => repeat_batch(&xs, copies)?,
             };
         }

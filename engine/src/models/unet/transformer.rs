@@ -9,6 +9,7 @@ use crate::gguf::GgufWeights;
 use crate::kernels::{self, GroupNorm};
 use crate::models::attention::scaled_dot_product;
 use crate::models::linear::Linear;
+use crate::models::repeat_batch;
 
 /// Where linear layers may take quantized blocks from (a GGUF UNet), by diffusers name.
 pub type Quant<'a> = Option<&'a GgufWeights>;
@@ -206,14 +207,5 @@ impl Transformer2D {
             Projection::Conv(conv) => kernels::conv2d(conv, &to_map(tokens)?, Some(xs), 1.0),
             Projection::Linear(lin) => to_map(&lin.forward(tokens)?)? + xs,
         }
-    }
-}
-
-/// `copies` copies of the batch `xs` one after another along the batch dimension (what the
-/// guidance pair's inputs are: `[x; x]`).
-pub(crate) fn repeat_batch(xs: &Tensor, copies: usize) -> Result<Tensor> {
-    match copies {
-        1 => Ok(xs.clone()),
-        n => Tensor::cat(&vec![xs; n], 0),
     }
 }
