@@ -26,6 +26,7 @@ pub mod group_norm;
 pub mod malloc;
 mod math;
 mod narrow_gemm;
+mod panels;
 pub mod rope;
 mod slices;
 mod stream;

@@ -7,13 +7,17 @@
 //! vector loop ([`super::widen`]); on the 2-core AVX-512 Xeon this was tuned on, these paths
 //! put 16-bit weights at f32's speed (a SD 1.5 UNet forward at 256x256 batch 2: 1.43 s vs
 //! 1.42 s, where widening whole weights first took 1.60 s). On CPUs with AMX, bf16 weights go
-//! to [`super::amx`] instead (multiplied without widening, at f32 accuracy).
+//! to [`super::amx`] instead (multiplied without widening, at f32 accuracy); on other CPUs with
+//! AVX-512, they go to
+//! [`super::panels`], which widens them straight into the microkernels' operands (no widened
+//! block for a GEMM to pack again). The blocked paths here serve the rest.
 
 use rayon::prelude::*;
 use std::cell::RefCell;
 
 use super::amx;
 use super::gemm::{assume_written, matmul_add, matmul_uninit, written, Mat, MatMut, MatUninit};
+use super::panels;
 use super::widen::{Stored, AHEAD};
 
 /// Values of a widened block (4 MiB of f32: in the shared L3 cache). Measured per GEMM shape of
@@ -48,7 +52,7 @@ fn depth(k: usize, width: usize, block: usize) -> usize {
 
 /// Runs `f` with this thread's block buffer of `len` values (taken out of the cell for the
 /// call, so that a nested call on this thread gets a buffer of its own).
-fn with_buf<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+pub(super) fn with_buf<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     let mut buf = BUF.with(|b| std::mem::take(&mut *b.borrow_mut()));
     if buf.len() < len {
         buf.resize(len, 0.0);
@@ -294,6 +298,9 @@ pub(crate) fn matmul_narrow_rhs(
     if amx_weight(w, Side::Right) {
         return amx::product_weight_rhs_uninit(dst, lhs, w, n, threads);
     }
+    if panels::available() {
+        return panels::product(dst, lhs, w, n, threads);
+    }
     let whole = View {
         w,
         start: 0,
@@ -355,6 +362,9 @@ pub(crate) fn matmul_narrow_lhs(
     );
     if amx_weight(w, Side::Left) {
         return amx::product_weight_lhs_uninit(dst, w, m, rhs, threads);
+    }
+    if panels::available() {
+        return panels::product_left(dst, w, m, rhs, threads);
     }
     let whole = View {
         w,

@@ -51,6 +51,9 @@ fn narrow_product_speed() {
         (Side::Right, 128, 5120, 1280),
         (Side::Left, 128, 11520, 1280),
         (Side::Left, 128, 23040, 1280),
+        (Side::Left, 4096, 320, 320),
+        (Side::Left, 4096, 960, 320),
+        (Side::Left, 1024, 2880, 320),
     ];
     for &(side, a, k, n) in shapes {
         let name = if side == Side::Right { "right" } else { "left" };

@@ -1,0 +1,748 @@
+//! `dst = lhs · w` for a weight `w` (`[k, n]` row-major, f32 or 16-bit) on the `gemm` crate's
+//! own AVX-512 microkernels (register tiles of 64 weight columns x 6 activation rows), driven
+//! here so that each block of the weight is widened straight into the packed panels the
+//! microkernels read.
+//!
+//! Through the `gemm` crate a 16-bit weight took two passes per block: widened into an f32
+//! block ([`super::narrow_gemm`]), which the GEMM then read again to pack into its panels.
+//! Here the widening is the packing: each weight value is read once per product, as 16 bits,
+//! and written once, into a panel that stays in the core's L2 cache while every activation row
+//! is multiplied by it. The activations are read in place (the microkernels broadcast their
+//! values from the rows of `lhs`).
+//!
+//! Every output value is the same sum in the same order whatever the number of rows, the
+//! threads or the way they share the work: blocks of [`KC`] terms (as deep as the weight
+//! allows, by its depth alone), each summed in a register by fused multiply-adds and added
+//! to the output in turn. An image's result does not depend on its batch.
+
+use rayon::prelude::*;
+
+use super::gemm::{assume_written, span, Mat, MatUninit};
+use super::narrow_gemm::with_buf;
+use super::widen::Stored;
+
+/// Weight columns per panel: the microkernel's four 16-lane vectors.
+const MR: usize = 64;
+
+/// Activation rows per microkernel call.
+const NR: usize = 6;
+
+/// Most terms per block of the sum: a panel of 64 KiB (in L2), the activations' part of a
+/// call (6 rows, 6 KiB) in L1.
+const KC: usize = 512;
+
+/// Panels packed together (256 KiB: a quarter of the L2 of the machines measured); each
+/// group of activation rows is multiplied by all of them while it is in L1.
+const PANELS: usize = 4;
+
+/// Activation columns per chunk of a product with the weight on the left ([`product_left`]):
+/// each group of [`NR`] weight rows is multiplied by a chunk's columns, re-read from L2 for
+/// every group (at most 256 x 512 values, 512 KiB).
+const LEFT_COLUMNS: usize = 256;
+
+/// Whether this CPU runs the microkernels (AVX-512F).
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `dst = lhs · w`, `w` being `[lhs.cols, n]` row-major, on up to `threads` rayon threads.
+/// Writes every element of `dst`'s view, and zeroes the values of its slice between and past
+/// the view's rows. Panics if the shapes do not chain, a view reaches past its slice, or
+/// [`available`] is false.
+pub(crate) fn product(dst: MatUninit, lhs: Mat, w: Stored, n: usize, threads: usize) {
+    let (m, k) = (lhs.rows, lhs.cols);
+    assert!(available(), "panels: this CPU has no AVX-512");
+    assert_eq!(
+        w.len(),
+        k * n,
+        "panels: weight of {} values is not [{k}, {n}]",
+        w.len()
+    );
+    assert_eq!(
+        (dst.rows, dst.cols),
+        (m, n),
+        "panels: output is not [{m}, {n}]"
+    );
+    assert!(
+        lhs.data.len() >= span(m, k, lhs.stride),
+        "panels: lhs past its slice"
+    );
+    assert!(
+        dst.data.len() >= span(m, n, dst.stride),
+        "panels: dst past its slice"
+    );
+    let out = Out(dst.data.as_mut_ptr().cast::<f32>());
+    let job = Job {
+        lhs,
+        w,
+        n,
+        out,
+        stride: dst.stride,
+    };
+    if k == 0 {
+        for r in 0..m {
+            for v in &mut dst.data[r * dst.stride..][..n] {
+                v.write(0.0);
+            }
+        }
+    } else if m > 0 && n > 0 {
+        shares(m, n, threads.max(1))
+            .into_par_iter()
+            .for_each(|(cols, rows)| job.run(cols, rows));
+    }
+    // SAFETY: the shares cover every row and column of the view, and `Job::run` writes
+    // every element of its share (the first block of the sum stores, the others add).
+    #[allow(unsafe_code)]
+    unsafe {
+        assume_written(dst);
+    }
+}
+
+/// `dst = w · rhs`, `w` being `[m, rhs.rows]` row-major (the convolutions by im2col): the
+/// weight is the microkernels' broadcast operand, widened [`NR`] rows at a time into a small
+/// buffer that stays in L1, and the activations are read in place as their vector operand
+/// (copied into panels of the 16-lane vectors the kernels load), [`LEFT_COLUMNS`] columns at
+/// a time; the threads share out the weight's rows. Each column's sums are the same whatever
+/// the number of columns (an image's result does not depend on its batch). Writes every
+/// element of `dst`'s view and zeroes the rest of its slice as [`product`] does. Panics on
+/// shapes that do not chain or views past their slices.
+pub(crate) fn product_left(dst: MatUninit, w: Stored, m: usize, rhs: Mat, threads: usize) {
+    let (k, p) = (rhs.rows, rhs.cols);
+    assert!(available(), "panels: this CPU has no AVX-512");
+    assert_eq!(
+        w.len(),
+        m * k,
+        "panels: weight of {} values is not [{m}, {k}]",
+        w.len()
+    );
+    assert_eq!(
+        (dst.rows, dst.cols),
+        (m, p),
+        "panels: output is not [{m}, {p}]"
+    );
+    assert!(
+        rhs.data.len() >= span(k, p, rhs.stride),
+        "panels: rhs past its slice"
+    );
+    assert!(
+        dst.data.len() >= span(m, p, dst.stride),
+        "panels: dst past its slice"
+    );
+    let out = Out(dst.data.as_mut_ptr().cast::<f32>());
+    if k == 0 {
+        for r in 0..m {
+            for v in &mut dst.data[r * dst.stride..][..p] {
+                v.write(0.0);
+            }
+        }
+    } else if m > 0 && p > 0 {
+        let groups = m.div_ceil(NR);
+        let count = threads.max(1).min(groups);
+        (0..count).into_par_iter().for_each(|t| {
+            let rows = t * groups / count * NR..((t + 1) * groups / count * NR).min(m);
+            left_rows(w, rhs, out, dst.stride, rows);
+        });
+    }
+    // SAFETY: the threads' rows cover the view, and `left_rows` writes every element of its
+    // rows (the first block of the sum stores, the others add).
+    #[allow(unsafe_code)]
+    unsafe {
+        assume_written(dst);
+    }
+}
+
+/// Rows `rows` of [`product_left`]'s output (at `os` from `out`), block of the sum by block:
+/// the block's part of those rows of the weight widened once, then chunk of [`LEFT_COLUMNS`]
+/// columns by chunk, the chunk's part of `rhs` copied into panels of [`MR`] columns
+/// (contiguous: read in place, rows a power of two apart fall in the same L1 sets) that stay in L2 while every group of [`NR`] rows is multiplied by them.
+fn left_rows(w: Stored, rhs: Mat, out: Out, os: usize, rows: std::ops::Range<usize>) {
+    let k = rhs.rows;
+    let blocks = k.div_ceil(KC);
+    let most = k.div_ceil(blocks);
+    // The widened rows (all of them for several chunks, a group's at a time for one: then
+    // they stay in L1), then the panels of the activations (stale values: every value the
+    // kernels store is written first).
+    let widened = if rhs.cols > LEFT_COLUMNS {
+        rows.len()
+    } else {
+        NR
+    };
+    with_buf((widened + LEFT_COLUMNS) * most, |buf| {
+        let (b, a) = buf.split_at_mut(widened * most);
+        left_blocks(w, rhs, out, os, rows, (b, a))
+    })
+}
+
+/// [`left_rows`] with its buffers `b` (the widened rows) and `a` (the panels).
+fn left_blocks(
+    w: Stored,
+    rhs: Mat,
+    out: Out,
+    os: usize,
+    rows: std::ops::Range<usize>,
+    (b, a): (&mut [f32], &mut [f32]),
+) {
+    let (k, p) = (rhs.rows, rhs.cols);
+    let blocks = k.div_ceil(KC);
+    let all = b.len() >= rows.len() * k.div_ceil(blocks);
+    // Rows `js` of the weight's block `ks` widened into `b`, the next rows' part fetched
+    // while each is widened.
+    let widen_rows = |b: &mut [f32], js: std::ops::Range<usize>, ks: std::ops::Range<usize>| {
+        for (j, row) in js.clone().zip(b.chunks_exact_mut(ks.len())) {
+            Ahead::new(&w, k, j + 2..(j + 3).min(rows.end), ks.start, ks.len()).fetch(1);
+            widen(w, j * k + ks.start, row, 0);
+        }
+    };
+    for blk in 0..blocks {
+        let ks = blk * k / blocks..(blk + 1) * k / blocks;
+        let depth = ks.len();
+        if all {
+            widen_rows(b, rows.clone(), ks.clone());
+        }
+        for c0 in (0..p).step_by(LEFT_COLUMNS) {
+            let cols = c0..(c0 + LEFT_COLUMNS).min(p);
+            let panels = cols.len().div_ceil(MR);
+            for (q, panel) in a.chunks_mut(depth * MR).take(panels).enumerate() {
+                let (i0, lanes) = (c0 + q * MR, MR.min(cols.end - c0 - q * MR));
+                for (kk, dst) in ks.clone().zip(panel.chunks_exact_mut(MR)) {
+                    dst[..lanes].copy_from_slice(&rhs.data[kk * rhs.stride + i0..][..lanes]);
+                }
+            }
+            for j0 in rows.clone().step_by(NR) {
+                let nr = NR.min(rows.end - j0);
+                let b = if all {
+                    &b[(j0 - rows.start) * depth..][..nr * depth]
+                } else {
+                    widen_rows(b, j0..j0 + nr, ks.clone());
+                    &b[..nr * depth]
+                };
+                for (q, panel) in a.chunks(depth * MR).take(panels).enumerate() {
+                    let i0 = c0 + q * MR;
+                    let shape = (MR.min(cols.end - i0), nr, depth);
+                    left_call(panel, MR, shape, b, out, j0 * os + i0, os, ks.start);
+                }
+            }
+        }
+    }
+}
+
+/// One microkernel call of [`left_rows`]: `width` (at most [`MR`]) columns of `lhs` (rows
+/// `lhs_cs` apart, whole vectors readable past `width`, the lanes past it ignored) times `nr` rows of `b` (`depth` values
+/// each) into the output at `at` (rows `os` apart), stored when `k0` is 0, else added.
+#[allow(clippy::too_many_arguments)]
+fn left_call(
+    lhs: &[f32],
+    lhs_cs: usize,
+    (width, nr, depth): (usize, usize, usize),
+    b: &[f32],
+    out: Out,
+    at: usize,
+    os: usize,
+    k0: usize,
+) {
+    assert!(width <= MR && nr <= NR && b.len() >= nr * depth);
+    assert!(lhs.len() >= span(depth, width.next_multiple_of(16), lhs_cs));
+    // SAFETY: the asserts above bound the kernel's reads of `lhs` (`depth` rows of whole
+    // vectors) and `b`; the caller's output holds `nr` rows of `width` values from `at`, rows
+    // `os` apart, which this thread alone writes; AVX-512F is there (`available`).
+    #[allow(unsafe_code)]
+    unsafe {
+        kernel(width, nr)(
+            width,
+            nr,
+            depth,
+            out.0.add(at),
+            lhs.as_ptr(),
+            b.as_ptr(),
+            os as isize,
+            1,
+            lhs_cs as isize,
+            1,
+            depth as isize,
+            1.0,
+            1.0,
+            u8::from(k0 > 0),
+            false,
+            false,
+            false,
+            b.as_ptr(),
+        )
+    }
+}
+
+/// The threads' shares of the output, as (weight columns, activation rows): the columns in
+/// whole panels (each thread packs only its part of the weight; the activations are read in
+/// place, so nothing is packed twice) when they share out evenly enough, else the rows in
+/// whole groups of [`NR`] (each thread packing the whole weight: 5 panels on 2 threads would
+/// leave one idle a sixth of the time).
+fn shares(
+    m: usize,
+    n: usize,
+    threads: usize,
+) -> Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> {
+    let panels = n.div_ceil(MR);
+    if panels % threads == 0 || panels >= 8 * threads {
+        let count = threads.min(panels);
+        (0..count)
+            .map(|t| {
+                (
+                    t * panels / count * MR..((t + 1) * panels / count * MR).min(n),
+                    0..m,
+                )
+            })
+            .collect()
+    } else {
+        let groups = m.div_ceil(NR);
+        let count = threads.min(groups);
+        (0..count)
+            .map(|t| {
+                (
+                    0..n,
+                    t * groups / count * NR..((t + 1) * groups / count * NR).min(m),
+                )
+            })
+            .collect()
+    }
+}
+
+/// The output's first element, shared by the threads, which write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+
+// SAFETY: the pointer is only written through in `Job::run`, each thread within its own share
+// of the output (disjoint rows or disjoint columns), and the slice outlives the threads.
+#[allow(unsafe_code)]
+unsafe impl Send for Out {}
+// SAFETY: as above.
+#[allow(unsafe_code)]
+unsafe impl Sync for Out {}
+
+/// One product's operands (checked against their slices by [`product`]).
+struct Job<'a> {
+    lhs: Mat<'a>,
+    w: Stored<'a>,
+    n: usize,
+    out: Out,
+    stride: usize,
+}
+
+impl Job<'_> {
+    /// The output's `rows` x `cols`, block of the sum by block, each block's panels packed
+    /// then multiplied by every row.
+    fn run(&self, cols: std::ops::Range<usize>, rows: std::ops::Range<usize>) {
+        let k = self.lhs.cols;
+        let blocks = k.div_ceil(KC);
+        with_buf(PANELS * MR * k.div_ceil(blocks), |packed| {
+            self.blocks(cols, rows, packed)
+        })
+    }
+
+    /// [`Job::run`] with `packed` (stale values) to pack into.
+    fn blocks(
+        &self,
+        cols: std::ops::Range<usize>,
+        rows: std::ops::Range<usize>,
+        packed: &mut [f32],
+    ) {
+        let k = self.lhs.cols;
+        let blocks = k.div_ceil(KC);
+        let depth = |b: usize| b * k / blocks..(b + 1) * k / blocks;
+        let steps: Vec<(std::ops::Range<usize>, usize)> = (0..blocks)
+            .flat_map(|b| {
+                cols.clone()
+                    .step_by(PANELS * MR)
+                    .map(move |c0| (depth(b), c0))
+            })
+            .collect();
+        for (i, (ks, c0)) in steps.iter().enumerate() {
+            let width = (PANELS * MR).min(cols.end - c0);
+            self.pack(ks.clone(), *c0, width, packed);
+            // The next step's part of the weight, fetched while this one multiplies.
+            let next = steps.get(i + 1).map(|(ks, c0)| {
+                Ahead::new(
+                    &self.w,
+                    self.n,
+                    ks.clone(),
+                    *c0,
+                    (PANELS * MR).min(cols.end - c0),
+                )
+            });
+            self.multiply(ks.clone(), *c0, width, rows.clone(), packed, next);
+        }
+    }
+
+    /// Weight rows `ks`, columns `c0..c0 + width`, widened into `packed` as panels of
+    /// `[ks.len()][MR]` one after another.
+    fn pack(&self, ks: std::ops::Range<usize>, c0: usize, width: usize, packed: &mut [f32]) {
+        let depth = ks.len();
+        // Two weight rows ahead: each row's part is a short run the prefetchers miss.
+        let ahead = 2 * self.n;
+        for (p, panel) in packed
+            .chunks_mut(depth * MR)
+            .take(width.div_ceil(MR))
+            .enumerate()
+        {
+            let lanes = MR.min(width - p * MR);
+            for (kk, row) in ks.clone().zip(panel.chunks_exact_mut(MR)) {
+                let start = kk * self.n + c0 + p * MR;
+                widen(self.w, start, &mut row[..lanes], ahead);
+            }
+        }
+    }
+
+    /// Adds (or, for the first block, stores) `rows` of the activations' columns `ks` times
+    /// the packed panels into the output's columns `c0..c0 + width`.
+    fn multiply(
+        &self,
+        ks: std::ops::Range<usize>,
+        c0: usize,
+        width: usize,
+        rows: std::ops::Range<usize>,
+        packed: &[f32],
+        mut next: Option<Ahead>,
+    ) {
+        let depth = ks.len();
+        let calls = rows.len().div_ceil(NR) * width.div_ceil(MR);
+        let status = u8::from(ks.start > 0);
+        let (ls, os) = (self.lhs.stride, self.stride);
+        for r0 in rows.clone().step_by(NR) {
+            let nr = NR.min(rows.end - r0);
+            for p in 0..width.div_ceil(MR) {
+                let mr = MR.min(width - p * MR);
+                let panel = &packed[p * depth * MR..][..depth * MR];
+                let lhs = &self.lhs.data[r0 * ls + ks.start..];
+                // SAFETY: `product` checked that `lhs` holds rows `r0..r0 + nr` of `k`
+                // values at `ls`, which the kernel reads `depth` columns of from `ks.start`;
+                // the panel holds `depth` columns of `MR` values (the kernel reads whole
+                // vectors up to `mr` rounded to 16, inside `MR`); the output holds rows
+                // `r0..r0 + nr`, columns `c0 + p·MR..` + `mr` at `os`, which this thread
+                // alone writes (its share); AVX-512F is there (`available`).
+                #[allow(unsafe_code)]
+                unsafe {
+                    kernel(mr, nr)(
+                        mr,
+                        nr,
+                        depth,
+                        self.out.0.add(r0 * os + c0 + p * MR),
+                        panel.as_ptr(),
+                        lhs.as_ptr(),
+                        os as isize,
+                        1,
+                        MR as isize,
+                        1,
+                        ls as isize,
+                        1.0,
+                        1.0,
+                        status,
+                        false,
+                        false,
+                        false,
+                        panel.as_ptr(),
+                    )
+                }
+                if let Some(next) = &mut next {
+                    next.fetch(calls);
+                }
+            }
+        }
+    }
+}
+
+/// Values `start..start + dst.len()` of `w` as f32 into `dst`: f16 by the CPU's conversion
+/// instruction (one per 16 values, where the portable widening takes a dozen integer
+/// operations), else by [`Stored::widen_ahead`].
+fn widen(w: Stored, start: usize, dst: &mut [f32], ahead: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let (Stored::F16(s), Some(v4)) = (w, pulp::x86::V4::try_new()) {
+        let src = &s[start..][..dst.len()];
+        v4.vectorize(
+            #[inline(always)]
+            || convert_f16(v4, src, dst),
+        );
+        return;
+    }
+    w.widen_ahead(start, dst, ahead)
+}
+
+/// `dst[i] = src[i]` as f32 (same lengths), 16 values per `vcvtph2ps`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn convert_f16(v4: pulp::x86::V4, src: &[half::f16], dst: &mut [f32]) {
+    use std::arch::x86_64::__m256i;
+    let avx = v4.avx512f;
+    let whole = src.len().min(dst.len()) / 16 * 16;
+    for (d, s) in dst[..whole]
+        .chunks_exact_mut(16)
+        .zip(src[..whole].chunks_exact(16))
+    {
+        // SAFETY: `s` holds 16 f16 values, the 32 bytes read (unaligned).
+        #[allow(unsafe_code)]
+        let h = unsafe { s.as_ptr().cast::<__m256i>().read_unaligned() };
+        let f: [f32; 16] = pulp::bytemuck::cast(avx._mm512_cvtph_ps(h));
+        d.copy_from_slice(&f);
+    }
+    for (d, s) in dst[whole..].iter_mut().zip(&src[whole..]) {
+        *d = s.to_f32();
+    }
+}
+
+/// The cache lines of a part of the weight (rows `ks`, `width` columns from `c0`), fetched a
+/// share at a time.
+struct Ahead {
+    base: *const u8,
+    row_bytes: usize,
+    rows: std::ops::Range<usize>,
+    first: usize,
+    lines: usize,
+    done: usize,
+}
+
+impl Ahead {
+    fn new(w: &Stored, n: usize, ks: std::ops::Range<usize>, c0: usize, width: usize) -> Self {
+        let (base, size) = match w {
+            Stored::F32(s) => (s.as_ptr().cast::<u8>(), 4),
+            Stored::F16(s) => (s.as_ptr().cast::<u8>(), 2),
+            Stored::Bf16(s) => (s.as_ptr().cast::<u8>(), 2),
+        };
+        let lines = (width * size).div_ceil(64) + 1;
+        Ahead {
+            base,
+            row_bytes: n * size,
+            first: c0 * size,
+            lines,
+            done: 0,
+            rows: ks,
+        }
+    }
+
+    /// Fetches the next of `calls` shares of the lines.
+    fn fetch(&mut self, calls: usize) {
+        let total = self.rows.len() * self.lines;
+        let share = total.div_ceil(calls.max(1));
+        let end = (self.done + share).min(total);
+        for l in self.done..end {
+            let (r, c) = (self.rows.start + l / self.lines, l % self.lines);
+            let at = self
+                .base
+                .wrapping_add(r * self.row_bytes + self.first + c * 64);
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a prefetch reads nothing the program sees and does not fault.
+            #[allow(unsafe_code)]
+            unsafe {
+                std::arch::x86_64::_mm_prefetch(at.cast::<i8>(), std::arch::x86_64::_MM_HINT_T1)
+            }
+        }
+        self.done = end;
+    }
+}
+
+/// The `gemm` crate's microkernel signature: `(m, n, k, dst, packed_lhs, packed_rhs, dst_cs,
+/// dst_rs, lhs_cs, rhs_rs, rhs_cs, alpha, beta, alpha_status, conj_dst, conj_lhs, conj_rhs,
+/// next_lhs)`; `dst = beta·Σ lhs·rhs` (`alpha_status` 0) or `dst + beta·Σ lhs·rhs` (1).
+#[allow(unsafe_code)]
+type Kernel = unsafe fn(
+    usize,
+    usize,
+    usize,
+    *mut f32,
+    *const f32,
+    *const f32,
+    isize,
+    isize,
+    isize,
+    isize,
+    isize,
+    f32,
+    f32,
+    u8,
+    bool,
+    bool,
+    bool,
+    *const f32,
+);
+
+/// The microkernel for `mr` (1..=64) weight columns and `nr` (1..=6) activation rows.
+#[cfg(target_arch = "x86_64")]
+fn kernel(mr: usize, nr: usize) -> Kernel {
+    gemm_f32::microkernel::avx512f::f32::UKR[mr.div_ceil(16) - 1][nr - 1]
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn kernel(_: usize, _: usize) -> Kernel {
+    unreachable!("panels: no microkernels off x86-64 (`available` is false)")
+}
+
+#[cfg(test)]
+mod tests {
+    use half::{bf16, f16};
+
+    use super::*;
+    use crate::kernels::test_util::{nan_view, noise};
+
+    /// The f64 product and the sums of its terms' magnitudes.
+    fn reference(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> (Vec<f64>, Vec<f64>) {
+        let (mut sum, mut size) = (vec![0f64; m * n], vec![0f64; m * n]);
+        for r in 0..m {
+            for kk in 0..k {
+                for c in 0..n {
+                    let t = f64::from(x[r * k + kk]) * f64::from(w[kk * n + c]);
+                    sum[r * n + c] += t;
+                    size[r * n + c] += t.abs();
+                }
+            }
+        }
+        (sum, size)
+    }
+
+    /// The product into a NaN-filled view with rows `gap` values further apart than `n`.
+    fn run(x: &[f32], w: Stored, m: usize, n: usize, gap: usize, threads: usize) -> Vec<f32> {
+        let k = x.len() / m.max(1);
+        let stride = n + gap;
+        let mut out = vec![f32::NAN; m * stride];
+        let lhs = Mat {
+            data: x,
+            rows: m,
+            cols: k,
+            stride: k,
+        };
+        product(nan_view(&mut out, m, n, stride), lhs, w, n, threads);
+        out
+    }
+
+    #[test]
+    fn products_equal_the_f64_sums() {
+        if !available() {
+            return;
+        }
+        // Panels whole and partial (n of 1, 40, 64, 300 columns), groups of rows whole and
+        // partial, sums of one block and several (k up to 700: blocks of 234), rows split
+        // and columns split between the threads.
+        for (m, k, n) in [
+            (7, 600, 5),
+            (13, 257, 300),
+            (1, 700, 64),
+            (2, 3, 40),
+            (40, 300, 1),
+        ] {
+            let x = noise(m * k, 1);
+            let w32 = noise(k * n, 2);
+            let wh: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
+            let wb: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
+            let cases = [
+                (Stored::F32(&w32), w32.clone()),
+                (Stored::F16(&wh), wh.iter().map(|v| v.to_f32()).collect()),
+                (Stored::Bf16(&wb), wb.iter().map(|v| v.to_f32()).collect()),
+            ];
+            for (stored, wide) in cases {
+                let (want, size) = reference(&x, &wide, m, k, n);
+                for threads in [1, 2, 3] {
+                    let out = run(&x, stored, m, n, 3, threads);
+                    for r in 0..m {
+                        let row = &out[r * (n + 3)..][..n + 3];
+                        for (c, &g) in row[..n].iter().enumerate() {
+                            let (w, s) = (want[r * n + c], size[r * n + c]);
+                            assert!((f64::from(g) - w).abs() <= 1e-6 * s + 1e-30, "{g} vs {w}");
+                        }
+                        assert!(row[n..].iter().all(|&v| v == 0.0), "gap of row {r}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn each_row_is_its_own_product() {
+        if !available() {
+            return;
+        }
+        // 50 rows together (rows split between the threads, or columns when the weight is
+        // wide), against each row alone: the same bits.
+        for n in [70, 2000] {
+            let (m, k) = (50, 520);
+            let x = noise(m * k, 3);
+            let wh: Vec<f16> = noise(k * n, 4).iter().map(|&v| f16::from_f32(v)).collect();
+            let all = run(&x, Stored::F16(&wh), m, n, 0, 2);
+            for r in [0, 1, 6, 31, 49] {
+                let alone = run(&x[r * k..][..k], Stored::F16(&wh), 1, n, 0, 1);
+                assert!(alone == all[r * n..][..n], "row {r} of {m}, n {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn left_products_equal_the_f64_sums_column_by_column() {
+        if !available() {
+            return;
+        }
+        // `w [m, k] · x [k, p]`: groups of rows whole and partial, sums of one block and
+        // several, 1 to 300 columns (chunks of 256, ragged ends); the first 20 columns alone
+        // (columns 16 to 19 then past the last whole vector) give the same bits.
+        for (m, k, p) in [
+            (7, 600, 16),
+            (13, 1100, 37),
+            (100, 37, 300),
+            (1, 5, 48),
+            (3, 70, 1),
+        ] {
+            let x = noise(k * p, 5);
+            let w32 = noise(m * k, 6);
+            let wh: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
+            let wide: Vec<f32> = wh.iter().map(|v| v.to_f32()).collect();
+            let (want, size) = reference(&wide, &x, m, k, p);
+            let left = |x: &[f32], p: usize, stride: usize, threads: usize| {
+                let mut out = vec![f32::NAN; m * (p + 2)];
+                let rhs = Mat {
+                    data: x,
+                    rows: k,
+                    cols: p,
+                    stride,
+                };
+                let dst = nan_view(&mut out, m, p, p + 2);
+                product_left(dst, Stored::F16(&wh), m, rhs, threads);
+                out
+            };
+            for threads in [1, 2, 3] {
+                let out = left(&x, p, p, threads);
+                for r in 0..m {
+                    let row = &out[r * (p + 2)..][..p + 2];
+                    for (c, &g) in row[..p].iter().enumerate() {
+                        let (w, s) = (want[r * p + c], size[r * p + c]);
+                        assert!((f64::from(g) - w).abs() <= 1e-6 * s + 1e-30, "{g} vs {w}");
+                    }
+                    assert!(row[p..].iter().all(|&v| v == 0.0), "gap of row {r}");
+                }
+                let q = p.min(20);
+                let first = left(&x, q, p, threads);
+                for r in 0..m {
+                    let (a, b) = (&first[r * (q + 2)..][..q], &out[r * (p + 2)..][..q]);
+                    assert!(a == b, "{m}x{k}x{p}: row {r}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn empty_sums_are_zeros() {
+        if !available() {
+            return;
+        }
+        let out = run(&[], Stored::F32(&[]), 3, 0, 2, 2);
+        assert!(out.iter().all(|&v| v == 0.0));
+        let mut out = vec![f32::NAN; 6];
+        let lhs = Mat {
+            data: &[],
+            rows: 2,
+            cols: 0,
+            stride: 0,
+        };
+        product(nan_view(&mut out, 2, 3, 3), lhs, Stored::F32(&[]), 3, 2);
+        assert!(out.iter().all(|&v| v == 0.0));
+    }
+}
