@@ -56,28 +56,9 @@ pub(crate) fn available() -> bool {
 /// Writes every element of `dst`'s view, and zeroes the values of its slice between and past
 /// the view's rows. Panics if the shapes do not chain, a view reaches past its slice, or
 /// [`available`] is false.
-pub(crate) fn product(dst: MatUninit, lhs: Mat, w: Stored, n: usize, threads: usize) {
+pub(crate) fn product(mut dst: MatUninit, lhs: Mat, w: Stored, n: usize, threads: usize) {
     let (m, k) = (lhs.rows, lhs.cols);
-    assert!(available(), "panels: this CPU has no AVX-512");
-    assert_eq!(
-        w.len(),
-        k * n,
-        "panels: weight of {} values is not [{k}, {n}]",
-        w.len()
-    );
-    assert_eq!(
-        (dst.rows, dst.cols),
-        (m, n),
-        "panels: output is not [{m}, {n}]"
-    );
-    assert!(
-        lhs.data.len() >= span(m, k, lhs.stride),
-        "panels: lhs past its slice"
-    );
-    assert!(
-        dst.data.len() >= span(m, n, dst.stride),
-        "panels: dst past its slice"
-    );
+    let sums = checked(&mut dst, &lhs, w, [(m, n), (k, n)], k);
     let out = Out(dst.data.as_mut_ptr().cast::<f32>());
     let job = Job {
         lhs,
@@ -86,13 +67,7 @@ pub(crate) fn product(dst: MatUninit, lhs: Mat, w: Stored, n: usize, threads: us
         out,
         stride: dst.stride,
     };
-    if k == 0 {
-        for r in 0..m {
-            for v in &mut dst.data[r * dst.stride..][..n] {
-                v.write(0.0);
-            }
-        }
-    } else if m > 0 && n > 0 {
+    if sums {
         shares(m, n, threads.max(1))
             .into_par_iter()
             .for_each(|(cols, rows)| job.run(cols, rows));
@@ -113,36 +88,11 @@ pub(crate) fn product(dst: MatUninit, lhs: Mat, w: Stored, n: usize, threads: us
 /// the number of columns (an image's result does not depend on its batch). Writes every
 /// element of `dst`'s view and zeroes the rest of its slice as [`product`] does. Panics on
 /// shapes that do not chain or views past their slices.
-pub(crate) fn product_left(dst: MatUninit, w: Stored, m: usize, rhs: Mat, threads: usize) {
+pub(crate) fn product_left(mut dst: MatUninit, w: Stored, m: usize, rhs: Mat, threads: usize) {
     let (k, p) = (rhs.rows, rhs.cols);
-    assert!(available(), "panels: this CPU has no AVX-512");
-    assert_eq!(
-        w.len(),
-        m * k,
-        "panels: weight of {} values is not [{m}, {k}]",
-        w.len()
-    );
-    assert_eq!(
-        (dst.rows, dst.cols),
-        (m, p),
-        "panels: output is not [{m}, {p}]"
-    );
-    assert!(
-        rhs.data.len() >= span(k, p, rhs.stride),
-        "panels: rhs past its slice"
-    );
-    assert!(
-        dst.data.len() >= span(m, p, dst.stride),
-        "panels: dst past its slice"
-    );
+    let sums = checked(&mut dst, &rhs, w, [(m, p), (m, k)], k);
     let out = Out(dst.data.as_mut_ptr().cast::<f32>());
-    if k == 0 {
-        for r in 0..m {
-            for v in &mut dst.data[r * dst.stride..][..p] {
-                v.write(0.0);
-            }
-        }
-    } else if m > 0 && p > 0 {
+    if sums {
         let groups = m.div_ceil(NR);
         let count = threads.max(1).min(groups);
         (0..count).into_par_iter().for_each(|t| {
@@ -275,6 +225,44 @@ fn left_call(
             b.as_ptr(),
         )
     }
+}
+
+/// Checks a product's operands (panics unless this CPU runs the microkernels, `dst` is
+/// `[rows, cols]` of `shapes[0]`, `w` holds the values of `shapes[1]`, and the views lie
+/// inside their slices), and writes `dst`'s zeros when the sum has no terms (`k` is 0).
+/// Returns whether there is anything to multiply.
+fn checked(
+    dst: &mut MatUninit,
+    other: &Mat,
+    w: Stored,
+    shapes: [(usize, usize); 2],
+    k: usize,
+) -> bool {
+    let [out, weight] = shapes;
+    assert!(available(), "panels: this CPU has no AVX-512");
+    assert_eq!(
+        w.len(),
+        weight.0 * weight.1,
+        "panels: weight of {} values is not {weight:?}",
+        w.len()
+    );
+    assert_eq!((dst.rows, dst.cols), out, "panels: output is not {out:?}");
+    assert!(
+        other.data.len() >= span(other.rows, other.cols, other.stride),
+        "panels: activations past their slice"
+    );
+    assert!(
+        dst.data.len() >= span(dst.rows, dst.cols, dst.stride),
+        "panels: output past its slice"
+    );
+    if k == 0 {
+        for r in 0..dst.rows {
+            for v in &mut dst.data[r * dst.stride..][..dst.cols] {
+                v.write(0.0);
+            }
+        }
+    }
+    k > 0 && dst.rows > 0 && dst.cols > 0
 }
 
 /// The threads' shares of the output, as (weight columns, activation rows): the columns in
