@@ -179,53 +179,52 @@ fn left_blocks(
                 for (q, panel) in a.chunks(depth * MR).take(panels).enumerate() {
                     let i0 = c0 + q * MR;
                     let shape = (MR.min(cols.end - i0), nr, depth);
-                    left_call(panel, MR, shape, b, out, j0 * os + i0, os, ks.start);
+                    tile(panel, shape, (b, depth), (out, j0 * os + i0, os), ks.start);
                 }
             }
         }
     }
 }
 
-/// One microkernel call of [`left_rows`]: `width` (at most [`MR`]) columns of `lhs` (rows
-/// `lhs_cs` apart, whole vectors readable past `width`, the lanes past it ignored) times `nr` rows of `b` (`depth` values
-/// each) into the output at `at` (rows `os` apart), stored when `k0` is 0, else added.
-#[allow(clippy::too_many_arguments)]
-fn left_call(
-    lhs: &[f32],
-    lhs_cs: usize,
+/// One microkernel call, for both sides: `width` (at most [`MR`]) weight or activation
+/// columns of the packed `panel` (`depth` columns of [`MR`] values; lanes past `width`
+/// ignored) times `nr` (at most [`NR`]) rows of the broadcast operand (`depth` values each,
+/// rows `stride` apart), into the output tile `offset` values from `out` (rows `os` apart):
+/// stored when the block starts the sum (`k0` is 0), else added.
+fn tile(
+    panel: &[f32],
     (width, nr, depth): (usize, usize, usize),
-    b: &[f32],
-    out: Out,
-    at: usize,
-    os: usize,
+    (rhs, stride): (&[f32], usize),
+    (out, offset, os): (Out, usize, usize),
     k0: usize,
 ) {
-    assert!(width <= MR && nr <= NR && b.len() >= nr * depth);
-    assert!(lhs.len() >= span(depth, width.next_multiple_of(16), lhs_cs));
-    // SAFETY: the asserts above bound the kernel's reads of `lhs` (`depth` rows of whole
-    // vectors) and `b`; the caller's output holds `nr` rows of `width` values from `at`, rows
-    // `os` apart, which this thread alone writes; AVX-512F is there (`available`).
+    assert!(width <= MR && nr <= NR && panel.len() >= depth * MR);
+    assert!(rhs.len() >= span(nr, depth, stride));
+    // SAFETY: the asserts above bound the kernel's reads of `panel` (`depth` columns of whole
+    // vectors inside `MR`) and of `rhs` (`nr` rows of `depth`); the caller's output holds `nr`
+    // rows of `width` values from `offset`, which this thread alone writes (its share); AVX-512F
+    // is there (`available`, checked by `product` and `product_left`).
     #[allow(unsafe_code)]
     unsafe {
         kernel(width, nr)(
             width,
             nr,
             depth,
-            out.0.add(at),
-            lhs.as_ptr(),
-            b.as_ptr(),
+            out.0.add(offset),
+            panel.as_ptr(),
+            rhs.as_ptr(),
             os as isize,
             1,
-            lhs_cs as isize,
+            MR as isize,
             1,
-            depth as isize,
+            stride as isize,
             1.0,
             1.0,
             u8::from(k0 > 0),
             false,
             false,
             false,
-            b.as_ptr(),
+            panel.as_ptr(),
         )
     }
 }
@@ -401,7 +400,6 @@ impl Job<'_> {
     ) {
         let depth = ks.len();
         let calls = rows.len().div_ceil(NR) * width.div_ceil(MR);
-        let status = u8::from(ks.start > 0);
         let (ls, os) = (self.lhs.stride, self.stride);
         for r0 in rows.clone().step_by(NR) {
             let nr = NR.min(rows.end - r0);
@@ -409,35 +407,14 @@ impl Job<'_> {
                 let mr = MR.min(width - p * MR);
                 let panel = &packed[p * depth * MR..][..depth * MR];
                 let lhs = &self.lhs.data[r0 * ls + ks.start..];
-                // SAFETY: `product` checked that `lhs` holds rows `r0..r0 + nr` of `k`
-                // values at `ls`, which the kernel reads `depth` columns of from `ks.start`;
-                // the panel holds `depth` columns of `MR` values (the kernel reads whole
-                // vectors up to `mr` rounded to 16, inside `MR`); the output holds rows
-                // `r0..r0 + nr`, columns `c0 + p·MR..` + `mr` at `os`, which this thread
-                // alone writes (its share); AVX-512F is there (`available`).
-                #[allow(unsafe_code)]
-                unsafe {
-                    kernel(mr, nr)(
-                        mr,
-                        nr,
-                        depth,
-                        self.out.0.add(r0 * os + c0 + p * MR),
-                        panel.as_ptr(),
-                        lhs.as_ptr(),
-                        os as isize,
-                        1,
-                        MR as isize,
-                        1,
-                        ls as isize,
-                        1.0,
-                        1.0,
-                        status,
-                        false,
-                        false,
-                        false,
-                        panel.as_ptr(),
-                    )
-                }
+                let shape = (mr, nr, depth);
+                tile(
+                    panel,
+                    shape,
+                    (lhs, ls),
+                    (self.out, r0 * os + c0 + p * MR, os),
+                    ks.start,
+                );
                 if let Some(next) = &mut next {
                     next.fetch(calls);
                 }
