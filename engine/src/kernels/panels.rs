@@ -150,7 +150,7 @@ fn left_blocks(
     let widen_rows = |b: &mut [f32], js: std::ops::Range<usize>, ks: std::ops::Range<usize>| {
         for (j, row) in js.clone().zip(b.chunks_exact_mut(ks.len())) {
             Ahead::new(&w, k, j + 2..(j + 3).min(rows.end), ks.start, ks.len()).fetch(1);
-            widen(w, j * k + ks.start, row, 0);
+            w.widen_ahead(j * k + ks.start, row, 0);
         }
     };
     for blk in 0..blocks {
@@ -382,7 +382,7 @@ impl Job<'_> {
             let lanes = MR.min(width - p * MR);
             for (kk, row) in ks.clone().zip(panel.chunks_exact_mut(MR)) {
                 let start = kk * self.n + c0 + p * MR;
-                widen(self.w, start, &mut row[..lanes], ahead);
+                self.w.widen_ahead(start, &mut row[..lanes], ahead);
             }
         }
     }
@@ -420,44 +420,6 @@ impl Job<'_> {
                 }
             }
         }
-    }
-}
-
-/// Values `start..start + dst.len()` of `w` as f32 into `dst`: f16 by the CPU's conversion
-/// instruction (one per 16 values, where the portable widening takes a dozen integer
-/// operations), else by [`Stored::widen_ahead`].
-fn widen(w: Stored, start: usize, dst: &mut [f32], ahead: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if let (Stored::F16(s), Some(v4)) = (w, pulp::x86::V4::try_new()) {
-        let src = &s[start..][..dst.len()];
-        v4.vectorize(
-            #[inline(always)]
-            || convert_f16(v4, src, dst),
-        );
-        return;
-    }
-    w.widen_ahead(start, dst, ahead)
-}
-
-/// `dst[i] = src[i]` as f32 (same lengths), 16 values per `vcvtph2ps`.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn convert_f16(v4: pulp::x86::V4, src: &[half::f16], dst: &mut [f32]) {
-    use std::arch::x86_64::__m256i;
-    let avx = v4.avx512f;
-    let whole = src.len().min(dst.len()) / 16 * 16;
-    for (d, s) in dst[..whole]
-        .chunks_exact_mut(16)
-        .zip(src[..whole].chunks_exact(16))
-    {
-        // SAFETY: `s` holds 16 f16 values, the 32 bytes read (unaligned).
-        #[allow(unsafe_code)]
-        let h = unsafe { s.as_ptr().cast::<__m256i>().read_unaligned() };
-        let f: [f32; 16] = pulp::bytemuck::cast(avx._mm512_cvtph_ps(h));
-        d.copy_from_slice(&f);
-    }
-    for (d, s) in dst[whole..].iter_mut().zip(&src[whole..]) {
-        *d = s.to_f32();
     }
 }
 
