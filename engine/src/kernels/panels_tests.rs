@@ -35,6 +35,24 @@ fn run(x: &[f32], w: Stored, m: usize, n: usize, gap: usize, threads: usize) -> 
     out
 }
 
+/// Asserts that `out` (`rows` x `cols` at `stride`) holds the f64 sums `want` to within 1e-6
+/// of the sums of their terms' magnitudes `size`, and zeros between and after its rows.
+fn assert_sums(
+    out: &[f32],
+    (want, size): (&[f64], &[f64]),
+    (rows, cols): (usize, usize),
+    stride: usize,
+) {
+    for r in 0..rows {
+        let row = &out[r * stride..][..stride];
+        for (c, &g) in row[..cols].iter().enumerate() {
+            let (w, s) = (want[r * cols + c], size[r * cols + c]);
+            assert!((f64::from(g) - w).abs() <= 1e-6 * s + 1e-30, "{g} vs {w}");
+        }
+        assert!(row[cols..].iter().all(|&v| v == 0.0), "gap of row {r}");
+    }
+}
+
 #[test]
 fn products_equal_the_f64_sums() {
     if !available() {
@@ -63,14 +81,7 @@ fn products_equal_the_f64_sums() {
             let (want, size) = reference(&x, &wide, m, k, n);
             for threads in [1, 2, 3] {
                 let out = run(&x, stored, m, n, 3, threads);
-                for r in 0..m {
-                    let row = &out[r * (n + 3)..][..n + 3];
-                    for (c, &g) in row[..n].iter().enumerate() {
-                        let (w, s) = (want[r * n + c], size[r * n + c]);
-                        assert!((f64::from(g) - w).abs() <= 1e-6 * s + 1e-30, "{g} vs {w}");
-                    }
-                    assert!(row[n..].iter().all(|&v| v == 0.0), "gap of row {r}");
-                }
+                assert_sums(&out, (&want, &size), (m, n), n + 3);
             }
         }
     }
@@ -129,14 +140,7 @@ fn left_products_equal_the_f64_sums_column_by_column() {
         };
         for threads in [1, 2, 3] {
             let out = left(&x, p, p, threads);
-            for r in 0..m {
-                let row = &out[r * (p + 2)..][..p + 2];
-                for (c, &g) in row[..p].iter().enumerate() {
-                    let (w, s) = (want[r * p + c], size[r * p + c]);
-                    assert!((f64::from(g) - w).abs() <= 1e-6 * s + 1e-30, "{g} vs {w}");
-                }
-                assert!(row[p..].iter().all(|&v| v == 0.0), "gap of row {r}");
-            }
+            assert_sums(&out, (&want, &size), (m, p), p + 2);
             let q = p.min(20);
             let first = left(&x, q, p, threads);
             for r in 0..m {
