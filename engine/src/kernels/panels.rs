@@ -122,18 +122,16 @@ fn left_rows(w: Stored, rhs: Mat, out: Out, os: usize, rows: std::ops::Range<usi
     // The widened rows (all of them for several chunks, a group's at a time for one: then
     // they stay in L1), then the panels of the activations (stale values: every value the
     // kernels store is written first).
-    let widened = if rhs.cols > LEFT_COLUMNS {
-        rows.len()
-    } else {
-        NR
-    };
+    let all = rhs.cols > LEFT_COLUMNS;
+    let widened = if all { rows.len() } else { NR };
     with_buf((widened + LEFT_COLUMNS) * most, |buf| {
         let (b, a) = buf.split_at_mut(widened * most);
-        left_blocks(w, rhs, out, os, rows, (b, a))
+        left_blocks(w, rhs, out, os, rows, (b, a), all)
     })
 }
 
-/// [`left_rows`] with its buffers `b` (the widened rows) and `a` (the panels).
+/// [`left_rows`] with its buffers `b` (the widened rows: all of them when `all`, else one
+/// group's) and `a` (the panels).
 fn left_blocks(
     w: Stored,
     rhs: Mat,
@@ -141,10 +139,10 @@ fn left_blocks(
     os: usize,
     rows: std::ops::Range<usize>,
     (b, a): (&mut [f32], &mut [f32]),
+    all: bool,
 ) {
     let (k, p) = (rhs.rows, rhs.cols);
     let blocks = k.div_ceil(KC);
-    let all = b.len() >= rows.len() * k.div_ceil(blocks);
     // Rows `js` of the weight's block `ks` widened into `b`, the next rows' part fetched
     // while each is widened.
     let widen_rows = |b: &mut [f32], js: std::ops::Range<usize>, ks: std::ops::Range<usize>| {
