@@ -23,10 +23,10 @@ use super::narrow_gemm::with_buf;
 use super::widen::Stored;
 
 /// Weight columns per panel: the microkernel's four 16-lane vectors.
-const MR: usize = 64;
+pub(super) const MR: usize = 64;
 
 /// Activation rows per microkernel call.
-const NR: usize = 6;
+pub(super) const NR: usize = 6;
 
 /// Most terms per block of the sum: a panel of 128 KiB (in L2), the activations' part of a
 /// call (6 rows, 12 KiB) in L1. Measured on the Zen 4 (`narrow_product_speed`): with 256 terms
@@ -177,7 +177,13 @@ fn left_blocks(
                 for (q, panel) in a.chunks(depth * MR).take(panels).enumerate() {
                     let i0 = c0 + q * MR;
                     let shape = (MR.min(cols.end - i0), nr, depth);
-                    tile(panel, shape, (b, depth), (out, j0 * os + i0, os), ks.start);
+                    tile(
+                        (panel, MR),
+                        shape,
+                        (b, depth),
+                        (out, j0 * os + i0, os),
+                        ks.start,
+                    );
                 }
             }
         }
@@ -185,23 +191,25 @@ fn left_blocks(
 }
 
 /// One microkernel call, for both sides: `width` (at most [`MR`]) weight or activation
-/// columns of the packed `panel` (`depth` columns of [`MR`] values; lanes past `width`
-/// ignored) times `nr` (at most [`NR`]) rows of the broadcast operand (`depth` values each,
-/// rows `stride` apart), into the output tile `offset` values from `out` (rows `os` apart):
-/// stored when the block starts the sum (`k0` is 0), else added.
+/// columns of `panel` (`depth` columns of contiguous values, `ps` apart: [`MR`] in a packed
+/// panel; whole 16-lane vectors are read, lanes past `width` ignored) times `nr` (at most
+/// [`NR`]) rows of the broadcast operand (`depth` values each, rows `stride` apart), into the
+/// output tile `offset` values from `out` (rows `os` apart): stored when the block starts the
+/// sum (`k0` is 0), else added.
 fn tile(
-    panel: &[f32],
+    (panel, ps): (&[f32], usize),
     (width, nr, depth): (usize, usize, usize),
     (rhs, stride): (&[f32], usize),
     (out, offset, os): (Out, usize, usize),
     k0: usize,
 ) {
-    assert!(width <= MR && nr <= NR && panel.len() >= depth * MR);
+    assert!(width <= MR && nr <= NR && ps >= width.div_ceil(16) * 16);
+    assert!(panel.len() >= span(depth, width.div_ceil(16) * 16, ps));
     assert!(rhs.len() >= span(nr, depth, stride));
     // SAFETY: the asserts above bound the kernel's reads of `panel` (`depth` columns of whole
-    // vectors inside `MR`) and of `rhs` (`nr` rows of `depth`); the caller's output holds `nr`
+    // vectors, `ps` apart) and of `rhs` (`nr` rows of `depth`); the caller's output holds `nr`
     // rows of `width` values from `offset`, which this thread alone writes (its share); AVX-512F
-    // is there (`available`, checked by `product` and `product_left`).
+    // is there (`available`, checked by `product`, `product_left` and `tile_into`).
     #[allow(unsafe_code)]
     unsafe {
         kernel(width, nr)(
@@ -213,7 +221,7 @@ fn tile(
             rhs.as_ptr(),
             os as isize,
             1,
-            MR as isize,
+            ps as isize,
             1,
             stride as isize,
             1.0,
@@ -225,6 +233,26 @@ fn tile(
             panel.as_ptr(),
         )
     }
+}
+
+/// [`tile`] for a caller on one thread, into `dst`: `nr` rows of `width` values from
+/// `offset`, rows `os` apart. Panics unless this CPU runs the microkernels and the tile lies
+/// inside `dst`.
+pub(super) fn tile_into(
+    (dst, offset, os): (&mut [f32], usize, usize),
+    panel: (&[f32], usize),
+    shape: (usize, usize, usize),
+    rhs: (&[f32], usize),
+    k0: usize,
+) {
+    let (width, nr, _) = shape;
+    assert!(available(), "panels: this CPU has no AVX-512");
+    assert!(
+        offset.saturating_add(span(nr, width, os)) <= dst.len() && (nr <= 1 || width <= os),
+        "panels: a tile of {nr} x {width} from {offset} (rows {os} apart) past {} values",
+        dst.len()
+    );
+    tile(panel, shape, rhs, (Out(dst.as_mut_ptr()), offset, os), k0)
 }
 
 /// Checks a product's operands (panics unless this CPU runs the microkernels, `dst` is
@@ -407,7 +435,7 @@ impl Job<'_> {
                 let lhs = &self.lhs.data[r0 * ls + ks.start..];
                 let shape = (mr, nr, depth);
                 tile(
-                    panel,
+                    (panel, MR),
                     shape,
                     (lhs, ls),
                     (self.out, r0 * os + c0 + p * MR, os),

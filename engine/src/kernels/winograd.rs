@@ -24,6 +24,7 @@ use rayon::prelude::*;
 use super::gemm::{matmul_uninit, Mat, MatUninit};
 use super::widen::Stored;
 
+mod block_products;
 pub(super) mod direct;
 mod filters;
 mod output_blocks;
