@@ -516,6 +516,20 @@ struct Band {
     stride: usize,
 }
 
+impl Band {
+    /// Every tile row of every one of `images` images of shape `s` in one band.
+    fn whole(s: &Shape, t: Tiling, images: usize) -> Band {
+        let (th, tw) = s.tiles(t);
+        Band {
+            t,
+            ty0: 0,
+            rows: th,
+            nt: th * tw,
+            stride: images * th * tw,
+        }
+    }
+}
+
 #[cfg(test)]
 #[path = "winograd_tests.rs"]
 mod tests;

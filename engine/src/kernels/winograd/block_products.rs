@@ -149,14 +149,7 @@ mod tests {
                 w: hw,
                 co,
             };
-            let (th, tw) = s.tiles(t);
-            let band = Band {
-                t,
-                ty0: 0,
-                rows: th,
-                nt: th * tw,
-                stride: images * th * tw,
-            };
+            let band = Band::whole(&s, t, images);
             let x = noise(images * c * hw * hw, 61);
             let x = Source {
                 x: &x,

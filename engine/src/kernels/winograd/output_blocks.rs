@@ -50,14 +50,7 @@ pub(super) fn conv(
     ep: &Epilogue,
     out: &mut [MaybeUninit<f32>],
 ) {
-    let (th, tw) = s.tiles(t);
-    let band = Band {
-        t,
-        ty0: 0,
-        rows: th,
-        nt: th * tw,
-        stride: images * th * tw,
-    };
+    let band = Band::whole(s, t, images);
     let v = transform_input(x, s, &band, true);
     let plane = s.h * s.w;
     let blocks = blocks(s.co);
