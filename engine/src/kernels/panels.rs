@@ -96,12 +96,9 @@ pub(crate) fn product_left(mut dst: MatUninit, w: Stored, m: usize, rhs: Mat, th
     let sums = checked(&mut dst, &rhs, w, [(m, p), (m, k)], k);
     let out = Out(dst.data.as_mut_ptr().cast::<f32>());
     if sums {
-        let groups = m.div_ceil(NR);
-        let count = threads.max(1).min(groups);
-        (0..count).into_par_iter().for_each(|t| {
-            let rows = t * groups / count * NR..((t + 1) * groups / count * NR).min(m);
-            left_rows(w, rhs, out, dst.stride, rows);
-        });
+        row_shares(m, threads.max(1))
+            .into_par_iter()
+            .for_each(|rows| left_rows(w, rhs, out, dst.stride, rows));
     }
     // SAFETY: the threads' rows cover the view, and `left_rows` writes every element of its
     // rows (the first block of the sum stores, the others add).
@@ -315,17 +312,21 @@ fn shares(
             })
             .collect()
     } else {
-        let groups = m.div_ceil(NR);
-        let count = threads.min(groups);
-        (0..count)
-            .map(|t| {
-                (
-                    0..n,
-                    t * groups / count * NR..((t + 1) * groups / count * NR).min(m),
-                )
-            })
+        row_shares(m, threads)
+            .into_iter()
+            .map(|rows| (0..n, rows))
             .collect()
     }
+}
+
+/// `m` rows shared out among at most `threads` threads in whole groups of [`NR`], as evenly
+/// as they go (one share per thread that gets a group).
+fn row_shares(m: usize, threads: usize) -> Vec<std::ops::Range<usize>> {
+    let groups = m.div_ceil(NR);
+    let count = threads.min(groups);
+    (0..count)
+        .map(|t| t * groups / count * NR..((t + 1) * groups / count * NR).min(m))
+        .collect()
 }
 
 /// The output's first element, shared by the threads, which write disjoint parts of it.
