@@ -2,14 +2,14 @@
 //! diffusers' GEGLU (`a * gelu(g)` of the two halves of a projection) in one pass. A weight
 //! kept in f16/bf16 ([`super::widen`]) is widened to f32 just before its GEMM.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{CpuStorage, Layout, Module, Result, Tensor, D};
 use candle_nn::Linear;
 use rayon::prelude::*;
 
 use super::gemm::{matmul_tensors, Mat};
 use super::math::{gelu, simd};
 use super::narrow_gemm::{narrow_rhs_product, BLOCK};
-use super::slices::{fast, to_vec, with_f32, zeros};
+use super::slices::{fast, to_vec, with_f32};
 use super::widen::{is_narrow, widened, with_stored};
 
 /// Rows handed to one rayon task by the row-wise kernels.
@@ -66,8 +66,9 @@ fn plain(lin: &Linear, x: &Tensor) -> Result<Tensor> {
     Linear::new(w, b).forward(x)
 }
 
-/// `lin(x) + residual`: the GEMM, then one pass adding the bias and the residual (candle adds
-/// each in its own pass). `residual` must have the output's shape.
+/// `lin(x) + residual`: the GEMM, then one pass adding the bias and the residual to its
+/// output in place (candle adds each in its own pass, into a new tensor each). `residual` must
+/// have the output's shape.
 pub fn linear(lin: &Linear, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
     if !fast(x) {
         let y = plain(lin, x)?;
@@ -82,22 +83,6 @@ pub fn linear(lin: &Linear, x: &Tensor, residual: Option<&Tensor>) -> Result<Ten
     }
     let n = y.dim(D::Minus1)?;
     let bias = lin.bias().map(to_vec).transpose()?;
-    let mut out = zeros(y.elem_count());
-    let add = |res: Option<&[f32]>, out: &mut [f32]| {
-        with_f32(&y, |y| {
-            out.par_chunks_mut(n * ROWS_PER_TASK)
-                .enumerate()
-                .for_each(|(t, out)| {
-                    let start = t * n * ROWS_PER_TASK;
-                    let y = &y[start..start + out.len()];
-                    let res = res.map(|r| &r[start..start + out.len()]);
-                    simd(
-                        #[inline(always)]
-                        || add_rows(out, y, bias.as_deref(), res, n),
-                    );
-                })
-        })
-    };
     match residual {
         Some(r) => {
             if r.dims() != y.dims() {
@@ -107,28 +92,68 @@ pub fn linear(lin: &Linear, x: &Tensor, residual: Option<&Tensor>) -> Result<Ten
                     y.dims()
                 )
             }
-            with_f32(r, |r| add(Some(r), &mut out))??
+            with_f32(r, |r| {
+                y.inplace_op1(&AddRows::new(n, bias.as_deref(), Some(r)))
+            })??
         }
-        None => add(None, &mut out)?,
+        None => y.inplace_op1(&AddRows::new(n, bias.as_deref(), None))?,
     }
-    Tensor::from_vec(out, y.dims(), x.device())
+    Ok(y)
+}
+
+/// Adds a bias to every row of `n` values of a product just made, then a residual laid out
+/// like it, in place: `y + b + r` in that order, as one expression would.
+struct AddRows<'a> {
+    n: usize,
+    bias: Option<&'a [f32]>,
+    res: Option<&'a [f32]>,
+}
+
+impl<'a> AddRows<'a> {
+    fn new(n: usize, bias: Option<&'a [f32]>, res: Option<&'a [f32]>) -> Self {
+        Self { n, bias, res }
+    }
+}
+
+impl candle_core::InplaceOp1 for AddRows<'_> {
+    fn name(&self) -> &'static str {
+        "linear-bias-residual"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let (CpuStorage::F32(y), Some((start, end))) = (storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("linear: the product is not a contiguous f32 tensor")
+        };
+        let y = &mut y[start..end];
+        let n = self.n.max(1);
+        if self.res.is_some_and(|r| r.len() != y.len()) || y.len() % n != 0 {
+            candle_core::bail!("linear: {} output values do not fit rows of {n}", y.len())
+        }
+        y.par_chunks_mut(n * ROWS_PER_TASK)
+            .enumerate()
+            .for_each(|(t, y)| {
+                let res = self.res.map(|r| &r[t * n * ROWS_PER_TASK..][..y.len()]);
+                simd(
+                    #[inline(always)]
+                    || add_rows(y, self.bias, res, n),
+                );
+            });
+        Ok(())
+    }
 }
 
 #[inline(always)]
-fn add_rows(out: &mut [f32], y: &[f32], bias: Option<&[f32]>, res: Option<&[f32]>, n: usize) {
-    for (r, (out, y)) in out.chunks_mut(n).zip(y.chunks(n)).enumerate() {
-        match bias {
-            Some(b) => {
-                for ((o, &y), &b) in out.iter_mut().zip(y).zip(b) {
-                    *o = y + b;
-                }
+fn add_rows(y: &mut [f32], bias: Option<&[f32]>, res: Option<&[f32]>, n: usize) {
+    for (r, y) in y.chunks_mut(n).enumerate() {
+        if let Some(b) = bias {
+            for (y, &b) in y.iter_mut().zip(b) {
+                *y += b;
             }
-            None => out.copy_from_slice(y),
         }
         if let Some(res) = res {
-            let res = &res[r * n..(r + 1) * n];
-            for (o, &r) in out.iter_mut().zip(res) {
-                *o += r;
+            for (y, &r) in y.iter_mut().zip(&res[r * n..(r + 1) * n]) {
+                *y += r;
             }
         }
     }
@@ -153,7 +178,8 @@ pub fn geglu(proj: &Linear, x: &Tensor) -> Result<Tensor> {
     if let Some(last) = dims.last_mut() {
         *last = n;
     }
-    let mut out = zeros(y.elem_count() / 2);
+    // Not zeroed first: every value is written below.
+    let mut out = Box::<[f32]>::new_uninit_slice(y.elem_count() / 2);
     with_f32(&y, |y| {
         out.par_chunks_mut(n * ROWS_PER_TASK)
             .zip(y.par_chunks(n2 * ROWS_PER_TASK))
@@ -168,14 +194,18 @@ pub fn geglu(proj: &Linear, x: &Tensor) -> Result<Tensor> {
                             for (((o, &a), &ba), (&g, &bg)) in
                                 out.iter_mut().zip(a).zip(ba).zip(gates)
                             {
-                                *o = (a + ba) * gelu(g + bg);
+                                o.write((a + ba) * gelu(g + bg));
                             }
                         }
                     },
                 )
             })
     })?;
-    Tensor::from_vec(out, dims, x.device())
+    // SAFETY: the rows of `out` are the rows of `y` (n values each for 2n), and every value of
+    // each was written above.
+    #[allow(unsafe_code)]
+    let out = unsafe { out.assume_init() };
+    Tensor::from_vec(out.into_vec(), dims, x.device())
 }
 
 #[cfg(test)]
