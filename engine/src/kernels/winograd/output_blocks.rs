@@ -63,16 +63,24 @@ pub(super) fn conv(
     let per_task = jobs.len().div_ceil(rayon::current_num_threads().max(1));
     let fused = block_products::available();
     jobs.par_chunks_mut(per_task).for_each(|group| {
-        let mut bufs = block_products::Buffers::default();
-        let mut u = Box::<[f32]>::new_uninit_slice(if fused { 0 } else { widest * block(t, s.c) });
+        let mut work = match fused {
+            true => Work::Fused(block_products::Buffers::default()),
+            false => Work::Whole {
+                u: Box::<[f32]>::new_uninit_slice(widest * block(t, s.c)),
+                scratch: Vec::new(),
+            },
+        };
         let mut rows = OutputRows::new(s, t);
         for (range, dsts) in group.iter_mut() {
             let n = range.len();
             // This block's `n` output channels per position.
-            let m: &[f32] = if fused {
-                block_products::products(weight, s, &band, &v, range.clone(), &mut bufs)
-            } else {
-                &by_gemm_crate(weight, s, &band, &v, range.clone(), &mut u)
+            let m: &[f32] = match &mut work {
+                Work::Fused(bufs) => {
+                    block_products::products(weight, s, &band, &v, range.clone(), bufs)
+                }
+                Work::Whole { u, scratch } => {
+                    &by_gemm_crate(weight, s, &band, &v, range.clone(), (u, scratch))
+                }
             };
             for (j, dst) in dsts.iter_mut().enumerate() {
                 let (image, k) = (j / n, j % n);
@@ -87,6 +95,17 @@ pub(super) fn conv(
     });
 }
 
+/// A task's buffers for the products of its blocks, made once per task: those of
+/// [`block_products`], or the transformed filters of the widest block and the filter
+/// transform's scratch ([`by_gemm_crate`]).
+enum Work {
+    Fused(block_products::Buffers),
+    Whole {
+        u: Box<[MaybeUninit<f32>]>,
+        scratch: Vec<f32>,
+    },
+}
+
 /// The products of the output channels `range` as [`products`] computes them: the block's
 /// filters transformed whole into `u` (a buffer for the widest block), then multiplied by the
 /// `gemm` crate (or AMX).
@@ -96,13 +115,12 @@ fn by_gemm_crate(
     band: &Band,
     v: &[f32],
     range: Range<usize>,
-    u: &mut [MaybeUninit<f32>],
+    (u, scratch): (&mut [MaybeUninit<f32>], &mut Vec<f32>),
 ) -> Box<[f32]> {
     let (t, n) = (band.t, range.len());
     let u = &mut u[..n * block(t, s.c)];
-    let mut scratch = Vec::new();
     for (u, o) in u.chunks_mut(block(t, s.c)).zip(range) {
-        filter_block(weight, s, t, o, u, &mut scratch, false);
+        filter_block(weight, s, t, o, u, scratch, false);
     }
     // SAFETY: `filter_block` wrote every value of each channel's block, and the blocks tile
     // `u`: all of it is initialised f32 values.
