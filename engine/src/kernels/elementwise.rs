@@ -83,6 +83,7 @@ pub fn linear(lin: &Linear, x: &Tensor, residual: Option<&Tensor>) -> Result<Ten
     }
     let n = y.dim(D::Minus1)?;
     let bias = lin.bias().map(to_vec).transpose()?;
+    let bias = bias.as_deref();
     match residual {
         Some(r) => {
             if r.dims() != y.dims() {
@@ -93,10 +94,14 @@ pub fn linear(lin: &Linear, x: &Tensor, residual: Option<&Tensor>) -> Result<Ten
                 )
             }
             with_f32(r, |r| {
-                y.inplace_op1(&AddRows::new(n, bias.as_deref(), Some(r)))
+                y.inplace_op1(&AddRows {
+                    n,
+                    bias,
+                    res: Some(r),
+                })
             })??
         }
-        None => y.inplace_op1(&AddRows::new(n, bias.as_deref(), None))?,
+        None => y.inplace_op1(&AddRows { n, bias, res: None })?,
     }
     Ok(y)
 }
@@ -107,12 +112,6 @@ struct AddRows<'a> {
     n: usize,
     bias: Option<&'a [f32]>,
     res: Option<&'a [f32]>,
-}
-
-impl<'a> AddRows<'a> {
-    fn new(n: usize, bias: Option<&'a [f32]>, res: Option<&'a [f32]>) -> Self {
-        Self { n, bias, res }
-    }
 }
 
 impl candle_core::InplaceOp1 for AddRows<'_> {
